@@ -1,0 +1,1 @@
+"""CPU backend: Numba kernels, one scalar rule per optimizer and one generic parallel loop."""

@@ -1,0 +1,63 @@
+"""The one parallel loop every CPU optimizer runs through.
+
+It walks the same launch table as the CUDA kernels (fusedopt/_table.py): each work item is
+one chunk of one tensor, and Numba's threads share out the work items, so one huge tensor
+and two hundred tiny ones both keep every core busy. Per chunk it hands plain array slices
+to a non-parallel inner loop that calls the optimizer's scalar rule per element; with
+slices (not raw pointers) LLVM vectorizes the rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, prange, types
+from numba.core.extending import intrinsic
+
+from ._cache import JIT_OPTIONS
+
+
+@intrinsic
+def _pointer(typingctx, address, like):
+    """The int64 ``address`` as a pointer to ``like``'s element type."""
+    sig = types.CPointer(like.dtype)(address, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return sig, codegen
+
+
+@njit(**JIT_OPTIONS)
+def _run_chunk(rule, p, g, s0, s1, s2, h, flags):
+    for i in range(p.shape[0]):
+        rule(i, p, g, s0, s1, s2, h, flags)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags):
+    """Apply ``rule`` to every element of every tensor in ``table``.
+
+    ``param_like``/``state_like`` are empty arrays of the param and state dtypes (they type
+    the pointers); ``h`` is the tuple of scalars in the compute type; ``flags`` the variant.
+    """
+    work0 = (3 + n_slots) * n_tensors
+    sizes0 = (2 + n_slots) * n_tensors
+    unused = state_like[:0]
+    for w in prange(table.shape[0] - work0):
+        item = table[work0 + w]
+        t = item >> 32
+        n = table[sizes0 + t]
+        begin = (item & 0xFFFFFFFF) * chunk
+        end = min(begin + chunk, n)
+        p = carray(_pointer(table[t], param_like), n)[begin:end]
+        g = carray(_pointer(table[n_tensors + t], param_like), n)[begin:end]
+        s0 = unused
+        s1 = unused
+        s2 = unused
+        if n_slots > 0:
+            s0 = carray(_pointer(table[2 * n_tensors + t], state_like), n)[begin:end]
+        if n_slots > 1:
+            s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
+        if n_slots > 2:
+            s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
+        _run_chunk(rule, p, g, s0, s1, s2, h, flags)

@@ -1,0 +1,66 @@
+"""How the CUDA backend reaches a device: through CuPy, or through a stand-in.
+
+The backend's launch code (fusedopt/_cuda/launch.py) only talks to the current runtime.
+On a GPU that is :class:`CupyRuntime`. The test suite installs a runtime that runs the same
+kernels, compiled for the host, on NumPy arrays (tests/cuda_host), so the launch code -
+argument packing, launch shapes, dtype dispatch, the multi-tensor tables - runs in CI.
+"""
+
+from __future__ import annotations
+
+from . import source
+
+
+class CupyRuntime:
+    """Kernels from ``cupy.RawModule``, compiled by NVRTC once per device and cached."""
+
+    name = "cupy"
+
+    def __init__(self):
+        import cupy  # deferred: fusedopt imports without CuPy
+
+        self.cupy = cupy
+        self._modules = {}
+
+    def accepts(self, array) -> bool:
+        return isinstance(array, self.cupy.ndarray)
+
+    def address(self, array) -> int:
+        return array.data.ptr
+
+    def zeros(self, like, fill: float = 0.0):
+        return self.cupy.full(like.shape, fill, dtype=like.dtype)
+
+    def to_device(self, host_array, out=None):
+        if out is not None and out.shape == host_array.shape:
+            out.set(host_array)
+            return out
+        return self.cupy.asarray(host_array)
+
+    def module(self, family: str, name_expressions: tuple[str, ...]):
+        key = (self.cupy.cuda.runtime.getDevice(), family)
+        if key not in self._modules:
+            self._modules[key] = self.cupy.RawModule(
+                code=source.source(family),
+                options=source.options(),
+                name_expressions=name_expressions,
+            )
+        return self._modules[key]
+
+
+_current = None
+
+
+def current():
+    """The runtime in use (a CuPy one unless a test installed another)."""
+    global _current
+    if _current is None:
+        _current = CupyRuntime()
+    return _current
+
+
+def install(runtime):
+    """Use ``runtime`` from now on; returns the previous one (None if none was made yet)."""
+    global _current
+    previous, _current = _current, runtime
+    return previous

@@ -1,0 +1,46 @@
+"""The CUDA source text, options and entry names that the runtime hands to NVRTC.
+
+One function produces them so that the compile gate in the test suite compiles exactly
+what ``cupy.RawModule`` will compile on a user's GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from pathlib import Path
+
+from .. import config
+
+_INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)
+
+
+def kernel_dir() -> Path:
+    """Folder of the ``.cu`` files: inside an installed wheel, or the source tree's."""
+    shipped = Path(str(resources.files("fusedopt"))) / "kernels"
+    return shipped if shipped.is_dir() else Path(__file__).resolve().parents[2] / "kernels"
+
+
+@functools.lru_cache(maxsize=None)
+def source(family: str) -> str:
+    """``kernels/<family>.cu`` with its local includes inlined, so the text is self-contained.
+
+    Inlining keeps CuPy's on-disk cache honest: it hashes the source text, and would not
+    notice a changed header that NVRTC found through ``-I``.
+    """
+    folder = kernel_dir()
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (folder / name).read_text()
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(f"{family}.cu")
+
+
+def options() -> tuple[str, ...]:
+    return tuple(config.NVRTC_OPTIONS)

@@ -1,0 +1,51 @@
+"""A group: the params of one dtype that one backend updates in one call.
+
+It owns what stays the same from step to step - the param and state addresses, sizes and
+the launch table - so that a step only looks at its gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._table import Table
+
+
+@dataclass
+class Group:
+    dtype: str
+    params: list
+    states: list            # states[i]: the slot arrays of params[i], in kernel order
+    chunk: int
+    fixed: np.ndarray       # (2 + NS, T) int64: param and slot addresses; row 1 filled per step
+    sizes: np.ndarray
+    table: Table = field(init=False)
+    device_table: object = None
+    device_version: int = -1
+
+    def __post_init__(self):
+        self.table = Table(self.chunk)
+
+    @property
+    def n_slots(self) -> int:
+        return self.fixed.shape[0] - 2
+
+
+def make_group(dtype, params, states, chunk, address) -> Group:
+    n_slots = len(states[0]) if states else 0
+    fixed = np.zeros((2 + n_slots, len(params)), dtype=np.int64)
+    for t, (p, slots) in enumerate(zip(params, states)):
+        fixed[0, t] = address(p)
+        for k, s in enumerate(slots):
+            fixed[2 + k, t] = address(s)
+    sizes = np.array([p.size for p in params], dtype=np.int64)
+    return Group(dtype, list(params), [list(s) for s in states], chunk, fixed, sizes)
+
+
+def step_table(group: Group, grads, address) -> np.ndarray:
+    """The launch table for this step's gradients (rebuilt only if something moved)."""
+    addresses = group.fixed
+    addresses[1] = [address(g) for g in grads]
+    return group.table.update(addresses, group.sizes)

@@ -1,0 +1,143 @@
+"""Every optimizer, declared once. The registry drives the public classes, the dispatcher,
+the CUDA entry names (and so the compile and machine-code gates), the CPU rules, the
+unfused baseline, the test matrix and the benchmark sweep.
+
+To add an optimizer: a kernel in kernels/<family>.cu, a rule in fusedopt/_cpu/rules.py, an
+expression in fusedopt/_unfused.py, a reference in tests/reference.py and one entry here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from . import _unfused
+from ._cpu import rules
+from ._hyper import Hyper, at_least, boolean, in_range, learning_rate, optional
+
+KERAS, TORCH_L2, TORCH_DECOUPLED = rules.KERAS, rules.TORCH_L2, rules.TORCH_DECOUPLED
+CONVENTIONS = ("keras", "torch")
+
+#: Storage dtypes every optimizer supports; state is kept in the compute type.
+DTYPES = ("float32", "float64")
+
+#: CUDA type names of the storage dtypes.
+CUDA_TYPES = {"float32": "float", "float64": "double"}
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer family member as every backend sees it.
+
+    - ``flags(hp, convention)``: the variant, as the CUDA template arguments after the type
+      (ints), also handed to the CPU rule and the unfused expression.
+    - ``all_flags``: every variant the runtime can request (the compile gate builds each).
+    - ``slots(flags)``: names of the state slots, in kernel order.
+    - ``slot_init(hp)``: initial value of the slots (0 unless the optimizer says otherwise).
+    - ``scalars(hp, step, convention)``: the kernel's scalar arguments for 1-based ``step``,
+      computed in double; the first three are always lr, wd, wd_factor.
+    """
+
+    name: str
+    keras_name: str
+    kernel: str
+    hypers: tuple[Hyper, ...]
+    flags: Callable[[Mapping[str, Any], str], tuple[int, ...]]
+    all_flags: tuple[tuple[int, ...], ...]
+    slots: Callable[[tuple[int, ...]], tuple[str, ...]]
+    scalars: Callable[[Mapping[str, Any], int, str], tuple[float, ...]]
+    cpu_rule: Any
+    unfused: Callable
+    slot_init: Callable[[Mapping[str, Any]], float] = lambda hp: 0.0
+    dtypes: tuple[str, ...] = DTYPES
+
+    @property
+    def max_slots(self) -> int:
+        return max(len(self.slots(f)) for f in self.all_flags)
+
+    def entry(self, dtype: str, flags: tuple[int, ...]) -> str:
+        """The CUDA name expression for this variant, e.g. ``adam<float, 0, 1>``."""
+        return f"{self.kernel}<{', '.join([CUDA_TYPES[dtype], *map(str, flags)])}>"
+
+    def entries(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """Every (dtype, flags, name expression) the runtime can request."""
+        return [(d, f, self.entry(d, f)) for d in self.dtypes for f in self.all_flags]
+
+    def defaults(self) -> dict[str, Any]:
+        return {h.name: h.default for h in self.hypers}
+
+
+REGISTRY: dict[str, OptimizerSpec] = {}
+
+
+def register(spec: OptimizerSpec) -> OptimizerSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"optimizer {spec.name!r} is registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def lookup(name: str) -> OptimizerSpec:
+    key = name.lower().replace("_", "")
+    if key not in REGISTRY:
+        raise ValueError(f"unknown optimizer {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[key]
+
+
+# --- shared pieces ---------------------------------------------------------------------------
+
+LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
+WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
+BETA = in_range(0.0, 1.0)
+
+
+def decay_scalars(hp: Mapping[str, Any]) -> tuple[float, float, float]:
+    """lr, wd, wd_factor = 1 - lr * wd (torch's decoupled factor, rounded once)."""
+    lr = float(hp["learning_rate"])
+    wd = float(hp["weight_decay"] or 0.0)
+    return lr, wd, 1.0 - lr * wd
+
+
+def _flavor(convention: str, decoupled_in_torch: bool) -> int:
+    if convention == "keras":
+        return KERAS
+    return TORCH_DECOUPLED if decoupled_in_torch else TORCH_L2
+
+
+# --- Adam family ----------------------------------------------------------------------------
+
+def _adam_scalars(hp, step, convention):
+    b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
+    bc1, bc2 = 1.0 - b1**step, 1.0 - b2**step
+    lr = float(hp["learning_rate"])
+    step_size = lr * math.sqrt(bc2) / bc1 if convention == "keras" else lr / bc1
+    return (*decay_scalars(hp), b1, b2, 1.0 - b1, 1.0 - b2, float(hp["epsilon"]), step_size,
+            math.sqrt(bc2))
+
+
+def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
+    return OptimizerSpec(
+        name=name,
+        keras_name=keras_name,
+        kernel="adam",
+        hypers=(
+            LEARNING_RATE,
+            Hyper("beta_1", 0.9, BETA),
+            Hyper("beta_2", 0.999, BETA),
+            Hyper("epsilon", 1e-7, at_least(0.0)),
+            Hyper("amsgrad", False, boolean),
+            weight_decay,
+        ),
+        flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch), int(hp["amsgrad"])),
+        all_flags=tuple((f, a) for f in (KERAS, TORCH_L2, TORCH_DECOUPLED) for a in (0, 1)),
+        slots=lambda flags: ("m", "v", "vhat")[: 3 if flags[1] else 2],
+        scalars=_adam_scalars,
+        cpu_rule=rules.adam,
+        unfused=_unfused.adam,
+    )
+
+
+register(_adam_family("adam", "adam", decoupled_in_torch=False, weight_decay=WEIGHT_DECAY))
+register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
+                      weight_decay=Hyper("weight_decay", 0.004, at_least(0.0))))

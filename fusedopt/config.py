@@ -1,0 +1,25 @@
+"""Launch sizes and numeric policy, in one place.
+
+Tests shrink these (``monkeypatch``) to exercise tails and multi-block paths on small
+arrays; nothing else in the package hard-codes a launch size.
+"""
+
+#: CUDA threads per block for every elementwise kernel.
+THREADS_PER_BLOCK = 256
+
+#: Elements one CUDA block updates: a multiple of every vector width (8 for 16-bit types),
+#: large enough to amortise the block's table lookups, small enough to fill the GPU.
+CUDA_CHUNK = 65536
+
+#: Elements one CPU task updates; a task is the unit Numba's threads share out.
+CPU_CHUNK = 65536
+
+#: Compute capability the kernels are compiled for when the device is unknown (gates, tools).
+GATE_ARCHS = ("sm_80", "sm_90")
+
+#: Register budget per thread the machine-code gate enforces.
+REGISTER_BUDGET = 64
+
+#: NVRTC options shared by the runtime and the compile gate. No fast-math: it would swap
+#: IEEE sqrt and division for approximations and break agreement with the references.
+NVRTC_OPTIONS = ("-std=c++17",)
