@@ -1,0 +1,54 @@
+"""The float64 oracle: every optimizer written naively from its paper and its peers' docs.
+
+Each function takes param ``p`` and grad ``g`` (float64 arrays), the state dict (created
+empty on the first step and filled here), the 1-based step ``t``, the hyperparameters
+``hp`` (Keras names) and the convention, and returns the new param. The reference is
+itself checked against real Keras and PyTorch runs (tests/test_conformance.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _zeros(state, key, like, value=0.0):
+    if key not in state:
+        state[key] = np.full_like(like, value, dtype=np.float64)
+    return state[key]
+
+
+def _weight_decay(p, g, hp, convention, decoupled_in_torch):
+    """Keras: decoupled theta -= theta*wd*lr; torch: L2 unless decoupled (AdamW)."""
+    wd = hp.get("weight_decay") or 0.0
+    lr = hp["learning_rate"]
+    if convention == "keras":
+        return p - p * wd * lr, g
+    if decoupled_in_torch:
+        return p * (1 - lr * wd), g
+    return p, g + wd * p
+
+
+def adam(p, g, state, t, hp, convention, decoupled_in_torch=False):
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch)
+    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
+    v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
+    if hp.get("amsgrad"):
+        v = state["vhat"] = np.maximum(_zeros(state, "vhat", p), v)
+    if convention == "keras":
+        # Keras folds the bias corrections into the step and leaves epsilon outside them.
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        return p - alpha * m / (np.sqrt(v) + eps)
+    m_hat = m / (1 - b1**t)
+    v_hat = v / (1 - b2**t)
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def adamw(p, g, state, t, hp, convention):
+    return adam(p, g, state, t, hp, convention, decoupled_in_torch=True)
+
+
+def step(name, p, g, state, t, hp, convention):
+    """Dispatch to the reference of registered optimizer ``name``."""
+    return globals()[name](np.asarray(p, np.float64), np.asarray(g, np.float64), state, t, hp,
+                           convention)
