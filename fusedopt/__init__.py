@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from . import functional
 from ._registry import REGISTRY
+from .flat import FlatParams
 from .optimizers import Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
 
 
 def _classes() -> dict[str, type]:

@@ -19,21 +19,22 @@ class Group:
     params: list
     states: list            # states[i]: the slot arrays of params[i], in kernel order
     chunk: int
-    fixed: np.ndarray       # (2 + NS, T) int64: param and slot addresses; row 1 filled per step
+    fixed: np.ndarray       # (2 + NS, T) int64: param and slot addresses; row 1 (grads) unset
     sizes: np.ndarray
+    pack: bool = False      # CPU: let one work item cover several small tensors
     table: Table = field(init=False)
     device_table: object = None
     device_version: int = -1
 
     def __post_init__(self):
-        self.table = Table(self.chunk)
+        self.table = Table(self.fixed, self.sizes, self.chunk, self.pack)
 
     @property
     def n_slots(self) -> int:
         return self.fixed.shape[0] - 2
 
 
-def make_group(dtype, params, states, chunk, address) -> Group:
+def make_group(dtype, params, states, chunk, address, pack: bool = False) -> Group:
     n_slots = len(states[0]) if states else 0
     fixed = np.zeros((2 + n_slots, len(params)), dtype=np.int64)
     for t, (p, slots) in enumerate(zip(params, states)):
@@ -41,11 +42,9 @@ def make_group(dtype, params, states, chunk, address) -> Group:
         for k, s in enumerate(slots):
             fixed[2 + k, t] = address(s)
     sizes = np.array([p.size for p in params], dtype=np.int64)
-    return Group(dtype, list(params), [list(s) for s in states], chunk, fixed, sizes)
+    return Group(dtype, list(params), [list(s) for s in states], chunk, fixed, sizes, pack)
 
 
 def step_table(group: Group, grads, address) -> np.ndarray:
-    """The launch table for this step's gradients (rebuilt only if something moved)."""
-    addresses = group.fixed
-    addresses[1] = [address(g) for g in grads]
-    return group.table.update(addresses, group.sizes)
+    """The launch table for this step's gradients (written only if a grad moved)."""
+    return group.table.set_grads([address(g) for g in grads])

@@ -34,7 +34,7 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec) -> None:
         raise TypeError(f"{where}: grad dtype {np.dtype(grad.dtype).name} differs from param "
                         f"dtype {dtype}; cast the grad with .astype({dtype})")
     flags = getattr(param, "flags", None)
-    if flags is not None and not flags.writeable:
+    if flags is not None and not getattr(flags, "writeable", True):  # CuPy: no such flag
         raise ValueError(f"{where} is read-only; fusedopt updates params in place, so pass a "
                          "writeable array (e.g. param.copy())")
     if flags is not None and not flags.c_contiguous:

@@ -6,7 +6,10 @@ Layout (int64; T tensors, NS state slots, B work items), documented in kernels/c
     [(2+NS)*T : (3+NS)*T)   element counts
     [(3+NS)*T : ... + B)    work items: (tensor << 32) | chunk index
 
-A work item is one CUDA block or one CPU task. Empty tensors get no work item.
+A work item is one CUDA block or one CPU task. Empty tensors get no work item. A CUDA
+block updates one chunk. A CPU task runs from its start to the next task's start
+(fusedopt/_cpu/loop.py), so a packed table, which drops the starts of chunks that would
+leave a task smaller than a chunk, lets one task cover many small tensors.
 """
 
 from __future__ import annotations
@@ -28,37 +31,55 @@ def work_items(sizes: np.ndarray, chunk: int) -> np.ndarray:
     return (tensors << _CHUNK_BITS) | chunks
 
 
-def build(addresses: np.ndarray, sizes: np.ndarray, chunk: int) -> np.ndarray:
+def packed(items: np.ndarray, sizes: np.ndarray, chunk: int) -> np.ndarray:
+    """The starts of ``items`` that begin a task of at most ``chunk`` elements.
+
+    Greedy, in order: a chunk joins the running task while the task stays within ``chunk``
+    elements, else it starts a new one. Full chunks always start their own task; runs of
+    small tensors (and the tail chunks before them) share one.
+    """
+    tensors = items >> _CHUNK_BITS
+    lengths = np.minimum(chunk, sizes[tensors] - (items & ((1 << _CHUNK_BITS) - 1)) * chunk)
+    keep = np.zeros(items.size, dtype=bool)
+    running = chunk
+    for k, length in enumerate(lengths.tolist()):
+        if running + length > chunk:
+            keep[k] = True
+            running = 0
+        running += length
+    return items[keep]
+
+
+def build(addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False) -> np.ndarray:
     """Table for ``addresses`` of shape (2 + NS, T) and ``sizes`` of shape (T,)."""
-    return np.concatenate([addresses.ravel(), sizes, work_items(sizes, chunk)]).astype(np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    items = work_items(sizes, chunk)
+    if pack:
+        items = packed(items, sizes, chunk)
+    return np.concatenate([addresses.ravel(), sizes, items]).astype(np.int64)
 
 
 class Table:
-    """A launch table that is rebuilt only when the tensors it describes change.
+    """The launch table of one group; only its grad addresses change from step to step.
 
-    ``update`` takes the operand addresses of this step; when they and the sizes equal the
-    last step's it returns the same array without copying (so a device copy can be reused),
-    else it rebuilds. ``version`` counts rebuilds, for callers that mirror it on a device.
+    Params, state slots and sizes are fixed when the group is made, so the table is built
+    once. :meth:`set_grads` writes this step's grad addresses and bumps ``version`` only
+    when they differ from the last step's: a caller mirroring the table on a device copies
+    it only then.
     """
 
-    def __init__(self, chunk: int):
+    def __init__(self, addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False):
         self.chunk = chunk
-        self.array: np.ndarray | None = None
+        self.n_tensors = int(addresses.shape[1])
+        self.array = build(addresses, sizes, chunk, pack)
+        self.n_work = self.array.size - addresses.size - self.n_tensors
         self.version = 0
-        self._addresses: np.ndarray | None = None
-        self._sizes: np.ndarray | None = None
-        self.n_work = 0
+        self._grads: list | None = None
 
-    def update(self, addresses: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        same_sizes = self._sizes is not None and np.array_equal(sizes, self._sizes)
-        if same_sizes and np.array_equal(addresses, self._addresses):
-            return self.array
-        if same_sizes:
-            self.array[: addresses.size] = addresses.ravel()
-        else:
-            self.array = build(addresses, sizes, self.chunk)
-            self._sizes = sizes.copy()
-            self.n_work = self.array.size - addresses.size - sizes.size
-        self._addresses = addresses.copy()
-        self.version += 1
+    def set_grads(self, grads: list) -> np.ndarray:
+        """The table for grads at addresses ``grads`` (a list of ints, one per tensor)."""
+        if grads != self._grads:
+            self.array[self.n_tensors: 2 * self.n_tensors] = grads
+            self._grads = grads
+            self.version += 1
         return self.array

@@ -14,6 +14,10 @@ CUDA_CHUNK = 65536
 #: Elements one CPU task updates; a task is the unit Numba's threads share out.
 CPU_CHUNK = 65536
 
+#: Where fusedopt.FlatParams starts each param inside its buffer: a multiple of this many
+#: bytes (a cache line; also keeps every view aligned for the 128-bit CUDA accesses).
+FLAT_ALIGN_BYTES = 64
+
 #: Compute capability the kernels are compiled for when the device is unknown (gates, tools).
 GATE_ARCHS = ("sm_80", "sm_90")
 

@@ -6,9 +6,15 @@ import numpy as np
 
 from .. import config
 from .._group import Group, make_group, step_table
-from .loop import run
+from .loop import Variant, run, run_serial
 
 name = "cpu"
+
+#: dtype name -> an empty array of it: what types the loop's pointers.
+_LIKE: dict[str, np.ndarray] = {}
+
+#: (rule, flags) -> Variant, made once.
+_VARIANTS: dict = {}
 
 
 def accepts(array) -> bool:
@@ -24,14 +30,24 @@ def zeros(like, fill: float = 0.0):
 
 
 def group(dtype, params, states) -> Group:
-    return make_group(dtype, params, states, config.CPU_CHUNK, address)
+    # Packed: tiny tensors share a task, so every task is about CPU_CHUNK elements and
+    # Numba's static split of tasks between threads stays even.
+    return make_group(dtype, params, states, config.CPU_CHUNK, address, pack=True)
 
 
 def step(spec, flags, scalars, group: Group, grads) -> None:
     table = step_table(group, grads, address)
-    dtype = np.dtype(group.dtype)
-    compute = dtype.type
-    like = np.empty(0, dtype)
-    h = tuple(compute(x) for x in scalars)
-    run(spec.cpu_rule, table, len(group.params), group.n_slots, group.chunk, like, like, h,
-        tuple(int(f) for f in flags))
+    n_work = group.table.n_work
+    if n_work == 0:
+        return
+    like = _LIKE.get(group.dtype)
+    if like is None:
+        like = _LIKE[group.dtype] = np.empty(0, np.dtype(group.dtype))
+    key = (spec.cpu_rule, flags)
+    variant = _VARIANTS.get(key)
+    if variant is None:
+        variant = _VARIANTS[key] = Variant(spec.cpu_rule, flags)
+    # One task cannot be shared between threads: run it here rather than wake the pool.
+    loop = run if n_work > 1 else run_serial
+    loop(variant, table, group.table.n_tensors, group.n_slots, group.chunk, like, like,
+         tuple(scalars))

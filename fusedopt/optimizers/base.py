@@ -6,6 +6,7 @@ backends do the work.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from .. import _step
 from .._dispatch import BACKENDS
 from .._registry import CONVENTIONS, OptimizerSpec, lookup
+from ..flat import FlatParams
 
 #: Keras arguments fusedopt accepts only at their default (Keras' get_config reports them).
 _KERAS_FIXED = {
@@ -84,7 +86,11 @@ class Optimizer:
         self._params: list = []           # position -> param, in build order
         self._index: dict[int, int] = {}  # id(param) -> position
         self._state: list[list] = []      # position -> slot arrays
-        self._groups: dict = {}           # (backend, dtype, positions) -> Group
+        self._groups: dict = {}           # (backend, positions) -> [(members, Group, decays)]
+        self._plans: dict = {}            # positions -> _Plan, what later steps reuse
+        self._decays: list[bool] = []     # position -> weight decay applies
+        self._exclude_vars: list = []     # exclude_from_weight_decay(var_list=...)
+        self._exclude_pattern = None      # exclude_from_weight_decay(var_names=...)
         self._pending_state = None
 
     # --- construction helpers ---------------------------------------------------------------
@@ -109,10 +115,43 @@ class Optimizer:
         value = self.hyper[key]
         return float(value(self.iterations)) if callable(value) else value
 
+    # --- weight decay exclusions ------------------------------------------------------------
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """Exempt some params from weight decay, as Keras' method of the same name.
+
+        ``var_list``: params (the arrays themselves) that get no weight decay.
+        ``var_names``: regular expressions searched in each param's name; a param matching
+        any of them gets no weight decay. NumPy and CuPy arrays have no names: names come
+        from :class:`fusedopt.FlatParams` (its keys) or from a ``name`` attribute. Call it
+        before the first step. An excluded param is updated exactly as with
+        ``weight_decay=None``; the others as configured.
+        """
+        if self._params:
+            raise ValueError("exclude_from_weight_decay() can only be configured before the "
+                             f"optimizer is built; {self.name} already holds state for "
+                             f"{len(self._params)} params, so call it before the first step")
+        names = list(var_names or ())
+        for n in names:
+            if not isinstance(n, str):
+                raise TypeError(f"var_names must be strings, got {n!r}")
+        self._exclude_vars = list(var_list or ())  # held: they are matched by identity
+        self._exclude_pattern = re.compile("|".join(sorted(set(names)))) if names else None
+
+    def _uses_weight_decay(self, var, name=None) -> bool:
+        """False when ``var`` (named ``name``) was excluded from weight decay."""
+        if any(var is v for v in self._exclude_vars):
+            return False
+        name = getattr(var, "name", None) if name is None else name
+        return not (self._exclude_pattern is not None and isinstance(name, str)
+                    and self._exclude_pattern.search(name))
+
     # --- state ------------------------------------------------------------------------------
     def build(self, var_list: Iterable) -> None:
         """Create state for ``var_list`` (positions follow its order). Called on first use."""
         var_list = list(var_list)
+        self._build(var_list, [self._uses_weight_decay(p) for p in var_list])
+
+    def _build(self, var_list: list, decays: list) -> None:
         if self._params:
             raise RuntimeError(f"{self.name} is already built for {len(self._params)} params")
         for i, p in enumerate(var_list):
@@ -120,6 +159,7 @@ class Optimizer:
         backend = _step.resolve_backend(self.backend, var_list, var_list)
         init = self._spec.slot_init(self.hyper)
         self._params = var_list
+        self._decays = list(decays)
         self._index = {id(p): i for i, p in enumerate(var_list)}
         self._state = [[backend.zeros(p, init) for _ in self.slot_names] for p in var_list]
         if self._pending_state is not None:
@@ -189,8 +229,11 @@ class Optimizer:
 
         Pairs whose grad is None are skipped. All pairs are validated before any param
         changes. The first call builds state for its params; later calls may pass any
-        subset of them.
+        subset of them. A :class:`fusedopt.FlatParams` arena may be passed instead of
+        pairs: its grad buffer is applied to its params in one call per dtype.
         """
+        if isinstance(grads_and_vars, FlatParams):
+            return grads_and_vars.step(self)
         pairs = [(g, p) for g, p in grads_and_vars]
         if not pairs:
             raise ValueError("apply_gradients got no (grad, param) pairs")
@@ -200,39 +243,68 @@ class Optimizer:
         if not self._params:
             self._validate(live, positions=list(range(len(pairs))))
             self.build([p for _, p in pairs])
-        positions = [self._position(p) for _, p in live]
+        index = self._index
+        try:
+            positions = tuple([index[id(p)] for _, p in live])
+        except KeyError:
+            positions = tuple(self._position(p) for _, p in live)  # raises, naming the param
+        plan = self._plans.get(positions)
+        if plan is not None and plan.takes(live):
+            grads = [g for g, _ in live]
+        else:
+            plan, grads = self._plan(positions, live)
+        self._step(plan.backend, positions, grads)
+        self.iterations += 1
+        return self.iterations
+
+    def _plan(self, positions: tuple, live):
+        """Every check for a first call with these positions (or an unusual grad)."""
         if len(set(positions)) != len(positions):
             raise ValueError("a param appears twice in one apply_gradients call")
         grads = self._validate(live, positions)
         backend = _step.resolve_backend(self.backend, [p for _, p in live], grads, positions)
-        self._step(backend, positions, grads)
-        self.iterations += 1
-        return self.iterations
+        plan = self._plans[positions] = _Plan(backend, tuple(type(p) for _, p in live))
+        return plan, grads
 
     def _validate(self, live, positions):
         for pos, (g, p) in zip(positions, live):
             _step.check_pair(pos, p, g, self._spec)
         return [_step.contiguous(g) for g, _ in live]
 
-    def _groups_for(self, backend, positions):
-        key = (backend.name, tuple(positions))
+    def _groups_for(self, backend, positions: tuple):
+        """[(members, group, decays)]: one group per dtype (and per weight decay on/off when
+        some params are excluded); members index ``positions``, None meaning all in order."""
+        key = (backend.name, positions)
         groups = self._groups.get(key)
         if groups is None:
-            by_dtype: dict[str, list[int]] = {}
-            for pos in positions:
-                by_dtype.setdefault(np.dtype(self._params[pos].dtype).name, []).append(pos)
-            groups = [(members, backend.group(dtype, [self._params[i] for i in members],
-                                              [self._state[i] for i in members]))
-                      for dtype, members in by_dtype.items()]
-            groups = [([positions.index(i) for i in members], g) for members, g in groups]
+            decay = bool(self.hyper.get("weight_decay"))
+            by_kind: dict[tuple, list[int]] = {}
+            for local, pos in enumerate(positions):
+                kind = (np.dtype(self._params[pos].dtype).name, not decay or self._decays[pos])
+                by_kind.setdefault(kind, []).append(local)
+            groups = []
+            for (dtype, decays), members in by_kind.items():
+                group = backend.group(dtype, [self._params[positions[i]] for i in members],
+                                      [self._state[positions[i]] for i in members])
+                whole = members == list(range(len(positions)))
+                groups.append((None if whole else members, group, decays))
             self._groups[key] = groups
         return groups
 
     def _step(self, backend, positions, grads) -> None:
-        hp = dict(self.hyper, learning_rate=self._current("learning_rate"))
-        scalars = self._spec.scalars(hp, self.iterations + 1, self.convention)
-        for members, group in self._groups_for(backend, positions):
-            backend.step(self._spec, self.flags, scalars, group, [grads[i] for i in members])
+        lr = self.hyper["learning_rate"]
+        hp = dict(self.hyper, learning_rate=self._current("learning_rate")) if callable(lr) \
+            else self.hyper
+        step = self.iterations + 1
+        scalars = self._spec.scalars(hp, step, self.convention)
+        undecayed = None
+        for members, group, decays in self._groups_for(backend, positions):
+            if not decays and undecayed is None:
+                # Excluded params: the scalars of the same step without weight decay.
+                undecayed = self._spec.scalars(dict(hp, weight_decay=None), step,
+                                               self.convention)
+            backend.step(self._spec, self.flags, scalars if decays else undecayed, group,
+                         grads if members is None else [grads[i] for i in members])
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -255,3 +327,30 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
         return f"{type(self).__name__}({args}, convention={self.convention!r})"
+
+
+class _Plan:
+    """What a step over one set of positions reuses: the backend, and the param types that
+    let a grad skip the full checks."""
+
+    __slots__ = ("backend", "kinds")
+
+    def __init__(self, backend, kinds: tuple):
+        self.backend, self.kinds = backend, kinds
+
+    def takes(self, live) -> bool:
+        """True when every grad is a C-contiguous array of its param's type, dtype and shape
+        and every param is still writeable and C-contiguous - the usual step. Anything else
+        goes through the full checks, which raise a clear error or copy the grad."""
+        try:
+            for (g, p), kind in zip(live, self.kinds):
+                if type(g) is not kind or g.dtype != p.dtype or g.shape != p.shape:
+                    return False
+                if not g.flags.c_contiguous:
+                    return False
+                flags = p.flags
+                if not (flags.c_contiguous and flags.writeable):
+                    return False
+        except AttributeError:
+            return False
+        return True
