@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import config
 from .._group import Group, make_group, step_table
-from .loop import run
+from .loop import run, specialize
 
 name = "cpu"
 
@@ -33,5 +33,5 @@ def step(spec, flags, scalars, group: Group, grads) -> None:
     compute = dtype.type
     like = np.empty(0, dtype)
     h = tuple(compute(x) for x in scalars)
-    run(spec.cpu_rule, table, len(group.params), group.n_slots, group.chunk, like, like, h,
-        tuple(int(f) for f in flags))
+    rule = specialize(spec.cpu_rule, tuple(int(f) for f in flags))
+    run(rule, table, len(group.params), group.n_slots, group.chunk, like, like, h)

@@ -9,7 +9,8 @@ slices (not raw pointers) LLVM vectorizes the rule.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
 from numba import carray, njit, prange, types
 from numba.core.extending import intrinsic
 
@@ -27,18 +28,33 @@ def _pointer(typingctx, address, like):
     return sig, codegen
 
 
-@njit(**JIT_OPTIONS)
-def _run_chunk(rule, p, g, s0, s1, s2, h, flags):
-    for i in range(p.shape[0]):
+@functools.lru_cache(maxsize=None)
+def specialize(rule, flags: tuple[int, ...]):
+    """``rule`` with its variant ``flags`` frozen in as compile-time constants.
+
+    Numba freezes closure variables, so after inlining LLVM sees constant flags and folds
+    the branches on them. That matters: a store guarded by a runtime flag (AMSGrad's vhat,
+    a momentum buffer) cannot be if-converted and would keep the loop scalar.
+    """
+
+    @njit(inline="always", error_model="numpy")
+    def bound(i, p, g, s0, s1, s2, h):
         rule(i, p, g, s0, s1, s2, h, flags)
+
+    return bound
+
+
+@njit(**JIT_OPTIONS)
+def _run_chunk(rule, p, g, s0, s1, s2, h):
+    for i in range(p.shape[0]):
+        rule(i, p, g, s0, s1, s2, h)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags):
-    """Apply ``rule`` to every element of every tensor in ``table``.
-
-    ``param_like``/``state_like`` are empty arrays of the param and state dtypes (they type
-    the pointers); ``h`` is the tuple of scalars in the compute type; ``flags`` the variant.
+def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h):
+    """Apply ``rule`` (a :func:`specialize`\ d rule) to every element of every tensor in
+    ``table``. ``param_like``/``state_like`` are empty arrays of the param and state dtypes
+    (they type the pointers); ``h`` is the tuple of scalars in the compute type.
     """
     work0 = (3 + n_slots) * n_tensors
     sizes0 = (2 + n_slots) * n_tensors
@@ -60,4 +76,4 @@ def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags
             s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
         if n_slots > 2:
             s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
-        _run_chunk(rule, p, g, s0, s1, s2, h, flags)
+        _run_chunk(rule, p, g, s0, s1, s2, h)
