@@ -20,6 +20,11 @@ def _time(seconds: float) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
+def _count(n: int) -> str:
+    """2^20 for powers of two (short and exact), else 65,537."""
+    return f"2^{n.bit_length() - 1}" if n & (n - 1) == 0 else f"{n:,}"
+
+
 def _times(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}x"
 
@@ -63,6 +68,7 @@ def write_json(path, results, machine: dict, settings) -> None:
 
 
 def print_tables(console, results) -> None:
+    from rich import box
     from rich.table import Table
 
     def key(r):
@@ -71,23 +77,25 @@ def print_tables(console, results) -> None:
     for (optimizer, dtype), group in groupby(results, key=key):
         group = list(group)
         flow = group[0].traffic
-        table = Table(title=f"{optimizer} {dtype} on {group[0].backend}: {flow.read_bytes} B "
-                            f"read + {flow.write_bytes} B written per element")
-        for column in ("elements", "contender", "median", "IQR", "GB/s", "of ceiling",
-                       "vs unfused", "vs torch fused"):
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"{optimizer} {dtype} on {group[0].backend}: {flow.read_bytes} B "
+                            f"read + {flow.write_bytes} B written per element",
+                      caption="median of interleaved rounds; IQR its spread; vs X = X's median "
+                              "time / this one's (> 1: faster than X)")
+        for column in ("n", "contender", "median", "IQR", "GB/s", "of\nceiling",
+                       "vs\nunfused", "vs torch\nfused"):
             table.add_column(column, justify="left" if column == "contender" else "right",
-                             no_wrap=column == "contender")
+                             no_wrap=True, min_width=max(map(len, column.split("\n"))))
         for r in group:
             for i, name in enumerate(r.names):
                 s = r.summary(name)
-                table.add_row(f"{r.size:,}" if i == 0 else "", name, _time(s.median),
+                table.add_row(_count(r.size) if i == 0 else "", name, _time(s.median),
                               _time(s.q3 - s.q1), f"{r.gb_per_s(name):.1f}",
                               _share(r.fraction_of_ceiling(name)),
                               _times(r.ratio(name, cs.UNFUSED)),
                               _times(r.ratio(name, cs.TORCH_FUSED)),
                               end_section=i == len(r.names) - 1)
             if not r.names:
-                table.add_row(f"{r.size:,}", "-", *[""] * 6, end_section=True)
+                table.add_row(_count(r.size), "-", *[""] * 6, end_section=True)
         console.print(table)
         notes = sorted({n for r in group for n in r.notes})
         for note in notes:

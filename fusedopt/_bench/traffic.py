@@ -67,7 +67,7 @@ def ceiling_rule(i, p, g, s0, s1, s2, h, flags):
         s2[i] = s2[i] + step
 
 
-def cpu_ceiling(param, grad, slots):
+def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
     """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop."""
     from .._cpu import backend
     from .._cpu.loop import run
@@ -76,7 +76,7 @@ def cpu_ceiling(param, grad, slots):
     group = backend.group(str(param.dtype), [param], [list(slots)])
     table = step_table(group, [grad], backend.address)
     like = np.empty(0, param.dtype)
-    h = (param.dtype.type(CEILING_SCALE),)
+    h = (param.dtype.type(scale),)
     flags = (len(slots),)
 
     def step():
@@ -86,7 +86,7 @@ def cpu_ceiling(param, grad, slots):
 
 # --- GPU ceiling: kernels/traffic.cu through the CUDA backend's runtime ---------------------
 
-def cuda_ceiling(param, grad, slots):
+def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
     """A no-argument step launching ``traffic<T, NS>`` over the same table shape as a fused step."""
     from .. import config
     from .._cuda import launch, runtime
@@ -98,7 +98,7 @@ def cuda_ceiling(param, grad, slots):
     table = rt.to_device(step_table(group, [grad], rt.address))
     module = rt.module("traffic", launch.name_expressions("traffic"))
     kernel = module.get_function(f"traffic<{CUDA_TYPES[dtype]}, {len(slots)}>")
-    args = (table, np.int32(1), np.int64(group.chunk), param.dtype.type(CEILING_SCALE))
+    args = (table, np.int32(1), np.int64(group.chunk), param.dtype.type(scale))
     n_work = group.table.n_work
 
     def step():

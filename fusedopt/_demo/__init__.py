@@ -52,7 +52,10 @@ def run_demo(name: str = "adam", epochs: int = EPOCHS, samples: int = SAMPLES, s
     before = model.loss_and_accuracy(np, initial, data.x, data.y)[0]
     result = DemoResult(type(optimizer).__name__, epochs * -(-samples // model.BATCH), before,
                         0.0, 0.0, weights_before=[w.copy() for w in initial])
-    say = console.print if console is not None else (lambda *a, **k: None)
+    def say(text: str) -> None:
+        if console is not None:
+            console.print(text, markup=False, highlight=False)
+
     _print_header(console, optimizer, initial, say)
 
     def on_epoch(epoch, loss, accuracy):
@@ -105,5 +108,7 @@ def _print_header(console, optimizer, initial, say):
         table.add_row(layer, shape, str(count))
     table.add_row("Total", "", str(sum(r[2] for r in rows)), style="bold")
     console.print(table)
-    say(f"optimizer {type(optimizer).__name__}: {optimizer.get_config()}")
+    say(f"optimizer {type(optimizer).__name__}, get_config():")
+    for key, value in optimizer.get_config().items():
+        say(f"  {key}: {value!r}")
     say(f"first layer's kernel before training:\n{_matrix(initial[0])}\n")
