@@ -70,17 +70,17 @@ def ceiling_rule(i, p, g, s0, s1, s2, h, flags):
 def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
     """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop."""
     from .._cpu import backend
-    from .._cpu.loop import run
+    from .._cpu.loop import run, specialize
     from .._group import step_table
 
     group = backend.group(str(param.dtype), [param], [list(slots)])
     table = step_table(group, [grad], backend.address)
     like = np.empty(0, param.dtype)
     h = (param.dtype.type(scale),)
-    flags = (len(slots),)
+    rule = specialize(ceiling_rule, (len(slots),))  # slot count frozen: no guarded stores
 
     def step():
-        run(ceiling_rule, table, 1, group.n_slots, group.chunk, like, like, h, flags)
+        run(rule, table, 1, group.n_slots, group.chunk, like, like, h)
     return step
 
 
