@@ -6,15 +6,12 @@ import numpy as np
 
 from .. import config
 from .._group import Group, make_group, step_table
-from .loop import Variant, run, run_serial
+from .loop import run, run_serial, specialize
 
 name = "cpu"
 
 #: dtype name -> an empty array of it: what types the loop's pointers.
 _LIKE: dict[str, np.ndarray] = {}
-
-#: (rule, flags) -> Variant, made once.
-_VARIANTS: dict = {}
 
 
 def accepts(array) -> bool:
@@ -43,10 +40,7 @@ def step(spec, flags, scalars, group: Group, grads) -> None:
     like = _LIKE.get(group.dtype)
     if like is None:
         like = _LIKE[group.dtype] = np.empty(0, np.dtype(group.dtype))
-    key = (spec.cpu_rule, flags)
-    variant = _VARIANTS.get(key)
-    if variant is None:
-        variant = _VARIANTS[key] = Variant(spec.cpu_rule, flags)
+    variant = specialize(spec.cpu_rule, flags)
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
     loop(variant, table, group.table.n_tensors, group.n_slots, group.chunk, like, like,

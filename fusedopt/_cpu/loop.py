@@ -18,6 +18,8 @@ for passing a jitted function as an argument (more than a small step's arithmeti
 
 from __future__ import annotations
 
+import functools
+
 from numba import carray, njit, prange, types
 from numba.core import cgutils  # noqa: F401  (numba.core.extending needs it loaded)
 from numba.core.extending import (NativeValue, intrinsic, models, register_model, typeof_impl,
@@ -54,10 +56,18 @@ class Variant:
 
     def __init__(self, rule, flags):
         name = _rule_name(rule)
-        _RULES[name] = rule
+        if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
+            name = f"{name}#{id(rule)}"
+            _RULES[name] = rule
         self.flags = tuple(int(f) for f in flags)
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
         self._numba_type_ = VariantType(name, self.flags)
+
+
+@functools.lru_cache(maxsize=None)
+def specialize(rule, flags: tuple) -> Variant:
+    """``rule`` with its variant ``flags`` frozen in: what :func:`run` takes."""
+    return Variant(rule, flags)
 
 
 @typeof_impl.register(Variant)

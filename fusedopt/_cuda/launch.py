@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import config
 from .._group import Group, make_group, step_table
-from .._registry import REGISTRY
+from .._registry import CUDA_TYPES, DTYPES, REGISTRY
 from . import runtime
 
 name = "cuda"
@@ -33,7 +33,11 @@ def group(dtype, params, states) -> Group:
 
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
-EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {}
+EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
+    # kernels/traffic.cu: one per dtype and slot count any registered optimizer can have.
+    "traffic": tuple(f"traffic<{CUDA_TYPES[d]}, {ns}>" for d in DTYPES
+                     for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
+}
 
 
 def all_entry_points() -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,54 @@
+"""Shared test data: awkward sizes, hyperparameter cases per optimizer, random problems."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Where tail and alignment bugs live: 1, below/above a vector, odd, large odd, empty, 2-D.
+AWKWARD_SHAPES = [(1,), (3,), (4097,), (278011,), (0,), (37, 53)]
+
+#: Hyperparameter cases per registered optimizer and convention. Chosen so that a formula
+#: slip shows: learning rates and epsilons large enough to matter at float32.
+CASES = {
+    "adam": {
+        "keras": [
+            dict(learning_rate=0.01),
+            dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-3),
+            dict(learning_rate=0.02, amsgrad=True, epsilon=1e-4),
+            dict(learning_rate=0.03, weight_decay=0.1, epsilon=1e-3),
+            dict(learning_rate=0.03, weight_decay=0.05, amsgrad=True),
+        ],
+        "torch": [
+            dict(learning_rate=0.01, epsilon=1e-8),
+            dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-3),
+            dict(learning_rate=0.02, amsgrad=True, epsilon=1e-4),
+            dict(learning_rate=0.03, weight_decay=0.1, epsilon=1e-3),
+            dict(learning_rate=0.03, weight_decay=0.05, amsgrad=True, epsilon=1e-3),
+        ],
+    },
+    "adamw": {
+        "keras": [
+            dict(learning_rate=0.01),
+            dict(learning_rate=0.05, weight_decay=0.2, epsilon=1e-3),
+            dict(learning_rate=0.02, weight_decay=0.1, amsgrad=True, epsilon=1e-4),
+        ],
+        "torch": [
+            dict(learning_rate=0.01, weight_decay=0.01, epsilon=1e-8),
+            dict(learning_rate=0.05, weight_decay=0.2, epsilon=1e-3),
+            dict(learning_rate=0.02, weight_decay=0.1, amsgrad=True, epsilon=1e-4),
+        ],
+    },
+}
+
+
+def cases(name: str, convention: str) -> list[dict]:
+    return CASES.get(name, {}).get(convention, [])
+
+
+def problem(shape, steps, dtype=np.float32, seed=0):
+    """A param drawn around +-3 and ``steps`` gradients of mixed scale."""
+    rng = np.random.default_rng(seed)
+    p = (rng.standard_normal(shape) * 3).astype(dtype)
+    grads = [(rng.standard_normal(shape) * rng.choice([0.01, 1.0, 10.0])).astype(dtype)
+             for _ in range(steps)]
+    return p, grads

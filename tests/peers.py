@@ -1,0 +1,48 @@
+"""Run the real libraries: Keras 3 (torch backend) and torch.optim, float32, on CPU.
+
+``TORCH`` maps a registered optimizer to its torch.optim class and the translation of
+fusedopt's (Keras-named) hyperparameters into torch's argument names.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+
+def _adam_args(hp):
+    return dict(lr=hp["learning_rate"], betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"],
+                weight_decay=hp.get("weight_decay") or 0.0, amsgrad=hp["amsgrad"])
+
+
+TORCH = {
+    "adam": ("Adam", _adam_args),
+    "adamw": ("AdamW", _adam_args),
+}
+
+KERAS = {"adam": "Adam", "adamw": "AdamW"}
+
+
+def run_keras(name, hp, p0, grads):
+    import keras
+
+    opt = getattr(keras.optimizers, KERAS[name])(**hp)
+    var = keras.Variable(p0.copy(), dtype="float32")
+    for g in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+    return keras.ops.convert_to_numpy(var)
+
+
+def run_torch(name, hp, p0, grads):
+    import torch
+
+    cls, translate = TORCH[name]
+    t = torch.tensor(p0.copy(), requires_grad=False)
+    opt = getattr(torch.optim, cls)([t], foreach=False, **translate(hp))
+    for g in grads:
+        t.grad = torch.from_numpy(np.ascontiguousarray(g))
+        opt.step()
+    return t.numpy()

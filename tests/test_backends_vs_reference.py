@@ -1,0 +1,56 @@
+"""Every backend of every optimizer against the float64 reference, on awkward sizes."""
+
+import numpy as np
+import pytest
+
+import fusedopt
+from fusedopt._registry import REGISTRY
+
+import reference
+from cases import AWKWARD_SHAPES, cases, problem
+from tolerances import VS_REFERENCE
+
+STEPS = 10
+MATRIX = [(name, conv, i, hp) for name in sorted(REGISTRY) for conv in ("keras", "torch")
+          for i, hp in enumerate(cases(name, conv))]
+
+
+def run_fused(name, hp, convention, backend, p, grads):
+    spec = REGISTRY[name]
+    flags = spec.flags({**spec.defaults(), **hp}, convention)
+    init = spec.slot_init({**spec.defaults(), **hp})
+    slots = [np.full_like(p, init) for _ in spec.slots(flags)]
+    for t, g in enumerate(grads, start=1):
+        fusedopt.functional.update(name, [p], [g], [slots], step=t, convention=convention,
+                                   backend=backend, **hp)
+    return p
+
+
+def run_reference(name, hp, convention, p, grads):
+    hp = {**REGISTRY[name].defaults(), **hp}
+    state, p = {}, p.astype(np.float64)
+    for t, g in enumerate(grads, start=1):
+        p = reference.step(name, p, g, state, t, hp, convention)
+    return p
+
+
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
+@pytest.mark.parametrize("backend", ["cpu", "unfused"])
+@pytest.mark.parametrize("name,convention,case,hp", MATRIX,
+                         ids=[f"{n}-{c}-{i}" for n, c, i, _ in MATRIX])
+def test_float32_matches_reference(name, convention, case, hp, backend, shape):
+    p, grads = problem(shape, STEPS, seed=case)
+    expected = run_reference(name, hp, convention, p, grads)
+    got = run_fused(name, hp, convention, backend, p.copy(), grads)
+    np.testing.assert_allclose(got, expected, **VS_REFERENCE[np.float32])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "unfused"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_float64_matches_reference(name, backend):
+    for convention in ("keras", "torch"):
+        for case, hp in enumerate(cases(name, convention)):
+            p, grads = problem((4097,), STEPS, dtype=np.float64, seed=case)
+            expected = run_reference(name, hp, convention, p, grads)
+            got = run_fused(name, hp, convention, backend, p.copy(), grads)
+            np.testing.assert_allclose(got, expected, **VS_REFERENCE[np.float64])

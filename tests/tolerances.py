@@ -1,0 +1,13 @@
+"""Every numeric tolerance of the suite, in one table keyed by what is compared."""
+
+import numpy as np
+
+#: fused/unfused vs the float64 reference after 10+ steps: relative, plus an absolute floor
+#: for elements that pass near zero (one float32 ulp at |x| ~ 1 is 1.2e-7).
+VS_REFERENCE = {
+    np.float32: dict(rtol=1e-6, atol=1e-6),
+    np.float64: dict(rtol=1e-12, atol=1e-12),
+}
+
+#: fusedopt (float32) vs real Keras / PyTorch float32 over 20 steps: max abs difference.
+VS_PEER_FLOAT32 = 1e-5
