@@ -99,8 +99,8 @@ class FlatParams:
                 self.offsets[i] = end
                 size = int(np.prod(self.shapes[i], dtype=np.int64))
                 end += -(-size // align) * align
-            self.buffers[d.name] = xp.zeros(end, d)
-            self.grad_buffers[d.name] = xp.zeros(end, d)
+            self.buffers[d.name] = _aligned_zeros(xp, end, d, align)
+            self.grad_buffers[d.name] = _aligned_zeros(xp, end, d, align)
             self._order[d.name] = order
         params = [self._view(self.buffers, i) for i in range(len(entries))]
         grads = [self._view(self.grad_buffers, i) for i in range(len(entries))]
@@ -247,6 +247,13 @@ def _address(array) -> int:
     if isinstance(array, np.ndarray):
         return array.__array_interface__["data"][0]
     return array.data.ptr
+
+
+def _aligned_zeros(xp, n: int, dtype, align: int):
+    """``n`` zeros whose first element sits on a ``FLAT_ALIGN_BYTES`` boundary."""
+    raw = xp.zeros(n + align, dtype)
+    skip = (-_address(raw) % config.FLAT_ALIGN_BYTES) // dtype.itemsize
+    return raw[skip: skip + n]
 
 
 def _module_of(array):
