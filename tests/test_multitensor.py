@@ -246,3 +246,21 @@ def test_one_launch_per_dtype_group(request):
         on_cpu.apply_gradients([(np.full_like(p, 0.5), p) for p in reference])
     for p, r in zip(params, reference):
         np.testing.assert_allclose(p, r, rtol=1e-6, atol=1e-6)
+
+
+def test_benchmark_script_runs_at_tiny_sizes(capsys, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_multitensor.py"
+    spec = importlib.util.spec_from_file_location("bench_multitensor", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    assert bench.main(["--scale", "0.0002", "--vectors", "5", "--matrices", "2", "--small",
+                       "10", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in (bench.LIST, bench.FLAT, bench.ARENA):
+        assert f"| {name} |" in out
+    assert "7 tensors" in out
