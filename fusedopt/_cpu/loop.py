@@ -21,9 +21,8 @@ from __future__ import annotations
 import functools
 
 from numba import carray, njit, prange, types
-from numba.core import cgutils  # noqa: F401  (numba.core.extending needs it loaded)
-from numba.core.extending import (NativeValue, intrinsic, models, register_model, typeof_impl,
-                                  unbox)
+from numba.core.extending import (NativeValue, intrinsic, models, overload, register_model,
+                                  typeof_impl, unbox)
 
 from ._cache import JIT_OPTIONS
 
@@ -80,28 +79,20 @@ def _unbox_variant(typ, obj, c):
     return NativeValue(c.context.get_dummy_value())
 
 
-@intrinsic
-def _flags(typingctx, variant):
-    """The variant's flags as a tuple of constants."""
-    flags = variant.flags
-    sig = types.UniTuple(types.int64, len(flags))(variant)
-
-    def codegen(context, builder, signature, args):
-        return context.make_tuple(builder, signature.return_type,
-                                  [context.get_constant(types.int64, f) for f in flags])
-
-    return sig, codegen
+def _apply(variant, i, p, g, s0, s1, s2, h):
+    """Element ``i`` through the variant's rule (resolved when the loop is compiled)."""
 
 
-@intrinsic
-def _rule(typingctx, variant):
-    """The variant's rule, as a function Numba can call."""
-    sig = types.Dispatcher(_RULES[variant.rule])(variant)
+@overload(_apply, inline="always")
+def _apply_variant(variant, i, p, g, s0, s1, s2, h):
+    # The rule and flags become free variables of the inlined body: constants to Numba, so
+    # the rule is inlined too and LLVM folds the branches on the flags.
+    rule, flags = _RULES[variant.rule], variant.flags
 
-    def codegen(context, builder, signature, args):
-        return context.get_dummy_value()
+    def body(variant, i, p, g, s0, s1, s2, h):
+        rule(i, p, g, s0, s1, s2, h, flags)
 
-    return sig, codegen
+    return body
 
 
 @intrinsic
@@ -135,10 +126,8 @@ def _narrow(typingctx, values, like):
 
 @njit(**JIT_OPTIONS)
 def _run_span(variant, p, g, s0, s1, s2, h):
-    rule = _rule(variant)
-    flags = _flags(variant)
     for i in range(p.shape[0]):
-        rule(i, p, g, s0, s1, s2, h, flags)
+        _apply(variant, i, p, g, s0, s1, s2, h)
 
 
 @njit(**JIT_OPTIONS)
