@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from .. import config
 from .._group import Group, make_group, step_table
+from ._cache import JIT_OPTIONS
 from .loop import run, run_serial, specialize
 
 name = "cpu"
@@ -18,8 +20,11 @@ def accepts(array) -> bool:
     return isinstance(array, np.ndarray)
 
 
+@njit(**JIT_OPTIONS)
 def address(array) -> int:
-    return array.__array_interface__["data"][0]
+    """The address of ``array``'s first element. Compiled: a quarter of the cost of reading
+    ``__array_interface__``, which was most of a small step's host time."""
+    return array.ctypes.data
 
 
 def zeros(like, fill: float = 0.0):
