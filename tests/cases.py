@@ -69,7 +69,7 @@ _SGD = [dict(learning_rate=0.005, momentum=0.9), dict(learning_rate=0.02),
         dict(learning_rate=0.005, momentum=0.8, nesterov=True)]
 _RMSPROP = [dict(learning_rate=0.01, rho=0.8, momentum=m, centered=c, epsilon=1e-3)
             for m in (0.0, 0.9) for c in (False, True)]
-_ADAGRAD = [dict(learning_rate=0.1, epsilon=1e-3),
+_ADAGRAD = [dict(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=1e-3),
             dict(learning_rate=0.1, initial_accumulator_value=0.5, epsilon=1e-3)]
 _ADADELTA = [dict(learning_rate=1.0, rho=0.8, epsilon=1e-3),
              dict(learning_rate=0.5, rho=0.95, epsilon=1e-6)]
