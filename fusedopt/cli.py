@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write every sample and the machine")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size")
 
-    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer")
+    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer",
+                          description="Dense(10, relu) then Dense(2, softmax) on batches of 10 "
+                                      "samples x 10 features (the Keras Adam example's input "
+                                      "of shape (10, 10)), synthetic two-class data, NumPy "
+                                      "forward/backward (CuPy on a GPU).")
     demo.add_argument("--optimizer", default="adam", help="any registered name (default adam)")
     demo.add_argument("--epochs", type=_positive, default=20)
     demo.add_argument("--samples", type=_positive, default=200,
@@ -123,8 +127,11 @@ def main(argv=None) -> int:
         bench(args, console)
     elif args.command == "demo":
         from ._demo import run_demo
-        run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
-                 compare=args.compare, console=console)
+        try:
+            run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
+                     compare=args.compare, console=console)
+        except ValueError as error:  # an unknown optimizer name: say which ones exist
+            raise SystemExit(f"fusedopt demo: {error}") from None
     else:
         from ._info import show
         show(console)
