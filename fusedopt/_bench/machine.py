@@ -81,8 +81,14 @@ def available_memory(backend: str) -> int | None:
     return None
 
 
+#: Environment variables that change how many threads run and how idle ones wait.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_NUM_THREADS",
+                    "NUMBA_THREADING_LAYER", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+
+
 def describe() -> dict:
     out = {
+        "environment": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "platform": platform.platform(),

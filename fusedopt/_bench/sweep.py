@@ -105,6 +105,8 @@ def measure(name: str, size: int, dtype: str, backend: str, repeats: int, seed: 
     result = Result(spec.name, size, dtype, backend,
                     traffic(spec, spec.flags(spec.defaults(), "keras"), dtype))
     need, free = cs.working_set(spec.name, size, dtype, torch), available_memory(backend)
+    if backend == "cuda":
+        need += result.bytes  # the copy bound's source and destination
     if free is not None and need > MEMORY_SHARE * free:
         result.notes.append(f"skipped: needs {need / 2**30:.1f} GiB, "
                             f"{free / 2**30:.1f} GiB free")
