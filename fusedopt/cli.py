@@ -108,8 +108,13 @@ def bench(args, console):
     settings = bench_settings(args)
     results = sweep.run(settings, console=console)
     report.print_tables(console, results)
+    described = machine.describe()
+    described["caveats"] = machine.caveats(described["numba"], settings.torch and any(
+        name.startswith("torch") for r in results for name in r.samples))
+    for caveat in described["caveats"]:
+        console.print(f"caveat: {caveat}", markup=False, highlight=False)
     if args.json:
-        report.write_json(args.json, results, machine.describe(), settings)
+        report.write_json(args.json, results, described, settings)
         console.print(f"samples and machine description written to {args.json}")
     if args.plot:
         from ._bench import plot
