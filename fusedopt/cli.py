@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--optimizer", type=_names,
                        help="comma-separated registry names (default: every registered one)")
     bench.add_argument("--sizes", type=_sizes,
-                       help="comma-separated element counts, e.g. 1024,2^20 (default: powers "
-                            "of 4 from 2^10 to 2^26 on CPU, 2^28 on GPU)")
+                       help="comma-separated element counts, e.g. 1024,2^20 (default: 2^10, 2^12, "
+                            "... up to 2^26 on CPU, 2^28 on GPU)")
     bench.add_argument("--dtype", type=_names, help="comma-separated: float32,float64 "
                                                     "(default: both)")
     bench.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda"),
