@@ -29,7 +29,7 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     hp = spec.defaults()
     hp.update(hyper)
     for h in spec.hypers:
-        h.validate(hp[h.name])
+        h.validate(hp[h.name], convention)
     spec.check(hp, convention)
     flags = spec.flags(hp, convention)
     names = spec.slots(flags)

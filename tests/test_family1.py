@@ -193,11 +193,14 @@ def test_bad_hyperparameters_raise_at_construction(cls, kwargs, match):
         getattr(fusedopt, cls)(**kwargs)
 
 
-def test_functional_form_checks_combinations_too():
+def test_functional_form_checks_combinations_and_conventions_too():
     p = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match=NESTEROV):
         fusedopt.functional.update("sgd", [p], [p.copy()], [[np.zeros_like(p)]], step=1,
                                    convention="torch", momentum=0.0, nesterov=True)
+    with pytest.raises(ValueError, match="dampening exists only in the torch convention"):
+        fusedopt.functional.update("sgd", [p], [p.copy()], [[np.zeros_like(p)]], step=1,
+                                   momentum=0.5, dampening=0.5)
 
 
 def test_valid_edge_values_construct():

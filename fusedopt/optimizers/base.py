@@ -66,11 +66,7 @@ class Optimizer:
                             f"{sorted(unknown)}; it takes {sorted(known)}")
         for h in spec.hypers:
             value = hyper.get(h.name, h.default)
-            h.validate(value)
-            if convention not in h.conventions and value != h.default:
-                raise ValueError(f"{h.name} exists only in the {'/'.join(sorted(h.conventions))}"
-                                 f" convention; drop it or use convention="
-                                 f"{sorted(h.conventions)[0]!r}")
+            h.validate(value, convention)
             hyper[h.name] = value
         spec.check(hyper, convention)
         self._check_clipping(clipnorm, clipvalue, global_clipnorm)
