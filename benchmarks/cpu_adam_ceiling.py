@@ -72,6 +72,8 @@ def markdown(results, argv, described: dict) -> str:
                          f"| {_ratio(r.ratio(FUSED, name))} |")
         for note in r.notes:
             lines.append(f"\nNote ({r.size:,} elements): {note}")
+    for caveat in machine.caveats(numba, any(TORCH_FUSED in r.samples for r in results)):
+        lines.append(f"\nCaveat: {caveat}")
     lines.append("")
     lines.append("fused speedup = contender's median time / fused median time "
                  "(ceiling row: fused time relative to the bandwidth floor).")

@@ -15,6 +15,11 @@ __version__ = "0.1.0"
 
 __all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
 
+# SGD, RMSprop, Adagrad, Adadelta
+from .optimizers import SGD, Adadelta, Adagrad, RMSprop  # noqa: E402
+
+__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
+
 
 def _classes() -> dict[str, type]:
     return {cls.spec_name: cls for cls in Optimizer.__subclasses__()}

@@ -61,7 +61,13 @@ class Hyper:
     check: Check
     conventions: frozenset = field(default=frozenset({"keras", "torch"}))
 
-    def validate(self, value: Any) -> None:
+    def validate(self, value: Any, convention: Optional[str] = None) -> None:
+        """Raise ValueError if ``value`` is bad, or is set under a ``convention`` without it."""
         problem = self.check(value)
         if problem:
             raise ValueError(f"{self.name} {problem}, got {value!r}")
+        if convention is not None and convention not in self.conventions \
+                and value != self.default:
+            raise ValueError(f"{self.name} exists only in the {'/'.join(sorted(self.conventions))}"
+                             f" convention; drop it or use convention="
+                             f"{sorted(self.conventions)[0]!r}")

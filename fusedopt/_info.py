@@ -6,6 +6,8 @@ import functools
 import os
 from pathlib import Path
 
+from ._bench.timing import first_line
+
 
 @functools.lru_cache(maxsize=None)
 def cuda_status() -> tuple[bool, str]:
@@ -19,7 +21,7 @@ def cuda_status() -> tuple[bool, str]:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:
-        return False, f"no usable CUDA device (CUDA runtime: {str(error).splitlines()[0]})"
+        return False, f"no usable CUDA device (CUDA runtime: {first_line(error)})"
     if count == 0:
         return False, "no CUDA device"
     nvrtc_ok, nvrtc = nvrtc_status()
@@ -34,7 +36,7 @@ def nvrtc_status() -> tuple[bool, str]:
         from cupy.cuda import nvrtc
         major, minor = nvrtc.getVersion()
     except Exception as error:
-        return False, f"NVRTC cannot be loaded ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        return False, f"NVRTC cannot be loaded ({first_line(error)})"
     return True, f"NVRTC {major}.{minor}"
 
 

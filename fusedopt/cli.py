@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--optimizer", type=_names,
                        help="comma-separated registry names (default: every registered one)")
     bench.add_argument("--sizes", type=_sizes,
-                       help="comma-separated element counts, e.g. 1024,2^20 (default: powers "
-                            "of 4 from 2^10 to 2^26 on CPU, 2^28 on GPU)")
+                       help="comma-separated element counts, e.g. 1024,2^20 (default: 2^10, 2^12, "
+                            "... up to 2^26 on CPU, 2^28 on GPU)")
     bench.add_argument("--dtype", type=_names, help="comma-separated: float32,float64 "
                                                     "(default: both)")
     bench.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda"),
@@ -58,7 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write every sample and the machine")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size")
 
-    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer")
+    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer",
+                          description="Dense(10, relu) then Dense(2, softmax) on batches of 10 "
+                                      "samples x 10 features (the Keras Adam example's input "
+                                      "of shape (10, 10)), synthetic two-class data, NumPy "
+                                      "forward/backward (CuPy on a GPU).")
     demo.add_argument("--optimizer", default="adam", help="any registered name (default adam)")
     demo.add_argument("--epochs", type=_positive, default=20)
     demo.add_argument("--samples", type=_positive, default=200,
@@ -104,8 +108,13 @@ def bench(args, console):
     settings = bench_settings(args)
     results = sweep.run(settings, console=console)
     report.print_tables(console, results)
+    described = machine.describe()
+    described["caveats"] = machine.caveats(described["numba"], settings.torch and any(
+        name.startswith("torch") for r in results for name in r.samples))
+    for caveat in described["caveats"]:
+        console.print(f"caveat: {caveat}", markup=False, highlight=False)
     if args.json:
-        report.write_json(args.json, results, machine.describe(), settings)
+        report.write_json(args.json, results, described, settings)
         console.print(f"samples and machine description written to {args.json}")
     if args.plot:
         from ._bench import plot
@@ -123,8 +132,11 @@ def main(argv=None) -> int:
         bench(args, console)
     elif args.command == "demo":
         from ._demo import run_demo
-        run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
-                 compare=args.compare, console=console)
+        try:
+            run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
+                     compare=args.compare, console=console)
+        except ValueError as error:  # an unknown optimizer name: say which ones exist
+            raise SystemExit(f"fusedopt demo: {error}") from None
     else:
         from ._info import show
         show(console)

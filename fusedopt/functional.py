@@ -29,7 +29,8 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     hp = spec.defaults()
     hp.update(hyper)
     for h in spec.hypers:
-        h.validate(hp[h.name])
+        h.validate(hp[h.name], convention)
+    spec.check(hp, convention)
     flags = spec.flags(hp, convention)
     names = spec.slots(flags)
     params, grads, states = list(params), list(grads), [list(s) for s in states]

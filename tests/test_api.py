@@ -20,8 +20,11 @@ def test_config_keys_equal_keras(name):
     ours = cls().get_config()
     theirs = getattr(keras.optimizers, cls.__name__)().get_config()
     assert set(ours) == set(theirs)
-    assert ours["name"] == theirs["name"]
+    # Keras numbers the names of later instances ("adam_3"); the stem must match.
+    assert theirs["name"] in (ours["name"], *(f"{ours['name']}_{i}" for i in range(1, 1000)))
     for key, value in theirs.items():
+        if key == "name":
+            continue
         if isinstance(value, float):
             assert ours[key] == pytest.approx(value, rel=1e-6), key
         else:

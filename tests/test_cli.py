@@ -159,3 +159,37 @@ def test_python_dash_m_runs_info():
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "fusedopt" in done.stdout
+
+
+@slow
+def test_cpu_adam_ceiling_script_prints_a_markdown_table(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_adam_ceiling.py"
+    spec = importlib.util.spec_from_file_location("cpu_adam_ceiling", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--elements", "65536", "--small-elements", "4096", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ")]
+    cells = {(n.strip(), c.strip()) for n, c in rows}
+    expected = {"fused", "ceiling", "unfused"} | ({"torch fused"} if _torch_present() else set())
+    assert {c for n, c in cells if n == "65,536"} == expected
+    assert {c for n, c in cells if n == "4,096"} == expected - {"unfused"}
+    assert "n * (16 read + 12 written)" in out
+
+
+def _cuda_usable() -> bool:
+    from fusedopt._info import cuda_status
+    return cuda_status()[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA device and CuPy")
+def test_bench_on_gpu_has_ceiling_and_copy(tmp_path):
+    out = tmp_path / "gpu.json"
+    assert cli.main(["bench", "--backend", "cuda", "--sizes", "4096,65537", "--repeats", "2",
+                     "--optimizer", "adam", "--dtype", "float32", "--json", str(out)]) == 0
+    for case in json.loads(out.read_text())["cases"]:
+        assert {"fused", "unfused", "ceiling", "copy"} <= set(case["contenders"]), case["notes"]

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from .timing import first_line
 from .traffic import Traffic, cpu_ceiling, cuda_ceiling, cuda_copy, traffic
 
 FUSED, UNFUSED = "fused", "unfused"
@@ -118,7 +119,7 @@ def _torch_contenders(name: str, hp: dict, param, grad, backend: str, notes: lis
             opt = cls([p], **_torch_kwargs(torch_name, hp), **{mode: True})
         except (TypeError, ValueError, RuntimeError) as error:
             notes.append(f"{label}: torch.optim.{torch_name}({mode}=True) unavailable "
-                         f"({str(error).splitlines()[0]})")
+                         f"({first_line(error)})")
             continue
         out.append(Contender(label, opt.step))
     return out

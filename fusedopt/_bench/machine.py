@@ -81,8 +81,26 @@ def available_memory(backend: str) -> int | None:
     return None
 
 
+#: Environment variables that change how many threads run and how idle ones wait.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_NUM_THREADS",
+                    "NUMBA_THREADING_LAYER", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
+
+
+def caveats(threads: dict, torch_in_use: bool) -> list[str]:
+    """What about this process can skew CPU figures, in words (empty if nothing known)."""
+    out = []
+    if torch_in_use and threads["threading_layer"] == "omp" and \
+            "OMP_WAIT_POLICY" not in os.environ:
+        out.append("Numba (omp layer) and torch each run an OpenMP thread pool in this process; "
+                   "idle threads of one spin while the other works, which slows both on a "
+                   "busy or small machine. Compare with OMP_WAIT_POLICY=PASSIVE or "
+                   "NUMBA_THREADING_LAYER=workqueue.")
+    return out
+
+
 def describe() -> dict:
     out = {
+        "environment": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "platform": platform.platform(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import contenders as cs
 
 _LINESTYLES = {"float32": "-", "float64": ":"}
+_BOUND_LINESTYLES = {"float32": "--", "float64": "-."}
 
 
 def write_png(path, results) -> None:
@@ -28,7 +29,7 @@ def write_png(path, results) -> None:
                 xs, ys = zip(*points)
                 bound = name in (cs.CEILING, cs.COPY)
                 ax.plot(xs, ys, marker="." if not bound else None, color=colors[name],
-                        linestyle="--" if bound else _LINESTYLES.get(dtype, "-"),
+                        linestyle=(_BOUND_LINESTYLES if bound else _LINESTYLES).get(dtype, "-"),
                         linewidth=2.2 if bound else 1.4, label=f"{name} ({dtype})")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("elements per tensor")

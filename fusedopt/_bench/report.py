@@ -77,8 +77,9 @@ def print_tables(console, results) -> None:
     for (optimizer, dtype), group in groupby(results, key=key):
         group = list(group)
         flow = group[0].traffic
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"{optimizer} {dtype} on {group[0].backend}: {flow.read_bytes} B "
-                            f"read + {flow.write_bytes} B written per element",
+        title = (f"{optimizer} {dtype} on {group[0].backend}: {flow.read_bytes} B read + "
+                 f"{flow.write_bytes} B written per element")
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title,
                       caption="median of interleaved rounds; IQR its spread; vs X = X's median "
                               "time / this one's (> 1: faster than X)")
         for column in ("n", "contender", "median", "IQR", "GB/s", "of\nceiling",

@@ -13,7 +13,7 @@ from .. import _registry
 from . import contenders as cs
 from . import timing
 from .machine import available_memory
-from .traffic import Traffic
+from .traffic import Traffic, traffic
 
 #: Default sweep: powers of two from 2**SIZE_LOW to 2**SIZE_HIGH, every SIZE_STEP-th.
 SIZE_LOW, SIZE_STEP = 10, 2
@@ -75,7 +75,7 @@ class Result:
         return self.summary(baseline).median / self.summary(name).median
 
     def fraction_of_ceiling(self, name: str) -> float | None:
-        """Share of the traffic ceiling's bandwidth ``name`` reaches (same bytes, so a time ratio)."""
+        """Share of the traffic ceiling's bandwidth ``name`` reaches (same bytes: a time ratio)."""
         return self.ratio(name, cs.CEILING)
 
 
@@ -103,8 +103,10 @@ def measure(name: str, size: int, dtype: str, backend: str, repeats: int, seed: 
     """
     spec = _registry.lookup(name)
     result = Result(spec.name, size, dtype, backend,
-                    cs.traffic(spec, spec.flags(spec.defaults(), "keras"), dtype))
+                    traffic(spec, spec.flags(spec.defaults(), "keras"), dtype))
     need, free = cs.working_set(spec.name, size, dtype, torch), available_memory(backend)
+    if backend == "cuda":
+        need += result.bytes  # the copy bound's source and destination
     if free is not None and need > MEMORY_SHARE * free:
         result.notes.append(f"skipped: needs {need / 2**30:.1f} GiB, "
                             f"{free / 2**30:.1f} GiB free")

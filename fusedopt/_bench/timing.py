@@ -60,6 +60,11 @@ def _time(step, inner: int, sync) -> float:
     return (time.perf_counter() - start) / inner
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def warm_up(contenders, sync, notes: list[str]):
     """Run each contender untimed; those that fail are dropped with a note. Returns the rest
     and one timed call's duration of each."""
@@ -70,8 +75,7 @@ def warm_up(contenders, sync, notes: list[str]):
                 c.step()
             first.append(_time(c.step, 1, sync))
         except Exception as error:  # torch raises many kinds for an unsupported fused path
-            notes.append(f"{c.name}: failed in warm-up, skipped "
-                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+            notes.append(f"{c.name}: failed in warm-up, skipped ({first_line(error)})")
             continue
         kept.append(c)
     return kept, first

@@ -4,3 +4,11 @@ from .adam import Adam, AdamW
 from .base import Optimizer
 
 __all__ = ["Optimizer", "Adam", "AdamW"]
+
+# SGD, RMSprop, Adagrad, Adadelta
+from .adadelta import Adadelta  # noqa: E402
+from .adagrad import Adagrad  # noqa: E402
+from .rmsprop import RMSprop  # noqa: E402
+from .sgd import SGD  # noqa: E402
+
+__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]

@@ -68,12 +68,9 @@ class Optimizer:
                             f"{sorted(unknown)}; it takes {sorted(known)}")
         for h in spec.hypers:
             value = hyper.get(h.name, h.default)
-            h.validate(value)
-            if convention not in h.conventions and value != h.default:
-                raise ValueError(f"{h.name} exists only in the {'/'.join(sorted(h.conventions))}"
-                                 f" convention; drop it or use convention="
-                                 f"{sorted(h.conventions)[0]!r}")
+            h.validate(value, convention)
             hyper[h.name] = value
+        spec.check(hyper, convention)
         self._check_clipping(clipnorm, clipvalue, global_clipnorm)
         self.hyper: dict[str, Any] = hyper
         self.name = name if name is not None else spec.keras_name
@@ -313,7 +310,10 @@ class Optimizer:
                "weight_decay": self.hyper.get("weight_decay"), "clipnorm": self.clipnorm,
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                **_KERAS_FIXED}
-        cfg.update({k: v for k, v in self.hyper.items() if k not in cfg})
+        # A hyperparameter of the other convention only (always at its default here) is left
+        # out, so the keys stay those of the real library.
+        hidden = {h.name for h in self._spec.hypers if self.convention not in h.conventions}
+        cfg.update({k: v for k, v in self.hyper.items() if k not in cfg and k not in hidden})
         if self.convention != "keras":
             cfg["convention"] = self.convention
         if self.backend != "auto":
