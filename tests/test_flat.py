@@ -141,3 +141,20 @@ def test_an_optimizer_belongs_to_one_arena():
         arena.step(opt)
     with pytest.raises(ValueError, match="has not stepped this arena"):
         arena.state(fusedopt.Adam())
+
+
+def test_exclusion_by_view_equals_exclusion_by_name():
+    params, grads = problem(SHAPES, seed=6)
+    by_name, _ = train_arena("adamw", {"weight_decay": 0.2}, "keras", params, grads,
+                             no_decay=("bias",))
+    arena = fusedopt.FlatParams(layout(), no_decay=("bias",))
+    arena.adopt(dict(zip(NAMES, params)))
+    opt = fusedopt.AdamW(weight_decay=0.2)
+    opt.exclude_from_weight_decay(var_list=[v for n, v in arena.params.items() if "bias" in n])
+    for step_grads in grads:
+        for n, g in zip(NAMES, step_grads):
+            arena.grads[n][...] = g
+        arena.step(opt)
+    assert opt._decays == [True, False]
+    for n in NAMES:
+        assert same_bits(arena.params[n], by_name.params[n]), n
