@@ -30,7 +30,7 @@ SWITCH_ON = 0.1
 #: |reference| per tensor.
 TOLERANCE = {
     "float32": {"ulps": 4, "rtol": 1e-6},
-    "float64": {"ulps": 4, "rtol": 1e-13},
+    "float64": {"ulps": 4, "rtol": 1e-14},
 }
 
 #: Awkward sizes: a single element, fewer than a vector, one past a chunk multiple, a big
@@ -53,14 +53,16 @@ class Variant:
         return dict(self.hyper)
 
     def id(self) -> str:
-        parts = [self.convention] + [f"{k}={v}" for k, v in self.hyper if k != "learning_rate"]
-        return "-".join(parts)
+        return "-".join([self.convention] + [f"{k}={v}" for k, v in self.hyper
+                                             if k != "learning_rate"])
 
 
 def _candidates(spec: OptimizerSpec, hyper) -> list:
     """Values to try for one hyperparameter: its default, plus 'on' if it is off by default."""
     default = hyper.default
     values = [default]
+    if callable(default):
+        return values
     if isinstance(default, bool):
         values.append(not default)
     elif default is None or default == 0:
@@ -78,20 +80,42 @@ def _candidates(spec: OptimizerSpec, hyper) -> list:
 
 
 def variants(spec: OptimizerSpec) -> list[Variant]:
-    """Every convention x every combination of on/off hyperparameters that validates."""
-    choices = {h.name: _candidates(spec, h) for h in spec.hypers if not callable(h.default)}
-    choices["learning_rate"] = [LEARNING_RATE]
+    """Every convention x every combination of on/off hyperparameters that validates.
+
+    A variant lists only what differs from the registry's defaults (and the learning rate).
+    """
+    by_name = {h.name: h for h in spec.hypers}
+    choices = {h.name: _candidates(spec, h) for h in spec.hypers}
+    if "learning_rate" in choices:
+        choices["learning_rate"] = [LEARNING_RATE]
     names = sorted(choices)
     found = []
-    by_name = {h.name: h for h in spec.hypers}
     for convention in CONVENTIONS:
         for values in itertools.product(*(choices[n] for n in names)):
-            hp = dict(zip(names, values))
-            exists = all(convention in by_name[n].conventions or v == by_name[n].default
-                         for n, v in hp.items() if n in by_name)
-            if exists:
-                found.append(Variant(convention, tuple(sorted(hp.items()))))
+            hp = {n: v for n, v in zip(names, values)
+                  if n == "learning_rate" or v != by_name[n].default}
+            if all(convention in by_name[n].conventions for n in hp if n != "learning_rate"):
+                variant = Variant(convention, tuple(sorted(hp.items())))
+                if _consistent(spec, variant):
+                    found.append(variant)
     return found
+
+
+def _consistent(spec: OptimizerSpec, variant: Variant) -> bool:
+    """False for combinations the optimizer refuses (e.g. torch's nesterov without momentum)."""
+    check = getattr(spec, "check", None)  # cross-hyperparameter check, where a spec has one
+    if check is None:
+        return True
+    try:
+        check(full_hyper(spec, variant), variant.convention)
+    except ValueError:
+        return False
+    return True
+
+
+def entry_of(spec: OptimizerSpec, variant: Variant, dtype: str) -> str:
+    """The CUDA name expression this variant runs."""
+    return spec.entry(dtype, spec.flags(full_hyper(spec, variant), variant.convention))
 
 
 def full_hyper(spec: OptimizerSpec, variant: Variant) -> dict:

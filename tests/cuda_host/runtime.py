@@ -93,8 +93,8 @@ class HostKernel:
         grid, block, args = _shape3(grid, "grid"), _shape3(block, "block"), tuple(args)
         if shared_mem:
             raise ValueError(f"{self.name}: fusedopt kernels use no shared memory")
-        self._check_args(args)
         self._check_shape(grid, block)
+        self._check_args(args)
         if table_check.uses_table(self.signature):
             table_check.check(self.name, grid, args, self.runtime.find_buffer)
         self.runtime.launches.append((self.name, grid, block))
