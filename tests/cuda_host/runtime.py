@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusedopt._cuda import source
+
 from . import build, table_check
 
 #: CUDA launch limits on every architecture fusedopt targets.
@@ -144,17 +146,19 @@ class HostRuntime:
 
     ``order="reverse"`` runs blocks and threads last to first. ``sanitize=True`` builds with
     AddressSanitizer, which needs its runtime preloaded into the process
-    (tests/cuda_host/sanitize.py does that in a subprocess).
+    (tests/cuda_host/sanitize.py does that in a subprocess). ``sources`` replaces a family's
+    source text (broken copies, in tests); ``only`` builds just that one entry point.
     """
 
     name = "host"
 
     def __init__(self, cache_dir: Path, *, order: str = "forward", sanitize: bool = False,
-                 sources: dict[str, str] | None = None):
+                 sources: dict[str, str] | None = None, only: str | None = None):
         if order not in ("forward", "reverse"):
             raise ValueError(f"order must be 'forward' or 'reverse', got {order!r}")
         self.cache_dir, self.order, self.sanitize = Path(cache_dir), order, sanitize
         self.sources = dict(sources or {})  # family -> replacement source text (tests)
+        self.only = only
         self.launches: list[tuple[str, tuple, tuple]] = []
         self.uploads = 0
         # id -> (start, end, array) of every array handed out; holding the array keeps its
@@ -186,11 +190,11 @@ class HostRuntime:
 
     def module(self, family: str, name_expressions):
         if family not in self._modules:
-            if family in self.sources:
-                path = build.build(f"{family}-modified", self.sources[family], name_expressions,
-                                   self.cache_dir, self.sanitize)
-            else:
-                path = build.build_family(family, self.cache_dir, self.sanitize)
+            if self.only is not None:
+                name_expressions = [n for n in name_expressions if n == self.only]
+            text = self.sources.get(family) or source.source(family)
+            label = f"{family}-modified" if family in self.sources else family
+            path = build.build(label, text, name_expressions, self.cache_dir, self.sanitize)
             self._modules[family] = HostModule(self, path)
         return self._modules[family]
 
