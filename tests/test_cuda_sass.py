@@ -10,12 +10,11 @@ import pytest
 from cuda_host import probes
 from fusedopt import config
 from fusedopt._cuda import nvrtc, sass, source
-from fusedopt._registry import REGISTRY
 
 MATRIX = nvrtc.gate_matrix()
 
 #: Entry points that update params: each must move 16 bytes per access.
-OPTIMIZER_ENTRIES = {name for spec in REGISTRY.values() for _, _, name in spec.entries()}
+OPTIMIZER_ENTRIES = sass.optimizer_entries()
 
 
 def _reports(compiled, cuda_cache_dir):
@@ -84,3 +83,11 @@ def test_ptxas_report_is_parsed():
            "ptxas info    : Used 71 registers, used 0 barriers, 352 bytes cmem[0]\n")
     assert sass.ptxas_resources(log) == {
         "_Z1kv": {"stack": 8, "spill_stores": 4, "spill_loads": 12, "registers": 71}}
+
+
+def test_kernel_table_replaces_only_between_its_markers():
+    from fusedopt._cuda import report
+    text = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
+    assert report.replace_table(text, "new") == f"intro\n{report.START}\nnew\n{report.END}\noutro\n"
+    with pytest.raises(ValueError, match="markers are missing"):
+        report.replace_table("no markers", "new")

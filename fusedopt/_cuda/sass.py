@@ -37,9 +37,8 @@ _PROPERTIES = re.compile(r"Function properties for (\S+)")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _REGISTERS = re.compile(r"Used (\d+) registers")
 _FUNCTION = re.compile(r"^\s*Function : (\S+)\s*$", re.MULTILINE)
-_LOCAL = re.compile(r"\b(LDL|STL)(\.\w+)*\b")
-_LOAD128 = re.compile(r"\bLDG(\.\w+)*\.128\b")
-_STORE128 = re.compile(r"\bSTG(\.\w+)*\.128\b")
+# Opcodes with their modifiers (e.g. "LDG.E.128.CONSTANT"); a literal start keeps the scan fast.
+_OPCODE = {op: re.compile(rf"{op}(?:\.\w+)*") for op in ("LDG", "STG", "LDL", "STL")}
 
 
 @dataclass(frozen=True)
@@ -149,6 +148,14 @@ def sass_functions(text: str) -> dict[str, str]:
     return dict(zip(parts[1::2], parts[2::2]))
 
 
+def _opcodes(code: str, op: str) -> list[str]:
+    return _OPCODE[op].findall(code)
+
+
+def _count_128(opcodes: list[str]) -> int:
+    return sum("128" in opcode.split(".") for opcode in opcodes)
+
+
 def inspect(compiled: Compiled, cache_dir: Path | None = None) -> dict[str, KernelReport]:
     """name expression -> :class:`KernelReport` for every entry point of ``compiled``."""
     if not compiled.ok:
@@ -165,8 +172,14 @@ def inspect(compiled: Compiled, cache_dir: Path | None = None) -> dict[str, Kern
             name=name, arch=compiled.arch, registers=res.get("registers", 0),
             stack=res.get("stack", 0), spill_stores=res.get("spill_stores", 0),
             spill_loads=res.get("spill_loads", 0),
-            local_accesses=len(_LOCAL.findall(code)),
-            loads_128=len(_LOAD128.findall(code)),
-            stores_128=len(_STORE128.findall(code)))
+            local_accesses=len(_opcodes(code, "LDL")) + len(_opcodes(code, "STL")),
+            loads_128=_count_128(_opcodes(code, "LDG")),
+            stores_128=_count_128(_opcodes(code, "STG")))
     return reports
 
+
+
+def optimizer_entries() -> set[str]:
+    """Name expressions of every optimizer entry point: the ones that must be vectorized."""
+    from .._registry import REGISTRY
+    return {name for spec in REGISTRY.values() for _, _, name in spec.entries()}
