@@ -58,3 +58,8 @@ def float32_entry() -> tuple[str, str]:
     """(family, name expression) of a float32 optimizer entry point, to run probes on."""
     spec = next(s for s in REGISTRY.values() if "float32" in s.dtypes)
     return spec.kernel, spec.entry("float32", spec.all_flags[0])
+
+
+def drop_tail_store(text: str) -> str:
+    """The scalar tail computes the update but never stores the param."""
+    return replace_once(text, "p[j] = static_cast<T>(pe);", "", "dropped-store")
