@@ -289,3 +289,18 @@ def test_a_wrong_kernel_fails_the_comparison(cuda_cache_dir):
             _run_and_compare(spec, variant, "float32", problem, "broken tail", with_cpu=False)
     finally:
         runtime.install(previous)
+
+
+def test_helper_kernels_may_cooperate(cuda_cache_dir):
+    """Kernels that are no optimizer's (reductions) run with real barriers and shared memory."""
+    from cuda_host import probes
+    code, name = probes.block_sums_kernel()
+    host = HostRuntime(cuda_cache_dir / "host", sources={"probe": code})
+    kernel = host.module("probe", [name]).get_function(name)
+    x = np.arange(1000, dtype=np.float32)
+    out = np.zeros(3, np.float64)
+    kernel((3,), (64,), (x, np.int64(x.size), out))
+    stride = 3 * 64
+    expected = [sum(float(x[i]) for i in range(b * 64, 1000) if (i % stride) // 64 == b)
+                for b in range(3)]
+    np.testing.assert_array_equal(out, expected)

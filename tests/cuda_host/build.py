@@ -24,6 +24,8 @@ HEADERS = ("shim.h", "launcher.h")
 #: -O1 keeps builds quick; -ffp-contract=off keeps each operation IEEE-rounded (no FMA).
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-DFUSEDOPT_HOST_BUILD",
          "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas")
+#: Helper kernels that make threads cooperate (barriers, shared memory): OS threads per block.
+COOPERATIVE = ("-DFUSEDOPT_HOST_COOPERATIVE", "-pthread")
 #: Address and undefined-behaviour sanitizers; any report ends the process with an error.
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer", "-g")
@@ -65,10 +67,14 @@ def _key(text: str, cpp: str, flags) -> str:
 
 
 def build(label: str, text: str, name_expressions, cache_dir: Path,
-          sanitize: bool = False) -> Path:
-    """Shared library for kernel source ``text`` (``label`` names it in errors and paths)."""
+          sanitize: bool = False, cooperative: bool = False) -> Path:
+    """Shared library for kernel source ``text`` (``label`` names it in errors and paths).
+
+    ``cooperative`` allows barriers and shared memory (tests/cuda_host/shim.h); optimizer
+    kernels are built without it, so their threads must stay independent.
+    """
     cpp = generate(name_expressions)
-    flags = FLAGS + (SANITIZE if sanitize else ())
+    flags = FLAGS + (COOPERATIVE if cooperative else ()) + (SANITIZE if sanitize else ())
     folder = Path(cache_dir) / f"{label}-{'asan-' if sanitize else ''}{_key(text, cpp, flags)}"
     library = folder / "kernels.so"
     if library.is_file():
@@ -89,10 +95,16 @@ def build(label: str, text: str, name_expressions, cache_dir: Path,
     return library
 
 
+def optimizer_families() -> set[str]:
+    """Kernel families that update params: built without cooperation (threads independent)."""
+    from fusedopt._registry import REGISTRY
+    return {spec.kernel for spec in REGISTRY.values()}
+
+
 def build_family(family: str, cache_dir: Path, sanitize: bool = False) -> Path:
     """kernels/<family>.cu with every entry point the runtime can request."""
     return build(family, source.source(family), launch.name_expressions(family), cache_dir,
-                 sanitize)
+                 sanitize, cooperative=family not in optimizer_families())
 
 
 def warnings(library: Path) -> str:

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <exception>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -77,8 +78,43 @@ Entry entry(const char* name) {
 
 inline thread_local std::string last_error;
 
+inline uint3 index3(unsigned long long i, const unsigned* dims) {
+    return uint3{static_cast<unsigned>(i % dims[0]), static_cast<unsigned>(i / dims[0] % dims[1]),
+                 static_cast<unsigned>(i / dims[0] / dims[1])};
+}
+
+#if defined(FUSEDOPT_HOST_COOPERATIVE)
+// One block at a time, its threads as OS threads meeting at the block's barrier.
+inline void run_block(const Entry& e, uint3 block, const unsigned* grid, const unsigned* dims,
+                      void** args, std::string& error) {
+    const unsigned n_threads = dims[0] * dims[1] * dims[2];
+    Barrier barrier(n_threads);
+    std::mutex error_mutex;
+    std::vector<std::thread> threads;
+    threads.reserve(n_threads);
+    for (unsigned t = 0; t < n_threads; ++t) {
+        threads.emplace_back([&, t] {
+            grid_dim = dim3(grid[0], grid[1], grid[2]);
+            block_dim = dim3(dims[0], dims[1], dims[2]);
+            block_idx = block;
+            thread_idx = index3(t, dims);
+            block_barrier = &barrier;
+            try {
+                e.run(args);
+            } catch (const std::exception& failure) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                error = failure.what();
+            }
+            barrier.leave();
+        });
+    }
+    for (auto& thread : threads) thread.join();
+}
+#endif
+
 // Every thread of every block, one after another; ``reverse`` runs blocks and threads in
-// the opposite order, so a kernel whose result depends on the order is caught.
+// the opposite order, so a kernel whose result depends on the order is caught. Cooperative
+// builds run each block's threads together instead (see shim.h).
 inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, void** args,
                   int reverse) {
     try {
@@ -87,17 +123,19 @@ inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, v
         const unsigned long long n_blocks = 1ULL * grid[0] * grid[1] * grid[2];
         const unsigned long long n_threads = 1ULL * block[0] * block[1] * block[2];
         for (unsigned long long b = 0; b < n_blocks; ++b) {
-            const unsigned long long bi = reverse ? n_blocks - 1 - b : b;
-            block_idx = uint3{static_cast<unsigned>(bi % grid[0]),
-                              static_cast<unsigned>(bi / grid[0] % grid[1]),
-                              static_cast<unsigned>(bi / grid[0] / grid[1])};
+            const uint3 bi = index3(reverse ? n_blocks - 1 - b : b, grid);
+#if defined(FUSEDOPT_HOST_COOPERATIVE)
+            std::string error;
+            run_block(e, bi, grid, block, args, error);
+            if (!error.empty()) throw std::runtime_error(error);
+            (void)n_threads;
+#else
+            block_idx = bi;
             for (unsigned long long t = 0; t < n_threads; ++t) {
-                const unsigned long long ti = reverse ? n_threads - 1 - t : t;
-                thread_idx = uint3{static_cast<unsigned>(ti % block[0]),
-                                   static_cast<unsigned>(ti / block[0] % block[1]),
-                                   static_cast<unsigned>(ti / block[0] / block[1])};
+                thread_idx = index3(reverse ? n_threads - 1 - t : t, block);
                 e.run(args);
             }
+#endif
         }
         return 0;
     } catch (const std::exception& error) {

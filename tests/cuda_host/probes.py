@@ -63,3 +63,22 @@ def float32_entry() -> tuple[str, str]:
 def drop_tail_store(text: str) -> str:
     """The scalar tail computes the update but never stores the param."""
     return replace_once(text, "p[j] = static_cast<T>(pe);", "", "dropped-store")
+
+
+def block_sums_kernel() -> tuple[str, str]:
+    """(source, name) of a helper kernel with a shared-memory tree reduction per block."""
+    code = ("template <typename T>\n"
+            "__global__ void fusedopt_probe_block_sums(const T* x, long long n, double* out) {\n"
+            "    __shared__ double buf[1024];\n"
+            "    double acc = 0.0;\n"
+            "    for (long long i = blockIdx.x * blockDim.x + threadIdx.x; i < n;\n"
+            "         i += static_cast<long long>(gridDim.x) * blockDim.x) acc += x[i];\n"
+            "    buf[threadIdx.x] = acc;\n"
+            "    __syncthreads();\n"
+            "    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {\n"
+            "        if (threadIdx.x < half) buf[threadIdx.x] += buf[threadIdx.x + half];\n"
+            "        __syncthreads();\n"
+            "    }\n"
+            "    if (threadIdx.x == 0) out[blockIdx.x] = buf[0];\n"
+            "}\n")
+    return code, "fusedopt_probe_block_sums<float>"

@@ -194,7 +194,8 @@ class HostRuntime:
                 name_expressions = [n for n in name_expressions if n == self.only]
             text = self.sources.get(family) or source.source(family)
             label = f"{family}-modified" if family in self.sources else family
-            path = build.build(label, text, name_expressions, self.cache_dir, self.sanitize)
+            path = build.build(label, text, name_expressions, self.cache_dir, self.sanitize,
+                               cooperative=family not in build.optimizer_families())
             self._modules[family] = HostModule(self, path)
         return self._modules[family]
 

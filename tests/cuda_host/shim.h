@@ -12,10 +12,25 @@
 #error "compile the host build with -DFUSEDOPT_HOST_BUILD (kernels/common.cuh reads it)"
 #endif
 
-#include <cmath>
+// Every standard header the host build uses comes first: the keyword macros below (e.g.
+// __noinline__) would break libstdc++ headers included after them.
 #include <math.h>
+
+#include <climits>
+#include <cmath>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 // The float overloads of sqrt, fabs, ... must win for float arguments, as in CUDA;
 // with only ::sqrt(double) visible, float math would silently run in double.
@@ -100,6 +115,53 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline long long min(long long a, long long b) { return a < b ? a : b; }
 
+#if defined(FUSEDOPT_HOST_COOPERATIVE)
+// Helper kernels that are not optimizers (a block reduction, say) may cooperate: their
+// launches run each block's threads as OS threads, __syncthreads is a real barrier and
+// __shared__ memory is one static copy, used by one block at a time.
+namespace fusedopt_host {
+
+class Barrier {
+  public:
+    explicit Barrier(unsigned count) : count_(count) {}
+    void wait() {
+        std::unique_lock<std::mutex> lock(mutex_);
+        const unsigned generation = generation_;
+        if (++waiting_ == count_) {
+            release();
+        } else {
+            ready_.wait(lock, [&] { return generation != generation_; });
+        }
+    }
+    // A thread that returns no longer holds the others at the barrier (as on the GPU).
+    void leave() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --count_;
+        if (count_ > 0 && waiting_ == count_) release();
+    }
+
+  private:
+    void release() {
+        waiting_ = 0;
+        ++generation_;
+        ready_.notify_all();
+    }
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    unsigned count_, waiting_ = 0, generation_ = 0;
+};
+
+inline thread_local Barrier* block_barrier = nullptr;
+
+}  // namespace fusedopt_host
+
+inline void __syncthreads() { ::fusedopt_host::block_barrier->wait(); }
+#define __shared__ static
+#define FUSEDOPT_HOST_FORBID_BARRIERS 0
+#else
+#define FUSEDOPT_HOST_FORBID_BARRIERS 1
+#endif
+
 // Cooperation between threads: not allowed in a fusedopt kernel (see the top of this file).
 #define FUSEDOPT_HOST_FORBID(name)                                                          \
     template <typename... A>                                                                \
@@ -109,7 +171,9 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
                       "independent (each owns its elements), and the host build runs "      \
                       "them one after another");                                            \
     }
+#if FUSEDOPT_HOST_FORBID_BARRIERS
 FUSEDOPT_HOST_FORBID(__syncthreads)
+#endif
 FUSEDOPT_HOST_FORBID(__syncthreads_count)
 FUSEDOPT_HOST_FORBID(__syncthreads_and)
 FUSEDOPT_HOST_FORBID(__syncthreads_or)
@@ -136,7 +200,9 @@ FUSEDOPT_HOST_FORBID(atomicAnd)
 FUSEDOPT_HOST_FORBID(atomicOr)
 FUSEDOPT_HOST_FORBID(atomicXor)
 #undef FUSEDOPT_HOST_FORBID
+#if FUSEDOPT_HOST_FORBID_BARRIERS
 #define __shared__                                                                          \
     static_assert(::fusedopt_host::always_false<>,                                          \
                   "__shared__ memory is for threads that cooperate; fusedopt kernels keep " \
                   "threads independent");
+#endif
