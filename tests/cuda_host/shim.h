@@ -5,7 +5,8 @@
 // or talk to each other, which is what fusedopt kernels promise: each thread owns its
 // elements. Everything that would let threads cooperate - barriers, shuffles, atomics, shared
 // memory - is a compile-time error here, so a kernel that starts relying on it cannot pass
-// the host tests by accident.
+// the host tests by accident. Helper kernels that are no optimizer's (block reductions)
+// are built with FUSEDOPT_HOST_COOPERATIVE instead: see below.
 #pragma once
 
 #ifndef FUSEDOPT_HOST_BUILD
