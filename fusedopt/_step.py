@@ -34,7 +34,7 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec) -> None:
         raise TypeError(f"{where}: grad dtype {np.dtype(grad.dtype).name} differs from param "
                         f"dtype {dtype}; cast the grad with .astype({dtype})")
     flags = getattr(param, "flags", None)
-    if flags is not None and not getattr(flags, "writeable", True):  # CuPy: no such flag
+    if flags is not None and not _writeable(flags):
         raise ValueError(f"{where} is read-only; fusedopt updates params in place, so pass a "
                          "writeable array (e.g. param.copy())")
     if flags is not None and not flags.c_contiguous:
@@ -42,6 +42,11 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec) -> None:
                          "fusedopt updates params in place through their memory, so pass a "
                          "C-contiguous array (np.ascontiguousarray / cupy.ascontiguousarray) "
                          "and keep using that array")
+
+
+def _writeable(flags) -> bool:
+    # CuPy's flags have no 'writeable': device arrays always are.
+    return getattr(flags, "writeable", True)
 
 
 def check_state(position: int, param, slots, names) -> None:
@@ -53,7 +58,7 @@ def check_state(position: int, param, slots, names) -> None:
             raise ValueError(f"param {position}: state {name!r} must match the param's shape "
                              f"{_shape(param)} and dtype {np.dtype(param.dtype).name}, got "
                              f"{_shape(s)} {np.dtype(s.dtype).name}")
-        if not s.flags.c_contiguous or not s.flags.writeable:
+        if not s.flags.c_contiguous or not _writeable(s.flags):
             raise ValueError(f"param {position}: state {name!r} must be writeable and "
                              "C-contiguous")
 

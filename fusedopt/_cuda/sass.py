@@ -1,0 +1,185 @@
+"""Read the machine code NVRTC produced: the machine-code gate.
+
+Per entry point (a name expression such as ``adam<float, 0, 1>``), from ptxas' resource
+report in the program log and from the SASS that ``cuobjdump -sass`` prints for the cubin:
+
+- registers per thread, within ``config.REGISTER_BUDGET`` (occupancy) and small enough
+  that a block of ``config.THREADS_PER_BLOCK`` threads can launch at all;
+- zero stack frame, zero spill stores and loads, and no local-memory instruction
+  (``LDL``/``STL``): local memory lives in DRAM and would add traffic to a kernel whose
+  whole cost is traffic;
+- at least one 128-bit global load (``LDG.E.128``) and store (``STG.E.128``): the main
+  loop moves 16 bytes per access; a kernel that fell back to scalar loads reads the same
+  bytes in four times as many transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config
+from .nvrtc import PTXAS_VERBOSE, Compiled
+
+#: 32-bit registers one block may use on every architecture in config.GATE_ARCHS
+#: (compute capability 8.x and 9.0, CUDA C Programming Guide, "Technical Specifications").
+REGISTERS_PER_BLOCK = 65536
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)'")
+_PROPERTIES = re.compile(r"Function properties for (\S+)")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_FUNCTION = re.compile(r"^\s*Function : (\S+)\s*$", re.MULTILINE)
+# Opcodes with their modifiers (e.g. "LDG.E.128.CONSTANT"); a literal start keeps the scan fast.
+_OPCODE = {op: re.compile(rf"{op}(?:\.\w+)*") for op in ("LDG", "STG", "LDL", "STL")}
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """Resources and memory instructions of one entry point on one architecture."""
+
+    name: str            # the name expression
+    arch: str
+    registers: int
+    stack: int           # bytes of stack frame
+    spill_stores: int    # bytes
+    spill_loads: int     # bytes
+    local_accesses: int  # LDL/STL instructions
+    loads_128: int       # LDG ... .128 instructions
+    stores_128: int      # STG ... .128 instructions
+
+    def problems(self, vectors: bool = True) -> list[str]:
+        """Why this kernel fails the machine-code gate (empty when it passes).
+
+        ``vectors``: require 128-bit loads and stores (every optimizer entry point; helper
+        kernels such as reductions write a few scalars and are exempt).
+        """
+        where = f"{self.name} on {self.arch}"
+        found = []
+        if self.registers > config.REGISTER_BUDGET:
+            found.append(f"{where} uses {self.registers} registers per thread, over the budget "
+                         f"of {config.REGISTER_BUDGET} (fusedopt.config.REGISTER_BUDGET); "
+                         "keep fewer values live across the vector loop")
+        if self.registers * config.THREADS_PER_BLOCK > REGISTERS_PER_BLOCK:
+            found.append(f"{where}: {self.registers} registers x {config.THREADS_PER_BLOCK} "
+                         f"threads exceeds the {REGISTERS_PER_BLOCK} registers of a block; "
+                         "the launch would fail")
+        if self.spill_stores or self.spill_loads:
+            found.append(f"{where} spills registers ({self.spill_stores} bytes stored, "
+                         f"{self.spill_loads} bytes loaded)")
+        if self.stack:
+            found.append(f"{where} has a {self.stack}-byte stack frame: an array indexed "
+                         "at run time, or a call that was not inlined, lives in local memory")
+        if self.local_accesses:
+            found.append(f"{where} has {self.local_accesses} local-memory instructions "
+                         "(LDL/STL)")
+        if vectors and (not self.loads_128 or not self.stores_128):
+            found.append(f"{where} has {self.loads_128} 128-bit global loads and "
+                         f"{self.stores_128} 128-bit stores; its main loop must move 16 bytes "
+                         "per access (fusedopt::Pack in kernels/common.cuh)")
+        return found
+
+
+def tool(name: str) -> str:
+    """Path of a CUDA binary tool: from the ``nvidia-cuda-*`` wheels, CUDA_HOME, or PATH."""
+    candidates = []
+    for entry in sys.path:
+        candidates += sorted(Path(entry).glob(f"nvidia/cu*/bin/{name}"))
+        candidates += sorted(Path(entry).glob(f"nvidia/cuda_*/bin/{name}"))
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            candidates.append(Path(home) / "bin" / name)
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise FileNotFoundError(f"{name} not found; install it with `pip install "
+                            f"nvidia-cuda-{name}` (in the fusedopt[cudacheck] extra) or set "
+                            "CUDA_HOME to a CUDA toolkit")
+
+
+def disassemble(cubin: bytes, cache_dir: Path | None = None) -> str:
+    """``cuobjdump -sass`` of ``cubin`` (cached on disk under its hash with ``cache_dir``)."""
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"{hashlib.sha256(cubin).hexdigest()[:32]}.sass"
+        if cached.is_file():
+            return cached.read_text()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        result = subprocess.run([tool("cuobjdump"), "-sass", str(path)], capture_output=True,
+                                text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"cuobjdump -sass failed: {result.stderr.strip()}")
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(result.stdout)
+    return result.stdout
+
+
+def ptxas_resources(log: str) -> dict[str, dict[str, int]]:
+    """mangled name -> registers, stack, spill_stores, spill_loads, from ptxas -v lines."""
+    found: dict[str, dict[str, int]] = {}
+    current = None
+    for line in log.splitlines():
+        if m := _ENTRY.search(line) or _PROPERTIES.search(line):
+            current = found.setdefault(m.group(1), {})
+        elif current is not None and (m := _FRAME.search(line)):
+            current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                           spill_loads=int(m.group(3)))
+        elif current is not None and (m := _REGISTERS.search(line)):
+            current["registers"] = int(m.group(1))
+    return found
+
+
+def sass_functions(text: str) -> dict[str, str]:
+    """mangled name -> its SASS, from ``cuobjdump -sass`` output."""
+    parts = _FUNCTION.split(text)  # [preamble, name, body, name, body, ...]
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def _opcodes(code: str, op: str) -> list[str]:
+    return _OPCODE[op].findall(code)
+
+
+def _count_128(opcodes: list[str]) -> int:
+    return sum("128" in opcode.split(".") for opcode in opcodes)
+
+
+def inspect(compiled: Compiled, cache_dir: Path | None = None) -> dict[str, KernelReport]:
+    """name expression -> :class:`KernelReport` for every entry point of ``compiled``."""
+    if not compiled.ok:
+        raise ValueError(f"{compiled.label} did not compile; run the compile gate first")
+    resources = ptxas_resources(compiled.log)
+    functions = sass_functions(disassemble(compiled.cubin, cache_dir))
+    reports = {}
+    for name, mangled in compiled.lowered.items():
+        if mangled not in resources or mangled not in functions:
+            raise ValueError(f"{compiled.label}: no ptxas report or SASS for {name} "
+                             f"({mangled}); was it compiled with {PTXAS_VERBOSE}?")
+        res, code = resources[mangled], functions[mangled]
+        reports[name] = KernelReport(
+            name=name, arch=compiled.arch, registers=res.get("registers", 0),
+            stack=res.get("stack", 0), spill_stores=res.get("spill_stores", 0),
+            spill_loads=res.get("spill_loads", 0),
+            local_accesses=len(_opcodes(code, "LDL")) + len(_opcodes(code, "STL")),
+            loads_128=_count_128(_opcodes(code, "LDG")),
+            stores_128=_count_128(_opcodes(code, "STG")))
+    return reports
+
+
+
+def optimizer_entries() -> set[str]:
+    """Name expressions of every optimizer entry point: the ones that must be vectorized."""
+    from .._registry import REGISTRY
+    return {name for spec in REGISTRY.values() for _, _, name in spec.entries()}

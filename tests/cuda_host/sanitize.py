@@ -1,0 +1,108 @@
+"""Run every kernel under AddressSanitizer and UndefinedBehaviorSanitizer, in a subprocess.
+
+``python -m cuda_host.sanitize`` (with tests/ on the path) builds kernels/*.cu with
+``-fsanitize=address,undefined`` and runs the real CUDA backend over the awkward sizes, a
+misaligned view and shrunk launch sizes, for every registered optimizer, dtype and every
+entry point. Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+ends the process with the sanitizer's report and a non-zero status.
+
+AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
+starts Python with its runtime in LD_PRELOAD; ``--source family=path`` runs a modified
+copy of a family's source instead (the tests' broken kernels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: Shapes run together in one call per step, plus a misaligned param after them.
+SHAPES = ((1,), (3,), (4097,), (278011,), (0,), (37, 129))
+
+#: (chunk, threads per block, shapes, steps): the defaults over every shape, then many small
+#: blocks with idle threads over the small ones (the big one would only repeat them, slowly).
+RUNS = ((None, None, SHAPES, 1),
+        (64, 32, tuple(s for s in SHAPES if s != (278011,)), 2))
+
+
+def asan_runtime() -> str | None:
+    """Path of g++'s AddressSanitizer runtime, or None if this compiler has none."""
+    from cuda_host import build
+    result = subprocess.run([build.compiler(), "-print-file-name=libasan.so"],
+                            capture_output=True, text=True, check=False)
+    path = result.stdout.strip()
+    return path if result.returncode == 0 and os.path.isabs(path) and os.path.exists(path) \
+        else None
+
+
+def command(cache_dir: Path, sources: dict[str, Path] | None = None,
+            entry: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run this module under the sanitizers."""
+    runtime = asan_runtime()
+    if runtime is None:
+        raise RuntimeError("g++ has no AddressSanitizer runtime (libasan)")
+    argv = [sys.executable, "-m", "cuda_host.sanitize", "--cache", str(cache_dir)]
+    for family, path in (sources or {}).items():
+        argv += ["--source", f"{family}={path}"]
+    if entry:
+        argv += ["--entry", entry]
+    env = dict(os.environ)
+    env.update(
+        LD_PRELOAD=runtime,
+        ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",  # Python itself never frees everything
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
+        PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE.parents[1]),
+                                    env.get("PYTHONPATH", "")]),
+    )
+    return argv, env
+
+
+def _covering_variants(spec, compare):
+    """The fewest variants that reach every entry point of ``spec``, per dtype."""
+    chosen = {}
+    for variant in compare.variants(spec):
+        key = spec.flags(compare.full_hyper(spec, variant), variant.convention)
+        chosen.setdefault(key, variant)
+    return list(chosen.values())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", required=True, type=Path)
+    parser.add_argument("--source", action="append", default=[],
+                        help="family=path: run this source text instead of kernels/family.cu")
+    parser.add_argument("--entry", help="build and run only this entry point (a name "
+                        "expression such as 'adam<float, 0, 0>')")
+    args = parser.parse_args(argv)
+
+    from cuda_host import HostRuntime, compare
+    from fusedopt import config
+    from fusedopt._cuda import runtime
+    from fusedopt._registry import REGISTRY
+
+    sources = dict(s.split("=", 1) for s in args.source)
+    host = HostRuntime(args.cache / "host", sanitize=True,
+                       sources={f: Path(p).read_text() for f, p in sources.items()},
+                       only=args.entry)
+    runtime.install(host)
+    for chunk, threads, shapes, steps in RUNS:
+        if chunk is not None:
+            config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
+        problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
+                                       misaligned=(len(shapes),))
+        for spec in REGISTRY.values():
+            for dtype in spec.dtypes:
+                for variant in _covering_variants(spec, compare):
+                    if args.entry in (None, compare.entry_of(spec, variant, dtype)):
+                        compare.run_backend(spec, variant, problem, dtype, "cuda")
+    print(f"sanitizers clean over {len(host.launches)} launches")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

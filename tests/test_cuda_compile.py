@@ -1,0 +1,50 @@
+"""The compile gate: every entry point the runtime can request compiles with NVRTC, cleanly.
+
+For every kernel family in ``fusedopt._cuda.launch.all_entry_points()`` (driven by the
+registry) and every architecture in ``fusedopt.config.GATE_ARCHS``, the exact source text
+and options ``cupy.RawModule`` uses are compiled with NVRTC, with every name expression
+added; the gate fails on an error, on any warning, and on an entry point with no kernel.
+"""
+
+import pytest
+
+from cuda_host import probes
+from fusedopt import config
+from fusedopt._cuda import launch, nvrtc, source
+
+MATRIX = nvrtc.gate_matrix()
+
+
+@pytest.mark.parametrize("family, arch", MATRIX, ids=[f"{f}-{a}" for f, a in MATRIX])
+def test_family_compiles_cleanly(nvrtc_compiled, family, arch):
+    compiled = nvrtc_compiled(family, arch)
+    assert not compiled.problems(), "\n".join(compiled.problems())
+    assert sorted(compiled.lowered) == sorted(launch.name_expressions(family))
+
+
+def test_every_gate_arch_is_a_real_architecture():
+    assert config.GATE_ARCHS and all(a.startswith("sm_") for a in config.GATE_ARCHS)
+    assert {"sm_80", "sm_90"} <= set(config.GATE_ARCHS)
+
+
+# --- the gate fails when it should ------------------------------------------------------------
+
+def _compile_probe(text, name, cuda_cache_dir):
+    pytest.importorskip("cuda.bindings.nvrtc")
+    return nvrtc.compile_source(text, [name], config.GATE_ARCHS[0], filename="probe.cu",
+                                cache_dir=cuda_cache_dir / "nvrtc")
+
+
+def test_syntax_error_fails_the_gate(cuda_cache_dir):
+    family, name = probes.float32_entry()
+    compiled = _compile_probe(probes.syntax_error(source.source(family)), name, cuda_cache_dir)
+    assert not compiled.ok
+    assert any("does not compile" in p for p in compiled.problems())
+
+
+def test_warning_fails_the_gate(cuda_cache_dir):
+    family, name = probes.float32_entry()
+    compiled = _compile_probe(probes.warning(source.source(family)), name, cuda_cache_dir)
+    assert compiled.ok, compiled.log
+    problems = compiled.problems()
+    assert len(problems) == 1 and "warnings" in problems[0] and "unused" in problems[0]

@@ -1,0 +1,93 @@
+"""The machine-code gate: per entry point and architecture, from NVRTC's cubin and ptxas' report.
+
+No spills, no stack frame, no local-memory instruction, registers within
+``config.REGISTER_BUDGET``, and 128-bit global loads and stores in every optimizer entry
+point (fusedopt/_cuda/sass.py says why each matters).
+"""
+
+import pytest
+
+from cuda_host import probes
+from fusedopt import config
+from fusedopt._cuda import nvrtc, sass, source
+
+MATRIX = nvrtc.gate_matrix()
+
+#: Entry points that update params: each must move 16 bytes per access.
+OPTIMIZER_ENTRIES = sass.optimizer_entries()
+
+
+def _reports(compiled, cuda_cache_dir):
+    if compiled.problems():
+        pytest.fail("the compile gate fails first:\n" + "\n".join(compiled.problems()))
+    return sass.inspect(compiled, cuda_cache_dir / "sass")
+
+
+@pytest.mark.parametrize("family, arch", MATRIX, ids=[f"{f}-{a}" for f, a in MATRIX])
+def test_machine_code(nvrtc_compiled, cuda_cache_dir, family, arch):
+    reports = _reports(nvrtc_compiled(family, arch), cuda_cache_dir)
+    problems = [p for name, report in sorted(reports.items())
+                for p in report.problems(vectors=name in OPTIMIZER_ENTRIES)]
+    assert not problems, "\n".join(problems)
+
+
+def test_vector_width_is_checked_on_every_optimizer_entry(nvrtc_compiled, cuda_cache_dir):
+    """The gate actually saw the 128-bit instructions it requires (not a parser that finds none
+    and an exemption that hides it)."""
+    family, arch = MATRIX[0]
+    reports = _reports(nvrtc_compiled(family, arch), cuda_cache_dir)
+    checked = [r for n, r in reports.items() if n in OPTIMIZER_ENTRIES]
+    assert checked and all(r.loads_128 >= 2 and r.stores_128 >= 1 for r in checked)
+    assert all(r.registers > 0 for r in reports.values())
+
+
+# --- the gate fails when it should ------------------------------------------------------------
+
+def _probe(text, names, cuda_cache_dir):
+    pytest.importorskip("cuda.bindings.nvrtc")
+    compiled = nvrtc.compile_source(text, names, config.GATE_ARCHS[0], filename="probe.cu",
+                                    cache_dir=cuda_cache_dir / "nvrtc")
+    assert not compiled.problems(), compiled.problems()
+    return sass.inspect(compiled, cuda_cache_dir / "sass")
+
+
+def test_scalar_fallback_fails_the_gate(cuda_cache_dir):
+    family, name = probes.float32_entry()
+    report = _probe(probes.scalar_loads(source.source(family)), [name], cuda_cache_dir)[name]
+    assert report.loads_128 == 0 and report.stores_128 == 0
+    assert any("128-bit" in p for p in report.problems())
+
+
+def test_stack_and_local_memory_fail_the_gate(cuda_cache_dir):
+    code, name = probes.stack_kernel()
+    report = _probe(code, [name], cuda_cache_dir)[name]
+    problems = report.problems(vectors=False)
+    assert report.stack > 0 and report.local_accesses > 0
+    assert any("stack frame" in p for p in problems)
+    assert any("local-memory" in p for p in problems)
+
+
+def test_register_budget_is_enforced():
+    report = sass.KernelReport("k<float>", "sm_80", registers=config.REGISTER_BUDGET + 1,
+                               stack=0, spill_stores=0, spill_loads=0, local_accesses=0,
+                               loads_128=1, stores_128=1)
+    assert any("registers per thread" in p for p in report.problems())
+    assert not sass.KernelReport("k<float>", "sm_80", config.REGISTER_BUDGET, 0, 0, 0, 0, 1,
+                                 1).problems()
+
+
+def test_ptxas_report_is_parsed():
+    log = ("ptxas info    : Compiling entry function '_Z1kv' for 'sm_80'\n"
+           "ptxas info    : Function properties for _Z1kv\n"
+           "ptxas         .     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n"
+           "ptxas info    : Used 71 registers, used 0 barriers, 352 bytes cmem[0]\n")
+    assert sass.ptxas_resources(log) == {
+        "_Z1kv": {"stack": 8, "spill_stores": 4, "spill_loads": 12, "registers": 71}}
+
+
+def test_kernel_table_replaces_only_between_its_markers():
+    from fusedopt._cuda import report
+    text = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
+    assert report.replace_table(text, "new") == f"intro\n{report.START}\nnew\n{report.END}\noutro\n"
+    with pytest.raises(ValueError, match="markers are missing"):
+        report.replace_table("no markers", "new")
