@@ -349,7 +349,7 @@ class _Plan:
                 if not g.flags.c_contiguous:
                     return False
                 flags = p.flags
-                if not (flags.c_contiguous and flags.writeable):
+                if not (flags.c_contiguous and getattr(flags, "writeable", True)):
                     return False
         except AttributeError:
             return False
