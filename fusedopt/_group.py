@@ -24,6 +24,7 @@ class Group:
     table: Table = field(init=False)
     device_table: object = None
     device_version: int = -1
+    grads_scaled: bool = False  # the table's grad-scale row holds a norm clip's scales
 
     def __post_init__(self):
         self.table = Table(self.chunk)

@@ -5,6 +5,10 @@ one chunk of one tensor, and Numba's threads share out the work items, so one hu
 and two hundred tiny ones both keep every core busy. Per chunk it hands plain array slices
 to a non-parallel inner loop that calls the optimizer's scalar rule per element; with
 slices (not raw pointers) LLVM vectorizes the rule.
+
+Gradient clipping (fusedopt/_clip.py) happens here, not in the rules: when the table gives
+a chunk's tensor a grad scale other than 1 or a finite limit, the chunk's grads are first
+written clipped into a chunk-sized buffer (it stays in cache) and the rule reads that.
 """
 
 from __future__ import annotations
@@ -33,6 +37,20 @@ def _run_chunk(rule, p, g, s0, s1, s2, h, flags):
         rule(i, p, g, s0, s1, s2, h, flags)
 
 
+@njit(**JIT_OPTIONS)
+def _clip_chunk(g, scale, limit):
+    """clamp(g * scale, -limit, limit) in g's dtype; comparisons let a NaN through."""
+    out = np.empty_like(g)
+    cast = np.empty(2, g.dtype)  # the float64 table values in the compute type, as CUDA
+    cast[0] = scale
+    cast[1] = limit
+    s, c = cast[0], cast[1]
+    for i in range(g.shape[0]):
+        x = g[i] * s
+        out[i] = c if x > c else (-c if x < -c else x)
+    return out
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags):
     """Apply ``rule`` to every element of every tensor in ``table``.
@@ -40,8 +58,10 @@ def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags
     ``param_like``/``state_like`` are empty arrays of the param and state dtypes (they type
     the pointers); ``h`` is the tuple of scalars in the compute type; ``flags`` the variant.
     """
-    work0 = (3 + n_slots) * n_tensors
+    work0 = (5 + n_slots) * n_tensors
     sizes0 = (2 + n_slots) * n_tensors
+    scales = table[(3 + n_slots) * n_tensors: (4 + n_slots) * n_tensors].view(np.float64)
+    limits = table[(4 + n_slots) * n_tensors: work0].view(np.float64)
     unused = state_like[:0]
     for w in prange(table.shape[0] - work0):
         item = table[work0 + w]
@@ -60,4 +80,7 @@ def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags
             s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
         if n_slots > 2:
             s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
-        _run_chunk(rule, p, g, s0, s1, s2, h, flags)
+        if scales[t] != 1.0 or limits[t] != np.inf:
+            _run_chunk(rule, p, _clip_chunk(g, scales[t], limits[t]), s0, s1, s2, h, flags)
+        else:
+            _run_chunk(rule, p, g, s0, s1, s2, h, flags)

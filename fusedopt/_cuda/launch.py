@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
+from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_table
-from .._registry import REGISTRY
+from .._registry import CUDA_TYPES, DTYPES, REGISTRY
+from .._table import float_row, rows
 from . import runtime
 
 name = "cuda"
@@ -33,7 +35,10 @@ def group(dtype, params, states) -> Group:
 
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
-EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {}
+EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
+    # kernels/norm.cu: per-tensor sums of squares of the grads, for clipping by norm.
+    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "tensor_sums"),
+}
 
 
 def all_entry_points() -> dict[str, tuple[str, ...]]:
@@ -59,12 +64,51 @@ def kernel(spec, dtype: str, flags):
     return module.get_function(spec.entry(dtype, flags))
 
 
-def step(spec, flags, scalars, group: Group, grads) -> None:
-    rt = runtime.current()
+def _device_table(group: Group, grads, rt):
+    """The group's launch table on the device, copied there only if it changed."""
     table = step_table(group, grads, rt.address)
     if group.device_version != group.table.version:
         group.device_table = rt.to_device(table, out=group.device_table)
         group.device_version = group.table.version
+    return group.device_table
+
+
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (a float64 device array), for clipping by norm.
+
+    Two launches, no atomics: ``chunk_sums`` (one block per work item) writes each chunk's
+    sum, then ``tensor_sums`` (one block per tensor) adds its tensor's chunks in a fixed
+    order. Nothing is copied to the host.
+    """
+    rt = runtime.current()
+    table = _device_table(group, grads, rt)
+    n_tensors, n_work = len(group.params), group.table.n_work
+    partial = rt.zeros(np.empty(max(n_work, 1), np.float64))
+    out = rt.zeros(np.empty(n_tensors, np.float64))
+    module = rt.module("norm", name_expressions("norm"))
+    index, chunk = _INDEX_TYPES
+    if n_work:
+        module.get_function(f"chunk_sums<{CUDA_TYPES[group.dtype]}>")(
+            (n_work,), (config.THREADS_PER_BLOCK,),
+            (table, index(n_tensors), index(group.n_slots), chunk(group.chunk), partial))
+    module.get_function("tensor_sums")(
+        (n_tensors,), (config.THREADS_PER_BLOCK,),
+        (table, index(n_tensors), index(group.n_slots), chunk(n_work), partial, out))
+    return out
+
+
+def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    rt = runtime.current()
+    group.table.set_limit(clip.limit)
+    if group.grads_scaled and clip.scales is None:
+        group.device_version = -1  # the device row holds old scales: copy the 1.0s back
+        group.grads_scaled = False
+    table = _device_table(group, grads, rt)
+    if clip.scales is not None:
+        # Written on the device from device scales: the step never waits for the host.
+        start = rows(group.n_slots, len(group.params))["scales"]
+        table[start: start + len(group.params)] = clip.scales.view(np.int64)
+        group.grads_scaled = True
     n_work = group.table.n_work
     if n_work == 0:
         return

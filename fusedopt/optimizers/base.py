@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _step
+from .._clip import Clipping, step_groups
 from .._dispatch import BACKENDS
 from .._registry import CONVENTIONS, OptimizerSpec, lookup
 
@@ -22,7 +23,6 @@ _KERAS_FIXED = {
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
-_CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
 def _host(array) -> np.ndarray:
@@ -72,7 +72,8 @@ class Optimizer:
                                  f" convention; drop it or use convention="
                                  f"{sorted(h.conventions)[0]!r}")
             hyper[h.name] = value
-        self._check_clipping(clipnorm, clipvalue, global_clipnorm)
+        self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                                  clipvalue=clipvalue)
         self.hyper: dict[str, Any] = hyper
         self.name = name if name is not None else spec.keras_name
         self.convention = convention
@@ -86,20 +87,6 @@ class Optimizer:
         self._state: list[list] = []      # position -> slot arrays
         self._groups: dict = {}           # (backend, dtype, positions) -> Group
         self._pending_state = None
-
-    # --- construction helpers ---------------------------------------------------------------
-    @staticmethod
-    def _check_clipping(clipnorm, clipvalue, global_clipnorm):
-        given = [n for n, v in zip(_CLIPPING, (clipnorm, global_clipnorm, clipvalue))
-                 if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"only one of clipnorm, global_clipnorm, clipvalue can be set, "
-                             f"got {', '.join(given)}")
-        for n, v in zip(_CLIPPING, (clipnorm, global_clipnorm, clipvalue)):
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{n} must be a positive number, got {v!r}")
-        if any(v is not None for v in (clipnorm, clipvalue, global_clipnorm)):
-            raise NotImplementedError("gradient clipping is not implemented yet")
 
     @property
     def learning_rate(self):
@@ -231,8 +218,9 @@ class Optimizer:
     def _step(self, backend, positions, grads) -> None:
         hp = dict(self.hyper, learning_rate=self._current("learning_rate"))
         scalars = self._spec.scalars(hp, self.iterations + 1, self.convention)
-        for members, group in self._groups_for(backend, positions):
-            backend.step(self._spec, self.flags, scalars, group, [grads[i] for i in members])
+        groups = self._groups_for(backend, positions)
+        step_groups(backend, self._spec, self.flags, scalars, [g for _, g in groups],
+                    [[grads[i] for i in members] for members, _ in groups], self._clipping)
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self) -> dict:

@@ -1,0 +1,50 @@
+"""Per-tensor sums of squares of the grads, for clipping by norm (fusedopt/_clip.py).
+
+The same launch table and work items as the update loop: one parallel task per chunk
+writes its chunk's sum (accumulated in float64) to its own slot, and the chunks of each
+tensor are then added on the host in a fixed order, so the result never depends on how
+the threads were scheduled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, prange
+
+from .._table import rows
+from ._cache import JIT_OPTIONS
+from .loop import _pointer
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def chunk_sums(table, n_tensors, n_slots, chunk, grad_like):
+    """Sum of g**2 over every work item's chunk, in float64."""
+    work0 = (5 + n_slots) * n_tensors
+    sizes0 = (2 + n_slots) * n_tensors
+    n_work = table.shape[0] - work0
+    out = np.empty(n_work, np.float64)
+    for w in prange(n_work):
+        item = table[work0 + w]
+        t = item >> 32
+        n = table[sizes0 + t]
+        begin = (item & 0xFFFFFFFF) * chunk
+        end = min(begin + chunk, n)
+        g = carray(_pointer(table[n_tensors + t], grad_like), n)[begin:end]
+        acc = 0.0
+        for i in range(g.shape[0]):
+            x = np.float64(g[i])
+            acc += x * x
+        out[w] = acc
+    return out
+
+
+def tensor_sums(table: np.ndarray, n_tensors: int, n_slots: int, chunk: int,
+                dtype) -> np.ndarray:
+    """Sum of g**2 of every tensor in ``table`` (0 for empty tensors), float64."""
+    partial = chunk_sums(table, n_tensors, n_slots, chunk, np.empty(0, dtype))
+    tensors = table[rows(n_slots, n_tensors)["work"]:] >> 32
+    out = np.zeros(n_tensors, np.float64)
+    if partial.size:
+        starts = np.flatnonzero(np.r_[True, tensors[1:] != tensors[:-1]])
+        out[tensors[starts]] = np.add.reduceat(partial, starts)
+    return out
