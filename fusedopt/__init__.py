@@ -9,10 +9,12 @@ from __future__ import annotations
 from . import functional
 from ._registry import REGISTRY
 from .optimizers import Adam, AdamW, Optimizer
+from .optimizers import Adamax, Lion, Nadam
 
 __version__ = "0.1.0"
 
 __all__ = ["Adam", "AdamW", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
+__all__ += ["Adamax", "Nadam", "Lion"]
 
 
 def _classes() -> dict[str, type]:

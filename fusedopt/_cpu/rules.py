@@ -48,3 +48,55 @@ def adam(i, p, g, m, v, vhat, h, flags):
         p[i] = pi - mi * step / (np.sqrt(v_used) + eps)
     else:
         p[i] = pi - step * (mi / (np.sqrt(v_used) / bc2_sqrt + eps))
+
+
+# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
+
+@njit(**_RULE)
+def adamax(i, p, g, m, u, unused, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, clr = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    mi = m[i] + (gi - m[i]) * one_minus_b1
+    scaled = b2 * u[i]
+    m[i] = mi
+    if flavor == KERAS:
+        a = abs(gi)
+        ui = scaled if scaled > a else a
+        u[i] = ui
+        p[i] = pi - lr * mi / ((ui + eps) * bc1)
+    else:
+        a = abs(gi) + eps
+        ui = scaled if scaled > a else a
+        u[i] = ui
+        p[i] = pi - clr * (mi / ui)
+
+
+@njit(**_RULE)
+def nadam(i, p, g, m, v, unused, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    mi = m[i] + (gi - m[i]) * one_minus_b1
+    m[i] = mi
+    if flavor == KERAS:
+        vi = v[i] + (gi * gi - v[i]) * one_minus_b2
+        v[i] = vi
+        p[i] = pi - (c_m * mi + c_g * gi) * lr / (np.sqrt(vi / bc2) + eps)
+    else:
+        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
+        v[i] = vi
+        d = np.sqrt(vi / bc2) + eps
+        pi = pi - c_g * (gi / d)
+        p[i] = pi - c_m * (mi / d)
+
+
+@njit(**_RULE)
+def lion(i, p, g, m, unused1, unused2, h, flags):
+    lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2 = h
+    pi, gi = weight_decay(flags[0], p[i], g[i], lr, wd, wd_factor)
+    c = m[i] * b1 + gi * one_minus_b1
+    # lr * sign(c) as a select: +-lr exactly, c * lr = +-0 for c = 0 and NaN for NaN.
+    step = lr if c > 0 else (-lr if c < 0 else c * lr)
+    p[i] = pi - step
+    m[i] = m[i] * b2 + gi * one_minus_b2

@@ -4,3 +4,10 @@ from .adam import Adam, AdamW
 from .base import Optimizer
 
 __all__ = ["Optimizer", "Adam", "AdamW"]
+
+# Adamax, Nadam, Lion
+from .adamax import Adamax  # noqa: E402
+from .lion import Lion  # noqa: E402
+from .nadam import Nadam  # noqa: E402
+
+__all__ += ["Adamax", "Nadam", "Lion"]

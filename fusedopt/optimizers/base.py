@@ -229,7 +229,10 @@ class Optimizer:
                "weight_decay": self.hyper.get("weight_decay"), "clipnorm": self.clipnorm,
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                **_KERAS_FIXED}
-        cfg.update({k: v for k, v in self.hyper.items() if k not in cfg})
+        # A hyperparameter of the other convention only (it is at its default) is left out,
+        # so the keys equal the real library's.
+        cfg.update({h.name: self.hyper[h.name] for h in self._spec.hypers
+                    if h.name not in cfg and self.convention in h.conventions})
         if self.convention != "keras":
             cfg["convention"] = self.convention
         if self.backend != "auto":
