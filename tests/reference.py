@@ -91,3 +91,19 @@ def lion(p, g, state, t, hp, convention):
     p = p - lr * np.sign(b1 * m + (1 - b1) * g)
     state["m"] = b2 * m + (1 - b2) * g
     return p
+
+
+# --- gradient clipping ------------------------------------------------------------------------
+
+def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):
+    """Keras' clipping of one call's grads, in float64: clipnorm per tensor, else
+    global_clipnorm over all of them, else clipvalue elementwise."""
+    grads = [np.asarray(g, np.float64) for g in grads]
+    if clipnorm:
+        return [g * clipnorm / max(np.sqrt(np.sum(g * g)), clipnorm) for g in grads]
+    if global_clipnorm:
+        norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+        return [g * global_clipnorm / max(norm, global_clipnorm) for g in grads]
+    if clipvalue:
+        return [np.clip(g, -clipvalue, clipvalue) for g in grads]
+    return grads
