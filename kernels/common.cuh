@@ -95,11 +95,14 @@ struct TableView {
     FUSEDOPT_DEVICE double grad_limit(int t) const {
         return as_double(table[(4 + NS) * n_tensors + t]);
     }
-    FUSEDOPT_DEVICE long long work(int block) const { return table[(5 + NS) * n_tensors + block]; }
+    FUSEDOPT_DEVICE long long work(int block) const {
+        return table[(5 + NS) * n_tensors + block];
+    }
 };
 
 // Runs rule(p, g, s) over this block's chunk: p and s are updated in place in the compute
-// type, g is read (clipped as the table says). NS state slots are stored in the compute type, param and grad in T.
+// type, g is read (clipped as the table says). NS state slots are stored in the compute
+// type, param and grad in T.
 template <typename T, int NS, typename Rule>
 FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long long chunk,
                                  const Rule& rule) {

@@ -66,7 +66,8 @@ __global__ void chunk_sums(const long long* __restrict__ table, int n_tensors, i
         const long long vec_end = begin + (end - begin) / VEC * VEC;
         for (long long j = begin + static_cast<long long>(threadIdx.x) * VEC; j < vec_end;
              j += static_cast<long long>(blockDim.x) * VEC) {
-            const fusedopt::Pack<T, VEC> gv = *reinterpret_cast<const fusedopt::Pack<T, VEC>*>(g + j);
+            using Vec = fusedopt::Pack<T, VEC>;
+            const Vec gv = *reinterpret_cast<const Vec*>(g + j);
 #pragma unroll
             for (int e = 0; e < VEC; ++e) {
                 const double x = static_cast<double>(gv.v[e]);

@@ -13,7 +13,7 @@ from .. import config
 from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_table
 from .._registry import CUDA_TYPES, DTYPES, REGISTRY
-from .._table import float_row, rows
+from .._table import rows
 from . import runtime
 
 name = "cuda"
