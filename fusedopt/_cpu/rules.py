@@ -59,17 +59,19 @@ def adamax(i, p, g, m, u, unused, h, flags):
     pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
     mi = m[i] + (gi - m[i]) * one_minus_b1
     scaled = b2 * u[i]
-    m[i] = mi
+    # The branches only compute; the stores below are unconditional, so LLVM turns the
+    # branches into selects and vectorizes the loop.
     if flavor == KERAS:
         a = abs(gi)
         ui = scaled if scaled > a else a
-        u[i] = ui
-        p[i] = pi - lr * mi / ((ui + eps) * bc1)
+        pi = pi - lr * mi / ((ui + eps) * bc1)
     else:
         a = abs(gi) + eps
         ui = scaled if scaled > a else a
-        u[i] = ui
-        p[i] = pi - clr * (mi / ui)
+        pi = pi - clr * (mi / ui)
+    m[i] = mi
+    u[i] = ui
+    p[i] = pi
 
 
 @njit(**_RULE)
@@ -78,17 +80,18 @@ def nadam(i, p, g, m, v, unused, h, flags):
     flavor = flags[0]
     pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
     mi = m[i] + (gi - m[i]) * one_minus_b1
-    m[i] = mi
+    # Branches compute, unconditional stores follow: see adamax.
     if flavor == KERAS:
         vi = v[i] + (gi * gi - v[i]) * one_minus_b2
-        v[i] = vi
-        p[i] = pi - (c_m * mi + c_g * gi) * lr / (np.sqrt(vi / bc2) + eps)
+        pi = pi - (c_m * mi + c_g * gi) * lr / (np.sqrt(vi / bc2) + eps)
     else:
         vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-        v[i] = vi
         d = np.sqrt(vi / bc2) + eps
         pi = pi - c_g * (gi / d)
-        p[i] = pi - c_m * (mi / d)
+        pi = pi - c_m * (mi / d)
+    m[i] = mi
+    v[i] = vi
+    p[i] = pi
 
 
 @njit(**_RULE)
