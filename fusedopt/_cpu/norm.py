@@ -1,9 +1,9 @@
 """Per-tensor sums of squares of the grads, for clipping by norm (fusedopt/_clip.py).
 
 The same launch table and work items as the update loop: one parallel task per chunk
-writes its chunk's sum (accumulated in float64) to its own slot, and the chunks of each
-tensor are then added on the host in a fixed order, so the result never depends on how
-the threads were scheduled.
+writes its chunk's sum (accumulated in float64, vectorized) to its own slot, and the
+chunks of each tensor are then added in a fixed order, so the result never depends on
+how the threads were scheduled.
 """
 
 from __future__ import annotations
@@ -11,9 +11,20 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, njit, prange
 
+from .. import config
 from .._table import rows
 from ._cache import JIT_OPTIONS
 from .loop import _pointer
+
+
+@njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
+def _sum_squares(g):
+    """Sum of g**2 in float64; see config.NORM_FASTMATH for why this loop may reassociate."""
+    acc = 0.0
+    for i in range(g.shape[0]):
+        x = np.float64(g[i])
+        acc += x * x
+    return acc
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -30,11 +41,7 @@ def chunk_sums(table, n_tensors, n_slots, chunk, grad_like):
         begin = (item & 0xFFFFFFFF) * chunk
         end = min(begin + chunk, n)
         g = carray(_pointer(table[n_tensors + t], grad_like), n)[begin:end]
-        acc = 0.0
-        for i in range(g.shape[0]):
-            x = np.float64(g[i])
-            acc += x * x
-        out[w] = acc
+        out[w] = _sum_squares(g)
     return out
 
 
