@@ -35,17 +35,28 @@ class _Module:
         flags = tuple(int(f) for f in flags.split(", ") if f)
         if kernel == "chunk_sums":
             def launch_(grid, block, args):
+                # Per-thread sums are not reproduced: thread 0 of each block takes the
+                # chunk's sum and the other lanes 0, which sums to the same total.
                 table, n_tensors, n_slots, chunk, partial = args
                 sums = cpu_norm.chunk_sums(table, int(n_tensors), int(n_slots), int(chunk),
                                            np.empty(0, _DTYPES[ctype]))
-                partial[: sums.size] = sums
-        elif kernel == "tensor_sums":
+                assert grid == (sums.size,) and partial.size == sums.size * block[0]
+                partial[:] = 0.0
+                partial[:: block[0]] = sums
+        elif kernel == "lane_sums":
             def launch_(grid, block, args):
-                table, n_tensors, n_slots, n_work, partial, out = args
+                table, n_tensors, n_slots, n_work, partial, lanes = args
                 work = table[rows(int(n_slots), int(n_tensors))["work"]:]
+                lane = partial.reshape(-1, block[0])
+                assert grid == (int(n_tensors),) and lanes.size == int(n_tensors) * block[0]
                 for t in range(int(n_tensors)):
                     lo, hi = np.searchsorted(work, [t << 32, (t + 1) << 32])
-                    out[t] = partial[lo:hi].sum()
+                    lanes[t * block[0]: (t + 1) * block[0]] = lane[lo:hi].sum(axis=0)
+        elif kernel == "tensor_sums":
+            def launch_(grid, block, args):
+                n_tensors, lane_count, lanes, out = args
+                assert grid[0] * block[0] >= int(n_tensors)
+                out[:] = lanes.reshape(int(n_tensors), int(lane_count)).sum(axis=1)
         else:
             spec = next(s for s in REGISTRY.values() if s.kernel == kernel)
 

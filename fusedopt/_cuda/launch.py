@@ -37,7 +37,7 @@ def group(dtype, params, states) -> Group:
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
 EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
     # kernels/norm.cu: per-tensor sums of squares of the grads, for clipping by norm.
-    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "tensor_sums"),
+    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "lane_sums", "tensor_sums"),
 }
 
 
@@ -76,24 +76,28 @@ def _device_table(group: Group, grads, rt):
 def sum_squares(group: Group, grads):
     """Sum of g**2 of each grad (a float64 device array), for clipping by norm.
 
-    Two launches, no atomics: ``chunk_sums`` (one block per work item) writes each chunk's
-    sum, then ``tensor_sums`` (one block per tensor) adds its tensor's chunks in a fixed
-    order. Nothing is copied to the host.
+    Three launches of kernels/norm.cu, no atomics and no cooperation between threads:
+    per-thread sums of each chunk, then per-tensor sums of each thread lane over the
+    tensor's chunks, then one sum per tensor. Nothing is copied to the host.
     """
     rt = runtime.current()
     table = _device_table(group, grads, rt)
     n_tensors, n_work = len(group.params), group.table.n_work
-    partial = rt.zeros(np.empty(max(n_work, 1), np.float64))
+    threads = config.THREADS_PER_BLOCK
+    partial = rt.zeros(np.empty(max(n_work, 1) * threads, np.float64))
+    lanes = rt.zeros(np.empty(n_tensors * threads, np.float64))
     out = rt.zeros(np.empty(n_tensors, np.float64))
     module = rt.module("norm", name_expressions("norm"))
-    index, chunk = _INDEX_TYPES
+    index, wide = _INDEX_TYPES
     if n_work:
         module.get_function(f"chunk_sums<{CUDA_TYPES[group.dtype]}>")(
-            (n_work,), (config.THREADS_PER_BLOCK,),
-            (table, index(n_tensors), index(group.n_slots), chunk(group.chunk), partial))
+            (n_work,), (threads,),
+            (table, index(n_tensors), index(group.n_slots), wide(group.chunk), partial))
+    module.get_function("lane_sums")(
+        (n_tensors,), (threads,),
+        (table, index(n_tensors), index(group.n_slots), wide(n_work), partial, lanes))
     module.get_function("tensor_sums")(
-        (n_tensors,), (config.THREADS_PER_BLOCK,),
-        (table, index(n_tensors), index(group.n_slots), chunk(n_work), partial, out))
+        (-(-n_tensors // threads),), (threads,), (index(n_tensors), index(threads), lanes, out))
     return out
 
 
