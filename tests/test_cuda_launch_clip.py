@@ -156,3 +156,19 @@ def test_scales_are_reset_when_a_step_stops_clipping(emulated):
     cpu_backend.step(spec, flags, scalars, cpu_backend.group("float32", ps, states), second)
     for c, g in zip(out["cpu"], ps):
         np.testing.assert_array_equal(c, g)
+
+
+@pytest.mark.parametrize("clip", [dict(clipnorm=1.0), dict(global_clipnorm=2.0)], ids=str)
+def test_class_api_reuses_its_groups(clip, emulated):
+    """An optimizer keeps its groups (tables, norm buffers) across steps."""
+    import fusedopt
+
+    out = {}
+    for backend in ("cpu", "cuda"):
+        params, grads = _problem(3)
+        opt = fusedopt.Nadam(learning_rate=0.01, backend=backend, **clip)
+        for gs in grads:
+            opt.apply_gradients(list(zip(gs, params)))
+        out[backend] = params
+    for c, g in zip(out["cpu"], out["cuda"]):
+        np.testing.assert_array_equal(c, g)

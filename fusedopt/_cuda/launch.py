@@ -84,9 +84,11 @@ def sum_squares(group: Group, grads):
     table = _device_table(group, grads, rt)
     n_tensors, n_work = len(group.params), group.table.n_work
     threads = config.THREADS_PER_BLOCK
-    partial = rt.zeros(np.empty(max(n_work, 1) * threads, np.float64))
-    lanes = rt.zeros(np.empty(n_tensors * threads, np.float64))
-    out = rt.zeros(np.empty(n_tensors, np.float64))
+    sizes = (max(n_work, 1) * threads, n_tensors * threads, n_tensors)
+    if group.scratch.get("norm_sizes") != sizes:  # every entry is written before it is read
+        group.scratch["norm"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
+        group.scratch["norm_sizes"] = sizes
+    partial, lanes, out = group.scratch["norm"]
     module = rt.module("norm", name_expressions("norm"))
     index, wide = _INDEX_TYPES
     if n_work:
