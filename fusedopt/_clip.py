@@ -8,6 +8,10 @@ more than one is an error):
   ``g <- g * c / max(sqrt(sum_k ||g_k||^2), c)`` (NaN if that norm is not finite);
 - ``clipvalue = c``: ``g <- clamp(g, -c, c)``.
 
+Clipping comes before weight decay in both conventions and always follows Keras' formulas:
+torch.optim has no clipping argument (``torch.nn.utils.clip_grad_norm_``, called before
+``step()``, is the global norm with 1e-6 added to the norm).
+
 Every backend applies ``g <- clamp(g * scale, -limit, limit)`` as it loads a grad, with a
 per-tensor ``scale`` and ``limit`` read from the launch table (fusedopt/_table.py): 1.0 and
 +inf are exact no-ops, so no optimizer rule knows about clipping. A value clip costs
