@@ -16,6 +16,11 @@ __version__ = "0.1.0"
 __all__ = ["Adam", "AdamW", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
 __all__ += ["Adamax", "Nadam", "Lion"]
 
+# SGD, RMSprop, Adagrad, Adadelta
+from .optimizers import SGD, Adadelta, Adagrad, RMSprop  # noqa: E402
+
+__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
+
 
 def _classes() -> dict[str, type]:
     return {cls.spec_name: cls for cls in Optimizer.__subclasses__()}

@@ -38,6 +38,8 @@ class OptimizerSpec:
     - ``slot_init(hp)``: initial value of the slots (0 unless the optimizer says otherwise).
     - ``scalars(hp, step, convention)``: the kernel's scalar arguments for 1-based ``step``,
       computed in double; the first three are always lr, wd, wd_factor.
+    - ``check(hp, convention)``: raises ValueError for a combination of hyperparameters that
+      each pass their own check but not together (e.g. torch's Nesterov without momentum).
     """
 
     name: str
@@ -51,6 +53,7 @@ class OptimizerSpec:
     cpu_rule: Any
     unfused: Callable
     slot_init: Callable[[Mapping[str, Any]], float] = lambda hp: 0.0
+    check: Callable[[Mapping[str, Any], str], None] = lambda hp, convention: None
     dtypes: tuple[str, ...] = DTYPES
 
     @property
@@ -144,6 +147,131 @@ register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
                       weight_decay=Hyper("weight_decay", 0.004, at_least(0.0))))
 
 
+# --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
+# torch's weight_decay is L2 in all four, so their flavours are KERAS and TORCH_L2 only.
+
+TORCH_ONLY = frozenset({"torch"})
+MOMENTUM = Hyper("momentum", 0.0, BETA)
+EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
+L2_FLAVORS = (KERAS, TORCH_L2)
+
+
+def _sgd_scalars(hp, step, convention):
+    # torch's momentum buffer is g itself on the first step: with the buffer at zero,
+    # grad_scale = 1 gives exactly that, and 1 - dampening afterwards.
+    first = convention == "keras" or step == 1
+    grad_scale = 1.0 if first else 1.0 - float(hp["dampening"])
+    return (*decay_scalars(hp), float(hp["momentum"]), grad_scale)
+
+
+def _sgd_check(hp, convention):
+    if convention == "torch" and hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"]):
+        raise ValueError("nesterov=True in the torch convention needs momentum > 0 and "
+                         f"dampening == 0 (as torch.optim.SGD), got momentum={hp['momentum']!r}, "
+                         f"dampening={hp['dampening']!r}")
+
+
+def _sgd_flags(hp, convention):
+    use_momentum = int(hp["momentum"] != 0)
+    return (_flavor(convention, False), use_momentum, int(bool(hp["nesterov"])) & use_momentum)
+
+
+register(OptimizerSpec(
+    name="sgd",
+    keras_name="sgd",
+    kernel="sgd",
+    hypers=(
+        Hyper("learning_rate", 0.01, learning_rate),
+        MOMENTUM,
+        Hyper("nesterov", False, boolean),
+        WEIGHT_DECAY,
+        Hyper("dampening", 0.0, in_range(0.0, 1.0, closed_high=True), TORCH_ONLY),
+    ),
+    flags=_sgd_flags,
+    all_flags=tuple((f, 0, 0) for f in L2_FLAVORS) + tuple((f, 1, n) for f in L2_FLAVORS
+                                                            for n in (0, 1)),
+    slots=lambda flags: ("momentum",) if flags[1] else (),
+    scalars=_sgd_scalars,
+    cpu_rule=rules.sgd,
+    unfused=_unfused.sgd,
+    check=_sgd_check,
+))
+
+
+def _rho_scalars(hp):
+    rho = float(hp["rho"])
+    return rho, 1.0 - rho
+
+
+register(OptimizerSpec(
+    name="rmsprop",
+    keras_name="rm_sprop",
+    kernel="rmsprop",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("rho", 0.9, BETA),
+        MOMENTUM,
+        EPSILON,
+        Hyper("centered", False, boolean),
+        WEIGHT_DECAY,
+    ),
+    flags=lambda hp, conv: (_flavor(conv, False), int(hp["momentum"] > 0), int(hp["centered"])),
+    all_flags=tuple((f, m, c) for f in L2_FLAVORS for m in (0, 1) for c in (0, 1)),
+    slots=lambda flags: ("velocity",) + ("momentum",) * flags[1] + ("average_gradient",) * flags[2],
+    scalars=lambda hp, step, conv: (*decay_scalars(hp), *_rho_scalars(hp), float(hp["momentum"]),
+                                    float(hp["epsilon"])),
+    cpu_rule=rules.rmsprop,
+    unfused=_unfused.rmsprop,
+))
+
+
+def _adagrad_scalars(hp, step, convention):
+    lr = float(hp["learning_rate"])
+    if convention == "torch":
+        lr = lr / (1.0 + (step - 1) * float(hp["lr_decay"]))
+    return (*decay_scalars(hp), float(hp["epsilon"]), lr)
+
+
+register(OptimizerSpec(
+    name="adagrad",
+    keras_name="adagrad",
+    kernel="adagrad",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("initial_accumulator_value", 0.1, at_least(0.0)),
+        EPSILON,
+        WEIGHT_DECAY,
+        Hyper("lr_decay", 0.0, at_least(0.0), TORCH_ONLY),
+    ),
+    flags=lambda hp, conv: (_flavor(conv, False),),
+    all_flags=tuple((f,) for f in L2_FLAVORS),
+    slots=lambda flags: ("accumulator",),
+    scalars=_adagrad_scalars,
+    cpu_rule=rules.adagrad,
+    unfused=_unfused.adagrad,
+    slot_init=lambda hp: float(hp["initial_accumulator_value"]),
+))
+
+register(OptimizerSpec(
+    name="adadelta",
+    keras_name="adadelta",
+    kernel="adadelta",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("rho", 0.95, BETA),
+        EPSILON,
+        WEIGHT_DECAY,
+    ),
+    flags=lambda hp, conv: (_flavor(conv, False),),
+    all_flags=tuple((f,) for f in L2_FLAVORS),
+    slots=lambda flags: ("accumulated_grad", "accumulated_delta_var"),
+    scalars=lambda hp, step, conv: (*decay_scalars(hp), *_rho_scalars(hp),
+                                    float(hp["epsilon"])),
+    cpu_rule=rules.adadelta,
+    unfused=_unfused.adadelta,
+))
+
+
 # --- Adamax, Nadam, Lion ----------------------------------------------------------------------
 
 def _adamax_scalars(hp, step, convention):
@@ -215,8 +343,6 @@ def _nadam_scalars(hp, step, convention):
     return (*decay_scalars(hp), b2, 1.0 - b1, 1.0 - b2, float(hp["epsilon"]), 1.0 - b2**step,
             c_m, c_g)
 
-
-TORCH_ONLY = frozenset({"torch"})
 
 register(OptimizerSpec(
     name="nadam",

@@ -43,6 +43,84 @@ def adam(xp, p, g, slots, h, flags):
         p -= step * (m / (xp.sqrt(v) / bc2_sqrt + eps))
 
 
+# --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
+
+def sgd(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, momentum, grad_scale = h
+    flavor, use_momentum, nesterov = flags
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    if not use_momentum:
+        p -= lr * g
+        return
+    m = slots[0]
+    m *= momentum
+    if flavor == KERAS:
+        m -= g * lr
+        p += m * momentum - g * lr if nesterov else m
+    else:
+        m += grad_scale * g  # grad_scale: 1 on the first step, 1 - dampening after
+        p -= lr * (g + momentum * m if nesterov else m)
+
+
+def rmsprop(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, rho, one_minus_rho, momentum, eps = h
+    flavor, use_momentum, centered = flags
+    v = slots[0]
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    v *= rho
+    v += one_minus_rho * (g * g)
+    ms = v
+    if centered:
+        gbar = slots[1 + use_momentum]
+        if flavor == KERAS:
+            gbar *= rho
+            gbar += one_minus_rho * g
+        else:
+            gbar += one_minus_rho * (g - gbar)
+        ms = v - gbar * gbar
+    if flavor == KERAS:
+        step = lr * g / xp.sqrt(ms + eps)
+    else:
+        step = g / (xp.sqrt(ms) + eps)
+    if use_momentum:
+        mom = slots[1]
+        mom *= momentum
+        mom += step
+        step = mom
+    if flavor == KERAS:
+        p -= step
+    else:
+        p -= lr * step
+
+
+def adagrad(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, eps, step = h
+    flavor = flags[0]
+    acc = slots[0]
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    acc += g * g
+    if flavor == KERAS:
+        p -= step * g / xp.sqrt(acc + eps)
+    else:
+        p -= step * (g / (xp.sqrt(acc) + eps))
+
+
+def adadelta(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, rho, one_minus_rho, eps = h
+    flavor = flags[0]
+    eg, ed = slots
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    eg *= rho
+    eg += one_minus_rho * (g * g)
+    if flavor == KERAS:
+        d = xp.sqrt(ed + eps) * g / xp.sqrt(eg + eps)
+    else:
+        d = xp.sqrt(ed + eps) / xp.sqrt(eg + eps) * g
+    ed *= rho
+    ed += one_minus_rho * (d * d)
+    p -= lr * d
+
+
 # --- Adamax, Nadam, Lion ----------------------------------------------------------------------
 
 def adamax(xp, p, g, slots, h, flags):

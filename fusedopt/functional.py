@@ -36,6 +36,7 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     hp.update(hyper)
     for h in spec.hypers:
         h.validate(hp[h.name])
+    spec.check(hp, convention)
     flags = spec.flags(hp, convention)
     names = spec.slots(flags)
     params, grads, states = list(params), list(grads), [list(s) for s in states]

@@ -106,3 +106,41 @@ def problem(shape, steps, dtype=np.float32, seed=0):
     grads = [(rng.standard_normal(shape) * rng.choice([0.01, 1.0, 10.0])).astype(dtype)
              for _ in range(steps)]
     return p, grads
+
+
+
+# --- SGD, RMSprop, Adagrad, Adadelta ----------------------------------------------------------
+# One case per variant (momentum, Nesterov, centered; torch's dampening and lr_decay), weight
+# decay on in every other one. Epsilons of 1e-3 expose epsilon inside vs outside the root;
+# SGD's learning rate keeps |theta| near its start, where float32's ulp matches the atol.
+
+def _decay_every_other(variants, weight_decay=0.1):
+    return [{**v, "weight_decay": weight_decay} if i % 2 else v for i, v in enumerate(variants)]
+
+
+_SGD = [dict(learning_rate=0.005, momentum=0.9), dict(learning_rate=0.02),
+        dict(learning_rate=0.005, momentum=0.9, nesterov=True),
+        dict(learning_rate=0.005, momentum=0.8, nesterov=True)]
+_RMSPROP = [dict(learning_rate=0.01, rho=0.8, momentum=m, centered=c, epsilon=1e-3)
+            for m in (0.0, 0.9) for c in (False, True)]
+_ADAGRAD = [dict(learning_rate=0.1, initial_accumulator_value=0.0, epsilon=1e-3),
+            dict(learning_rate=0.1, initial_accumulator_value=0.5, epsilon=1e-3)]
+_ADADELTA = [dict(learning_rate=1.0, rho=0.8, epsilon=1e-3),
+             dict(learning_rate=0.5, rho=0.95, epsilon=1e-6)]
+
+CASES.update({
+    "sgd": {
+        "keras": _decay_every_other(_SGD),
+        "torch": _decay_every_other(_SGD + [dict(learning_rate=0.005, momentum=0.9,
+                                                 dampening=0.3)]),
+    },
+    "rmsprop": {"keras": _decay_every_other(_RMSPROP),
+                "torch": _decay_every_other(_RMSPROP[::-1])},
+    "adagrad": {
+        "keras": _decay_every_other(_ADAGRAD),
+        "torch": _decay_every_other(_ADAGRAD + [dict(learning_rate=0.1, lr_decay=0.05,
+                                                     epsilon=1e-3)]),
+    },
+    "adadelta": {"keras": _decay_every_other(_ADADELTA),
+                 "torch": _decay_every_other(_ADADELTA)},
+})

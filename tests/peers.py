@@ -26,6 +26,29 @@ TORCH = {
 KERAS = {"adam": "Adam", "adamw": "AdamW"}
 
 
+# --- SGD, RMSprop, Adagrad, Adadelta ----------------------------------------------------------
+
+def _decay(hp):
+    return hp.get("weight_decay") or 0.0
+
+
+TORCH.update({
+    "sgd": ("SGD", lambda hp: dict(lr=hp["learning_rate"], momentum=hp["momentum"],
+                                   dampening=hp["dampening"], nesterov=hp["nesterov"],
+                                   weight_decay=_decay(hp))),
+    "rmsprop": ("RMSprop", lambda hp: dict(lr=hp["learning_rate"], alpha=hp["rho"],
+                                           eps=hp["epsilon"], momentum=hp["momentum"],
+                                           centered=hp["centered"], weight_decay=_decay(hp))),
+    "adagrad": ("Adagrad", lambda hp: dict(lr=hp["learning_rate"], lr_decay=hp["lr_decay"],
+                                           eps=hp["epsilon"], weight_decay=_decay(hp),
+                                           initial_accumulator_value=hp[
+                                               "initial_accumulator_value"])),
+    "adadelta": ("Adadelta", lambda hp: dict(lr=hp["learning_rate"], rho=hp["rho"],
+                                             eps=hp["epsilon"], weight_decay=_decay(hp))),
+})
+KERAS.update({"sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad", "adadelta": "Adadelta"})
+
+
 # Adamax, Nadam (torch: NAdam), Lion (Keras only).
 def _adamax_args(hp):
     return dict(lr=hp["learning_rate"], betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"],
@@ -44,13 +67,11 @@ KERAS.update({"adamax": "Adamax", "nadam": "Nadam", "lion": "Lion"})
 def run_keras(name, hp, p0, grads):
     import keras
 
+    # A hyperparameter of the torch convention only (SGD's dampening...) is not Keras'.
     from fusedopt._registry import REGISTRY
 
-    # Hyperparameters of the torch convention only (e.g. Nadam's momentum_decay) are not
-    # Keras arguments.
-    torch_only = {h.name for h in REGISTRY[name].hypers if "keras" not in h.conventions}
-    opt = getattr(keras.optimizers, KERAS[name])(
-        **{k: v for k, v in hp.items() if k not in torch_only})
+    hp = {h.name: hp[h.name] for h in REGISTRY[name].hypers if "keras" in h.conventions}
+    opt = getattr(keras.optimizers, KERAS[name])(**hp)
     var = keras.Variable(p0.copy(), dtype="float32")
     for g in grads:
         opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])

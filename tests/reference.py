@@ -54,6 +54,71 @@ def step(name, p, g, state, t, hp, convention):
                            convention)
 
 
+# --- SGD, RMSprop, Adagrad, Adadelta (torch's weight decay is L2 in all four) ----------------
+
+def sgd(p, g, state, t, hp, convention):
+    lr, mu = hp["learning_rate"], hp["momentum"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    if mu == 0:
+        return p - lr * g
+    if convention == "keras":
+        # Keras keeps the velocity with the learning rate inside it.
+        velocity = state["momentum"] = mu * _zeros(state, "momentum", p) - lr * g
+        if hp.get("nesterov"):
+            return p + mu * velocity - lr * g
+        return p + velocity
+    # torch: the buffer is a copy of g the first time, then damped.
+    if "momentum" not in state:
+        buf = state["momentum"] = g.copy()
+    else:
+        buf = state["momentum"] = mu * state["momentum"] + (1 - hp.get("dampening", 0.0)) * g
+    direction = g + mu * buf if hp.get("nesterov") else buf
+    return p - lr * direction
+
+
+def rmsprop(p, g, state, t, hp, convention):
+    lr, rho, mu, eps = hp["learning_rate"], hp["rho"], hp["momentum"], hp["epsilon"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    v = state["velocity"] = rho * _zeros(state, "velocity", p) + (1 - rho) * g**2
+    mean_square = v
+    if hp.get("centered"):
+        gbar = state["average_gradient"] = (rho * _zeros(state, "average_gradient", p)
+                                            + (1 - rho) * g)
+        mean_square = v - gbar**2
+    if convention == "keras":
+        increment = lr * g / np.sqrt(mean_square + eps)  # epsilon inside the root
+        if mu > 0:
+            increment = state["momentum"] = mu * _zeros(state, "momentum", p) + increment
+        return p - increment
+    direction = g / (np.sqrt(mean_square) + eps)  # epsilon outside the root
+    if mu > 0:
+        # torch's buffer leaves lr out; it multiplies the buffer by lr afterwards.
+        direction = state["momentum"] = mu * _zeros(state, "momentum", p) + direction
+    return p - lr * direction
+
+
+def adagrad(p, g, state, t, hp, convention):
+    lr, eps = hp["learning_rate"], hp["epsilon"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    acc = _zeros(state, "accumulator", p, hp["initial_accumulator_value"])
+    acc = state["accumulator"] = acc + g**2
+    if convention == "keras":
+        return p - lr * g / np.sqrt(acc + eps)
+    lr = lr / (1 + (t - 1) * hp.get("lr_decay", 0.0))
+    return p - lr * g / (np.sqrt(acc) + eps)
+
+
+def adadelta(p, g, state, t, hp, convention):
+    lr, rho, eps = hp["learning_rate"], hp["rho"], hp["epsilon"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    eg = state["accumulated_grad"] = (rho * _zeros(state, "accumulated_grad", p)
+                                      + (1 - rho) * g**2)
+    ed = _zeros(state, "accumulated_delta_var", p)
+    delta = np.sqrt(ed + eps) / np.sqrt(eg + eps) * g
+    state["accumulated_delta_var"] = rho * ed + (1 - rho) * delta**2
+    return p - lr * delta
+
+
 # --- Adamax, Nadam, Lion ----------------------------------------------------------------------
 
 def adamax(p, g, state, t, hp, convention):

@@ -17,6 +17,7 @@ from fusedopt._clip import NO_CLIP, GradClip
 from fusedopt._cpu import backend as cpu_backend
 from fusedopt._cpu import norm as cpu_norm
 from fusedopt._cpu.loop import run as cpu_run
+from fusedopt._cpu.loop import specialize
 from fusedopt._cuda import launch, runtime
 from fusedopt._registry import REGISTRY
 from fusedopt._table import rows
@@ -65,8 +66,8 @@ class _Module:
                 like = np.empty(0, _DTYPES[ctype])
                 n_slots = len(spec.slots(flags))
                 assert grid == (table.size - rows(n_slots, int(n_tensors))["work"],)
-                cpu_run(spec.cpu_rule, table, int(n_tensors), n_slots, int(chunk), like, like,
-                        tuple(scalars), flags)
+                cpu_run(specialize(spec.cpu_rule, flags), table, int(n_tensors), n_slots,
+                        int(chunk), like, like, tuple(scalars))
         return launch_
 
 

@@ -9,7 +9,7 @@ from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_table
 from .._table import float_row, rows
 from . import norm
-from .loop import run
+from .loop import run, specialize
 
 name = "cpu"
 
@@ -57,5 +57,5 @@ def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) ->
     compute = dtype.type
     like = np.empty(0, dtype)
     h = tuple(compute(x) for x in scalars)
-    run(spec.cpu_rule, table, len(group.params), group.n_slots, group.chunk, like, like, h,
-        tuple(int(f) for f in flags))
+    rule = specialize(spec.cpu_rule, tuple(int(f) for f in flags))
+    run(rule, table, len(group.params), group.n_slots, group.chunk, like, like, h)

@@ -13,6 +13,8 @@ written clipped into a chunk-sized buffer (it stays in cache) and the rule reads
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import carray, njit, prange, types
 from numba.core.extending import intrinsic
@@ -31,10 +33,26 @@ def _pointer(typingctx, address, like):
     return sig, codegen
 
 
-@njit(**JIT_OPTIONS)
-def _run_chunk(rule, p, g, s0, s1, s2, h, flags):
-    for i in range(p.shape[0]):
+@functools.lru_cache(maxsize=None)
+def specialize(rule, flags: tuple[int, ...]):
+    """``rule`` with its variant ``flags`` frozen in as compile-time constants.
+
+    Numba freezes closure variables, so after inlining LLVM sees constant flags and folds
+    the branches on them. That matters: a store guarded by a runtime flag (AMSGrad's vhat,
+    a momentum buffer) cannot be if-converted and would keep the loop scalar.
+    """
+
+    @njit(inline="always", error_model="numpy")
+    def bound(i, p, g, s0, s1, s2, h):
         rule(i, p, g, s0, s1, s2, h, flags)
+
+    return bound
+
+
+@njit(**JIT_OPTIONS)
+def _run_chunk(rule, p, g, s0, s1, s2, h):
+    for i in range(p.shape[0]):
+        rule(i, p, g, s0, s1, s2, h)
 
 
 @njit(**JIT_OPTIONS)
@@ -52,11 +70,10 @@ def _clip_chunk(g, scale, limit):
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags):
-    """Apply ``rule`` to every element of every tensor in ``table``.
-
-    ``param_like``/``state_like`` are empty arrays of the param and state dtypes (they type
-    the pointers); ``h`` is the tuple of scalars in the compute type; ``flags`` the variant.
+def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h):
+    """Apply ``rule`` (a :func:`specialize`\ d rule) to every element of every tensor in
+    ``table``. ``param_like``/``state_like`` are empty arrays of the param and state dtypes
+    (they type the pointers); ``h`` is the tuple of scalars in the compute type.
     """
     work0 = (5 + n_slots) * n_tensors
     sizes0 = (2 + n_slots) * n_tensors
@@ -81,6 +98,6 @@ def run(rule, table, n_tensors, n_slots, chunk, param_like, state_like, h, flags
         if n_slots > 2:
             s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
         if scales[t] != 1.0 or limits[t] != np.inf:
-            _run_chunk(rule, p, _clip_chunk(g, scales[t], limits[t]), s0, s1, s2, h, flags)
+            _run_chunk(rule, p, _clip_chunk(g, scales[t], limits[t]), s0, s1, s2, h)
         else:
-            _run_chunk(rule, p, g, s0, s1, s2, h, flags)
+            _run_chunk(rule, p, g, s0, s1, s2, h)

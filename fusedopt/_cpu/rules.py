@@ -50,6 +50,89 @@ def adam(i, p, g, m, v, vhat, h, flags):
         p[i] = pi - step * (mi / (np.sqrt(v_used) / bc2_sqrt + eps))
 
 
+# --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
+# Constants such as 1 - rho arrive in h: a Python literal here would promote float32 math to
+# float64 under Numba.
+
+@njit(**_RULE)
+def sgd(i, p, g, m, unused1, unused2, h, flags):
+    lr, wd, wd_factor, momentum, grad_scale = h
+    flavor, use_momentum, nesterov = flags
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    if not use_momentum:
+        p[i] = pi - lr * gi
+    elif flavor == KERAS:
+        mi = m[i] * momentum - gi * lr
+        m[i] = mi
+        p[i] = pi + (mi * momentum - gi * lr) if nesterov else pi + mi
+    else:
+        # grad_scale is 1 on the first step (the buffer becomes g), 1 - dampening after.
+        mi = m[i] * momentum + grad_scale * gi
+        m[i] = mi
+        p[i] = pi - lr * (gi + momentum * mi if nesterov else mi)
+
+
+@njit(**_RULE)
+def rmsprop(i, p, g, v, s1, s2, h, flags):
+    lr, wd, wd_factor, rho, one_minus_rho, momentum, eps = h
+    flavor, use_momentum, centered = flags
+    mom = s1
+    gbar = s2 if use_momentum else s1  # slots: v, momentum if used, then gbar
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    vi = rho * v[i] + one_minus_rho * (gi * gi)
+    v[i] = vi
+    ms = vi
+    if centered:
+        if flavor == KERAS:
+            gb = rho * gbar[i] + one_minus_rho * gi
+        else:
+            gb = gbar[i] + one_minus_rho * (gi - gbar[i])
+        gbar[i] = gb
+        ms = vi - gb * gb
+    if flavor == KERAS:
+        inc = lr * gi / np.sqrt(ms + eps)
+        if use_momentum:
+            mom[i] = momentum * mom[i] + inc
+            p[i] = pi - mom[i]
+        else:
+            p[i] = pi - inc
+    else:
+        avg = np.sqrt(ms) + eps
+        if use_momentum:
+            mom[i] = momentum * mom[i] + gi / avg
+            p[i] = pi - lr * mom[i]
+        else:
+            p[i] = pi - lr * (gi / avg)
+
+
+@njit(**_RULE)
+def adagrad(i, p, g, acc, unused1, unused2, h, flags):
+    lr, wd, wd_factor, eps, step = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    ai = acc[i] + gi * gi
+    acc[i] = ai
+    if flavor == KERAS:
+        p[i] = pi - step * gi / np.sqrt(ai + eps)
+    else:
+        p[i] = pi - step * (gi / (np.sqrt(ai) + eps))
+
+
+@njit(**_RULE)
+def adadelta(i, p, g, eg, ed, unused, h, flags):
+    lr, wd, wd_factor, rho, one_minus_rho, eps = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    egi = rho * eg[i] + one_minus_rho * (gi * gi)
+    eg[i] = egi
+    if flavor == KERAS:
+        d = np.sqrt(ed[i] + eps) * gi / np.sqrt(egi + eps)
+    else:
+        d = np.sqrt(ed[i] + eps) / np.sqrt(egi + eps) * gi
+    ed[i] = rho * ed[i] + one_minus_rho * (d * d)
+    p[i] = pi - lr * d
+
+
 # --- Adamax, Nadam, Lion ----------------------------------------------------------------------
 
 @njit(**_RULE)

@@ -36,6 +36,9 @@ def group(dtype, params, states) -> Group:
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
 EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
+    # kernels/traffic.cu: one per dtype and slot count any registered optimizer can have.
+    "traffic": tuple(f"traffic<{CUDA_TYPES[d]}, {ns}>" for d in DTYPES
+                     for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
     # kernels/norm.cu: per-tensor sums of squares of the grads, for clipping by norm.
     "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "lane_sums", "tensor_sums"),
 }

@@ -17,8 +17,11 @@ class CupyRuntime:
     name = "cupy"
 
     def __init__(self):
-        import cupy  # deferred: fusedopt imports without CuPy
-
+        try:
+            import cupy  # deferred: fusedopt imports without CuPy
+        except ImportError as error:
+            raise RuntimeError("backend 'cuda' needs CuPy: pip install 'fusedopt[cuda12]' or "
+                               "'fusedopt[cuda13]' to match your CUDA driver") from error
         self.cupy = cupy
         self._modules = {}
 

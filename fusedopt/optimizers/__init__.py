@@ -5,6 +5,15 @@ from .base import Optimizer
 
 __all__ = ["Optimizer", "Adam", "AdamW"]
 
+# SGD, RMSprop, Adagrad, Adadelta
+from .adadelta import Adadelta  # noqa: E402
+from .adagrad import Adagrad  # noqa: E402
+from .rmsprop import RMSprop  # noqa: E402
+from .sgd import SGD  # noqa: E402
+
+__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
+
+
 # Adamax, Nadam, Lion
 from .adamax import Adamax  # noqa: E402
 from .lion import Lion  # noqa: E402

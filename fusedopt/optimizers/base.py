@@ -72,6 +72,7 @@ class Optimizer:
                                  f" convention; drop it or use convention="
                                  f"{sorted(h.conventions)[0]!r}")
             hyper[h.name] = value
+        spec.check(hyper, convention)
         self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
                                   clipvalue=clipvalue)
         self.hyper: dict[str, Any] = hyper
@@ -229,10 +230,10 @@ class Optimizer:
                "weight_decay": self.hyper.get("weight_decay"), "clipnorm": self.clipnorm,
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                **_KERAS_FIXED}
-        # A hyperparameter of the other convention only (it is at its default) is left out,
-        # so the keys equal the real library's.
-        cfg.update({h.name: self.hyper[h.name] for h in self._spec.hypers
-                    if h.name not in cfg and self.convention in h.conventions})
+        # A hyperparameter of the other convention only (always at its default here) is left
+        # out, so the keys stay those of the real library.
+        hidden = {h.name for h in self._spec.hypers if self.convention not in h.conventions}
+        cfg.update({k: v for k, v in self.hyper.items() if k not in cfg and k not in hidden})
         if self.convention != "keras":
             cfg["convention"] = self.convention
         if self.backend != "auto":

@@ -1,0 +1,99 @@
+"""Interleaved timing: every contender once per round, in rotating order.
+
+Interleaving spreads slow drifts (frequency scaling, other processes, thermal state) over
+every contender alike instead of penalising whichever ran last. Warm-up calls (Numba
+compilation, CuPy module load, torch state creation) are never timed. A sample is the mean
+time of ``inner`` back-to-back calls, ``inner`` chosen once per case so that the fastest
+contender's sample lasts at least ``min_sample_s``: tiny steps are then not dominated by
+the clock's resolution. On a GPU the device is synchronized before each clock read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+#: Untimed calls per contender before measuring (the first compiles or builds state).
+WARMUP_CALLS = 2
+
+#: Shortest sample worth timing, in seconds (per contender, fastest one).
+MIN_SAMPLE_S = 2e-3
+
+#: Largest number of calls folded into one sample.
+MAX_INNER = 10_000
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    q1: float
+    q3: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples) -> "Summary":
+        s = np.asarray(samples, dtype=np.float64)
+        q1, median, q3 = np.percentile(s, [25, 50, 75])
+        return cls(float(median), float(q1), float(q3), float(s.min()), float(s.max()))
+
+
+def synchronizer(backend: str) -> Callable[[], None]:
+    """What to call before reading the clock: the device's synchronize on a GPU."""
+    if backend == "cuda":
+        import cupy
+        device = cupy.cuda.Device()
+        return device.synchronize
+    return lambda: None
+
+
+def _time(step, inner: int, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(inner):
+        step()
+    sync()
+    return (time.perf_counter() - start) / inner
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def warm_up(contenders, sync, notes: list[str]):
+    """Run each contender untimed; those that fail are dropped with a note. Returns the rest
+    and one timed call's duration of each."""
+    kept, first = [], []
+    for c in contenders:
+        try:
+            for _ in range(WARMUP_CALLS):
+                c.step()
+            first.append(_time(c.step, 1, sync))
+        except Exception as error:  # torch raises many kinds for an unsupported fused path
+            notes.append(f"{c.name}: failed in warm-up, skipped ({first_line(error)})")
+            continue
+        kept.append(c)
+    return kept, first
+
+
+def inner_calls(first_times, min_sample_s: float = MIN_SAMPLE_S) -> int:
+    fastest = max(min(first_times), 1e-9)
+    return int(min(MAX_INNER, max(1, math.ceil(min_sample_s / fastest))))
+
+
+def interleave(contenders, repeats: int, inner: int, sync, on_round=None) -> dict[str, list]:
+    """``repeats`` rounds; round r starts at contender r mod k. Seconds per call, by name."""
+    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
+    k = len(contenders)
+    for r in range(repeats):
+        for j in range(k):
+            c = contenders[(r + j) % k]
+            samples[c.name].append(_time(c.step, inner, sync))
+        if on_round is not None:
+            on_round()
+    return samples

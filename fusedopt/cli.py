@@ -1,0 +1,147 @@
+"""``fusedopt bench``, ``fusedopt demo`` and ``fusedopt info`` (also ``python -m fusedopt``)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+_POWER = re.compile(r"^2(\^|\*\*)(\d+)$")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _size(token: str) -> int:
+    """An element count: 65536, 65_536, 2^16 or 2**16."""
+    token = token.strip().replace("_", "")
+    match = _POWER.match(token)
+    value = 2 ** int(match.group(2)) if match else int(token) if token.isdigit() else -1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size is a positive element count such as 65536 "
+                                         f"or 2^16, got {token!r}")
+    return value
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(_size(t) for t in text.split(",") if t.strip())
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusedopt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="time fused steps against unfused, torch and the "
+                                         "memory-traffic ceiling")
+    bench.add_argument("--optimizer", type=_names,
+                       help="comma-separated registry names (default: every registered one)")
+    bench.add_argument("--sizes", type=_sizes,
+                       help="comma-separated element counts, e.g. 1024,2^20 (default: 2^10, 2^12, "
+                            "... up to 2^26 on CPU, 2^28 on GPU)")
+    bench.add_argument("--dtype", type=_names, help="comma-separated: float32,float64 "
+                                                    "(default: both)")
+    bench.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: CUDA when CuPy sees a device, else CPU")
+    bench.add_argument("--repeats", type=_positive, help="interleaved rounds per case")
+    bench.add_argument("--quick", action="store_true",
+                       help="a minute's sweep: 3 sizes, adam and sgd, float32, few repeats")
+    bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", metavar="PATH", help="write every sample and the machine")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size")
+
+    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer",
+                          description="Dense(10, relu) then Dense(2, softmax) on batches of 10 "
+                                      "samples x 10 features (the Keras Adam example's input "
+                                      "of shape (10, 10)), synthetic two-class data, NumPy "
+                                      "forward/backward (CuPy on a GPU).")
+    demo.add_argument("--optimizer", default="adam", help="any registered name (default adam)")
+    demo.add_argument("--epochs", type=_positive, default=20)
+    demo.add_argument("--samples", type=_positive, default=200,
+                      help="synthetic training samples (batches of 10)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--compare", action="store_true",
+                      help="also train with the unfused backend (and Keras if installed) "
+                           "and print the largest weight difference")
+
+    sub.add_parser("info", help="versions, available backends, threads and caches")
+    return parser
+
+
+def bench_settings(args):
+    """The sweep ``args`` ask for, with --quick's values where no explicit flag overrides."""
+    from ._bench import sweep
+    from ._registry import DTYPES, REGISTRY
+
+    backend = sweep.resolve_backend(args.backend)
+    if args.quick:
+        optimizers = tuple(o for o in sweep.QUICK_OPTIMIZERS if o in REGISTRY)
+        sizes, dtypes, repeats = sweep.QUICK_SIZES, ("float32",), sweep.QUICK_REPEATS
+    else:
+        optimizers, sizes = tuple(REGISTRY), sweep.default_sizes(backend)
+        dtypes, repeats = DTYPES, sweep.DEFAULT_REPEATS
+    optimizers = args.optimizer or optimizers
+    for name in optimizers:
+        if name.lower().replace("_", "") not in REGISTRY:
+            raise SystemExit(f"--optimizer: unknown optimizer {name!r}; registered: "
+                             f"{', '.join(sorted(REGISTRY))}")
+    for d in args.dtype or ():
+        if d not in DTYPES:
+            raise SystemExit(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")
+    return sweep.Settings(optimizers=optimizers, sizes=args.sizes or sizes,
+                          dtypes=args.dtype or dtypes, backend=backend,
+                          repeats=args.repeats or repeats, seed=args.seed,
+                          torch=not args.no_torch)
+
+
+def bench(args, console):
+    from ._bench import machine, report, sweep
+
+    settings = bench_settings(args)
+    results = sweep.run(settings, console=console)
+    report.print_tables(console, results)
+    described = machine.describe()
+    described["caveats"] = machine.caveats(described["numba"], settings.torch and any(
+        name.startswith("torch") for r in results for name in r.samples))
+    for caveat in described["caveats"]:
+        console.print(f"caveat: {caveat}", markup=False, highlight=False)
+    if args.json:
+        report.write_json(args.json, results, described, settings)
+        console.print(f"samples and machine description written to {args.json}")
+    if args.plot:
+        from ._bench import plot
+        plot.write_png(args.plot, results)
+        console.print(f"plot written to {args.plot}")
+    return results
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+
+    args = _parser().parse_args(argv)
+    console = Console()
+    if args.command == "bench":
+        bench(args, console)
+    elif args.command == "demo":
+        from ._demo import run_demo
+        try:
+            run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
+                     compare=args.compare, console=console)
+        except ValueError as error:  # an unknown optimizer name: say which ones exist
+            raise SystemExit(f"fusedopt demo: {error}") from None
+    else:
+        from ._info import show
+        show(console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The README's example and the docstrings' examples run as written."""
+
+import doctest
+import re
+from pathlib import Path
+
+import fusedopt.optimizers.adam
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_training_loop_runs_and_learns(capsys):
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    exec(compile(block, "README.md", "exec"), {})
+    iterations, loss = capsys.readouterr().out.split()
+    assert int(iterations) == 300
+    assert float(loss) < 1e-3  # the target is exactly linear: the fit must find it
+
+
+def test_docstring_examples():
+    failures, _ = doctest.testmod(fusedopt.optimizers.adam, optionflags=doctest.ELLIPSIS)
+    assert failures == 0
