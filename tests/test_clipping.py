@@ -21,6 +21,8 @@ OPTIMIZERS = {
     "adamw": ("AdamW", dict(learning_rate=0.01, weight_decay=0.1)),
     "adamax": ("Adamax", dict(learning_rate=0.02)),
     "nadam": ("Nadam", dict(learning_rate=0.01, epsilon=1e-3)),
+    "sgd": ("SGD", dict(learning_rate=0.01, momentum=0.9)),
+    "rmsprop": ("RMSprop", dict(learning_rate=0.01, epsilon=1e-3)),
 }
 SHAPES = [(3, 129), (5,), (1,)]
 
