@@ -10,10 +10,12 @@ from . import functional
 from ._registry import REGISTRY
 from .flat import FlatParams
 from .optimizers import Adam, AdamW, Optimizer
+from .optimizers import Adamax, Lion, Nadam
 
 __version__ = "0.1.0"
 
 __all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
+__all__ += ["Adamax", "Nadam", "Lion"]
 
 # SGD, RMSprop, Adagrad, Adadelta
 from .optimizers import SGD, Adadelta, Adagrad, RMSprop  # noqa: E402

@@ -25,6 +25,8 @@ class Group:
     table: Table = field(init=False)
     device_table: object = None
     device_version: int = -1
+    grads_scaled: bool = False  # the table's grad-scale row holds a norm clip's scales
+    scratch: dict = field(default_factory=dict)  # device buffers reused from step to step
 
     def __post_init__(self):
         self.table = Table(self.fixed, self.sizes, self.chunk, self.pack)

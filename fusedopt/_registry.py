@@ -9,6 +9,7 @@ expression in fusedopt/_unfused.py, a reference in tests/reference.py and one en
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -268,4 +269,130 @@ register(OptimizerSpec(
                                     float(hp["epsilon"])),
     cpu_rule=rules.adadelta,
     unfused=_unfused.adadelta,
+))
+
+
+# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
+
+def _adamax_scalars(hp, step, convention):
+    b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
+    bc1 = 1.0 - b1**step
+    return (*decay_scalars(hp), b2, 1.0 - b1, float(hp["epsilon"]), bc1,
+            float(hp["learning_rate"]) / bc1)
+
+
+register(OptimizerSpec(
+    name="adamax",
+    keras_name="adamax",
+    kernel="adamax",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("beta_1", 0.9, BETA),
+        Hyper("beta_2", 0.999, BETA),
+        Hyper("epsilon", 1e-7, at_least(0.0)),
+        WEIGHT_DECAY,
+    ),
+    flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch=False),),
+    all_flags=((KERAS,), (TORCH_L2,)),
+    slots=lambda flags: ("m", "u"),
+    scalars=_adamax_scalars,
+    cpu_rule=rules.adamax,
+    unfused=_unfused.adamax,
+))
+
+
+#: Keras' Nadam momentum schedule decays as 0.96**t; torch's as 0.96**(t * momentum_decay).
+NADAM_DECAY_BASE = 0.96
+
+_MOMENTUM_PRODUCTS: dict[tuple[float, float], array] = {}
+
+
+def nadam_momentum(b1: float, psi: float, t: int) -> float:
+    """mu_t = b1 (1 - 0.5 * 0.96**(t psi)), Nadam's momentum at 1-based step t."""
+    return b1 * (1.0 - 0.5 * NADAM_DECAY_BASE ** (t * psi))
+
+
+def nadam_momentum_product(b1: float, psi: float, t: int) -> float:
+    """P_t = mu_1 mu_2 ... mu_t (P_0 = 1), the product Keras keeps as ``u_product`` and torch
+    as ``mu_product``: a pure function of the step, so it needs no state of its own and a
+    restored optimizer continues exactly.
+
+    Memoised per (b1, psi), formed left to right as the libraries do, until mu_t reaches
+    b1 in double (or P underflows); from there on P_t = P_K * b1**(t - K).
+    """
+    products = _MOMENTUM_PRODUCTS.setdefault((b1, psi), array("d", [1.0]))
+    while len(products) <= t:
+        k = len(products)
+        mu = nadam_momentum(b1, psi, k)
+        if (mu == b1 and k > 1) or products[-1] == 0.0:
+            return products[-1] * b1 ** (t - (k - 1))
+        products.append(products[-1] * mu)
+    return products[t]
+
+
+def _nadam_scalars(hp, step, convention):
+    b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
+    psi = 1.0 if convention == "keras" else float(hp["momentum_decay"])
+    mu, mu_next = nadam_momentum(b1, psi, step), nadam_momentum(b1, psi, step + 1)
+    product = nadam_momentum_product(b1, psi, step)
+    product_next = product * mu_next
+    c_m, c_g = mu_next / (1.0 - product_next), (1.0 - mu) / (1.0 - product)
+    if convention != "keras":
+        lr = float(hp["learning_rate"])
+        c_m, c_g = lr * c_m, lr * c_g
+    return (*decay_scalars(hp), b2, 1.0 - b1, 1.0 - b2, float(hp["epsilon"]), 1.0 - b2**step,
+            c_m, c_g)
+
+
+register(OptimizerSpec(
+    name="nadam",
+    keras_name="nadam",
+    kernel="nadam",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("beta_1", 0.9, BETA),
+        Hyper("beta_2", 0.999, BETA),
+        Hyper("epsilon", 1e-7, at_least(0.0)),
+        WEIGHT_DECAY,
+        Hyper("momentum_decay", 4e-3, at_least(0.0), conventions=TORCH_ONLY),
+        Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY),
+    ),
+    flags=lambda hp, conv: (_flavor(conv, bool(hp["decoupled_weight_decay"])),),
+    all_flags=((KERAS,), (TORCH_L2,), (TORCH_DECOUPLED,)),
+    slots=lambda flags: ("m", "v"),
+    scalars=_nadam_scalars,
+    cpu_rule=rules.nadam,
+    unfused=_unfused.nadam,
+))
+
+
+def _lion_beta_1(value):
+    # Keras: at 0 Lion degenerates to signSGD, so beta_1 must be in (0, 1].
+    ok = in_range(0.0, 1.0, closed_high=True)(value) is None and value > 0
+    return None if ok else "must be in (0, 1] (at 0 Lion is sign SGD)"
+
+
+def _lion_scalars(hp, step, convention):
+    b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
+    return (*decay_scalars(hp), b1, b2, 1.0 - b1, 1.0 - b2)
+
+
+register(OptimizerSpec(
+    name="lion",
+    keras_name="lion",
+    kernel="lion",
+    hypers=(
+        LEARNING_RATE,
+        Hyper("beta_1", 0.9, _lion_beta_1),
+        Hyper("beta_2", 0.99, in_range(0.0, 1.0, closed_high=True)),
+        WEIGHT_DECAY,
+    ),
+    # No torch.optim.Lion: the torch convention keeps the rule and decays the weights the
+    # paper's (and torch AdamW's) way, theta *= 1 - lr wd.
+    flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch=True),),
+    all_flags=((KERAS,), (TORCH_DECOUPLED,)),
+    slots=lambda flags: ("m",),
+    scalars=_lion_scalars,
+    cpu_rule=rules.lion,
+    unfused=_unfused.lion,
 ))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _dispatch
+from ._clip import NONE, step_groups
 from ._registry import OptimizerSpec
 
 
@@ -87,8 +88,6 @@ def contiguous(grad):
     return np.ascontiguousarray(grad)
 
 
-def run(spec, flags, scalars, backend, groups, grads_by_group) -> None:
-    """Launch every group (one kernel launch or Numba call each)."""
-    for group, grads in zip(groups, grads_by_group):
-        if group.params:
-            backend.step(spec, flags, scalars, group, grads)
+def run(spec, flags, scalars, backend, groups, grads_by_group, clipping=NONE) -> None:
+    """Launch every group (one kernel launch or Numba call each), clipping as asked."""
+    step_groups(backend, spec, flags, scalars, groups, grads_by_group, clipping)

@@ -4,12 +4,15 @@ Layout (int64; T tensors, NS state slots, B work items), documented in kernels/c
 
     [0 : (2+NS)*T)          operand addresses, operand-major: param, grad, slot 0, ...
     [(2+NS)*T : (3+NS)*T)   element counts
-    [(3+NS)*T : ... + B)    work items: (tensor << 32) | chunk index
+    [(3+NS)*T : (4+NS)*T)   grad scales: float64 bits, 1.0 unless clipping by norm
+    [(4+NS)*T : (5+NS)*T)   grad limits: float64 bits, +inf unless clipping by value
+    [(5+NS)*T : ... + B)    work items: (tensor << 32) | chunk index
 
 A work item is one CUDA block or one CPU task. Empty tensors get no work item. A CUDA
 block updates one chunk. A CPU task runs from its start to the next task's start
 (fusedopt/_cpu/loop.py), so a packed table, which drops the starts of chunks that would
-leave a task smaller than a chunk, lets one task cover many small tensors.
+leave a task smaller than a chunk, lets one task cover many small tensors. Every kernel
+and loop clips each grad on load to clamp(g * scale, -limit, limit) (fusedopt/_clip.py).
 """
 
 from __future__ import annotations
@@ -50,13 +53,28 @@ def packed(items: np.ndarray, sizes: np.ndarray, chunk: int) -> np.ndarray:
     return items[keep]
 
 
-def build(addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False) -> np.ndarray:
-    """Table for ``addresses`` of shape (2 + NS, T) and ``sizes`` of shape (T,)."""
+def float_row(values, n: int) -> np.ndarray:
+    """``n`` float64 values (or one broadcast) as the int64 bits a table row holds."""
+    return np.broadcast_to(np.asarray(values, np.float64), (n,)).copy().view(np.int64)
+
+
+def rows(n_slots: int, n_tensors: int) -> dict[str, int]:
+    """Offset of each per-tensor row of the table."""
+    return {"sizes": (2 + n_slots) * n_tensors, "scales": (3 + n_slots) * n_tensors,
+            "limits": (4 + n_slots) * n_tensors, "work": (5 + n_slots) * n_tensors}
+
+
+def build(addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False,
+          limit: float = np.inf) -> np.ndarray:
+    """Table for ``addresses`` of shape (2 + NS, T) and ``sizes`` of shape (T,): grad scale
+    1.0 and grad limit ``limit`` for every tensor."""
     sizes = np.asarray(sizes, dtype=np.int64)
+    n = sizes.size
     items = work_items(sizes, chunk)
     if pack:
         items = packed(items, sizes, chunk)
-    return np.concatenate([addresses.ravel(), sizes, items]).astype(np.int64)
+    return np.concatenate([addresses.ravel(), sizes, float_row(1.0, n), float_row(limit, n),
+                           items]).astype(np.int64)
 
 
 class Table:
@@ -71,8 +89,10 @@ class Table:
     def __init__(self, addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False):
         self.chunk = chunk
         self.n_tensors = int(addresses.shape[1])
+        self.n_slots = int(addresses.shape[0]) - 2
+        self.limit = np.inf
         self.array = build(addresses, sizes, chunk, pack)
-        self.n_work = self.array.size - addresses.size - self.n_tensors
+        self.n_work = self.array.size - addresses.size - 3 * self.n_tensors
         self.version = 0
         self._grads: list | None = None
 
@@ -83,3 +103,13 @@ class Table:
             self._grads = grads
             self.version += 1
         return self.array
+
+    def set_limit(self, limit: float) -> None:
+        """Clip grads to [-limit, limit] from now on (+inf: not at all)."""
+        limit = float(limit)
+        if limit == self.limit:
+            return
+        self.limit = limit
+        start = rows(self.n_slots, self.n_tensors)["limits"]
+        self.array[start: start + self.n_tensors] = float_row(limit, self.n_tensors)
+        self.version += 1

@@ -119,3 +119,46 @@ def adadelta(xp, p, g, slots, h, flags):
     ed *= rho
     ed += one_minus_rho * (d * d)
     p -= lr * d
+
+
+# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
+
+def adamax(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, clr = h
+    flavor = flags[0]
+    m, u = slots[0], slots[1]
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    m += (g - m) * one_minus_b1
+    u *= b2
+    if flavor == KERAS:
+        xp.maximum(u, xp.abs(g), out=u)
+        p -= lr * m / ((u + eps) * bc1)
+    else:
+        xp.maximum(u, xp.abs(g) + eps, out=u)
+        p -= clr * (m / u)
+
+
+def nadam(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g = h
+    flavor = flags[0]
+    m, v = slots[0], slots[1]
+    g = _weight_decay(flavor, p, g, lr, wd, wd_factor)
+    m += (g - m) * one_minus_b1
+    if flavor == KERAS:
+        v += (g * g - v) * one_minus_b2
+        p -= (c_m * m + c_g * g) * lr / (xp.sqrt(v / bc2) + eps)
+    else:
+        v *= b2
+        v += one_minus_b2 * (g * g)
+        d = xp.sqrt(v / bc2) + eps
+        p -= c_g * (g / d)
+        p -= c_m * (m / d)
+
+
+def lion(xp, p, g, slots, h, flags):
+    lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2 = h
+    m = slots[0]
+    g = _weight_decay(flags[0], p, g, lr, wd, wd_factor)
+    p -= lr * xp.sign(m * b1 + g * one_minus_b1)
+    m *= b2
+    m += g * one_minus_b2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._clip import NO_CLIP, GradClip
 from ._group import Group
 
 name = "unfused"
@@ -31,8 +32,27 @@ def group(dtype, params, states) -> Group:
                  np.zeros(0, np.int64))
 
 
-def step(spec, flags, scalars, group: Group, grads) -> None:
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (float64, on the grads' device), for clipping by norm."""
+    xp = _xp(grads[0])
+    return xp.stack([xp.sum(g * g, dtype=xp.float64) for g in grads])
+
+
+def _clipped(xp, g, scale, limit, compute):
+    """Keras' clipping as array expressions: g * scale, then clamp to [-limit, limit]."""
+    if scale is not None:
+        g = g * scale.astype(compute)
+    if limit != np.inf:
+        g = xp.clip(g, -compute(limit), compute(limit))
+    return g
+
+
+def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
     compute = np.dtype(group.dtype).type
     h = tuple(compute(x) for x in scalars)
-    for p, g, slots in zip(group.params, grads, group.states):
-        spec.unfused(_xp(p), p, g, slots, h, flags)
+    for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
+        xp = _xp(p)
+        if clip.active:
+            scale = None if clip.scales is None else clip.scales[t]
+            g = _clipped(xp, g, scale, clip.limit, compute)
+        spec.unfused(xp, p, g, slots, h, flags)

@@ -27,3 +27,8 @@ REGISTER_BUDGET = 64
 #: NVRTC options shared by the runtime and the compile gate. No fast-math: it would swap
 #: IEEE sqrt and division for approximations and break agreement with the references.
 NVRTC_OPTIONS = ("-std=c++17",)
+
+#: Numba fastmath flags of the sum of squares behind clipping by norm (fusedopt/_cpu/norm.py)
+#: and of nothing else: reassociation lets LLVM vectorize the float64 running sum, in an
+#: order fixed at compile time (so a build still gives the same sum every run).
+NORM_FASTMATH = frozenset({"reassoc", "contract"})

@@ -8,16 +8,22 @@ tensor. State arrays are updated in place and must match their param's shape and
 from __future__ import annotations
 
 from . import _step
+from ._clip import Clipping
 from ._registry import CONVENTIONS, lookup
 
 
-def update(name, params, grads, states, *, step, convention="keras", backend="auto", **hyper):
+def update(name, params, grads, states, *, step, convention="keras", backend="auto",
+           clipnorm=None, global_clipnorm=None, clipvalue=None, **hyper):
     """One step of optimizer ``name`` at 1-based ``step`` over lists of arrays, in place.
 
     ``states[i]`` is the list of state arrays of ``params[i]`` in slot order (for Adam:
     m, v, and vhat with amsgrad). Unspecified hyperparameters take Keras' defaults.
+    ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` clip the grads as Keras does (at
+    most one; ``global_clipnorm`` spans every grad of this call), without modifying them.
     """
     spec = lookup(name)
+    clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                        clipvalue=clipvalue)
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
     if not isinstance(step, int) or step < 1:
@@ -46,10 +52,11 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     by_dtype: dict[str, list[int]] = {}
     for i, p in enumerate(params):
         by_dtype.setdefault(str(p.dtype), []).append(i)
-    for dtype, members in by_dtype.items():
-        group = backend_module.group(dtype, [params[i] for i in members],
-                                     [states[i] for i in members])
-        backend_module.step(spec, flags, scalars, group, [grads[i] for i in members])
+    groups = [backend_module.group(dtype, [params[i] for i in members],
+                                   [states[i] for i in members])
+              for dtype, members in by_dtype.items()]
+    _step.run(spec, flags, scalars, backend_module, groups,
+              [[grads[i] for i in members] for members in by_dtype.values()], clipping)
 
 
 def adam_step(param, grad, m, v, vhat=None, *, step, learning_rate=0.001, beta_1=0.9,

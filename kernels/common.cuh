@@ -5,9 +5,14 @@
 //   table[k * T + t]            address of operand k of tensor t; k = 0 param, 1 grad,
 //                               2 .. 2+NS-1 the optimizer's state slots
 //   table[(2 + NS) * T + t]     element count of tensor t
-//   table[(3 + NS) * T + b]     block b's work: (tensor << 32) | chunk index
+//   table[(3 + NS) * T + t]     grad scale of tensor t, a double's bits (1.0: no norm clipping)
+//   table[(4 + NS) * T + t]     grad limit of tensor t, a double's bits (+inf: no clipvalue)
+//   table[(5 + NS) * T + b]     block b's work: (tensor << 32) | chunk index
 // Block b updates elements [chunk * CHUNK, min((chunk + 1) * CHUNK, n)) of its tensor;
 // its threads stride through that range, 128-bit vectors first, then a scalar tail.
+// Every grad is clipped on load, g -> clamp(g * scale, -limit, limit), before the rule sees
+// it: Keras' clipnorm / global_clipnorm (a scale) and clipvalue (a limit), with no change to
+// any optimizer's rule or arguments. Both are exact no-ops at 1.0 and +inf.
 #pragma once
 
 #if !defined(FUSEDOPT_HOST_BUILD)
@@ -42,6 +47,25 @@ FUSEDOPT_DEVICE void weight_decay(C& p, C& g, const Decay<C>& d) {
     }
 }
 
+// The bits of a table entry as the double they hold.
+FUSEDOPT_DEVICE double as_double(long long bits) {
+#if defined(FUSEDOPT_HOST_BUILD)
+    double d;
+    __builtin_memcpy(&d, &bits, sizeof d);
+    return d;
+#else
+    return __longlong_as_double(bits);
+#endif
+}
+
+// g * scale clamped to [-limit, limit]; written with comparisons so a NaN passes through
+// (as torch.clamp does) instead of being replaced by fmin/fmax.
+template <typename C>
+FUSEDOPT_DEVICE C clip_grad(C g, C scale, C limit) {
+    const C x = g * scale;
+    return x > limit ? limit : (x < -limit ? -limit : x);
+}
+
 template <typename T>
 FUSEDOPT_DEVICE void assume_global(const T* ptr) {
     __builtin_assume(__isGlobal(ptr));
@@ -65,11 +89,20 @@ struct TableView {
         return table[operand * n_tensors + t];
     }
     FUSEDOPT_DEVICE long long size(int t) const { return table[(2 + NS) * n_tensors + t]; }
-    FUSEDOPT_DEVICE long long work(int block) const { return table[(3 + NS) * n_tensors + block]; }
+    FUSEDOPT_DEVICE double grad_scale(int t) const {
+        return as_double(table[(3 + NS) * n_tensors + t]);
+    }
+    FUSEDOPT_DEVICE double grad_limit(int t) const {
+        return as_double(table[(4 + NS) * n_tensors + t]);
+    }
+    FUSEDOPT_DEVICE long long work(int block) const {
+        return table[(5 + NS) * n_tensors + block];
+    }
 };
 
 // Runs rule(p, g, s) over this block's chunk: p and s are updated in place in the compute
-// type, g is read. NS state slots are stored in the compute type, param and grad in T.
+// type, g is read (clipped as the table says). NS state slots are stored in the compute
+// type, param and grad in T.
 template <typename T, int NS, typename Rule>
 FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long long chunk,
                                  const Rule& rule) {
@@ -83,6 +116,8 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     const long long n = view.size(t);
     const long long begin = (work & 0xffffffffLL) * chunk;
     const long long end = begin + chunk < n ? begin + chunk : n;
+    const C scale = static_cast<C>(view.grad_scale(t));
+    const C limit = static_cast<C>(view.grad_limit(t));
 
     T* p = reinterpret_cast<T*>(view.address(0, t));
     const T* g = reinterpret_cast<const T*>(view.address(1, t));
@@ -114,7 +149,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
                 C pe = static_cast<C>(pv.v[e]);
                 C se[NSA];
                 for (int k = 0; k < NS; ++k) se[k] = sv[k].v[e];
-                rule(pe, static_cast<C>(gv.v[e]), se);
+                rule(pe, clip_grad(static_cast<C>(gv.v[e]), scale, limit), se);
                 pv.v[e] = static_cast<T>(pe);
                 for (int k = 0; k < NS; ++k) sv[k].v[e] = se[k];
             }
@@ -127,7 +162,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
         C pe = static_cast<C>(p[j]);
         C se[NSA];
         for (int k = 0; k < NS; ++k) se[k] = s[k][j];
-        rule(pe, static_cast<C>(g[j]), se);
+        rule(pe, clip_grad(static_cast<C>(g[j]), scale, limit), se);
         p[j] = static_cast<T>(pe);
         for (int k = 0; k < NS; ++k) s[k][j] = se[k];
     }

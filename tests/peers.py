@@ -49,6 +49,21 @@ TORCH.update({
 KERAS.update({"sgd": "SGD", "rmsprop": "RMSprop", "adagrad": "Adagrad", "adadelta": "Adadelta"})
 
 
+# Adamax, Nadam (torch: NAdam), Lion (Keras only).
+def _adamax_args(hp):
+    return dict(lr=hp["learning_rate"], betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"],
+                weight_decay=hp.get("weight_decay") or 0.0)
+
+
+def _nadam_args(hp):
+    return dict(_adamax_args(hp), momentum_decay=hp["momentum_decay"],
+                decoupled_weight_decay=hp["decoupled_weight_decay"])
+
+
+TORCH.update({"adamax": ("Adamax", _adamax_args), "nadam": ("NAdam", _nadam_args)})
+KERAS.update({"adamax": "Adamax", "nadam": "Nadam", "lion": "Lion"})
+
+
 def run_keras(name, hp, p0, grads):
     import keras
 

@@ -117,3 +117,58 @@ def adadelta(p, g, state, t, hp, convention):
     delta = np.sqrt(ed + eps) / np.sqrt(eg + eps) * g
     state["accumulated_delta_var"] = rho * ed + (1 - rho) * delta**2
     return p - lr * delta
+
+
+# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
+
+def adamax(p, g, state, t, hp, convention):
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
+    if convention == "keras":
+        u = state["u"] = np.maximum(b2 * _zeros(state, "u", p), np.abs(g))
+        return p - lr * m / ((1 - b1**t) * (u + eps))
+    # torch: epsilon inside the max, none in the denominator.
+    u = state["u"] = np.maximum(b2 * _zeros(state, "u", p), np.abs(g) + eps)
+    return p - (lr / (1 - b1**t)) * m / u
+
+
+def nadam(p, g, state, t, hp, convention):
+    """Dozat's Nadam; the momentum product is carried from step to step, as the libraries do."""
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    psi = 1.0 if convention == "keras" else hp["momentum_decay"]
+    p, g = _weight_decay(p, g, hp, convention, hp.get("decoupled_weight_decay", False))
+    mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))
+    mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
+    product = state["product"] = state.get("product", 1.0) * mu
+    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
+    v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
+    m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
+    v_hat = v / (1 - b2**t)
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def lion(p, g, state, t, hp, convention):
+    """Chen et al. 2023, Algorithm 2; both conventions decay the weights decoupled."""
+    b1, b2, lr = hp["beta_1"], hp["beta_2"], hp["learning_rate"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=True)
+    m = _zeros(state, "m", p)
+    p = p - lr * np.sign(b1 * m + (1 - b1) * g)
+    state["m"] = b2 * m + (1 - b2) * g
+    return p
+
+
+# --- gradient clipping ------------------------------------------------------------------------
+
+def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):
+    """Keras' clipping of one call's grads, in float64: clipnorm per tensor, else
+    global_clipnorm over all of them, else clipvalue elementwise."""
+    grads = [np.asarray(g, np.float64) for g in grads]
+    if clipnorm:
+        return [g * clipnorm / max(np.sqrt(np.sum(g * g)), clipnorm) for g in grads]
+    if global_clipnorm:
+        norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+        return [g * global_clipnorm / max(norm, global_clipnorm) for g in grads]
+    if clipvalue:
+        return [np.clip(g, -clipvalue, clipvalue) for g in grads]
+    return grads

@@ -6,7 +6,10 @@ import numpy as np
 from numba import njit
 
 from .. import config
+from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_table
+from .._table import float_row, rows
+from . import norm
 from ._cache import JIT_OPTIONS
 from .loop import run, run_serial, specialize
 
@@ -37,8 +40,29 @@ def group(dtype, params, states) -> Group:
     return make_group(dtype, params, states, config.CPU_CHUNK, address, pack=True)
 
 
-def step(spec, flags, scalars, group: Group, grads) -> None:
+def sum_squares(group: Group, grads) -> np.ndarray:
+    """Sum of g**2 of each grad (float64), for clipping by norm."""
     table = step_table(group, grads, address)
+    return norm.tensor_sums(table, len(group.params), group.n_slots, group.chunk,
+                            np.dtype(group.dtype))
+
+
+def _set_clip(group: Group, clip: GradClip) -> None:
+    """Write this step's grad scales into the table the loop reads (1.0 when none)."""
+    table, n = group.table.array, len(group.params)
+    start = rows(group.n_slots, n)["scales"]
+    if clip.scales is not None:
+        table[start: start + n] = float_row(clip.scales, n)
+        group.grads_scaled = True
+    elif group.grads_scaled:
+        table[start: start + n] = float_row(1.0, n)
+        group.grads_scaled = False
+
+
+def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    group.table.set_limit(clip.limit)
+    table = step_table(group, grads, address)
+    _set_clip(group, clip)
     n_work = group.table.n_work
     if n_work == 0:
         return

@@ -14,12 +14,17 @@ as the CUDA kernels take them as template arguments. So the flags are constants 
 compiled loop and LLVM drops the other variants' branches (with runtime flags, a branch
 storing to another slot stayed in the loop and kept it scalar), and the call does not pay
 for passing a jitted function as an argument (more than a small step's arithmetic).
+
+Gradient clipping (fusedopt/_clip.py) happens here, not in the rules: when the table gives
+a tensor a grad scale other than 1 or a finite limit, each of its spans' grads is first
+written clipped into a span-sized buffer (it stays in cache) and the rule reads that.
 """
 
 from __future__ import annotations
 
 import functools
 
+import numpy as np
 from numba import carray, njit, prange, types
 from numba.core.extending import (NativeValue, intrinsic, models, overload, register_model,
                                   typeof_impl, unbox)
@@ -133,8 +138,10 @@ def _run_span(variant, p, g, s0, s1, s2, h):
 @njit(**JIT_OPTIONS)
 def _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like, state_like, h):
     """Work item ``w``: from its start up to the next item's start."""
-    work0 = (3 + n_slots) * n_tensors
+    work0 = (5 + n_slots) * n_tensors
     sizes0 = (2 + n_slots) * n_tensors
+    scales = table[(3 + n_slots) * n_tensors: (4 + n_slots) * n_tensors].view(np.float64)
+    limits = table[(4 + n_slots) * n_tensors: work0].view(np.float64)
     # A slot the variant does not use still needs an array; one made from a pointer has no
     # reference count, so passing it costs no atomic updates.
     unused = carray(_pointer(table[0], state_like), 0)
@@ -162,9 +169,25 @@ def _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like, 
                 s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
             if n_slots > 2:
                 s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
+            if scales[t] != 1.0 or limits[t] != np.inf:
+                g = _clip_chunk(g, scales[t], limits[t])
             _run_span(variant, p, g, s0, s1, s2, h)
         t += 1
         begin = 0
+
+
+@njit(**JIT_OPTIONS)
+def _clip_chunk(g, scale, limit):
+    """clamp(g * scale, -limit, limit) in g's dtype; comparisons let a NaN through."""
+    out = np.empty_like(g)
+    cast = np.empty(2, g.dtype)  # the float64 table values in the compute type, as CUDA
+    cast[0] = scale
+    cast[1] = limit
+    s, c = cast[0], cast[1]
+    for i in range(g.shape[0]):
+        x = g[i] * s
+        out[i] = c if x > c else (-c if x < -c else x)
+    return out
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -176,7 +199,7 @@ def run(variant, table, n_tensors, n_slots, chunk, param_like, state_like, scala
     inside).
     """
     h = _narrow(scalars, state_like)
-    n_work = table.shape[0] - (3 + n_slots) * n_tensors
+    n_work = table.shape[0] - (5 + n_slots) * n_tensors
     for w in prange(n_work):
         _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like,
                   state_like, h)
@@ -187,7 +210,7 @@ def run_serial(variant, table, n_tensors, n_slots, chunk, param_like, state_like
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
     h = _narrow(scalars, state_like)
-    n_work = table.shape[0] - (3 + n_slots) * n_tensors
+    n_work = table.shape[0] - (5 + n_slots) * n_tensors
     for w in range(n_work):
         _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like,
                   state_like, h)

@@ -131,3 +131,58 @@ def adadelta(i, p, g, eg, ed, unused, h, flags):
         d = np.sqrt(ed[i] + eps) / np.sqrt(egi + eps) * gi
     ed[i] = rho * ed[i] + one_minus_rho * (d * d)
     p[i] = pi - lr * d
+
+
+# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
+
+@njit(**_RULE)
+def adamax(i, p, g, m, u, unused, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, clr = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    mi = m[i] + (gi - m[i]) * one_minus_b1
+    scaled = b2 * u[i]
+    # The branches only compute; the stores below are unconditional, so LLVM turns the
+    # branches into selects and vectorizes the loop.
+    if flavor == KERAS:
+        a = abs(gi)
+        ui = scaled if scaled > a else a
+        pi = pi - lr * mi / ((ui + eps) * bc1)
+    else:
+        a = abs(gi) + eps
+        ui = scaled if scaled > a else a
+        pi = pi - clr * (mi / ui)
+    m[i] = mi
+    u[i] = ui
+    p[i] = pi
+
+
+@njit(**_RULE)
+def nadam(i, p, g, m, v, unused, h, flags):
+    lr, wd, wd_factor, b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g = h
+    flavor = flags[0]
+    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    mi = m[i] + (gi - m[i]) * one_minus_b1
+    # Branches compute, unconditional stores follow: see adamax.
+    if flavor == KERAS:
+        vi = v[i] + (gi * gi - v[i]) * one_minus_b2
+        pi = pi - (c_m * mi + c_g * gi) * lr / (np.sqrt(vi / bc2) + eps)
+    else:
+        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
+        d = np.sqrt(vi / bc2) + eps
+        pi = pi - c_g * (gi / d)
+        pi = pi - c_m * (mi / d)
+    m[i] = mi
+    v[i] = vi
+    p[i] = pi
+
+
+@njit(**_RULE)
+def lion(i, p, g, m, unused1, unused2, h, flags):
+    lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2 = h
+    pi, gi = weight_decay(flags[0], p[i], g[i], lr, wd, wd_factor)
+    c = m[i] * b1 + gi * one_minus_b1
+    # lr * sign(c) as a select: +-lr exactly, c * lr = +-0 for c = 0 and NaN for NaN.
+    step = lr if c > 0 else (-lr if c < 0 else c * lr)
+    p[i] = pi - step
+    m[i] = m[i] * b2 + gi * one_minus_b2

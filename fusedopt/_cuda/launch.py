@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import config
+from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_table
 from .._registry import CUDA_TYPES, DTYPES, REGISTRY
+from .._table import rows
 from . import runtime
 
 name = "cuda"
@@ -37,6 +39,8 @@ EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
     # kernels/traffic.cu: one per dtype and slot count any registered optimizer can have.
     "traffic": tuple(f"traffic<{CUDA_TYPES[d]}, {ns}>" for d in DTYPES
                      for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
+    # kernels/norm.cu: per-tensor sums of squares of the grads, for clipping by norm.
+    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "lane_sums", "tensor_sums"),
 }
 
 
@@ -63,12 +67,57 @@ def kernel(spec, dtype: str, flags):
     return module.get_function(spec.entry(dtype, flags))
 
 
-def step(spec, flags, scalars, group: Group, grads) -> None:
-    rt = runtime.current()
+def _device_table(group: Group, grads, rt):
+    """The group's launch table on the device, copied there only if it changed."""
     table = step_table(group, grads, rt.address)
     if group.device_version != group.table.version:
         group.device_table = rt.to_device(table, out=group.device_table)
         group.device_version = group.table.version
+    return group.device_table
+
+
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (a float64 device array), for clipping by norm.
+
+    Three launches of kernels/norm.cu, no atomics and no cooperation between threads:
+    per-thread sums of each chunk, then per-tensor sums of each thread lane over the
+    tensor's chunks, then one sum per tensor. Nothing is copied to the host.
+    """
+    rt = runtime.current()
+    table = _device_table(group, grads, rt)
+    n_tensors, n_work = len(group.params), group.table.n_work
+    threads = config.THREADS_PER_BLOCK
+    sizes = (max(n_work, 1) * threads, n_tensors * threads, n_tensors)
+    if group.scratch.get("norm_sizes") != sizes:  # every entry is written before it is read
+        group.scratch["norm"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
+        group.scratch["norm_sizes"] = sizes
+    partial, lanes, out = group.scratch["norm"]
+    module = rt.module("norm", name_expressions("norm"))
+    index, wide = _INDEX_TYPES
+    if n_work:
+        module.get_function(f"chunk_sums<{CUDA_TYPES[group.dtype]}>")(
+            (n_work,), (threads,),
+            (table, index(n_tensors), index(group.n_slots), wide(group.chunk), partial))
+    module.get_function("lane_sums")(
+        (n_tensors,), (threads,),
+        (table, index(n_tensors), index(group.n_slots), wide(n_work), partial, lanes))
+    module.get_function("tensor_sums")(
+        (-(-n_tensors // threads),), (threads,), (index(n_tensors), index(threads), lanes, out))
+    return out
+
+
+def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    rt = runtime.current()
+    group.table.set_limit(clip.limit)
+    if group.grads_scaled and clip.scales is None:
+        group.device_version = -1  # the device row holds old scales: copy the 1.0s back
+        group.grads_scaled = False
+    table = _device_table(group, grads, rt)
+    if clip.scales is not None:
+        # Written on the device from device scales: the step never waits for the host.
+        start = rows(group.n_slots, len(group.params))["scales"]
+        table[start: start + len(group.params)] = clip.scales.view(np.int64)
+        group.grads_scaled = True
     n_work = group.table.n_work
     if n_work == 0:
         return

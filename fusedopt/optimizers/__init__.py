@@ -12,3 +12,11 @@ from .rmsprop import RMSprop  # noqa: E402
 from .sgd import SGD  # noqa: E402
 
 __all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
+
+
+# Adamax, Nadam, Lion
+from .adamax import Adamax  # noqa: E402
+from .lion import Lion  # noqa: E402
+from .nadam import Nadam  # noqa: E402
+
+__all__ += ["Adamax", "Nadam", "Lion"]

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .. import _step
+from .._clip import Clipping, step_groups
 from .._dispatch import BACKENDS
 from .._registry import CONVENTIONS, OptimizerSpec, lookup
 from ..flat import FlatParams
@@ -24,7 +25,6 @@ _KERAS_FIXED = {
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
-_CLIPPING = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
 def _host(array) -> np.ndarray:
@@ -71,7 +71,8 @@ class Optimizer:
             h.validate(value, convention)
             hyper[h.name] = value
         spec.check(hyper, convention)
-        self._check_clipping(clipnorm, clipvalue, global_clipnorm)
+        self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                                  clipvalue=clipvalue)
         self.hyper: dict[str, Any] = hyper
         self.name = name if name is not None else spec.keras_name
         self.convention = convention
@@ -89,20 +90,6 @@ class Optimizer:
         self._exclude_vars: list = []     # exclude_from_weight_decay(var_list=...)
         self._exclude_pattern = None      # exclude_from_weight_decay(var_names=...)
         self._pending_state = None
-
-    # --- construction helpers ---------------------------------------------------------------
-    @staticmethod
-    def _check_clipping(clipnorm, clipvalue, global_clipnorm):
-        given = [n for n, v in zip(_CLIPPING, (clipnorm, global_clipnorm, clipvalue))
-                 if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"only one of clipnorm, global_clipnorm, clipvalue can be set, "
-                             f"got {', '.join(given)}")
-        for n, v in zip(_CLIPPING, (clipnorm, global_clipnorm, clipvalue)):
-            if v is not None and not (isinstance(v, (int, float)) and v > 0):
-                raise ValueError(f"{n} must be a positive number, got {v!r}")
-        if any(v is not None for v in (clipnorm, clipvalue, global_clipnorm)):
-            raise NotImplementedError("gradient clipping is not implemented yet")
 
     @property
     def learning_rate(self):
@@ -294,14 +281,16 @@ class Optimizer:
             else self.hyper
         step = self.iterations + 1
         scalars = self._spec.scalars(hp, step, self.convention)
-        undecayed = None
-        for members, group, decays in self._groups_for(backend, positions):
-            if not decays and undecayed is None:
-                # Excluded params: the scalars of the same step without weight decay.
-                undecayed = self._spec.scalars(dict(hp, weight_decay=None), step,
-                                               self.convention)
-            backend.step(self._spec, self.flags, scalars if decays else undecayed, group,
-                         grads if members is None else [grads[i] for i in members])
+        groups = self._groups_for(backend, positions)
+        if all(decays for _, _, decays in groups):
+            per_group = scalars
+        else:
+            # Excluded params: the scalars of the same step without weight decay.
+            undecayed = self._spec.scalars(dict(hp, weight_decay=None), step, self.convention)
+            per_group = [scalars if decays else undecayed for _, _, decays in groups]
+        step_groups(backend, self._spec, self.flags, per_group, [g for _, g, _ in groups],
+                    [grads if members is None else [grads[i] for i in members]
+                     for members, _, _ in groups], self._clipping)
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self) -> dict:
