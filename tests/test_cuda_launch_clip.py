@@ -39,8 +39,9 @@ class _Module:
                 # Per-thread sums are not reproduced: thread 0 of each block takes the
                 # chunk's sum and the other lanes 0, which sums to the same total.
                 table, n_tensors, n_slots, chunk, partial = args
-                sums = cpu_norm.chunk_sums(table, int(n_tensors), int(n_slots), int(chunk),
-                                           np.empty(0, _DTYPES[ctype]))
+                items = table[rows(int(n_slots), int(n_tensors))["work"]:]  # one per chunk
+                sums = cpu_norm.chunk_sums(table, items, int(n_tensors), int(n_slots),
+                                           int(chunk), np.empty(0, _DTYPES[ctype]))
                 assert grid == (sums.size,) and partial.size == sums.size * block[0]
                 partial[:] = 0.0
                 partial[:: block[0]] = sums
