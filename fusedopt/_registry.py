@@ -95,6 +95,14 @@ LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
 WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
 BETA = in_range(0.0, 1.0)
 
+#: learning rate, the two moment decays and epsilon, with Keras' defaults: Adam's family.
+ADAM_LIKE = (
+    LEARNING_RATE,
+    Hyper("beta_1", 0.9, BETA),
+    Hyper("beta_2", 0.999, BETA),
+    Hyper("epsilon", 1e-7, at_least(0.0)),
+)
+
 
 def decay_scalars(hp: Mapping[str, Any]) -> tuple[float, float, float]:
     """lr, wd, wd_factor = 1 - lr * wd (torch's decoupled factor, rounded once)."""
@@ -126,10 +134,7 @@ def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
         keras_name=keras_name,
         kernel="adam",
         hypers=(
-            LEARNING_RATE,
-            Hyper("beta_1", 0.9, BETA),
-            Hyper("beta_2", 0.999, BETA),
-            Hyper("epsilon", 1e-7, at_least(0.0)),
+            *ADAM_LIKE,
             Hyper("amsgrad", False, boolean),
             weight_decay,
         ),
@@ -286,10 +291,7 @@ register(OptimizerSpec(
     keras_name="adamax",
     kernel="adamax",
     hypers=(
-        LEARNING_RATE,
-        Hyper("beta_1", 0.9, BETA),
-        Hyper("beta_2", 0.999, BETA),
-        Hyper("epsilon", 1e-7, at_least(0.0)),
+        *ADAM_LIKE,
         WEIGHT_DECAY,
     ),
     flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch=False),),
@@ -349,10 +351,7 @@ register(OptimizerSpec(
     keras_name="nadam",
     kernel="nadam",
     hypers=(
-        LEARNING_RATE,
-        Hyper("beta_1", 0.9, BETA),
-        Hyper("beta_2", 0.999, BETA),
-        Hyper("epsilon", 1e-7, at_least(0.0)),
+        *ADAM_LIKE,
         WEIGHT_DECAY,
         Hyper("momentum_decay", 4e-3, at_least(0.0), conventions=TORCH_ONLY),
         Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY),
