@@ -94,13 +94,14 @@ def lookup(name: str) -> OptimizerSpec:
 LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
 WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
 BETA = in_range(0.0, 1.0)
+EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
 
 #: learning rate, the two moment decays and epsilon, with Keras' defaults: Adam's family.
 ADAM_LIKE = (
     LEARNING_RATE,
     Hyper("beta_1", 0.9, BETA),
     Hyper("beta_2", 0.999, BETA),
-    Hyper("epsilon", 1e-7, at_least(0.0)),
+    EPSILON,
 )
 
 
@@ -157,7 +158,6 @@ register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
 
 TORCH_ONLY = frozenset({"torch"})
 MOMENTUM = Hyper("momentum", 0.0, BETA)
-EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
 L2_FLAVORS = (KERAS, TORCH_L2)
 
 
