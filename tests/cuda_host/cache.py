@@ -9,17 +9,9 @@ it is the user's cache folder, else a per-session temporary folder.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
+from fusedopt._cpu._cache import _writable
 
 
 def cache_root(fallback) -> Path:
