@@ -65,6 +65,23 @@ def nvrtc_version() -> str:
     return f"{major}.{minor}"
 
 
+def library_paths() -> list[str]:
+    """The NVRTC shared libraries this process has loaded (after a first NVRTC call).
+
+    Read from /proc/self/maps, so it names the file the dynamic loader really opened, which
+    must be the nvidia-cuda-nvrtc wheel's: a system toolkit found first would compile the
+    gates with another NVRTC than the one pyproject.toml pins.
+    """
+    nvrtc_version()  # loads the library if nothing has yet
+    found = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if line.strip() else ""
+            if "libnvrtc" in Path(path).name and path not in found:
+                found.append(path)
+    return found
+
+
 def gate_options(arch: str) -> tuple[str, ...]:
     """The runtime's NVRTC options, plus a real architecture and ptxas' resource report."""
     return (*source.options(), f"--gpu-architecture={arch}", PTXAS_VERBOSE)

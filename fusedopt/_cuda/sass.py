@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,24 +87,33 @@ class KernelReport:
         return found
 
 
+#: The NVIDIA binary tools the gates run, and the wheel that ships each (cuobjdump -sass hands
+#: the cubin to nvdisasm). NVRTC itself comes from nvidia-cuda-nvrtc (fusedopt._cuda.nvrtc).
+TOOL_PACKAGES = {"cuobjdump": "nvidia-cuda-cuobjdump", "nvdisasm": "nvidia-cuda-nvdisasm"}
+
+
+def environment_dirs() -> list[Path]:
+    """The site-packages folders of this environment (``sys.prefix``): where the gates look."""
+    paths = sysconfig.get_paths()
+    return list(dict.fromkeys(Path(paths[k]) for k in ("purelib", "platlib")))
+
+
 def tool(name: str) -> str:
-    """Path of a CUDA binary tool: from the ``nvidia-cuda-*`` wheels, CUDA_HOME, or PATH."""
-    candidates = []
-    for entry in sys.path:
-        candidates += sorted(Path(entry).glob(f"nvidia/cu*/bin/{name}"))
-        candidates += sorted(Path(entry).glob(f"nvidia/cuda_*/bin/{name}"))
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home:
-            candidates.append(Path(home) / "bin" / name)
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    found = shutil.which(name)
-    if found:
-        return found
-    raise FileNotFoundError(f"{name} not found; install it with `pip install "
-                            f"nvidia-cuda-{name}` (in the fusedopt[cudacheck] extra) or set "
-                            "CUDA_HOME to a CUDA toolkit")
+    """Path of a CUDA binary tool from its ``nvidia-cuda-*`` wheel in this environment.
+
+    Only this environment is searched, never a CUDA toolkit that happens to be installed
+    (CUDA_HOME, /usr/local/cuda, PATH): the gates must run the versions pyproject.toml pins,
+    and a tool missing from the environment must fail here, on every machine alike.
+    """
+    for folder in environment_dirs():
+        for path in sorted(folder.glob(f"nvidia/*/bin/{name}")):
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+    package = TOOL_PACKAGES.get(name, f"nvidia-cuda-{name}")
+    raise FileNotFoundError(
+        f"{name} is not installed in this environment ({sys.prefix}); the CUDA machine-code "
+        f"gate needs it: pip install {package} (it is in fusedopt's cudacheck extra: "
+        "pip install -e '.[cudacheck]', which `make test` does)")
 
 
 def disassemble(cubin: bytes, cache_dir: Path | None = None) -> str:
@@ -114,11 +123,15 @@ def disassemble(cubin: bytes, cache_dir: Path | None = None) -> str:
         cached = Path(cache_dir) / f"{hashlib.sha256(cubin).hexdigest()[:32]}.sass"
         if cached.is_file():
             return cached.read_text()
+    cuobjdump, nvdisasm = tool("cuobjdump"), tool("nvdisasm")
+    # cuobjdump finds nvdisasm on PATH: put this environment's first, so no other is used.
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(nvdisasm).parent),
+                                                 os.environ.get("PATH", "")]))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "kernel.cubin"
         path.write_bytes(cubin)
-        result = subprocess.run([tool("cuobjdump"), "-sass", str(path)], capture_output=True,
-                                text=True, check=False)
+        result = subprocess.run([cuobjdump, "-sass", str(path)], capture_output=True,
+                                text=True, check=False, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"cuobjdump -sass failed: {result.stderr.strip()}")
     if cached is not None:
