@@ -100,23 +100,21 @@ def scales(clipping: Clipping, sums: list) -> list:
     return [xp.zeros_like(s) + scale for s in sums]
 
 
-def step_groups(backend, spec, flags, scalars, groups, grads_by_group,
-                clipping: Clipping = NONE) -> None:
-    """One update of every group (one launch or Numba call each), clipped as asked.
+def grad_scales(clipping: Clipping, sums: list, grad_scale=None) -> list:
+    """Per-tensor grad scales, one array per group (None each when there is nothing to
+    scale), from each group's per-tensor sums of squares of the grads as given.
 
-    ``scalars`` is the kernel scalars of the step, or a list of them, one per group (groups
-    excluded from weight decay get their own). With a norm clip, every group's sums of
-    squares are computed before any param moves (a global norm needs all of them).
+    ``grad_scale``: the grads carry a loss scale ``s`` and are divided by it, folded into the
+    same scale (so ``g * (1/s)``, exact for a power of two); a norm clip then sees the norms
+    of the unscaled grads.
     """
-    if not isinstance(scalars, list):
-        scalars = [scalars] * len(groups)
-    work = [(g, grads, h) for g, grads, h in zip(groups, grads_by_group, scalars) if g.params]
-    group_scales = [None] * len(work)
-    if clipping.by_norm:
-        sums = [backend.sum_squares(g, grads) for g, grads, _ in work]
-        group_scales = scales(clipping, sums)
-    for (group, grads, h), scale in zip(work, group_scales):
-        backend.step(spec, flags, h, group, grads, clip=GradClip(scale, clipping.limit))
+    if grad_scale is None:
+        return scales(clipping, sums) if clipping.by_norm else [None] * len(sums)
+    inv = 1.0 / float(grad_scale)
+    if not clipping.by_norm:
+        return [_xp(s).full(s.shape, inv, dtype=np.float64) for s in sums]
+    unscaled = [s * (inv * inv) for s in sums]
+    return [c * inv for c in scales(clipping, unscaled)]
 
 
 @dataclass(frozen=True)

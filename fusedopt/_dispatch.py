@@ -7,20 +7,12 @@ from typing import Iterable
 BACKENDS = ("auto", "cuda", "cpu", "unfused")
 
 
-def array_kind(array) -> str:
-    """'numpy', 'cupy', or the array's type name for anything else."""
-    module = type(array).__module__.split(".")[0]
-    if module in ("numpy", "cupy"):
-        return module
-    return type(array).__qualname__
+def select(requested: str, kinds: Iterable[str], on_device: bool | None = None) -> str:
+    """Backend for arrays of ``kinds`` (their libraries) when the user asked for ``requested``.
 
-
-def select(requested: str, kinds: Iterable[str]) -> str:
-    """Backend for arrays of ``kinds`` when the user asked for ``requested``.
-
-    CuPy arrays go to ``cuda`` and NumPy arrays to ``cpu``; an explicit backend wins (the
-    backend then checks it can take the arrays); NumPy and CuPy arrays in one call are an
-    error, never a silent copy.
+    Device arrays (CuPy's; ``on_device`` says so for other libraries) go to ``cuda`` and host
+    arrays to ``cpu``; an explicit backend wins (the backend then checks it can take the
+    arrays); arrays of two libraries or places in one call are an error, never a silent copy.
     """
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
@@ -30,9 +22,9 @@ def select(requested: str, kinds: Iterable[str]) -> str:
                         "grad to one device first (cupy.asarray or cupy.asnumpy)")
     if requested != "auto":
         return requested
-    if kinds == {"cupy"}:
-        return "cuda"
-    return "cpu"
+    if on_device is None:
+        on_device = kinds == {"cupy"}
+    return "cuda" if on_device else "cpu"
 
 
 def backend_module(name: str):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._arrays import kind_of
 from ._table import Table
 
 
@@ -43,7 +44,7 @@ def make_group(dtype, params, states, chunk, address, pack: bool = False) -> Gro
         fixed[0, t] = address(p)
         for k, s in enumerate(slots):
             fixed[2 + k, t] = address(s)
-    sizes = np.array([p.size for p in params], dtype=np.int64)
+    sizes = np.array([kind_of(p).size(p) for p in params], dtype=np.int64)
     return Group(dtype, list(params), [list(s) for s in states], chunk, fixed, sizes, pack)
 
 

@@ -21,11 +21,6 @@ def accepts(array) -> bool:
     return True
 
 
-def zeros(like, fill: float = 0.0):
-    xp = _xp(like)
-    return xp.full(like.shape, fill, dtype=like.dtype)
-
-
 def group(dtype, params, states) -> Group:
     return Group(dtype, list(params), [list(s) for s in states], 0,
                  np.zeros((2 + (len(states[0]) if states else 0), 0), np.int64),

@@ -213,13 +213,13 @@ class FlatParams:
         elif not self._owns(opt):
             raise ValueError(f"{opt.name} was built for other params; an optimizer steps "
                              "one arena (or one list of params): make a new one")
-        return list(zip(grads, opt._params)), segments
+        return list(zip(grads, opt._engine.params)), segments
 
     def _owns(self, opt) -> bool:
         segments = self._segments(opt)
-        if len(opt._params) != len(segments):
+        if len(opt._engine.params) != len(segments):
             return False
-        for p, (d, a, b, _) in zip(opt._params, segments):
+        for p, (d, a, b, _) in zip(opt._engine.params, segments):
             base = self.buffers[d]
             if p.dtype != base.dtype or p.size != b - a or _address(p) != _address(base[a:b]):
                 return False
@@ -239,7 +239,7 @@ class FlatParams:
                      if sd == d and a <= off and off + size <= b)
             a = segments[k][1]
             views.append({n: s[off - a: off - a + size].reshape(self.shapes[i])
-                          for n, s in zip(opt.slot_names, opt._state[k])})
+                          for n, s in zip(opt.slot_names, opt._engine.states[k])})
         return dict(zip(self.names, views)) if self.names is not None else views
 
 

@@ -43,10 +43,10 @@ class _CupyShaped:
 
 def test_validation_takes_cupy_flags():
     """The checks every step runs use only flags CuPy arrays have."""
-    from fusedopt import _step
+    from fusedopt import _validate
     from fusedopt._registry import REGISTRY
     spec = next(iter(REGISTRY.values()))
     p, g = _CupyShaped(4), _CupyShaped(4)
-    _step.check_pair(0, p, g, spec)
-    _step.check_state(0, p, [_CupyShaped(4)], ["s"])
-    assert _step.contiguous(g) is g
+    _validate.check_pair(0, p, g, spec)
+    _validate.check_state(0, p, [_CupyShaped(4)], ["s"])
+    assert _validate.contiguous(g) is g

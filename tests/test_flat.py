@@ -5,7 +5,6 @@ import pytest
 
 import fusedopt
 from fusedopt import config
-from fusedopt._cpu import backend as cpu
 
 from test_multitensor import SHAPES, count_calls, problem, same_bits
 from variants import make, matrix, matrix_ids
@@ -66,7 +65,7 @@ def test_a_step_is_one_table_entry_per_dtype(monkeypatch):
     calls = count_calls(monkeypatch)
     arena.step(opt)
     assert len(calls) == 2
-    groups = [g for _, g, _ in opt._groups_for(cpu, (0, 1))]
+    groups = [launch.group for launch in opt._engine.launch_groups((0, 1))]
     assert [g.table.n_tensors for g in groups] == [1, 1]
 
 
@@ -76,12 +75,12 @@ def test_hinted_exclusions_keep_two_segments_per_dtype():
     opt = fusedopt.AdamW()
     opt.exclude_from_weight_decay(var_names=["bias"])
     arena.step(opt)
-    assert len(opt._params) == 2 and opt._decays == [True, False]
+    assert len(opt._params) == 2 and opt._engine.decays == [True, False]
     unhinted = fusedopt.FlatParams({"a/kernel": 5, "a/bias": 2, "b/kernel": 7, "b/bias": 3})
     opt = fusedopt.AdamW()
     opt.exclude_from_weight_decay(var_names=["bias"])
     unhinted.step(opt)
-    assert opt._decays == [True, False, True, False]
+    assert opt._engine.decays == [True, False, True, False]
 
 
 def test_views_share_the_buffers_and_are_aligned():
@@ -155,6 +154,6 @@ def test_exclusion_by_view_equals_exclusion_by_name():
         for n, g in zip(NAMES, step_grads):
             arena.grads[n][...] = g
         arena.step(opt)
-    assert opt._decays == [True, False]
+    assert opt._engine.decays == [True, False]
     for n in NAMES:
         assert same_bits(arena.params[n], by_name.params[n]), n

@@ -221,7 +221,8 @@ def test_launch_table_is_written_only_when_a_grad_moves():
     g = np.ones(10, np.float32)
     opt = fusedopt.Adam()
     opt.apply_gradients([(g, p)])
-    ((_, group, _),) = opt._groups_for(cpu, (0,))
+    (launch,) = opt._engine.launch_groups((0,))
+    group = launch.group
     version = group.table.version
     opt.apply_gradients([(g, p)])
     assert group.table.version == version

@@ -26,10 +26,6 @@ def accepts(array) -> bool:
     return runtime.current().accepts(array)
 
 
-def zeros(like, fill: float = 0.0):
-    return runtime.current().zeros(like, fill)
-
-
 def group(dtype, params, states) -> Group:
     return make_group(dtype, params, states, config.CUDA_CHUNK, runtime.current().address)
 

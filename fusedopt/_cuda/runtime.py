@@ -8,6 +8,7 @@ argument packing, launch shapes, dtype dispatch, the multi-tensor tables - runs 
 
 from __future__ import annotations
 
+from .._arrays import foreign, kind_of
 from . import source
 
 
@@ -26,10 +27,15 @@ class CupyRuntime:
         self._modules = {}
 
     def accepts(self, array) -> bool:
-        return isinstance(array, self.cupy.ndarray)
+        """CuPy arrays, and device arrays of a registered kind (fusedopt/_arrays.py)."""
+        if isinstance(array, self.cupy.ndarray):
+            return True
+        return foreign(array) and kind_of(array).on_device(array)
 
     def address(self, array) -> int:
-        return array.data.ptr
+        if isinstance(array, self.cupy.ndarray):
+            return array.data.ptr
+        return kind_of(array).address(array)
 
     def zeros(self, like, fill: float = 0.0):
         return self.cupy.full(like.shape, fill, dtype=like.dtype)

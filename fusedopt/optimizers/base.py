@@ -11,9 +11,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import _step
-from .._clip import Clipping, step_groups
+from .. import _validate
+from .._arrays import kind_of
+from .._clip import Clipping
 from .._dispatch import BACKENDS
+from .._engine import Engine
 from .._registry import CONVENTIONS, OptimizerSpec, lookup
 from ..flat import FlatParams
 
@@ -28,15 +30,7 @@ _KERAS_FIXED = {
 
 
 def _host(array) -> np.ndarray:
-    return array.get() if hasattr(array, "get") else np.array(array, copy=True)
-
-
-def _copy_into(dst, src) -> None:
-    """Copy ``src`` (NumPy or CuPy) into ``dst`` in place, across devices if need be."""
-    if isinstance(dst, np.ndarray):
-        dst[...] = _host(src)
-    else:
-        dst.set(_host(src).astype(dst.dtype, copy=False))
+    return kind_of(array).to_host(array)
 
 
 class Optimizer:
@@ -66,38 +60,37 @@ class Optimizer:
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected arguments "
                             f"{sorted(unknown)}; it takes {sorted(known)}")
-        for h in spec.hypers:
-            value = hyper.get(h.name, h.default)
-            h.validate(value, convention)
-            hyper[h.name] = value
-        spec.check(hyper, convention)
         self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
                                   clipvalue=clipvalue)
-        self.hyper: dict[str, Any] = hyper
+        self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping)
+        group = self._engine.hypers[self._engine.add_group(hyper, where="")]
+        self.hyper: dict[str, Any] = group.hyper
         self.name = name if name is not None else spec.keras_name
         self.convention = convention
         self.backend = backend
         self.clipnorm, self.clipvalue, self.global_clipnorm = clipnorm, clipvalue, global_clipnorm
-        self.flags = spec.flags(hyper, convention)
-        self.slot_names = spec.slots(self.flags)
-        self.iterations = 0
-        self._params: list = []           # position -> param, in build order
-        self._index: dict[int, int] = {}  # id(param) -> position
-        self._state: list[list] = []      # position -> slot arrays
-        self._groups: dict = {}           # (backend, positions) -> [(members, Group, decays)]
-        self._plans: dict = {}            # positions -> _Plan, what later steps reuse
-        self._decays: list[bool] = []     # position -> weight decay applies
+        self.flags = group.flags
+        self.slot_names = group.slots
         self._exclude_vars: list = []     # exclude_from_weight_decay(var_list=...)
         self._exclude_pattern = None      # exclude_from_weight_decay(var_names=...)
         self._pending_state = None
 
     @property
+    def iterations(self) -> int:
+        """Steps applied so far (Keras' ``optimizer.iterations``)."""
+        return self._engine.iterations
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        self._engine.iterations = int(value)
+
+    @property
+    def _params(self) -> list:
+        return self._engine.params
+
+    @property
     def learning_rate(self):
         return self.hyper["learning_rate"]
-
-    def _current(self, key: str) -> float:
-        value = self.hyper[key]
-        return float(value(self.iterations)) if callable(value) else value
 
     # --- weight decay exclusions ------------------------------------------------------------
     def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
@@ -138,14 +131,7 @@ class Optimizer:
     def _build(self, var_list: list, decays: list) -> None:
         if self._params:
             raise RuntimeError(f"{self.name} is already built for {len(self._params)} params")
-        for i, p in enumerate(var_list):
-            _step.check_pair(i, p, p, self._spec)
-        backend = _step.resolve_backend(self.backend, var_list, var_list)
-        init = self._spec.slot_init(self.hyper)
-        self._params = var_list
-        self._decays = list(decays)
-        self._index = {id(p): i for i, p in enumerate(var_list)}
-        self._state = [[backend.zeros(p, init) for _ in self.slot_names] for p in var_list]
+        self._engine.add_params(var_list, 0, decays)
         if self._pending_state is not None:
             pending, self._pending_state = self._pending_state, None
             self.load_state_dict(pending)
@@ -153,20 +139,20 @@ class Optimizer:
     @property
     def variables(self) -> list:
         """Every state array, position by position (Keras' ``optimizer.variables``)."""
-        return [s for slots in self._state for s in slots]
+        return [s for slots in self._engine.states for s in slots]
 
     def state(self, param) -> dict:
         """The state arrays of ``param`` by slot name (views: writing them changes the state)."""
-        return dict(zip(self.slot_names, self._state[self._position(param)]))
+        return self._engine.state(self._position(param))
 
     def _position(self, param) -> int:
-        try:
-            return self._index[id(param)]
-        except KeyError:
+        position = self._engine.position(param)
+        if position is None:
             raise KeyError(f"{self.name} was built for {len(self._params)} params and this "
                            f"{type(param).__name__} of shape {tuple(param.shape)} is not one of "
                            "them; an optimizer updates only the params it was first "
-                           "called with (make a new optimizer for others)") from None
+                           "called with (make a new optimizer for others)")
+        return position
 
     def state_dict(self) -> dict:
         """Iterations, config and copies of every state array, keyed by param position."""
@@ -174,7 +160,7 @@ class Optimizer:
             "iterations": self.iterations,
             "config": self.get_config(),
             "state": {i: {n: _host(s) for n, s in zip(self.slot_names, slots)}
-                      for i, slots in enumerate(self._state)},
+                      for i, slots in enumerate(self._engine.states)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,10 +173,11 @@ class Optimizer:
             self.iterations = int(state["iterations"])
             return
         saved = state["state"]
-        if len(saved) != len(self._params):
+        states = self._engine.states
+        if len(saved) != len(states):
             raise ValueError(f"the state holds {len(saved)} params, {self.name} has "
-                             f"{len(self._params)}")
-        for i, slots in enumerate(self._state):
+                             f"{len(states)}")
+        for i, slots in enumerate(states):
             entry = saved.get(i, saved.get(str(i)))
             if entry is None or set(entry) != set(self.slot_names):
                 raise ValueError(f"param {i}: saved slots {sorted(entry or {})} differ from "
@@ -201,10 +188,10 @@ class Optimizer:
                     raise ValueError(f"param {i}: saved {name!r} has shape "
                                      f"{tuple(np.shape(entry[name]))}, the param has "
                                      f"{tuple(s.shape)}")
-        for i, slots in enumerate(self._state):
+        for i, slots in enumerate(states):
             entry = saved.get(i, saved.get(str(i)))
             for name, s in zip(self.slot_names, slots):
-                _copy_into(s, entry[name])
+                kind_of(s).copy_from_host(s, np.asarray(_host(entry[name])))
         self.iterations = int(state["iterations"])
 
     # --- the step ---------------------------------------------------------------------------
@@ -225,72 +212,18 @@ class Optimizer:
         if not live:
             raise ValueError("every gradient is None: nothing to apply")
         if not self._params:
-            self._validate(live, positions=list(range(len(pairs))))
+            for i, (g, p) in enumerate(pairs):  # every pair checked before state is made
+                if g is not None:
+                    _validate.check_pair(i, p, g, self._spec)
             self.build([p for _, p in pairs])
-        index = self._index
-        try:
-            positions = tuple([index[id(p)] for _, p in live])
-        except KeyError:
-            positions = tuple(self._position(p) for _, p in live)  # raises, naming the param
-        plan = self._plans.get(positions)
-        if plan is not None and plan.takes(live):
-            grads = [g for g, _ in live]
-        else:
-            plan, grads = self._plan(positions, live)
-        self._step(plan.backend, positions, grads)
-        self.iterations += 1
-        return self.iterations
-
-    def _plan(self, positions: tuple, live):
-        """Every check for a first call with these positions (or an unusual grad)."""
+        index = self._engine.position
+        positions = [index(p) for _, p in live]
+        if None in positions:
+            self._position(live[positions.index(None)][1])  # raises, naming the param
         if len(set(positions)) != len(positions):
             raise ValueError("a param appears twice in one apply_gradients call")
-        grads = self._validate(live, positions)
-        backend = _step.resolve_backend(self.backend, [p for _, p in live], grads, positions)
-        plan = self._plans[positions] = _Plan(backend, tuple(type(p) for _, p in live))
-        return plan, grads
-
-    def _validate(self, live, positions):
-        for pos, (g, p) in zip(positions, live):
-            _step.check_pair(pos, p, g, self._spec)
-        return [_step.contiguous(g) for g, _ in live]
-
-    def _groups_for(self, backend, positions: tuple):
-        """[(members, group, decays)]: one group per dtype (and per weight decay on/off when
-        some params are excluded); members index ``positions``, None meaning all in order."""
-        key = (backend.name, positions)
-        groups = self._groups.get(key)
-        if groups is None:
-            decay = bool(self.hyper.get("weight_decay"))
-            by_kind: dict[tuple, list[int]] = {}
-            for local, pos in enumerate(positions):
-                kind = (np.dtype(self._params[pos].dtype).name, not decay or self._decays[pos])
-                by_kind.setdefault(kind, []).append(local)
-            groups = []
-            for (dtype, decays), members in by_kind.items():
-                group = backend.group(dtype, [self._params[positions[i]] for i in members],
-                                      [self._state[positions[i]] for i in members])
-                whole = members == list(range(len(positions)))
-                groups.append((None if whole else members, group, decays))
-            self._groups[key] = groups
-        return groups
-
-    def _step(self, backend, positions, grads) -> None:
-        lr = self.hyper["learning_rate"]
-        hp = dict(self.hyper, learning_rate=self._current("learning_rate")) if callable(lr) \
-            else self.hyper
-        step = self.iterations + 1
-        scalars = self._spec.scalars(hp, step, self.convention)
-        groups = self._groups_for(backend, positions)
-        if all(decays for _, _, decays in groups):
-            per_group = scalars
-        else:
-            # Excluded params: the scalars of the same step without weight decay.
-            undecayed = self._spec.scalars(dict(hp, weight_decay=None), step, self.convention)
-            per_group = [scalars if decays else undecayed for _, _, decays in groups]
-        step_groups(backend, self._spec, self.flags, per_group, [g for _, g, _ in groups],
-                    [grads if members is None else [grads[i] for i in members]
-                     for members, _, _ in groups], self._clipping)
+        self._engine.step([g for g, _ in live], positions)
+        return self.iterations
 
     # --- config -----------------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -316,30 +249,3 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
         return f"{type(self).__name__}({args}, convention={self.convention!r})"
-
-
-class _Plan:
-    """What a step over one set of positions reuses: the backend, and the param types that
-    let a grad skip the full checks."""
-
-    __slots__ = ("backend", "kinds")
-
-    def __init__(self, backend, kinds: tuple):
-        self.backend, self.kinds = backend, kinds
-
-    def takes(self, live) -> bool:
-        """True when every grad is a C-contiguous array of its param's type, dtype and shape
-        and every param is still writeable and C-contiguous - the usual step. Anything else
-        goes through the full checks, which raise a clear error or copy the grad."""
-        try:
-            for (g, p), kind in zip(live, self.kinds):
-                if type(g) is not kind or g.dtype != p.dtype or g.shape != p.shape:
-                    return False
-                if not g.flags.c_contiguous:
-                    return False
-                flags = p.flags
-                if not (flags.c_contiguous and getattr(flags, "writeable", True)):
-                    return False
-        except AttributeError:
-            return False
-        return True
