@@ -91,6 +91,7 @@ def lookup(name: str) -> OptimizerSpec:
 
 # --- shared pieces ---------------------------------------------------------------------------
 
+TORCH_ONLY = frozenset({"torch"})
 LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
 WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
 BETA = in_range(0.0, 1.0)
@@ -129,7 +130,15 @@ def _adam_scalars(hp, step, convention):
             math.sqrt(bc2))
 
 
-def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
+#: torch's Adam and NAdam take ``decoupled_weight_decay=True`` for AdamW's decay.
+DECOUPLED = Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY)
+
+
+def _adam_family(name, keras_name, decoupled_in_torch, weight_decay, extra=()):
+    def flags(hp, conv):
+        decoupled = decoupled_in_torch or bool(hp.get("decoupled_weight_decay"))
+        return (_flavor(conv, decoupled), int(hp["amsgrad"]))
+
     return OptimizerSpec(
         name=name,
         keras_name=keras_name,
@@ -138,8 +147,9 @@ def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
             *ADAM_LIKE,
             Hyper("amsgrad", False, boolean),
             weight_decay,
+            *extra,
         ),
-        flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch), int(hp["amsgrad"])),
+        flags=flags,
         all_flags=tuple((f, a) for f in (KERAS, TORCH_L2, TORCH_DECOUPLED) for a in (0, 1)),
         slots=lambda flags: ("m", "v", "vhat")[: 3 if flags[1] else 2],
         scalars=_adam_scalars,
@@ -148,7 +158,8 @@ def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
     )
 
 
-register(_adam_family("adam", "adam", decoupled_in_torch=False, weight_decay=WEIGHT_DECAY))
+register(_adam_family("adam", "adam", decoupled_in_torch=False, weight_decay=WEIGHT_DECAY,
+                      extra=(DECOUPLED,)))
 register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
                       weight_decay=Hyper("weight_decay", 0.004, at_least(0.0))))
 
@@ -156,7 +167,6 @@ register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
 # --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
 # torch's weight_decay is L2 in all four, so their flavours are KERAS and TORCH_L2 only.
 
-TORCH_ONLY = frozenset({"torch"})
 MOMENTUM = Hyper("momentum", 0.0, BETA)
 L2_FLAVORS = (KERAS, TORCH_L2)
 
@@ -354,7 +364,7 @@ register(OptimizerSpec(
         *ADAM_LIKE,
         WEIGHT_DECAY,
         Hyper("momentum_decay", 4e-3, at_least(0.0), conventions=TORCH_ONLY),
-        Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY),
+        DECOUPLED,
     ),
     flags=lambda hp, conv: (_flavor(conv, bool(hp["decoupled_weight_decay"])),),
     all_flags=((KERAS,), (TORCH_L2,), (TORCH_DECOUPLED,)),

@@ -30,7 +30,8 @@ def _weight_decay(p, g, hp, convention, decoupled_in_torch):
 
 def adam(p, g, state, t, hp, convention, decoupled_in_torch=False):
     b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
-    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch)
+    decoupled = decoupled_in_torch or hp.get("decoupled_weight_decay", False)
+    p, g = _weight_decay(p, g, hp, convention, decoupled)
     m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
     v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
     if hp.get("amsgrad"):

@@ -112,7 +112,10 @@ def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) ->
     if clip.scales is not None:
         # Written on the device from device scales: the step never waits for the host.
         start = rows(group.n_slots, len(group.params))["scales"]
-        table[start: start + len(group.params)] = clip.scales.view(np.int64)
+        scales = clip.scales
+        bits = (np.float64(scales).view(np.int64) if isinstance(scales, float)
+                else scales.view(np.int64))
+        table[start: start + len(group.params)] = bits
         group.grads_scaled = True
     n_work = group.table.n_work
     if n_work == 0:
