@@ -126,14 +126,16 @@ class Engine:
         self.hypers.append(self.validate_hyper(hyper, where))
         return len(self.hypers) - 1
 
-    def set_hyper(self, index: int, hyper: Mapping[str, Any]) -> None:
+    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
-        The state slots must stay the ones its params hold (amsgrad, momentum on/off)."""
-        new = self.validate_hyper(hyper, f"group {index}: ")
+        The state slots must stay the ones its params hold (amsgrad, momentum on/off).
+        Errors start with ``where`` (default "group N: ")."""
+        where = f"group {index}: " if where is None else where
+        new = self.validate_hyper(hyper, where)
         old = self.hypers[index]
         if new.slots != old.slots and index in self.group_of:
-            raise ValueError(f"group {index}: the change would need state slots {new.slots}, "
+            raise ValueError(f"{where}the change would need state slots {new.slots}, "
                              f"but its params hold {old.slots}; set amsgrad/momentum/centered "
                              "before the first step, or make a new optimizer")
         self.hypers[index] = new

@@ -11,7 +11,7 @@ import torch
 import fusedopt.torch as ft
 from fusedopt.torch._names import ROWS
 
-from tolerances import VS_TORCH_LOOP, VS_TORCH_LOOP_STATE
+from tolerances import VS_TORCH_LOOP, VS_TORCH_LOOP_STATE, VS_TORCH_SHADOW
 
 FEATURES, HIDDEN, CLASSES, SAMPLES = 12, 32, 5, 128
 
@@ -143,8 +143,13 @@ def assert_states_close(opt_a, opt_b, rtol: float | None = None) -> None:
         assert a[i].keys() == b[i].keys(), (i, sorted(a[i]), sorted(b[i]))
         for key in a[i]:
             x, y = torch.as_tensor(a[i][key]), torch.as_tensor(b[i][key])
-            assert x.shape == y.shape and x.dtype == y.dtype, (i, key, x.dtype, y.dtype)
+            # torch's load_state_dict casts mu_product to the param's dtype (not step):
+            # torch.optim.NAdam itself carries a float64 one after a float64 model reloads.
+            same_dtype = x.dtype == y.dtype or key == "mu_product"
+            assert x.shape == y.shape and same_dtype, (i, key, x.dtype, y.dtype)
             if key == "step":
                 assert float(x) == float(y), (i, float(x), float(y))
-            else:
-                assert relative(x.float(), y.float()) <= rtol, (i, key, relative(x.float(), y.float()))
+            else:  # mu_product: torch's own is float32 unless reloaded (see above)
+                limit = max(rtol, VS_TORCH_SHADOW) if key == "mu_product" else rtol
+                diff = relative(x.double(), y.double())
+                assert diff <= limit, (i, key, diff)

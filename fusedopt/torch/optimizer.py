@@ -220,7 +220,8 @@ class Optimizer(torch.optim.Optimizer):
         """A group's values changed (a scheduler, or the user): hand the new ones over."""
         _checks.flags(index, group, self._row)
         _checks.hyper(index, group, self._row, self._spec)
-        self._engine.set_hyper(index, registry_hyper(group, self._row))
+        self._engine.set_hyper(index, registry_hyper(group, self._row),
+                               where=f"param group {index}: ")
         self._seen[index] = values
 
     def _advance(self, positions: tuple) -> None:
