@@ -7,19 +7,24 @@ Each class is a ``torch.optim.Optimizer`` with torch's arguments, defaults, para
 state-dict layout (checkpoints load both ways); its step is one fused pass over the params'
 own memory per dtype and device: Numba on the CPU, a CUDA kernel on torch's current stream.
 GradScaler, lr schedulers, DDP and FSDP2 (DTensor params: each rank steps its local shards)
-work as with torch.optim. Importing this module imports torch and sets up the CPU thread
-pool to share the cores with torch's (fusedopt/torch/_threads.py).
+work as with torch.optim. Importing this module imports torch; imported before torch, it
+starts Numba's threads first so that both share one OpenMP runtime, and it sizes Numba's
+pool to torch's threads (fusedopt/torch/_threads.py; ``THREADS`` says what it did).
 """
 
 from __future__ import annotations
 
-from .. import _torch_kind
 from . import _threads
-from .optimizer import Optimizer
-from .optimizers import CLASSES
+
+_started = _threads.start_before_torch()  # before torch: one OpenMP runtime for both
+
+from .. import _torch_kind  # noqa: E402  (imports torch)
+from .optimizer import Optimizer  # noqa: E402
+from .optimizers import CLASSES  # noqa: E402
 
 _torch_kind.register()
-THREADS = _threads.configure()
+#: What fusedopt.torch did to the CPU thread pools (fusedopt/torch/_threads.py).
+THREADS = _threads.match_torch(_started)
 
 Adam = CLASSES["adam"]
 AdamW = CLASSES["adamw"]
