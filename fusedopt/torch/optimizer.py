@@ -78,9 +78,12 @@ class Optimizer(torch.optim.Optimizer):
         self._seen: list[tuple] = []          # per group: its values the engine has
         self._keys = tuple(self._row.group_defaults)
         self._device_type = None              # "cpu" or "cuda" once a group has params
-        self._counters: dict = {}             # positions -> the step tensors they advance
-        self._step_tensors: dict[int, torch.Tensor] = {}
-        self._mu_tensors: dict[int, torch.Tensor] = {}
+        # torch's per-param ``step`` (and NAdam's ``mu_product``) are 0-d views into one
+        # buffer per batch of params taken together, so that a step advances them all with
+        # one tensor operation per buffer (200 in-place adds cost more than the step's math).
+        self._homes: dict[int, tuple] = {}    # position -> (buffer id, offset)
+        self._buffers: list[tuple] = []       # buffer id -> (steps, mu products or None)
+        self._counters: dict = {}             # positions -> [(buffer id, offsets or None)]
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
     def _values(self, group: dict) -> tuple:
@@ -121,23 +124,31 @@ class Optimizer(torch.optim.Optimizer):
             loaded = [self._saved(index, j, p, m) for (j, p), m in zip(items, memory)]
             states, steps = [s for s, _ in loaded], [t for _, t in loaded]
         positions = self._engine.add_params(memory, group=index, states=states)
+        if steps is not None:
+            for pos, t in zip(positions, steps):
+                self._engine.steps[pos] = t
+        counts = self._engine.steps
+        buffer = len(self._buffers)
+        self._buffers.append((
+            torch.tensor([float(counts[pos]) for pos in positions], dtype=_scalar_dtype()),
+            torch.tensor([self._mu_product(index, counts[pos]) for pos in positions],
+                         dtype=_scalar_dtype()) if self._row.mu_product else None))
         for k, ((j, p), m, pos) in enumerate(zip(items, memory, positions)):
             self._held[id(p)] = _Held(pos, m, is_distributed(p))
-            if steps is not None:
-                self._engine.steps[pos] = steps[k]
-            self._expose(index, p, pos)
+            self._homes[pos] = (buffer, k)
+            self._expose(p, pos)
 
-    def _expose(self, index: int, param, pos: int) -> None:
+    def _expose(self, param, pos: int) -> None:
         """Put the engine's state of ``param`` into ``self.state`` under torch's keys."""
         row, engine = self._row, self._engine
         slots = dict(zip(engine.slot_names(pos), engine.states[pos]))
         state = {}
+        buffer, k = self._homes[pos]
+        steps, products = self._buffers[buffer]
         if row.counts_steps:
-            state["step"] = self._step_tensors[pos] = torch.tensor(
-                float(engine.steps[pos]), dtype=_scalar_dtype())
+            state["step"] = steps[k]
         if row.mu_product:
-            state["mu_product"] = self._mu_tensors[pos] = torch.tensor(
-                self._mu_product(index, engine.steps[pos]), dtype=_scalar_dtype())
+            state["mu_product"] = products[k]
         for slot, key in row.state:
             if slot in slots:
                 state[key] = like_param(param, slots[slot])
@@ -225,23 +236,34 @@ class Optimizer(torch.optim.Optimizer):
         self._seen[index] = values
 
     def _advance(self, positions: tuple) -> None:
-        """torch's ``state["step"] += 1`` for the params stepped (one foreach call), and
-        NAdam's mu_product for their new step."""
-        steps = self._counters.get(positions)
-        if steps is None:
-            steps = self._counters[positions] = [self._step_tensors[p] for p in positions
-                                                 if p in self._step_tensors]
-        if steps:
-            torch._foreach_add_(steps, 1.0)
-        if self._row.mu_product:
-            by_value: dict[float, list] = {}
-            group_of, counts = self._engine.group_of, self._engine.steps
+        """torch's ``state["step"] += 1`` for the params stepped (one operation per buffer),
+        and NAdam's mu_product for their new step."""
+        plan = self._counters.get(positions)
+        if plan is None:
+            by_buffer: dict[int, list] = {}
             for pos in positions:
-                value = self._mu_product(group_of[pos], counts[pos])
-                by_value.setdefault(value, []).append(self._mu_tensors[pos])
-            for value, tensors in by_value.items():
-                torch._foreach_zero_(tensors)
-                torch._foreach_add_(tensors, value)
+                buffer, k = self._homes[pos]
+                by_buffer.setdefault(buffer, []).append((k, pos))
+            plan = self._counters[positions] = [
+                (b, None if len(ks) == len(self._buffers[b][0]) else
+                 torch.tensor([k for k, _ in ks]), [pos for _, pos in ks])
+                for b, ks in by_buffer.items()]
+        group_of, counts = self._engine.group_of, self._engine.steps
+        for buffer, offsets, members in plan:
+            steps, products = self._buffers[buffer]
+            if not self._row.counts_steps:
+                continue
+            if offsets is None:
+                steps.add_(1.0)
+            else:
+                steps.index_add_(0, offsets, torch.ones(len(offsets), dtype=steps.dtype))
+            if products is not None:
+                values = torch.tensor([self._mu_product(group_of[pos], counts[pos])
+                                       for pos in members], dtype=products.dtype)
+                if offsets is None:
+                    products.copy_(values)
+                else:
+                    products.index_copy_(0, offsets, values)
 
     # --- checkpoints ------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict) -> None:
@@ -267,8 +289,8 @@ class Optimizer(torch.optim.Optimizer):
     def _rebuild(self) -> None:
         """A new engine for ``param_groups`` and ``state`` as they are now (torch's layout)."""
         kept = {k: self.__dict__[k] for k in ("_spec", "_engine", "_held", "_seen", "_keys",
-                                               "_device_type", "_counters", "_step_tensors",
-                                               "_mu_tensors") if k in self.__dict__}
+                                               "_device_type", "_homes", "_buffers",
+                                               "_counters") if k in self.__dict__}
         state = dict(self.state)
         self._fresh_engine()
         try:
