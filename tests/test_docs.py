@@ -29,5 +29,5 @@ def test_readme_torch_example_runs_and_learns():
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
     torch = scope["torch"]
-    loss = torch.nn.functional.cross_entropy(scope["model"](scope["x"]), scope["y"])
+    loss = torch.nn.functional.cross_entropy(scope["model"](scope["x"]), scope["y"]).detach()
     assert float(loss) < 0.5 and scope["opt"].state_dict()["state"][0]["step"] == 100
