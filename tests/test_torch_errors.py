@@ -137,3 +137,12 @@ def test_replacing_param_data_moves_the_state_along():
         loops.train(model, opt, 3, x, y)
     assert opt_a._rebuilds == 1
     loops.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls, group, message", [
+    (ft.RMSprop, dict(alpha=1.5), r"param group 0: alpha must be in \[0, 1\)"),
+    (ft.Adadelta, dict(rho=1.5), r"param group 0: rho must be in \[0, 1\)"),
+])
+def test_errors_use_the_classes_own_argument_names(cls, group, message):
+    with pytest.raises(ValueError, match=message):
+        cls([torch.nn.Parameter(torch.ones(2))], **group)

@@ -63,7 +63,7 @@ def hyper(index: int, group: dict, row: Row, spec) -> None:
             v = v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v
             problem = checks[name].check(v) if name in checks else None
             if problem:
-                raise ValueError(f"param group {index}: {torch_name(name)} {problem}, "
+                raise ValueError(f"param group {index}: {torch_name(name, row)} {problem}, "
                                  f"got {v!r}")
 
 

@@ -154,12 +154,14 @@ def registry_hyper(group: dict, row: Row) -> dict:
     return hyper
 
 
-def torch_name(registry_name: str) -> str:
-    """The torch argument behind a registry hyperparameter, for error messages."""
-    back = {v: k for k, v in RENAMES.items()}
+def torch_name(registry_name: str, row: Row) -> str:
+    """The torch argument of ``row`` behind a registry hyperparameter, for error messages."""
     if registry_name in ("beta_1", "beta_2"):
         return "betas[0]" if registry_name == "beta_1" else "betas[1]"
-    return back.get(registry_name, registry_name)
+    for key in row.arguments:
+        if RENAMES.get(key, key) == registry_name:
+            return key
+    return registry_name
 
 
 def _number(value):
