@@ -120,3 +120,19 @@ def test_a_deep_copy_steps_on_its_own_params():
     loops.train(twin_model, twin_opt, 3, x, y)
     loops.assert_close(twin_model, model, 0.0)
     assert float(twin_opt.state_dict()["state"][0]["step"]) == 5.0
+
+
+def test_a_pickled_optimizer_takes_a_new_group_and_steps():
+    import pickle
+    model = loops.mlp(dtype=DTYPE)
+    x, y = loops.data(dtype=DTYPE)
+    opt = ft.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loops.train(model, opt, 2, x, y)
+    model, opt = pickle.loads(pickle.dumps((model, opt)))
+    extra = torch.nn.Parameter(torch.ones(3, dtype=DTYPE))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    loops.train(model, opt, 1, x, y)
+    extra.grad = torch.ones(3, dtype=DTYPE)
+    opt.step()
+    assert torch.allclose(extra.detach(), torch.full((3,), 0.5, dtype=DTYPE))
+    assert sorted(opt.state_dict()["state"]) == list(range(7))

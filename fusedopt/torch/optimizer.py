@@ -91,6 +91,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group, then fusedopt's checks; a refused group is not added."""
+        if self.__dict__.get("_engine", False) is None:  # unpickled: make the engine first
+            self._rebuild()
         index = len(self.param_groups)
         super().add_param_group(param_group)
         try:
