@@ -119,6 +119,7 @@ def train(model, opt, steps: int, x, y, *, scheduler=None, scaler=None, autocast
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| over max |b|: the relative difference of a tensor."""
+    a, b = a.detach(), b.detach()
     scale = float(b.abs().max())
     return float((a - b).abs().max()) / (scale if scale else 1.0)
 
