@@ -30,6 +30,10 @@ division is folded into each tensor's grad-scale entry of the launch table, with
 so no rule knows about it). The pre-pass sums each grad's squares; a non-finite sum means an
 inf or NaN somewhere in the call, and then nothing changes: no param, no state, no count.
 ``found_inf`` says so. Clipping's norms are of the unscaled grads.
+
+Maximizing: a group added with ``maximize=True`` (torch's flag, any optimizer) ascends its
+objective. Its grads enter the rules negated: a -1 folded into the same per-tensor grad
+scale, exact, with no extra pass and no rule that knows about it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class HyperGroup:
     hyper: dict
     flags: tuple
     slots: tuple
+    maximize: bool = False  # grads enter the rules negated (a -1 in their grad scale)
 
 
 @dataclass
@@ -91,7 +96,13 @@ class Engine:
 
     # --- hyperparameter groups --------------------------------------------------------------
     def validate_hyper(self, hyper: Mapping[str, Any], where: str = "") -> HyperGroup:
-        """``hyper`` completed with the defaults and checked; raises naming ``where``."""
+        """``hyper`` completed with the defaults and checked; raises naming ``where``.
+
+        Besides the registry's hyperparameters, every optimizer takes ``maximize`` (False)."""
+        hyper = dict(hyper)
+        maximize = hyper.pop("maximize", False)
+        if not isinstance(maximize, bool):
+            raise ValueError(f"{where}maximize must be True or False, got {maximize!r}")
         known = {h.name for h in self.spec.hypers}
         unknown = set(hyper) - known
         if unknown:
@@ -106,7 +117,7 @@ class Engine:
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
         flags = tuple(self.spec.flags(full, self.convention))
-        return HyperGroup(full, flags, tuple(self.spec.slots(flags)))
+        return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
     def add_group(self, hyper: Mapping[str, Any], where: str | None = None) -> int:
         """A new hyperparameter group; returns its index. Errors start with ``where``
@@ -115,14 +126,16 @@ class Engine:
         self.hypers.append(self.validate_hyper(hyper, where))
         return len(self.hypers) - 1
 
-    def set_hyper(self, index: int, hyper: Mapping[str, Any]) -> None:
+    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
-        The state slots must stay the ones its params hold (amsgrad, momentum on/off)."""
-        new = self.validate_hyper(hyper, f"group {index}: ")
+        The state slots must stay the ones its params hold (amsgrad, momentum on/off).
+        Errors start with ``where`` (default "group N: ")."""
+        where = f"group {index}: " if where is None else where
+        new = self.validate_hyper(hyper, where)
         old = self.hypers[index]
         if new.slots != old.slots and index in self.group_of:
-            raise ValueError(f"group {index}: the change would need state slots {new.slots}, "
+            raise ValueError(f"{where}the change would need state slots {new.slots}, "
                              f"but its params hold {old.slots}; set amsgrad/momentum/centered "
                              "before the first step, or make a new optimizer")
         self.hypers[index] = new
@@ -208,11 +221,18 @@ class Engine:
             g = grads if launch.members is None else [grads[i] for i in launch.members]
             work.append((launch, g))
         if self.clipping.by_norm or grad_scale is not None:
-            sums = [plan.backend.sum_squares(launch.group, g) for launch, g in work]
-            if grad_scale is not None and found_inf is None and not _all_finite(sums):
-                self.found_inf = True
-                return False
-            scales = grad_scales(self.clipping, sums, grad_scale)
+            # On the arrays' device and stream (torch's current one for torch tensors), as
+            # the array expressions on the sums are.
+            first = work[0][0]
+            with first.kind.launch_context(first.device):
+                sums = []
+                for launch, g in work:
+                    with launch.kind.launch_context(launch.device):
+                        sums.append(plan.backend.sum_squares(launch.group, g))
+                if grad_scale is not None and found_inf is None and not _all_finite(sums):
+                    self.found_inf = True
+                    return False
+                scales = grad_scales(self.clipping, sums, grad_scale)
         else:
             scales = [None] * len(work)
         limit = self.clipping.limit
@@ -223,6 +243,8 @@ class Engine:
             if key not in scalars:
                 scalars[key] = self._scalars(launch.hyper, launch.decays, t)
             with launch.kind.launch_context(launch.device):
+                if self.hypers[launch.hyper].maximize:
+                    scale = -1.0 if scale is None else -scale
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, scalars[key],
                                   launch.group, g, clip=GradClip(scale, limit))
         self.found_inf = False

@@ -36,7 +36,7 @@ def sum_squares(group: Group, grads):
 def _clipped(xp, g, scale, limit, compute):
     """Keras' clipping as array expressions: g * scale, then clamp to [-limit, limit]."""
     if scale is not None:
-        g = g * scale.astype(compute)
+        g = g * (compute(scale) if isinstance(scale, float) else scale.astype(compute))
     if limit != np.inf:
         g = xp.clip(g, -compute(limit), compute(limit))
     return g
@@ -48,6 +48,8 @@ def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) ->
     for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
         xp = _xp(p)
         if clip.active:
-            scale = None if clip.scales is None else clip.scales[t]
+            scale = clip.scales
+            if scale is not None and not isinstance(scale, float):
+                scale = scale[t]
             g = _clipped(xp, g, scale, clip.limit, compute)
         spec.unfused(xp, p, g, slots, h, flags)

@@ -19,7 +19,8 @@ def _adam_args(hp):
 
 
 TORCH = {
-    "adam": ("Adam", _adam_args),
+    "adam": ("Adam", lambda hp: dict(_adam_args(hp),
+                                     decoupled_weight_decay=hp["decoupled_weight_decay"])),
     "adamw": ("AdamW", _adam_args),
 }
 

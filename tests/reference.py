@@ -30,7 +30,8 @@ def _weight_decay(p, g, hp, convention, decoupled_in_torch):
 
 def adam(p, g, state, t, hp, convention, decoupled_in_torch=False):
     b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
-    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch)
+    decoupled = decoupled_in_torch or hp.get("decoupled_weight_decay", False)
+    p, g = _weight_decay(p, g, hp, convention, decoupled)
     m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
     v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
     if hp.get("amsgrad"):
@@ -140,7 +141,10 @@ def nadam(p, g, state, t, hp, convention):
     p, g = _weight_decay(p, g, hp, convention, hp.get("decoupled_weight_decay", False))
     mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))
     mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
-    product = state["product"] = state.get("product", 1.0) * mu
+    product = state.get("product", 1.0) * mu
+    if convention == "torch":  # torch.optim.NAdam keeps mu_product as a float32 tensor
+        product = float(np.float32(state.get("product", 1.0)) * np.float32(mu))
+    state["product"] = product
     m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
     v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
     m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)

@@ -20,3 +20,14 @@ def test_readme_training_loop_runs_and_learns(capsys):
 def test_docstring_examples():
     failures, _ = doctest.testmod(fusedopt.optimizers.adam, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_readme_torch_example_runs_and_learns():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    block = next(b for b in blocks if "fusedopt.torch" in b)
+    assert len(block.strip().splitlines()) <= 12
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    torch = scope["torch"]
+    loss = torch.nn.functional.cross_entropy(scope["model"](scope["x"]), scope["y"]).detach()
+    assert float(loss) < 0.5 and scope["opt"].state_dict()["state"][0]["step"] == 100

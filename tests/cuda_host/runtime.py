@@ -13,8 +13,8 @@ launch is checked the way a GPU and CuPy would treat it:
 - for table-ABI kernels, the table must point inside arrays this runtime handed out, cover
   every chunk once and keep the vector loop 16-byte aligned (tests/cuda_host/table_check.py).
 
-Every launch is recorded in ``launches`` as ``(name, grid, block)`` and every upload in
-``uploads``, so tests can count them.
+Every launch is recorded in ``launches`` as ``(name, grid, block)``, every upload counted
+in ``uploads`` and its size in ``uploaded_bytes``, so tests can count them.
 """
 
 from __future__ import annotations
@@ -161,6 +161,7 @@ class HostRuntime:
         self.only = only
         self.launches: list[tuple[str, tuple, tuple]] = []
         self.uploads = 0
+        self.uploaded_bytes = 0
         # id -> (start, end, array) of every array handed out; holding the array keeps its
         # memory from being reused while a table may still point at it.
         self._buffers: dict[int, tuple[int, int, np.ndarray]] = {}
@@ -181,6 +182,7 @@ class HostRuntime:
     def to_device(self, host_array, out=None):
         """A copy, as on a GPU: later changes to ``host_array`` do not reach the kernel."""
         self.uploads += 1
+        self.uploaded_bytes += host_array.nbytes
         if out is not None and out.shape == host_array.shape:
             out[...] = host_array
             return out
