@@ -15,9 +15,7 @@
 // any optimizer's rule or arguments. Both are exact no-ops at 1.0 and +inf.
 #pragma once
 
-#if !defined(FUSEDOPT_HOST_BUILD)
-#define FUSEDOPT_DEVICE __device__ __forceinline__
-#endif
+#include "storage.cuh"
 
 namespace fusedopt {
 
