@@ -107,6 +107,16 @@ def build_family(family: str, cache_dir: Path, sanitize: bool = False) -> Path:
                  sanitize, cooperative=family not in optimizer_families())
 
 
+def build_all(families, cache_dir: Path, workers: int, sanitize: bool = False) -> None:
+    """Build ``families`` (g++ runs in subprocesses: ``workers`` at a time), the ones with
+    the most entry points first, so later builds read the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+    entries = launch.all_entry_points()
+    order = sorted(families, key=lambda f: -len(entries[f]))
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        list(pool.map(lambda f: build_family(f, cache_dir, sanitize), order))
+
+
 def warnings(library: Path) -> str:
     """What g++ printed while building ``library`` (empty when it printed nothing)."""
     path = library.parent / "warnings.txt"
