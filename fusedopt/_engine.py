@@ -255,13 +255,13 @@ class Engine:
             return None
         return self._window.flags[outcome.slot: outcome.slot + 1]
 
-    def _settle(self, wait: bool = False) -> None:
-        """Fold the flags that have arrived (all of them with ``wait``) into the counts."""
+    def _settle(self, wait: bool = False, limit: int | None = None) -> None:
+        """Fold the flags that have arrived (with ``wait``, waiting for them; at most
+        ``limit``) into the counts."""
         if self._window is None:
             return
-        for doubt, applied in self._window.settle(wait):
-            doubt.applied = applied
-            if applied:
+        for doubt in self._window.settle(wait, limit):
+            if doubt.applied:
                 self._iterations += 1
                 for pos in doubt.positions:
                     self._steps[pos] += 1
@@ -319,7 +319,7 @@ class Engine:
             self._settle()
         window = self._device_window(plan.backend, launches[0]) if decide_on_device else None
         if window is not None and window.full():
-            self._settle(wait=True)  # more steps in doubt than the rows can cover: wait
+            self._settle(wait=True, limit=1)  # as many in doubt as the rows cover: wait
         slot = window.next_slot() if window is not None else -1
         scales = [None] * len(work)
         if self.clipping.by_norm or (grad_scale is not None and not checked):

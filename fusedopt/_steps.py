@@ -121,16 +121,17 @@ class Window:
         self.entries.append(Doubt(self._next, frozenset(positions), pending))
         self._next = (self._next + 1) % self.ring
 
-    def settle(self, wait: bool = False):
-        """Pop the steps at the front whose flags have arrived (all of them, waiting, with
-        ``wait``); yields (positions, applied) for each, oldest first."""
-        while self.entries:
+    def settle(self, wait: bool = False, limit: int | None = None):
+        """Pop the steps at the front whose flags have arrived (with ``wait``, waiting for
+        them; at most ``limit``); yields each, oldest first, with ``applied`` set."""
+        while self.entries and (limit is None or limit > 0):
             front = self.entries[0]
             if not (wait or front.pending.done()):
                 return
-            skipped = bool(front.pending.result())
+            limit = None if limit is None else limit - 1
+            front.applied = not bool(front.pending.result())
             self.entries.popleft()
-            yield front.positions, not skipped
+            yield front
 
     def full(self) -> bool:
         return len(self.entries) >= self.cap
