@@ -56,7 +56,9 @@ def markdown(rows) -> str:
     groups: dict[tuple[str, str], list] = {}
     for r in rows:
         groups.setdefault((_kernels(r.name), r.arch), []).append(r)
-    lines = [f"NVRTC {nvrtc.nvrtc_version()}, options `{' '.join(nvrtc.gate_options('sm_XX'))}`; "
+    options = " ".join("-I<cupy.cuda.get_cuda_path()>/include" if o.startswith("-I") else o
+                       for o in nvrtc.gate_options("sm_XX"))
+    lines = [f"NVRTC {nvrtc.nvrtc_version()}, options `{options}`; "
              f"register budget {config.REGISTER_BUDGET} ({config.REGISTER_BUDGET_FLOAT64} for "
              "float64 kernels). One row per family, storage (param, grad, state, mode) and "
              "architecture, over all its variants.", "", _HEADER]
