@@ -361,26 +361,29 @@ class Engine:
         return self._window
 
     def _step_rows(self, positions, launch: Launch, window, slot: int, cache: dict):
-        """The scalar rows of ``launch``: each tensor's known step, and the steps in doubt."""
+        """The scalar rows of ``launch``: each tensor's known step, and the steps in doubt.
+        With nothing in doubt (every CPU step) that is the one row of scalars."""
         members = range(len(positions)) if launch.members is None else launch.members
         pending = self._window if self._window is not None and self._window.entries else None
-        base, mask = [], []
-        for local in members:
-            pos = positions[local]
-            known = self._steps[pos] if self.per_param_steps else self._iterations
-            base.append(known + 1)
-            if pending is None:
-                mask.append(0)
-            elif self.per_param_steps:
-                mask.append(pending.mask(pos))
-            else:
-                mask.append((1 << len(pending.entries)) - 1)
 
         def scalars_of(t):
             key = (launch.hyper, launch.decays, t)
             if key not in cache:
                 cache[key] = self._scalars(launch.hyper, launch.decays, t)
             return cache[key]
+
+        if self.per_param_steps:
+            base = [self._steps[positions[local]] + 1 for local in members]
+        else:
+            base = [self._iterations + 1] * len(members)
+        if pending is None and window is None and base.count(base[0]) == len(base):
+            return scalars_of(base[0])
+        if pending is None:
+            mask = [0] * len(base)
+        elif self.per_param_steps:
+            mask = [pending.mask(positions[local]) for local in members]
+        else:
+            mask = [(1 << len(pending.entries)) - 1] * len(base)
         return step_rows(scalars_of, base, mask, pending or window, slot)
 
     def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
@@ -401,7 +404,8 @@ class Engine:
         grads = [_validate.contiguous(g) for g in grads]
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
         grad_dtypes = tuple(kind_of(g).dtype(g) for g in grads)
-        plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes)
+        plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes,
+                                              tuple(g.dtype for g in grads))
         return plan, grads
 
     def launch_groups(self, positions=None, backend=None) -> list[Launch]:
@@ -450,18 +454,18 @@ class _Plan:
     """What a step over one set of positions reuses: the backend, the positions whose
     params let a grad skip the full checks, and the grads' dtypes they were checked with."""
 
-    __slots__ = ("backend", "positions", "grad_dtypes", "_numpy_dtypes")
+    __slots__ = ("backend", "positions", "grad_dtypes", "_library_dtypes")
 
-    def __init__(self, backend, positions: tuple, grad_dtypes: tuple):
+    def __init__(self, backend, positions: tuple, grad_dtypes: tuple, library_dtypes: tuple):
         self.backend, self.positions, self.grad_dtypes = backend, positions, grad_dtypes
-        self._numpy_dtypes = None
+        self._library_dtypes = library_dtypes  # the grads' own dtype objects: cheap to compare
 
     def takes(self, grads, params) -> bool:
         """True when every grad has its param's layout and the dtype checked before
         (fusedopt._validate.same_layout)."""
         same = _validate.same_layout
         return all(same(g, params[pos], d)
-                   for g, pos, d in zip(grads, self.positions, self.grad_dtypes))
+                   for g, pos, d in zip(grads, self.positions, self._library_dtypes))
 
 
 class _Outcome:

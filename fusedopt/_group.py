@@ -59,10 +59,15 @@ def step_storage(group: Group, grads) -> Storage:
     """The group's storage with the grads of this step (all of one dtype)."""
     if not grads:
         return group.storage
-    grad = kind_of(grads[0]).dtype(grads[0])
-    if grad == group.storage.grad:
-        return group.storage
-    return Storage(group.storage.param, grad, group.storage.state, group.storage.mode)
+    seen = group.scratch.setdefault("storage_by_grad", {})  # grad dtype object -> Storage
+    key = getattr(grads[0], "dtype", None)
+    found = seen.get(key)
+    if found is None:
+        grad = kind_of(grads[0]).dtype(grads[0])
+        st = group.storage
+        found = st if grad == st.grad else Storage(st.param, grad, st.state, st.mode)
+        seen[key] = found
+    return found
 
 
 def make_group(storage, params, states, chunk, address, pack: bool = False) -> Group:

@@ -83,17 +83,14 @@ def contiguous(grad):
     return grad if kind.c_contiguous(grad) else kind.contiguous(grad)
 
 
-def same_layout(grad, param, grad_dtype: str | None = None) -> bool:
+def same_layout(grad, param, grad_dtype=None) -> bool:
     """The usual step's grad: an array of its param's type and shape, of ``grad_dtype``
-    (default: the param's dtype), C-contiguous, with the param still writeable and
-    C-contiguous. Anything else takes the full checks."""
+    (its library's dtype object; default: the param's dtype), C-contiguous, with the param
+    still writeable and C-contiguous. Anything else takes the full checks."""
     try:
         if type(grad) is not type(param) or grad.shape != param.shape:
             return False
-        if grad_dtype is None:
-            if grad.dtype != param.dtype:
-                return False
-        elif kind_of(grad).dtype(grad) != grad_dtype:
+        if grad.dtype != (param.dtype if grad_dtype is None else grad_dtype):
             return False
         kind = kind_of(param)
         return kind.c_contiguous(grad) and kind.c_contiguous(param) and kind.writeable(param)

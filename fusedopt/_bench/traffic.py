@@ -91,6 +91,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
 
     def step():
         loop(variant, table, 1, group.chunk, likes, h)
+    step.grad = grad  # the table holds its address: keep it alive with the step
     return step
 
 
@@ -119,6 +120,7 @@ def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None)
 
     def step():
         kernel((n_work,), (config.THREADS_PER_BLOCK,), args)
+    step.grad = grad  # the table holds its address: keep it alive with the step
     return step
 
 

@@ -86,8 +86,12 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> N
     n_work = group.table.n_work
     if n_work == 0:
         return
-    chosen = variant(spec, flags, step_storage(group, grads))
+    st = step_storage(group, grads)
+    key = (spec.name, flags, st)
+    chosen = group.scratch.get(key)
+    if chosen is None:
+        chosen = group.scratch[key] = variant(spec, flags, st)
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
-    scalars = as_rows(steps, len(group.params)).scalars()
+    scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
     loop(chosen, table, group.table.n_tensors, group.chunk, chosen.likes(), scalars)

@@ -2,7 +2,8 @@
 
 The twin of kernels/storage.cuh, operation for operation. Numba has no bfloat16 and no
 usable float16, so 16-bit arrays reach the loop as uint16 and these helpers do the bit
-work with integer operations (which LLVM vectorizes). The generic loop
+work with integer operations (which LLVM vectorizes); the bfloat16 ones are written as LLVM
+IR, 32 bits wide, since Numba would widen uint32 arithmetic to 64-bit vector lanes. The generic loop
 (fusedopt/_cpu/loop.py) calls :func:`load` for every element it reads and :func:`store`
 for every element it writes: the rounding policy of every narrowing store lives here.
 
@@ -17,6 +18,7 @@ Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64`
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
@@ -33,15 +35,14 @@ NEAREST_EVEN, NEAREST_AWAY = 0, 1
 _RULE = {"inline": "always", "error_model": "numpy"}
 
 _U = np.uint32  # every constant below is a uint32, so the arithmetic stays 32 bits wide
-_SIGN16, _QNAN_BF16 = _U(0x8000), _U(0x7FC0)
+_SIGN16 = _U(0x8000)
 _ABS, _INF = _U(0x7FFFFFFF), _U(0x7F800000)
-_LOW16, _ONE, _ZERO = _U(0xFFFF), _U(1), _U(0)
-_TIE_AWAY, _TIE_EVEN = _U(0x8000), _U(0x7FFF)
+_ONE, _ZERO = _U(1), _U(0)
 _S16, _S13, _S23, _S10, _S31 = _U(16), _U(13), _U(23), _U(10), _U(31)
 _F16_EXP, _F16_MANT, _F16_INF = _U(0x1F), _U(0x3FF), _U(0x7C00)
 _F16_REBIAS, _F16_OVERFLOW = _U(112), _U(0x477FF000)  # 127 - 15; 65520.0
 _F16_MIN_NORMAL, _F16_NORMAL_SHIFT = _U(0x38800000), _U(0x38000000)  # 2^-14; 112 << 23
-_MANT, _IMPLICIT, _QUIET_BF16 = _U(0x7FFFFF), _U(0x800000), _U(0x0040)
+_MANT, _IMPLICIT = _U(0x7FFFFF), _U(0x800000)
 _SUB_BIAS, _SUB_ZERO = _U(126), _U(125)
 _TWO_POW_M24 = np.float32(2.0 ** -24)
 
@@ -79,23 +80,59 @@ def bits_float(typingctx, u):
     return sig, codegen
 
 
-# --- bfloat16 ---------------------------------------------------------------------------
+# --- bfloat16: written as LLVM IR, so every operation is 32 bits wide ---------------------
+# (Numba would widen uint32 arithmetic to 64 bits, halving the vector lanes of the loops.)
 
-@njit(**_RULE)
-def bf16_widen(h):
-    return bits_float(_U(h) << _S16)
+def _i32(value):
+    return ir.Constant(ir.IntType(32), value)
+
+
+def _bf16_round_ir(builder, u, away: bool):
+    """uint32 float bits -> uint32 bfloat16 bits: ``(u + bias) >> 16``, NaN kept NaN."""
+    if away:
+        bias = _i32(0x8000)
+    else:
+        bias = builder.add(_i32(0x7FFF), builder.and_(builder.lshr(u, _i32(16)), _i32(1)))
+    rounded = builder.lshr(builder.add(u, bias), _i32(16))
+    nan = builder.or_(builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000)), _i32(0x7FC0))
+    is_nan = builder.icmp_unsigned(">", builder.and_(u, _i32(0x7FFFFFFF)), _i32(0x7F800000))
+    return builder.select(is_nan, nan, rounded)
+
+
+def _rounding(away: bool):
+    @intrinsic
+    def bf16_round_ir(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            u = builder.bitcast(args[0], ir.IntType(32))
+            return builder.trunc(_bf16_round_ir(builder, u, away), ir.IntType(16))
+        return types.uint16(x), codegen
+    return bf16_round_ir
+
+
+_bf16_even_bits, _bf16_away_bits = _rounding(False), _rounding(True)
+
+
+@intrinsic
+def bf16_widen(typingctx, h):
+    """bfloat16 bits (uint16) -> float32: the bits shifted into the high half."""
+    if not isinstance(h, types.Integer) or h.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        u = builder.shl(builder.zext(args[0], ir.IntType(32)), _i32(16))
+        return builder.bitcast(u, ir.FloatType())
+    return types.float32(h), codegen
 
 
 @njit(**_RULE)
 def bf16_round(x, rounding):
     """float32 ``x`` -> bfloat16 bits (uint16); see kernels/storage.cuh for the carry."""
-    u = float_bits(x)
     if rounding == NEAREST_AWAY:
-        bias = _TIE_AWAY
-    else:
-        bias = _TIE_EVEN + ((u >> _S16) & _ONE)
-    nan = ((u >> _S16) & _SIGN16) | _QNAN_BF16
-    return np.uint16(nan if (u & _ABS) > _INF else (u + bias) >> _S16)
+        return _bf16_away_bits(x)
+    return _bf16_even_bits(x)
 
 
 # --- float16 ----------------------------------------------------------------------------
@@ -193,19 +230,48 @@ def store(code: int, rounding: int = NEAREST_EVEN):
 
 # --- remainder masters (bfloat16 params) --------------------------------------------------
 
+@intrinsic
+def _split_ir(typingctx, master):
+    if master != types.float32:
+        return None
+    sig = types.UniTuple(types.uint16, 2)(master)
+
+    def codegen(context, builder, signature, args):
+        u = builder.bitcast(args[0], ir.IntType(32))
+        hi = _bf16_round_ir(builder, u, away=True)
+        low = builder.and_(builder.sub(u, builder.shl(hi, _i32(16))), _i32(0xFFFF))
+        is_nan = builder.icmp_unsigned(">", builder.and_(u, _i32(0x7FFFFFFF)),
+                                       _i32(0x7F800000))
+        hi = builder.select(is_nan, builder.or_(builder.lshr(u, _i32(16)), _i32(0x40)), hi)
+        low = builder.select(is_nan, _i32(0), low)
+        i16 = ir.IntType(16)
+        return context.make_tuple(builder, signature.return_type,
+                                  [builder.trunc(hi, i16), builder.trunc(low, i16)])
+    return sig, codegen
+
+
+@intrinsic
+def _rebuild_ir(typingctx, hi, remainder):
+    if not all(isinstance(a, types.Integer) and a.bitwidth == 16 for a in (hi, remainder)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.add(builder.shl(builder.zext(args[0], i32), _i32(16)),
+                        builder.sext(args[1], i32))
+        return builder.bitcast(u, ir.FloatType())
+    return types.float32(hi, remainder), codegen
+
+
 @njit(**_RULE)
 def split_master(master):
     """float32 master -> (bf16 bits, int16 remainder) with rebuild_master(...) == master
     bit for bit (NaN: a NaN param, payload not kept); see kernels/storage.cuh."""
-    u = float_bits(master)
-    nan = (u & _ABS) > _INF
-    hi = bf16_round(master, NEAREST_AWAY)
-    low = _U(u - (_U(hi) << _S16)) & _LOW16
-    hi = np.uint16((u >> _S16) | _QUIET_BF16) if nan else hi
-    return hi, np.int16(np.uint16(_ZERO if nan else low))
+    hi, low = _split_ir(master)
+    return hi, np.int16(low)
 
 
 @njit(**_RULE)
 def rebuild_master(hi, remainder):
     """The float32 master from its bf16 bits and int16 remainder: (hi << 16) + r."""
-    return bits_float(_U((_U(hi) << _S16) + _U(np.int32(remainder))))
+    return _rebuild_ir(hi, remainder)
