@@ -11,9 +11,11 @@ pools share a process):
 - ``torch``: bf16 params + bf16 state (14 B/element) against ``torch.optim.Adam(fused=True)``
   on bf16 params (the same bytes) and the ceiling, at ``--torch-sizes``.
 
-Bytes per step are ``n * (read_bytes + write_bytes)`` from the traffic formula. Every worker
-runs with OMP_WAIT_POLICY=PASSIVE, so an idle worker's OpenMP threads do not spin while
-another one is timed. Prints markdown for benchmarks/RESULTS.md.
+Bytes per step are ``n * (read_bytes + write_bytes)`` from the traffic formula. Between two
+timed steps the driver pauses ``PAUSE_S``, so the OpenMP threads of the worker timed last
+have stopped spinning (they spin briefly, then sleep) before the next one starts; every
+worker keeps its libraries' default thread behaviour. Prints markdown for
+benchmarks/RESULTS.md.
 
     flock -x /tmp/fusedopt-quiet.lock python benchmarks/cpu_storage.py
     python benchmarks/cpu_storage.py --sizes 2^16 --torch-sizes 2^16 --rounds 3   # smoke
@@ -30,6 +32,9 @@ import sys
 import time
 
 FUSED, CEILING, TORCH = "fused", "ceiling", "torch fused"
+
+#: Seconds between two timed steps of different workers (see the module docstring).
+PAUSE_S = 0.02
 
 #: name -> (param dtype, Adam's storage arguments, state arrays for the ceiling).
 STORAGES = {
@@ -95,16 +100,23 @@ def _worker(conn, kind: str, storage: str, n: int) -> None:
         if command == "stop":
             return
         start = time.perf_counter()
-        step()
-        conn.send(time.perf_counter() - start)
+        for _ in range(command):
+            step()
+        conn.send((time.perf_counter() - start) / command)
 
 
 # --- the driver -----------------------------------------------------------------------------
 
+def batch(n: int) -> int:
+    """Steps per timed sample: back to back below 2**24 elements, where one step is short
+    enough that waking the thread pool would be most of it."""
+    return max(1, 2**24 // n)
+
+
 def measure(contenders, n: int, rounds: int) -> dict:
-    """contender -> seconds per round, the contenders timed in turn, the order rotating."""
+    """contender -> seconds per step in each round (the mean of :func:`batch` steps back to
+    back), the contenders timed in turn, the order rotating."""
     ctx = mp.get_context("spawn")
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # inherited by the workers
     workers = {}
     for name, (kind, storage) in contenders.items():
         ours, theirs = ctx.Pipe()
@@ -118,7 +130,8 @@ def measure(contenders, n: int, rounds: int) -> dict:
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             conn = workers[name][1]
-            conn.send("time")
+            time.sleep(PAUSE_S)
+            conn.send(batch(n))
             times[name].append(conn.recv())
     for proc, conn in workers.values():
         conn.send("stop")
@@ -145,7 +158,8 @@ def _summary(seconds):
 def table(title: str, storage: str, n: int, times: dict, reference: str) -> list[str]:
     flow = _traffic(storage)
     moved = flow.total(n)
-    lines = [f"**{title}, {n:,} elements** ({flow.read_bytes} + {flow.write_bytes} B/element)",
+    lines = [f"**{title}, {n:,} elements** ({flow.read_bytes} + {flow.write_bytes} B/element; "
+             f"{batch(n)} step{'s' if batch(n) > 1 else ''} per sample)",
              "", "| contender | median ms | IQR ms | GB/s | time / " + reference + " |",
              "|---|---:|---:|---:|---:|"]
     ref = statistics.median(times[reference])
@@ -167,7 +181,7 @@ def main(argv=None) -> int:
     out = ["### CPU Adam on 16-bit storage", "", "```",
            " ".join(["python benchmarks/cpu_storage.py", *map(shlex.quote, argv)]).strip(),
            "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
-           f"{args.rounds} interleaved rounds; OMP_WAIT_POLICY=PASSIVE.", ""]
+           f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
     if args.only in (None, "ceiling"):
         for n in (_size(s) for s in args.sizes.split(",")):
             for storage in ("bf16 params, fp32 state", "bf16 params, remainder"):

@@ -43,7 +43,8 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
                          "state lists; they must match one to one")
     mode = _storage.mode_of(master_weights)
     engine = Engine(spec, convention, backend=backend, clipping=clipping,
-                    state_dtype=_state_dtype(states, mode), master_weights=master_weights)
+                    state_dtype=_state_dtype(params, states, mode),
+                    master_weights=master_weights)
     engine.add_group(hyper, where="")
     for i, (p, g) in enumerate(zip(params, grads)):  # grads checked before anything is held
         _validate.check_pair(i, p, p, spec)
@@ -53,14 +54,23 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     return engine.step(grads, grad_scale=grad_scale)
 
 
-def _state_dtype(states, mode: str):
-    """The dtype of the first optimizer slot given (None when no param has one)."""
+def _state_dtype(params, states, mode: str):
+    """The state dtype the arrays say: None when every param's state is in its default
+    dtype (so float32 and float64 params may share a call), else the dtype of the first
+    optimizer slot given; the engine then checks every array against it."""
     extra = 0 if mode == "plain" else 1
-    for slots in states:
-        if len(slots) > extra:
-            first = slots[0]
-            return kind_of(first).dtype(first) if kind_of(first).is_array(first) else None
-    return None
+    found = []
+    for p, slots in zip(params, states):
+        if len(slots) > extra and kind_of(slots[0]).is_array(slots[0]) and \
+                kind_of(p).is_array(p):
+            found.append((kind_of(p).dtype(p), kind_of(slots[0]).dtype(slots[0])))
+    if all(state == _default(param) for param, state in found):
+        return None
+    return found[0][1]
+
+
+def _default(param: str):
+    return _storage.default_state_dtype(param) if param in _storage.PARAM_DTYPES else None
 
 
 def adam_step(param, grad, m, v, vhat=None, *, step, learning_rate=0.001, beta_1=0.9,
