@@ -25,6 +25,7 @@ from fusedopt import config  # noqa: E402
 from fusedopt._cuda import launch, runtime  # noqa: E402
 from fusedopt._engine import Engine  # noqa: E402
 from fusedopt._registry import REGISTRY  # noqa: E402
+from fusedopt._storage import Storage  # noqa: E402
 
 LAYERS, WIDTH, STEPS = 100, 448, 5
 
@@ -41,19 +42,29 @@ def main() -> None:
     engine = Engine(REGISTRY["adam"], "torch", backend="cuda", per_param_steps=True)
     engine.add_group(dict(learning_rate=1e-3))
     engine.add_params(params)
-    per_step = []
+    per_step, scalars = [], []
     for _ in range(STEPS):
         grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]  # new
-        before = host.uploaded_bytes
+        before, table_before = host.uploaded_bytes, _table_bytes(host, engine)
         engine.step(grads)
-        per_step.append(host.uploaded_bytes - before)
+        per_step.append(_table_bytes(host, engine) - table_before)
+        scalars.append(host.uploaded_bytes - before - per_step[-1])
     full = [np.empty(s, np.float32) for s in shapes()]
-    whole = launch.group("float32", full, [[p, p] for p in full]).table.array.nbytes
+    plain = Storage("float32", "float32", "float32", "plain")
+    whole = launch.group(plain, full, [[p, p] for p in full]).table.array.nbytes
     print(f"tensors: {len(params)}; CUDA_CHUNK {config.CUDA_CHUNK}")
-    print(f"uploaded bytes per step (host runtime, steps 1..{STEPS}): {per_step}")
+    print(f"launch-table bytes uploaded per step (host runtime, steps 1..{STEPS}): {per_step}")
+    print(f"scalar rows and control block uploaded per step: {scalars}")
     print(f"whole table of the full-size model ({sum(p.size for p in full):,} elements): "
           f"{whole:,} bytes, re-copied every step before; now {per_step[-1]:,} "
           f"({per_step[-1] / whole:.2%})")
+
+
+def _table_bytes(host, engine) -> int:
+    table = engine.launch_groups()[0].group.device_table
+    if table is None:
+        return 0
+    return host.uploaded_into.get(id(table if table.base is None else table.base), 0)
 
 
 if __name__ == "__main__":

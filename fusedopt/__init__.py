@@ -22,6 +22,11 @@ from .optimizers import SGD, Adadelta, Adagrad, RMSprop  # noqa: E402
 
 __all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
 
+# Dynamic loss scaling
+from .optimizers import LossScaleOptimizer  # noqa: E402
+
+__all__ += ["LossScaleOptimizer"]
+
 
 def _classes() -> dict[str, type]:
     return {cls.spec_name: cls for cls in Optimizer.__subclasses__()}

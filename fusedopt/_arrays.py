@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._storage import numpy_dtype
+
 
 class Kind:
     """How to read and allocate one library's arrays. Subclasses override what differs."""
@@ -71,6 +73,11 @@ class Kind:
         """A C-contiguous copy of ``a`` (grads are only read, so a strided one is copied)."""
         raise NotImplementedError
 
+    def astype(self, a, dtype: str):
+        """A new C-contiguous array of ``a``'s values converted to ``dtype``, on its device
+        (a float32 master from a 16-bit param: exact)."""
+        raise NotImplementedError
+
     def to_host(self, a) -> np.ndarray:
         """A NumPy copy of ``a``."""
         raise NotImplementedError
@@ -107,14 +114,22 @@ class NdarrayKind(Kind):
         return a.data.ptr
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
+        dt = numpy_dtype(dtype)
         if isinstance(like, np.ndarray):
-            return np.full(like.shape, fill, dtype=np.dtype(dtype))
+            return np.full(like.shape, fill, dtype=dt)
         with like.device:  # on the param's device, not the current one
-            return _cupy().full(like.shape, fill, dtype=np.dtype(dtype))
+            return _cupy().full(like.shape, fill, dtype=dt)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()
         return xp.ascontiguousarray(a)
+
+    def astype(self, a, dtype: str):
+        dt = numpy_dtype(dtype)
+        if isinstance(a, np.ndarray):
+            return np.ascontiguousarray(a.astype(dt))
+        with a.device:
+            return _cupy().ascontiguousarray(a.astype(dt))
 
     def to_host(self, a) -> np.ndarray:
         return a.get() if hasattr(a, "get") else np.array(a, copy=True)
@@ -134,6 +149,7 @@ class NdarrayKind(Kind):
 def _cupy():
     import cupy  # deferred: fusedopt imports without CuPy
     return cupy
+
 
 
 NDARRAY = NdarrayKind()

@@ -106,13 +106,17 @@ def grad_scales(clipping: Clipping, sums: list, grad_scale=None) -> list:
 
     ``grad_scale``: the grads carry a loss scale ``s`` and are divided by it, folded into the
     same scale (so ``g * (1/s)``, exact for a power of two); a norm clip then sees the norms
-    of the unscaled grads.
+    of the unscaled grads. ``s`` is a number, or a 0-d array on the sums' device (never read
+    on the host: 1/s is computed there).
     """
     if grad_scale is None:
         return scales(clipping, sums) if clipping.by_norm else [None] * len(sums)
-    inv = 1.0 / float(grad_scale)
+    if isinstance(grad_scale, numbers.Real):
+        inv = 1.0 / float(grad_scale)
+    else:
+        inv = 1.0 / _xp(sums[0]).asarray(grad_scale, dtype=np.float64).reshape(())
     if not clipping.by_norm:
-        return [_xp(s).full(s.shape, inv, dtype=np.float64) for s in sums]
+        return [_xp(s).zeros(s.shape, np.float64) + inv for s in sums]
     unscaled = [s * (inv * inv) for s in sums]
     return [c * inv for c in scales(clipping, unscaled)]
 

@@ -25,11 +25,28 @@ cheap layout test), the scalars of each launch group are computed once on the ho
 loss-scaled step needs it (one read of the grads only, never the params), then each launch
 group is one kernel launch (CUDA) or one Numba call (CPU).
 
+Storage (fusedopt/_storage.py): params of float32, float64, float16 or bfloat16; state in
+``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise); with
+``master_weights`` an fp32 master (or, for bfloat16, an int16 remainder) in a last slot,
+"master" (or "remainder"). Launch groups are per storage, grads' dtype included.
+
 Loss scaling: ``step(grads, grad_scale=s)`` divides every grad by ``s`` inside the pass (the
 division is folded into each tensor's grad-scale entry of the launch table, with clipping's,
-so no rule knows about it). The pre-pass sums each grad's squares; a non-finite sum means an
-inf or NaN somewhere in the call, and then nothing changes: no param, no state, no count.
-``found_inf`` says so. Clipping's norms are of the unscaled grads.
+so no rule knows about it). The grad-only pre-pass (the one clipping by norm uses) also
+tests every element for inf and NaN - a test of its own, since a sum of squares overflows
+for finite float64 grads above ~1e154 - and a step with one changes nothing: no param, no
+state, no count. ``found_inf`` says so. Clipping's norms are of the unscaled grads.
+
+On the CPU that is decided before the launch. On CUDA nothing waits for the host: the
+pre-pass writes a flag on the device (``grad_scale`` and ``found_inf`` may be device 0-d
+arrays, as torch's GradScaler hands them over), the optimizer kernels of the step read it
+and return without writing when it is set, and the host reads it back later from a copy
+it started without waiting (fusedopt/_steps.py). Until then the step count is in doubt,
+so later launches carry the registry's scalars for every candidate step and the kernels
+pick theirs from the flags (kernels/steps.cuh). ``iterations``, ``found_inf``, ``steps``
+and a step's returned outcome are exact: reading one while steps are in doubt waits for
+their flags (the only waits there are, besides more than ``config.STEP_WINDOW`` steps in
+doubt at once, or a loss-scaled step over params on several devices).
 
 Maximizing: a group added with ``maximize=True`` (torch's flag, any optimizer) ascends its
 objective. Its grads enter the rules negated: a -1 folded into the same per-tensor grad
@@ -45,10 +62,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _validate
+from . import _storage, _validate, config
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
 from ._registry import OptimizerSpec
+from ._steps import Window, step_rows
 
 
 @dataclass
@@ -78,18 +96,25 @@ class Engine:
     """Every step of one registered optimizer, for every front door."""
 
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
-                 clipping: Clipping = NONE, per_param_steps: bool = False):
+                 clipping: Clipping = NONE, per_param_steps: bool = False,
+                 state_dtype=None, master_weights=False):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
         self.per_param_steps = per_param_steps
+        _storage.check_state_dtype(state_dtype)
+        self.state_dtype = state_dtype
+        self.master_weights = master_weights
+        self.mode = _storage.mode_of(master_weights)
         self.hypers: list[HyperGroup] = []
         self.params: list = []            # position -> param
-        self.states: list[list] = []      # position -> its slot arrays, in kernel order
+        self.states: list[list] = []      # position -> its slot arrays (master slot last)
+        self.storages: list = []          # position -> its Storage (grads: the param's dtype)
         self.group_of: list[int] = []     # position -> hyperparameter group
         self.decays: list[bool] = []      # position -> weight decay applies
-        self.steps: list[int] = []        # position -> steps applied (per_param_steps)
-        self.iterations = 0               # steps applied; a skipped step does not count
-        self.found_inf = False            # the last step was skipped: a grad was not finite
+        self._steps: list[int] = []       # position -> steps applied, as far as known
+        self._iterations = 0              # steps applied, as far as known
+        self._outcome = True              # the last step: applied, or its Doubt
+        self._window: Window | None = None  # loss-scaled CUDA steps in doubt
         self._index: dict[int, int] = {}  # id(param) -> position
         self._launch_cache: dict = {}
         self._plans: dict = {}
@@ -141,41 +166,51 @@ class Engine:
         self.hypers[index] = new
 
     # --- params and state -------------------------------------------------------------------
+    def storage_of(self, position: int, param) -> "_storage.Storage":
+        """The storage ``param`` gets at ``position`` (raises naming it and the fix)."""
+        dtype = kind_of(param).dtype(param)
+        state, mode = _storage.resolve(f"param {position}", dtype, self.state_dtype, self.mode)
+        return _storage.Storage(dtype, dtype, state, mode)
+
     def add_params(self, params, group: int = 0, decays=None, states=None) -> list[int]:
         """Append ``params`` to hyperparameter group ``group``; returns their positions.
 
-        State is made beside each param (``slot_init`` of the registry, the param's dtype),
-        unless ``states`` gives it (a list of slot arrays per param, checked and used as is).
-        Every param is checked before any is added.
+        State is made beside each param (``slot_init`` of the registry, in the state dtype;
+        a master slot initialised from the param), unless ``states`` gives it (a list of
+        slot arrays per param, master slot last, checked and used as is). Every param is
+        checked before any is added.
         """
         params = list(params)
         decays = [True] * len(params) if decays is None else list(decays)
         first = len(self.params)
         slots = self.hypers[group].slots
         seen = set(self._index)
+        storages = []
         for i, p in enumerate(params):
             _validate.check_pair(first + i, p, p, self.spec)
+            storages.append(self.storage_of(first + i, p))
             if id(p) in seen:
                 raise ValueError(f"param {first + i} is already held by this optimizer (at "
                                  f"position {self._index.get(id(p), first + i)}); pass each "
                                  "param once")
             seen.add(id(p))
             if states is not None:
-                _validate.check_state(first + i, p, states[i], slots)
+                _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
+                                                                             storages[-1]))
         if params:
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
         for i, p in enumerate(params):
-            kind = kind_of(p)
-            made = (list(states[i]) if states is not None
-                    else [kind.zeros(p, kind.dtype(p), init) for _ in slots])
+            made = list(states[i]) if states is not None else _new_state(p, slots, storages[i],
+                                                                         init)
             self._index[id(p)] = first + i
             self.params.append(p)
             self.states.append(made)
+            self.storages.append(storages[i])
             self.group_of.append(group)
             self.decays.append(bool(decays[i]))
-            self.steps.append(0)
+            self._steps.append(0)
         return list(range(first, first + len(params)))
 
     def position(self, param) -> int | None:
@@ -183,22 +218,88 @@ class Engine:
         return self._index.get(id(param))
 
     def slot_names(self, position: int) -> tuple:
-        return self.hypers[self.group_of[position]].slots
+        """The names of ``position``'s state arrays: the optimizer's slots, then "master" or
+        "remainder" when the param has one."""
+        master = self.storages[position].master
+        return self.hypers[self.group_of[position]].slots + ((master[0],) if master else ())
 
     def state(self, position: int) -> dict:
         """The state arrays of ``position`` by slot name (the arrays themselves)."""
         return dict(zip(self.slot_names(position), self.states[position]))
 
+    # --- step counts, as far as the device has told --------------------------------------
+    @property
+    def iterations(self) -> int:
+        """Steps applied; a skipped step does not count. Waits for steps in doubt."""
+        self._settle(wait=True)
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, value: int) -> None:
+        self._settle(wait=True)
+        self._iterations = int(value)
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps applied per position (``per_param_steps``). Waits for steps in doubt."""
+        self._settle(wait=True)
+        return self._steps
+
+    @property
+    def found_inf(self) -> bool:
+        """The last step was skipped: a grad was inf or NaN (or the caller said so). Waits
+        for that step's flag if it is in doubt."""
+        outcome = self._outcome
+        if not isinstance(outcome, bool):
+            self._settle(wait=True)
+            outcome = outcome.applied
+        return not outcome
+
+    def pending(self) -> int:
+        """Loss-scaled steps whose flag the host has not read yet (0 on the CPU)."""
+        return len(self._window.entries) if self._window is not None else 0
+
+    def last_flag(self):
+        """The device flag of the last step (a 1-element int32 device array, nonzero when
+        it was skipped) while it is in doubt, else None: a loss scaler reads it without
+        waiting."""
+        outcome = self._outcome
+        if isinstance(outcome, bool) or self._window is None:
+            return None
+        return self._window.flags[outcome.slot: outcome.slot + 1]
+
+    def _settle(self, wait: bool = False, limit: int | None = None) -> None:
+        """Fold the flags that have arrived (with ``wait``, waiting for them; at most
+        ``limit``) into the counts."""
+        if self._window is None:
+            return
+        for doubt in self._window.settle(wait, limit):
+            if doubt.applied:
+                self._iterations += 1
+                for pos in doubt.positions:
+                    self._steps[pos] += 1
+
+    def _confirm(self, positions, applied: bool) -> None:
+        self._outcome = applied
+        if applied:
+            self._iterations += 1
+            for pos in positions:
+                self._steps[pos] += 1
+
     # --- the step ---------------------------------------------------------------------------
-    def step(self, grads, positions=None, *, grad_scale=None, found_inf=None) -> bool:
+    def step(self, grads, positions=None, *, grad_scale=None, found_inf=None):
         """One step of the params at ``positions`` (default: all, in order) with ``grads``.
 
         Every pair is checked before any param changes. ``grad_scale``: the grads are those
         of a loss multiplied by it; they are divided by it inside the pass, and a step with
-        an inf or NaN grad changes nothing (returns False, sets ``found_inf``).
-        ``found_inf``: the caller already checked the grads (torch's GradScaler does); a
-        non-zero value skips the step the same way. Both may be numbers or 0-d arrays.
-        Returns True when the step was applied.
+        an inf or NaN grad changes nothing (sets ``found_inf``). ``found_inf``: the caller
+        already checked the grads (torch's GradScaler does); a non-zero value skips the step
+        the same way. Both may be numbers, 0-d arrays, or (CUDA) 0-d device arrays, which
+        are never read on the host.
+
+        Returns whether the step was applied: True or False, or - for a loss-scaled CUDA
+        step, decided on the device - an outcome whose truth value is that (reading it
+        waits for the device).
         """
         positions = tuple(range(len(self.params))) if positions is None else tuple(positions)
         grads = list(grads)
@@ -208,58 +309,101 @@ class Engine:
             raise ValueError("a step needs at least one (grad, param) pair")
         if grad_scale is not None:
             grad_scale = _as_grad_scale(grad_scale)
-        if found_inf is not None and float(found_inf) != 0.0:
-            # Checked before the grads, as torch's fused optimizers do: nothing is launched.
-            self.found_inf = True
-            return False
+        checked = found_inf is not None
+        if checked and _on_host(found_inf):
+            if float(found_inf) != 0.0:
+                # Checked before the grads, as torch's fused optimizers do: nothing is launched.
+                self._outcome = False
+                return False
+            found_inf = None
         plan = self._plans.get(positions)
         if plan is None or not plan.takes(grads, self.params):
             plan, grads = self._plan(positions, grads)
-        launches = self._launches(plan.backend, positions)
+        launches = self._launches(plan.backend, positions, plan.grad_dtypes)
         work = []
         for launch in launches:
             g = grads if launch.members is None else [grads[i] for i in launch.members]
             work.append((launch, g))
-        if self.clipping.by_norm or grad_scale is not None:
-            # On the arrays' device and stream (torch's current one for torch tensors), as
-            # the array expressions on the sums are.
-            first = work[0][0]
-            with first.kind.launch_context(first.device):
-                sums = []
-                for launch, g in work:
-                    with launch.kind.launch_context(launch.device):
-                        sums.append(plan.backend.sum_squares(launch.group, g))
-                if grad_scale is not None and found_inf is None and not _all_finite(sums):
-                    self.found_inf = True
+        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
+                     and len({launch.device for launch in launches}) == 1)
+        decide_on_device = on_device and (found_inf is not None or (
+            grad_scale is not None and not checked))
+        if on_device:
+            self._settle()
+        window = self._device_window(plan.backend, launches[0]) if decide_on_device else None
+        if window is not None and window.full():
+            self._settle(wait=True, limit=1)  # as many in doubt as the rows cover: wait
+        slot = window.next_slot() if window is not None else -1
+        scales = [None] * len(work)
+        if self.clipping.by_norm or (grad_scale is not None and not checked):
+            # On the arrays' device and stream (torch's current one for torch tensors).
+            passes = []
+            for launch, g in work:
+                with launch.kind.launch_context(launch.device):
+                    passes.append(plan.backend.grad_pass(launch.group, g))
+            if grad_scale is not None and not checked:
+                if window is not None:
+                    for k, ((launch, _), (_, bad)) in enumerate(zip(work, passes)):
+                        with launch.kind.launch_context(launch.device):
+                            plan.backend.raise_flag(launch.group, window.flags, slot,
+                                                    or_in=k > 0)
+                elif any(_any(bad) for _, bad in passes):
+                    self._outcome = False
                     return False
-                scales = grad_scales(self.clipping, sums, grad_scale)
-        else:
-            scales = [None] * len(work)
+            scales = grad_scales(self.clipping, [s for s, _ in passes], grad_scale)
+        elif grad_scale is not None:
+            scales = [_full(launch.device is not None, len(g), grad_scale) for launch, g in work]
+        if found_inf is not None:  # the caller's device flag becomes this step's flag
+            plan.backend.copy_flag(found_inf, window.flags, slot)
         limit = self.clipping.limit
         scalars: dict = {}
         for (launch, g), scale in zip(work, scales):
-            t = self._step_of(positions, launch)
-            key = (launch.hyper, launch.decays, t)
-            if key not in scalars:
-                scalars[key] = self._scalars(launch.hyper, launch.decays, t)
+            rows = self._step_rows(positions, launch, window, slot, scalars)
             with launch.kind.launch_context(launch.device):
                 if self.hypers[launch.hyper].maximize:
                     scale = -1.0 if scale is None else -scale
-                plan.backend.step(self.spec, self.hypers[launch.hyper].flags, scalars[key],
+                plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
                                   launch.group, g, clip=GradClip(scale, limit))
-        self.found_inf = False
-        self.iterations += 1
-        if self.per_param_steps:
-            for pos in positions:
-                self.steps[pos] += 1
+        if window is not None:
+            window.push(positions, plan.backend.read_later(window.flags[slot: slot + 1]))
+            self._outcome = window.entries[-1]
+            return _Outcome(self, self._outcome)
+        self._confirm(positions, True)
         return True
 
-    def _step_of(self, positions, launch: Launch) -> int:
-        """The 1-based step ``launch``'s scalars are for."""
-        if not self.per_param_steps:
-            return self.iterations + 1
-        first = positions[0] if launch.members is None else positions[launch.members[0]]
-        return self.steps[first] + 1
+    def _device_window(self, backend, launch) -> Window:
+        """The flag ring of loss-scaled CUDA steps (made on the params' device at first use)."""
+        if self._window is None:
+            with launch.kind.launch_context(launch.device):
+                flags = backend.flag_ring(config.STEP_WINDOW + 1)
+            self._window = Window(flags, config.STEP_WINDOW)
+        return self._window
+
+    def _step_rows(self, positions, launch: Launch, window, slot: int, cache: dict):
+        """The scalar rows of ``launch``: each tensor's known step, and the steps in doubt.
+        With nothing in doubt (every CPU step) that is the one row of scalars."""
+        members = range(len(positions)) if launch.members is None else launch.members
+        pending = self._window if self._window is not None and self._window.entries else None
+
+        def scalars_of(t):
+            key = (launch.hyper, launch.decays, t)
+            if key not in cache:
+                cache[key] = self._scalars(launch.hyper, launch.decays, t)
+            return cache[key]
+
+        if self.per_param_steps:
+            base = [self._steps[positions[local]] + 1 for local in members]
+        else:
+            base = [self._iterations + 1] * len(members)
+        if pending is None and window is None and base.count(base[0]) == len(base):
+            return scalars_of(base[0])
+        if pending is None:
+            mask = [0] * len(base)
+        elif self.per_param_steps:
+            mask = [pending.mask(positions[local]) for local in members]
+        else:
+            mask = [(1 << len(pending.entries)) - 1] * len(base)
+        return step_rows(scalars_of, base, mask, pending or window, slot)
 
     def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
         hp = self.hypers[hyper].hyper
@@ -275,10 +419,12 @@ class Engine:
             raise ValueError("a param appears twice in one step")
         params = [self.params[pos] for pos in positions]
         for pos, p, g in zip(positions, params, grads):
-            _validate.check_pair(pos, p, g, self.spec)
+            _validate.check_pair(pos, p, g, self.spec, mode=self.storages[pos].mode)
         grads = [_validate.contiguous(g) for g in grads]
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
-        plan = self._plans[positions] = _Plan(backend, positions)
+        grad_dtypes = tuple(kind_of(g).dtype(g) for g in grads)
+        plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes,
+                                              tuple(g.dtype for g in grads))
         return plan, grads
 
     def launch_groups(self, positions=None, backend=None) -> list[Launch]:
@@ -287,13 +433,15 @@ class Engine:
         if backend is None:
             params = [self.params[pos] for pos in positions]
             backend = _validate.resolve_backend(self.backend, params, params, positions)
-        return self._launches(backend, positions)
+        return self._launches(backend, positions,
+                              tuple(self.storages[pos].param for pos in positions))
 
-    def _launches(self, backend, positions: tuple) -> list[Launch]:
-        """One launch per (hyperparameter group, device, dtype, weight decay, step count)."""
-        steps = (tuple(self.steps[pos] - self.steps[positions[0]] for pos in positions)
+    def _launches(self, backend, positions: tuple, grad_dtypes: tuple) -> list[Launch]:
+        """One launch per (hyperparameter group, device, storage with the grads' dtype,
+        weight decay, step count)."""
+        steps = (tuple(self._steps[pos] - self._steps[positions[0]] for pos in positions)
                  if self.per_param_steps else ())
-        key = (backend.name, positions, steps)
+        key = (backend.name, positions, steps, grad_dtypes)
         launches = self._launch_cache.get(key)
         if launches is not None:
             return launches
@@ -304,12 +452,14 @@ class Engine:
             group = self.group_of[pos]
             decay = bool(self.hypers[group].hyper.get("weight_decay"))
             relative = steps[local] if steps else 0
-            by_kind.setdefault((group, kind.device(p), kind.dtype(p),
+            st = self.storages[pos]
+            st = _storage.Storage(st.param, grad_dtypes[local], st.state, st.mode)
+            by_kind.setdefault((group, kind.device(p), st,
                                 not decay or self.decays[pos], relative), []).append(local)
         launches = []
-        for (group, device, dtype, decays, relative), members in by_kind.items():
+        for (group, device, st, decays, relative), members in by_kind.items():
             with kind_of(self.params[positions[members[0]]]).launch_context(device):
-                backend_group = backend.group(dtype, [self.params[positions[i]] for i in members],
+                backend_group = backend.group(st, [self.params[positions[i]] for i in members],
                                               [self.states[positions[i]] for i in members])
             whole = members == list(range(len(positions)))
             launches.append(Launch(None if whole else members, backend_group, group, decays,
@@ -320,23 +470,77 @@ class Engine:
 
 
 class _Plan:
-    """What a step over one set of positions reuses: the backend, and the positions whose
-    params let a grad skip the full checks."""
+    """What a step over one set of positions reuses: the backend, the positions whose
+    params let a grad skip the full checks, and the grads' dtypes they were checked with."""
 
-    __slots__ = ("backend", "positions")
+    __slots__ = ("backend", "positions", "grad_dtypes", "_library_dtypes")
 
-    def __init__(self, backend, positions: tuple):
-        self.backend, self.positions = backend, positions
+    def __init__(self, backend, positions: tuple, grad_dtypes: tuple, library_dtypes: tuple):
+        self.backend, self.positions, self.grad_dtypes = backend, positions, grad_dtypes
+        self._library_dtypes = library_dtypes  # the grads' own dtype objects: cheap to compare
 
     def takes(self, grads, params) -> bool:
-        """True when every grad has its param's layout (fusedopt._validate.same_layout)."""
+        """True when every grad has its param's layout and the dtype checked before
+        (fusedopt._validate.same_layout)."""
         same = _validate.same_layout
-        return all(same(g, params[pos]) for g, pos in zip(grads, self.positions))
+        return all(same(g, params[pos], d)
+                   for g, pos, d in zip(grads, self.positions, self._library_dtypes))
 
 
-def _as_grad_scale(grad_scale) -> float:
-    """``grad_scale`` as a float (a 0-d array or tensor is read), after checking it."""
+class _Outcome:
+    """Whether a step decided on the device was applied; its truth value waits for it."""
+
+    __slots__ = ("_engine", "_doubt")
+
+    def __init__(self, engine, doubt):
+        self._engine, self._doubt = engine, doubt
+
+    def __bool__(self) -> bool:
+        if self._doubt.applied is None:
+            self._engine._settle(wait=True)
+        return bool(self._doubt.applied)
+
+    def __repr__(self) -> str:
+        state = "in doubt" if self._doubt.applied is None else str(self._doubt.applied)
+        return f"<step outcome: {state}>"
+
+
+def _slot_dtypes(slots: tuple, st) -> tuple:
+    """(names, dtypes) of the state arrays a param of storage ``st`` holds."""
+    names, dtypes = list(slots), [st.state] * len(slots)
+    if st.master:
+        names.append(st.master[0])
+        dtypes.append(st.master[1])
+    return names, dtypes
+
+
+def _new_state(param, slots: tuple, st, init: float) -> list:
+    """State arrays beside ``param``: the slots filled with ``init``, then the master slot
+    (the param widened to float32, or zero remainders: a bf16 value splits exactly)."""
+    kind = kind_of(param)
+    made = [kind.zeros(param, st.state, init) for _ in slots]
+    if st.mode == "master":
+        made.append(kind.astype(param, "float32"))
+    elif st.mode == "remainder":
+        made.append(kind.zeros(param, "int16"))
+    return made
+
+
+def _on_host(value) -> bool:
+    """A number, or an array in host memory (reading it costs no wait)."""
+    if isinstance(value, (numbers.Number, np.ndarray, np.generic)):
+        return True
+    return not (hasattr(value, "__cuda_array_interface__") or type(value).__module__
+                .split(".")[0] == "cupy" or (kind_of(value).is_array(value)
+                                             and kind_of(value).on_device(value)))
+
+
+def _as_grad_scale(grad_scale):
+    """``grad_scale`` as a float (a host 0-d array is read), after checking it; a device
+    0-d array is kept as is (reading it would wait for the device; it is not checked)."""
     value = grad_scale
+    if not _on_host(value) and getattr(value, "shape", None) in ((), (1,)):
+        return value
     if not isinstance(value, (numbers.Real, str)) and getattr(value, "shape", None) == ():
         value = float(value)
     ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
@@ -347,15 +551,16 @@ def _as_grad_scale(grad_scale) -> float:
     return float(value)
 
 
-def _all_finite(sums) -> bool:
-    """Whether every per-tensor sum of squares is finite (no inf or NaN in any grad)."""
-    for s in sums:
-        xp = np if isinstance(s, np.ndarray) else _module_of(s)
-        if s.size and not bool(xp.isfinite(s).all()):
-            return False
-    return True
+def _any(flags) -> bool:
+    """Whether any per-tensor inf/NaN flag is set (a host read of a device array)."""
+    return bool(flags.any()) if flags.size else False
 
 
-def _module_of(array):
-    import cupy
-    return cupy
+def _full(on_device: bool, n: int, grad_scale):
+    """``n`` copies of 1/grad_scale (float64): in host memory for the CPU backends (whatever
+    the arrays' library), else as a CuPy array on the current device."""
+    if on_device:
+        import cupy as xp
+    else:
+        xp = np
+    return xp.zeros(n, np.float64) + 1.0 / xp.asarray(grad_scale, np.float64)

@@ -1,7 +1,10 @@
-"""A group: the params of one dtype that one backend updates in one call.
+"""A group: the params of one storage (fusedopt/_storage.py) that one backend updates in one
+call.
 
-It owns what stays the same from step to step - the param and state addresses, sizes and
-the launch table - so that a step only looks at its gradients.
+It owns what stays the same from step to step - the param and state addresses (the master
+slot, if any, last), sizes and the launch table - so that a step only looks at its
+gradients. The grads' dtype is the step's: ``storage.grad`` is the param's until a step
+says otherwise (:func:`step_storage`).
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._arrays import kind_of
+from ._storage import Storage, default_state_dtype
 from ._table import Table
 
 
 @dataclass
 class Group:
-    dtype: str
+    storage: Storage
     params: list
     states: list            # states[i]: the slot arrays of params[i], in kernel order
     chunk: int
@@ -33,11 +37,40 @@ class Group:
         self.table = Table(self.fixed, self.sizes, self.chunk, self.pack)
 
     @property
+    def dtype(self) -> str:
+        """The params' dtype."""
+        return self.storage.param
+
+    @property
     def n_slots(self) -> int:
+        """Slot rows of the table: the optimizer's slots and the master slot."""
         return self.fixed.shape[0] - 2
 
 
-def make_group(dtype, params, states, chunk, address, pack: bool = False) -> Group:
+def as_storage(storage) -> Storage:
+    """``storage``, or for a dtype name its default storage (grads of the param's dtype,
+    the default state dtype, no master)."""
+    if isinstance(storage, Storage):
+        return storage
+    return Storage(storage, storage, default_state_dtype(storage))
+
+
+def step_storage(group: Group, grads) -> Storage:
+    """The group's storage with the grads of this step (all of one dtype)."""
+    if not grads:
+        return group.storage
+    seen = group.scratch.setdefault("storage_by_grad", {})  # grad dtype object -> Storage
+    key = getattr(grads[0], "dtype", None)
+    found = seen.get(key)
+    if found is None:
+        grad = kind_of(grads[0]).dtype(grads[0])
+        st = group.storage
+        found = st if grad == st.grad else Storage(st.param, grad, st.state, st.mode)
+        seen[key] = found
+    return found
+
+
+def make_group(storage, params, states, chunk, address, pack: bool = False) -> Group:
     n_slots = len(states[0]) if states else 0
     fixed = np.zeros((2 + n_slots, len(params)), dtype=np.int64)
     for t, (p, slots) in enumerate(zip(params, states)):
@@ -45,7 +78,8 @@ def make_group(dtype, params, states, chunk, address, pack: bool = False) -> Gro
         for k, s in enumerate(slots):
             fixed[2 + k, t] = address(s)
     sizes = np.array([kind_of(p).size(p) for p in params], dtype=np.int64)
-    return Group(dtype, list(params), [list(s) for s in states], chunk, fixed, sizes, pack)
+    return Group(as_storage(storage), list(params), [list(s) for s in states], chunk, fixed,
+                 sizes, pack)
 
 
 def step_table(group: Group, grads, address) -> np.ndarray:

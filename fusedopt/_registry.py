@@ -18,15 +18,13 @@ import numpy as np
 from . import _unfused
 from ._cpu import rules
 from ._hyper import Hyper, at_least, boolean, in_range, learning_rate, optional
+from ._storage import PARAM_DTYPES, Storage, all_storages, default_state_dtype
 
 KERAS, TORCH_L2, TORCH_DECOUPLED = rules.KERAS, rules.TORCH_L2, rules.TORCH_DECOUPLED
 CONVENTIONS = ("keras", "torch")
 
-#: Storage dtypes every optimizer supports; state is kept in the compute type.
-DTYPES = ("float32", "float64")
-
-#: CUDA type names of the storage dtypes.
-CUDA_TYPES = {"float32": "float", "float64": "double"}
+#: Param dtypes every optimizer supports (fusedopt/_storage.py: grads, state, masters).
+DTYPES = PARAM_DTYPES
 
 
 @dataclass(frozen=True)
@@ -62,13 +60,18 @@ class OptimizerSpec:
     def max_slots(self) -> int:
         return max(len(self.slots(f)) for f in self.all_flags)
 
-    def entry(self, dtype: str, flags: tuple[int, ...]) -> str:
-        """The CUDA name expression for this variant, e.g. ``adam<float, 0, 1>``."""
-        return f"{self.kernel}<{', '.join([CUDA_TYPES[dtype], *map(str, flags)])}>"
+    def entry(self, storage: Storage | str, flags: tuple[int, ...]) -> str:
+        """The CUDA name expression for this variant and storage, e.g.
+        ``adam<__nv_bfloat16, __nv_bfloat16, float, 0, 0, 1>``. A dtype name stands for
+        its default storage (grads of the param's dtype, default state, no master)."""
+        if isinstance(storage, str):
+            storage = Storage(storage, storage, default_state_dtype(storage))
+        return f"{self.kernel}<{', '.join([storage.template_args(), *map(str, flags)])}>"
 
-    def entries(self) -> list[tuple[str, tuple[int, ...], str]]:
-        """Every (dtype, flags, name expression) the runtime can request."""
-        return [(d, f, self.entry(d, f)) for d in self.dtypes for f in self.all_flags]
+    def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
+        """Every (storage, flags, name expression) the runtime can request."""
+        return [(st, f, self.entry(st, f)) for st in all_storages()
+                if st.param in self.dtypes for f in self.all_flags]
 
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hypers}

@@ -76,6 +76,9 @@ class TorchKind(_arrays.Kind):
     def contiguous(self, a):
         return a.contiguous()
 
+    def astype(self, a, dtype: str):
+        return a.detach().to(_DTYPES[dtype]).contiguous()
+
     def to_host(self, a) -> np.ndarray:
         a = a.detach().to("cpu")
         if a.dtype == torch.bfloat16:

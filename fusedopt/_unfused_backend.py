@@ -1,11 +1,18 @@
-"""Unfused backend: the registry's array expressions, one tensor at a time."""
+"""Unfused backend: the registry's array expressions, one tensor at a time.
+
+16-bit storage the way an unfused program does it: the param, grad and state are widened
+to the compute type as whole arrays, the expressions run on those copies, and the results
+are rounded back (to nearest even, by the array library; a master's 16-bit copy to nearest
+with ties away, as the fused backends do).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from ._clip import NO_CLIP, GradClip
-from ._group import Group
+from ._group import Group, as_storage, step_storage
+from ._steps import as_rows
 
 name = "unfused"
 
@@ -21,16 +28,24 @@ def accepts(array) -> bool:
     return True
 
 
-def group(dtype, params, states) -> Group:
-    return Group(dtype, list(params), [list(s) for s in states], 0,
+def group(storage, params, states) -> Group:
+    return Group(as_storage(storage), list(params), [list(s) for s in states], 0,
                  np.zeros((2 + (len(states[0]) if states else 0), 0), np.int64),
                  np.zeros(0, np.int64))
 
 
+def grad_pass(group: Group, grads):
+    """(sum of g**2 of each grad in float64, True where a grad holds an inf or NaN)."""
+    xp = _xp(grads[0])
+    wide = [g.astype(xp.float64) for g in grads]
+    sums = xp.stack([xp.sum(g * g) for g in wide])
+    bad = xp.stack([~xp.isfinite(g).all() for g in wide])
+    return sums, bad
+
+
 def sum_squares(group: Group, grads):
     """Sum of g**2 of each grad (float64, on the grads' device), for clipping by norm."""
-    xp = _xp(grads[0])
-    return xp.stack([xp.sum(g * g, dtype=xp.float64) for g in grads])
+    return grad_pass(group, grads)[0]
 
 
 def _clipped(xp, g, scale, limit, compute):
@@ -42,14 +57,54 @@ def _clipped(xp, g, scale, limit, compute):
     return g
 
 
-def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
-    compute = np.dtype(group.dtype).type
-    h = tuple(compute(x) for x in scalars)
+def _nearest_away(xp, master, dtype):
+    """float32 ``master`` rounded to the 16-bit ``dtype``, ties away from zero."""
+    even = master.astype(dtype)
+    back = even.astype(np.float32)
+    up = (even.view(np.uint16) + np.uint16(1)).view(dtype)
+    tie = xp.isfinite(master) & (xp.abs(master) > xp.abs(back)) & (
+        xp.abs(master).astype(np.float64) - xp.abs(back).astype(np.float64)
+        == xp.abs(up.astype(np.float64)) - xp.abs(master).astype(np.float64))
+    return xp.where(tie, up, even)
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    st = step_storage(group, grads)
+    compute = np.dtype(st.compute).type
+    h = tuple(compute(x) for x in as_rows(steps, len(group.params)).scalars())
+    n_slots = len(spec.slots(flags))
     for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
         xp = _xp(p)
+        g = _widened(g, compute)
         if clip.active:
             scale = clip.scales
             if scale is not None and not isinstance(scale, float):
                 scale = scale[t]
             g = _clipped(xp, g, scale, clip.limit, compute)
-        spec.unfused(xp, p, g, slots, h, flags)
+        state = [_widened(s, compute) for s in slots[:n_slots]]
+        if st.mode == "master":
+            work = slots[n_slots]
+        elif st.mode == "remainder":
+            bits = (p.view(np.uint16).astype(np.uint32) << 16) + \
+                slots[n_slots].astype(np.int32).view(np.uint32)
+            work = bits.view(np.float32)
+        else:
+            work = _widened(p, compute)
+        spec.unfused(xp, work, g, state, h, flags)
+        for s, new in zip(slots, state):
+            if new is not s:
+                s[...] = new.astype(s.dtype)
+        if st.mode == "master":
+            p[...] = _nearest_away(xp, work, p.dtype)
+        elif st.mode == "remainder":
+            hi = _nearest_away(xp, work, p.dtype)
+            p[...] = hi
+            low = work.view(np.uint32) - (hi.view(np.uint16).astype(np.uint32) << 16)
+            slots[n_slots][...] = low.astype(np.uint16).view(np.int16)
+        elif work is not p:
+            p[...] = work.astype(p.dtype)
+
+
+def _widened(a, compute):
+    """``a`` itself when it is of the compute type, else a widened copy."""
+    return a if a.dtype == np.dtype(compute) else a.astype(compute)

@@ -8,13 +8,15 @@ CuPy and the front doors' own arrays.
 
 from __future__ import annotations
 
-from . import _dispatch
+from . import _dispatch, _storage
 from ._arrays import kind_of
 from ._registry import OptimizerSpec
 
 
-def check_pair(position: int, param, grad, spec: OptimizerSpec, where: str = "") -> None:
-    """Raise a clear error naming ``position`` if (param, grad) cannot be updated."""
+def check_pair(position: int, param, grad, spec: OptimizerSpec, where: str = "",
+               mode: str = "plain") -> None:
+    """Raise a clear error naming ``position`` if (param, grad) cannot be updated (``mode``:
+    how the param is kept, which decides the grad dtypes it takes)."""
     where = where or f"param {position}"
     for what, a in (("param", param), ("grad", grad)):
         if not kind_of(a).is_array(a):
@@ -24,14 +26,12 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec, where: str = "")
     dtype = pk.dtype(param)
     if dtype not in spec.dtypes:
         raise TypeError(f"{where} has dtype {dtype}; {spec.name} supports "
-                        f"{', '.join(spec.dtypes)}: convert with .astype(np.float32) and keep "
-                        "the float32 copy as the master weights")
+                        f"{', '.join(spec.dtypes)} params: convert with .astype(np.float32) "
+                        "(or ml_dtypes.bfloat16)")
     if pk.shape(param) != gk.shape(grad):
         raise ValueError(f"{where}: param and grad shapes differ: {pk.shape(param)} vs "
                          f"{gk.shape(grad)}")
-    if gk.dtype(grad) != dtype:
-        raise TypeError(f"{where}: grad dtype {gk.dtype(grad)} differs from param "
-                        f"dtype {dtype}; cast the grad with .astype({dtype})")
+    _storage.check_grad(where, dtype, gk.dtype(grad), mode)
     if not pk.writeable(param):
         raise ValueError(f"{where} is read-only; fusedopt updates params in place, so pass a "
                          "writeable array (e.g. param.copy())")
@@ -83,12 +83,14 @@ def contiguous(grad):
     return grad if kind.c_contiguous(grad) else kind.contiguous(grad)
 
 
-def same_layout(grad, param) -> bool:
-    """The usual step's grad: an array of its param's type, dtype and shape, C-contiguous,
-    with the param still writeable and C-contiguous. Anything else takes the full checks."""
+def same_layout(grad, param, grad_dtype=None) -> bool:
+    """The usual step's grad: an array of its param's type and shape, of ``grad_dtype``
+    (its library's dtype object; default: the param's dtype), C-contiguous, with the param
+    still writeable and C-contiguous. Anything else takes the full checks."""
     try:
-        if type(grad) is not type(param) or grad.dtype != param.dtype \
-                or grad.shape != param.shape:
+        if type(grad) is not type(param) or grad.shape != param.shape:
+            return False
+        if grad.dtype != (param.dtype if grad_dtype is None else grad_dtype):
             return False
         kind = kind_of(param)
         return kind.c_contiguous(grad) and kind.c_contiguous(param) and kind.writeable(param)

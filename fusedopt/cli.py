@@ -87,7 +87,7 @@ def bench_settings(args):
         sizes, dtypes, repeats = sweep.QUICK_SIZES, ("float32",), sweep.QUICK_REPEATS
     else:
         optimizers, sizes = tuple(REGISTRY), sweep.default_sizes(backend)
-        dtypes, repeats = DTYPES, sweep.DEFAULT_REPEATS
+        dtypes, repeats = ("float32", "float64"), sweep.DEFAULT_REPEATS
     optimizers = args.optimizer or optimizers
     for name in optimizers:
         if name.lower().replace("_", "") not in REGISTRY:

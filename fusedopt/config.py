@@ -21,8 +21,20 @@ FLAT_ALIGN_BYTES = 64
 #: Compute capability the kernels are compiled for when the device is unknown (gates, tools).
 GATE_ARCHS = ("sm_80", "sm_90")
 
-#: Register budget per thread the machine-code gate enforces.
+#: Register budget per thread the machine-code gate enforces (float compute: 64 keeps half
+#: the threads of an sm_80/sm_90 SM resident).
 REGISTER_BUDGET = 64
+
+#: The budget of float64 kernels, whose values take two registers each. Their scalars are
+#: chosen on the device per step (kernels/steps.cuh) and held in registers, and the
+#: five-operand ones (AMSGrad, centered RMSprop with momentum) need up to 72: 3 blocks of
+#: 256 threads per SM, whose loads in flight (2 elements of 5 operands per thread) still
+#: cover the bandwidth-delay product of an A100 or H100.
+REGISTER_BUDGET_FLOAT64 = 72
+
+#: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/_steps.py): the host
+#: reads their flags without waiting, and waits only when this many are still unread.
+STEP_WINDOW = 32
 
 #: NVRTC options shared by the runtime and the compile gate. No fast-math: it would swap
 #: IEEE sqrt and division for approximations and break agreement with the references.

@@ -175,16 +175,17 @@ class FlatParams:
         return repr(self.names[i]) if self.names is not None else str(i)
 
     # --- stepping ---------------------------------------------------------------------------
-    def step(self, opt) -> int:
+    def step(self, opt, grad_scale=None) -> int:
         """One step of ``opt`` over the whole arena; returns ``opt.iterations``.
 
         The first step builds ``opt`` for the arena's segments (its state is flat too, one
-        array per segment and slot); ``opt`` then belongs to this arena.
+        array per segment and slot); ``opt`` then belongs to this arena. ``grad_scale``: as
+        ``opt.apply_gradients``.
         """
         bound = self._pairs.get(opt)
         if bound is None:
             bound = self._pairs[opt] = self._bind(opt)
-        return opt.apply_gradients(bound[0])
+        return opt.apply_gradients(bound[0], grad_scale=grad_scale)
 
     def _segments(self, opt) -> list[tuple[str, int, int, bool]]:
         """(dtype, start, stop, decays): maximal runs of params in buffer order that all get
@@ -239,7 +240,7 @@ class FlatParams:
                      if sd == d and a <= off and off + size <= b)
             a = segments[k][1]
             views.append({n: s[off - a: off - a + size].reshape(self.shapes[i])
-                          for n, s in zip(opt.slot_names, opt._engine.states[k])})
+                          for n, s in zip(opt._engine.slot_names(k), opt._engine.states[k])})
         return dict(zip(self.names, views)) if self.names is not None else views
 
 

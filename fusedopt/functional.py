@@ -2,23 +2,29 @@
 
 ``update(name, params, grads, states, step=t, **hyper)`` runs one fused step of registered
 optimizer ``name`` over lists of arrays; ``adam_step`` and friends are shorthands for one
-tensor. State arrays are updated in place and must match their param's shape and dtype.
+tensor. State arrays are updated in place and must match their param's shape; their dtype
+is the state dtype (fusedopt/_storage.py: float32 or bfloat16 beside 16-bit and float32
+params, float64 beside float64 ones), the same for every array of the call.
 """
 
 from __future__ import annotations
 
-from . import _validate
+from . import _storage, _validate
+from ._arrays import kind_of
 from ._clip import Clipping
 from ._engine import Engine
 from ._registry import CONVENTIONS, lookup
 
 
 def update(name, params, grads, states, *, step, convention="keras", backend="auto",
-           clipnorm=None, global_clipnorm=None, clipvalue=None, grad_scale=None, **hyper):
+           clipnorm=None, global_clipnorm=None, clipvalue=None, grad_scale=None,
+           master_weights=False, **hyper):
     """One step of optimizer ``name`` at 1-based ``step`` over lists of arrays, in place.
 
     ``states[i]`` is the list of state arrays of ``params[i]`` in slot order (for Adam:
-    m, v, and vhat with amsgrad). Unspecified hyperparameters take Keras' defaults.
+    m, v, and vhat with amsgrad), then, with ``master_weights`` True or "remainder", the
+    param's float32 master or int16 remainder. The state dtype is the arrays' (checked:
+    one for the whole call). Unspecified hyperparameters take Keras' defaults.
     ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` clip the grads as Keras does (at
     most one; ``global_clipnorm`` spans every grad of this call), without modifying them.
     ``grad_scale``: the grads carry this loss scale and are divided by it in the pass; if
@@ -31,17 +37,40 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
     if not isinstance(step, int) or step < 1:
         raise ValueError(f"step is the 1-based step count, an int >= 1, got {step!r}")
-    engine = Engine(spec, convention, backend=backend, clipping=clipping)
-    engine.add_group(hyper, where="")
     params, grads, states = list(params), list(grads), [list(s) for s in states]
     if not len(params) == len(grads) == len(states):
         raise ValueError(f"got {len(params)} params, {len(grads)} grads and {len(states)} "
                          "state lists; they must match one to one")
+    mode = _storage.mode_of(master_weights)
+    engine = Engine(spec, convention, backend=backend, clipping=clipping,
+                    state_dtype=_state_dtype(params, states, mode),
+                    master_weights=master_weights)
+    engine.add_group(hyper, where="")
     for i, (p, g) in enumerate(zip(params, grads)):  # grads checked before anything is held
-        _validate.check_pair(i, p, g, spec)
+        _validate.check_pair(i, p, p, spec)
+        _validate.check_pair(i, p, g, spec, mode=engine.storage_of(i, p).mode)
     engine.add_params(params, states=states)
     engine.iterations = step - 1
     return engine.step(grads, grad_scale=grad_scale)
+
+
+def _state_dtype(params, states, mode: str):
+    """The state dtype the arrays say: None when every param's state is in its default
+    dtype (so float32 and float64 params may share a call), else the dtype of the first
+    optimizer slot given; the engine then checks every array against it."""
+    extra = 0 if mode == "plain" else 1
+    found = []
+    for p, slots in zip(params, states):
+        if len(slots) > extra and kind_of(slots[0]).is_array(slots[0]) and \
+                kind_of(p).is_array(p):
+            found.append((kind_of(p).dtype(p), kind_of(slots[0]).dtype(slots[0])))
+    if all(state == _default(param) for param, state in found):
+        return None
+    return found[0][1]
+
+
+def _default(param: str):
+    return _storage.default_state_dtype(param) if param in _storage.PARAM_DTYPES else None
 
 
 def adam_step(param, grad, m, v, vhat=None, *, step, learning_rate=0.001, beta_1=0.9,

@@ -15,6 +15,11 @@ struct AdadeltaRule {
     Decay<C> decay;
     C rho, one_minus_rho, eps;
 
+    static constexpr int n_scalars = 6;
+    static FUSEDOPT_DEVICE AdadeltaRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& eg = s[0];
@@ -29,12 +34,8 @@ struct AdadeltaRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F>
-__global__ void adadelta(const long long* __restrict__ table, int n_tensors, long long chunk,
-                         fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                         fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> rho,
-                         fusedopt::compute_t<T> one_minus_rho, fusedopt::compute_t<T> eps) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::AdadeltaRule<C, F> rule{{lr, wd, wd_factor}, rho, one_minus_rho, eps};
-    fusedopt::apply_chunk<T, 2>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F>
+__global__ void adadelta(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 2, fusedopt::AdadeltaRule<C, F>);
 }

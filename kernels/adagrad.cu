@@ -13,6 +13,11 @@ struct AdagradRule {
     Decay<C> decay;
     C eps, step;
 
+    static constexpr int n_scalars = 5;
+    static FUSEDOPT_DEVICE AdagradRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& acc = s[0];
@@ -27,12 +32,8 @@ struct AdagradRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F>
-__global__ void adagrad(const long long* __restrict__ table, int n_tensors, long long chunk,
-                        fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                        fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> eps,
-                        fusedopt::compute_t<T> step) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::AdagradRule<C, F> rule{{lr, wd, wd_factor}, eps, step};
-    fusedopt::apply_chunk<T, 1>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F>
+__global__ void adagrad(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::AdagradRule<C, F>);
 }

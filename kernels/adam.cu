@@ -15,6 +15,11 @@ struct AdamRule {
     Decay<C> decay;
     C b1, b2, one_minus_b1, one_minus_b2, eps, step, bc2_sqrt;
 
+    static constexpr int n_scalars = 10;
+    static FUSEDOPT_DEVICE AdamRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6], h[7], h[8], h[9]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& m = s[0];
@@ -41,15 +46,8 @@ struct AdamRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F, int AMSGRAD>
-__global__ void adam(const long long* __restrict__ table, int n_tensors, long long chunk,
-                     fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                     fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> b1,
-                     fusedopt::compute_t<T> b2, fusedopt::compute_t<T> one_minus_b1,
-                     fusedopt::compute_t<T> one_minus_b2, fusedopt::compute_t<T> eps,
-                     fusedopt::compute_t<T> step, fusedopt::compute_t<T> bc2_sqrt) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::AdamRule<C, F, AMSGRAD> rule{{lr, wd, wd_factor}, b1, b2, one_minus_b1,
-                                                 one_minus_b2, eps, step, bc2_sqrt};
-    fusedopt::apply_chunk<T, AMSGRAD ? 3 : 2>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F, int AMSGRAD>
+__global__ void adam(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, AMSGRAD ? 3 : 2, fusedopt::AdamRule<C, F, AMSGRAD>);
 }

@@ -14,6 +14,11 @@ struct AdamaxRule {
     Decay<C> decay;
     C b2, one_minus_b1, eps, bc1, clr;
 
+    static constexpr int n_scalars = 8;
+    static FUSEDOPT_DEVICE AdamaxRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6], h[7]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& m = s[0];
@@ -34,13 +39,8 @@ struct AdamaxRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F>
-__global__ void adamax(const long long* __restrict__ table, int n_tensors, long long chunk,
-                       fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                       fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> b2,
-                       fusedopt::compute_t<T> one_minus_b1, fusedopt::compute_t<T> eps,
-                       fusedopt::compute_t<T> bc1, fusedopt::compute_t<T> clr) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::AdamaxRule<C, F> rule{{lr, wd, wd_factor}, b2, one_minus_b1, eps, bc1, clr};
-    fusedopt::apply_chunk<T, 2>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F>
+__global__ void adamax(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 2, fusedopt::AdamaxRule<C, F>);
 }

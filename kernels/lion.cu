@@ -13,6 +13,11 @@ struct LionRule {
     Decay<C> decay;
     C b1, b2, one_minus_b1, one_minus_b2;
 
+    static constexpr int n_scalars = 7;
+    static FUSEDOPT_DEVICE LionRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& m = s[0];
@@ -26,13 +31,8 @@ struct LionRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F>
-__global__ void lion(const long long* __restrict__ table, int n_tensors, long long chunk,
-                     fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                     fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> b1,
-                     fusedopt::compute_t<T> b2, fusedopt::compute_t<T> one_minus_b1,
-                     fusedopt::compute_t<T> one_minus_b2) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::LionRule<C, F> rule{{lr, wd, wd_factor}, b1, b2, one_minus_b1, one_minus_b2};
-    fusedopt::apply_chunk<T, 1>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F>
+__global__ void lion(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::LionRule<C, F>);
 }

@@ -19,6 +19,11 @@ struct NadamRule {
     Decay<C> decay;
     C b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g;
 
+    static constexpr int n_scalars = 10;
+    static FUSEDOPT_DEVICE NadamRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6], h[7], h[8], h[9]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& m = s[0];
@@ -39,15 +44,8 @@ struct NadamRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F>
-__global__ void nadam(const long long* __restrict__ table, int n_tensors, long long chunk,
-                      fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                      fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> b2,
-                      fusedopt::compute_t<T> one_minus_b1, fusedopt::compute_t<T> one_minus_b2,
-                      fusedopt::compute_t<T> eps, fusedopt::compute_t<T> bc2,
-                      fusedopt::compute_t<T> c_m, fusedopt::compute_t<T> c_g) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::NadamRule<C, F> rule{{lr, wd, wd_factor}, b2, one_minus_b1, one_minus_b2,
-                                         eps, bc2, c_m, c_g};
-    fusedopt::apply_chunk<T, 2>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F>
+__global__ void nadam(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 2, fusedopt::NadamRule<C, F>);
 }

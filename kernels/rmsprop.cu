@@ -18,6 +18,11 @@ struct RmspropRule {
     Decay<C> decay;
     C rho, one_minus_rho, momentum, eps;
 
+    static constexpr int n_scalars = 7;
+    static FUSEDOPT_DEVICE RmspropRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         C& v = s[0];
@@ -51,14 +56,8 @@ struct RmspropRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F, int MOMENTUM, int CENTERED>
-__global__ void rmsprop(const long long* __restrict__ table, int n_tensors, long long chunk,
-                        fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                        fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> rho,
-                        fusedopt::compute_t<T> one_minus_rho, fusedopt::compute_t<T> momentum,
-                        fusedopt::compute_t<T> eps) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::RmspropRule<C, F, MOMENTUM, CENTERED> rule{{lr, wd, wd_factor}, rho,
-                                                              one_minus_rho, momentum, eps};
-    fusedopt::apply_chunk<T, 1 + MOMENTUM + CENTERED>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F, int MOMENTUM, int CENTERED>
+__global__ void rmsprop(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, 1 + MOMENTUM + CENTERED, fusedopt::RmspropRule<C, F, MOMENTUM, CENTERED>);
 }

@@ -17,6 +17,11 @@ struct SgdRule {
     Decay<C> decay;
     C momentum, grad_scale;
 
+    static constexpr int n_scalars = 5;
+    static FUSEDOPT_DEVICE SgdRule from(const C* h) {
+        return {{h[0], h[1], h[2]}, h[3], h[4]};
+    }
+
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         weight_decay<F>(p, g, decay);
         if (!MOMENTUM) {
@@ -36,13 +41,8 @@ struct SgdRule {
 
 }  // namespace fusedopt
 
-template <typename T, int F, int MOMENTUM, int NESTEROV>
-__global__ void sgd(const long long* __restrict__ table, int n_tensors, long long chunk,
-                    fusedopt::compute_t<T> lr, fusedopt::compute_t<T> wd,
-                    fusedopt::compute_t<T> wd_factor, fusedopt::compute_t<T> momentum,
-                    fusedopt::compute_t<T> grad_scale) {
-    using C = fusedopt::compute_t<T>;
-    const fusedopt::SgdRule<C, F, MOMENTUM, NESTEROV> rule{{lr, wd, wd_factor}, momentum,
-                                                          grad_scale};
-    fusedopt::apply_chunk<T, MOMENTUM ? 1 : 0>(table, n_tensors, chunk, rule);
+template <typename P, typename G, typename S, int MODE, int F, int MOMENTUM, int NESTEROV>
+__global__ void sgd(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY(P, G, S, MODE, MOMENTUM ? 1 : 0, fusedopt::SgdRule<C, F, MOMENTUM, NESTEROV>);
 }

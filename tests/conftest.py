@@ -55,6 +55,9 @@ def nvrtc_compiled(cuda_cache_dir):
     pytest.importorskip("cuda.bindings.nvrtc",
                         reason="the CUDA gates need cuda-bindings: pip install fusedopt[cudacheck]")
     from fusedopt._cuda import nvrtc
+    # Every family and architecture at once, one compile per core: the gates' cold cost is
+    # NVRTC's, and it compiles a program on one core.
+    nvrtc.compile_all(cuda_cache_dir / "nvrtc", workers=os.cpu_count() or 1)
 
     @functools.lru_cache(maxsize=None)
     def compiled(family, arch):
@@ -62,12 +65,22 @@ def nvrtc_compiled(cuda_cache_dir):
     return compiled
 
 
+@pytest.fixture(scope="session")
+def host_built(cuda_cache_dir):
+    """Every kernel family built for the host once, one g++ per core."""
+    from cuda_host import build
+    from fusedopt._cuda import launch
+    build.build_all(launch.all_entry_points(), cuda_cache_dir / "host",
+                    workers=os.cpu_count() or 1)
+    return cuda_cache_dir / "host"
+
+
 @pytest.fixture
-def host_cuda(cuda_cache_dir):
+def host_cuda(host_built):
     """The CUDA backend on the host: kernels built with g++, run on NumPy arrays."""
     from cuda_host import HostRuntime
     from fusedopt._cuda import runtime
-    host = HostRuntime(cuda_cache_dir / "host")
+    host = HostRuntime(host_built)
     previous = runtime.install(host)
     yield host
     runtime.install(previous)

@@ -176,3 +176,57 @@ def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):
     if clipvalue:
         return [np.clip(g, -clipvalue, clipvalue) for g in grads]
     return grads
+
+
+# --- storage: 16-bit params and state ---------------------------------------------------------
+
+def as_dtype(name):
+    """NumPy's dtype for a storage dtype name (bfloat16 is ml_dtypes')."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def rounded(x, dtype):
+    """``x`` (float64) stored as ``dtype`` once, to nearest even, and read back exactly
+    (NumPy and ml_dtypes round float64 to float16/bfloat16 directly, not through float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(x, np.float64).astype(as_dtype(dtype)).astype(np.float64)
+
+
+def stored_step(name, p, g, state, t, hp, convention, param_dtype, state_dtype,
+                exact=None):
+    """One step of the float64 reference with the storage roundings of a fused step: the
+    param rounded once to ``param_dtype`` and every state array once to ``state_dtype``,
+    at the end of the step; a state that starts at a nonzero value starts at that value
+    rounded (Adagrad's accumulator). ``state`` is updated in place; returns the new param.
+    ``exact``, a dict, receives the values before their rounding ("param" and the slots).
+    """
+    if t == 1 and "initial_accumulator_value" in hp:
+        hp = dict(hp, initial_accumulator_value=float(
+            rounded(hp["initial_accumulator_value"], state_dtype)))
+    new = step(name, p, g, state, t, hp, convention)
+    for key, value in state.items():
+        if isinstance(value, np.ndarray):
+            if exact is not None:
+                exact[key] = value
+            state[key] = rounded(value, state_dtype)
+    if exact is not None:
+        exact["param"] = new
+    return rounded(new, param_dtype)
+
+
+def nearest_away(x, dtype):
+    """``x`` (float64 or float32) rounded to the 16-bit ``dtype`` to nearest with ties away
+    from zero (a master weight's 16-bit copy), read back as float64. From nearest even:
+    where ``x`` lies exactly halfway to the neighbour farther from zero, that neighbour."""
+    dt = as_dtype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = np.asarray(x, np.float64)
+        even = x.astype(dt)
+        back = even.astype(np.float64)
+        farther = (even.view(np.uint16) + np.uint16(1)).view(dt).astype(np.float64)
+        tie = (np.isfinite(x) & np.isfinite(back) & (np.abs(x) > np.abs(back))
+               & (np.abs(x) - np.abs(back) == np.abs(farther) - np.abs(x)))
+    return np.where(tie, farther, back)

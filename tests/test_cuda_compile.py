@@ -6,6 +6,8 @@ and options ``cupy.RawModule`` uses are compiled with NVRTC, with every name exp
 added; the gate fails on an error, on any warning, and on an entry point with no kernel.
 """
 
+from pathlib import Path
+
 import pytest
 
 from cuda_host import probes
@@ -48,3 +50,30 @@ def test_warning_fails_the_gate(cuda_cache_dir):
     assert compiled.ok, compiled.log
     problems = compiled.problems()
     assert len(problems) == 1 and "warnings" in problems[0] and "unused" in problems[0]
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_gate_finds_the_16bit_headers_where_cupy_does(monkeypatch):
+    """cuda_bf16.h and cuda_fp16.h come from the folder ``cupy.RawModule`` adds with -I
+    (the nvidia-cuda-runtime wheel's include folder): the gate adds the same one."""
+    pytest.importorskip("cupy", reason="the compile gate needs CuPy (the cudacheck extra)")
+    import cupy._core.core as core
+    import cupy.cuda.compiler as compiler
+
+    seen = {}
+
+    def capture(source_text, options=(), **kwargs):
+        seen["options"] = options
+        raise _Captured
+
+    monkeypatch.setattr(compiler, "_compile_module_with_cache", capture)
+    with pytest.raises(_Captured):  # CuPy's RawModule path, stopped before it needs a GPU
+        core.compile_with_cache(source.source("adam"), options=source.options(),
+                                prepend_cupy_headers=False)
+    includes = {f"-I{folder}" for folder in source.include_dirs()}
+    assert includes <= set(seen["options"]), (includes, seen["options"])
+    assert includes <= set(nvrtc.gate_options("sm_80"))
+    assert all(Path(folder, "cuda_bf16.h").is_file() for folder in source.include_dirs())

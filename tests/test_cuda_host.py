@@ -18,7 +18,7 @@ STEPS = 10
 SPECS = list(REGISTRY.values())
 
 #: (spec, dtype, variant) for every registered optimizer, dtype and on/off combination.
-VARIANTS = [(spec, dtype, v) for spec in SPECS for dtype in spec.dtypes
+VARIANTS = [(spec, dtype, v) for spec in SPECS for dtype in compare.BASE_DTYPES
             for v in compare.variants(spec)]
 
 #: Tail and block paths without the big tensor (which test_awkward_sizes runs).
@@ -55,9 +55,11 @@ def _with_misaligned(shapes):
 
 
 def test_every_entry_point_runs_on_the_host():
-    """The variants below reach every optimizer entry point the runtime can request."""
+    """The variants below reach every default-storage optimizer entry point of float32 and
+    float64 params (tests/test_storage_cuda_host.py reaches those of every other storage)."""
     reached = {compare.entry_of(spec, v, dtype) for spec, dtype, v in VARIANTS}
-    wanted = {name for spec in SPECS for _, _, name in spec.entries()}
+    wanted = {name for spec in SPECS for st, _, name in spec.entries()
+              if st.param in compare.BASE_DTYPES and st.state == st.param}
     assert wanted <= reached, f"no host run for {sorted(wanted - reached)}"
 
 
@@ -76,8 +78,8 @@ def test_variant_matches_cpu_and_reference(host_cuda, monkeypatch, spec, dtype, 
     assert {name for name, _, _ in host_cuda.launches} == {compare.entry_of(spec, variant, dtype)}
 
 
-@pytest.mark.parametrize("spec, dtype", [(s, d) for s in SPECS for d in s.dtypes],
-                         ids=[f"{s.name}-{d}" for s in SPECS for d in s.dtypes])
+@pytest.mark.parametrize("spec, dtype", [(s, d) for s in SPECS for d in compare.BASE_DTYPES],
+                         ids=[f"{s.name}-{d}" for s in SPECS for d in compare.BASE_DTYPES])
 def test_awkward_sizes(host_cuda, spec, dtype):
     """1, 3, 4097, 278011, empty, 2-D and a misaligned view, default launch sizes."""
     shapes, misaligned = _with_misaligned(compare.SHAPES)
@@ -114,7 +116,7 @@ def test_launch_shapes(host_cuda, monkeypatch, spec, chunk, threads):
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", threads)
     shapes, misaligned = _with_misaligned(((3,), (4097,), (37, 129)))
     problem = compare.make_problem(shapes, 3, seed=4, misaligned=misaligned)
-    for dtype in spec.dtypes:
+    for dtype in compare.BASE_DTYPES:
         _run_and_compare(spec, compare.variants(spec)[-1], dtype, problem,
                          f"chunk {chunk}, {threads} threads, {dtype}",
                          with_cpu=dtype == "float32")
@@ -181,7 +183,8 @@ def test_optimizer_class_uploads_its_table_once(host_cuda, cls):
             g[...] = rng.standard_normal(g.shape)  # same buffers: the table stays valid
         fused.apply_gradients(zip(grads, params))
         cpu.apply_gradients(zip(grads, twins))
-    assert len(host_cuda.launches) == STEPS and host_cuda.uploads == 1
+    table = fused._engine.launch_groups()[0].group.device_table
+    assert len(host_cuda.launches) == STEPS and host_cuda.uploaded[id(table)] == 1
     for p, q in zip(params, twins):
         assert int(compare.ulp_distance(p, q).max()) <= compare.TOLERANCE["float32"]["ulps"]
 
@@ -200,20 +203,16 @@ def test_cupy_conversion_rules():
     assert cupy_type(np.zeros(3, np.int64)) == "*int64"
 
 
-def test_python_float_for_a_float_parameter_is_rejected(host_cuda, monkeypatch):
-    """A backend that forgets to wrap scalars in the compute type: CuPy would pass doubles."""
+def test_scalar_rows_of_the_wrong_type_are_rejected(host_cuda, monkeypatch):
+    """A backend that forgets to round the scalar rows to the compute type: the kernel would
+    read float64 bits as float32 values."""
+    from fusedopt._steps import StepRows
     spec, name, _ = _float32_kernel(host_cuda)
-    original = launch.kernel
-
-    def careless(*args):
-        kernel = original(*args)
-        return lambda grid, block, kargs: kernel(
-            grid, block, [float(a) if isinstance(a, np.floating) else a for a in kargs])
-
-    monkeypatch.setattr(launch, "kernel", careless)
+    monkeypatch.setattr(StepRows, "row_array", lambda self, dtype: np.asarray(
+        self.rows, np.float64).ravel())
     problem = compare.make_problem(((5,),), 1, seed=8)
-    with pytest.raises(TypeError, match=r"argument 3 is a float, which CuPy passes as float64, "
-                                        r"but the kernel's parameter is float32"):
+    with pytest.raises(TypeError, match=r"argument 3 is a ndarray, which CuPy passes as "
+                                        r"\*float64, but the kernel's parameter is \*float32"):
         compare.run_backend(spec, compare.variants(spec)[0], problem, "float32", "cuda")
     assert not host_cuda.launches
 
@@ -244,8 +243,11 @@ def test_table_pointing_outside_its_arrays_is_rejected(host_cuda):
     addresses[0] += 4 * 4  # param pointer moved past half the array: 8 elements overrun
     table = np.array([*addresses, 8, *_extra_rows(n_slots), 0], np.int64)
     device_table = host_cuda.to_device(table)
-    args = [device_table, np.int32(1), np.int64(8)] + [np.float32(0.1)] * (
-        len(kernel.signature) - 3)
+    from fusedopt._steps import step_rows
+    rows = step_rows(lambda t: (0.1,) * 10, [1], [0])
+    args = [device_table, np.int32(1), np.int64(8),
+            host_cuda.to_device(rows.row_array(np.float32)), host_cuda.to_device(rows.control()),
+            host_cuda.zeros(np.zeros(1, np.int32))]
     with pytest.raises(ValueError, match="not inside any array"):
         kernel((1,), (4,), args)
 

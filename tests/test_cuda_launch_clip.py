@@ -17,13 +17,16 @@ from fusedopt._clip import NO_CLIP, GradClip
 from fusedopt._cpu import backend as cpu_backend
 from fusedopt._cpu import norm as cpu_norm
 from fusedopt._cpu.loop import run as cpu_run
-from fusedopt._cpu.loop import specialize
+from fusedopt._storage import Storage
 from fusedopt._cuda import launch, runtime
 from fusedopt._registry import REGISTRY
+from fusedopt._steps import step_rows
 from fusedopt._table import rows
 
-_ENTRY = re.compile(r"(\w+)<(\w+)(?:, )?([\d, ]*)>")
-_DTYPES = {"float": np.float32, "double": np.float64}
+MODES = {0: "plain", 1: "master", 2: "remainder"}
+
+_ENTRY = re.compile(r"(\w+)<(.*)>")
+_DTYPES = {"float": "float32", "double": "float64"}
 
 
 class _Module:
@@ -31,44 +34,52 @@ class _Module:
         self.family = family
 
     def get_function(self, name):
-        kernel, ctype, flags = _ENTRY.fullmatch(name).groups() if "<" in name else (
-            name, None, "")
-        flags = tuple(int(f) for f in flags.split(", ") if f)
+        kernel, targs = _ENTRY.fullmatch(name).groups() if "<" in name else (name, "")
+        targs = [a.strip() for a in targs.split(",") if a.strip()]
         if kernel == "chunk_sums":
             def launch_(grid, block, args):
                 # Per-thread sums are not reproduced: thread 0 of each block takes the
-                # chunk's sum and the other lanes 0, which sums to the same total.
+                # chunk's sums and the other lanes 0, which sums to the same totals.
                 table, n_tensors, n_slots, chunk, partial = args
                 items = table[rows(int(n_slots), int(n_tensors))["work"]:]  # one per chunk
-                sums = cpu_norm.chunk_sums(table, items, int(n_tensors), int(n_slots),
-                                           int(chunk), np.empty(0, _DTYPES[ctype]))
-                assert grid == (sums.size,) and partial.size == sums.size * block[0]
+                sums = cpu_norm.chunk_sums(cpu_norm.grad_code(_DTYPES[targs[0]]), table,
+                                           items, int(n_tensors), int(n_slots), int(chunk),
+                                           np.empty(0, _DTYPES[targs[0]]))
+                n_work = sums.shape[1]
+                assert grid == (n_work,) and partial.size == 2 * n_work * block[0]
                 partial[:] = 0.0
-                partial[:: block[0]] = sums
+                partial[: n_work * block[0]: block[0]] = sums[0]
+                partial[n_work * block[0]:: block[0]] = sums[1]
         elif kernel == "lane_sums":
             def launch_(grid, block, args):
                 table, n_tensors, n_slots, n_work, partial, lanes = args
                 work = table[rows(int(n_slots), int(n_tensors))["work"]:]
-                lane = partial.reshape(-1, block[0])
-                assert grid == (int(n_tensors),) and lanes.size == int(n_tensors) * block[0]
-                for t in range(int(n_tensors)):
-                    lo, hi = np.searchsorted(work, [t << 32, (t + 1) << 32])
-                    lanes[t * block[0]: (t + 1) * block[0]] = lane[lo:hi].sum(axis=0)
+                lane = partial.reshape(2, -1, block[0])
+                n = int(n_tensors)
+                assert grid == (2 * n,) and lanes.size == 2 * n * block[0]
+                for u in range(2 * n):
+                    lo, hi = np.searchsorted(work, [(u % n) << 32, ((u % n) + 1) << 32])
+                    lanes[u * block[0]: (u + 1) * block[0]] = lane[u // n, lo:hi].sum(axis=0)
         elif kernel == "tensor_sums":
             def launch_(grid, block, args):
-                n_tensors, lane_count, lanes, out = args
-                assert grid[0] * block[0] >= int(n_tensors)
-                out[:] = lanes.reshape(int(n_tensors), int(lane_count)).sum(axis=1)
+                n_outputs, lane_count, lanes, out = args
+                assert grid[0] * block[0] >= int(n_outputs)
+                out[:] = lanes.reshape(int(n_outputs), int(lane_count)).sum(axis=1)
         else:
             spec = next(s for s in REGISTRY.values() if s.kernel == kernel)
+            flags = tuple(int(f) for f in targs[4:])
+            storage = Storage(*(_DTYPES[t] for t in targs[:3]), MODES[int(targs[3])])
 
             def launch_(grid, block, args):
-                table, n_tensors, chunk, *scalars = args
-                like = np.empty(0, _DTYPES[ctype])
+                table, n_tensors, chunk, scalar_rows, control, _ = args
+                lo, _, n_scalars, window = (int(v) for v in control[:4])
+                assert window == 0  # nothing in doubt in these tests
+                r = int(control[7]) - lo
                 n_slots = len(spec.slots(flags))
                 assert grid == (table.size - rows(n_slots, int(n_tensors))["work"],)
-                cpu_run(specialize(spec.cpu_rule, flags), table, int(n_tensors), n_slots,
-                        int(chunk), like, like, tuple(scalars))
+                variant = cpu_backend.variant(spec, flags, storage)
+                cpu_run(variant, table, int(n_tensors), int(chunk), variant.likes(),
+                        tuple(float(x) for x in scalar_rows[r * n_scalars:(r + 1) * n_scalars]))
         return launch_
 
 
@@ -83,6 +94,14 @@ class EmulatedRuntime:
 
     def zeros(self, like, fill=0.0):
         return np.full(like.shape, fill, dtype=like.dtype)
+
+    def set_flag(self, flags, slot, value):
+        flags[slot] = np.int32(np.asarray(value).reshape(()) != 0)
+
+    def read_later(self, array):
+        from fusedopt._cuda.runtime import Pending
+        value = np.array(array).reshape(-1)[0]
+        return Pending(lambda: True, lambda: value)
 
     def to_device(self, host_array, out=None):
         if out is not None and out.shape == host_array.shape:  # into ``out``, as CuPy's
@@ -133,7 +152,7 @@ def test_cuda_launch_equals_cpu(name, clip, emulated, monkeypatch):
 def test_scales_are_reset_when_a_step_stops_clipping(emulated):
     spec = REGISTRY["adam"]
     flags = spec.flags(spec.defaults(), "keras")
-    scalars = spec.scalars(spec.defaults(), 1, "keras")
+    scalars = step_rows(lambda t: spec.scalars(spec.defaults(), t, "keras"), [1] * 5, [0] * 5)
     params, grads = _problem(2)
     # The second step reuses the first step's grad arrays (new values, same memory), so the
     # table's addresses do not change and only the reset can restore the scales.

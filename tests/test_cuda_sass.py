@@ -13,8 +13,10 @@ from fusedopt._cuda import nvrtc, sass, source
 
 MATRIX = nvrtc.gate_matrix()
 
-#: Entry points that update params: each must move 16 bytes per access.
+#: Entry points that update params: each must move 16 bytes per access, in as many accesses
+#: as its storage needs.
 OPTIMIZER_ENTRIES = sass.optimizer_entries()
+ACCESSES = sass.vector_accesses()
 
 
 def _reports(compiled, cuda_cache_dir):
@@ -27,7 +29,8 @@ def _reports(compiled, cuda_cache_dir):
 def test_machine_code(nvrtc_compiled, cuda_cache_dir, family, arch):
     reports = _reports(nvrtc_compiled(family, arch), cuda_cache_dir)
     problems = [p for name, report in sorted(reports.items())
-                for p in report.problems(vectors=name in OPTIMIZER_ENTRIES)]
+                for p in report.problems(vectors=name in OPTIMIZER_ENTRIES,
+                                         accesses=ACCESSES.get(name))]
     assert not problems, "\n".join(problems)
 
 
@@ -67,6 +70,24 @@ def test_stack_and_local_memory_fail_the_gate(cuda_cache_dir):
     assert any("local-memory" in p for p in problems)
 
 
+def test_sixteen_bit_entries_move_eight_elements_per_access():
+    """The 16-bit clause, as counted: a bf16 param with fp32 m and v is 1 access for the
+    param, 1 for the grad, 2 for each slot (loads 6, stores 5); every storage is covered."""
+    from fusedopt._storage import all_storages
+    adam = next(s for s in __import__("fusedopt").REGISTRY.values() if s.name == "adam")
+    flags = adam.flags(adam.defaults(), "keras")
+    by_storage = {str(st): ACCESSES[adam.entry(st, flags)] for st in all_storages()}
+    assert by_storage["bfloat16 params, bfloat16 grads, float32 state"] == (6, 5)
+    assert by_storage["bfloat16 params, bfloat16 grads, bfloat16 state"] == (4, 3)
+    assert by_storage["bfloat16 params, float32 grads, float32 state, remainder"] == (8, 6)
+    assert by_storage["bfloat16 params, bfloat16 grads, float32 state, master"] == (7, 7)
+    assert by_storage["float32 params, float32 grads, float32 state"] == (4, 3)
+    assert len(by_storage) == len(all_storages())
+    short = sass.KernelReport("adam<__nv_bfloat16, __nv_bfloat16, float, 0, 0, 0>", "sm_80",
+                              40, 0, 0, 0, 0, loads_128=5, stores_128=5)
+    assert any("fewer than the 6 and 5" in p for p in short.problems(accesses=(6, 5)))
+
+
 def test_register_budget_is_enforced():
     report = sass.KernelReport("k<float>", "sm_80", registers=config.REGISTER_BUDGET + 1,
                                stack=0, spill_stores=0, spill_loads=0, local_accesses=0,
@@ -74,6 +95,10 @@ def test_register_budget_is_enforced():
     assert any("registers per thread" in p for p in report.problems())
     assert not sass.KernelReport("k<float>", "sm_80", config.REGISTER_BUDGET, 0, 0, 0, 0, 1,
                                  1).problems()
+    wide = config.REGISTER_BUDGET_FLOAT64
+    assert not sass.KernelReport("k<double, double>", "sm_80", wide, 0, 0, 0, 0, 1, 1).problems()
+    assert any("REGISTER_BUDGET_FLOAT64" in p for p in sass.KernelReport(
+        "k<double, double>", "sm_80", wide + 1, 0, 0, 0, 0, 1, 1).problems())
 
 
 def test_ptxas_report_is_parsed():

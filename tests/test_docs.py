@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import fusedopt.optimizers.adam
+import fusedopt.optimizers.loss_scale
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,8 +19,9 @@ def test_readme_training_loop_runs_and_learns(capsys):
 
 
 def test_docstring_examples():
-    failures, _ = doctest.testmod(fusedopt.optimizers.adam, optionflags=doctest.ELLIPSIS)
-    assert failures == 0
+    for module in (fusedopt.optimizers.adam, fusedopt.optimizers.loss_scale):
+        failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failures == 0, module.__name__
 
 
 def test_readme_torch_example_runs_and_learns():

@@ -43,9 +43,9 @@ def _assert_untouched(params, before, opt):
 
 BAD_AT_7 = {
     "shape": (lambda p, g: (p, np.zeros((6,), np.float32)), r"param 7: param and grad shapes differ: \(5,\) vs \(6,\)"),
-    "grad dtype": (lambda p, g: (p, g.astype(np.float64)), r"param 7: grad dtype float64 differs from param dtype float32"),
-    "dtype": (lambda p, g: (p.astype(np.int32), g.astype(np.int32)), r"param 7 has dtype int32; adam supports float32, float64"),
-    "float16": (lambda p, g: (p.astype(np.float16), g.astype(np.float16)), r"param 7 has dtype float16.*astype\(np.float32\)"),
+    "grad dtype": (lambda p, g: (p, g.astype(np.float64)), r"param 7: grad dtype float64 cannot update a float32 param.*\.astype\(float32\)"),
+    "dtype": (lambda p, g: (p.astype(np.int32), g.astype(np.int32)), r"param 7 has dtype int32; adam supports float32, float64, float16, bfloat16 params"),
+    "float16 grad": (lambda p, g: (p, g.astype(np.float16)), r"param 7: grad dtype float16 cannot update a float32 param"),
     "read-only": (lambda p, g: (np.frombuffer(p.tobytes(), np.float32), g), r"param 7 is read-only"),
     "view": (lambda p, g: (np.zeros(10, np.float32)[::2], g), r"param 7 is a non-contiguous view"),
     "list": (lambda p, g: (p, list(g)), r"param 7: the grad is a list"),

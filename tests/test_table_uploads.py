@@ -3,6 +3,11 @@
 torch's autograd hands out new grad tensors every step (``zero_grad(set_to_none=True)``), so
 the grad-address row changes every step: that row (8 bytes a tensor), not the table, is what
 a step uploads. Counted in bytes through the host runtime (tests/cuda_host/runtime.py).
+
+Besides the table, a step uploads its row of scalars (the bias corrections of its step, so a
+new row every step) and the control block that says which row each tensor reads: a few dozen
+bytes, the same for 1 tensor or 200 while every tensor is at the same step (the control
+block, a few words per tensor, goes up with the first step and when it changes).
 """
 
 import numpy as np
@@ -16,6 +21,17 @@ from fusedopt._table import Table
 
 STEPS = 4
 ADDRESS_BYTES = np.dtype(np.int64).itemsize
+#: The most a step's scalar row and control block may take (Adam: a handful of float32
+#: scalars and a few int32 words).
+SCALAR_BYTES = 64
+
+
+def _table_bytes(host, engine) -> int:
+    """Bytes uploaded so far into ``engine``'s device launch table."""
+    table = engine.launch_groups()[0].group.device_table
+    if table is None:  # before the first step
+        return 0
+    return host.uploaded_into.get(id(table if table.base is None else table.base), 0)
 
 
 def _shapes(n, seed=3):
@@ -56,10 +72,13 @@ def test_new_grad_tensors_upload_only_the_grad_row(host_cuda):
     per_step = []
     for t in range(STEPS):
         grads = _new_grads(params, t)   # new arrays: new addresses in the grad row
-        before = host_cuda.uploaded_bytes
+        before, table_before = host_cuda.uploaded_bytes, _table_bytes(host_cuda, cuda)
         cuda.step(grads)
         cpu.step([g.copy() for g in grads])
-        per_step.append(host_cuda.uploaded_bytes - before)
+        table = _table_bytes(host_cuda, cuda) - table_before
+        per_step.append(table)
+        if t > 0:  # the first step also uploads the control block, a word per tensor
+            assert 0 < host_cuda.uploaded_bytes - before - table <= SCALAR_BYTES
     group = cuda.launch_groups()[0].group
     assert per_step[0] == group.table.array.nbytes
     assert per_step[1:] == [len(shapes) * ADDRESS_BYTES] * (STEPS - 1)
@@ -75,7 +94,10 @@ def test_the_same_grad_buffers_upload_nothing_after_the_first_step(host_cuda):
             g[...] = new
         cuda.step(grads)
         cpu.step(grads)
-    assert host_cuda.uploads == 1
+        if t == 0:
+            first = _table_bytes(host_cuda, cuda)
+    assert _table_bytes(host_cuda, cuda) == first == \
+        cuda.launch_groups()[0].group.table.array.nbytes
     _assert_same(params, twins)
 
 
@@ -86,10 +108,10 @@ def test_a_new_clip_limit_uploads_its_row(host_cuda):
     cpu.step(_new_grads(params, 0))
     for engine in (cuda, cpu):
         engine.clipping = Clipping(clipvalue=0.25)
-    before = host_cuda.uploaded_bytes
+    before = _table_bytes(host_cuda, cuda)
     cuda.step(_new_grads(params, 1))
     cpu.step(_new_grads(params, 1))
-    assert host_cuda.uploaded_bytes - before == 2 * len(params) * ADDRESS_BYTES
+    assert _table_bytes(host_cuda, cuda) - before == 2 * len(params) * ADDRESS_BYTES
     group = cuda.launch_groups()[0].group
     np.testing.assert_array_equal(group.device_table, group.table.array)
     _assert_same(params, twins)
@@ -117,10 +139,13 @@ def test_upload_bytes_per_step_when_grads_move(host_cuda, tensors, record_proper
     shapes = _shapes(tensors)
     (cuda, _), params, _ = _pair(shapes)
     cuda.step(_new_grads(params, 0))
-    before = host_cuda.uploaded_bytes
+    before, table_before = host_cuda.uploaded_bytes, _table_bytes(host_cuda, cuda)
     cuda.step(_new_grads(params, 1))
-    moved = host_cuda.uploaded_bytes - before
+    moved = _table_bytes(host_cuda, cuda) - table_before
+    scalars = host_cuda.uploaded_bytes - before - moved
     whole = cuda.launch_groups()[0].group.table.array.nbytes
     record_property("upload_bytes", moved)
+    record_property("scalar_bytes", scalars)
     record_property("table_bytes", whole)
     assert moved == tensors * ADDRESS_BYTES < whole
+    assert 0 < scalars <= SCALAR_BYTES

@@ -49,8 +49,8 @@ def test_foreach_and_fused_mean_nothing_here(flags):
 @pytest.mark.parametrize("make, kind, message", [
     (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.complex64)), TypeError,
      r"param group 1, param 0 \(shape \(3,\)\) is torch.complex64: fusedopt steps real"),
-    (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.float16)), TypeError,
-     r"param group 1, param 0 \(shape \(3,\)\) has dtype torch.float16"),
+    (lambda: torch.nn.Parameter(torch.ones(3).to(torch.float8_e4m3fn)), TypeError,
+     r"param group 1, param 0 \(shape \(3,\)\) has dtype torch.float8_e4m3fn"),
     (lambda: torch.nn.Parameter(torch.ones(4, 3).t()), ValueError,
      r"param group 1, param 0 \(shape \(3, 4\)\) is not contiguous"),
     (lambda: torch.nn.Parameter(torch.ones(3, device="meta")), TypeError,

@@ -1,15 +1,21 @@
 """Bytes an optimizer step moves, and the kernels that move exactly those bytes.
 
-Per element a fused step reads the param, the grad and every state slot and writes the
-param and every slot back, so
+Per element a fused step reads the param, the grad, every state slot and the master slot
+(if the storage has one: fusedopt/_storage.py) and writes all of them back but the grad,
+except that with an fp32 master the 16-bit param is only written (the master is read
+instead), so
 
-    read_bytes  = 2 * param_bytes + n_slots * state_bytes
-    write_bytes =     param_bytes + n_slots * state_bytes
+    read_bytes  = param_read + grad_bytes + n_slots * state_bytes + master_bytes
+    write_bytes = param_bytes             + n_slots * state_bytes + master_bytes
     bytes       = n * (read_bytes + write_bytes)
 
-(fp32 Adam: read 16, write 12, 28 bytes per element). The traffic ceiling is a kernel that
-walks the same launch table with the same slot count and does trivial math (``theta += a g``,
-``s_k += a g`` with a = 0), so a fused step's time over the ceiling's is the cost of its math.
+with param_read = 0 for an fp32 master, param_bytes otherwise (fp32 Adam: read 16, write
+12, 28 bytes per element; bf16 params and grads with fp32 m, v: 12 + 10 = 22; with an fp32
+master, 14 + 14 = 28; with an int16 remainder instead, 14 + 12 = 26). The traffic
+ceiling is a kernel that walks the same launch table with the same slots and storage,
+through the same loop and load/store helpers, and does trivial math (``theta += a g``,
+``s_k += a g`` with a = 0), so a fused step's time over the ceiling's is the cost of its
+math.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .._registry import CUDA_TYPES
+from .._group import as_storage
+from .._storage import Storage
 
 #: The scalar of the ceiling's rule: zero keeps the values fixed; the kernels cannot know it.
 CEILING_SCALE = 0.0
@@ -37,72 +44,83 @@ class Traffic:
         return n * (self.read_bytes + self.write_bytes)
 
 
-def state_dtype(dtype: str) -> str:
-    """State slots are kept in the compute type, which is the storage type for float32/64."""
-    return dtype
+def _itemsize(dtype: str) -> int:
+    return 2 if dtype in ("bfloat16", "float16", "int16") else np.dtype(dtype).itemsize
 
 
-def traffic(spec, flags, dtype: str) -> Traffic:
-    """Bytes per element of one step of ``spec``'s variant ``flags`` on ``dtype`` params."""
-    param = np.dtype(dtype).itemsize
-    state = np.dtype(state_dtype(dtype)).itemsize
+def traffic(spec, flags, storage: Storage | str) -> Traffic:
+    """Bytes per element of one step of ``spec``'s variant ``flags`` on ``storage`` (a
+    dtype name: its default storage)."""
+    st = as_storage(storage)
+    param, grad, state = (_itemsize(d) for d in (st.param, st.grad, st.state))
+    master = _itemsize(st.master[1]) if st.master else 0
+    param_read = 0 if st.mode == "master" else param
     n_slots = len(spec.slots(flags))
-    return Traffic(read_bytes=2 * param + n_slots * state,
-                   write_bytes=param + n_slots * state)
+    return Traffic(read_bytes=param_read + grad + n_slots * state + master,
+                   write_bytes=param + n_slots * state + master)
 
 
 # --- CPU ceiling: a rule for fusedopt._cpu.loop.run -------------------------------------------
 
 @njit(inline="always", error_model="numpy")
-def ceiling_rule(i, p, g, s0, s1, s2, h, flags):
-    """Reads p, g and the first ``flags[0]`` slots, writes p and those slots."""
-    n_slots = flags[0]
-    step = h[0] * g[i]
-    p[i] = p[i] + step
-    if n_slots > 0:
-        s0[i] = s0[i] + step
-    if n_slots > 1:
-        s1[i] = s1[i] + step
-    if n_slots > 2:
-        s2[i] = s2[i] + step
+def ceiling_rule(p, g, s0, s1, s2, h, flags):
+    """Every value plus a g (the loop loads and stores param, grad and every slot it has)."""
+    step = h[0] * g
+    return p + step, s0 + step, s1 + step, s2 + step
 
 
-def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
-    """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop."""
+def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
+    """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop, over
+    ``slots`` (the master slot last, when ``storage`` has one)."""
     from .._cpu import backend
-    from .._cpu.loop import run, specialize
+    from .._cpu import storage as codes
+    from .._cpu.loop import MODE_CODES, run, run_serial, specialize
     from .._group import step_table
 
-    group = backend.group(str(param.dtype), [param], [list(slots)])
+    st = as_storage(str(param.dtype) if storage is None else storage)
+    group = backend.group(st, [param], [list(slots)])
     table = step_table(group, [grad], backend.address)
-    like = np.empty(0, param.dtype)
-    h = (param.dtype.type(scale),)
-    rule = specialize(ceiling_rule, (len(slots),))  # slot count frozen: no guarded stores
+    n_slots = len(slots) - (st.master is not None)
+    variant = specialize(ceiling_rule, (n_slots,), n_slots,
+                         tuple(codes.CODES[d] for d in (st.param, st.grad, st.state)),
+                         MODE_CODES[st.mode])
+    likes = variant.likes()
+    h = (float(scale),)
+    # The backend's own choice: one work item runs on the calling thread.
+    loop = run if group.table.n_work > 1 else run_serial
 
     def step():
-        run(rule, table, 1, group.n_slots, group.chunk, like, like, h)
+        loop(variant, table, 1, group.chunk, likes, h)
+    step.grad = grad  # the table holds its address: keep it alive with the step
     return step
 
 
 # --- GPU ceiling: kernels/traffic.cu through the CUDA backend's runtime ---------------------
 
-def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
-    """A no-argument step launching ``traffic<T, NS>`` over the same table shape as a fused step."""
+def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
+    """A no-argument step launching ``traffic<P, G, S, MODE, NS>`` over the same table shape
+    and storage as a fused step."""
     from .. import config
     from .._cuda import launch, runtime
     from .._group import step_table
+    from .._steps import step_rows
 
     rt = runtime.current()
-    dtype = str(param.dtype)
-    group = launch.group(dtype, [param], [list(slots)])
+    st = as_storage(str(param.dtype) if storage is None else storage)
+    group = launch.group(st, [param], [list(slots)])
     table = rt.to_device(step_table(group, [grad], rt.address))
     module = rt.module("traffic", launch.name_expressions("traffic"))
-    kernel = module.get_function(f"traffic<{CUDA_TYPES[dtype]}, {len(slots)}>")
-    args = (table, np.int32(1), np.int64(group.chunk), param.dtype.type(scale))
+    n_slots = len(slots) - (st.master is not None)
+    kernel = module.get_function(f"traffic<{st.template_args()}, {n_slots}>")
+    rows = step_rows(lambda t: (float(scale),), [1], [0])
+    args = (table, np.int32(1), np.int64(group.chunk),
+            rt.to_device(rows.row_array(np.dtype(st.compute))), rt.to_device(rows.control()),
+            rt.zeros(np.zeros(1, np.int32)))
     n_work = group.table.n_work
 
     def step():
         kernel((n_work,), (config.THREADS_PER_BLOCK,), args)
+    step.grad = grad  # the table holds its address: keep it alive with the step
     return step
 
 

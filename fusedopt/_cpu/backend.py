@@ -8,16 +8,14 @@ from numba import njit
 from .. import config
 from .._clip import NO_CLIP, GradClip
 from .._arrays import foreign, kind_of
-from .._group import Group, make_group, step_table
+from .._group import Group, make_group, step_storage, step_table
 from .._table import float_row, rows
-from . import norm
+from .._steps import as_rows
+from . import norm, storage
 from ._cache import JIT_OPTIONS
-from .loop import run, run_serial, specialize
+from .loop import MODE_CODES, run, run_serial, specialize
 
 name = "cpu"
-
-#: dtype name -> an empty array of it: what types the loop's pointers.
-_LIKE: dict[str, np.ndarray] = {}
 
 
 def accepts(array) -> bool:
@@ -36,21 +34,28 @@ def _ndarray_address(array) -> int:
 
 def address(array) -> int:
     if isinstance(array, np.ndarray):
+        if array.dtype.itemsize == 2 and array.dtype.kind != "i":  # 16-bit floats: no Numba type
+            return array.__array_interface__["data"][0]
         return _ndarray_address(array)
     return kind_of(array).address(array)
 
 
-def group(dtype, params, states) -> Group:
+def group(storage_, params, states) -> Group:
     # Packed: tiny tensors share a task, so every task is about CPU_CHUNK elements and
     # Numba's static split of tasks between threads stays even.
-    return make_group(dtype, params, states, config.CPU_CHUNK, address, pack=True)
+    return make_group(storage_, params, states, config.CPU_CHUNK, address, pack=True)
+
+
+def grad_pass(group: Group, grads) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of g**2 of each grad in float64, True for each grad holding an inf or NaN)."""
+    table = step_table(group, grads, address)
+    return norm.tensor_sums(table, len(group.params), group.n_slots, group.chunk,
+                            step_storage(group, grads).grad)
 
 
 def sum_squares(group: Group, grads) -> np.ndarray:
     """Sum of g**2 of each grad (float64), for clipping by norm."""
-    table = step_table(group, grads, address)
-    return norm.tensor_sums(table, len(group.params), group.n_slots, group.chunk,
-                            np.dtype(group.dtype))
+    return grad_pass(group, grads)[0]
 
 
 def _set_clip(group: Group, clip: GradClip) -> None:
@@ -65,18 +70,28 @@ def _set_clip(group: Group, clip: GradClip) -> None:
         group.grads_scaled = False
 
 
-def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+def variant(spec, flags, st) -> object:
+    """The loop specialization of ``spec``'s variant ``flags`` on storage ``st``."""
+    codes = (storage.CODES[st.param], storage.CODES[st.grad], storage.CODES[st.state])
+    return specialize(spec.cpu_rule, tuple(flags), len(spec.slots(flags)), codes,
+                      MODE_CODES[st.mode])
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """One step of ``group``; ``steps`` (fusedopt/_steps.py) must be certain on the CPU:
+    one scalar row, the step known."""
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)
     n_work = group.table.n_work
     if n_work == 0:
         return
-    like = _LIKE.get(group.dtype)
-    if like is None:
-        like = _LIKE[group.dtype] = np.empty(0, np.dtype(group.dtype))
-    variant = specialize(spec.cpu_rule, flags)
+    st = step_storage(group, grads)
+    key = (spec.name, flags, st)
+    chosen = group.scratch.get(key)
+    if chosen is None:
+        chosen = group.scratch[key] = variant(spec, flags, st)
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
-    loop(variant, table, group.table.n_tensors, group.n_slots, group.chunk, like, like,
-         tuple(scalars))
+    scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
+    loop(chosen, table, group.table.n_tensors, group.chunk, chosen.likes(), scalars)

@@ -6,18 +6,24 @@ busy. A CPU work item runs from its own start, ``(tensor, chunk)``, up to the ne
 start (or the end of the table), crossing into following tensors when the next item starts
 in a later one: with one item per chunk that is exactly a CUDA block's range, and with the
 packed tables of fusedopt/_table.py one item covers several small tensors. Per tensor it
-hands plain array slices to a non-parallel inner loop that calls the optimizer's scalar
-rule per element; with slices (not raw pointers) LLVM vectorizes the rule.
+hands plain array slices to a non-parallel inner loop that, per element, widens what it
+loads (fusedopt/_cpu/storage.py), calls the optimizer's scalar rule and rounds what it
+stores; with slices (not raw pointers) and unconditional stores LLVM vectorizes it.
 
-The rule and its flags reach the loop as a :class:`Variant`, whose Numba type carries both,
-as the CUDA kernels take them as template arguments. So the flags are constants in the
-compiled loop and LLVM drops the other variants' branches (with runtime flags, a branch
-storing to another slot stayed in the loop and kept it scalar), and the call does not pay
-for passing a jitted function as an argument (more than a small step's arithmetic).
+The rule, its flags and the storage reach the loop as a :class:`Variant`, whose Numba type
+carries them all, as the CUDA kernels take them as template arguments. So they are
+constants in the compiled loop: LLVM drops the other variants' branches, each element
+calls exactly one widening and one rounding per operand, and the call does not pay for
+passing a jitted function as an argument.
 
-Gradient clipping (fusedopt/_clip.py) happens here, not in the rules: when the table gives
-a tensor a grad scale other than 1 or a finite limit, each of its spans' grads is first
-written clipped into a span-sized buffer (it stays in cache) and the rule reads that.
+Gradient clipping (fusedopt/_clip.py), and a loss scale's 1/s, happen here, not in the
+rules: every grad is loaded as clamp(g * scale, -limit, limit) with its tensor's scale and
+limit from the table (1 and +inf, exact no-ops, when there is nothing to clip).
+
+How the param is kept (fusedopt/_storage.py): ``plain``, the param itself; ``master``, a
+float32 master in the last table slot, from which the param is written (rounded to
+nearest, ties away); ``remainder``, bfloat16 params with an int16 remainder in the last
+slot, rebuilt into the float32 master and split again.
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ from numba import carray, njit, prange, types
 from numba.core.extending import (NativeValue, intrinsic, models, overload, register_model,
                                   typeof_impl, unbox)
 
+from . import storage
 from ._cache import JIT_OPTIONS
 
 _CHUNK_MASK = 0xFFFFFFFF
+
+#: Mode names (fusedopt/_storage.py) -> codes in a Variant.
+PLAIN, MASTER, REMAINDER = 0, 1, 2
+MODE_CODES = {"plain": PLAIN, "master": MASTER, "remainder": REMAINDER}
 
 #: rule name -> rule, for the Numba type of a Variant (which names its rule, so that the
 #: type pickles the same in every process and Numba's on-disk cache finds it).
@@ -43,35 +54,58 @@ def _rule_name(rule) -> str:
 
 
 class VariantType(types.Opaque):
-    def __init__(self, rule: str, flags: tuple):
-        self.rule, self.flags = rule, flags
-        super().__init__(name=f"Variant({rule}, {flags})")
+    def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int):
+        self.rule, self.flags, self.n_slots = rule, flags, n_slots
+        self.codes, self.mode = codes, mode
+        super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode})")
 
     @property
     def key(self):
-        return self.rule, self.flags
+        return self.rule, self.flags, self.n_slots, self.codes, self.mode
 
 
 register_model(VariantType)(models.OpaqueModel)
 
 
 class Variant:
-    """An optimizer rule with its variant flags, as one compile-time argument."""
+    """An optimizer rule with its variant flags and storage, as one compile-time argument.
 
-    def __init__(self, rule, flags):
+    ``n_slots``: the rule's state slots; ``codes``: storage codes of the param, grad and
+    state (fusedopt/_cpu/storage.py); ``mode``: PLAIN, MASTER or REMAINDER.
+    """
+
+    def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int):
         name = _rule_name(rule)
         if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
             name = f"{name}#{id(rule)}"
             _RULES[name] = rule
         self.flags = tuple(int(f) for f in flags)
+        self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
-        self._numba_type_ = VariantType(name, self.flags)
+        self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode)
+        self._likes = None
+
+    @property
+    def table_slots(self) -> int:
+        """Slot rows of its launch table: the rule's, plus the master slot if any."""
+        return self.n_slots + (self.mode != PLAIN)
+
+    def likes(self) -> tuple:
+        """Empty arrays of the param, grad, state, master-slot and compute dtypes the loop
+        reads (they type the table's pointers and the scalars)."""
+        if self._likes is None:
+            p, g, s = (np.empty(0, storage.LOOP_DTYPES[c]) for c in self.codes)
+            x = np.empty(0, np.int16 if self.mode == REMAINDER else np.float32)
+            compute = np.empty(0, np.float64 if self.codes[0] == storage.F64 else np.float32)
+            self._likes = (p, g, s, x, compute)
+        return self._likes
 
 
 @functools.lru_cache(maxsize=None)
-def specialize(rule, flags: tuple) -> Variant:
-    """``rule`` with its variant ``flags`` frozen in: what :func:`run` takes."""
-    return Variant(rule, flags)
+def specialize(rule, flags: tuple, n_slots: int, codes: tuple = (storage.F32,) * 3,
+               mode: int = PLAIN) -> Variant:
+    """``rule`` with its variant ``flags`` and storage frozen in: what :func:`run` takes."""
+    return Variant(rule, flags, n_slots, codes, mode)
 
 
 @typeof_impl.register(Variant)
@@ -84,19 +118,79 @@ def _unbox_variant(typ, obj, c):
     return NativeValue(c.context.get_dummy_value())
 
 
-def _apply(variant, i, p, g, s0, s1, s2, h):
-    """Element ``i`` through the variant's rule (resolved when the loop is compiled)."""
+# --- one element -----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _param_io(mode: int, code: int):
+    """(get, put) of the param in ``mode``: its compute value, and storing a new one."""
+    load, store_even = storage.load(code), storage.store(code)
+    store_away = storage.store(code, storage.NEAREST_AWAY)
+    split, rebuild = storage.split_master, storage.rebuild_master
+    if mode == MASTER:
+        def get(p, x, i):
+            return x[i]
+
+        def put(p, x, i, value):
+            x[i] = np.float32(value)
+            p[i] = store_away(value)
+    elif mode == REMAINDER:
+        def get(p, x, i):
+            return rebuild(p[i], x[i])
+
+        def put(p, x, i, value):
+            hi, remainder = split(np.float32(value))
+            p[i] = hi
+            x[i] = remainder
+    else:
+        def get(p, x, i):
+            return load(p[i])
+
+        def put(p, x, i, value):
+            p[i] = store_even(value)
+    options = dict(inline="always", error_model="numpy")
+    return njit(**options)(get), njit(**options)(put)
+
+
+@functools.lru_cache(maxsize=None)
+def _element(variant):
+    """The body of one element for ``variant`` (a VariantType), jitted, for an overload: its rule, flags and storage functions are free variables, constants to
+    Numba, so everything inlines and LLVM folds the branches on them."""
+    rule, flags, ns = _RULES[variant.rule], variant.flags, variant.n_slots
+    pcode, gcode, scode = variant.codes
+    get_p, put_p = _param_io(variant.mode, pcode)
+    load_g, load_s, store_s = storage.load(gcode), storage.load(scode), storage.store(scode)
+    zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
+
+    def run(i, p, g, s0, s1, s2, x, h, scale, limit):
+        # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
+        # tensor takes this one path (one compiled loop, not two).
+        gi = load_g(g[i]) * scale
+        gi = limit if gi > limit else (-limit if gi < -limit else gi)
+        a = load_s(s0[i]) if ns > 0 else zero
+        b = load_s(s1[i]) if ns > 1 else zero
+        c = load_s(s2[i]) if ns > 2 else zero
+        pi, a, b, c = rule(get_p(p, x, i), gi, a, b, c, h, flags)
+        put_p(p, x, i, pi)
+        if ns > 0:
+            s0[i] = store_s(a)
+        if ns > 1:
+            s1[i] = store_s(b)
+        if ns > 2:
+            s2[i] = store_s(c)
+    return njit(inline="always", error_model="numpy")(run)
+
+
+def _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
+    """Element ``i`` through the variant (resolved when the loop is compiled), its grad
+    clamp(g * scale, -limit, limit)."""
 
 
 @overload(_apply, inline="always")
-def _apply_variant(variant, i, p, g, s0, s1, s2, h):
-    # The rule and flags become free variables of the inlined body: constants to Numba, so
-    # the rule is inlined too and LLVM folds the branches on the flags.
-    rule, flags = _RULES[variant.rule], variant.flags
+def _apply_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
+    run = _element(variant)
 
-    def body(variant, i, p, g, s0, s1, s2, h):
-        rule(i, p, g, s0, s1, s2, h, flags)
-
+    def body(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
+        run(i, p, g, s0, s1, s2, x, h, scale, limit)
     return body
 
 
@@ -129,22 +223,41 @@ def _narrow(typingctx, values, like):
     return sig, codegen
 
 
+# --- spans, work items, the parallel loop ------------------------------------------------
+
 @njit(**JIT_OPTIONS)
-def _run_span(variant, p, g, s0, s1, s2, h):
+def _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit):
     for i in range(p.shape[0]):
-        _apply(variant, i, p, g, s0, s1, s2, h)
+        _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit)
+
+
+def _layout(variant):
+    """(rule slots, 1 if a master slot follows them else 0): constants of the variant."""
+
+
+@overload(_layout, inline="always")
+def _layout_variant(variant):
+    n_slots, master = variant.n_slots, int(variant.mode != PLAIN)
+
+    def body(variant):
+        return n_slots, master
+    return body
 
 
 @njit(**JIT_OPTIONS)
-def _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like, state_like, h):
+def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h):
     """Work item ``w``: from its start up to the next item's start."""
-    work0 = (5 + n_slots) * n_tensors
-    sizes0 = (2 + n_slots) * n_tensors
-    scales = table[(3 + n_slots) * n_tensors: (4 + n_slots) * n_tensors].view(np.float64)
-    limits = table[(4 + n_slots) * n_tensors: work0].view(np.float64)
+    param_like, grad_like, state_like, master_like, compute_like = likes
+    ns, master = _layout(variant)
+    rows = ns + master  # slot rows of the table
+    work0 = (5 + rows) * n_tensors
+    sizes0 = (2 + rows) * n_tensors
+    scales = table[(3 + rows) * n_tensors: (4 + rows) * n_tensors].view(np.float64)
+    limits = table[(4 + rows) * n_tensors: work0].view(np.float64)
     # A slot the variant does not use still needs an array; one made from a pointer has no
     # reference count, so passing it costs no atomic updates.
     unused = carray(_pointer(table[0], state_like), 0)
+    no_master = carray(_pointer(table[0], master_like), 0)
     item = table[work0 + w]
     t = item >> 32
     begin = (item & _CHUNK_MASK) * chunk
@@ -159,58 +272,46 @@ def _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like, 
         end = n if t < t_stop else stop
         if end > begin:
             p = carray(_pointer(table[t], param_like), n)[begin:end]
-            g = carray(_pointer(table[n_tensors + t], param_like), n)[begin:end]
+            g = carray(_pointer(table[n_tensors + t], grad_like), n)[begin:end]
             s0 = unused
             s1 = unused
             s2 = unused
-            if n_slots > 0:
+            x = no_master
+            if ns > 0:
                 s0 = carray(_pointer(table[2 * n_tensors + t], state_like), n)[begin:end]
-            if n_slots > 1:
+            if ns > 1:
                 s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
-            if n_slots > 2:
+            if ns > 2:
                 s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
-            if scales[t] != 1.0 or limits[t] != np.inf:
-                g = _clip_chunk(g, scales[t], limits[t])
-            _run_span(variant, p, g, s0, s1, s2, h)
+            if master:
+                x = carray(_pointer(table[(2 + ns) * n_tensors + t], master_like), n)[begin:end]
+            scale, limit = _narrow((scales[t], limits[t]), compute_like)
+            _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit)
         t += 1
         begin = 0
 
 
-@njit(**JIT_OPTIONS)
-def _clip_chunk(g, scale, limit):
-    """clamp(g * scale, -limit, limit) in g's dtype; comparisons let a NaN through."""
-    out = np.empty_like(g)
-    cast = np.empty(2, g.dtype)  # the float64 table values in the compute type, as CUDA
-    cast[0] = scale
-    cast[1] = limit
-    s, c = cast[0], cast[1]
-    for i in range(g.shape[0]):
-        x = g[i] * s
-        out[i] = c if x > c else (-c if x < -c else x)
-    return out
-
-
 @njit(parallel=True, **JIT_OPTIONS)
-def run(variant, table, n_tensors, n_slots, chunk, param_like, state_like, scalars):
+def run(variant, table, n_tensors, chunk, likes, scalars):
     """Apply ``variant``'s rule to every element of every tensor in ``table``.
 
-    ``param_like``/``state_like`` are empty arrays of the param and state dtypes (they type
-    the pointers); ``scalars`` the kernel's scalars as numbers (rounded to the state dtype
-    inside).
+    ``likes``: empty arrays of the param, grad, state, master-slot and compute dtypes as
+    the loop reads them (:meth:`Variant.likes`); ``scalars`` the rule's scalars as numbers
+    (rounded to the compute type inside).
     """
-    h = _narrow(scalars, state_like)
-    n_work = table.shape[0] - (5 + n_slots) * n_tensors
+    h = _narrow(scalars, likes[4])
+    ns, master = _layout(variant)
+    n_work = table.shape[0] - (5 + ns + master) * n_tensors
     for w in prange(n_work):
-        _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like,
-                  state_like, h)
+        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h)
 
 
 @njit(**JIT_OPTIONS)
-def run_serial(variant, table, n_tensors, n_slots, chunk, param_like, state_like, scalars):
+def run_serial(variant, table, n_tensors, chunk, likes, scalars):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
-    h = _narrow(scalars, state_like)
-    n_work = table.shape[0] - (5 + n_slots) * n_tensors
+    h = _narrow(scalars, likes[4])
+    ns, master = _layout(variant)
+    n_work = table.shape[0] - (5 + ns + master) * n_tensors
     for w in range(n_work):
-        _run_item(variant, table, w, n_work, n_tensors, n_slots, chunk, param_like,
-                  state_like, h)
+        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h)

@@ -1,9 +1,13 @@
 """One scalar update rule per optimizer, shared by every CPU loop.
 
-A rule updates element ``i`` of param ``p`` and state slots ``s0..s2`` in place from grad
-``g``. ``h`` holds the scalars in the param's compute type, in the same order as the CUDA
-kernel's arguments (the first three are lr, wd, wd_factor); ``flags`` the variant (the
-CUDA template arguments after the type). Flags are loop-invariant, so LLVM unswitches them.
+A rule takes one element's param ``p``, grad ``g`` and state slots ``s0..s2`` as values in
+the compute type and returns the new ``(p, s0, s1, s2)`` (a slot the variant does not use
+comes back as it went in). The loop (fusedopt/_cpu/loop.py) widens what it loads and rounds
+what it stores (fusedopt/_cpu/storage.py), so no rule knows how anything is stored.
+``h`` holds the scalars in the compute type, in the same order as the CUDA kernel's rows
+(the first three are lr, wd, wd_factor); ``flags`` the variant (the CUDA template arguments
+after the storage). Flags are compile-time constants of the loop, so LLVM drops the
+branches of other variants.
 """
 
 from __future__ import annotations
@@ -28,26 +32,25 @@ def weight_decay(flavor, p, g, lr, wd, wd_factor):
 
 
 @njit(**_RULE)
-def adam(i, p, g, m, v, vhat, h, flags):
+def adam(p, g, m, v, vhat, h, flags):
     lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2, eps, step, bc2_sqrt = h
     flavor, amsgrad = flags
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
     if flavor == KERAS:
-        mi = m[i] + (gi - m[i]) * one_minus_b1
-        vi = v[i] + (gi * gi - v[i]) * one_minus_b2
+        m = m + (g - m) * one_minus_b1
+        v = v + (g * g - v) * one_minus_b2
     else:
-        mi = m[i] + one_minus_b1 * (gi - m[i])
-        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-    m[i] = mi
-    v[i] = vi
-    v_used = vi
+        m = m + one_minus_b1 * (g - m)
+        v = b2 * v + one_minus_b2 * (g * g)
+    v_used = v
     if amsgrad:
-        v_used = max(vhat[i], vi)
-        vhat[i] = v_used
+        vhat = vhat if vhat > v else v
+        v_used = vhat
     if flavor == KERAS:
-        p[i] = pi - mi * step / (np.sqrt(v_used) + eps)
+        p = p - m * step / (np.sqrt(v_used) + eps)
     else:
-        p[i] = pi - step * (mi / (np.sqrt(v_used) / bc2_sqrt + eps))
+        p = p - step * (m / (np.sqrt(v_used) / bc2_sqrt + eps))
+    return p, m, v, vhat
 
 
 # --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
@@ -55,134 +58,125 @@ def adam(i, p, g, m, v, vhat, h, flags):
 # float64 under Numba.
 
 @njit(**_RULE)
-def sgd(i, p, g, m, unused1, unused2, h, flags):
+def sgd(p, g, m, s1, s2, h, flags):
     lr, wd, wd_factor, momentum, grad_scale = h
     flavor, use_momentum, nesterov = flags
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
     if not use_momentum:
-        p[i] = pi - lr * gi
+        p = p - lr * g
     elif flavor == KERAS:
-        mi = m[i] * momentum - gi * lr
-        m[i] = mi
-        p[i] = pi + (mi * momentum - gi * lr) if nesterov else pi + mi
+        m = m * momentum - g * lr
+        p = p + (m * momentum - g * lr) if nesterov else p + m
     else:
         # grad_scale is 1 on the first step (the buffer becomes g), 1 - dampening after.
-        mi = m[i] * momentum + grad_scale * gi
-        m[i] = mi
-        p[i] = pi - lr * (gi + momentum * mi if nesterov else mi)
+        m = m * momentum + grad_scale * g
+        p = p - lr * (g + momentum * m if nesterov else m)
+    return p, m, s1, s2
 
 
 @njit(**_RULE)
-def rmsprop(i, p, g, v, s1, s2, h, flags):
+def rmsprop(p, g, v, s1, s2, h, flags):
     lr, wd, wd_factor, rho, one_minus_rho, momentum, eps = h
     flavor, use_momentum, centered = flags
     mom = s1
     gbar = s2 if use_momentum else s1  # slots: v, momentum if used, then gbar
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
-    vi = rho * v[i] + one_minus_rho * (gi * gi)
-    v[i] = vi
-    ms = vi
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
+    v = rho * v + one_minus_rho * (g * g)
+    ms = v
     if centered:
         if flavor == KERAS:
-            gb = rho * gbar[i] + one_minus_rho * gi
+            gbar = rho * gbar + one_minus_rho * g
         else:
-            gb = gbar[i] + one_minus_rho * (gi - gbar[i])
-        gbar[i] = gb
-        ms = vi - gb * gb
+            gbar = gbar + one_minus_rho * (g - gbar)
+        ms = v - gbar * gbar
     if flavor == KERAS:
-        inc = lr * gi / np.sqrt(ms + eps)
+        inc = lr * g / np.sqrt(ms + eps)
         if use_momentum:
-            mom[i] = momentum * mom[i] + inc
-            p[i] = pi - mom[i]
+            mom = momentum * mom + inc
+            p = p - mom
         else:
-            p[i] = pi - inc
+            p = p - inc
     else:
         avg = np.sqrt(ms) + eps
         if use_momentum:
-            mom[i] = momentum * mom[i] + gi / avg
-            p[i] = pi - lr * mom[i]
+            mom = momentum * mom + g / avg
+            p = p - lr * mom
         else:
-            p[i] = pi - lr * (gi / avg)
+            p = p - lr * (g / avg)
+    if use_momentum:
+        return p, v, mom, gbar
+    return p, v, gbar, s2
 
 
 @njit(**_RULE)
-def adagrad(i, p, g, acc, unused1, unused2, h, flags):
+def adagrad(p, g, acc, s1, s2, h, flags):
     lr, wd, wd_factor, eps, step = h
     flavor = flags[0]
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
-    ai = acc[i] + gi * gi
-    acc[i] = ai
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
+    acc = acc + g * g
     if flavor == KERAS:
-        p[i] = pi - step * gi / np.sqrt(ai + eps)
+        p = p - step * g / np.sqrt(acc + eps)
     else:
-        p[i] = pi - step * (gi / (np.sqrt(ai) + eps))
+        p = p - step * (g / (np.sqrt(acc) + eps))
+    return p, acc, s1, s2
 
 
 @njit(**_RULE)
-def adadelta(i, p, g, eg, ed, unused, h, flags):
+def adadelta(p, g, eg, ed, s2, h, flags):
     lr, wd, wd_factor, rho, one_minus_rho, eps = h
     flavor = flags[0]
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
-    egi = rho * eg[i] + one_minus_rho * (gi * gi)
-    eg[i] = egi
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
+    eg = rho * eg + one_minus_rho * (g * g)
     if flavor == KERAS:
-        d = np.sqrt(ed[i] + eps) * gi / np.sqrt(egi + eps)
+        d = np.sqrt(ed + eps) * g / np.sqrt(eg + eps)
     else:
-        d = np.sqrt(ed[i] + eps) / np.sqrt(egi + eps) * gi
-    ed[i] = rho * ed[i] + one_minus_rho * (d * d)
-    p[i] = pi - lr * d
+        d = np.sqrt(ed + eps) / np.sqrt(eg + eps) * g
+    ed = rho * ed + one_minus_rho * (d * d)
+    return p - lr * d, eg, ed, s2
 
 
 # --- Adamax, Nadam, Lion ----------------------------------------------------------------------
 
 @njit(**_RULE)
-def adamax(i, p, g, m, u, unused, h, flags):
+def adamax(p, g, m, u, s2, h, flags):
     lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, clr = h
     flavor = flags[0]
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
-    mi = m[i] + (gi - m[i]) * one_minus_b1
-    scaled = b2 * u[i]
-    # The branches only compute; the stores below are unconditional, so LLVM turns the
-    # branches into selects and vectorizes the loop.
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
+    m = m + (g - m) * one_minus_b1
+    scaled = b2 * u
     if flavor == KERAS:
-        a = abs(gi)
-        ui = scaled if scaled > a else a
-        pi = pi - lr * mi / ((ui + eps) * bc1)
+        a = abs(g)
+        u = scaled if scaled > a else a
+        p = p - lr * m / ((u + eps) * bc1)
     else:
-        a = abs(gi) + eps
-        ui = scaled if scaled > a else a
-        pi = pi - clr * (mi / ui)
-    m[i] = mi
-    u[i] = ui
-    p[i] = pi
+        a = abs(g) + eps
+        u = scaled if scaled > a else a
+        p = p - clr * (m / u)
+    return p, m, u, s2
 
 
 @njit(**_RULE)
-def nadam(i, p, g, m, v, unused, h, flags):
+def nadam(p, g, m, v, s2, h, flags):
     lr, wd, wd_factor, b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g = h
     flavor = flags[0]
-    pi, gi = weight_decay(flavor, p[i], g[i], lr, wd, wd_factor)
-    mi = m[i] + (gi - m[i]) * one_minus_b1
-    # Branches compute, unconditional stores follow: see adamax.
+    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
+    m = m + (g - m) * one_minus_b1
     if flavor == KERAS:
-        vi = v[i] + (gi * gi - v[i]) * one_minus_b2
-        pi = pi - (c_m * mi + c_g * gi) * lr / (np.sqrt(vi / bc2) + eps)
+        v = v + (g * g - v) * one_minus_b2
+        p = p - (c_m * m + c_g * g) * lr / (np.sqrt(v / bc2) + eps)
     else:
-        vi = b2 * v[i] + one_minus_b2 * (gi * gi)
-        d = np.sqrt(vi / bc2) + eps
-        pi = pi - c_g * (gi / d)
-        pi = pi - c_m * (mi / d)
-    m[i] = mi
-    v[i] = vi
-    p[i] = pi
+        v = b2 * v + one_minus_b2 * (g * g)
+        d = np.sqrt(v / bc2) + eps
+        p = p - c_g * (g / d)
+        p = p - c_m * (m / d)
+    return p, m, v, s2
 
 
 @njit(**_RULE)
-def lion(i, p, g, m, unused1, unused2, h, flags):
+def lion(p, g, m, s1, s2, h, flags):
     lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2 = h
-    pi, gi = weight_decay(flags[0], p[i], g[i], lr, wd, wd_factor)
-    c = m[i] * b1 + gi * one_minus_b1
+    p, g = weight_decay(flags[0], p, g, lr, wd, wd_factor)
+    c = m * b1 + g * one_minus_b1
     # lr * sign(c) as a select: +-lr exactly, c * lr = +-0 for c = 0 and NaN for NaN.
     step = lr if c > 0 else (-lr if c < 0 else c * lr)
-    p[i] = pi - step
-    m[i] = m[i] * b2 + gi * one_minus_b2
+    return p - step, m * b2 + g * one_minus_b2, s1, s2

@@ -11,12 +11,17 @@ import numpy as np
 
 from .. import config
 from .._clip import NO_CLIP, GradClip
-from .._group import Group, make_group, step_table
-from .._registry import CUDA_TYPES, DTYPES, REGISTRY
+from .._group import Group, make_group, step_storage, step_table
+from .._registry import REGISTRY
+from .._storage import CUDA_TYPES, PARAM_DTYPES, all_storages
+from .._steps import as_rows
 from .._table import rows
 from . import runtime
 
 name = "cuda"
+
+#: Loss-scaled steps are decided on the device (fusedopt/_engine.py, kernels/steps.cuh).
+DEVICE_FLAGS = True
 
 #: int types of the kernel arguments that precede the scalars: table, n_tensors, chunk.
 _INDEX_TYPES = (np.int32, np.int64)
@@ -26,17 +31,20 @@ def accepts(array) -> bool:
     return runtime.current().accepts(array)
 
 
-def group(dtype, params, states) -> Group:
-    return make_group(dtype, params, states, config.CUDA_CHUNK, runtime.current().address)
+def group(storage, params, states) -> Group:
+    return make_group(storage, params, states, config.CUDA_CHUNK, runtime.current().address)
 
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
 EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
-    # kernels/traffic.cu: one per dtype and slot count any registered optimizer can have.
-    "traffic": tuple(f"traffic<{CUDA_TYPES[d]}, {ns}>" for d in DTYPES
+    # kernels/traffic.cu: one per storage whose grads are in the param's dtype, and slot
+    # count any registered optimizer can have.
+    "traffic": tuple(f"traffic<{st.template_args()}, {ns}>" for st in all_storages()
+                     if st.grad == st.param
                      for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
-    # kernels/norm.cu: per-tensor sums of squares of the grads, for clipping by norm.
-    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in DTYPES), "lane_sums", "tensor_sums"),
+    # kernels/norm.cu: the grad-only pre-pass (sums of squares, the inf/NaN flag).
+    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in PARAM_DTYPES), "lane_sums",
+             "tensor_sums", "raise_flag"),
 }
 
 
@@ -58,9 +66,9 @@ def name_expressions(family: str) -> tuple[str, ...]:
     return all_entry_points()[family]
 
 
-def kernel(spec, dtype: str, flags):
+def kernel(spec, storage, flags):
     module = runtime.current().module(spec.kernel, name_expressions(spec.kernel))
-    return module.get_function(spec.entry(dtype, flags))
+    return module.get_function(spec.entry(storage, flags))
 
 
 def _device_table(group: Group, grads, rt):
@@ -79,37 +87,86 @@ def _device_table(group: Group, grads, rt):
     return group.device_table
 
 
-def sum_squares(group: Group, grads):
-    """Sum of g**2 of each grad (a float64 device array), for clipping by norm.
+def grad_pass(group: Group, grads):
+    """(sum of g**2 of each grad, NaN where a grad holds an inf or NaN), float64 device
+    arrays, for clipping by norm and loss scaling (:func:`raise_flag` reads the second).
 
     Three launches of kernels/norm.cu, no atomics and no cooperation between threads:
     per-thread sums of each chunk, then per-tensor sums of each thread lane over the
-    tensor's chunks, then one sum per tensor. Nothing is copied to the host.
+    tensor's chunks, then one sum per tensor - each for the squares and for the inf/NaN
+    test. Nothing is copied to the host.
     """
     rt = runtime.current()
     table = _device_table(group, grads, rt)
     n_tensors, n_work = len(group.params), group.table.n_work
     threads = config.THREADS_PER_BLOCK
-    sizes = (max(n_work, 1) * threads, n_tensors * threads, n_tensors)
+    sizes = (2 * max(n_work, 1) * threads, 2 * n_tensors * threads, 2 * n_tensors)
     if group.scratch.get("norm_sizes") != sizes:  # every entry is written before it is read
         group.scratch["norm"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
         group.scratch["norm_sizes"] = sizes
     partial, lanes, out = group.scratch["norm"]
     module = rt.module("norm", name_expressions("norm"))
     index, wide = _INDEX_TYPES
+    grad = CUDA_TYPES[step_storage(group, grads).grad]
     if n_work:
-        module.get_function(f"chunk_sums<{CUDA_TYPES[group.dtype]}>")(
+        module.get_function(f"chunk_sums<{grad}>")(
             (n_work,), (threads,),
             (table, index(n_tensors), index(group.n_slots), wide(group.chunk), partial))
     module.get_function("lane_sums")(
-        (n_tensors,), (threads,),
+        (2 * n_tensors,), (threads,),
         (table, index(n_tensors), index(group.n_slots), wide(n_work), partial, lanes))
     module.get_function("tensor_sums")(
-        (-(-n_tensors // threads),), (threads,), (index(n_tensors), index(threads), lanes, out))
-    return out
+        (-(-2 * n_tensors // threads),), (threads,),
+        (index(2 * n_tensors), index(threads), lanes, out))
+    return out[:n_tensors], out[n_tensors:]
 
 
-def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (a float64 device array), for clipping by norm."""
+    return grad_pass(group, grads)[0]
+
+
+def flag_ring(size: int):
+    """The device ring of step flags (int32, zero) of an engine's loss-scaled steps."""
+    return runtime.current().zeros(np.zeros(size, np.int32))
+
+
+def raise_flag(group: Group, flags, slot: int, or_in: bool = False) -> None:
+    """``flags[slot]`` = whether the last :func:`grad_pass` of ``group`` saw an inf or NaN
+    (or'ed into the flag a previous group of the same step wrote, with ``or_in``). One
+    thread on the device; the host reads nothing."""
+    rt = runtime.current()
+    index, wide = _INDEX_TYPES
+    out = group.scratch["norm"][2]
+    module = rt.module("norm", name_expressions("norm"))
+    module.get_function("raise_flag")(
+        (1,), (1,), (index(len(group.params)), out, flags, wide(slot), index(int(or_in))))
+
+
+def copy_flag(found_inf, flags, slot: int) -> None:
+    """``flags[slot]`` = (``found_inf`` != 0), for a caller's device flag (torch's
+    GradScaler's ``found_inf``), on the device."""
+    runtime.current().set_flag(flags, slot, found_inf)
+
+
+def read_later(array):
+    """A read of device ``array`` started now and finished when the host asks
+    (``done()`` without waiting, ``result()`` waiting if it must)."""
+    return runtime.current().read_later(array)
+
+
+def _upload(group: Group, key: str, host: np.ndarray, rt):
+    """``host`` on the device in the group's buffer ``key``, copied only when it changed."""
+    last = group.scratch.get(key + "_host")
+    if last is None or last.shape != host.shape or not np.array_equal(last, host):
+        group.scratch[key] = rt.to_device(host, out=group.scratch.get(key))
+        group.scratch[key + "_host"] = host
+    return group.scratch[key]
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """One launch over ``group``: the scalar rows and control block of ``steps``
+    (fusedopt/_steps.py) go to the device with it, without waiting for anything."""
     rt = runtime.current()
     group.table.set_limit(clip.limit)
     if group.grads_scaled and clip.scales is None:
@@ -127,8 +184,16 @@ def step(spec, flags, scalars, group: Group, grads, clip: GradClip = NO_CLIP) ->
     n_work = group.table.n_work
     if n_work == 0:
         return
-    compute = np.dtype(group.dtype).type  # compute type == storage type for float32/float64
+    storage = step_storage(group, grads)
+    steps = as_rows(steps, len(group.params))
+    scalars = _upload(group, "rows", steps.row_array(np.dtype(storage.compute)), rt)
+    control = _upload(group, "control", steps.control(), rt)
+    ring = steps.flags
+    if ring is None:
+        if "no_flags" not in group.scratch:
+            group.scratch["no_flags"] = rt.zeros(np.zeros(1, np.int32))
+        ring = group.scratch["no_flags"]
     n_tensors, chunk = _INDEX_TYPES
-    args = (group.device_table, n_tensors(len(group.params)), chunk(group.chunk),
-            *(compute(x) for x in scalars))
-    kernel(spec, group.dtype, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)
+    args = (group.device_table, n_tensors(len(group.params)), chunk(group.chunk), scalars,
+            control, ring)
+    kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)

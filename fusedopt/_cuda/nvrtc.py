@@ -83,8 +83,10 @@ def library_paths() -> list[str]:
 
 
 def gate_options(arch: str) -> tuple[str, ...]:
-    """The runtime's NVRTC options, plus a real architecture and ptxas' resource report."""
-    return (*source.options(), f"--gpu-architecture={arch}", PTXAS_VERBOSE)
+    """The runtime's NVRTC options, the header folder CuPy adds, a real architecture and
+    ptxas' resource report."""
+    includes = tuple(f"-I{folder}" for folder in source.include_dirs())
+    return (*source.options(), *includes, f"--gpu-architecture={arch}", PTXAS_VERBOSE)
 
 
 def _check(result, what: str) -> None:
@@ -179,3 +181,24 @@ def compile_family(family: str, arch: str, *, cache_dir: Path | None = None) -> 
 def gate_matrix() -> list[tuple[str, str]]:
     """Every (family, architecture) the gates compile, in a stable order."""
     return [(family, arch) for family in launch.all_entry_points() for arch in config.GATE_ARCHS]
+
+
+def _compile_into(job) -> str:
+    family, arch, cache_dir = job
+    return compile_family(family, arch, cache_dir=Path(cache_dir)).label
+
+
+def compile_all(cache_dir: Path, workers: int) -> None:
+    """Every (family, architecture) of :func:`gate_matrix` into ``cache_dir``, ``workers``
+    compiles at a time (NVRTC compiles one program on one core), the largest first, so
+    the gates then read every result from the cache."""
+    from concurrent.futures import ProcessPoolExecutor
+    entries = launch.all_entry_points()
+    jobs = sorted(((f, a, str(cache_dir)) for f, a in gate_matrix()),
+                  key=lambda job: -len(entries[job[0]]))
+    if workers <= 1:
+        for job in jobs:
+            _compile_into(job)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_compile_into, jobs))

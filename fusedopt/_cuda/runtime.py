@@ -51,6 +51,23 @@ class CupyRuntime:
             return out
         return self.cupy.asarray(host_array)
 
+    def set_flag(self, flags, slot: int, value) -> None:
+        """``flags[slot] = (value != 0)`` on the device, for a device 0-d ``value`` (a CuPy
+        array, or a tensor exposing ``__cuda_array_interface__``)."""
+        value = self.cupy.asarray(value).reshape(())
+        flags[slot: slot + 1] = (value != 0).astype(self.cupy.int32)
+
+    def read_later(self, array) -> "Pending":
+        """Start copying device ``array`` to pinned host memory on the current stream,
+        without waiting; the result is there once the recorded event has completed."""
+        import cupyx
+        pinned = cupyx.empty_pinned(array.shape, array.dtype)
+        array.get(out=pinned, blocking=False)
+        event = self.cupy.cuda.Event(block=False, disable_timing=True)
+        event.record()
+        return Pending(lambda: event.done, lambda: (event.synchronize(), pinned[()]
+                                                     if pinned.shape == () else pinned[0])[1])
+
     def module(self, family: str, name_expressions: tuple[str, ...]):
         key = (self.cupy.cuda.runtime.getDevice(), family)
         if key not in self._modules:
@@ -60,6 +77,22 @@ class CupyRuntime:
                 name_expressions=name_expressions,
             )
         return self._modules[key]
+
+
+class Pending:
+    """A device value on its way to the host: ``done()`` asks without waiting; ``result()``
+    waits if it must."""
+
+    def __init__(self, done, result):
+        self._done, self._result, self._value = done, result, None
+
+    def done(self) -> bool:
+        return self._value is not None or bool(self._done())
+
+    def result(self):
+        if self._value is None:
+            self._value = (self._result(),)
+        return self._value[0]
 
 
 _current = None

@@ -10,7 +10,11 @@ report in the program log and from the SASS that ``cuobjdump -sass`` prints for 
   whole cost is traffic;
 - at least one 128-bit global load (``LDG.E.128``) and store (``STG.E.128``): the main
   loop moves 16 bytes per access; a kernel that fell back to scalar loads reads the same
-  bytes in four times as many transactions.
+  bytes in four times as many transactions;
+- for optimizer entries, at least as many 128-bit loads and stores as one vector step of
+  its storage needs (:func:`vector_accesses`): 8 elements of a 16-bit operand in one
+  access, a float32 one in two, a float64 one in four. A 16-bit operand split into
+  narrower accesses, or a float32 one into 64-bit ones, falls short of the count.
 """
 
 from __future__ import annotations
@@ -55,18 +59,21 @@ class KernelReport:
     loads_128: int       # LDG ... .128 instructions
     stores_128: int      # STG ... .128 instructions
 
-    def problems(self, vectors: bool = True) -> list[str]:
+    def problems(self, vectors: bool = True, accesses: tuple[int, int] | None = None
+                 ) -> list[str]:
         """Why this kernel fails the machine-code gate (empty when it passes).
 
         ``vectors``: require 128-bit loads and stores (every optimizer entry point; helper
-        kernels such as reductions write a few scalars and are exempt).
+        kernels such as reductions write a few scalars and are exempt). ``accesses``: the
+        (loads, stores) of 128 bits one vector step needs (:func:`vector_accesses`).
         """
         where = f"{self.name} on {self.arch}"
         found = []
-        if self.registers > config.REGISTER_BUDGET:
+        budget, budget_name = register_budget(self.name)
+        if self.registers > budget:
             found.append(f"{where} uses {self.registers} registers per thread, over the budget "
-                         f"of {config.REGISTER_BUDGET} (fusedopt.config.REGISTER_BUDGET); "
-                         "keep fewer values live across the vector loop")
+                         f"of {budget} (fusedopt.config.{budget_name}); keep fewer values live "
+                         "across the vector loop")
         if self.registers * config.THREADS_PER_BLOCK > REGISTERS_PER_BLOCK:
             found.append(f"{where}: {self.registers} registers x {config.THREADS_PER_BLOCK} "
                          f"threads exceeds the {REGISTERS_PER_BLOCK} registers of a block; "
@@ -84,7 +91,44 @@ class KernelReport:
             found.append(f"{where} has {self.loads_128} 128-bit global loads and "
                          f"{self.stores_128} 128-bit stores; its main loop must move 16 bytes "
                          "per access (fusedopt::Pack in kernels/common.cuh)")
+        elif accesses is not None and (self.loads_128 < accesses[0]
+                                       or self.stores_128 < accesses[1]):
+            found.append(f"{where} has {self.loads_128} 128-bit loads and {self.stores_128} "
+                         f"128-bit stores, fewer than the {accesses[0]} and {accesses[1]} one "
+                         "vector step of its storage needs: an operand moves in narrower "
+                         "accesses (fusedopt::Operand in kernels/common.cuh)")
         return found
+
+
+def register_budget(name: str) -> tuple[int, str]:
+    """(budget, its name in fusedopt.config) of the entry point ``name``: float64 kernels
+    (``family<double, ...>``) have their own."""
+    if name.split("<", 1)[-1].startswith("double"):
+        return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
+    return config.REGISTER_BUDGET, "REGISTER_BUDGET"
+
+
+_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int16": 2}
+
+
+def vector_accesses() -> dict[str, tuple[int, int]]:
+    """name expression -> (128-bit loads, 128-bit stores) one vector step of every
+    optimizer entry point makes: VEC = 16 bytes of its narrowest operand, each operand in
+    VEC * its bytes / 16 accesses (param, grad, slots and master slot read - the param not
+    with an fp32 master, which is read instead; all but the grad written)."""
+    from .._registry import REGISTRY
+    out = {}
+    for spec in REGISTRY.values():
+        for st, flags, name in spec.entries():
+            sizes = [_BYTES[st.param], _BYTES[st.grad]]
+            sizes += [_BYTES[st.state]] * len(spec.slots(flags))
+            if st.master:
+                sizes.append(_BYTES[st.master[1]])
+            vec = 16 // min(sizes)
+            per = [vec * b // 16 for b in sizes]
+            unread = per[0] if st.mode == "master" else 0
+            out[name] = (sum(per) - unread, sum(per) - per[1])
+    return out
 
 
 #: The NVIDIA binary tools the gates run, and the wheel that ships each (cuobjdump -sass hands

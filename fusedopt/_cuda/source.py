@@ -44,3 +44,19 @@ def source(family: str) -> str:
 
 def options() -> tuple[str, ...]:
     return tuple(config.NVRTC_OPTIONS)
+
+
+def include_dirs() -> tuple[str, ...]:
+    """Where NVRTC finds ``<cuda_bf16.h>`` and ``<cuda_fp16.h>`` when CuPy compiles.
+
+    ``cupy.RawModule`` adds ``-I<CUDA path>/include`` itself (``cupy.cuda.get_cuda_path()``:
+    the nvidia-cuda-runtime wheel's ``nvidia/cu13`` folder, or a toolkit), so the runtime
+    passes only :func:`options`; the compile gate, which calls NVRTC directly, adds this
+    folder the same way (tests/test_cuda_compile.py checks it against CuPy's own options).
+    """
+    import cupy  # the gates' environment has it (the cudacheck extra)
+    root = cupy.cuda.get_cuda_path()
+    if root is None:
+        raise RuntimeError("CuPy finds no CUDA headers (cuda_bf16.h); install "
+                           "nvidia-cuda-runtime (the cudacheck extra has it)")
+    return (str(Path(root) / "include"),)

@@ -20,3 +20,8 @@ from .lion import Lion  # noqa: E402
 from .nadam import Nadam  # noqa: E402
 
 __all__ += ["Adamax", "Nadam", "Lion"]
+
+# Dynamic loss scaling around any of them
+from .loss_scale import LossScaleOptimizer  # noqa: E402
+
+__all__ += ["LossScaleOptimizer"]

@@ -29,6 +29,13 @@ class Adam(Optimizer):
         name: Keras' name. "adam".
         convention: "keras" or "torch": whose formulas to reproduce.
         backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
+        state_dtype: dtype of the state slots: None (float32 for float16/bfloat16 params,
+            the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32
+            params), "float64" (float64 params). Rounded to nearest even once per step.
+        master_weights: False, True (an fp32 master of each 16-bit param in the state, slot
+            "master", updated in the same pass; the param is written from it, rounded to
+            nearest) or "remainder" (bfloat16 params: an int16 slot "remainder" that with
+            the param is the fp32 master bit for bit, 2 bytes instead of 4). False.
 
     Example::
 
@@ -46,11 +53,13 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-07,
                  amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, name="adam", convention="keras", backend="auto",
-                 **kwargs):
+                 state_dtype=None,
+                 master_weights=False, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
                          clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-                         name=name, convention=convention, backend=backend, **kwargs)
+                         name=name, convention=convention, backend=backend,
+                         state_dtype=state_dtype, master_weights=master_weights, **kwargs)
 
 
 class AdamW(Optimizer):
@@ -67,8 +76,10 @@ class AdamW(Optimizer):
     def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-07, amsgrad=False, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, name="adam_w", convention="keras", backend="auto",
-                 **kwargs):
+                 state_dtype=None,
+                 master_weights=False, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay,
                          clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm,
-                         name=name, convention=convention, backend=backend, **kwargs)
+                         name=name, convention=convention, backend=backend,
+                         state_dtype=state_dtype, master_weights=master_weights, **kwargs)

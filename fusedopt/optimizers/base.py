@@ -33,6 +33,12 @@ def _host(array) -> np.ndarray:
     return kind_of(array).to_host(array)
 
 
+def _dtype_name(array) -> str:
+    """The dtype of a saved array by NumPy's name ('bfloat16' for ml_dtypes' type)."""
+    return kind_of(array).dtype(array) if kind_of(array).is_array(array) else \
+        np.asarray(array).dtype.name
+
+
 class Optimizer:
     """Base class: ``apply_gradients`` updates NumPy or CuPy params in place, fused.
 
@@ -42,7 +48,8 @@ class Optimizer:
     spec_name: str = ""
 
     def __init__(self, *, name=None, convention="keras", backend="auto", clipnorm=None,
-                 clipvalue=None, global_clipnorm=None, **hyper):
+                 clipvalue=None, global_clipnorm=None, state_dtype=None, master_weights=False,
+                 **hyper):
         spec = lookup(self.spec_name)
         self._spec: OptimizerSpec = spec
         if convention not in CONVENTIONS:
@@ -62,7 +69,9 @@ class Optimizer:
                             f"{sorted(unknown)}; it takes {sorted(known)}")
         self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
                                   clipvalue=clipvalue)
-        self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping)
+        self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping,
+                              state_dtype=state_dtype, master_weights=master_weights)
+        self.state_dtype, self.master_weights = state_dtype, master_weights
         group = self._engine.hypers[self._engine.add_group(hyper, where="")]
         self.hyper: dict[str, Any] = group.hyper
         self.name = name if name is not None else spec.keras_name
@@ -83,6 +92,12 @@ class Optimizer:
     @iterations.setter
     def iterations(self, value: int) -> None:
         self._engine.iterations = int(value)
+
+    @property
+    def found_inf(self) -> bool:
+        """The last ``apply_gradients(..., grad_scale=s)`` found an inf or NaN grad and
+        changed nothing. On CUDA, reading it waits for the device's flag of that step."""
+        return self._engine.found_inf
 
     @property
     def _params(self) -> list:
@@ -155,12 +170,15 @@ class Optimizer:
         return position
 
     def state_dict(self) -> dict:
-        """Iterations, config and copies of every state array, keyed by param position."""
+        """Iterations, config and copies of every state array, keyed by param position:
+        the optimizer's slots, and "master" (float32) or "remainder" (int16) with master
+        weights, each in its own dtype (bfloat16 as ``ml_dtypes.bfloat16``)."""
+        engine = self._engine
         return {
             "iterations": self.iterations,
             "config": self.get_config(),
-            "state": {i: {n: _host(s) for n, s in zip(self.slot_names, slots)}
-                      for i, slots in enumerate(self._engine.states)},
+            "state": {i: {n: _host(s) for n, s in zip(engine.slot_names(i), slots)}
+                      for i, slots in enumerate(engine.states)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -173,38 +191,55 @@ class Optimizer:
             self.iterations = int(state["iterations"])
             return
         saved = state["state"]
-        states = self._engine.states
+        engine = self._engine
+        states = engine.states
         if len(saved) != len(states):
             raise ValueError(f"the state holds {len(saved)} params, {self.name} has "
                              f"{len(states)}")
         for i, slots in enumerate(states):
+            names = engine.slot_names(i)
             entry = saved.get(i, saved.get(str(i)))
-            if entry is None or set(entry) != set(self.slot_names):
+            if entry is None or set(entry) != set(names):
                 raise ValueError(f"param {i}: saved slots {sorted(entry or {})} differ from "
-                                 f"{list(self.slot_names)} (was amsgrad or the optimizer "
-                                 "changed?)")
-            for name, s in zip(self.slot_names, slots):
+                                 f"{list(names)} (was amsgrad, master_weights or the "
+                                 "optimizer changed?)")
+            for name, s in zip(names, slots):
                 if tuple(np.shape(entry[name])) != tuple(s.shape):
                     raise ValueError(f"param {i}: saved {name!r} has shape "
                                      f"{tuple(np.shape(entry[name]))}, the param has "
                                      f"{tuple(s.shape)}")
+                have, want = _dtype_name(entry[name]), kind_of(s).dtype(s)
+                if have != want:
+                    raise ValueError(
+                        f"param {i}: saved {name!r} is {have}, this optimizer keeps it in "
+                        f"{want}; load it into an optimizer made with the state_dtype and "
+                        "master_weights it was saved with (the saved config has them), or "
+                        f"convert the checkpoint's arrays with .astype(...) first")
         for i, slots in enumerate(states):
             entry = saved.get(i, saved.get(str(i)))
-            for name, s in zip(self.slot_names, slots):
+            for name, s in zip(engine.slot_names(i), slots):
                 kind_of(s).copy_from_host(s, np.asarray(_host(entry[name])))
         self.iterations = int(state["iterations"])
 
     # --- the step ---------------------------------------------------------------------------
-    def apply_gradients(self, grads_and_vars) -> int:
+    def apply_gradients(self, grads_and_vars, grad_scale=None):
         """Apply one step to every (grad, param) pair, in place; returns ``iterations``.
 
         Pairs whose grad is None are skipped. All pairs are validated before any param
         changes. The first call builds state for its params; later calls may pass any
         subset of them. A :class:`fusedopt.FlatParams` arena may be passed instead of
         pairs: its grad buffer is applied to its params in one call per dtype.
+
+        ``grad_scale=s``: the grads are those of a loss multiplied by ``s`` (a number, or a
+        0-d array on the params' device); they are divided by ``s`` inside the fused pass.
+        If any grad element of the call is inf or NaN, nothing changes - no param, no
+        state, not ``iterations`` - and ``found_inf`` is True. The check is a read of the
+        grads only (the pass clipping by norm uses). On CUDA it is decided on the device
+        and nothing waits for the host (fusedopt/_engine.py): the returned count and
+        ``found_inf`` then wait for the device only when read.
         """
         if isinstance(grads_and_vars, FlatParams):
-            return grads_and_vars.step(self)
+            return grads_and_vars.step(self, grad_scale=grad_scale)
         pairs = [(g, p) for g, p in grads_and_vars]
         if not pairs:
             raise ValueError("apply_gradients got no (grad, param) pairs")
@@ -214,7 +249,9 @@ class Optimizer:
         if not self._params:
             for i, (g, p) in enumerate(pairs):  # every pair checked before state is made
                 if g is not None:
-                    _validate.check_pair(i, p, g, self._spec)
+                    _validate.check_pair(i, p, p, self._spec)
+                    mode = self._engine.storage_of(i, p).mode
+                    _validate.check_pair(i, p, g, self._spec, mode=mode)
             self.build([p for _, p in pairs])
         index = self._engine.position
         positions = [index(p) for _, p in live]
@@ -222,7 +259,9 @@ class Optimizer:
             self._position(live[positions.index(None)][1])  # raises, naming the param
         if len(set(positions)) != len(positions):
             raise ValueError("a param appears twice in one apply_gradients call")
-        self._engine.step([g for g, _ in live], positions)
+        self._engine.step([g for g, _ in live], positions, grad_scale=grad_scale)
+        if self._engine.pending():
+            return _Count(self._engine)
         return self.iterations
 
     # --- config -----------------------------------------------------------------------------
@@ -240,6 +279,10 @@ class Optimizer:
             cfg["convention"] = self.convention
         if self.backend != "auto":
             cfg["backend"] = self.backend
+        if self.state_dtype is not None:
+            cfg["state_dtype"] = self.state_dtype
+        if self.master_weights is not False:
+            cfg["master_weights"] = self.master_weights
         return cfg
 
     @classmethod
@@ -249,3 +292,30 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyper.items())
         return f"{type(self).__name__}({args}, convention={self.convention!r})"
+
+
+class _Count:
+    """``iterations`` after a step still decided on the device: an int once read (reading
+    it waits for the device), so a training loop that ignores it never waits."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __int__(self) -> int:
+        return self._engine.iterations
+
+    __index__ = __int__
+
+    def __eq__(self, other) -> bool:
+        return int(self) == other
+
+    def __lt__(self, other) -> bool:
+        return int(self) < other
+
+    def __hash__(self) -> int:
+        return hash(int(self))
+
+    def __repr__(self) -> str:
+        return repr(int(self))

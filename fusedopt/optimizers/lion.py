@@ -32,6 +32,13 @@ class Lion(Optimizer):
         name: Keras' name. "lion".
         convention: "keras" or "torch" (see above).
         backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
+        state_dtype: dtype of the state slots: None (float32 for float16/bfloat16 params,
+            the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32
+            params), "float64" (float64 params). Rounded to nearest even once per step.
+        master_weights: False, True (an fp32 master of each 16-bit param in the state, slot
+            "master", updated in the same pass; the param is written from it, rounded to
+            nearest) or "remainder" (bfloat16 params: an int16 slot "remainder" that with
+            the param is the fp32 master bit for bit, 2 bytes instead of 4). False.
 
     Example::
 
@@ -48,8 +55,10 @@ class Lion(Optimizer):
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, name="lion",
-                 convention="keras", backend="auto", **kwargs):
+                 convention="keras", backend="auto",
+                 state_dtype=None, master_weights=False, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
                          weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name, convention=convention,
-                         backend=backend, **kwargs)
+                         backend=backend,
+                         state_dtype=state_dtype, master_weights=master_weights, **kwargs)

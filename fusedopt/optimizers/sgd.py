@@ -31,6 +31,13 @@ class SGD(Optimizer):
         name: Keras' name. "sgd".
         convention: "keras" or "torch": whose formulas to reproduce.
         backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
+        state_dtype: dtype of the state slots: None (float32 for float16/bfloat16 params,
+            the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32
+            params), "float64" (float64 params). Rounded to nearest even once per step.
+        master_weights: False, True (an fp32 master of each 16-bit param in the state, slot
+            "master", updated in the same pass; the param is written from it, rounded to
+            nearest) or "remainder" (bfloat16 params: an int16 slot "remainder" that with
+            the param is the fp32 master bit for bit, 2 bytes instead of 4). False.
 
     Example::
 
@@ -47,8 +54,10 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None,
                  clipnorm=None, clipvalue=None, global_clipnorm=None, name="sgd",
-                 dampening=0.0, convention="keras", backend="auto", **kwargs):
+                 dampening=0.0, convention="keras", backend="auto",
+                 state_dtype=None, master_weights=False, **kwargs):
         super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
                          weight_decay=weight_decay, dampening=dampening, clipnorm=clipnorm,
                          clipvalue=clipvalue, global_clipnorm=global_clipnorm, name=name,
-                         convention=convention, backend=backend, **kwargs)
+                         convention=convention, backend=backend,
+                         state_dtype=state_dtype, master_weights=master_weights, **kwargs)

@@ -17,6 +17,10 @@ import fusedopt
 import reference
 from fusedopt._registry import CONVENTIONS, OptimizerSpec
 
+#: Param dtypes of the variant matrix (default storage); 16-bit storage and masters are
+#: covered by tests/storage_runs.py.
+BASE_DTYPES = ("float32", "float64")
+
 #: Learning rate of every comparison: large enough that ten steps move params well past
 #: float32 rounding, so a wrong update cannot hide under the tolerance.
 LEARNING_RATE = 0.01

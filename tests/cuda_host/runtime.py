@@ -14,7 +14,16 @@ launch is checked the way a GPU and CuPy would treat it:
   every chunk once and keep the vector loop 16-byte aligned (tests/cuda_host/table_check.py).
 
 Every launch is recorded in ``launches`` as ``(name, grid, block)``, every upload counted
-in ``uploads`` and its size in ``uploaded_bytes``, so tests can count them.
+in ``uploads`` (and, by target buffer, in ``uploaded``) and its size in ``uploaded_bytes``
+(and, by the buffer it lands in - the array a view belongs to - in ``uploaded_into``), so
+tests can count them.
+
+Reads from the device: ``read_later`` starts a copy the host collects later, as CuPy does
+with a pinned buffer and an event. ``events="never"`` makes those copies never complete by
+themselves, so the host can only have the value by waiting; ``waits`` counts every wait
+(``Pending.result()`` on a copy not yet complete), the device-to-host reads a GPU would
+stall on. A test that runs steps with ``events="never"`` and finds ``waits == 0`` has shown
+that no step waited for the device.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fusedopt._cuda import source
+from fusedopt._cuda.runtime import Pending
 
 from . import build, table_check
 
@@ -153,15 +163,22 @@ class HostRuntime:
     name = "host"
 
     def __init__(self, cache_dir: Path, *, order: str = "forward", sanitize: bool = False,
-                 sources: dict[str, str] | None = None, only: str | None = None):
+                 sources: dict[str, str] | None = None, only: str | None = None,
+                 events: str = "immediate"):
         if order not in ("forward", "reverse"):
             raise ValueError(f"order must be 'forward' or 'reverse', got {order!r}")
+        if events not in ("immediate", "never"):
+            raise ValueError(f"events must be 'immediate' or 'never', got {events!r}")
         self.cache_dir, self.order, self.sanitize = Path(cache_dir), order, sanitize
+        self.events = events
+        self.waits = 0
+        self.uploaded: dict[int, int] = {}  # id of the device buffer -> uploads into it
         self.sources = dict(sources or {})  # family -> replacement source text (tests)
         self.only = only
         self.launches: list[tuple[str, tuple, tuple]] = []
         self.uploads = 0
         self.uploaded_bytes = 0
+        self.uploaded_into: dict[int, int] = {}  # id of the whole device buffer -> bytes
         # id -> (start, end, array) of every array handed out; holding the array keeps its
         # memory from being reused while a table may still point at it.
         self._buffers: dict[int, tuple[int, int, np.ndarray]] = {}
@@ -185,10 +202,30 @@ class HostRuntime:
         self.uploaded_bytes += host_array.nbytes
         if out is not None and out.shape == host_array.shape:
             out[...] = host_array
-            return out
-        copy = np.array(host_array, copy=True)
-        self._hand_out(copy)
-        return copy
+            target = out
+        else:
+            target = np.array(host_array, copy=True)
+            self._hand_out(target)
+        self.uploaded[id(target)] = self.uploaded.get(id(target), 0) + 1
+        root = id(target if target.base is None else target.base)
+        self.uploaded_into[root] = self.uploaded_into.get(root, 0) + host_array.nbytes
+        return target
+
+    def set_flag(self, flags, slot: int, value) -> None:
+        """``flags[slot] = (value != 0)``, a device-side operation (no read)."""
+        flags[slot] = np.int32(np.asarray(value).reshape(()) != 0)
+
+    def read_later(self, array) -> Pending:
+        """A copy of ``array`` taken now (stream order: every launch so far has run), which
+        the host may only collect without waiting when ``events`` is "immediate"."""
+        value = np.array(array, copy=True).reshape(-1)[0]
+        immediate = self.events == "immediate"
+
+        def result():
+            if not immediate:
+                self.waits += 1
+            return value
+        return Pending(lambda: immediate, result)
 
     def module(self, family: str, name_expressions):
         if family not in self._modules:

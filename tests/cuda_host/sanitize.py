@@ -2,8 +2,9 @@
 
 ``python -m cuda_host.sanitize`` (with tests/ on the path) builds kernels/*.cu with
 ``-fsanitize=address,undefined`` and runs the real CUDA backend over the awkward sizes, a
-misaligned view and shrunk launch sizes, for every registered optimizer, dtype and every
-entry point. Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+misaligned view and shrunk launch sizes, for every registered optimizer, every storage
+(fusedopt/_storage.py: 16-bit params and grads, bfloat16 state, masters) and every entry
+point. Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
@@ -71,6 +72,39 @@ def _covering_variants(spec, compare):
     return list(chosen.values())
 
 
+def _other_storages(compare):
+    """Every storage but the default ones of float32 and float64 params."""
+    from fusedopt._storage import all_storages
+    return [st for st in all_storages()
+            if not (st.param in compare.BASE_DTYPES and st.state == st.param)]
+
+
+def _run_storage(spec, variant, storage, problem) -> None:
+    """``problem``'s steps on ``storage`` through the CUDA backend (the engine directly:
+    state dtype and master from the storage, grads of its grad dtype)."""
+    import numpy as np
+
+    import reference
+    from fusedopt._engine import Engine
+    modes = {"plain": False, "master": True, "remainder": "remainder"}
+    pdt, gdt = reference.as_dtype(storage.param), reference.as_dtype(storage.grad)
+    params = []
+    for t, p in enumerate(problem.params):
+        if t in problem.misaligned:
+            base = np.zeros(p.size + 1, dtype=pdt)
+            view = base[1:].reshape(p.shape)
+            view[...] = p.astype(pdt)
+            params.append(view)
+        else:
+            params.append(p.astype(pdt))
+    engine = Engine(spec, variant.convention, backend="cuda", state_dtype=storage.state,
+                    master_weights=modes[storage.mode])
+    engine.add_group(variant.hp)
+    engine.add_params(params)
+    for grads in problem.grads:
+        engine.step([g.astype(gdt) for g in grads])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", required=True, type=Path)
@@ -90,16 +124,28 @@ def main(argv=None) -> int:
                        sources={f: Path(p).read_text() for f, p in sources.items()},
                        only=args.entry)
     runtime.install(host)
+    if not sources and args.entry is None:  # every family at once, one g++ per core
+        from cuda_host import build
+        from fusedopt._cuda import launch
+        build.build_all(launch.all_entry_points(), args.cache / "host",
+                        workers=os.cpu_count() or 1, sanitize=True)
     for chunk, threads, shapes, steps in RUNS:
         if chunk is not None:
             config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
         problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
                                        misaligned=(len(shapes),))
         for spec in REGISTRY.values():
-            for dtype in spec.dtypes:
+            for dtype in compare.BASE_DTYPES:
                 for variant in _covering_variants(spec, compare):
                     if args.entry in (None, compare.entry_of(spec, variant, dtype)):
                         compare.run_backend(spec, variant, problem, dtype, "cuda")
+            # Other storages over the small shapes and blocks only: the big tensor repeats
+            # the default launch sizes, which the runs above cover, at ASan's -O0 speed.
+            for storage in _other_storages(compare) if chunk is not None else ():
+                for variant in _covering_variants(spec, compare):
+                    flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
+                    if args.entry in (None, spec.entry(storage, flags)):
+                        _run_storage(spec, variant, storage, problem)
     print(f"sanitizers clean over {len(host.launches)} launches")
     return 0
 

@@ -58,6 +58,17 @@ struct dim3 {
         : x(x_), y(y_), z(z_) {}
 };
 
+// Host stand-ins for the 16-bit storage types of cuda_fp16.h and cuda_bf16.h. Kernels use
+// them only as tags and for their size (kernels/storage.cuh moves 16-bit values as their
+// bits and converts with integer operations), so two bytes of storage is all they are.
+struct alignas(2) __half {
+    unsigned short __x;
+};
+struct alignas(2) __nv_bfloat16 {
+    unsigned short __x;
+};
+static_assert(sizeof(__half) == 2 && sizeof(__nv_bfloat16) == 2, "16-bit storage types");
+
 namespace fusedopt_host {
 
 // Set by the launcher before each simulated thread runs; read-only to kernels.

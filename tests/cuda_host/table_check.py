@@ -20,18 +20,20 @@ TABLE_PARAMS = ("*int64", "int32", "int64")
 #: Bytes per 128-bit vector access (fusedopt::VecWidth in kernels/common.cuh).
 VECTOR_BYTES = 16
 
-#: CUDA storage type -> (storage dtype, compute dtype): state slots hold the compute type.
-STORAGE = {
-    "float": ("float32", "float32"),
-    "double": ("float64", "float64"),
-    "__half": ("float16", "float32"),
-    "__nv_bfloat16": ("bfloat16", "float32"),
-}
+#: CUDA storage type -> NumPy dtype name (bfloat16 as ml_dtypes names it).
+STORAGE = {"float": "float32", "double": "float64", "__half": "float16",
+           "__nv_bfloat16": "bfloat16"}
+
+#: The master slot of each MODE (kernels/common.cuh): none, float32 masters, int16 remainders.
+MASTER_SLOT = {0: None, 1: "float32", 2: "int16"}
 
 #: Most state slots a table may describe (the kernels' s[] arrays are sized at compile time).
 MAX_SLOTS = 8
 
-_FIRST_TEMPLATE_ARG = re.compile(r"<\s*([\w:]+)")
+#: The optimizer ABI's parameters after the table's: scalar rows, control block, flag ring.
+STEP_PARAMS = 3
+
+_TEMPLATE_ARGS = re.compile(r"<(.*)>")
 
 
 def uses_table(signature) -> bool:
@@ -45,11 +47,7 @@ def check(name: str, grid, args, find_buffer) -> None:
     ``[address, address + nbytes)``, or None.
     """
     table, n_tensors, chunk = args[0], int(args[1]), int(args[2])
-    match = _FIRST_TEMPLATE_ARG.search(name)
-    if not match or match.group(1) not in STORAGE:
-        raise ValueError(f"{name}: cannot tell the storage type from the name expression; "
-                         f"add it to STORAGE in {__file__}")
-    storage, compute = (np.dtype(d) for d in STORAGE[match.group(1)])
+    param, grad, state, master = _storage(name)
     table = np.asarray(table)
     n_work = grid[0] * grid[1] * grid[2]
     if n_tensors <= 0:
@@ -59,7 +57,11 @@ def check(name: str, grid, args, find_buffer) -> None:
         raise ValueError(f"{name}: a table of {table.size} entries does not fit {n_tensors} "
                          f"tensors and {n_work} work items (one block per work item) for any "
                          "number of state slots")
-    if chunk <= 0 or chunk * storage.itemsize % VECTOR_BYTES:
+    dtypes = [param, grad] + [state] * (n_slots - (master is not None))
+    if master is not None:
+        dtypes.append(master)
+    narrow = min(d.itemsize for d in dtypes)
+    if chunk <= 0 or chunk * narrow % VECTOR_BYTES:
         raise ValueError(f"{name}: chunk {chunk} is not a multiple of the {VECTOR_BYTES}-byte "
                          "vector width; the kernel's vector loop would start misaligned")
     addresses = table[: (2 + n_slots) * n_tensors].reshape(2 + n_slots, n_tensors)
@@ -67,13 +69,60 @@ def check(name: str, grid, args, find_buffer) -> None:
     work = table[rows["work"]:]
     for t in range(n_tensors):
         for k in range(2 + n_slots):
-            _check_operand(name, t, k, int(addresses[k, t]), int(sizes[t]),
-                           storage if k < 2 else compute, find_buffer)
+            _check_operand(name, t, k, int(addresses[k, t]), int(sizes[t]), dtypes[k],
+                           find_buffer)
+    if len(args) == 3 + STEP_PARAMS:
+        _check_steps(name, n_tensors, *args[3:])
     expected = {(t, c) for t in range(n_tensors) for c in range(-(-int(sizes[t]) // chunk))}
     got = [(int(w) >> 32, int(w) & 0xFFFFFFFF) for w in work]
     if len(got) != len(set(got)) or set(got) != expected:
         raise ValueError(f"{name}: the work items do not cover every chunk of every tensor "
                          f"exactly once ({len(got)} items, {len(expected)} chunks)")
+
+
+def _storage(name: str):
+    """(param, grad, state, master-slot) dtypes from an optimizer name expression
+    ``family<P, G, S, MODE, ...>``."""
+    match = _TEMPLATE_ARGS.search(name)
+    parts = [a.strip() for a in match.group(1).split(",")] if match else []
+    if len(parts) < 4 or any(p not in STORAGE for p in parts[:3]) or not parts[3].isdigit():
+        raise ValueError(f"{name}: cannot tell the storage from the name expression "
+                         f"(family<P, G, S, MODE, ...>); see STORAGE in {__file__}")
+    param, grad, state = (np.dtype(_numpy_name(STORAGE[p])) for p in parts[:3])
+    master = MASTER_SLOT[int(parts[3])]
+    return param, grad, state, None if master is None else np.dtype(master)
+
+
+def _numpy_name(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+        return ml_dtypes.bfloat16
+    return name
+
+
+def _check_steps(name, n_tensors, rows, control, flags) -> None:
+    """The scalar rows, control block and flag ring of kernels/steps.cuh agree: the block
+    has a row of base and mask per tensor, every tensor's candidate steps have a row, and
+    every slot the kernel may read is in the ring."""
+    control = np.asarray(control)
+    header = 7
+    if control.size != header + 2 * n_tensors:
+        raise ValueError(f"{name}: a control block of {control.size} entries for "
+                         f"{n_tensors} tensors (expected {header + 2 * n_tensors})")
+    lo, n_rows, n_scalars, window, slot, first, ring = (int(v) for v in control[:header])
+    if np.asarray(rows).size != n_rows * n_scalars:
+        raise ValueError(f"{name}: {np.asarray(rows).size} scalars for {n_rows} rows of "
+                         f"{n_scalars}")
+    base = control[header: header + n_tensors]
+    mask = control[header + n_tensors:]
+    tops = base + np.array([bin(int(m) & ((1 << window) - 1)).count("1") for m in mask])
+    if base.min() < lo or tops.max() > lo + n_rows - 1:
+        raise ValueError(f"{name}: the tensors' candidate steps {int(base.min())}.."
+                         f"{int(tops.max())} are not all among the rows' {lo}.."
+                         f"{lo + n_rows - 1}")
+    if not 0 <= window < 64 or ring < 1 or np.asarray(flags).size < ring or slot >= ring:
+        raise ValueError(f"{name}: window {window}, slot {slot} or ring {ring} do not fit "
+                         f"a flag ring of {np.asarray(flags).size}")
 
 
 def _layout(length: int, n_tensors: int, n_work: int):

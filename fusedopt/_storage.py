@@ -1,0 +1,177 @@
+"""The storage policy: which dtypes a param, its grad and its state may have, and how the
+param is kept. Storage is not compute: the math runs in float32 for 16-bit and float32
+params and in float64 for float64 params; values are widened on load and rounded to
+nearest even once on store (kernels/storage.cuh, fusedopt/_cpu/storage.py).
+
+- params: float32, float64, float16, bfloat16 (NumPy's bfloat16 is ``ml_dtypes.bfloat16``);
+- grads: the param's dtype, or float32 for a 16-bit param kept with a master (fp32 grad
+  accumulation goes with an fp32 master, as in Megatron's main grads and apex's O2);
+- state (``state_dtype``): by default float32 for 16-bit params and the param's dtype
+  otherwise; "float32" or "bfloat16" may be chosen for 16-bit and float32 params without a
+  master, only "float64" for float64 params; a master keeps float32 state;
+- ``master_weights``: False (the param is the weight), True (a float32 master in the
+  optimizer's state, slot "master", updated in the same pass; the 16-bit param is written
+  from it, rounded to nearest with ties away from zero), or "remainder" (bfloat16 params:
+  an int16 slot "remainder" such that the param and it are the float32 master bit for bit;
+  the same trajectory as True in 2 bytes instead of 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Param storage dtypes, and the CUDA type of each.
+CUDA_TYPES = {"float32": "float", "float64": "double", "float16": "__half",
+              "bfloat16": "__nv_bfloat16"}
+PARAM_DTYPES = tuple(CUDA_TYPES)
+SIXTEEN_BIT = ("float16", "bfloat16")
+
+#: Spellings of ``master_weights`` and the kernels' MODE of each (kernels/common.cuh).
+MODES = {False: "plain", True: "master", "remainder": "remainder"}
+MODE_IDS = {"plain": 0, "master": 1, "remainder": 2}
+
+#: The master slot of each mode: its name in the optimizer's state and its dtype.
+MASTER_SLOTS = {"master": ("master", "float32"), "remainder": ("remainder", "int16")}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """NumPy's dtype for a dtype name: "bfloat16" is ``ml_dtypes.bfloat16`` (NumPy does not
+    know the name)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def compute_dtype(param: str) -> str:
+    return "float64" if param == "float64" else "float32"
+
+
+# Why not every combination: each one is a compiled kernel per optimizer variant, and every
+# kernel goes through the compile, machine-code, host and sanitizer gates. The two left out
+# (float32 grads into a 16-bit param without a master; bfloat16 state beside a float32
+# master) pair a precision choice with its opposite, so they are refused with the fix.
+
+def grad_dtypes(param: str, mode: str = "plain") -> tuple[str, ...]:
+    """The grad dtypes a param of dtype ``param`` kept in ``mode`` takes."""
+    return (param, "float32") if param in SIXTEEN_BIT and mode != "plain" else (param,)
+
+
+def state_dtypes(param: str, mode: str = "plain") -> tuple[str, ...]:
+    """The state dtypes a param of dtype ``param`` kept in ``mode`` may be given (the
+    default first)."""
+    if param == "float64":
+        return ("float64",)
+    return ("float32", "bfloat16") if mode == "plain" else ("float32",)
+
+
+def default_state_dtype(param: str) -> str:
+    return state_dtypes(param)[0]
+
+
+def modes(param: str) -> tuple[str, ...]:
+    """How a param of dtype ``param`` may be kept."""
+    if param == "bfloat16":
+        return ("plain", "master", "remainder")
+    if param == "float16":
+        return ("plain", "master")
+    return ("plain",)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The dtypes of one launch: param, grad, state slots, and how the param is kept."""
+
+    param: str
+    grad: str
+    state: str
+    mode: str = "plain"
+
+    @property
+    def compute(self) -> str:
+        return compute_dtype(self.param)
+
+    @property
+    def master(self) -> tuple[str, str] | None:
+        """(slot name, dtype) of the master slot, None in plain mode."""
+        return MASTER_SLOTS.get(self.mode)
+
+    def template_args(self) -> str:
+        """The CUDA template arguments before the variant flags: "P, G, S, MODE"."""
+        return ", ".join([CUDA_TYPES[self.param], CUDA_TYPES[self.grad],
+                          CUDA_TYPES[self.state], str(MODE_IDS[self.mode])])
+
+    def __str__(self) -> str:
+        extra = "" if self.mode == "plain" else f", {self.mode}"
+        return f"{self.param} params, {self.grad} grads, {self.state} state{extra}"
+
+
+def all_storages() -> tuple[Storage, ...]:
+    """Every storage the runtime can request: each param dtype with each of its modes and
+    their grad and state dtypes (13 in all)."""
+    return tuple(Storage(p, g, s, m) for p in PARAM_DTYPES for m in modes(p)
+                 for g in grad_dtypes(p, m) for s in state_dtypes(p, m))
+
+
+def mode_of(master_weights) -> str:
+    """``master_weights`` (False, True or "remainder") as a mode name; raises for others."""
+    if isinstance(master_weights, (bool, str)) and master_weights in MODES:
+        return MODES[master_weights]
+    raise ValueError(f"master_weights must be False, True or 'remainder', got "
+                     f"{master_weights!r}")
+
+
+def check_state_dtype(state_dtype) -> None:
+    """``state_dtype`` is None or a dtype name some param takes."""
+    allowed = {"float32", "bfloat16", "float64"}
+    if state_dtype is not None and state_dtype not in allowed:
+        raise ValueError(f"state_dtype must be None (float32 for 16-bit params, the param's "
+                         f"dtype otherwise), 'float32', 'bfloat16' or 'float64', got "
+                         f"{state_dtype!r}")
+
+
+def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
+    """(state dtype, mode) for a param of dtype ``param``, or a ValueError naming ``where``
+    (e.g. "param 3") and the fix."""
+    if param not in PARAM_DTYPES:
+        raise TypeError(f"{where} has dtype {param}; fusedopt steps "
+                        f"{', '.join(PARAM_DTYPES)} params: convert it (e.g. "
+                        ".astype(np.float32))")
+    if mode not in modes(param):
+        if param not in SIXTEEN_BIT:
+            fix = ("master weights are for 16-bit params: drop master_weights, or keep this "
+                   "param in float16/bfloat16")
+        else:
+            fix = ("remainder masters need bfloat16 params (a float16 param is not the high "
+                   "half of a float32): use master_weights=True for float16")
+        raise ValueError(f"{where} is {param}; master_weights={_spelling(mode)!r} is not "
+                         f"possible: {fix}")
+    state = default_state_dtype(param) if state_dtype is None else state_dtype
+    if state not in state_dtypes(param, mode):
+        kept = "" if mode == "plain" else f" kept with master_weights={_spelling(mode)!r}"
+        fix = ("a float32 master keeps float32 state: drop state_dtype (or master_weights)"
+               if mode != "plain" and state_dtype in state_dtypes(param) else
+               "pass state_dtype=None for the default")
+        raise ValueError(f"{where} is {param}{kept}, whose state can be "
+                         f"{' or '.join(state_dtypes(param, mode))}, not "
+                         f"state_dtype={state!r}; {fix}")
+    return state, mode
+
+
+def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:
+    """A TypeError naming ``where`` when a grad of dtype ``grad`` cannot update ``param``."""
+    if grad in grad_dtypes(param, mode):
+        return
+    allowed = " or ".join(grad_dtypes(param, mode))
+    hint = ""
+    if grad in grad_dtypes(param, "master"):
+        hint = (" (float32 grads go with an fp32 master: pass master_weights=True, or "
+                "'remainder' for bfloat16)")
+    raise TypeError(f"{where}: grad dtype {grad} cannot update a {param} param here (it "
+                    f"takes {allowed} grads){hint}; or cast the grad with .astype({param})")
+
+
+def _spelling(mode: str):
+    return next(k for k, v in MODES.items() if v == mode)

@@ -1,0 +1,129 @@
+"""Fused loss scaling: ``apply_gradients(..., grad_scale=s)`` on every backend and storage.
+
+- an inf or NaN at one element of one grad of a 3-tensor call changes nothing - no param,
+  no state, no ``iterations`` - and ``found_inf`` says so; the next finite step applies;
+- finite grads scaled by a power of two give the bits of the unscaled grads stepped
+  normally (tests/test_engine.py does float32 on the CPU for every variant; here 16-bit
+  storage on the CPU, and every variant and storage through the CUDA host execution);
+- the inf test is exact: finite float64 grads whose squares overflow are not flagged.
+"""
+
+import numpy as np
+import pytest
+
+import fusedopt
+import reference
+import variants
+from fusedopt._registry import REGISTRY
+
+SHAPES = ((5,), (4097,), (3, 7))
+DTYPES = ("float32", "bfloat16", "float16")
+MODES = {"plain": False, "master": True, "remainder": "remainder"}
+
+
+@pytest.fixture
+def backend(request):
+    if request.param == "cuda":
+        request.getfixturevalue("host_cuda")
+    return request.param
+
+
+def _classes():
+    return {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}
+
+
+def _make(name, hp, convention, backend, **storage):
+    return _classes()[name](**hp, convention=convention, backend=backend, **storage)
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(s) * 3).astype(reference.as_dtype(dtype)) for s in SHAPES]
+
+
+def _grads(params, step, scale=1.0, dtype=None):
+    rng = np.random.default_rng(100 + step)
+    dt = reference.as_dtype(dtype) if dtype else params[0].dtype
+    return [(rng.standard_normal(p.shape) * scale).astype(dt) for p in params]
+
+
+def _bits(arrays):
+    return [np.ascontiguousarray(a).view(np.uint8).copy() for a in arrays]
+
+
+#: Every way a param can be kept: (dtype, mode).
+KEPT = [("float32", "plain"), ("bfloat16", "plain"), ("float16", "plain"),
+        ("bfloat16", "master"), ("float16", "master"), ("bfloat16", "remainder")]
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("dtype, mode", KEPT)
+@pytest.mark.parametrize("backend", ["cpu", "cuda"], indirect=True)
+def test_one_bad_element_of_one_grad_changes_nothing(backend, dtype, mode, bad):
+    params = _params(dtype)
+    opt = fusedopt.Adam(learning_rate=0.1, backend=backend, master_weights=MODES[mode])
+    opt.apply_gradients(zip(_grads(params, 0, 8.0), params), grad_scale=8.0)
+    before = _bits(params) + _bits(opt.variables)
+    grads = _grads(params, 1, 8.0)
+    grads[1][2049] = bad  # one element of the middle tensor
+    opt.apply_gradients(zip(grads, params), grad_scale=8.0)
+    assert opt.found_inf is True and opt.iterations == 1
+    assert all(np.array_equal(x, y) for x, y in zip(before, _bits(params) + _bits(opt.variables)))
+    opt.apply_gradients(zip(_grads(params, 1, 8.0), params), grad_scale=8.0)
+    assert opt.found_inf is False and opt.iterations == 2
+    assert not all(np.array_equal(x, y) for x, y in zip(before, _bits(params)))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"], indirect=True)
+def test_huge_finite_float64_grads_are_not_an_overflow(backend):
+    """Squares of 1e200 overflow to inf; the inf/NaN test is its own, so the step applies."""
+    params = [np.ones(s) for s in SHAPES]
+    opt = fusedopt.SGD(learning_rate=1e-200, backend=backend)
+    grads = [np.full(p.shape, 1e200) for p in params]
+    opt.apply_gradients(zip(grads, params), grad_scale=2.0)
+    assert opt.found_inf is False and opt.iterations == 1
+    np.testing.assert_allclose(params[0], 0.5)
+
+
+def _power_of_two_case(name, hp, convention, backend, dtype, steps=4, **storage):
+    plain, scaled = _params(dtype, 1), _params(dtype, 1)
+    a = _make(name, hp, convention, backend, **storage)
+    b = _make(name, hp, convention, backend, **storage)
+    for t in range(steps):
+        grads = _grads(plain, t)
+        a.apply_gradients(zip(grads, plain))
+        b.apply_gradients(zip([g * reference.as_dtype(dtype).type(1024.0) for g in grads],
+                              scaled), grad_scale=1024.0)
+    assert all(np.array_equal(x, y) for x, y in zip(_bits(plain), _bits(scaled)))
+    assert all(np.array_equal(x, y) for x, y in zip(_bits(a.variables), _bits(b.variables)))
+    assert a.iterations == b.iterations == steps
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
+    hp, convention, _ = variants.variants(REGISTRY[name])[0]  # compiled by the storage tests
+    _power_of_two_case(name, hp, convention, "cpu", dtype)
+
+
+MATRIX = [(n, hp, c) for n, hp, c in variants.matrix()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, hp, convention", MATRIX, ids=variants.matrix_ids())
+def test_power_of_two_scale_gives_the_unscaled_bits_on_cuda(host_cuda, name, hp, convention,
+                                                            dtype):
+    _power_of_two_case(name, hp, convention, "cuda", dtype, steps=3)
+
+
+@pytest.mark.parametrize("mode", ["master", "remainder"])
+def test_power_of_two_scale_with_masters_and_float32_grads(host_cuda, mode):
+    _power_of_two_case("adam", {}, "keras", "cuda", "bfloat16", master_weights=MODES[mode])
+    plain, scaled = _params("bfloat16", 2), _params("bfloat16", 2)
+    a = fusedopt.Adam(backend="cuda", master_weights=MODES[mode])
+    b = fusedopt.Adam(backend="cuda", master_weights=MODES[mode])
+    for t in range(3):
+        grads = _grads(plain, t, dtype="float32")
+        a.apply_gradients(zip(grads, plain))
+        b.apply_gradients(zip([g * np.float32(64.0) for g in grads], scaled), grad_scale=64.0)
+    assert all(np.array_equal(x, y) for x, y in zip(_bits(plain), _bits(scaled)))
