@@ -64,7 +64,8 @@ class Kind:
         raise NotImplementedError
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
-        """A new array of ``like``'s shape, on its device, of ``dtype``, filled with ``fill``."""
+        """A new array of ``like``'s shape and memory order, on its device, of ``dtype``,
+        filled with ``fill``."""
         raise NotImplementedError
 
     def contiguous(self, a):
@@ -107,10 +108,13 @@ class NdarrayKind(Kind):
         return a.data.ptr
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
+        # In like's memory order (C, or Fortran for a Fortran-ordered param): the kernels
+        # pair element k of the param with element k of each state array in memory.
+        order = "F" if like.flags.f_contiguous and not like.flags.c_contiguous else "C"
         if isinstance(like, np.ndarray):
-            return np.full(like.shape, fill, dtype=np.dtype(dtype))
+            return np.full(like.shape, fill, dtype=np.dtype(dtype), order=order)
         with like.device:  # on the param's device, not the current one
-            return _cupy().full(like.shape, fill, dtype=np.dtype(dtype))
+            return _cupy().full(like.shape, fill, dtype=np.dtype(dtype), order=order)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()

@@ -44,7 +44,7 @@ import numpy as np
 from . import _validate
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
-from ._registry import OptimizerSpec
+from ._registry import OptimizerSpec, lookup
 
 
 @dataclass
@@ -150,13 +150,20 @@ class Engine:
             if states is not None:
                 _validate.check_state(first + i, p, states[i], slots)
         if params:
+            _validate.check_distinct_memory(self.params + params)
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
+        made_all = []
         for i, p in enumerate(params):
             kind = kind_of(p)
             made = (list(states[i]) if states is not None
                     else [kind.zeros(p, kind.dtype(p), init) for _ in slots])
+            if not all(_validate.same_order(s, p) for s in made):
+                raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
+                                 "makes state arrays in C order; pass a C-contiguous param")
+            made_all.append(made)
+        for i, (p, made) in enumerate(zip(params, made_all)):
             self._index[id(p)] = first + i
             self.params.append(p)
             self.states.append(made)
@@ -175,6 +182,46 @@ class Engine:
     def state(self, position: int) -> dict:
         """The state arrays of ``position`` by slot name (the arrays themselves)."""
         return dict(zip(self.slot_names(position), self.states[position]))
+
+    def bind(self, params) -> None:
+        """Hold ``params`` at the positions of the arrays held now, keeping every state array.
+
+        For a copy (pickle, ``copy.deepcopy``), whose params are copies of the original's:
+        ``bind`` points it at the arrays it should update. Each must have the shape, dtype,
+        memory order and place (host or device) of the param it replaces; nothing is copied.
+        Every param is checked before any is replaced.
+        """
+        params = list(params)
+        if len(params) != len(self.params):
+            raise ValueError(f"bind got {len(params)} params, this optimizer holds "
+                             f"{len(self.params)}; pass them all, in the order it was built with")
+        seen: dict[int, int] = {}
+        for i, (new, old) in enumerate(zip(params, self.params)):
+            _validate.check_pair(i, new, new, self.spec)
+            _validate.check_replacement(i, new, old)
+            if id(new) in seen:
+                raise ValueError(f"param {i} is the same array as param {seen[id(new)]}; "
+                                 "pass each param once")
+            seen[id(new)] = i
+        _validate.check_distinct_memory(params)
+        self.params = params
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._launch_cache.clear()
+        self._plans.clear()
+
+    # --- copies: pickle and copy.deepcopy -------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but what is rebuilt from it: the spec travels as its registry name (it
+        holds functions); launch groups, plans (addresses of this process's arrays) and the
+        identity index are dropped and rebuilt on the first step."""
+        state = dict(self.__dict__)
+        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.spec = lookup(state["spec"])
+        self._index = {id(p): i for i, p in enumerate(self.params)}
 
     # --- the step ---------------------------------------------------------------------------
     def step(self, grads, positions=None, *, grad_scale=None, found_inf=None) -> bool:
@@ -254,7 +301,8 @@ class Engine:
         params = [self.params[pos] for pos in positions]
         for pos, p, g in zip(positions, params, grads):
             _validate.check_pair(pos, p, g, self.spec)
-        grads = [_validate.contiguous(g) for g in grads]
+        grads = [_validate.contiguous(g, p) for g, p in zip(grads, params)]
+        _validate.check_no_aliasing(positions, params, grads)
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
         plan = self._plans[positions] = _Plan(backend, positions)
         return plan, grads

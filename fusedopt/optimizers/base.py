@@ -136,6 +136,31 @@ class Optimizer:
             pending, self._pending_state = self._pending_state, None
             self.load_state_dict(pending)
 
+    def bind(self, var_list: Iterable) -> None:
+        """Update ``var_list`` from now on: builds the optimizer if it is not built yet, else
+        puts these arrays in the places of the params it holds, keeping its state.
+
+        A copy made by ``pickle`` or ``copy.deepcopy`` holds copies of the params (unless
+        they were copied together with it, e.g. ``copy.deepcopy((opt, params))``); ``bind``
+        points it at the arrays to update. Each must match the param it replaces in shape,
+        dtype and memory order.
+        """
+        var_list = list(var_list)
+        if not self._params:
+            self.build(var_list)
+        else:
+            self._engine.bind(var_list)
+
+    # --- copies: pickle and copy.deepcopy ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_spec"] = self._spec.name  # the spec holds functions: found again by name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._spec = lookup(state["_spec"])
+
     @property
     def variables(self) -> list:
         """Every state array, position by position (Keras' ``optimizer.variables``)."""
