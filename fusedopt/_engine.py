@@ -172,6 +172,13 @@ class Engine:
             self.steps.append(0)
         return list(range(first, first + len(params)))
 
+    def forget_params(self) -> None:
+        """Drop every param and its state: undoes a build that a later check refused."""
+        self.params, self.states, self.group_of, self.decays, self.steps = [], [], [], [], []
+        self._index.clear()
+        self._launch_cache.clear()
+        self._plans.clear()
+
     def position(self, param) -> int | None:
         """The position of ``param`` (by identity), None if this engine does not hold it."""
         return self._index.get(id(param))
