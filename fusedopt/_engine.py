@@ -254,13 +254,21 @@ class Engine:
             self.found_inf = True
             return False
         plan = self._plans.get(positions)
-        if plan is None or not plan.takes(grads, self.params):
+        if plan is None or not plan.takes(grads, self.params, self._index):
             plan, grads = self._plan(positions, grads)
         launches = self._launches(plan.backend, positions)
         work = []
+        scalars: dict = {}
+        keys = []  # every launch's scalars, computed and checked before anything runs
         for launch in launches:
             g = grads if launch.members is None else [grads[i] for i in launch.members]
             work.append((launch, g))
+            key = (launch.hyper, launch.decays, self._step_of(positions, launch))
+            if key not in scalars:
+                scalars[key] = self._scalars(*key)
+            _validate.check_scalars(self.spec.name, scalars[key], launch.group.dtype,
+                                    grad_scale)
+            keys.append(key)
         if self.clipping.by_norm or grad_scale is not None:
             sums = [plan.backend.sum_squares(launch.group, g) for launch, g in work]
             if grad_scale is not None and found_inf is None and not _all_finite(sums):
@@ -270,12 +278,7 @@ class Engine:
         else:
             scales = [None] * len(work)
         limit = self.clipping.limit
-        scalars: dict = {}
-        for (launch, g), scale in zip(work, scales):
-            t = self._step_of(positions, launch)
-            key = (launch.hyper, launch.decays, t)
-            if key not in scalars:
-                scalars[key] = self._scalars(launch.hyper, launch.decays, t)
+        for (launch, g), scale, key in zip(work, scales, keys):
             with launch.kind.launch_context(launch.device):
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, scalars[key],
                                   launch.group, g, clip=GradClip(scale, limit))
@@ -361,10 +364,15 @@ class _Plan:
     def __init__(self, backend, positions: tuple):
         self.backend, self.positions = backend, positions
 
-    def takes(self, grads, params) -> bool:
-        """True when every grad has its param's layout (fusedopt._validate.same_layout)."""
+    def takes(self, grads, params, held) -> bool:
+        """True when every grad has its param's layout (fusedopt._validate.same_layout) and
+        neither is nor views a param this engine holds (``held``: id -> position)."""
         same = _validate.same_layout
-        return all(same(g, params[pos]) for g, pos in zip(grads, self.positions))
+        for g, pos in zip(grads, self.positions):
+            if id(g) in held or id(getattr(g, "base", None)) in held \
+                    or not same(g, params[pos]):
+                return False
+        return True
 
 
 def _as_grad_scale(grad_scale) -> float:

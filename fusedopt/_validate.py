@@ -224,3 +224,38 @@ def same_layout(grad, param) -> bool:
     except AttributeError:
         return False
 
+
+
+_RANGES: dict[str, tuple[float, float]] = {}
+
+
+def _compute_range(dtype: str) -> tuple[float, float]:
+    """(smallest normal, largest finite) of the type ``dtype`` params compute in: their own,
+    float32 for 16-bit storage."""
+    if dtype not in _RANGES:
+        compute = np.dtype(dtype) if _itemsize(dtype) >= 4 else np.dtype(np.float32)
+        info = np.finfo(compute)
+        _RANGES[dtype] = (float(info.tiny), float(info.max))
+    return _RANGES[dtype]
+
+
+def check_scalars(name: str, scalars, dtype: str, grad_scale=None) -> None:
+    """The step's scalars (from the hyperparameters, computed in double) fit the type the
+    kernels compute ``dtype`` params in; so does the reciprocal of ``grad_scale``.
+
+    A learning rate of 1e39 is a valid number but no float32: narrowed, it would turn every
+    update into inf or NaN. torch.optim refuses it ("value cannot be converted to type float
+    without overflow"); so does fusedopt, before anything changes.
+    """
+    tiny, top = _compute_range(dtype)
+    for x in scalars:
+        if not abs(x) <= top:
+            raise ValueError(f"{name}: a step scalar computed from the hyperparameters is "
+                             f"{x:g}, beyond the largest finite value of the {dtype} math "
+                             f"({top:g}), so every update would be inf or NaN; use a smaller "
+                             "learning_rate (or epsilon / weight_decay)")
+    if grad_scale is not None and not tiny <= 1.0 / grad_scale <= top:
+        raise ValueError(f"grad_scale={grad_scale:g}: its reciprocal {1.0 / grad_scale:g}, which "
+                         f"unscales the grads, is outside the normal range of the {dtype} math "
+                         f"[{tiny:g}, {top:g}]; use a loss scale between {1 / top:g} and "
+                         f"{1 / tiny:g}")
