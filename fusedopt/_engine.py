@@ -41,7 +41,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _validate
+from . import _threads, _validate
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
 from ._registry import OptimizerSpec, lookup
@@ -270,7 +270,8 @@ class Engine:
                                     grad_scale)
             keys.append(key)
         if self.clipping.by_norm or grad_scale is not None:
-            sums = [plan.backend.sum_squares(launch.group, g) for launch, g in work]
+            with _threads.guard(plan.backend):
+                sums = [plan.backend.sum_squares(launch.group, g) for launch, g in work]
             if grad_scale is not None and found_inf is None and not _all_finite(sums):
                 self.found_inf = True
                 return False
@@ -279,7 +280,7 @@ class Engine:
             scales = [None] * len(work)
         limit = self.clipping.limit
         for (launch, g), scale, key in zip(work, scales, keys):
-            with launch.kind.launch_context(launch.device):
+            with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, scalars[key],
                                   launch.group, g, clip=GradClip(scale, limit))
         self.found_inf = False

@@ -9,6 +9,7 @@ expression in fusedopt/_unfused.py, a reference in tests/reference.py and one en
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -307,6 +308,9 @@ register(OptimizerSpec(
 NADAM_DECAY_BASE = 0.96
 
 _MOMENTUM_PRODUCTS: dict[tuple[float, float], array] = {}
+#: Held while a memo grows: two threads extending one memo at once would each append the
+#: product of the same step, and every later product would be off by one factor.
+_MOMENTUM_PRODUCTS_LOCK = threading.Lock()
 
 
 def nadam_momentum(b1: float, psi: float, t: int) -> float:
@@ -322,14 +326,18 @@ def nadam_momentum_product(b1: float, psi: float, t: int) -> float:
     Memoised per (b1, psi), formed left to right as the libraries do, until mu_t reaches
     b1 in double (or P underflows); from there on P_t = P_K * b1**(t - K).
     """
-    products = _MOMENTUM_PRODUCTS.setdefault((b1, psi), array("d", [1.0]))
-    while len(products) <= t:
-        k = len(products)
-        mu = nadam_momentum(b1, psi, k)
-        if (mu == b1 and k > 1) or products[-1] == 0.0:
-            return products[-1] * b1 ** (t - (k - 1))
-        products.append(products[-1] * mu)
-    return products[t]
+    products = _MOMENTUM_PRODUCTS.get((b1, psi))
+    if products is not None and t < len(products):  # the usual step: no lock
+        return products[t]
+    with _MOMENTUM_PRODUCTS_LOCK:
+        products = _MOMENTUM_PRODUCTS.setdefault((b1, psi), array("d", [1.0]))
+        while len(products) <= t:
+            k = len(products)
+            mu = nadam_momentum(b1, psi, k)
+            if (mu == b1 and k > 1) or products[-1] == 0.0:
+                return products[-1] * b1 ** (t - (k - 1))
+            products.append(products[-1] * mu)
+        return products[t]
 
 
 def _nadam_scalars(hp, step, convention):
