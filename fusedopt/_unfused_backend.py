@@ -30,7 +30,9 @@ def group(dtype, params, states) -> Group:
 def sum_squares(group: Group, grads):
     """Sum of g**2 of each grad (float64, on the grads' device), for clipping by norm."""
     xp = _xp(grads[0])
-    return xp.stack([xp.sum(g * g, dtype=xp.float64) for g in grads])
+    # Squared in float64, as the fused backends do: a float32 grad of 1e20 has a float32
+    # square of inf, which would skip a loss-scaled step and zero a clipped grad.
+    return xp.stack([xp.sum(xp.square(g, dtype=xp.float64)) for g in grads])
 
 
 def _clipped(xp, g, scale, limit, compute):
