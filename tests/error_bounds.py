@@ -49,12 +49,12 @@ class Precision:
 
 
 def _arrays(x, precision):
-    """(value, bound, known >= 0, known <= 0) of an operand: a Bounded's own; a scalar's
-    with its rounding (which keeps its sign)."""
+    """(value, bound, known >= 0, known <= 0, overflowed) of an operand: a Bounded's own; a
+    scalar's with its rounding (which keeps its sign)."""
     if isinstance(x, Bounded):
-        return x.value, x.error, x.nonneg, x.nonpos
+        return x.value, x.error, x.nonneg, x.nonpos, x.overflowed
     value = np.asarray(x, dtype=np.float64)
-    return value, precision.u * np.abs(value), value >= 0, value <= 0
+    return value, precision.u * np.abs(value), value >= 0, value <= 0, False
 
 
 class Bounded:
@@ -65,10 +65,13 @@ class Bounded:
 
     __array_priority__ = 1000
 
-    def __init__(self, value, error, precision: Precision, nonneg=None, nonpos=None):
+    def __init__(self, value, error, precision: Precision, nonneg=None, nonpos=None,
+                 overflowed=False):
         self.value = np.asarray(value, dtype=np.float64)
         self.error = np.broadcast_to(np.asarray(error, dtype=np.float64), self.value.shape)
         self.precision = precision
+        #: some value this one was computed from was beyond the dtype's largest finite one
+        self.overflowed = np.broadcast_to(np.asarray(overflowed, dtype=bool), self.value.shape)
         exact = self.error == 0
         nonneg = (self.value >= 0) & exact if nonneg is None else nonneg
         nonpos = (self.value <= 0) & exact if nonpos is None else nonpos
@@ -76,20 +79,23 @@ class Bounded:
         self.nonpos = np.broadcast_to(np.asarray(nonpos, dtype=bool), self.value.shape)
 
     # --- the bookkeeping -------------------------------------------------------------------
-    def _rounded(self, value, carried, nonneg, nonpos) -> "Bounded":
+    def _rounded(self, value, carried, nonneg, nonpos, overflowed) -> "Bounded":
         """A result: its carried error, its own rounding; infinite beyond the dtype's range."""
         p = self.precision
         with np.errstate(invalid="ignore", over="ignore"):
             error = carried + p.u * np.abs(value) + p.half_subnormal
-            error = np.where(np.abs(value) > p.max, np.inf, error)
-        return Bounded(value, np.where(np.isnan(error), np.inf, error), p, nonneg, nonpos)
+            beyond = np.abs(value) > p.max
+            error = np.where(beyond, np.inf, error)
+        return Bounded(value, np.where(np.isnan(error), np.inf, error), p, nonneg, nonpos,
+                       overflowed | beyond)
 
     def _binary(self, op, other, reflected=False) -> "Bounded":
         square = other is self
-        a, ea, na, pa = self.value, self.error, self.nonneg, self.nonpos
-        b, eb, nb, pb = _arrays(other, self.precision)
+        a, ea, na, pa, oa = self.value, self.error, self.nonneg, self.nonpos, self.overflowed
+        b, eb, nb, pb, ob = _arrays(other, self.precision)
         if reflected:
             a, ea, na, pa, b, eb, nb, pb = b, eb, nb, pb, a, ea, na, pa
+        overflowed = oa | ob
         with np.errstate(all="ignore"):
             if op == "add":
                 value, carried = a + b, ea + eb
@@ -108,10 +114,10 @@ class Bounded:
                 nonneg, nonpos = (na & nb) | (pa & pb) | square, (na & pb) | (pa & nb)
             elif op == "maximum":
                 return Bounded(np.maximum(a, b), np.maximum(ea, eb), self.precision, na | nb,
-                               pa & pb)
+                               pa & pb, overflowed)
             else:
                 raise NotImplementedError(op)
-        return self._rounded(value, carried, nonneg, nonpos)
+        return self._rounded(value, carried, nonneg, nonpos, overflowed)
 
     def __add__(self, o): return self._binary("add", o)
     def __radd__(self, o): return self._binary("add", o, reflected=True)
@@ -123,11 +129,12 @@ class Bounded:
     def __rtruediv__(self, o): return self._binary("divide", o, reflected=True)
 
     def __neg__(self):
-        return Bounded(-self.value, self.error, self.precision, self.nonpos, self.nonneg)
+        return Bounded(-self.value, self.error, self.precision, self.nonpos, self.nonneg,
+                       self.overflowed)
 
     def __abs__(self):
         return Bounded(np.abs(self.value), self.error, self.precision,
-                       np.ones_like(self.nonneg), np.zeros_like(self.nonpos))
+                       np.ones_like(self.nonneg), np.zeros_like(self.nonpos), self.overflowed)
 
     def __pow__(self, n):
         if n == 2:
@@ -144,16 +151,16 @@ class Bounded:
             carried = np.where(maybe_negative | (x < 0), np.inf, carried)
             carried = np.where((x == 0) & (e == 0), 0.0, carried)
         return self._rounded(value, carried, np.ones_like(self.nonneg),
-                             np.zeros_like(self.nonpos))
+                             np.zeros_like(self.nonpos), self.overflowed)
 
     def sign(self) -> "Bounded":
         uncertain = np.abs(self.value) <= self.error
         return Bounded(np.sign(self.value), np.where(uncertain, 2.0, 0.0), self.precision,
-                       self.nonneg, self.nonpos)
+                       self.nonneg, self.nonpos, self.overflowed)
 
     def copy(self) -> "Bounded":
         return Bounded(self.value.copy(), self.error.copy(), self.precision, self.nonneg.copy(),
-                       self.nonpos.copy())
+                       self.nonpos.copy(), self.overflowed.copy())
 
     @property
     def shape(self):
@@ -193,14 +200,22 @@ class Bounded:
         return NotImplemented
 
 
-def run(name: str, convention: str, hp: dict, params, grads_per_step, dtype,
-        grad_scale=None):
-    """The reference's steps on ``params`` (in the dtype) with ``grads_per_step``.
+@dataclass
+class Result:
+    """One tensor's reference result: the float64 ``value``, the ``bound`` on the error of
+    the same formulas in the dtype, and where an intermediate went beyond the dtype's largest
+    finite value (``overflowed``)."""
 
-    Returns per tensor (value, bound): the float64 result and the bound on the error of the
-    same formulas in ``dtype``. With ``grad_scale`` the grads are divided by it first, as
-    the engine does (one multiplication by the dtype-rounded reciprocal).
-    """
+    value: np.ndarray
+    bound: np.ndarray
+    overflowed: np.ndarray
+
+
+def run(name: str, convention: str, hp: dict, params, grads_per_step, dtype,
+        grad_scale=None) -> list[Result]:
+    """The reference's steps on ``params`` (in the dtype) with ``grads_per_step``, one
+    :class:`Result` per tensor. With ``grad_scale`` the grads are divided by it first, as
+    the engine does (one multiplication by the dtype-rounded reciprocal)."""
     precision = Precision.of(dtype)
     step = getattr(reference, name)
     values = [Bounded(np.asarray(p, np.float64), 0.0, precision) for p in params]
@@ -216,7 +231,7 @@ def run(name: str, convention: str, hp: dict, params, grads_per_step, dtype,
                 error = 2 * precision.u * np.abs(unscaled) + precision.half_subnormal
                 grad = Bounded(unscaled, error, precision, unscaled >= 0, unscaled <= 0)
             values[k] = step(values[k], grad, states[k], t, hp, convention)
-    return [(v.value, np.asarray(v.error)) for v in values]
+    return [Result(v.value, np.asarray(v.error), np.asarray(v.overflowed)) for v in values]
 
 
 def outside(actual, value, bound, factor: float) -> np.ndarray:

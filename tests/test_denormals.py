@@ -140,7 +140,8 @@ def test_tiny_grads_keep_their_subnormal_squares(request, name, hp, square_slot,
     assert square.tobytes() == expected.tobytes(), "a subnormal square was flushed or rounded"
     for t, g in enumerate(grads[1:], start=2):
         fusedopt.functional.update(name, [p], [g], states, step=t, backend=backend, **hp)
-    (value, bound), = error_bounds.run(name, "keras", full, [p0], [[g] for g in grads], dtype)
+    (result,) = error_bounds.run(name, "keras", full, [p0], [[g] for g in grads], dtype)
+    value, bound = result.value, result.bound
     assert np.isfinite(bound).all() and np.isfinite(p).all()
     bad = error_bounds.outside(p, value, bound, BOUND_FACTOR[np.dtype(dtype).type])
     assert not bad.size, (f"{len(bad)} elements off the reference, e.g. {p.ravel()[bad[0]]!r} "
