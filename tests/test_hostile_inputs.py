@@ -364,3 +364,21 @@ def test_fortran_ordered_param_is_updated_as_a_c_ordered_one(request, backend, g
     with pytest.raises(ValueError, match=r"param 0 is a non-contiguous view") as error:
         fusedopt.Adam(backend=backend).apply_gradients([(values, strided)])
     assert "Fortran" not in str(error.value)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"])
+def test_huge_finite_grads_with_loss_scaling_and_norm_clipping(request, backend):
+    """Grads of 1e20 in float32 are finite though their squares are not: a loss-scaled step
+    is applied (not skipped as if they were inf), and a norm clip scales them to the clip
+    norm (not to 0). The norms are sums of float64 squares on every backend."""
+    if backend == "cuda":
+        request.getfixturevalue("host_cuda")
+    g = np.array([1e20, -3e20, 2e20], np.float32)
+    p = np.zeros(3, np.float32)
+    assert fusedopt.functional.update("sgd", [p], [g], [[]], step=1, backend=backend,
+                                      learning_rate=0.5, grad_scale=1.0)
+    assert p.tobytes() == (-np.float32(0.5) * g).tobytes()
+    p = np.zeros(3, np.float32)
+    fusedopt.SGD(learning_rate=1.0, clipnorm=1.0, backend=backend).apply_gradients([(g, p)])
+    want = -g.astype(np.float64) / np.linalg.norm(g.astype(np.float64))
+    np.testing.assert_allclose(p, want, rtol=1e-6)
