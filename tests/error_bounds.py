@@ -13,8 +13,10 @@ an infinite bound: the element leaves the dtype's well-defined range, and only t
 peer checks apply to it.
 
 Scalars (Python floats) enter with their own rounding to the dtype (``u |c|``): the kernels
-receive every scalar narrowed to it. Inputs that already are in the dtype (params, grads)
-are exact.
+receive every scalar narrowed to it; and a quotient allows for the scalars its numerator was
+multiplied by being applied after it instead (their product times half the smallest
+subnormal: the quotient may be subnormal), as kernels that fold step sizes on the host do.
+Inputs that already are in the dtype (params, grads) are exact.
 
 The bound is for the reference's formulas; a kernel that orders the operations differently
 (precomputed step sizes, ``m + (g - m)(1 - b1)`` for ``b1 m + (1 - b1) g``) makes errors of
@@ -32,10 +34,12 @@ import reference
 
 @dataclass(frozen=True)
 class Precision:
-    """Rounding of one floating-point type: unit roundoff, half the smallest subnormal, max."""
+    """Rounding of one floating-point type: unit roundoff, half the smallest subnormal, the
+    smallest normal and the largest finite value."""
 
     u: float
     half_subnormal: float
+    tiny: float
     max: float
 
     @classmethod
@@ -45,14 +49,16 @@ class Precision:
         except TypeError:  # bfloat16 and the other ml_dtypes types
             import ml_dtypes
             info = ml_dtypes.finfo(dtype)
-        return cls(float(info.eps) / 2, float(info.smallest_subnormal) / 2, float(info.max))
+        # Half of float64's smallest subnormal is no float64 (it rounds to 0): use the whole.
+        half = float(info.smallest_subnormal) / 2 or float(info.smallest_subnormal)
+        return cls(float(info.eps) / 2, half, float(info.smallest_normal), float(info.max))
 
 
 def _arrays(x, precision):
-    """(value, bound, known >= 0, known <= 0, overflowed) of an operand: a Bounded's own; a
+    """(value, bound, known >= 0, known <= 0, out_of_range) of an operand: a Bounded's own; a
     scalar's with its rounding (which keeps its sign)."""
     if isinstance(x, Bounded):
-        return x.value, x.error, x.nonneg, x.nonpos, x.overflowed
+        return x.value, x.error, x.nonneg, x.nonpos, x.out_of_range
     value = np.asarray(x, dtype=np.float64)
     return value, precision.u * np.abs(value), value >= 0, value <= 0, False
 
@@ -66,12 +72,16 @@ class Bounded:
     __array_priority__ = 1000
 
     def __init__(self, value, error, precision: Precision, nonneg=None, nonpos=None,
-                 overflowed=False):
+                 out_of_range=False):
         self.value = np.asarray(value, dtype=np.float64)
         self.error = np.broadcast_to(np.asarray(error, dtype=np.float64), self.value.shape)
         self.precision = precision
-        #: some value this one was computed from was beyond the dtype's largest finite one
-        self.overflowed = np.broadcast_to(np.asarray(overflowed, dtype=bool), self.value.shape)
+        #: some value this one was computed from was outside the dtype's normal range: beyond
+        #: its largest finite value, or a non-zero value below its smallest normal one
+        self.out_of_range = np.broadcast_to(np.asarray(out_of_range, dtype=bool), self.value.shape)
+        #: the product of the scalars this value was multiplied by since its last sum or
+        #: quotient: a kernel may fold them into one step size applied later
+        self.factor = 1.0
         exact = self.error == 0
         nonneg = (self.value >= 0) & exact if nonneg is None else nonneg
         nonpos = (self.value <= 0) & exact if nonpos is None else nonpos
@@ -79,23 +89,24 @@ class Bounded:
         self.nonpos = np.broadcast_to(np.asarray(nonpos, dtype=bool), self.value.shape)
 
     # --- the bookkeeping -------------------------------------------------------------------
-    def _rounded(self, value, carried, nonneg, nonpos, overflowed) -> "Bounded":
+    def _rounded(self, value, carried, nonneg, nonpos, out_of_range) -> "Bounded":
         """A result: its carried error, its own rounding; infinite beyond the dtype's range."""
         p = self.precision
         with np.errstate(invalid="ignore", over="ignore"):
             error = carried + p.u * np.abs(value) + p.half_subnormal
             beyond = np.abs(value) > p.max
             error = np.where(beyond, np.inf, error)
+            below = (np.abs(value) < p.tiny) & (value != 0)
         return Bounded(value, np.where(np.isnan(error), np.inf, error), p, nonneg, nonpos,
-                       overflowed | beyond)
+                       out_of_range | beyond | below)
 
     def _binary(self, op, other, reflected=False) -> "Bounded":
         square = other is self
-        a, ea, na, pa, oa = self.value, self.error, self.nonneg, self.nonpos, self.overflowed
+        a, ea, na, pa, oa = self.value, self.error, self.nonneg, self.nonpos, self.out_of_range
         b, eb, nb, pb, ob = _arrays(other, self.precision)
         if reflected:
             a, ea, na, pa, b, eb, nb, pb = b, eb, nb, pb, a, ea, na, pa
-        overflowed = oa | ob
+        out_of_range = oa | ob
         with np.errstate(all="ignore"):
             if op == "add":
                 value, carried = a + b, ea + eb
@@ -111,13 +122,25 @@ class Bounded:
                     value = a / b
                     room = np.abs(b) - eb
                     carried = np.where(room > 0, (ea + np.abs(value) * eb) / room, np.inf)
+                    # A kernel may apply the numerator's scalar factors after the quotient
+                    # (step * (m / d) for (step * m) / d): that quotient may be subnormal, off
+                    # by up to half the smallest subnormal, times those factors.
+                    if not reflected and isinstance(other, Bounded):
+                        carried = carried + self.factor * self.precision.half_subnormal
                 nonneg, nonpos = (na & nb) | (pa & pb) | square, (na & pb) | (pa & nb)
             elif op == "maximum":
                 return Bounded(np.maximum(a, b), np.maximum(ea, eb), self.precision, na | nb,
-                               pa & pb, overflowed)
+                               pa & pb, out_of_range)
             else:
                 raise NotImplementedError(op)
-        return self._rounded(value, carried, nonneg, nonpos, overflowed)
+        result = self._rounded(value, carried, nonneg, nonpos, out_of_range)
+        if op in ("multiply", "divide") and not isinstance(other, Bounded):
+            c = abs(float(np.max(np.abs(np.asarray(other, np.float64)))))
+            if op == "multiply":
+                result.factor = self.factor * c
+            elif not reflected and c:
+                result.factor = self.factor / c
+        return result
 
     def __add__(self, o): return self._binary("add", o)
     def __radd__(self, o): return self._binary("add", o, reflected=True)
@@ -130,11 +153,11 @@ class Bounded:
 
     def __neg__(self):
         return Bounded(-self.value, self.error, self.precision, self.nonpos, self.nonneg,
-                       self.overflowed)
+                       self.out_of_range)
 
     def __abs__(self):
         return Bounded(np.abs(self.value), self.error, self.precision,
-                       np.ones_like(self.nonneg), np.zeros_like(self.nonpos), self.overflowed)
+                       np.ones_like(self.nonneg), np.zeros_like(self.nonpos), self.out_of_range)
 
     def __pow__(self, n):
         if n == 2:
@@ -151,16 +174,16 @@ class Bounded:
             carried = np.where(maybe_negative | (x < 0), np.inf, carried)
             carried = np.where((x == 0) & (e == 0), 0.0, carried)
         return self._rounded(value, carried, np.ones_like(self.nonneg),
-                             np.zeros_like(self.nonpos), self.overflowed)
+                             np.zeros_like(self.nonpos), self.out_of_range)
 
     def sign(self) -> "Bounded":
         uncertain = np.abs(self.value) <= self.error
         return Bounded(np.sign(self.value), np.where(uncertain, 2.0, 0.0), self.precision,
-                       self.nonneg, self.nonpos, self.overflowed)
+                       self.nonneg, self.nonpos, self.out_of_range)
 
     def copy(self) -> "Bounded":
         return Bounded(self.value.copy(), self.error.copy(), self.precision, self.nonneg.copy(),
-                       self.nonpos.copy(), self.overflowed.copy())
+                       self.nonpos.copy(), self.out_of_range.copy())
 
     @property
     def shape(self):
@@ -203,12 +226,12 @@ class Bounded:
 @dataclass
 class Result:
     """One tensor's reference result: the float64 ``value``, the ``bound`` on the error of
-    the same formulas in the dtype, and where an intermediate went beyond the dtype's largest
-    finite value (``overflowed``)."""
+    the same formulas in the dtype, and where an intermediate left the dtype's normal range
+    (``out_of_range``: beyond its largest finite value, or below its smallest normal one)."""
 
     value: np.ndarray
     bound: np.ndarray
-    overflowed: np.ndarray
+    out_of_range: np.ndarray
 
 
 def run(name: str, convention: str, hp: dict, params, grads_per_step, dtype,
@@ -231,15 +254,18 @@ def run(name: str, convention: str, hp: dict, params, grads_per_step, dtype,
                 error = 2 * precision.u * np.abs(unscaled) + precision.half_subnormal
                 grad = Bounded(unscaled, error, precision, unscaled >= 0, unscaled <= 0)
             values[k] = step(values[k], grad, states[k], t, hp, convention)
-    return [Result(v.value, np.asarray(v.error), np.asarray(v.overflowed)) for v in values]
+    return [Result(v.value, np.asarray(v.error), np.asarray(v.out_of_range)) for v in values]
 
 
-def outside(actual, value, bound, factor: float) -> np.ndarray:
+def outside(actual, value, bound, factor: float, largest: float = np.inf) -> np.ndarray:
     """Indices (flat) of ``actual`` elements farther from ``value`` than ``factor`` times
-    ``bound``, among those whose bound is finite (NaN counts as farther)."""
+    ``bound``, among those whose bound is finite and whose value is that far from overflowing
+    the dtype (``largest``: its largest finite value); NaN counts as farther."""
     actual = np.asarray(actual, np.float64).ravel()
     value, bound = np.asarray(value).ravel(), np.asarray(bound).ravel()
-    checked = np.isfinite(bound) & np.isfinite(value)
+    with np.errstate(invalid="ignore", over="ignore"):
+        checked = np.isfinite(bound) & np.isfinite(value) & (np.abs(value) + factor * bound
+                                                             <= largest)
     with np.errstate(invalid="ignore"):
         ok = np.abs(actual - value) <= factor * bound
     return np.flatnonzero(checked & ~ok)
