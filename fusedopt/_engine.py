@@ -62,10 +62,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _storage, _validate, config
+from . import _storage, _threads, _validate, config
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
-from ._registry import OptimizerSpec
+from ._registry import OptimizerSpec, lookup
 from ._steps import Window, step_rows
 
 
@@ -198,12 +198,19 @@ class Engine:
                 _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
                                                                              storages[-1]))
         if params:
+            _validate.check_distinct_memory(self.params + params)
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
+        made_all = []
         for i, p in enumerate(params):
-            made = list(states[i]) if states is not None else _new_state(p, slots, storages[i],
-                                                                         init)
+            made = (list(states[i]) if states is not None
+                    else _new_state(p, slots, storages[i], init))
+            if not all(_validate.same_order(s, p) for s in made):
+                raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
+                                 "makes state arrays in C order; pass a C-contiguous param")
+            made_all.append(made)
+        for i, (p, made) in enumerate(zip(params, made_all)):
             self._index[id(p)] = first + i
             self.params.append(p)
             self.states.append(made)
@@ -212,6 +219,14 @@ class Engine:
             self.decays.append(bool(decays[i]))
             self._steps.append(0)
         return list(range(first, first + len(params)))
+
+    def forget_params(self) -> None:
+        """Drop every param and its state: undoes a build that a later check refused."""
+        self.params, self.states, self.storages = [], [], []
+        self.group_of, self.decays, self._steps = [], [], []
+        self._index.clear()
+        self._launch_cache.clear()
+        self._plans.clear()
 
     def position(self, param) -> int | None:
         """The position of ``param`` (by identity), None if this engine does not hold it."""
@@ -286,6 +301,46 @@ class Engine:
             for pos in positions:
                 self._steps[pos] += 1
 
+    def bind(self, params) -> None:
+        """Hold ``params`` at the positions of the arrays held now, keeping every state array.
+
+        For a copy (pickle, ``copy.deepcopy``), whose params are copies of the original's:
+        ``bind`` points it at the arrays it should update. Each must have the shape, dtype,
+        memory order and place (host or device) of the param it replaces; nothing is copied.
+        Every param is checked before any is replaced.
+        """
+        params = list(params)
+        if len(params) != len(self.params):
+            raise ValueError(f"bind got {len(params)} params, this optimizer holds "
+                             f"{len(self.params)}; pass them all, in the order it was built with")
+        seen: dict[int, int] = {}
+        for i, (new, old) in enumerate(zip(params, self.params)):
+            _validate.check_pair(i, new, new, self.spec)
+            _validate.check_replacement(i, new, old)
+            if id(new) in seen:
+                raise ValueError(f"param {i} is the same array as param {seen[id(new)]}; "
+                                 "pass each param once")
+            seen[id(new)] = i
+        _validate.check_distinct_memory(params)
+        self.params = params
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._launch_cache.clear()
+        self._plans.clear()
+
+    # --- copies: pickle and copy.deepcopy -------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but what is rebuilt from it: the spec travels as its registry name (it
+        holds functions); launch groups, plans (addresses of this process's arrays) and the
+        identity index are dropped and rebuilt on the first step."""
+        state = dict(self.__dict__)
+        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.spec = lookup(state["spec"])
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+
     # --- the step ---------------------------------------------------------------------------
     def step(self, grads, positions=None, *, grad_scale=None, found_inf=None):
         """One step of the params at ``positions`` (default: all, in order) with ``grads``.
@@ -317,13 +372,21 @@ class Engine:
                 return False
             found_inf = None
         plan = self._plans.get(positions)
-        if plan is None or not plan.takes(grads, self.params):
+        if plan is None or not plan.takes(grads, self.params, self._index):
             plan, grads = self._plan(positions, grads)
         launches = self._launches(plan.backend, positions, plan.grad_dtypes)
         work = []
-        for launch in launches:
+        scalars: dict = {}
+        for launch in launches:  # every launch's scalars computed and checked before any runs
             g = grads if launch.members is None else [grads[i] for i in launch.members]
             work.append((launch, g))
+            for t in set(self._base_steps(positions, launch)):
+                key = (launch.hyper, launch.decays, t)
+                if key not in scalars:
+                    scalars[key] = self._scalars(*key)
+                    _validate.check_scalars(self.spec.name, scalars[key], launch.group.dtype,
+                                            grad_scale if isinstance(grad_scale, float)
+                                            else None)
         on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
                      and len({launch.device for launch in launches}) == 1)
         decide_on_device = on_device and (found_inf is not None or (
@@ -339,7 +402,7 @@ class Engine:
             # On the arrays' device and stream (torch's current one for torch tensors).
             passes = []
             for launch, g in work:
-                with launch.kind.launch_context(launch.device):
+                with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
                     passes.append(plan.backend.grad_pass(launch.group, g))
             if grad_scale is not None and not checked:
                 if window is not None:
@@ -356,10 +419,9 @@ class Engine:
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
         limit = self.clipping.limit
-        scalars: dict = {}
         for (launch, g), scale in zip(work, scales):
             rows = self._step_rows(positions, launch, window, slot, scalars)
-            with launch.kind.launch_context(launch.device):
+            with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
                 if self.hypers[launch.hyper].maximize:
                     scale = -1.0 if scale is None else -scale
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
@@ -391,10 +453,7 @@ class Engine:
                 cache[key] = self._scalars(launch.hyper, launch.decays, t)
             return cache[key]
 
-        if self.per_param_steps:
-            base = [self._steps[positions[local]] + 1 for local in members]
-        else:
-            base = [self._iterations + 1] * len(members)
+        base = self._base_steps(positions, launch)
         if pending is None and window is None and base.count(base[0]) == len(base):
             return scalars_of(base[0])
         if pending is None:
@@ -404,6 +463,13 @@ class Engine:
         else:
             mask = [(1 << len(pending.entries)) - 1] * len(base)
         return step_rows(scalars_of, base, mask, pending or window, slot)
+
+    def _base_steps(self, positions, launch: Launch) -> list[int]:
+        """The 1-based step of each tensor of ``launch``, as far as known."""
+        members = range(len(positions)) if launch.members is None else launch.members
+        if self.per_param_steps:
+            return [self._steps[positions[local]] + 1 for local in members]
+        return [self._iterations + 1] * len(members)
 
     def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
         hp = self.hypers[hyper].hyper
@@ -420,7 +486,8 @@ class Engine:
         params = [self.params[pos] for pos in positions]
         for pos, p, g in zip(positions, params, grads):
             _validate.check_pair(pos, p, g, self.spec, mode=self.storages[pos].mode)
-        grads = [_validate.contiguous(g) for g in grads]
+        grads = [_validate.contiguous(g, p) for g, p in zip(grads, params)]
+        _validate.check_no_aliasing(positions, params, grads)
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
         grad_dtypes = tuple(kind_of(g).dtype(g) for g in grads)
         plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes,
@@ -479,12 +546,16 @@ class _Plan:
         self.backend, self.positions, self.grad_dtypes = backend, positions, grad_dtypes
         self._library_dtypes = library_dtypes  # the grads' own dtype objects: cheap to compare
 
-    def takes(self, grads, params) -> bool:
+    def takes(self, grads, params, held) -> bool:
         """True when every grad has its param's layout and the dtype checked before
-        (fusedopt._validate.same_layout)."""
+        (fusedopt._validate.same_layout) and neither is nor views a param this engine holds
+        (``held``: id -> position)."""
         same = _validate.same_layout
-        return all(same(g, params[pos], d)
-                   for g, pos, d in zip(grads, self.positions, self._library_dtypes))
+        for g, pos, d in zip(grads, self.positions, self._library_dtypes):
+            if id(g) in held or id(getattr(g, "base", None)) in held \
+                    or not same(g, params[pos], d):
+                return False
+        return True
 
 
 class _Outcome:

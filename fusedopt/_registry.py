@@ -9,6 +9,7 @@ expression in fusedopt/_unfused.py, a reference in tests/reference.py and one en
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -324,6 +325,9 @@ _F32 = np.float32
 NADAM_DECAY_BASE = 0.96
 
 _MOMENTUM_PRODUCTS: dict[tuple[float, float, bool], array] = {}
+#: Held while a memo grows: two threads extending one memo at once would each append the
+#: product of the same step, and every later product would be off by one factor.
+_MOMENTUM_PRODUCTS_LOCK = threading.Lock()
 
 
 def nadam_momentum(b1: float, psi: float, t: int) -> float:
@@ -342,19 +346,24 @@ def nadam_momentum_product(b1: float, psi: float, t: int, float32: bool = False)
     float32), formed left to right as the libraries do, until mu_t reaches b1 in double (or P
     underflows); from there on P_t = P_K * b1**(t - K).
     """
-    products = _MOMENTUM_PRODUCTS.setdefault((b1, psi, float32), array("d", [1.0]))
-    while len(products) <= t:
-        k = len(products)
-        mu = nadam_momentum(b1, psi, k)
-        if products[-1] == 0.0:
-            return 0.0
-        if float32:
-            products.append(float(_F32(products[-1]) * _F32(mu)))
-            continue
-        if mu == b1 and k > 1:
-            return products[-1] * b1 ** (t - (k - 1))
-        products.append(products[-1] * mu)
-    return products[t]
+    key = (b1, psi, float32)
+    products = _MOMENTUM_PRODUCTS.get(key)
+    if products is not None and t < len(products):  # the usual step: no lock
+        return products[t]
+    with _MOMENTUM_PRODUCTS_LOCK:
+        products = _MOMENTUM_PRODUCTS.setdefault(key, array("d", [1.0]))
+        while len(products) <= t:
+            k = len(products)
+            mu = nadam_momentum(b1, psi, k)
+            if products[-1] == 0.0:
+                return 0.0
+            if float32:
+                products.append(float(_F32(products[-1]) * _F32(mu)))
+                continue
+            if mu == b1 and k > 1:
+                return products[-1] * b1 ** (t - (k - 1))
+            products.append(products[-1] * mu)
+        return products[t]
 
 
 def _nadam_scalars(hp, step, convention):

@@ -25,12 +25,12 @@ _CHUNK_BITS = 32
 def work_items(sizes: np.ndarray, chunk: int) -> np.ndarray:
     """(tensor << 32) | chunk for every chunk of every non-empty tensor, in order."""
     counts = -(-sizes // chunk)
+    if counts.size and counts.max() > 1 << _CHUNK_BITS:  # checked before the items are made
+        raise ValueError(f"a tensor of {int(sizes.max())} elements needs more than 2**32 chunks "
+                         f"of {chunk}; raise fusedopt.config chunk sizes")
     tensors = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
     starts = np.cumsum(counts) - counts
     chunks = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-    if chunks.size and chunks.max() >= 1 << _CHUNK_BITS:
-        raise ValueError(f"a tensor of {int(sizes.max())} elements needs more than 2**32 chunks "
-                         f"of {chunk}; raise fusedopt.config chunk sizes")
     return (tensors << _CHUNK_BITS) | chunks
 
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import _validate
+from .. import _validate, checkpoint
 from .._arrays import kind_of
 from .._clip import Clipping
 from .._dispatch import BACKENDS
@@ -146,10 +146,49 @@ class Optimizer:
     def _build(self, var_list: list, decays: list) -> None:
         if self._params:
             raise RuntimeError(f"{self.name} is already built for {len(self._params)} params")
+        pending = self._pending_state
+        if isinstance(pending, checkpoint.Pending):  # checked before anything is built
+            decays = pending.decays(decays)
+            pending.check(self, var_list, decays)
         self._engine.add_params(var_list, 0, decays)
-        if self._pending_state is not None:
-            pending, self._pending_state = self._pending_state, None
+        if pending is None:
+            return
+        if isinstance(pending, checkpoint.Pending):
+            try:
+                pending.check_states(self)
+            except checkpoint.CheckpointMismatch:
+                self._engine.forget_params()
+                raise
+            self._pending_state = None
+            pending.apply(self)
+        else:
+            self._pending_state = None
             self.load_state_dict(pending)
+
+    def bind(self, var_list: Iterable) -> None:
+        """Update ``var_list`` from now on: builds the optimizer if it is not built yet, else
+        puts these arrays in the places of the params it holds, keeping its state.
+
+        A copy made by ``pickle`` or ``copy.deepcopy`` holds copies of the params (unless
+        they were copied together with it, e.g. ``copy.deepcopy((opt, params))``); ``bind``
+        points it at the arrays to update. Each must match the param it replaces in shape,
+        dtype and memory order.
+        """
+        var_list = list(var_list)
+        if not self._params:
+            self.build(var_list)
+        else:
+            self._engine.bind(var_list)
+
+    # --- copies: pickle and copy.deepcopy ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_spec"] = self._spec.name  # the spec holds functions: found again by name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._spec = lookup(state["_spec"])
 
     @property
     def variables(self) -> list:
@@ -220,6 +259,18 @@ class Optimizer:
             for name, s in zip(engine.slot_names(i), slots):
                 kind_of(s).copy_from_host(s, np.asarray(_host(entry[name])))
         self.iterations = int(state["iterations"])
+
+    def save(self, path) -> None:
+        """Write a checkpoint of this optimizer to ``path``, atomically (fusedopt/checkpoint.py:
+        safetensors with every state array, the class, config and counts)."""
+        checkpoint.save(self, path)
+
+    def load(self, path) -> None:
+        """Restore the state and counts saved at ``path`` (:meth:`save`) into this optimizer,
+        which keeps its own hyperparameters. A checkpoint of another class, convention,
+        param count, shape, dtype or slot set raises, naming it, and changes nothing.
+        ``fusedopt.load(path)`` makes the saved optimizer instead."""
+        checkpoint.restore(self, path)
 
     # --- the step ---------------------------------------------------------------------------
     def apply_gradients(self, grads_and_vars, grad_scale=None):
