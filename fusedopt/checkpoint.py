@@ -257,12 +257,15 @@ class Pending:
                          else "is excluded in the checkpoint but applies here")
                 self._mismatch(f"param {i}: weight decay {where} (exclude_from_weight_decay "
                                "differs)")
-        slots = opt._engine.hypers[0].slots
+        optimizer_slots = tuple(opt._engine.hypers[0].slots)
         for i, (entry, p) in enumerate(zip(saved, params)):
             names = tuple(s["name"] for s in entry["slots"])
-            if names != tuple(slots):
+            master = opt._engine.storage_of(i, p).master  # the master slot this param gets
+            slots = optimizer_slots + ((master[0],) if master else ())
+            if names != slots:
                 self._mismatch(f"param {i} has state slots {list(names)} in the checkpoint, "
-                               f"{list(slots)} here (amsgrad, momentum or centered differ?)")
+                               f"{list(slots)} here (amsgrad, momentum, centered or "
+                               "master_weights differ?)")
             for s in entry["slots"]:
                 key = f"state/{i}/{s['name']}"
                 array = self.arrays.get(key)

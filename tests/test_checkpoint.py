@@ -397,3 +397,34 @@ def test_resume_in_new_process_is_bitwise_through_cuda_host_execution(host_cuda,
                                                                       cuda_cache_dir):
     _assert_resumed_bitwise("cuda", tmp_path, cuda_cache_dir)
     assert host_cuda.launches  # the uninterrupted run went through the CUDA kernels
+
+
+# --- 16-bit params: the master slot travels and must match ----------------------------------
+
+@pytest.mark.parametrize("master_weights", [True, "remainder"])
+def test_a_bf16_master_is_saved_loaded_and_continued_bit_for_bit(tmp_path, master_weights):
+    import ml_dtypes
+    rng = np.random.default_rng(0)
+    start = rng.standard_normal(1000).astype(ml_dtypes.bfloat16)
+    grads = [rng.standard_normal(1000).astype(ml_dtypes.bfloat16) for _ in range(5)]
+    p = start.copy()
+    opt = fusedopt.AdamW(learning_rate=1e-2, master_weights=master_weights)
+    for g in grads[:3]:
+        opt.apply_gradients([(g, p)])
+    path = tmp_path / "opt.safetensors"
+    opt.save(path)
+    q = p.copy()
+    resumed = fusedopt.load(path, [q])
+    for g in grads[3:]:
+        opt.apply_gradients([(g, p)])
+        resumed.apply_gradients([(g.copy(), q)])
+    assert resumed.iterations == 5 and p.tobytes() == q.tobytes()
+    for a, b in zip(opt._engine.states[0], resumed._engine.states[0]):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    plain = fusedopt.AdamW(learning_rate=1e-2)
+    other = q.copy()
+    plain.apply_gradients([(grads[0], other)])
+    before = [s.copy() for s in plain._engine.states[0]]
+    with pytest.raises(fusedopt.checkpoint.CheckpointMismatch, match="master_weights differ"):
+        plain.load(path)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, plain._engine.states[0]))
