@@ -30,6 +30,9 @@ division is folded into each tensor's grad-scale entry of the launch table, with
 so no rule knows about it). The pre-pass sums each grad's squares; a non-finite sum means an
 inf or NaN somewhere in the call, and then nothing changes: no param, no state, no count.
 ``found_inf`` says so. Clipping's norms are of the unscaled grads.
+
+``use_ema`` (an ``ema``, fusedopt/_ema.py): after each applied step, every param's moving
+average is updated as Keras does, a pass of array expressions after the fused update.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import numpy as np
 from . import _validate
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
+from ._ema import MovingAverage
 from ._registry import OptimizerSpec
 
 
@@ -73,9 +77,12 @@ class Engine:
     """Every step of one registered optimizer, for every front door."""
 
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
-                 clipping: Clipping = NONE, per_param_steps: bool = False):
+                 clipping: Clipping = NONE, per_param_steps: bool = False,
+                 ema: MovingAverage | None = None):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
+        self.ema = ema                    # use_ema: a moving average of every param
+        self.averages: list = []          # position -> its moving average (with ema)
         self.per_param_steps = per_param_steps
         self.hypers: list[HyperGroup] = []
         self.params: list = []            # position -> param
@@ -163,6 +170,8 @@ class Engine:
             self.group_of.append(group)
             self.decays.append(bool(decays[i]))
             self.steps.append(0)
+            if self.ema is not None:
+                self.averages.append(self.ema.zeros(p))
         return list(range(first, first + len(params)))
 
     def position(self, param) -> int | None:
@@ -225,6 +234,8 @@ class Engine:
             with launch.kind.launch_context(launch.device):
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, scalars[key],
                                   launch.group, g, clip=GradClip(scale, limit))
+        if self.ema is not None:  # every param's average, as Keras: a pass after the update
+            self.ema.update(self.params, self.averages, self.iterations)
         self.found_inf = False
         self.iterations += 1
         if self.per_param_steps:
