@@ -129,12 +129,21 @@ def test_learning_rate_changed_during_fit_as_keras(callback):
     assert max_diff(weights(net), _default_fit("Adam")) > 100 * KERAS_FIT
 
 
-def test_a_float64_layer_is_its_own_fused_call(monkeypatch):
+def _fused_calls(monkeypatch) -> list:
+    """The dtype of every fused CPU call from now on (the backend's one entry point)."""
     from fusedopt._cpu import backend
 
-    calls = []
-    step = backend.step
-    monkeypatch.setattr(backend, "step", lambda *a, **k: (calls.append(a[3].dtype), step(*a, **k))[1])
+    calls, step = [], backend.step
+
+    def counted(spec, flags, scalars, group, grads, **kwargs):
+        calls.append(group.dtype)
+        return step(spec, flags, scalars, group, grads, **kwargs)
+    monkeypatch.setattr(backend, "step", counted)
+    return calls
+
+
+def test_a_float64_layer_is_its_own_fused_call(monkeypatch):
+    calls = _fused_calls(monkeypatch)
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input((10,), batch_size=10),
                             keras.layers.Dense(10, activation="relu"),
@@ -149,11 +158,7 @@ def test_a_float64_layer_is_its_own_fused_call(monkeypatch):
 
 
 def test_one_fused_call_per_step_and_no_per_variable_update(monkeypatch):
-    from fusedopt._cpu import backend
-
-    calls = []
-    step = backend.step
-    monkeypatch.setattr(backend, "step", lambda *a, **k: (calls.append(1), step(*a, **k))[1])
+    calls = _fused_calls(monkeypatch)
     net = fit(fusedopt.keras.Adam())  # update_step would raise: it is never called
     assert len(calls) == int(net.optimizer.iterations) == 25
     engine = net.optimizer._fused.engine
