@@ -26,12 +26,18 @@ def data(samples: int = SAMPLES, seed: int = 0):
     return article.make_data(samples, seed)
 
 
-def fit(optimizer, epochs: int = EPOCHS, samples: int = SAMPLES, seed: int = 0, dtype=None,
+def fit(optimizer, epochs: int = EPOCHS, samples: int = SAMPLES, seed: int = 0, policy=None,
         callbacks=None, train=None, net=None):
-    """A fresh article model (or ``net``) compiled with ``optimizer`` and fitted."""
+    """A fresh article model (or ``net``) compiled with ``optimizer`` and fitted; ``policy``:
+    the global dtype policy the model is built and compiled under ("mixed_float16"...)."""
     if net is None:
         keras.backend.clear_session()  # layer names restart: every fresh model's are equal
-        net = build_model(seed, dtype)
+        if policy is not None:
+            keras.config.set_dtype_policy(policy)
+        try:
+            net = build_model(seed)
+        finally:
+            keras.config.set_dtype_policy("float32")
     net.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy"])
     train = data(samples, seed) if train is None else train
     net.fit(train.x, train.y, batch_size=article.BATCH, epochs=epochs, shuffle=False,
