@@ -52,3 +52,20 @@ def test_keras_demo_needs_the_torch_backend(monkeypatch):
 def test_demo_refuses_a_partial_batch():
     with pytest.raises(ValueError, match="multiple of the batch size 10"):
         keras_article.run_keras_demo(samples=25, say=lambda line: None)
+
+
+def test_readme_keras_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    import fusedopt.keras
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Keras 3"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    try:
+        exec(compile(block, "README.md", "exec"), {})
+    finally:
+        fusedopt.keras.uninstall()
+    module, iterations = capsys.readouterr().out.split()
+    assert module == "fusedopt.keras.optimizers" and int(iterations) == 100
