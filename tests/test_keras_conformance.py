@@ -30,6 +30,7 @@ VARIANTS = [
     ("sgd-piecewise-momentum", "SGD",
      lambda: dict(learning_rate=schedules.PiecewiseConstantDecay([8, 16], [0.2, 0.05, 0.01]),
                   momentum=0.9)),
+    ("adam-callable-learning-rate", "Adam", lambda: dict(learning_rate=lambda: 0.002)),
     ("adam-clipnorm", "Adam", lambda: dict(clipnorm=0.02)),
     ("adam-global-clipnorm", "Adam", lambda: dict(global_clipnorm=0.02)),
     ("adam-clipvalue", "Adam", lambda: dict(clipvalue=0.002)),
