@@ -41,6 +41,8 @@ def _parse(argv):
     parser.add_argument("--steps", type=int, default=12, help="timed fit steps per process")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set in every worker's environment (e.g. OMP_WAIT_POLICY=PASSIVE)")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -88,14 +90,26 @@ def worker(args) -> dict:
     import torch
 
     return {"apply_s": applies[args.warmup:], "step_s": steps[args.warmup:],
+            "threading_layer": _threading_layer(),
             "variables": len(model.trainable_variables),
             "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
             "torch_threads": torch.get_num_threads()}
 
 
-def _run_worker(name: str, argv: list[str]) -> dict:
+def _threading_layer() -> str:
+    """Numba's threading layer in this process (none until a parallel kernel has run)."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "none started"
+
+
+def _run_worker(name: str, argv: list[str], env: list[str]) -> dict:
+    environment = dict(os.environ, **dict(item.split("=", 1) for item in env))
     done = subprocess.run([sys.executable, __file__, *argv, "--worker", name],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env=environment)
     if done.returncode:
         raise SystemExit(f"{name} worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,7 +130,7 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         order = CONTENDERS[r % 2:] + CONTENDERS[:r % 2]
         for name in order:
-            rounds[name].append(_run_worker(name, argv))
+            rounds[name].append(_run_worker(name, argv, args.env))
     print("\n".join(report(args, argv, rounds)))
     return 0
 
@@ -127,6 +141,7 @@ def report(args, argv, rounds) -> list[str]:
     described = machine.describe()
     versions, numba = described["versions"], described["numba"]
     first = rounds[FUSED][0]
+    numba = dict(numba, threading_layer=first["threading_layer"])  # the workers' layer
     apply_ms = {n: [1e3 * float(np.median(r["apply_s"])) for r in rs] for n, rs in rounds.items()}
     step_ms = {n: [1e3 * float(np.median(r["step_s"])) for r in rs] for n, rs in rounds.items()}
     ratios = [f / k for f, k in zip(apply_ms[FUSED], apply_ms[KERAS])]
@@ -142,7 +157,8 @@ def report(args, argv, rounds) -> list[str]:
         f"threads), torch {versions.get('torch')} ({first['torch_threads']} threads), "
         f"keras {machine.version('keras')}, numpy {versions['numpy']}. Model: "
         f"{args.branches} Dense({args.width}) branches, {first['variables']} variables, "
-        f"{first['params']:,} params, batch {args.batch}. Per process: {args.warmup} untimed "
+        f"{first['params']:,} params, batch {args.batch}. Worker environment: "
+        f"{' '.join(args.env) or 'as given'}. Per process: {args.warmup} untimed "
         f"+ {args.steps} timed fit steps; {args.rounds} rounds, one process per contender per "
         "round, rotating order. Median over rounds of each round's median step; IQR over "
         "rounds.",
@@ -160,7 +176,8 @@ def report(args, argv, rounds) -> list[str]:
     low, high = min(ratios), max(ratios)
     lines += ["", f"fusedopt / Keras apply time per round: {', '.join(f'{r:.3f}' for r in ratios)}"
                   f" (min {low:.3f}, max {high:.3f})."]
-    lines += [f"Caveat: {c}" for c in machine.caveats(numba, torch_in_use=True)]
+    if not args.env:
+        lines += [f"Caveat: {c}" for c in machine.caveats(numba, torch_in_use=True)]
     return lines
 
 

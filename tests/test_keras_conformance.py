@@ -164,10 +164,12 @@ def test_one_fused_call_per_step_and_no_per_variable_update(monkeypatch):
     assert len(calls) == int(net.optimizer.iterations) == 25
     engine = net.optimizer._fused.engine
     assert len(engine.launch_groups()) == 1 and len(engine.params) == 4
-    # The engine's state arrays are Keras' optimizer variables' tensors, updated in place.
-    held = {id(s) for slots in engine.states for s in slots}
-    assert held == {id(v.value) for v in net.optimizer.variables
+    # The engine's state arrays are Keras' optimizer variables' memory, updated in place.
+    held = {s.data_ptr() for slots in engine.states for s in slots}
+    assert held == {v.value.data_ptr() for v in net.optimizer.variables
                     if "momentum" in v.path or "velocity" in v.path}
+    assert [p.data_ptr() for p in engine.params] == [v.value.data_ptr()
+                                                     for v in net.trainable_variables]
 
 
 def test_iterations_and_learning_rate_are_read_once_per_fit():

@@ -161,7 +161,7 @@ class _Fused:
         self.hyper = self._hyper(optimizer)
         self.engine.add_group(self.hyper, where=f"{type(optimizer).__name__}: ")
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
-        self.tensors: list = []             # engine position -> the variable's tensor
+        self.tensors: list = []             # engine position -> the variable's own tensor
 
     # --- what Keras holds, as the engine takes it ---------------------------------------------
     @staticmethod
@@ -205,18 +205,21 @@ class _Fused:
                                f"builds no {', '.join(missing)}; fusedopt.keras expects "
                                "Keras 3.10 or later's optimizer variables")
         lists = [getattr(optimizer, n) for n in names]
-        params, states, decays, indices = [], [], [], []
+        params, tensors, states, decays, indices = [], [], [], [], []
         for index, variable in enumerate(variables):
             own = [slot_list[index] for slot_list in lists]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 continue
-            params.append(variable.value)
-            states.append([s.value for s in own])
+            # The engine gets plain tensors on the variables' memory (detach() shares it): a
+            # grad then has its param's type, and the step takes the engine's fast checks.
+            tensors.append(variable.value)
+            params.append(variable.value.detach())
+            states.append([s.value.detach() for s in own])
             decays.append(optimizer._use_weight_decay(variable))
             indices.append(index)
         positions = self.engine.add_params(params, 0, decays, states=states)
         self.position.update(zip(indices, positions))
-        self.tensors.extend(params)
+        self.tensors.extend(tensors)
 
     # --- one step ------------------------------------------------------------------------------
     def step(self, optimizer, grads, variables) -> None:
