@@ -238,7 +238,7 @@ class _Fused:
         for grad, variable in zip(grads, variables):
             position = self.position[optimizer._get_variable_index(variable)]
             tensor = self.tensors[position]
-            if variable.value is not tensor:
+            if variable._value is not tensor:  # the attribute: .value adds autocast checks
                 raise RuntimeError(f"variable {variable.path!r} holds a new tensor since "
                                    f"{type(optimizer).__name__} was built; an optimizer "
                                    "updates the tensors it was built with (make a new one)")
