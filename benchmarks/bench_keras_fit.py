@@ -2,19 +2,20 @@
 
 The model (Keras 3, torch backend, CPU): ``--branches`` Dense(``--width``) layers on one input,
 summed, MSE loss. With the defaults, 100 branches of 412 units: 200 variables, 17,015,600
-float32 params. ``model.fit`` runs ``--warmup`` + ``--steps`` batches of ``--batch``; inside
-that loop the optimizer's ``apply`` (what Keras' train step calls with the grads: Keras'
-bookkeeping, clipping, weight decay, the update, the iteration count) is timed by wrapping the
-optimizer's ``apply``, and the whole train step by a callback. Warm-up steps (state creation,
-kernel compilation) are not counted.
+float32 params. Inside ``model.fit`` the optimizer's ``apply`` (what Keras' train step calls
+with the grads: Keras' bookkeeping, clipping, weight decay, the update, the iteration count)
+is timed by wrapping the optimizer's ``apply``, and the whole train step by a callback.
 
-Each contender runs in its own process, as a user's would (torch's and Numba's thread pools
-are those of a real run), one process per contender per round, in rotating order. A round's
-figure is the median over its steps; the table gives medians over rounds, their IQR, and the
-median of the per-round ratios to Keras' Adam.
+Each contender lives in its own process, as a user's would (torch's and Numba's thread pools
+are exactly those of a real run), and keeps its model between rounds. The driver interleaves
+them: every round asks each, in rotating order, for one ``fit`` of ``--steps`` batches, so a
+change in the machine's load hits both contenders alike. A round's figure is the median of
+its steps; the table gives medians over rounds, IQR, each contender's best round, and the
+median of the per-round ratios to Keras' Adam. The first ``fit`` of each process (state
+creation, kernel compilation) is not counted.
 
     python benchmarks/bench_keras_fit.py
-    python benchmarks/bench_keras_fit.py --branches 4 --width 64 --steps 4 --rounds 1  # smoke
+    python benchmarks/bench_keras_fit.py --branches 4 --width 64 --steps 4 --rounds 2  # smoke
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ def _parse(argv):
     parser.add_argument("--branches", type=int, default=100)
     parser.add_argument("--width", type=int, default=412)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=8, help="timed fit steps per process")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=6, help="fit steps per round")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set in every worker's environment (e.g. OMP_WAIT_POLICY=PASSIVE)")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -53,10 +53,12 @@ def _model(keras, branches: int, width: int):
     return keras.Model(inputs, keras.layers.Add()(outputs) if branches > 1 else outputs[0])
 
 
-def worker(args) -> dict:
-    """One fit in this process; the per-step times of the optimizer's apply and the step."""
+def worker(args) -> None:
+    """Serve fits: for each line on stdin, one fit of ``args.steps`` batches; one JSON line
+    of its per-step times out."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
+    import torch
 
     import fusedopt.keras
 
@@ -81,19 +83,18 @@ def worker(args) -> dict:
             steps.append(time.perf_counter() - self.start)
 
     model.compile(optimizer=optimizer, loss="mse")
-    n = (args.warmup + args.steps) * args.batch
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, args.width)).astype(np.float32)
-    y = rng.standard_normal((n, args.width)).astype(np.float32)
-    model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
-              callbacks=[StepClock()])
-    import torch
-
-    return {"apply_s": applies[args.warmup:], "step_s": steps[args.warmup:],
-            "threading_layer": _threading_layer(),
-            "variables": len(model.trainable_variables),
-            "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-            "torch_threads": torch.get_num_threads()}
+    x = rng.standard_normal((args.steps * args.batch, args.width)).astype(np.float32)
+    y = rng.standard_normal((args.steps * args.batch, args.width)).astype(np.float32)
+    for _ in sys.stdin:
+        applies.clear(), steps.clear()
+        model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[StepClock()])
+        print(json.dumps({"apply_s": applies, "step_s": steps,
+                          "threading_layer": _threading_layer(),
+                          "variables": len(model.trainable_variables),
+                          "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+                          "torch_threads": torch.get_num_threads()}), flush=True)
 
 
 def _threading_layer() -> str:
@@ -106,13 +107,27 @@ def _threading_layer() -> str:
         return "none started"
 
 
-def _run_worker(name: str, argv: list[str], env: list[str]) -> dict:
-    environment = dict(os.environ, **dict(item.split("=", 1) for item in env))
-    done = subprocess.run([sys.executable, __file__, *argv, "--worker", name],
-                          capture_output=True, text=True, check=False, env=environment)
-    if done.returncode:
-        raise SystemExit(f"{name} worker failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """One contender's process, asked for one fit at a time."""
+
+    def __init__(self, name: str, argv: list[str], env: list[str]):
+        environment = dict(os.environ, **dict(item.split("=", 1) for item in env))
+        self.name = name
+        self.process = subprocess.Popen([sys.executable, __file__, *argv, "--worker", name],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, env=environment)
+
+    def fit(self) -> dict:
+        self.process.stdin.write("fit\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.name} worker died (exit {self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def _quartiles(values) -> tuple[float, float, float]:
@@ -124,18 +139,26 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
     if args.worker:
-        print(json.dumps(worker(args)))
+        worker(args)
         return 0
-    rounds: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
-    for r in range(args.rounds):
-        order = CONTENDERS[r % 2:] + CONTENDERS[:r % 2]
-        for name in order:
-            rounds[name].append(_run_worker(name, argv, args.env))
-    print("\n".join(report(args, argv, rounds)))
+    load = [os.getloadavg()[0]]
+    workers = {name: Worker(name, argv, args.env) for name in CONTENDERS}
+    try:
+        for w in workers.values():
+            w.fit()  # warm-up: builds state, compiles kernels; not counted
+        rounds: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+        for r in range(args.rounds):
+            for name in CONTENDERS[r % 2:] + CONTENDERS[:r % 2]:
+                rounds[name].append(workers[name].fit())
+    finally:
+        for w in workers.values():
+            w.close()
+    load.append(os.getloadavg()[0])
+    print("\n".join(report(args, argv, rounds, load)))
     return 0
 
 
-def report(args, argv, rounds) -> list[str]:
+def report(args, argv, rounds, load) -> list[str]:
     from fusedopt._bench import machine
 
     described = machine.describe()
@@ -158,10 +181,10 @@ def report(args, argv, rounds) -> list[str]:
         f"keras {machine.version('keras')}, numpy {versions['numpy']}. Model: "
         f"{args.branches} Dense({args.width}) branches, {first['variables']} variables, "
         f"{first['params']:,} params, batch {args.batch}. Worker environment: "
-        f"{' '.join(args.env) or 'as given'}. Per process: {args.warmup} untimed "
-        f"+ {args.steps} timed fit steps; {args.rounds} rounds, one process per contender per "
-        "round, rotating order. Median over rounds of each round's median step; IQR over "
-        "rounds.",
+        f"{' '.join(args.env) or 'as given'}. One process per contender, kept; {args.rounds} "
+        f"rounds of one {args.steps}-step fit each, rotating order, after one untimed fit. "
+        "Median over rounds of each round's median step; IQR over rounds. Load average "
+        f"(1 min) {load[0]:.1f} before, {load[1]:.1f} after.",
         "",
         "| contender | optimizer.apply median ms | IQR ms | best round ms | "
         "train step median ms | apply / step | apply time / Keras' (median of rounds) |",
@@ -173,9 +196,10 @@ def report(args, argv, rounds) -> list[str]:
         ratio = 1.0 if name == KERAS else _quartiles(ratios)[0]
         lines.append(f"| {name} | {median:,.2f} | {q3 - q1:,.2f} | {min(apply_ms[name]):,.2f} | "
                      f"{step:,.1f} | {median / step:.0%} | {ratio:.3f} |")
-    low, high = min(ratios), max(ratios)
-    lines += ["", f"fusedopt / Keras apply time per round: {', '.join(f'{r:.3f}' for r in ratios)}"
-                  f" (min {low:.3f}, max {high:.3f})."]
+    ratio, q1, q3 = _quartiles(ratios)
+    lines += ["", f"fusedopt / Keras apply time, per round: median {ratio:.3f}, IQR "
+                  f"{q1:.3f}-{q3:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f} "
+                  f"({', '.join(f'{r:.3f}' for r in ratios)})."]
     if not args.env:
         lines += [f"Caveat: {c}" for c in machine.caveats(numba, torch_in_use=True)]
     return lines
