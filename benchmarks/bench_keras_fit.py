@@ -7,14 +7,16 @@ with the grads: Keras' bookkeeping, clipping, weight decay, the update, the iter
 is timed by wrapping the optimizer's ``apply``, and the whole train step by a callback.
 
 Each contender lives in its own process, as a user's would (torch's and Numba's thread pools
-are exactly those of a real run), and keeps its model between rounds. The driver interleaves
-them: every round asks each, in rotating order, for one ``fit`` of ``--steps`` batches, so a
-change in the machine's load hits both contenders alike. A round's figure is the median of
+are exactly those of a real run), and keeps its model between rounds; with several ``--env``
+settings, each contender runs once per setting. The driver interleaves them all: every round
+asks each process, in rotating order, for one ``fit`` of ``--steps`` batches, so a change in
+the machine's load hits every contender alike. A round's figure is the median of
 its steps; the table gives medians over rounds, IQR, each contender's best round, and the
 median of the per-round ratios to Keras' Adam. The first ``fit`` of each process (state
 creation, kernel compilation) is not counted.
 
-    python benchmarks/bench_keras_fit.py
+    python benchmarks/bench_keras_fit.py                 # as given, and OMP_WAIT_POLICY=PASSIVE
+    python benchmarks/bench_keras_fit.py --env ""        # the environment as given only
     python benchmarks/bench_keras_fit.py --branches 4 --width 64 --steps 4 --rounds 2  # smoke
 """
 
@@ -41,8 +43,9 @@ def _parse(argv):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="fit steps per round")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="set in every worker's environment (e.g. OMP_WAIT_POLICY=PASSIVE)")
+    parser.add_argument("--env", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="one environment setting for the workers (repeatable; \"\" = as "
+                             "given). Default: as given, and OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -110,8 +113,9 @@ def _threading_layer() -> str:
 class Worker:
     """One contender's process, asked for one fit at a time."""
 
-    def __init__(self, name: str, argv: list[str], env: list[str]):
-        environment = dict(os.environ, **dict(item.split("=", 1) for item in env))
+    def __init__(self, name: str, argv: list[str], env: str):
+        settings = [item for item in env.split(",") if item]
+        environment = dict(os.environ, **dict(item.split("=", 1) for item in settings))
         self.name = name
         self.process = subprocess.Popen([sys.executable, __file__, *argv, "--worker", name],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -141,34 +145,48 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    envs = args.env if args.env is not None else ["", "OMP_WAIT_POLICY=PASSIVE"]
+    keys = [(env, name) for env in envs for name in CONTENDERS]
     load = [os.getloadavg()[0]]
-    workers = {name: Worker(name, argv, args.env) for name in CONTENDERS}
+    workers = {key: Worker(key[1], _worker_argv(argv), key[0]) for key in keys}
     try:
         for w in workers.values():
             w.fit()  # warm-up: builds state, compiles kernels; not counted
-        rounds: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+        rounds: dict[tuple, list[dict]] = {key: [] for key in keys}
         for r in range(args.rounds):
-            for name in CONTENDERS[r % 2:] + CONTENDERS[:r % 2]:
-                rounds[name].append(workers[name].fit())
+            for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+                rounds[key].append(workers[key].fit())
     finally:
         for w in workers.values():
             w.close()
     load.append(os.getloadavg()[0])
-    print("\n".join(report(args, argv, rounds, load)))
+    lines = header(args, argv, rounds, load)
+    for env in envs:
+        lines += table(env, {name: rounds[(env, name)] for name in CONTENDERS})
+    print("\n".join(lines))
     return 0
 
 
-def report(args, argv, rounds, load) -> list[str]:
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The driver's arguments less its --env settings (a worker gets its own environment)."""
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--env":
+            skip = True
+        elif not item.startswith("--env="):
+            out.append(item)
+    return out
+
+
+def header(args, argv, rounds, load) -> list[str]:
     from fusedopt._bench import machine
 
     described = machine.describe()
     versions, numba = described["versions"], described["numba"]
-    first = rounds[FUSED][0]
-    numba = dict(numba, threading_layer=first["threading_layer"])  # the workers' layer
-    apply_ms = {n: [1e3 * float(np.median(r["apply_s"])) for r in rs] for n, rs in rounds.items()}
-    step_ms = {n: [1e3 * float(np.median(r["step_s"])) for r in rs] for n, rs in rounds.items()}
-    ratios = [f / k for f, k in zip(apply_ms[FUSED], apply_ms[KERAS])]
-    lines = [
+    first = next(rs[0] for (env, name), rs in rounds.items() if name == FUSED)
+    return [
         "### The optimizer's part of a Keras fit step (torch backend, CPU, float32 Adam)",
         "",
         "```",
@@ -176,15 +194,25 @@ def report(args, argv, rounds, load) -> list[str]:
         "```",
         "",
         f"Machine: {described['cpu_model']}, {described['cpu_cores']} logical cores; "
-        f"numba {versions['numba']} ({numba['threading_layer']} layer, {numba['threads']} "
+        f"numba {versions['numba']} ({first['threading_layer']} layer, {numba['threads']} "
         f"threads), torch {versions.get('torch')} ({first['torch_threads']} threads), "
         f"keras {machine.version('keras')}, numpy {versions['numpy']}. Model: "
         f"{args.branches} Dense({args.width}) branches, {first['variables']} variables, "
-        f"{first['params']:,} params, batch {args.batch}. Worker environment: "
-        f"{' '.join(args.env) or 'as given'}. One process per contender, kept; {args.rounds} "
-        f"rounds of one {args.steps}-step fit each, rotating order, after one untimed fit. "
-        "Median over rounds of each round's median step; IQR over rounds. Load average "
-        f"(1 min) {load[0]:.1f} before, {load[1]:.1f} after.",
+        f"{first['params']:,} params, batch {args.batch}. One process per contender and "
+        f"environment, kept; {args.rounds} rounds of one {args.steps}-step fit from each, "
+        "rotating order, after one untimed fit. Median over rounds of each round's median "
+        f"step; IQR over rounds. Load average (1 min) {load[0]:.1f} before, {load[1]:.1f} "
+        "after.",
+    ]
+
+
+def table(env: str, rounds: dict) -> list[str]:
+    apply_ms = {n: [1e3 * float(np.median(r["apply_s"])) for r in rs] for n, rs in rounds.items()}
+    step_ms = {n: [1e3 * float(np.median(r["step_s"])) for r in rs] for n, rs in rounds.items()}
+    ratios = [f / k for f, k in zip(apply_ms[FUSED], apply_ms[KERAS])]
+    lines = [
+        "",
+        f"Environment: {env or 'as given'}",
         "",
         "| contender | optimizer.apply median ms | IQR ms | best round ms | "
         "train step median ms | apply / step | apply time / Keras' (median of rounds) |",
@@ -198,10 +226,8 @@ def report(args, argv, rounds, load) -> list[str]:
                      f"{step:,.1f} | {median / step:.0%} | {ratio:.3f} |")
     ratio, q1, q3 = _quartiles(ratios)
     lines += ["", f"fusedopt / Keras apply time, per round: median {ratio:.3f}, IQR "
-                  f"{q1:.3f}-{q3:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f} "
-                  f"({', '.join(f'{r:.3f}' for r in ratios)})."]
-    if not args.env:
-        lines += [f"Caveat: {c}" for c in machine.caveats(numba, torch_in_use=True)]
+                  f"{q1:.3f}-{q3:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}; best "
+                  f"rounds {min(apply_ms[FUSED]) / min(apply_ms[KERAS]):.3f}."]
     return lines
 
 
