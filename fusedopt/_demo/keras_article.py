@@ -79,6 +79,7 @@ def run_keras_demo(name: str = "adam", epochs: int = EPOCHS, samples: int = SAMP
         f"fusedopt.keras.install(),\nmodel.compile(optimizer={name!r}) gives fusedopt's "
         "optimizer.\n")
     fusedopt.keras.install()
+    keras.backend.clear_session()  # a fresh session: the layers get the article's names
     try:
         net = build_model(seed)
         net.compile(optimizer=name, loss=LOSS, metrics=["accuracy"])
