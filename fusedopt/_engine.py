@@ -51,6 +51,11 @@ doubt at once, or a loss-scaled step over params on several devices).
 Maximizing: a group added with ``maximize=True`` (torch's flag, any optimizer) ascends its
 objective. Its grads enter the rules negated: a -1 folded into the same per-tensor grad
 scale, exact, with no extra pass and no rule that knows about it.
+
+``use_ema`` (an ``ema``, fusedopt/_ema.py): after each applied step, every param's moving
+average is updated as Keras does, a pass of array expressions after the fused update. A
+loss-scaled CUDA step decided on the device waits for its flag first when there is an
+average to update (the only case where such a step waits).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ import numpy as np
 from . import _storage, _threads, _validate, config
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
+from ._ema import MovingAverage
 from ._registry import OptimizerSpec, lookup
 from ._steps import Window, step_rows
 
@@ -97,9 +103,11 @@ class Engine:
 
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
                  clipping: Clipping = NONE, per_param_steps: bool = False,
-                 state_dtype=None, master_weights=False):
+                 state_dtype=None, master_weights=False, ema: MovingAverage | None = None):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
+        self.ema = ema                    # use_ema: a moving average of every param
+        self.averages: list = []          # position -> its moving average (with ema)
         self.per_param_steps = per_param_steps
         _storage.check_state_dtype(state_dtype)
         self.state_dtype = state_dtype
@@ -218,12 +226,14 @@ class Engine:
             self.group_of.append(group)
             self.decays.append(bool(decays[i]))
             self._steps.append(0)
+            if self.ema is not None:
+                self.averages.append(self.ema.zeros(p))
         return list(range(first, first + len(params)))
 
     def forget_params(self) -> None:
         """Drop every param and its state: undoes a build that a later check refused."""
         self.params, self.states, self.storages = [], [], []
-        self.group_of, self.decays, self._steps = [], [], []
+        self.group_of, self.decays, self._steps, self.averages = [], [], [], []
         self._index.clear()
         self._launch_cache.clear()
         self._plans.clear()
@@ -429,7 +439,12 @@ class Engine:
         if window is not None:
             window.push(positions, plan.backend.read_later(window.flags[slot: slot + 1]))
             self._outcome = window.entries[-1]
-            return _Outcome(self, self._outcome)
+            outcome = _Outcome(self, self._outcome)
+            if self.ema is not None and outcome:  # the average needs the outcome: wait
+                self.ema.update(self.params, self.averages, self._iterations - 1)
+            return outcome
+        if self.ema is not None:  # every param's average, as Keras: a pass after the update
+            self.ema.update(self.params, self.averages, self._iterations)
         self._confirm(positions, True)
         return True
 

@@ -216,6 +216,8 @@ def save(opt, path) -> None:
     arrays = {f"state/{i}/{n}": kind_of(s).to_host(s)
               for i in range(len(engine.params))
               for n, s in zip(engine.slot_names(i), engine.states[i])}
+    arrays.update({f"average/{i}": kind_of(a).to_host(a)  # use_ema's moving averages
+                   for i, a in enumerate(engine.averages)})
     write(path, arrays, meta)
 
 
@@ -284,6 +286,10 @@ class Pending:
                 if saved != _slot_dtype(s):
                     self._mismatch(f"param {i}'s state {name!r} is {saved} in the checkpoint, "
                                    f"{_slot_dtype(s)} here")
+        saved_averages = sum(key.startswith("average/") for key in self.arrays)
+        if saved_averages != len(engine.averages):
+            self._mismatch(f"it holds {saved_averages} moving averages, the optimizer keeps "
+                           f"{len(engine.averages)} (saved with a different use_ema?)")
 
     def apply(self, opt) -> None:
         """Copy the state into ``opt``'s arrays and restore its counts (checks passed)."""
@@ -291,6 +297,8 @@ class Pending:
         for i, slots in enumerate(engine.states):
             for name, s in zip(engine.slot_names(i), slots):
                 kind_of(s).copy_from_host(s, self.arrays[f"state/{i}/{name}"])
+        for i, a in enumerate(engine.averages):
+            kind_of(a).copy_from_host(a, self.arrays[f"average/{i}"])
         engine.iterations = int(self.meta["iterations"])
         steps = self.meta.get("steps") or [0] * len(engine.params)
         engine.steps[:] = [int(s) for s in steps]

@@ -58,19 +58,26 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="write every sample and the machine")
     bench.add_argument("--plot", metavar="PATH", help="write a PNG of GB/s against size")
 
-    demo = sub.add_parser("demo", help="train a small two-layer model with a fused optimizer",
-                          description="Dense(10, relu) then Dense(2, softmax) on batches of 10 "
-                                      "samples x 10 features (the Keras Adam example's input "
-                                      "of shape (10, 10)), synthetic two-class data, NumPy "
-                                      "forward/backward (CuPy on a GPU).")
+    demo = sub.add_parser("demo", help="the Keras Adam article's example, trained by fusedopt",
+                          description="The Keras Adam article's model: Dense(10, relu) then "
+                                      "Dense(2, softmax) on input of shape (10, 10) (batches of "
+                                      "10 samples x 10 features), synthetic two-class data. With "
+                                      "Keras installed: built and fitted in Keras 3 (torch "
+                                      "backend) after fusedopt.keras.install(), so "
+                                      "model.compile(optimizer='adam') is fusedopt's. Without "
+                                      "Keras, or with --numpy: forward/backward in NumPy (CuPy "
+                                      "on a GPU) and a core fusedopt optimizer.")
     demo.add_argument("--optimizer", default="adam", help="any registered name (default adam)")
-    demo.add_argument("--epochs", type=_positive, default=20)
+    demo.add_argument("--numpy", action="store_true",
+                      help="the NumPy-only demo even when Keras is installed")
+    demo.add_argument("--epochs", type=_positive,
+                      help="default 10 with Keras, 20 with --numpy")
     demo.add_argument("--samples", type=_positive, default=200,
                       help="synthetic training samples (batches of 10)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--compare", action="store_true",
-                      help="also train with the unfused backend (and Keras if installed) "
-                           "and print the largest weight difference")
+                      help="also train with Keras' own optimizer (NumPy demo: with the unfused "
+                           "backend and Keras) and print the largest weight difference")
 
     sub.add_parser("info", help="versions, available backends, threads and caches")
     return parser
@@ -123,6 +130,27 @@ def bench(args, console):
     return results
 
 
+def demo(args, console) -> None:
+    """The Keras demo when Keras (torch backend) is here and --numpy is not given."""
+    from ._demo import keras_article, run_demo
+
+    why_not = "--numpy was given" if args.numpy else keras_article.keras_ready()
+    try:
+        if why_not is None:
+            keras_article.run_keras_demo(
+                args.optimizer, epochs=args.epochs or keras_article.EPOCHS,
+                samples=args.samples, seed=args.seed, compare=args.compare,
+                say=lambda text: console.print(text, markup=False, highlight=False))
+            return
+        if not args.numpy:
+            console.print(f"note: the NumPy demo runs, not Keras: {why_not}", markup=False,
+                          highlight=False)
+        run_demo(args.optimizer, epochs=args.epochs or 20, samples=args.samples,
+                 seed=args.seed, compare=args.compare, console=console)
+    except ValueError as error:  # an unknown optimizer name: say which ones exist
+        raise SystemExit(f"fusedopt demo: {error}") from None
+
+
 def main(argv=None) -> int:
     from rich.console import Console
 
@@ -131,12 +159,7 @@ def main(argv=None) -> int:
     if args.command == "bench":
         bench(args, console)
     elif args.command == "demo":
-        from ._demo import run_demo
-        try:
-            run_demo(args.optimizer, epochs=args.epochs, samples=args.samples, seed=args.seed,
-                     compare=args.compare, console=console)
-        except ValueError as error:  # an unknown optimizer name: say which ones exist
-            raise SystemExit(f"fusedopt demo: {error}") from None
+        demo(args, console)
     else:
         from ._info import show
         show(console)

@@ -428,3 +428,28 @@ def test_a_bf16_master_is_saved_loaded_and_continued_bit_for_bit(tmp_path, maste
     with pytest.raises(fusedopt.checkpoint.CheckpointMismatch, match="master_weights differ"):
         plain.load(path)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(before, plain._engine.states[0]))
+
+
+def test_moving_averages_are_saved_and_resumed(tmp_path):
+    """use_ema: the averages travel in the checkpoint, and the resumed run's params and
+    averages are the uninterrupted run's."""
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(300).astype(np.float32)
+    grads = [rng.standard_normal(300).astype(np.float32) for _ in range(6)]
+    opt = fusedopt.Adam(learning_rate=1e-2, use_ema=True, ema_momentum=0.9)
+    for g in grads[:3]:
+        opt.apply_gradients([(g, p)])
+    path = tmp_path / "ema.safetensors"
+    opt.save(path)
+    q = p.copy()
+    resumed = fusedopt.load(path, [q])
+    for g in grads[3:]:
+        opt.apply_gradients([(g, p)])
+        resumed.apply_gradients([(g.copy(), q)])
+    assert p.tobytes() == q.tobytes()
+    assert opt.moving_average(p).tobytes() == resumed.moving_average(q).tobytes()
+    assert not np.array_equal(opt.moving_average(p), p)
+    plain = fusedopt.Adam(learning_rate=1e-2)
+    plain.apply_gradients([(grads[0], q.copy())])
+    with pytest.raises(checkpoint.CheckpointMismatch, match="moving averages"):
+        plain.load(path)

@@ -137,8 +137,8 @@ def test_demo_compare_matches_unfused_and_keras_and_loss_falls():
     assert changed > 1e-3  # training moved the first layer
 
 
-def test_demo_prints_summary_config_and_epoch_lines(capsys):
-    assert cli.main(["demo", "--epochs", "3", "--optimizer", "adamw"]) == 0
+def test_numpy_demo_prints_summary_config_and_epoch_lines(capsys):
+    assert cli.main(["demo", "--numpy", "--epochs", "3", "--optimizer", "adamw"]) == 0
     out = capsys.readouterr().out
     assert "132" in out  # 10*10+10 + 10*2+2 params
     assert "weight_decay: 0.004" in out
