@@ -68,9 +68,11 @@ def ceiling_rule(i, p, g, s0, s1, s2, h, flags):
 
 
 def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
-    """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop."""
+    """A no-argument step running :func:`ceiling_rule` through the CPU backend's loop, with
+    the backend's choice of loop: the serial one for a table of one work item (as a fused
+    step of that size runs), the parallel one otherwise."""
     from .._cpu import backend
-    from .._cpu.loop import run, specialize
+    from .._cpu.loop import run, run_serial, specialize
     from .._group import step_table
 
     group = backend.group(str(param.dtype), [param], [list(slots)])
@@ -78,9 +80,11 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
     like = np.empty(0, param.dtype)
     h = (param.dtype.type(scale),)
     rule = specialize(ceiling_rule, (len(slots),))  # slot count frozen: no guarded stores
+    loop = run if group.table.n_work > 1 else run_serial
 
     def step():
-        run(rule, table, 1, group.n_slots, group.chunk, like, like, h)
+        loop(rule, table, 1, group.n_slots, group.chunk, like, like, h)
+    step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 
 
@@ -103,6 +107,7 @@ def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE):
 
     def step():
         kernel((n_work,), (config.THREADS_PER_BLOCK,), args)
+    step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 
 
