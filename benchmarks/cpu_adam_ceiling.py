@@ -35,6 +35,7 @@ from fusedopt._bench.report import LEGEND, blocks_text, mark, share_text, spread
     time_text
 from fusedopt._bench.results import ISOLATED, SAME_PROCESS
 from fusedopt._registry import lookup
+from fusedopt.cli import element_count
 
 LARGE, SMALL = 2**26, 2**20
 DTYPE = "float32"
@@ -42,8 +43,8 @@ DTYPE = "float32"
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--elements", type=int, default=LARGE)
-    parser.add_argument("--small-elements", type=int, default=SMALL)
+    parser.add_argument("--elements", type=element_count, default=LARGE)
+    parser.add_argument("--small-elements", type=element_count, default=SMALL)
     parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=7)
     parser.add_argument("--repeats-of-sweep", type=int, default=3)
     return parser.parse_args(argv)

@@ -15,7 +15,7 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _size(token: str) -> int:
+def element_count(token: str) -> int:
     """An element count: 65536, 65_536, 2^16 or 2**16."""
     token = token.strip().replace("_", "")
     match = _POWER.match(token)
@@ -27,7 +27,7 @@ def _size(token: str) -> int:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(_size(t) for t in text.split(",") if t.strip())
+    return tuple(element_count(t) for t in text.split(",") if t.strip())
 
 
 def _positive(text: str) -> int:

@@ -40,7 +40,9 @@ def sweep_section(outcome, described: dict, command: str) -> str:
     from .report import markdown_table
 
     lines = preamble(outcome, described, command)
-    lines += markdown_table(outcome.results, l3_cache()[0]) + ["", LEGEND + ".", ""]
+    lines += ["Fused step against its ceiling and torch's fused step:", "",
+              *fractions_table(outcome), "", "Every contender:", "",
+              *markdown_table(outcome.results, l3_cache()[0]), "", LEGEND + ".", ""]
     return "\n".join(lines + notes(outcome.results))
 
 

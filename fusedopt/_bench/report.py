@@ -217,3 +217,24 @@ def markdown_table(results, l3: int | None) -> list[str]:
                 count_text(r.size) if first else "", blocks_text(r.inner) if first else "",
                 set_text(r, l3) if first else "", *_cells(r, name)]) + " |")
     return lines
+
+
+def results_from_json(data: dict):
+    """The :class:`~.results.Result` list a :func:`to_dict` dump holds (to plot it again)."""
+    from .results import Result, Run
+    from .traffic import Traffic
+
+    out = []
+    for case in data["cases"]:
+        names = list(case["contenders"])
+        n_runs = min((len(case["contenders"][n]["samples_s"]) for n in names), default=0)
+        runs = [Run(case["calls_per_block"][i],
+                    {n: case["contenders"][n]["samples_s"][i] for n in names})
+                for i in range(n_runs)]
+        r = Result(case["optimizer"], case["size"], case["dtype"], case["backend"],
+                   Traffic(case["read_bytes_per_element"], case["write_bytes_per_element"]),
+                   case.get("method", ISOLATED), runs, list(case["notes"]),
+                   case.get("contender_working_set_bytes", 0),
+                   case.get("all_contenders_working_set_bytes", 0))
+        out.append(r)
+    return out

@@ -1,0 +1,122 @@
+"""Which part of a benchmark's method moves a CPU optimizer's fraction of its ceiling?
+
+Runs ``fusedopt bench`` at one size (default 2^24 float32) for a few optimizers under
+several methods, each as its own process, and prints one markdown table: the fused step's
+share of the traffic ceiling (median across repeats, and its spread) per optimizer and
+method. The methods separate the candidates for a low figure:
+
+- ``last round``: every contender in one process, torch's included, single calls (at 2^24
+  the automatic block is one call): the method of the figures being questioned;
+- the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning);
+- one process, only fused and ceiling (torch never imported), single calls and blocks of 3;
+- isolated (each contender in a worker process of its own), single calls and blocks of 3;
+- isolated with every contender (the last round's set, without the shared process).
+
+Each method runs ``--repeats-of-sweep`` times; run it under ``flock -x
+/tmp/fusedopt-quiet.lock`` so no test suite shares the machine, and compare with a run while
+one does (a busy window).
+
+    python benchmarks/method_effects.py
+    python benchmarks/method_effects.py --optimizer adam --size 4096 --rounds 2 \\
+        --repeats-of-sweep 1   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OPTIMIZERS = "adam,sgd,rmsprop,adagrad,adadelta,lion"
+PAIR = "fused,ceiling"
+
+#: (label, extra fusedopt bench arguments, extra environment)
+METHODS = (
+    ("last round: one process, all contenders, single calls", ["--same-process"], {}),
+    ("same, OMP_WAIT_POLICY=PASSIVE", ["--same-process"], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("one process, no torch, single calls",
+     ["--same-process", "--no-torch", "--contenders", PAIR, "--calls-per-block", "1"], {}),
+    ("one process, no torch, blocks of 3",
+     ["--same-process", "--no-torch", "--contenders", PAIR, "--calls-per-block", "3"], {}),
+    ("isolated, single calls", ["--contenders", PAIR, "--calls-per-block", "1"], {}),
+    ("isolated, blocks of 3", ["--contenders", PAIR, "--calls-per-block", "3"], {}),
+    ("isolated, all contenders, single calls", ["--calls-per-block", "1"], {}),
+)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--optimizer", default=OPTIMIZERS)
+    parser.add_argument("--size", default="2^24")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats-of-sweep", type=int, default=3)
+    return parser.parse_args(argv)
+
+
+def run_method(args, extra, env_extra, out: Path) -> dict:
+    command = [sys.executable, "-m", "fusedopt", "bench", "--sizes", args.size, "--dtype",
+               "float32", "--optimizer", args.optimizer, "--rounds", str(args.rounds),
+               "--repeats-of-sweep", str(args.repeats_of_sweep), "--no-probe", *extra,
+               "--json", str(out)]
+    started = time.time()
+    done = subprocess.run(command, env={**os.environ, **env_extra}, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
+    data = json.loads(out.read_text())
+    data["wall_s"] = time.time() - started
+    data["command"] = " ".join([*(f"{k}={v}" for k, v in env_extra.items()), "fusedopt bench",
+                                *map(shlex.quote, command[4:-2])])
+    return data
+
+
+def _cell(case) -> str:
+    fused = case["contenders"].get("fused")
+    if not fused or not fused["fraction_of_ceiling"]:
+        return "-"
+    f = fused["fraction_of_ceiling"]
+    spread = "" if f["spread"] is None else f" ({100 * f['spread']:.0f}%)"
+    return f"{f['median']:.2f}{'~' if f['unsettled'] else ''}{spread}"
+
+
+def markdown(runs, argv) -> str:
+    names = list(dict.fromkeys(c["optimizer"] for _, d in runs for c in d["cases"]))
+    lines = ["```", " ".join(["python benchmarks/method_effects.py",
+                              *map(shlex.quote, argv)]), "```", "",
+             "Fused step's share of its traffic ceiling, median across repeats (spread "
+             "across repeats in parentheses; ~ above 15%). Each column is one run of "
+             "`fusedopt bench`, in the order shown:", ""]
+    lines += [f"{i + 1}. {label}: `{d['command']}` ({d['wall_s']:.0f} s; load average "
+              f"{d['load_average']['start'].get('1min', float('nan')):.2f} at its start)"
+              for i, (label, d) in enumerate(runs)]
+    lines += ["", "| optimizer | " + " | ".join(str(i + 1) for i in range(len(runs))) + " |",
+              "|---|" + "---:|" * len(runs)]
+    for name in names:
+        cells = []
+        for _, d in runs:
+            case = next((c for c in d["cases"] if c["optimizer"] == name), None)
+            cells.append("-" if case is None else _cell(case))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, extra, env) in enumerate(METHODS):
+            runs.append((label, run_method(args, extra, env, Path(tmp) / f"{i}.json")))
+            print(f"{label}: done", file=sys.stderr, flush=True)
+    print(markdown(runs, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
