@@ -10,7 +10,9 @@ method. The methods separate the candidates for a low figure:
 - the same with ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP threads sleep instead of spinning);
 - one process, only fused and ceiling (torch never imported), single calls and blocks of 3;
 - isolated (each contender in a worker process of its own), single calls and blocks of 3;
-- isolated with every contender (the last round's set, without the shared process).
+- isolated with every contender (the last round's set, without the shared process);
+- isolated, blocks of 3, while one other process keeps a core busy (a controlled busy
+  window: one more runnable thread than the machine has cores to spare).
 
 Each method runs ``--repeats-of-sweep`` times; run it under ``flock -x
 /tmp/fusedopt-quiet.lock`` so no test suite shares the machine, and compare with a run while
@@ -36,7 +38,10 @@ from pathlib import Path
 OPTIMIZERS = "adam,sgd,rmsprop,adagrad,adadelta,lion"
 PAIR = "fused,ceiling"
 
-#: (label, extra fusedopt bench arguments, extra environment)
+#: A process that keeps one core busy for as long as it lives.
+HOG = [sys.executable, "-c", "while True: pass"]
+
+#: (label, extra fusedopt bench arguments, extra environment[, "busy"])
 METHODS = (
     ("last round: one process, all contenders, single calls", ["--same-process"], {}),
     ("same, OMP_WAIT_POLICY=PASSIVE", ["--same-process"], {"OMP_WAIT_POLICY": "PASSIVE"}),
@@ -47,6 +52,8 @@ METHODS = (
     ("isolated, single calls", ["--contenders", PAIR, "--calls-per-block", "1"], {}),
     ("isolated, blocks of 3", ["--contenders", PAIR, "--calls-per-block", "3"], {}),
     ("isolated, all contenders, single calls", ["--calls-per-block", "1"], {}),
+    ("isolated, blocks of 3, one core kept busy by `python -c 'while True: pass'`",
+     ["--contenders", PAIR, "--calls-per-block", "3"], {}, "busy"),
 )
 
 
@@ -59,14 +66,20 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def run_method(args, extra, env_extra, out: Path) -> dict:
+def run_method(args, extra, env_extra, out: Path, busy: bool = False) -> dict:
     command = [sys.executable, "-m", "fusedopt", "bench", "--sizes", args.size, "--dtype",
                "float32", "--optimizer", args.optimizer, "--rounds", str(args.rounds),
                "--repeats-of-sweep", str(args.repeats_of_sweep), "--no-probe", *extra,
                "--json", str(out)]
     started = time.time()
-    done = subprocess.run(command, env={**os.environ, **env_extra}, capture_output=True,
-                          text=True)
+    hog = subprocess.Popen(HOG) if busy else None
+    try:
+        done = subprocess.run(command, env={**os.environ, **env_extra}, capture_output=True,
+                              text=True)
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
     data = json.loads(out.read_text())
@@ -93,7 +106,8 @@ def markdown(runs, argv) -> str:
              "across repeats in parentheses; ~ above 15%). Each column is one run of "
              "`fusedopt bench`, in the order shown:", ""]
     lines += [f"{i + 1}. {label}: `{d['command']}` ({d['wall_s']:.0f} s; load average "
-              f"{d['load_average']['start'].get('1min', float('nan')):.2f} at its start)"
+              f"{d['load_average']['start'].get('1min', float('nan')):.2f} at its start, "
+              f"{d['load_average'].get('end', {}).get('1min', float('nan')):.2f} at its end)"
               for i, (label, d) in enumerate(runs)]
     lines += ["", "| optimizer | " + " | ".join(str(i + 1) for i in range(len(runs))) + " |",
               "|---|" + "---:|" * len(runs)]
@@ -111,8 +125,9 @@ def main(argv=None) -> int:
     args = _parse(argv)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, extra, env) in enumerate(METHODS):
-            runs.append((label, run_method(args, extra, env, Path(tmp) / f"{i}.json")))
+        for i, (label, extra, env, *busy) in enumerate(METHODS):
+            runs.append((label, run_method(args, extra, env, Path(tmp) / f"{i}.json",
+                                           busy=bool(busy))))
             print(f"{label}: done", file=sys.stderr, flush=True)
     print(markdown(runs, argv))
     return 0

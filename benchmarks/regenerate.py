@@ -19,13 +19,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout's fusedopt, even without an install
 
-SWEEP_SIZES = "2^10,2^14,2^18,2^22"
+SWEEP_SIZES = "2^10,2^16,2^22"
 FRACTION_SIZES = "2^24,2^26"
 
 
@@ -67,8 +68,8 @@ def shown(command: list[str]) -> str:
     return joined.replace("python -m fusedopt bench", "fusedopt bench")
 
 
-def run_section(name: str, command: list[str], json_path: Path | None, out: Path) -> str:
-    md = out / f"{name}.md"
+def run_section(name: str, command: list[str], json_path: Path | None, scratch: Path) -> str:
+    md = scratch / f"{name}.md"
     full = list(command)
     if json_path is not None:  # a fusedopt bench run: it writes its markdown and JSON
         full += ["--json", str(json_path), "--markdown", str(md)]
@@ -127,13 +128,15 @@ def main(argv=None) -> int:
     started = time.time()
     wanted = None if not args.only else set(args.only.split(","))
     json_paths = []
-    for name, command, json_path in sections(args.quick, out):
-        if json_path is not None:
-            json_paths.append(json_path)
-        if wanted is not None and name not in wanted:
-            continue
-        document = replace_block(document, name, run_section(name, command, json_path, out))
-        target.write_text(document)  # a section at a time: an interrupted run keeps its work
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, command, json_path in sections(args.quick, out):
+            if json_path is not None:
+                json_paths.append(json_path)
+            if wanted is not None and name not in wanted:
+                continue
+            text = run_section(name, command, json_path, Path(scratch))
+            document = replace_block(document, name, text)
+            target.write_text(document)  # a section at a time: an interrupted run keeps its work
     pngs = draw(out, [p for p in json_paths if p.exists()], out / "roofline")
     print(f"wrote {target} and {', '.join(map(str, pngs))} in "
           f"{(time.time() - started) / 60:.1f} min", file=sys.stderr)

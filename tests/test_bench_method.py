@@ -154,12 +154,13 @@ def test_method_effects_table_has_a_column_per_method():
         fused = {"fraction_of_ceiling": {"median": share, "spread": spread,
                                          "unsettled": spread > 0.15}}
         return {"command": "fusedopt bench ...", "wall_s": 10.0,
-                "load_average": {"start": {"1min": 0.5}},
+                "load_average": {"start": {"1min": 0.5}, "end": {"1min": 0.7}},
                 "cases": [{"optimizer": "lion", "contenders": {"fused": fused}}]}
 
     md = effects.markdown([("one", run_data(0.83, 0.2)), ("two", run_data(0.99, 0.01))], [])
     assert "| lion | 0.83~ (20%) | 0.99 (1%) |" in md
-    assert "1. one: `fusedopt bench ...`" in md and len(effects.METHODS) == 7
+    assert "1. one: `fusedopt bench ...` (10 s; load average 0.50 at its start, 0.70" in md
+    assert len(effects.METHODS) == 8 and effects.METHODS[-1][-1] == "busy"
 
 
 def test_fractions_table_gives_share_spread_and_torch_ratio():
@@ -179,3 +180,11 @@ def test_results_survive_a_json_round_trip():
     assert back.names == r.names and back.inner == r.inner
     assert back.time(cs.FUSED) == r.time(cs.FUSED) and back.bytes == r.bytes
     assert results.ISOLATED == back.method
+
+
+def test_calls_per_block_serve_the_fastest_without_stalling_on_the_slowest():
+    from fusedopt._bench.timing import inner_calls
+
+    assert inner_calls([1e-5, 2e-5], min_sample_s=2e-3) == 200
+    assert inner_calls([1e-5, 1e-3], min_sample_s=2e-3, max_block_s=0.05) == 50
+    assert inner_calls([1e-2, 2.0]) == 1  # a step slower than a block still gets one call

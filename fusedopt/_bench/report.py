@@ -15,6 +15,7 @@ from itertools import groupby
 
 from . import contenders as cs
 from .results import ISOLATED, SPREAD_LIMIT, Figure
+from .timing import MAX_BLOCK_S
 
 UNSETTLED = "~"
 LEGEND = (f"{UNSETTLED} = spread across repeats of the sweep above {SPREAD_LIMIT:.0%}: "
@@ -84,7 +85,8 @@ def method_line(outcome, l3: int | None, l3_source: str) -> str:
     cache = f"L3 {mib(l3)} (from {l3_source})" if l3 else f"L3 unknown ({l3_source})"
     blocks = (f"{s.calls_per_block} calls per block" if s.calls_per_block else
               f"calls per block chosen per case so the fastest contender's block lasts "
-              f">= {time_text(s.min_sample_s)}")
+              f">= {time_text(s.min_sample_s)} and the slowest one's <= "
+              f"{time_text(MAX_BLOCK_S)}")
     return (f"Method: {METHOD_WORDS[s.method]}. {s.repeats_of_sweep} repeat(s) of the sweep x "
             f"{s.rounds} interleaved rounds per case; {blocks}. Working set = param, grad "
             f"and state of one contender; {cache}.")

@@ -4,8 +4,9 @@ Interleaving spreads slow drifts (frequency scaling, other processes, thermal st
 every contender alike instead of penalising whichever ran last. Warm-up calls (Numba
 compilation, CuPy module load, torch state creation) are never timed. A sample is the mean
 time of one *block* of ``inner`` back-to-back calls, ``inner`` chosen once per case so that
-the fastest contender's block lasts at least ``min_sample_s``: tiny steps are then not
-dominated by the clock's resolution. On a GPU the device is synchronized before each clock
+the fastest contender's block lasts at least ``min_sample_s`` (tiny steps are then not
+dominated by the clock's resolution), unless that would make the slowest contender's block
+last more than ``MAX_BLOCK_S`` (a round would then take seconds). On a GPU the device is synchronized before each clock
 read.
 
 A contender is anything with a ``name`` and ``time(inner) -> seconds per call``: a
@@ -30,6 +31,9 @@ MIN_SAMPLE_S = 2e-3
 
 #: Largest number of calls folded into one sample.
 MAX_INNER = 10_000
+
+#: Longest block worth asking of the slowest contender, in seconds.
+MAX_BLOCK_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,13 @@ def warm_up(contenders, sync, notes: list[str]):
     return kept, first
 
 
-def inner_calls(first_times, min_sample_s: float = MIN_SAMPLE_S) -> int:
-    """Calls per block: enough that the fastest contender's block lasts ``min_sample_s``."""
-    fastest = max(min(first_times), 1e-9)
-    return int(min(MAX_INNER, max(1, math.ceil(min_sample_s / fastest))))
+def inner_calls(first_times, min_sample_s: float = MIN_SAMPLE_S,
+                max_block_s: float = MAX_BLOCK_S) -> int:
+    """Calls per block: enough that the fastest contender's block lasts ``min_sample_s``,
+    but no more than keep the slowest one's within ``max_block_s`` (and at least one)."""
+    fastest, slowest = max(min(first_times), 1e-9), max(max(first_times), 1e-9)
+    wanted = math.ceil(min_sample_s / fastest)
+    return int(max(1, min(MAX_INNER, wanted, math.floor(max_block_s / slowest))))
 
 
 def interleave(contenders, rounds: int, inner: int, on_round=None) -> dict[str, list]:
