@@ -29,6 +29,7 @@ import sys
 from fusedopt._bench import machine, multitensor, timing
 from fusedopt._bench.isolated import Pool, time_isolated
 from fusedopt._bench.markdown import machine_line
+from fusedopt._bench.multitensor import ARENA, FLAT, LIST, TORCH  # noqa: F401 (the names shown)
 from fusedopt._bench.report import LEGEND, mark, spread_text
 from fusedopt._bench.results import ISOLATED, SAME_PROCESS, Figure
 from fusedopt._bench.worker import describe_process

@@ -54,8 +54,9 @@ def test_the_probe_runs_as_a_file_without_importing_fusedopt():
 
 
 def test_make_target_uses_the_python_on_path_with_the_checkout_on_pythonpath():
-    done = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("python3 fusedopt/gpucheck/probe.py")

@@ -46,7 +46,8 @@ def mib(n_bytes: int) -> str:
 
 
 def short_mib(n_bytes: int) -> str:
-    return f"{n_bytes / 2**20:.3g}M"
+    x = n_bytes / 2**20
+    return f"{x:.3g}M" if x < 1000 else f"{x:.0f}M"
 
 
 def mark(text: str, figure: Figure | None) -> str:
