@@ -135,8 +135,10 @@ def main(argv=None) -> int:
             if wanted is not None and name not in wanted:
                 continue
             text = run_section(name, command, json_path, Path(scratch))
-            document = replace_block(document, name, text)
-            target.write_text(document)  # a section at a time: an interrupted run keeps its work
+            # Read again before writing: a section at a time, so an interrupted run keeps its
+            # work and prose edited meanwhile survives.
+            document = target.read_text() if target.exists() else document
+            target.write_text(replace_block(document, name, text))
     pngs = draw(out, [p for p in json_paths if p.exists()], out / "roofline")
     print(f"wrote {target} and {', '.join(map(str, pngs))} in "
           f"{(time.time() - started) / 60:.1f} min", file=sys.stderr)
