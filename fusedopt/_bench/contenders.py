@@ -191,7 +191,8 @@ def build(contender: str, optimizer: str, size: int, dtype: str, backend: str,
                                   param, grad)
     elif contender in TORCH_MODES:
         found = _torch_class(spec, backend, notes)
-        step = found and _torch_step(contender, found, spec, param, grad, backend, notes)
+        step = None if found is None else _torch_step(contender, found, spec, param, grad,
+                                                      backend, notes)
     elif contender == CEILING:
         n_slots = len(spec.slots(spec.flags(spec.defaults(), "keras")))
         xp = np if isinstance(param, np.ndarray) else __import__("cupy")
