@@ -204,3 +204,17 @@ def test_the_test_phase_runs_its_shards_end_to_end_here():
     assert out["collected"] > 100 and out["ok"], [s["output"][-2000:] for s in out["shards"]]
     assert out["totals"].get("skipped") == out["collected"]
     assert not out["totals"].get("failed") and not phase.skipped
+
+
+def test_the_watchdog_is_not_swallowed_by_a_phase_that_records_errors(monkeypatch):
+    """Phases catch Exception to record it and carry on; the budget's end must get past."""
+    def overrun(phase, torch_ok, clock):
+        try:
+            raise run.BudgetExceeded("the budget ran out")
+        except Exception:  # what bench.case does with a contender's error
+            return [{"error": "swallowed"}]
+
+    monkeypatch.setattr(run, "_torch_cuda", lambda: (True, "torch"))
+    monkeypatch.setattr(run.bench, "single_tensors", overrun)
+    with pytest.raises(run.BudgetExceeded):
+        run.run({"phases": {}}, Budget(run.TOTAL_S, run.PLAN))

@@ -37,8 +37,9 @@ ESTIMATE = (
 )
 
 
-class BudgetExceeded(Exception):
-    pass
+class BudgetExceeded(BaseException):
+    """Raised by the watchdog; a BaseException, so no phase's ``except Exception`` (which
+    records an error and carries on) can swallow it."""
 
 
 def _alarm(signum, frame):
