@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .timing import first_line
-from .traffic import Traffic, cpu_ceiling, cuda_ceiling, cuda_copy, traffic
+from .traffic import Traffic, cpu_ceiling, cuda_ceiling, cuda_copy, itemsize, state_dtype, traffic
 
 FUSED, UNFUSED = "fused", "unfused"
 TORCH_FUSED, TORCH_FOREACH = "torch fused", "torch foreach"
@@ -95,16 +95,26 @@ def _flow(spec, dtype: str) -> Traffic:
 PATTERN = 1 << 16
 
 
+def _numpy_dtype(dtype: str):
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        import ml_dtypes  # 16-bit floats NumPy lacks
+        return np.dtype(getattr(ml_dtypes, dtype))
+
+
 def _arrays(n: int, dtype: str, backend: str, seed: int):
-    """A param and a grad of ``n`` elements, small normal values, on the backend's device."""
+    """A param and a grad of ``n`` elements, small normal values, on the backend's device
+    (drawn in float32 and stored in ``dtype``, so 16-bit storage types work too)."""
+    kind = _numpy_dtype(dtype)
     if backend == "cuda":
         import cupy
         rng = cupy.random.default_rng(seed)
-        return (rng.standard_normal(n, dtype=np.dtype(dtype)) * 0.1,
-                rng.standard_normal(n, dtype=np.dtype(dtype)) * 0.01)
+        return ((rng.standard_normal(n, dtype=np.float32) * 0.1).astype(kind),
+                (rng.standard_normal(n, dtype=np.float32) * 0.01).astype(kind))
     rng = np.random.default_rng(seed)
-    block = rng.standard_normal((2, min(n, PATTERN)), dtype=np.dtype(dtype))
-    return np.resize(block[0] * 0.1, n), np.resize(block[1] * 0.01, n)
+    block = rng.standard_normal((2, min(n, PATTERN)), dtype=np.float32)
+    return np.resize((block[0] * 0.1).astype(kind), n), np.resize((block[1] * 0.01).astype(kind), n)
 
 
 def _fusedopt(name: str, backend: str, param):
@@ -236,7 +246,7 @@ def contender_bytes(contender: str, name: str, size: int, dtype: str) -> int:
     if contender == COPY:
         return _flow(spec, dtype).total(size)
     n_slots = len(spec.slots(spec.flags(spec.defaults(), "keras")))
-    return size * np.dtype(dtype).itemsize * (2 + n_slots)
+    return size * (2 * itemsize(dtype) + n_slots * itemsize(state_dtype(dtype)))
 
 
 def working_set(name: str, size: int, dtype: str, contenders, isolated: bool) -> int:
@@ -245,7 +255,7 @@ def working_set(name: str, size: int, dtype: str, contenders, isolated: bool) ->
     step's state."""
     if isolated:
         return sum(contender_bytes(c, name, size, dtype) for c in contenders)
-    item = np.dtype(dtype).itemsize
+    item = itemsize(dtype)
     per_slot_set = contender_bytes(FUSED, name, size, dtype) - 2 * size * item
     owners = sum(c in (FUSED, UNFUSED, *TORCH_MODES) for c in contenders) or 1
     copy = contender_bytes(COPY, name, size, dtype) if COPY in contenders else 0

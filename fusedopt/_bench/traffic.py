@@ -37,15 +37,30 @@ class Traffic:
         return n * (self.read_bytes + self.write_bytes)
 
 
+def itemsize(dtype: str) -> int:
+    """Bytes of one element of ``dtype``; 16-bit floats NumPy lacks come from ml_dtypes."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        import ml_dtypes  # registers bfloat16 and friends with NumPy
+        return np.dtype(getattr(ml_dtypes, dtype)).itemsize
+
+
 def state_dtype(dtype: str) -> str:
-    """State slots are kept in the compute type, which is the storage type for float32/64."""
-    return dtype
+    """The dtype state slots are kept in for ``dtype`` params: the engine's default where it
+    declares one (fusedopt._storage, for 16-bit storage), else the param's own dtype (state
+    is kept in the compute type, which is the storage type for float32/64)."""
+    try:
+        from .._storage import default_state_dtype
+    except ImportError:
+        return dtype
+    return str(default_state_dtype(dtype))
 
 
 def traffic(spec, flags, dtype: str) -> Traffic:
     """Bytes per element of one step of ``spec``'s variant ``flags`` on ``dtype`` params."""
-    param = np.dtype(dtype).itemsize
-    state = np.dtype(state_dtype(dtype)).itemsize
+    param = itemsize(dtype)
+    state = itemsize(state_dtype(dtype))
     n_slots = len(spec.slots(flags))
     return Traffic(read_bytes=2 * param + n_slots * state,
                    write_bytes=param + n_slots * state)

@@ -97,8 +97,7 @@ def _builders(optimizer: str, sizes, dtype: str, torch_ok: bool, n_bytes: int) -
 def _need_bytes(sizes, dtype: str, n_bytes: int) -> int:
     """Device bytes of a case: four contenders' params, grads and two slots, unfused
     temporaries, and the copy's two buffers (a generous bound)."""
-    item = steps.numpy_dtype(dtype).itemsize
-    return sum(sizes) * item * 4 * 4 + n_bytes
+    return sum(sizes) * steps.numpy_dtype(dtype).itemsize * 4 * 4 + n_bytes
 
 
 def case(optimizer: str, sizes, dtype: str, torch_ok: bool, label: str,
