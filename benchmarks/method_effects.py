@@ -14,13 +14,14 @@ method. The methods separate the candidates for a low figure:
 - isolated, blocks of 3, while one other process keeps a core busy (a controlled busy
   window: one more runnable thread than the machine has cores to spare).
 
-Each method runs ``--repeats-of-sweep`` times; run it under ``flock -x
-/tmp/fusedopt-quiet.lock`` so no test suite shares the machine, and compare with a run while
-one does (a busy window).
+The methods take turns: pass 1 runs each method once, then pass 2, ... (``--passes``,
+default 3), so a slow stretch of the machine falls on every method rather than on whichever
+ran then; each cell is the median across passes and the spread across them. Run it under
+``flock -x /tmp/fusedopt-quiet.lock`` so no test suite shares the machine.
 
     python benchmarks/method_effects.py
     python benchmarks/method_effects.py --optimizer adam --size 4096 --rounds 2 \\
-        --repeats-of-sweep 1   # smoke test
+        --passes 1   # smoke test
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fusedopt._bench.results import Figure
 
 OPTIMIZERS = "adam,sgd,rmsprop,adagrad,adadelta,lion"
 PAIR = "fused,ceiling"
@@ -62,14 +65,14 @@ def _parse(argv):
     parser.add_argument("--optimizer", default=OPTIMIZERS)
     parser.add_argument("--size", default="2^24")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--repeats-of-sweep", type=int, default=3)
+    parser.add_argument("--passes", type=int, default=3)
     return parser.parse_args(argv)
 
 
 def run_method(args, extra, env_extra, out: Path, busy: bool = False) -> dict:
     command = [sys.executable, "-m", "fusedopt", "bench", "--sizes", args.size, "--dtype",
                "float32", "--optimizer", args.optimizer, "--rounds", str(args.rounds),
-               "--repeats-of-sweep", str(args.repeats_of_sweep), "--no-probe", *extra,
+               "--repeats-of-sweep", "1", "--no-probe", *extra,
                "--json", str(out)]
     started = time.time()
     hog = subprocess.Popen(HOG) if busy else None
@@ -89,46 +92,62 @@ def run_method(args, extra, env_extra, out: Path, busy: bool = False) -> dict:
     return data
 
 
-def _cell(case) -> str:
-    fused = case["contenders"].get("fused")
-    if not fused or not fused["fraction_of_ceiling"]:
+def _shares(passes, name: str) -> list[float]:
+    """The fused step's fraction of its ceiling for ``name`` in each pass that has one."""
+    out = []
+    for data in passes:
+        case = next((c for c in data["cases"] if c["optimizer"] == name), None)
+        fused = case and case["contenders"].get("fused")
+        if fused and fused["fraction_of_ceiling"]:
+            out.append(fused["fraction_of_ceiling"]["median"])
+    return out
+
+
+def _cell(values) -> str:
+    if not values:
         return "-"
-    f = fused["fraction_of_ceiling"]
-    spread = "" if f["spread"] is None else f" ({100 * f['spread']:.0f}%)"
-    return f"{f['median']:.2f}{'~' if f['unsettled'] else ''}{spread}"
+    f = Figure.of(values)
+    spread = "" if f.spread is None else f" ({100 * f.spread:.0f}%)"
+    return f"{f.median:.2f}{'~' if f.unsettled else ''}{spread}"
+
+
+def _load(passes, when: str) -> str:
+    values = [d["load_average"].get(when, {}).get("1min") for d in passes]
+    values = [v for v in values if v is not None]
+    return "-" if not values else f"{min(values):.1f}-{max(values):.1f}"
 
 
 def markdown(runs, argv) -> str:
-    names = list(dict.fromkeys(c["optimizer"] for _, d in runs for c in d["cases"]))
+    """``runs``: [(label, [JSON of each pass])]."""
+    names = list(dict.fromkeys(c["optimizer"] for _, ps in runs for d in ps for c in d["cases"]))
     lines = ["```", " ".join(["python benchmarks/method_effects.py",
                               *map(shlex.quote, argv)]), "```", "",
-             "Fused step's share of its traffic ceiling, median across repeats (spread "
-             "across repeats in parentheses; ~ above 15%). Each column is one run of "
-             "`fusedopt bench`, in the order shown:", ""]
-    lines += [f"{i + 1}. {label}: `{d['command']}` ({d['wall_s']:.0f} s; load average "
-              f"{d['load_average']['start'].get('1min', float('nan')):.2f} at its start, "
-              f"{d['load_average'].get('end', {}).get('1min', float('nan')):.2f} at its end)"
-              for i, (label, d) in enumerate(runs)]
+             "Fused step's share of its traffic ceiling: median across passes (spread across "
+             "passes in parentheses; ~ above 15%). Column n is method n, each pass one run "
+             "of its command:", ""]
+    for i, (label, passes) in enumerate(runs):
+        wall = sum(d["wall_s"] for d in passes)
+        lines.append(f"{i + 1}. {label}: `{passes[0]['command']}` ({len(passes)} passes, "
+                     f"{wall:.0f} s in all; 1-minute load average {_load(passes, 'start')} at "
+                     f"the starts, {_load(passes, 'end')} at the ends)")
     lines += ["", "| optimizer | " + " | ".join(str(i + 1) for i in range(len(runs))) + " |",
               "|---|" + "---:|" * len(runs)]
     for name in names:
-        cells = []
-        for _, d in runs:
-            case = next((c for c in d["cases"] if c["optimizer"] == name), None)
-            cells.append("-" if case is None else _cell(case))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(_shares(ps, name)) for _, ps in runs)
+                     + " |")
     return "\n".join(lines + [""])
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
-    runs = []
+    runs = [(label, []) for label, *_ in METHODS]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, extra, env, *busy) in enumerate(METHODS):
-            runs.append((label, run_method(args, extra, env, Path(tmp) / f"{i}.json",
-                                           busy=bool(busy))))
-            print(f"{label}: done", file=sys.stderr, flush=True)
+        for k in range(args.passes):
+            for i, (label, extra, env, *busy) in enumerate(METHODS):
+                out = Path(tmp) / f"{k}-{i}.json"
+                runs[i][1].append(run_method(args, extra, env, out, busy=bool(busy)))
+                print(f"pass {k + 1}: {label}: done", file=sys.stderr, flush=True)
     print(markdown(runs, argv))
     return 0
 

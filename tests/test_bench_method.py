@@ -150,16 +150,18 @@ def test_regenerate_replaces_only_its_marked_blocks():
 def test_method_effects_table_has_a_column_per_method():
     effects = _script("method_effects")
 
-    def run_data(share, spread):
-        fused = {"fraction_of_ceiling": {"median": share, "spread": spread,
-                                         "unsettled": spread > 0.15}}
+    def run_data(share):
+        fused = {"fraction_of_ceiling": {"median": share, "spread": None, "unsettled": False}}
         return {"command": "fusedopt bench ...", "wall_s": 10.0,
                 "load_average": {"start": {"1min": 0.5}, "end": {"1min": 0.7}},
                 "cases": [{"optimizer": "lion", "contenders": {"fused": fused}}]}
 
-    md = effects.markdown([("one", run_data(0.83, 0.2)), ("two", run_data(0.99, 0.01))], [])
-    assert "| lion | 0.83~ (20%) | 0.99 (1%) |" in md
-    assert "1. one: `fusedopt bench ...` (10 s; load average 0.50 at its start, 0.70" in md
+    runs = [("one", [run_data(0.83), run_data(0.70), run_data(1.0)]),
+            ("two", [run_data(0.99), run_data(1.0), run_data(0.98)])]
+    md = effects.markdown(runs, [])
+    assert "| lion | 0.83~ (36%) | 0.99 (2%) |" in md
+    assert ("1. one: `fusedopt bench ...` (3 passes, 30 s in all; 1-minute load average "
+            "0.5-0.5 at the starts, 0.7-0.7 at the ends)") in md
     assert len(effects.METHODS) == 8 and effects.METHODS[-1][-1] == "busy"
 
 
