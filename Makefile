@@ -22,8 +22,10 @@ run: $(VENV)/.base
 
 # The whole suite, CPU only: backends vs reference and peers, the CUDA gates, host execution.
 # Strict: a test skipped for want of something this target installs fails (tests/conftest.py).
+# One pytest worker per core (pytest-xdist); the compiled-kernel artifacts are built once, by
+# the first worker that needs them, under a lock (tests/conftest.py).
 test: $(VENV)/.test
-	FUSEDOPT_STRICT_SKIPS=1 $(PY) -m pytest -q -p no:cacheprovider
+	FUSEDOPT_STRICT_SKIPS=1 $(PY) -m pytest -q -p no:cacheprovider -n auto
 
 # For machines with a CUDA GPU (after `pip install fusedopt[cuda12]` or `[cuda13]`).
 test-gpu: $(VENV)/.test

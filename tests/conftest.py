@@ -39,6 +39,7 @@ def pytest_make_collect_report(collector):
 
 
 # --- The CUDA path without a GPU (kernels/README.md): compiled kernels, host runtime ---------
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 
 
@@ -56,8 +57,10 @@ def nvrtc_compiled(cuda_cache_dir):
                         reason="the CUDA gates need cuda-bindings: pip install fusedopt[cudacheck]")
     from fusedopt._cuda import nvrtc
     # Every family and architecture at once, one compile per core: the gates' cold cost is
-    # NVRTC's, and it compiles a program on one core.
-    nvrtc.compile_all(cuda_cache_dir / "nvrtc", workers=os.cpu_count() or 1)
+    # NVRTC's, and it compiles a program on one core. One pytest worker does it; the others
+    # wait for it and then read the cache.
+    with _building(cuda_cache_dir, "nvrtc"):
+        nvrtc.compile_all(cuda_cache_dir / "nvrtc", workers=os.cpu_count() or 1)
 
     @functools.lru_cache(maxsize=None)
     def compiled(family, arch):
@@ -70,9 +73,24 @@ def host_built(cuda_cache_dir):
     """Every kernel family built for the host once, one g++ per core."""
     from cuda_host import build
     from fusedopt._cuda import launch
-    build.build_all(launch.all_entry_points(), cuda_cache_dir / "host",
-                    workers=os.cpu_count() or 1)
+    with _building(cuda_cache_dir, "host"):
+        build.build_all(launch.all_entry_points(), cuda_cache_dir / "host",
+                        workers=os.cpu_count() or 1)
     return cuda_cache_dir / "host"
+
+
+@contextlib.contextmanager
+def _building(cache_dir, what: str):
+    """Held while one process fills ``cache_dir``'s ``what`` artifacts: pytest workers
+    (pytest-xdist) sharing a cache build each artifact once, with every core, in turn."""
+    import fcntl
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{what}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

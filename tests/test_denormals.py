@@ -69,7 +69,7 @@ def _ptx(family: str, options, cache_dir) -> str:
         N.nvrtcDestroyProgram(prog)
     ptx = buffer.rstrip(b"\0").decode()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(ptx)
+    nvrtc.write_atomically(cached, ptx.encode())
     return ptx
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +148,18 @@ def _load(folder: Path, label: str, arch: str) -> Compiled | None:
 def _store(folder: Path, compiled: Compiled) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if compiled.ok:
-        (folder / "kernel.cubin").write_bytes(compiled.cubin)
+        write_atomically(folder / "kernel.cubin", compiled.cubin)
     # meta.json last: its presence marks a complete entry.
-    (folder / "meta.json").write_text(json.dumps(
-        {"ok": compiled.ok, "log": compiled.log, "lowered": compiled.lowered}))
+    write_atomically(folder / "meta.json", json.dumps(
+        {"ok": compiled.ok, "log": compiled.log, "lowered": compiled.lowered}).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or what it held before, never a part: processes sharing a
+    cache may write and read one entry at once."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def compile_source(text: str, name_expressions, arch: str, *, filename: str = "kernel.cu",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import config
-from .nvrtc import PTXAS_VERBOSE, Compiled
+from .nvrtc import PTXAS_VERBOSE, Compiled, write_atomically
 
 #: 32-bit registers one block may use on every architecture in config.GATE_ARCHS
 #: (compute capability 8.x and 9.0, CUDA C Programming Guide, "Technical Specifications").
@@ -180,7 +180,7 @@ def disassemble(cubin: bytes, cache_dir: Path | None = None) -> str:
         raise RuntimeError(f"cuobjdump -sass failed: {result.stderr.strip()}")
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(result.stdout)
+        write_atomically(cached, result.stdout.encode())
     return result.stdout
 
 
