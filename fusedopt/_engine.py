@@ -26,7 +26,8 @@ loss-scaled step needs it (one read of the grads only, never the params), then e
 group is one kernel launch (CUDA) or one Numba call (CPU).
 
 Storage (fusedopt/_storage.py): params of float32, float64, float16 or bfloat16; state in
-``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise); with
+``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise; a
+hyperparameter group may choose its own, as torch's param groups do); with
 ``master_weights`` an fp32 master (or, for bfloat16, an int16 remainder) in a last slot,
 "master" (or "remainder"). Launch groups are per storage, grads' dtype included.
 
@@ -83,6 +84,8 @@ class HyperGroup:
     flags: tuple
     slots: tuple
     maximize: bool = False  # grads enter the rules negated (a -1 in their grad scale)
+    state_dtype: Any = None  # the storage policy of its params (fusedopt/_storage.py)
+    mode: str = "plain"
 
 
 @dataclass
@@ -96,6 +99,10 @@ class Launch:
     device: Any         # the device of its arrays (None on the host)
     step: int           # 1-based step its scalars are for, relative: see Engine._launches
     kind: Any = field(repr=False, default=None)
+
+
+#: "the engine's own policy", for a group's storage arguments.
+_ENGINE = object()
 
 
 class Engine:
@@ -152,32 +159,71 @@ class Engine:
         flags = tuple(self.spec.flags(full, self.convention))
         return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
-    def add_group(self, hyper: Mapping[str, Any], where: str | None = None) -> int:
-        """A new hyperparameter group; returns its index. Errors start with ``where``
-        (default "group N: ")."""
+    def _with_storage(self, group: HyperGroup, state_dtype, master_weights,
+                      where: str) -> HyperGroup:
+        """``group`` with its storage policy: the engine's, unless given (torch's param
+        groups may each choose theirs)."""
+        if state_dtype is _ENGINE:
+            state_dtype = self.state_dtype
+        if master_weights is _ENGINE:
+            master_weights = self.master_weights
+        try:
+            _storage.check_state_dtype(state_dtype)
+            group.mode = _storage.mode_of(master_weights)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        group.state_dtype = state_dtype
+        return group
+
+    def add_group(self, hyper: Mapping[str, Any], where: str | None = None, *,
+                  state_dtype=_ENGINE, master_weights=_ENGINE) -> int:
+        """A new hyperparameter group; returns its index. Its params are kept with
+        ``state_dtype`` and ``master_weights`` (default: the engine's). Errors start with
+        ``where`` (default "group N: ")."""
         where = f"group {len(self.hypers)}: " if where is None else where
-        self.hypers.append(self.validate_hyper(hyper, where))
+        self.hypers.append(self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+                                              master_weights, where))
         return len(self.hypers) - 1
 
-    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None) -> None:
+    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None, *,
+                  state_dtype=_ENGINE, master_weights=_ENGINE) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
-        The state slots must stay the ones its params hold (amsgrad, momentum on/off).
-        Errors start with ``where`` (default "group N: ")."""
+        The state slots and the storage policy must stay the ones its params hold
+        (amsgrad, momentum on/off, state_dtype, master_weights). Errors start with
+        ``where`` (default "group N: ")."""
         where = f"group {index}: " if where is None else where
-        new = self.validate_hyper(hyper, where)
         old = self.hypers[index]
-        if new.slots != old.slots and index in self.group_of:
-            raise ValueError(f"{where}the change would need state slots {new.slots}, "
-                             f"but its params hold {old.slots}; set amsgrad/momentum/centered "
-                             "before the first step, or make a new optimizer")
+        state_dtype = old.state_dtype if state_dtype is _ENGINE else state_dtype
+        master_weights = (_storage.spelling(old.mode) if master_weights is _ENGINE
+                          else master_weights)
+        new = self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+                                 master_weights, where)
+        if index in self.group_of:
+            if new.slots != old.slots:
+                raise ValueError(f"{where}the change would need state slots {new.slots}, "
+                                 f"but its params hold {old.slots}; set amsgrad/momentum/"
+                                 "centered before the first step, or make a new optimizer")
+            if (new.state_dtype, new.mode) != (old.state_dtype, old.mode):
+                raise ValueError(f"{where}its params already hold state kept with "
+                                 f"state_dtype={old.state_dtype!r}, master_weights="
+                                 f"{_storage.spelling(old.mode)!r}; set those before the "
+                                 "first step, or make a new optimizer")
         self.hypers[index] = new
 
     # --- params and state -------------------------------------------------------------------
-    def storage_of(self, position: int, param) -> "_storage.Storage":
-        """The storage ``param`` gets at ``position`` (raises naming it and the fix)."""
+    def storage_of(self, position: int, param, group: int | None = None) -> "_storage.Storage":
+        """The storage ``param`` gets at ``position`` in hyperparameter group ``group``
+        (default: the position's group, else the engine's policy); raises naming it and
+        the fix."""
+        if group is None and position < len(self.group_of):
+            group = self.group_of[position]
+        if group is None or group >= len(self.hypers):
+            policy = (self.state_dtype, self.mode)
+        else:
+            policy = (self.hypers[group].state_dtype, self.hypers[group].mode)
         dtype = kind_of(param).dtype(param)
-        state, mode = _storage.resolve(f"param {position}", dtype, self.state_dtype, self.mode)
+        state, mode = _storage.resolve(f"param {position}", dtype, *policy)
         return _storage.Storage(dtype, dtype, state, mode)
 
     def add_params(self, params, group: int = 0, decays=None, states=None) -> list[int]:
@@ -196,7 +242,7 @@ class Engine:
         storages = []
         for i, p in enumerate(params):
             _validate.check_pair(first + i, p, p, self.spec)
-            storages.append(self.storage_of(first + i, p))
+            storages.append(self.storage_of(first + i, p, group))
             if id(p) in seen:
                 raise ValueError(f"param {first + i} is already held by this optimizer (at "
                                  f"position {self._index.get(id(p), first + i)}); pass each "

@@ -8,7 +8,11 @@ nearest even once on store (kernels/storage.cuh, fusedopt/_cpu/storage.py).
   accumulation goes with an fp32 master, as in Megatron's main grads and apex's O2);
 - state (``state_dtype``): by default float32 for 16-bit params and the param's dtype
   otherwise; "float32" or "bfloat16" may be chosen for 16-bit and float32 params without a
-  master, only "float64" for float64 params; a master keeps float32 state;
+  master, only "float64" for float64 params; a master keeps float32 state. "param" is
+  torch.optim's choice where fusedopt can make it (fusedopt.torch's default): the param's
+  own dtype, but float32 beside a master and for float16 params (there is no float16 state:
+  float16's smallest value is 6e-8, so at beta2 = 0.999 Adam's (1 - beta2) g^2 rounds to
+  zero for every |g| below 5e-3);
 - ``master_weights``: False (the param is the weight), True (a float32 master in the
   optimizer's state, slot "master", updated in the same pass; the 16-bit param is written
   from it, rounded to nearest with ties away from zero), or "remainder" (bfloat16 params:
@@ -123,13 +127,27 @@ def mode_of(master_weights) -> str:
                      f"{master_weights!r}")
 
 
+#: The ``state_dtype`` spellings besides None: dtype names, and "param" (see the top).
+STATE_DTYPES = ("float32", "bfloat16", "float64", "param")
+
+
 def check_state_dtype(state_dtype) -> None:
-    """``state_dtype`` is None or a dtype name some param takes."""
-    allowed = {"float32", "bfloat16", "float64"}
-    if state_dtype is not None and state_dtype not in allowed:
+    """``state_dtype`` is None, "param" or a dtype name some param takes."""
+    if state_dtype is not None and (not isinstance(state_dtype, str)
+                                    or state_dtype not in STATE_DTYPES):
         raise ValueError(f"state_dtype must be None (float32 for 16-bit params, the param's "
-                         f"dtype otherwise), 'float32', 'bfloat16' or 'float64', got "
-                         f"{state_dtype!r}")
+                         f"dtype otherwise), 'float32', 'bfloat16', 'float64' or 'param' (the "
+                         f"param's dtype; float32 for float16), got {state_dtype!r}")
+
+
+def _policy_state(param: str, state_dtype, mode: str) -> str:
+    """The state dtype ``state_dtype`` asks of a ``param`` param kept in ``mode``."""
+    if state_dtype is None:
+        return default_state_dtype(param)
+    if state_dtype == "param":
+        allowed = state_dtypes(param, mode)
+        return param if param in allowed else allowed[0]
+    return state_dtype
 
 
 def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
@@ -146,11 +164,11 @@ def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
         else:
             fix = ("remainder masters need bfloat16 params (a float16 param is not the high "
                    "half of a float32): use master_weights=True for float16")
-        raise ValueError(f"{where} is {param}; master_weights={_spelling(mode)!r} is not "
+        raise ValueError(f"{where} is {param}; master_weights={spelling(mode)!r} is not "
                          f"possible: {fix}")
-    state = default_state_dtype(param) if state_dtype is None else state_dtype
+    state = _policy_state(param, state_dtype, mode)
     if state not in state_dtypes(param, mode):
-        kept = "" if mode == "plain" else f" kept with master_weights={_spelling(mode)!r}"
+        kept = "" if mode == "plain" else f" kept with master_weights={spelling(mode)!r}"
         fix = ("a float32 master keeps float32 state: drop state_dtype (or master_weights)"
                if mode != "plain" and state_dtype in state_dtypes(param) else
                "pass state_dtype=None for the default")
@@ -173,5 +191,6 @@ def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:
                     f"takes {allowed} grads){hint}; cast the grad with .astype({param})")
 
 
-def _spelling(mode: str):
+def spelling(mode: str):
+    """The ``master_weights`` value of a mode name."""
     return next(k for k, v in MODES.items() if v == mode)

@@ -49,3 +49,19 @@ KERAS_FIT = 1e-6
 #: in a weight can round its copy to the neighbouring 16-bit value and move a gradient by
 #: 1e-3 relative; the weights then part faster than in float32.
 KERAS_FIT_MIXED = 1e-5
+
+#: fusedopt.torch with bfloat16/float16 params against torch.optim, one step from the same
+#: params and state (the peer's, taken by fusedopt before each step), in units of the last
+#: place of the peer's dtype at the tensor's largest magnitude; per param and state tensor.
+#: - "fused" peers (torch's fused=True CPU kernels: Adam, AdamW, Adagrad) compute the step
+#:   in fp32 from the same 16-bit inputs and round once at each store, as fusedopt does: the
+#:   two fp32 results differ by a few fp32 ulps (2^-24 relative, far below a 16-bit ulp:
+#:   2^-8 bf16, 2^-11 fp16), so the stored values are equal or neighbours: 1 ulp.
+#: - "single": torch's default CPU path (single-tensor: every tensor op rounds its result to
+#:   the param's dtype). A step chains up to 5 such ops per value (RMSprop, centered and with
+#:   momentum: mul_, addcmul_, addcmul_, sqrt, add_, then addcdiv_ into the param), each
+#:   off by up to half an ulp of an intermediate no larger than the tensor's largest value;
+#:   with fusedopt's own half ulp: (5 + 1) / 2 = 3, plus one for the fp32 differences below
+#:   them. Measured: at most 3 (Adadelta's acc_delta in bf16, Adamax's fp16 params).
+#: Lion adds lr to the param bound (tests/torch16_runs.py says why).
+TORCH_16BIT_ULPS = {"fused": 1, "single": 4}

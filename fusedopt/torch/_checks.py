@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import torch
 
+from .. import _storage
 from ._local import local
-from ._names import FLAGS, RENAMES, Row, torch_name
+from ._names import FLAGS, RENAMES, Row, storage_policy, torch_name
 
 _COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
+_STATE_DTYPES = ("float32", "bfloat16", "float64")
 
 
 def flags(index: int, group: dict, row: Row) -> None:
@@ -67,10 +69,31 @@ def hyper(index: int, group: dict, row: Row, spec) -> None:
                                  f"got {v!r}")
 
 
+def storage(index: int, group: dict) -> None:
+    """The group's ``state_dtype`` and ``master_weights`` values (their fit with each
+    param's dtype is checked by :func:`params`)."""
+    where = f"param group {index}"
+    state_dtype, master = group["state_dtype"], group["master_weights"]
+    if isinstance(state_dtype, torch.dtype):
+        state_dtype = str(state_dtype).replace("torch.", "")
+    if state_dtype is not None and (not isinstance(state_dtype, str)
+                                    or state_dtype not in _STATE_DTYPES):
+        raise ValueError(f"{where}: state_dtype must be None (the param's dtype, as "
+                         "torch.optim keeps state; float32 for float16 params), 'float32', "
+                         f"'bfloat16' or 'float64' (or the torch dtype), got {state_dtype!r}")
+    if not (master is False or master is True or master == "remainder"):
+        raise ValueError(f"{where}: master_weights must be False, True (an fp32 master of "
+                         "each 16-bit param) or 'remainder' (bfloat16 params: an int16 "
+                         f"remainder), got {master!r}")
+
+
 def params(index: int, group: dict, spec, device_type: str | None) -> None:
     """Every param of a new group: real floating point of a supported dtype, dense, on
-    the CPU or a CUDA device, the group on one kind of device (and the optimizer's)."""
+    the CPU or a CUDA device, the group on one kind of device (and the optimizer's), each
+    able to take the group's ``state_dtype`` and ``master_weights``."""
     devices = []
+    state_dtype, master = storage_policy(group)
+    mode = _storage.mode_of(master)
     for j, p in enumerate(group["params"]):
         where = f"param group {index}, param {j} (shape {tuple(p.shape)})"
         memory = local(p)
@@ -81,8 +104,14 @@ def params(index: int, group: dict, spec, device_type: str | None) -> None:
         name = str(p.dtype).replace("torch.", "")
         if name not in spec.dtypes:
             raise TypeError(f"{where} has dtype {p.dtype}; fusedopt.torch steps "
-                            f"{', '.join(spec.dtypes)} params: keep a float32 master copy "
-                            "and step that")
+                            f"{', '.join(spec.dtypes)} params: convert it (.float())")
+        try:
+            _storage.resolve(where, name, state_dtype, mode)
+        except ValueError as error:
+            if mode == "plain" or name in _storage.SIXTEEN_BIT:
+                raise
+            raise ValueError(f"{error}; in a model of several dtypes, give the {name} params "
+                             "a param group of their own with master_weights=False") from None
         if memory.layout != torch.strided:
             raise TypeError(f"{where} is a {memory.layout} tensor; fusedopt steps dense params")
         if memory.device.type not in ("cpu", "cuda"):

@@ -19,6 +19,17 @@ RENAMES = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
 FLAGS = ("maximize", "foreach", "fused", "capturable", "differentiable")
 
 
+#: fusedopt's storage arguments, keyword-only after torch's on every class and keys of every
+#: param group: ``state_dtype`` None (torch.optim's choice: the param's dtype; float32 for
+#: float16 params, which fusedopt keeps no float16 state for, and beside a master),
+#: "float32", "bfloat16" or "float64" (or the torch dtype); ``master_weights`` False, True
+#: (an fp32 master) or "remainder" (bfloat16: an int16 remainder). fusedopt/_storage.py.
+POLICY = (("state_dtype", None), ("master_weights", False))
+
+#: The master slot of each mode -> its key in a param's state.
+MASTER_KEYS = {"master": "master", "remainder": "remainder"}
+
+
 @dataclass(frozen=True)
 class Row:
     """One torch class.
@@ -57,7 +68,7 @@ class Row:
     @property
     def group_defaults(self) -> dict:
         """The keys and defaults of a param group (``params`` aside)."""
-        return dict(self.positional + self.keyword + self.fixed)
+        return dict(self.positional + self.keyword + POLICY + self.fixed)
 
 
 _ADAM_STATE = (("m", "exp_avg"), ("v", "exp_avg_sq"), ("vhat", "max_exp_avg_sq"))
@@ -152,6 +163,17 @@ def registry_hyper(group: dict, row: Row) -> dict:
         else:
             hyper[RENAMES.get(key, key)] = _number(value)
     return hyper
+
+
+def storage_policy(group: dict) -> tuple:
+    """(state_dtype, master_weights) of a checked param group, as the engine spells them:
+    None is "param" (the param's dtype, as torch.optim keeps state), a torch dtype its name."""
+    state_dtype = group["state_dtype"]
+    if state_dtype is None:
+        state_dtype = "param"
+    elif not isinstance(state_dtype, str):
+        state_dtype = str(state_dtype).replace("torch.", "")
+    return state_dtype, group["master_weights"]
 
 
 def torch_name(registry_name: str, row: Row) -> str:

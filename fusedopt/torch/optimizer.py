@@ -16,11 +16,12 @@ from collections import defaultdict
 
 import torch
 
+from .. import _storage
 from .._engine import Engine
 from .._registry import lookup, nadam_momentum_product
-from . import _checks
+from . import _checkpoint, _checks
 from ._local import is_distributed, like_param, local
-from ._names import Row, registry_hyper
+from ._names import MASTER_KEYS, Row, registry_hyper, storage_policy
 
 #: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
 #: within this (absolute; a float32 running product stays far closer, see _saved_step).
@@ -109,8 +110,11 @@ class Optimizer(torch.optim.Optimizer):
         row = self._row
         _checks.flags(index, group, row)
         _checks.hyper(index, group, row, self._spec)
+        _checks.storage(index, group)
         _checks.params(index, group, self._spec, self._device_type)
-        self._engine.add_group(registry_hyper(group, row), where=f"param group {index}: ")
+        state_dtype, master_weights = storage_policy(group)
+        self._engine.add_group(registry_hyper(group, row), where=f"param group {index}: ",
+                               state_dtype=state_dtype, master_weights=master_weights)
         self._seen.append(self._values(group))
         if group["params"]:
             self._device_type = local(group["params"][0]).device.type
@@ -151,7 +155,7 @@ class Optimizer(torch.optim.Optimizer):
             state["step"] = steps[k]
         if row.mu_product:
             state["mu_product"] = products[k]
-        for slot, key in row.state:
+        for slot, key in row.state + tuple(MASTER_KEYS.items()):
             if slot in slots:
                 state[key] = like_param(param, slots[slot])
         if state:
@@ -233,8 +237,15 @@ class Optimizer(torch.optim.Optimizer):
         """A group's values changed (a scheduler, or the user): hand the new ones over."""
         _checks.flags(index, group, self._row)
         _checks.hyper(index, group, self._row, self._spec)
+        _checks.storage(index, group)
+        state_dtype, master_weights = storage_policy(group)
+        hypers = self._engine.hypers[index]
+        if (state_dtype, master_weights) != (hypers.state_dtype,
+                                             _storage.spelling(hypers.mode)):
+            _checks.params(index, group, self._spec, None)
         self._engine.set_hyper(index, registry_hyper(group, self._row),
-                               where=f"param group {index}: ")
+                               where=f"param group {index}: ", state_dtype=state_dtype,
+                               master_weights=master_weights)
         self._seen[index] = values
 
     def _advance(self, positions: tuple) -> None:
@@ -274,6 +285,11 @@ class Optimizer(torch.optim.Optimizer):
         nothing."""
         before = (self.state, self.param_groups)
         super().load_state_dict(state_dict)
+        saved = _checkpoint.originals(self, state_dict)
+        for param, entry in self.state.items():  # torch cast them to the param's dtype
+            for key in entry:
+                if (id(param), key) in saved:
+                    entry[key] = saved[id(param), key].to(device=param.device)
         try:
             self._rebuild()
         except BaseException:
@@ -282,9 +298,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # a checkpoint of another Lion may lack our flags
-            for key, value in self._row.group_defaults.items():
-                group.setdefault(key, value)
+        defaults = {**self._row.group_defaults, **self.__dict__.get("defaults", {})}
+        for group in self.param_groups:  # torch.optim's checkpoints lack our storage keys
+            for key in self._row.group_defaults:  # (and another Lion's, our flags)
+                group.setdefault(key, defaults[key])
         if "_held" not in self.__dict__:  # unpickled, or a copy: rebuilt at the first step
             self._engine = None
 
@@ -311,28 +328,12 @@ class Optimizer(torch.optim.Optimizer):
     def _saved(self, index: int, j: int, param, memory):
         """The saved state of ``param`` as engine slots (copies in the param's memory layout)
         and its step count; every key checked first."""
-        row, engine = self._row, self._engine
+        engine = self._engine
         where = f"param group {index}, param {j} (shape {tuple(param.shape)})"
         saved = {k: v for k, v in self.state[param].items() if v is not None}
-        slots = engine.hypers[index].slots
-        keys = dict(row.state)
-        wanted = {keys[s] for s in slots}
-        extra = {k for k, on in (("step", row.counts_steps), ("mu_product", row.mu_product))
-                 if on}
-        missing, unknown = (wanted | extra) - set(saved), set(saved) - wanted - extra
-        if missing or unknown:
-            raise ValueError(f"{where}: the saved state has {sorted(saved)}; this group "
-                             f"needs {sorted(wanted | extra)} (missing {sorted(missing)}, "
-                             f"unexpected {sorted(unknown)}): was the checkpoint made by "
-                             f"another optimizer, or with other amsgrad/momentum/centered?")
-        values = []
-        for slot in slots:
-            value = local(saved[keys[slot]])
-            if tuple(value.shape) != tuple(memory.shape):
-                raise ValueError(f"{where}: saved {keys[slot]!r} has shape "
-                                 f"{tuple(value.shape)}, the param's memory {tuple(memory.shape)}")
-            values.append(torch.empty_like(memory, memory_format=torch.contiguous_format)
-                          .copy_(value))
+        storage = engine.storage_of(len(engine.params), memory, index)
+        values = _checkpoint.slots(self._row, engine.hypers[index].slots, storage, where,
+                                   saved, memory)
         step = self._saved_step(where, index, saved)
         return values, step
 

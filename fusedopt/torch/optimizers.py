@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 
 from .optimizer import Optimizer
-from ._names import ROWS, Row
+from ._names import POLICY, ROWS, Row
 
 _DOC = """{name}: ``{peer}`` with fusedopt's fused step, torch convention.
 
@@ -24,8 +24,16 @@ dtype and device in one fused pass.
 
 Flags: ``maximize`` is supported; ``foreach`` and ``fused`` are accepted and change nothing
 (the step is always fused); ``capturable=True`` and ``differentiable=True`` are refused
-(fusedopt/torch/_checks.py says why). Params must be float32 or float64, dense,
-contiguous, real, on the CPU or CUDA (one kind of device per optimizer).
+(fusedopt/torch/_checks.py says why). Params: float32, float64, bfloat16 or float16,
+dense, contiguous, real, on the CPU or CUDA (one kind of device per optimizer).
+
+16-bit params (fusedopt's, keyword-only, per param group): the math runs in fp32 and each
+stored value is rounded once, as torch's fused kernels do. ``state_dtype=None`` keeps state
+as torch.optim does, in the param's dtype (float32 for float16 params: fusedopt keeps no
+float16 state, whose range flushes small second moments to zero), or ``"float32"``,
+``"bfloat16"``, ``"float64"``. ``master_weights=True`` keeps an fp32 master of each 16-bit
+param (state key ``"master"``; the param is written from it), ``"remainder"`` (bfloat16)
+the same bits as an int16 ``"remainder"``; a master keeps float32 state.
 
 Example::
 
@@ -42,7 +50,7 @@ def _signature(row: Row) -> inspect.Signature:
     return inspect.Signature(
         [inspect.Parameter("self", kind), inspect.Parameter("params", kind)]
         + [inspect.Parameter(k, kind, default=v) for k, v in row.positional]
-        + [inspect.Parameter(k, kw, default=v) for k, v in row.keyword])
+        + [inspect.Parameter(k, kw, default=v) for k, v in row.keyword + POLICY])
 
 
 def _doc(row: Row, signature: inspect.Signature) -> str:

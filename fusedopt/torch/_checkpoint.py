@@ -1,0 +1,108 @@
+"""A param's saved state (torch.optim's layout) as the engine's slots, every key and dtype
+checked first.
+
+Which checkpoints load, and what they become:
+
+- fusedopt.torch's own: every param group carries its ``state_dtype`` and
+  ``master_weights``, which load like any hyperparameter, so the state keeps its dtypes
+  and loads bit for bit (torch.optim's own load_state_dict would cast every floating state
+  tensor to the param's dtype: fusedopt.torch loads the tensors as saved).
+- torch.optim's (no storage keys in its groups): the groups take this optimizer's
+  ``state_dtype`` and ``master_weights``. By default that keeps the param's dtype, as
+  torch.optim does, so a torch.optim checkpoint of bf16 params loads bit for bit.
+- A moment whose dtype is not the one its group keeps is converted to it, as torch.optim
+  casts state: widening (float16 or bfloat16 state into float32) is exact, narrowing rounds
+  once to nearest even.
+- A master or remainder the checkpoint lacks is made from the param, as at a first step
+  (the fp32 master is the 16-bit param widened; the remainder is zero). One it has while
+  this group keeps none is refused; so is a master that is not float32, as torch.optim
+  leaves one after it loaded (and then stepped without) it: it would be a stale, rounded
+  master. A remainder carried through torch.optim's steps cannot be told from a good one:
+  it still rebuilds a float32 value within half a bf16 ulp of the param, not the master.
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+
+from .. import _storage
+from .._torch_kind import torch_dtype
+from ._local import local
+from ._names import MASTER_KEYS, Row
+
+
+def originals(optimizer, state_dict: dict) -> dict:
+    """The checkpoint's state tensors by (param, key), as saved: torch.optim's
+    load_state_dict casts floating ones to the param's dtype (every key but ``step``)."""
+    ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    params = chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    found = {}
+    for saved_id, param in zip(ids, params):
+        for key, value in state_dict["state"].get(saved_id, {}).items():
+            if isinstance(value, torch.Tensor):
+                found[id(param), key] = value
+    return found
+
+
+def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory) -> list:
+    """The engine's state arrays for one param (copies beside ``memory``) from ``saved``
+    (its checkpoint entry, None values dropped), the master slot last when ``storage``
+    keeps one."""
+    keys = dict(row.state)
+    wanted = {keys[s] for s in slot_names}
+    extra = {k for k, on in (("step", row.counts_steps), ("mu_product", row.mu_product))
+             if on}
+    master_keys = set(MASTER_KEYS.values())
+    master = storage.master  # (slot, dtype) or None
+    master_key = MASTER_KEYS[master[0]] if master else None
+    missing = (wanted | extra) - set(saved)
+    unknown = set(saved) - wanted - extra - {master_key}
+    if unknown & master_keys:
+        key = sorted(unknown & master_keys)[0]
+        raise ValueError(f"{where}: the saved state has a {key!r}, but this group keeps "
+                         f"master_weights={_storage.spelling(storage.mode)!r}: pass "
+                         f"master_weights={'remainder' if key == 'remainder' else True!r} "
+                         f"(its param group's value), or delete the {key!r} entries to "
+                         "continue from the params alone")
+    if missing or unknown:
+        raise ValueError(f"{where}: the saved state has {sorted(saved)}; this group "
+                         f"needs {sorted(wanted | extra)} (missing {sorted(missing)}, "
+                         f"unexpected {sorted(unknown)}): was the checkpoint made by "
+                         f"another optimizer, or with other amsgrad/momentum/centered?")
+    values = []
+    for slot in slot_names:
+        value = _checked(where, keys[slot], local(saved[keys[slot]]), memory,
+                         storage.state, False, "")
+        values.append(_beside(memory, storage.state).copy_(value))
+    if master is not None:
+        if master_key in saved:
+            value = _checked(where, master_key, local(saved[master_key]), memory, master[1],
+                             True, "a master that went through torch.optim is rounded to the "
+                             "param's dtype and stale; delete the entries to make masters "
+                             "from the params")
+            values.append(_beside(memory, master[1]).copy_(value))
+        elif storage.mode == "master":
+            values.append(_beside(memory, "float32").copy_(memory))
+        else:
+            values.append(_beside(memory, "int16").zero_())
+    return values
+
+
+def _checked(where: str, key: str, value, memory, dtype: str, strict: bool, fix: str):
+    if tuple(value.shape) != tuple(memory.shape):
+        raise ValueError(f"{where}: saved {key!r} has shape {tuple(value.shape)}, the "
+                         f"param's memory {tuple(memory.shape)}")
+    have = str(value.dtype).replace("torch.", "")
+    if strict and have != dtype:
+        raise ValueError(f"{where}: saved {key!r} is {have}, but this group keeps it in "
+                         f"{dtype}: {fix}")
+    if not value.is_floating_point() and have != dtype:
+        raise ValueError(f"{where}: saved {key!r} is {have}, not {dtype}")
+    return value
+
+
+def _beside(memory, dtype: str):
+    return torch.empty_like(memory, dtype=torch_dtype(dtype),
+                            memory_format=torch.contiguous_format)
