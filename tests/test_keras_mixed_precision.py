@@ -75,3 +75,37 @@ def test_mixed_precision_policies(policy):
     twin = getattr(twin, "inner_optimizer", twin)
     assert int(optimizer.iterations) == int(twin.iterations) >= 20
     assert max_diff(weights(nets[0]), weights(nets[1])) < KERAS_FIT_MIXED
+
+
+def test_bfloat16_variables_step_in_place_with_bfloat16_moments():
+    """bfloat16 variables (a "bfloat16" dtype policy makes them) get bf16 moments; the fused
+    step updates them in place, in float32 math rounded once: step 1 of Adam is
+    p - lr g / (|g| + eps), m = (1 - b1) g, v = (1 - b2) g**2, each within 1 bf16 ulp of
+    that float64 value rounded to bfloat16."""
+    import ml_dtypes
+    var = keras.Variable(np.linspace(-1, 1, 64, dtype=np.float32), dtype="bfloat16", name="w")
+    assert var.dtype == "bfloat16"
+    opt = fusedopt.keras.Adam(learning_rate=0.01)
+    p0 = keras.ops.convert_to_numpy(var).astype(np.float64)
+    g = np.random.default_rng(0).standard_normal(64).astype(ml_dtypes.bfloat16)
+    opt.apply_gradients([(keras.ops.convert_to_tensor(g), var)])
+    g64 = g.astype(np.float64)
+    want = {"param": p0 - 0.01 * g64 / (np.abs(g64) + 1e-7),
+            "m": 0.1 * g64, "v": 0.001 * g64 * g64}
+    got = {"param": var, "m": opt._momentums[0], "v": opt._velocities[0]}
+    for key, value in got.items():
+        assert value.dtype == "bfloat16", key
+        have = keras.ops.convert_to_numpy(value).astype(np.float64)
+        rounded = want[key].astype(ml_dtypes.bfloat16).astype(np.float64)
+        # a bf16 ulp: a float32 one at the same exponent times 2**16 (16 fewer mantissa bits)
+        ulp = np.spacing(np.abs(rounded).astype(np.float32)).astype(np.float64) * 2.0 ** 16
+        assert np.all(np.abs(have - rounded) <= ulp), key
+    assert [launch.group.dtype for launch in opt._fused.engine.launch_groups()] == ["bfloat16"]
+
+
+def test_float16_variables_are_refused_with_the_fix():
+    var = keras.Variable(np.ones(8, np.float32), dtype="float16", name="w16")
+    opt = fusedopt.keras.Adam()
+    with pytest.raises(TypeError, match="is float16.*'mixed_float16' policy"):
+        opt.apply_gradients([(keras.ops.ones(8, dtype="float16"), var)])
+    assert np.all(keras.ops.convert_to_numpy(var) == 1)

@@ -156,8 +156,10 @@ class _Fused:
         self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
+        # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
+        # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
         self.engine = Engine(self.spec, "keras", backend=backend,
-                             clipping=self._clipping(optimizer))
+                             clipping=self._clipping(optimizer), state_dtype="param")
         self.hyper = self._hyper(optimizer)
         self.engine.add_group(self.hyper, where=f"{type(optimizer).__name__}: ")
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
@@ -210,6 +212,13 @@ class _Fused:
             own = [slot_list[index] for slot_list in lists]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 continue
+            if variable.dtype == "float16":
+                raise TypeError(
+                    f"{type(optimizer).__name__}: variable {variable.path!r} is float16, and "
+                    "Keras keeps its optimizer state in float16, which fusedopt does not "
+                    "step (float16 moments underflow: (1 - beta_2) g**2 is 0 below |g| ~ 5e-3); "
+                    "use the 'mixed_float16' policy (float32 variables, float16 compute) or "
+                    "bfloat16 variables")
             # The engine gets plain tensors on the variables' memory (detach() shares it): a
             # grad then has its param's type, and the step takes the engine's fast checks.
             tensors.append(variable.value)
