@@ -90,7 +90,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     loop = run if group.table.n_work > 1 else run_serial
 
     def step():
-        loop(variant, table, 1, group.chunk, likes, h)
+        loop(variant, table, 1, group.chunk, likes, h, np.int64(1))
     step.grad = grad  # the table holds its address: keep it alive with the step
     return step
 
