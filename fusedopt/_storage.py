@@ -167,6 +167,14 @@ def mode_of(master_weights, stochastic_rounding=False, kahan_summation=False) ->
     return "kahan" if kahan_summation else mode
 
 
+def mode_options(mode: str) -> dict:
+    """The constructor arguments that select ``mode``: master_weights, stochastic_rounding,
+    kahan_summation (the inverse of :func:`mode_of`)."""
+    master = {"master": True, "remainder": "remainder"}.get(mode, False)
+    return {"master_weights": master, "stochastic_rounding": mode == "stochastic",
+            "kahan_summation": mode == "kahan"}
+
+
 def check_state_dtype(state_dtype) -> None:
     """``state_dtype`` is None or a dtype name some param takes."""
     allowed = {"float32", "bfloat16", "float64"}
