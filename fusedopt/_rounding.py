@@ -64,7 +64,8 @@ def _bf16(xp, x, bits):
     with np.errstate(over="ignore"):
         rounded = ((u + (bits >> _U(16))) >> _U(16)).astype(np.uint16)
     special = (u & _U(0x7FFFFFFF)) >= _U(0x7F800000)
-    nearest = x.astype(_bf16_dtype()).view(np.uint16)  # inf kept, NaN quiet
+    with np.errstate(invalid="ignore"):
+        nearest = x.astype(_bf16_dtype()).view(np.uint16)  # inf kept, NaN quiet
     return xp.where(special, nearest, rounded)
 
 
@@ -87,7 +88,8 @@ def _f16(xp, x, bits):
     up = (lost + (bits >> (_U(32) - s))) >> s
     rounded = sign | (kept + up)
     out = xp.where(a >= _U(0x47800000), sign | _U(0x7C00), rounded)
-    nan = x.astype(np.float16).view(np.uint16).astype(np.uint32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        nan = x.astype(np.float16).view(np.uint16).astype(np.uint32)
     out = xp.where(a > _U(0x7F800000), nan, out)
     return out.astype(np.uint16)
 
