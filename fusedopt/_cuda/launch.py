@@ -164,7 +164,7 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     """One launch over ``group``: the scalar rows and control block of ``steps``
     (fusedopt/_steps.py) go to the device with it, without waiting for anything (each
     tensor's step, the key of stochastic rounding's bits, is read from the control block
-    on the device: ``step`` is not used)."""
+    on the device: ``step`` is the known step of a plain tuple of scalars)."""
     rt = runtime.current()
     group.table.set_limit(clip.limit)
     if group.grads_scaled and clip.scales is None:
@@ -180,7 +180,9 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if n_work == 0:
         return
     storage = step_storage(group, grads)
-    steps = as_rows(steps, len(group.params))
+    # The known step matters to the kernel only as a key of stochastic rounding (else the
+    # control block stays the same from step to step and is not copied again).
+    steps = as_rows(steps, len(group.params), step if storage.mode == "stochastic" else 1)
     scalars = _upload(group, "rows", steps.row_array(np.dtype(storage.compute)), rt)
     control = _upload(group, "control", steps.control(), rt)
     ring = steps.flags
