@@ -41,10 +41,11 @@ def element_hashes(xp, base, n: int):
 
 
 def array_bits(element, array: int):
-    """The 32 random bits of ``array`` (0 the param, 1 + k state slot k)."""
-    with np.errstate(over="ignore"):
-        salt = _U((array + 1) * int(GOLDEN) & 0xFFFFFFFF)
-    return mix(element ^ salt)
+    """The 32 random bits of ``array`` (0 the param: the element's hash itself; 1 + k
+    state slot k)."""
+    if array == 0:
+        return element
+    return mix(element ^ _U(array * int(GOLDEN) & 0xFFFFFFFF))
 
 
 def round_stochastic(xp, x, dtype, bits):

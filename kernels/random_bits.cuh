@@ -8,11 +8,12 @@
 //                hash search, "lowbias32" family)
 //   base      = mix(mix(mix(seed ^ 0x9e3779b9) ^ step) ^ position)       once per tensor
 //   element   = mix(mix(base ^ (i >> 32)) ^ (i & 0xffffffff))             once per element
-//   bits(a)   = mix(element ^ ((a + 1) * 0x9e3779b9))                     per array a
+//   bits(0)   = element;  bits(a) = mix(element ^ (a * 0x9e3779b9))      per array a > 0
 // with seed, step (the 1-based step the tensor is at) and position (the param's position
 // in the optimizer) taken modulo 2^32, i the element's index in its tensor, and a the array
-// the value is stored to: 0 the param, 1 + k state slot k. Integer operations only, so the
-// CPU backend (fusedopt/_cpu/random_bits.py) and the unfused backend (fusedopt/_rounding.py,
+// the value is stored to: 0 the param, 1 + k state slot k. The param takes the element's
+// hash itself, so a store of the param alone (float32 state) costs one mix per element and
+// each bf16 state slot one more. Integer operations only, so the CPU backend (fusedopt/_cpu/random_bits.py) and the unfused backend (fusedopt/_rounding.py,
 // NumPy uint32) compute the same words.
 #pragma once
 
@@ -43,7 +44,7 @@ FUSEDOPT_DEVICE unsigned int element_hash(unsigned int base, long long i) {
 }
 
 FUSEDOPT_DEVICE unsigned int array_bits(unsigned int element, int array) {
-    return mix32(element ^ (static_cast<unsigned int>(array + 1) * GOLDEN));
+    return array == 0 ? element : mix32(element ^ (static_cast<unsigned int>(array) * GOLDEN));
 }
 
 }  // namespace fusedopt

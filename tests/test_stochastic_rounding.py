@@ -59,9 +59,12 @@ def _mix(x: int) -> int:
 
 def _formula(seed, position, step, array, indices):
     base = _mix(_mix(_mix(seed ^ 0x9E3779B9) ^ (step & 0xFFFFFFFF)) ^ position)
-    salt = ((array + 1) * 0x9E3779B9) & 0xFFFFFFFF
-    return np.array([_mix(_mix(_mix(base ^ (i >> 32)) ^ (i & 0xFFFFFFFF)) ^ salt)
-                     for i in indices], np.uint32)
+    salt = (array * 0x9E3779B9) & 0xFFFFFFFF
+
+    def bits(element):
+        return element if array == 0 else _mix(element ^ salt)
+    return np.array([bits(_mix(_mix(base ^ (i >> 32)) ^ (i & 0xFFFFFFFF))) for i in indices],
+                    np.uint32)
 
 
 def _cpu_words(stream, step, array, n):

@@ -4,7 +4,7 @@ word for word.
     mix(x)    = x ^= x >> 16; x *= 0x21f0aaad; x ^= x >> 15; x *= 0x735a2d97; x ^= x >> 15
     base      = mix(mix(mix(seed ^ 0x9e3779b9) ^ step) ^ position)     per tensor and step
     element   = mix(mix(base ^ (i >> 32)) ^ (i & 0xffffffff))           per element
-    bits(a)   = mix(element ^ ((a + 1) * 0x9e3779b9))                   a: 0 param, 1 + k slot k
+    bits(0)   = element;  bits(a) = mix(element ^ (a * 0x9e3779b9))    a: 0 param, 1 + k slot k
 
 Written as LLVM IR on 32-bit words, as the bfloat16 helpers are (Numba would widen uint32
 arithmetic to 64-bit vector lanes). ``span_key`` is ``mix(base ^ (i >> 32))``, the same for
@@ -89,7 +89,7 @@ def element_hash(typingctx, key, index):
 
 
 def _array_bits(array: int):
-    salt = ((array + 1) * GOLDEN) & 0xFFFFFFFF
+    salt = (array * GOLDEN) & 0xFFFFFFFF
 
     @intrinsic
     def array_bits(typingctx, element):
@@ -97,6 +97,8 @@ def _array_bits(array: int):
             return None
 
         def codegen(context, builder, signature, args):
+            if array == 0:
+                return args[0]
             return mix_ir(builder, builder.xor(args[0], _c(salt)))
         return types.uint32(element), codegen
     return array_bits
