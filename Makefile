@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test test-gpu kernel-table bench clean
+.PHONY: run test test-gpu kernel-table bench bench-results gpu-check clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ kernel-table: $(VENV)/.test
 
 bench: $(VENV)/.base
 	$(VENV)/bin/fusedopt bench --json benchmarks/bench.json --plot benchmarks/bench.png
+
+# Every CPU table of benchmarks/RESULTS.md and the roofline PNGs, regenerated (about 15 min
+# on 2 cores). Record figures on a quiet machine: flock -x /tmp/fusedopt-quiet.lock make bench-results
+bench-results: $(VENV)/.base
+	$(PY) benchmarks/regenerate.py
+
+# One call on a bare GPU machine (python3 with CuPy, torch, numba, pytest; no venv, nothing
+# installed): GPU tests and benchmarks into $$GPU_REPORT_DIR (default ./gpu-report), < 8 min.
+# Exit code 3 (and nothing run) where there is no GPU.
+gpu-check:
+	@$(PYTHON) fusedopt/gpucheck/probe.py
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m fusedopt.gpucheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

@@ -1,21 +1,23 @@
 """Many tensors in one step: fusedopt's list path, a flat arena, torch's fused Adam; overhead.
 
-Two cases, each timed interleaved round by round in one run (float32 Adam on the CPU):
+Two cases (float32 Adam on the CPU), each contender in a worker process of its own
+(``--same-process``: all in this one), interleaved round by round, the whole set repeated
+``--repeats-of-sweep`` times:
 
-- a transformer-like model: ``--vectors`` vectors of 1k-4k elements and ``--matrices``
-  matrices of 0.25M-1M elements (defaults 170 and 30, about 20M elements), sizes drawn with
-  a fixed seed and shuffled. Contenders: ``apply_gradients`` over the arrays;
-  ``torch.optim.Adam(fused=True)`` over the same number of tensors of the same sizes; one
-  ``apply_gradients`` over a single flat array of the same total size; the
-  :class:`fusedopt.FlatParams` arena step.
+- a transformer-like model (fusedopt/_bench/multitensor.py): ``--vectors`` vectors of
+  1k-4k elements and ``--matrices`` matrices of 0.25M-1M elements (defaults 170 and 30,
+  about 22.6M elements). Contenders: ``apply_gradients`` over the arrays;
+  ``torch.optim.Adam(fused=True)`` over tensors of the same sizes; one ``apply_gradients``
+  over a single flat array of the same total size; the :class:`fusedopt.FlatParams` step.
 - per-step overhead: one tensor of ``--small`` elements (default 1,000), fusedopt against
   torch's fused Adam.
 
 ``--scale`` multiplies every size (smoke tests use a tiny one). Prints a markdown block for
-benchmarks/RESULTS.md: the command, the machine, medians, spreads and ratios.
+benchmarks/RESULTS.md: the command, the machine, the method, medians across repeats,
+spreads and ratios.
 
     python benchmarks/bench_multitensor.py
-    python benchmarks/bench_multitensor.py --scale 0.001 --repeats 2   # smoke test
+    python benchmarks/bench_multitensor.py --scale 0.001 --rounds 2 --repeats-of-sweep 1
 """
 
 from __future__ import annotations
@@ -23,141 +25,100 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import dataclass
-from typing import Callable
 
-import numpy as np
-
-import fusedopt
-from fusedopt._bench import machine, timing
-
-#: Element counts of the model's two kinds of tensors (inclusive ranges).
-VECTOR_SIZES = (1024, 4096)
-MATRIX_SIZES = (262_144, 1_048_576)
-SEED = 0
-#: One hyperparameter set for every contender (torch's formulas on both sides).
-HYPER = dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8)
-
-LIST, TORCH, FLAT, ARENA = "fusedopt list", "torch fused", "fusedopt one buffer", "FlatParams"
-
-
-@dataclass
-class Contender:
-    name: str
-    step: Callable[[], object]
-
-
-def model_sizes(vectors: int, matrices: int, scale: float, seed: int = SEED) -> list[int]:
-    rng = np.random.default_rng(seed)
-    sizes = np.concatenate([rng.integers(VECTOR_SIZES[0], VECTOR_SIZES[1] + 1, vectors),
-                            rng.integers(MATRIX_SIZES[0], MATRIX_SIZES[1] + 1, matrices)])
-    rng.shuffle(sizes)
-    return [max(1, int(s * scale)) for s in sizes]
-
-
-def _fusedopt_list(sizes, rng) -> Contender:
-    params = [rng.standard_normal(n).astype(np.float32) for n in sizes]
-    pairs = [(rng.standard_normal(n).astype(np.float32), p) for n, p in zip(sizes, params)]
-    opt = fusedopt.Adam(**HYPER, convention="torch")
-    return Contender(LIST, lambda: opt.apply_gradients(pairs))
-
-
-def _flat_buffer(sizes, rng) -> Contender:
-    n = int(sum(sizes))
-    pairs = [(rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32))]
-    opt = fusedopt.Adam(**HYPER, convention="torch")
-    return Contender(FLAT, lambda: opt.apply_gradients(pairs))
-
-
-def _arena(sizes, rng) -> Contender:
-    arena = fusedopt.FlatParams([int(n) for n in sizes])
-    arena.adopt([rng.standard_normal(n).astype(np.float32) for n in sizes])
-    for g in arena.grads:
-        g[...] = rng.standard_normal(g.shape)
-    opt = fusedopt.Adam(**HYPER, convention="torch")
-    return Contender(ARENA, lambda: arena.step(opt))
-
-
-def _torch(sizes, rng, notes: list[str]) -> Contender | None:
-    try:
-        import torch
-    except ImportError:
-        notes.append("torch is not installed: no torch contender")
-        return None
-    params = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)).requires_grad_()
-              for n in sizes]
-    for p in params:
-        p.grad = torch.from_numpy(rng.standard_normal(p.numel()).astype(np.float32))
-    opt = torch.optim.Adam(params, lr=HYPER["learning_rate"],
-                           betas=(HYPER["beta_1"], HYPER["beta_2"]), eps=HYPER["epsilon"],
-                           fused=True)
-    return Contender(TORCH, opt.step)
-
-
-def measure(contenders: list[Contender], repeats: int, notes: list[str]) -> dict:
-    sync = timing.synchronizer("cpu")
-    kept, first = timing.warm_up(contenders, sync, notes)
-    inner = timing.inner_calls(first)
-    samples = timing.interleave(kept, repeats, inner, sync)
-    return {name: timing.Summary.of(s) for name, s in samples.items()}
-
-
-def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:,.1f}"
-
-
-def table(title: str, summaries: dict, baseline: str) -> list[str]:
-    lines = [f"**{title}**", "", "| contender | median us | IQR us | time / " + baseline + " |",
-             "|---|---:|---:|---:|"]
-    base = summaries.get(baseline)
-    for name, s in summaries.items():
-        ratio = "-" if base is None else f"{s.median / base.median:.2f}"
-        lines.append(f"| {name} | {_us(s.median)} | {_us(s.q3 - s.q1)} | {ratio} |")
-    return lines + [""]
+from fusedopt._bench import machine, multitensor, timing
+from fusedopt._bench.isolated import Pool, time_isolated
+from fusedopt._bench.markdown import machine_line
+from fusedopt._bench.multitensor import ARENA, FLAT, LIST, TORCH  # noqa: F401 (the names shown)
+from fusedopt._bench.report import LEGEND, mark, spread_text
+from fusedopt._bench.results import ISOLATED, SAME_PROCESS, Figure
+from fusedopt._bench.worker import describe_process
 
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vectors", type=int, default=170)
-    parser.add_argument("--matrices", type=int, default=30)
+    parser.add_argument("--vectors", type=int, default=multitensor.VECTORS)
+    parser.add_argument("--matrices", type=int, default=multitensor.MATRICES)
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=11)
+    parser.add_argument("--repeats-of-sweep", type=int, default=3)
+    parser.add_argument("--same-process", action="store_true")
     return parser.parse_args(argv)
+
+
+def _time_once(sizes, method: str, rounds: int, pool: Pool, notes: list[str]):
+    kwargs = {name: dict(contender=name, sizes=sizes) for name in multitensor.NAMES}
+    if method == ISOLATED:
+        return time_isolated(pool, multitensor.BUILDER, kwargs, rounds, notes)
+    built = [(name, multitensor.build(**kw)) for name, kw in kwargs.items()]
+    for _, b in built:
+        notes.extend(n for n in b.notes if n not in notes)
+    local = [timing.LocalContender(name, b.step) for name, b in built if b.step is not None]
+    kept, first = timing.warm_up(local, timing.synchronizer("cpu"), notes)
+    return timing.time_rounds(kept, first, rounds) if kept else None
+
+
+def measure(sizes, method: str, rounds: int, repeats: int, pool: Pool, notes: list[str]):
+    """name -> (time Figure, Figure of time / fusedopt list's time) across repeats."""
+    runs = [run for _ in range(repeats)
+            if (run := _time_once(sizes, method, rounds, pool, notes)) is not None]
+    names = [n for n in multitensor.NAMES if runs and all(n in r.samples for r in runs)]
+    out = {}
+    for name in names:
+        ratio = (Figure.of([r.median(name) / r.median(multitensor.LIST) for r in runs])
+                 if multitensor.LIST in names else None)
+        out[name] = (Figure.of([r.median(name) for r in runs]), ratio)
+    return out, [r.inner for r in runs]
+
+
+def table(title: str, figures: dict, inner: list[int]) -> list[str]:
+    blocks = "-" if not inner else "-".join(sorted({str(min(inner)), str(max(inner))}))
+    lines = [f"**{title}** (calls per block: {blocks})", "",
+             "| contender | median us | spread | time / fusedopt list |", "|---|---:|---:|---:|"]
+    for name, (t, ratio) in figures.items():
+        r = "-" if ratio is None else mark(f"{ratio.median:.2f}", ratio)
+        lines.append(f"| {name} | {mark(f'{t.median * 1e6:,.1f}', t)} | {spread_text(t)} "
+                     f"| {r} |")
+    return lines + [""]
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
-    sizes = model_sizes(args.vectors, args.matrices, args.scale)
-    rng = np.random.default_rng(SEED + 1)
-    notes: list[str] = []
-    many = [_fusedopt_list(sizes, rng), _torch(sizes, rng, notes), _flat_buffer(sizes, rng),
-            _arena(sizes, rng)]
-    many_summary = measure([c for c in many if c is not None], args.repeats, notes)
+    method = SAME_PROCESS if args.same_process else ISOLATED
+    sizes = multitensor.model_sizes(args.vectors, args.matrices, args.scale)
     small = [max(1, int(args.small))]
-    one = [_fusedopt_list(small, rng), _torch(small, rng, [])]
-    one_summary = measure([c for c in one if c is not None], args.repeats, notes)
-
-    described = machine.describe()
-    versions, numba = described["versions"], described["numba"]
+    notes: list[str] = []
+    with Pool() as pool:
+        many, many_inner = measure(sizes, method, args.rounds, args.repeats_of_sweep, pool,
+                                   notes)
+        one, one_inner = measure(small, method, args.rounds, args.repeats_of_sweep, pool,
+                                 notes)
+        processes = pool.describe() if method == ISOLATED else {"this": describe_process()}
+    described = machine.describe(torch_threads=method == SAME_PROCESS)
+    words = ("each contender in a worker process of its own" if method == ISOLATED else
+             "every contender in this one process")
     lines = [
-        "### Many tensors, one step: float32 Adam on the CPU",
-        "",
         "```",
         " ".join(["python benchmarks/bench_multitensor.py", *map(shlex.quote, argv)]),
         "```",
         "",
-        f"Machine: {described['cpu_model']}, {described['cpu_cores']} logical cores; "
-        f"numba {versions['numba']} ({numba['threading_layer']} layer, {numba['threads']} "
-        f"threads), torch {versions.get('torch')} ({described.get('torch_threads', '-')} "
-        f"threads), numpy {versions['numpy']}. Medians of {args.repeats} interleaved rounds; "
-        "IQR = interquartile range.",
+        machine_line(described),
         "",
-        *table(f"{len(sizes)} tensors, {sum(sizes):,} elements (seed {SEED})", many_summary,
-               LIST),
-        *table(f"Per-step overhead: one tensor of {small[0]:,} elements", one_summary, LIST),
+        f"Method: {method} ({words}); {args.repeats_of_sweep} repeats x {args.rounds} "
+        "interleaved rounds; median across repeats of each repeat's median; spread = "
+        "(max - min) / median across repeats; ratios taken within each repeat.",
+        "",
+        *table(f"{len(sizes)} tensors, {sum(sizes):,} elements (seed {multitensor.SEED})",
+               many, many_inner),
+        *table(f"Per-step overhead: one tensor of {small[0]:,} elements", one, one_inner),
+        LEGEND + ".",
+        "",
     ]
+    threads = {k: v.get("torch_threads") for k, v in processes.items() if "torch_threads" in v}
+    if threads:
+        lines.append(f"torch threads: {threads}.")
     lines += [f"Note: {n}" for n in notes]
     print("\n".join(lines))
     return 0

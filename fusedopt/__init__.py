@@ -6,7 +6,8 @@ unfused NumPy/CuPy baseline; Keras' API and formulas by default, PyTorch's on re
 
 from __future__ import annotations
 
-from . import functional
+from . import checkpoint, functional
+from .checkpoint import load
 from ._registry import REGISTRY
 from .flat import FlatParams
 from .optimizers import Adam, AdamW, Optimizer
@@ -14,7 +15,8 @@ from .optimizers import Adamax, Lion, Nadam
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "functional", "get", "REGISTRY", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "checkpoint", "functional", "get", "load",
+           "REGISTRY", "__version__"]
 __all__ += ["Adamax", "Nadam", "Lion"]
 
 # SGD, RMSprop, Adagrad, Adadelta

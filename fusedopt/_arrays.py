@@ -66,7 +66,8 @@ class Kind:
         raise NotImplementedError
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
-        """A new array of ``like``'s shape, on its device, of ``dtype``, filled with ``fill``."""
+        """A new array of ``like``'s shape and memory order, on its device, of ``dtype``,
+        filled with ``fill``."""
         raise NotImplementedError
 
     def contiguous(self, a):
@@ -114,11 +115,14 @@ class NdarrayKind(Kind):
         return a.data.ptr
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
+        # In like's memory order (C, or Fortran for a Fortran-ordered param): the kernels
+        # pair element k of the param with element k of each state array in memory.
+        order = "F" if like.flags.f_contiguous and not like.flags.c_contiguous else "C"
         dt = numpy_dtype(dtype)
         if isinstance(like, np.ndarray):
-            return np.full(like.shape, fill, dtype=dt)
+            return np.full(like.shape, fill, dtype=dt, order=order)
         with like.device:  # on the param's device, not the current one
-            return _cupy().full(like.shape, fill, dtype=dt)
+            return _cupy().full(like.shape, fill, dtype=dt, order=order)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()

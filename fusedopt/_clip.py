@@ -124,7 +124,8 @@ def grad_scales(clipping: Clipping, sums: list, grad_scale=None) -> list:
 @dataclass(frozen=True)
 class GradClip:
     """What one backend step applies to its grads: per-tensor ``scales`` (a float64 array
-    on the grads' device, or None for 1.0) and one value ``limit`` (+inf for none)."""
+    on the grads' device, one float for every tensor, or None for 1.0) and one value
+    ``limit`` (+inf for none)."""
 
     scales: object = None
     limit: float = math.inf

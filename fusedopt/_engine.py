@@ -52,6 +52,15 @@ pick theirs from the flags (kernels/steps.cuh). ``iterations``, ``found_inf``, `
 and a step's returned outcome are exact: reading one while steps are in doubt waits for
 their flags (the only waits there are, besides more than ``config.STEP_WINDOW`` steps in
 doubt at once, or a loss-scaled step over params on several devices).
+
+Maximizing: a group added with ``maximize=True`` (torch's flag, any optimizer) ascends its
+objective. Its grads enter the rules negated: a -1 folded into the same per-tensor grad
+scale, exact, with no extra pass and no rule that knows about it.
+
+``use_ema`` (an ``ema``, fusedopt/_ema.py): after each applied step, every param's moving
+average is updated as Keras does, a pass of array expressions after the fused update. A
+loss-scaled CUDA step decided on the device waits for its flag first when there is an
+average to update (the only case where such a step waits).
 """
 
 from __future__ import annotations
@@ -63,10 +72,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _storage, _table, _validate, config
+from . import _storage, _table, _threads, _validate, config
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
-from ._registry import OptimizerSpec
+from ._ema import MovingAverage
+from ._registry import OptimizerSpec, lookup
 from ._steps import Window, step_rows
 
 
@@ -77,6 +87,7 @@ class HyperGroup:
     hyper: dict
     flags: tuple
     slots: tuple
+    maximize: bool = False  # grads enter the rules negated (a -1 in their grad scale)
 
 
 @dataclass
@@ -97,10 +108,12 @@ class Engine:
 
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
                  clipping: Clipping = NONE, per_param_steps: bool = False,
-                 state_dtype=None, master_weights=False, stochastic_rounding=False,
-                 kahan_summation=False, seed=0):
+                 state_dtype=None, master_weights=False, ema: MovingAverage | None = None,
+                 stochastic_rounding=False, kahan_summation=False, seed=0):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
+        self.ema = ema                    # use_ema: a moving average of every param
+        self.averages: list = []          # position -> its moving average (with ema)
         self.per_param_steps = per_param_steps
         _storage.check_state_dtype(state_dtype)
         self.state_dtype = state_dtype
@@ -123,7 +136,13 @@ class Engine:
 
     # --- hyperparameter groups --------------------------------------------------------------
     def validate_hyper(self, hyper: Mapping[str, Any], where: str = "") -> HyperGroup:
-        """``hyper`` completed with the defaults and checked; raises naming ``where``."""
+        """``hyper`` completed with the defaults and checked; raises naming ``where``.
+
+        Besides the registry's hyperparameters, every optimizer takes ``maximize`` (False)."""
+        hyper = dict(hyper)
+        maximize = hyper.pop("maximize", False)
+        if not isinstance(maximize, bool):
+            raise ValueError(f"{where}maximize must be True or False, got {maximize!r}")
         known = {h.name for h in self.spec.hypers}
         unknown = set(hyper) - known
         if unknown:
@@ -138,7 +157,7 @@ class Engine:
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
         flags = tuple(self.spec.flags(full, self.convention))
-        return HyperGroup(full, flags, tuple(self.spec.slots(flags)))
+        return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
     def add_group(self, hyper: Mapping[str, Any], where: str | None = None) -> int:
         """A new hyperparameter group; returns its index. Errors start with ``where``
@@ -147,14 +166,16 @@ class Engine:
         self.hypers.append(self.validate_hyper(hyper, where))
         return len(self.hypers) - 1
 
-    def set_hyper(self, index: int, hyper: Mapping[str, Any]) -> None:
+    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
-        The state slots must stay the ones its params hold (amsgrad, momentum on/off)."""
-        new = self.validate_hyper(hyper, f"group {index}: ")
+        The state slots must stay the ones its params hold (amsgrad, momentum on/off).
+        Errors start with ``where`` (default "group N: ")."""
+        where = f"group {index}: " if where is None else where
+        new = self.validate_hyper(hyper, where)
         old = self.hypers[index]
         if new.slots != old.slots and index in self.group_of:
-            raise ValueError(f"group {index}: the change would need state slots {new.slots}, "
+            raise ValueError(f"{where}the change would need state slots {new.slots}, "
                              f"but its params hold {old.slots}; set amsgrad/momentum/centered "
                              "before the first step, or make a new optimizer")
         self.hypers[index] = new
@@ -192,12 +213,19 @@ class Engine:
                 _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
                                                                              storages[-1]))
         if params:
+            _validate.check_distinct_memory(self.params + params)
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
+        made_all = []
         for i, p in enumerate(params):
-            made = list(states[i]) if states is not None else _new_state(p, slots, storages[i],
-                                                                         init)
+            made = (list(states[i]) if states is not None
+                    else _new_state(p, slots, storages[i], init))
+            if not all(_validate.same_order(s, p) for s in made):
+                raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
+                                 "makes state arrays in C order; pass a C-contiguous param")
+            made_all.append(made)
+        for i, (p, made) in enumerate(zip(params, made_all)):
             self._index[id(p)] = first + i
             self.params.append(p)
             self.states.append(made)
@@ -205,6 +233,8 @@ class Engine:
             self.group_of.append(group)
             self.decays.append(bool(decays[i]))
             self._steps.append(0)
+            if self.ema is not None:
+                self.averages.append(self.ema.zeros(p))
         return list(range(first, first + len(params)))
 
     @property
@@ -219,6 +249,14 @@ class Engine:
         if value != self._seed:
             self._seed = value
             self._launch_cache.clear()  # the tables carry the seed in their stream rows
+
+    def forget_params(self) -> None:
+        """Drop every param and its state: undoes a build that a later check refused."""
+        self.params, self.states, self.storages = [], [], []
+        self.group_of, self.decays, self._steps, self.averages = [], [], [], []
+        self._index.clear()
+        self._launch_cache.clear()
+        self._plans.clear()
 
     def position(self, param) -> int | None:
         """The position of ``param`` (by identity), None if this engine does not hold it."""
@@ -293,6 +331,46 @@ class Engine:
             for pos in positions:
                 self._steps[pos] += 1
 
+    def bind(self, params) -> None:
+        """Hold ``params`` at the positions of the arrays held now, keeping every state array.
+
+        For a copy (pickle, ``copy.deepcopy``), whose params are copies of the original's:
+        ``bind`` points it at the arrays it should update. Each must have the shape, dtype,
+        memory order and place (host or device) of the param it replaces; nothing is copied.
+        Every param is checked before any is replaced.
+        """
+        params = list(params)
+        if len(params) != len(self.params):
+            raise ValueError(f"bind got {len(params)} params, this optimizer holds "
+                             f"{len(self.params)}; pass them all, in the order it was built with")
+        seen: dict[int, int] = {}
+        for i, (new, old) in enumerate(zip(params, self.params)):
+            _validate.check_pair(i, new, new, self.spec)
+            _validate.check_replacement(i, new, old)
+            if id(new) in seen:
+                raise ValueError(f"param {i} is the same array as param {seen[id(new)]}; "
+                                 "pass each param once")
+            seen[id(new)] = i
+        _validate.check_distinct_memory(params)
+        self.params = params
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self._launch_cache.clear()
+        self._plans.clear()
+
+    # --- copies: pickle and copy.deepcopy -------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but what is rebuilt from it: the spec travels as its registry name (it
+        holds functions); launch groups, plans (addresses of this process's arrays) and the
+        identity index are dropped and rebuilt on the first step."""
+        state = dict(self.__dict__)
+        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={})
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.spec = lookup(state["spec"])
+        self._index = {id(p): i for i, p in enumerate(self.params)}
+
     # --- the step ---------------------------------------------------------------------------
     def step(self, grads, positions=None, *, grad_scale=None, found_inf=None):
         """One step of the params at ``positions`` (default: all, in order) with ``grads``.
@@ -324,13 +402,21 @@ class Engine:
                 return False
             found_inf = None
         plan = self._plans.get(positions)
-        if plan is None or not plan.takes(grads, self.params):
+        if plan is None or not plan.takes(grads, self.params, self._index):
             plan, grads = self._plan(positions, grads)
         launches = self._launches(plan.backend, positions, plan.grad_dtypes)
         work = []
-        for launch in launches:
+        scalars: dict = {}
+        for launch in launches:  # every launch's scalars computed and checked before any runs
             g = grads if launch.members is None else [grads[i] for i in launch.members]
             work.append((launch, g))
+            for t in set(self._base_steps(positions, launch)):
+                key = (launch.hyper, launch.decays, t)
+                if key not in scalars:
+                    scalars[key] = self._scalars(*key)
+                    _validate.check_scalars(self.spec.name, scalars[key], launch.group.dtype,
+                                            grad_scale if isinstance(grad_scale, float)
+                                            else None)
         on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
                      and len({launch.device for launch in launches}) == 1)
         decide_on_device = on_device and (found_inf is not None or (
@@ -343,7 +429,11 @@ class Engine:
         slot = window.next_slot() if window is not None else -1
         scales = [None] * len(work)
         if self.clipping.by_norm or (grad_scale is not None and not checked):
-            passes = [plan.backend.grad_pass(launch.group, g) for launch, g in work]
+            # On the arrays' device and stream (torch's current one for torch tensors).
+            passes = []
+            for launch, g in work:
+                with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
+                    passes.append(plan.backend.grad_pass(launch.group, g))
             if grad_scale is not None and not checked:
                 if window is not None:
                     for k, ((launch, _), (_, bad)) in enumerate(zip(work, passes)):
@@ -355,22 +445,28 @@ class Engine:
                     return False
             scales = grad_scales(self.clipping, [s for s, _ in passes], grad_scale)
         elif grad_scale is not None:
-            scales = [_full(g[0], len(g), grad_scale) for _, g in work]
+            scales = [_full(launch.device is not None, len(g), grad_scale) for launch, g in work]
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
         limit = self.clipping.limit
-        scalars: dict = {}
         for (launch, g), scale in zip(work, scales):
             rows = self._step_rows(positions, launch, window, slot, scalars)
             first = positions[0 if launch.members is None else launch.members[0]]
             t = (self._steps[first] if self.per_param_steps else self._iterations) + 1
-            with launch.kind.launch_context(launch.device):
+            with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
+                if self.hypers[launch.hyper].maximize:
+                    scale = -1.0 if scale is None else -scale
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
                                   launch.group, g, clip=GradClip(scale, limit), step=t)
         if window is not None:
             window.push(positions, plan.backend.read_later(window.flags[slot: slot + 1]))
             self._outcome = window.entries[-1]
-            return _Outcome(self, self._outcome)
+            outcome = _Outcome(self, self._outcome)
+            if self.ema is not None and outcome:  # the average needs the outcome: wait
+                self.ema.update(self.params, self.averages, self._iterations - 1)
+            return outcome
+        if self.ema is not None:  # every param's average, as Keras: a pass after the update
+            self.ema.update(self.params, self.averages, self._iterations)
         self._confirm(positions, True)
         return True
 
@@ -394,10 +490,7 @@ class Engine:
                 cache[key] = self._scalars(launch.hyper, launch.decays, t)
             return cache[key]
 
-        if self.per_param_steps:
-            base = [self._steps[positions[local]] + 1 for local in members]
-        else:
-            base = [self._iterations + 1] * len(members)
+        base = self._base_steps(positions, launch)
         if pending is None and window is None and base.count(base[0]) == len(base):
             return scalars_of(base[0])
         if pending is None:
@@ -407,6 +500,13 @@ class Engine:
         else:
             mask = [(1 << len(pending.entries)) - 1] * len(base)
         return step_rows(scalars_of, base, mask, pending or window, slot)
+
+    def _base_steps(self, positions, launch: Launch) -> list[int]:
+        """The 1-based step of each tensor of ``launch``, as far as known."""
+        members = range(len(positions)) if launch.members is None else launch.members
+        if self.per_param_steps:
+            return [self._steps[positions[local]] + 1 for local in members]
+        return [self._iterations + 1] * len(members)
 
     def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
         hp = self.hypers[hyper].hyper
@@ -423,7 +523,8 @@ class Engine:
         params = [self.params[pos] for pos in positions]
         for pos, p, g in zip(positions, params, grads):
             _validate.check_pair(pos, p, g, self.spec, mode=self.storages[pos].mode)
-        grads = [_validate.contiguous(g) for g in grads]
+        grads = [_validate.contiguous(g, p) for g, p in zip(grads, params)]
+        _validate.check_no_aliasing(positions, params, grads)
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
         grad_dtypes = tuple(kind_of(g).dtype(g) for g in grads)
         plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes,
@@ -484,12 +585,16 @@ class _Plan:
         self.backend, self.positions, self.grad_dtypes = backend, positions, grad_dtypes
         self._library_dtypes = library_dtypes  # the grads' own dtype objects: cheap to compare
 
-    def takes(self, grads, params) -> bool:
+    def takes(self, grads, params, held) -> bool:
         """True when every grad has its param's layout and the dtype checked before
-        (fusedopt._validate.same_layout)."""
+        (fusedopt._validate.same_layout) and neither is nor views a param this engine holds
+        (``held``: id -> position)."""
         same = _validate.same_layout
-        return all(same(g, params[pos], d)
-                   for g, pos, d in zip(grads, self.positions, self._library_dtypes))
+        for g, pos, d in zip(grads, self.positions, self._library_dtypes):
+            if id(g) in held or id(getattr(g, "base", None)) in held \
+                    or not same(g, params[pos], d):
+                return False
+        return True
 
 
 class _Outcome:
@@ -572,12 +677,11 @@ def _any(flags) -> bool:
     return bool(flags.any()) if flags.size else False
 
 
-def _full(like, n: int, grad_scale):
-    """``n`` copies of 1/grad_scale (float64), on ``like``'s device."""
-    xp = np if isinstance(like, np.ndarray) else _module_of(like)
+def _full(on_device: bool, n: int, grad_scale):
+    """``n`` copies of 1/grad_scale (float64): in host memory for the CPU backends (whatever
+    the arrays' library), else as a CuPy array on the current device."""
+    if on_device:
+        import cupy as xp
+    else:
+        xp = np
     return xp.zeros(n, np.float64) + 1.0 / xp.asarray(grad_scale, np.float64)
-
-
-def _module_of(array):
-    import cupy
-    return cupy

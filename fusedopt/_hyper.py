@@ -1,4 +1,11 @@
-"""Hyperparameter declarations and their checks (validation at the boundary)."""
+"""Hyperparameter declarations and their checks (validation at the boundary).
+
+A check is a callable of the value that returns what is wrong with it, or None. The checks
+are small frozen classes (``AtLeast``, ``InRange``, ``NoneOr``) or module-level functions,
+never closures, so that an optimizer holding them pickles and deep-copies; their fields
+(``low``, ``high``, ...) also say what the valid values are, which the property tests read
+to draw hyperparameters anywhere in their ranges.
+"""
 
 from __future__ import annotations
 
@@ -14,38 +21,68 @@ def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def at_least(low: float) -> Check:
-    def check(value):
-        if not _real(value) or not math.isfinite(value) or value < low:
-            return f"must be a finite number >= {low:g}"
+@dataclass(frozen=True)
+class AtLeast:
+    """A finite number >= ``low``."""
+
+    low: float
+
+    def __call__(self, value) -> Optional[str]:
+        if not _real(value) or not math.isfinite(value) or value < self.low:
+            return f"must be a finite number >= {self.low:g}"
         return None
-    return check
+
+
+@dataclass(frozen=True)
+class InRange:
+    """A number in [``low``, ``high``), or [``low``, ``high``] when ``closed_high``."""
+
+    low: float
+    high: float
+    closed_high: bool = False
+
+    def __call__(self, value) -> Optional[str]:
+        high_ok = _real(value) and (value <= self.high if self.closed_high else value < self.high)
+        if _real(value) and self.low <= value and high_ok:
+            return None
+        bracket = "]" if self.closed_high else ")"
+        return f"must be in [{self.low:g}, {self.high:g}{bracket}"
+
+
+@dataclass(frozen=True)
+class NoneOr:
+    """None, or a value ``check`` accepts."""
+
+    check: Check
+
+    def __call__(self, value) -> Optional[str]:
+        return None if value is None else self.check(value)
+
+
+def at_least(low: float) -> Check:
+    return AtLeast(low)
 
 
 def in_range(low: float, high: float, closed_high: bool = False) -> Check:
-    bracket = "]" if closed_high else ")"
+    return InRange(low, high, closed_high)
 
-    def check(value):
-        ok = _real(value) and low <= value and (value <= high if closed_high else value < high)
-        return None if ok else f"must be in [{low:g}, {high:g}{bracket}"
-    return check
+
+def optional(check: Check) -> Check:
+    return NoneOr(check)
 
 
 def boolean(value: Any) -> Optional[str]:
     return None if isinstance(value, bool) else "must be True or False"
 
 
-def optional(check: Check) -> Check:
-    def wrapped(value):
-        return None if value is None else check(value)
-    return wrapped
+_NON_NEGATIVE = AtLeast(0.0)
 
 
 def learning_rate(value: Any) -> Optional[str]:
     """A number >= 0, or a schedule: a callable of the iteration count."""
     if callable(value):
         return None
-    return at_least(0.0)(value)
+    return _NON_NEGATIVE(value)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@ expression in fusedopt/_unfused.py, a reference in tests/reference.py and one en
 from __future__ import annotations
 
 import math
+import threading
 from array import array
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from . import _unfused
 from ._cpu import rules
@@ -94,6 +97,7 @@ def lookup(name: str) -> OptimizerSpec:
 
 # --- shared pieces ---------------------------------------------------------------------------
 
+TORCH_ONLY = frozenset({"torch"})
 LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
 WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
 BETA = in_range(0.0, 1.0)
@@ -132,7 +136,15 @@ def _adam_scalars(hp, step, convention):
             math.sqrt(bc2))
 
 
-def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
+#: torch's Adam and NAdam take ``decoupled_weight_decay=True`` for AdamW's decay.
+DECOUPLED = Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY)
+
+
+def _adam_family(name, keras_name, decoupled_in_torch, weight_decay, extra=()):
+    def flags(hp, conv):
+        decoupled = decoupled_in_torch or bool(hp.get("decoupled_weight_decay"))
+        return (_flavor(conv, decoupled), int(hp["amsgrad"]))
+
     return OptimizerSpec(
         name=name,
         keras_name=keras_name,
@@ -141,8 +153,9 @@ def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
             *ADAM_LIKE,
             Hyper("amsgrad", False, boolean),
             weight_decay,
+            *extra,
         ),
-        flags=lambda hp, conv: (_flavor(conv, decoupled_in_torch), int(hp["amsgrad"])),
+        flags=flags,
         all_flags=tuple((f, a) for f in (KERAS, TORCH_L2, TORCH_DECOUPLED) for a in (0, 1)),
         slots=lambda flags: ("m", "v", "vhat")[: 3 if flags[1] else 2],
         scalars=_adam_scalars,
@@ -151,7 +164,8 @@ def _adam_family(name, keras_name, decoupled_in_torch, weight_decay):
     )
 
 
-register(_adam_family("adam", "adam", decoupled_in_torch=False, weight_decay=WEIGHT_DECAY))
+register(_adam_family("adam", "adam", decoupled_in_torch=False, weight_decay=WEIGHT_DECAY,
+                      extra=(DECOUPLED,)))
 register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
                       weight_decay=Hyper("weight_decay", 0.004, at_least(0.0))))
 
@@ -159,7 +173,6 @@ register(_adam_family("adamw", "adam_w", decoupled_in_torch=True,
 # --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
 # torch's weight_decay is L2 in all four, so their flavours are KERAS and TORCH_L2 only.
 
-TORCH_ONLY = frozenset({"torch"})
 MOMENTUM = Hyper("momentum", 0.0, BETA)
 L2_FLAVORS = (KERAS, TORCH_L2)
 
@@ -306,10 +319,15 @@ register(OptimizerSpec(
 ))
 
 
+_F32 = np.float32
+
 #: Keras' Nadam momentum schedule decays as 0.96**t; torch's as 0.96**(t * momentum_decay).
 NADAM_DECAY_BASE = 0.96
 
-_MOMENTUM_PRODUCTS: dict[tuple[float, float], array] = {}
+_MOMENTUM_PRODUCTS: dict[tuple[float, float, bool], array] = {}
+#: Held while a memo grows: two threads extending one memo at once would each append the
+#: product of the same step, and every later product would be off by one factor.
+_MOMENTUM_PRODUCTS_LOCK = threading.Lock()
 
 
 def nadam_momentum(b1: float, psi: float, t: int) -> float:
@@ -317,29 +335,42 @@ def nadam_momentum(b1: float, psi: float, t: int) -> float:
     return b1 * (1.0 - 0.5 * NADAM_DECAY_BASE ** (t * psi))
 
 
-def nadam_momentum_product(b1: float, psi: float, t: int) -> float:
+def nadam_momentum_product(b1: float, psi: float, t: int, float32: bool = False) -> float:
     """P_t = mu_1 mu_2 ... mu_t (P_0 = 1), the product Keras keeps as ``u_product`` and torch
     as ``mu_product``: a pure function of the step, so it needs no state of its own and a
     restored optimizer continues exactly.
 
-    Memoised per (b1, psi), formed left to right as the libraries do, until mu_t reaches
-    b1 in double (or P underflows); from there on P_t = P_K * b1**(t - K).
+    ``float32``: each product rounded to float32, as torch.optim.NAdam's ``mu_product *= mu``
+    on its float32 ``mu_product`` tensor rounds it (its scalars then use that value), so the
+    torch convention matches torch's bias corrections to the bit. Memoised per (b1, psi,
+    float32), formed left to right as the libraries do, until mu_t reaches b1 in double (or P
+    underflows); from there on P_t = P_K * b1**(t - K).
     """
-    products = _MOMENTUM_PRODUCTS.setdefault((b1, psi), array("d", [1.0]))
-    while len(products) <= t:
-        k = len(products)
-        mu = nadam_momentum(b1, psi, k)
-        if (mu == b1 and k > 1) or products[-1] == 0.0:
-            return products[-1] * b1 ** (t - (k - 1))
-        products.append(products[-1] * mu)
-    return products[t]
+    key = (b1, psi, float32)
+    products = _MOMENTUM_PRODUCTS.get(key)
+    if products is not None and t < len(products):  # the usual step: no lock
+        return products[t]
+    with _MOMENTUM_PRODUCTS_LOCK:
+        products = _MOMENTUM_PRODUCTS.setdefault(key, array("d", [1.0]))
+        while len(products) <= t:
+            k = len(products)
+            mu = nadam_momentum(b1, psi, k)
+            if products[-1] == 0.0:
+                return 0.0
+            if float32:
+                products.append(float(_F32(products[-1]) * _F32(mu)))
+                continue
+            if mu == b1 and k > 1:
+                return products[-1] * b1 ** (t - (k - 1))
+            products.append(products[-1] * mu)
+        return products[t]
 
 
 def _nadam_scalars(hp, step, convention):
     b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
     psi = 1.0 if convention == "keras" else float(hp["momentum_decay"])
     mu, mu_next = nadam_momentum(b1, psi, step), nadam_momentum(b1, psi, step + 1)
-    product = nadam_momentum_product(b1, psi, step)
+    product = nadam_momentum_product(b1, psi, step, float32=convention == "torch")
     product_next = product * mu_next
     c_m, c_g = mu_next / (1.0 - product_next), (1.0 - mu) / (1.0 - product)
     if convention != "keras":
@@ -357,7 +388,7 @@ register(OptimizerSpec(
         *ADAM_LIKE,
         WEIGHT_DECAY,
         Hyper("momentum_decay", 4e-3, at_least(0.0), conventions=TORCH_ONLY),
-        Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY),
+        DECOUPLED,
     ),
     flags=lambda hp, conv: (_flavor(conv, bool(hp["decoupled_weight_decay"])),),
     all_flags=((KERAS,), (TORCH_L2,), (TORCH_DECOUPLED,)),

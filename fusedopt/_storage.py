@@ -237,7 +237,7 @@ def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:
         hint = (" (float32 grads go with an fp32 master: pass master_weights=True, or "
                 "'remainder' for bfloat16)")
     raise TypeError(f"{where}: grad dtype {grad} cannot update a {param} param here (it "
-                    f"takes {allowed} grads){hint}; or cast the grad with .astype({param})")
+                    f"takes {allowed} grads){hint}; cast the grad with .astype({param})")
 
 
 def _spelling(mode: str):

@@ -27,12 +27,12 @@ _CHUNK_BITS = 32
 def work_items(sizes: np.ndarray, chunk: int) -> np.ndarray:
     """(tensor << 32) | chunk for every chunk of every non-empty tensor, in order."""
     counts = -(-sizes // chunk)
+    if counts.size and counts.max() > 1 << _CHUNK_BITS:  # checked before the items are made
+        raise ValueError(f"a tensor of {int(sizes.max())} elements needs more than 2**32 chunks "
+                         f"of {chunk}; raise fusedopt.config chunk sizes")
     tensors = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
     starts = np.cumsum(counts) - counts
     chunks = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts)
-    if chunks.size and chunks.max() >= 1 << _CHUNK_BITS:
-        raise ValueError(f"a tensor of {int(sizes.max())} elements needs more than 2**32 chunks "
-                         f"of {chunk}; raise fusedopt.config chunk sizes")
     return (tensors << _CHUNK_BITS) | chunks
 
 
@@ -98,7 +98,8 @@ class Table:
     Params, state slots and sizes are fixed when the group is made, so the table is built
     once. :meth:`set_grads` writes this step's grad addresses and bumps ``version`` only
     when they differ from the last step's: a caller mirroring the table on a device copies
-    it only then.
+    it only then, and only the rows :meth:`changes_since` its copy (new grad tensors every
+    step, as torch's autograd hands out, move one row: 8 bytes per tensor).
     """
 
     def __init__(self, addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False,
@@ -111,14 +112,30 @@ class Table:
         self.n_work = self.array.size - addresses.size - PER_TENSOR_ROWS * self.n_tensors
         self.version = 0
         self._grads: list | None = None
+        self._written: dict[str, int] = {}  # row -> the version that last wrote it
+        starts = rows(self.n_slots, self.n_tensors)
+        n = self.n_tensors
+        self._rows = {"grads": slice(n, 2 * n),
+                      "limits": slice(starts["limits"], starts["limits"] + n)}
 
     def set_grads(self, grads: list) -> np.ndarray:
         """The table for grads at addresses ``grads`` (a list of ints, one per tensor)."""
         if grads != self._grads:
             self.array[self.n_tensors: 2 * self.n_tensors] = grads
             self._grads = grads
-            self.version += 1
+            self._wrote("grads")
         return self.array
+
+    def _wrote(self, row: str) -> None:
+        self.version += 1
+        self._written[row] = self.version
+
+    def changes_since(self, version: int) -> list[slice] | None:
+        """The slices of :attr:`array` written after ``version``; None when a copy of that
+        version is no use (``version`` < 0: copy everything)."""
+        if version < 0:
+            return None
+        return [self._rows[row] for row, v in self._written.items() if v > version]
 
     def set_limit(self, limit: float) -> None:
         """Clip grads to [-limit, limit] from now on (+inf: not at all)."""
@@ -128,4 +145,4 @@ class Table:
         self.limit = limit
         start = rows(self.n_slots, self.n_tensors)["limits"]
         self.array[start: start + self.n_tensors] = float_row(limit, self.n_tensors)
-        self.version += 1
+        self._wrote("limits")

@@ -54,7 +54,7 @@ def sum_squares(group: Group, grads):
 def _clipped(xp, g, scale, limit, compute):
     """Keras' clipping as array expressions: g * scale, then clamp to [-limit, limit]."""
     if scale is not None:
-        g = g * scale.astype(compute)
+        g = g * (compute(scale) if isinstance(scale, float) else scale.astype(compute))
     if limit != np.inf:
         g = xp.clip(g, -compute(limit), compute(limit))
     return g
@@ -81,7 +81,9 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
         xp = _xp(p)
         g = _widened(g, compute)
         if clip.active:
-            scale = None if clip.scales is None else clip.scales[t]
+            scale = clip.scales
+            if scale is not None and not isinstance(scale, float):
+                scale = scale[t]
             g = _clipped(xp, g, scale, clip.limit, compute)
         state = [_widened(s, compute) for s in slots[:n_slots]]
         if st.mode == "master":

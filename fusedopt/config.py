@@ -38,7 +38,15 @@ STEP_WINDOW = 32
 
 #: NVRTC options shared by the runtime and the compile gate. No fast-math: it would swap
 #: IEEE sqrt and division for approximations and break agreement with the references.
-NVRTC_OPTIONS = ("-std=c++17",)
+#: The numeric ones are NVRTC's defaults, pinned so that no default can change under us:
+#: float32 denormals are kept, not flushed to zero (``--ftz=false``), as on the CPU (Numba
+#: and the host build never flush), so a grad of 1e-20, whose square 1e-40 is a float32
+#: denormal, updates alike everywhere (flushed, v would be 0 and Adam's step inf or NaN
+#: with a small epsilon); sqrt and division are IEEE round-to-nearest. ``--fmad=true``
+#: lets a multiply and an add become one FMA: the last bits differ from the CPU's, which
+#: tests/cuda_host/compare.py's GPU tolerance allows.
+NVRTC_OPTIONS = ("-std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true",
+                 "--fmad=true")
 
 #: Numba fastmath flags of the sum of squares behind clipping by norm (fusedopt/_cpu/norm.py)
 #: and of nothing else: reassociation lets LLVM vectorize the float64 running sum, in an

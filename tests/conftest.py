@@ -84,3 +84,16 @@ def host_cuda(host_built):
     previous = runtime.install(host)
     yield host
     runtime.install(previous)
+
+
+# --- Hypothesis profiles (tests/test_properties.py) --------------------------------------------
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+#: ``ci`` (the default, and what `make test` and CI run): a fixed number of examples drawn
+#: the same way every run. ``deep``: a longer randomized search for a developer's machine,
+#: ``HYPOTHESIS_PROFILE=deep .venv/bin/python -m pytest tests/test_properties.py``.
+_hypothesis_settings.register_profile("ci", max_examples=40, derandomize=True, database=None,
+                                      deadline=None, print_blob=True)
+_hypothesis_settings.register_profile("deep", max_examples=2000, deadline=None,
+                                      print_blob=True)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

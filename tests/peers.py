@@ -19,7 +19,8 @@ def _adam_args(hp):
 
 
 TORCH = {
-    "adam": ("Adam", _adam_args),
+    "adam": ("Adam", lambda hp: dict(_adam_args(hp),
+                                     decoupled_weight_decay=hp["decoupled_weight_decay"])),
     "adamw": ("AdamW", _adam_args),
 }
 
@@ -85,6 +86,6 @@ def run_torch(name, hp, p0, grads):
     t = torch.tensor(p0.copy(), requires_grad=False)
     opt = getattr(torch.optim, cls)([t], foreach=False, **translate(hp))
     for g in grads:
-        t.grad = torch.from_numpy(np.ascontiguousarray(g))
+        t.grad = torch.from_numpy(np.asarray(g, order="C"))  # a 0-d grad stays 0-d
         opt.step()
     return t.numpy()

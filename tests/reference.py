@@ -28,11 +28,27 @@ def _weight_decay(p, g, hp, convention, decoupled_in_torch):
     return p, g + wd * p
 
 
+def _toward(average, value, weight):
+    """A moving average, ``average + (value - average) * weight``: Keras' ``m += (g - m) *
+    (1 - b1)`` and torch's ``lerp``, equal to ``b1 m + (1 - b1) g``. Written the way the
+    peers compute it because the order decides the rounding: tests/error_bounds.py bounds the
+    error of these very formulas in float32."""
+    return average + (value - average) * weight
+
+
+def _second_moment(v, g, b2, convention):
+    """Adam's v: Keras ``v += (g*g - v)(1 - b2)``; torch ``b2 v + (1 - b2) (g*g)``."""
+    if convention == "keras":
+        return _toward(v, g * g, 1 - b2)
+    return b2 * v + (1 - b2) * (g * g)
+
+
 def adam(p, g, state, t, hp, convention, decoupled_in_torch=False):
     b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
-    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch)
-    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
-    v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
+    decoupled = decoupled_in_torch or hp.get("decoupled_weight_decay", False)
+    p, g = _weight_decay(p, g, hp, convention, decoupled)
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
+    v = state["v"] = _second_moment(_zeros(state, "v", p), g, b2, convention)
     if hp.get("amsgrad"):
         v = state["vhat"] = np.maximum(_zeros(state, "vhat", p), v)
     if convention == "keras":
@@ -82,8 +98,9 @@ def rmsprop(p, g, state, t, hp, convention):
     v = state["velocity"] = rho * _zeros(state, "velocity", p) + (1 - rho) * g**2
     mean_square = v
     if hp.get("centered"):
-        gbar = state["average_gradient"] = (rho * _zeros(state, "average_gradient", p)
-                                            + (1 - rho) * g)
+        gbar = _zeros(state, "average_gradient", p)
+        gbar = state["average_gradient"] = (rho * gbar + (1 - rho) * g if convention == "keras"
+                                            else _toward(gbar, g, 1 - rho))  # torch: lerp
         mean_square = v - gbar**2
     if convention == "keras":
         increment = lr * g / np.sqrt(mean_square + eps)  # epsilon inside the root
@@ -124,7 +141,7 @@ def adadelta(p, g, state, t, hp, convention):
 def adamax(p, g, state, t, hp, convention):
     b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
     p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
-    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
     if convention == "keras":
         u = state["u"] = np.maximum(b2 * _zeros(state, "u", p), np.abs(g))
         return p - lr * m / ((1 - b1**t) * (u + eps))
@@ -140,9 +157,12 @@ def nadam(p, g, state, t, hp, convention):
     p, g = _weight_decay(p, g, hp, convention, hp.get("decoupled_weight_decay", False))
     mu = b1 * (1 - 0.5 * 0.96 ** (t * psi))
     mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
-    product = state["product"] = state.get("product", 1.0) * mu
-    m = state["m"] = b1 * _zeros(state, "m", p) + (1 - b1) * g
-    v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
+    product = state.get("product", 1.0) * mu
+    if convention == "torch":  # torch.optim.NAdam keeps mu_product as a float32 tensor
+        product = float(np.float32(state.get("product", 1.0)) * np.float32(mu))
+    state["product"] = product
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
+    v = state["v"] = _second_moment(_zeros(state, "v", p), g, b2, convention)
     m_hat = mu_next * m / (1 - product * mu_next) + (1 - mu) * g / (1 - product)
     v_hat = v / (1 - b2**t)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps)

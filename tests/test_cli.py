@@ -1,4 +1,4 @@
-"""The command line end to end at tiny sizes: bench (JSON, PNG), demo, info."""
+"""The command line end to end at tiny sizes: bench (JSON, markdown, PNGs), demo, info."""
 
 import json
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fusedopt import cli
-from fusedopt._bench import traffic
+from fusedopt._bench import sweep, traffic
 from fusedopt._registry import lookup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -26,38 +26,102 @@ def _torch_present() -> bool:
 slow = pytest.mark.slow
 
 
+#: The drift probe's size in these tests (the real one allocates 640 MB).
+PROBE_ELEMENTS = 2**16
+
+BENCH_ARGS = ["bench", "--sizes", "1024", "--rounds", "3", "--repeats-of-sweep", "2",
+              "--optimizer", "adam"]
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
+    """The default (isolated) method: every contender in a worker process of its own."""
     out = tmp_path_factory.mktemp("bench")
-    json_path, png_path = out / "out.json", out / "out.png"
-    code = cli.main(["bench", "--sizes", "1024", "--repeats", "2", "--optimizer", "adam",
-                     "--json", str(json_path), "--plot", str(png_path)])
+    paths = {k: out / f"out.{k}" for k in ("json", "png", "md")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sweep.PROBE_SIZE, "cpu", PROBE_ELEMENTS)
+        code = cli.main([*BENCH_ARGS, "--json", str(paths["json"]), "--plot", str(paths["png"]),
+                         "--markdown", str(paths["md"]), "--roofline", str(out / "roof")])
     assert code == 0
-    return json.loads(json_path.read_text()), png_path
+    return json.loads(paths["json"].read_text()), paths["png"], paths["md"], out
 
 
 @slow
-def test_bench_json_has_every_contender_and_sample(bench_run):
-    data, _ = bench_run
+def test_bench_json_has_every_contender_and_sample_of_every_repeat(bench_run):
+    data = bench_run[0]
     expected = {"fused", "unfused", "ceiling"}
     if _torch_present():
         expected |= {"torch fused", "torch foreach"}
     cases = data["cases"]
     assert {(c["optimizer"], c["dtype"], c["size"]) for c in cases} == {
         ("adam", "float32", 1024), ("adam", "float64", 1024)}
+    assert data["method"] == "isolated" and data["settings"]["repeats_of_sweep"] == 2
     for case in cases:
         assert expected <= set(case["contenders"]), case["notes"]
+        assert len(case["calls_per_block"]) == 2 and min(case["calls_per_block"]) >= 1
         for name, row in case["contenders"].items():
-            assert len(row["samples_s"]) == 2, name
-            assert all(s > 0 for s in row["samples_s"])
+            assert [len(r) for r in row["samples_s"]] == [3, 3], name  # 2 repeats x 3 rounds
+            assert all(s > 0 for r in row["samples_s"] for s in r)
             assert row["min_s"] <= row["median_s"] <= row["max_s"]
-        assert case["contenders"]["ceiling"]["fraction_of_ceiling"] == pytest.approx(1.0)
-        assert case["contenders"]["unfused"]["speedup_vs_unfused"] == pytest.approx(1.0)
+            assert len(row["per_repeat_median_s"]) == 2 and row["spread"] >= 0
+            low, high = min(row["per_repeat_median_s"]), max(row["per_repeat_median_s"])
+            assert row["spread"] == pytest.approx((high - low) / row["median_s"])
+        ceiling = case["contenders"]["ceiling"]["fraction_of_ceiling"]
+        assert ceiling["median"] == pytest.approx(1.0) and ceiling["spread"] == 0
+        assert case["contenders"]["unfused"]["speedup_vs_unfused"]["median"] == \
+            pytest.approx(1.0)
+
+
+@slow
+def test_isolated_workers_import_only_what_their_contender_needs(bench_run):
+    processes = bench_run[0]["processes"]
+    assert processes["fused"]["torch_imported"] is False
+    assert processes["ceiling"]["torch_imported"] is False
+    assert processes["unfused"]["torch_imported"] is False
+    pids = {p["pid"] for p in processes.values()}
+    assert len(pids) == len(processes)  # one process each
+    if _torch_present():
+        assert processes["torch fused"]["torch_imported"] is True
+
+
+@slow
+def test_bench_measures_the_ceiling_at_start_and_end(bench_run):
+    drift = bench_run[0]["drift"]
+    assert drift["start_gb_per_s"] > 0 and drift["end_gb_per_s"] > 0
+    assert drift["change"] == pytest.approx(
+        (drift["end_gb_per_s"] - drift["start_gb_per_s"]) / drift["start_gb_per_s"])
+    assert drift["exceeded"] == (abs(drift["change"]) > 0.2)
+
+
+@slow
+def test_bench_markdown_names_method_command_and_spread(bench_run):
+    md = bench_run[2].read_text()
+    assert "fusedopt bench --sizes 1024 --rounds 3 --repeats-of-sweep 2 --optimizer adam" in md
+    assert "Method: isolated: each contender in a worker process of its own" in md
+    assert "2 repeat(s) of the sweep x 3 interleaved rounds" in md and "L3" in md
+    assert "Ceiling drift" in md and "spread across repeats" in md
+    rows = [line for line in md.splitlines() if line.startswith("| adam | float")]
+    assert len(rows) == 2 and all(" in L3 | fused | " in r for r in rows)
+
+
+@slow
+def test_bench_same_process_is_labelled(tmp_path):
+    path = tmp_path / "same.json"
+    assert cli.main(["bench", "--sizes", "1024", "--rounds", "2", "--repeats-of-sweep", "1",
+                     "--optimizer", "sgd", "--dtype", "float32", "--same-process",
+                     "--no-torch", "--no-probe", "--calls-per-block", "3",
+                     "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["method"] == "same-process" and data["drift"] is None
+    assert list(data["processes"]) == ["this process"]
+    (case,) = data["cases"]
+    assert case["method"] == "same-process" and case["calls_per_block"] == [3]
+    assert set(case["contenders"]) == {"fused", "unfused", "ceiling"}
 
 
 @slow
 def test_bench_bytes_follow_adam_traffic(bench_run):
-    data, _ = bench_run
+    data = bench_run[0]
     # Adam reads param, grad, m, v and writes param, m, v (REFERENCE.md: 28 bytes in fp32).
     for case in data["cases"]:
         item = np.dtype(case["dtype"]).itemsize
@@ -70,18 +134,22 @@ def test_bench_bytes_follow_adam_traffic(bench_run):
 def test_bench_json_describes_the_machine(bench_run):
     machine = bench_run[0]["machine"]
     assert machine["cpu_cores"] >= 1 and machine["cpu_model"]
+    assert machine["l3_cache_source"] and "load_average" in machine
     assert {"numpy", "numba", "cupy", "torch"} <= set(machine["versions"])
     assert machine["numba"]["threads"] >= 1 and machine["numba"]["threading_layer"]
 
 
 @slow
-def test_bench_plot_is_a_png_matplotlib_reads(bench_run):
+def test_bench_plots_are_pngs_matplotlib_reads(bench_run):
     import matplotlib.image
 
-    _, png = bench_run
-    assert png.read_bytes()[:8] == PNG_SIGNATURE
-    image = matplotlib.image.imread(png)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    png, out = bench_run[1], bench_run[3]
+    roofs = sorted(p.name for p in out.glob("roof-*.png"))
+    assert roofs == ["roof-adam.png"]  # one per family present: adam's
+    for path in (png, out / "roof-adam.png"):
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
 @pytest.mark.parametrize("amsgrad, read, write", [(False, 16, 12), (True, 20, 16)])
@@ -112,9 +180,11 @@ def test_bench_quick_settings_use_registered_optimizers_only():
     assert settings.sizes and max(settings.sizes) <= 2**20 and settings.dtypes == ("float32",)
 
 
-def test_bench_rejects_unknown_optimizer_and_bad_sizes():
+def test_bench_rejects_unknown_optimizer_contender_and_bad_sizes():
     with pytest.raises(SystemExit, match="unknown optimizer 'adamm'"):
         cli.main(["bench", "--optimizer", "adamm", "--sizes", "1024"])
+    with pytest.raises(SystemExit, match="--contenders: 'torch' is not one of"):
+        cli.main(["bench", "--contenders", "fused,torch", "--sizes", "1024"])
     with pytest.raises(SystemExit):
         cli.main(["bench", "--sizes", "1k"])
     assert cli._sizes("1024,2^16,2**20") == (1024, 65536, 2**20)
@@ -137,8 +207,8 @@ def test_demo_compare_matches_unfused_and_keras_and_loss_falls():
     assert changed > 1e-3  # training moved the first layer
 
 
-def test_demo_prints_summary_config_and_epoch_lines(capsys):
-    assert cli.main(["demo", "--epochs", "3", "--optimizer", "adamw"]) == 0
+def test_numpy_demo_prints_summary_config_and_epoch_lines(capsys):
+    assert cli.main(["demo", "--numpy", "--epochs", "3", "--optimizer", "adamw"]) == 0
     out = capsys.readouterr().out
     assert "132" in out  # 10*10+10 + 10*2+2 params
     assert "weight_decay: 0.004" in out
@@ -161,23 +231,46 @@ def test_python_dash_m_runs_info():
     assert "fusedopt" in done.stdout
 
 
-@slow
-def test_cpu_adam_ceiling_script_prints_a_markdown_table(capsys):
+def _load_script(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_adam_ceiling.py"
-    spec = importlib.util.spec_from_file_location("cpu_adam_ceiling", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.main(["--elements", "65536", "--small-elements", "4096", "--repeats", "2"]) == 0
+    return script
+
+
+@slow
+def test_cpu_adam_ceiling_script_prints_each_method_labelled(capsys, monkeypatch):
+    monkeypatch.setitem(sweep.PROBE_SIZE, "cpu", PROBE_ELEMENTS)
+    script = _load_script("cpu_adam_ceiling")
+    assert script.main(["--elements", "65536", "--small-elements", "4096", "--rounds", "2",
+                        "--repeats-of-sweep", "2"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ")]
-    cells = {(n.strip(), c.strip()) for n, c in rows}
-    expected = {"fused", "ceiling", "unfused"} | ({"torch fused"} if _torch_present() else set())
-    assert {c for n, c in cells if n == "65,536"} == expected
-    assert {c for n, c in cells if n == "4,096"} == expected - {"unfused"}
-    assert "n * (16 read + 12 written)" in out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| elements")]
+    cells = {(n, method, c) for n, method, _, c, *_ in rows}
+    torch = {"torch fused"} if _torch_present() else set()
+    for method in ("isolated", "same process"):
+        assert {c for n, m, c in cells if n == "65,536" and m == method} == \
+            {"fused", "ceiling", "unfused"} | torch
+    for method in ("isolated, blocks", "isolated, single calls"):
+        assert {c for n, m, c in cells if n == "4,096" and m == method} == {"fused", "ceiling"} | torch
+    assert {r[2] for r in rows if r[1] == "isolated, single calls"} == {"1"}
+    assert "n * (16 read + 12 written)" in out and "Ceiling drift" in out
+
+
+@slow
+def test_multitensor_script_labels_its_method(capsys):
+    script = _load_script("bench_multitensor")
+    assert script.main(["--scale", "0.0005", "--rounds", "2", "--repeats-of-sweep", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Method: isolated (each contender in a worker process of its own); 2 repeats" in out
+    for name in ("fusedopt list", "fusedopt one buffer", "FlatParams"):
+        assert out.count(f"| {name} | ") == 2
+    assert out.count("| fusedopt list | ") == 2 and "| 1.00 |" in out
 
 
 def _cuda_usable() -> bool:
@@ -188,8 +281,10 @@ def _cuda_usable() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA device and CuPy")
 def test_bench_on_gpu_has_ceiling_and_copy(tmp_path):
+    pytest.importorskip("rich", reason="the command line prints with rich")
     out = tmp_path / "gpu.json"
-    assert cli.main(["bench", "--backend", "cuda", "--sizes", "4096,65537", "--repeats", "2",
-                     "--optimizer", "adam", "--dtype", "float32", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--backend", "cuda", "--sizes", "4096,65537", "--rounds", "2",
+                     "--repeats-of-sweep", "1", "--optimizer", "adam", "--dtype", "float32",
+                     "--json", str(out)]) == 0
     for case in json.loads(out.read_text())["cases"]:
         assert {"fused", "unfused", "ceiling", "copy"} <= set(case["contenders"]), case["notes"]

@@ -22,3 +22,14 @@ def test_docstring_examples():
     for module in (fusedopt.optimizers.adam, fusedopt.optimizers.loss_scale):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
+
+
+def test_readme_torch_example_runs_and_learns():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    block = next(b for b in blocks if "fusedopt.torch" in b)
+    assert len(block.strip().splitlines()) <= 12
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    torch = scope["torch"]
+    loss = torch.nn.functional.cross_entropy(scope["model"](scope["x"]), scope["y"]).detach()
+    assert float(loss) < 0.5 and scope["opt"].state_dict()["state"][0]["step"] == 100

@@ -16,7 +16,7 @@ import fusedopt
     (dict(weight_decay=-1.0), r"weight_decay must be a finite number >= 0"),
     (dict(convention="jax"), r"convention must be one of keras, torch, got 'jax'"),
     (dict(backend="tpu"), r"backend must be one of auto, cuda, cpu, unfused, got 'tpu'"),
-    (dict(use_ema=True), r"use_ema=True is not supported"),
+    (dict(loss_scale_factor=128.0), r"loss_scale_factor=128.0 is not supported"),
 ])
 def test_bad_hyperparameters(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import subprocess
 from importlib import metadata
+from pathlib import Path
+
+_CACHE_DIR = Path("/sys/devices/system/cpu/cpu0/cache")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
 
 
 def _cpu_model() -> str:
@@ -16,6 +22,43 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _size(text: str) -> int | None:
+    """'491520K', '32M', '480 MiB' -> bytes."""
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*$", text.strip())
+    return int(float(match.group(1)) * _UNITS[match.group(2)]) if match else None
+
+
+def l3_cache(cache_dir: Path = _CACHE_DIR) -> tuple[int | None, str]:
+    """(bytes, where it was read) of the last-level (L3) cache cpu0 sees; (None, why) if
+    unknown. Read from sysfs, else from ``lscpu``. On a virtual machine this is what the
+    hypervisor reports, which may exceed what one core can use."""
+    for index in sorted(cache_dir.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                size = _size((index / "size").read_text())
+                if size:
+                    return size, str(index / "size")
+        except OSError:
+            continue
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    for line in out.splitlines():
+        if line.startswith("L3 cache:"):
+            size = _size(line.split(":", 1)[1].split("(")[0])
+            if size:
+                return size, "lscpu"
+    return None, "no L3 size in sysfs or lscpu"
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
 
 
 def version(package: str) -> str | None:
@@ -98,7 +141,10 @@ def caveats(threads: dict, torch_in_use: bool) -> list[str]:
     return out
 
 
-def describe() -> dict:
+def describe(torch_threads: bool = True) -> dict:
+    """The machine and this process's threads. ``torch_threads``: also import torch to
+    report its thread count (a parent of isolated workers passes False: they report their
+    own)."""
     out = {
         "environment": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "cpu_model": _cpu_model(),
@@ -108,10 +154,14 @@ def describe() -> dict:
         "gpu": gpu_name(),
         "versions": {p: version(p) for p in ("fusedopt", "numpy", "numba", "cupy", "torch")},
         "numba": numba_threads(),
+        "l3_cache_bytes": l3_cache()[0],
+        "l3_cache_source": l3_cache()[1],
+        "load_average": load_average(),
     }
-    try:
-        import torch
-        out["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
+    if torch_threads:
+        try:
+            import torch
+            out["torch_threads"] = torch.get_num_threads()
+        except ImportError:
+            pass
     return out

@@ -44,16 +44,27 @@ class Traffic:
         return n * (self.read_bytes + self.write_bytes)
 
 
-def _itemsize(dtype: str) -> int:
-    return 2 if dtype in ("bfloat16", "float16", "int16") else np.dtype(dtype).itemsize
+def itemsize(dtype: str) -> int:
+    """Bytes of one element of ``dtype``; 16-bit floats NumPy lacks come from ml_dtypes."""
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        import ml_dtypes  # registers bfloat16 and friends with NumPy
+        return np.dtype(getattr(ml_dtypes, dtype)).itemsize
+
+
+def state_dtype(dtype: str) -> str:
+    """The dtype state slots are kept in by default for ``dtype`` params (fusedopt._storage)."""
+    from .._storage import default_state_dtype
+    return str(default_state_dtype(dtype))
 
 
 def traffic(spec, flags, storage: Storage | str) -> Traffic:
     """Bytes per element of one step of ``spec``'s variant ``flags`` on ``storage`` (a
     dtype name: its default storage)."""
     st = as_storage(storage)
-    param, grad, state = (_itemsize(d) for d in (st.param, st.grad, st.state))
-    master = _itemsize(st.master[1]) if st.master else 0
+    param, grad, state = (itemsize(d) for d in (st.param, st.grad, st.state))
+    master = itemsize(st.master[1]) if st.master else 0
     param_read = 0 if st.mode == "master" else param
     n_slots = len(spec.slots(flags))
     return Traffic(read_bytes=param_read + grad + n_slots * state + master,
@@ -91,7 +102,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
 
     def step():
         loop(variant, table, 1, group.chunk, likes, h, np.int64(1))
-    step.grad = grad  # the table holds its address: keep it alive with the step
+    step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 
 
@@ -120,7 +131,7 @@ def cuda_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None)
 
     def step():
         kernel((n_work,), (config.THREADS_PER_BLOCK,), args)
-    step.grad = grad  # the table holds its address: keep it alive with the step
+    step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 
 

@@ -74,10 +74,17 @@ def kernel(spec, storage, flags):
 
 
 def _device_table(group: Group, grads, rt):
-    """The group's launch table on the device, copied there only if it changed."""
+    """The group's launch table on the device: copied there whole once, then only the rows
+    that changed (the grad addresses, when new grad tensors came)."""
     table = step_table(group, grads, rt.address)
     if group.device_version != group.table.version:
-        group.device_table = rt.to_device(table, out=group.device_table)
+        changed = (group.table.changes_since(group.device_version)
+                   if group.device_table is not None else None)
+        if changed is None:
+            group.device_table = rt.to_device(table, out=group.device_table)
+        else:
+            for rows in changed:
+                rt.to_device(table[rows], out=group.device_table[rows])
         group.device_version = group.table.version
     return group.device_table
 
@@ -174,7 +181,10 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if clip.scales is not None:
         # Written on the device from device scales: the step never waits for the host.
         start = rows(group.n_slots, len(group.params))["scales"]
-        table[start: start + len(group.params)] = clip.scales.view(np.int64)
+        scales = clip.scales
+        bits = (np.float64(scales).view(np.int64) if isinstance(scales, float)
+                else scales.view(np.int64))
+        table[start: start + len(group.params)] = bits
         group.grads_scaled = True
     n_work = group.table.n_work
     if n_work == 0:

@@ -41,8 +41,13 @@ class CupyRuntime:
         return self.cupy.full(like.shape, fill, dtype=like.dtype)
 
     def to_device(self, host_array, out=None):
+        """``host_array`` on the device; into ``out`` (a view may be given) when it fits.
+
+        A copy into ``out`` is queued on the current stream (torch's, for torch tensors)
+        and does not wait for the device: a pageable source is staged before this returns,
+        so the caller may change it at once."""
         if out is not None and out.shape == host_array.shape:
-            out.set(host_array)  # cudaMemcpyAsync on the current stream: no wait
+            out.set(host_array, stream=self.cupy.cuda.get_current_stream())
             return out
         return self.cupy.asarray(host_array)
 

@@ -11,19 +11,17 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import _validate
+from .. import _validate, checkpoint
 from .._arrays import kind_of
 from .._clip import Clipping
 from .._dispatch import BACKENDS
+from .._ema import MovingAverage, overwrite
 from .._engine import Engine
 from .._registry import CONVENTIONS, OptimizerSpec, lookup
 from ..flat import FlatParams
 
 #: Keras arguments fusedopt accepts only at their default (Keras' get_config reports them).
 _KERAS_FIXED = {
-    "use_ema": False,
-    "ema_momentum": 0.99,
-    "ema_overwrite_frequency": None,
     "loss_scale_factor": None,
     "gradient_accumulation_steps": None,
 }
@@ -60,6 +58,7 @@ class Optimizer:
 
     def __init__(self, *, name=None, convention="keras", backend="auto", clipnorm=None,
                  clipvalue=None, global_clipnorm=None, state_dtype=None, master_weights=False,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
                  stochastic_rounding=False, kahan_summation=False, seed=0, **hyper):
         spec = lookup(self.spec_name)
         self._spec: OptimizerSpec = spec
@@ -80,8 +79,14 @@ class Optimizer:
                             f"{sorted(unknown)}; it takes {sorted(known)}")
         self._clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
                                   clipvalue=clipvalue)
+        if not isinstance(use_ema, bool):
+            raise ValueError(f"use_ema must be True or False, got {use_ema!r}")
+        # Keras' moving average of the weights (fusedopt/_ema.py), after each fused step.
+        ema = MovingAverage(ema_momentum, ema_overwrite_frequency) if use_ema else None
+        self.use_ema, self.ema_momentum = use_ema, ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
         self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping,
-                              state_dtype=state_dtype, master_weights=master_weights,
+                              state_dtype=state_dtype, master_weights=master_weights, ema=ema,
                               stochastic_rounding=stochastic_rounding,
                               kahan_summation=kahan_summation, seed=seed)
         self.state_dtype, self.master_weights = state_dtype, master_weights
@@ -165,15 +170,68 @@ class Optimizer:
     def _build(self, var_list: list, decays: list) -> None:
         if self._params:
             raise RuntimeError(f"{self.name} is already built for {len(self._params)} params")
+        pending = self._pending_state
+        if isinstance(pending, checkpoint.Pending):  # checked before anything is built
+            decays = pending.decays(decays)
+            pending.check(self, var_list, decays)
         self._engine.add_params(var_list, 0, decays)
-        if self._pending_state is not None:
-            pending, self._pending_state = self._pending_state, None
+        if pending is None:
+            return
+        if isinstance(pending, checkpoint.Pending):
+            try:
+                pending.check_states(self)
+            except checkpoint.CheckpointMismatch:
+                self._engine.forget_params()
+                raise
+            self._pending_state = None
+            pending.apply(self)
+        else:
+            self._pending_state = None
             self.load_state_dict(pending)
+
+    def bind(self, var_list: Iterable) -> None:
+        """Update ``var_list`` from now on: builds the optimizer if it is not built yet, else
+        puts these arrays in the places of the params it holds, keeping its state.
+
+        A copy made by ``pickle`` or ``copy.deepcopy`` holds copies of the params (unless
+        they were copied together with it, e.g. ``copy.deepcopy((opt, params))``); ``bind``
+        points it at the arrays to update. Each must match the param it replaces in shape,
+        dtype and memory order.
+        """
+        var_list = list(var_list)
+        if not self._params:
+            self.build(var_list)
+        else:
+            self._engine.bind(var_list)
+
+    # --- copies: pickle and copy.deepcopy ---------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_spec"] = self._spec.name  # the spec holds functions: found again by name
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._spec = lookup(state["_spec"])
 
     @property
     def variables(self) -> list:
-        """Every state array, position by position (Keras' ``optimizer.variables``)."""
-        return [s for slots in self._engine.states for s in slots]
+        """Every state array, position by position (Keras' ``optimizer.variables``), then
+        the moving averages with ``use_ema``."""
+        return [s for slots in self._engine.states for s in slots] + self._engine.averages
+
+    def moving_average(self, param):
+        """``param``'s moving average (``use_ema=True``): the array itself."""
+        if not self.use_ema:
+            raise ValueError(f"{self.name} keeps no moving average: pass use_ema=True")
+        return self._engine.averages[self._position(param)]
+
+    def finalize_variable_values(self, var_list=None) -> None:
+        """With ``use_ema``, overwrite every param with its moving average (Keras calls this
+        after the last epoch of ``fit``); without it, nothing. ``var_list`` is accepted for
+        Keras' signature: the params are the ones this optimizer holds."""
+        if self.use_ema:
+            overwrite(self._engine.params, self._engine.averages)
 
     def state(self, param) -> dict:
         """The state arrays of ``param`` by slot name (views: writing them changes the state)."""
@@ -192,16 +250,20 @@ class Optimizer:
         """Iterations, config and copies of every state array, keyed by param position:
         the optimizer's slots, and "master" (float32) or "remainder" (int16) with master
         weights, "compensation" (the param's dtype) with Kahan summation, each in its own
-        dtype (bfloat16 as ``ml_dtypes.bfloat16``); ``seed`` and ``iterations`` with the
-        step count are what a resumed run's stochastic rounding continues from."""
+        dtype (bfloat16 as ``ml_dtypes.bfloat16``); with ``use_ema`` the moving averages;
+        ``seed`` and ``iterations`` (the step count) are what a resumed run's stochastic
+        rounding continues from."""
         engine = self._engine
-        return {
+        saved = {
             "iterations": self.iterations,
             "seed": engine.seed,
             "config": self.get_config(),
             "state": {i: {n: _host(s) for n, s in zip(engine.slot_names(i), slots)}
                       for i, slots in enumerate(engine.states)},
         }
+        if self.use_ema:
+            saved["averages"] = {i: _host(a) for i, a in enumerate(self._engine.averages)}
+        return saved
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` saved; state is copied into the existing arrays.
@@ -238,12 +300,31 @@ class Optimizer:
                         f"{want}; load it into an optimizer made with the state_dtype and "
                         "master_weights it was saved with (the saved config has them), or "
                         f"convert the checkpoint's arrays with .astype(...) first")
+        averages = state.get("averages", {}) if self.use_ema else {}
+        if self.use_ema and len(averages) != len(states):
+            raise ValueError(f"{self.name} has use_ema=True: the state must hold the moving "
+                             f"averages of its {len(states)} params, it holds "
+                             f"{len(averages)} (saved without use_ema?)")
         for i, slots in enumerate(states):
             entry = saved.get(i, saved.get(str(i)))
             for name, s in zip(engine.slot_names(i), slots):
                 kind_of(s).copy_from_host(s, np.asarray(_host(entry[name])))
+        for i, a in enumerate(self._engine.averages):
+            kind_of(a).copy_from_host(a, np.asarray(_host(averages.get(i, averages.get(str(i))))))
         self.iterations = int(state["iterations"])
         self._engine.seed = state.get("seed", self._engine.seed)
+
+    def save(self, path) -> None:
+        """Write a checkpoint of this optimizer to ``path``, atomically (fusedopt/checkpoint.py:
+        safetensors with every state array, the class, config and counts)."""
+        checkpoint.save(self, path)
+
+    def load(self, path) -> None:
+        """Restore the state and counts saved at ``path`` (:meth:`save`) into this optimizer,
+        which keeps its own hyperparameters. A checkpoint of another class, convention,
+        param count, shape, dtype or slot set raises, naming it, and changes nothing.
+        ``fusedopt.load(path)`` makes the saved optimizer instead."""
+        checkpoint.restore(self, path)
 
     # --- the step ---------------------------------------------------------------------------
     def apply_gradients(self, grads_and_vars, grad_scale=None):
@@ -294,7 +375,8 @@ class Optimizer:
         cfg = {"name": self.name, "learning_rate": self.hyper["learning_rate"],
                "weight_decay": self.hyper.get("weight_decay"), "clipnorm": self.clipnorm,
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
-               **_KERAS_FIXED}
+               "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+               "ema_overwrite_frequency": self.ema_overwrite_frequency, **_KERAS_FIXED}
         # A hyperparameter of the other convention only (always at its default here) is left
         # out, so the keys stay those of the real library.
         hidden = {h.name for h in self._spec.hypers if self.convention not in h.conventions}

@@ -13,8 +13,10 @@ launch is checked the way a GPU and CuPy would treat it:
 - for table-ABI kernels, the table must point inside arrays this runtime handed out, cover
   every chunk once and keep the vector loop 16-byte aligned (tests/cuda_host/table_check.py).
 
-Every launch is recorded in ``launches`` as ``(name, grid, block)`` and every upload in
-``uploads`` (and, by target buffer, in ``uploaded``), so tests can count them.
+Every launch is recorded in ``launches`` as ``(name, grid, block)``, every upload counted
+in ``uploads`` (and, by target buffer, in ``uploaded``) and its size in ``uploaded_bytes``
+(and, by the buffer it lands in - the array a view belongs to - in ``uploaded_into``), so
+tests can count them.
 
 Reads from the device: ``read_later`` starts a copy the host collects later, as CuPy does
 with a pinned buffer and an event. ``events="never"`` makes those copies never complete by
@@ -175,6 +177,8 @@ class HostRuntime:
         self.only = only
         self.launches: list[tuple[str, tuple, tuple]] = []
         self.uploads = 0
+        self.uploaded_bytes = 0
+        self.uploaded_into: dict[int, int] = {}  # id of the whole device buffer -> bytes
         # id -> (start, end, array) of every array handed out; holding the array keeps its
         # memory from being reused while a table may still point at it.
         self._buffers: dict[int, tuple[int, int, np.ndarray]] = {}
@@ -195,6 +199,7 @@ class HostRuntime:
     def to_device(self, host_array, out=None):
         """A copy, as on a GPU: later changes to ``host_array`` do not reach the kernel."""
         self.uploads += 1
+        self.uploaded_bytes += host_array.nbytes
         if out is not None and out.shape == host_array.shape:
             out[...] = host_array
             target = out
@@ -202,6 +207,8 @@ class HostRuntime:
             target = np.array(host_array, copy=True)
             self._hand_out(target)
         self.uploaded[id(target)] = self.uploaded.get(id(target), 0) + 1
+        root = id(target if target.base is None else target.base)
+        self.uploaded_into[root] = self.uploaded_into.get(root, 0) + host_array.nbytes
         return target
 
     def set_flag(self, flags, slot: int, value) -> None:

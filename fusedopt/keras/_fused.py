@@ -1,0 +1,249 @@
+"""What every ``fusedopt.keras`` optimizer shares: a Keras optimizer whose update is fusedopt's.
+
+Each class is Keras' own optimizer class (``keras.optimizers.Adam`` & co) with this mixin in
+front, so its arguments, defaults, validation, ``get_config()``, variables (their names, order
+and layout, hence ``model.save`` / ``load_model``), learning-rate schedules, gradient
+accumulation, ``loss_scale_factor``, EMA and ``LossScaleOptimizer`` support are Keras' code.
+Only the update is replaced. Keras' ``BaseOptimizer.apply`` runs, per step:
+
+    filter None grads -> divide by loss_scale_factor -> _backend_apply_gradients:
+        [gradient accumulation] -> _clip_gradients -> _apply_weight_decay
+        -> _backend_update_step(grads, variables, learning_rate) -> [EMA]
+    -> iterations += 1
+
+Here ``_backend_update_step`` is one :meth:`fusedopt._engine.Engine.step` over the whole list
+(one fused call per dtype group); clipping and decoupled weight decay move into that same
+pass (``_clip_gradients`` and ``_apply_weight_decay`` become no-ops), and the optimizer's
+state arrays are the torch tensors of the Keras variables its ``build()`` made, updated in
+place. Keras' per-variable ``update_step`` is never called; if a Keras version called it
+(its hooks renamed), it raises instead of silently running Keras' math.
+
+The engine needs ``iterations`` and the learning rate on the host: they are read through
+:class:`~fusedopt.keras._host_values.HostValue`, once, and then only when the variable changed,
+so a step on CUDA waits for the device no more than Keras' own step does.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .._clip import Clipping
+from .._engine import Engine
+from .._registry import lookup
+from ._host_values import HostValue
+
+#: Backends a Keras optimizer can ask for: torch CPU tensors go to the Numba backend, CUDA
+#: tensors to the CUDA kernels ("auto" picks by the variables' device).
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+def require_torch_backend(class_name: str) -> None:
+    """Raise unless Keras runs on torch: fusedopt updates the variables' torch tensors in place."""
+    backend = keras.backend.backend()
+    if backend != "torch":
+        raise RuntimeError(
+            f"fusedopt.keras.{class_name} needs Keras' torch backend: it updates each "
+            f"variable's torch tensor in place, and this process runs Keras on {backend!r}, "
+            f"whose variables it cannot update without copying them to the host. Set "
+            f"KERAS_BACKEND=torch before keras is imported, or use "
+            f"keras.optimizers.{class_name} on {backend!r}.")
+
+
+def torch_backend_decay(weight_decay: float, learning_rate: float) -> float:
+    """The weight decay Keras' torch backend applies, as the engine's Keras rule takes it.
+
+    Keras on torch decays by a factor rounded to floatx, ``theta *= 1 - wd * lr`` (on JAX and
+    TensorFlow: ``theta -= theta * wd * lr``, the engine's Keras rule). The rounded factor is
+    not exactly ``1 - wd * lr``: over many steps the difference drifts the weights by about
+    one ulp per step. The decay that factor amounts to, ``(1 - factor) / lr``, makes the
+    engine's rule apply the same factor, to rounding, inside the fused pass.
+    """
+    if not learning_rate:
+        return 0.0
+    floatx = np.dtype(keras.config.floatx()).type
+    factor = floatx(1) - floatx(floatx(weight_decay) * floatx(learning_rate))
+    return (1.0 - float(factor)) / float(learning_rate)
+
+
+class FusedOptimizer:
+    """Mixin placed before a Keras optimizer class; subclasses name their registry entry.
+
+    ``spec_name``: the fusedopt registry entry (fusedopt/_registry.py).
+    ``state_attributes``: registry slot name -> the attribute of the Keras class that holds
+    those variables after its ``build()`` (a list, one per trainable variable).
+    """
+
+    spec_name: str = ""
+    state_attributes: dict = {}
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        require_torch_backend(type(self).__name__)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        from .. import _torch_kind
+        _torch_kind.register()  # the engine steps torch tensors in place
+        super().__init__(*args, **kwargs)
+        self._fused = _Fused(self, backend)
+
+    # --- Keras' hooks -------------------------------------------------------------------------
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._fused.add(self, list(variables))
+
+    def apply(self, grads, trainable_variables=None):
+        iterations = self._fused.iterations
+        before = iterations.get()
+        super().apply(grads, trainable_variables)
+        iterations.wrote(before, before + 1)  # Keras' own iterations.assign_add(1)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if keras.src.backend.in_stateless_scope():
+            raise RuntimeError(f"{type(self).__name__} updates variables in place; "
+                               "stateless_apply (a StatelessScope) is not supported")
+        self._before_fused_update()
+        self._fused.step(self, grads, trainable_variables)
+
+    def _before_fused_update(self) -> None:
+        """Keras variables of the optimizer itself that its update step advances (Nadam's)."""
+
+    def _clip_gradients(self, grads):
+        return grads  # clipped inside the fused pass (fusedopt._clip)
+
+    def _apply_weight_decay(self, variables):
+        return None  # decoupled weight decay is applied inside the fused pass
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise RuntimeError(
+            f"Keras called {type(self).__name__}.update_step (one variable at a time): this "
+            f"Keras {keras.__version__} no longer routes the update through "
+            "_backend_update_step, which fusedopt.keras replaces; use keras.optimizers."
+            f"{type(self).__name__} with this Keras version")
+
+    def _backend_reset_gradient_accumulators(self):
+        import torch
+        with torch.no_grad():
+            torch._foreach_zero_([a.value for a in self._accumulated_gradients
+                                  if a is not None])
+
+    def _backend_increment_gradient_accumulators(self, grads, acc_grads):
+        import torch
+        with torch.no_grad():
+            torch._foreach_add_([a.value for a in acc_grads], list(grads))
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        if self.built:
+            raise ValueError(f"exclude_from_weight_decay() must be called before "
+                             f"{type(self).__name__} is built: its fused step fixed which "
+                             "variables decay when it was built (call it before fit/apply)")
+        super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+    def get_config(self):
+        config = super().get_config()
+        if self._fused.backend != "auto":
+            config["backend"] = self._fused.backend
+        return config
+
+
+class _Fused:
+    """The engine of one Keras optimizer and the host copies its steps read."""
+
+    def __init__(self, optimizer, backend: str):
+        self.backend = backend
+        self.spec = lookup(optimizer.spec_name)
+        self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
+        self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
+        self._rate: HostValue | None = None  # the learning-rate variable's host copy
+        self.engine = Engine(self.spec, "keras", backend=backend,
+                             clipping=self._clipping(optimizer))
+        self.hyper = self._hyper(optimizer)
+        self.engine.add_group(self.hyper, where=f"{type(optimizer).__name__}: ")
+        self.position: dict[int, int] = {}  # Keras' variable index -> engine position
+        self.tensors: list = []             # engine position -> the variable's own tensor
+
+    # --- what Keras holds, as the engine takes it ---------------------------------------------
+    @staticmethod
+    def _clipping(optimizer) -> Clipping:
+        def positive(value):  # Keras clips only for a value > 0
+            return value if value and value > 0 else None
+        return Clipping(clipnorm=positive(optimizer.clipnorm),
+                        global_clipnorm=positive(optimizer.global_clipnorm),
+                        clipvalue=positive(optimizer.clipvalue))
+
+    def _learning_rate(self, optimizer) -> float:
+        from keras.optimizers.schedules import LearningRateSchedule
+
+        rate = optimizer._learning_rate
+        if isinstance(rate, keras.Variable):
+            if self._rate is None or self._rate.variable is not rate:
+                self._rate = HostValue(rate, lambda t: float(t))
+            return self._rate.get()
+        if isinstance(rate, LearningRateSchedule):
+            # Keras evaluates it at the raw step count on the device; here on the host copy
+            # of that count, with host tensors, so reading the result waits for nothing.
+            with keras.device("cpu"):
+                return float(rate(self.iterations.get()))
+        if callable(rate):
+            return float(rate())
+        return float(rate)
+
+    def _hyper(self, optimizer) -> dict:
+        hyper = {n: getattr(optimizer, n) for n in self.names if n != "learning_rate"}
+        rate = hyper["learning_rate"] = self._learning_rate(optimizer)
+        if hyper.get("weight_decay") is not None:
+            hyper["weight_decay"] = torch_backend_decay(hyper["weight_decay"], rate)
+        return hyper
+
+    def add(self, optimizer, variables: list) -> None:
+        """Hand Keras' variables and the state variables its build() made to the engine."""
+        names = [type(optimizer).state_attributes[s] for s in self.engine.hypers[0].slots]
+        missing = [n for n in names if not hasattr(optimizer, n)]
+        if missing:
+            raise RuntimeError(f"{type(optimizer).__name__}: this Keras {keras.__version__} "
+                               f"builds no {', '.join(missing)}; fusedopt.keras expects "
+                               "Keras 3.10 or later's optimizer variables")
+        lists = [getattr(optimizer, n) for n in names]
+        params, tensors, states, decays, indices = [], [], [], [], []
+        for index, variable in enumerate(variables):
+            own = [slot_list[index] for slot_list in lists]
+            if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
+                continue
+            # The engine gets plain tensors on the variables' memory (detach() shares it): a
+            # grad then has its param's type, and the step takes the engine's fast checks.
+            tensors.append(variable.value)
+            params.append(variable.value.detach())
+            states.append([s.value.detach() for s in own])
+            decays.append(optimizer._use_weight_decay(variable))
+            indices.append(index)
+        positions = self.engine.add_params(params, 0, decays, states=states)
+        self.position.update(zip(indices, positions))
+        self.tensors.extend(tensors)
+
+    # --- one step ------------------------------------------------------------------------------
+    def step(self, optimizer, grads, variables) -> None:
+        engine = self.engine
+        hyper = self._hyper(optimizer)
+        if hyper != self.hyper:
+            engine.set_hyper(0, hyper)
+            self.hyper = hyper
+        clipping = self._clipping(optimizer)
+        if clipping != engine.clipping:
+            engine.clipping = clipping
+        steps = optimizer.gradient_accumulation_steps
+        count = self.iterations.get()
+        engine.iterations = count // steps if steps else count
+        positions, arrays = [], []
+        for grad, variable in zip(grads, variables):
+            position = self.position[optimizer._get_variable_index(variable)]
+            tensor = self.tensors[position]
+            if variable._value is not tensor:  # the attribute: .value adds autocast checks
+                raise RuntimeError(f"variable {variable.path!r} holds a new tensor since "
+                                   f"{type(optimizer).__name__} was built; an optimizer "
+                                   "updates the tensors it was built with (make a new one)")
+            if grad.dtype != tensor.dtype:  # as Keras' update_step casts the gradient
+                grad = grad.to(tensor.dtype)
+            positions.append(position)
+            arrays.append(grad)
+        engine.step(arrays, positions)

@@ -1,0 +1,357 @@
+"""The base of fusedopt.torch's classes: a ``torch.optim.Optimizer`` whose step is the engine's.
+
+It translates and nothing more (fusedopt/_engine.py steps): torch's param groups become the
+engine's hyperparameter groups, each param's memory (a DTensor's local shard) an engine
+position, torch's state keys the engine's slots, GradScaler's attributes the engine's loss
+scaling. What torch.optim keeps, it keeps: ``param_groups`` (read at every step, so
+``torch.optim.lr_scheduler`` works unchanged), ``state`` (the engine's own state tensors
+under torch's keys, with a ``step`` per param), ``state_dict()`` and ``zero_grad()`` are
+torch's own, and ``load_state_dict`` takes torch.optim's checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from .._engine import Engine
+from .._registry import lookup, nadam_momentum_product
+from . import _checks
+from ._local import is_distributed, like_param, local
+from ._names import Row, registry_hyper
+
+#: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
+#: within this (absolute; a float32 running product stays far closer, see _saved_step).
+MU_PRODUCT_TOLERANCE = 1e-6
+
+
+class _Held:
+    """A param the engine steps: its position, the memory stepped, and that memory's address
+    when it was taken (a param whose ``.data`` was replaced has moved)."""
+
+    __slots__ = ("position", "memory", "address", "sharded")
+
+    def __init__(self, position: int, memory, sharded: bool):
+        self.position, self.memory, self.sharded = position, memory, sharded
+        self.address = memory.data_ptr()
+
+
+def _scalar_dtype():
+    # torch's own choice for ``step``: float32, float64 under a float64 default dtype.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _plain(value):
+    """A group value as compared from step to step: numbers for 0-d tensors (a scheduler
+    may fill a tensor lr in place), tuples of numbers for betas."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A torch optimizer stepped by fusedopt: one fused pass over every param per dtype and
+    device, on the tensors' own memory (CPU: Numba; CUDA: a kernel on torch's current
+    stream, no host synchronization).
+
+    Subclasses set ``_row`` (fusedopt/torch/_names.py); see fusedopt/torch/_checks.py for
+    the flags and what is refused.
+    """
+
+    _row: Row
+    #: GradScaler sets ``grad_scale`` and ``found_inf`` and lets step() unscale and skip.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict):
+        self._fresh_engine()
+        super().__init__(params, defaults)
+
+    # --- the engine and what it holds ---------------------------------------------------------
+    def _fresh_engine(self) -> None:
+        self._spec = lookup(self._row.registry)
+        self._engine = Engine(self._spec, "torch", per_param_steps=True)
+        self._held: dict[int, _Held] = {}   # id(param) -> what the engine steps
+        self._seen: list[tuple] = []          # per group: its values the engine has
+        self._keys = tuple(self._row.group_defaults)
+        self._device_type = None              # "cpu" or "cuda" once a group has params
+        # torch's per-param ``step`` (and NAdam's ``mu_product``) are 0-d views into one
+        # buffer per batch of params taken together, so that a step advances them all with
+        # one tensor operation per buffer (200 in-place adds cost more than the step's math).
+        self._homes: dict[int, tuple] = {}    # position -> (buffer id, offset)
+        self._buffers: list[tuple] = []       # buffer id -> (steps, mu products or None)
+        self._counters: dict = {}             # positions -> [(buffer id, offsets or None)]
+        self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
+
+    def _values(self, group: dict) -> tuple:
+        return tuple(_plain(group[k]) for k in self._keys)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group, then fusedopt's checks; a refused group is not added."""
+        if self.__dict__.get("_engine", False) is None:  # unpickled: make the engine first
+            self._rebuild()
+        index = len(self.param_groups)
+        super().add_param_group(param_group)
+        try:
+            self._admit(index, self.param_groups[index])
+            if self._row.eager:  # torch makes Adagrad's state at once
+                self._hold(index, list(enumerate(self.param_groups[index]["params"])))
+        except BaseException:  # nothing of the group stays
+            del self.param_groups[index:]
+            del self._seen[index:]
+            del self._engine.hypers[index:]
+            raise
+
+    def _admit(self, index: int, group: dict) -> None:
+        row = self._row
+        _checks.flags(index, group, row)
+        _checks.hyper(index, group, row, self._spec)
+        _checks.params(index, group, self._spec, self._device_type)
+        self._engine.add_group(registry_hyper(group, row), where=f"param group {index}: ")
+        self._seen.append(self._values(group))
+        if group["params"]:
+            self._device_type = local(group["params"][0]).device.type
+
+    def _hold(self, index: int, items: list, saved: bool = False) -> None:
+        """Give the engine the params ``items`` ((j, param) of group ``index``), with fresh
+        state, or with ``saved`` state from ``self.state`` (a loaded checkpoint)."""
+        if not items:
+            return
+        memory = [local(p) if is_distributed(p) else p.detach() for _, p in items]
+        states = steps = None
+        if saved:
+            loaded = [self._saved(index, j, p, m) for (j, p), m in zip(items, memory)]
+            states, steps = [s for s, _ in loaded], [t for _, t in loaded]
+        positions = self._engine.add_params(memory, group=index, states=states)
+        if steps is not None:
+            for pos, t in zip(positions, steps):
+                self._engine.steps[pos] = t
+        counts = self._engine.steps
+        buffer = len(self._buffers)
+        self._buffers.append((
+            torch.tensor([float(counts[pos]) for pos in positions], dtype=_scalar_dtype()),
+            torch.tensor([self._mu_product(index, counts[pos]) for pos in positions],
+                         dtype=_scalar_dtype()) if self._row.mu_product else None))
+        for k, ((j, p), m, pos) in enumerate(zip(items, memory, positions)):
+            self._held[id(p)] = _Held(pos, m, is_distributed(p))
+            self._homes[pos] = (buffer, k)
+            self._expose(p, pos)
+
+    def _expose(self, param, pos: int) -> None:
+        """Put the engine's state of ``param`` into ``self.state`` under torch's keys."""
+        row, engine = self._row, self._engine
+        slots = dict(zip(engine.slot_names(pos), engine.states[pos]))
+        state = {}
+        buffer, k = self._homes[pos]
+        steps, products = self._buffers[buffer]
+        if row.counts_steps:
+            state["step"] = steps[k]
+        if row.mu_product:
+            state["mu_product"] = products[k]
+        for slot, key in row.state:
+            if slot in slots:
+                state[key] = like_param(param, slots[slot])
+        if state:
+            self.state[param] = state
+
+    def _mu_product(self, index: int, step: int) -> float:
+        hyper = self._engine.hypers[index].hyper
+        return nadam_momentum_product(float(hyper["beta_1"]), float(hyper["momentum_decay"]),
+                                      step, float32=True)  # torch's float32 running product
+
+    # --- the step -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused step of every param that has a grad (params whose grad is None are
+        skipped and keep their step count). With GradScaler, grads are unscaled inside the
+        pass and a step with an inf or NaN grad changes nothing."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
+            self._rebuild()
+        grads, positions = self._gather()
+        if not positions:
+            return loss
+        applied = self._engine.step(grads, positions,
+                                    grad_scale=getattr(self, "grad_scale", None),
+                                    found_inf=getattr(self, "found_inf", None))
+        if applied:
+            self._advance(tuple(positions))
+        return loss
+
+    def _gather(self):
+        """This step's grads and the engine positions of their params, in group order."""
+        rebuilt = False
+        while True:
+            grads, positions, fresh, moved = self._gather_once()
+            if fresh:  # first grads of these params: the engine takes them, then again
+                for index, items in fresh.items():
+                    self._hold(index, items)
+            elif moved:  # .data replaced or the model moved: take the state along
+                if rebuilt:
+                    raise RuntimeError(f"{moved}: its memory changed again while fusedopt "
+                                       "rebuilt its launch tables")
+                self._rebuild()
+                rebuilt = True
+            else:
+                return grads, positions
+
+    def _gather_once(self):
+        held = self._held
+        grads, positions, fresh, moved = [], [], {}, None
+        strided = torch.strided
+        for index, group in enumerate(self.param_groups):
+            values = self._values(group)
+            if values != self._seen[index]:
+                self._retune(index, group, values)
+            for j, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                if g.layout is not strided:
+                    _checks.grad(index, j, p, g)
+                entry = held.get(id(p))
+                if entry is None:
+                    fresh.setdefault(index, []).append((j, p))
+                    continue
+                if entry.sharded:
+                    if p._local_tensor.data_ptr() != entry.address:
+                        moved = f"param group {index}, param {j}"
+                    g = g._local_tensor
+                elif p.data_ptr() != entry.address:
+                    moved = f"param group {index}, param {j}"
+                grads.append(g)
+                positions.append(entry.position)
+        return grads, positions, fresh, moved
+
+    def _retune(self, index: int, group: dict, values: tuple) -> None:
+        """A group's values changed (a scheduler, or the user): hand the new ones over."""
+        _checks.flags(index, group, self._row)
+        _checks.hyper(index, group, self._row, self._spec)
+        self._engine.set_hyper(index, registry_hyper(group, self._row),
+                               where=f"param group {index}: ")
+        self._seen[index] = values
+
+    def _advance(self, positions: tuple) -> None:
+        """torch's ``state["step"] += 1`` for the params stepped (one operation per buffer),
+        and NAdam's mu_product for their new step."""
+        plan = self._counters.get(positions)
+        if plan is None:
+            by_buffer: dict[int, list] = {}
+            for pos in positions:
+                buffer, k = self._homes[pos]
+                by_buffer.setdefault(buffer, []).append((k, pos))
+            plan = self._counters[positions] = [
+                (b, None if len(ks) == len(self._buffers[b][0]) else
+                 torch.tensor([k for k, _ in ks]), [pos for _, pos in ks])
+                for b, ks in by_buffer.items()]
+        group_of, counts = self._engine.group_of, self._engine.steps
+        for buffer, offsets, members in plan:
+            steps, products = self._buffers[buffer]
+            if not self._row.counts_steps:
+                continue
+            if offsets is None:
+                steps.add_(1.0)
+            else:
+                steps.index_add_(0, offsets, torch.ones(len(offsets), dtype=steps.dtype))
+            if products is not None:
+                values = torch.tensor([self._mu_product(group_of[pos], counts[pos])
+                                       for pos in members], dtype=products.dtype)
+                if offsets is None:
+                    products.copy_(values)
+                else:
+                    products.index_copy_(0, offsets, values)
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load_state_dict (a torch.optim checkpoint of this class loads too); the
+        state is then copied into fusedopt's own tensors. Refused checkpoints change
+        nothing."""
+        before = (self.state, self.param_groups)
+        super().load_state_dict(state_dict)
+        try:
+            self._rebuild()
+        except BaseException:
+            self.state, self.param_groups = before
+            raise
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # a checkpoint of another Lion may lack our flags
+            for key, value in self._row.group_defaults.items():
+                group.setdefault(key, value)
+        if "_held" not in self.__dict__:  # unpickled, or a copy: rebuilt at the first step
+            self._engine = None
+
+    def _rebuild(self) -> None:
+        """A new engine for ``param_groups`` and ``state`` as they are now (torch's layout)."""
+        kept = {k: self.__dict__[k] for k in ("_spec", "_engine", "_held", "_seen", "_keys",
+                                               "_device_type", "_homes", "_buffers",
+                                               "_counters") if k in self.__dict__}
+        state = dict(self.state)
+        self._fresh_engine()
+        try:
+            for index, group in enumerate(self.param_groups):
+                self._admit(index, group)
+                params = list(enumerate(group["params"]))
+                self._hold(index, [(j, p) for j, p in params if state.get(p)], saved=True)
+                if self._row.eager:
+                    self._hold(index, [(j, p) for j, p in params if not state.get(p)])
+        except BaseException:
+            self.__dict__.update(kept)
+            self.state = defaultdict(dict, state)
+            raise
+        self._rebuilds += 1
+
+    def _saved(self, index: int, j: int, param, memory):
+        """The saved state of ``param`` as engine slots (copies in the param's memory layout)
+        and its step count; every key checked first."""
+        row, engine = self._row, self._engine
+        where = f"param group {index}, param {j} (shape {tuple(param.shape)})"
+        saved = {k: v for k, v in self.state[param].items() if v is not None}
+        slots = engine.hypers[index].slots
+        keys = dict(row.state)
+        wanted = {keys[s] for s in slots}
+        extra = {k for k, on in (("step", row.counts_steps), ("mu_product", row.mu_product))
+                 if on}
+        missing, unknown = (wanted | extra) - set(saved), set(saved) - wanted - extra
+        if missing or unknown:
+            raise ValueError(f"{where}: the saved state has {sorted(saved)}; this group "
+                             f"needs {sorted(wanted | extra)} (missing {sorted(missing)}, "
+                             f"unexpected {sorted(unknown)}): was the checkpoint made by "
+                             f"another optimizer, or with other amsgrad/momentum/centered?")
+        values = []
+        for slot in slots:
+            value = local(saved[keys[slot]])
+            if tuple(value.shape) != tuple(memory.shape):
+                raise ValueError(f"{where}: saved {keys[slot]!r} has shape "
+                                 f"{tuple(value.shape)}, the param's memory {tuple(memory.shape)}")
+            values.append(torch.empty_like(memory, memory_format=torch.contiguous_format)
+                          .copy_(value))
+        step = self._saved_step(where, index, saved)
+        return values, step
+
+    def _saved_step(self, where: str, index: int, saved: dict) -> int:
+        if not self._row.counts_steps:
+            return 1 if saved else 0  # SGD, Lion: only "stepped before or not" matters
+        t = float(saved["step"])
+        if not (t >= 0 and t == int(t)):
+            raise ValueError(f"{where}: saved step {t} is not a step count")
+        t = int(t)
+        if self._row.mu_product:
+            # fusedopt derives P_t from t, beta1 and momentum_decay; torch carries it as a
+            # float32 running product, whose rounding stays below 1e-7 here (P_t shrinks
+            # geometrically while the error grows by an ulp a step).
+            have, want = float(saved["mu_product"]), self._mu_product(index, t)
+            if not math.isclose(have, want, rel_tol=0.0, abs_tol=MU_PRODUCT_TOLERANCE):
+                raise ValueError(f"{where}: saved mu_product {have!r} is not the product of "
+                                 f"NAdam's momenta over {t} steps with this group's beta1 and "
+                                 f"momentum_decay ({want!r}); fusedopt computes it from the "
+                                 "step, so it cannot continue a run whose betas or "
+                                 "momentum_decay changed during training")
+        return t

@@ -1,0 +1,76 @@
+"""One ``torch.optim.Optimizer`` subclass per row of fusedopt/torch/_names.py: torch's
+signature (argument names, order, defaults), torch's group keys, the row's update rule in
+the docstring."""
+
+from __future__ import annotations
+
+import inspect
+
+from .optimizer import Optimizer
+from ._names import ROWS, Row
+
+_DOC = """{name}: ``{peer}`` with fusedopt's fused step, torch convention.
+
+Update, per param with grad g at its own 1-based step t::
+
+{rule}
+
+Signature and defaults are torch's: ``{name}(params, {args})``.
+Param groups, ``add_param_group``, ``zero_grad``, ``torch.optim.lr_scheduler``,
+``state_dict``/``load_state_dict`` (torch's keys: {keys}) and ``torch.amp.GradScaler``
+work as with ``{peer}``; checkpoints load both ways. Params are stepped in place through
+their memory (CUDA: on torch's current stream, without waiting for the device), all of one
+dtype and device in one fused pass.
+
+Flags: ``maximize`` is supported; ``foreach`` and ``fused`` are accepted and change nothing
+(the step is always fused); ``capturable=True`` and ``differentiable=True`` are refused
+(fusedopt/torch/_checks.py says why). Params must be float32 or float64, dense,
+contiguous, real, on the CPU or CUDA (one kind of device per optimizer).
+
+Example::
+
+    >>> import torch, fusedopt.torch
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> opt = fusedopt.torch.{name}([w])
+    >>> w.grad = torch.tensor([1.0, -1.0, 0.0])
+    >>> opt.step()
+"""
+
+
+def _signature(row: Row) -> inspect.Signature:
+    kind, kw = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature(
+        [inspect.Parameter("self", kind), inspect.Parameter("params", kind)]
+        + [inspect.Parameter(k, kind, default=v) for k, v in row.positional]
+        + [inspect.Parameter(k, kw, default=v) for k, v in row.keyword])
+
+
+def _doc(row: Row, signature: inspect.Signature) -> str:
+    args = str(signature)[1:-1].split(", ", 2)[2]
+    keys = ", ".join(["step"] * row.counts_steps + ["mu_product"] * row.mu_product
+                     + [key for _, key in row.state])
+    rule = "\n".join("    " + line for line in row.rule.splitlines())
+    peer = row.peer.replace(":", ".")
+    return _DOC.format(name=row.name, peer=peer, rule=rule, args=args, keys=keys)
+
+
+def optimizer_class(row: Row) -> type:
+    """The torch class of ``row``."""
+    signature = _signature(row)
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        params = arguments.pop("params")
+        Optimizer.__init__(self, params, {**arguments, **dict(row.fixed)})
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{row.name}.__init__"
+    return type(row.name, (Optimizer,), {"__init__": __init__, "_row": row,
+                                         "__doc__": _doc(row, signature),
+                                         "__module__": "fusedopt.torch"})
+
+
+CLASSES = {name: optimizer_class(row) for name, row in ROWS.items()}

@@ -1,0 +1,149 @@
+"""Denormals are kept, not flushed to zero, on every backend (fusedopt/config.py says why).
+
+A grad of 1e-20 in float32 has the square 1e-40, below float32's smallest normal number
+(1.2e-38): a subnormal. Flushed to zero, Adam's second moment would be 0 and, with a small
+epsilon, its step inf or NaN; kept, the step is what the float64 reference says, within the
+precision a subnormal still has. NVRTC is told ``--ftz=false`` (its default, pinned), and
+its PTX is checked for flushing instructions; the CPU backend (Numba), the unfused backend
+(NumPy) and the host build of the CUDA kernels (g++ without fast-math) are run on such grads.
+"""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+
+import error_bounds
+from cuda_host import build
+from fusedopt import config
+from fusedopt._cuda import launch, nvrtc, source
+from fusedopt._registry import REGISTRY
+from tolerances import BOUND_FACTOR
+
+#: |g| such that g*g is subnormal with at least ~16 significant bits left.
+TINY = {"float32": (1e-20, 7e-20), "float64": (1e-156, 1e-154)}
+
+#: Optimizers whose step divides by the root of g*g: with epsilon 0 a flushed square is
+#: 0 / 0 or g / 0. (name, hyperparameters, slot holding the plain square of g).
+CASES = [
+    ("adam", dict(learning_rate=0.01, beta_2=0.0, epsilon=0.0), "v"),
+    ("rmsprop", dict(learning_rate=0.01, rho=0.0, epsilon=0.0), "velocity"),
+    ("adagrad", dict(learning_rate=0.01, initial_accumulator_value=0.0, epsilon=0.0),
+     "accumulator"),
+]
+
+
+def test_nvrtc_options_pin_ieee_denormals_and_rounding():
+    """The runtime (cupy.RawModule's options) and the compile gate use the same pinned list."""
+    for option in ("--ftz=false", "--prec-div=true", "--prec-sqrt=true"):
+        assert option in config.NVRTC_OPTIONS
+        assert option in source.options()
+        assert option in nvrtc.gate_options("sm_80")
+    assert not any("fast-math" in o or "ftz=true" in o for o in config.NVRTC_OPTIONS)
+
+
+def _ptx(family: str, options, cache_dir) -> str:
+    """NVRTC's PTX for kernels/<family>.cu (a virtual architecture: PTX, no cubin)."""
+    pytest.importorskip("cuda.bindings.nvrtc",
+                        reason="the CUDA gates need cuda-bindings: pip install fusedopt[cudacheck]")
+    from cuda.bindings import nvrtc as N
+    text, names = source.source(family), launch.name_expressions(family)
+    options = [*options, *(f"-I{folder}" for folder in source.include_dirs()),
+               "--gpu-architecture=compute_80"]
+    key = hashlib.sha256("\0".join([nvrtc.nvrtc_version(), text, *names, *options]).encode())
+    cached = cache_dir / "ptx" / f"{family}-{key.hexdigest()[:24]}.ptx"
+    if cached.is_file():
+        return cached.read_text()
+    err, prog = N.nvrtcCreateProgram(text.encode(), f"{family}.cu".encode(), 0, [], [])
+    try:
+        for name in names:
+            N.nvrtcAddNameExpression(prog, name.encode())
+        encoded = [o.encode() for o in options]
+        (result,) = N.nvrtcCompileProgram(prog, len(encoded), encoded)
+        assert result == N.nvrtcResult.NVRTC_SUCCESS, f"{family}.cu does not compile to PTX"
+        _, size = N.nvrtcGetPTXSize(prog)
+        buffer = b" " * size
+        N.nvrtcGetPTX(prog, buffer)
+    finally:
+        N.nvrtcDestroyProgram(prog)
+    ptx = buffer.rstrip(b"\0").decode()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(ptx)
+    return ptx
+
+
+_FLOAT_OP = re.compile(r"\b([a-z]+(?:\.[a-z0-9]+)*\.f32)\b")
+
+
+def _float32_ops(ptx: str) -> set[str]:
+    return set(_FLOAT_OP.findall(ptx))
+
+
+OPTIMIZER_FAMILIES = sorted({spec.kernel for spec in REGISTRY.values()})
+
+
+@pytest.mark.parametrize("family", OPTIMIZER_FAMILIES)
+def test_ptx_keeps_denormals_and_ieee_sqrt_and_division(family, cuda_cache_dir):
+    ops = _float32_ops(_ptx(family, source.options(), cuda_cache_dir))
+    assert ops, "no float32 instruction found: the check would pass vacuously"
+    assert not {op for op in ops if ".ftz" in op}, sorted(op for op in ops if ".ftz" in op)
+    assert not {op for op in ops if op.startswith(("sqrt.approx", "div.approx", "div.full"))}
+
+
+def test_the_ptx_check_sees_flushing_when_it_is_asked_for(cuda_cache_dir):
+    options = [o for o in source.options() if not o.startswith("--ftz")] + ["--ftz=true"]
+    ops = _float32_ops(_ptx("adam", options, cuda_cache_dir))
+    assert {"add.ftz.f32", "mul.ftz.f32", "sqrt.rn.ftz.f32"} <= ops
+
+
+def test_host_build_flags_have_no_fast_math():
+    """-ffast-math links crtfastmath.o, which sets flush-to-zero for the whole process."""
+    for flag in build.FLAGS:
+        assert flag not in ("-ffast-math", "-Ofast", "-funsafe-math-optimizations")
+
+
+def test_numpy_keeps_subnormal_squares_in_this_process():
+    """The expected squares below are NumPy's: it must not flush either (a library built with
+    fast-math, loaded into the process, would set flush-to-zero for all of it)."""
+    g = np.float32(1e-20)
+    assert g * g == np.float32(1e-40) and 0 < g * g < np.finfo(np.float32).tiny
+
+
+def _problem(dtype, n, seed=0):
+    rng = np.random.default_rng(seed)
+    low, high = TINY[dtype]
+    magnitude = np.exp(rng.uniform(np.log(low), np.log(high), n))
+    grads = [(magnitude * rng.choice([-1.0, 1.0], n)).astype(dtype) for _ in range(3)]
+    assert (np.abs(grads[0].astype(np.float64)) ** 2 < np.finfo(dtype).tiny).all()
+    return rng.standard_normal(n).astype(dtype), grads
+
+
+@pytest.mark.parametrize("n", [1000, 200_000], ids=["one-task", "parallel-tasks"])
+@pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name, hp, square_slot", CASES, ids=[c[0] for c in CASES])
+def test_tiny_grads_keep_their_subnormal_squares(request, name, hp, square_slot, dtype,
+                                                 backend, n):
+    if backend == "cuda":
+        request.getfixturevalue("host_cuda")
+    spec = REGISTRY[name]
+    full = {**spec.defaults(), **hp}
+    flags = spec.flags(full, "keras")
+    p0, grads = _problem(dtype, n)
+    p = p0.copy()
+    states = [[np.full(p.shape, spec.slot_init(full), dtype) for _ in spec.slots(flags)]]
+    import fusedopt
+    for t, g in enumerate(grads[:1], start=1):
+        fusedopt.functional.update(name, [p], [g], states, step=t, backend=backend, **hp)
+    square = dict(zip(spec.slots(flags), states[0]))[square_slot]
+    expected = grads[0] * grads[0]   # NumPy's subnormal squares (checked above not to flush)
+    assert square.tobytes() == expected.tobytes(), "a subnormal square was flushed or rounded"
+    for t, g in enumerate(grads[1:], start=2):
+        fusedopt.functional.update(name, [p], [g], states, step=t, backend=backend, **hp)
+    (result,) = error_bounds.run(name, "keras", full, [p0], [[g] for g in grads], dtype)
+    value, bound = result.value, result.bound
+    assert np.isfinite(bound).all() and np.isfinite(p).all()
+    bad = error_bounds.outside(p, value, bound, BOUND_FACTOR[np.dtype(dtype).type])
+    assert not bad.size, (f"{len(bad)} elements off the reference, e.g. {p.ravel()[bad[0]]!r} "
+                          f"vs {value.ravel()[bad[0]]!r} (bound {bound.ravel()[bad[0]]:.3g})")
