@@ -5,8 +5,9 @@
   float32/float64 state, either one with master weights, both at once, a bad seed.
 - ``seed``, ``stochastic_rounding`` and ``kahan_summation`` are in get_config and come back
   through from_config; the state_dict carries the seed and the compensation slot.
-- Stopped at step k, saved, loaded in a new process and continued: the bits of the run
-  that never stopped (stochastic rounding: the step and the seed key the stream).
+- Stopped at step k, saved (``opt.save``: the safetensors checkpoint), loaded in a new
+  process (``fusedopt.load``) and continued: the bits of the run that never stopped
+  (stochastic rounding: the step and the seed key the stream).
 """
 
 import pickle
@@ -109,19 +110,15 @@ def test_state_dict_carries_seed_and_compensation():
 
 
 RESUME = textwrap.dedent("""
-    import pickle, sys
+    import sys
     import numpy as np
     import fusedopt
+    ckpt, param_path, grads_path, k, out = sys.argv[1:6]
+    p = np.load(param_path)
     from fusedopt._storage import numpy_dtype
-    path, grads_path, out = sys.argv[1:4]
-    with open(path, "rb") as f:
-        saved = pickle.load(f)
-    grads = np.load(grads_path)
-    p = saved["param"]
-    opt = fusedopt.Adam.from_config(saved["state"]["config"])
-    opt.build([p])
-    opt.load_state_dict(saved["state"])
-    for g in grads[saved["k"]:]:
+    p = p.view(numpy_dtype("bfloat16")).copy()
+    opt = fusedopt.load(ckpt, [p])
+    for g in np.load(grads_path)[int(k):]:
         opt.apply_gradients([(g.astype(p.dtype), p)])
     np.save(out, p.view(np.uint16))
 """)
@@ -143,11 +140,12 @@ def test_resume_in_a_new_process_continues_the_bits(tmp_path, options):
     opt = Adam(learning_rate=0.01, **options)
     for g in grads[:k]:
         opt.apply_gradients([(g.astype(BF16), part)])
-    with open(tmp_path / "ckpt.pkl", "wb") as f:
-        pickle.dump({"state": opt.state_dict(), "param": part, "k": k}, f)
+    opt.save(tmp_path / "opt.safetensors")  # the checkpoint path: safetensors + JSON header
+    np.save(tmp_path / "param.npy", part.view(np.uint16))
     np.save(tmp_path / "grads.npy", grads)
-    subprocess.run([sys.executable, "-c", RESUME, str(tmp_path / "ckpt.pkl"),
-                    str(tmp_path / "grads.npy"), str(tmp_path / "out.npy")], check=True)
+    subprocess.run([sys.executable, "-c", RESUME, str(tmp_path / "opt.safetensors"),
+                    str(tmp_path / "param.npy"), str(tmp_path / "grads.npy"), str(k),
+                    str(tmp_path / "out.npy")], check=True)
     resumed = np.load(tmp_path / "out.npy")
     assert np.array_equal(resumed, whole.view(np.uint16))
     assert not np.array_equal(resumed, start.view(np.uint16))
