@@ -29,7 +29,12 @@ Storage (fusedopt/_storage.py): params of float32, float64, float16 or bfloat16;
 ``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise; a
 hyperparameter group may choose its own, as torch's param groups do); with
 ``master_weights`` an fp32 master (or, for bfloat16, an int16 remainder) in a last slot,
-"master" (or "remainder"). Launch groups are per storage, grads' dtype included.
+"master" (or "remainder"); with ``kahan_summation`` a compensation in the param's dtype,
+"compensation"; with ``stochastic_rounding`` no slot, but every 16-bit store rounds
+stochastically with bits keyed on (``seed``, the tensor's 1-based step, its position,
+the element's index, the array): each launch group's table carries a stream per tensor,
+(seed << 32) | position, and the step reaches the kernels with the scalars. Launch
+groups are per storage, grads' dtype included.
 
 Loss scaling: ``step(grads, grad_scale=s)`` divides every grad by ``s`` inside the pass (the
 division is folded into each tensor's grad-scale entry of the launch table, with clipping's,
@@ -68,7 +73,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import _storage, _threads, _validate, config
+from . import _storage, _table, _threads, _validate, config
 from ._arrays import kind_of
 from ._clip import NONE, Clipping, GradClip, grad_scales
 from ._ema import MovingAverage
@@ -110,7 +115,8 @@ class Engine:
 
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
                  clipping: Clipping = NONE, per_param_steps: bool = False,
-                 state_dtype=None, master_weights=False, ema: MovingAverage | None = None):
+                 state_dtype=None, master_weights=False, ema: MovingAverage | None = None,
+                 stochastic_rounding=False, kahan_summation=False, seed=0):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
         self.ema = ema                    # use_ema: a moving average of every param
@@ -119,7 +125,8 @@ class Engine:
         _storage.check_state_dtype(state_dtype)
         self.state_dtype = state_dtype
         self.master_weights = master_weights
-        self.mode = _storage.mode_of(master_weights)
+        self.mode = _storage.mode_of(master_weights, stochastic_rounding, kahan_summation)
+        self._seed = check_seed(seed)
         self.hypers: list[HyperGroup] = []
         self.params: list = []            # position -> param
         self.states: list[list] = []      # position -> its slot arrays (master slot last)
@@ -160,16 +167,19 @@ class Engine:
         return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
     def _with_storage(self, group: HyperGroup, state_dtype, master_weights,
-                      where: str) -> HyperGroup:
-        """``group`` with its storage policy: the engine's, unless given (torch's param
-        groups may each choose theirs)."""
+                      where: str, mode: str | None = None) -> HyperGroup:
+        """``group`` with its storage policy: the engine's (or ``mode``, a group's own kept
+        through a change), unless given (torch's param groups may each choose theirs). The
+        engine's mode carries stochastic rounding and Kahan summation, which no group
+        chooses apart from its engine."""
         if state_dtype is _ENGINE:
             state_dtype = self.state_dtype
-        if master_weights is _ENGINE:
-            master_weights = self.master_weights
         try:
             _storage.check_state_dtype(state_dtype)
-            group.mode = _storage.mode_of(master_weights)
+            if master_weights is _ENGINE:
+                group.mode = self.mode if mode is None else mode
+            else:
+                group.mode = _storage.mode_of(master_weights)
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
         group.state_dtype = state_dtype
@@ -195,10 +205,8 @@ class Engine:
         where = f"group {index}: " if where is None else where
         old = self.hypers[index]
         state_dtype = old.state_dtype if state_dtype is _ENGINE else state_dtype
-        master_weights = (_storage.spelling(old.mode) if master_weights is _ENGINE
-                          else master_weights)
         new = self._with_storage(self.validate_hyper(hyper, where), state_dtype,
-                                 master_weights, where)
+                                 master_weights, where, mode=old.mode)
         if index in self.group_of:
             if new.slots != old.slots:
                 raise ValueError(f"{where}the change would need state slots {new.slots}, "
@@ -275,6 +283,19 @@ class Engine:
             if self.ema is not None:
                 self.averages.append(self.ema.zeros(p))
         return list(range(first, first + len(params)))
+
+    @property
+    def seed(self) -> int:
+        """The seed of stochastic rounding's bits (with the step, the param position, the
+        element index and the array, their key)."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value) -> None:
+        value = check_seed(value)
+        if value != self._seed:
+            self._seed = value
+            self._launch_cache.clear()  # the tables carry the seed in their stream rows
 
     def forget_params(self) -> None:
         """Drop every param and its state: undoes a build that a later check refused."""
@@ -477,11 +498,13 @@ class Engine:
         limit = self.clipping.limit
         for (launch, g), scale in zip(work, scales):
             rows = self._step_rows(positions, launch, window, slot, scalars)
+            first = positions[0 if launch.members is None else launch.members[0]]
+            t = (self._steps[first] if self.per_param_steps else self._iterations) + 1
             with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
                 if self.hypers[launch.hyper].maximize:
                     scale = -1.0 if scale is None else -scale
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
-                                  launch.group, g, clip=GradClip(scale, limit))
+                                  launch.group, g, clip=GradClip(scale, limit), step=t)
         if window is not None:
             window.push(positions, plan.backend.read_later(window.flags[slot: slot + 1]))
             self._outcome = window.entries[-1]
@@ -586,9 +609,11 @@ class Engine:
                                 not decay or self.decays[pos], relative), []).append(local)
         launches = []
         for (group, device, st, decays, relative), members in by_kind.items():
+            streams = _table.streams(self._seed, [positions[i] for i in members])
             with kind_of(self.params[positions[members[0]]]).launch_context(device):
                 backend_group = backend.group(st, [self.params[positions[i]] for i in members],
-                                              [self.states[positions[i]] for i in members])
+                                              [self.states[positions[i]] for i in members],
+                                              streams=streams)
             whole = members == list(range(len(positions)))
             launches.append(Launch(None if whole else members, backend_group, group, decays,
                                    device, relative,
@@ -655,7 +680,18 @@ def _new_state(param, slots: tuple, st, init: float) -> list:
         made.append(kind.astype(param, "float32"))
     elif st.mode == "remainder":
         made.append(kind.zeros(param, "int16"))
+    elif st.mode == "kahan":
+        made.append(kind.zeros(param, st.param))  # nothing lost yet
     return made
+
+
+def check_seed(seed) -> int:
+    """``seed`` as an int in [0, 2**32), or a ValueError saying what came in."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (numbers.Integral,)) or \
+            not 0 <= int(seed) < 2 ** 32:
+        raise ValueError(f"seed must be an int in [0, 2**32) (the key of stochastic "
+                         f"rounding's random bits), got {seed!r}")
+    return int(seed)
 
 
 def _on_host(value) -> bool:

@@ -32,9 +32,10 @@ class Group:
     device_version: int = -1
     grads_scaled: bool = False  # the table's grad-scale row holds a norm clip's scales
     scratch: dict = field(default_factory=dict)  # device buffers reused from step to step
+    streams: np.ndarray | None = None  # per tensor: (seed << 32) | position (fusedopt/_table.py)
 
     def __post_init__(self):
-        self.table = Table(self.fixed, self.sizes, self.chunk, self.pack)
+        self.table = Table(self.fixed, self.sizes, self.chunk, self.pack, self.streams)
 
     @property
     def dtype(self) -> str:
@@ -65,12 +66,13 @@ def step_storage(group: Group, grads) -> Storage:
     if found is None:
         grad = kind_of(grads[0]).dtype(grads[0])
         st = group.storage
-        found = st if grad == st.grad else Storage(st.param, grad, st.state, st.mode)
+        found = st if grad == st.grad else st.with_grad(grad)
         seen[key] = found
     return found
 
 
-def make_group(storage, params, states, chunk, address, pack: bool = False) -> Group:
+def make_group(storage, params, states, chunk, address, pack: bool = False,
+               streams=None) -> Group:
     n_slots = len(states[0]) if states else 0
     fixed = np.zeros((2 + n_slots, len(params)), dtype=np.int64)
     for t, (p, slots) in enumerate(zip(params, states)):
@@ -79,7 +81,7 @@ def make_group(storage, params, states, chunk, address, pack: bool = False) -> G
             fixed[2 + k, t] = address(s)
     sizes = np.array([kind_of(p).size(p) for p in params], dtype=np.int64)
     return Group(as_storage(storage), list(params), [list(s) for s in states], chunk, fixed,
-                 sizes, pack)
+                 sizes, pack, streams=streams)
 
 
 def step_table(group: Group, grads, address) -> np.ndarray:

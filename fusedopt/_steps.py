@@ -81,12 +81,12 @@ def step_rows(scalars_of: Callable[[int], tuple], base, mask, window: "Window | 
                     flags=window.flags)
 
 
-def as_rows(steps, n_tensors: int) -> StepRows:
-    """``steps``, or a plain tuple of scalars (one known step) as its StepRows."""
+def as_rows(steps, n_tensors: int, step: int = 1) -> StepRows:
+    """``steps``, or a plain tuple of scalars (known step ``step``) as its StepRows."""
     if isinstance(steps, StepRows):
         return steps
     row = tuple(steps)
-    return StepRows(1, (row,), (1,) * n_tensors, (0,) * n_tensors)
+    return StepRows(step, (row,), (step,) * n_tensors, (0,) * n_tensors)
 
 
 @dataclass

@@ -18,6 +18,18 @@ nearest even once on store (kernels/storage.cuh, fusedopt/_cpu/storage.py).
   from it, rounded to nearest with ties away from zero), or "remainder" (bfloat16 params:
   an int16 slot "remainder" such that the param and it are the float32 master bit for bit;
   the same trajectory as True in 2 bytes instead of 4).
+- ``kahan_summation=True`` (16-bit params, no master): a slot "compensation" in the param's
+  dtype holds what the last store of the param rounded away; the rule sees param +
+  compensation, the result is rounded once and what that lost goes back into the slot.
+- ``stochastic_rounding=True`` (16-bit params without a master, or bfloat16 state): every
+  16-bit store of the step rounds stochastically, with random bits keyed on (seed, step,
+  param position, element index, array) (kernels/random_bits.cuh). Refused where nothing
+  16-bit is stored by rounding (float32 and float64 params with float32/float64 state), and
+  with masters: the float32 master is exact, so the 16-bit copy the forward pass reads stays
+  the nearest value (and the remainder mode keeps writing the bits of the fp32-master mode).
+
+Each way of keeping and storing a param is a mode (the kernels' MODE): "plain", "master",
+"remainder", "kahan", "stochastic".
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ SIXTEEN_BIT = ("float16", "bfloat16")
 
 #: Spellings of ``master_weights`` and the kernels' MODE of each (kernels/common.cuh).
 MODES = {False: "plain", True: "master", "remainder": "remainder"}
-MODE_IDS = {"plain": 0, "master": 1, "remainder": 2}
+MODE_IDS = {"plain": 0, "master": 1, "remainder": 2, "kahan": 3, "stochastic": 4}
 
 #: The master slot of each mode: its name in the optimizer's state and its dtype.
 MASTER_SLOTS = {"master": ("master", "float32"), "remainder": ("remainder", "int16")}
@@ -60,7 +72,8 @@ def compute_dtype(param: str) -> str:
 
 def grad_dtypes(param: str, mode: str = "plain") -> tuple[str, ...]:
     """The grad dtypes a param of dtype ``param`` kept in ``mode`` takes."""
-    return (param, "float32") if param in SIXTEEN_BIT and mode != "plain" else (param,)
+    with_master = mode in ("master", "remainder")
+    return (param, "float32") if param in SIXTEEN_BIT and with_master else (param,)
 
 
 def state_dtypes(param: str, mode: str = "plain") -> tuple[str, ...]:
@@ -68,7 +81,9 @@ def state_dtypes(param: str, mode: str = "plain") -> tuple[str, ...]:
     default first)."""
     if param == "float64":
         return ("float64",)
-    return ("float32", "bfloat16") if mode == "plain" else ("float32",)
+    if mode == "stochastic" and param not in SIXTEEN_BIT:
+        return ("bfloat16",)  # a float32 param: only its state is rounded stochastically
+    return ("float32", "bfloat16") if mode in ("plain", "kahan", "stochastic") else ("float32",)
 
 
 def default_state_dtype(param: str) -> str:
@@ -78,9 +93,11 @@ def default_state_dtype(param: str) -> str:
 def modes(param: str) -> tuple[str, ...]:
     """How a param of dtype ``param`` may be kept."""
     if param == "bfloat16":
-        return ("plain", "master", "remainder")
+        return ("plain", "master", "remainder", "kahan", "stochastic")
     if param == "float16":
-        return ("plain", "master")
+        return ("plain", "master", "kahan", "stochastic")
+    if param == "float32":
+        return ("plain", "stochastic")
     return ("plain",)
 
 
@@ -99,8 +116,14 @@ class Storage:
 
     @property
     def master(self) -> tuple[str, str] | None:
-        """(slot name, dtype) of the master slot, None in plain mode."""
+        """(slot name, dtype) of the slot after the optimizer's (the master, the remainder,
+        the Kahan compensation in the param's dtype), None when there is none."""
+        if self.mode == "kahan":
+            return ("compensation", self.param)
         return MASTER_SLOTS.get(self.mode)
+
+    def with_grad(self, grad: str) -> "Storage":
+        return Storage(self.param, grad, self.state, self.mode)
 
     def template_args(self) -> str:
         """The CUDA template arguments before the variant flags: "P, G, S, MODE"."""
@@ -114,17 +137,46 @@ class Storage:
 
 def all_storages() -> tuple[Storage, ...]:
     """Every storage the runtime can request: each param dtype with each of its modes and
-    their grad and state dtypes (13 in all)."""
+    their grad and state dtypes (22 in all: 13, plus 4 Kahan and 5 stochastic)."""
     return tuple(Storage(p, g, s, m) for p in PARAM_DTYPES for m in modes(p)
                  for g in grad_dtypes(p, m) for s in state_dtypes(p, m))
 
 
-def mode_of(master_weights) -> str:
-    """``master_weights`` (False, True or "remainder") as a mode name; raises for others."""
-    if isinstance(master_weights, (bool, str)) and master_weights in MODES:
-        return MODES[master_weights]
-    raise ValueError(f"master_weights must be False, True or 'remainder', got "
-                     f"{master_weights!r}")
+def mode_of(master_weights, stochastic_rounding=False, kahan_summation=False) -> str:
+    """The mode of ``master_weights`` (False, True or "remainder"), ``stochastic_rounding``
+    and ``kahan_summation`` (bools); raises for other values and for combinations that
+    mean nothing."""
+    if not (isinstance(master_weights, (bool, str)) and master_weights in MODES):
+        raise ValueError(f"master_weights must be False, True or 'remainder', got "
+                         f"{master_weights!r}")
+    for name, value in (("stochastic_rounding", stochastic_rounding),
+                        ("kahan_summation", kahan_summation)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    mode = MODES[master_weights]
+    if stochastic_rounding and kahan_summation:
+        raise ValueError("stochastic_rounding=True and kahan_summation=True: choose one; "
+                         "each alone keeps a 16-bit param from stalling (stochastic rounding "
+                         "in no extra memory, Kahan summation deterministically in 2 bytes "
+                         "per param)")
+    extra = "stochastic_rounding" if stochastic_rounding else (
+        "kahan_summation" if kahan_summation else None)
+    if extra and mode != "plain":
+        raise ValueError(f"{extra}=True with master_weights={master_weights!r}: the float32 "
+                         "master already keeps every update (the 16-bit param is only its "
+                         f"nearest copy); drop {extra}, or drop master_weights to train "
+                         "in pure 16 bits")
+    if stochastic_rounding:
+        return "stochastic"
+    return "kahan" if kahan_summation else mode
+
+
+def mode_options(mode: str) -> dict:
+    """The constructor arguments that select ``mode``: master_weights, stochastic_rounding,
+    kahan_summation (the inverse of :func:`mode_of`)."""
+    master = {"master": True, "remainder": "remainder"}.get(mode, False)
+    return {"master_weights": master, "stochastic_rounding": mode == "stochastic",
+            "kahan_summation": mode == "kahan"}
 
 
 #: The ``state_dtype`` spellings besides None: dtype names, and "param" (see the top).
@@ -157,6 +209,20 @@ def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
         raise TypeError(f"{where} has dtype {param}; fusedopt steps "
                         f"{', '.join(PARAM_DTYPES)} params: convert it (e.g. "
                         ".astype(np.float32))")
+    if mode in ("kahan", "stochastic") and (
+            mode not in modes(param) or state_dtype not in state_dtypes(param, mode) and
+            param not in SIXTEEN_BIT):
+        flag = "kahan_summation" if mode == "kahan" else "stochastic_rounding"
+        if mode == "kahan":
+            why = ("compensates the rounding of a 16-bit param: keep this param in "
+                   "bfloat16/float16, or drop kahan_summation")
+        else:
+            why = ("rounds 16-bit stores: keep this param in bfloat16/float16, pass "
+                   "state_dtype='bfloat16' (float32 params) to round the state "
+                   "stochastically, or drop stochastic_rounding")
+        stored = f" with {state_dtype or default_state_dtype(param)} state"
+        raise ValueError(f"{where} is {param}{stored}; {flag}=True means nothing for it (it "
+                         f"{why})")
     if mode not in modes(param):
         if param not in SIXTEEN_BIT:
             fix = ("master weights are for 16-bit params: drop master_weights, or keep this "
@@ -168,7 +234,8 @@ def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
                          f"possible: {fix}")
     state = _policy_state(param, state_dtype, mode)
     if state not in state_dtypes(param, mode):
-        kept = "" if mode == "plain" else f" kept with master_weights={spelling(mode)!r}"
+        kept = "" if mode in ("plain", "kahan", "stochastic") else \
+            f" kept with master_weights={spelling(mode)!r}"
         fix = ("a float32 master keeps float32 state: drop state_dtype (or master_weights)"
                if mode != "plain" and state_dtype in state_dtypes(param) else
                "pass state_dtype=None for the default")
@@ -192,5 +259,6 @@ def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:
 
 
 def spelling(mode: str):
-    """The ``master_weights`` value of a mode name."""
-    return next(k for k, v in MODES.items() if v == mode)
+    """The ``master_weights`` value of a mode name (False for the pure 16-bit modes,
+    stochastic rounding and Kahan summation, which keep no master)."""
+    return next((k for k, v in MODES.items() if v == mode), False)

@@ -6,7 +6,9 @@ Layout (int64; T tensors, NS state slots, B work items), documented in kernels/c
     [(2+NS)*T : (3+NS)*T)   element counts
     [(3+NS)*T : (4+NS)*T)   grad scales: float64 bits, 1.0 unless clipping by norm
     [(4+NS)*T : (5+NS)*T)   grad limits: float64 bits, +inf unless clipping by value
-    [(5+NS)*T : ... + B)    work items: (tensor << 32) | chunk index
+    [(5+NS)*T : (6+NS)*T)   streams: (seed << 32) | param position, the key of each
+                            tensor's random bits for stochastic rounding (0 unless given)
+    [(6+NS)*T : ... + B)    work items: (tensor << 32) | chunk index
 
 A work item is one CUDA block or one CPU task. Empty tensors get no work item. A CUDA
 block updates one chunk. A CPU task runs from its start to the next task's start
@@ -61,20 +63,33 @@ def float_row(values, n: int) -> np.ndarray:
 def rows(n_slots: int, n_tensors: int) -> dict[str, int]:
     """Offset of each per-tensor row of the table."""
     return {"sizes": (2 + n_slots) * n_tensors, "scales": (3 + n_slots) * n_tensors,
-            "limits": (4 + n_slots) * n_tensors, "work": (5 + n_slots) * n_tensors}
+            "limits": (4 + n_slots) * n_tensors, "streams": (5 + n_slots) * n_tensors,
+            "work": (6 + n_slots) * n_tensors}
+
+
+#: Rows of the table after the addresses that hold one entry per tensor.
+PER_TENSOR_ROWS = 4
+
+
+def streams(seed: int, positions) -> np.ndarray:
+    """The stream row: ``(seed << 32) | position`` for each param position, as int64 bits
+    (seed and positions taken modulo 2**32)."""
+    positions = np.asarray(positions, dtype=np.uint64) & np.uint64(0xFFFFFFFF)
+    return ((np.uint64(int(seed) & 0xFFFFFFFF) << np.uint64(32)) | positions).view(np.int64)
 
 
 def build(addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False,
-          limit: float = np.inf) -> np.ndarray:
+          limit: float = np.inf, stream_row=None) -> np.ndarray:
     """Table for ``addresses`` of shape (2 + NS, T) and ``sizes`` of shape (T,): grad scale
-    1.0 and grad limit ``limit`` for every tensor."""
+    1.0, grad limit ``limit`` and stream ``stream_row[t]`` (0 if None) for every tensor."""
     sizes = np.asarray(sizes, dtype=np.int64)
     n = sizes.size
     items = work_items(sizes, chunk)
     if pack:
         items = packed(items, sizes, chunk)
+    keys = np.zeros(n, np.int64) if stream_row is None else np.asarray(stream_row, np.int64)
     return np.concatenate([addresses.ravel(), sizes, float_row(1.0, n), float_row(limit, n),
-                           items]).astype(np.int64)
+                           keys, items]).astype(np.int64)
 
 
 class Table:
@@ -87,13 +102,14 @@ class Table:
     step, as torch's autograd hands out, move one row: 8 bytes per tensor).
     """
 
-    def __init__(self, addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False):
+    def __init__(self, addresses: np.ndarray, sizes: np.ndarray, chunk: int, pack: bool = False,
+                 stream_row=None):
         self.chunk = chunk
         self.n_tensors = int(addresses.shape[1])
         self.n_slots = int(addresses.shape[0]) - 2
         self.limit = np.inf
-        self.array = build(addresses, sizes, chunk, pack)
-        self.n_work = self.array.size - addresses.size - 3 * self.n_tensors
+        self.array = build(addresses, sizes, chunk, pack, stream_row=stream_row)
+        self.n_work = self.array.size - addresses.size - PER_TENSOR_ROWS * self.n_tensors
         self.version = 0
         self._grads: list | None = None
         self._written: dict[str, int] = {}  # row -> the version that last wrote it

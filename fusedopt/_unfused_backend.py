@@ -3,13 +3,16 @@
 16-bit storage the way an unfused program does it: the param, grad and state are widened
 to the compute type as whole arrays, the expressions run on those copies, and the results
 are rounded back (to nearest even, by the array library; a master's 16-bit copy to nearest
-with ties away, as the fused backends do).
+with ties away, as the fused backends do). Kahan summation adds the compensation array to
+the widened param and refills it from what the cast lost; stochastic rounding draws the
+fused backends' bits as uint32 array expressions (fusedopt/_rounding.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _rounding
 from ._clip import NO_CLIP, GradClip
 from ._group import Group, as_storage, step_storage
 from ._steps import as_rows
@@ -28,10 +31,10 @@ def accepts(array) -> bool:
     return True
 
 
-def group(storage, params, states) -> Group:
+def group(storage, params, states, streams=None) -> Group:
     return Group(as_storage(storage), list(params), [list(s) for s in states], 0,
                  np.zeros((2 + (len(states[0]) if states else 0), 0), np.int64),
-                 np.zeros(0, np.int64))
+                 np.zeros(0, np.int64), streams=streams)
 
 
 def grad_pass(group: Group, grads):
@@ -68,7 +71,8 @@ def _nearest_away(xp, master, dtype):
     return xp.where(tie, up, even)
 
 
-def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
     st = step_storage(group, grads)
     compute = np.dtype(st.compute).type
     h = tuple(compute(x) for x in as_rows(steps, len(group.params)).scalars())
@@ -88,9 +92,20 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> N
             bits = (p.view(np.uint16).astype(np.uint32) << 16) + \
                 slots[n_slots].astype(np.int32).view(np.uint32)
             work = bits.view(np.float32)
+        elif st.mode == "kahan":
+            work = _widened(p, compute) + _widened(slots[n_slots], compute)
         else:
             work = _widened(p, compute)
         spec.unfused(xp, work, g, state, h, flags)
+        if st.mode == "stochastic":
+            element = _rounding.element_hashes(xp, _rounding.stream_base(
+                group.streams[t] if group.streams is not None else 0, step), p.size)
+            p[...] = _rounding.round_stochastic(xp, work.ravel(), p.dtype, _rounding.array_bits(
+                element, 0)).reshape(p.shape)
+            for k, (s, new) in enumerate(zip(slots, state)):
+                s[...] = _rounding.round_stochastic(xp, new.ravel(), s.dtype, _rounding.array_bits(
+                    element, 1 + k)).reshape(s.shape)
+            continue
         for s, new in zip(slots, state):
             if new is not s:
                 s[...] = new.astype(s.dtype)
@@ -101,6 +116,9 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> N
             p[...] = hi
             low = work.view(np.uint32) - (hi.view(np.uint16).astype(np.uint32) << 16)
             slots[n_slots][...] = low.astype(np.uint16).view(np.int16)
+        elif st.mode == "kahan":
+            p[...] = work.astype(p.dtype)
+            slots[n_slots][...] = (work - p.astype(compute)).astype(p.dtype)
         elif work is not p:
             p[...] = work.astype(p.dtype)
 

@@ -14,8 +14,8 @@ file (https://github.com/huggingface/safetensors) holding
   ``class`` (e.g. "Adam"), ``optimizer`` (its registry name), ``convention``, ``backend``,
   ``config`` (``get_config()``; a schedule is stored as ``{"schedule": "<its repr>"}`` and
   must be passed again to :func:`load`: a checkpoint holds no code), ``iterations``,
-  ``steps`` (per-param step counts), ``seed`` (None: no optimizer draws random numbers yet;
-  the place for a stochastic-rounding seed), and ``params``: per position its shape, dtype,
+  ``steps`` (per-param step counts), ``seed`` (the optimizer's stochastic-rounding seed:
+  with the step counts, what a resumed run's random bits continue from), and ``params``: per position its shape, dtype,
   memory order, hyperparameter group, whether weight decay applies, and its slots' names
   and dtypes.
 
@@ -300,6 +300,8 @@ class Pending:
         for i, a in enumerate(engine.averages):
             kind_of(a).copy_from_host(a, self.arrays[f"average/{i}"])
         engine.iterations = int(self.meta["iterations"])
+        if self.meta.get("seed") is not None:  # stochastic rounding continues its stream
+            engine.seed = int(self.meta["seed"])
         steps = self.meta.get("steps") or [0] * len(engine.params)
         engine.steps[:] = [int(s) for s in steps]
 

@@ -18,7 +18,8 @@ from ._registry import CONVENTIONS, lookup
 
 def update(name, params, grads, states, *, step, convention="keras", backend="auto",
            clipnorm=None, global_clipnorm=None, clipvalue=None, grad_scale=None,
-           master_weights=False, **hyper):
+           master_weights=False, stochastic_rounding=False, kahan_summation=False, seed=0,
+           **hyper):
     """One step of optimizer ``name`` at 1-based ``step`` over lists of arrays, in place.
 
     ``states[i]`` is the list of state arrays of ``params[i]`` in slot order (for Adam:
@@ -28,7 +29,12 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     ``clipnorm`` / ``global_clipnorm`` / ``clipvalue`` clip the grads as Keras does (at
     most one; ``global_clipnorm`` spans every grad of this call), without modifying them.
     ``grad_scale``: the grads carry this loss scale and are divided by it in the pass; if
-    any is inf or NaN nothing changes. Returns True when the step was applied.
+    any is inf or NaN nothing changes. ``stochastic_rounding`` and ``kahan_summation``
+    as the optimizer classes take them (with Kahan summation the param's compensation
+    array ends its state list); the random bits are keyed on ``seed``, ``step``, the
+    param's index in ``params``, the element's index and the array, so a call gives the
+    bits of the same step of an optimizer holding the same params in the same order.
+    Returns True when the step was applied.
     """
     spec = lookup(name)
     clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
@@ -41,10 +47,11 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     if not len(params) == len(grads) == len(states):
         raise ValueError(f"got {len(params)} params, {len(grads)} grads and {len(states)} "
                          "state lists; they must match one to one")
-    mode = _storage.mode_of(master_weights)
+    mode = _storage.mode_of(master_weights, stochastic_rounding, kahan_summation)
     engine = Engine(spec, convention, backend=backend, clipping=clipping,
                     state_dtype=_state_dtype(params, states, mode),
-                    master_weights=master_weights)
+                    master_weights=master_weights, stochastic_rounding=stochastic_rounding,
+                    kahan_summation=kahan_summation, seed=seed)
     engine.add_group(hyper, where="")
     for i, (p, g) in enumerate(zip(params, grads)):  # grads checked before anything is held
         _validate.check_pair(i, p, p, spec)
@@ -58,7 +65,7 @@ def _state_dtype(params, states, mode: str):
     """The state dtype the arrays say: None when every param's state is in its default
     dtype (so float32 and float64 params may share a call), else the dtype of the first
     optimizer slot given; the engine then checks every array against it."""
-    extra = 0 if mode == "plain" else 1
+    extra = 1 if mode in ("master", "remainder", "kahan") else 0
     found = []
     for p, slots in zip(params, states):
         if len(slots) > extra and kind_of(slots[0]).is_array(slots[0]) and \

@@ -3,7 +3,8 @@
 //
 // Every optimizer kernel is family<P, G, S, MODE, flags...>: P, G, S the storage types of
 // the param, the grad and the state slots (float, double, __half, __nv_bfloat16), MODE how
-// the param is kept (PLAIN, MASTER, REMAINDER below), then the variant flags. The math runs
+// the param is kept and stored (PLAIN, MASTER, REMAINDER, KAHAN, STOCHASTIC below), then
+// the variant flags. The math runs
 // in compute_t<P> (float for float and the 16-bit types, double for double); values are
 // widened on load and rounded once on store by kernels/storage.cuh.
 //
@@ -14,7 +15,9 @@
 //   table[(2 + N) * T + t]      element count of tensor t (N = every slot, master included)
 //   table[(3 + N) * T + t]      grad scale of tensor t, a double's bits (1.0: none)
 //   table[(4 + N) * T + t]      grad limit of tensor t, a double's bits (+inf: no clipvalue)
-//   table[(5 + N) * T + b]      block b's work: (tensor << 32) | chunk index
+//   table[(5 + N) * T + t]      stream of tensor t: (seed << 32) | param position, the key
+//                               of its random bits (STOCHASTIC; kernels/random_bits.cuh)
+//   table[(6 + N) * T + b]      block b's work: (tensor << 32) | chunk index
 // Block b updates elements [chunk * CHUNK, min((chunk + 1) * CHUNK, n)) of its tensor;
 // its threads stride through that range, 128-bit vectors first, then a scalar tail.
 // Every grad is clipped on load, g -> clamp(g * scale, -limit, limit), before the rule sees
@@ -25,6 +28,7 @@
 #pragma once
 
 #include "storage.cuh"
+#include "random_bits.cuh"
 #include "steps.cuh"
 
 namespace fusedopt {
@@ -32,15 +36,25 @@ namespace fusedopt {
 // Storage type -> type the math runs in (PyTorch calls this opmath_t).
 template <typename T> using compute_t = typename Storage<T>::compute;
 
-// How the param is kept. PLAIN: the param itself, rounded once per step. MASTER: a float32
-// master in the last slot is updated and the param written from it (rounded to nearest,
-// ties away). REMAINDER (bfloat16 params): the param and an int16 remainder in the last
-// slot are the float32 master, split and rebuilt exactly (kernels/storage.cuh).
-enum Mode { PLAIN = 0, MASTER = 1, REMAINDER = 2 };
+// How the param is kept and stored. PLAIN: the param itself, rounded once per step.
+// MASTER: a float32 master in the last slot is updated and the param written from it
+// (rounded to nearest, ties away). REMAINDER (bfloat16 params): the param and an int16
+// remainder in the last slot are the float32 master, split and rebuilt exactly
+// (kernels/storage.cuh). KAHAN (16-bit params): the last slot is a compensation in the
+// param's type; the rule sees param + compensation, the result is rounded to nearest
+// once and what that lost, rounded, goes back into the slot. STOCHASTIC: as PLAIN, but
+// every 16-bit store (the param's, the state's) rounds stochastically, with bits keyed on
+// the tensor's stream and step and the element's index (kernels/random_bits.cuh).
+enum Mode { PLAIN = 0, MASTER = 1, REMAINDER = 2, KAHAN = 3, STOCHASTIC = 4 };
 
-// The storage of the master slot of each mode (PLAIN has none: a placeholder).
-template <int MODE> struct MasterSlot { using type = float; };
-template <> struct MasterSlot<REMAINDER> { using type = short; };
+// Whether MODE keeps a slot after the optimizer's (the master slot).
+template <int MODE> struct HasSlot { static constexpr bool value = MODE >= MASTER && MODE <= KAHAN; };
+
+// The storage of the master slot of each mode (PLAIN and STOCHASTIC have none: a
+// placeholder).
+template <int MODE, typename P> struct MasterSlot { using type = float; };
+template <typename P> struct MasterSlot<REMAINDER, P> { using type = short; };
+template <typename P> struct MasterSlot<KAHAN, P> { using type = typename Storage<P>::bits; };
 
 // Weight-decay flavours (mirrored in fusedopt/_registry.py). KERAS: theta -= theta * wd * lr
 // before the update (decoupled). TORCH_L2: g += wd * theta. TORCH_DECOUPLED: theta *= 1 - lr wd
@@ -205,30 +219,35 @@ struct TableView {
     FUSEDOPT_DEVICE double grad_limit(int t) const {
         return as_double(table[(4 + NS) * n_tensors + t]);
     }
+    FUSEDOPT_DEVICE long long stream(int t) const { return table[(5 + NS) * n_tensors + t]; }
     FUSEDOPT_DEVICE long long work(int block) const {
-        return table[(5 + NS) * n_tensors + block];
+        return table[(6 + NS) * n_tensors + block];
     }
 };
 
-// One element's trip: widen the param (from the master, the split halves or itself), the
-// grad (clipped) and the state; run the rule; round and store. Values move in bits.
+// One element's trip: widen the param (from the master, the split halves, itself plus its
+// compensation, or itself), the grad (clipped) and the state; run the rule; round and
+// store. Values move in bits. ``base`` and ``i`` (STOCHASTIC only) key the element's
+// random bits: the tensor's stream at this step, and the element's index.
 template <typename P, typename G, typename S, int MODE, int NS>
 struct Element {
     using C = compute_t<P>;
     using PB = typename Storage<P>::bits;
     using GB = typename Storage<G>::bits;
     using SB = typename Storage<S>::bits;
-    using XB = typename MasterSlot<MODE>::type;
+    using XB = typename MasterSlot<MODE, P>::type;
     static constexpr int NSA = NS > 0 ? NS : 1;  // zero-length arrays are not C++
 
     template <typename Rule>
     static FUSEDOPT_DEVICE void run(const Rule& rule, PB& p, GB g, SB* s, XB& x, C scale,
-                                    C limit) {
+                                    C limit, unsigned int base, long long i) {
         C pe;
         if (MODE == MASTER) {
             pe = static_cast<C>(x);
         } else if (MODE == REMAINDER) {
             pe = rebuild_master(p, static_cast<short>(x));
+        } else if constexpr (MODE == KAHAN) {
+            pe = Storage<P>::load(p) + Storage<P>::load(x);
         } else {
             pe = Storage<P>::load(p);
         }
@@ -242,6 +261,16 @@ struct Element {
             const Split split = split_master(static_cast<float>(pe));
             p = split.hi;
             x = static_cast<XB>(split.remainder);
+        } else if constexpr (MODE == KAHAN) {
+            p = Storage<P>::store(pe);
+            x = Storage<P>::store(pe - Storage<P>::load(p));  // exact in C, then rounded
+        } else if constexpr (MODE == STOCHASTIC) {
+            const unsigned int element = element_hash(base, i);
+            p = Storage<P>::store_stochastic(pe, array_bits(element, 0));
+            for (int k = 0; k < NS; ++k) {
+                s[k] = Storage<S>::store_stochastic(se[k], array_bits(element, 1 + k));
+            }
+            return;
         } else {
             p = Storage<P>::store(pe);
         }
@@ -261,13 +290,14 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     using GB = typename E::GB;
     using SB = typename E::SB;
     using XB = typename E::XB;
-    constexpr int N = NS + (MODE != PLAIN ? 1 : 0);  // slots in the table
+    constexpr bool HAS_SLOT = HasSlot<MODE>::value;
+    constexpr int N = NS + (HAS_SLOT ? 1 : 0);  // slots in the table
     constexpr int NSA = E::NSA;
     constexpr int NARROW = Min<Min<sizeof(PB), sizeof(GB)>::value,
-                               Min<NS ? sizeof(SB) : 16, MODE != PLAIN ? sizeof(XB) : 16>::value
+                               Min<NS ? sizeof(SB) : 16, HAS_SLOT ? sizeof(XB) : 16>::value
                                >::value;
     constexpr int WIDE = Max<Max<sizeof(PB), sizeof(GB)>::value,
-                             Max<NS ? sizeof(SB) : 1, MODE != PLAIN ? sizeof(XB) : 1>::value
+                             Max<NS ? sizeof(SB) : 1, HAS_SLOT ? sizeof(XB) : 1>::value
                              >::value;
     constexpr int VEC = VecWidth<NARROW>::value;
     constexpr int PART = VecWidth<WIDE>::value;
@@ -289,23 +319,24 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     constexpr bool RELOAD = NARROW == sizeof(C);
     const C* row = steps.row(t);
     const Rule rule = Rule::from(row);
+    const unsigned int base = MODE == STOCHASTIC ? stream_base(view.stream(t), steps.step(t)) : 0u;
 
     PB* p = reinterpret_cast<PB*>(view.address(0, t));
     const GB* g = reinterpret_cast<const GB*>(view.address(1, t));
     SB* s[NSA];
-    XB* x = MODE != PLAIN ? reinterpret_cast<XB*>(view.address(2 + NS, t)) : nullptr;
+    XB* x = HAS_SLOT ? reinterpret_cast<XB*>(view.address(2 + NS, t)) : nullptr;
     long long misaligned = (view.address(0, t) | view.address(1, t)) & 15;
     for (int k = 0; k < NS; ++k) {
         s[k] = reinterpret_cast<SB*>(view.address(2 + k, t));
         misaligned |= view.address(2 + k, t) & 15;
     }
-    if (MODE != PLAIN) misaligned |= view.address(2 + NS, t) & 15;
+    if (HAS_SLOT) misaligned |= view.address(2 + NS, t) & 15;
     // The addresses come from a table in memory, so the compiler cannot know they are
     // global; saying so turns generic LD/ST into LDG/STG.
     assume_global(p);
     assume_global(g);
     for (int k = 0; k < NS; ++k) assume_global(s[k]);
-    if (MODE != PLAIN) assume_global(x);
+    if (HAS_SLOT) assume_global(x);
 
     long long i = begin;
     // Vector main loop: chunk sizes are multiples of VEC, so begin is VEC-aligned in
@@ -323,7 +354,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
             po.begin(p + j);
             go.begin(g + j);
             for (int k = 0; k < NS; ++k) so[k].begin(s[k] + j);
-            if (MODE != PLAIN) xo.begin(x + j);
+            if (HAS_SLOT) xo.begin(x + j);
             C group_scale = scale;
             const C* group_row = row;
 #pragma unroll
@@ -331,13 +362,13 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
                 po.load_part(p + j, q);
                 go.load_part(g + j, q);
                 for (int k = 0; k < NS; ++k) so[k].load_part(s[k] + j, q);
-                if (MODE != PLAIN) xo.load_part(x + j, q);
+                if (HAS_SLOT) xo.load_part(x + j, q);
 #pragma unroll
                 for (int e = 0; e < PART; ++e) {
                     SB se[NSA];
                     for (int k = 0; k < NS; ++k) se[k] = so[k].at(q, e);
                     E::run(RELOAD ? Rule::from(group_row) : rule, po.at(q, e), go.at(q, e), se,
-                           xo.at(q, e), group_scale, limit);
+                           xo.at(q, e), group_scale, limit, base, j + q * PART + e);
                     for (int k = 0; k < NS; ++k) so[k].at(q, e) = se[k];
                     // Every GROUP elements, what the next ones read (the grad scale and the
                     // loaded packs) is made to depend on the last ones' results: the
@@ -350,16 +381,16 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
                         po.hold(group_scale);
                         go.hold(group_scale);
                         for (int k = 0; k < NS; ++k) so[k].hold(group_scale);
-                        if (MODE != PLAIN) xo.hold(group_scale);
+                        if (HAS_SLOT) xo.hold(group_scale);
                     }
                 }
                 po.store_part(p + j, q);
                 for (int k = 0; k < NS; ++k) so[k].store_part(s[k] + j, q);
-                if (MODE != PLAIN) xo.store_part(x + j, q);
+                if (HAS_SLOT) xo.store_part(x + j, q);
             }
             po.end(p + j);
             for (int k = 0; k < NS; ++k) so[k].end(s[k] + j);
-            if (MODE != PLAIN) xo.end(x + j);
+            if (HAS_SLOT) xo.end(x + j);
         }
         i = vec_end;
     }
@@ -367,11 +398,11 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
         PB pe = p[j];
         SB se[NSA];
         for (int k = 0; k < NS; ++k) se[k] = s[k][j];
-        XB xe = MODE != PLAIN ? x[j] : XB();
-        E::run(RELOAD ? Rule::from(row) : rule, pe, g[j], se, xe, scale, limit);
+        XB xe = HAS_SLOT ? x[j] : XB();
+        E::run(RELOAD ? Rule::from(row) : rule, pe, g[j], se, xe, scale, limit, base, j);
         p[j] = pe;
         for (int k = 0; k < NS; ++k) s[k][j] = se[k];
-        if (MODE != PLAIN) x[j] = xe;
+        if (HAS_SLOT) x[j] = xe;
     }
 }
 

@@ -25,7 +25,7 @@ struct Rows {
 
     FUSEDOPT_DEVICE long long grad(int t) const { return table[n_tensors + t]; }
     FUSEDOPT_DEVICE long long size(int t) const { return table[(2 + n_slots) * n_tensors + t]; }
-    FUSEDOPT_DEVICE const long long* work() const { return table + (5 + n_slots) * n_tensors; }
+    FUSEDOPT_DEVICE const long long* work() const { return table + (6 + n_slots) * n_tensors; }
 };
 
 // First index in sorted work[0, n) whose value is >= key.

@@ -42,15 +42,20 @@ struct Steps {
         return slot >= 0 && flags[slot] != 0;
     }
 
-    // The scalars of tensor t at the step it is at.
-    FUSEDOPT_DEVICE const C* row(int t) const {
+    // The 1-based step tensor t is at.
+    FUSEDOPT_DEVICE long long step(int t) const {
         const long long window = control[3], first = control[5], ring = control[6];
         const long long mask = control[HEADER + n_tensors + t];
         long long step = control[HEADER + t];
         for (long long j = 0; j < window; ++j) {
             if ((mask >> j) & 1) step += flags[(first + j) % ring] == 0 ? 1 : 0;
         }
-        const long long r = step - control[0];
+        return step;
+    }
+
+    // The scalars of tensor t at the step it is at.
+    FUSEDOPT_DEVICE const C* row(int t) const {
+        const long long r = step(t) - control[0];
         // Host bookkeeping gone wrong would read another step's scalars: the host build
         // checks this promise, a GPU only relies on it.
         __builtin_assume(r >= 0 && r < control[1]);

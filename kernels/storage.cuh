@@ -18,6 +18,15 @@
 //                 weight. On bfloat16 it is the rounding whose halves split a float32
 //                 exactly (split_master below), so the remainder mode and the fp32-master
 //                 mode write the same param bits.
+//   stochastic    (store_stochastic) down or up to a neighbour with probability
+//                 proportional to the distance to the other one, from 32 random bits
+//                 (kernels/random_bits.cuh): unbiased, E[round(x)] = x. Past the largest
+//                 finite value the next neighbour is inf (as if the format went on: 2^128
+//                 for bfloat16, 65536 for float16), so a value between the largest finite
+//                 one and that becomes inf with probability proportional to its distance
+//                 from the largest; inf and NaN are kept as round-to-nearest keeps them.
+//                 Probabilities below 2^-31 of a float16 ulp (values under 2^-55) round to
+//                 zero.
 #pragma once
 
 #if !defined(FUSEDOPT_HOST_BUILD)
@@ -67,6 +76,14 @@ FUSEDOPT_DEVICE unsigned short bf16_round(float x) {
     return static_cast<unsigned short>((u + bias) >> 16);
 }
 
+// Stochastic: the random low half added to the bits carries into the kept half with
+// probability (the dropped bits) / 2^16, the distance in ulps; the sign bit rides along.
+FUSEDOPT_DEVICE unsigned short bf16_round_stochastic(float x, unsigned int r) {
+    const unsigned int u = float_bits(x);
+    if ((u & 0x7fffffffu) >= 0x7f800000u) return bf16_round<NEAREST_EVEN>(x);  // inf, NaN
+    return static_cast<unsigned short>((u + (r >> 16)) >> 16);
+}
+
 // --- float16 (IEEE binary16) ------------------------------------------------------------
 
 FUSEDOPT_DEVICE float f16_widen(unsigned short h) {
@@ -106,10 +123,34 @@ FUSEDOPT_DEVICE unsigned short f16_round(float x) {
     return static_cast<unsigned short>(sign | (kept + (up ? 1u : 0u)));
 }
 
+// Stochastic: as f16_round, with "up" decided by the top ``shift`` random bits added to
+// the ``shift`` bits that fall out (a carry exactly when r / 2^32 >= 1 - lost / 2^shift).
+// Shifts past 31 (values below 2^-24 * 2^-7) first drop what 32 random bits cannot weigh.
+FUSEDOPT_DEVICE unsigned short f16_round_stochastic(float x, unsigned int r) {
+    const unsigned int u = float_bits(x);
+    const unsigned int sign = (u >> 16) & 0x8000u;
+    const unsigned int a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return f16_round<NEAREST_EVEN>(x);                     // NaN
+    if (a >= 0x47800000u) return static_cast<unsigned short>(sign | 0x7c00u);  // >= 65536
+    const unsigned int e = a >> 23;
+    const bool normal = a >= 0x38800000u;
+    unsigned int src = normal ? a - 0x38000000u : (a & 0x7fffffu) | (e ? 0x800000u : 0u);
+    const unsigned int shift = normal ? 13u : (e ? 126u - e : 125u);
+    const unsigned int extra = shift > 31u ? (shift - 31u < 31u ? shift - 31u : 31u) : 0u;
+    const unsigned int s = shift > 31u ? 31u : shift;
+    src >>= extra;
+    const unsigned int kept = src >> s;
+    const unsigned int lost = src & ((1u << s) - 1u);
+    const unsigned int up = (lost + (r >> (32u - s))) >> s;
+    return static_cast<unsigned short>(sign | (kept + up));
+}
+
 // --- storage types ------------------------------------------------------------------------
 
 // Storage<T>: the element type in memory (``bits``), the compute type, and the load/store
-// pair. ``store<R>`` is the rounding policy point for every narrowing store.
+// pair. ``store<R>`` is the rounding policy point for every narrowing store, and
+// ``store_stochastic(x, r)`` its stochastic twin (r: 32 random bits; exact types ignore
+// them, so their hash is never computed).
 template <typename T> struct Storage;
 
 template <> struct Storage<float> {
@@ -118,6 +159,7 @@ template <> struct Storage<float> {
     static FUSEDOPT_DEVICE float load(float x) { return x; }
     template <int R = NEAREST_EVEN>
     static FUSEDOPT_DEVICE float store(float x) { return x; }
+    static FUSEDOPT_DEVICE float store_stochastic(float x, unsigned int) { return x; }
 };
 
 template <> struct Storage<double> {
@@ -126,6 +168,7 @@ template <> struct Storage<double> {
     static FUSEDOPT_DEVICE double load(double x) { return x; }
     template <int R = NEAREST_EVEN>
     static FUSEDOPT_DEVICE double store(double x) { return x; }
+    static FUSEDOPT_DEVICE double store_stochastic(double x, unsigned int) { return x; }
 };
 
 template <> struct Storage<__nv_bfloat16> {
@@ -134,6 +177,9 @@ template <> struct Storage<__nv_bfloat16> {
     static FUSEDOPT_DEVICE float load(unsigned short h) { return bf16_widen(h); }
     template <int R = NEAREST_EVEN>
     static FUSEDOPT_DEVICE unsigned short store(float x) { return bf16_round<R>(x); }
+    static FUSEDOPT_DEVICE unsigned short store_stochastic(float x, unsigned int r) {
+        return bf16_round_stochastic(x, r);
+    }
 };
 
 template <> struct Storage<__half> {
@@ -142,6 +188,9 @@ template <> struct Storage<__half> {
     static FUSEDOPT_DEVICE float load(unsigned short h) { return f16_widen(h); }
     template <int R = NEAREST_EVEN>
     static FUSEDOPT_DEVICE unsigned short store(float x) { return f16_round<R>(x); }
+    static FUSEDOPT_DEVICE unsigned short store_stochastic(float x, unsigned int r) {
+        return f16_round_stochastic(x, r);
+    }
 };
 
 // --- remainder masters (bfloat16 params) --------------------------------------------------

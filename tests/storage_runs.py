@@ -151,7 +151,11 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
                             state_dtype: str, what: str, grad_dtype=None) -> Tally:
     """Every step of ``taken`` against the reference started from the step before. With a
     master (slot or remainder) the reference steps the float32 master, and the param must
-    be that master rounded to nearest (ties away), bit for bit."""
+    be that master rounded to nearest (ties away), bit for bit. With a Kahan compensation
+    the reference steps param + compensation, and the compensation must be what the
+    param's store lost, rounded; stochastic stores are one of the two neighbours of the
+    exact value, so within one ulp of the reference's nearest (their Tally differs in
+    about half the values: not for Tally.check)."""
     full = {**spec.defaults(), **hp}
     scalars: list[dict] = [{} for _ in taken[0].params]  # the reference's own scalar state
     gdt = reference.as_dtype(grad_dtype or param_dtype)
@@ -162,10 +166,13 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
             master = master_of(before, k)
             weight_dtype = param_dtype if master is None else "float32"
             p = p if master is None else master
+            kahan = "compensation" in before.states[k]
+            if kahan:
+                p = p + widen(before.states[k]["compensation"])
             state = dict(scalars[k])
             if t > 1:  # at step 1 the reference makes its own initial state
                 state.update({n: widen(v) for n, v in before.states[k].items()
-                              if n not in ("master", "remainder")})
+                              if n not in ("master", "remainder", "compensation")})
             g = widen(np.asarray(grads[t - 1][k]).astype(gdt))
             keep = _clear_of_zero(spec, full, state, g) if spec.name == "lion" else None
             exact: dict = {}
@@ -176,6 +183,11 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
             got = after.params[k] if master is None else master_of(after, k)
             _compare(tally, got, expected, exact["param"], weight_dtype,
                      f"{where}, {'param' if master is None else 'master'}", keep)
+            if kahan:
+                lost = exact["param"] - got
+                _compare(tally, widen(after.states[k]["compensation"]),
+                         reference.rounded(lost, param_dtype), lost, param_dtype,
+                         f"{where}, compensation", keep)
             if master is not None:
                 copy = reference.nearest_away(got, param_dtype)
                 same = (copy == after.params[k]) | (np.isnan(copy) & np.isnan(after.params[k]))

@@ -17,13 +17,13 @@ from fusedopt._clip import NO_CLIP, GradClip
 from fusedopt._cpu import backend as cpu_backend
 from fusedopt._cpu import norm as cpu_norm
 from fusedopt._cpu.loop import run as cpu_run
-from fusedopt._storage import Storage
+from fusedopt._storage import MODE_IDS, Storage
 from fusedopt._cuda import launch, runtime
 from fusedopt._registry import REGISTRY
 from fusedopt._steps import step_rows
 from fusedopt._table import rows
 
-MODES = {0: "plain", 1: "master", 2: "remainder"}
+MODES = {v: k for k, v in MODE_IDS.items()}  # the kernels' MODE -> mode name
 
 _ENTRY = re.compile(r"(\w+)<(.*)>")
 _DTYPES = {"float": "float32", "double": "float64"}
@@ -79,7 +79,8 @@ class _Module:
                 assert grid == (table.size - rows(n_slots, int(n_tensors))["work"],)
                 variant = cpu_backend.variant(spec, flags, storage)
                 cpu_run(variant, table, int(n_tensors), int(chunk), variant.likes(),
-                        tuple(float(x) for x in scalar_rows[r * n_scalars:(r + 1) * n_scalars]))
+                        tuple(float(x) for x in scalar_rows[r * n_scalars:(r + 1) * n_scalars]),
+                        np.int64(control[7]))
         return launch_
 
 

@@ -1,4 +1,5 @@
-"""Every entry point of every 16-bit and master storage runs on the host, and is right.
+"""Every entry point of every 16-bit, master, Kahan and stochastic storage runs on the
+host, and is right.
 
 tests/test_cuda_host.py runs every variant on float32 and float64 params; here each
 variant flag set of every other storage (fusedopt/_storage.py: 16-bit params and grads,
@@ -16,11 +17,10 @@ from cuda_host import compare
 from fusedopt import config
 from fusedopt._engine import Engine
 from fusedopt._registry import REGISTRY
-from fusedopt._storage import all_storages
+from fusedopt._storage import all_storages, mode_options
 
 STORAGES = [st for st in all_storages()
             if not (st.param in compare.BASE_DTYPES and st.state == st.param)]
-MODES = {"plain": False, "master": True, "remainder": "remainder"}
 SHAPES = ((1,), (3,), (37, 53), (1001,))  # the last is run as a misaligned view
 STEPS = 3
 
@@ -64,7 +64,7 @@ def test_entry_matches_the_reference(host_cuda, monkeypatch, spec, variant, st):
     pdt, gdt = reference.as_dtype(st.param), reference.as_dtype(st.grad)
     arrays = [p.astype(pdt) for p in params[:-1]] + [_misaligned(params[-1], pdt)]
     engine = Engine(spec, variant.convention, backend="cuda", state_dtype=st.state,
-                    master_weights=MODES[st.mode])
+                    **mode_options(st.mode))
     engine.add_group(variant.hp)
     engine.add_params(arrays)
     taken = [runs._snapshot(engine)]

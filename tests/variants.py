@@ -63,12 +63,14 @@ def matrix_ids():
             for name, hp, conv in matrix()]
 
 
-def make(name, hp, convention, backend="cpu"):
-    """A public optimizer of registered ``name`` (its class when it has one)."""
+def make(name, hp, convention, backend="cpu", **options):
+    """A public optimizer of registered ``name`` (its class when it has one); ``options``:
+    the storage arguments every optimizer takes (state_dtype, stochastic_rounding, ...)."""
     cls = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}.get(name)
     if cls is None:  # a registered optimizer without a class yet: the base class drives it
         opt = fusedopt.Optimizer.__new__(fusedopt.Optimizer)
         opt.spec_name = name
-        fusedopt.Optimizer.__init__(opt, convention=convention, backend=backend, **hp)
+        fusedopt.Optimizer.__init__(opt, convention=convention, backend=backend, **hp,
+                                    **options)
         return opt
-    return cls(**hp, convention=convention, backend=backend)
+    return cls(**hp, convention=convention, backend=backend, **options)

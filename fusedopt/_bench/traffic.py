@@ -101,7 +101,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     loop = run if group.table.n_work > 1 else run_serial
 
     def step():
-        loop(variant, table, 1, group.chunk, likes, h)
+        loop(variant, table, 1, group.chunk, likes, h, np.int64(1))
     step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 

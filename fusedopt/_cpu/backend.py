@@ -40,10 +40,11 @@ def address(array) -> int:
     return kind_of(array).address(array)
 
 
-def group(storage_, params, states) -> Group:
+def group(storage_, params, states, streams=None) -> Group:
     # Packed: tiny tensors share a task, so every task is about CPU_CHUNK elements and
     # Numba's static split of tasks between threads stays even.
-    return make_group(storage_, params, states, config.CPU_CHUNK, address, pack=True)
+    return make_group(storage_, params, states, config.CPU_CHUNK, address, pack=True,
+                      streams=streams)
 
 
 def grad_pass(group: Group, grads) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +78,10 @@ def variant(spec, flags, st) -> object:
                       MODE_CODES[st.mode])
 
 
-def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
     """One step of ``group``; ``steps`` (fusedopt/_steps.py) must be certain on the CPU:
-    one scalar row, the step known."""
+    one scalar row, the step known (``step``, 1-based: a key of stochastic rounding)."""
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)
@@ -94,4 +96,5 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> N
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
     scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
-    loop(chosen, table, group.table.n_tensors, group.chunk, chosen.likes(), scalars)
+    loop(chosen, table, group.table.n_tensors, group.chunk, chosen.likes(), scalars,
+         np.int64(step))

@@ -23,7 +23,11 @@ limit from the table (1 and +inf, exact no-ops, when there is nothing to clip).
 How the param is kept (fusedopt/_storage.py): ``plain``, the param itself; ``master``, a
 float32 master in the last table slot, from which the param is written (rounded to
 nearest, ties away); ``remainder``, bfloat16 params with an int16 remainder in the last
-slot, rebuilt into the float32 master and split again.
+slot, rebuilt into the float32 master and split again; ``kahan``, a compensation in the
+param's dtype in the last slot, added to the param before the rule and refilled with what
+the store rounded away; ``stochastic``, every 16-bit store rounded stochastically with the
+random bits of fusedopt/_cpu/random_bits.py, keyed on the tensor's stream (a table row),
+the step (an argument of :func:`run`) and the element's index.
 """
 
 from __future__ import annotations
@@ -35,14 +39,18 @@ from numba import carray, njit, prange, types
 from numba.core.extending import (NativeValue, intrinsic, models, overload, register_model,
                                   typeof_impl, unbox)
 
-from . import storage
+from . import random_bits, storage
 from ._cache import JIT_OPTIONS
 
 _CHUNK_MASK = 0xFFFFFFFF
 
 #: Mode names (fusedopt/_storage.py) -> codes in a Variant.
-PLAIN, MASTER, REMAINDER = 0, 1, 2
-MODE_CODES = {"plain": PLAIN, "master": MASTER, "remainder": REMAINDER}
+PLAIN, MASTER, REMAINDER, KAHAN, STOCHASTIC = 0, 1, 2, 3, 4
+MODE_CODES = {"plain": PLAIN, "master": MASTER, "remainder": REMAINDER, "kahan": KAHAN,
+              "stochastic": STOCHASTIC}
+#: Modes with a slot after the optimizer's.
+WITH_SLOT = (MASTER, REMAINDER, KAHAN)
+_SPAN = 1 << 32  # element hashes share their first half within a span of this many
 
 #: rule name -> rule, for the Numba type of a Variant (which names its rule, so that the
 #: type pickles the same in every process and Numba's on-disk cache finds it).
@@ -71,7 +79,8 @@ class Variant:
     """An optimizer rule with its variant flags and storage, as one compile-time argument.
 
     ``n_slots``: the rule's state slots; ``codes``: storage codes of the param, grad and
-    state (fusedopt/_cpu/storage.py); ``mode``: PLAIN, MASTER or REMAINDER.
+    state (fusedopt/_cpu/storage.py); ``mode``: PLAIN, MASTER, REMAINDER, KAHAN or
+    STOCHASTIC.
     """
 
     def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int):
@@ -88,14 +97,15 @@ class Variant:
     @property
     def table_slots(self) -> int:
         """Slot rows of its launch table: the rule's, plus the master slot if any."""
-        return self.n_slots + (self.mode != PLAIN)
+        return self.n_slots + (self.mode in WITH_SLOT)
 
     def likes(self) -> tuple:
         """Empty arrays of the param, grad, state, master-slot and compute dtypes the loop
         reads (they type the table's pointers and the scalars)."""
         if self._likes is None:
             p, g, s = (np.empty(0, storage.LOOP_DTYPES[c]) for c in self.codes)
-            x = np.empty(0, np.int16 if self.mode == REMAINDER else np.float32)
+            x = np.empty(0, {REMAINDER: np.int16, KAHAN: storage.LOOP_DTYPES[self.codes[0]]}
+                         .get(self.mode, np.float32))
             compute = np.empty(0, np.float64 if self.codes[0] == storage.F64 else np.float32)
             self._likes = (p, g, s, x, compute)
         return self._likes
@@ -122,30 +132,46 @@ def _unbox_variant(typ, obj, c):
 
 @functools.lru_cache(maxsize=None)
 def _param_io(mode: int, code: int):
-    """(get, put) of the param in ``mode``: its compute value, and storing a new one."""
+    """(get, put) of the param in ``mode``: its compute value, and storing a new one
+    (``e``: the element's hash, used by STOCHASTIC only)."""
     load, store_even = storage.load(code), storage.store(code)
     store_away = storage.store(code, storage.NEAREST_AWAY)
+    store_random, param_bits = storage.store_stochastic(code), random_bits.ARRAY_BITS[0]
     split, rebuild = storage.split_master, storage.rebuild_master
     if mode == MASTER:
         def get(p, x, i):
             return x[i]
 
-        def put(p, x, i, value):
+        def put(p, x, i, value, e):
             x[i] = np.float32(value)
             p[i] = store_away(value)
     elif mode == REMAINDER:
         def get(p, x, i):
             return rebuild(p[i], x[i])
 
-        def put(p, x, i, value):
+        def put(p, x, i, value, e):
             hi, remainder = split(np.float32(value))
             p[i] = hi
             x[i] = remainder
+    elif mode == KAHAN:
+        def get(p, x, i):
+            return load(p[i]) + load(x[i])
+
+        def put(p, x, i, value, e):
+            rounded = store_even(value)
+            p[i] = rounded
+            x[i] = store_even(value - load(rounded))  # exact in float32, then rounded
+    elif mode == STOCHASTIC:
+        def get(p, x, i):
+            return load(p[i])
+
+        def put(p, x, i, value, e):
+            p[i] = store_random(value, param_bits(e))
     else:
         def get(p, x, i):
             return load(p[i])
 
-        def put(p, x, i, value):
+        def put(p, x, i, value, e):
             p[i] = store_even(value)
     options = dict(inline="always", error_model="numpy")
     return njit(**options)(get), njit(**options)(put)
@@ -158,10 +184,14 @@ def _element(variant):
     rule, flags, ns = _RULES[variant.rule], variant.flags, variant.n_slots
     pcode, gcode, scode = variant.codes
     get_p, put_p = _param_io(variant.mode, pcode)
-    load_g, load_s, store_s = storage.load(gcode), storage.load(scode), storage.store(scode)
+    load_g, load_s = storage.load(gcode), storage.load(scode)
+    random = variant.mode == STOCHASTIC
+    store_s = storage.store_stochastic(scode) if random else storage.store(scode)
+    bits0, bits1, bits2 = random_bits.ARRAY_BITS[1:4]
+    element_hash = random_bits.element_hash
     zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
 
-    def run(i, p, g, s0, s1, s2, x, h, scale, limit):
+    def run(i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
         # tensor takes this one path (one compiled loop, not two).
         gi = load_g(g[i]) * scale
@@ -170,27 +200,36 @@ def _element(variant):
         b = load_s(s1[i]) if ns > 1 else zero
         c = load_s(s2[i]) if ns > 2 else zero
         pi, a, b, c = rule(get_p(p, x, i), gi, a, b, c, h, flags)
-        put_p(p, x, i, pi)
-        if ns > 0:
-            s0[i] = store_s(a)
-        if ns > 1:
-            s1[i] = store_s(b)
-        if ns > 2:
-            s2[i] = store_s(c)
+        e = element_hash(key, offset + i)  # unused (and dropped) unless STOCHASTIC
+        put_p(p, x, i, pi, e)
+        if random:
+            if ns > 0:
+                s0[i] = store_s(a, bits0(e))
+            if ns > 1:
+                s1[i] = store_s(b, bits1(e))
+            if ns > 2:
+                s2[i] = store_s(c, bits2(e))
+        else:
+            if ns > 0:
+                s0[i] = store_s(a)
+            if ns > 1:
+                s1[i] = store_s(b)
+            if ns > 2:
+                s2[i] = store_s(c)
     return njit(inline="always", error_model="numpy")(run)
 
 
-def _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
+def _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
     """Element ``i`` through the variant (resolved when the loop is compiled), its grad
-    clamp(g * scale, -limit, limit)."""
+    clamp(g * scale, -limit, limit); ``key`` and ``offset`` + i key its random bits."""
 
 
 @overload(_apply, inline="always")
-def _apply_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
+def _apply_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
     run = _element(variant)
 
-    def body(variant, i, p, g, s0, s1, s2, x, h, scale, limit):
-        run(i, p, g, s0, s1, s2, x, h, scale, limit)
+    def body(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+        run(i, p, g, s0, s1, s2, x, h, scale, limit, key, offset)
     return body
 
 
@@ -226,34 +265,37 @@ def _narrow(typingctx, values, like):
 # --- spans, work items, the parallel loop ------------------------------------------------
 
 @njit(**JIT_OPTIONS)
-def _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit):
+def _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
     for i in range(p.shape[0]):
-        _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit)
+        _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset)
 
 
 def _layout(variant):
-    """(rule slots, 1 if a master slot follows them else 0): constants of the variant."""
+    """(rule slots, 1 if a master slot follows them else 0, 1 if stochastic else 0):
+    constants of the variant."""
 
 
 @overload(_layout, inline="always")
 def _layout_variant(variant):
-    n_slots, master = variant.n_slots, int(variant.mode != PLAIN)
+    n_slots, master = variant.n_slots, int(variant.mode in WITH_SLOT)
+    random = int(variant.mode == STOCHASTIC)
 
     def body(variant):
-        return n_slots, master
+        return n_slots, master, random
     return body
 
 
 @njit(**JIT_OPTIONS)
-def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h):
+def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step):
     """Work item ``w``: from its start up to the next item's start."""
     param_like, grad_like, state_like, master_like, compute_like = likes
-    ns, master = _layout(variant)
+    ns, master, random = _layout(variant)
     rows = ns + master  # slot rows of the table
-    work0 = (5 + rows) * n_tensors
+    streams0 = (5 + rows) * n_tensors
+    work0 = (6 + rows) * n_tensors
     sizes0 = (2 + rows) * n_tensors
     scales = table[(3 + rows) * n_tensors: (4 + rows) * n_tensors].view(np.float64)
-    limits = table[(4 + rows) * n_tensors: work0].view(np.float64)
+    limits = table[(4 + rows) * n_tensors: streams0].view(np.float64)
     # A slot the variant does not use still needs an array; one made from a pointer has no
     # reference count, so passing it costs no atomic updates.
     unused = carray(_pointer(table[0], state_like), 0)
@@ -286,32 +328,44 @@ def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h):
             if master:
                 x = carray(_pointer(table[(2 + ns) * n_tensors + t], master_like), n)[begin:end]
             scale, limit = _narrow((scales[t], limits[t]), compute_like)
-            _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit)
+            if random:
+                base = random_bits.stream_base(table[streams0 + t], step)
+                at = 0  # spans split where the high half of the element index changes
+                while at < end - begin:
+                    upto = min(end - begin, ((begin + at) // _SPAN + 1) * _SPAN - begin)
+                    _run_span(variant, p[at:upto], g[at:upto], s0[at:upto] if ns > 0 else s0,
+                              s1[at:upto] if ns > 1 else s1, s2[at:upto] if ns > 2 else s2,
+                              x, h, scale, limit, random_bits.span_key(base, begin + at),
+                              begin + at)
+                    at = upto
+            else:
+                _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit, np.uint32(0), begin)
         t += 1
         begin = 0
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def run(variant, table, n_tensors, chunk, likes, scalars):
+def run(variant, table, n_tensors, chunk, likes, scalars, step):
     """Apply ``variant``'s rule to every element of every tensor in ``table``.
 
     ``likes``: empty arrays of the param, grad, state, master-slot and compute dtypes as
     the loop reads them (:meth:`Variant.likes`); ``scalars`` the rule's scalars as numbers
-    (rounded to the compute type inside).
+    (rounded to the compute type inside); ``step`` the 1-based step (int64), a key of
+    stochastic rounding's bits.
     """
     h = _narrow(scalars, likes[4])
-    ns, master = _layout(variant)
-    n_work = table.shape[0] - (5 + ns + master) * n_tensors
+    ns, master, random = _layout(variant)
+    n_work = table.shape[0] - (6 + ns + master) * n_tensors
     for w in prange(n_work):
-        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h)
+        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step)
 
 
 @njit(**JIT_OPTIONS)
-def run_serial(variant, table, n_tensors, chunk, likes, scalars):
+def run_serial(variant, table, n_tensors, chunk, likes, scalars, step):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
     h = _narrow(scalars, likes[4])
-    ns, master = _layout(variant)
-    n_work = table.shape[0] - (5 + ns + master) * n_tensors
+    ns, master, random = _layout(variant)
+    n_work = table.shape[0] - (6 + ns + master) * n_tensors
     for w in range(n_work):
-        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h)
+        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step)

@@ -9,7 +9,10 @@ for every element it writes: the rounding policy of every narrowing store lives 
 
 Rounding, with NaN kept NaN as ml_dtypes and NumPy do: ``NEAREST_EVEN`` for every
 ordinary store; ``NEAREST_AWAY`` (ties away from zero) for the 16-bit copy of a master
-weight, the rounding whose halves split a float32 exactly (:func:`split_master`).
+weight, the rounding whose halves split a float32 exactly (:func:`split_master`);
+stochastic (:func:`store_stochastic`, 32 random bits per store from
+fusedopt/_cpu/random_bits.py): up or down with probability proportional to the distance,
+past the largest finite value towards inf, as kernels/storage.cuh documents.
 
 Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64``, ``BF16``,
 ``F16``; ``codes`` maps dtype names to them.
@@ -41,9 +44,11 @@ _ONE, _ZERO = _U(1), _U(0)
 _S16, _S13, _S23, _S10, _S31 = _U(16), _U(13), _U(23), _U(10), _U(31)
 _F16_EXP, _F16_MANT, _F16_INF = _U(0x1F), _U(0x3FF), _U(0x7C00)
 _F16_REBIAS, _F16_OVERFLOW = _U(112), _U(0x477FF000)  # 127 - 15; 65520.0
+_F16_BEYOND = _U(0x47800000)  # 65536.0: stochastic rounding's inf
 _F16_MIN_NORMAL, _F16_NORMAL_SHIFT = _U(0x38800000), _U(0x38000000)  # 2^-14; 112 << 23
 _MANT, _IMPLICIT = _U(0x7FFFFF), _U(0x800000)
 _SUB_BIAS, _SUB_ZERO = _U(126), _U(125)
+_S32 = _U(32)
 _TWO_POW_M24 = np.float32(2.0 ** -24)
 
 
@@ -116,6 +121,24 @@ _bf16_even_bits, _bf16_away_bits = _rounding(False), _rounding(True)
 
 
 @intrinsic
+def bf16_round_stochastic(typingctx, x, r):
+    """float32 ``x`` -> bfloat16 bits, rounded with the random word ``r``: the top 16 bits
+    of r added to x's bits carry into the kept half with probability (dropped bits) / 2^16;
+    inf and NaN as round to nearest."""
+    if x != types.float32 or r != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        u = builder.bitcast(args[0], ir.IntType(32))
+        rounded = builder.lshr(builder.add(u, builder.lshr(args[1], _i32(16))), _i32(16))
+        special = _bf16_round_ir(builder, u, away=False)
+        is_special = builder.icmp_unsigned(">=", builder.and_(u, _i32(0x7FFFFFFF)),
+                                           _i32(0x7F800000))
+        return builder.trunc(builder.select(is_special, special, rounded), ir.IntType(16))
+    return types.uint16(x, r), codegen
+
+
+@intrinsic
 def bf16_widen(typingctx, h):
     """bfloat16 bits (uint16) -> float32: the bits shifted into the high half."""
     if not isinstance(h, types.Integer) or h.bitwidth != 16:
@@ -176,6 +199,30 @@ def f16_round(x, rounding):
     return np.uint16(out)
 
 
+@njit(**_RULE)
+def f16_round_stochastic(x, r):
+    """float32 ``x`` -> float16 bits, rounded with the random word ``r``, as
+    kernels/storage.cuh's f16_round_stochastic."""
+    u = float_bits(x)
+    sign = (u >> _S16) & _SIGN16
+    a = u & _ABS
+    e = a >> _S23
+    normal = a >= _F16_MIN_NORMAL
+    implicit = _IMPLICIT if e != _ZERO else _ZERO
+    src = a - _F16_NORMAL_SHIFT if normal else (a & _MANT) | implicit
+    shift = _S13 if normal else (_SUB_BIAS - e if e != _ZERO else _SUB_ZERO)
+    extra = (shift - _S31 if shift - _S31 < _S31 else _S31) if shift > _S31 else _ZERO
+    sh = _S31 if shift > _S31 else shift
+    src = src >> extra
+    kept = src >> sh
+    lost = src & ((_ONE << sh) - _ONE)
+    up = (lost + (_U(r) >> (_S32 - sh))) >> sh
+    rounded = sign | (kept + up)
+    out = f16_round(x, NEAREST_EVEN) if a > _INF else (
+        sign | _F16_INF if a >= _F16_BEYOND else rounded)
+    return np.uint16(out)
+
+
 # --- the load/store pair every loop uses --------------------------------------------------
 # Chosen per storage code when a loop is specialized (the codes are compile-time constants),
 # so each specialization calls exactly one widening and one rounding function.
@@ -224,8 +271,38 @@ def load(code: int):
 
 def store(code: int, rounding: int = NEAREST_EVEN):
     """The jitted narrowing of storage ``code``: compute type -> stored element. The one
-    rounding policy point of the CPU backend (stochastic or compensated stores go here)."""
+    rounding policy point of the CPU backend (with :func:`store_stochastic`)."""
     return _STORES[code, rounding]
+
+
+@njit(**_RULE)
+def _same_ignoring(x, r):
+    return x
+
+
+@njit(**_RULE)
+def _float32_ignoring(x, r):
+    return np.float32(x)
+
+
+@njit(**_RULE)
+def _bf16_stochastic(x, r):
+    return bf16_round_stochastic(np.float32(x), r)
+
+
+@njit(**_RULE)
+def _f16_stochastic(x, r):
+    return f16_round_stochastic(np.float32(x), r)
+
+
+_STOCHASTIC = {F32: _float32_ignoring, F64: _same_ignoring, BF16: _bf16_stochastic,
+               F16: _f16_stochastic}
+
+
+def store_stochastic(code: int):
+    """The jitted stochastic narrowing of storage ``code``: (compute value, 32 random bits)
+    -> stored element; exact types ignore the bits (so their hash is never computed)."""
+    return _STOCHASTIC[code]
 
 
 # --- remainder masters (bfloat16 params) --------------------------------------------------

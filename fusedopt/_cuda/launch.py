@@ -31,16 +31,18 @@ def accepts(array) -> bool:
     return runtime.current().accepts(array)
 
 
-def group(storage, params, states) -> Group:
-    return make_group(storage, params, states, config.CUDA_CHUNK, runtime.current().address)
+def group(storage, params, states, streams=None) -> Group:
+    return make_group(storage, params, states, config.CUDA_CHUNK, runtime.current().address,
+                      streams=streams)
 
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
 EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
     # kernels/traffic.cu: one per storage whose grads are in the param's dtype, and slot
-    # count any registered optimizer can have.
+    # count any registered optimizer can have (stochastic rounding moves plain storage's
+    # bytes, and Kahan's ceiling is measured on the CPU only).
     "traffic": tuple(f"traffic<{st.template_args()}, {ns}>" for st in all_storages()
-                     if st.grad == st.param
+                     if st.grad == st.param and st.mode not in ("kahan", "stochastic")
                      for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
     # kernels/norm.cu: the grad-only pre-pass (sums of squares, the inf/NaN flag).
     "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in PARAM_DTYPES), "lane_sums",
@@ -164,9 +166,12 @@ def _upload(group: Group, key: str, host: np.ndarray, rt):
     return group.scratch[key]
 
 
-def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
     """One launch over ``group``: the scalar rows and control block of ``steps``
-    (fusedopt/_steps.py) go to the device with it, without waiting for anything."""
+    (fusedopt/_steps.py) go to the device with it, without waiting for anything (each
+    tensor's step, the key of stochastic rounding's bits, is read from the control block
+    on the device: ``step`` is the known step of a plain tuple of scalars)."""
     rt = runtime.current()
     group.table.set_limit(clip.limit)
     if group.grads_scaled and clip.scales is None:
@@ -185,7 +190,9 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP) -> N
     if n_work == 0:
         return
     storage = step_storage(group, grads)
-    steps = as_rows(steps, len(group.params))
+    # The known step matters to the kernel only as a key of stochastic rounding (else the
+    # control block stays the same from step to step and is not copied again).
+    steps = as_rows(steps, len(group.params), step if storage.mode == "stochastic" else 1)
     scalars = _upload(group, "rows", steps.row_array(np.dtype(storage.compute)), rt)
     control = _upload(group, "control", steps.control(), rt)
     ring = steps.flags

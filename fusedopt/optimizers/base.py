@@ -40,14 +40,26 @@ def _dtype_name(array) -> str:
 class Optimizer:
     """Base class: ``apply_gradients`` updates NumPy or CuPy params in place, fused.
 
-    Subclasses set ``spec_name`` and spell out their hyperparameters in ``__init__``.
+    Subclasses set ``spec_name`` and spell out their hyperparameters in ``__init__``; the
+    storage arguments every optimizer takes reach this class through ``**kwargs``:
+
+    - ``stochastic_rounding``: round every 16-bit store (bfloat16/float16 params without a
+      master, bfloat16 state) up or down with probability proportional to the distance,
+      so that updates below half an ulp still move the param on average. False.
+    - ``kahan_summation``: a compensation slot in the param's dtype (16-bit params, no
+      master) keeps what each store rounded away and adds it back at the next step. False.
+    - ``seed``: the key, with the step, the param's position, the element's index and the
+      array, of stochastic rounding's random bits: a run is reproducible bit for bit on
+      every backend, and a resumed run (its state_dict carries the seed and the step)
+      continues the same stream. 0.
     """
 
     spec_name: str = ""
 
     def __init__(self, *, name=None, convention="keras", backend="auto", clipnorm=None,
                  clipvalue=None, global_clipnorm=None, state_dtype=None, master_weights=False,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, **hyper):
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+                 stochastic_rounding=False, kahan_summation=False, seed=0, **hyper):
         spec = lookup(self.spec_name)
         self._spec: OptimizerSpec = spec
         if convention not in CONVENTIONS:
@@ -74,8 +86,11 @@ class Optimizer:
         self.use_ema, self.ema_momentum = use_ema, ema_momentum
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping,
-                              state_dtype=state_dtype, master_weights=master_weights, ema=ema)
+                              state_dtype=state_dtype, master_weights=master_weights, ema=ema,
+                              stochastic_rounding=stochastic_rounding,
+                              kahan_summation=kahan_summation, seed=seed)
         self.state_dtype, self.master_weights = state_dtype, master_weights
+        self.stochastic_rounding, self.kahan_summation = stochastic_rounding, kahan_summation
         group = self._engine.hypers[self._engine.add_group(hyper, where="")]
         self.hyper: dict[str, Any] = group.hyper
         self.name = name if name is not None else spec.keras_name
@@ -102,6 +117,11 @@ class Optimizer:
         """The last ``apply_gradients(..., grad_scale=s)`` found an inf or NaN grad and
         changed nothing. On CUDA, reading it waits for the device's flag of that step."""
         return self._engine.found_inf
+
+    @property
+    def seed(self) -> int:
+        """The seed of stochastic rounding's random bits."""
+        return self._engine.seed
 
     @property
     def _params(self) -> list:
@@ -229,11 +249,14 @@ class Optimizer:
     def state_dict(self) -> dict:
         """Iterations, config and copies of every state array, keyed by param position:
         the optimizer's slots, and "master" (float32) or "remainder" (int16) with master
-        weights, each in its own dtype (bfloat16 as ``ml_dtypes.bfloat16``); with
-        ``use_ema`` the moving averages."""
+        weights, "compensation" (the param's dtype) with Kahan summation, each in its own
+        dtype (bfloat16 as ``ml_dtypes.bfloat16``); with ``use_ema`` the moving averages;
+        ``seed`` and ``iterations`` (the step count) are what a resumed run's stochastic
+        rounding continues from."""
         engine = self._engine
         saved = {
             "iterations": self.iterations,
+            "seed": engine.seed,
             "config": self.get_config(),
             "state": {i: {n: _host(s) for n, s in zip(engine.slot_names(i), slots)}
                       for i, slots in enumerate(engine.states)},
@@ -250,6 +273,7 @@ class Optimizer:
         if not self._params:
             self._pending_state = state
             self.iterations = int(state["iterations"])
+            self._engine.seed = state.get("seed", self._engine.seed)
             return
         saved = state["state"]
         engine = self._engine
@@ -288,6 +312,7 @@ class Optimizer:
         for i, a in enumerate(self._engine.averages):
             kind_of(a).copy_from_host(a, np.asarray(_host(averages.get(i, averages.get(str(i))))))
         self.iterations = int(state["iterations"])
+        self._engine.seed = state.get("seed", self._engine.seed)
 
     def save(self, path) -> None:
         """Write a checkpoint of this optimizer to ``path``, atomically (fusedopt/checkpoint.py:
@@ -364,6 +389,12 @@ class Optimizer:
             cfg["state_dtype"] = self.state_dtype
         if self.master_weights is not False:
             cfg["master_weights"] = self.master_weights
+        if self.stochastic_rounding:
+            cfg["stochastic_rounding"] = True
+        if self.kahan_summation:
+            cfg["kahan_summation"] = True
+        if self.stochastic_rounding or self.seed != 0:
+            cfg["seed"] = self.seed
         return cfg
 
     @classmethod

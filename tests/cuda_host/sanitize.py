@@ -86,7 +86,7 @@ def _run_storage(spec, variant, storage, problem) -> None:
 
     import reference
     from fusedopt._engine import Engine
-    modes = {"plain": False, "master": True, "remainder": "remainder"}
+    from fusedopt._storage import mode_options
     pdt, gdt = reference.as_dtype(storage.param), reference.as_dtype(storage.grad)
     params = []
     for t, p in enumerate(problem.params):
@@ -98,7 +98,7 @@ def _run_storage(spec, variant, storage, problem) -> None:
         else:
             params.append(p.astype(pdt))
     engine = Engine(spec, variant.convention, backend="cuda", state_dtype=storage.state,
-                    master_weights=modes[storage.mode])
+                    **mode_options(storage.mode))
     engine.add_group(variant.hp)
     engine.add_params(params)
     for grads in problem.grads:

@@ -24,6 +24,19 @@ __global__ void probe_round(const float* in, unsigned short* out, long long n) {
     FUSEDOPT_PROBE_LOOP(n) out[i] = fusedopt::Storage<T>::template store<R>(in[i]);
 }
 
+template <typename T>
+__global__ void probe_round_stochastic(const float* in, const unsigned int* bits,
+                                       unsigned short* out, long long n) {
+    FUSEDOPT_PROBE_LOOP(n) out[i] = fusedopt::Storage<T>::store_stochastic(in[i], bits[i]);
+}
+
+// The random words of elements [0, n) of a tensor with ``stream`` at ``step``, ``array``.
+__global__ void probe_random_bits(long long stream, long long step, int array,
+                                  unsigned int* out, long long n) {
+    const unsigned int base = fusedopt::stream_base(stream, step);
+    FUSEDOPT_PROBE_LOOP(n) out[i] = fusedopt::array_bits(fusedopt::element_hash(base, i), array);
+}
+
 __global__ void probe_split(const float* in, unsigned short* hi, short* remainder,
                             float* rebuilt, long long n) {
     FUSEDOPT_PROBE_LOOP(n) {
@@ -39,12 +52,16 @@ TYPES = {"bfloat16": "__nv_bfloat16", "float16": "__half"}
 
 NAMES = (*(f"probe_widen<{t}>" for t in TYPES.values()),
          *(f"probe_round<{t}, {r}>" for t in TYPES.values() for r in (0, 1)),
-         "probe_split")
+         *(f"probe_round_stochastic<{t}>" for t in TYPES.values()),
+         "probe_random_bits", "probe_split")
 
 #: Launch shape of every probe: each thread strides over the array.
 GRID, BLOCK = (64,), (64,)
 
 
 def text() -> str:
-    """kernels/storage.cuh (it includes no local header), plus the probes."""
-    return (source.kernel_dir() / "storage.cuh").read_text() + _PROBES
+    """kernels/storage.cuh and kernels/random_bits.cuh (they include no local header), plus
+    the probes."""
+    folder = source.kernel_dir()
+    return (folder / "storage.cuh").read_text() + (folder / "random_bits.cuh").read_text() + \
+        _PROBES

@@ -24,8 +24,9 @@ VECTOR_BYTES = 16
 STORAGE = {"float": "float32", "double": "float64", "__half": "float16",
            "__nv_bfloat16": "bfloat16"}
 
-#: The master slot of each MODE (kernels/common.cuh): none, float32 masters, int16 remainders.
-MASTER_SLOT = {0: None, 1: "float32", 2: "int16"}
+#: The master slot of each MODE (kernels/common.cuh): none, float32 masters, int16
+#: remainders, a Kahan compensation of the param's type ("param"), none (stochastic).
+MASTER_SLOT = {0: None, 1: "float32", 2: "int16", 3: "param", 4: None}
 
 #: Most state slots a table may describe (the kernels' s[] arrays are sized at compile time).
 MAX_SLOTS = 8
@@ -90,6 +91,8 @@ def _storage(name: str):
                          f"(family<P, G, S, MODE, ...>); see STORAGE in {__file__}")
     param, grad, state = (np.dtype(_numpy_name(STORAGE[p])) for p in parts[:3])
     master = MASTER_SLOT[int(parts[3])]
+    if master == "param":
+        return param, grad, state, param
     return param, grad, state, None if master is None else np.dtype(master)
 
 

@@ -1,0 +1,165 @@
+"""CPU Adam on bfloat16 params: stochastic rounding and Kahan summation against plain
+bfloat16, and Kahan against its own traffic ceiling.
+
+Contenders (each in a process of its own, driven round by round in a rotating order, as
+benchmarks/cpu_storage.py does): Adam on bf16 params with fp32 state, rounded to nearest
+(``plain``, 22 B/element), with ``stochastic_rounding=True`` (the same bytes), with
+``kahan_summation=True`` (26 B/element: a bf16 compensation read and written), and the
+traffic ceilings of the plain and the Kahan storage (the same loop, table, loads and stores
+with trivial math; fusedopt/_bench/traffic.py; Kahan's keeps the slot's add and store).
+Targets: stochastic <= 1.1x plain's time; Kahan >= 0.9 of its ceiling's speed. Prints
+markdown for benchmarks/RESULTS.md.
+
+    flock -x /tmp/fusedopt-quiet.lock python benchmarks/cpu_rounding.py
+    python benchmarks/cpu_rounding.py --sizes 2^16 --rounds 3   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shlex
+import statistics
+import sys
+import time
+
+PAUSE_S = 0.02
+
+#: contender -> (kind, Adam's storage arguments)
+CONTENDERS = {
+    "plain bf16": ("fused", {}),
+    "stochastic rounding": ("fused", {"stochastic_rounding": True}),
+    "Kahan summation": ("fused", {"kahan_summation": True}),
+    "plain ceiling": ("ceiling", {}),
+    "Kahan ceiling": ("ceiling", {"kahan_summation": True}),
+}
+
+
+def _size(text: str) -> int:
+    return 2 ** int(text[2:]) if text.startswith("2^") else int(text)
+
+
+def _step(kind: str, options: dict, n: int):
+    import numpy as np
+
+    import fusedopt
+    from fusedopt._bench.traffic import cpu_ceiling
+    from fusedopt._group import step_storage
+    from fusedopt._storage import numpy_dtype
+    bf16 = numpy_dtype("bfloat16")
+    rng = np.random.default_rng(0)
+    param = (rng.standard_normal(n, dtype=np.float32) * 0.1).astype(bf16)
+    grad = (rng.standard_normal(n, dtype=np.float32) * 0.01).astype(bf16)
+    opt = fusedopt.Adam(learning_rate=1e-4, backend="cpu", **options)
+    opt.apply_gradients([(grad, param)])
+    if kind == "fused":
+        return lambda: opt.apply_gradients([(grad, param)])
+    storage = step_storage(opt._engine.launch_groups()[0].group, [grad])
+    slots = [np.zeros(n, np.float32), np.zeros(n, np.float32)]
+    if storage.master:
+        slots.append(np.zeros(n, bf16))
+    return cpu_ceiling(np.zeros(n, bf16), np.zeros(n, bf16), slots, storage=storage)
+
+
+def _worker(conn, kind: str, options: dict, n: int) -> None:
+    step = _step(kind, options, n)
+    for _ in range(2):
+        step()
+    conn.send("ready")
+    while True:
+        command = conn.recv()
+        if command == "stop":
+            return
+        start = time.perf_counter()
+        for _ in range(command):
+            step()
+        conn.send((time.perf_counter() - start) / command)
+
+
+def batch(n: int) -> int:
+    return max(1, 2**24 // n)
+
+
+def measure(n: int, rounds: int) -> dict:
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for name, (kind, options) in CONTENDERS.items():
+        ours, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(theirs, kind, options, n), daemon=True)
+        proc.start()
+        workers[name] = (proc, ours)
+    for _, conn in workers.values():
+        assert conn.recv() == "ready"
+    times = {name: [] for name in CONTENDERS}
+    names = list(CONTENDERS)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            conn = workers[name][1]
+            time.sleep(PAUSE_S)
+            conn.send(batch(n))
+            times[name].append(conn.recv())
+    for proc, conn in workers.values():
+        conn.send("stop")
+        proc.join()
+    return times
+
+
+def _bytes(options: dict) -> int:
+    from fusedopt._bench.traffic import traffic
+    from fusedopt._registry import REGISTRY
+    from fusedopt._storage import Storage
+    spec = REGISTRY["adam"]
+    mode = "kahan" if options.get("kahan_summation") else (
+        "stochastic" if options.get("stochastic_rounding") else "plain")
+    flow = traffic(spec, spec.flags(spec.defaults(), "keras"),
+                   Storage("bfloat16", "bfloat16", "float32", mode))
+    return flow.read_bytes + flow.write_bytes
+
+
+def _ratios(a, b):
+    r = [x / y for x, y in zip(a, b)]
+    return statistics.median(r), min(r), max(r)
+
+
+def table(n: int, times: dict) -> list[str]:
+    lines = [f"**Adam, bf16 params, fp32 state, {n:,} elements** ({batch(n)} step"
+             f"{'s' if batch(n) > 1 else ''} per sample)", "",
+             "| contender | B/element | median ms | IQR ms | GB/s | time / plain bf16 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    plain = statistics.median(times["plain bf16"])
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        q = statistics.quantiles(seconds, n=4)
+        per = _bytes(CONTENDERS[name][1])
+        lines.append(f"| {name} | {per} | {median * 1e3:.3f} | {(q[2] - q[0]) * 1e3:.3f} | "
+                     f"{n * per / median / 1e9:.1f} | {median / plain:.2f} |")
+    sr = _ratios(times["stochastic rounding"], times["plain bf16"])
+    kahan = _ratios(times["Kahan ceiling"], times["Kahan summation"])
+    plain_c = _ratios(times["plain ceiling"], times["plain bf16"])
+    lines += ["", f"Per-round stochastic / plain time: median {sr[0]:.3f} (min {sr[1]:.3f}, "
+              f"max {sr[2]:.3f}); target <= 1.1.",
+              f"Per-round Kahan's fraction of its ceiling's speed (ceiling time / Kahan time): "
+              f"median {kahan[0]:.3f} (min {kahan[1]:.3f}, max {kahan[2]:.3f}); target >= 0.9.",
+              f"Plain bf16's fraction of its ceiling: median {plain_c[0]:.3f}.", ""]
+    return lines
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2^24")
+    parser.add_argument("--rounds", type=int, default=21)
+    args = parser.parse_args(argv)
+    out = ["### CPU Adam, stochastic rounding and Kahan summation", "", "```",
+           " ".join(["python benchmarks/cpu_rounding.py", *map(shlex.quote, argv)]).strip(),
+           "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
+           f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
+    for n in (_size(s) for s in args.sizes.split(",")):
+        out += table(n, measure(n, args.rounds))
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
