@@ -73,12 +73,12 @@ def _ceiling_step(params):
     _torch_kind.register()
     states = [[torch.zeros_like(p), torch.zeros_like(p)] for p in params]
     group = backend.group("float32", [p.detach() for p in params], states)
-    like, rule = np.empty(0, np.float32), specialize(ceiling_rule, (2,))
-    h = (np.float32(CEILING_SCALE),)
+    rule = specialize(ceiling_rule, (2,), 2)  # two slots, float32 storage
+    likes, h = rule.likes(), (float(CEILING_SCALE),)
 
     def step():
         table = step_table(group, [p.grad for p in params], backend.address)
-        run(rule, table, group.table.n_tensors, group.n_slots, group.chunk, like, like, h)
+        run(rule, table, group.table.n_tensors, group.chunk, likes, h, np.int64(1))
     return step
 
 
