@@ -17,14 +17,13 @@ markdown for benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import shlex
 import statistics
 import sys
-import time
 
-PAUSE_S = 0.02
+# The driver and the workers' loop are cpu_storage.py's (this script's folder is on the path).
+from cpu_storage import PAUSE_S, _size, batch, measure, serve
 
 #: contender -> (kind, Adam's storage arguments)
 CONTENDERS = {
@@ -34,10 +33,6 @@ CONTENDERS = {
     "plain ceiling": ("ceiling", {}),
     "Kahan ceiling": ("ceiling", {"kahan_summation": True}),
 }
-
-
-def _size(text: str) -> int:
-    return 2 ** int(text[2:]) if text.startswith("2^") else int(text)
 
 
 def _step(kind: str, options: dict, n: int):
@@ -63,46 +58,7 @@ def _step(kind: str, options: dict, n: int):
 
 
 def _worker(conn, kind: str, options: dict, n: int) -> None:
-    step = _step(kind, options, n)
-    for _ in range(2):
-        step()
-    conn.send("ready")
-    while True:
-        command = conn.recv()
-        if command == "stop":
-            return
-        start = time.perf_counter()
-        for _ in range(command):
-            step()
-        conn.send((time.perf_counter() - start) / command)
-
-
-def batch(n: int) -> int:
-    return max(1, 2**24 // n)
-
-
-def measure(n: int, rounds: int) -> dict:
-    ctx = mp.get_context("spawn")
-    workers = {}
-    for name, (kind, options) in CONTENDERS.items():
-        ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(theirs, kind, options, n), daemon=True)
-        proc.start()
-        workers[name] = (proc, ours)
-    for _, conn in workers.values():
-        assert conn.recv() == "ready"
-    times = {name: [] for name in CONTENDERS}
-    names = list(CONTENDERS)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            conn = workers[name][1]
-            time.sleep(PAUSE_S)
-            conn.send(batch(n))
-            times[name].append(conn.recv())
-    for proc, conn in workers.values():
-        conn.send("stop")
-        proc.join()
-    return times
+    serve(conn, _step(kind, options, n))
 
 
 def _bytes(options: dict) -> int:
@@ -156,7 +112,7 @@ def main(argv=None) -> int:
            "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
            f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
     for n in (_size(s) for s in args.sizes.split(",")):
-        out += table(n, measure(n, args.rounds))
+        out += table(n, measure(CONTENDERS, n, args.rounds, _worker))
     print("\n".join(out))
     return 0
 

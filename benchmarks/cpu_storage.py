@@ -91,7 +91,11 @@ def _step(kind: str, storage: str, n: int):
 
 
 def _worker(conn, kind: str, storage: str, n: int) -> None:
-    step = _step(kind, storage, n)
+    serve(conn, _step(kind, storage, n))
+
+
+def serve(conn, step) -> None:
+    """A worker's loop: warm ``step`` up, then time the batches the driver asks for."""
     for _ in range(2):  # compile, fault the pages in
         step()
     conn.send("ready")
@@ -113,14 +117,15 @@ def batch(n: int) -> int:
     return max(1, 2**24 // n)
 
 
-def measure(contenders, n: int, rounds: int) -> dict:
+def measure(contenders, n: int, rounds: int, worker=_worker) -> dict:
     """contender -> seconds per step in each round (the mean of :func:`batch` steps back to
-    back), the contenders timed in turn, the order rotating."""
+    back), the contenders timed in turn, the order rotating. ``contenders``: name -> the
+    arguments ``worker(conn, *arguments, n)`` takes after the connection."""
     ctx = mp.get_context("spawn")
     workers = {}
-    for name, (kind, storage) in contenders.items():
+    for name, arguments in contenders.items():
         ours, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(theirs, kind, storage, n), daemon=True)
+        proc = ctx.Process(target=worker, args=(theirs, *arguments, n), daemon=True)
         proc.start()
         workers[name] = (proc, ours)
     for _, conn in workers.values():
