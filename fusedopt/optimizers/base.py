@@ -43,6 +43,14 @@ class Optimizer:
     Subclasses set ``spec_name`` and spell out their hyperparameters in ``__init__``; the
     storage arguments every optimizer takes reach this class through ``**kwargs``:
 
+    - ``state_dtype``: dtype of the state slots: None (float32 for float16/bfloat16 params,
+      the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32 params),
+      "float64" (float64 params), or "param" (the param's dtype; float32 for float16).
+      Rounded to nearest even once per step.
+    - ``master_weights``: False, True (an fp32 master of each 16-bit param in the state, slot
+      "master", updated in the same pass; the param is written from it, rounded to nearest)
+      or "remainder" (bfloat16 params: an int16 slot "remainder" that with the param is the
+      fp32 master bit for bit, 2 bytes instead of 4). False.
     - ``stochastic_rounding``: round every 16-bit store (bfloat16/float16 params without a
       master, bfloat16 state) up or down with probability proportional to the distance,
       so that updates below half an ulp still move the param on average. False.

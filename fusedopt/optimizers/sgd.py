@@ -31,13 +31,8 @@ class SGD(Optimizer):
         name: Keras' name. "sgd".
         convention: "keras" or "torch": whose formulas to reproduce.
         backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-        state_dtype: dtype of the state slots: None (float32 for float16/bfloat16 params,
-            the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32
-            params), "float64" (float64 params). Rounded to nearest even once per step.
-        master_weights: False, True (an fp32 master of each 16-bit param in the state, slot
-            "master", updated in the same pass; the param is written from it, rounded to
-            nearest) or "remainder" (bfloat16 params: an int16 slot "remainder" that with
-            the param is the fp32 master bit for bit, 2 bytes instead of 4). False.
+        state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
+            params and state are kept (fusedopt.Optimizer).
 
     Example::
 
