@@ -79,6 +79,14 @@ def host_built(cuda_cache_dir):
     return cuda_cache_dir / "host"
 
 
+@pytest.fixture
+def backend(request):
+    """For ``indirect`` parametrization: "cpu", or "cuda" with the host runtime installed."""
+    if request.param == "cuda":
+        request.getfixturevalue("host_cuda")
+    return request.param
+
+
 @contextlib.contextmanager
 def _building(cache_dir, what: str):
     """Held while one process fills ``cache_dir``'s ``what`` artifacts: pytest workers

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 import reference
+import variants
 from fusedopt._engine import Engine
+from fusedopt._registry import REGISTRY
 from tolerances import VS_REFERENCE
 
 #: At most this many units in the last place between a stored value and the reference's.
@@ -50,6 +52,13 @@ class Snapshot:
 
     params: list
     states: list  # per tensor: {slot name: array}
+
+
+def setting(name):
+    """The optimizer's first variant (weight decay on where it has one), Keras' convention,
+    with a learning rate that moves 16-bit params."""
+    hp, convention, _ = variants.variants(REGISTRY[name])[0]
+    return dict(hp, learning_rate=LEARNING_RATE), convention
 
 
 def make_problem(shapes, steps: int, seed: int):

@@ -21,13 +21,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 MODES = {"plain": False, "master": True, "remainder": "remainder"}
 
 
-@pytest.fixture
-def backend(request):
-    if request.param == "cuda":
-        request.getfixturevalue("host_cuda")
-    return request.param
-
-
 def _classes():
     return {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}
 

@@ -17,7 +17,6 @@ import pytest
 
 import reference
 import storage_runs as runs
-import variants
 from fusedopt._registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
@@ -36,18 +35,6 @@ MASTER_CASES = _cases(["param", "float32"])
 REMAINDER_CASES = _cases(["bfloat16", "float32"])
 
 
-def _setting(name):
-    hp, convention, _ = variants.variants(REGISTRY[name])[0]
-    return dict(hp, learning_rate=runs.LEARNING_RATE), convention
-
-
-@pytest.fixture
-def backend(request):
-    if request.param == "cuda":
-        request.getfixturevalue("host_cuda")
-    return request.param
-
-
 def _bits(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).astype(np.float32).view(np.uint32)
 
@@ -63,7 +50,7 @@ def _grads_of(grads, dtype):
                          ids=[f"{b}-{n}-{g}" for b, n, g in MASTER_CASES])
 def test_master_is_the_float32_run(backend, name, param_dtype, grad_dtype):
     spec = REGISTRY[name]
-    hp, convention = _setting(name)
+    hp, convention = runs.setting(name)
     params, grads = runs.make_problem(runs.SHAPES, STEPS, seed=3)
     params = [reference.rounded(p, param_dtype) for p in params]  # the 16-bit start
     grads = _grads_of(grads, param_dtype)  # 16-bit values: exact in float32 too
@@ -88,7 +75,7 @@ def test_master_is_the_float32_run(backend, name, param_dtype, grad_dtype):
                          ids=[f"{b}-{n}-{g}" for b, n, g in REMAINDER_CASES])
 def test_remainder_is_the_master_in_two_bytes(backend, name, grad_dtype):
     spec = REGISTRY[name]
-    hp, convention = _setting(name)
+    hp, convention = runs.setting(name)
     params, grads = runs.make_problem(runs.SHAPES, STEPS, seed=4)
     params = [reference.rounded(p, "bfloat16") for p in params]
     grads = _grads_of(grads, "bfloat16")

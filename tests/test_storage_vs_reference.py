@@ -10,7 +10,6 @@ through the CUDA host execution (the .cu kernels built with g++, tests/cuda_host
 import pytest
 
 import storage_runs as runs
-import variants
 from fusedopt._registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
@@ -19,28 +18,13 @@ STATES = ("float32", "bfloat16")
 BACKENDS = ("cpu", "cuda")
 
 
-def _setting(name):
-    """The optimizer's first variant (weight decay on where it has one), Keras' convention,
-    with a learning rate that moves 16-bit params."""
-    hp, convention, _ = variants.variants(REGISTRY[name])[0]
-    return dict(hp, learning_rate=runs.LEARNING_RATE), convention
-
-
-@pytest.fixture
-def backend(request):
-    """"cpu", or "cuda" with the host runtime installed."""
-    if request.param == "cuda":
-        request.getfixturevalue("host_cuda")
-    return request.param
-
-
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("state_dtype", STATES)
 @pytest.mark.parametrize("param_dtype", PARAMS)
 @pytest.mark.parametrize("name", NAMES)
 def test_every_stored_value_within_an_ulp(name, param_dtype, state_dtype, backend):
     spec = REGISTRY[name]
-    hp, convention = _setting(name)
+    hp, convention = runs.setting(name)
     params, grads = runs.make_problem(runs.SHAPES, runs.STEPS, seed=NAMES.index(name))
     _, _, taken = runs.run(spec, hp, convention, params, grads, backend,
                            param_dtype=param_dtype, state_dtype=state_dtype)
@@ -56,7 +40,7 @@ def test_the_bound_catches_a_wrong_rounding():
     params of a correct run are moved one ulp toward zero at every other element, as
     truncation would where nearest even rounded up."""
     spec = REGISTRY["sgd"]
-    hp, convention = _setting("sgd")
+    hp, convention = runs.setting("sgd")
     params, grads = runs.make_problem(runs.SHAPES, 5, seed=0)
     _, _, taken = runs.run(spec, hp, convention, params, grads, "cpu",
                            param_dtype="bfloat16", state_dtype="bfloat16")
