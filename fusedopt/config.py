@@ -21,6 +21,12 @@ FLAT_ALIGN_BYTES = 64
 #: Compute capability the kernels are compiled for when the device is unknown (gates, tools).
 GATE_ARCHS = ("sm_80", "sm_90")
 
+#: The one of GATE_ARCHS the gates compile every entry point for (H100, H200). The others
+#: compile the entry points of a sample of the storages (fusedopt/_cuda/nvrtc.py:
+#: ``gate_names``): no kernel source depends on the architecture, so they differ only in
+#: ptxas' machine code, and a second full compile would double the gates' cold cost.
+GATE_FULL_ARCH = "sm_90"
+
 #: Register budget per thread the machine-code gate enforces (float compute: 64 keeps half
 #: the threads of an sm_80/sm_90 SM resident).
 REGISTER_BUDGET = 64

@@ -45,11 +45,18 @@ def test_float32_matches_reference(name, convention, case, hp, backend, shape):
     np.testing.assert_allclose(got, expected, **VS_REFERENCE[np.float32])
 
 
+def _ends(found: list) -> list:
+    """The first and the last case (the last has the most features on): each case is a
+    float64 specialization of its own to compile, and float64 shares its rules' code with
+    float32, which every case checks above."""
+    return [(i, found[i]) for i in sorted({0, len(found) - 1})] if found else []
+
+
 @pytest.mark.parametrize("backend", ["cpu", "unfused"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_float64_matches_reference(name, backend):
     for convention in ("keras", "torch"):
-        for case, hp in enumerate(cases(name, convention)):
+        for case, hp in _ends(cases(name, convention)):
             p, grads = problem((4097,), STEPS, dtype=np.float64, seed=case)
             expected = run_reference(name, hp, convention, p, grads)
             got = run_fused(name, hp, convention, backend, p.copy(), grads)

@@ -389,7 +389,8 @@ def _assert_resumed_bitwise(backend, folder, host_cache=None):
 
 
 def test_resume_in_new_process_is_bitwise_on_the_cpu_backend(tmp_path):
-    """Every registered optimizer x every dtype its registry entry offers."""
+    """Every registered optimizer in float32 and bfloat16, Adam in every dtype
+    (tests/checkpoint_worker.py: cases)."""
     _assert_resumed_bitwise("cpu", tmp_path)
 
 

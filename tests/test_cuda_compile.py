@@ -21,12 +21,30 @@ MATRIX = nvrtc.gate_matrix()
 def test_family_compiles_cleanly(nvrtc_compiled, family, arch):
     compiled = nvrtc_compiled(family, arch)
     assert not compiled.problems(), "\n".join(compiled.problems())
-    assert sorted(compiled.lowered) == sorted(launch.name_expressions(family))
+    assert sorted(compiled.lowered) == sorted(nvrtc.gate_names(family, arch))
 
 
 def test_every_gate_arch_is_a_real_architecture():
     assert config.GATE_ARCHS and all(a.startswith("sm_") for a in config.GATE_ARCHS)
     assert {"sm_80", "sm_90"} <= set(config.GATE_ARCHS)
+    assert config.GATE_FULL_ARCH in config.GATE_ARCHS
+
+
+def test_one_arch_compiles_every_entry_point_and_the_others_every_mode():
+    from fusedopt._storage import MODE_IDS, all_storages
+    for family, names in launch.all_entry_points().items():
+        assert nvrtc.gate_names(family, config.GATE_FULL_ARCH) == names
+        for arch in config.GATE_ARCHS:
+            sampled = nvrtc.gate_names(family, arch)
+            assert sampled and set(sampled) <= set(names), (family, arch)
+    storages = launch.sampled_storages()
+    assert {st.mode for st in storages} == set(MODE_IDS)
+    assert {st.param for st in storages} == {"float32", "float64", "float16", "bfloat16"}
+    args = {st.template_args() for st in storages}
+    adam_80 = nvrtc.gate_names("adam", "sm_80")
+    assert {launch.storage_args(n) for n in adam_80} == args  # the sample, all flags each
+    per_storage = len(launch.name_expressions("adam")) // len(all_storages())
+    assert len(adam_80) == len(args) * per_storage
 
 
 # --- the gate fails when it should ------------------------------------------------------------

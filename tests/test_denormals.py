@@ -43,12 +43,13 @@ def test_nvrtc_options_pin_ieee_denormals_and_rounding():
     assert not any("fast-math" in o or "ftz=true" in o for o in config.NVRTC_OPTIONS)
 
 
-def _ptx(family: str, options, cache_dir) -> str:
-    """NVRTC's PTX for kernels/<family>.cu (a virtual architecture: PTX, no cubin)."""
+def _ptx(family: str, names, options, cache_dir) -> str:
+    """NVRTC's PTX for ``names`` of kernels/<family>.cu (a virtual architecture: PTX, no
+    cubin)."""
     pytest.importorskip("cuda.bindings.nvrtc",
                         reason="the CUDA gates need cuda-bindings: pip install fusedopt[cudacheck]")
     from cuda.bindings import nvrtc as N
-    text, names = source.source(family), launch.name_expressions(family)
+    text = source.source(family)
     options = [*options, *(f"-I{folder}" for folder in source.include_dirs()),
                "--gpu-architecture=compute_80"]
     key = hashlib.sha256("\0".join([nvrtc.nvrtc_version(), text, *names, *options]).encode())
@@ -84,8 +85,11 @@ OPTIMIZER_FAMILIES = sorted({spec.kernel for spec in REGISTRY.values()})
 
 
 @pytest.mark.parametrize("family", OPTIMIZER_FAMILIES)
-def test_ptx_keeps_denormals_and_ieee_sqrt_and_division(family, cuda_cache_dir):
-    ops = _float32_ops(_ptx(family, source.options(), cuda_cache_dir))
+def test_ptx_keeps_denormals_and_ieee_sqrt_and_division(family, nvrtc_compiled):
+    """The PTX of the compile gate's own compile (every entry point, the runtime's options)."""
+    compiled = nvrtc_compiled(family, config.GATE_FULL_ARCH)
+    assert compiled.ok and compiled.ptx.count(".entry") == len(launch.name_expressions(family))
+    ops = _float32_ops(compiled.ptx)
     assert ops, "no float32 instruction found: the check would pass vacuously"
     assert not {op for op in ops if ".ftz" in op}, sorted(op for op in ops if ".ftz" in op)
     assert not {op for op in ops if op.startswith(("sqrt.approx", "div.approx", "div.full"))}
@@ -93,7 +97,9 @@ def test_ptx_keeps_denormals_and_ieee_sqrt_and_division(family, cuda_cache_dir):
 
 def test_the_ptx_check_sees_flushing_when_it_is_asked_for(cuda_cache_dir):
     options = [o for o in source.options() if not o.startswith("--ftz")] + ["--ftz=true"]
-    ops = _float32_ops(_ptx("adam", options, cuda_cache_dir))
+    float32 = [n for n in launch.name_expressions("adam") if "<float, float, float, 0," in n]
+    assert float32
+    ops = _float32_ops(_ptx("adam", float32, options, cuda_cache_dir))
     assert {"add.ftz.f32", "mul.ftz.f32", "sqrt.rn.ftz.f32"} <= ops
 
 

@@ -13,7 +13,7 @@ from .. import config
 from .._clip import NO_CLIP, GradClip
 from .._group import Group, make_group, step_storage, step_table
 from .._registry import REGISTRY
-from .._storage import CUDA_TYPES, PARAM_DTYPES, all_storages
+from .._storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
 from .._steps import as_rows
 from .._table import rows
 from . import runtime
@@ -61,6 +61,31 @@ def all_entry_points() -> dict[str, tuple[str, ...]]:
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)
     return {family: tuple(sorted(n)) for family, n in sorted(names.items())}
+
+
+def sampled_storages() -> list:
+    """A sample of the storages that reaches every mode and param dtype: each param dtype
+    in its default storage, and every mode once, on bfloat16 params and grads with float32
+    state. The gates that would otherwise repeat one check per storage (the second
+    architecture's compile, the sanitizers) take these."""
+    return [st for st in all_storages()
+            if st == Storage(st.param, st.param, default_state_dtype(st.param))
+            or (st.param, st.grad, st.state) == ("bfloat16", "bfloat16", "float32")]
+
+
+def storage_args(name: str) -> str:
+    """The storage part of a name expression (``adam<float, float, float, 0, 1, 0>`` ->
+    ``float, float, float, 0``); empty for an entry without one (``lane_sums``)."""
+    args = name.split("<", 1)[1].rstrip(">").split(", ") if "<" in name else []
+    return ", ".join(args[:4]) if len(args) >= 4 else ""
+
+
+def sampled_entry_points() -> dict[str, tuple[str, ...]]:
+    """family -> the entry points of :func:`sampled_storages`, and every entry point
+    without a storage."""
+    sampled = {st.template_args() for st in sampled_storages()}
+    return {family: tuple(n for n in names if storage_args(n) in sampled | {""})
+            for family, names in all_entry_points().items()}
 
 
 def name_expressions(family: str) -> tuple[str, ...]:

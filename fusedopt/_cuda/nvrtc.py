@@ -4,7 +4,8 @@ NVRTC compiles for any architecture without a device, so the exact text and opti
 ``cupy.RawModule`` hands to NVRTC on a user's GPU (fusedopt/_cuda/source.py) are compiled
 here for every architecture in ``config.GATE_ARCHS``. The result keeps the program log
 (warnings and ptxas' per-kernel resource lines), the cubin (for the machine-code gate in
-fusedopt/_cuda/sass.py) and the mangled name of every entry point.
+fusedopt/_cuda/sass.py), the PTX it was assembled from (for the denormal gate in
+tests/test_denormals.py) and the mangled name of every entry point.
 
 Needs ``cuda-bindings`` (the ``cudacheck`` extra); imported only by the gates and tools.
 """
@@ -28,7 +29,7 @@ _WARNING = re.compile(r"\bwarning\b", re.IGNORECASE)
 _ERROR = re.compile(r"\berror\b", re.IGNORECASE)
 
 #: Bump when the cached artifact layout changes.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Compiled:
     ok: bool                        # nvrtcCompileProgram succeeded
     log: str
     cubin: bytes = b""
+    ptx: str = ""
     lowered: dict[str, str] = field(default_factory=dict)  # name expression -> mangled name
 
     def problems(self) -> list[str]:
@@ -120,12 +122,17 @@ def _compile_now(text: str, name_expressions, arch: str, filename: str) -> Compi
         _check(err, "nvrtcGetCUBINSize")
         cubin = b" " * size
         _check(nvrtc.nvrtcGetCUBIN(prog, cubin)[0], "nvrtcGetCUBIN")
+        err, size = nvrtc.nvrtcGetPTXSize(prog)
+        _check(err, "nvrtcGetPTXSize")
+        ptx = b" " * size
+        _check(nvrtc.nvrtcGetPTX(prog, ptx)[0], "nvrtcGetPTX")
         lowered = {}
         for name in name_expressions:
             err, mangled = nvrtc.nvrtcGetLoweredName(prog, name.encode())
             ok = err == nvrtc.nvrtcResult.NVRTC_SUCCESS and mangled
             lowered[name] = mangled.decode() if ok else ""
-        return Compiled(label, arch, True, log_text, cubin, lowered)
+        return Compiled(label, arch, True, log_text, cubin, ptx.rstrip(b"\0").decode(),
+                        lowered)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -140,15 +147,17 @@ def _load(folder: Path, label: str, arch: str) -> Compiled | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         cubin = (folder / "kernel.cubin").read_bytes() if meta["ok"] else b""
+        ptx = (folder / "kernel.ptx").read_text() if meta["ok"] else ""
     except (OSError, ValueError, KeyError):
         return None
-    return Compiled(label, arch, meta["ok"], meta["log"], cubin, meta["lowered"])
+    return Compiled(label, arch, meta["ok"], meta["log"], cubin, ptx, meta["lowered"])
 
 
 def _store(folder: Path, compiled: Compiled) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if compiled.ok:
         write_atomically(folder / "kernel.cubin", compiled.cubin)
+        write_atomically(folder / "kernel.ptx", compiled.ptx.encode())
     # meta.json last: its presence marks a complete entry.
     write_atomically(folder / "meta.json", json.dumps(
         {"ok": compiled.ok, "log": compiled.log, "lowered": compiled.lowered}).encode())
@@ -182,9 +191,19 @@ def compile_source(text: str, name_expressions, arch: str, *, filename: str = "k
 
 
 def compile_family(family: str, arch: str, *, cache_dir: Path | None = None) -> Compiled:
-    """kernels/<family>.cu with every entry point the runtime can request."""
-    return compile_source(source.source(family), launch.name_expressions(family), arch,
+    """kernels/<family>.cu with the entry points the gates compile for ``arch``
+    (:func:`gate_names`: for ``config.GATE_FULL_ARCH``, every one the runtime can request)."""
+    return compile_source(source.source(family), gate_names(family, arch), arch,
                           filename=f"{family}.cu", cache_dir=cache_dir)
+
+
+def gate_names(family: str, arch: str) -> tuple[str, ...]:
+    """The entry points of kernels/<family>.cu the gates compile for ``arch``: every one
+    for ``config.GATE_FULL_ARCH``, those of the sampled storages
+    (``launch.sampled_entry_points``) for the others."""
+    if arch == config.GATE_FULL_ARCH:
+        return launch.name_expressions(family)
+    return launch.sampled_entry_points()[family]
 
 
 def gate_matrix() -> list[tuple[str, str]]:
@@ -202,9 +221,8 @@ def compile_all(cache_dir: Path, workers: int) -> None:
     compiles at a time (NVRTC compiles one program on one core), the largest first, so
     the gates then read every result from the cache."""
     from concurrent.futures import ProcessPoolExecutor
-    entries = launch.all_entry_points()
     jobs = sorted(((f, a, str(cache_dir)) for f, a in gate_matrix()),
-                  key=lambda job: -len(entries[job[0]]))
+                  key=lambda job: -len(gate_names(job[0], job[1])))
     if workers <= 1:
         for job in jobs:
             _compile_into(job)

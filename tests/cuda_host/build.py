@@ -103,20 +103,23 @@ def optimizer_families() -> set[str]:
     return {spec.kernel for spec in REGISTRY.values()}
 
 
-def build_family(family: str, cache_dir: Path, sanitize: bool = False) -> Path:
-    """kernels/<family>.cu with every entry point the runtime can request."""
-    return build(family, source.source(family), launch.name_expressions(family), cache_dir,
-                 sanitize, cooperative=family not in optimizer_families())
+def build_family(family: str, cache_dir: Path, sanitize: bool = False,
+                 name_expressions=None) -> Path:
+    """kernels/<family>.cu with ``name_expressions`` (default: every entry point the runtime
+    can request)."""
+    names = launch.name_expressions(family) if name_expressions is None else name_expressions
+    return build(family, source.source(family), names, cache_dir, sanitize,
+                 cooperative=family not in optimizer_families())
 
 
-def build_all(families, cache_dir: Path, workers: int, sanitize: bool = False) -> None:
-    """Build ``families`` (g++ runs in subprocesses: ``workers`` at a time), the ones with
-    the most entry points first, so later builds read the cache."""
+def build_all(entry_points: dict, cache_dir: Path, workers: int, sanitize: bool = False) -> None:
+    """Build every family of ``entry_points`` (family -> name expressions) with those entry
+    points (g++ runs in subprocesses: ``workers`` at a time), the ones with the most entry
+    points first, so later builds read the cache."""
     from concurrent.futures import ThreadPoolExecutor
-    entries = launch.all_entry_points()
-    order = sorted(families, key=lambda f: -len(entries[f]))
+    order = sorted(entry_points, key=lambda f: -len(entry_points[f]))
     with ThreadPoolExecutor(max(workers, 1)) as pool:
-        list(pool.map(lambda f: build_family(f, cache_dir, sanitize), order))
+        list(pool.map(lambda f: build_family(f, cache_dir, sanitize, entry_points[f]), order))
 
 
 def warnings(library: Path) -> str:

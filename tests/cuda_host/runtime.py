@@ -157,13 +157,14 @@ class HostRuntime:
     ``order="reverse"`` runs blocks and threads last to first. ``sanitize=True`` builds with
     AddressSanitizer, which needs its runtime preloaded into the process
     (tests/cuda_host/sanitize.py does that in a subprocess). ``sources`` replaces a family's
-    source text (broken copies, in tests); ``only`` builds just that one entry point.
+    source text (broken copies, in tests); ``only`` (a name expression, or a set of them)
+    builds just those entry points.
     """
 
     name = "host"
 
     def __init__(self, cache_dir: Path, *, order: str = "forward", sanitize: bool = False,
-                 sources: dict[str, str] | None = None, only: str | None = None,
+                 sources: dict[str, str] | None = None, only=None,
                  events: str = "immediate"):
         if order not in ("forward", "reverse"):
             raise ValueError(f"order must be 'forward' or 'reverse', got {order!r}")
@@ -230,7 +231,8 @@ class HostRuntime:
     def module(self, family: str, name_expressions):
         if family not in self._modules:
             if self.only is not None:
-                name_expressions = [n for n in name_expressions if n == self.only]
+                keep = {self.only} if isinstance(self.only, str) else set(self.only)
+                name_expressions = [n for n in name_expressions if n in keep]
             text = self.sources.get(family) or source.source(family)
             label = f"{family}-modified" if family in self.sources else family
             path = build.build(label, text, name_expressions, self.cache_dir, self.sanitize,

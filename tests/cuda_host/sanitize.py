@@ -2,9 +2,10 @@
 
 ``python -m cuda_host.sanitize`` (with tests/ on the path) builds kernels/*.cu with
 ``-fsanitize=address,undefined`` and runs the real CUDA backend over the awkward sizes, a
-misaligned view and shrunk launch sizes, for every registered optimizer, every storage
-(fusedopt/_storage.py: 16-bit params and grads, bfloat16 state, masters) and every entry
-point. Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+misaligned view and shrunk launch sizes, for every registered optimizer and every entry
+point of float32 and float64 params, and of the sampled storages
+(``fusedopt._cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
+mode). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
@@ -73,9 +74,9 @@ def _covering_variants(spec, compare):
 
 
 def _other_storages(compare):
-    """Every storage but the default ones of float32 and float64 params."""
-    from fusedopt._storage import all_storages
-    return [st for st in all_storages()
+    """The sampled storages but the default ones of float32 and float64 params."""
+    from fusedopt._cuda.launch import sampled_storages
+    return [st for st in sampled_storages()
             if not (st.param in compare.BASE_DTYPES and st.state == st.param)]
 
 
@@ -119,16 +120,17 @@ def main(argv=None) -> int:
     from fusedopt._cuda import runtime
     from fusedopt._registry import REGISTRY
 
+    from fusedopt._cuda import launch
     sources = dict(s.split("=", 1) for s in args.source)
+    sampled = launch.sampled_entry_points()
     host = HostRuntime(args.cache / "host", sanitize=True,
                        sources={f: Path(p).read_text() for f, p in sources.items()},
-                       only=args.entry)
+                       only=args.entry or {n for names in sampled.values() for n in names})
     runtime.install(host)
     if not sources and args.entry is None:  # every family at once, one g++ per core
         from cuda_host import build
-        from fusedopt._cuda import launch
-        build.build_all(launch.all_entry_points(), args.cache / "host",
-                        workers=os.cpu_count() or 1, sanitize=True)
+        build.build_all(sampled, args.cache / "host", workers=os.cpu_count() or 1,
+                        sanitize=True)
     for chunk, threads, shapes, steps in RUNS:
         if chunk is not None:
             config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
