@@ -87,13 +87,15 @@ def test_excluded_params_get_no_weight_decay(name, hp, convention, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_flag_one_call_equals_per_tensor_calls(name, dtype, monkeypatch):
-    """Backend level, so that flags no hyperparameter of this optimizer selects are covered."""
+    """Backend level, so that flags no hyperparameter of this optimizer selects are covered.
+    float64 (8-byte elements in the same table walk) with the first flags only: the flags
+    change the rule, not the walk, and each is a specialization of its own to compile."""
     monkeypatch.setattr(config, "CPU_CHUNK", SMALL_CHUNK)
     spec = REGISTRY[name]
     hp = dict(spec.defaults(), learning_rate=0.01)
     if "weight_decay" in hp:
         hp["weight_decay"] = 0.05
-    for flags in spec.all_flags:
+    for flags in spec.all_flags if dtype == "float32" else spec.all_flags[:1]:
         params, grads = problem(SHAPES, dtype=np.dtype(dtype), seed=2)
         init = spec.slot_init(hp)
         n = len(spec.slots(flags))

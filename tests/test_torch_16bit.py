@@ -22,10 +22,16 @@ DTYPE_IDS = lambda d: str(d)[6:]  # noqa: E731
 #: steps divide by zero (the test below). fusedopt keeps float32 state for float16 params
 #: for this reason (fusedopt/_storage.py); its steps from the same inputs differ by design.
 FP16_UNDERFLOWS = ("rmsprop", "nadam")
+#: Every case in bfloat16; float16 in each optimizer's first case (its storage shares the
+#: bfloat16 runs' code but the bit layout, and each case is a compile of its own).
+def _stepped(name: str, case_id: str, dtype) -> bool:
+    return dtype != torch.float16 or (name not in FP16_UNDERFLOWS and case_id.endswith("-0"))
+
+
 STEP_CASES = [(n, hp, d) for (n, hp), i in zip(CASES, CASE_IDS) for d in runs.DTYPES
-              if not (d == torch.float16 and n in FP16_UNDERFLOWS)]
+              if _stepped(n, i, d)]
 STEP_IDS = [f"{i}-{DTYPE_IDS(d)}" for (n, _), i in zip(CASES, CASE_IDS) for d in runs.DTYPES
-            if not (d == torch.float16 and n in FP16_UNDERFLOWS)]
+            if _stepped(n, i, d)]
 
 
 @pytest.mark.parametrize("name, hp, dtype", STEP_CASES, ids=STEP_IDS)
