@@ -77,8 +77,7 @@ def run(sequential: bool = False, steps: int = STEPS) -> dict:
 
 def cache_counts() -> tuple[int, int]:
     from fusedopt._cpu import loop
-    stats = loop.run.stats
-    return sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
+    return loop.cache_counts()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """The machine code of the CPU element loop (fusedopt/_cpu/loop.py): packed square roots and
 divisions, so the loop is vectorized, in 512-bit registers where the CPU has them."""
 
-import numpy as np
 import pytest
 from llvmlite import binding
-from numba import njit
+from numba import cfunc
 
 from fusedopt._cpu import loop, rules, storage
 
@@ -16,14 +15,9 @@ STORAGES = {"float32": (storage.F32,) * 3,
 
 def _element_loop_asm(codes) -> str:
     """Assembly of a fresh (uncached) compile of the element loop for Keras-style Adam."""
-    span = njit(error_model="numpy")(loop._run_span.py_func)
     variant = loop.specialize(rules.adam, (rules.KERAS, 0), 2, codes)
-    p, g, s, x, _ = variant.likes()
-    n = 64
-    arrays = [np.zeros(n, a.dtype) for a in (p, g, s, s)]
-    h = tuple(np.float32(v) for v in (1e-3, 0, 1, 0.9, 0.999, 0.1, 0.001, 1e-7, 1e-3, 1))
-    span(variant, *arrays, s[:0], x, h, np.float32(1), np.float32(np.inf), np.uint32(0), 0)
-    return next(iter(span.inspect_asm().values()))
+    span = cfunc(loop.span_signature(variant, 10), error_model="numpy")(loop._span)
+    return span._library.get_asm_str()
 
 
 @pytest.mark.parametrize("name", STORAGES)

@@ -6,15 +6,17 @@ busy. A CPU work item runs from its own start, ``(tensor, chunk)``, up to the ne
 start (or the end of the table), crossing into following tensors when the next item starts
 in a later one: with one item per chunk that is exactly a CUDA block's range, and with the
 packed tables of fusedopt/_table.py one item covers several small tensors. Per tensor it
-hands plain array slices to a non-parallel inner loop that, per element, widens what it
-loads (fusedopt/_cpu/storage.py), calls the optimizer's scalar rule and rounds what it
-stores; with slices (not raw pointers) and unconditional stores LLVM vectorizes it.
+calls a span function with the operands' addresses: a non-parallel loop that, per element,
+widens what it loads (fusedopt/_cpu/storage.py), calls the optimizer's scalar rule and
+rounds what it stores; with unconditional stores LLVM vectorizes it.
 
-The rule, its flags and the storage reach the loop as a :class:`Variant`, whose Numba type
-carries them all, as the CUDA kernels take them as template arguments. So they are
-constants in the compiled loop: LLVM drops the other variants' branches, each element
-calls exactly one widening and one rounding per operand, and the call does not pay for
-passing a jitted function as an argument.
+The rule, its flags and the storage reach the span function as a :class:`Variant`, whose
+Numba type carries them all, as the CUDA kernels take them as template arguments. So they
+are constants in the compiled loop: LLVM drops the other variants' branches and each
+element calls exactly one widening and one rounding per operand. Only the span function is
+compiled per variant (a C function, :func:`span_function`); the table walk and the thread
+pool's loop (:func:`run`, :func:`run_serial`) are compiled once and call it through its
+address, once per tensor or span, so a new optimizer or storage costs one small compile.
 
 Gradient clipping (fusedopt/_clip.py), and a loss scale's 1/s, happen here, not in the
 rules: every grad is loaded as clamp(g * scale, -limit, limit) with its tensor's scale and
@@ -35,6 +37,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from llvmlite import ir
 from numba import carray, njit, prange, types
 from numba.core.extending import (NativeValue, intrinsic, models, overload, register_model,
                                   typeof_impl, unbox)
@@ -101,14 +104,28 @@ class Variant:
 
     def likes(self) -> tuple:
         """Empty arrays of the param, grad, state, master-slot and compute dtypes the loop
-        reads (they type the table's pointers and the scalars)."""
+        reads."""
         if self._likes is None:
-            p, g, s = (np.empty(0, storage.LOOP_DTYPES[c]) for c in self.codes)
-            x = np.empty(0, {REMAINDER: np.int16, KAHAN: storage.LOOP_DTYPES[self.codes[0]]}
-                         .get(self.mode, np.float32))
-            compute = np.empty(0, np.float64 if self.codes[0] == storage.F64 else np.float32)
-            self._likes = (p, g, s, x, compute)
+            self._likes = tuple(np.empty(0, d) for d in loop_dtypes(self.codes, self.mode))
         return self._likes
+
+    @property
+    def geometry(self) -> tuple:
+        """What the table walk needs to know of the variant, as int64s: its slots, 1 if a
+        master slot follows them, 1 if stochastic, and the bytes of a param, grad, state
+        and master-slot element."""
+        sizes = (np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4])
+        return tuple(np.int64(v) for v in (self.n_slots, self.mode in WITH_SLOT,
+                                            self.mode == STOCHASTIC, *sizes))
+
+
+def loop_dtypes(codes: tuple, mode: int) -> tuple:
+    """The param, grad, state, master-slot and compute dtypes the loop reads for storage
+    ``codes`` in ``mode`` (16-bit floats as their bits)."""
+    p, g, s = (storage.LOOP_DTYPES[c] for c in codes)
+    x = {REMAINDER: np.int16, KAHAN: storage.LOOP_DTYPES[codes[0]]}.get(mode, np.float32)
+    compute = np.float64 if codes[0] == storage.F64 else np.float32
+    return p, g, s, x, compute
 
 
 @functools.lru_cache(maxsize=None)
@@ -244,24 +261,6 @@ def _pointer(typingctx, address, like):
     return sig, codegen
 
 
-@intrinsic
-def _narrow(typingctx, values, like):
-    """The tuple of numbers ``values`` converted to ``like``'s element type.
-
-    The same rounding as ``np.float32(x)`` on the host (round to nearest), done inside the
-    compiled call so the caller can pass the scalars as the Python floats it computed.
-    """
-    target = like.dtype
-    sig = types.UniTuple(target, len(values))(values, like)
-
-    def codegen(context, builder, signature, args):
-        items = [context.cast(builder, builder.extract_value(args[0], k), values[k], target)
-                 for k in range(len(values))]
-        return context.make_tuple(builder, signature.return_type, items)
-
-    return sig, codegen
-
-
 # --- spans, work items, the parallel loop ------------------------------------------------
 
 #: The vector width LLVM is asked to prefer for the element loop, in bits.
@@ -287,13 +286,6 @@ def _prefer_wide_vectors(typingctx):
     return types.none(), codegen
 
 
-@njit(**JIT_OPTIONS)
-def _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
-    _prefer_wide_vectors()
-    for i in range(p.shape[0]):
-        _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset)
-
-
 def _layout(variant):
     """(rule slots, 1 if a master slot follows them else 0, 1 if stochastic else 0):
     constants of the variant."""
@@ -309,21 +301,122 @@ def _layout_variant(variant):
     return body
 
 
-@njit(**JIT_OPTIONS)
-def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step):
-    """Work item ``w``: from its start up to the next item's start."""
-    param_like, grad_like, state_like, master_like, compute_like = likes
+def _operand_dtypes(variant) -> tuple:
+    """Numba types of :func:`loop_dtypes` for a VariantType."""
+    from numba.np.numpy_support import from_dtype
+    return tuple(from_dtype(np.dtype(d)) for d in loop_dtypes(variant.codes, variant.mode))
+
+
+def _operand(which: int):
+    """An intrinsic: the int64 address as a pointer to the variant's ``which`` operand."""
+    @intrinsic
+    def operand(typingctx, variant, address):
+        sig = types.CPointer(_operand_dtypes(variant)[which])(variant, address)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[1], context.get_value_type(signature.return_type))
+        return sig, codegen
+    return operand
+
+
+_param_at, _grad_at, _state_at, _master_at = (_operand(k) for k in range(4))
+
+
+@intrinsic
+def _in_compute_type(typingctx, values, variant):
+    """The tuple of numbers ``values`` converted to the variant's compute type (the same
+    rounding as ``np.float32(x)`` on the host: to nearest)."""
+    target = _operand_dtypes(variant)[4]
+    sig = types.UniTuple(target, len(values))(values, variant)
+
+    def codegen(context, builder, signature, args):
+        items = [context.cast(builder, builder.extract_value(args[0], k), values[k], target)
+                 for k in range(len(values))]
+        return context.make_tuple(builder, signature.return_type, items)
+    return sig, codegen
+
+
+def _span(variant, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
+    """``n`` elements of one tensor through ``variant``, from the operands' addresses (0
+    for an operand the variant has not); ``scalars`` points at the rule's scalars as float64,
+    ``offset`` is the first element's index in its tensor (a key of its random bits)."""
+    _prefer_wide_vectors()
     ns, master, random = _layout(variant)
+    p_ = carray(_param_at(variant, p), n)
+    g_ = carray(_grad_at(variant, g), n)
+    s0_ = carray(_state_at(variant, s0), n if ns > 0 else 0)
+    s1_ = carray(_state_at(variant, s1), n if ns > 1 else 0)
+    s2_ = carray(_state_at(variant, s2), n if ns > 2 else 0)
+    x_ = carray(_master_at(variant, x), n if master else 0)
+    h = _in_compute_type(scalars[0], variant)
+    scale_, limit_ = _in_compute_type((scale, limit), variant)
+    for i in range(n):
+        _apply(variant, i, p_, g_, s0_, s1_, s2_, x_, h, scale_, limit_, key, offset)
+
+
+_I64, _F64 = types.int64, types.float64
+
+
+def span_signature(variant: Variant, n_scalars: int):
+    """The C signature of :func:`_span` for ``variant`` and ``n_scalars`` scalars."""
+    return types.void(variant._numba_type_, *(_I64,) * 7,
+                      types.CPointer(types.UniTuple(_F64, n_scalars)), _F64, _F64,
+                      types.uint32, _I64)
+
+
+@functools.lru_cache(maxsize=None)
+def span_function(variant: Variant, n_scalars: int):
+    """:func:`_span` for ``variant`` and a rule of ``n_scalars`` scalars, compiled as a C
+    function (its address goes to the shared driver below, which is compiled once).
+
+    Only this function is compiled per optimizer variant and storage; the table walk and
+    the thread pool's loop are compiled once for all of them (a specialization costs about
+    a third of the compile time it cost when every level was specialized)."""
+    from numba import cfunc
+    function = cfunc(span_signature(variant, n_scalars), cache=JIT_OPTIONS["cache"],
+                     error_model="numpy")(_span)
+    _SPAN_FUNCTIONS.append(function)
+    return function
+
+
+_SPAN_FUNCTIONS: list = []
+
+
+@intrinsic
+def _call_span(typingctx, span, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
+    """Call the C function at address ``span`` (a :func:`span_function`) with these
+    arguments: no variant (the function ignores its opaque first argument), ``scalars``
+    an address."""
+    sig = types.void(span, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset)
+
+    def codegen(context, builder, signature, args):
+        pointer = ir.IntType(8).as_pointer()
+        values = [ir.Constant(pointer, None)]
+        values += [context.cast(builder, a, t, _I64)
+                   for a, t in zip(args[1:8], signature.args[1:8])]
+        values.append(builder.inttoptr(args[8], pointer))
+        values += [context.cast(builder, args[9], signature.args[9], _F64),
+                   context.cast(builder, args[10], signature.args[10], _F64),
+                   context.cast(builder, args[11], signature.args[11], types.uint32),
+                   context.cast(builder, args[12], signature.args[12], _I64)]
+        fnty = ir.FunctionType(context.get_value_type(types.void), [v.type for v in values])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), values)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(**JIT_OPTIONS)
+def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step):
+    """Work item ``w``: from its start up to the next item's start. ``geometry``: the
+    variant's slots, master slot, stochastic flag and element sizes (Variant.geometry)."""
+    ns, master, random, p_size, g_size, s_size, x_size = geometry
     rows = ns + master  # slot rows of the table
     streams0 = (5 + rows) * n_tensors
     work0 = (6 + rows) * n_tensors
     sizes0 = (2 + rows) * n_tensors
     scales = table[(3 + rows) * n_tensors: (4 + rows) * n_tensors].view(np.float64)
     limits = table[(4 + rows) * n_tensors: streams0].view(np.float64)
-    # A slot the variant does not use still needs an array; one made from a pointer has no
-    # reference count, so passing it costs no atomic updates.
-    unused = carray(_pointer(table[0], state_like), 0)
-    no_master = carray(_pointer(table[0], master_like), 0)
+    h = scalars.ctypes.data
     item = table[work0 + w]
     t = item >> 32
     begin = (item & _CHUNK_MASK) * chunk
@@ -337,61 +430,87 @@ def _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step):
         n = table[sizes0 + t]
         end = n if t < t_stop else stop
         if end > begin:
-            p = carray(_pointer(table[t], param_like), n)[begin:end]
-            g = carray(_pointer(table[n_tensors + t], grad_like), n)[begin:end]
-            s0 = unused
-            s1 = unused
-            s2 = unused
-            x = no_master
-            if ns > 0:
-                s0 = carray(_pointer(table[2 * n_tensors + t], state_like), n)[begin:end]
-            if ns > 1:
-                s1 = carray(_pointer(table[3 * n_tensors + t], state_like), n)[begin:end]
-            if ns > 2:
-                s2 = carray(_pointer(table[4 * n_tensors + t], state_like), n)[begin:end]
-            if master:
-                x = carray(_pointer(table[(2 + ns) * n_tensors + t], master_like), n)[begin:end]
-            scale, limit = _narrow((scales[t], limits[t]), compute_like)
+            p = table[t] + begin * p_size
+            g = table[n_tensors + t] + begin * g_size
+            s0 = table[2 * n_tensors + t] + begin * s_size if ns > 0 else 0
+            s1 = table[3 * n_tensors + t] + begin * s_size if ns > 1 else 0
+            s2 = table[4 * n_tensors + t] + begin * s_size if ns > 2 else 0
+            x = table[(2 + ns) * n_tensors + t] + begin * x_size if master else 0
             if random:
                 base = random_bits.stream_base(table[streams0 + t], step)
                 at = 0  # spans split where the high half of the element index changes
                 while at < end - begin:
                     upto = min(end - begin, ((begin + at) // _SPAN + 1) * _SPAN - begin)
-                    _run_span(variant, p[at:upto], g[at:upto], s0[at:upto] if ns > 0 else s0,
-                              s1[at:upto] if ns > 1 else s1, s2[at:upto] if ns > 2 else s2,
-                              x, h, scale, limit, random_bits.span_key(base, begin + at),
-                              begin + at)
+                    _call_span(span, p + at * p_size, g + at * g_size,
+                               s0 + at * s_size if ns > 0 else 0,
+                               s1 + at * s_size if ns > 1 else 0,
+                               s2 + at * s_size if ns > 2 else 0,
+                               x + at * x_size if master else 0, upto - at, h,
+                               scales[t], limits[t], random_bits.span_key(base, begin + at),
+                               begin + at)
                     at = upto
             else:
-                _run_span(variant, p, g, s0, s1, s2, x, h, scale, limit, np.uint32(0), begin)
+                _call_span(span, p, g, s0, s1, s2, x, end - begin, h, scales[t], limits[t],
+                           np.uint32(0), begin)
         t += 1
         begin = 0
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def run(variant, table, n_tensors, chunk, likes, scalars, step):
-    """Apply ``variant``'s rule to every element of every tensor in ``table``.
-
-    ``likes``: empty arrays of the param, grad, state, master-slot and compute dtypes as
-    the loop reads them (:meth:`Variant.likes`); ``scalars`` the rule's scalars as numbers
-    (rounded to the compute type inside); ``step`` the 1-based step (int64), a key of
-    stochastic rounding's bits.
-    """
-    h = _narrow(scalars, likes[4])
-    ns, master, random = _layout(variant)
+def _run_parallel(span, table, n_tensors, chunk, geometry, scalars, step):
+    ns, master = geometry[0], geometry[1]
     n_work = table.shape[0] - (6 + ns + master) * n_tensors
     for w in prange(n_work):
         # np.int64: prange's index is unsigned, and _run_item would compile twice (it is
         # typed once with the loop's int64 index before the parallel transform).
-        _run_item(variant, table, np.int64(w), n_work, n_tensors, chunk, likes, h, step)
+        _run_item(span, table, np.int64(w), n_work, n_tensors, chunk, geometry, scalars, step)
 
 
 @njit(**JIT_OPTIONS)
+def _run_serial(span, table, n_tensors, chunk, geometry, scalars, step):
+    ns, master = geometry[0], geometry[1]
+    n_work = table.shape[0] - (6 + ns + master) * n_tensors
+    for w in range(n_work):
+        _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
+
+
+def _arguments(variant, scalars):
+    """(span function's address, geometry, the scalars as a float64 array) for a call."""
+    scalars = np.array(scalars, dtype=np.float64)
+    calls = variant.__dict__.setdefault("_calls", {})
+    found = calls.get(scalars.shape[0])
+    if found is None:
+        found = calls[scalars.shape[0]] = (span_function(variant, scalars.shape[0]).address,
+                                           variant.geometry)
+    return (*found, scalars)
+
+
+def run(variant, table, n_tensors, chunk, likes, scalars, step):
+    """Apply ``variant``'s rule to every element of every tensor in ``table``, the work
+    items shared out between Numba's threads.
+
+    ``likes``: kept for the callers' sake (the element types come from the variant);
+    ``scalars`` the rule's scalars as numbers (rounded to the compute type inside);
+    ``step`` the 1-based step (int64), a key of stochastic rounding's bits.
+    """
+    span, geometry, scalars = _arguments(variant, scalars)
+    _run_parallel(span, table, n_tensors, chunk, geometry, scalars, step)
+
+
 def run_serial(variant, table, n_tensors, chunk, likes, scalars, step):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
-    h = _narrow(scalars, likes[4])
-    ns, master, random = _layout(variant)
-    n_work = table.shape[0] - (6 + ns + master) * n_tensors
-    for w in range(n_work):
-        _run_item(variant, table, w, n_work, n_tensors, chunk, likes, h, step)
+    span, geometry, scalars = _arguments(variant, scalars)
+    _run_serial(span, table, n_tensors, chunk, geometry, scalars, step)
+
+
+def cache_counts() -> tuple[int, int]:
+    """(loaded from Numba's cache, compiled) over this process's loop functions."""
+    hits = misses = 0
+    for dispatcher in (_run_parallel, _run_serial):
+        hits += sum(dispatcher.stats.cache_hits.values())
+        misses += sum(dispatcher.stats.cache_misses.values())
+    for function in _SPAN_FUNCTIONS:
+        hits += function.cache_hits
+        misses += 1 - function.cache_hits
+    return hits, misses
