@@ -74,11 +74,11 @@ def _ceiling_step(params):
     states = [[torch.zeros_like(p), torch.zeros_like(p)] for p in params]
     group = backend.group("float32", [p.detach() for p in params], states)
     rule = specialize(ceiling_rule, (2,), 2)  # two slots, float32 storage
-    likes, h = rule.likes(), (float(CEILING_SCALE),)
+    h = (float(CEILING_SCALE),)
 
     def step():
         table = step_table(group, [p.grad for p in params], backend.address)
-        run(rule, table, group.table.n_tensors, group.chunk, likes, h, np.int64(1))
+        run(rule, table, group.table.n_tensors, group.chunk, h, np.int64(1))
     return step
 
 

@@ -207,8 +207,7 @@ def test_cpu_loop_indexes_past_2_32_elements():
     table, buffers, _ = _tail_problem()
     expected = _same_update_on_small_arrays(buffers, "cpu")
     variant = specialize(ADAM.cpu_rule, FLAGS, 2)
-    run(variant, table, 1, CHUNK, variant.likes(), tuple(ADAM.scalars(HYPER, 1, "keras")),
-        np.int64(1))
+    run(variant, table, 1, CHUNK, tuple(ADAM.scalars(HYPER, 1, "keras")), np.int64(1))
     for got, want in zip([buffers[0], buffers[2], buffers[3]], expected):
         assert got.tobytes() == want.tobytes()
 

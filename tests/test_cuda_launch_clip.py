@@ -78,7 +78,7 @@ class _Module:
                 n_slots = len(spec.slots(flags))
                 assert grid == (table.size - rows(n_slots, int(n_tensors))["work"],)
                 variant = cpu_backend.variant(spec, flags, storage)
-                cpu_run(variant, table, int(n_tensors), int(chunk), variant.likes(),
+                cpu_run(variant, table, int(n_tensors), int(chunk),
                         tuple(float(x) for x in scalar_rows[r * n_scalars:(r + 1) * n_scalars]),
                         np.int64(control[7]))
         return launch_

@@ -95,13 +95,12 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     variant = specialize(ceiling_rule, (n_slots,), n_slots,
                          tuple(codes.CODES[d] for d in (st.param, st.grad, st.state)),
                          MODE_CODES[st.mode])
-    likes = variant.likes()
     h = (float(scale),)
     # The backend's own choice: one work item runs on the calling thread.
     loop = run if group.table.n_work > 1 else run_serial
 
     def step():
-        loop(variant, table, 1, group.chunk, likes, h, np.int64(1))
+        loop(variant, table, 1, group.chunk, h, np.int64(1))
     step.arrays = (param, grad, slots)  # the table holds raw addresses: keep them alive
     return step
 

@@ -96,5 +96,4 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
     scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
-    loop(chosen, table, group.table.n_tensors, group.chunk, chosen.likes(), scalars,
-         np.int64(step))
+    loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step))

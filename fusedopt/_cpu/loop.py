@@ -95,28 +95,17 @@ class Variant:
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
         self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode)
-        self._likes = None
+        # What the table walk needs to know of the variant, as int64s: its slots, 1 if a
+        # master slot follows them, 1 if stochastic, and the bytes of a param, grad, state
+        # and master-slot element.
+        sizes = (np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4])
+        self.geometry = tuple(np.int64(v) for v in (self.n_slots, self.mode in WITH_SLOT,
+                                                     self.mode == STOCHASTIC, *sizes))
 
     @property
     def table_slots(self) -> int:
         """Slot rows of its launch table: the rule's, plus the master slot if any."""
         return self.n_slots + (self.mode in WITH_SLOT)
-
-    def likes(self) -> tuple:
-        """Empty arrays of the param, grad, state, master-slot and compute dtypes the loop
-        reads."""
-        if self._likes is None:
-            self._likes = tuple(np.empty(0, d) for d in loop_dtypes(self.codes, self.mode))
-        return self._likes
-
-    @property
-    def geometry(self) -> tuple:
-        """What the table walk needs to know of the variant, as int64s: its slots, 1 if a
-        master slot follows them, 1 if stochastic, and the bytes of a param, grad, state
-        and master-slot element."""
-        sizes = (np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4])
-        return tuple(np.int64(v) for v in (self.n_slots, self.mode in WITH_SLOT,
-                                            self.mode == STOCHASTIC, *sizes))
 
 
 def loop_dtypes(codes: tuple, mode: int) -> tuple:
@@ -474,34 +463,24 @@ def _run_serial(span, table, n_tensors, chunk, geometry, scalars, step):
         _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
 
 
-def _arguments(variant, scalars):
-    """(span function's address, geometry, the scalars as a float64 array) for a call."""
-    scalars = np.array(scalars, dtype=np.float64)
-    calls = variant.__dict__.setdefault("_calls", {})
-    found = calls.get(scalars.shape[0])
-    if found is None:
-        found = calls[scalars.shape[0]] = (span_function(variant, scalars.shape[0]).address,
-                                           variant.geometry)
-    return (*found, scalars)
-
-
-def run(variant, table, n_tensors, chunk, likes, scalars, step):
+def run(variant, table, n_tensors, chunk, scalars, step):
     """Apply ``variant``'s rule to every element of every tensor in ``table``, the work
     items shared out between Numba's threads.
 
-    ``likes``: kept for the callers' sake (the element types come from the variant);
     ``scalars`` the rule's scalars as numbers (rounded to the compute type inside);
     ``step`` the 1-based step (int64), a key of stochastic rounding's bits.
     """
-    span, geometry, scalars = _arguments(variant, scalars)
-    _run_parallel(span, table, n_tensors, chunk, geometry, scalars, step)
+    scalars = np.array(scalars, dtype=np.float64)
+    _run_parallel(span_function(variant, scalars.shape[0]).address, table, n_tensors, chunk,
+                  variant.geometry, scalars, step)
 
 
-def run_serial(variant, table, n_tensors, chunk, likes, scalars, step):
+def run_serial(variant, table, n_tensors, chunk, scalars, step):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
-    span, geometry, scalars = _arguments(variant, scalars)
-    _run_serial(span, table, n_tensors, chunk, geometry, scalars, step)
+    scalars = np.array(scalars, dtype=np.float64)
+    _run_serial(span_function(variant, scalars.shape[0]).address, table, n_tensors, chunk,
+                variant.geometry, scalars, step)
 
 
 def cache_counts() -> tuple[int, int]:
