@@ -7,6 +7,10 @@ copied there only when the tensors it lists change.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import numpy as np
 
 from .. import config
@@ -50,17 +54,23 @@ EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def all_entry_points() -> dict[str, tuple[str, ...]]:
+def all_entry_points() -> Mapping[str, tuple[str, ...]]:
     """family -> every name expression the runtime can request from kernels/<family>.cu.
 
-    The compile and machine-code gates build exactly these.
+    The compile and machine-code gates build exactly these. Built once per set of
+    registered optimizers: every launch asks for its family's names (:func:`kernel`).
     """
+    return _entry_points(tuple(REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     names: dict[str, set[str]] = {}
-    for spec in REGISTRY.values():
+    for spec in (REGISTRY[name] for name in registered):
         names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)
-    return {family: tuple(sorted(n)) for family, n in sorted(names.items())}
+    return MappingProxyType({family: tuple(sorted(n)) for family, n in sorted(names.items())})
 
 
 def sampled_storages() -> list:
@@ -80,12 +90,17 @@ def storage_args(name: str) -> str:
     return ", ".join(args[:4]) if len(args) >= 4 else ""
 
 
-def sampled_entry_points() -> dict[str, tuple[str, ...]]:
+def sampled_entry_points() -> Mapping[str, tuple[str, ...]]:
     """family -> the entry points of :func:`sampled_storages`, and every entry point
     without a storage."""
-    sampled = {st.template_args() for st in sampled_storages()}
-    return {family: tuple(n for n in names if storage_args(n) in sampled | {""})
-            for family, names in all_entry_points().items()}
+    return _sampled_entry_points(tuple(REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _sampled_entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
+    sampled = {st.template_args() for st in sampled_storages()} | {""}
+    return MappingProxyType({family: tuple(n for n in names if storage_args(n) in sampled)
+                             for family, names in _entry_points(registered).items()})
 
 
 def name_expressions(family: str) -> tuple[str, ...]:
