@@ -19,9 +19,8 @@ FUSED_16BIT = {"Adam", "AdamW", "Adagrad"}
 
 
 def peer(name: str, params, hp: dict):
-    cls = loops.peer_class(name)
-    extra = dict(fused=True) if cls.__name__ in FUSED_16BIT else {}
-    return cls(params, **hp, **extra)
+    extra = dict(fused=True) if fused_peer(name) else {}
+    return loops.peer_class(name)(params, **hp, **extra)
 
 
 def fused_peer(name: str) -> bool:

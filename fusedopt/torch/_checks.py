@@ -23,7 +23,8 @@ from ._local import local
 from ._names import FLAGS, RENAMES, Row, storage_policy, torch_name
 
 _COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
-_STATE_DTYPES = ("float32", "bfloat16", "float64")
+#: The state dtypes a param group may name (None stands for "param": fusedopt/_storage.py).
+_STATE_DTYPES = tuple(d for d in _storage.STATE_DTYPES if d != "param")
 
 
 def flags(index: int, group: dict, row: Row) -> None:
