@@ -360,7 +360,7 @@ def span_function(variant: Variant, n_scalars: int):
 
     Only this function is compiled per optimizer variant and storage; the table walk and
     the thread pool's loop are compiled once for all of them (a specialization costs about
-    a third of the compile time it cost when every level was specialized)."""
+    half the compile time it cost when every level was specialized: benchmarks/RESULTS.md)."""
     from numba import cfunc
     function = cfunc(span_signature(variant, n_scalars), cache=JIT_OPTIONS["cache"],
                      error_model="numpy")(_span)
