@@ -26,3 +26,27 @@ def test_the_element_loop_is_vectorized(name):
     assert "vsqrtps" in asm and "vdivps" in asm, "no packed sqrt/division: not vectorized"
     if "+avx512f" in binding.get_host_cpu_features().flatten():
         assert "zmm" in asm, "AVX-512 CPU, but the loop does not use 512-bit registers"
+
+
+def _vector_loops(asm: str) -> list[str]:
+    """The basic blocks of ``asm`` that hold a packed 256- or 512-bit division: the vector
+    loops."""
+    blocks, current = [], []
+    for line in asm.splitlines():
+        if line.endswith(":") and not line.startswith("\t"):
+            blocks.append("\n".join(current))
+            current = []
+        current.append(line)
+    blocks.append("\n".join(current))
+    return [b for b in blocks if "vdivps\t%zmm" in b or "vdivps\t%ymm" in b]
+
+
+def test_an_all_16_bit_storage_has_a_loop_without_shuffles():
+    """bf16 params, grads and state go two to a 32-bit word: a vector loop that widens
+    with shifts and masks, with no lane-widening load or narrowing store (the shuffle
+    port's instructions); float32 state keeps the one-element loop."""
+    shuffles = ("vpmovzxwd", "vpmovdw")
+    paired = _vector_loops(_element_loop_asm(STORAGES["bfloat16, bfloat16 state"]))
+    assert any(not any(s in b for s in shuffles) for b in paired), paired
+    single = _vector_loops(_element_loop_asm(STORAGES["bfloat16, float32 state"]))
+    assert single and all("vpmovzxwd" in b for b in single)

@@ -100,8 +100,15 @@ def _bf16_round_ir(builder, u, away: bool):
         bias = builder.add(_i32(0x7FFF), builder.and_(builder.lshr(u, _i32(16)), _i32(1)))
     rounded = builder.lshr(builder.add(u, bias), _i32(16))
     nan = builder.or_(builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000)), _i32(0x7FC0))
-    is_nan = builder.icmp_unsigned(">", builder.and_(u, _i32(0x7FFFFFFF)), _i32(0x7F800000))
-    return builder.select(is_nan, nan, rounded)
+    return builder.select(_is_nan(builder, u), nan, rounded)
+
+
+def _is_nan(builder, u):
+    """Whether the float32 with bits ``u`` is a NaN: one unordered compare of the float
+    with itself (a vector compare into a mask register), rather than ``|u| > inf``'s mask
+    and integer compare."""
+    x = builder.bitcast(u, ir.FloatType())
+    return builder.fcmp_unordered("uno", x, x)
 
 
 def _rounding(away: bool):
@@ -124,17 +131,16 @@ _bf16_even_bits, _bf16_away_bits = _rounding(False), _rounding(True)
 def bf16_round_stochastic(typingctx, x, r):
     """float32 ``x`` -> bfloat16 bits, rounded with the random word ``r``: the top 16 bits
     of r added to x's bits carry into the kept half with probability (dropped bits) / 2^16;
-    inf and NaN as round to nearest."""
+    inf and NaN as round to nearest. (An inf needs no case of its own: its dropped bits are
+    zero, so no carry can reach the kept half and the sum keeps inf's bits.)"""
     if x != types.float32 or r != types.uint32:
         return None
 
     def codegen(context, builder, signature, args):
         u = builder.bitcast(args[0], ir.IntType(32))
         rounded = builder.lshr(builder.add(u, builder.lshr(args[1], _i32(16))), _i32(16))
-        special = _bf16_round_ir(builder, u, away=False)
-        is_special = builder.icmp_unsigned(">=", builder.and_(u, _i32(0x7FFFFFFF)),
-                                           _i32(0x7F800000))
-        return builder.trunc(builder.select(is_special, special, rounded), ir.IntType(16))
+        nan = builder.or_(builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000)), _i32(0x7FC0))
+        return builder.trunc(builder.select(_is_nan(builder, u), nan, rounded), ir.IntType(16))
     return types.uint16(x, r), codegen
 
 
@@ -218,8 +224,9 @@ def f16_round_stochastic(x, r):
     lost = src & ((_ONE << sh) - _ONE)
     up = (lost + (_U(r) >> (_S32 - sh))) >> sh
     rounded = sign | (kept + up)
-    out = f16_round(x, NEAREST_EVEN) if a > _INF else (
-        sign | _F16_INF if a >= _F16_BEYOND else rounded)
+    payload = (a >> _S13) & _F16_MANT
+    nan = sign | _F16_INF | (payload if payload != _ZERO else _ONE)  # as f16_round's
+    out = nan if a > _INF else (sign | _F16_INF if a >= _F16_BEYOND else rounded)
     return np.uint16(out)
 
 
@@ -317,8 +324,7 @@ def _split_ir(typingctx, master):
         u = builder.bitcast(args[0], ir.IntType(32))
         hi = _bf16_round_ir(builder, u, away=True)
         low = builder.and_(builder.sub(u, builder.shl(hi, _i32(16))), _i32(0xFFFF))
-        is_nan = builder.icmp_unsigned(">", builder.and_(u, _i32(0x7FFFFFFF)),
-                                       _i32(0x7F800000))
+        is_nan = _is_nan(builder, u)
         hi = builder.select(is_nan, builder.or_(builder.lshr(u, _i32(16)), _i32(0x40)), hi)
         low = builder.select(is_nan, _i32(0), low)
         i16 = ir.IntType(16)
