@@ -167,11 +167,11 @@ class Engine:
         return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
     def _with_storage(self, group: HyperGroup, state_dtype, master_weights,
-                      where: str, mode: str | None = None) -> HyperGroup:
+                      where: str, mode: str | None = None, stochastic_rounding=False,
+                      kahan_summation=False) -> HyperGroup:
         """``group`` with its storage policy: the engine's (or ``mode``, a group's own kept
-        through a change), unless given (torch's param groups may each choose theirs). The
-        engine's mode carries stochastic rounding and Kahan summation, which no group
-        chooses apart from its engine."""
+        through a change), unless given (torch's param groups may each choose theirs:
+        ``master_weights`` with ``stochastic_rounding`` and ``kahan_summation``)."""
         if state_dtype is _ENGINE:
             state_dtype = self.state_dtype
         try:
@@ -179,24 +179,30 @@ class Engine:
             if master_weights is _ENGINE:
                 group.mode = self.mode if mode is None else mode
             else:
-                group.mode = _storage.mode_of(master_weights)
+                group.mode = _storage.mode_of(master_weights, stochastic_rounding,
+                                              kahan_summation)
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
         group.state_dtype = state_dtype
         return group
 
     def add_group(self, hyper: Mapping[str, Any], where: str | None = None, *,
-                  state_dtype=_ENGINE, master_weights=_ENGINE) -> int:
+                  state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
+                  kahan_summation=False) -> int:
         """A new hyperparameter group; returns its index. Its params are kept with
-        ``state_dtype`` and ``master_weights`` (default: the engine's). Errors start with
-        ``where`` (default "group N: ")."""
+        ``state_dtype`` and ``master_weights`` (default: the engine's, its rounding mode
+        included), or, where ``master_weights`` is given, that with ``stochastic_rounding``
+        and ``kahan_summation``. Errors start with ``where`` (default "group N: ")."""
         where = f"group {len(self.hypers)}: " if where is None else where
         self.hypers.append(self._with_storage(self.validate_hyper(hyper, where), state_dtype,
-                                              master_weights, where))
+                                              master_weights, where,
+                                              stochastic_rounding=stochastic_rounding,
+                                              kahan_summation=kahan_summation))
         return len(self.hypers) - 1
 
     def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None, *,
-                  state_dtype=_ENGINE, master_weights=_ENGINE) -> None:
+                  state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
+                  kahan_summation=False) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
         The state slots and the storage policy must stay the ones its params hold
@@ -206,7 +212,9 @@ class Engine:
         old = self.hypers[index]
         state_dtype = old.state_dtype if state_dtype is _ENGINE else state_dtype
         new = self._with_storage(self.validate_hyper(hyper, where), state_dtype,
-                                 master_weights, where, mode=old.mode)
+                                 master_weights, where, mode=old.mode,
+                                 stochastic_rounding=stochastic_rounding,
+                                 kahan_summation=kahan_summation)
         if index in self.group_of:
             if new.slots != old.slots:
                 raise ValueError(f"{where}the change would need state slots {new.slots}, "
@@ -214,8 +222,8 @@ class Engine:
                                  "centered before the first step, or make a new optimizer")
             if (new.state_dtype, new.mode) != (old.state_dtype, old.mode):
                 raise ValueError(f"{where}its params already hold state kept with "
-                                 f"state_dtype={old.state_dtype!r}, master_weights="
-                                 f"{_storage.spelling(old.mode)!r}; set those before the "
+                                 f"state_dtype={old.state_dtype!r}, "
+                                 f"{_storage.describe(old.mode)}; set those before the "
                                  "first step, or make a new optimizer")
         self.hypers[index] = new
 

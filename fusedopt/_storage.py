@@ -258,6 +258,14 @@ def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:
                     f"takes {allowed} grads){hint}; cast the grad with .astype({param})")
 
 
+def describe(mode: str) -> str:
+    """The arguments that select ``mode``, as a user writes them: "master_weights=False"
+    for plain storage, else the one argument that is not its default."""
+    options = mode_options(mode)
+    chosen = [f"{k}={v!r}" for k, v in options.items() if v is not False]
+    return ", ".join(chosen) or "master_weights=False"
+
+
 def spelling(mode: str):
     """The ``master_weights`` value of a mode name (False for the pure 16-bit modes,
     stochastic rounding and Kahan summation, which keep no master)."""

@@ -22,12 +22,13 @@ def test_signature_and_defaults_are_the_peers(name):
     ours = inspect.signature(ft.CLASSES[name].__init__).parameters
     theirs = inspect.signature(loops.peer_class(name).__init__).parameters
     shared = [k for k in theirs if k in ours]
-    assert list(ours)[-2:] == ["state_dtype", "master_weights"]  # fusedopt's, keyword-only
-    assert all(ours[k].kind is inspect.Parameter.KEYWORD_ONLY for k in list(ours)[-2:])
+    own = ["state_dtype", "master_weights", "stochastic_rounding", "kahan_summation", "seed"]
+    assert list(ours)[-len(own):] == own  # fusedopt's, keyword-only
+    assert all(ours[k].kind is inspect.Parameter.KEYWORD_ONLY for k in own)
     if name == "lion":  # lion_pytorch's use_triton and its lr-scaled decay are not offered
         assert shared == ["self", "params", "lr", "betas", "weight_decay"]
     else:
-        assert list(ours)[:-2] == list(theirs)
+        assert list(ours)[:-len(own)] == list(theirs)
     for k in shared:
         assert (ours[k].kind, ours[k].default) == (theirs[k].kind, theirs[k].default), k
 
@@ -47,9 +48,10 @@ def test_groups_and_state_have_the_peers_keys_values_and_dtypes(name):
     peer_only = {"fused"} if loops.peer_class(name).__name__ in loops.FUSED_ON_CPU else set()
     peer_only |= {"maximize"} if name == "lion" else set()
     for ga, gb in zip(groups_a, groups_b):
-        assert (ga["state_dtype"], ga["master_weights"]) == (None, False)  # fusedopt's own
-        ours_only = {"state_dtype", "master_weights"}
-        assert {k: v for k, v in ga.items() if k not in peer_only | ours_only} == \
+        ours_only = {"state_dtype": None, "master_weights": False,
+                     "stochastic_rounding": False, "kahan_summation": False, "seed": 0}
+        assert {k: ga[k] for k in ours_only} == ours_only  # fusedopt's own, their defaults
+        assert {k: v for k, v in ga.items() if k not in peer_only | set(ours_only)} == \
             {k: v for k, v in gb.items() if k not in peer_only}
     loops.assert_states_close(opt_a, opt_b)
 

@@ -85,8 +85,8 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory)
             values.append(_beside(memory, master[1]).copy_(value))
         elif storage.mode == "master":
             values.append(_beside(memory, "float32").copy_(memory))
-        else:
-            values.append(_beside(memory, "int16").zero_())
+        else:  # a remainder or a compensation: zero, as at a first step
+            values.append(_beside(memory, master[1]).zero_())
     return values
 
 

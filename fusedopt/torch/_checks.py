@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from .. import _storage
+from .._engine import check_seed
 from ._local import local
 from ._names import FLAGS, RENAMES, Row, storage_policy, torch_name
 
@@ -71,8 +72,9 @@ def hyper(index: int, group: dict, row: Row, spec) -> None:
 
 
 def storage(index: int, group: dict) -> None:
-    """The group's ``state_dtype`` and ``master_weights`` values (their fit with each
-    param's dtype is checked by :func:`params`)."""
+    """The group's ``state_dtype``, ``master_weights``, ``stochastic_rounding``,
+    ``kahan_summation`` and ``seed`` values (their fit with each param's dtype is checked
+    by :func:`params`)."""
     where = f"param group {index}"
     state_dtype, master = group["state_dtype"], group["master_weights"]
     if isinstance(state_dtype, torch.dtype):
@@ -86,6 +88,11 @@ def storage(index: int, group: dict) -> None:
         raise ValueError(f"{where}: master_weights must be False, True (an fp32 master of "
                          "each 16-bit param) or 'remainder' (bfloat16 params: an int16 "
                          f"remainder), got {master!r}")
+    try:
+        _storage.mode_of(master, group["stochastic_rounding"], group["kahan_summation"])
+        check_seed(group["seed"])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None
 
 
 def params(index: int, group: dict, spec, device_type: str | None) -> None:
@@ -93,8 +100,9 @@ def params(index: int, group: dict, spec, device_type: str | None) -> None:
     the CPU or a CUDA device, the group on one kind of device (and the optimizer's), each
     able to take the group's ``state_dtype`` and ``master_weights``."""
     devices = []
-    state_dtype, master = storage_policy(group)
-    mode = _storage.mode_of(master)
+    policy = storage_policy(group)
+    state_dtype = policy.pop("state_dtype")
+    mode = _storage.mode_of(**policy)
     for j, p in enumerate(group["params"]):
         where = f"param group {index}, param {j} (shape {tuple(p.shape)})"
         memory = local(p)
@@ -111,8 +119,9 @@ def params(index: int, group: dict, spec, device_type: str | None) -> None:
         except ValueError as error:
             if mode == "plain" or name in _storage.SIXTEEN_BIT:
                 raise
+            chosen = next(k for k, v in _storage.mode_options(mode).items() if v is not False)
             raise ValueError(f"{error}; in a model of several dtypes, give the {name} params "
-                             "a param group of their own with master_weights=False") from None
+                             f"a param group of their own with {chosen}=False") from None
         if memory.layout != torch.strided:
             raise TypeError(f"{where} is a {memory.layout} tensor; fusedopt steps dense params")
         if memory.device.type not in ("cpu", "cuda"):

@@ -23,11 +23,15 @@ FLAGS = ("maximize", "foreach", "fused", "capturable", "differentiable")
 #: param group: ``state_dtype`` None (torch.optim's choice: the param's dtype; float32 for
 #: float16 params, which fusedopt keeps no float16 state for, and beside a master),
 #: "float32", "bfloat16" or "float64" (or the torch dtype); ``master_weights`` False, True
-#: (an fp32 master) or "remainder" (bfloat16: an int16 remainder). fusedopt/_storage.py.
-POLICY = (("state_dtype", None), ("master_weights", False))
+#: (an fp32 master) or "remainder" (bfloat16: an int16 remainder); for 16-bit params
+#: without a master, ``stochastic_rounding`` or ``kahan_summation`` (a compensation in the
+#: param's dtype); ``seed``, the key of stochastic rounding's random bits, one for the whole
+#: optimizer (every group carries it, so that a checkpoint does). fusedopt/_storage.py.
+POLICY = (("state_dtype", None), ("master_weights", False), ("stochastic_rounding", False),
+          ("kahan_summation", False), ("seed", 0))
 
-#: The master slot of each mode -> its key in a param's state.
-MASTER_KEYS = {"master": "master", "remainder": "remainder"}
+#: The slot after the optimizer's of each mode -> its key in a param's state.
+MASTER_KEYS = {"master": "master", "remainder": "remainder", "compensation": "compensation"}
 
 
 @dataclass(frozen=True)
@@ -165,15 +169,19 @@ def registry_hyper(group: dict, row: Row) -> dict:
     return hyper
 
 
-def storage_policy(group: dict) -> tuple:
-    """(state_dtype, master_weights) of a checked param group, as the engine spells them:
-    None is "param" (the param's dtype, as torch.optim keeps state), a torch dtype its name."""
+def storage_policy(group: dict) -> dict:
+    """The engine's storage arguments (``state_dtype``, ``master_weights``,
+    ``stochastic_rounding``, ``kahan_summation``) of a checked param group, as the engine
+    spells them: state_dtype None is "param" (the param's dtype, as torch.optim keeps
+    state), a torch dtype its name."""
     state_dtype = group["state_dtype"]
     if state_dtype is None:
         state_dtype = "param"
     elif not isinstance(state_dtype, str):
         state_dtype = str(state_dtype).replace("torch.", "")
-    return state_dtype, group["master_weights"]
+    return dict(state_dtype=state_dtype, master_weights=group["master_weights"],
+                stochastic_rounding=group["stochastic_rounding"],
+                kahan_summation=group["kahan_summation"])
 
 
 def torch_name(registry_name: str, row: Row) -> str:

@@ -112,12 +112,24 @@ class Optimizer(torch.optim.Optimizer):
         _checks.hyper(index, group, row, self._spec)
         _checks.storage(index, group)
         _checks.params(index, group, self._spec, self._device_type)
-        state_dtype, master_weights = storage_policy(group)
+        self._check_seed(index, group)
         self._engine.add_group(registry_hyper(group, row), where=f"param group {index}: ",
-                               state_dtype=state_dtype, master_weights=master_weights)
+                               **storage_policy(group))
+        self._engine.seed = group["seed"]
         self._seen.append(self._values(group))
         if group["params"]:
             self._device_type = local(group["params"][0]).device.type
+
+    def _check_seed(self, index: int, group: dict) -> None:
+        """Group ``index``'s seed against the others': one seed keys the whole optimizer's
+        random bits (with each param's position and step), so every group carries it."""
+        others = [g["seed"] for g in self.param_groups[:index] + self.param_groups[index + 1:]
+                  if "seed" in g]
+        if others and any(seed != group["seed"] for seed in others):
+            raise ValueError(f"param group {index}: seed={group['seed']!r}, but the other "
+                             f"groups have seed={others[0]!r}: the seed is the optimizer's "
+                             "(its random bits are keyed on it with each param's position "
+                             "and step); give every group the same seed")
 
     def _hold(self, index: int, items: list, saved: bool = False) -> None:
         """Give the engine the params ``items`` ((j, param) of group ``index``), with fresh
@@ -238,14 +250,16 @@ class Optimizer(torch.optim.Optimizer):
         _checks.flags(index, group, self._row)
         _checks.hyper(index, group, self._row, self._spec)
         _checks.storage(index, group)
-        state_dtype, master_weights = storage_policy(group)
+        policy = storage_policy(group)
         hypers = self._engine.hypers[index]
-        if (state_dtype, master_weights) != (hypers.state_dtype,
-                                             _storage.spelling(hypers.mode)):
+        mode = _storage.mode_of(*(policy[k] for k in ("master_weights", "stochastic_rounding",
+                                                      "kahan_summation")))
+        if (policy["state_dtype"], mode) != (hypers.state_dtype, hypers.mode):
             _checks.params(index, group, self._spec, None)
+        self._check_seed(index, group)
         self._engine.set_hyper(index, registry_hyper(group, self._row),
-                               where=f"param group {index}: ", state_dtype=state_dtype,
-                               master_weights=master_weights)
+                               where=f"param group {index}: ", **policy)
+        self._engine.seed = group["seed"]
         self._seen[index] = values
 
     def _advance(self, positions: tuple) -> None:

@@ -33,7 +33,11 @@ as torch.optim does, in the param's dtype (float32 for float16 params: fusedopt 
 float16 state, whose range flushes small second moments to zero), or ``"float32"``,
 ``"bfloat16"``, ``"float64"``. ``master_weights=True`` keeps an fp32 master of each 16-bit
 param (state key ``"master"``; the param is written from it), ``"remainder"`` (bfloat16)
-the same bits as an int16 ``"remainder"``; a master keeps float32 state.
+the same bits as an int16 ``"remainder"``; a master keeps float32 state. Without a
+master, ``stochastic_rounding=True`` rounds every 16-bit store stochastically (random bits
+keyed on ``seed``, the param's position and its step) and ``kahan_summation=True`` keeps
+what each store rounded away in a ``"compensation"`` (the param's dtype) and adds it back
+at the next step. ``seed`` is the optimizer's: every group carries the same value.
 
 Example::
 
