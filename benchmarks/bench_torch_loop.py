@@ -73,7 +73,7 @@ def _ceiling_step(params):
     _torch_kind.register()
     states = [[torch.zeros_like(p), torch.zeros_like(p)] for p in params]
     group = backend.group("float32", [p.detach() for p in params], states)
-    rule = specialize(ceiling_rule, (2,), 2)  # two slots, float32 storage
+    rule = specialize(ceiling_rule, (2,), 2, clamps=False)  # two slots, float32, no clip
     h = (float(CEILING_SCALE),)
 
     def step():

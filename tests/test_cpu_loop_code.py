@@ -13,9 +13,9 @@ STORAGES = {"float32": (storage.F32,) * 3,
             "bfloat16, bfloat16 state": (storage.BF16,) * 3}
 
 
-def _element_loop_asm(codes) -> str:
+def _element_loop_asm(codes, clamps: bool = True) -> str:
     """Assembly of a fresh (uncached) compile of the element loop for Keras-style Adam."""
-    variant = loop.specialize(rules.adam, (rules.KERAS, 0), 2, codes)
+    variant = loop.specialize(rules.adam, (rules.KERAS, 0), 2, codes, clamps=clamps)
     span = cfunc(loop.span_signature(variant, 10), error_model="numpy")(loop._span)
     return span._library.get_asm_str()
 
@@ -50,3 +50,12 @@ def test_an_all_16_bit_storage_has_a_loop_without_shuffles():
     assert any(not any(s in b for s in shuffles) for b in paired), paired
     single = _vector_loops(_element_loop_asm(STORAGES["bfloat16, float32 state"]))
     assert single and all("vpmovzxwd" in b for b in single)
+
+
+def test_a_step_without_clipping_runs_no_clamp():
+    """The clamping variant holds clamp(g * scale, -limit, limit) in its vector loop; the
+    one a step without clipping or loss scale runs has no min, max or grad multiply."""
+    clamping = _vector_loops(_element_loop_asm(STORAGES["float32"], clamps=True))
+    plain = _vector_loops(_element_loop_asm(STORAGES["float32"], clamps=False))
+    assert clamping and all("vmaxps" in b and "vminps" in b for b in clamping)
+    assert plain and not any("vmaxps" in b or "vminps" in b for b in plain)

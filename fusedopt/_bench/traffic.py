@@ -92,9 +92,10 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     group = backend.group(st, [param], [list(slots)])
     table = step_table(group, [grad], backend.address)
     n_slots = len(slots) - (st.master is not None)
+    # No clamp: the ceiling never clips, and neither does the fused step it is set beside.
     variant = specialize(ceiling_rule, (n_slots,), n_slots,
                          tuple(codes.CODES[d] for d in (st.param, st.grad, st.state)),
-                         MODE_CODES[st.mode])
+                         MODE_CODES[st.mode], clamps=False)
     h = (float(scale),)
     # The backend's own choice: one work item runs on the calling thread.
     loop = run if group.table.n_work > 1 else run_serial

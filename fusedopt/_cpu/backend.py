@@ -71,11 +71,12 @@ def _set_clip(group: Group, clip: GradClip) -> None:
         group.grads_scaled = False
 
 
-def variant(spec, flags, st) -> object:
-    """The loop specialization of ``spec``'s variant ``flags`` on storage ``st``."""
+def variant(spec, flags, st, clamps: bool = True) -> object:
+    """The loop specialization of ``spec``'s variant ``flags`` on storage ``st``, with the
+    grads scaled and clamped by the table's rows or (``clamps`` False) not."""
     codes = (storage.CODES[st.param], storage.CODES[st.grad], storage.CODES[st.state])
     return specialize(spec.cpu_rule, tuple(flags), len(spec.slots(flags)), codes,
-                      MODE_CODES[st.mode])
+                      MODE_CODES[st.mode], clamps)
 
 
 def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
@@ -89,10 +90,12 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if n_work == 0:
         return
     st = step_storage(group, grads)
-    key = (spec.name, flags, st)
+    # A step that neither clips nor scales its grads runs the variant without the clamp
+    # (compiled the first time a group needs it: the other is compiled only if asked for).
+    key = (spec.name, flags, st, clip.active)
     chosen = group.scratch.get(key)
     if chosen is None:
-        chosen = group.scratch[key] = variant(spec, flags, st)
+        chosen = group.scratch[key] = variant(spec, flags, st, clip.active)
     # One task cannot be shared between threads: run it here rather than wake the pool.
     loop = run if n_work > 1 else run_serial
     scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()

@@ -66,14 +66,16 @@ def _rule_name(rule) -> str:
 
 
 class VariantType(types.Opaque):
-    def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int):
+    def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int,
+                 clamps: bool):
         self.rule, self.flags, self.n_slots = rule, flags, n_slots
-        self.codes, self.mode = codes, mode
-        super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode})")
+        self.codes, self.mode, self.clamps = codes, mode, clamps
+        super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode}, "
+                              f"{clamps})")
 
     @property
     def key(self):
-        return self.rule, self.flags, self.n_slots, self.codes, self.mode
+        return self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps
 
 
 register_model(VariantType)(models.OpaqueModel)
@@ -84,18 +86,24 @@ class Variant:
 
     ``n_slots``: the rule's state slots; ``codes``: storage codes of the param, grad and
     state (fusedopt/_cpu/storage.py); ``mode``: PLAIN, MASTER, REMAINDER, KAHAN or
-    STOCHASTIC.
+    STOCHASTIC; ``clamps``: whether grads are scaled and clamped (clipping, a loss scale's
+    1/s) by the table's scales and limit, or used as they are (a step with neither, where
+    the scale is 1 and the limit +inf: the same values, without the three instructions a
+    vector of them costs).
     """
 
-    def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int):
+    def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int,
+                 clamps: bool = True):
         name = _rule_name(rule)
         if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
             name = f"{name}#{id(rule)}"
             _RULES[name] = rule
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
+        self.clamps = bool(clamps)
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
-        self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode)
+        self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode,
+                                        self.clamps)
         # What the table walk needs to know of the variant, as int64s: its slots, 1 if a
         # master slot follows them, 1 if stochastic, and the bytes of a param, grad, state
         # and master-slot element.
@@ -120,9 +128,9 @@ def loop_dtypes(codes: tuple, mode: int) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def specialize(rule, flags: tuple, n_slots: int, codes: tuple = (storage.F32,) * 3,
-               mode: int = PLAIN) -> Variant:
+               mode: int = PLAIN, clamps: bool = True) -> Variant:
     """``rule`` with its variant ``flags`` and storage frozen in: what :func:`run` takes."""
-    return Variant(rule, flags, n_slots, codes, mode)
+    return Variant(rule, flags, n_slots, codes, mode, clamps)
 
 
 @typeof_impl.register(Variant)
@@ -200,6 +208,7 @@ def _element(variant):
     them; a slot the variant has not comes back as it went in."""
     rule, flags, ns = _RULES[variant.rule], variant.flags, variant.n_slots
     pcode, gcode, scode = variant.codes
+    clamps = variant.clamps
     get_p, put_p = _param_io(variant.mode, pcode)
     load_g, load_s = storage.load(gcode), storage.load(scode)
     random = variant.mode == STOCHASTIC
@@ -215,13 +224,13 @@ def _element(variant):
     @njit(**options)
     def one(pv, gv, av, bv, cv, xv, h, scale, limit, key, index):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
-        # tensor takes this one path (one compiled loop, not two). clamp(gi, -limit, limit)
-        # with NaN kept, as x86's MAXPS and MINPS are (each returns its second operand when
-        # either is NaN): two vector instructions.
+        # tensor of a clamping variant takes this one path. clamp(gi, -limit, limit) with
+        # NaN kept, as x86's MAXPS and MINPS are (each returns its second operand when
+        # either is NaN): two vector instructions, and the multiply.
         low = -limit
-        scaled = load_g(gv) * scale
-        above = low if low > scaled else scaled
-        gi = limit if limit < above else above
+        scaled = load_g(gv) * scale if clamps else load_g(gv)
+        above = (low if low > scaled else scaled) if clamps else scaled
+        gi = (limit if limit < above else above) if clamps else above
         a0 = load_s(av) if ns > 0 else zero
         b0 = load_s(bv) if ns > 1 else zero
         c0 = load_s(cv) if ns > 2 else zero
