@@ -78,9 +78,10 @@ def _ratios(a, b):
     return statistics.median(r), min(r), max(r)
 
 
-def table(n: int, times: dict) -> list[str]:
-    lines = [f"**Adam, bf16 params, fp32 state, {n:,} elements** ({batch(n)} step"
-             f"{'s' if batch(n) > 1 else ''} per sample)", "",
+def table(n: int, times: dict, steps: int | None = None) -> list[str]:
+    k = batch(n, steps)
+    lines = [f"**Adam, bf16 params, fp32 state, {n:,} elements** ({k} step"
+             f"{'s' if k > 1 else ''} per sample)", "",
              "| contender | B/element | median ms | IQR ms | GB/s | time / plain bf16 |",
              "|---|---:|---:|---:|---:|---:|"]
     plain = statistics.median(times["plain bf16"])
@@ -106,13 +107,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2^24")
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed sample (default: 1 from 2^24 elements up)")
     args = parser.parse_args(argv)
     out = ["### CPU Adam, stochastic rounding and Kahan summation", "", "```",
            " ".join(["python benchmarks/cpu_rounding.py", *map(shlex.quote, argv)]).strip(),
            "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
            f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
     for n in (_size(s) for s in args.sizes.split(",")):
-        out += table(n, measure(CONTENDERS, n, args.rounds, _worker))
+        out += table(n, measure(CONTENDERS, n, args.rounds, _worker, args.steps), args.steps)
     print("\n".join(out))
     return 0
 

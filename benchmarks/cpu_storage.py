@@ -55,6 +55,8 @@ def _parse(argv):
     parser.add_argument("--sizes", default="2^24,2^26", help="sizes of the ceiling runs")
     parser.add_argument("--torch-sizes", default="2^26,2^20", help="sizes of the torch runs")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed sample (default: batch(n), 1 from 2^24 up)")
     parser.add_argument("--only", choices=("ceiling", "torch"), default=None)
     return parser.parse_args(argv)
 
@@ -111,13 +113,13 @@ def serve(conn, step) -> None:
 
 # --- the driver -----------------------------------------------------------------------------
 
-def batch(n: int) -> int:
-    """Steps per timed sample: back to back below 2**24 elements, where one step is short
-    enough that waking the thread pool would be most of it."""
-    return max(1, 2**24 // n)
+def batch(n: int, steps: int | None = None) -> int:
+    """Steps per timed sample: ``steps`` if given, else back to back below 2**24 elements,
+    where one step is short enough that waking the thread pool would be most of it."""
+    return steps or max(1, 2**24 // n)
 
 
-def measure(contenders, n: int, rounds: int, worker=_worker) -> dict:
+def measure(contenders, n: int, rounds: int, worker=_worker, steps: int | None = None) -> dict:
     """contender -> seconds per step in each round (the mean of :func:`batch` steps back to
     back), the contenders timed in turn, the order rotating. ``contenders``: name -> the
     arguments ``worker(conn, *arguments, n)`` takes after the connection."""
@@ -136,7 +138,7 @@ def measure(contenders, n: int, rounds: int, worker=_worker) -> dict:
         for name in names[r % len(names):] + names[: r % len(names)]:
             conn = workers[name][1]
             time.sleep(PAUSE_S)
-            conn.send(batch(n))
+            conn.send(batch(n, steps))
             times[name].append(conn.recv())
     for proc, conn in workers.values():
         conn.send("stop")
@@ -160,11 +162,12 @@ def _summary(seconds):
     return statistics.median(seconds), q[2] - q[0]
 
 
-def table(title: str, storage: str, n: int, times: dict, reference: str) -> list[str]:
+def table(title: str, storage: str, n: int, times: dict, reference: str,
+          steps: int | None = None) -> list[str]:
     flow = _traffic(storage)
     moved = flow.total(n)
     lines = [f"**{title}, {n:,} elements** ({flow.read_bytes} + {flow.write_bytes} B/element; "
-             f"{batch(n)} step{'s' if batch(n) > 1 else ''} per sample)",
+             f"{batch(n, steps)} step{'s' if batch(n, steps) > 1 else ''} per sample)",
              "", "| contender | median ms | IQR ms | GB/s | time / " + reference + " |",
              "|---|---:|---:|---:|---:|"]
     ref = statistics.median(times[reference])
@@ -191,15 +194,15 @@ def main(argv=None) -> int:
         for n in (_size(s) for s in args.sizes.split(",")):
             for storage in ("bf16 params, fp32 state", "bf16 params, remainder"):
                 times = measure({FUSED: (FUSED, storage), CEILING: (CEILING, storage)}, n,
-                                args.rounds)
-                out += table(f"Adam, {storage}", storage, n, times, CEILING)
+                                args.rounds, steps=args.steps)
+                out += table(f"Adam, {storage}", storage, n, times, CEILING, args.steps)
     if args.only in (None, "torch"):
         storage = "bf16 params, bf16 state"
         for n in (_size(s) for s in args.torch_sizes.split(",")):
             times = measure({FUSED: (FUSED, storage), TORCH: (TORCH, storage),
-                             CEILING: (CEILING, storage)}, n, args.rounds)
+                             CEILING: (CEILING, storage)}, n, args.rounds, steps=args.steps)
             out += table(f"Adam, {storage}, vs torch.optim.Adam(fused=True)", storage, n,
-                         times, TORCH)
+                         times, TORCH, args.steps)
     print("\n".join(out))
     return 0
 
