@@ -212,16 +212,12 @@ def _element(variant):
     get_p, put_p = _param_io(variant.mode, pcode)
     load_g, load_s = storage.load(gcode), storage.load(scode)
     random = variant.mode == STOCHASTIC
-    master = variant.mode in WITH_SLOT
     store_s, store_r = storage.store(scode), storage.store_stochastic(scode)
     bits0, bits1, bits2 = random_bits.ARRAY_BITS[1:4]
     element_hash = random_bits.element_hash
     zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
-    _, _, s_dtype, x_dtype, _ = loop_dtypes(variant.codes, variant.mode)
-    s_none, x_none = s_dtype(0), x_dtype(0)  # what an absent slot holds
-    options = dict(inline="always", error_model="numpy")
 
-    @njit(**options)
+    @njit(inline="always", error_model="numpy")
     def one(pv, gv, av, bv, cv, xv, h, scale, limit, key, index):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
         # tensor of a clamping variant takes this one path. clamp(gi, -limit, limit) with

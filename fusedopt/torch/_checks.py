@@ -21,7 +21,7 @@ import torch
 from .. import _storage
 from .._engine import check_seed
 from ._local import local
-from ._names import FLAGS, RENAMES, Row, storage_policy, torch_name
+from ._names import FLAGS, RENAMES, Row, storage_mode, storage_policy, torch_name
 
 _COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
 #: The state dtypes a param group may name (None stands for "param": fusedopt/_storage.py).
@@ -89,7 +89,7 @@ def storage(index: int, group: dict) -> None:
                          "each 16-bit param) or 'remainder' (bfloat16 params: an int16 "
                          f"remainder), got {master!r}")
     try:
-        _storage.mode_of(master, group["stochastic_rounding"], group["kahan_summation"])
+        storage_mode(group)
         check_seed(group["seed"])
     except (TypeError, ValueError) as error:
         raise type(error)(f"{where}: {error}") from None
@@ -100,9 +100,7 @@ def params(index: int, group: dict, spec, device_type: str | None) -> None:
     the CPU or a CUDA device, the group on one kind of device (and the optimizer's), each
     able to take the group's ``state_dtype`` and ``master_weights``."""
     devices = []
-    policy = storage_policy(group)
-    state_dtype = policy.pop("state_dtype")
-    mode = _storage.mode_of(**policy)
+    state_dtype, mode = storage_policy(group)["state_dtype"], storage_mode(group)
     for j, p in enumerate(group["params"]):
         where = f"param group {index}, param {j} (shape {tuple(p.shape)})"
         memory = local(p)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import _storage
+
 #: torch argument -> registry hyperparameter, where the names differ. ``betas`` is
 #: (beta_1, beta_2); RMSprop's ``alpha`` is the registry's ``rho``, as Adadelta's ``rho``.
 RENAMES = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
@@ -182,6 +184,14 @@ def storage_policy(group: dict) -> dict:
     return dict(state_dtype=state_dtype, master_weights=group["master_weights"],
                 stochastic_rounding=group["stochastic_rounding"],
                 kahan_summation=group["kahan_summation"])
+
+
+def storage_mode(group: dict) -> str:
+    """The engine's mode name (fusedopt/_storage.py) of a param group's ``master_weights``,
+    ``stochastic_rounding`` and ``kahan_summation``; raises for values or combinations
+    that mean nothing."""
+    return _storage.mode_of(group["master_weights"], group["stochastic_rounding"],
+                            group["kahan_summation"])
 
 
 def torch_name(registry_name: str, row: Row) -> str:

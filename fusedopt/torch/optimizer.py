@@ -16,12 +16,11 @@ from collections import defaultdict
 
 import torch
 
-from .. import _storage
 from .._engine import Engine
 from .._registry import lookup, nadam_momentum_product
 from . import _checkpoint, _checks
 from ._local import is_distributed, like_param, local
-from ._names import MASTER_KEYS, Row, registry_hyper, storage_policy
+from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy
 
 #: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
 #: within this (absolute; a float32 running product stays far closer, see _saved_step).
@@ -252,9 +251,7 @@ class Optimizer(torch.optim.Optimizer):
         _checks.storage(index, group)
         policy = storage_policy(group)
         hypers = self._engine.hypers[index]
-        mode = _storage.mode_of(*(policy[k] for k in ("master_weights", "stochastic_rounding",
-                                                      "kahan_summation")))
-        if (policy["state_dtype"], mode) != (hypers.state_dtype, hypers.mode):
+        if (policy["state_dtype"], storage_mode(group)) != (hypers.state_dtype, hypers.mode):
             _checks.params(index, group, self._spec, None)
         self._check_seed(index, group)
         self._engine.set_hyper(index, registry_hyper(group, self._row),
