@@ -12,11 +12,14 @@ KERAS, TORCH_L2, TORCH_DECOUPLED = 0, 1, 2
 
 
 def _weight_decay(flavor, p, g, lr, wd, wd_factor):
-    """Returns the (possibly new) gradient; the param is decayed in place."""
+    """Returns the (possibly new) gradient; the param is decayed in place. With wd = 0 the
+    terms are skipped, as the peers skip them (an inf param times 0 would be NaN)."""
     if flavor == KERAS:
-        p -= p * wd * lr
+        if wd != 0:
+            p -= p * wd * lr
     elif flavor == TORCH_L2:
-        g = g + wd * p
+        if wd != 0:
+            g = g + wd * p
     else:
         p *= wd_factor
     return g

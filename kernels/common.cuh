@@ -58,7 +58,8 @@ template <typename P> struct MasterSlot<KAHAN, P> { using type = typename Storag
 
 // Weight-decay flavours (mirrored in fusedopt/_registry.py). KERAS: theta -= theta * wd * lr
 // before the update (decoupled). TORCH_L2: g += wd * theta. TORCH_DECOUPLED: theta *= 1 - lr wd
-// (torch AdamW), with 1 - lr wd rounded once on the host as torch does.
+// (torch AdamW), with 1 - lr wd rounded once on the host as torch does. With wd = 0 the first
+// two are skipped, as the peers skip them: an inf theta times 0 would be NaN.
 enum Flavor { KERAS = 0, TORCH_L2 = 1, TORCH_DECOUPLED = 2 };
 
 // Every kernel's scalars begin with these three, in this order.
@@ -70,9 +71,9 @@ struct Decay {
 template <int F, typename C>
 FUSEDOPT_DEVICE void weight_decay(C& p, C& g, const Decay<C>& d) {
     if (F == KERAS) {
-        p = p - p * d.wd * d.lr;
+        if (d.wd != C(0)) p = p - p * d.wd * d.lr;
     } else if (F == TORCH_L2) {
-        g = g + d.wd * p;
+        if (d.wd != C(0)) g = g + d.wd * p;
     } else {
         p = p * d.wd_factor;
     }

@@ -18,9 +18,12 @@ def _zeros(state, key, like, value=0.0):
 
 
 def _weight_decay(p, g, hp, convention, decoupled_in_torch):
-    """Keras: decoupled theta -= theta*wd*lr; torch: L2 unless decoupled (AdamW)."""
+    """Keras: decoupled theta -= theta*wd*lr; torch: L2 unless decoupled (AdamW). No term at
+    all without weight decay, as in Keras and torch (an inf theta times 0 is NaN)."""
     wd = hp.get("weight_decay") or 0.0
     lr = hp["learning_rate"]
+    if wd == 0:
+        return p, g
     if convention == "keras":
         return p - p * wd * lr, g
     if decoupled_in_torch:

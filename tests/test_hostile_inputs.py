@@ -120,33 +120,20 @@ def test_nan_grads_propagate_as_in_the_peers(name, convention):
     _assert_like_peer(ours, peer, f"{name} {convention}")
 
 
-#: Where an inf grad makes a param +-inf, the next step's weight decay term turns it into NaN
-#: although weight_decay is None: the rules apply theta - theta * wd * lr (Keras) and
-#: g + wd * theta (torch L2) with wd = 0, and inf * 0 is NaN. Keras and torch skip the term
-#: when weight decay is off and keep the inf.
-INF_BECOMES_NAN = {"sgd"}
-
-
-def _inf_case(name, convention):
-    marks = ()
-    if name in INF_BECOMES_NAN:
-        marks = pytest.mark.xfail(strict=True, reason=(
-            "kernels/common.cuh weight_decay() and fusedopt/_cpu/rules.py weight_decay() apply "
-            "the decay term with wd = 0 when weight_decay is None: an inf param times 0 is NaN "
-            "(Keras and torch skip the term and keep the inf)"))
-    return pytest.param(name, convention, marks=marks, id=f"{name}-{convention}")
-
-
-@pytest.mark.parametrize("name, convention", [_inf_case(n, c) for n, c in PEER_CASES])
-def test_inf_grads_propagate_as_in_the_peers(name, convention):
+@pytest.mark.parametrize("name, convention", PEER_CASES, ids=PEER_IDS)
+def test_inf_grads_propagate_as_in_the_peers(host_cuda, name, convention):
+    """An inf grad makes a param +-inf where it does in the peers, on every backend (CUDA:
+    the host execution), and without weight decay the inf stays: the decay term is skipped,
+    not applied with wd = 0 (inf * 0 is NaN)."""
     inf = np.float32(np.inf)
     grads = [np.array([inf, -inf, 0.2, 0.3, 1.0, -0.2], np.float32),
              np.array([0.1, 0.2, -inf, 0.3, -0.5, 0.1], np.float32),
              np.array([0.1, -0.2, 0.3, 0.4, -0.5, 0.1], np.float32)]
     ours_hp, peer_hp = _hyper(name, convention)
-    ours, _ = _run_ours(name, convention, ours_hp, P0, grads)
     peer = _peer(name, convention)(name, peer_hp, P0, grads)
-    _assert_like_peer(ours, peer, f"{name} {convention}")
+    for backend in ("cpu", "unfused", "cuda"):
+        ours, _ = _run_ours(name, convention, ours_hp, P0, grads, backend)
+        _assert_like_peer(ours, peer, f"{name} {convention} {backend}")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

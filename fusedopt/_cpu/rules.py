@@ -22,10 +22,13 @@ _RULE = {"inline": "always", "error_model": "numpy"}
 
 @njit(**_RULE)
 def weight_decay(flavor, p, g, lr, wd, wd_factor):
+    # With wd = 0 the terms are skipped, as the peers skip them: an inf param times 0 is NaN.
     if flavor == KERAS:
-        p = p - p * wd * lr
+        if wd != 0:
+            p = p - p * wd * lr
     elif flavor == TORCH_L2:
-        g = g + wd * p
+        if wd != 0:
+            g = g + wd * p
     else:
         p = p * wd_factor
     return p, g
