@@ -18,7 +18,6 @@ CASES = {
                                                       stochastic_rounding=True, seed=7)),
     "bf16, bf16 state, kahan": ("bfloat16", dict(state_dtype="bfloat16",
                                                  kahan_summation=True)),
-    "fp16, bf16 state": ("float16", dict(state_dtype="bfloat16")),
     # A remainder keeps float32 state, so only a stateless rule is all 16-bit with it.
     "bf16, remainder, no state": ("bfloat16", dict(master_weights="remainder")),
 }

@@ -9,7 +9,7 @@ packed tables of fusedopt/_table.py one item covers several small tensors. Per t
 calls a span function with the operands' addresses: a non-parallel loop that, per element,
 widens what it loads (fusedopt/_cpu/storage.py), calls the optimizer's scalar rule and
 rounds what it stores; with unconditional stores LLVM vectorizes it. Where every operand
-is 16-bit and 4-byte aligned, it takes the elements two to a 32-bit word (:func:`pairs`).
+is bfloat16 and 4-byte aligned, it takes the elements two to a 32-bit word (:func:`pairs`).
 
 The rule, its flags and the storage reach the span function as a :class:`Variant`, whose
 Numba type carries them all, as the CUDA kernels take them as template arguments. So they
@@ -191,11 +191,12 @@ def _param_io(mode: int, code: int):
 
 
 def pairs(variant) -> bool:
-    """Whether ``variant`` (a VariantType) loads and stores only 16-bit elements, so that
-    its loop can take them two at a time as 32-bit words (:func:`_element`)."""
+    """Whether ``variant`` (a VariantType) loads and stores only bfloat16 elements, so that
+    its loop can take them two at a time as 32-bit words (:func:`_element`). Not float16:
+    its conversions, not its loads, set the pace (pairing measured no faster at 1M
+    elements), and two of them per word tripled the loop's compile time."""
     pcode, gcode, scode = variant.codes
-    sixteen = (storage.BF16, storage.F16)
-    return (pcode in sixteen and gcode in sixteen and (variant.n_slots == 0 or scode in sixteen)
+    return (pcode == gcode == storage.BF16 and (variant.n_slots == 0 or scode == storage.BF16)
             and variant.mode != MASTER)
 
 
