@@ -18,6 +18,11 @@ state arrays are the torch tensors of the Keras variables its ``build()`` made, 
 place. Keras' per-variable ``update_step`` is never called; if a Keras version called it
 (its hooks renamed), it raises instead of silently running Keras' math.
 
+Pure bfloat16 training: ``stochastic_rounding=True`` (keyed on ``seed``) or
+``kahan_summation=True`` (one more optimizer variable per bfloat16 variable, its
+compensation) puts the bfloat16 variables in an engine group of their own, with that
+rounding; float32 variables stay in the plain group.
+
 The engine needs ``iterations`` and the learning rate on the host: they are read through
 :class:`~fusedopt.keras._host_values.HostValue`, once, and then only when the variable changed,
 so a step on CUDA waits for the device no more than Keras' own step does.
@@ -28,8 +33,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from .. import _storage
 from .._clip import Clipping
-from .._engine import Engine
+from .._engine import Engine, check_seed
 from .._registry import lookup
 from ._host_values import HostValue
 
@@ -77,21 +83,31 @@ class FusedOptimizer:
     spec_name: str = ""
     state_attributes: dict = {}
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", stochastic_rounding: bool = False,
+                 kahan_summation: bool = False, seed: int = 0, **kwargs):
         require_torch_backend(type(self).__name__)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         from .. import _torch_kind
         _torch_kind.register()  # the engine steps torch tensors in place
+        rounding = Rounding(stochastic_rounding, kahan_summation, seed)  # checked first
         super().__init__(*args, **kwargs)
-        self._fused = _Fused(self, backend)
+        self._fused = _Fused(self, backend, rounding)
 
     # --- Keras' hooks -------------------------------------------------------------------------
     def build(self, variables):
         if self.built:
             return
+        variables = list(variables)
+        self._fused.rounding.check(type(self).__name__, variables)
         super().build(variables)
-        self._fused.add(self, list(variables))
+        if self._fused.rounding.kahan_summation:
+            # One more optimizer variable per bfloat16 variable, saved and loaded with the
+            # others: what each store rounded away, added back at the next step.
+            self._compensations = [
+                self.add_variable_from_reference(v, name="compensation")
+                if v.dtype == "bfloat16" else None for v in variables]
+        self._fused.add(self, variables)
 
     def apply(self, grads, trainable_variables=None):
         iterations = self._fused.iterations
@@ -144,14 +160,55 @@ class FusedOptimizer:
         config = super().get_config()
         if self._fused.backend != "auto":
             config["backend"] = self._fused.backend
+        config.update(self._fused.rounding.config())
         return config
+
+
+class Rounding:
+    """``stochastic_rounding`` / ``kahan_summation`` and ``seed``: how the bfloat16 variables'
+    stores round (float32 variables round nothing, so they keep the plain mode)."""
+
+    def __init__(self, stochastic_rounding, kahan_summation, seed):
+        _storage.mode_of(False, stochastic_rounding, kahan_summation)  # raises for bad values
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.kahan_summation = bool(kahan_summation)
+        self.seed = check_seed(seed)
+
+    @property
+    def active(self) -> bool:
+        return self.stochastic_rounding or self.kahan_summation
+
+    def options(self) -> dict:
+        return {"stochastic_rounding": self.stochastic_rounding,
+                "kahan_summation": self.kahan_summation}
+
+    def config(self) -> dict:
+        """fusedopt's keys of get_config(): only where set, so the defaults print as Keras'."""
+        if not self.active:
+            return {}
+        config = {k: v for k, v in self.options().items() if v}
+        if self.stochastic_rounding:
+            config["seed"] = self.seed
+        return config
+
+    def check(self, class_name: str, variables: list) -> None:
+        """Refuse a model with no bfloat16 variable, for which the option means nothing."""
+        if self.active and not any(v.dtype == "bfloat16" for v in variables):
+            flag = "stochastic_rounding" if self.stochastic_rounding else "kahan_summation"
+            dtypes = sorted({str(v.dtype) for v in variables})
+            raise ValueError(
+                f"{class_name}: {flag}=True rounds the stores of bfloat16 variables, and this "
+                f"model has none (its variables are {', '.join(dtypes)}; 'mixed_bfloat16' "
+                "keeps float32 variables). Build the model under the 'bfloat16' dtype policy "
+                f"for pure-bf16 training, or drop {flag}")
 
 
 class _Fused:
     """The engine of one Keras optimizer and the host copies its steps read."""
 
-    def __init__(self, optimizer, backend: str):
+    def __init__(self, optimizer, backend: str, rounding: Rounding):
         self.backend = backend
+        self.rounding = rounding
         self.spec = lookup(optimizer.spec_name)
         self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
@@ -159,9 +216,14 @@ class _Fused:
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
         self.engine = Engine(self.spec, "keras", backend=backend,
-                             clipping=self._clipping(optimizer), state_dtype="param")
+                             clipping=self._clipping(optimizer), state_dtype="param",
+                             seed=rounding.seed)
         self.hyper = self._hyper(optimizer)
-        self.engine.add_group(self.hyper, where=f"{type(optimizer).__name__}: ")
+        where = f"{type(optimizer).__name__}: "
+        self.engine.add_group(self.hyper, where=where)  # group 0: plain stores
+        if rounding.active:  # group 1: the bfloat16 variables, rounded as asked
+            self.engine.add_group(self.hyper, where=where, master_weights=False,
+                                  **rounding.options())
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
         self.tensors: list = []             # engine position -> the variable's own tensor
 
@@ -207,11 +269,19 @@ class _Fused:
                                f"builds no {', '.join(missing)}; fusedopt.keras expects "
                                "Keras 3.10 or later's optimizer variables")
         lists = [getattr(optimizer, n) for n in names]
-        params, tensors, states, decays, indices = [], [], [], [], []
+        if self.rounding.kahan_summation:  # the master slot, last: what stores rounded away
+            lists.append(optimizer._compensations)
+        # Per engine group (1: the bfloat16 variables, where stores round as asked):
+        # params, tensors, states, decays, Keras' indices.
+        groups = {0: ([], [], [], [], []), 1: ([], [], [], [], [])}
         for index, variable in enumerate(variables):
-            own = [slot_list[index] for slot_list in lists]
+            own = [slot_list[index] for slot_list in lists[:len(names)]]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 continue
+            rounded = self.rounding.active and variable.dtype == "bfloat16"
+            if rounded and self.rounding.kahan_summation:
+                own.append(optimizer._compensations[index])
+            params, tensors, states, decays, indices = groups[int(rounded)]
             if variable.dtype == "float16":
                 raise TypeError(
                     f"{type(optimizer).__name__}: variable {variable.path!r} is float16, and "
@@ -226,16 +296,19 @@ class _Fused:
             states.append([s.value.detach() for s in own])
             decays.append(optimizer._use_weight_decay(variable))
             indices.append(index)
-        positions = self.engine.add_params(params, 0, decays, states=states)
-        self.position.update(zip(indices, positions))
-        self.tensors.extend(tensors)
+        for group, (params, tensors, states, decays, indices) in groups.items():
+            if params:
+                positions = self.engine.add_params(params, group, decays, states=states)
+                self.position.update(zip(indices, positions))
+                self.tensors.extend(tensors)
 
     # --- one step ------------------------------------------------------------------------------
     def step(self, optimizer, grads, variables) -> None:
         engine = self.engine
         hyper = self._hyper(optimizer)
         if hyper != self.hyper:
-            engine.set_hyper(0, hyper)
+            for group in range(len(engine.hypers)):
+                engine.set_hyper(group, hyper)
             self.hyper = hyper
         clipping = self._clipping(optimizer)
         if clipping != engine.clipping:

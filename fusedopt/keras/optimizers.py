@@ -31,7 +31,8 @@ class Adam(FusedOptimizer, keras.optimizers.Adam):
     Arguments as Keras' (learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
     amsgrad=False, weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum,
     ema_overwrite_frequency, loss_scale_factor, gradient_accumulation_steps, name), plus
-    ``backend``: "auto" (by the variables' device), "cpu" or "cuda".
+    ``backend``: "auto" (by the variables' device), "cpu" or "cuda", and for bfloat16
+    variables ``stochastic_rounding`` / ``kahan_summation`` with ``seed`` (every class).
 
     Example::
 
