@@ -4,6 +4,7 @@ FSDP2, each rank on its half of the batch. Rank 0 saves the full params and a su
 
 from __future__ import annotations
 
+import faulthandler
 import os
 
 import torch
@@ -13,6 +14,7 @@ STEPS = 10
 
 
 def run(rank: int, world: int, port: int, mode: str, name: str, out: str) -> None:
+    faulthandler.enable()  # a rank that aborts shows where, in the test's captured stderr
     import fusedopt.torch as ft
     import torch_loops as loops
 
@@ -47,5 +49,6 @@ def run(rank: int, world: int, port: int, mode: str, name: str, out: str) -> Non
             "rebuilds": opt._rebuilds,
         }
         torch.save({"params": params, "summary": summary}, f"{out}.{rank}")
+        dist.barrier()  # neither rank tears down the group while the other still uses it
     finally:
         dist.destroy_process_group()
