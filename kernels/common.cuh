@@ -210,20 +210,16 @@ struct TableView {
     const long long* table;
     int n_tensors;
 
-    FUSEDOPT_DEVICE long long address(int operand, int t) const {
-        return table[operand * n_tensors + t];
+    // Offsets in 64 bits (row * n_tensors + t): past 2**31 table entries an int would wrap.
+    FUSEDOPT_DEVICE long long at(int row, long long t) const {
+        return table[static_cast<long long>(row) * n_tensors + t];
     }
-    FUSEDOPT_DEVICE long long size(int t) const { return table[(2 + NS) * n_tensors + t]; }
-    FUSEDOPT_DEVICE double grad_scale(int t) const {
-        return as_double(table[(3 + NS) * n_tensors + t]);
-    }
-    FUSEDOPT_DEVICE double grad_limit(int t) const {
-        return as_double(table[(4 + NS) * n_tensors + t]);
-    }
-    FUSEDOPT_DEVICE long long stream(int t) const { return table[(5 + NS) * n_tensors + t]; }
-    FUSEDOPT_DEVICE long long work(int block) const {
-        return table[(6 + NS) * n_tensors + block];
-    }
+    FUSEDOPT_DEVICE long long address(int operand, int t) const { return at(operand, t); }
+    FUSEDOPT_DEVICE long long size(int t) const { return at(2 + NS, t); }
+    FUSEDOPT_DEVICE double grad_scale(int t) const { return as_double(at(3 + NS, t)); }
+    FUSEDOPT_DEVICE double grad_limit(int t) const { return as_double(at(4 + NS, t)); }
+    FUSEDOPT_DEVICE long long stream(int t) const { return at(5 + NS, t); }
+    FUSEDOPT_DEVICE long long work(int block) const { return at(6 + NS, block); }
 };
 
 // One element's trip: widen the param (from the master, the split halves, itself plus its

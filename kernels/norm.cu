@@ -21,7 +21,8 @@ namespace fusedopt {
 // Rows of a table whose slot count is only known at run time.
 struct Rows {
     const long long* table;
-    int n_tensors, n_slots;
+    long long n_tensors;  // 64-bit, so row * n_tensors + t cannot wrap past 2**31 entries
+    int n_slots;
 
     FUSEDOPT_DEVICE long long grad(int t) const { return table[n_tensors + t]; }
     FUSEDOPT_DEVICE long long size(int t) const { return table[(2 + n_slots) * n_tensors + t]; }

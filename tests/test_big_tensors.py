@@ -264,11 +264,8 @@ def test_kernel_table_offsets_below_2_31_entries(host_cuda, cuda_cache_dir, tmp_
     assert out.returncode == 0 and "updated" in out.stdout, out.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernels/common.cuh TableView::address/size/grad_scale/grad_limit/work and kernels/norm.cu "
-    "Rows compute launch-table offsets in int (operand * n_tensors + t, (6 + NS) * n_tensors "
-    "+ block): past 2**31 table entries (about 3.6e8 tensors in one launch, or 2**31 work "
-    "items) they wrap and read outside the table"))
 def test_kernel_table_offsets_past_2_31_entries(host_cuda, cuda_cache_dir, tmp_path):
+    """Past 2**31 table entries the offsets (row * n_tensors + t) are 64-bit: an int would
+    wrap and read outside the table."""
     out = _table_offsets(430_000_000, cuda_cache_dir, tmp_path)  # 6 N = 2.58e9 > 2**31
     assert out.returncode == 0 and "updated" in out.stdout, out.stderr[-2000:]
