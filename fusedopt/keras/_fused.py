@@ -269,17 +269,15 @@ class _Fused:
                                f"builds no {', '.join(missing)}; fusedopt.keras expects "
                                "Keras 3.10 or later's optimizer variables")
         lists = [getattr(optimizer, n) for n in names]
-        if self.rounding.kahan_summation:  # the master slot, last: what stores rounded away
-            lists.append(optimizer._compensations)
         # Per engine group (1: the bfloat16 variables, where stores round as asked):
         # params, tensors, states, decays, Keras' indices.
         groups = {0: ([], [], [], [], []), 1: ([], [], [], [], [])}
         for index, variable in enumerate(variables):
-            own = [slot_list[index] for slot_list in lists[:len(names)]]
+            own = [slot_list[index] for slot_list in lists]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 continue
             rounded = self.rounding.active and variable.dtype == "bfloat16"
-            if rounded and self.rounding.kahan_summation:
+            if rounded and self.rounding.kahan_summation:  # the master slot, last
                 own.append(optimizer._compensations[index])
             params, tensors, states, decays, indices = groups[int(rounded)]
             if variable.dtype == "float16":
