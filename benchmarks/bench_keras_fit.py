@@ -17,6 +17,7 @@ creation, kernel compilation) is not counted.
 
     python benchmarks/bench_keras_fit.py                 # as given, and OMP_WAIT_POLICY=PASSIVE
     python benchmarks/bench_keras_fit.py --env ""        # the environment as given only
+    python benchmarks/bench_keras_fit.py --use-ema       # both keep the moving average
     python benchmarks/bench_keras_fit.py --branches 4 --width 64 --steps 4 --rounds 2  # smoke
 """
 
@@ -43,6 +44,8 @@ def _parse(argv):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6, help="fit steps per round")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--use-ema", action="store_true",
+                        help="both optimizers keep Keras' moving average of the weights")
     parser.add_argument("--env", action="append", metavar="NAME=VALUE[,NAME=VALUE]",
                         help="one environment setting for the workers (repeatable; \"\" = as "
                              "given). Default: as given, and OMP_WAIT_POLICY=PASSIVE")
@@ -67,7 +70,8 @@ def worker(args) -> None:
 
     keras.utils.set_random_seed(0)
     model = _model(keras, args.branches, args.width)
-    optimizer = fusedopt.keras.Adam() if args.worker == FUSED else keras.optimizers.Adam()
+    cls = fusedopt.keras.Adam if args.worker == FUSED else keras.optimizers.Adam
+    optimizer = cls(use_ema=args.use_ema)
     applies, steps = [], []
     apply = optimizer.apply
 
@@ -187,7 +191,8 @@ def header(args, argv, rounds, load) -> list[str]:
     versions, numba = described["versions"], described["numba"]
     first = next(rs[0] for (env, name), rs in rounds.items() if name == FUSED)
     return [
-        "### The optimizer's part of a Keras fit step (torch backend, CPU, float32 Adam)",
+        "### The optimizer's part of a Keras fit step (torch backend, CPU, float32 Adam"
+        f"{', use_ema' if args.use_ema else ''})",
         "",
         "```",
         " ".join(["python benchmarks/bench_keras_fit.py", *map(shlex.quote, argv)]),

@@ -10,12 +10,20 @@ and, when ``overwrite_frequency`` is set and ``(i + 1) % overwrite_frequency == 
 params are overwritten with their averages. ``finalize`` overwrites them once (Keras'
 ``finalize_variable_values``, which ``model.fit`` calls after the last epoch).
 
-This is a separate pass of array expressions (NumPy, CuPy and torch tensors alike) after the
-fused update, not a slot of the kernels: ``average *= m`` then ``average += param * (1 - m)``
-move 28 bytes per float32 element (8, then 20 with the product's temporary), and two
-launches per tensor on a GPU. Folded into the update kernels as one more slot it would cost
-8 (read and write the average; the param is already in registers): for Adam, 36 bytes per
-element instead of 28 + 28 = 56. Left for when the kernels next change.
+Where it runs:
+
+- On the CPU backend the average is one more slot of the fused step (fusedopt/_cpu/loop.py):
+  the kernel reads and writes it beside the state, and takes the param from registers after
+  its store, so it costs 8 bytes per float32 element; for Adam 36 bytes per element instead
+  of 28 + 28 = 56. float32 and float64 averages are the bits of the pass below (the same
+  three operations in the same order, with no contraction into a fused multiply-add);
+  16-bit averages are computed in float32 and rounded once, where the pass rounds each
+  of its three operations (as Keras does).
+- Elsewhere (CUDA, the unfused baseline) and for params a step does not include, it is
+  :meth:`MovingAverage.update`, a separate pass of array expressions (NumPy, CuPy and torch
+  tensors alike): ``average *= m`` then ``average += param * (1 - m)`` move 28 bytes per
+  float32 element (8, then 20 with the product's temporary), two launches per tensor on a
+  GPU. The CUDA kernels do not have the slot yet.
 """
 
 from __future__ import annotations
@@ -52,9 +60,20 @@ class MovingAverage:
         kind = kind_of(param)
         return kind.zeros(param, kind.dtype(param))
 
-    def update(self, params, averages, iterations: int) -> None:
-        """The averages after a step that found ``iterations`` steps done before it."""
-        for p, average in zip(params, averages):
+    def scalars(self, param, iterations: int) -> tuple[float, float]:
+        """``(m, 1 - m)`` of a step that found ``iterations`` steps done, as the values
+        :meth:`update` computes with for ``param`` (rounded to its type)."""
+        m, one_minus_m = _momentum(param, 0.0 if iterations == 0 else self.momentum)
+        return float(m), float(one_minus_m)
+
+    def update(self, params, averages, iterations: int, done=()) -> None:
+        """The averages after a step that found ``iterations`` steps done before it, but for
+        the positions in ``done``, which the step's own pass updated."""
+        done = set(done) if len(done) < len(params) else None  # None: every one was done
+        for position, (p, average) in enumerate(zip(params, averages) if done is not None
+                                                else ()):
+            if position in done:
+                continue
             kind = kind_of(p)
             m, one_minus_m = _momentum(p, 0.0 if iterations == 0 else self.momentum)
             with kind.launch_context(kind.device(p)):  # on the param's device and stream

@@ -59,9 +59,12 @@ objective. Its grads enter the rules negated: a -1 folded into the same per-tens
 scale, exact, with no extra pass and no rule that knows about it.
 
 ``use_ema`` (an ``ema``, fusedopt/_ema.py): after each applied step, every param's moving
-average is updated as Keras does, a pass of array expressions after the fused update. A
-loss-scaled CUDA step decided on the device waits for its flag first when there is an
-average to update (the only case where such a step waits).
+average is updated as Keras does. On a backend that says ``FUSED_AVERAGE`` (the CPU's) the
+average is one more slot of the group, updated in the step's own pass from the param in
+registers; elsewhere (CUDA, unfused), and for params the step did not include, it is a
+pass of array expressions after the update. A loss-scaled CUDA step decided on the device
+waits for its flag first when there is an average to update (the only case where such a
+step waits).
 """
 
 from __future__ import annotations
@@ -242,12 +245,14 @@ class Engine:
         state, mode = _storage.resolve(f"param {position}", dtype, *policy)
         return _storage.Storage(dtype, dtype, state, mode)
 
-    def add_params(self, params, group: int = 0, decays=None, states=None) -> list[int]:
+    def add_params(self, params, group: int = 0, decays=None, states=None,
+                   averages=None) -> list[int]:
         """Append ``params`` to hyperparameter group ``group``; returns their positions.
 
         State is made beside each param (``slot_init`` of the registry, in the state dtype;
         a master slot initialised from the param), unless ``states`` gives it (a list of
-        slot arrays per param, master slot last, checked and used as is). Every param is
+        slot arrays per param, master slot last, checked and used as is); likewise each
+        param's moving average with ``ema``, unless ``averages`` gives them. Every param is
         checked before any is added.
         """
         params = list(params)
@@ -267,6 +272,10 @@ class Engine:
             if states is not None:
                 _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
                                                                              storages[-1]))
+            if averages is not None:
+                _validate.check_state(first + i, p, [averages[i]], ["average"])
+        if averages is not None and self.ema is None:
+            raise ValueError("averages were given to an engine without use_ema")
         if params:
             _validate.check_distinct_memory(self.params + params)
             _validate.resolve_backend(self.backend, params, params,
@@ -289,7 +298,7 @@ class Engine:
             self.decays.append(bool(decays[i]))
             self._steps.append(0)
             if self.ema is not None:
-                self.averages.append(self.ema.zeros(p))
+                self.averages.append(self.ema.zeros(p) if averages is None else averages[i])
         return list(range(first, first + len(params)))
 
     @property
@@ -504,6 +513,7 @@ class Engine:
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
         limit = self.clipping.limit
+        averaged: list = []  # positions whose average the step's own pass updates
         for (launch, g), scale in zip(work, scales):
             rows = self._step_rows(positions, launch, window, slot, scalars)
             first = positions[0 if launch.members is None else launch.members[0]]
@@ -511,8 +521,14 @@ class Engine:
             with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
                 if self.hypers[launch.hyper].maximize:
                     scale = -1.0 if scale is None else -scale
+                average = None
+                if getattr(launch.group, "averaged", False):
+                    average = self.ema.scalars(self.params[first], self._iterations)
+                    averaged.extend(positions if launch.members is None
+                                    else (positions[i] for i in launch.members))
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
-                                  launch.group, g, clip=GradClip(scale, limit), step=t)
+                                  launch.group, g, clip=GradClip(scale, limit), step=t,
+                                  **({} if average is None else {"average": average}))
         if window is not None:
             window.push(positions, plan.backend.read_later(window.flags[slot: slot + 1]))
             self._outcome = window.entries[-1]
@@ -520,8 +536,8 @@ class Engine:
             if self.ema is not None and outcome:  # the average needs the outcome: wait
                 self.ema.update(self.params, self.averages, self._iterations - 1)
             return outcome
-        if self.ema is not None:  # every param's average, as Keras: a pass after the update
-            self.ema.update(self.params, self.averages, self._iterations)
+        if self.ema is not None:  # every param's average, as Keras: those the pass did not
+            self.ema.update(self.params, self.averages, self._iterations, done=averaged)
         self._confirm(positions, True)
         return True
 
@@ -616,12 +632,15 @@ class Engine:
             by_kind.setdefault((group, kind.device(p), st,
                                 not decay or self.decays[pos], relative), []).append(local)
         launches = []
+        fuse_average = self.ema is not None and getattr(backend, "FUSED_AVERAGE", False)
         for (group, device, st, decays, relative), members in by_kind.items():
             streams = _table.streams(self._seed, [positions[i] for i in members])
+            averages = ({"averages": [self.averages[positions[i]] for i in members]}
+                        if fuse_average else {})
             with kind_of(self.params[positions[members[0]]]).launch_context(device):
                 backend_group = backend.group(st, [self.params[positions[i]] for i in members],
                                               [self.states[positions[i]] for i in members],
-                                              streams=streams)
+                                              streams=streams, **averages)
             whole = members == list(range(len(positions)))
             launches.append(Launch(None if whole else members, backend_group, group, decays,
                                    device, relative,

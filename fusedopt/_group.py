@@ -33,6 +33,7 @@ class Group:
     grads_scaled: bool = False  # the table's grad-scale row holds a norm clip's scales
     scratch: dict = field(default_factory=dict)  # device buffers reused from step to step
     streams: np.ndarray | None = None  # per tensor: (seed << 32) | position (fusedopt/_table.py)
+    averaged: bool = False  # use_ema: each param's moving average is the last slot row
 
     def __post_init__(self):
         self.table = Table(self.fixed, self.sizes, self.chunk, self.pack, self.streams)
@@ -44,7 +45,7 @@ class Group:
 
     @property
     def n_slots(self) -> int:
-        """Slot rows of the table: the optimizer's slots and the master slot."""
+        """Slot rows of the table: the optimizer's slots, the master slot, the average."""
         return self.fixed.shape[0] - 2
 
 
@@ -72,7 +73,12 @@ def step_storage(group: Group, grads) -> Storage:
 
 
 def make_group(storage, params, states, chunk, address, pack: bool = False,
-               streams=None) -> Group:
+               streams=None, averages=None) -> Group:
+    """The group of ``params`` with their ``states`` (slot arrays, master slot last) and,
+    with ``use_ema`` on a backend that updates them in the step's pass, their moving
+    ``averages``, one more slot row after the others."""
+    if averages is not None:
+        states = [list(s) + [a] for s, a in zip(states, averages)]
     n_slots = len(states[0]) if states else 0
     fixed = np.zeros((2 + n_slots, len(params)), dtype=np.int64)
     for t, (p, slots) in enumerate(zip(params, states)):
@@ -81,7 +87,7 @@ def make_group(storage, params, states, chunk, address, pack: bool = False,
             fixed[2 + k, t] = address(s)
     sizes = np.array([kind_of(p).size(p) for p in params], dtype=np.int64)
     return Group(as_storage(storage), list(params), [list(s) for s in states], chunk, fixed,
-                 sizes, pack, streams=streams)
+                 sizes, pack, streams=streams, averaged=averages is not None)
 
 
 def step_table(group: Group, grads, address) -> np.ndarray:

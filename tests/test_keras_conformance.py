@@ -46,6 +46,9 @@ VARIANTS = [
     ("adadelta-weight-decay", "Adadelta", lambda: dict(weight_decay=0.5, learning_rate=1.0)),
     ("adam-gradient-accumulation", "Adam",
      lambda: dict(gradient_accumulation_steps=2)),
+    # Keras moves the averages on every call, accumulating or not: its own EMA step.
+    ("adam-ema-gradient-accumulation", "Adam",
+     lambda: dict(use_ema=True, ema_momentum=0.8, gradient_accumulation_steps=2)),
 ]
 
 
@@ -217,3 +220,24 @@ def test_what_differs_at_a_larger_learning_rate_is_keras_float32_bias_correction
     monkeypatch.setitem(_registry.REGISTRY, "adam",
                         dataclasses.replace(exact, scalars=keras_float32_alpha))
     assert max_diff(weights(fit(fusedopt.keras.Adam(**kwargs()))), twin) < KERAS_FIT / 2
+
+
+def test_ema_moves_in_the_fused_step(monkeypatch):
+    """With use_ema the averages are Keras' own variables, moved by fusedopt's step: with
+    Keras' EMA step and the engine's separate pass both made no-ops, the averages (which
+    fit() writes into the weights at its end) still come out as Keras'."""
+    from fusedopt import _ema
+
+    def make():
+        return dict(use_ema=True, ema_momentum=0.8)
+    twin = fit(keras.optimizers.Adam(**make()))
+    monkeypatch.setattr(keras.optimizers.Optimizer, "_update_model_variables_moving_average",
+                        lambda self, variables: None)
+    monkeypatch.setattr(_ema.MovingAverage, "update",
+                        lambda self, params, averages, iterations, done=(): None)
+    ours = fusedopt.keras.Adam(**make())
+    net = fit(ours)
+    assert max_diff(weights(net), weights(twin)) < KERAS_FIT
+    engine = ours._fused.engine
+    shared = {a.data_ptr() for a in engine.averages}
+    assert shared == {v.value.data_ptr() for v in ours._model_variables_moving_average}

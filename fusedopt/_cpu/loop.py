@@ -67,15 +67,16 @@ def _rule_name(rule) -> str:
 
 class VariantType(types.Opaque):
     def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int,
-                 clamps: bool):
+                 clamps: bool, average: bool):
         self.rule, self.flags, self.n_slots = rule, flags, n_slots
-        self.codes, self.mode, self.clamps = codes, mode, clamps
+        self.codes, self.mode, self.clamps, self.average = codes, mode, clamps, average
         super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode}, "
-                              f"{clamps})")
+                              f"{clamps}, {average})")
 
     @property
     def key(self):
-        return self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps
+        return (self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps,
+                self.average)
 
 
 register_model(VariantType)(models.OpaqueModel)
@@ -89,32 +90,36 @@ class Variant:
     STOCHASTIC; ``clamps``: whether grads are scaled and clamped (clipping, a loss scale's
     1/s) by the table's scales and limit, or used as they are (a step with neither, where
     the scale is 1 and the limit +inf: the same values, without the three instructions a
-    vector of them costs).
+    vector of them costs); ``average``: whether a moving average of the param (``use_ema``,
+    fusedopt/_ema.py) follows in one more table slot, updated from the stored param with
+    the last two scalars, ``momentum`` and ``1 - momentum``.
     """
 
     def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int,
-                 clamps: bool = True):
+                 clamps: bool = True, average: bool = False):
         name = _rule_name(rule)
         if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
             name = f"{name}#{id(rule)}"
             _RULES[name] = rule
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
-        self.clamps = bool(clamps)
+        self.clamps, self.average = bool(clamps), bool(average)
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
         self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode,
-                                        self.clamps)
+                                        self.clamps, self.average)
         # What the table walk needs to know of the variant, as int64s: its slots, 1 if a
-        # master slot follows them, 1 if stochastic, and the bytes of a param, grad, state
-        # and master-slot element.
+        # master slot follows them, 1 if stochastic, 1 if an average slot follows, and the
+        # bytes of a param (and average), grad, state and master-slot element.
         sizes = (np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4])
         self.geometry = tuple(np.int64(v) for v in (self.n_slots, self.mode in WITH_SLOT,
-                                                     self.mode == STOCHASTIC, *sizes))
+                                                     self.mode == STOCHASTIC, self.average,
+                                                     *sizes))
 
     @property
     def table_slots(self) -> int:
-        """Slot rows of its launch table: the rule's, plus the master slot if any."""
-        return self.n_slots + (self.mode in WITH_SLOT)
+        """Slot rows of its launch table: the rule's, the master slot if any, the average
+        slot if any."""
+        return self.n_slots + (self.mode in WITH_SLOT) + self.average
 
 
 def loop_dtypes(codes: tuple, mode: int) -> tuple:
@@ -128,9 +133,9 @@ def loop_dtypes(codes: tuple, mode: int) -> tuple:
 
 @functools.lru_cache(maxsize=None)
 def specialize(rule, flags: tuple, n_slots: int, codes: tuple = (storage.F32,) * 3,
-               mode: int = PLAIN, clamps: bool = True) -> Variant:
+               mode: int = PLAIN, clamps: bool = True, average: bool = False) -> Variant:
     """``rule`` with its variant ``flags`` and storage frozen in: what :func:`run` takes."""
-    return Variant(rule, flags, n_slots, codes, mode, clamps)
+    return Variant(rule, flags, n_slots, codes, mode, clamps, average)
 
 
 @typeof_impl.register(Variant)
@@ -197,20 +202,26 @@ def pairs(variant) -> bool:
     elements), and two of them per word tripled the loop's compile time."""
     pcode, gcode, scode = variant.codes
     return (pcode == gcode == storage.BF16 and (variant.n_slots == 0 or scode == storage.BF16)
-            and variant.mode != MASTER)
+            and variant.mode != MASTER and not variant.average)
 
 
 @functools.lru_cache(maxsize=None)
 def _element(variant):
     """One element's step for ``variant`` (a VariantType), jitted, for the overloads
-    below: stored values in (param, grad, three state slots, master slot), stored values
-    out (param, slots, master slot). Its rule, flags and storage functions are free
-    variables, constants to Numba, so everything inlines and LLVM folds the branches on
-    them; a slot the variant has not comes back as it went in."""
+    below: stored values in (param, grad, three state slots, master slot, average), stored
+    values out (param, slots, master slot, average). Its rule, flags and storage functions
+    are free variables, constants to Numba, so everything inlines and LLVM folds the
+    branches on them; a slot the variant has not comes back as it went in.
+
+    The average (``use_ema``) is updated from the param as stored, as Keras updates it from
+    the variable after the step: ``momentum * average + (1 - momentum) * param`` with
+    Keras' order of operations, in the compute type, rounded once to the param's dtype
+    (to nearest even, whatever the param's own rounding)."""
     rule, flags, ns = _RULES[variant.rule], variant.flags, variant.n_slots
     pcode, gcode, scode = variant.codes
-    clamps = variant.clamps
+    clamps, average = variant.clamps, variant.average
     get_p, put_p = _param_io(variant.mode, pcode)
+    load_p, store_p = storage.load(pcode), storage.store(pcode)
     load_g, load_s = storage.load(gcode), storage.load(scode)
     random = variant.mode == STOCHASTIC
     store_s, store_r = storage.store(scode), storage.store_stochastic(scode)
@@ -219,7 +230,7 @@ def _element(variant):
     zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
 
     @njit(inline="always", error_model="numpy")
-    def one(pv, gv, av, bv, cv, xv, h, scale, limit, key, index):
+    def one(pv, gv, av, bv, cv, xv, vv, h, ema, scale, limit, key, index):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
         # tensor of a clamping variant takes this one path. clamp(gi, -limit, limit) with
         # NaN kept, as x86's MAXPS and MINPS are (each returns its second operand when
@@ -237,7 +248,8 @@ def _element(variant):
         a_new = (store_r(a, bits0(e)) if random else store_s(a)) if ns > 0 else av
         b_new = (store_r(b, bits1(e)) if random else store_s(b)) if ns > 1 else bv
         c_new = (store_r(c, bits2(e)) if random else store_s(c)) if ns > 2 else cv
-        return p_new, a_new, b_new, c_new, x_new
+        v_new = store_p(ema[0] * load_p(vv) + ema[1] * load_p(p_new)) if average else vv
+        return p_new, a_new, b_new, c_new, x_new, v_new
 
     return one
 
@@ -279,21 +291,22 @@ def _word(typingctx, low, high):
     return types.uint32(low, high), codegen
 
 
-def _apply(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+def _apply(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
     """Element ``i`` through the variant (resolved when the loop is compiled), its grad
     clamp(g * scale, -limit, limit); ``key`` and ``offset`` + i key its random bits."""
 
 
 @overload(_apply, inline="always")
-def _apply_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+def _apply_variant(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
     one, ns, master = _element(variant), variant.n_slots, variant.mode in WITH_SLOT
-    _, _, s_dtype, x_dtype, _ = loop_dtypes(variant.codes, variant.mode)
-    s_none, x_none = s_dtype(0), x_dtype(0)  # what an absent slot holds
+    average = variant.average
+    p_dtype, _, s_dtype, x_dtype, _ = loop_dtypes(variant.codes, variant.mode)
+    s_none, x_none, v_none = s_dtype(0), x_dtype(0), p_dtype(0)  # what an absent slot holds
 
-    def body(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+    def body(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
         new = one(p[i], g[i], s0[i] if ns > 0 else s_none, s1[i] if ns > 1 else s_none,
-                  s2[i] if ns > 2 else s_none, x[i] if master else x_none, h, scale, limit,
-                  key, offset + i)
+                  s2[i] if ns > 2 else s_none, x[i] if master else x_none,
+                  v[i] if average else v_none, h, ema, scale, limit, key, offset + i)
         p[i] = new[0]
         if ns > 0:
             s0[i] = new[1]
@@ -303,10 +316,12 @@ def _apply_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset
             s2[i] = new[3]
         if master:
             x[i] = new[4]
+        if average:
+            v[i] = new[5]
     return body
 
 
-def _apply_pair(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+def _apply_pair(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
     """Elements 2i and 2i + 1 through a :func:`pairs` variant, the operands as arrays of
     32-bit words (each element's 16 bits a half of a word, the lower address the low
     half); a no-op for other variants.
@@ -319,28 +334,30 @@ def _apply_pair(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
 
 
 @overload(_apply_pair, inline="always")
-def _apply_pair_variant(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+def _apply_pair_variant(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
     if not pairs(variant):  # typed, never run: the span function takes them one at a time
-        def unpaired(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+        def unpaired(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
             pass
         return unpaired
     one, ns, master = _element(variant), variant.n_slots, variant.mode in WITH_SLOT
     p_dtype, g_dtype, s_dtype, x_dtype, _ = loop_dtypes(variant.codes, variant.mode)
     p_half, g_half, s_half, x_half = (_half_of(d) for d in (p_dtype, g_dtype, s_dtype,
                                                              x_dtype))
-    none = np.uint32(0)
+    none, none16 = np.uint32(0), p_dtype(0)  # no average: pairs() excludes it
 
-    def body(variant, i, p, g, s0, s1, s2, x, h, scale, limit, key, offset):
+    def body(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
         wp, wg = p[i], g[i]
         wa = s0[i] if ns > 0 else none
         wb = s1[i] if ns > 1 else none
         wc = s2[i] if ns > 2 else none
         wx = x[i] if master else none
         index = offset + 2 * i
-        p0, a0, b0, c0, x0 = one(p_half(wp, 0), g_half(wg, 0), s_half(wa, 0), s_half(wb, 0),
-                                 s_half(wc, 0), x_half(wx, 0), h, scale, limit, key, index)
-        p1, a1, b1, c1, x1 = one(p_half(wp, 1), g_half(wg, 1), s_half(wa, 1), s_half(wb, 1),
-                                 s_half(wc, 1), x_half(wx, 1), h, scale, limit, key, index + 1)
+        p0, a0, b0, c0, x0, _ = one(p_half(wp, 0), g_half(wg, 0), s_half(wa, 0),
+                                    s_half(wb, 0), s_half(wc, 0), x_half(wx, 0), none16, h,
+                                    ema, scale, limit, key, index)
+        p1, a1, b1, c1, x1, _ = one(p_half(wp, 1), g_half(wg, 1), s_half(wa, 1),
+                                    s_half(wb, 1), s_half(wc, 1), x_half(wx, 1), none16, h,
+                                    ema, scale, limit, key, index + 1)
         p[i] = _word(p0, p1)
         if ns > 0:
             s0[i] = _word(a0, a1)
@@ -391,16 +408,18 @@ def _prefer_wide_vectors(typingctx):
 
 def _layout(variant):
     """(rule slots, 1 if a master slot follows them else 0, 1 if stochastic else 0, 1 if
-    its elements go two to a word (:func:`pairs`) else 0): constants of the variant."""
+    its elements go two to a word (:func:`pairs`) else 0, 1 if an average slot follows
+    else 0): constants of the variant."""
 
 
 @overload(_layout, inline="always")
 def _layout_variant(variant):
     n_slots, master = variant.n_slots, int(variant.mode in WITH_SLOT)
     random, paired = int(variant.mode == STOCHASTIC), int(pairs(variant))
+    average = int(variant.average)
 
     def body(variant):
-        return n_slots, master, random, paired
+        return n_slots, master, random, paired, average
     return body
 
 
@@ -435,27 +454,56 @@ def _words_at(typingctx, address):
     return sig, codegen
 
 
-@intrinsic
-def _in_compute_type(typingctx, values, variant):
-    """The tuple of numbers ``values`` converted to the variant's compute type (the same
-    rounding as ``np.float32(x)`` on the host: to nearest)."""
+def _compute_type_tuple(values, variant, first: int, stop: int):
+    """An intrinsic's (signature, codegen): ``values[first:stop]`` converted to the variant's
+    compute type (the same rounding as ``np.float32(x)`` on the host: to nearest)."""
     target = _operand_dtypes(variant)[4]
-    sig = types.UniTuple(target, len(values))(values, variant)
+    sig = types.UniTuple(target, stop - first)(values, variant)
 
     def codegen(context, builder, signature, args):
         items = [context.cast(builder, builder.extract_value(args[0], k), values[k], target)
-                 for k in range(len(values))]
+                 for k in range(first, stop)]
         return context.make_tuple(builder, signature.return_type, items)
     return sig, codegen
 
 
-def _span(variant, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
+@intrinsic
+def _in_compute_type(typingctx, values, variant):
+    """The tuple of numbers ``values`` in the variant's compute type."""
+    return _compute_type_tuple(values, variant, 0, len(values))
+
+
+@intrinsic
+def _rule_scalars(typingctx, values, variant):
+    """The rule's scalars of the span's ``values`` (all but the average's last two), in the
+    variant's compute type."""
+    return _compute_type_tuple(values, variant, 0, len(values) - 2 * variant.average)
+
+
+@intrinsic
+def _average_scalars(typingctx, values, variant):
+    """The average's ``(momentum, 1 - momentum)``, the last two of ``values``, in the
+    variant's compute type (zeros, unused, where the variant has no average)."""
+    if variant.average:
+        return _compute_type_tuple(values, variant, len(values) - 2, len(values))
+    target = _operand_dtypes(variant)[4]
+    sig = types.UniTuple(target, 2)(values, variant)
+
+    def codegen(context, builder, signature, args):
+        zero = context.get_constant(target, 0)
+        return context.make_tuple(builder, signature.return_type, [zero, zero])
+    return sig, codegen
+
+
+def _span(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset):
     """``n`` elements of one tensor through ``variant``, from the operands' addresses (0
-    for an operand the variant has not); ``scalars`` points at the rule's scalars as float64,
-    ``offset`` is the first element's index in its tensor (a key of its random bits)."""
+    for an operand the variant has not; ``v`` the average); ``scalars`` points at the
+    rule's scalars as float64 (then the average's two), ``offset`` is the first element's
+    index in its tensor (a key of its random bits)."""
     _prefer_wide_vectors()
-    ns, master, random, paired = _layout(variant)
-    h = _in_compute_type(scalars[0], variant)
+    ns, master, random, paired, average = _layout(variant)
+    h = _rule_scalars(scalars[0], variant)
+    ema = _average_scalars(scalars[0], variant)
     scale_, limit_ = _in_compute_type((scale, limit), variant)
     done = 0
     if paired and (p | g | s0 | s1 | s2 | x) & 3 == 0:  # every operand's words aligned
@@ -466,7 +514,8 @@ def _span(variant, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
         s2w = carray(_words_at(s2), words if ns > 2 else 0)
         xw = carray(_words_at(x), words if master else 0)
         for i in range(words):
-            _apply_pair(variant, i, pw, gw, s0w, s1w, s2w, xw, h, scale_, limit_, key, offset)
+            _apply_pair(variant, i, pw, gw, s0w, s1w, s2w, xw, h, ema, scale_, limit_, key,
+                        offset)
         done = 2 * words
     # The elements left (all of them, unless taken in pairs above), one at a time.
     left = n - done
@@ -476,8 +525,10 @@ def _span(variant, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
     s1_ = carray(_state_at(variant, s1), n if ns > 1 else 0)[done:]
     s2_ = carray(_state_at(variant, s2), n if ns > 2 else 0)[done:]
     x_ = carray(_master_at(variant, x), n if master else 0)[done:]
+    v_ = carray(_param_at(variant, v), n if average else 0)[done:]
     for i in range(left):
-        _apply(variant, i, p_, g_, s0_, s1_, s2_, x_, h, scale_, limit_, key, offset + done)
+        _apply(variant, i, p_, g_, s0_, s1_, s2_, x_, v_, h, ema, scale_, limit_, key,
+               offset + done)
 
 
 _I64, _F64 = types.int64, types.float64
@@ -485,7 +536,7 @@ _I64, _F64 = types.int64, types.float64
 
 def span_signature(variant: Variant, n_scalars: int):
     """The C signature of :func:`_span` for ``variant`` and ``n_scalars`` scalars."""
-    return types.void(variant._numba_type_, *(_I64,) * 7,
+    return types.void(variant._numba_type_, *(_I64,) * 8,
                       types.CPointer(types.UniTuple(_F64, n_scalars)), _F64, _F64,
                       types.uint32, _I64)
 
@@ -509,22 +560,23 @@ _SPAN_FUNCTIONS: list = []
 
 
 @intrinsic
-def _call_span(typingctx, span, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset):
+def _call_span(typingctx, span, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key,
+               offset):
     """Call the C function at address ``span`` (a :func:`span_function`) with these
     arguments: no variant (the function ignores its opaque first argument), ``scalars``
     an address."""
-    sig = types.void(span, p, g, s0, s1, s2, x, n, scalars, scale, limit, key, offset)
+    sig = types.void(span, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset)
 
     def codegen(context, builder, signature, args):
         pointer = ir.IntType(8).as_pointer()
         values = [ir.Constant(pointer, None)]
         values += [context.cast(builder, a, t, _I64)
-                   for a, t in zip(args[1:8], signature.args[1:8])]
-        values.append(builder.inttoptr(args[8], pointer))
-        values += [context.cast(builder, args[9], signature.args[9], _F64),
-                   context.cast(builder, args[10], signature.args[10], _F64),
-                   context.cast(builder, args[11], signature.args[11], types.uint32),
-                   context.cast(builder, args[12], signature.args[12], _I64)]
+                   for a, t in zip(args[1:9], signature.args[1:9])]
+        values.append(builder.inttoptr(args[9], pointer))
+        values += [context.cast(builder, args[10], signature.args[10], _F64),
+                   context.cast(builder, args[11], signature.args[11], _F64),
+                   context.cast(builder, args[12], signature.args[12], types.uint32),
+                   context.cast(builder, args[13], signature.args[13], _I64)]
         fnty = ir.FunctionType(context.get_value_type(types.void), [v.type for v in values])
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()), values)
         return context.get_dummy_value()
@@ -534,9 +586,10 @@ def _call_span(typingctx, span, p, g, s0, s1, s2, x, n, scalars, scale, limit, k
 @njit(**JIT_OPTIONS)
 def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step):
     """Work item ``w``: from its start up to the next item's start. ``geometry``: the
-    variant's slots, master slot, stochastic flag and element sizes (Variant.geometry)."""
-    ns, master, random, p_size, g_size, s_size, x_size = geometry
-    rows = ns + master  # slot rows of the table
+    variant's slots, master slot, stochastic and average flags and element sizes
+    (Variant.geometry)."""
+    ns, master, random, average, p_size, g_size, s_size, x_size = geometry
+    rows = ns + master + average  # slot rows of the table
     streams0 = (5 + rows) * n_tensors
     work0 = (6 + rows) * n_tensors
     sizes0 = (2 + rows) * n_tensors
@@ -562,6 +615,7 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
             s1 = table[3 * n_tensors + t] + begin * s_size if ns > 1 else 0
             s2 = table[4 * n_tensors + t] + begin * s_size if ns > 2 else 0
             x = table[(2 + ns) * n_tensors + t] + begin * x_size if master else 0
+            v = table[(2 + ns + master) * n_tensors + t] + begin * p_size if average else 0
             if random:
                 base = random_bits.stream_base(table[streams0 + t], step)
                 at = 0  # spans split where the high half of the element index changes
@@ -571,21 +625,22 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
                                s0 + at * s_size if ns > 0 else 0,
                                s1 + at * s_size if ns > 1 else 0,
                                s2 + at * s_size if ns > 2 else 0,
-                               x + at * x_size if master else 0, upto - at, h,
+                               x + at * x_size if master else 0,
+                               v + at * p_size if average else 0, upto - at, h,
                                scales[t], limits[t], random_bits.span_key(base, begin + at),
                                begin + at)
                     at = upto
             else:
-                _call_span(span, p, g, s0, s1, s2, x, end - begin, h, scales[t], limits[t],
-                           np.uint32(0), begin)
+                _call_span(span, p, g, s0, s1, s2, x, v, end - begin, h, scales[t],
+                           limits[t], np.uint32(0), begin)
         t += 1
         begin = 0
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _run_parallel(span, table, n_tensors, chunk, geometry, scalars, step):
-    ns, master = geometry[0], geometry[1]
-    n_work = table.shape[0] - (6 + ns + master) * n_tensors
+    rows = geometry[0] + geometry[1] + geometry[3]  # slot rows: rule, master, average
+    n_work = table.shape[0] - (6 + rows) * n_tensors
     for w in prange(n_work):
         # np.int64: prange's index is unsigned, and _run_item would compile twice (it is
         # typed once with the loop's int64 index before the parallel transform).
@@ -594,8 +649,8 @@ def _run_parallel(span, table, n_tensors, chunk, geometry, scalars, step):
 
 @njit(**JIT_OPTIONS)
 def _run_serial(span, table, n_tensors, chunk, geometry, scalars, step):
-    ns, master = geometry[0], geometry[1]
-    n_work = table.shape[0] - (6 + ns + master) * n_tensors
+    rows = geometry[0] + geometry[1] + geometry[3]  # slot rows: rule, master, average
+    n_work = table.shape[0] - (6 + rows) * n_tensors
     for w in range(n_work):
         _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
 

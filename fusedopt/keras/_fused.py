@@ -15,7 +15,11 @@ Here ``_backend_update_step`` is one :meth:`fusedopt._engine.Engine.step` over t
 (one fused call per dtype group); clipping and decoupled weight decay move into that same
 pass (``_clip_gradients`` and ``_apply_weight_decay`` become no-ops), and the optimizer's
 state arrays are the torch tensors of the Keras variables its ``build()`` made, updated in
-place. Keras' per-variable ``update_step`` is never called; if a Keras version called it
+place. With ``use_ema`` the moving averages Keras made are the engine's (fusedopt/_ema.py):
+on CPU they are updated in the same pass, on CUDA by the engine's pass after it, so Keras'
+``[EMA]`` step only updates the averages of variables the engine does not step; under
+``gradient_accumulation_steps`` (where Keras moves the averages on every call, update or
+not) Keras keeps its own EMA step. Keras' per-variable ``update_step`` is never called; if a Keras version called it
 (its hooks renamed), it raises instead of silently running Keras' math.
 
 Pure bfloat16 training: ``stochastic_rounding=True`` (keyed on ``seed``) or
@@ -35,6 +39,7 @@ import numpy as np
 
 from .. import _storage
 from .._clip import Clipping
+from .._ema import MovingAverage
 from .._engine import Engine, check_seed
 from .._registry import lookup
 from ._host_values import HostValue
@@ -131,6 +136,22 @@ class FusedOptimizer:
     def _apply_weight_decay(self, variables):
         return None  # decoupled weight decay is applied inside the fused pass
 
+    def _update_model_variables_moving_average(self, trainable_variables):
+        if self._fused.engine.ema is None:  # Keras' own (gradient accumulation)
+            return super()._update_model_variables_moving_average(trainable_variables)
+        # The engine's step updated the averages of every variable it holds; the others
+        # (variables Keras assigns their gradient) as Keras does.
+        from keras import ops
+        for index in self._fused.unheld:
+            variable = trainable_variables[index]
+            average = self._model_variables_moving_average[index]
+            if average is None:
+                continue
+            momentum = ops.multiply(ops.cast(ops.not_equal(self.iterations, 0), variable.dtype),
+                                    self.ema_momentum)
+            average.assign(ops.add(ops.multiply(momentum, average),
+                                   ops.multiply(ops.subtract(1, momentum), variable)))
+
     def update_step(self, gradient, variable, learning_rate):
         raise RuntimeError(
             f"Keras called {type(self).__name__}.update_step (one variable at a time): this "
@@ -215,9 +236,13 @@ class _Fused:
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
+        # use_ema: the averages move with the step, except under gradient accumulation,
+        # where Keras moves them on every call (fusedopt.keras.FusedOptimizer).
+        ema = (MovingAverage(optimizer.ema_momentum)
+               if optimizer.use_ema and not optimizer.gradient_accumulation_steps else None)
         self.engine = Engine(self.spec, "keras", backend=backend,
                              clipping=self._clipping(optimizer), state_dtype="param",
-                             seed=rounding.seed)
+                             seed=rounding.seed, ema=ema)
         self.hyper = self._hyper(optimizer)
         where = f"{type(optimizer).__name__}: "
         self.engine.add_group(self.hyper, where=where)  # group 0: plain stores
@@ -226,6 +251,7 @@ class _Fused:
                                   **rounding.options())
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
         self.tensors: list = []             # engine position -> the variable's own tensor
+        self.unheld: list[int] = []         # Keras' indices of variables it does not step
 
     # --- what Keras holds, as the engine takes it ---------------------------------------------
     @staticmethod
@@ -269,17 +295,20 @@ class _Fused:
                                f"builds no {', '.join(missing)}; fusedopt.keras expects "
                                "Keras 3.10 or later's optimizer variables")
         lists = [getattr(optimizer, n) for n in names]
+        averages = (optimizer._model_variables_moving_average
+                    if self.engine.ema is not None else None)
         # Per engine group (1: the bfloat16 variables, where stores round as asked):
-        # params, tensors, states, decays, Keras' indices.
-        groups = {0: ([], [], [], [], []), 1: ([], [], [], [], [])}
+        # params, tensors, states, decays, Keras' indices, averages.
+        groups = {0: ([], [], [], [], [], []), 1: ([], [], [], [], [], [])}
         for index, variable in enumerate(variables):
             own = [slot_list[index] for slot_list in lists]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
+                self.unheld.append(index)
                 continue
             rounded = self.rounding.active and variable.dtype == "bfloat16"
             if rounded and self.rounding.kahan_summation:  # the master slot, last
                 own.append(optimizer._compensations[index])
-            params, tensors, states, decays, indices = groups[int(rounded)]
+            params, tensors, states, decays, indices, group_averages = groups[int(rounded)]
             if variable.dtype == "float16":
                 raise TypeError(
                     f"{type(optimizer).__name__}: variable {variable.path!r} is float16, and "
@@ -294,9 +323,13 @@ class _Fused:
             states.append([s.value.detach() for s in own])
             decays.append(optimizer._use_weight_decay(variable))
             indices.append(index)
-        for group, (params, tensors, states, decays, indices) in groups.items():
+            if averages is not None:
+                group_averages.append(averages[index].value.detach())
+        for group, (params, tensors, states, decays, indices, group_averages) in groups.items():
             if params:
-                positions = self.engine.add_params(params, group, decays, states=states)
+                positions = self.engine.add_params(
+                    params, group, decays, states=states,
+                    averages=group_averages if averages is not None else None)
                 self.position.update(zip(indices, positions))
                 self.tensors.extend(tensors)
 
