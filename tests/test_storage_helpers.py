@@ -60,6 +60,22 @@ def test_cpu_widen_every_16bit_pattern(name):
     _check(got, pat.widened(bits, DTYPES[name]), np.float32, f"CPU {name} widen")
 
 
+def test_cpu_float16_emulation_every_pattern():
+    """The loops use the CPU's own float16 conversions where it has them
+    (storage.NATIVE_F16; the tests above check whichever the loops use), else the integer
+    emulation: checked here against ml_dtypes on every machine."""
+    natives = (storage.f16_widen_native, storage._f16_even_native)
+    emulated = (storage.f16_widen, storage._f16_even)
+    chosen = (storage.load(storage.F16), storage.store(storage.F16))
+    assert chosen == (natives if storage.NATIVE_F16 else emulated)
+    bits, x = pat.all_16bit(), pat.float32_sample()
+    got = _cpu_map(storage.f16_widen, np.float32)(bits).view(np.uint32)
+    _check(got, pat.widened(bits, np.float16), np.float32, "CPU float16 widen (emulated)")
+    got = _cpu_map(storage._f16_even, np.uint16)(x)
+    _check(got, pat.nearest_even(x, np.float16), np.float16,
+           "CPU float16 nearest_even (emulated)")
+
+
 @pytest.mark.parametrize("name", sorted(DTYPES))
 def test_cuda_widen_every_16bit_pattern(host_probes, name):
     bits = pat.all_16bit()
