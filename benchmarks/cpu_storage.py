@@ -5,9 +5,10 @@ Experiments (each its own set of contenders, each contender in a process of its 
 driven round by round in a rotating order, so contenders are interleaved and no two thread
 pools share a process):
 
-- ``ceiling``: bf16 params + fp32 state (22 B/element), and bf16 params + int16 remainder
-  (26 B/element), each against the traffic ceiling of its own storage (the same loop, table,
-  loads and stores, with trivial math; fusedopt/_bench/traffic.py), at ``--sizes``;
+- ``ceiling``: bf16 params + fp32 state (22 B/element), bf16 params + int16 remainder
+  (26 B/element) and fp16 params + fp32 state (22 B/element), each against the traffic
+  ceiling of its own storage (the same loop, table, loads and stores, with trivial math;
+  fusedopt/_bench/traffic.py), at ``--sizes``;
 - ``torch``: bf16 params + bf16 state (14 B/element) against ``torch.optim.Adam(fused=True)``
   on bf16 params (the same bytes) and the ceiling, at ``--torch-sizes``.
 
@@ -43,6 +44,7 @@ STORAGES = {
                                ("float32", "float32", "int16")),
     "bf16 params, bf16 state": ("bfloat16", dict(state_dtype="bfloat16"),
                                 ("bfloat16", "bfloat16")),
+    "fp16 params, fp32 state": ("float16", {}, ("float32", "float32")),
 }
 
 
@@ -192,7 +194,8 @@ def main(argv=None) -> int:
            f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
     if args.only in (None, "ceiling"):
         for n in (_size(s) for s in args.sizes.split(",")):
-            for storage in ("bf16 params, fp32 state", "bf16 params, remainder"):
+            for storage in ("bf16 params, fp32 state", "bf16 params, remainder",
+                            "fp16 params, fp32 state"):
                 times = measure({FUSED: (FUSED, storage), CEILING: (CEILING, storage)}, n,
                                 args.rounds, steps=args.steps)
                 out += table(f"Adam, {storage}", storage, n, times, CEILING, args.steps)
