@@ -15,11 +15,11 @@ Here ``_backend_update_step`` is one :meth:`fusedopt._engine.Engine.step` over t
 (one fused call per dtype group); clipping and decoupled weight decay move into that same
 pass (``_clip_gradients`` and ``_apply_weight_decay`` become no-ops), and the optimizer's
 state arrays are the torch tensors of the Keras variables its ``build()`` made, updated in
-place. With ``use_ema`` the moving averages Keras made are the engine's (fusedopt/_ema.py):
-on CPU they are updated in the same pass, on CUDA by the engine's pass after it, so Keras'
-``[EMA]`` step only updates the averages of variables the engine does not step; under
+place. With ``use_ema`` on CPU the moving averages Keras made are the engine's
+(fusedopt/_ema.py), updated in the same pass, so Keras' ``[EMA]`` step only updates the
+averages of variables the engine does not step; on CUDA, and under
 ``gradient_accumulation_steps`` (where Keras moves the averages on every call, update or
-not) Keras keeps its own EMA step. Keras' per-variable ``update_step`` is never called; if a Keras version called it
+not), Keras keeps its own EMA step. Keras' per-variable ``update_step`` is never called; if a Keras version called it
 (its hooks renamed), it raises instead of silently running Keras' math.
 
 Pure bfloat16 training: ``stochastic_rounding=True`` (keyed on ``seed``) or
@@ -137,7 +137,7 @@ class FusedOptimizer:
         return None  # decoupled weight decay is applied inside the fused pass
 
     def _update_model_variables_moving_average(self, trainable_variables):
-        if self._fused.engine.ema is None:  # Keras' own (gradient accumulation)
+        if self._fused.engine.ema is None:  # Keras' own (CUDA, gradient accumulation)
             return super()._update_model_variables_moving_average(trainable_variables)
         # The engine's step updated the averages of every variable it holds; the others
         # (variables Keras assigns their gradient) as Keras does.
@@ -236,13 +236,9 @@ class _Fused:
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
-        # use_ema: the averages move with the step, except under gradient accumulation,
-        # where Keras moves them on every call (fusedopt.keras.FusedOptimizer).
-        ema = (MovingAverage(optimizer.ema_momentum)
-               if optimizer.use_ema and not optimizer.gradient_accumulation_steps else None)
         self.engine = Engine(self.spec, "keras", backend=backend,
                              clipping=self._clipping(optimizer), state_dtype="param",
-                             seed=rounding.seed, ema=ema)
+                             seed=rounding.seed)
         self.hyper = self._hyper(optimizer)
         where = f"{type(optimizer).__name__}: "
         self.engine.add_group(self.hyper, where=where)  # group 0: plain stores
@@ -295,8 +291,15 @@ class _Fused:
                                f"builds no {', '.join(missing)}; fusedopt.keras expects "
                                "Keras 3.10 or later's optimizer variables")
         lists = [getattr(optimizer, n) for n in names]
-        averages = (optimizer._model_variables_moving_average
-                    if self.engine.ema is not None else None)
+        # use_ema: on the CPU the step moves Keras' averages in its own pass. Not under
+        # gradient accumulation (Keras moves them on every call, update or not), nor on
+        # CUDA (where the engine's would be a pass like Keras' own): there Keras' EMA step.
+        averages = None
+        if (optimizer.use_ema and not optimizer.gradient_accumulation_steps
+                and self.backend != "cuda"
+                and all(v.value.device.type == "cpu" for v in variables)):
+            self.engine.ema = MovingAverage(optimizer.ema_momentum)
+            averages = optimizer._model_variables_moving_average
         # Per engine group (1: the bfloat16 variables, where stores round as asked):
         # params, tensors, states, decays, Keras' indices, averages.
         groups = {0: ([], [], [], [], [], []), 1: ([], [], [], [], [], [])}
