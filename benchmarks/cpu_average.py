@@ -23,14 +23,11 @@ Prints markdown for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import statistics
 import sys
 
 # The driver and the workers' loop are cpu_storage.py's (this script's folder is on the path).
-from cpu_storage import PAUSE_S, _size, batch, measure, serve
+from cpu_storage import batch, serve, sized_main
 
 #: contender -> (kind, bytes per element)
 CONTENDERS = {
@@ -95,22 +92,9 @@ def table(n: int, times: dict, steps: int | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2^24")
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per timed sample (default: 1 from 2^24 elements up)")
-    args = parser.parse_args(argv)
-    out = ["### CPU Adam with use_ema: the average fused into the step", "", "```",
-           " ".join(["python benchmarks/cpu_average.py", *map(shlex.quote, argv)]).strip(),
-           "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
-           f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
-    contenders = {name: (kind,) for name, (kind, _) in CONTENDERS.items()}
-    for n in (_size(s) for s in args.sizes.split(",")):
-        out += table(n, measure(contenders, n, args.rounds, _worker, args.steps), args.steps)
-    print("\n".join(out))
-    return 0
+    return sized_main(argv, title="CPU Adam with use_ema: the average fused into the step",
+                      script="cpu_average.py", rounds=15, worker=_worker, table=table,
+                      contenders={name: (kind,) for name, (kind, _) in CONTENDERS.items()})
 
 
 if __name__ == "__main__":

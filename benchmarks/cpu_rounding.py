@@ -16,14 +16,11 @@ markdown for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import statistics
 import sys
 
 # The driver and the workers' loop are cpu_storage.py's (this script's folder is on the path).
-from cpu_storage import PAUSE_S, _size, batch, measure, serve
+from cpu_storage import batch, serve, sized_main
 
 #: contender -> (kind, Adam's storage arguments)
 CONTENDERS = {
@@ -103,21 +100,9 @@ def table(n: int, times: dict, steps: int | None = None) -> list[str]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2^24")
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="steps per timed sample (default: 1 from 2^24 elements up)")
-    args = parser.parse_args(argv)
-    out = ["### CPU Adam, stochastic rounding and Kahan summation", "", "```",
-           " ".join(["python benchmarks/cpu_rounding.py", *map(shlex.quote, argv)]).strip(),
-           "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
-           f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
-    for n in (_size(s) for s in args.sizes.split(",")):
-        out += table(n, measure(CONTENDERS, n, args.rounds, _worker, args.steps), args.steps)
-    print("\n".join(out))
-    return 0
+    return sized_main(argv, title="CPU Adam, stochastic rounding and Kahan summation",
+                      script="cpu_rounding.py", rounds=21, contenders=CONTENDERS,
+                      worker=_worker, table=table)
 
 
 if __name__ == "__main__":

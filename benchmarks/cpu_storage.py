@@ -148,6 +148,27 @@ def measure(contenders, n: int, rounds: int, worker=_worker, steps: int | None =
     return times
 
 
+def sized_main(argv, *, title: str, script: str, rounds: int, contenders: dict, worker,
+               table) -> int:
+    """The main of a benchmark of ``contenders`` at each of ``--sizes``: its header, then
+    ``table(n, times, steps)`` per size (cpu_rounding.py, cpu_average.py)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(description=title)
+    parser.add_argument("--sizes", default="2^24")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed sample (default: 1 from 2^24 elements up)")
+    args = parser.parse_args(argv)
+    out = [f"### {title}", "", "```",
+           " ".join([f"python benchmarks/{script}", *map(shlex.quote, argv)]).strip(),
+           "```", "", f"{os.cpu_count()} logical cores; each contender in its own process, "
+           f"{args.rounds} interleaved rounds, {PAUSE_S * 1e3:g} ms apart.", ""]
+    for n in (_size(s) for s in args.sizes.split(",")):
+        out += table(n, measure(contenders, n, args.rounds, worker, args.steps), args.steps)
+    print("\n".join(out))
+    return 0
+
+
 def _traffic(storage: str):
     from fusedopt._bench.traffic import traffic
     from fusedopt._registry import REGISTRY
