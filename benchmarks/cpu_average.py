@@ -23,11 +23,10 @@ Prints markdown for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 # The driver and the workers' loop are cpu_storage.py's (this script's folder is on the path).
-from cpu_storage import batch, serve, sized_main
+from cpu_storage import batch, contender_rows, ratios, serve, sized_main
 
 #: contender -> (kind, bytes per element)
 CONTENDERS = {
@@ -64,26 +63,13 @@ def _worker(conn, kind: str, n: int) -> None:
     serve(conn, _step(kind, n))
 
 
-def _ratios(a, b):
-    r = [x / y for x, y in zip(a, b)]
-    return statistics.median(r), min(r), max(r)
-
-
 def table(n: int, times: dict, steps: int | None = None) -> list[str]:
     k = batch(n, steps)
     lines = [f"**Adam with use_ema, float32, {n:,} elements** ({k} step"
-             f"{'s' if k > 1 else ''} per sample)", "",
-             "| contender | B/element | median ms | IQR ms | GB/s | time / Adam |",
-             "|---|---:|---:|---:|---:|---:|"]
-    plain = statistics.median(times["Adam"])
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
-        q = statistics.quantiles(seconds, n=4)
-        per = CONTENDERS[name][1]
-        lines.append(f"| {name} | {per} | {median * 1e3:.3f} | {(q[2] - q[0]) * 1e3:.3f} | "
-                     f"{n * per / median / 1e9:.1f} | {median / plain:.2f} |")
-    fused = _ratios(times["use_ema, fused"], times["use_ema, separate pass"])
-    ceiling = _ratios(times["36 B ceiling"], times["use_ema, fused"])
+             f"{'s' if k > 1 else ''} per sample)", ""]
+    lines += contender_rows(n, times, lambda name: CONTENDERS[name][1], "Adam")
+    fused = ratios(times["use_ema, fused"], times["use_ema, separate pass"])
+    ceiling = ratios(times["36 B ceiling"], times["use_ema, fused"])
     lines += ["", f"Per-round fused / separate-pass time: median {fused[0]:.3f} "
               f"(min {fused[1]:.3f}, max {fused[2]:.3f}).",
               f"Per-round fused fraction of its ceiling's speed (ceiling time / fused time): "

@@ -16,11 +16,10 @@ markdown for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 # The driver and the workers' loop are cpu_storage.py's (this script's folder is on the path).
-from cpu_storage import batch, serve, sized_main
+from cpu_storage import batch, contender_rows, ratios, serve, sized_main
 
 #: contender -> (kind, Adam's storage arguments)
 CONTENDERS = {
@@ -70,27 +69,14 @@ def _bytes(options: dict) -> int:
     return flow.read_bytes + flow.write_bytes
 
 
-def _ratios(a, b):
-    r = [x / y for x, y in zip(a, b)]
-    return statistics.median(r), min(r), max(r)
-
-
 def table(n: int, times: dict, steps: int | None = None) -> list[str]:
     k = batch(n, steps)
     lines = [f"**Adam, bf16 params, fp32 state, {n:,} elements** ({k} step"
-             f"{'s' if k > 1 else ''} per sample)", "",
-             "| contender | B/element | median ms | IQR ms | GB/s | time / plain bf16 |",
-             "|---|---:|---:|---:|---:|---:|"]
-    plain = statistics.median(times["plain bf16"])
-    for name, seconds in times.items():
-        median = statistics.median(seconds)
-        q = statistics.quantiles(seconds, n=4)
-        per = _bytes(CONTENDERS[name][1])
-        lines.append(f"| {name} | {per} | {median * 1e3:.3f} | {(q[2] - q[0]) * 1e3:.3f} | "
-                     f"{n * per / median / 1e9:.1f} | {median / plain:.2f} |")
-    sr = _ratios(times["stochastic rounding"], times["plain bf16"])
-    kahan = _ratios(times["Kahan ceiling"], times["Kahan summation"])
-    plain_c = _ratios(times["plain ceiling"], times["plain bf16"])
+             f"{'s' if k > 1 else ''} per sample)", ""]
+    lines += contender_rows(n, times, lambda name: _bytes(CONTENDERS[name][1]), "plain bf16")
+    sr = ratios(times["stochastic rounding"], times["plain bf16"])
+    kahan = ratios(times["Kahan ceiling"], times["Kahan summation"])
+    plain_c = ratios(times["plain ceiling"], times["plain bf16"])
     lines += ["", f"Per-round stochastic / plain time: median {sr[0]:.3f} (min {sr[1]:.3f}, "
               f"max {sr[2]:.3f}); target <= 1.1.",
               f"Per-round Kahan's fraction of its ceiling's speed (ceiling time / Kahan time): "

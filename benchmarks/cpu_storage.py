@@ -148,6 +148,27 @@ def measure(contenders, n: int, rounds: int, worker=_worker, steps: int | None =
     return times
 
 
+def ratios(a, b) -> tuple[float, float, float]:
+    """(median, min, max) of the per-round ratios a / b."""
+    r = [x / y for x, y in zip(a, b)]
+    return statistics.median(r), min(r), max(r)
+
+
+def contender_rows(n: int, times: dict, bytes_of, reference: str) -> list[str]:
+    """A markdown table of each contender's median, IQR and GB/s at ``n`` elements of
+    ``bytes_of(name)`` bytes, and its time relative to ``reference``'s."""
+    lines = ["| contender | B/element | median ms | IQR ms | GB/s | time / "
+             f"{reference} |", "|---|---:|---:|---:|---:|---:|"]
+    base = statistics.median(times[reference])
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        q = statistics.quantiles(seconds, n=4)
+        per = bytes_of(name)
+        lines.append(f"| {name} | {per} | {median * 1e3:.3f} | {(q[2] - q[0]) * 1e3:.3f} | "
+                     f"{n * per / median / 1e9:.1f} | {median / base:.2f} |")
+    return lines
+
+
 def sized_main(argv, *, title: str, script: str, rounds: int, contenders: dict, worker,
                table) -> int:
     """The main of a benchmark of ``contenders`` at each of ``--sizes``: its header, then
