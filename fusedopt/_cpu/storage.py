@@ -3,7 +3,9 @@
 The twin of kernels/storage.cuh, operation for operation. Numba has no bfloat16 and no
 usable float16, so 16-bit arrays reach the loop as uint16 and these helpers do the bit
 work with integer operations (which LLVM vectorizes); the bfloat16 ones are written as LLVM
-IR, 32 bits wide, since Numba would widen uint32 arithmetic to 64-bit vector lanes. The generic loop
+IR, 32 bits wide, since Numba would widen uint32 arithmetic to 64-bit vector lanes. float16
+goes through LLVM's half conversions where the CPU has them (:data:`NATIVE_F16`), else
+through an integer emulation with the same bits. The generic loop
 (fusedopt/_cpu/loop.py) calls :func:`load` for every element it reads and :func:`store`
 for every element it writes: the rounding policy of every narrowing store lives here.
 
@@ -111,39 +113,6 @@ def _is_nan(builder, u):
     return builder.fcmp_unordered("uno", x, x)
 
 
-def _rounding(away: bool):
-    @intrinsic
-    def bf16_round_ir(typingctx, x):
-        if x != types.float32:
-            return None
-
-        def codegen(context, builder, signature, args):
-            u = builder.bitcast(args[0], ir.IntType(32))
-            return builder.trunc(_bf16_round_ir(builder, u, away), ir.IntType(16))
-        return types.uint16(x), codegen
-    return bf16_round_ir
-
-
-_bf16_even_bits, _bf16_away_bits = _rounding(False), _rounding(True)
-
-
-@intrinsic
-def bf16_round_stochastic(typingctx, x, r):
-    """float32 ``x`` -> bfloat16 bits, rounded with the random word ``r``: the top 16 bits
-    of r added to x's bits carry into the kept half with probability (dropped bits) / 2^16;
-    inf and NaN as round to nearest. (An inf needs no case of its own: its dropped bits are
-    zero, so no carry can reach the kept half and the sum keeps inf's bits.)"""
-    if x != types.float32 or r != types.uint32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        u = builder.bitcast(args[0], ir.IntType(32))
-        rounded = builder.lshr(builder.add(u, builder.lshr(args[1], _i32(16))), _i32(16))
-        nan = builder.or_(builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000)), _i32(0x7FC0))
-        return builder.trunc(builder.select(_is_nan(builder, u), nan, rounded), ir.IntType(16))
-    return types.uint16(x, r), codegen
-
-
 @intrinsic
 def bf16_widen(typingctx, h):
     """bfloat16 bits (uint16) -> float32: the bits shifted into the high half."""
@@ -154,14 +123,6 @@ def bf16_widen(typingctx, h):
         u = builder.shl(builder.zext(args[0], ir.IntType(32)), _i32(16))
         return builder.bitcast(u, ir.FloatType())
     return types.float32(h), codegen
-
-
-@njit(**_RULE)
-def bf16_round(x, rounding):
-    """float32 ``x`` -> bfloat16 bits (uint16); see kernels/storage.cuh for the carry."""
-    if rounding == NEAREST_AWAY:
-        return _bf16_away_bits(x)
-    return _bf16_even_bits(x)
 
 
 # --- float16 ----------------------------------------------------------------------------
@@ -248,17 +209,6 @@ def f16_widen_native(typingctx, h):
     return types.float32(h), codegen
 
 
-@intrinsic
-def f16_round_even_native(typingctx, x):
-    """float32 ``x`` -> float16 bits (uint16), to nearest even, by ``fptrunc``."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
-    return types.uint16(x), codegen
-
-
 def _host_converts_f16() -> bool:
     """Whether this CPU converts float16 in hardware (else LLVM would call a runtime
     function that the JIT may not find). ``FUSEDOPT_F16_EMULATED=1`` forces the emulation."""
@@ -281,36 +231,78 @@ NATIVE_F16 = _host_converts_f16()
 
 # --- the load/store pair every loop uses --------------------------------------------------
 # Chosen per storage code when a loop is specialized (the codes are compile-time constants),
-# so each specialization calls exactly one widening and one rounding function.
+# so each specialization calls exactly one widening and one rounding function. Where the
+# operation is a few LLVM instructions it is an intrinsic, emitted straight into the loop:
+# Numba inlines an ``inline="always"`` function by recompiling its IR at every call, which
+# was most of a bfloat16 loop's compile time.
 
-@njit(**_RULE)
-def _same(x):
-    return x
+def _storing(emit, *, to_float32: bool = True, random: bool = False):
+    """An intrinsic ``f(x)`` (``f(x, r)`` with ``random``, ``r`` 32 random bits): ``x``
+    converted to float32 (the same rounding as ``np.float32(x)``) unless ``to_float32`` is
+    False, then ``emit(builder, value[, r])``; ``emit`` None returns the value itself."""
+    def typed(x, r=None):
+        if not isinstance(x, types.Float) or (random and r != types.uint32):
+            return None
+        out = types.uint16 if emit is not None else (types.float32 if to_float32 else x)
+
+        def codegen(context, builder, signature, args):
+            value = context.cast(builder, args[0], x, types.float32) if to_float32 else args[0]
+            return value if emit is None else emit(builder, value, *args[1:])
+        return (out(x, r) if random else out(x)), codegen
+
+    if random:
+        @intrinsic
+        def store_random(typingctx, x, r):
+            return typed(x, r)
+        return store_random
+
+    @intrinsic
+    def store(typingctx, x):
+        return typed(x)
+    return store
 
 
-@njit(**_RULE)
-def _to_float32(x):
-    return np.float32(x)
+def _bf16_bits(away: bool):
+    """float32 -> bfloat16 bits, to nearest (even, or ties away from zero); see
+    kernels/storage.cuh for the carry."""
+    def emit(builder, value):
+        u = builder.bitcast(value, ir.IntType(32))
+        return builder.trunc(_bf16_round_ir(builder, u, away), ir.IntType(16))
+    return emit
 
 
-@njit(**_RULE)
-def _bf16_even(x):
-    return bf16_round(np.float32(x), NEAREST_EVEN)
+def _bf16_stochastic_bits(builder, value, r):
+    """float32 -> bfloat16 bits, rounded with the random word ``r``: the top 16 bits of r
+    added to the value's bits carry into the kept half with probability (dropped bits) /
+    2^16; inf and NaN as round to nearest. (An inf needs no case of its own: its dropped bits
+    are zero, so no carry can reach the kept half and the sum keeps inf's bits.)"""
+    u = builder.bitcast(value, ir.IntType(32))
+    rounded = builder.lshr(builder.add(u, builder.lshr(r, _i32(16))), _i32(16))
+    nan = builder.or_(builder.and_(builder.lshr(u, _i32(16)), _i32(0x8000)), _i32(0x7FC0))
+    return builder.trunc(builder.select(_is_nan(builder, u), nan, rounded), ir.IntType(16))
 
 
-@njit(**_RULE)
-def _bf16_away(x):
-    return bf16_round(np.float32(x), NEAREST_AWAY)
+def _f16_bits_native(builder, value):
+    """float32 -> float16 bits by ``fptrunc``: IEEE, to nearest even."""
+    return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16))
+
+
+@intrinsic
+def _same(typingctx, x):
+    """The value itself (float32 and float64 loads, float64 stores)."""
+    if not isinstance(x, types.Float):
+        return None
+    return x(x), lambda context, builder, signature, args: args[0]
+
+
+_to_float32 = _storing(None)
+_bf16_even, _bf16_away = _storing(_bf16_bits(False)), _storing(_bf16_bits(True))
+_f16_even_native = _storing(_f16_bits_native)
 
 
 @njit(**_RULE)
 def _f16_even(x):
     return f16_round(np.float32(x), NEAREST_EVEN)
-
-
-@njit(**_RULE)
-def _f16_even_native(x):
-    return f16_round_even_native(np.float32(x))
 
 
 @njit(**_RULE)
@@ -338,19 +330,9 @@ def store(code: int, rounding: int = NEAREST_EVEN):
     return _STORES[code, rounding]
 
 
-@njit(**_RULE)
-def _same_ignoring(x, r):
-    return x
-
-
-@njit(**_RULE)
-def _float32_ignoring(x, r):
-    return np.float32(x)
-
-
-@njit(**_RULE)
-def _bf16_stochastic(x, r):
-    return bf16_round_stochastic(np.float32(x), r)
+_same_ignoring = _storing(None, to_float32=False, random=True)
+_float32_ignoring = _storing(None, random=True)
+_bf16_stochastic = _storing(_bf16_stochastic_bits, random=True)
 
 
 @njit(**_RULE)
