@@ -63,22 +63,28 @@ class MovingAverage:
     def scalars(self, param, iterations: int) -> tuple[float, float]:
         """``(m, 1 - m)`` of a step that found ``iterations`` steps done, as the values
         :meth:`update` computes with for ``param`` (rounded to its type)."""
-        m, one_minus_m = _momentum(param, 0.0 if iterations == 0 else self.momentum)
+        m, one_minus_m = self._momentum(param, iterations)
         return float(m), float(one_minus_m)
+
+    def _momentum(self, param, iterations: int):
+        """``(m, 1 - m)`` in ``param``'s type; m is 0 at the first step."""
+        return _momentum(param, 0.0 if iterations == 0 else self.momentum)
+
+    def _blend(self, param, average, iterations: int) -> None:
+        kind = kind_of(param)
+        m, one_minus_m = self._momentum(param, iterations)
+        with kind.launch_context(kind.device(param)):  # on the param's device and stream
+            average *= m
+            average += param * one_minus_m
 
     def update(self, params, averages, iterations: int, done=()) -> None:
         """The averages after a step that found ``iterations`` steps done before it, but for
         the positions in ``done``, which the step's own pass updated."""
-        done = set(done) if len(done) < len(params) else None  # None: every one was done
-        for position, (p, average) in enumerate(zip(params, averages) if done is not None
-                                                else ()):
-            if position in done:
-                continue
-            kind = kind_of(p)
-            m, one_minus_m = _momentum(p, 0.0 if iterations == 0 else self.momentum)
-            with kind.launch_context(kind.device(p)):  # on the param's device and stream
-                average *= m
-                average += p * one_minus_m
+        if len(done) < len(params):  # else the step's pass did them all (distinct positions)
+            done = set(done)
+            for position, (p, average) in enumerate(zip(params, averages)):
+                if position not in done:
+                    self._blend(p, average, iterations)
         f = self.overwrite_frequency
         if f and (iterations + 1) % f == 0:
             overwrite(params, averages)

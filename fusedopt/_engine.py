@@ -522,7 +522,7 @@ class Engine:
                 if self.hypers[launch.hyper].maximize:
                     scale = -1.0 if scale is None else -scale
                 average = None
-                if getattr(launch.group, "averaged", False):
+                if launch.group.averaged:
                     average = self.ema.scalars(self.params[first], self._iterations)
                     averaged.extend(positions if launch.members is None
                                     else (positions[i] for i in launch.members))

@@ -104,7 +104,7 @@ class Variant:
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         self.clamps, self.average = bool(clamps), bool(average)
-        if storage.F16 in tuple(codes) and not storage.NATIVE_F16:
+        if storage.F16 in self.codes and not storage.NATIVE_F16:
             name += "#f16-emulated"  # its own entry in Numba's on-disk cache
             _RULES[name] = rule
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.

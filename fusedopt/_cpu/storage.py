@@ -22,8 +22,11 @@ Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64`
 
 from __future__ import annotations
 
+import os
+import platform
+
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
@@ -212,14 +215,11 @@ def f16_widen_native(typingctx, h):
 def _host_converts_f16() -> bool:
     """Whether this CPU converts float16 in hardware (else LLVM would call a runtime
     function that the JIT may not find). ``FUSEDOPT_F16_EMULATED=1`` forces the emulation."""
-    import os
-    import platform
     if os.environ.get("FUSEDOPT_F16_EMULATED", "") not in ("", "0"):
         return False
     if platform.machine().lower() in ("aarch64", "arm64"):
         return True
     try:
-        from llvmlite import binding
         return bool(binding.get_host_cpu_features().get("f16c", False))
     except Exception:  # noqa: BLE001 - no feature list: take the portable path
         return False
@@ -287,14 +287,7 @@ def _f16_bits_native(builder, value):
     return builder.bitcast(builder.fptrunc(value, ir.HalfType()), ir.IntType(16))
 
 
-@intrinsic
-def _same(typingctx, x):
-    """The value itself (float32 and float64 loads, float64 stores)."""
-    if not isinstance(x, types.Float):
-        return None
-    return x(x), lambda context, builder, signature, args: args[0]
-
-
+_same = _storing(None, to_float32=False)  # float32 and float64 loads, float64 stores
 _to_float32 = _storing(None)
 _bf16_even, _bf16_away = _storing(_bf16_bits(False)), _storing(_bf16_bits(True))
 _f16_even_native = _storing(_f16_bits_native)
