@@ -32,7 +32,7 @@ test-gpu: $(VENV)/.test
 	$(PY) -m pytest -q -m gpu
 
 kernel-table: $(VENV)/.test
-	$(PY) -m fusedopt._cuda.report --write kernels/README.md
+	$(PY) -m fusedopt.tools.kernel_table --write kernels/README.md
 
 bench: $(VENV)/.base
 	$(VENV)/bin/fusedopt bench --json benchmarks/bench.json --plot benchmarks/bench.png
@@ -46,8 +46,8 @@ bench-results: $(VENV)/.base
 # installed): GPU tests and benchmarks into $$GPU_REPORT_DIR (default ./gpu-report), < 8 min.
 # Exit code 3 (and nothing run) where there is no GPU.
 gpu-check:
-	@$(PYTHON) fusedopt/gpucheck/probe.py
-	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m fusedopt.gpucheck
+	@$(PYTHON) fusedopt/tools/gpucheck/probe.py
+	PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(PYTHON) -m fusedopt.tools.gpucheck
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist

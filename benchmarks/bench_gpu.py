@@ -15,7 +15,7 @@ the kernel launches per step:
 
 The unfused form moves more than ``bytes`` (its temporaries); it is charged the same bytes,
 so its figure reads as "effective" bandwidth. The copy is the practical ceiling. The code
-is fusedopt.gpucheck's (``make gpu-check`` runs it over every case in one call).
+is fusedopt.tools.gpucheck's (``make gpu-check`` runs it over every case in one call).
 Needs CuPy and a CUDA device.
 """
 
@@ -32,16 +32,16 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", default="2^20,2^22,2^24,2^26",
                         help="comma-separated element counts (65536, 2^16)")
     args = parser.parse_args(argv)
-    from fusedopt.cli import element_count
-    from fusedopt.gpucheck.probe import EXIT_NO_GPU, gpu_status, no_gpu_message
+    from fusedopt.tools.cli import element_count
+    from fusedopt.tools.gpucheck.probe import EXIT_NO_GPU, gpu_status, no_gpu_message
 
     sizes = [element_count(s) for s in args.sizes.split(",")]
     ok, why, device = gpu_status()
     if not ok:
         print(f"bench_gpu needs CuPy and a CUDA device. {no_gpu_message(why)}", file=sys.stderr)
         return EXIT_NO_GPU
-    from fusedopt.gpucheck import bench, report
-    from fusedopt.gpucheck.run import _torch_cuda
+    from fusedopt.tools.gpucheck import bench, report
+    from fusedopt.tools.gpucheck.run import _torch_cuda
 
     torch_ok, torch_why = _torch_cuda()
     print(f"{device['name']}, {args.optimizer} {args.dtype}; {torch_why}\n")

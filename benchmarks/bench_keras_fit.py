@@ -185,7 +185,7 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 
 def header(args, argv, rounds, load) -> list[str]:
-    from fusedopt._bench import machine
+    from fusedopt.tools.bench import machine
 
     described = machine.describe()
     versions, numba = described["versions"], described["numba"]

@@ -4,7 +4,7 @@ Two cases (float32 Adam on the CPU), each contender in a worker process of its o
 (``--same-process``: all in this one), interleaved round by round, the whole set repeated
 ``--repeats-of-sweep`` times:
 
-- a transformer-like model (fusedopt/_bench/multitensor.py): ``--vectors`` vectors of
+- a transformer-like model (fusedopt/tools/bench/multitensor.py): ``--vectors`` vectors of
   1k-4k elements and ``--matrices`` matrices of 0.25M-1M elements (defaults 170 and 30,
   about 22.6M elements). Contenders: ``apply_gradients`` over the arrays;
   ``torch.optim.Adam(fused=True)`` over tensors of the same sizes; one ``apply_gradients``
@@ -26,13 +26,13 @@ import argparse
 import shlex
 import sys
 
-from fusedopt._bench import machine, multitensor, timing
-from fusedopt._bench.isolated import Pool, time_isolated
-from fusedopt._bench.markdown import machine_line
-from fusedopt._bench.multitensor import ARENA, FLAT, LIST, TORCH  # noqa: F401 (the names shown)
-from fusedopt._bench.report import LEGEND, mark, spread_text
-from fusedopt._bench.results import ISOLATED, SAME_PROCESS, Figure
-from fusedopt._bench.worker import describe_process
+from fusedopt.tools.bench import machine, multitensor, timing
+from fusedopt.tools.bench.isolated import Pool, time_isolated
+from fusedopt.tools.bench.markdown import machine_line
+from fusedopt.tools.bench.multitensor import ARENA, FLAT, LIST, TORCH  # noqa: F401 (the names shown)
+from fusedopt.tools.bench.report import LEGEND, mark, spread_text
+from fusedopt.tools.bench.results import ISOLATED, SAME_PROCESS, Figure
+from fusedopt.tools.bench.worker import describe_process
 
 
 def _parse(argv):

@@ -12,7 +12,7 @@ iterations per turn while the others wait on their pipe:
 - ``fusedopt alone``: the same process and step with torch idle: one forward and backward,
   then the steps back to back (the issue's "step alone": no torch work between steps);
 - ``torch fused``: torch.optim.Adam(fused=True), timed the same way;
-- ``ceiling``: the traffic ceiling (fusedopt/_bench/traffic.py's rule: Adam's bytes, trivial
+- ``ceiling``: the traffic ceiling (fusedopt/tools/bench/traffic.py's rule: Adam's bytes, trivial
   math) over the same tensors through the same Numba loop, inside the loop.
 
     python benchmarks/bench_torch_loop.py                  # the RESULTS.md figures
@@ -65,11 +65,12 @@ def _ceiling_step(params):
     """The traffic ceiling over ``params`` with two state tensors each, reading this
     step's grads."""
     import torch
-    from fusedopt import _torch_kind
-    from fusedopt._bench.traffic import CEILING_SCALE, ceiling_rule
-    from fusedopt._cpu import backend
-    from fusedopt._cpu.loop import run, specialize
-    from fusedopt._group import step_table
+
+    from fusedopt.backends.cpu import backend
+    from fusedopt.backends.cpu.loop import run, specialize
+    from fusedopt.memory import torch_kind as _torch_kind
+    from fusedopt.memory.group import step_table
+    from fusedopt.tools.bench.traffic import CEILING_SCALE, ceiling_rule
     _torch_kind.register()
     states = [[torch.zeros_like(p), torch.zeros_like(p)] for p in params]
     group = backend.group("float32", [p.detach() for p in params], states)
@@ -85,8 +86,9 @@ def _ceiling_step(params):
 def worker(name: str, layers: int, width: int, batch: int) -> None:
     if name == "torch-first":
         import torch  # noqa: F401  (before fusedopt.torch: two OpenMP runtimes)
-    import fusedopt.torch as ft
     import torch
+
+    import fusedopt.torch as ft
     model = _model(layers, width)
     params = list(model.parameters())
     x, y = torch.randn(batch, width), torch.randint(0, width, (batch,))

@@ -27,15 +27,21 @@ import argparse
 import shlex
 import sys
 
-from fusedopt._bench import machine, sweep
-from fusedopt._bench.contenders import CEILING, FUSED, TORCH_FUSED, UNFUSED
-from fusedopt._bench.isolated import Pool
-from fusedopt._bench.markdown import machine_line
-from fusedopt._bench.report import LEGEND, blocks_text, mark, share_text, spread_text, \
-    time_text
-from fusedopt._bench.results import ISOLATED, SAME_PROCESS
-from fusedopt._registry import lookup
-from fusedopt.cli import element_count
+from fusedopt.algorithms.registry import lookup
+from fusedopt.tools.bench import machine, sweep
+from fusedopt.tools.bench.contenders import CEILING, FUSED, TORCH_FUSED, UNFUSED
+from fusedopt.tools.bench.isolated import Pool
+from fusedopt.tools.bench.markdown import machine_line
+from fusedopt.tools.bench.report import (
+    LEGEND,
+    blocks_text,
+    mark,
+    share_text,
+    spread_text,
+    time_text,
+)
+from fusedopt.tools.bench.results import ISOLATED, SAME_PROCESS
+from fusedopt.tools.cli import element_count
 
 LARGE, SMALL = 2**26, 2**20
 DTYPE = "float32"

@@ -8,12 +8,12 @@ benchmarks/cpu_storage.py does), float32 params:
 - ``use_ema, fused``: the average updated in the step's pass from the param in registers
   (36 B/element: the average read and written besides);
 - ``use_ema, separate pass``: the same optimizer with the CPU backend told not to fuse it
-  (``fusedopt._cpu.backend.FUSED_AVERAGE = False``), so the average is
-  ``fusedopt._ema.MovingAverage.update``'s two NumPy expressions after the step (28 more
+  (``fusedopt.backends.cpu.backend.FUSED_AVERAGE = False``), so the average is
+  ``fusedopt.engine.ema.MovingAverage.update``'s two NumPy expressions after the step (28 more
   B/element: ``average *= m`` moves 8, ``average += param * (1 - m)`` 20 with the
   product's temporary; NumPy runs them on one thread);
 - ``36 B ceiling``: the fused step's loop, table and loads and stores with trivial math,
-  over three slots (fusedopt/_bench/traffic.py): the same 36 bytes per element.
+  over three slots (fusedopt/tools/bench/traffic.py): the same 36 bytes per element.
 
 Prints markdown for benchmarks/RESULTS.md.
 
@@ -41,8 +41,8 @@ def _step(kind: str, n: int):
     import numpy as np
 
     import fusedopt
-    from fusedopt._bench.traffic import cpu_ceiling
-    from fusedopt._cpu import backend
+    from fusedopt.backends.cpu import backend
+    from fusedopt.tools.bench.traffic import cpu_ceiling
 
     rng = np.random.default_rng(0)
     if kind == "ceiling":

@@ -2,7 +2,7 @@
 
 For each dtype a fresh process on an empty Numba cache (a new temporary folder) takes one
 step of each optimizer at its defaults on 64 elements, so each step compiles its span
-function (fusedopt/_cpu/loop.py); the first also compiles the shared table walk. Prints
+function (fusedopt/backends/cpu/loop.py); the first also compiles the shared table walk. Prints
 the seconds per dtype and per variant, as markdown.
 
     python benchmarks/cpu_compile_time.py                     # float32 bfloat16 float16
@@ -25,8 +25,8 @@ def _worker(dtype: str) -> None:
     import numpy as np
 
     import fusedopt
-    from fusedopt._registry import REGISTRY
-    from fusedopt._storage import numpy_dtype
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.memory.storage import numpy_dtype
 
     classes = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}
     start = time.perf_counter()

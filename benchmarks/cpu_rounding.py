@@ -6,7 +6,7 @@ benchmarks/cpu_storage.py does): Adam on bf16 params with fp32 state, rounded to
 (``plain``, 22 B/element), with ``stochastic_rounding=True`` (the same bytes), with
 ``kahan_summation=True`` (26 B/element: a bf16 compensation read and written), and the
 traffic ceilings of the plain and the Kahan storage (the same loop, table, loads and stores
-with trivial math; fusedopt/_bench/traffic.py; Kahan's keeps the slot's add and store).
+with trivial math; fusedopt/tools/bench/traffic.py; Kahan's keeps the slot's add and store).
 Targets: stochastic <= 1.1x plain's time; Kahan >= 0.9 of its ceiling's speed. Prints
 markdown for benchmarks/RESULTS.md.
 
@@ -35,9 +35,9 @@ def _step(kind: str, options: dict, n: int):
     import numpy as np
 
     import fusedopt
-    from fusedopt._bench.traffic import cpu_ceiling
-    from fusedopt._group import step_storage
-    from fusedopt._storage import numpy_dtype
+    from fusedopt.memory.group import step_storage
+    from fusedopt.memory.storage import numpy_dtype
+    from fusedopt.tools.bench.traffic import cpu_ceiling
     bf16 = numpy_dtype("bfloat16")
     rng = np.random.default_rng(0)
     param = (rng.standard_normal(n, dtype=np.float32) * 0.1).astype(bf16)
@@ -58,9 +58,9 @@ def _worker(conn, kind: str, options: dict, n: int) -> None:
 
 
 def _bytes(options: dict) -> int:
-    from fusedopt._bench.traffic import traffic
-    from fusedopt._registry import REGISTRY
-    from fusedopt._storage import Storage
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.memory.storage import Storage
+    from fusedopt.tools.bench.traffic import traffic
     spec = REGISTRY["adam"]
     mode = "kahan" if options.get("kahan_summation") else (
         "stochastic" if options.get("stochastic_rounding") else "plain")

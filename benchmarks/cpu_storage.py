@@ -8,7 +8,7 @@ pools share a process):
 - ``ceiling``: bf16 params + fp32 state (22 B/element), bf16 params + int16 remainder
   (26 B/element) and fp16 params + fp32 state (22 B/element), each against the traffic
   ceiling of its own storage (the same loop, table, loads and stores, with trivial math;
-  fusedopt/_bench/traffic.py), at ``--sizes``;
+  fusedopt/tools/bench/traffic.py), at ``--sizes``;
 - ``torch``: bf16 params + bf16 state (14 B/element) against ``torch.optim.Adam(fused=True)``
   on bf16 params (the same bytes) and the ceiling, at ``--torch-sizes``.
 
@@ -69,7 +69,7 @@ def _step(kind: str, storage: str, n: int):
     """A no-argument step of ``kind`` on ``storage`` at ``n`` elements, and its traffic."""
     import numpy as np
 
-    from fusedopt._storage import numpy_dtype
+    from fusedopt.memory.storage import numpy_dtype
     param_dtype, kwargs, slot_dtypes = STORAGES[storage]
     rng = np.random.default_rng(0)
     param = (rng.standard_normal(n, dtype=np.float32) * 0.1).astype(numpy_dtype(param_dtype))
@@ -82,8 +82,8 @@ def _step(kind: str, storage: str, n: int):
         opt = torch.optim.Adam([p], lr=1e-4, fused=True)
         return opt.step
     import fusedopt
-    from fusedopt._bench.traffic import cpu_ceiling
-    from fusedopt._group import step_storage
+    from fusedopt.memory.group import step_storage
+    from fusedopt.tools.bench.traffic import cpu_ceiling
     opt = fusedopt.Adam(learning_rate=1e-4, backend="cpu", **kwargs)
     opt.apply_gradients([(grad, param)])
     if kind == FUSED:
@@ -191,9 +191,9 @@ def sized_main(argv, *, title: str, script: str, rounds: int, contenders: dict, 
 
 
 def _traffic(storage: str):
-    from fusedopt._bench.traffic import traffic
-    from fusedopt._registry import REGISTRY
-    from fusedopt._storage import Storage
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.memory.storage import Storage
+    from fusedopt.tools.bench.traffic import traffic
     param_dtype, kwargs, _ = STORAGES[storage]
     mode = {True: "master", "remainder": "remainder"}.get(kwargs.get("master_weights"), "plain")
     st = Storage(param_dtype, param_dtype, kwargs.get("state_dtype") or "float32", mode)

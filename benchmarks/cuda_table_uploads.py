@@ -21,11 +21,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cuda_host import HostRuntime  # noqa: E402
+
 from fusedopt import config  # noqa: E402
-from fusedopt._cuda import launch, runtime  # noqa: E402
-from fusedopt._engine import Engine  # noqa: E402
-from fusedopt._registry import REGISTRY  # noqa: E402
-from fusedopt._storage import Storage  # noqa: E402
+from fusedopt.algorithms.registry import REGISTRY  # noqa: E402
+from fusedopt.backends.cuda import launch, runtime  # noqa: E402
+from fusedopt.engine.engine import Engine  # noqa: E402
+from fusedopt.memory.storage import Storage  # noqa: E402
 
 LAYERS, WIDTH, STEPS = 100, 448, 5
 

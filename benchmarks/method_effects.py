@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fusedopt._bench.results import Figure
+from fusedopt.tools.bench.results import Figure
 
 OPTIMIZERS = "adam,sgd,rmsprop,adagrad,adadelta,lion"
 PAIR = "fused,ceiling"

@@ -1,5 +1,5 @@
 """Loss curves of pure bfloat16 training: round to nearest against stochastic rounding,
-Kahan summation and float32 (fusedopt/_demo/logistic.py: logistic regression, 8192
+Kahan summation and float32 (fusedopt/tools/demo/logistic.py: logistic regression, 8192
 samples, 32 features, full-batch Adam at lr 3e-3 for 1500 steps, bfloat16 weights and
 state without a master). Writes benchmarks/pure_bf16_training.png and prints the final
 losses as markdown for benchmarks/RESULTS.md.
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fusedopt._demo import logistic
+    from fusedopt.tools.demo import logistic
 
     curves = {}
     finals = {name: [] for name in logistic.RUNS}

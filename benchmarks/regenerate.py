@@ -104,8 +104,8 @@ def replace_block(document: str, name: str, text: str) -> str:
 
 
 def draw(out: Path, json_paths: list[Path], prefix: Path) -> list[Path]:
-    from fusedopt._bench import plot
-    from fusedopt._bench.report import results_from_json
+    from fusedopt.tools.bench import plot
+    from fusedopt.tools.bench.report import results_from_json
 
     results = [r for p in json_paths for r in results_from_json(json.loads(p.read_text()))]
     return plot.write_family_pngs(prefix, sorted(results, key=lambda r: (r.optimizer, r.size)))

@@ -7,11 +7,10 @@ unfused NumPy/CuPy baseline; Keras' API and formulas by default, PyTorch's on re
 from __future__ import annotations
 
 from . import checkpoint, functional
+from .algorithms.registry import REGISTRY
 from .checkpoint import load
-from ._registry import REGISTRY
 from .flat import FlatParams
-from .optimizers import Adam, AdamW, Optimizer
-from .optimizers import Adamax, Lion, Nadam
+from .optimizers import Adam, Adamax, AdamW, Lion, Nadam, Optimizer
 
 __version__ = "0.1.0"
 

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._arrays import kind_of
-from ._validate import memory_order
+from .engine.validate import memory_order
+from .memory.arrays import kind_of
 
 FORMAT = "fusedopt.optimizer"
 VERSION = 1

@@ -22,7 +22,7 @@ FLAT_ALIGN_BYTES = 64
 GATE_ARCHS = ("sm_80", "sm_90")
 
 #: The one of GATE_ARCHS the gates compile every entry point for (H100, H200). The others
-#: compile the entry points of a sample of the storages (fusedopt/_cuda/nvrtc.py:
+#: compile the entry points of a sample of the storages (fusedopt/backends/cuda/nvrtc.py:
 #: ``gate_names``): no kernel source depends on the architecture, so they differ only in
 #: ptxas' machine code, and a second full compile would double the gates' cold cost.
 GATE_FULL_ARCH = "sm_90"
@@ -38,7 +38,7 @@ REGISTER_BUDGET = 64
 #: cover the bandwidth-delay product of an A100 or H100.
 REGISTER_BUDGET_FLOAT64 = 72
 
-#: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/_steps.py): the host
+#: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/memory/steps.py): the host
 #: reads their flags without waiting, and waits only when this many are still unread.
 STEP_WINDOW = 32
 
@@ -54,7 +54,7 @@ STEP_WINDOW = 32
 NVRTC_OPTIONS = ("-std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true",
                  "--fmad=true")
 
-#: Numba fastmath flags of the sum of squares behind clipping by norm (fusedopt/_cpu/norm.py)
+#: Numba fastmath flags of the sum of squares behind clipping by norm (fusedopt/backends/cpu/norm.py)
 #: and of nothing else: reassociation lets LLVM vectorize the float64 running sum, in an
 #: order fixed at compile time (so a build still gives the same sum every run).
 NORM_FASTMATH = frozenset({"reassoc", "contract"})

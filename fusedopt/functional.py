@@ -3,17 +3,18 @@
 ``update(name, params, grads, states, step=t, **hyper)`` runs one fused step of registered
 optimizer ``name`` over lists of arrays; ``adam_step`` and friends are shorthands for one
 tensor. State arrays are updated in place and must match their param's shape; their dtype
-is the state dtype (fusedopt/_storage.py: float32 or bfloat16 beside 16-bit and float32
+is the state dtype (fusedopt/memory/storage.py: float32 or bfloat16 beside 16-bit and float32
 params, float64 beside float64 ones), the same for every array of the call.
 """
 
 from __future__ import annotations
 
-from . import _storage, _validate
-from ._arrays import kind_of
-from ._clip import Clipping
-from ._engine import Engine
-from ._registry import CONVENTIONS, lookup
+from .algorithms.registry import CONVENTIONS, lookup
+from .engine import validate as _validate
+from .engine.clip import Clipping
+from .engine.engine import Engine
+from .memory import storage as _storage
+from .memory.arrays import kind_of
 
 
 def update(name, params, grads, states, *, step, convention="keras", backend="auto",

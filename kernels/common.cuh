@@ -8,7 +8,7 @@
 // in compute_t<P> (float for float and the 16-bit types, double for double); values are
 // widened on load and rounded once on store by kernels/storage.cuh.
 //
-// Launch table (one int64 buffer on the device, built by fusedopt/_table.py):
+// Launch table (one int64 buffer on the device, built by fusedopt/memory/table.py):
 //   table[k * T + t]            address of operand k of tensor t; k = 0 param, 1 grad,
 //                               2 .. 2+NS-1 the optimizer's state slots, then (MASTER or
 //                               REMAINDER) the master slot: float32, or int16 remainders
@@ -56,7 +56,7 @@ template <int MODE, typename P> struct MasterSlot { using type = float; };
 template <typename P> struct MasterSlot<REMAINDER, P> { using type = short; };
 template <typename P> struct MasterSlot<KAHAN, P> { using type = typename Storage<P>::bits; };
 
-// Weight-decay flavours (mirrored in fusedopt/_registry.py). KERAS: theta -= theta * wd * lr
+// Weight-decay flavours (mirrored in fusedopt/algorithms/registry.py). KERAS: theta -= theta * wd * lr
 // before the update (decoupled). TORCH_L2: g += wd * theta. TORCH_DECOUPLED: theta *= 1 - lr wd
 // (torch AdamW), with 1 - lr wd rounded once on the host as torch does. With wd = 0 the first
 // two are skipped, as the peers skip them: an inf theta times 0 would be NaN.

@@ -9,7 +9,7 @@
 //     d = sqrt(v / bc2) + eps;  theta -= c_g (g / d);  theta -= c_m (m / d)
 //     c_g = lr (1 - mu_t) / (1 - P_t),  c_m = lr mu_{t+1} / (1 - P_{t+1})
 // bc2 = 1 - b2^t; the schedule and its product are per step, computed on the host in
-// double (fusedopt/_registry.py), so nothing but m and v is kept per element.
+// double (fusedopt/algorithms/registry.py), so nothing but m and v is kept per element.
 #include "common.cuh"
 
 namespace fusedopt {

@@ -1,5 +1,5 @@
 // The grad-only pre-pass: per-tensor sums of squares of the grads (clipping by norm,
-// fusedopt/_clip.py) and whether any grad element is inf or NaN (loss scaling), in one
+// fusedopt/engine/clip.py) and whether any grad element is inf or NaN (loss scaling), in one
 // read of the grads over the optimizer's own launch table (common.cuh). Like every
 // fusedopt kernel, each thread owns its work - no shared memory, barriers or atomics -
 // and the sums are formed in a fixed order, so they are the same every run:

@@ -13,7 +13,7 @@
 // in the optimizer) taken modulo 2^32, i the element's index in its tensor, and a the array
 // the value is stored to: 0 the param, 1 + k state slot k. The param takes the element's
 // hash itself, so a store of the param alone (float32 state) costs one mix per element and
-// each bf16 state slot one more. Integer operations only, so the CPU backend (fusedopt/_cpu/random_bits.py) and the unfused backend (fusedopt/_rounding.py,
+// each bf16 state slot one more. Integer operations only, so the CPU backend (fusedopt/backends/cpu/random_bits.py) and the unfused backend (fusedopt/backends/rounding.py,
 // NumPy uint32) compute the same words.
 #pragma once
 

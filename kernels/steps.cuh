@@ -4,12 +4,12 @@
 // find out: a grad-only pass writes a flag on the device (kernels/norm.cu) and every
 // optimizer kernel of the step reads it and returns before writing anything. The bias
 // corrections of later steps depend on how many steps were applied, which the host learns
-// only later (fusedopt/_engine.py reads each flag back without waiting). So the host sends
+// only later (fusedopt/engine/engine.py reads each flag back without waiting). So the host sends
 // the scalars for every step number a tensor can be at - one row per candidate step,
 // computed by the registry's ``scalars`` in double - and the kernel picks the row from
 // the flags of the steps still in doubt. Nothing here knows any optimizer's formulas.
 //
-// The control block (int64, one per launch, written by fusedopt/_cuda/launch.py):
+// The control block (int64, one per launch, written by fusedopt/backends/cuda/launch.py):
 //   control[0]           lo: the 1-based step of scalar row 0
 //   control[1]           number of scalar rows
 //   control[2]           scalars per row (the rule's n_scalars)

@@ -10,7 +10,7 @@
 // operations only: the exact code a GPU runs is the code the host build runs and the test
 // suite checks against ml_dtypes on every 16-bit pattern and a dense sample of float32
 // ones (tests/test_storage_helpers.py). No conversion intrinsic is used, and so none can
-// differ between the GPU and the host. The CPU backend's twin is fusedopt/_cpu/storage.py.
+// differ between the GPU and the host. The CPU backend's twin is fusedopt/backends/cpu/storage.py.
 //
 // Rounding, with NaN kept NaN (as ml_dtypes and NumPy do):
 //   NEAREST_EVEN  round to nearest, ties to even: every ordinary store;

@@ -20,9 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fusedopt  # noqa: E402
 import variants  # noqa: E402
-from fusedopt._registry import REGISTRY  # noqa: E402
+
+import fusedopt  # noqa: E402
+from fusedopt.algorithms.registry import REGISTRY  # noqa: E402
 
 #: Awkward shapes: one element, odd, 2-D, empty, 0-d.
 SHAPES = [(1,), (5,), (37, 53), (0,), ()]
@@ -123,7 +124,8 @@ def _storable(a: np.ndarray) -> np.ndarray:
 
 def install_host_runtime(cache: Path) -> None:
     from cuda_host import HostRuntime
-    from fusedopt._cuda import runtime
+
+    from fusedopt.backends.cuda import runtime
     runtime.install(HostRuntime(cache / "host"))
 
 

@@ -76,7 +76,7 @@ def run(sequential: bool = False, steps: int = STEPS) -> dict:
 
 
 def cache_counts() -> tuple[int, int]:
-    from fusedopt._cpu import loop
+    from fusedopt.backends.cpu import loop
     return loop.cache_counts()
 
 
@@ -89,7 +89,8 @@ if __name__ == "__main__":
             time.sleep(0.001)
     if "--no-lock" in args:
         import contextlib
-        from fusedopt import _threads
+
+        from fusedopt.engine import threads as _threads
         _threads._guard = contextlib.nullcontext()
     steps = int(args[args.index("--steps") + 1]) if "--steps" in args else STEPS
     results = run(sequential="--sequential" in args, steps=steps)

@@ -52,10 +52,10 @@ def cuda_cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def nvrtc_compiled(cuda_cache_dir):
-    """(family, arch) -> fusedopt._cuda.nvrtc.Compiled, compiled at most once per session."""
+    """(family, arch) -> fusedopt.backends.cuda.nvrtc.Compiled, compiled at most once per session."""
     pytest.importorskip("cuda.bindings.nvrtc",
                         reason="the CUDA gates need cuda-bindings: pip install fusedopt[cudacheck]")
-    from fusedopt._cuda import nvrtc
+    from fusedopt.backends.cuda import nvrtc
     # Every family and architecture at once, one compile per core: the gates' cold cost is
     # NVRTC's, and it compiles a program on one core. One pytest worker does it; the others
     # wait for it and then read the cache.
@@ -72,7 +72,8 @@ def nvrtc_compiled(cuda_cache_dir):
 def host_built(cuda_cache_dir):
     """Every kernel family built for the host once, one g++ per core."""
     from cuda_host import build
-    from fusedopt._cuda import launch
+
+    from fusedopt.backends.cuda import launch
     with _building(cuda_cache_dir, "host"):
         build.build_all(launch.all_entry_points(), cuda_cache_dir / "host",
                         workers=os.cpu_count() or 1)
@@ -105,7 +106,8 @@ def _building(cache_dir, what: str):
 def host_cuda(host_built):
     """The CUDA backend on the host: kernels built with g++, run on NumPy arrays."""
     from cuda_host import HostRuntime
-    from fusedopt._cuda import runtime
+
+    from fusedopt.backends.cuda import runtime
     host = HostRuntime(host_built)
     previous = runtime.install(host)
     yield host

@@ -14,8 +14,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fusedopt._demo import model as article  # noqa: E402
-from fusedopt._demo.keras_article import LOSS, build_model  # noqa: E402
+from fusedopt.tools.demo import model as article  # noqa: E402
+from fusedopt.tools.demo.keras_article import LOSS, build_model  # noqa: E402
 
 EPOCHS = 5
 #: 5 batches of 10 an epoch: 25 optimizer steps in 5 epochs.

@@ -69,7 +69,7 @@ def run_keras(name, hp, p0, grads):
     import keras
 
     # A hyperparameter of the torch convention only (SGD's dampening...) is not Keras'.
-    from fusedopt._registry import REGISTRY
+    from fusedopt.algorithms.registry import REGISTRY
 
     hp = {h.name: hp[h.name] for h in REGISTRY[name].hypers if "keras" in h.conventions}
     opt = getattr(keras.optimizers, KERAS[name])(**hp)

@@ -27,12 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 import reference
 import variants
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
 from tolerances import VS_REFERENCE
+
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.engine.engine import Engine
 
 #: At most this many units in the last place between a stored value and the reference's.
 ULPS = 1

@@ -1,7 +1,7 @@
 """Hypothesis strategies written from the registry's declarations, so that a newly registered
 optimizer is drawn from without a line here.
 
-A hyperparameter's values come from its check (fusedopt/_hyper.py): ``AtLeast(low)`` draws
+A hyperparameter's values come from its check (fusedopt/algorithms/hyper.py): ``AtLeast(low)`` draws
 numbers >= low (moderate ones, powers of ten, and any finite float), ``InRange`` numbers in
 its interval, ``NoneOr`` None or its inner check's values, ``boolean`` True and False. Any
 other check (a function) draws from a broad pool of values and keeps those it accepts.
@@ -12,8 +12,8 @@ from __future__ import annotations
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from fusedopt._engine import Engine
-from fusedopt._hyper import AtLeast, InRange, NoneOr, boolean
+from fusedopt.algorithms.hyper import AtLeast, InRange, NoneOr, boolean
+from fusedopt.engine.engine import Engine
 
 _ANY_FLOAT = st.floats(allow_nan=False, allow_infinity=False)
 

@@ -4,11 +4,10 @@ import pickle
 
 import numpy as np
 import pytest
+from cases import problem
 
 import fusedopt
-from fusedopt._registry import REGISTRY
-
-from cases import problem
+from fusedopt.algorithms.registry import REGISTRY
 
 CLASSES = {cls.spec_name: cls for cls in fusedopt.Optimizer.__subclasses__()}
 

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-
-import fusedopt
-from fusedopt._registry import REGISTRY
-
 import reference
 from cases import AWKWARD_SHAPES, SIGN_SENSITIVE, cases, problem
 from tolerances import VS_REFERENCE
+
+import fusedopt
+from fusedopt.algorithms.registry import REGISTRY
 
 STEPS = 10
 MATRIX = [(name, conv, i, hp) for name in sorted(REGISTRY) for conv in ("keras", "torch")

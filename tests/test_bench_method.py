@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusedopt._bench import contenders as cs
-from fusedopt._bench import isolated, machine, markdown, report, results, sweep, traffic
-from fusedopt._bench.results import Figure, Result, Run
+from fusedopt.tools.bench import contenders as cs
+from fusedopt.tools.bench import isolated, machine, markdown, report, results, sweep, traffic
+from fusedopt.tools.bench.results import Figure, Result, Run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_a_worker_that_fails_or_dies_becomes_a_note_and_is_replaced(tmp_path):
 
 def test_cpu_ceiling_keeps_its_arrays_alive_and_takes_the_backends_loop():
     from fusedopt import config
-    from fusedopt._cpu.loop import run, run_serial
+    from fusedopt.backends.cpu.loop import run, run_serial
 
     for n, loop in ((config.CPU_CHUNK, run_serial), (config.CPU_CHUNK + 1, run)):
         p, g = np.zeros(n, np.float32), np.ones(n, np.float32)
@@ -185,7 +185,7 @@ def test_results_survive_a_json_round_trip():
 
 
 def test_calls_per_block_serve_the_fastest_without_stalling_on_the_slowest():
-    from fusedopt._bench.timing import inner_calls
+    from fusedopt.tools.bench.timing import inner_calls
 
     assert inner_calls([1e-5, 2e-5], min_sample_s=2e-3) == 200
     assert inner_calls([1e-5, 1e-3], min_sample_s=2e-3, max_block_s=0.05) == 50

@@ -1,6 +1,6 @@
 """Tensors of more than 2**31 (and 2**32) elements, without allocating them.
 
-Audit (kernels/*.cu, fusedopt/_cpu/loop.py, fusedopt/_table.py): element indices, chunk
+Audit (kernels/*.cu, fusedopt/backends/cpu/loop.py, fusedopt/memory/table.py): element indices, chunk
 starts and sizes are 64-bit everywhere (``long long`` in the kernels, int64 in the tables
 and in Numba). A work item packs ``(tensor << 32) | chunk``: 2**32 chunks of a tensor,
 2**31 tensors. Two things are 32-bit on purpose, and bounded: the tensor index and the
@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusedopt import _table, config
-from fusedopt._cuda import launch, runtime
-from fusedopt._group import make_group
-from fusedopt._registry import REGISTRY
-from fusedopt._steps import CONTROL_HEADER, as_rows
+from fusedopt import config
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.backends.cuda import launch, runtime
+from fusedopt.memory import table as _table
+from fusedopt.memory.group import make_group
+from fusedopt.memory.steps import CONTROL_HEADER, as_rows
 
 HERE = Path(__file__).resolve().parent
 BIG = [2**31 + 5, 3, 2**33 + 7, 0, 2**32]
@@ -203,7 +204,7 @@ def test_kernels_index_past_2_32_elements(host_cuda, monkeypatch):
 
 
 def test_cpu_loop_indexes_past_2_32_elements():
-    from fusedopt._cpu.loop import run, specialize
+    from fusedopt.backends.cpu.loop import run, specialize
     table, buffers, _ = _tail_problem()
     expected = _same_update_on_small_arrays(buffers, "cpu")
     variant = specialize(ADAM.cpu_rule, FLAGS, 2)
@@ -218,10 +219,10 @@ from pathlib import Path
 import numpy as np
 sys.path.insert(0, sys.argv[3])
 from cuda_host import HostRuntime, table_check
-from fusedopt._cuda import launch
+from fusedopt.backends.cuda import launch
 table_check.check = lambda *a, **k: None          # it would walk every one of N tensors
 host = HostRuntime(Path(sys.argv[1]))
-from fusedopt._registry import REGISTRY
+from fusedopt.algorithms.registry import REGISTRY
 kernel = host.module("sgd", launch.name_expressions("sgd")).get_function(
     REGISTRY["sgd"].entry("float32", (0, 0, 0)))
 N = int(sys.argv[2])                              # tensors: the table has 6 N + 1 entries

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import checkpoint_worker as worker
 import numpy as np
 import pytest
 
-import checkpoint_worker as worker
 import fusedopt
 from fusedopt import checkpoint
 

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from fusedopt import cli
-from fusedopt._bench import sweep, traffic
-from fusedopt._registry import lookup
+from fusedopt.algorithms.registry import lookup
+from fusedopt.tools import cli
+from fusedopt.tools.bench import sweep, traffic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -192,7 +192,7 @@ def test_bench_rejects_unknown_optimizer_contender_and_bad_sizes():
 
 @slow
 def test_demo_compare_matches_unfused_and_keras_and_loss_falls():
-    from fusedopt._demo import run_demo
+    from fusedopt.tools.demo import run_demo
 
     result = run_demo("adam", compare=True)
     assert result.loss_after < result.loss_before - 0.1
@@ -274,7 +274,7 @@ def test_multitensor_script_labels_its_method(capsys):
 
 
 def _cuda_usable() -> bool:
-    from fusedopt._info import cuda_status
+    from fusedopt.tools.info import cuda_status
     return cuda_status()[0]
 
 

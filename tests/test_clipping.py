@@ -3,14 +3,13 @@ Keras 3, and cpu / unfused against the float64 reference on awkward sizes."""
 
 import numpy as np
 import pytest
-
-import fusedopt
-from fusedopt import config
-from fusedopt._registry import REGISTRY
-
 import reference
 from cases import AWKWARD_SHAPES
 from tolerances import VS_PEER_FLOAT32, VS_REFERENCE
+
+import fusedopt
+from fusedopt import config
+from fusedopt.algorithms.registry import REGISTRY
 
 STEPS = 20
 CLIPS = [dict(clipnorm=1.0), dict(global_clipnorm=2.0), dict(clipvalue=0.5)]

@@ -1,4 +1,4 @@
-"""Threads, processes and read-only installs (fusedopt/_threads.py says how threads are made
+"""Threads, processes and read-only installs (fusedopt/engine/threads.py says how threads are made
 safe under every Numba threading layer)."""
 
 import os
@@ -8,11 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import concurrency_worker as worker
 import numpy as np
 import pytest
 
-import concurrency_worker as worker
-from fusedopt import _registry
+from fusedopt.algorithms import registry as _registry
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -126,7 +126,7 @@ assert not os.access(site, os.W_OK) and not os.access(home, os.W_OK), "still wri
 import numpy as np
 import fusedopt
 assert Path(fusedopt.__file__).is_relative_to(site), fusedopt.__file__
-from fusedopt._cpu._cache import JIT_OPTIONS
+from fusedopt.backends.cpu._cache import JIT_OPTIONS
 assert JIT_OPTIONS["cache"] is False, "no writable cache: Numba caching must be off"
 p = np.linspace(-1, 1, 300_000, dtype=np.float32)
 g = np.cos(np.arange(p.size, dtype=np.float32))

@@ -2,15 +2,14 @@
 convention="torch", 20 steps of random gradients, float32."""
 
 import numpy as np
-import pytest
-
-import fusedopt
-from fusedopt._registry import REGISTRY
-
 import peers
+import pytest
 from cases import SIGN_SENSITIVE, cases, problem
 from test_backends_vs_reference import run_fused
 from tolerances import VS_PEER_FLOAT32
+
+import fusedopt
+from fusedopt.algorithms.registry import REGISTRY
 
 pytest.importorskip("torch")
 pytest.importorskip("keras")

@@ -10,12 +10,12 @@ bound to the copied params already.
 import copy
 import pickle
 
+import checkpoint_worker as worker
 import numpy as np
 import pytest
-
-import checkpoint_worker as worker
-from fusedopt._registry import REGISTRY
 import variants
+
+from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
 COPIERS = {"pickle": lambda x: pickle.loads(pickle.dumps(x)), "deepcopy": copy.deepcopy}

@@ -1,11 +1,11 @@
-"""The machine code of the CPU element loop (fusedopt/_cpu/loop.py): packed square roots and
+"""The machine code of the CPU element loop (fusedopt/backends/cpu/loop.py): packed square roots and
 divisions, so the loop is vectorized, in 512-bit registers where the CPU has them."""
 
 import pytest
 from llvmlite import binding
 from numba import cfunc
 
-from fusedopt._cpu import loop, rules, storage
+from fusedopt.backends.cpu import loop, rules, storage
 
 #: (param, grad, state) storage codes and the array dtypes the loop sees them as.
 STORAGES = {"float32": (storage.F32,) * 3,

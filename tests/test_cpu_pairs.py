@@ -1,4 +1,4 @@
-"""The CPU loop's two ways through an all-16-bit storage (fusedopt/_cpu/loop.py): elements
+"""The CPU loop's two ways through an all-16-bit storage (fusedopt/backends/cpu/loop.py): elements
 two to a 32-bit word when every operand's address is 4-byte aligned, one at a time
 otherwise (and for an odd tensor's last element). Both must write the same bits, the
 random bits of stochastic rounding included, in every mode that takes them in pairs."""
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt._storage import numpy_dtype
+from fusedopt.memory.storage import numpy_dtype
 
 N = 1001  # odd: the paired loop leaves its last element to the other path
 

@@ -1,4 +1,4 @@
-"""benchmarks/bench_gpu.py and fusedopt.gpucheck's steps without a GPU: the bytes formula,
+"""benchmarks/bench_gpu.py and fusedopt.tools.gpucheck's steps without a GPU: the bytes formula,
 the steps themselves on the host runtime, and a clean refusal."""
 
 import importlib.util
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fusedopt._registry import REGISTRY
-from fusedopt.gpucheck import EXIT_NO_GPU, steps
-from fusedopt.gpucheck.counting import fusedopt_launches
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.tools.gpucheck import EXIT_NO_GPU, steps
+from fusedopt.tools.gpucheck.counting import fusedopt_launches
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
 
@@ -61,7 +61,7 @@ def test_steps_it_times_run_on_the_host(host_cuda, backend, launches):
 
 
 def test_counting_runtime_leaves_the_runtime_as_it_was(host_cuda):
-    from fusedopt._cuda import runtime
+    from fusedopt.backends.cuda import runtime
 
     params, grads = steps.arrays([70_000], "float32", np)
     step = steps.fusedopt_step("adamw", params, grads, "cuda")

@@ -1,6 +1,6 @@
 """The compile gate: every entry point the runtime can request compiles with NVRTC, cleanly.
 
-For every kernel family in ``fusedopt._cuda.launch.all_entry_points()`` (driven by the
+For every kernel family in ``fusedopt.backends.cuda.launch.all_entry_points()`` (driven by the
 registry) and every architecture in ``fusedopt.config.GATE_ARCHS``, the exact source text
 and options ``cupy.RawModule`` uses are compiled with NVRTC, with every name expression
 added; the gate fails on an error, on any warning, and on an entry point with no kernel.
@@ -9,10 +9,10 @@ added; the gate fails on an error, on any warning, and on an entry point with no
 from pathlib import Path
 
 import pytest
-
 from cuda_host import probes
+
 from fusedopt import config
-from fusedopt._cuda import launch, nvrtc, source
+from fusedopt.backends.cuda import launch, nvrtc, source
 
 MATRIX = nvrtc.gate_matrix()
 
@@ -31,7 +31,7 @@ def test_every_gate_arch_is_a_real_architecture():
 
 
 def test_one_arch_compiles_every_entry_point_and_the_others_every_mode():
-    from fusedopt._storage import MODE_IDS, all_storages
+    from fusedopt.memory.storage import MODE_IDS, all_storages
     for family, names in launch.all_entry_points().items():
         assert nvrtc.gate_names(family, config.GATE_FULL_ARCH) == names
         for arch in config.GATE_ARCHS:

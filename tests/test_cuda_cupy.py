@@ -4,7 +4,7 @@ lazily, on the first ``get_function``)."""
 import numpy as np
 import pytest
 
-from fusedopt._cuda import launch, runtime, source
+from fusedopt.backends.cuda import launch, runtime, source
 
 cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
 
@@ -43,8 +43,8 @@ class _CupyShaped:
 
 def test_validation_takes_cupy_flags():
     """The checks every step runs use only flags CuPy arrays have."""
-    from fusedopt import _validate
-    from fusedopt._registry import REGISTRY
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.engine import validate as _validate
     spec = next(iter(REGISTRY.values()))
     p, g = _CupyShaped(4), _CupyShaped(4)
     _validate.check_pair(0, p, g, spec)

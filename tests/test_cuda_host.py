@@ -8,11 +8,11 @@ checked as CuPy and a GPU would check it. Everything is driven by the registry.
 
 import numpy as np
 import pytest
-
 from cuda_host import HostRuntime, build, compare, cupy_type
+
 from fusedopt import config
-from fusedopt._cuda import launch
-from fusedopt._registry import REGISTRY
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.backends.cuda import launch
 
 STEPS = 10
 SPECS = list(REGISTRY.values())
@@ -125,7 +125,7 @@ def test_launch_shapes(host_cuda, monkeypatch, spec, chunk, threads):
 
 def test_thread_order_does_not_matter(cuda_cache_dir, monkeypatch):
     """Blocks and threads run last-to-first give the same bits: no thread reads another's work."""
-    from fusedopt._cuda import runtime
+    from fusedopt.backends.cuda import runtime
     monkeypatch.setattr(config, "CUDA_CHUNK", 64)
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 8)
     results = []
@@ -206,7 +206,7 @@ def test_cupy_conversion_rules():
 def test_scalar_rows_of_the_wrong_type_are_rejected(host_cuda, monkeypatch):
     """A backend that forgets to round the scalar rows to the compute type: the kernel would
     read float64 bits as float32 values."""
-    from fusedopt._steps import StepRows
+    from fusedopt.memory.steps import StepRows
     spec, name, _ = _float32_kernel(host_cuda)
     monkeypatch.setattr(StepRows, "row_array", lambda self, dtype: np.asarray(
         self.rows, np.float64).ravel())
@@ -243,7 +243,7 @@ def test_table_pointing_outside_its_arrays_is_rejected(host_cuda):
     addresses[0] += 4 * 4  # param pointer moved past half the array: 8 elements overrun
     table = np.array([*addresses, 8, *_extra_rows(n_slots), 0], np.int64)
     device_table = host_cuda.to_device(table)
-    from fusedopt._steps import step_rows
+    from fusedopt.memory.steps import step_rows
     rows = step_rows(lambda t: (0.1,) * 10, [1], [0])
     args = [device_table, np.int32(1), np.int64(8),
             host_cuda.to_device(rows.row_array(np.float32)), host_cuda.to_device(rows.control()),
@@ -254,7 +254,7 @@ def test_table_pointing_outside_its_arrays_is_rejected(host_cuda):
 
 def _extra_rows(n_slots):
     """Per-tensor rows between sizes and work items in this branch's table layout, if any."""
-    from fusedopt import _table
+    from fusedopt.memory import table as _table
     if not hasattr(_table, "rows"):
         return []
     rows = _table.rows(n_slots, 1)
@@ -276,8 +276,9 @@ def test_cooperating_threads_do_not_build_on_the_host(cuda_cache_dir):
 
 def test_a_wrong_kernel_fails_the_comparison(cuda_cache_dir):
     """The comparison can fail: a kernel whose tail never stores the param is caught."""
-    from fusedopt._cuda import runtime, source
     from cuda_host import probes
+
+    from fusedopt.backends.cuda import runtime, source
     family, name = probes.float32_entry()
     spec = next(s for s in SPECS if s.kernel == family)
     host = HostRuntime(cuda_cache_dir / "host", only=name,

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 
 from fusedopt import functional
-from fusedopt._clip import NO_CLIP, GradClip
-from fusedopt._cpu import backend as cpu_backend
-from fusedopt._cpu import norm as cpu_norm
-from fusedopt._cpu.loop import run as cpu_run
-from fusedopt._storage import MODE_IDS, Storage
-from fusedopt._cuda import launch, runtime
-from fusedopt._registry import REGISTRY
-from fusedopt._steps import step_rows
-from fusedopt._table import rows
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.backends.cpu import backend as cpu_backend
+from fusedopt.backends.cpu import norm as cpu_norm
+from fusedopt.backends.cpu.loop import run as cpu_run
+from fusedopt.backends.cuda import launch, runtime
+from fusedopt.engine.clip import NO_CLIP, GradClip
+from fusedopt.memory.steps import step_rows
+from fusedopt.memory.storage import MODE_IDS, Storage
+from fusedopt.memory.table import rows
 
 MODES = {v: k for k, v in MODE_IDS.items()}  # the kernels' MODE -> mode name
 
@@ -100,7 +100,7 @@ class EmulatedRuntime:
         flags[slot] = np.int32(np.asarray(value).reshape(()) != 0)
 
     def read_later(self, array):
-        from fusedopt._cuda.runtime import Pending
+        from fusedopt.backends.cuda.runtime import Pending
         value = np.array(array).reshape(-1)[0]
         return Pending(lambda: True, lambda: value)
 

@@ -8,9 +8,9 @@ copies of a kernel show the sanitizers do catch what they are here for.
 import subprocess
 
 import pytest
-
 from cuda_host import probes, sanitize
-from fusedopt._cuda import source
+
+from fusedopt.backends.cuda import source
 
 pytestmark = pytest.mark.skipif(sanitize.asan_runtime() is None,
                                 reason="g++ has no AddressSanitizer runtime (libasan)")

@@ -2,14 +2,14 @@
 
 No spills, no stack frame, no local-memory instruction, registers within
 ``config.REGISTER_BUDGET``, and 128-bit global loads and stores in every optimizer entry
-point (fusedopt/_cuda/sass.py says why each matters).
+point (fusedopt/backends/cuda/sass.py says why each matters).
 """
 
 import pytest
-
 from cuda_host import probes
+
 from fusedopt import config
-from fusedopt._cuda import nvrtc, sass, source
+from fusedopt.backends.cuda import nvrtc, sass, source
 
 MATRIX = nvrtc.gate_matrix()
 
@@ -73,7 +73,7 @@ def test_stack_and_local_memory_fail_the_gate(cuda_cache_dir):
 def test_sixteen_bit_entries_move_eight_elements_per_access():
     """The 16-bit clause, as counted: a bf16 param with fp32 m and v is 1 access for the
     param, 1 for the grad, 2 for each slot (loads 6, stores 5); every storage is covered."""
-    from fusedopt._storage import all_storages
+    from fusedopt.memory.storage import all_storages
     adam = next(s for s in __import__("fusedopt").REGISTRY.values() if s.name == "adam")
     flags = adam.flags(adam.defaults(), "keras")
     by_storage = {str(st): ACCESSES[adam.entry(st, flags)] for st in all_storages()}
@@ -111,7 +111,7 @@ def test_ptxas_report_is_parsed():
 
 
 def test_kernel_table_replaces_only_between_its_markers():
-    from fusedopt._cuda import report
+    from fusedopt.backends.cuda import report
     text = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
     assert report.replace_table(text, "new") == f"intro\n{report.START}\nnew\n{report.END}\noutro\n"
     with pytest.raises(ValueError, match="markers are missing"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fusedopt._cuda import nvrtc, sass
+from fusedopt.backends.cuda import nvrtc, sass
 
 
 def _inside_environment(path) -> bool:

@@ -11,15 +11,15 @@ its PTX is checked for flushing instructions; the CPU backend (Numba), the unfus
 import hashlib
 import re
 
+import error_bounds
 import numpy as np
 import pytest
-
-import error_bounds
 from cuda_host import build
-from fusedopt import config
-from fusedopt._cuda import launch, nvrtc, source
-from fusedopt._registry import REGISTRY
 from tolerances import BOUND_FACTOR
+
+from fusedopt import config
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.backends.cuda import launch, nvrtc, source
 
 #: |g| such that g*g is subnormal with at least ~16 significant bits left.
 TINY = {"float32": (1e-20, 7e-20), "float64": (1e-156, 1e-154)}

@@ -3,12 +3,11 @@ fused loss scaling (grads divided by the loss scale inside the pass, skipped on 
 
 import numpy as np
 import pytest
-
-from fusedopt._clip import Clipping
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
-
 from variants import matrix, matrix_ids
+
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.engine.clip import Clipping
+from fusedopt.engine.engine import Engine
 
 
 def _engine(name, hp, convention, **kwargs):
@@ -186,7 +185,7 @@ def test_found_inf_from_the_caller_skips_without_looking_at_the_grads():
 
 def test_torch_tensors_step_in_place_like_numpy_arrays():
     torch = pytest.importorskip("torch")
-    from fusedopt import _torch_kind
+    from fusedopt.memory import torch_kind as _torch_kind
     _torch_kind.register()
     arrays = _params()
     tensors = [torch.from_numpy(a.copy()) for a in arrays]

@@ -3,12 +3,11 @@ the negated grads, bit for bit, on every backend (the -1 is folded into the grad
 
 import numpy as np
 import pytest
-
-from fusedopt._clip import Clipping
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
-
 from variants import matrix, matrix_ids
+
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.engine.clip import Clipping
+from fusedopt.engine.engine import Engine
 
 STEPS = 3
 

@@ -102,7 +102,7 @@ def test_mixed_array_types_are_refused():
     try:
         dev = cupy.zeros(5, np.float32)
     except Exception:  # no device: construct the check through the pure dispatcher instead
-        from fusedopt._dispatch import select
+        from fusedopt.engine.dispatch import select
         with pytest.raises(TypeError, match=r"mixes array types \['cupy', 'numpy'\]"):
             select("auto", ["numpy", "cupy"])
         return

@@ -13,17 +13,16 @@ import inspect
 import re
 
 import numpy as np
-import pytest
-
-import fusedopt
-from fusedopt import config
-from fusedopt._registry import CONVENTIONS, REGISTRY
-
 import peers
+import pytest
 import reference
 from cases import AWKWARD_SHAPES, cases, problem
 from test_backends_vs_reference import run_fused
 from tolerances import VS_PEER_FLOAT32, VS_REFERENCE
+
+import fusedopt
+from fusedopt import config
+from fusedopt.algorithms.registry import CONVENTIONS, REGISTRY
 
 NAMES = ("sgd", "rmsprop", "adagrad", "adadelta")
 CLASSES = {cls.spec_name: cls for cls in fusedopt.Optimizer.__subclasses__()}

@@ -5,16 +5,15 @@ Nadam's stateless momentum product, errors and config."""
 import re
 
 import numpy as np
-import pytest
-
-import fusedopt
-from fusedopt._registry import REGISTRY
-
 import peers
+import pytest
 import reference
 from cases import AWKWARD_SHAPES, cases, problem
 from test_backends_vs_reference import run_fused
 from tolerances import VS_PEER_FLOAT32, VS_REFERENCE
+
+import fusedopt
+from fusedopt.algorithms.registry import REGISTRY
 
 STEPS = 10
 PEER_STEPS = 20

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from test_multitensor import SHAPES, count_calls, problem, same_bits
+from variants import make, matrix, matrix_ids
 
 import fusedopt
 from fusedopt import config
-
-from test_multitensor import SHAPES, count_calls, problem, same_bits
-from variants import make, matrix, matrix_ids
 
 NAMES = [f"layer{i}/{'bias' if i % 3 == 1 else 'kernel'}" for i in range(len(SHAPES))]
 

@@ -1,4 +1,4 @@
-"""``use_ema`` inside the CPU step's own pass (fusedopt/_ema.py): the same bits as the
+"""``use_ema`` inside the CPU step's own pass (fusedopt/engine/ema.py): the same bits as the
 separate pass for float32 and float64, one rounding for 16-bit averages, no change to the
 step itself, and the pass kept for what the fused step does not cover."""
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import _ema
+from fusedopt.engine import ema as _ema
 
 BF16 = ml_dtypes.bfloat16
 SHAPES = [(3, 40), (77,), (1,)]  # odd sizes: vector bodies and their scalar tails

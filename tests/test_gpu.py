@@ -6,9 +6,9 @@ Run with ``make test-gpu`` (``pytest -m gpu``); skipped where CuPy sees no CUDA 
 
 import numpy as np
 import pytest
-
 from cuda_host import compare
-from fusedopt._registry import REGISTRY
+
+from fusedopt.algorithms.registry import REGISTRY
 
 
 def _device_count() -> int:
@@ -30,7 +30,7 @@ VARIANTS = [(spec, dtype, v) for spec in REGISTRY.values() for dtype in compare.
 @pytest.fixture
 def cupy_runtime():
     """The default CuPy runtime, whatever another test installed."""
-    from fusedopt._cuda import runtime
+    from fusedopt.backends.cuda import runtime
     previous = runtime.install(runtime.CupyRuntime())
     yield runtime.current()
     runtime.install(previous)
@@ -54,6 +54,7 @@ def test_gpu_matches_cpu_and_reference(cupy_runtime, spec, dtype, variant):
 def test_gpu_auto_backend_keeps_arrays_on_the_device(cupy_runtime, name):
     """backend='auto' sends CuPy arrays to the CUDA kernels and leaves them CuPy arrays."""
     import cupy
+
     import fusedopt
     spec = REGISTRY[name]
     variant = compare.variants(spec)[0]
@@ -82,9 +83,10 @@ def test_gpu_16bit_storage_matches_the_cpu(cupy_runtime, name, dtype, storage):
     """Params on the GPU within 2 ulps of the CPU backend's after 20 steps (FMA contraction
     on the GPU may round a value the other way once), states within 2 ulps too."""
     import cupy
-    import fusedopt
     import reference
     import storage_runs as runs
+
+    import fusedopt
     cls = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}[name]
     dt = reference.as_dtype(dtype)
     params, grads = runs.make_problem(runs.SHAPES, 20, seed=2)
@@ -103,6 +105,7 @@ def test_gpu_16bit_storage_matches_the_cpu(cupy_runtime, name, dtype, storage):
 def test_gpu_skipped_loss_scaled_step_does_not_change_the_run(cupy_runtime):
     """An inf on the device skips the step there; the run equals one without that step."""
     import cupy
+
     import fusedopt
     rng = np.random.default_rng(0)
     start = [rng.standard_normal(s).astype(np.float32) for s in ((5,), (4097,))]

@@ -1,4 +1,4 @@
-"""fusedopt.gpucheck without a GPU: its no-GPU exit, its report writer, its budget, its
+"""fusedopt.tools.gpucheck without a GPU: its no-GPU exit, its report writer, its budget, its
 test sharding and its phases' bookkeeping (the GPU work itself is unverified here)."""
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fusedopt.gpucheck import EXIT_NO_GPU, bench, gputests, report, run
-from fusedopt.gpucheck.budget import Budget
+from fusedopt.tools.gpucheck import EXIT_NO_GPU, bench, gputests, report, run
+from fusedopt.tools.gpucheck.budget import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ no_gpu_here = pytest.mark.skipif(_device_count() > 0, reason="a GPU is present")
 def test_without_a_gpu_it_exits_at_once_with_its_own_code(tmp_path):
     out = tmp_path / "report"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "fusedopt.gpucheck"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "fusedopt.tools.gpucheck"], cwd=ROOT,
                           env={**os.environ, "GPU_REPORT_DIR": str(out)}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == EXIT_NO_GPU == 3, done.stderr
@@ -44,7 +44,7 @@ def test_without_a_gpu_it_exits_at_once_with_its_own_code(tmp_path):
 def test_the_probe_runs_as_a_file_without_importing_fusedopt():
     """What `make gpu-check` runs first: it must answer on a python without Numba."""
     code = ("import runpy, sys\n"
-            "try:\n    runpy.run_path('fusedopt/gpucheck/probe.py', run_name='__main__')\n"
+            "try:\n    runpy.run_path('fusedopt/tools/gpucheck/probe.py', run_name='__main__')\n"
             "except SystemExit as e:\n    code = e.code\n"
             "print(code, 'fusedopt' in sys.modules, 'numba' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -59,8 +59,8 @@ def test_make_target_uses_the_python_on_path_with_the_checkout_on_pythonpath():
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("python3 fusedopt/gpucheck/probe.py")
-    assert "PYTHONPATH=" in lines[1] and "python3 -m fusedopt.gpucheck" in lines[1]
+    assert lines[0].startswith("python3 fusedopt/tools/gpucheck/probe.py")
+    assert "PYTHONPATH=" in lines[1] and "python3 -m fusedopt.tools.gpucheck" in lines[1]
     assert ".venv" not in done.stdout and "pip" not in done.stdout
 
 

@@ -3,13 +3,13 @@ runs) or a clear error, and none corrupts state: after an error every param, eve
 array and the step count are as they were."""
 
 import numpy as np
+import peers
 import pytest
+import variants
+from tolerances import VS_PEER_FLOAT32
 
 import fusedopt
-import peers
-import variants
-from fusedopt._registry import CONVENTIONS, REGISTRY
-from tolerances import VS_PEER_FLOAT32
+from fusedopt.algorithms.registry import CONVENTIONS, REGISTRY
 
 pytest.importorskip("torch")
 pytest.importorskip("keras")

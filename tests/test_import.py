@@ -8,7 +8,7 @@ STEP = textwrap.dedent("""
     import sys
     import numpy as np
     import fusedopt
-    from fusedopt._cpu import _cache
+    from fusedopt.backends.cpu import _cache
     w = np.ones(5, np.float32)
     fusedopt.Adam(learning_rate=0.5).apply_gradients([(np.ones(5, np.float32), w)])
     assert np.allclose(w, 0.5), w

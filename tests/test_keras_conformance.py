@@ -11,10 +11,10 @@ import functools
 import keras
 import numpy as np
 import pytest
-
-import fusedopt.keras
 from keras_fit import build_model, fit, max_diff, variables, weights
 from tolerances import KERAS_FIT
+
+import fusedopt.keras
 
 NAMES = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion"]
 schedules = keras.optimizers.schedules
@@ -136,7 +136,7 @@ def test_learning_rate_changed_during_fit_as_keras(callback):
 
 def _fused_calls(monkeypatch) -> list:
     """The dtype of every fused CPU call from now on (the backend's one entry point)."""
-    from fusedopt._cpu import backend
+    from fusedopt.backends.cpu import backend
 
     calls, step = [], backend.step
 
@@ -202,7 +202,7 @@ def test_what_differs_at_a_larger_learning_rate_is_keras_float32_bias_correction
     differs."""
     import dataclasses
 
-    from fusedopt import _registry
+    from fusedopt.algorithms import registry as _registry
 
     f32 = np.float32
     exact = _registry.REGISTRY["adam"]
@@ -226,7 +226,7 @@ def test_ema_moves_in_the_fused_step(monkeypatch):
     """With use_ema the averages are Keras' own variables, moved by fusedopt's step: with
     Keras' EMA step and the engine's separate pass both made no-ops, the averages (which
     fit() writes into the weights at its end) still come out as Keras'."""
-    from fusedopt import _ema
+    from fusedopt.engine import ema as _ema
 
     def make():
         return dict(use_ema=True, ema_momentum=0.8)

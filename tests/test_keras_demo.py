@@ -2,8 +2,8 @@
 
 import pytest
 
-from fusedopt import cli
-from fusedopt._demo import keras_article
+from fusedopt.tools import cli
+from fusedopt.tools.demo import keras_article
 
 
 def test_demo_runs_the_article_in_keras(capsys):

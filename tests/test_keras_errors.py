@@ -8,10 +8,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import fusedopt.keras
 from keras_fit import build_model, fit
 from test_keras_conformance import NAMES
+
+import fusedopt.keras
 
 #: Keras' other backends installed here. None is by default (make test installs torch only;
 #: Keras' NumPy backend imports JAX), so the check is also tested with the backend faked.

@@ -2,10 +2,10 @@
 
 import keras
 import pytest
-
-import fusedopt.keras
 from keras_fit import fit, max_diff, weights
 from tolerances import KERAS_FIT
+
+import fusedopt.keras
 
 KERAS_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop",
                "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax",

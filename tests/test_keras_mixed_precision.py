@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-
-import fusedopt.keras
 from keras_fit import build_model, data, fit, max_diff, variables, weights
 from tolerances import KERAS_FIT, KERAS_FIT_MIXED
+
+import fusedopt.keras
 
 
 def test_loss_scale_optimizer_skips_the_overflowing_step_in_fit():

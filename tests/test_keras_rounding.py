@@ -7,10 +7,10 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
+from keras_fit import build_model, data, fit, variables, weights
 
 import fusedopt
 import fusedopt.keras
-from keras_fit import build_model, data, fit, variables, weights
 
 BF16 = ml_dtypes.bfloat16
 SHAPES = [(37, 5), (5,), (1,)]

@@ -3,10 +3,10 @@
 import keras
 import numpy as np
 import pytest
-
-import fusedopt.keras
 from keras_fit import build_model, data, fit, max_diff, variables, weights
 from test_keras_conformance import NAMES
+
+import fusedopt.keras
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,9 +9,9 @@ through the CUDA host execution with no host read, against the CPU's scale seque
 
 import numpy as np
 import pytest
+from tolerances import VS_PEER_FLOAT32
 
 import fusedopt
-from tolerances import VS_PEER_FLOAT32
 
 STEPS = 14
 OVERFLOW = {2, 3, 9}      # steps whose grads hold an inf
@@ -85,7 +85,8 @@ def test_the_rule_halves_and_grows():
 
 def test_on_the_device_without_a_host_read(host_built):
     from cuda_host import HostRuntime
-    from fusedopt._cuda import runtime
+
+    from fusedopt.backends.cuda import runtime
     host = HostRuntime(host_built, events="never")
     previous = runtime.install(host)
     try:

@@ -10,11 +10,11 @@
 
 import numpy as np
 import pytest
-
-import fusedopt
 import reference
 import variants
-from fusedopt._registry import REGISTRY
+
+import fusedopt
+from fusedopt.algorithms.registry import REGISTRY
 
 SHAPES = ((5,), (4097,), (3, 7))
 DTYPES = ("float32", "bfloat16", "float16")

@@ -10,13 +10,13 @@ until a count is read.
 
 import numpy as np
 import pytest
+from cuda_host import HostRuntime
 
 import fusedopt
-from cuda_host import HostRuntime
 from fusedopt import config
-from fusedopt._cuda import runtime
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.backends.cuda import runtime
+from fusedopt.engine.engine import Engine
 
 SHAPES = ((5,), (4097,), (3, 7))
 

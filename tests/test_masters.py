@@ -14,10 +14,10 @@ for every rule, and each loop specialization it compiles costs seconds of a cold
 
 import numpy as np
 import pytest
-
 import reference
 import storage_runs as runs
-from fusedopt._registry import REGISTRY
+
+from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
 STEPS = 30

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-
-import fusedopt
-from fusedopt._registry import REGISTRY
 from peers import KERAS
 from tolerances import VS_PEER_FLOAT32
+
+import fusedopt
+from fusedopt.algorithms.registry import REGISTRY
 
 SHAPES = [(3, 4), (5,), (1,)]
 STEPS = 10  # not a multiple of 3: the last step does not overwrite the weights

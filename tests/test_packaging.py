@@ -31,7 +31,7 @@ def test_installed_copy_reads_its_own_kernels(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target",
                     str(target), str(wheel)], check=True, timeout=300)
-    code = ("from fusedopt._cuda import source; d = source.kernel_dir(); "
+    code = ("from fusedopt.backends.cuda import source; d = source.kernel_dir(); "
             "assert 'adam' in source.source('adam'); print(d)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -24,17 +24,17 @@ search: ``HYPOTHESIS_PROFILE=deep .venv/bin/python -m pytest tests/test_properti
 
 from __future__ import annotations
 
+import error_bounds
 import numpy as np
+import peers
 import pytest
+import strategies
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
-
-import error_bounds
-import peers
-import strategies
-from fusedopt._engine import Engine
-from fusedopt._registry import CONVENTIONS, REGISTRY
 from tolerances import BOUND_FACTOR
+
+from fusedopt.algorithms.registry import CONVENTIONS, REGISTRY
+from fusedopt.engine.engine import Engine
 
 BACKENDS = ("cpu", "unfused", "cuda")
 
@@ -43,7 +43,8 @@ BACKENDS = ("cpu", "unfused", "cuda")
 def host_runtime(cuda_cache_dir):
     """The CUDA backend on the host for every example of this module."""
     from cuda_host import HostRuntime
-    from fusedopt._cuda import runtime
+
+    from fusedopt.backends.cuda import runtime
     previous = runtime.install(HostRuntime(cuda_cache_dir / "host"))
     yield
     runtime.install(previous)

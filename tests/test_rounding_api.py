@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import Adam, Lion, SGD, functional
-from fusedopt._storage import numpy_dtype
+from fusedopt import SGD, Adam, Lion, functional
+from fusedopt.memory.storage import numpy_dtype
 
 BF16 = numpy_dtype("bfloat16")
 
@@ -115,7 +115,7 @@ RESUME = textwrap.dedent("""
     import fusedopt
     ckpt, param_path, grads_path, k, out = sys.argv[1:6]
     p = np.load(param_path)
-    from fusedopt._storage import numpy_dtype
+    from fusedopt.memory.storage import numpy_dtype
     p = p.view(numpy_dtype("bfloat16")).copy()
     opt = fusedopt.load(ckpt, [p])
     for g in np.load(grads_path)[int(k):]:

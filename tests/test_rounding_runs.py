@@ -13,11 +13,11 @@
 
 import numpy as np
 import pytest
-
 import storage_runs as runs
 import variants
+
 from fusedopt import Adam, FlatParams, functional
-from fusedopt._registry import REGISTRY
+from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
 SHAPES = ((3,), (8,), (4097,), (37, 53))

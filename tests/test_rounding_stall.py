@@ -9,7 +9,7 @@
   t = 900; the bound is over 4 of those). Kahan summation (deterministic, every element
   alike): param within KAHAN_BOUND ulps of the trajectory at every step, and the mean
   deviation over the run within MEAN_BOUND_KAHAN ulps.
-- Pure bfloat16 training (fusedopt/_demo/logistic.py: logistic regression, full-batch
+- Pure bfloat16 training (fusedopt/tools/demo/logistic.py: logistic regression, full-batch
   Adam, 1500 steps, bfloat16 weights and state, no master): round to nearest ends at least
   RTN_GAP above float32's final loss (relative); stochastic rounding and Kahan summation end
   within CURE_MARGIN of it.
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from fusedopt import SGD
-from fusedopt._demo import logistic
-from fusedopt._storage import numpy_dtype
+from fusedopt.memory.storage import numpy_dtype
+from fusedopt.tools.demo import logistic
 
 BF16 = numpy_dtype("bfloat16")
 ULP = 2.0 ** -7

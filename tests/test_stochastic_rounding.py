@@ -1,7 +1,7 @@
 """Stochastic rounding's helpers: the random words and the rounding, on every backend.
 
-- The random words (kernels/random_bits.cuh) of the CPU backend (fusedopt/_cpu/random_bits.py),
-  the CUDA host build and the unfused backend (fusedopt/_rounding.py) equal the documented
+- The random words (kernels/random_bits.cuh) of the CPU backend (fusedopt/backends/cpu/random_bits.py),
+  the CUDA host build and the unfused backend (fusedopt/backends/rounding.py) equal the documented
   formula, computed here with Python integers.
 - The stochastic rounding of the dense float32 sample of tests/storage_patterns.py, with
   the same random words, has the same bits on the three backends, and every result is one
@@ -20,12 +20,13 @@ import math
 
 import numpy as np
 import pytest
-from numba import njit
-
 import storage_patterns as pat
 from cuda_host import HostRuntime, storage_probe
-from fusedopt import SGD, _rounding
-from fusedopt._cpu import random_bits, storage
+from numba import njit
+
+from fusedopt import SGD
+from fusedopt.backends import rounding as _rounding
+from fusedopt.backends.cpu import random_bits, storage
 
 DTYPES = {"bfloat16": pat.BF16, "float16": np.float16}
 CODES = {"bfloat16": storage.BF16, "float16": storage.F16}

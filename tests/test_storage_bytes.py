@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from fusedopt._bench import memory
+from fusedopt.tools.bench import memory
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_readme_bytes_table_is_measured():
     text = README.read_text()
     assert memory.replace_table(text, memory.markdown(memory.measure())) == text, (
-        "README.md's bytes table is stale: python -m fusedopt._bench.memory --write README.md")
+        "README.md's bytes table is stale: python -m fusedopt.tools.bench.memory --write README.md")
 
 
 def test_the_remainder_saves_two_bytes_on_the_master():

@@ -2,7 +2,7 @@
 host, and is right.
 
 tests/test_cuda_host.py runs every variant on float32 and float64 params; here each
-variant flag set of every other storage (fusedopt/_storage.py: 16-bit params and grads,
+variant flag set of every other storage (fusedopt/memory/storage.py: 16-bit params and grads,
 bfloat16 state, fp32 masters, remainders) runs through the CUDA host execution over
 awkward sizes, a misaligned view and several blocks, and is held to the float64 reference
 with the storage roundings, step by step (tests/storage_runs.py). A storage the runtime can
@@ -11,13 +11,13 @@ request and no test runs fails ``test_every_storage_entry_is_run``.
 
 import numpy as np
 import pytest
-
 import storage_runs as runs
 from cuda_host import compare
+
 from fusedopt import config
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
-from fusedopt._storage import all_storages, mode_options
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.engine.engine import Engine
+from fusedopt.memory.storage import all_storages, mode_options
 
 STORAGES = [st for st in all_storages()
             if not (st.param in compare.BASE_DTYPES and st.state == st.param)]

@@ -1,6 +1,6 @@
 """The widen/round helpers of both backends against ml_dtypes and NumPy, bit for bit.
 
-One helper pair per backend (fusedopt/_cpu/storage.py, kernels/storage.cuh through the host
+One helper pair per backend (fusedopt/backends/cpu/storage.py, kernels/storage.cuh through the host
 build), checked on every 16-bit pattern (widening) and on the dense float32 sample of
 tests/storage_patterns.py (rounding to nearest even and to nearest away; the remainder
 split and rebuild of bfloat16 masters). Non-NaN results must have the expected bits; NaN
@@ -10,11 +10,11 @@ do the helpers, but NaN payloads are not part of the contract).
 
 import numpy as np
 import pytest
-from numba import njit
-
 import storage_patterns as pat
 from cuda_host import HostRuntime, storage_probe
-from fusedopt._cpu import storage
+from numba import njit
+
+from fusedopt.backends.cpu import storage
 
 DTYPES = {"bfloat16": pat.BF16, "float16": np.float16}
 CODES = {"bfloat16": storage.BF16, "float16": storage.F16}

@@ -8,9 +8,9 @@ through the CUDA host execution (the .cu kernels built with g++, tests/cuda_host
 """
 
 import pytest
-
 import storage_runs as runs
-from fusedopt._registry import REGISTRY
+
+from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
 PARAMS = ("bfloat16", "float16")

@@ -12,12 +12,12 @@ block, a few words per tensor, goes up with the first step and when it changes).
 
 import numpy as np
 import pytest
-
 from cuda_host import compare
-from fusedopt._clip import Clipping
-from fusedopt._engine import Engine
-from fusedopt._registry import REGISTRY
-from fusedopt._table import Table
+
+from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.engine.clip import Clipping
+from fusedopt.engine.engine import Engine
+from fusedopt.memory.table import Table
 
 STEPS = 4
 ADDRESS_BYTES = np.dtype(np.int64).itemsize

@@ -4,12 +4,12 @@ torch.amp.GradScaler with a skipped step, and fp32 + bf16 params in one param gr
 
 import pytest
 import torch
-
-import fusedopt.torch as ft
-from fusedopt._cpu import backend as cpu_backend
 import torch16_runs as runs
 import torch_loops as loops
 from tolerances import VS_TORCH_SHADOW
+
+import fusedopt.torch as ft
+from fusedopt.backends.cpu import backend as cpu_backend
 
 STEPS = 24
 CASES, CASE_IDS = loops.cases()
@@ -20,7 +20,7 @@ DTYPE_IDS = lambda d: str(d)[6:]  # noqa: E731
 #: to float16 on its own, where it is 0 for the grads of this model (|g| below ~2e-3 at
 #: alpha = 0.99, ~5e-3 at beta2 = 0.999), and adds eps in float16, where 1e-8 is 0: its
 #: steps divide by zero (the test below). fusedopt keeps float32 state for float16 params
-#: for this reason (fusedopt/_storage.py); its steps from the same inputs differ by design.
+#: for this reason (fusedopt/memory/storage.py); its steps from the same inputs differ by design.
 FP16_UNDERFLOWS = ("rmsprop", "nadam")
 #: Every case in bfloat16; float16 in each optimizer's first case (its storage shares the
 #: bfloat16 runs' code but the bit layout, and each case is a compile of its own).

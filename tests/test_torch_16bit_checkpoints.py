@@ -9,10 +9,10 @@ import io
 import numpy as np
 import pytest
 import torch
-
-import fusedopt.torch as ft
 import torch16_runs as runs
 import torch_loops as loops
+
+import fusedopt.torch as ft
 
 FIRST, SECOND = 8, 8
 BF16 = torch.bfloat16

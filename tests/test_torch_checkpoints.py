@@ -6,9 +6,9 @@ import io
 
 import pytest
 import torch
+import torch_loops as loops
 
 import fusedopt.torch as ft
-import torch_loops as loops
 from fusedopt.torch._names import ROWS
 
 FIRST, SECOND = 20, 20

@@ -8,9 +8,9 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 import torch_distributed
 import torch_loops as loops
+
 from fusedopt.torch import CLASSES
 
 WORLD = 2

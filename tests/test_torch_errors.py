@@ -3,9 +3,9 @@ the optimizer is left as it was."""
 
 import pytest
 import torch
+import torch_loops as loops
 
 import fusedopt.torch as ft
-import torch_loops as loops
 
 
 class _OnCuda(torch.Tensor):

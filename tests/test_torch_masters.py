@@ -5,14 +5,14 @@ same bits in two bytes."""
 
 import numpy as np
 import pytest
-import torch
-
-import fusedopt.torch as ft
 import reference
+import torch
 import torch16_runs as runs
 import torch_loops as loops
-from fusedopt.torch._names import ROWS
 from tolerances import VS_TORCH_SHADOW
+
+import fusedopt.torch as ft
+from fusedopt.torch._names import ROWS
 
 STEPS = 20
 

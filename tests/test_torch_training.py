@@ -6,11 +6,11 @@ import inspect
 
 import pytest
 import torch
+import torch_loops as loops
+from tolerances import VS_TORCH_SHADOW
 
 import fusedopt.torch as ft
-import torch_loops as loops
 from fusedopt.torch._names import ROWS
-from tolerances import VS_TORCH_SHADOW
 
 STEPS = 50
 CASES, CASE_IDS = loops.cases()

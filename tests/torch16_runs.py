@@ -4,10 +4,10 @@ and one step at a time from the peer's own params and state."""
 from __future__ import annotations
 
 import torch
-
-import fusedopt.torch as ft
 import torch_loops as loops
 from tolerances import TORCH_16BIT_ULPS
+
+import fusedopt.torch as ft
 
 DTYPES = [torch.bfloat16, torch.float16]
 

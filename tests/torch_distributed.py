@@ -15,8 +15,9 @@ STEPS = 10
 
 def run(rank: int, world: int, port: int, mode: str, name: str, out: str) -> None:
     faulthandler.enable()  # a rank that aborts shows where, in the test's captured stderr
-    import fusedopt.torch as ft
     import torch_loops as loops
+
+    import fusedopt.torch as ft
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

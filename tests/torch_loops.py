@@ -7,11 +7,10 @@ from __future__ import annotations
 import importlib
 
 import torch
+from tolerances import VS_TORCH_LOOP, VS_TORCH_LOOP_STATE, VS_TORCH_SHADOW
 
 import fusedopt.torch as ft
 from fusedopt.torch._names import ROWS
-
-from tolerances import VS_TORCH_LOOP, VS_TORCH_LOOP_STATE, VS_TORCH_SHADOW
 
 FEATURES, HIDDEN, CLASSES, SAMPLES = 12, 32, 5, 128
 

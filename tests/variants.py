@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 
 import fusedopt
-from fusedopt._registry import CONVENTIONS, REGISTRY
+from fusedopt.algorithms.registry import CONVENTIONS, REGISTRY
 
 #: Numbers tried for a hyperparameter besides its default (the ones its check accepts).
 PROBES = (0.5, 0.1, 0.0, 1.0, 2.0)

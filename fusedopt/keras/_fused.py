@@ -11,12 +11,12 @@ Only the update is replaced. Keras' ``BaseOptimizer.apply`` runs, per step:
         -> _backend_update_step(grads, variables, learning_rate) -> [EMA]
     -> iterations += 1
 
-Here ``_backend_update_step`` is one :meth:`fusedopt._engine.Engine.step` over the whole list
+Here ``_backend_update_step`` is one :meth:`fusedopt.engine.engine.Engine.step` over the whole list
 (one fused call per dtype group); clipping and decoupled weight decay move into that same
 pass (``_clip_gradients`` and ``_apply_weight_decay`` become no-ops), and the optimizer's
 state arrays are the torch tensors of the Keras variables its ``build()`` made, updated in
 place. With ``use_ema`` on CPU the moving averages Keras made are the engine's
-(fusedopt/_ema.py), updated in the same pass, so Keras' ``[EMA]`` step only updates the
+(fusedopt/engine/ema.py), updated in the same pass, so Keras' ``[EMA]`` step only updates the
 averages of variables the engine does not step; on CUDA, and under
 ``gradient_accumulation_steps`` (where Keras moves the averages on every call, update or
 not), Keras keeps its own EMA step. Keras' per-variable ``update_step`` is never called; if a Keras version called it
@@ -37,11 +37,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .. import _storage
-from .._clip import Clipping
-from .._ema import MovingAverage
-from .._engine import Engine, check_seed
-from .._registry import lookup
+from ..algorithms.registry import lookup
+from ..engine.clip import Clipping
+from ..engine.ema import MovingAverage
+from ..engine.engine import Engine, check_seed
+from ..memory import storage as _storage
 from ._host_values import HostValue
 
 #: Backends a Keras optimizer can ask for: torch CPU tensors go to the Numba backend, CUDA
@@ -80,7 +80,7 @@ def torch_backend_decay(weight_decay: float, learning_rate: float) -> float:
 class FusedOptimizer:
     """Mixin placed before a Keras optimizer class; subclasses name their registry entry.
 
-    ``spec_name``: the fusedopt registry entry (fusedopt/_registry.py).
+    ``spec_name``: the fusedopt registry entry (fusedopt/algorithms/registry.py).
     ``state_attributes``: registry slot name -> the attribute of the Keras class that holds
     those variables after its ``build()`` (a list, one per trainable variable).
     """
@@ -93,7 +93,7 @@ class FusedOptimizer:
         require_torch_backend(type(self).__name__)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        from .. import _torch_kind
+        from ..memory import torch_kind as _torch_kind
         _torch_kind.register()  # the engine steps torch tensors in place
         rounding = Rounding(stochastic_rounding, kahan_summation, seed)  # checked first
         super().__init__(*args, **kwargs)
@@ -131,7 +131,7 @@ class FusedOptimizer:
         """Keras variables of the optimizer itself that its update step advances (Nadam's)."""
 
     def _clip_gradients(self, grads):
-        return grads  # clipped inside the fused pass (fusedopt._clip)
+        return grads  # clipped inside the fused pass (fusedopt.engine.clip)
 
     def _apply_weight_decay(self, variables):
         return None  # decoupled weight decay is applied inside the fused pass

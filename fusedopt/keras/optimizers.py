@@ -106,7 +106,7 @@ class Nadam(FusedOptimizer, keras.optimizers.Nadam):
     epsilon=1e-7).
 
     The fused rule takes the momentum product ``prod_k beta_1 (1 - 0.5 * 0.96**k)`` as a
-    function of the step (fusedopt/_registry.py); Keras' ``u_product`` variable is still
+    function of the step (fusedopt/algorithms/registry.py); Keras' ``u_product`` variable is still
     advanced each step, so checkpoints hold what Keras' Nadam would hold.
     """
 

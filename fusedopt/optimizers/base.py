@@ -11,14 +11,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .. import _validate, checkpoint
-from .._arrays import kind_of
-from .._clip import Clipping
-from .._dispatch import BACKENDS
-from .._ema import MovingAverage, overwrite
-from .._engine import Engine
-from .._registry import CONVENTIONS, OptimizerSpec, lookup
+from .. import checkpoint
+from ..algorithms.registry import CONVENTIONS, OptimizerSpec, lookup
+from ..engine import validate as _validate
+from ..engine.clip import Clipping
+from ..engine.dispatch import BACKENDS
+from ..engine.ema import MovingAverage, overwrite
+from ..engine.engine import Engine
 from ..flat import FlatParams
+from ..memory.arrays import kind_of
 
 #: Keras arguments fusedopt accepts only at their default (Keras' get_config reports them).
 _KERAS_FIXED = {
@@ -89,7 +90,7 @@ class Optimizer:
                                   clipvalue=clipvalue)
         if not isinstance(use_ema, bool):
             raise ValueError(f"use_ema must be True or False, got {use_ema!r}")
-        # Keras' moving average of the weights (fusedopt/_ema.py), after each fused step.
+        # Keras' moving average of the weights (fusedopt/engine/ema.py), after each fused step.
         ema = MovingAverage(ema_momentum, ema_overwrite_frequency) if use_ema else None
         self.use_ema, self.ema_momentum = use_ema, ema_momentum
         self.ema_overwrite_frequency = ema_overwrite_frequency
@@ -348,7 +349,7 @@ class Optimizer:
         If any grad element of the call is inf or NaN, nothing changes - no param, no
         state, not ``iterations`` - and ``found_inf`` is True. The check is a read of the
         grads only (the pass clipping by norm uses). On CUDA it is decided on the device
-        and nothing waits for the host (fusedopt/_engine.py): the returned count and
+        and nothing waits for the host (fusedopt/engine/engine.py): the returned count and
         ``found_inf`` then wait for the device only when read.
         """
         if isinstance(grads_and_vars, FlatParams):

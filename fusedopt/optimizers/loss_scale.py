@@ -23,7 +23,7 @@ class LossScaleOptimizer:
 
     Design: the scale and the counter live where the params do. On the CPU they are
     numbers, updated after the step from ``inner.found_inf``. On CUDA the step is decided
-    on the device (fusedopt/_engine.py): the scale and the counter are 0-d device arrays,
+    on the device (fusedopt/engine/engine.py): the scale and the counter are 0-d device arrays,
     updated from the step's device flag by array operations queued after the step, and
     the next step divides by the device scale - nothing waits for the host. Reading
     :attr:`dynamic_scale` as a number, ``found_inf`` or ``iterations`` waits for the device.

@@ -18,7 +18,7 @@ from . import _threads
 
 _started = _threads.start_before_torch()  # before torch: one OpenMP runtime for both
 
-from .. import _torch_kind  # noqa: E402  (imports torch)
+from ..memory import torch_kind as _torch_kind  # noqa: E402  (imports torch)
 from .optimizer import Optimizer  # noqa: E402
 from .optimizers import CLASSES  # noqa: E402
 

@@ -27,8 +27,8 @@ from itertools import chain
 
 import torch
 
-from .. import _storage
-from .._torch_kind import torch_dtype
+from ..memory import storage as _storage
+from ..memory.torch_kind import torch_dtype
 from ._local import local
 from ._names import MASTER_KEYS, Row
 

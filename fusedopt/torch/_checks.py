@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import _storage
-from .._engine import check_seed
+from ..engine.engine import check_seed
+from ..memory import storage as _storage
 from ._local import local
 from ._names import FLAGS, RENAMES, Row, storage_mode, storage_policy, torch_name
 
 _COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
-#: The state dtypes a param group may name (None stands for "param": fusedopt/_storage.py).
+#: The state dtypes a param group may name (None stands for "param": fusedopt/memory/storage.py).
 _STATE_DTYPES = tuple(d for d in _storage.STATE_DTYPES if d != "param")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import _storage
+from ..memory import storage as _storage
 
 #: torch argument -> registry hyperparameter, where the names differ. ``betas`` is
 #: (beta_1, beta_2); RMSprop's ``alpha`` is the registry's ``rho``, as Adadelta's ``rho``.
@@ -28,7 +28,7 @@ FLAGS = ("maximize", "foreach", "fused", "capturable", "differentiable")
 #: (an fp32 master) or "remainder" (bfloat16: an int16 remainder); for 16-bit params
 #: without a master, ``stochastic_rounding`` or ``kahan_summation`` (a compensation in the
 #: param's dtype); ``seed``, the key of stochastic rounding's random bits, one for the whole
-#: optimizer (every group carries it, so that a checkpoint does). fusedopt/_storage.py.
+#: optimizer (every group carries it, so that a checkpoint does). fusedopt/memory/storage.py.
 POLICY = (("state_dtype", None), ("master_weights", False), ("stochastic_rounding", False),
           ("kahan_summation", False), ("seed", 0))
 
@@ -187,7 +187,7 @@ def storage_policy(group: dict) -> dict:
 
 
 def storage_mode(group: dict) -> str:
-    """The engine's mode name (fusedopt/_storage.py) of a param group's ``master_weights``,
+    """The engine's mode name (fusedopt/memory/storage.py) of a param group's ``master_weights``,
     ``stochastic_rounding`` and ``kahan_summation``; raises for values or combinations
     that mean nothing."""
     return _storage.mode_of(group["master_weights"], group["stochastic_rounding"],

@@ -1,6 +1,6 @@
 """The base of fusedopt.torch's classes: a ``torch.optim.Optimizer`` whose step is the engine's.
 
-It translates and nothing more (fusedopt/_engine.py steps): torch's param groups become the
+It translates and nothing more (fusedopt/engine/engine.py steps): torch's param groups become the
 engine's hyperparameter groups, each param's memory (a DTensor's local shard) an engine
 position, torch's state keys the engine's slots, GradScaler's attributes the engine's loss
 scaling. What torch.optim keeps, it keeps: ``param_groups`` (read at every step, so
@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import torch
 
-from .._engine import Engine
-from .._registry import lookup, nadam_momentum_product
+from ..algorithms.registry import lookup, nadam_momentum_product
+from ..engine.engine import Engine
 from . import _checkpoint, _checks
 from ._local import is_distributed, like_param, local
 from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import inspect
 
-from .optimizer import Optimizer
 from ._names import POLICY, ROWS, Row
+from .optimizer import Optimizer
 
 _DOC = """{name}: ``{peer}`` with fusedopt's fused step, torch convention.
 

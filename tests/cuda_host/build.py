@@ -1,9 +1,9 @@
 """Build kernels/<family>.cu for the host with g++: one shared library per family.
 
 The generated .cpp includes tests/cuda_host/shim.h (CUDA keywords and thread indices for
-the host), the family's source text exactly as NVRTC sees it (fusedopt._cuda.source), and
+the host), the family's source text exactly as NVRTC sees it (fusedopt.backends.cuda.source), and
 tests/cuda_host/launcher.h; then it instantiates every name expression the runtime can
-request (``fusedopt._cuda.launch.all_entry_points()``) and exports a C launch function.
+request (``fusedopt.backends.cuda.launch.all_entry_points()``) and exports a C launch function.
 Libraries are cached under a hash of everything that goes into them.
 """
 
@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from fusedopt._cuda import launch, source
+from fusedopt.backends.cuda import launch, source
 
 HERE = Path(__file__).resolve().parent
 HEADERS = ("shim.h", "launcher.h")
@@ -99,7 +99,7 @@ def build(label: str, text: str, name_expressions, cache_dir: Path,
 
 def optimizer_families() -> set[str]:
     """Kernel families that update params: built without cooperation (threads independent)."""
-    from fusedopt._registry import REGISTRY
+    from fusedopt.algorithms.registry import REGISTRY
     return {spec.kernel for spec in REGISTRY.values()}
 
 

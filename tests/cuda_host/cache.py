@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fusedopt._cpu._cache import _writable
+from fusedopt.backends.cpu._cache import _writable
 
 
 def cache_root(fallback) -> Path:

@@ -12,10 +12,10 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import reference
 
 import fusedopt
-import reference
-from fusedopt._registry import CONVENTIONS, OptimizerSpec
+from fusedopt.algorithms.registry import CONVENTIONS, OptimizerSpec
 
 #: Param dtypes of the variant matrix (default storage); 16-bit storage and masters are
 #: covered by tests/storage_runs.py.

@@ -1,13 +1,13 @@
 """Deliberately broken copies of real kernel source, for the "must fail" tests.
 
-Each function takes a family's source text (fusedopt._cuda.source.source) and returns it
+Each function takes a family's source text (fusedopt.backends.cuda.source.source) and returns it
 with one defect. Nothing on disk changes. A pattern that no longer matches the source is an
 error, not a silent pass: update the pattern together with kernels/common.cuh.
 """
 
 from __future__ import annotations
 
-from fusedopt._registry import REGISTRY
+from fusedopt.algorithms.registry import REGISTRY
 
 
 def replace_once(text: str, old: str, new: str, why: str) -> str:

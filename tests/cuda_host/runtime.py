@@ -1,4 +1,4 @@
-"""A stand-in for ``fusedopt._cuda.runtime.CupyRuntime`` that runs the CUDA kernels on the CPU.
+"""A stand-in for ``fusedopt.backends.cuda.runtime.CupyRuntime`` that runs the CUDA kernels on the CPU.
 
 NumPy arrays play the part of device arrays. ``module(family, names)`` builds
 kernels/<family>.cu with g++ (tests/cuda_host/build.py) and ``get_function(name)`` returns
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fusedopt._cuda import source
-from fusedopt._cuda.runtime import Pending
+from fusedopt.backends.cuda import source
+from fusedopt.backends.cuda.runtime import Pending
 
 from . import build, table_check
 
@@ -152,7 +152,7 @@ class HostModule:
 
 
 class HostRuntime:
-    """``fusedopt._cuda.runtime`` interface over NumPy arrays and host-built kernels.
+    """``fusedopt.backends.cuda.runtime`` interface over NumPy arrays and host-built kernels.
 
     ``order="reverse"`` runs blocks and threads last to first. ``sanitize=True`` builds with
     AddressSanitizer, which needs its runtime preloaded into the process

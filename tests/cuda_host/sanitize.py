@@ -4,7 +4,7 @@
 ``-fsanitize=address,undefined`` and runs the real CUDA backend over the awkward sizes, a
 misaligned view and shrunk launch sizes, for every registered optimizer and every entry
 point of float32 and float64 params, and of the sampled storages
-(``fusedopt._cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
+(``fusedopt.backends.cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
 mode). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
@@ -75,7 +75,7 @@ def _covering_variants(spec, compare):
 
 def _other_storages(compare):
     """The sampled storages but the default ones of float32 and float64 params."""
-    from fusedopt._cuda.launch import sampled_storages
+    from fusedopt.backends.cuda.launch import sampled_storages
     return [st for st in sampled_storages()
             if not (st.param in compare.BASE_DTYPES and st.state == st.param)]
 
@@ -84,10 +84,10 @@ def _run_storage(spec, variant, storage, problem) -> None:
     """``problem``'s steps on ``storage`` through the CUDA backend (the engine directly:
     state dtype and master from the storage, grads of its grad dtype)."""
     import numpy as np
-
     import reference
-    from fusedopt._engine import Engine
-    from fusedopt._storage import mode_options
+
+    from fusedopt.engine.engine import Engine
+    from fusedopt.memory.storage import mode_options
     pdt, gdt = reference.as_dtype(storage.param), reference.as_dtype(storage.grad)
     params = []
     for t, p in enumerate(problem.params):
@@ -117,10 +117,8 @@ def main(argv=None) -> int:
 
     from cuda_host import HostRuntime, compare
     from fusedopt import config
-    from fusedopt._cuda import runtime
-    from fusedopt._registry import REGISTRY
-
-    from fusedopt._cuda import launch
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.backends.cuda import launch, runtime
     sources = dict(s.split("=", 1) for s in args.source)
     sampled = launch.sampled_entry_points()
     host = HostRuntime(args.cache / "host", sanitize=True,

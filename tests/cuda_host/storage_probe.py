@@ -7,7 +7,7 @@ these probes, built by tests/cuda_host/build.py and launched through the host ru
 
 from __future__ import annotations
 
-from fusedopt._cuda import source
+from fusedopt.backends.cuda import source
 
 _PROBES = r"""
 #define FUSEDOPT_PROBE_LOOP(n) \

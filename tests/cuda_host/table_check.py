@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from fusedopt import _table
+from fusedopt.memory import table as _table
 
 TABLE_PARAMS = ("*int64", "int32", "int64")
 
@@ -131,7 +131,7 @@ def _check_steps(name, n_tensors, rows, control, flags) -> None:
 def _layout(length: int, n_tensors: int, n_work: int):
     """(state slots, row offsets) of a table of ``length`` entries, or (None, None).
 
-    The row offsets come from fusedopt._table when it provides them, so the check follows
+    The row offsets come from fusedopt.memory.table when it provides them, so the check follows
     the layout the backend actually builds.
     """
     for n_slots in range(MAX_SLOTS + 1):

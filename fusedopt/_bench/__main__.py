@@ -1,7 +1,0 @@
-"""``python -m fusedopt._bench``: a benchmark worker process (see :mod:`.worker`)."""
-
-import sys
-
-from .worker import main
-
-sys.exit(main())

@@ -1,0 +1,2 @@
+"""The backends that run a step: cpu (Numba), cuda (CuPy and NVRTC) and unfused (array
+expressions, the baseline)."""

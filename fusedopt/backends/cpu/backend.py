@@ -1,0 +1,114 @@
+"""CPU backend: one Numba call per group, however many tensors it holds."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ... import config
+from ...engine.clip import NO_CLIP, GradClip
+from ...memory.arrays import foreign, kind_of
+from ...memory.group import Group, make_group, step_storage, step_table
+from ...memory.steps import as_rows
+from ...memory.table import float_row, rows
+from . import norm, storage
+from ._cache import JIT_OPTIONS
+from .loop import MODE_CODES, run, run_serial, specialize
+
+name = "cpu"
+
+#: use_ema's moving averages are updated in the step's own pass (fusedopt/backends/cpu/loop.py),
+#: from the param in registers: 8 bytes more per float32 element rather than a pass of 28.
+FUSED_AVERAGE = True
+
+
+def accepts(array) -> bool:
+    """NumPy arrays, and host arrays of a registered kind (fusedopt/memory/arrays.py)."""
+    if isinstance(array, np.ndarray):
+        return True
+    return foreign(array) and not kind_of(array).on_device(array)
+
+
+@njit(**JIT_OPTIONS)
+def _ndarray_address(array) -> int:
+    """The address of ``array``'s first element. Compiled: a quarter of the cost of reading
+    ``__array_interface__``, which was most of a small step's host time."""
+    return array.ctypes.data
+
+
+def address(array) -> int:
+    if isinstance(array, np.ndarray):
+        if array.dtype.itemsize == 2 and array.dtype.kind != "i":  # 16-bit floats: no Numba type
+            return array.__array_interface__["data"][0]
+        return _ndarray_address(array)
+    return kind_of(array).address(array)
+
+
+def group(storage_, params, states, streams=None, averages=None) -> Group:
+    # Packed: tiny tensors share a task, so every task is about CPU_CHUNK elements and
+    # Numba's static split of tasks between threads stays even.
+    return make_group(storage_, params, states, config.CPU_CHUNK, address, pack=True,
+                      streams=streams, averages=averages)
+
+
+def grad_pass(group: Group, grads) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of g**2 of each grad in float64, True for each grad holding an inf or NaN)."""
+    table = step_table(group, grads, address)
+    return norm.tensor_sums(table, len(group.params), group.n_slots, group.chunk,
+                            step_storage(group, grads).grad)
+
+
+def sum_squares(group: Group, grads) -> np.ndarray:
+    """Sum of g**2 of each grad (float64), for clipping by norm."""
+    return grad_pass(group, grads)[0]
+
+
+def _set_clip(group: Group, clip: GradClip) -> None:
+    """Write this step's grad scales into the table the loop reads (1.0 when none)."""
+    table, n = group.table.array, len(group.params)
+    start = rows(group.n_slots, n)["scales"]
+    if clip.scales is not None:
+        table[start: start + n] = float_row(clip.scales, n)
+        group.grads_scaled = True
+    elif group.grads_scaled:
+        table[start: start + n] = float_row(1.0, n)
+        group.grads_scaled = False
+
+
+def variant(spec, flags, st, clamps: bool = True, average: bool = False) -> object:
+    """The loop specialization of ``spec``'s variant ``flags`` on storage ``st``, with the
+    grads scaled and clamped by the table's rows or (``clamps`` False) not, and with or
+    without a moving average slot."""
+    codes = (storage.CODES[st.param], storage.CODES[st.grad], storage.CODES[st.state])
+    return specialize(spec.cpu_rule, tuple(flags), len(spec.slots(flags)), codes,
+                      MODE_CODES[st.mode], clamps, average)
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1, average: tuple | None = None) -> None:
+    """One step of ``group``; ``steps`` (fusedopt/memory/steps.py) must be certain on the CPU:
+    one scalar row, the step known (``step``, 1-based: a key of stochastic rounding).
+    ``average``: ``(momentum, 1 - momentum)`` of this step's moving-average update, for a
+    group made with averages (and only for one)."""
+    if (average is not None) != group.averaged:
+        raise ValueError("a group made with moving averages steps with their momentum, "
+                         "and only such a group")
+    group.table.set_limit(clip.limit)
+    table = step_table(group, grads, address)
+    _set_clip(group, clip)
+    n_work = group.table.n_work
+    if n_work == 0:
+        return
+    st = step_storage(group, grads)
+    # A step that neither clips nor scales its grads runs the variant without the clamp
+    # (compiled the first time a group needs it: the other is compiled only if asked for).
+    key = (spec.name, flags, st, clip.active)
+    chosen = group.scratch.get(key)
+    if chosen is None:
+        chosen = group.scratch[key] = variant(spec, flags, st, clip.active, group.averaged)
+    # One task cannot be shared between threads: run it here rather than wake the pool.
+    loop = run if n_work > 1 else run_serial
+    scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
+    if average is not None:
+        scalars = tuple(scalars) + tuple(average)
+    loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step))

@@ -1,0 +1,246 @@
+"""CUDA backend: one kernel launch per group (all params of one dtype), whatever their count.
+
+Launch shape: one block per table work item (a chunk of ``config.CUDA_CHUNK`` elements of
+one tensor), ``config.THREADS_PER_BLOCK`` threads. The table lives on the device and is
+copied there only when the tensors it lists change.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import numpy as np
+
+from ... import config
+from ...algorithms.registry import REGISTRY
+from ...engine.clip import NO_CLIP, GradClip
+from ...memory.group import Group, make_group, step_storage, step_table
+from ...memory.steps import as_rows
+from ...memory.storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
+from ...memory.table import rows
+from . import runtime
+
+name = "cuda"
+
+#: Loss-scaled steps are decided on the device (fusedopt/engine/engine.py, kernels/steps.cuh).
+DEVICE_FLAGS = True
+
+#: int types of the kernel arguments that precede the scalars: table, n_tensors, chunk.
+_INDEX_TYPES = (np.int32, np.int64)
+
+
+def accepts(array) -> bool:
+    return runtime.current().accepts(array)
+
+
+def group(storage, params, states, streams=None) -> Group:
+    return make_group(storage, params, states, config.CUDA_CHUNK, runtime.current().address,
+                      streams=streams)
+
+
+#: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
+EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
+    # kernels/traffic.cu: one per storage whose grads are in the param's dtype, and slot
+    # count any registered optimizer can have (stochastic rounding moves plain storage's
+    # bytes, and Kahan's ceiling is measured on the CPU only).
+    "traffic": tuple(f"traffic<{st.template_args()}, {ns}>" for st in all_storages()
+                     if st.grad == st.param and st.mode not in ("kahan", "stochastic")
+                     for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
+    # kernels/norm.cu: the grad-only pre-pass (sums of squares, the inf/NaN flag).
+    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in PARAM_DTYPES), "lane_sums",
+             "tensor_sums", "raise_flag"),
+}
+
+
+def all_entry_points() -> Mapping[str, tuple[str, ...]]:
+    """family -> every name expression the runtime can request from kernels/<family>.cu.
+
+    The compile and machine-code gates build exactly these. Built once per set of
+    registered optimizers: every launch asks for its family's names (:func:`kernel`).
+    """
+    return _entry_points(tuple(REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
+    names: dict[str, set[str]] = {}
+    for spec in (REGISTRY[name] for name in registered):
+        names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
+    for family, extra in EXTRA_ENTRIES.items():
+        names.setdefault(family, set()).update(extra)
+    return MappingProxyType({family: tuple(sorted(n)) for family, n in sorted(names.items())})
+
+
+def sampled_storages() -> list:
+    """A sample of the storages that reaches every mode and param dtype: each param dtype
+    in its default storage, and every mode once, on bfloat16 params and grads with float32
+    state. The gates that would otherwise repeat one check per storage (the second
+    architecture's compile, the sanitizers) take these."""
+    return [st for st in all_storages()
+            if st == Storage(st.param, st.param, default_state_dtype(st.param))
+            or (st.param, st.grad, st.state) == ("bfloat16", "bfloat16", "float32")]
+
+
+def storage_args(name: str) -> str:
+    """The storage part of a name expression (``adam<float, float, float, 0, 1, 0>`` ->
+    ``float, float, float, 0``); empty for an entry without one (``lane_sums``)."""
+    args = name.split("<", 1)[1].rstrip(">").split(", ") if "<" in name else []
+    return ", ".join(args[:4]) if len(args) >= 4 else ""
+
+
+def sampled_entry_points() -> Mapping[str, tuple[str, ...]]:
+    """family -> the entry points of :func:`sampled_storages`, and every entry point
+    without a storage."""
+    return _sampled_entry_points(tuple(REGISTRY))
+
+
+@functools.lru_cache(maxsize=None)
+def _sampled_entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
+    sampled = {st.template_args() for st in sampled_storages()} | {""}
+    return MappingProxyType({family: tuple(n for n in names if storage_args(n) in sampled)
+                             for family, names in _entry_points(registered).items()})
+
+
+def name_expressions(family: str) -> tuple[str, ...]:
+    """Every entry point of kernels/<family>.cu, compiled together into one module."""
+    return all_entry_points()[family]
+
+
+def kernel(spec, storage, flags):
+    module = runtime.current().module(spec.kernel, name_expressions(spec.kernel))
+    return module.get_function(spec.entry(storage, flags))
+
+
+def _device_table(group: Group, grads, rt):
+    """The group's launch table on the device: copied there whole once, then only the rows
+    that changed (the grad addresses, when new grad tensors came)."""
+    table = step_table(group, grads, rt.address)
+    if group.device_version != group.table.version:
+        changed = (group.table.changes_since(group.device_version)
+                   if group.device_table is not None else None)
+        if changed is None:
+            group.device_table = rt.to_device(table, out=group.device_table)
+        else:
+            for rows in changed:
+                rt.to_device(table[rows], out=group.device_table[rows])
+        group.device_version = group.table.version
+    return group.device_table
+
+
+def grad_pass(group: Group, grads):
+    """(sum of g**2 of each grad, NaN where a grad holds an inf or NaN), float64 device
+    arrays, for clipping by norm and loss scaling (:func:`raise_flag` reads the second).
+
+    Three launches of kernels/norm.cu, no atomics and no cooperation between threads:
+    per-thread sums of each chunk, then per-tensor sums of each thread lane over the
+    tensor's chunks, then one sum per tensor - each for the squares and for the inf/NaN
+    test. Nothing is copied to the host.
+    """
+    rt = runtime.current()
+    table = _device_table(group, grads, rt)
+    n_tensors, n_work = len(group.params), group.table.n_work
+    threads = config.THREADS_PER_BLOCK
+    sizes = (2 * max(n_work, 1) * threads, 2 * n_tensors * threads, 2 * n_tensors)
+    if group.scratch.get("norm_sizes") != sizes:  # every entry is written before it is read
+        group.scratch["norm"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
+        group.scratch["norm_sizes"] = sizes
+    partial, lanes, out = group.scratch["norm"]
+    module = rt.module("norm", name_expressions("norm"))
+    index, wide = _INDEX_TYPES
+    grad = CUDA_TYPES[step_storage(group, grads).grad]
+    if n_work:
+        module.get_function(f"chunk_sums<{grad}>")(
+            (n_work,), (threads,),
+            (table, index(n_tensors), index(group.n_slots), wide(group.chunk), partial))
+    module.get_function("lane_sums")(
+        (2 * n_tensors,), (threads,),
+        (table, index(n_tensors), index(group.n_slots), wide(n_work), partial, lanes))
+    module.get_function("tensor_sums")(
+        (-(-2 * n_tensors // threads),), (threads,),
+        (index(2 * n_tensors), index(threads), lanes, out))
+    return out[:n_tensors], out[n_tensors:]
+
+
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (a float64 device array), for clipping by norm."""
+    return grad_pass(group, grads)[0]
+
+
+def flag_ring(size: int):
+    """The device ring of step flags (int32, zero) of an engine's loss-scaled steps."""
+    return runtime.current().zeros(np.zeros(size, np.int32))
+
+
+def raise_flag(group: Group, flags, slot: int, or_in: bool = False) -> None:
+    """``flags[slot]`` = whether the last :func:`grad_pass` of ``group`` saw an inf or NaN
+    (or'ed into the flag a previous group of the same step wrote, with ``or_in``). One
+    thread on the device; the host reads nothing."""
+    rt = runtime.current()
+    index, wide = _INDEX_TYPES
+    out = group.scratch["norm"][2]
+    module = rt.module("norm", name_expressions("norm"))
+    module.get_function("raise_flag")(
+        (1,), (1,), (index(len(group.params)), out, flags, wide(slot), index(int(or_in))))
+
+
+def copy_flag(found_inf, flags, slot: int) -> None:
+    """``flags[slot]`` = (``found_inf`` != 0), for a caller's device flag (torch's
+    GradScaler's ``found_inf``), on the device."""
+    runtime.current().set_flag(flags, slot, found_inf)
+
+
+def read_later(array):
+    """A read of device ``array`` started now and finished when the host asks
+    (``done()`` without waiting, ``result()`` waiting if it must)."""
+    return runtime.current().read_later(array)
+
+
+def _upload(group: Group, key: str, host: np.ndarray, rt):
+    """``host`` on the device in the group's buffer ``key``, copied only when it changed."""
+    last = group.scratch.get(key + "_host")
+    if last is None or last.shape != host.shape or not np.array_equal(last, host):
+        group.scratch[key] = rt.to_device(host, out=group.scratch.get(key))
+        group.scratch[key + "_host"] = host
+    return group.scratch[key]
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
+    """One launch over ``group``: the scalar rows and control block of ``steps``
+    (fusedopt/memory/steps.py) go to the device with it, without waiting for anything (each
+    tensor's step, the key of stochastic rounding's bits, is read from the control block
+    on the device: ``step`` is the known step of a plain tuple of scalars)."""
+    rt = runtime.current()
+    group.table.set_limit(clip.limit)
+    if group.grads_scaled and clip.scales is None:
+        group.device_version = -1  # the device row holds old scales: copy the 1.0s back
+        group.grads_scaled = False
+    table = _device_table(group, grads, rt)
+    if clip.scales is not None:
+        # Written on the device from device scales: the step never waits for the host.
+        start = rows(group.n_slots, len(group.params))["scales"]
+        scales = clip.scales
+        bits = (np.float64(scales).view(np.int64) if isinstance(scales, float)
+                else scales.view(np.int64))
+        table[start: start + len(group.params)] = bits
+        group.grads_scaled = True
+    n_work = group.table.n_work
+    if n_work == 0:
+        return
+    storage = step_storage(group, grads)
+    # The known step matters to the kernel only as a key of stochastic rounding (else the
+    # control block stays the same from step to step and is not copied again).
+    steps = as_rows(steps, len(group.params), step if storage.mode == "stochastic" else 1)
+    scalars = _upload(group, "rows", steps.row_array(np.dtype(storage.compute)), rt)
+    control = _upload(group, "control", steps.control(), rt)
+    ring = steps.flags
+    if ring is None:
+        if "no_flags" not in group.scratch:
+            group.scratch["no_flags"] = rt.zeros(np.zeros(1, np.int32))
+        ring = group.scratch["no_flags"]
+    n_tensors, chunk = _INDEX_TYPES
+    args = (group.device_table, n_tensors(len(group.params)), chunk(group.chunk), scalars,
+            control, ring)
+    kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)

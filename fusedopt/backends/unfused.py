@@ -1,0 +1,128 @@
+"""Unfused backend: the registry's array expressions, one tensor at a time.
+
+16-bit storage the way an unfused program does it: the param, grad and state are widened
+to the compute type as whole arrays, the expressions run on those copies, and the results
+are rounded back (to nearest even, by the array library; a master's 16-bit copy to nearest
+with ties away, as the fused backends do). Kahan summation adds the compensation array to
+the widened param and refills it from what the cast lost; stochastic rounding draws the
+fused backends' bits as uint32 array expressions (fusedopt/backends/rounding.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.clip import NO_CLIP, GradClip
+from ..memory.group import Group, as_storage, step_storage
+from ..memory.steps import as_rows
+from . import rounding as _rounding
+
+name = "unfused"
+
+
+def _xp(array):
+    if isinstance(array, np.ndarray):
+        return np
+    import cupy
+    return cupy
+
+
+def accepts(array) -> bool:
+    return True
+
+
+def group(storage, params, states, streams=None) -> Group:
+    return Group(as_storage(storage), list(params), [list(s) for s in states], 0,
+                 np.zeros((2 + (len(states[0]) if states else 0), 0), np.int64),
+                 np.zeros(0, np.int64), streams=streams)
+
+
+def grad_pass(group: Group, grads):
+    """(sum of g**2 of each grad in float64, True where a grad holds an inf or NaN)."""
+    xp = _xp(grads[0])
+    wide = [g.astype(xp.float64) for g in grads]
+    sums = xp.stack([xp.sum(g * g) for g in wide])
+    bad = xp.stack([~xp.isfinite(g).all() for g in wide])
+    return sums, bad
+
+
+def sum_squares(group: Group, grads):
+    """Sum of g**2 of each grad (float64, on the grads' device), for clipping by norm."""
+    return grad_pass(group, grads)[0]
+
+
+def _clipped(xp, g, scale, limit, compute):
+    """Keras' clipping as array expressions: g * scale, then clamp to [-limit, limit]."""
+    if scale is not None:
+        g = g * (compute(scale) if isinstance(scale, float) else scale.astype(compute))
+    if limit != np.inf:
+        g = xp.clip(g, -compute(limit), compute(limit))
+    return g
+
+
+def _nearest_away(xp, master, dtype):
+    """float32 ``master`` rounded to the 16-bit ``dtype``, ties away from zero."""
+    even = master.astype(dtype)
+    back = even.astype(np.float32)
+    up = (even.view(np.uint16) + np.uint16(1)).view(dtype)
+    tie = xp.isfinite(master) & (xp.abs(master) > xp.abs(back)) & (
+        xp.abs(master).astype(np.float64) - xp.abs(back).astype(np.float64)
+        == xp.abs(up.astype(np.float64)) - xp.abs(master).astype(np.float64))
+    return xp.where(tie, up, even)
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
+    st = step_storage(group, grads)
+    compute = np.dtype(st.compute).type
+    h = tuple(compute(x) for x in as_rows(steps, len(group.params)).scalars())
+    n_slots = len(spec.slots(flags))
+    for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
+        xp = _xp(p)
+        g = _widened(g, compute)
+        if clip.active:
+            scale = clip.scales
+            if scale is not None and not isinstance(scale, float):
+                scale = scale[t]
+            g = _clipped(xp, g, scale, clip.limit, compute)
+        state = [_widened(s, compute) for s in slots[:n_slots]]
+        if st.mode == "master":
+            work = slots[n_slots]
+        elif st.mode == "remainder":
+            bits = (p.view(np.uint16).astype(np.uint32) << 16) + \
+                slots[n_slots].astype(np.int32).view(np.uint32)
+            work = bits.view(np.float32)
+        elif st.mode == "kahan":
+            work = _widened(p, compute) + _widened(slots[n_slots], compute)
+        else:
+            work = _widened(p, compute)
+        spec.unfused(xp, work, g, state, h, flags)
+        if st.mode == "stochastic":
+            element = _rounding.element_hashes(xp, _rounding.stream_base(
+                group.streams[t] if group.streams is not None else 0, step), p.size)
+            p[...] = _rounding.round_stochastic(xp, work.ravel(), p.dtype, _rounding.array_bits(
+                element, 0)).reshape(p.shape)
+            for k, (s, new) in enumerate(zip(slots, state)):
+                s[...] = _rounding.round_stochastic(xp, new.ravel(), s.dtype, _rounding.array_bits(
+                    element, 1 + k)).reshape(s.shape)
+            continue
+        for s, new in zip(slots, state):
+            if new is not s:
+                s[...] = new.astype(s.dtype)
+        if st.mode == "master":
+            p[...] = _nearest_away(xp, work, p.dtype)
+        elif st.mode == "remainder":
+            hi = _nearest_away(xp, work, p.dtype)
+            p[...] = hi
+            low = work.view(np.uint32) - (hi.view(np.uint16).astype(np.uint32) << 16)
+            slots[n_slots][...] = low.astype(np.uint16).view(np.int16)
+        elif st.mode == "kahan":
+            p[...] = work.astype(p.dtype)
+            slots[n_slots][...] = (work - p.astype(compute)).astype(p.dtype)
+        elif work is not p:
+            p[...] = work.astype(p.dtype)
+
+
+def _widened(a, compute):
+    """``a`` itself when it is of the compute type, else a widened copy."""
+    return a if a.dtype == np.dtype(compute) else a.astype(compute)

@@ -1,0 +1,2 @@
+"""The engine: the one step loop behind every front door (validate, group, scalars,
+reductions, launch)."""

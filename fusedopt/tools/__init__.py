@@ -1,0 +1,2 @@
+"""Tools that measure and show the library (bench, gpucheck, demo, cli, info). The library
+never imports them."""

@@ -1,0 +1,7 @@
+"""``python3 -m fusedopt.tools.gpucheck``: see :mod:`fusedopt.tools.gpucheck`."""
+
+import sys
+
+from .run import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""``fusedopt info``: versions, which backends can run here and why not, caches."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from .bench.timing import first_line
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why): can the CUDA backend run here? ``why`` names what is missing."""
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install 'fusedopt[cuda12]' or '[cuda13]')"
+    except Exception as error:  # a broken CUDA install raises at import
+        return False, f"CuPy fails to import: {error}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:
+        return False, f"no usable CUDA device (CUDA runtime: {first_line(error)})"
+    if count == 0:
+        return False, "no CUDA device"
+    nvrtc_ok, nvrtc = nvrtc_status()
+    if not nvrtc_ok:
+        return False, f"{count} device(s), but {nvrtc}"
+    return True, f"{count} device(s), {nvrtc}"
+
+
+def nvrtc_status() -> tuple[bool, str]:
+    """(loadable, what): NVRTC compiles the kernels at run time; CuPy loads it lazily."""
+    try:
+        from cupy.cuda import nvrtc
+        major, minor = nvrtc.getVersion()
+    except Exception as error:
+        return False, f"NVRTC cannot be loaded ({first_line(error)})"
+    return True, f"NVRTC {major}.{minor}"
+
+
+def numba_cache() -> str:
+    from ..backends.cpu._cache import JIT_OPTIONS
+
+    if not JIT_OPTIONS["cache"]:
+        return "off (no writable cache folder)"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    beside = Path(__file__).resolve().parents[1] / "backends" / "cpu" / "__pycache__"
+    if os.access(beside.parent, os.W_OK):
+        return str(beside)
+    return str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "numba")
+
+
+def cupy_cache() -> str:
+    return os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache"))
+
+
+def collect() -> dict:
+    """Everything ``fusedopt info`` prints, as a dict (also used by tests)."""
+    from ..algorithms.registry import REGISTRY
+    from ..backends.cuda.source import kernel_dir
+    from .bench.machine import describe, version
+
+    ok, why = cuda_status()
+    machine = describe()
+    machine["versions"].update({p: version(p) for p in ("keras", "rich", "matplotlib")})
+    return {
+        **machine,
+        "backends": {
+            "cpu": "available (Numba)",
+            "unfused": "available (NumPy; CuPy arrays too when CUDA is available)",
+            "cuda": ("available: " if ok else "unavailable: ") + why,
+        },
+        "nvrtc": nvrtc_status()[1],
+        "optimizers": sorted(REGISTRY),
+        "kernel_dir": str(kernel_dir()),
+        "numba_cache": numba_cache(),
+        "cupy_cache": cupy_cache(),
+    }
+
+
+def show(console) -> dict:
+    from rich.table import Table
+
+    info = collect()
+    table = Table(title="fusedopt info", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for name, v in info["versions"].items():
+        table.add_row(name, v or "not installed")
+    table.add_row("python", info["python"])
+    for name, status in info["backends"].items():
+        table.add_row(f"backend {name}", status)
+    table.add_row("nvrtc", info["nvrtc"])
+    table.add_row("optimizers", ", ".join(info["optimizers"]))
+    numba = info["numba"]
+    table.add_row("numba threads", f"{numba['threads']} ({numba['threading_layer']} layer, "
+                                    f"requested {numba['requested_layer']})")
+    if "torch_threads" in info:
+        table.add_row("torch threads", str(info["torch_threads"]))
+    table.add_row("cpu", f"{info['cpu_model']} ({info['cpu_cores']} logical cores)")
+    table.add_row("gpu", info["gpu"] or "none")
+    table.add_row("kernel sources", info["kernel_dir"])
+    table.add_row("numba cache", info["numba_cache"])
+    table.add_row("cupy cache", info["cupy_cache"])
+    console.print(table)
+    return info
