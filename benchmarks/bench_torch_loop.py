@@ -67,14 +67,16 @@ def _ceiling_step(params):
     import torch
 
     from fusedopt.backends.cpu import backend
-    from fusedopt.backends.cpu.loop import run, specialize
+    from fusedopt.backends.cpu.loop import Variant, run
+    from fusedopt.backends.cpu.storage import F32
     from fusedopt.memory import torch_kind as _torch_kind
     from fusedopt.memory.group import step_table
-    from fusedopt.tools.bench.traffic import CEILING_SCALE, ceiling_rule
+    from fusedopt.tools.bench.traffic import CEILING_SCALE, CeilingScalars, ceiling_rule
     _torch_kind.register()
     states = [[torch.zeros_like(p), torch.zeros_like(p)] for p in params]
     group = backend.group("float32", [p.detach() for p in params], states)
-    rule = specialize(ceiling_rule, (2,), 2, clamps=False)  # two slots, float32, no clip
+    rule = Variant(ceiling_rule, CeilingScalars, (2,), 2, (F32,) * 3, 0,
+                   clamps=False)  # two slots, float32, no clip
     h = (float(CEILING_SCALE),)
 
     def step():

@@ -2,31 +2,23 @@
 
 CUDA kernels (through CuPy) for CuPy arrays, Numba kernels for NumPy arrays, and an
 unfused NumPy/CuPy baseline; Keras' API and formulas by default, PyTorch's on request.
+Every registered optimizer is a class here (``fusedopt.Adam``, ``fusedopt.SGD``, ...).
 """
 
 from __future__ import annotations
 
-from . import checkpoint, functional
+from . import checkpoint, functional, optimizers
 from .algorithms.registry import REGISTRY
 from .checkpoint import load
 from .flat import FlatParams
-from .optimizers import Adam, Adamax, AdamW, Lion, Nadam, Optimizer
+from .optimizers import LossScaleOptimizer, Optimizer
+
+globals().update(optimizers.CLASSES)
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "FlatParams", "Optimizer", "checkpoint", "functional", "get", "load",
-           "REGISTRY", "__version__"]
-__all__ += ["Adamax", "Nadam", "Lion"]
-
-# SGD, RMSprop, Adagrad, Adadelta
-from .optimizers import SGD, Adadelta, Adagrad, RMSprop  # noqa: E402
-
-__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
-
-# Dynamic loss scaling
-from .optimizers import LossScaleOptimizer  # noqa: E402
-
-__all__ += ["LossScaleOptimizer"]
+__all__ = ["FlatParams", "LossScaleOptimizer", "Optimizer", "REGISTRY", "__version__",
+           "checkpoint", "functional", "get", "load", *optimizers.CLASSES]
 
 
 def _classes() -> dict[str, type]:

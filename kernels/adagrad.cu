@@ -1,39 +1,56 @@
-// Adagrad in one pass: read param, grad and the accumulator, write them back.
+// Generated from fusedopt/algorithms/adagrad.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
 //
-// Both:                 acc += g^2   (acc starts at initial_accumulator_value)
-// Keras (F == KERAS):   theta -= step g / sqrt(acc + eps)      (eps inside the root)
-// PyTorch (F != KERAS): theta -= step (g / (sqrt(acc) + eps))  (eps outside the root)
-// step is lr in Keras and torch's decayed lr / (1 + (t - 1) lr_decay), computed on the host.
+// Adagrad (Duchi et al., 2011).
+//
+// Keras (flavor KERAS): ``acc += g^2;  theta -= lr g / sqrt(acc + eps)``.
+// torch (flavor TORCH_L2): ``acc += g^2;  theta -= clr (g / (sqrt(acc) + eps))`` with
+// ``clr = lr / (1 + (t - 1) lr_decay)``. The accumulator starts at
+// ``initial_accumulator_value``.
 #include "common.cuh"
 
 namespace fusedopt {
 
-template <typename C, int F>
+// The step's scalars, by name, as the host computes them (in double) for a row.
+template <typename C>
+struct AdagradScalars {
+    C lr, wd, wd_factor, eps, step_size;
+};
+
+template <typename C, int FLAVOR>
 struct AdagradRule {
-    Decay<C> decay;
-    C eps, step;
+    AdagradScalars<C> k;
 
     static constexpr int n_scalars = 5;
-    static FUSEDOPT_DEVICE AdagradRule from(const C* h) {
-        return {{h[0], h[1], h[2]}, h[3], h[4]};
-    }
+    static FUSEDOPT_DEVICE AdagradRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
-        weight_decay<F>(p, g, decay);
-        C& acc = s[0];
-        acc = acc + g * g;
-        if (F == KERAS) {
-            p = p - step * g / sqrt(acc + eps);
+        C& accumulator = s[0];
+        if (FLAVOR == KERAS) {
+            if (k.wd != C(0)) {
+                p = p - p * k.wd * k.lr;
+            }
+        } else if (FLAVOR == TORCH_L2) {
+            if (k.wd != C(0)) {
+                g = g + k.wd * p;
+            }
         } else {
-            p = p - step * (g / (sqrt(acc) + eps));
+            p = p * k.wd_factor;
+        }
+        accumulator = accumulator + g * g;
+        if (FLAVOR == KERAS) {
+            p = p - k.step_size * g / sqrt(accumulator + k.eps);
+        } else {
+            p = p - k.step_size * (g / (sqrt(accumulator) + k.eps));
         }
     }
 };
 
 }  // namespace fusedopt
 
-template <typename P, typename G, typename S, int MODE, int F>
+template <typename P, typename G, typename S, int MODE, int FLAVOR>
 __global__ void adagrad(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
     using C = fusedopt::compute_t<P>;
-    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::AdagradRule<C, F>);
+    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::AdagradRule<C, FLAVOR>);
 }

@@ -1,46 +1,62 @@
-// Adamax (Adam with the infinity norm) in one pass: read param, grad, m, u, write them back.
+// Generated from fusedopt/algorithms/adamax.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
 //
-// Keras (F == KERAS):   m += (g - m)(1 - b1);  u = max(b2 u, |g|);
-//                       theta -= lr m / ((u + eps)(1 - b1^t))
-// PyTorch (F != KERAS): m = lerp(m, g, 1 - b1);  u = max(b2 u, |g| + eps)   (eps inside);
-//                       theta -= clr * (m / u),  clr = lr / (1 - b1^t)
-// bc1 = 1 - b1^t and clr are computed once per step on the host, in double.
+// Adamax, Adam's infinity-norm variant (Kingma & Ba, 2015).
+//
+// Keras (flavor KERAS): ``m += (g - m)(1 - b1);  u = max(b2 u, |g|);
+// theta -= lr m / ((u + eps)(1 - b1^t))``.
+// torch (flavor TORCH_L2): ``u = max(b2 u, |g| + eps);  theta -= lr / (1 - b1^t) * (m / u)``.
 #include "common.cuh"
 
 namespace fusedopt {
 
-template <typename C, int F>
+// The step's scalars, by name, as the host computes them (in double) for a row.
+template <typename C>
+struct AdamaxScalars {
+    C lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, step_size;
+};
+
+template <typename C, int FLAVOR>
 struct AdamaxRule {
-    Decay<C> decay;
-    C b2, one_minus_b1, eps, bc1, clr;
+    AdamaxScalars<C> k;
 
     static constexpr int n_scalars = 8;
-    static FUSEDOPT_DEVICE AdamaxRule from(const C* h) {
-        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6], h[7]};
-    }
+    static FUSEDOPT_DEVICE AdamaxRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
-        weight_decay<F>(p, g, decay);
         C& m = s[0];
         C& u = s[1];
-        const C scaled = b2 * u;
-        m = m + (g - m) * one_minus_b1;
-        if (F == KERAS) {
-            const C a = fabs(g);
-            u = scaled > a ? scaled : a;
-            p = p - decay.lr * m / ((u + eps) * bc1);
+        C scaled, a;
+        if (FLAVOR == KERAS) {
+            if (k.wd != C(0)) {
+                p = p - p * k.wd * k.lr;
+            }
+        } else if (FLAVOR == TORCH_L2) {
+            if (k.wd != C(0)) {
+                g = g + k.wd * p;
+            }
         } else {
-            const C a = fabs(g) + eps;
+            p = p * k.wd_factor;
+        }
+        m = m + (g - m) * k.one_minus_b1;
+        scaled = k.b2 * u;
+        if (FLAVOR == KERAS) {
+            a = fabs(g);
             u = scaled > a ? scaled : a;
-            p = p - clr * (m / u);
+            p = p - k.lr * m / ((u + k.eps) * k.bc1);
+        } else {
+            a = fabs(g) + k.eps;
+            u = scaled > a ? scaled : a;
+            p = p - k.step_size * (m / u);
         }
     }
 };
 
 }  // namespace fusedopt
 
-template <typename P, typename G, typename S, int MODE, int F>
+template <typename P, typename G, typename S, int MODE, int FLAVOR>
 __global__ void adamax(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
     using C = fusedopt::compute_t<P>;
-    FUSEDOPT_APPLY(P, G, S, MODE, 2, fusedopt::AdamaxRule<C, F>);
+    FUSEDOPT_APPLY(P, G, S, MODE, 2, fusedopt::AdamaxRule<C, FLAVOR>);
 }

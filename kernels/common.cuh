@@ -27,6 +27,7 @@
 // kernels/steps.cuh, which also skips a step whose grads were not finite.
 #pragma once
 
+#include "constants.cuh"
 #include "storage.cuh"
 #include "random_bits.cuh"
 #include "steps.cuh"
@@ -36,7 +37,8 @@ namespace fusedopt {
 // Storage type -> type the math runs in (PyTorch calls this opmath_t).
 template <typename T> using compute_t = typename Storage<T>::compute;
 
-// How the param is kept and stored. PLAIN: the param itself, rounded once per step.
+// How the param is kept and stored (enum Mode, kernels/constants.cuh, generated from
+// fusedopt/constants.py). PLAIN: the param itself, rounded once per step.
 // MASTER: a float32 master in the last slot is updated and the param written from it
 // (rounded to nearest, ties away). REMAINDER (bfloat16 params): the param and an int16
 // remainder in the last slot are the float32 master, split and rebuilt exactly
@@ -45,7 +47,6 @@ template <typename T> using compute_t = typename Storage<T>::compute;
 // once and what that lost, rounded, goes back into the slot. STOCHASTIC: as PLAIN, but
 // every 16-bit store (the param's, the state's) rounds stochastically, with bits keyed on
 // the tensor's stream and step and the element's index (kernels/random_bits.cuh).
-enum Mode { PLAIN = 0, MASTER = 1, REMAINDER = 2, KAHAN = 3, STOCHASTIC = 4 };
 
 // Whether MODE keeps a slot after the optimizer's (the master slot).
 template <int MODE> struct HasSlot { static constexpr bool value = MODE >= MASTER && MODE <= KAHAN; };
@@ -55,29 +56,6 @@ template <int MODE> struct HasSlot { static constexpr bool value = MODE >= MASTE
 template <int MODE, typename P> struct MasterSlot { using type = float; };
 template <typename P> struct MasterSlot<REMAINDER, P> { using type = short; };
 template <typename P> struct MasterSlot<KAHAN, P> { using type = typename Storage<P>::bits; };
-
-// Weight-decay flavours (mirrored in fusedopt/algorithms/registry.py). KERAS: theta -= theta * wd * lr
-// before the update (decoupled). TORCH_L2: g += wd * theta. TORCH_DECOUPLED: theta *= 1 - lr wd
-// (torch AdamW), with 1 - lr wd rounded once on the host as torch does. With wd = 0 the first
-// two are skipped, as the peers skip them: an inf theta times 0 would be NaN.
-enum Flavor { KERAS = 0, TORCH_L2 = 1, TORCH_DECOUPLED = 2 };
-
-// Every kernel's scalars begin with these three, in this order.
-template <typename C>
-struct Decay {
-    C lr, wd, wd_factor;
-};
-
-template <int F, typename C>
-FUSEDOPT_DEVICE void weight_decay(C& p, C& g, const Decay<C>& d) {
-    if (F == KERAS) {
-        if (d.wd != C(0)) p = p - p * d.wd * d.lr;
-    } else if (F == TORCH_L2) {
-        if (d.wd != C(0)) g = g + d.wd * p;
-    } else {
-        p = p * d.wd_factor;
-    }
-}
 
 // The bits of a table entry as the double they hold.
 FUSEDOPT_DEVICE double as_double(long long bits) {

@@ -1,38 +1,55 @@
-// Lion (EvoLved Sign Momentum, Chen et al. 2023) in one pass: param, grad, m.
+// Generated from fusedopt/algorithms/lion.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
 //
-//     c = b1 m + (1 - b1) g;   theta -= lr sign(c);   m = b2 m + (1 - b2) g
-// sign(0) = 0 and sign(NaN) = NaN, as ops.sign / torch.sign. Both conventions run this
-// rule; they differ only in the weight-decay flavour (Keras: theta -= theta wd lr,
-// torch: theta *= 1 - lr wd, the decoupled decay of the Lion paper).
+// Lion, evolved sign momentum (Chen et al., 2023).
+//
+//     c = b1 m + (1 - b1) g;  theta -= lr sign(c);  m = b2 m + (1 - b2) g
+//
+// torch has no Lion: the torch convention keeps the rule and decays the weights the paper's
+// (and torch AdamW's) way, theta *= 1 - lr wd (flavor TORCH_DECOUPLED).
 #include "common.cuh"
 
 namespace fusedopt {
 
-template <typename C, int F>
+// The step's scalars, by name, as the host computes them (in double) for a row.
+template <typename C>
+struct LionScalars {
+    C lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2;
+};
+
+template <typename C, int FLAVOR>
 struct LionRule {
-    Decay<C> decay;
-    C b1, b2, one_minus_b1, one_minus_b2;
+    LionScalars<C> k;
 
     static constexpr int n_scalars = 7;
-    static FUSEDOPT_DEVICE LionRule from(const C* h) {
-        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6]};
-    }
+    static FUSEDOPT_DEVICE LionRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4], row[5], row[6]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
-        weight_decay<F>(p, g, decay);
         C& m = s[0];
-        const C c = m * b1 + g * one_minus_b1;
-        // lr * sign(c) without a branch or a literal: +-lr exactly, and c * lr = +-0 or NaN.
-        const C step = c > 0 ? decay.lr : (c < 0 ? -decay.lr : c * decay.lr);
+        C c, step;
+        if (FLAVOR == KERAS) {
+            if (k.wd != C(0)) {
+                p = p - p * k.wd * k.lr;
+            }
+        } else if (FLAVOR == TORCH_L2) {
+            if (k.wd != C(0)) {
+                g = g + k.wd * p;
+            }
+        } else {
+            p = p * k.wd_factor;
+        }
+        c = m * k.b1 + g * k.one_minus_b1;
+        step = c > C(0) ? k.lr : (c < C(0) ? -k.lr : c * k.lr);
         p = p - step;
-        m = m * b2 + g * one_minus_b2;
+        m = m * k.b2 + g * k.one_minus_b2;
     }
 };
 
 }  // namespace fusedopt
 
-template <typename P, typename G, typename S, int MODE, int F>
+template <typename P, typename G, typename S, int MODE, int FLAVOR>
 __global__ void lion(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
     using C = fusedopt::compute_t<P>;
-    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::LionRule<C, F>);
+    FUSEDOPT_APPLY(P, G, S, MODE, 1, fusedopt::LionRule<C, FLAVOR>);
 }

@@ -1,54 +1,81 @@
-// RMSprop, plain, centered and/or with momentum, in one pass: read param, grad, the mean
-// square (and the momentum buffer, the mean gradient), write them back.
+// Generated from fusedopt/algorithms/rmsprop.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
 //
-// Slots in order: s[0] = v, the mean square; s[1] = the momentum buffer if MOMENTUM;
-// then the mean gradient gbar if CENTERED.
-// Both:                 v = rho v + (1 - rho) g^2;  CENTERED: gbar moves toward g by (1 - rho),
-//                       ms = v - gbar^2, else ms = v
-// Keras (F == KERAS):   inc = lr g / sqrt(ms + eps)          (eps inside the root)
-//                       MOMENTUM: mom = mu mom + inc; theta -= mom, else theta -= inc
-// PyTorch (F != KERAS): avg = sqrt(ms) + eps                   (eps outside the root)
-//                       MOMENTUM: b = mu b + g / avg; theta -= lr b, else theta -= lr g / avg
+// RMSprop, plain, centered and/or with momentum (Hinton, 2012; Graves, 2013).
+//
+// Slots, in order: ``velocity`` (the mean square v), ``momentum`` if the variant uses
+// momentum, ``average_gradient`` (gbar) if centered. Both conventions::
+//
+//     v = rho v + (1 - rho) g^2;  centered: gbar moves toward g by (1 - rho), ms = v - gbar^2,
+//     else ms = v
+//
+// Keras (flavor KERAS), epsilon inside the root::
+//
+//     inc = lr g / sqrt(ms + eps);  momentum: mom = mu mom + inc, theta -= mom; else theta -= inc
+//
+// torch (flavor TORCH_L2), epsilon outside::
+//
+//     avg = sqrt(ms) + eps;  momentum: b = mu b + g / avg, theta -= lr b; else theta -= lr g / avg
 #include "common.cuh"
 
 namespace fusedopt {
 
-template <typename C, int F, int MOMENTUM, int CENTERED>
+// The step's scalars, by name, as the host computes them (in double) for a row.
+template <typename C>
+struct RmspropScalars {
+    C lr, wd, wd_factor, rho, one_minus_rho, momentum, eps;
+};
+
+template <typename C, int FLAVOR, int USE_MOMENTUM, int CENTERED>
 struct RmspropRule {
-    Decay<C> decay;
-    C rho, one_minus_rho, momentum, eps;
+    RmspropScalars<C> k;
 
     static constexpr int n_scalars = 7;
-    static FUSEDOPT_DEVICE RmspropRule from(const C* h) {
-        return {{h[0], h[1], h[2]}, h[3], h[4], h[5], h[6]};
-    }
+    static FUSEDOPT_DEVICE RmspropRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4], row[5], row[6]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
-        weight_decay<F>(p, g, decay);
-        C& v = s[0];
-        v = rho * v + one_minus_rho * (g * g);
-        C ms = v;
-        if (CENTERED) {
-            C& gbar = s[1 + MOMENTUM];
-            // torch moves gbar with lerp (gbar + w (g - gbar)); Keras with a weighted sum.
-            gbar = F == KERAS ? rho * gbar + one_minus_rho * g : gbar + one_minus_rho * (g - gbar);
-            ms = v - gbar * gbar;
+        C spare = C(0);  // a slot the variant has not: read as 0, unstored
+        C& velocity = s[0];
+        C& momentum = USE_MOMENTUM ? s[1] : spare;
+        C& average_gradient = CENTERED ? s[1 + (USE_MOMENTUM ? 1 : 0)] : spare;
+        C ms, inc, avg;
+        if (FLAVOR == KERAS) {
+            if (k.wd != C(0)) {
+                p = p - p * k.wd * k.lr;
+            }
+        } else if (FLAVOR == TORCH_L2) {
+            if (k.wd != C(0)) {
+                g = g + k.wd * p;
+            }
+        } else {
+            p = p * k.wd_factor;
         }
-        if (F == KERAS) {
-            const C inc = decay.lr * g / sqrt(ms + eps);
-            if (MOMENTUM) {
-                s[1] = momentum * s[1] + inc;
-                p = p - s[1];
+        velocity = k.rho * velocity + k.one_minus_rho * (g * g);
+        ms = velocity;
+        if (CENTERED) {
+            if (FLAVOR == KERAS) {
+                average_gradient = k.rho * average_gradient + k.one_minus_rho * g;
+            } else {
+                average_gradient = average_gradient + k.one_minus_rho * (g - average_gradient);
+            }
+            ms = velocity - average_gradient * average_gradient;
+        }
+        if (FLAVOR == KERAS) {
+            inc = k.lr * g / sqrt(ms + k.eps);
+            if (USE_MOMENTUM) {
+                momentum = k.momentum * momentum + inc;
+                p = p - momentum;
             } else {
                 p = p - inc;
             }
         } else {
-            const C avg = sqrt(ms) + eps;
-            if (MOMENTUM) {
-                s[1] = momentum * s[1] + g / avg;
-                p = p - decay.lr * s[1];
+            avg = sqrt(ms) + k.eps;
+            if (USE_MOMENTUM) {
+                momentum = k.momentum * momentum + g / avg;
+                p = p - k.lr * momentum;
             } else {
-                p = p - decay.lr * (g / avg);
+                p = p - k.lr * (g / avg);
             }
         }
     }
@@ -56,8 +83,8 @@ struct RmspropRule {
 
 }  // namespace fusedopt
 
-template <typename P, typename G, typename S, int MODE, int F, int MOMENTUM, int CENTERED>
+template <typename P, typename G, typename S, int MODE, int FLAVOR, int USE_MOMENTUM, int CENTERED>
 __global__ void rmsprop(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
     using C = fusedopt::compute_t<P>;
-    FUSEDOPT_APPLY(P, G, S, MODE, 1 + MOMENTUM + CENTERED, fusedopt::RmspropRule<C, F, MOMENTUM, CENTERED>);
+    FUSEDOPT_APPLY(P, G, S, MODE, 1 + (USE_MOMENTUM ? 1 : 0) + (CENTERED ? 1 : 0), fusedopt::RmspropRule<C, FLAVOR, USE_MOMENTUM, CENTERED>);
 }

@@ -1,48 +1,74 @@
-// SGD, with or without (Nesterov) momentum, in one pass: read param, grad (and the
-// momentum buffer), write them back.
+// Generated from fusedopt/algorithms/sgd.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
 //
-// Keras (F == KERAS):   m = mu m - lr g;  theta += m, or with NESTEROV theta += mu m - lr g;
-//                       without momentum theta -= lr g
-// PyTorch (F != KERAS): b = mu b + c g;  theta -= lr (NESTEROV ? g + mu b : b);
-//                       without momentum theta -= lr g
-// torch's buffer is b = g on its first step and b = mu b + (1 - dampening) g after. The buffer
-// starts at zero, so c = 1 on the first step makes mu * 0 + 1 * g == g exactly; the host passes
-// c = 1 - dampening after that, and the kernel never branches on the step.
+// SGD, with momentum and Nesterov momentum, in Keras' and torch's forms.
+//
+// Keras (flavor KERAS)::
+//
+//     m = momentum m - lr g;  theta += m       (nesterov: theta += momentum m - lr g)
+//
+// torch (flavor TORCH_L2)::
+//
+//     b = g at a param's first step, then b = momentum b + (1 - dampening) g
+//     theta -= lr (g + momentum b if nesterov else b)
+//
+// Without momentum both are theta -= lr g, and the variant has no slot.
 #include "common.cuh"
 
 namespace fusedopt {
 
-template <typename C, int F, int MOMENTUM, int NESTEROV>
+// The step's scalars, by name, as the host computes them (in double) for a row.
+template <typename C>
+struct SgdScalars {
+    C lr, wd, wd_factor, momentum, grad_scale;
+};
+
+template <typename C, int FLAVOR, int USE_MOMENTUM, int NESTEROV>
 struct SgdRule {
-    Decay<C> decay;
-    C momentum, grad_scale;
+    SgdScalars<C> k;
 
     static constexpr int n_scalars = 5;
-    static FUSEDOPT_DEVICE SgdRule from(const C* h) {
-        return {{h[0], h[1], h[2]}, h[3], h[4]};
-    }
+    static FUSEDOPT_DEVICE SgdRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
-        weight_decay<F>(p, g, decay);
-        if (!MOMENTUM) {
-            p = p - decay.lr * g;
-            return;
-        }
-        C& m = s[0];
-        if (F == KERAS) {
-            m = m * momentum - g * decay.lr;
-            p = NESTEROV ? p + (m * momentum - g * decay.lr) : p + m;
+        C spare = C(0);  // a slot the variant has not: read as 0, unstored
+        C& momentum = USE_MOMENTUM ? s[0] : spare;
+        if (FLAVOR == KERAS) {
+            if (k.wd != C(0)) {
+                p = p - p * k.wd * k.lr;
+            }
+        } else if (FLAVOR == TORCH_L2) {
+            if (k.wd != C(0)) {
+                g = g + k.wd * p;
+            }
         } else {
-            m = m * momentum + grad_scale * g;
-            p = p - decay.lr * (NESTEROV ? g + momentum * m : m);
+            p = p * k.wd_factor;
+        }
+        if (!USE_MOMENTUM) {
+            p = p - k.lr * g;
+        } else if (FLAVOR == KERAS) {
+            momentum = momentum * k.momentum - g * k.lr;
+            if (NESTEROV) {
+                p = p + (momentum * k.momentum - g * k.lr);
+            } else {
+                p = p + momentum;
+            }
+        } else {
+            momentum = momentum * k.momentum + k.grad_scale * g;
+            if (NESTEROV) {
+                p = p - k.lr * (g + k.momentum * momentum);
+            } else {
+                p = p - k.lr * momentum;
+            }
         }
     }
 };
 
 }  // namespace fusedopt
 
-template <typename P, typename G, typename S, int MODE, int F, int MOMENTUM, int NESTEROV>
+template <typename P, typename G, typename S, int MODE, int FLAVOR, int USE_MOMENTUM, int NESTEROV>
 __global__ void sgd(FUSEDOPT_OPTIMIZER_PARAMS(P)) {
     using C = fusedopt::compute_t<P>;
-    FUSEDOPT_APPLY(P, G, S, MODE, MOMENTUM ? 1 : 0, fusedopt::SgdRule<C, F, MOMENTUM, NESTEROV>);
+    FUSEDOPT_APPLY(P, G, S, MODE, (USE_MOMENTUM ? 1 : 0), fusedopt::SgdRule<C, FLAVOR, USE_MOMENTUM, NESTEROV>);
 }

@@ -14,7 +14,6 @@ chunk). One is 32-bit and should not be: the kernels' launch-table offsets (an x
   2**32 must land back inside them.
 """
 
-import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -207,7 +206,7 @@ def test_cpu_loop_indexes_past_2_32_elements():
     from fusedopt.backends.cpu.loop import run, specialize
     table, buffers, _ = _tail_problem()
     expected = _same_update_on_small_arrays(buffers, "cpu")
-    variant = specialize(ADAM.cpu_rule, FLAGS, 2)
+    variant = specialize(ADAM, FLAGS)
     run(variant, table, 1, CHUNK, tuple(ADAM.scalars(HYPER, 1, "keras")), np.int64(1))
     for got, want in zip([buffers[0], buffers[2], buffers[3]], expected):
         assert got.tobytes() == want.tobytes()

@@ -12,7 +12,7 @@ import concurrency_worker as worker
 import numpy as np
 import pytest
 
-from fusedopt.algorithms import registry as _registry
+from fusedopt.algorithms import nadam as _registry
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

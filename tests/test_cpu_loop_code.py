@@ -5,7 +5,9 @@ import pytest
 from llvmlite import binding
 from numba import cfunc
 
-from fusedopt.backends.cpu import loop, rules, storage
+from fusedopt.algorithms.adam import ADAM
+from fusedopt.backends.cpu import loop, storage
+from fusedopt.constants import KERAS
 
 #: (param, grad, state) storage codes and the array dtypes the loop sees them as.
 STORAGES = {"float32": (storage.F32,) * 3,
@@ -15,7 +17,7 @@ STORAGES = {"float32": (storage.F32,) * 3,
 
 def _element_loop_asm(codes, clamps: bool = True) -> str:
     """Assembly of a fresh (uncached) compile of the element loop for Keras-style Adam."""
-    variant = loop.specialize(rules.adam, (rules.KERAS, 0), 2, codes, clamps=clamps)
+    variant = loop.specialize(ADAM, (KERAS, 0), codes, clamps=clamps)
     span = cfunc(loop.span_signature(variant, 10), error_model="numpy")(loop._span)
     return span._library.get_asm_str()
 

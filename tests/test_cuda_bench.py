@@ -2,7 +2,6 @@
 the steps themselves on the host runtime, and a clean refusal."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np

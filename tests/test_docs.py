@@ -4,7 +4,7 @@ import doctest
 import re
 from pathlib import Path
 
-import fusedopt.optimizers.adam
+import fusedopt.algorithms.adam
 import fusedopt.optimizers.loss_scale
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ def test_readme_training_loop_runs_and_learns(capsys):
 
 
 def test_docstring_examples():
-    for module in (fusedopt.optimizers.adam, fusedopt.optimizers.loss_scale):
+    for module in (fusedopt.algorithms.adam, fusedopt.optimizers.loss_scale):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0, module.__name__
 

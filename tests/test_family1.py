@@ -256,6 +256,6 @@ def test_adagrad_state_starts_at_initial_accumulator_value():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_docstring_examples(name):
-    module = importlib.import_module(f"fusedopt.optimizers.{name}")
+    module = importlib.import_module(f"fusedopt.algorithms.{name}")
     failures, tried = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert tried > 0 and failures == 0

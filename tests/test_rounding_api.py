@@ -18,7 +18,6 @@ import textwrap
 import numpy as np
 import pytest
 
-import fusedopt
 from fusedopt import SGD, Adam, Lion, functional
 from fusedopt.memory.storage import numpy_dtype
 

@@ -11,7 +11,6 @@ import torch16_runs as runs
 import torch_loops as loops
 from tolerances import VS_TORCH_SHADOW
 
-import fusedopt.torch as ft
 from fusedopt.torch._names import ROWS
 
 STEPS = 20

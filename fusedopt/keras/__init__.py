@@ -18,7 +18,8 @@ backend raises an error naming ``KERAS_BACKEND=torch``.
 from __future__ import annotations
 
 from ._install import install, installed, uninstall
-from .optimizers import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, Nadam, RMSprop
+from .optimizers import CLASSES
 
-__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion",
-           "install", "uninstall", "installed"]
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
+
+__all__ = [*(cls.__name__ for cls in CLASSES.values()), "install", "uninstall", "installed"]

@@ -1,27 +1,16 @@
-"""Public optimizer classes: hyperparameters, state and config; the math is elsewhere."""
+"""Public optimizer classes: hyperparameters, state and config; the math is elsewhere.
 
-from .adam import Adam, AdamW
+One class per registered optimizer (fusedopt/algorithms/registry.py), made from its
+declaration by :func:`~fusedopt.optimizers.classes.public_class`.
+"""
+
+from ..algorithms.registry import REGISTRY
 from .base import Optimizer
+from .classes import public_class
+from .loss_scale import LossScaleOptimizer
 
-__all__ = ["Optimizer", "Adam", "AdamW"]
+#: class name -> class, every registered optimizer.
+CLASSES = {spec.class_name: public_class(spec) for spec in REGISTRY.values()}
+globals().update(CLASSES)
 
-# SGD, RMSprop, Adagrad, Adadelta
-from .adadelta import Adadelta  # noqa: E402
-from .adagrad import Adagrad  # noqa: E402
-from .rmsprop import RMSprop  # noqa: E402
-from .sgd import SGD  # noqa: E402
-
-__all__ += ["SGD", "RMSprop", "Adagrad", "Adadelta"]
-
-
-# Adamax, Nadam, Lion
-from .adamax import Adamax  # noqa: E402
-from .lion import Lion  # noqa: E402
-from .nadam import Nadam  # noqa: E402
-
-__all__ += ["Adamax", "Nadam", "Lion"]
-
-# Dynamic loss scaling around any of them
-from .loss_scale import LossScaleOptimizer  # noqa: E402
-
-__all__ += ["LossScaleOptimizer"]
+__all__ = ["Optimizer", *CLASSES, "LossScaleOptimizer"]

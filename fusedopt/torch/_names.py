@@ -1,15 +1,16 @@
 """What fusedopt.torch translates, one row per registered optimizer: torch's class name, its
 arguments and defaults (torch 2.13's signatures), and its state-dict keys.
 
-A row names the registry entry it fronts; ``fusedopt/torch/optimizers.py`` makes one
-``torch.optim.Optimizer`` subclass per row. To give a registered optimizer a torch class:
-add a row here.
+A row is made from the ``torch`` data of the optimizer's declaration
+(fusedopt/algorithms/<family>.py); ``fusedopt/torch/optimizers.py`` makes one
+``torch.optim.Optimizer`` subclass per row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..algorithms.registry import REGISTRY
 from ..memory import storage as _storage
 
 #: torch argument -> registry hyperparameter, where the names differ. ``betas`` is
@@ -77,84 +78,9 @@ class Row:
         return dict(self.positional + self.keyword + POLICY + self.fixed)
 
 
-_ADAM_STATE = (("m", "exp_avg"), ("v", "exp_avg_sq"), ("vhat", "max_exp_avg_sq"))
-_ADAM_RULE = """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  amsgrad: v_max = max(v_max, v)
-p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)"""
-_L2 = "weight_decay: g += weight_decay * p first (L2)."
-
-ROWS = {row.registry: row for row in (
-    Row("adam", "Adam",
-        (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0),
-         ("amsgrad", False)),
-        (("foreach", None), ("maximize", False), ("capturable", False),
-         ("differentiable", False), ("fused", None), ("decoupled_weight_decay", False)),
-        _ADAM_STATE, peer="torch.optim:Adam",
-        rule=_ADAM_RULE + "\n" + _L2 + " decoupled_weight_decay=True: p *= 1 - lr * "
-        "weight_decay instead (AdamW)."),
-    Row("adamw", "AdamW",
-        (("lr", 1e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 1e-2),
-         ("amsgrad", False)),
-        (("maximize", False), ("foreach", None), ("capturable", False),
-         ("differentiable", False), ("fused", None)),
-        _ADAM_STATE, fixed=(("decoupled_weight_decay", True),), peer="torch.optim:AdamW",
-        rule="p *= 1 - lr * weight_decay, then Adam:\n" + _ADAM_RULE),
-    Row("sgd", "SGD",
-        (("lr", 1e-3), ("momentum", 0), ("dampening", 0), ("weight_decay", 0),
-         ("nesterov", False)),
-        (("maximize", False), ("foreach", None), ("differentiable", False), ("fused", None)),
-        (("momentum", "momentum_buffer"),), counts_steps=False, peer="torch.optim:SGD",
-        rule="b = g at a param's first step, then b = momentum b + (1 - dampening) g\n"
-        "p -= lr * (g + momentum b if nesterov else b)   (momentum 0: p -= lr g)\n" + _L2),
-    Row("rmsprop", "RMSprop",
-        (("lr", 1e-2), ("alpha", 0.99), ("eps", 1e-8), ("weight_decay", 0), ("momentum", 0),
-         ("centered", False), ("capturable", False), ("foreach", None), ("maximize", False),
-         ("differentiable", False)),
-        (),
-        (("velocity", "square_avg"), ("momentum", "momentum_buffer"),
-         ("average_gradient", "grad_avg")), peer="torch.optim:RMSprop",
-        rule="v = alpha v + (1 - alpha) g^2;  centered: a = alpha a + (1 - alpha) g,\n"
-        "d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps\n"
-        "momentum: b = momentum b + g / d, p -= lr b;  else p -= lr g / d\n" + _L2),
-    Row("adagrad", "Adagrad",
-        (("lr", 1e-2), ("lr_decay", 0), ("weight_decay", 0), ("initial_accumulator_value", 0),
-         ("eps", 1e-10), ("foreach", None)),
-        (("maximize", False), ("differentiable", False), ("fused", None)),
-        (("accumulator", "sum"),), eager=True, peer="torch.optim:Adagrad",
-        rule="s starts at initial_accumulator_value;  s += g^2\n"
-        "p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(s) + eps)\n" + _L2),
-    Row("adadelta", "Adadelta",
-        (("lr", 1.0), ("rho", 0.9), ("eps", 1e-6), ("weight_decay", 0), ("foreach", None)),
-        (("capturable", False), ("maximize", False), ("differentiable", False)),
-        (("accumulated_grad", "square_avg"), ("accumulated_delta_var", "acc_delta")),
-        peer="torch.optim:Adadelta",
-        rule="E_g = rho E_g + (1 - rho) g^2;  d = sqrt(E_d + eps) / sqrt(E_g + eps) * g\n"
-        "E_d = rho E_d + (1 - rho) d^2;  p -= lr d\n" + _L2),
-    Row("adamax", "Adamax",
-        (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0),
-         ("foreach", None)),
-        (("maximize", False), ("differentiable", False), ("capturable", False)),
-        (("m", "exp_avg"), ("u", "exp_inf")), peer="torch.optim:Adamax",
-        rule="m = b1 m + (1 - b1) g;  u = max(b2 u, |g| + eps)\n"
-        "p -= lr / (1 - b1^t) * m / u\n" + _L2),
-    Row("nadam", "NAdam",
-        (("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8), ("weight_decay", 0),
-         ("momentum_decay", 4e-3), ("decoupled_weight_decay", False)),
-        (("foreach", None), ("maximize", False), ("capturable", False),
-         ("differentiable", False)),
-        (("m", "exp_avg"), ("v", "exp_avg_sq")), mu_product=True, peer="torch.optim:NAdam",
-        rule="mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay));  P_t = mu_1 ... mu_t "
-        "(mu_product)\nm, v as Adam;  d = sqrt(v / (1 - b2^t)) + eps\n"
-        "p -= lr (1 - mu_t) / (1 - P_t) * g / d + lr mu_(t+1) / (1 - P_t mu_(t+1)) * m / d\n"
-        + _L2 + " decoupled_weight_decay=True: p *= 1 - lr * weight_decay instead."),
-    # No torch.optim.Lion: the arguments of the common torch Lion (lion-pytorch), whose
-    # decay is decoupled, theta *= 1 - lr * wd, as the registry's torch convention does.
-    Row("lion", "Lion",
-        (("lr", 1e-4), ("betas", (0.9, 0.99)), ("weight_decay", 0.0)),
-        (("maximize", False),),
-        (("m", "exp_avg"),), counts_steps=False, peer="lion_pytorch:Lion",
-        rule="p *= 1 - lr * weight_decay;  p -= lr * sign(b1 m + (1 - b1) g)\n"
-        "m = b2 m + (1 - b2) g   (Chen et al., 2023)"),
-)}
+#: One row per registered optimizer that declares a torch door (its ``torch`` data).
+ROWS = {spec.name: Row(spec.name, **spec.torch) for spec in REGISTRY.values()
+        if spec.torch is not None}
 
 
 def registry_hyper(group: dict, row: Row) -> dict:

@@ -16,7 +16,8 @@ from collections import defaultdict
 
 import torch
 
-from ..algorithms.registry import lookup, nadam_momentum_product
+from ..algorithms.nadam import nadam_momentum_product
+from ..algorithms.registry import lookup
 from ..engine.engine import Engine
 from . import _checkpoint, _checks
 from ._local import is_distributed, like_param, local

@@ -80,8 +80,7 @@ def variant(spec, flags, st, clamps: bool = True, average: bool = False) -> obje
     grads scaled and clamped by the table's rows or (``clamps`` False) not, and with or
     without a moving average slot."""
     codes = (storage.CODES[st.param], storage.CODES[st.grad], storage.CODES[st.state])
-    return specialize(spec.cpu_rule, tuple(flags), len(spec.slots(flags)), codes,
-                      MODE_CODES[st.mode], clamps, average)
+    return specialize(spec, tuple(flags), codes, MODE_CODES[st.mode], clamps, average)
 
 
 def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,

@@ -50,22 +50,24 @@ from numba.core.extending import (
     unbox,
 )
 
+from ...constants import KAHAN, MASTER, MODES, PLAIN, REMAINDER, STOCHASTIC, WITH_MASTER_SLOT
 from . import random_bits, storage
 from ._cache import JIT_OPTIONS
+from .rules import element_rule
 
 _CHUNK_MASK = 0xFFFFFFFF
 
-#: Mode names (fusedopt/memory/storage.py) -> codes in a Variant.
-PLAIN, MASTER, REMAINDER, KAHAN, STOCHASTIC = 0, 1, 2, 3, 4
-MODE_CODES = {"plain": PLAIN, "master": MASTER, "remainder": REMAINDER, "kahan": KAHAN,
-              "stochastic": STOCHASTIC}
+#: Mode names (fusedopt/memory/storage.py) -> codes in a Variant (fusedopt/constants.py).
+MODE_CODES = MODES
 #: Modes with a slot after the optimizer's.
-WITH_SLOT = (MASTER, REMAINDER, KAHAN)
+WITH_SLOT = WITH_MASTER_SLOT
 _SPAN = 1 << 32  # element hashes share their first half within a span of this many
 
 #: rule name -> rule, for the Numba type of a Variant (which names its rule, so that the
 #: type pickles the same in every process and Numba's on-disk cache finds it).
 _RULES: dict = {}
+#: rule name -> the named-tuple type of its scalars (``k.lr``, ...).
+_SCALAR_TYPES: dict = {}
 
 
 def _rule_name(rule) -> str:
@@ -102,18 +104,20 @@ class Variant:
     the last two scalars, ``momentum`` and ``1 - momentum``.
     """
 
-    def __init__(self, rule, flags, n_slots: int, codes: tuple, mode: int,
+    def __init__(self, rule, scalars_type, flags, n_slots: int, codes: tuple, mode: int,
                  clamps: bool = True, average: bool = False):
         name = _rule_name(rule)
         if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
             name = f"{name}#{id(rule)}"
             _RULES[name] = rule
+        _SCALAR_TYPES[name] = scalars_type
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         self.clamps, self.average = bool(clamps), bool(average)
         if storage.F16 in self.codes and not storage.NATIVE_F16:
             name += "#f16-emulated"  # its own entry in Numba's on-disk cache
             _RULES[name] = rule
+            _SCALAR_TYPES[name] = scalars_type
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
         self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode,
                                         self.clamps, self.average)
@@ -142,10 +146,12 @@ def loop_dtypes(codes: tuple, mode: int) -> tuple:
 
 
 @functools.lru_cache(maxsize=None)
-def specialize(rule, flags: tuple, n_slots: int, codes: tuple = (storage.F32,) * 3,
-               mode: int = PLAIN, clamps: bool = True, average: bool = False) -> Variant:
-    """``rule`` with its variant ``flags`` and storage frozen in: what :func:`run` takes."""
-    return Variant(rule, flags, n_slots, codes, mode, clamps, average)
+def specialize(spec, flags: tuple, codes: tuple = (storage.F32,) * 3, mode: int = PLAIN,
+               clamps: bool = True, average: bool = False) -> Variant:
+    """``spec``'s rule with its variant ``flags`` and storage frozen in: what :func:`run`
+    takes."""
+    return Variant(element_rule(spec, tuple(flags)), spec.Scalars, flags,
+                   len(spec.slots(flags)), codes, mode, clamps, average)
 
 
 @typeof_impl.register(Variant)
@@ -227,7 +233,7 @@ def _element(variant):
     the variable after the step: ``momentum * average + (1 - momentum) * param`` with
     Keras' order of operations, in the compute type, rounded once to the param's dtype
     (to nearest even, whatever the param's own rounding)."""
-    rule, flags, ns = _RULES[variant.rule], variant.flags, variant.n_slots
+    rule, ns = _RULES[variant.rule], variant.n_slots
     pcode, gcode, scode = variant.codes
     clamps, average = variant.clamps, variant.average
     get_p, put_p = _param_io(variant.mode, pcode)
@@ -252,7 +258,7 @@ def _element(variant):
         a0 = load_s(av) if ns > 0 else zero
         b0 = load_s(bv) if ns > 1 else zero
         c0 = load_s(cv) if ns > 2 else zero
-        pi, a, b, c = rule(get_p(pv, xv), gi, a0, b0, c0, h, flags)
+        pi, a, b, c = rule(get_p(pv, xv), gi, a0, b0, c0, zero, h)
         e = element_hash(key, index)  # unused (and dropped) unless STOCHASTIC
         p_new, x_new = put_p(pi, e, xv)
         a_new = (store_r(a, bits0(e)) if random else store_s(a)) if ns > 0 else av
@@ -486,8 +492,11 @@ def _in_compute_type(typingctx, values, variant):
 @intrinsic
 def _rule_scalars(typingctx, values, variant):
     """The rule's scalars of the span's ``values`` (all but the average's last two), in the
-    variant's compute type."""
-    return _compute_type_tuple(values, variant, 0, len(values) - 2 * variant.average)
+    variant's compute type, as the rule's named tuple (``k.lr``, ...)."""
+    n = len(values) - 2 * variant.average
+    named = types.NamedUniTuple(_operand_dtypes(variant)[4], n, _SCALAR_TYPES[variant.rule])
+    signature, codegen = _compute_type_tuple(values, variant, 0, n)
+    return named(*signature.args), codegen
 
 
 @intrinsic

@@ -1,185 +1,76 @@
-"""One scalar update rule per optimizer, shared by every CPU loop.
+"""The algorithms' element rules (fusedopt/algorithms/<family>.py), compiled for the CPU loop.
 
-A rule takes one element's param ``p``, grad ``g`` and state slots ``s0..s2`` as values in
-the compute type and returns the new ``(p, s0, s1, s2)`` (a slot the variant does not use
-comes back as it went in). The loop (fusedopt/backends/cpu/loop.py) widens what it loads and rounds
-what it stores (fusedopt/backends/cpu/storage.py), so no rule knows how anything is stored.
-``h`` holds the scalars in the compute type, in the same order as the CUDA kernel's rows
-(the first three are lr, wd, wd_factor); ``flags`` the variant (the CUDA template arguments
-after the storage). Flags are compile-time constants of the loop, so LLVM drops the
-branches of other variants.
+A rule is plain Python; here it is compiled by Numba as it is, its library helpers
+(fusedopt/algorithms/rulelib.py) bound to their jitted selves. The loop calls one
+:func:`element_rule` per variant: the rule with the variant's flags frozen in as constants
+(so LLVM keeps only that variant's branches), taking the state slots the loop carries
+(``s0..s2``, the variant's slots in kernel order) and the step's scalars ``k`` as a named
+tuple, and giving back the new param and slots in the same order.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+import hashlib
+import inspect
+import types
+
 from numba import njit
 
-KERAS, TORCH_L2, TORCH_DECOUPLED = 0, 1, 2
+from ...algorithms import rulelib
+from ...constants import MAX_SLOTS
 
 _RULE = {"inline": "always", "error_model": "numpy"}
 
-
-@njit(**_RULE)
-def weight_decay(flavor, p, g, lr, wd, wd_factor):
-    # With wd = 0 the terms are skipped, as the peers skip them: an inf param times 0 is NaN.
-    if flavor == KERAS:
-        if wd != 0:
-            p = p - p * wd * lr
-    elif flavor == TORCH_L2:
-        if wd != 0:
-            g = g + wd * p
-    else:
-        p = p * wd_factor
-    return p, g
+#: Where the generated element functions say they live (Numba's cache and type names).
+_MODULE = __name__
 
 
-@njit(**_RULE)
-def adam(p, g, m, v, vhat, h, flags):
-    lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2, eps, step, bc2_sqrt = h
-    flavor, amsgrad = flags
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    if flavor == KERAS:
-        m = m + (g - m) * one_minus_b1
-        v = v + (g * g - v) * one_minus_b2
-    else:
-        m = m + one_minus_b1 * (g - m)
-        v = b2 * v + one_minus_b2 * (g * g)
-    v_used = v
-    if amsgrad:
-        vhat = vhat if vhat > v else v
-        v_used = vhat
-    if flavor == KERAS:
-        p = p - m * step / (np.sqrt(v_used) + eps)
-    else:
-        p = p - step * (m / (np.sqrt(v_used) / bc2_sqrt + eps))
-    return p, m, v, vhat
+@functools.lru_cache(maxsize=None)
+def _helpers() -> dict:
+    return {name: njit(**_RULE)(function) for name, function in rulelib.HELPERS.items()}
 
 
-# --- SGD, RMSprop, Adagrad, Adadelta -----------------------------------------------------------
-# Constants such as 1 - rho arrive in h: a Python literal here would promote float32 math to
-# float64 under Numba.
-
-@njit(**_RULE)
-def sgd(p, g, m, s1, s2, h, flags):
-    lr, wd, wd_factor, momentum, grad_scale = h
-    flavor, use_momentum, nesterov = flags
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    if not use_momentum:
-        p = p - lr * g
-    elif flavor == KERAS:
-        m = m * momentum - g * lr
-        p = p + (m * momentum - g * lr) if nesterov else p + m
-    else:
-        # grad_scale is 1 on the first step (the buffer becomes g), 1 - dampening after.
-        m = m * momentum + grad_scale * g
-        p = p - lr * (g + momentum * m if nesterov else m)
-    return p, m, s1, s2
+@functools.lru_cache(maxsize=None)
+def jitted(rule):
+    """``rule`` compiled by Numba (inlined where called), with the helpers it calls jitted."""
+    namespace = {**rule.__globals__, **_helpers()}
+    clone = types.FunctionType(rule.__code__, namespace, rule.__name__, rule.__defaults__,
+                               rule.__closure__)
+    clone.__qualname__ = rule.__qualname__
+    return njit(**_RULE)(clone)
 
 
-@njit(**_RULE)
-def rmsprop(p, g, v, s1, s2, h, flags):
-    lr, wd, wd_factor, rho, one_minus_rho, momentum, eps = h
-    flavor, use_momentum, centered = flags
-    mom = s1
-    gbar = s2 if use_momentum else s1  # slots: v, momentum if used, then gbar
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    v = rho * v + one_minus_rho * (g * g)
-    ms = v
-    if centered:
-        if flavor == KERAS:
-            gbar = rho * gbar + one_minus_rho * g
-        else:
-            gbar = gbar + one_minus_rho * (g - gbar)
-        ms = v - gbar * gbar
-    if flavor == KERAS:
-        inc = lr * g / np.sqrt(ms + eps)
-        if use_momentum:
-            mom = momentum * mom + inc
-            p = p - mom
-        else:
-            p = p - inc
-    else:
-        avg = np.sqrt(ms) + eps
-        if use_momentum:
-            mom = momentum * mom + g / avg
-            p = p - lr * mom
-        else:
-            p = p - lr * (g / avg)
-    if use_momentum:
-        return p, v, mom, gbar
-    return p, v, gbar, s2
+def source_digest(spec) -> str:
+    """A short digest of the rule's and the helpers' source: part of each compiled element
+    function's name, so Numba's on-disk cache never serves a rule's old code."""
+    text = inspect.getsource(spec.rule) + "".join(
+        inspect.getsource(f) for f in rulelib.HELPERS.values())
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-@njit(**_RULE)
-def adagrad(p, g, acc, s1, s2, h, flags):
-    lr, wd, wd_factor, eps, step = h
-    flavor = flags[0]
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    acc = acc + g * g
-    if flavor == KERAS:
-        p = p - step * g / np.sqrt(acc + eps)
-    else:
-        p = p - step * (g / (np.sqrt(acc) + eps))
-    return p, acc, s1, s2
-
-
-@njit(**_RULE)
-def adadelta(p, g, eg, ed, s2, h, flags):
-    lr, wd, wd_factor, rho, one_minus_rho, eps = h
-    flavor = flags[0]
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    eg = rho * eg + one_minus_rho * (g * g)
-    if flavor == KERAS:
-        d = np.sqrt(ed + eps) * g / np.sqrt(eg + eps)
-    else:
-        d = np.sqrt(ed + eps) / np.sqrt(eg + eps) * g
-    ed = rho * ed + one_minus_rho * (d * d)
-    return p - lr * d, eg, ed, s2
-
-
-# --- Adamax, Nadam, Lion ----------------------------------------------------------------------
-
-@njit(**_RULE)
-def adamax(p, g, m, u, s2, h, flags):
-    lr, wd, wd_factor, b2, one_minus_b1, eps, bc1, clr = h
-    flavor = flags[0]
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    m = m + (g - m) * one_minus_b1
-    scaled = b2 * u
-    if flavor == KERAS:
-        a = abs(g)
-        u = scaled if scaled > a else a
-        p = p - lr * m / ((u + eps) * bc1)
-    else:
-        a = abs(g) + eps
-        u = scaled if scaled > a else a
-        p = p - clr * (m / u)
-    return p, m, u, s2
-
-
-@njit(**_RULE)
-def nadam(p, g, m, v, s2, h, flags):
-    lr, wd, wd_factor, b2, one_minus_b1, one_minus_b2, eps, bc2, c_m, c_g = h
-    flavor = flags[0]
-    p, g = weight_decay(flavor, p, g, lr, wd, wd_factor)
-    m = m + (g - m) * one_minus_b1
-    if flavor == KERAS:
-        v = v + (g * g - v) * one_minus_b2
-        p = p - (c_m * m + c_g * g) * lr / (np.sqrt(v / bc2) + eps)
-    else:
-        v = b2 * v + one_minus_b2 * (g * g)
-        d = np.sqrt(v / bc2) + eps
-        p = p - c_g * (g / d)
-        p = p - c_m * (m / d)
-    return p, m, v, s2
-
-
-@njit(**_RULE)
-def lion(p, g, m, s1, s2, h, flags):
-    lr, wd, wd_factor, b1, b2, one_minus_b1, one_minus_b2 = h
-    p, g = weight_decay(flags[0], p, g, lr, wd, wd_factor)
-    c = m * b1 + g * one_minus_b1
-    # lr * sign(c) as a select: +-lr exactly, c * lr = +-0 for c = 0 and NaN for NaN.
-    step = lr if c > 0 else (-lr if c < 0 else c * lr)
-    return p - step, m * b2 + g * one_minus_b2, s1, s2
+@functools.lru_cache(maxsize=None)
+def element_rule(spec, flags: tuple):
+    """``spec``'s rule for variant ``flags`` as the loop calls it:
+    ``(p, g, s0, s1, s2, zero, k) -> (p, s0, s1, s2)``, where ``s0..`` are the variant's
+    slots in kernel order (``zero`` stands in for a slot the variant has not)."""
+    present = spec.slots(flags)
+    if len(present) > MAX_SLOTS:
+        raise ValueError(f"{spec.name} has {len(present)} slots; the loops carry {MAX_SLOTS}")
+    carried = [f"s{i}" for i in range(MAX_SLOTS)]
+    arguments = [carried[present.index(s.name)] if s.name in present else "zero"
+                 for s in spec.slot_decls]
+    results = [f"r_{s.name}" for s in spec.slot_decls]
+    returned = [results[[s.name for s in spec.slot_decls].index(name)] for name in present]
+    returned += carried[len(present):]
+    name = f"{spec.name}_{'_'.join(map(str, flags))}_{source_digest(spec)}"
+    text = (f"def {name}(p, g, {', '.join(carried)}, zero, k):\n"
+            f"    {', '.join(['p', *results])}, = rule({', '.join(['p', 'g', *arguments])}, k,"
+            f" flags)\n"
+            f"    return {', '.join(['p', *returned])}\n")
+    namespace = {"rule": jitted(spec.rule), "flags": spec.named_flags(flags),
+                 "__name__": _MODULE}
+    exec(compile(text, f"<{_MODULE}.{name}>", "exec"), namespace)
+    function = namespace[name]
+    function.__module__ = _MODULE
+    return njit(**_RULE)(function)

@@ -20,6 +20,7 @@ math.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,10 +74,14 @@ def traffic(spec, flags, storage: Storage | str) -> Traffic:
 
 # --- CPU ceiling: a rule for fusedopt.backends.cpu.loop.run -------------------------------------------
 
+#: The ceiling rule's one scalar, by name.
+CeilingScalars = namedtuple("CeilingScalars", ["scale"])
+
+
 @njit(inline="always", error_model="numpy")
-def ceiling_rule(p, g, s0, s1, s2, h, flags):
+def ceiling_rule(p, g, s0, s1, s2, zero, k):
     """Every value plus a g (the loop loads and stores param, grad and every slot it has)."""
-    step = h[0] * g
+    step = k.scale * g
     return p + step, s0 + step, s1 + step, s2 + step
 
 
@@ -85,7 +90,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     ``slots`` (the master slot last, when ``storage`` has one)."""
     from ...backends.cpu import backend
     from ...backends.cpu import storage as codes
-    from ...backends.cpu.loop import MODE_CODES, run, run_serial, specialize
+    from ...backends.cpu.loop import MODE_CODES, Variant, run, run_serial
     from ...memory.group import step_table
 
     st = as_storage(str(param.dtype) if storage is None else storage)
@@ -93,7 +98,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     table = step_table(group, [grad], backend.address)
     n_slots = len(slots) - (st.master is not None)
     # No clamp: the ceiling never clips, and neither does the fused step it is set beside.
-    variant = specialize(ceiling_rule, (n_slots,), n_slots,
+    variant = Variant(ceiling_rule, CeilingScalars, (n_slots,), n_slots,
                          tuple(codes.CODES[d] for d in (st.param, st.grad, st.state)),
                          MODE_CODES[st.mode], clamps=False)
     h = (float(scale),)

@@ -1,0 +1,67 @@
+"""What an element rule may call, besides arithmetic: the rule language's library.
+
+An element rule (``rule`` in each family's module) is plain Python in a small subset, run by
+Numba on the CPU and translated to CUDA C++ (fusedopt/backends/cuda/codegen.py):
+
+- arguments ``p`` (the param), ``g`` (the grad, already clipped and unscaled), one argument
+  per state slot named as the slot, ``k`` (the step's scalars, by name: ``k.lr``) and ``f``
+  (the variant's flags, by name: ``f.flavor``), all values in the compute type (float32 for
+  16-bit and float32 params, float64 for float64 ones);
+- statements: assignment to a name (a tuple of names only from a helper below), ``if`` /
+  ``elif`` / ``else``, and one ``return p, <slots...>`` as the last statement;
+- expressions: ``+ - * /``, unary ``-``, comparisons, ``and`` / ``or`` / ``not``, ``a if c
+  else b``, :func:`sqrt`, ``abs``, the helpers below, the flavour constants, and integer
+  literals in comparisons only. A float literal is refused: under Numba it would turn
+  float32 math into float64, so constants such as ``1 - beta`` arrive as scalars.
+
+``if`` on a flag is decided at compile time on both backends (the flags are template
+arguments in CUDA and constants of the compiled loop on the CPU), so each variant's code
+holds only its own branch. Every value a rule returns is stored; a slot the variant does not
+have is neither loaded (it reads as 0) nor stored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import KERAS, TORCH_L2
+
+#: The square root in the compute type (NumPy's keeps float32 float32, under Numba too).
+sqrt = np.sqrt
+
+
+def weight_decay(flavor, p, g, lr, wd, wd_factor):
+    """The weight-decay flavour ``flavor`` (fusedopt/constants.py) applied to param ``p`` and
+    grad ``g``: returns the new ``(p, g)``. With wd = 0 the Keras and L2 terms are skipped,
+    as the peers skip them: an inf param times 0 would be NaN."""
+    if flavor == KERAS:
+        if wd != 0:
+            p = p - p * wd * lr
+    elif flavor == TORCH_L2:
+        if wd != 0:
+            g = g + wd * p
+    else:
+        p = p * wd_factor
+    return p, g
+
+
+#: Functions a rule may call that the CUDA translator inlines from their Python source.
+HELPERS = {"weight_decay": weight_decay}
+#: Functions a rule may call that map to a CUDA function of the same meaning.
+BUILTINS = {"sqrt": "sqrt", "abs": "fabs"}
+
+
+# --- for the unfused expressions (whole arrays, in place) ----------------------------------
+
+def decay_in_place(flavor, p, g, lr, wd, wd_factor):
+    """:func:`weight_decay` on whole arrays: ``p`` is decayed in place; returns the (possibly
+    new) grad."""
+    if flavor == KERAS:
+        if wd != 0:
+            p -= p * wd * lr
+    elif flavor == TORCH_L2:
+        if wd != 0:
+            g = g + wd * p
+    else:
+        p *= wd_factor
+    return g

@@ -1,0 +1,187 @@
+"""What an optimizer is, declared once: :class:`OptimizerSpec`, and the pieces families share.
+
+A family's module (fusedopt/algorithms/adam.py & co) declares one spec per optimizer with
+:func:`declare`. Everything else reads it: the public classes and the torch and Keras doors
+(names, defaults, state keys), the engine (checks, flags, slots, scalars), the CPU backend
+(which runs ``rule`` through Numba), the CUDA kernels (generated from ``rule``), the unfused
+baseline (``unfused``), the test matrix and the benchmark sweep.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import namedtuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..constants import KERAS, TORCH_DECOUPLED, TORCH_L2
+from ..memory.storage import PARAM_DTYPES, Storage, all_storages, default_state_dtype
+from .hyper import Hyper, at_least, boolean, in_range, learning_rate, optional
+
+CONVENTIONS = ("keras", "torch")
+
+#: Param dtypes every optimizer supports (fusedopt/memory/storage.py: grads, state, masters).
+DTYPES = PARAM_DTYPES
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A state slot: its name (also the rule's argument for it, and the Keras-style state
+    key), and the flag that must be set for the variant to have it (None: always)."""
+
+    name: str
+    when: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizerSpec:
+    """An optimizer as every layer sees it (made by :func:`declare`).
+
+    - ``flag_names`` / ``flags(hp, convention)``: the variant, as named ints (the CUDA
+      template arguments after the storage; constants of the CPU loop), the first always
+      the weight-decay flavour; ``all_flags``: every variant the runtime can request.
+    - ``slot_decls``: the state slots with the flag each needs; ``slots(flags)``: the names
+      a variant has, in kernel order. ``slot_init(hp)``: their initial value.
+    - ``scalar_names`` / ``named_scalars(hp, step, convention)``: the per-step scalars by
+      name, computed in float64 on the host for 1-based ``step``; ``scalars`` is the same
+      as a tuple in ``scalar_names`` order, the order of a row of the launch.
+    - ``rule``: the element rule (fusedopt/algorithms/rulelib.py says its language);
+      ``unfused``: the same math as whole-array expressions, the baseline.
+    - ``check(hp, convention)``: raises ValueError for hyperparameters that each pass their
+      own check but not together.
+    - ``keras_signature``: the Keras-style class's arguments in order (default: ``hypers``'
+      Keras ones); ``doc``: its docstring. ``torch`` / ``keras``: what those doors need
+      (fusedopt/torch/_names.py, fusedopt/keras/optimizers.py read them); None: no class.
+    """
+
+    name: str
+    class_name: str
+    keras_name: str
+    kernel: str
+    hypers: tuple[Hyper, ...]
+    flag_names: tuple[str, ...]
+    flags: Callable[[Mapping[str, Any], str], tuple[int, ...]]
+    all_flags: tuple[tuple[int, ...], ...]
+    slot_decls: tuple[Slot, ...]
+    scalar_names: tuple[str, ...]
+    scalar_fn: Callable[[Mapping[str, Any], int, str], Mapping[str, float]]
+    rule: Callable
+    unfused: Callable
+    slot_init: Callable[[Mapping[str, Any]], float] = lambda hp: 0.0
+    check: Callable[[Mapping[str, Any], str], None] = lambda hp, convention: None
+    dtypes: tuple[str, ...] = DTYPES
+    keras_signature: tuple[str, ...] = ()
+    doc: str = ""
+    torch: Mapping[str, Any] | None = None
+    keras: Mapping[str, Any] | None = None
+    Scalars: type = field(default=None, repr=False)
+    Flags: type = field(default=None, repr=False)
+
+    def slots(self, flags: tuple[int, ...]) -> tuple[str, ...]:
+        named = dict(zip(self.flag_names, flags))
+        return tuple(s.name for s in self.slot_decls if s.when is None or named[s.when])
+
+    @property
+    def max_slots(self) -> int:
+        return max(len(self.slots(f)) for f in self.all_flags)
+
+    def named_scalars(self, hp: Mapping[str, Any], step: int, convention: str):
+        """The scalars of 1-based ``step`` as a named tuple (``.lr``, ...), in float64."""
+        values = self.scalar_fn(hp, step, convention)
+        if set(values) != set(self.scalar_names):
+            missing = set(self.scalar_names) - set(values)
+            extra = set(values) - set(self.scalar_names)
+            raise RuntimeError(f"{self.name}'s scalars() must give exactly {self.scalar_names}:"
+                               f" missing {sorted(missing)}, unknown {sorted(extra)}")
+        return self.Scalars(**{k: float(v) for k, v in values.items()})
+
+    def scalars(self, hp: Mapping[str, Any], step: int, convention: str) -> tuple:
+        """:meth:`named_scalars` as a plain tuple, in ``scalar_names`` order."""
+        return tuple(self.named_scalars(hp, step, convention))
+
+    def named_flags(self, flags: tuple[int, ...]):
+        return self.Flags(*flags)
+
+    def entry(self, storage: Storage | str, flags: tuple[int, ...]) -> str:
+        """The CUDA name expression for this variant and storage, e.g.
+        ``adam<__nv_bfloat16, __nv_bfloat16, float, 0, 0, 1>``. A dtype name stands for
+        its default storage (grads of the param's dtype, default state, no master)."""
+        if isinstance(storage, str):
+            storage = Storage(storage, storage, default_state_dtype(storage))
+        return f"{self.kernel}<{', '.join([storage.template_args(), *map(str, flags)])}>"
+
+    def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
+        """Every (storage, flags, name expression) the runtime can request."""
+        return [(st, f, self.entry(st, f)) for st in all_storages()
+                if st.param in self.dtypes for f in self.all_flags]
+
+    def defaults(self) -> dict[str, Any]:
+        return {h.name: h.default for h in self.hypers}
+
+
+def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
+            flag_names: tuple[str, ...], slots: tuple[Slot, ...], class_name: str,
+            keras_name: str | None = None, **fields) -> OptimizerSpec:
+    """An :class:`OptimizerSpec` from its family's declarations. ``rule``'s module is the
+    family (the CUDA kernel's name); its named-tuple types are made here, as attributes of
+    that module (``<ClassName>Scalars``, ``<ClassName>Flags``), so they pickle."""
+    module = sys.modules[rule.__module__]
+    kernel = rule.__module__.rpartition(".")[2]
+    scalars_type = namedtuple(f"{class_name}Scalars", scalar_names, module=rule.__module__)
+    flags_type = namedtuple(f"{class_name}Flags", flag_names, module=rule.__module__)
+    setattr(module, scalars_type.__name__, scalars_type)
+    setattr(module, flags_type.__name__, flags_type)
+    expected = ("p", "g", *{s.name: None for s in slots}, "k", "f")
+    got = rule.__code__.co_varnames[:rule.__code__.co_argcount]
+    if got != expected:
+        raise TypeError(f"{rule.__qualname__} must take {expected}, takes {got}")
+    return OptimizerSpec(name=name, class_name=class_name, keras_name=keras_name or name,
+                         kernel=kernel, flag_names=tuple(flag_names), slot_decls=tuple(slots),
+                         scalar_names=tuple(scalar_names), rule=rule, Scalars=scalars_type,
+                         Flags=flags_type, **fields)
+
+
+# --- pieces families share ------------------------------------------------------------------
+
+TORCH_ONLY = frozenset({"torch"})
+LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
+WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
+BETA = in_range(0.0, 1.0)
+EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
+MOMENTUM = Hyper("momentum", 0.0, BETA)
+#: torch's Adam and NAdam take ``decoupled_weight_decay=True`` for AdamW's decay.
+DECOUPLED = Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY)
+
+#: learning rate, the two moment decays and epsilon, with Keras' defaults: Adam's family.
+ADAM_LIKE = (
+    LEARNING_RATE,
+    Hyper("beta_1", 0.9, BETA),
+    Hyper("beta_2", 0.999, BETA),
+    EPSILON,
+)
+
+#: The flavours of torch optimizers whose weight_decay is L2.
+L2_FLAVORS = (KERAS, TORCH_L2)
+
+#: The scalars every rule's weight decay reads.
+DECAY_SCALARS = ("lr", "wd", "wd_factor")
+
+
+def decay_scalars(hp: Mapping[str, Any]) -> dict[str, float]:
+    """lr, wd and wd_factor = 1 - lr * wd (torch's decoupled factor, rounded once)."""
+    lr = float(hp["learning_rate"])
+    wd = float(hp["weight_decay"] or 0.0)
+    return {"lr": lr, "wd": wd, "wd_factor": 1.0 - lr * wd}
+
+
+def flavor(convention: str, decoupled_in_torch: bool) -> int:
+    """The weight-decay flavour of ``convention``."""
+    if convention == "keras":
+        return KERAS
+    return TORCH_DECOUPLED if decoupled_in_torch else TORCH_L2
+
+
+__all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",
+           "EPSILON", "Hyper", "L2_FLAVORS", "LEARNING_RATE", "MOMENTUM", "OptimizerSpec",
+           "Slot", "TORCH_ONLY", "WEIGHT_DECAY", "at_least", "boolean", "decay_scalars",
+           "declare", "flavor", "in_range", "learning_rate", "optional"]
