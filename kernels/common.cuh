@@ -278,6 +278,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     constexpr int PART = VecWidth<WIDE>::value;
     constexpr int PARTS = VEC / PART;
     constexpr int GROUP = 1;
+    static_assert(NS <= MAX_SLOTS, "a rule has at most MAX_SLOTS state slots");
 
     if (steps.skipped()) return;  // a grad of this step was not finite: change nothing
     const TableView<N> view{table, n_tensors};

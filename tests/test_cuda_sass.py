@@ -111,7 +111,7 @@ def test_ptxas_report_is_parsed():
 
 
 def test_kernel_table_replaces_only_between_its_markers():
-    from fusedopt.backends.cuda import report
+    from fusedopt.tools import kernel_table as report
     text = f"intro\n{report.START}\nold table\n{report.END}\noutro\n"
     assert report.replace_table(text, "new") == f"intro\n{report.START}\nnew\n{report.END}\noutro\n"
     with pytest.raises(ValueError, match="markers are missing"):

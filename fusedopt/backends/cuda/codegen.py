@@ -375,18 +375,21 @@ def constants_source() -> str:
         "",
         f"enum Flavor {{ {flavors} }};",
         f"enum Mode {{ {modes} }};",
-        f"constexpr int MAX_SLOTS = {constants.MAX_SLOTS};",
+        f"enum Limits {{ MAX_SLOTS = {constants.MAX_SLOTS} }};",
         "",
         "}  // namespace fusedopt",
         "",
     ])
 
 
-def generated() -> dict[str, str]:
-    """Every generated file of kernels/, by name -> its text."""
-    from ...algorithms.registry import REGISTRY
+def generated(specs=None) -> dict[str, str]:
+    """Every generated file of kernels/ (for ``specs``, default every registered optimizer),
+    by name -> its text."""
+    if specs is None:
+        from ...algorithms.registry import REGISTRY
+        specs = REGISTRY.values()
     files = {HEADER: constants_source()}
-    for spec in REGISTRY.values():
+    for spec in specs:
         text = rule_source(spec)
         name = f"{spec.kernel}.cu"
         if files.setdefault(name, text) != text:
@@ -394,10 +397,10 @@ def generated() -> dict[str, str]:
     return files
 
 
-def stale(folder: Path | None = None) -> list[str]:
+def stale(folder: Path | None = None, specs=None) -> list[str]:
     """The generated files whose committed text differs from what the rules give now."""
     folder = folder or kernel_dir()
-    return [name for name, text in generated().items()
+    return [name for name, text in generated(specs).items()
             if not (folder / name).exists() or (folder / name).read_text() != text]
 
 
