@@ -2,18 +2,29 @@
 Keras doors, the dispatcher, the CUDA entry names (and so the compile and machine-code gates),
 the CPU rules, the unfused baseline, the test matrix and the benchmark sweep.
 
-Each family's module (fusedopt/algorithms/<family>.py) declares its optimizers in ``SPECS``;
-:data:`FAMILIES` lists the modules. To add an optimizer, write its module and name it here
-(README.md, "Adding an optimizer").
+Each family's module (fusedopt/algorithms/<family>.py) declares its optimizers in ``SPECS``,
+and every module of this package that does is a family (:data:`FAMILIES`, by module name):
+to add an optimizer, write its module (README.md, "Adding an optimizer").
 """
 
 from __future__ import annotations
 
-from . import adadelta, adagrad, adam, adamax, lion, nadam, rmsprop, sgd
+import importlib
+import pkgutil
+
 from .spec import CONVENTIONS, DTYPES, OptimizerSpec
 
+
+def _families() -> tuple:
+    package = importlib.import_module(__package__)
+    modules = (importlib.import_module(f"{__package__}.{info.name}")
+               for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+               if not info.ispkg)
+    return tuple(m for m in modules if hasattr(m, "SPECS"))
+
+
 #: The family modules, each with its ``SPECS``.
-FAMILIES = (adam, sgd, rmsprop, adagrad, adadelta, adamax, nadam, lion)
+FAMILIES = _families()
 
 REGISTRY: dict[str, OptimizerSpec] = {}
 

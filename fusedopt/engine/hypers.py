@@ -1,0 +1,117 @@
+"""Hyperparameter groups: each validated once, completed with the defaults, with the variant
+flags and state slots it selects and the storage policy of its params. The one place a
+hyperparameter is checked; errors start with the caller's ``where``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..memory import storage as _storage
+
+
+@dataclass
+class HyperGroup:
+    """One set of hyperparameters (Keras names) and what they select."""
+
+    hyper: dict
+    flags: tuple
+    slots: tuple
+    maximize: bool = False  # grads enter the rules negated (a -1 in their grad scale)
+    state_dtype: Any = None  # the storage policy of its params (fusedopt/memory/storage.py)
+    mode: str = "plain"
+
+
+
+#: "the engine's own policy", for a group's storage arguments.
+_ENGINE = object()
+
+
+class HyperGroups:
+    """The hyperparameter groups of an :class:`~fusedopt.engine.engine.Engine`."""
+
+    # --- hyperparameter groups --------------------------------------------------------------
+    def validate_hyper(self, hyper: Mapping[str, Any], where: str = "") -> HyperGroup:
+        """``hyper`` completed with the defaults and checked; raises naming ``where``.
+
+        Besides the registry's hyperparameters, every optimizer takes ``maximize`` (False)."""
+        hyper = dict(hyper)
+        maximize = hyper.pop("maximize", False)
+        if not isinstance(maximize, bool):
+            raise ValueError(f"{where}maximize must be True or False, got {maximize!r}")
+        known = {h.name for h in self.spec.hypers}
+        unknown = set(hyper) - known
+        if unknown:
+            raise TypeError(f"{where}{self.spec.name} got unexpected arguments "
+                            f"{sorted(unknown)}; it takes {sorted(known)}")
+        full = self.spec.defaults()
+        full.update(hyper)
+        try:
+            for h in self.spec.hypers:
+                h.validate(full[h.name], self.convention)
+            self.spec.check(full, self.convention)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        flags = tuple(self.spec.flags(full, self.convention))
+        return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
+
+    def _with_storage(self, group: HyperGroup, state_dtype, master_weights,
+                      where: str, mode: str | None = None, stochastic_rounding=False,
+                      kahan_summation=False) -> HyperGroup:
+        """``group`` with its storage policy: the engine's (or ``mode``, a group's own kept
+        through a change), unless given (torch's param groups may each choose theirs:
+        ``master_weights`` with ``stochastic_rounding`` and ``kahan_summation``)."""
+        if state_dtype is _ENGINE:
+            state_dtype = self.state_dtype
+        try:
+            _storage.check_state_dtype(state_dtype)
+            if master_weights is _ENGINE:
+                group.mode = self.mode if mode is None else mode
+            else:
+                group.mode = _storage.mode_of(master_weights, stochastic_rounding,
+                                              kahan_summation)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        group.state_dtype = state_dtype
+        return group
+
+    def add_group(self, hyper: Mapping[str, Any], where: str | None = None, *,
+                  state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
+                  kahan_summation=False) -> int:
+        """A new hyperparameter group; returns its index. Its params are kept with
+        ``state_dtype`` and ``master_weights`` (default: the engine's, its rounding mode
+        included), or, where ``master_weights`` is given, that with ``stochastic_rounding``
+        and ``kahan_summation``. Errors start with ``where`` (default "group N: ")."""
+        where = f"group {len(self.hypers)}: " if where is None else where
+        self.hypers.append(self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+                                              master_weights, where,
+                                              stochastic_rounding=stochastic_rounding,
+                                              kahan_summation=kahan_summation))
+        return len(self.hypers) - 1
+
+    def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None, *,
+                  state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
+                  kahan_summation=False) -> None:
+        """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
+
+        The state slots and the storage policy must stay the ones its params hold
+        (amsgrad, momentum on/off, state_dtype, master_weights). Errors start with
+        ``where`` (default "group N: ")."""
+        where = f"group {index}: " if where is None else where
+        old = self.hypers[index]
+        state_dtype = old.state_dtype if state_dtype is _ENGINE else state_dtype
+        new = self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+                                 master_weights, where, mode=old.mode,
+                                 stochastic_rounding=stochastic_rounding,
+                                 kahan_summation=kahan_summation)
+        if index in self.group_of:
+            if new.slots != old.slots:
+                raise ValueError(f"{where}the change would need state slots {new.slots}, "
+                                 f"but its params hold {old.slots}; set amsgrad/momentum/"
+                                 "centered before the first step, or make a new optimizer")
+            if (new.state_dtype, new.mode) != (old.state_dtype, old.mode):
+                raise ValueError(f"{where}its params already hold state kept with "
+                                 f"state_dtype={old.state_dtype!r}, "
+                                 f"{_storage.describe(old.mode)}; set those before the "
+                                 "first step, or make a new optimizer")
+        self.hypers[index] = new
