@@ -21,7 +21,7 @@ from ... import config
 from ...memory.table import rows, work_items
 from . import storage
 from ._cache import JIT_OPTIONS
-from .loop import _pointer
+from .element import _pointer
 
 
 class GradCodeType(types.Opaque):

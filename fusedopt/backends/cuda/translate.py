@@ -1,0 +1,244 @@
+"""The rule language translated to C++: Python's ``ast`` of an element rule
+(fusedopt/algorithms/rulelib.py says the language) to the body of a CUDA rule's
+``operator()``, statement for statement, keeping Python's grouping of every expression.
+Helpers of rulelib are inlined from their Python source. fusedopt/backends/cuda/codegen.py
+makes the files."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import textwrap
+
+from ... import constants
+from ...algorithms import rulelib
+
+_RESERVED = {"k", "s", "spare", "C", "P", "G", "S", "MODE", "auto", "int", "float", "double",
+             "const", "return", "if", "else", "for", "while", "struct", "template", "class",
+             "new", "delete", "this", "register", "signed", "unsigned", "short", "long", "char",
+             "default", "switch", "case", "break", "continue", "goto", "static", "volatile"}
+
+
+class RuleError(ValueError):
+    """A rule outside the language the translator (and the CPU loop) accepts."""
+
+
+def _pascal(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _function(fn) -> ast.FunctionDef:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    node = tree.body[0]
+    assert isinstance(node, ast.FunctionDef)
+    return node
+
+
+# --- expressions -------------------------------------------------------------------------
+
+_BINARY = {ast.Add: ("+", 6), ast.Sub: ("-", 6), ast.Mult: ("*", 7), ast.Div: ("/", 7)}
+_COMPARE = {ast.Lt: "<", ast.Gt: ">", ast.LtE: "<=", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
+_ATOM = 9
+
+
+class _Rule:
+    """One rule's translation state: what its names mean in C++."""
+
+    def __init__(self, spec, where: str):
+        self.spec, self.where = spec, where
+        self.flags = set(spec.flag_names)
+        self.scalars = set(spec.scalar_names)
+        self.slots = [s.name for s in spec.slot_decls]
+        self.locals: list[str] = []
+
+    def fail(self, node, message: str):
+        line = getattr(node, "lineno", "?")
+        raise RuleError(f"{self.where}, line {line} of the rule: {message}")
+
+    def expression(self, node, parent: int = 0, right: bool = False) -> str:
+        text, precedence = self._expression(node)
+        needs = precedence < parent or (right and precedence == parent)
+        return f"({text})" if needs else text
+
+    def _expression(self, node) -> tuple[str, int]:
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            op, precedence = _BINARY[type(node.op)]
+            left = self.expression(node.left, precedence)
+            right = self.expression(node.right, precedence, right=True)
+            return f"{left} {op} {right}", precedence
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return f"-{self.expression(node.operand, 8, right=True)}", 8
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return f"!{self.expression(node.operand, 8, right=True)}", 8
+        if isinstance(node, ast.Compare):
+            if len(node.ops) != 1 or type(node.ops[0]) not in _COMPARE:
+                self.fail(node, "one comparison at a time (<, >, <=, >=, ==, !=)")
+            left = self.expression(node.left, 5, right=True)
+            right = self.expression(node.comparators[0], 5, right=True)
+            return f"{left} {_COMPARE[type(node.ops[0])]} {right}", 5
+        if isinstance(node, ast.BoolOp):
+            op, precedence = ("&&", 3) if isinstance(node.op, ast.And) else ("||", 2)
+            parts = [self.expression(v, precedence, right=True) for v in node.values]
+            return f" {op} ".join(parts), precedence
+        if isinstance(node, ast.IfExp):
+            test = self.expression(node.test, 2, right=True)
+            body = self.expression(node.body, 2, right=True)
+            orelse = self.expression(node.orelse, 2, right=True)
+            return f"{test} ? {body} : {orelse}", 1
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            owner, field = node.value.id, node.attr
+            if owner == "k":
+                if field not in self.scalars:
+                    self.fail(node, f"k.{field} is no scalar of {self.spec.name} "
+                                    f"(its scalars: {', '.join(self.spec.scalar_names)})")
+                return f"k.{field}", _ATOM
+            if owner == "f":
+                if field not in self.flags:
+                    self.fail(node, f"f.{field} is no flag of {self.spec.name}")
+                return field.upper(), _ATOM
+            self.fail(node, f"{owner}.{field}: only k.<scalar> and f.<flag> are attributes")
+        if isinstance(node, ast.Name):
+            if node.id.startswith("__int_"):  # an integer compared with (_Literals)
+                return node.id, _ATOM
+            if node.id in constants.FLAVORS:
+                return node.id, _ATOM
+            if node.id in ("p", "g", *self.slots, *self.locals):
+                return node.id, _ATOM
+            self.fail(node, f"{node.id!r} is not a param, grad, slot, local or flavour")
+        if isinstance(node, ast.Constant):
+            self.fail(node, f"the literal {node.value!r} is allowed only in a comparison "
+                            "(float literals never: pass constants as scalars)")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            if name in rulelib.BUILTINS and len(node.args) == 1 and not node.keywords:
+                return f"{rulelib.BUILTINS[name]}({self.expression(node.args[0])})", _ATOM
+            if name in rulelib.HELPERS:
+                self.fail(node, f"{name}() returns a tuple: call it as `a, b = {name}(...)`")
+        self.fail(node, f"{ast.unparse(node)!r} is outside the rule language "
+                        "(fusedopt/algorithms/rulelib.py)")
+
+
+class _Literals(ast.NodeTransformer):
+    """Integer literals compared with a value become ``C(n)`` placeholders; any other literal
+    is left for the translator to refuse."""
+
+    def visit_Compare(self, node):
+        self.generic_visit(node)
+        for i, operand in enumerate([node.left, *node.comparators]):
+            if isinstance(operand, ast.Constant) and type(operand.value) is int:
+                replacement = ast.Name(id=f"__int_{operand.value}", ctx=ast.Load())
+                if i == 0:
+                    node.left = replacement
+                else:
+                    node.comparators[i - 1] = replacement
+        return node
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, mapping):
+        self.mapping = mapping
+
+    def visit_Name(self, node):
+        if node.id in self.mapping:
+            return copy.deepcopy(self.mapping[node.id])
+        return node
+
+
+def _inline(call_targets, call, where: str) -> list:
+    """The statements of helper ``call`` (an ``ast.Call`` of a rulelib helper) with its
+    arguments substituted, assigning its returned tuple to ``call_targets``."""
+    name = call.func.id
+    helper = _function(rulelib.HELPERS[name])
+    params = [a.arg for a in helper.args.args]
+    if len(call.args) != len(params) or call.keywords:
+        raise RuleError(f"{where}: {name}() takes {', '.join(params)}, positionally")
+    mapping = dict(zip(params, call.args))
+    body = [s for s in helper.body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    *statements, returned = body
+    if not isinstance(returned, ast.Return) or not isinstance(returned.value, ast.Tuple):
+        raise RuleError(f"{where}: helper {name} must end in `return a, b`")
+    for node in ast.walk(ast.Module(body=statements, type_ignores=[])):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            if not isinstance(mapping.get(node.id), ast.Name):
+                raise RuleError(f"{where}: {name}() assigns its argument {node.id!r}; "
+                                "pass a name there")
+    substituted = [_Substitute(mapping).visit(copy.deepcopy(s)) for s in statements]
+    outputs = [_Substitute(mapping).visit(copy.deepcopy(e)) for e in returned.value.elts]
+    if len(outputs) != len(call_targets):
+        raise RuleError(f"{where}: {name}() returns {len(outputs)} values")
+    for target, value in zip(call_targets, outputs):
+        if not (isinstance(value, ast.Name) and value.id == target.id):
+            substituted.append(ast.Assign(targets=[target], value=value, lineno=call.lineno))
+    for node in substituted:
+        ast.fix_missing_locations(node)
+    return substituted
+
+
+def _expand(statements, where: str) -> list:
+    """``statements`` with every helper call inlined (recursively into ``if`` blocks)."""
+    out = []
+    for node in statements:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                and isinstance(node.value.func, ast.Name) \
+                and node.value.func.id in rulelib.HELPERS:
+            target = node.targets[0]
+            targets = target.elts if isinstance(target, ast.Tuple) else [target]
+            out += _expand(_inline(targets, node.value, where), where)
+        elif isinstance(node, ast.If):
+            node.body = _expand(node.body, where)
+            node.orelse = _expand(node.orelse, where)
+            out.append(node)
+        else:
+            out.append(node)
+    return out
+
+
+# --- statements --------------------------------------------------------------------------
+
+def _statements(rule: _Rule, nodes, depth: int) -> list[str]:
+    pad = "    " * depth
+    lines = []
+    for node in nodes:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring
+        if isinstance(node, ast.Assign):
+            if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
+                rule.fail(node, "assign to one name (a tuple only from a rulelib helper)")
+            name = node.targets[0].id
+            if name in ("k", "f") or name in rule.spec.flag_names:
+                rule.fail(node, f"{name} cannot be assigned")
+            lines.append(f"{pad}{name} = {rule.expression(node.value)};")
+        elif isinstance(node, ast.If):
+            lines += _if(rule, node, depth, keyword="if")
+        else:
+            rule.fail(node, f"{type(node).__name__} is outside the rule language "
+                            "(assignments, if/elif/else and one final return)")
+    return lines
+
+
+def _if(rule: _Rule, node: ast.If, depth: int, keyword: str) -> list[str]:
+    pad = "    " * depth
+    lines = [f"{pad}{keyword} ({rule.expression(node.test)}) {{"]
+    lines += _statements(rule, node.body, depth + 1)
+    orelse = node.orelse
+    if len(orelse) == 1 and isinstance(orelse[0], ast.If):
+        elif_lines = _if(rule, orelse[0], depth, keyword="if")
+        lines.append(f"{pad}}} else {elif_lines[0].lstrip()}")
+        lines += elif_lines[1:]
+        return lines
+    if orelse:
+        lines.append(f"{pad}}} else {{")
+        lines += _statements(rule, orelse, depth + 1)
+    lines.append(f"{pad}}}")
+    return lines
+
+
+def _assigned(nodes) -> list[str]:
+    names: dict[str, None] = {}
+    for node in nodes:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                names.setdefault(sub.id)
+    return list(names)
