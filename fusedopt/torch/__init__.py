@@ -26,14 +26,7 @@ _torch_kind.register()
 #: What fusedopt.torch did to the CPU thread pools (fusedopt/torch/_threads.py).
 THREADS = _threads.match_torch(_started)
 
-Adam = CLASSES["adam"]
-AdamW = CLASSES["adamw"]
-SGD = CLASSES["sgd"]
-RMSprop = CLASSES["rmsprop"]
-Adagrad = CLASSES["adagrad"]
-Adadelta = CLASSES["adadelta"]
-Adamax = CLASSES["adamax"]
-NAdam = CLASSES["nadam"]
-Lion = CLASSES["lion"]
+# One class per registered optimizer with a torch door: fusedopt.torch.Adam, .NAdam, ...
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
 
 __all__ = ["Optimizer", "THREADS", *(cls.__name__ for cls in CLASSES.values())]
