@@ -37,8 +37,9 @@ SETTINGS = {
 
 def cases():
     """(registry name, torch settings) for every row and setting, and their ids."""
-    found = [(name, hp) for name in ROWS for hp in SETTINGS[name]]
-    return found, [f"{ROWS[n].name}-{i}" for n in ROWS for i, _ in enumerate(SETTINGS[n])]
+    settings = {name: SETTINGS.get(name, [{}]) for name in ROWS}  # a new row: torch's defaults
+    found = [(name, hp) for name in ROWS for hp in settings[name]]
+    return found, [f"{ROWS[n].name}-{i}" for n in ROWS for i, _ in enumerate(settings[n])]
 
 
 def data(seed: int = 0, dtype=torch.float32):
