@@ -96,7 +96,14 @@ SIGN_SENSITIVE = frozenset({"lion"})
 
 
 def cases(name: str, convention: str) -> list[dict]:
-    return CASES.get(name, {}).get(convention, [])
+    """The hand-picked cases of ``name``, or for an optimizer without any, one case per
+    on/off combination of its hyperparameters that validates (tests/variants.py)."""
+    if name in CASES:
+        return CASES[name].get(convention, [])
+    from fusedopt.algorithms.registry import REGISTRY
+    from variants import variants
+    return [dict(hp, learning_rate=0.01) for hp, conv, _ in variants(REGISTRY[name])
+            if conv == convention]
 
 
 def problem(shape, steps, dtype=np.float32, seed=0):

@@ -77,7 +77,7 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     compute = np.dtype(st.compute).type
     h = tuple(compute(x) for x in as_rows(steps, len(group.params)).scalars())
     n_slots = len(spec.slots(flags))
-    k, named_flags = spec.Scalars(*h), spec.named_flags(flags)
+    named, named_flags = spec.Scalars(*h), spec.named_flags(flags)
     for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
         xp = _xp(p)
         g = _widened(g, compute)
@@ -97,7 +97,8 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
             work = _widened(p, compute) + _widened(slots[n_slots], compute)
         else:
             work = _widened(p, compute)
-        spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), k, named_flags)
+        spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), named,
+                     named_flags)
         if st.mode == "stochastic":
             element = _rounding.element_hashes(xp, _rounding.stream_base(
                 group.streams[t] if group.streams is not None else 0, step), p.size)
