@@ -44,7 +44,7 @@ from ..engine.ema import MovingAverage
 from ..engine.engine import Engine, check_seed
 from ..memory import storage as _storage
 from . import _stateless
-from ._host_values import HostValue
+from ._host_values import HostValue, host_number
 
 #: Backends a Keras optimizer can ask for: torch CPU tensors go to the Numba backend, CUDA
 #: tensors to the CUDA kernels ("auto" picks by the variables' device).
@@ -248,6 +248,7 @@ class _Fused:
         self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
+        self._numbers: dict = {}  # host copies of hyperparameters given as tensors
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
         self.engine = Engine(self.spec, "keras", backend=backend,
@@ -291,7 +292,8 @@ class _Fused:
         return float(rate)
 
     def _hyper(self, optimizer) -> dict:
-        hyper = {n: getattr(optimizer, n) for n in self.names if n != "learning_rate"}
+        hyper = {n: host_number(n, getattr(optimizer, n), self._numbers)
+                 for n in self.names if n != "learning_rate"}
         rate = hyper["learning_rate"] = self._learning_rate(optimizer)
         if hyper.get("weight_decay") is not None:
             hyper["weight_decay"] = torch_backend_decay(hyper["weight_decay"], rate)
