@@ -46,6 +46,9 @@ from ..memory import storage as _storage
 from . import _stateless
 from ._host_values import HostValue, host_number
 
+#: In the config of an optimizer with options Keras' class lacks: what loading it takes.
+REQUIRES = "import fusedopt.keras"
+
 #: Backends a Keras optimizer can ask for: torch CPU tensors go to the Numba backend, CUDA
 #: tensors to the CUDA kernels ("auto" picks by the variables' device).
 BACKENDS = ("auto", "cpu", "cuda")
@@ -192,11 +195,16 @@ class FusedOptimizer:
         super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
     def get_config(self):
-        config = super().get_config()
-        if self._fused.backend != "auto":
-            config["backend"] = self._fused.backend
-        config.update(self._fused.rounding.config())
-        return config
+        own = {"backend": self._fused.backend} if self._fused.backend != "auto" else {}
+        own.update(self._fused.rounding.config())
+        if own:  # options Keras' class lacks: loading the saved model takes fusedopt, and
+            own["requires"] = REQUIRES  # Keras' error for a class it cannot find prints this
+        return {**super().get_config(), **own}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(
+            {k: v for k, v in config.items() if k != "requires"}, custom_objects)
 
 
 class Rounding:
