@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import keras
 
-from .optimizers import CLASSES
+from . import optimizers
+from .optimizers import CLASSES, by_name, saved_as_keras
 
 
 def needs_fusedopt(config: dict) -> bool:
@@ -47,21 +48,13 @@ def _exported_names() -> dict:
     return table
 
 
-class saved_as_keras:
-    """The classes of optimizers made from Keras' names (their qualified names, for pickle)."""
-
-
-class by_name:
-    """The entries of Keras' name table after ``install()``."""
-
-
 def _saved_as_keras(fused: type) -> type:
     keras_class = next(c for c in fused.__mro__ if c.__module__.startswith("keras."))
     public = _exported_names().get(keras_class)
     if public is None:
         raise RuntimeError(f"Keras {keras.__version__} does not export {keras_class!r}")
     cls = type(fused.__name__, (fused,), {
-        "__module__": __name__, "__qualname__": f"saved_as_keras.{fused.__name__}",
+        "__module__": optimizers.__name__, "__qualname__": f"saved_as_keras.{fused.__name__}",
         "__doc__": f"``fusedopt.keras.{fused.__name__}``, saved as ``{public}``: what "
                    f"``install()`` makes of the name {fused.__name__.lower()!r}."})
     _exported_names()[cls] = public
@@ -75,7 +68,7 @@ def _by_name(fused: type, saved_as_keras: type) -> type:
         return target.from_config(config, custom_objects)
 
     cls = type(fused.__name__, (fused,), {
-        "__module__": __name__, "__qualname__": f"by_name.{fused.__name__}",
+        "__module__": optimizers.__name__, "__qualname__": f"by_name.{fused.__name__}",
         "from_config": classmethod(from_config),
         "__doc__": f"Keras' name {fused.__name__.lower()!r} after ``install()``: its "
                    "from_config builds the optimizer."})

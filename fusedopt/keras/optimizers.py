@@ -133,3 +133,12 @@ class Lion(FusedOptimizer, keras.optimizers.Lion):
 #: Keras' lower-case names (``keras.optimizers.get("adam")``) -> the fused classes.
 CLASSES = {cls.__name__.lower(): cls
            for cls in (Adam, AdamW, SGD, RMSprop, Adagrad, Adadelta, Adamax, Nadam, Lion)}
+
+
+class saved_as_keras:
+    """The classes of optimizers made from Keras' names after ``install()``: ``Adam`` here is
+    ``fusedopt.keras.Adam``, saved as ``keras.optimizers.Adam`` (fusedopt/keras/_by_name.py)."""
+
+
+class by_name:
+    """What ``install()`` puts under Keras' names (fusedopt/keras/_by_name.py)."""
