@@ -70,6 +70,9 @@ def test_a_model_compiled_by_name_saves_as_keras_and_continues_anywhere(installe
     assert len(loaded["variables"]) == len(saved)
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(loaded["variables"], saved))
     assert loaded["iterations_after"] == 25
+    # where fusedopt is imported and installed the file names Keras' class all the same
+    here = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(here.optimizer).__module__.startswith("keras.")
     # as if Keras' own Adam had done all 25 steps
     fusedopt.keras.uninstall()
     theirs = fit(keras.optimizers.Adam(), epochs=5, train=train)
