@@ -92,3 +92,33 @@ def test_loss_scale_optimizer_skips_a_non_finite_step_statelessly():
     new, _ = optimizer.stateless_apply([v.value for v in optimizer.variables], grads,
                                        [v.value for v in variables])
     assert np.array_equal(np.asarray(new[0].detach()), np.arange(4, dtype="float32"))
+
+
+@pytest.mark.parametrize("rounding", [dict(kahan_summation=True),
+                                      dict(stochastic_rounding=True, seed=5)])
+def test_bfloat16_rounding_options_step_as_apply_does(rounding):
+    """The copies include Kahan's compensation variables; stochastic rounding draws the same
+    bits: the stateless steps equal the stateful ones bit for bit."""
+    results = []
+    for stateless in (True, False):
+        rng = np.random.default_rng(0)
+        variables = [keras.Variable(rng.standard_normal(64).astype("float32"), dtype="bfloat16"),
+                     keras.Variable(rng.standard_normal(8).astype("float32"))]
+        grads = [[keras.ops.cast(rng.standard_normal(v.shape).astype("float32"), v.dtype)
+                  for v in variables] for _ in range(3)]
+        optimizer = fusedopt.keras.Adam(learning_rate=0.01, **rounding)
+        optimizer.build(variables)
+        trainable = [v.value.detach().clone() for v in variables]
+        state = [v.value.detach().clone() for v in optimizer.variables]
+        for step in grads:
+            if stateless:
+                trainable, state = optimizer.stateless_apply(state, step, trainable)
+            else:
+                optimizer.apply(step, variables)
+        if not stateless:
+            trainable = [v.value.detach() for v in variables]
+            state = [v.value.detach() for v in optimizer.variables]
+        results.append([t.float().numpy() for t in trainable + state])
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+    start = torch.tensor(np.random.default_rng(0).standard_normal(64).astype("float32"))
+    assert not np.array_equal(results[0][0], start.bfloat16().float().numpy())  # it stepped
