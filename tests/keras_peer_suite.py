@@ -37,7 +37,8 @@ def test_files() -> list[str]:
     import keras.src.optimizers as package
 
     folder = os.path.dirname(package.__file__)
-    return [os.path.join(folder, f"{name}_test.py") for name in MODULES]
+    files = [os.path.join(folder, f"{name}_test.py") for name in MODULES]
+    return [f for f in files if os.path.exists(f)]  # an older Keras ships fewer
 
 
 class Substitute:

@@ -15,13 +15,14 @@ Here ``_backend_update_step`` is one :meth:`fusedopt.engine.engine.Engine.step` 
 (one fused call per dtype group); clipping and decoupled weight decay move into that same
 pass (inside ``apply``, ``_clip_gradients`` and ``_apply_weight_decay`` return at once;
 called on their own, they are Keras'), and the optimizer's state arrays are the torch
-tensors of the Keras variables its ``build()`` made, updated in place. With ``use_ema`` on CPU the moving averages Keras made are the engine's
-(fusedopt/engine/ema.py), updated in the same pass, so Keras' ``[EMA]`` step only updates the
-averages of variables the engine does not step; on CUDA, and under
-``gradient_accumulation_steps`` (where Keras moves the averages on every call, update or
-not), Keras keeps its own EMA step. ``stateless_apply`` runs the fused step on copies
-(fusedopt/keras/_stateless.py). Keras' per-variable ``update_step`` is never called; if a Keras version called it
-(its hooks renamed), it raises instead of silently running Keras' math.
+tensors of the Keras variables its ``build()`` made, updated in place. With ``use_ema`` on
+CPU the moving averages Keras made are the engine's (fusedopt/engine/ema.py), updated in the
+same pass, so Keras' ``[EMA]`` step only updates the averages of variables the engine does
+not step; on CUDA, and under ``gradient_accumulation_steps`` (where Keras moves the averages
+on every call, update or not), Keras keeps its own EMA step. ``stateless_apply`` runs the
+fused step on copies (fusedopt/keras/_stateless.py). Keras' per-variable ``update_step`` is
+never called; if a Keras version called it (its hooks renamed), it raises instead of
+silently running Keras' math.
 
 Pure bfloat16 training: ``stochastic_rounding=True`` (keyed on ``seed``) or
 ``kahan_summation=True`` (one more optimizer variable per bfloat16 variable, its
