@@ -71,16 +71,6 @@ def _built():
     return net, optimizer
 
 
-def test_stateless_apply_is_refused():
-    net, optimizer = _built()
-    grads = [keras.ops.ones(v.shape) for v in net.trainable_variables]
-    before = [w.copy() for w in net.get_weights()]
-    with pytest.raises(RuntimeError, match="stateless_apply .* is not supported"):
-        optimizer.stateless_apply([v.value for v in optimizer.variables], grads,
-                                  [v.value for v in net.trainable_variables])
-    assert all((a == b).all() for a, b in zip(before, net.get_weights()))
-
-
 def test_exclude_from_weight_decay_after_build_is_refused():
     _, optimizer = _built()
     with pytest.raises(ValueError, match="must be called before Adam is built"):

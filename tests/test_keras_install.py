@@ -21,7 +21,7 @@ def installed():
 
 def test_the_articles_line_trains_with_fusedopt(installed):
     net = fit("adam")  # model.compile(optimizer="adam", ...), then fit
-    assert type(net.optimizer) is fusedopt.keras.Adam
+    assert isinstance(net.optimizer, fusedopt.keras.Adam)  # which saves as Keras' Adam
     assert net.optimizer._fused.engine.iterations == 25  # fusedopt did the updates
     fusedopt.keras.uninstall()
     twin = fit("adam")
@@ -40,7 +40,7 @@ def test_every_name_and_spelling_resolves_to_fusedopt(installed, name):
                        {"class_name": KERAS_NAMES[name], "config": {"learning_rate": 0.05}},
                        documented, serialized):
         optimizer = keras.optimizers.get(identifier)
-        assert type(optimizer) is cls, identifier
+        assert isinstance(optimizer, cls), identifier
     assert keras.optimizers.get({"class_name": name, "config": {"learning_rate": 0.05}}
                                 ).get_config()["learning_rate"] == pytest.approx(0.05)
 

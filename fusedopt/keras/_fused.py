@@ -13,14 +13,16 @@ Only the update is replaced. Keras' ``BaseOptimizer.apply`` runs, per step:
 
 Here ``_backend_update_step`` is one :meth:`fusedopt.engine.engine.Engine.step` over the whole list
 (one fused call per dtype group); clipping and decoupled weight decay move into that same
-pass (``_clip_gradients`` and ``_apply_weight_decay`` become no-ops), and the optimizer's
-state arrays are the torch tensors of the Keras variables its ``build()`` made, updated in
-place. With ``use_ema`` on CPU the moving averages Keras made are the engine's
-(fusedopt/engine/ema.py), updated in the same pass, so Keras' ``[EMA]`` step only updates the
-averages of variables the engine does not step; on CUDA, and under
-``gradient_accumulation_steps`` (where Keras moves the averages on every call, update or
-not), Keras keeps its own EMA step. Keras' per-variable ``update_step`` is never called; if a Keras version called it
-(its hooks renamed), it raises instead of silently running Keras' math.
+pass (inside ``apply``, ``_clip_gradients`` and ``_apply_weight_decay`` return at once;
+called on their own, they are Keras'), and the optimizer's state arrays are the torch
+tensors of the Keras variables its ``build()`` made, updated in place. With ``use_ema`` on
+CPU the moving averages Keras made are the engine's (fusedopt/engine/ema.py), updated in the
+same pass, so Keras' ``[EMA]`` step only updates the averages of variables the engine does
+not step; on CUDA, and under ``gradient_accumulation_steps`` (where Keras moves the averages
+on every call, update or not), Keras keeps its own EMA step. ``stateless_apply`` runs the
+fused step on copies (fusedopt/keras/_stateless.py). Keras' per-variable ``update_step`` is
+never called; if a Keras version called it (its hooks renamed), it raises instead of
+silently running Keras' math.
 
 Pure bfloat16 training: ``stochastic_rounding=True`` (keyed on ``seed``) or
 ``kahan_summation=True`` (one more optimizer variable per bfloat16 variable, its
@@ -42,7 +44,11 @@ from ..engine.clip import Clipping
 from ..engine.ema import MovingAverage
 from ..engine.engine import Engine, check_seed
 from ..memory import storage as _storage
-from ._host_values import HostValue
+from . import _stateless
+from ._host_values import HostValue, host_number
+
+#: In the config of an optimizer with options Keras' class lacks: what loading it takes.
+REQUIRES = "import fusedopt.keras"
 
 #: Backends a Keras optimizer can ask for: torch CPU tensors go to the Numba backend, CUDA
 #: tensors to the CUDA kernels ("auto" picks by the variables' device).
@@ -117,27 +123,35 @@ class FusedOptimizer:
     def apply(self, grads, trainable_variables=None):
         iterations = self._fused.iterations
         before = iterations.get()
-        super().apply(grads, trainable_variables)
+        self._fused.applying = True  # the fused pass clips and decays: see _clip_gradients
+        try:
+            super().apply(grads, trainable_variables)
+        finally:
+            self._fused.applying = False
         iterations.wrote(before, before + 1)  # Keras' own iterations.assign_add(1)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if keras.src.backend.in_stateless_scope():
-            raise RuntimeError(f"{type(self).__name__} updates variables in place; "
-                               "stateless_apply (a StatelessScope) is not supported")
         self._before_fused_update()
+        if keras.src.backend.in_stateless_scope():  # stateless_apply: a step on copies
+            return _stateless.step(self, grads, trainable_variables)
         self._fused.step(self, grads, trainable_variables)
 
     def _before_fused_update(self) -> None:
         """Keras variables of the optimizer itself that its update step advances (Nadam's)."""
 
     def _clip_gradients(self, grads):
-        return grads  # clipped inside the fused pass (fusedopt.engine.clip)
+        if self._fused.applying:  # apply(): clipped inside the fused pass (engine/clip.py)
+            return grads
+        return super()._clip_gradients(grads)  # called on its own: Keras' clipped grads
 
     def _apply_weight_decay(self, variables):
-        return None  # decoupled weight decay is applied inside the fused pass
+        if self._fused.applying:  # apply(): decoupled weight decay inside the fused pass
+            return None
+        return super()._apply_weight_decay(variables)
 
     def _update_model_variables_moving_average(self, trainable_variables):
-        if self._fused.engine.ema is None:  # Keras' own (CUDA, gradient accumulation)
+        if self._fused.engine.ema is None or keras.src.backend.in_stateless_scope():
+            # Keras' own (CUDA, gradient accumulation, stateless_apply)
             return super()._update_model_variables_moving_average(trainable_variables)
         # The engine's step updated the averages of every variable it holds; the others
         # (variables Keras assigns their gradient) as Keras does.
@@ -160,12 +174,16 @@ class FusedOptimizer:
             f"{type(self).__name__} with this Keras version")
 
     def _backend_reset_gradient_accumulators(self):
+        if keras.src.backend.in_stateless_scope():  # Keras' assign: values, not in place
+            return super()._backend_reset_gradient_accumulators()
         import torch
         with torch.no_grad():
             torch._foreach_zero_([a.value for a in self._accumulated_gradients
                                   if a is not None])
 
     def _backend_increment_gradient_accumulators(self, grads, acc_grads):
+        if keras.src.backend.in_stateless_scope():
+            return super()._backend_increment_gradient_accumulators(grads, acc_grads)
         import torch
         with torch.no_grad():
             torch._foreach_add_([a.value for a in acc_grads], list(grads))
@@ -178,11 +196,16 @@ class FusedOptimizer:
         super().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
     def get_config(self):
-        config = super().get_config()
-        if self._fused.backend != "auto":
-            config["backend"] = self._fused.backend
-        config.update(self._fused.rounding.config())
-        return config
+        own = {"backend": self._fused.backend} if self._fused.backend != "auto" else {}
+        own.update(self._fused.rounding.config())
+        if own:  # options Keras' class lacks: loading the saved model takes fusedopt, and
+            own["requires"] = REQUIRES  # Keras' error for a class it cannot find prints this
+        return {**super().get_config(), **own}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return super().from_config(
+            {k: v for k, v in config.items() if k != "requires"}, custom_objects)
 
 
 class Rounding:
@@ -234,6 +257,7 @@ class _Fused:
         self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
+        self._numbers: dict = {}  # host copies of hyperparameters given as tensors
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
         self.engine = Engine(self.spec, "keras", backend=backend,
@@ -248,6 +272,7 @@ class _Fused:
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
         self.tensors: list = []             # engine position -> the variable's own tensor
         self.unheld: list[int] = []         # Keras' indices of variables it does not step
+        self.applying = False               # inside apply(): the fused pass clips and decays
 
     # --- what Keras holds, as the engine takes it ---------------------------------------------
     @staticmethod
@@ -276,14 +301,16 @@ class _Fused:
         return float(rate)
 
     def _hyper(self, optimizer) -> dict:
-        hyper = {n: getattr(optimizer, n) for n in self.names if n != "learning_rate"}
+        hyper = {n: host_number(n, getattr(optimizer, n), self._numbers)
+                 for n in self.names if n != "learning_rate"}
         rate = hyper["learning_rate"] = self._learning_rate(optimizer)
         if hyper.get("weight_decay") is not None:
             hyper["weight_decay"] = torch_backend_decay(hyper["weight_decay"], rate)
         return hyper
 
-    def add(self, optimizer, variables: list) -> None:
-        """Hand Keras' variables and the state variables its build() made to the engine."""
+    def add(self, optimizer, variables: list, ema: bool = True) -> None:
+        """Hand Keras' variables and the state variables its build() made to the engine
+        (``ema=False``: leave the moving averages to Keras' EMA step)."""
         names = [type(optimizer).state_attributes[s] for s in self.engine.hypers[0].slots]
         missing = [n for n in names if not hasattr(optimizer, n)]
         if missing:
@@ -295,7 +322,7 @@ class _Fused:
         # gradient accumulation (Keras moves them on every call, update or not), nor on
         # CUDA (where the engine's would be a pass like Keras' own): there Keras' EMA step.
         averages = None
-        if (optimizer.use_ema and not optimizer.gradient_accumulation_steps
+        if (ema and optimizer.use_ema and not optimizer.gradient_accumulation_steps
                 and self.backend != "cuda"
                 and all(v.value.device.type == "cpu" for v in variables)):
             self.engine.ema = MovingAverage(optimizer.ema_momentum)

@@ -6,9 +6,11 @@ lower-cases a built-in class name and resolves it in one table, the module attri
 ``ALL_OBJECTS_DICT`` of ``keras.src.optimizers`` (lower-case name -> class), read at every call.
 :func:`install` puts the fused classes in that table under Keras' names, so every lookup by
 name returns them: ``"adam"``, ``"Adam"``, and config dicts ``{"class_name": "Adam",
-"config": {...}}`` with or without Keras' ``"module": "keras.optimizers"``. Because the fused
-classes are registered serializables, the table hands Keras' deserializer their registered
-names (``fusedopt>Adam``), so construction goes through their own ``from_config``.
+"config": {...}}`` with or without Keras' ``"module": "keras.optimizers"``. The table entries
+are registered serializables (fusedopt/keras/_by_name.py), so the table hands Keras'
+deserializer their registered names, and construction goes through their ``from_config``:
+an optimizer made from a Keras name is a ``fusedopt.keras.Adam`` whose model saves as
+Keras' own Adam (loads anywhere), unless its config sets an option Keras' class lacks.
 
 What it leaves alone: an optimizer instance passed to ``compile``, a class referred to
 directly (``keras.optimizers.Adam(...)``), and ``keras.saving.load_model`` of a file saved
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import keras
 
+from ._by_name import BY_NAME
 from .optimizers import CLASSES
 
 #: name -> the class Keras' table held under it before install().
@@ -56,7 +59,7 @@ def install() -> None:
     Names: adam, adamw, sgd, rmsprop, adagrad, adadelta, adamax, nadam, lion (any case).
     """
     table = _table()
-    for name, cls in CLASSES.items():
+    for name, cls in BY_NAME.items():
         if table[name] is not cls:
             _replaced.setdefault(name, table[name])
             table[name] = cls
@@ -67,11 +70,11 @@ def uninstall() -> None:
     table = _table()
     for name in list(_replaced):
         previous = _replaced.pop(name)
-        if table[name] is CLASSES[name]:
+        if table[name] is BY_NAME[name]:
             table[name] = previous
 
 
 def installed() -> bool:
     """Whether Keras' names currently resolve to fusedopt's classes."""
     table = _table()
-    return all(table[name] is cls for name, cls in CLASSES.items())
+    return all(table[name] is cls for name, cls in BY_NAME.items())

@@ -7,7 +7,9 @@ Keras' ``build()`` creates, so the fused kernels update Keras' own optimizer var
 
 Registered with ``keras.saving.register_keras_serializable(package="fusedopt")``: a saved
 model names them ``fusedopt>Adam`` & co, and ``keras.saving.load_model`` finds them once
-``fusedopt.keras`` is imported.
+``fusedopt.keras`` is imported. An optimizer made from Keras' name after ``install()`` is an
+instance of a subclass (:class:`saved_as_keras`) that saves as Keras' own class instead
+(fusedopt/keras/_by_name.py).
 """
 
 from __future__ import annotations
@@ -55,3 +57,12 @@ def _keras_class(spec) -> type:
 CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.values()
            if spec.keras is not None}
 globals().update({cls.__name__: cls for cls in CLASSES.values()})
+
+
+class saved_as_keras:
+    """The classes of optimizers made from Keras' names after ``install()``: ``Adam`` here is
+    ``fusedopt.keras.Adam``, saved as ``keras.optimizers.Adam`` (fusedopt/keras/_by_name.py)."""
+
+
+class by_name:
+    """What ``install()`` puts under Keras' names (fusedopt/keras/_by_name.py)."""
