@@ -208,17 +208,17 @@ def test_what_differs_at_a_larger_learning_rate_is_keras_float32_bias_correction
     exact = _registry.REGISTRY["adam"]
 
     def keras_float32_alpha(hp, step, convention):
-        scalars = list(exact.scalars(hp, step, convention))
+        scalars = exact.scalar_fn(hp, step, convention)
         t, lr = f32(step), f32(hp["learning_rate"])
         power_1, power_2 = f32(hp["beta_1"]) ** t, f32(hp["beta_2"]) ** t
-        scalars[8] = float(lr * np.sqrt(f32(1) - power_2) / (f32(1) - power_1))  # alpha
-        return tuple(scalars)
+        alpha = float(lr * np.sqrt(f32(1) - power_2) / (f32(1) - power_1))
+        return {**scalars, "step_size": alpha}
 
     kwargs = lambda: dict(learning_rate=0.02)  # noqa: E731
     twin = weights(fit(keras.optimizers.Adam(**kwargs())))
     assert max_diff(weights(fit(fusedopt.keras.Adam(**kwargs()))), twin) > 2 * KERAS_FIT
     monkeypatch.setitem(_registry.REGISTRY, "adam",
-                        dataclasses.replace(exact, scalars=keras_float32_alpha))
+                        dataclasses.replace(exact, scalar_fn=keras_float32_alpha))
     assert max_diff(weights(fit(fusedopt.keras.Adam(**kwargs()))), twin) < KERAS_FIT / 2
 
 

@@ -35,7 +35,7 @@ class _NadamHooks:
         product.assign(product * self.beta_1 * (1.0 - 0.5 * ops.power(0.96, step)))
 
 
-#: Keras-only behaviour of some classes, mixed in before Keras' class.
+#: Keras-only behaviour of some classes: their methods go into the class itself.
 _HOOKS = {"nadam": _NadamHooks}
 
 
@@ -43,13 +43,15 @@ def _keras_class(spec) -> type:
     """``keras.optimizers.<name>`` with :class:`FusedOptimizer` in front, for ``spec``."""
     door = spec.keras
     peer = getattr(keras.optimizers, door["name"])
-    bases = (FusedOptimizer, *((_HOOKS[spec.name],) if spec.name in _HOOKS else ()), peer)
+    bases = (FusedOptimizer, peer)
+    hooks = {k: v for k, v in vars(_HOOKS.get(spec.name, object)).items()
+             if not k.startswith("__")}  # before FusedOptimizer's defaults
     doc = (f"``keras.optimizers.{door['name']}``, fused: Keras' arguments, defaults, config "
            f"and variables, its update in one pass. The rule, as ``fusedopt.{spec.class_name}``"
            f" has it:\n\n{spec.doc.split('Args:')[0].rstrip()}\n")
     cls = type(door["name"], bases, {
         "__doc__": doc, "__module__": __name__, "__qualname__": door["name"],
-        "spec_name": spec.name, "state_attributes": dict(door["state_attributes"])})
+        "spec_name": spec.name, "state_attributes": dict(door["state_attributes"]), **hooks})
     return _register(cls)
 
 
