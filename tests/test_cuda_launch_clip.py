@@ -18,7 +18,7 @@ from fusedopt.backends.cpu import backend as cpu_backend
 from fusedopt.backends.cpu import norm as cpu_norm
 from fusedopt.backends.cpu.loop import run as cpu_run
 from fusedopt.backends.cuda import launch, runtime
-from fusedopt.engine.clip import NO_CLIP, GradClip
+from fusedopt.memory.group import NO_CLIP, GradClip
 from fusedopt.memory.steps import step_rows
 from fusedopt.memory.storage import MODE_IDS, Storage
 from fusedopt.memory.table import rows

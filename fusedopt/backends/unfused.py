@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.clip import NO_CLIP, GradClip
-from ..memory.group import Group, as_storage, step_storage
+from ..memory.group import NO_CLIP, GradClip, Group, as_storage, step_storage
 from ..memory.steps import as_rows
 from . import rounding as _rounding
 

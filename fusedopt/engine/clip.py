@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..memory.group import NO_CLIP, GradClip  # noqa: F401  (what a backend applies)
+
 NAMES = ("clipnorm", "global_clipnorm", "clipvalue")
 
 
@@ -119,20 +121,3 @@ def grad_scales(clipping: Clipping, sums: list, grad_scale=None) -> list:
         return [_xp(s).zeros(s.shape, np.float64) + inv for s in sums]
     unscaled = [s * (inv * inv) for s in sums]
     return [c * inv for c in scales(clipping, unscaled)]
-
-
-@dataclass(frozen=True)
-class GradClip:
-    """What one backend step applies to its grads: per-tensor ``scales`` (a float64 array
-    on the grads' device, one float for every tensor, or None for 1.0) and one value
-    ``limit`` (+inf for none)."""
-
-    scales: object = None
-    limit: float = math.inf
-
-    @property
-    def active(self) -> bool:
-        return self.scales is not None or self.limit != math.inf
-
-
-NO_CLIP = GradClip()

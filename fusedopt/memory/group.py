@@ -9,6 +9,7 @@ says otherwise (:func:`step_storage`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,3 +94,20 @@ def make_group(storage, params, states, chunk, address, pack: bool = False,
 def step_table(group: Group, grads, address) -> np.ndarray:
     """The launch table for this step's gradients (written only if a grad moved)."""
     return group.table.set_grads([address(g) for g in grads])
+
+
+@dataclass(frozen=True)
+class GradClip:
+    """What one backend step applies to its grads: per-tensor ``scales`` (a float64 array
+    on the grads' device, one float for every tensor, or None for 1.0) and one value
+    ``limit`` (+inf for none)."""
+
+    scales: object = None
+    limit: float = math.inf
+
+    @property
+    def active(self) -> bool:
+        return self.scales is not None or self.limit != math.inf
+
+
+NO_CLIP = GradClip()

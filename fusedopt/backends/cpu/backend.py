@@ -6,9 +6,8 @@ import numpy as np
 from numba import njit
 
 from ... import config
-from ...engine.clip import NO_CLIP, GradClip
 from ...memory.arrays import foreign, kind_of
-from ...memory.group import Group, make_group, step_storage, step_table
+from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
 from . import norm, storage

@@ -15,8 +15,7 @@ import numpy as np
 
 from ... import config
 from ...algorithms.registry import REGISTRY
-from ...engine.clip import NO_CLIP, GradClip
-from ...memory.group import Group, make_group, step_storage, step_table
+from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
 from ...memory.steps import as_rows
 from ...memory.storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
 from ...memory.table import rows
