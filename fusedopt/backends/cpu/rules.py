@@ -1,23 +1,26 @@
 """The algorithms' element rules (fusedopt/algorithms/<family>.py), compiled for the CPU loop.
 
-A rule is plain Python; here it is compiled by Numba as it is, its library helpers
-(fusedopt/algorithms/rulelib.py) bound to their jitted selves. The loop calls one
-:func:`element_rule` per variant: the rule with the variant's flags frozen in as constants
-(so LLVM keeps only that variant's branches), taking the state slots the loop carries
-(``s0..s2``, the variant's slots in kernel order) and the step's scalars ``k`` as a named
-tuple, and giving back the new param and slots in the same order.
+A rule is plain Python; the loop calls one element function per variant, made from the
+rule's own source (fusedopt/algorithms/ruleast.py: the rule language's helpers inlined): it
+takes the state slots the loop carries (``s0..s2``, the variant's slots in kernel order) and
+the step's scalars ``k`` as a named tuple, binds each of the rule's slot arguments to its
+slot (``zero`` for a slot the variant has not), runs the rule's statements with the
+variant's flags ``f`` a constant (so LLVM keeps only that variant's branches), and gives
+back the new param and slots in the same order. Numba compiles it and inlines it into the
+element loop.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import inspect
-import types
 
 from numba import njit
 
 from ...algorithms import rulelib
+from ...algorithms.ruleast import expand, function
 from ...constants import MAX_SLOTS
 
 _RULE = {"inline": "always", "error_model": "numpy"}
@@ -26,51 +29,45 @@ _RULE = {"inline": "always", "error_model": "numpy"}
 _MODULE = __name__
 
 
-@functools.lru_cache(maxsize=None)
-def _helpers() -> dict:
-    return {name: njit(**_RULE)(function) for name, function in rulelib.HELPERS.items()}
-
-
-@functools.lru_cache(maxsize=None)
-def jitted(rule):
-    """``rule`` compiled by Numba (inlined where called), with the helpers it calls jitted."""
-    namespace = {**rule.__globals__, **_helpers()}
-    clone = types.FunctionType(rule.__code__, namespace, rule.__name__, rule.__defaults__,
-                               rule.__closure__)
-    clone.__qualname__ = rule.__qualname__
-    return njit(**_RULE)(clone)
-
-
 def source_digest(spec) -> str:
-    """A short digest of the rule's and the helpers' source: part of each compiled element
-    function's name, so Numba's on-disk cache never serves a rule's old code."""
+    """A short digest of the rule's and the helpers' source: part of each element function's
+    name, so Numba's on-disk cache never serves a rule's old code."""
     text = inspect.getsource(spec.rule) + "".join(
         inspect.getsource(f) for f in rulelib.HELPERS.values())
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _name(node: str) -> ast.Name:
+    return ast.Name(id=node, ctx=ast.Load())
+
+
 @functools.lru_cache(maxsize=None)
 def element_rule(spec, flags: tuple):
     """``spec``'s rule for variant ``flags`` as the loop calls it:
-    ``(p, g, s0, s1, s2, zero, k) -> (p, s0, s1, s2)``, where ``s0..`` are the variant's
-    slots in kernel order (``zero`` stands in for a slot the variant has not)."""
+    ``(p, g, s0, s1, s2, zero, k) -> (p, s0, s1, s2)``."""
     present = spec.slots(flags)
     if len(present) > MAX_SLOTS:
         raise ValueError(f"{spec.name} has {len(present)} slots; the loops carry {MAX_SLOTS}")
     carried = [f"s{i}" for i in range(MAX_SLOTS)]
-    arguments = [carried[present.index(s.name)] if s.name in present else "zero"
-                 for s in spec.slot_decls]
-    results = [f"r_{s.name}" for s in spec.slot_decls]
-    returned = [results[[s.name for s in spec.slot_decls].index(name)] for name in present]
-    returned += carried[len(present):]
+    rule = function(spec.rule)
+    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    *body, returned = expand([s for s in rule.body if not (
+        isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))], where)
+    bind = [ast.Assign(targets=[ast.Name(id=s.name, ctx=ast.Store())],
+                       value=_name(carried[present.index(s.name)] if s.name in present
+                                   else "zero"), lineno=0)
+            for s in spec.slot_decls]
+    out = [_name("p"), *(_name(n) for n in present), *(_name(c) for c in carried[len(present):])]
     name = f"{spec.name}_{'_'.join(map(str, flags))}_{source_digest(spec)}"
-    text = (f"def {name}(p, g, {', '.join(carried)}, zero, k):\n"
-            f"    {', '.join(['p', *results])}, = rule({', '.join(['p', 'g', *arguments])}, k,"
-            f" flags)\n"
-            f"    return {', '.join(['p', *returned])}\n")
-    namespace = {"rule": jitted(spec.rule), "flags": spec.named_flags(flags),
-                 "__name__": _MODULE}
-    exec(compile(text, f"<{_MODULE}.{name}>", "exec"), namespace)
-    function = namespace[name]
-    function.__module__ = _MODULE
-    return njit(**_RULE)(function)
+    made = ast.FunctionDef(
+        name=name, args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=a) for a in (
+            "p", "g", *carried, "zero", "k")], kwonlyargs=[], kw_defaults=[], defaults=[]),
+        body=[*bind, *body, ast.Return(value=ast.Tuple(elts=out, ctx=ast.Load()))],
+        decorator_list=[], returns=None, type_params=[])
+    module = ast.fix_missing_locations(ast.Module(body=[made], type_ignores=[]))
+    namespace = {**vars(rulelib), **spec.rule.__globals__, "f": spec.named_flags(flags),
+                 "__name__": _MODULE}  # the helpers inlined read their own module's names
+    exec(compile(module, f"<{_MODULE}.{name}>", "exec"), namespace)
+    element = namespace[name]
+    element.__module__ = _MODULE
+    return njit(**_RULE)(element)

@@ -27,12 +27,12 @@ from .translate import (
     _RESERVED,
     RuleError,
     _assigned,
-    _expand,
-    _function,
     _Literals,
     _pascal,
     _Rule,
     _statements,
+    expand,
+    function,
 )
 
 HEADER = "constants.cuh"
@@ -53,7 +53,7 @@ def _count(presences) -> str:
 def rule_source(spec) -> str:
     """``kernels/<family>.cu`` for ``spec``'s family."""
     where = f"fusedopt/algorithms/{spec.kernel}.py"
-    node = _function(spec.rule)
+    node = function(spec.rule)
     expected = ["p", "g", *(s.name for s in spec.slot_decls), "k", "f"]
     if [a.arg for a in node.args.args] != expected:
         raise RuleError(f"{where}: the rule must take ({', '.join(expected)})")
@@ -67,7 +67,7 @@ def rule_source(spec) -> str:
     outputs = ["p", *(s.name for s in spec.slot_decls)]
     if names != outputs:
         raise RuleError(f"{where}: the rule must end in `return {', '.join(outputs)}`")
-    statements = [_Literals().visit(s) for s in _expand(body[:-1], where)]
+    statements = [_Literals().visit(s) for s in expand(body[:-1], where)]
     rule = _Rule(spec, where)
     rule.locals = [n for n in _assigned(statements) if n not in expected]
     for name in rule.locals + outputs:

@@ -7,12 +7,10 @@ makes the files."""
 from __future__ import annotations
 
 import ast
-import copy
-import inspect
-import textwrap
 
 from ... import constants
 from ...algorithms import rulelib
+from ...algorithms.ruleast import RuleError, expand, function  # noqa: F401
 
 _RESERVED = {"k", "s", "spare", "C", "P", "G", "S", "MODE", "auto", "int", "float", "double",
              "const", "return", "if", "else", "for", "while", "struct", "template", "class",
@@ -20,19 +18,8 @@ _RESERVED = {"k", "s", "spare", "C", "P", "G", "S", "MODE", "auto", "int", "floa
              "default", "switch", "case", "break", "continue", "goto", "static", "volatile"}
 
 
-class RuleError(ValueError):
-    """A rule outside the language the translator (and the CPU loop) accepts."""
-
-
 def _pascal(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
-
-
-def _function(fn) -> ast.FunctionDef:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
-    node = tree.body[0]
-    assert isinstance(node, ast.FunctionDef)
-    return node
 
 
 # --- expressions -------------------------------------------------------------------------
@@ -133,66 +120,6 @@ class _Literals(ast.NodeTransformer):
                 else:
                     node.comparators[i - 1] = replacement
         return node
-
-
-class _Substitute(ast.NodeTransformer):
-    def __init__(self, mapping):
-        self.mapping = mapping
-
-    def visit_Name(self, node):
-        if node.id in self.mapping:
-            return copy.deepcopy(self.mapping[node.id])
-        return node
-
-
-def _inline(call_targets, call, where: str) -> list:
-    """The statements of helper ``call`` (an ``ast.Call`` of a rulelib helper) with its
-    arguments substituted, assigning its returned tuple to ``call_targets``."""
-    name = call.func.id
-    helper = _function(rulelib.HELPERS[name])
-    params = [a.arg for a in helper.args.args]
-    if len(call.args) != len(params) or call.keywords:
-        raise RuleError(f"{where}: {name}() takes {', '.join(params)}, positionally")
-    mapping = dict(zip(params, call.args))
-    body = [s for s in helper.body
-            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-    *statements, returned = body
-    if not isinstance(returned, ast.Return) or not isinstance(returned.value, ast.Tuple):
-        raise RuleError(f"{where}: helper {name} must end in `return a, b`")
-    for node in ast.walk(ast.Module(body=statements, type_ignores=[])):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            if not isinstance(mapping.get(node.id), ast.Name):
-                raise RuleError(f"{where}: {name}() assigns its argument {node.id!r}; "
-                                "pass a name there")
-    substituted = [_Substitute(mapping).visit(copy.deepcopy(s)) for s in statements]
-    outputs = [_Substitute(mapping).visit(copy.deepcopy(e)) for e in returned.value.elts]
-    if len(outputs) != len(call_targets):
-        raise RuleError(f"{where}: {name}() returns {len(outputs)} values")
-    for target, value in zip(call_targets, outputs):
-        if not (isinstance(value, ast.Name) and value.id == target.id):
-            substituted.append(ast.Assign(targets=[target], value=value, lineno=call.lineno))
-    for node in substituted:
-        ast.fix_missing_locations(node)
-    return substituted
-
-
-def _expand(statements, where: str) -> list:
-    """``statements`` with every helper call inlined (recursively into ``if`` blocks)."""
-    out = []
-    for node in statements:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
-                and isinstance(node.value.func, ast.Name) \
-                and node.value.func.id in rulelib.HELPERS:
-            target = node.targets[0]
-            targets = target.elts if isinstance(target, ast.Tuple) else [target]
-            out += _expand(_inline(targets, node.value, where), where)
-        elif isinstance(node, ast.If):
-            node.body = _expand(node.body, where)
-            node.orelse = _expand(node.orelse, where)
-            out.append(node)
-        else:
-            out.append(node)
-    return out
 
 
 # --- statements --------------------------------------------------------------------------
