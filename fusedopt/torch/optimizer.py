@@ -18,6 +18,7 @@ import torch
 from ..algorithms.registry import lookup
 from ..engine.engine import Engine
 from . import _checkpoint, _checks, _layout
+from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local
 from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy
 
@@ -81,7 +82,7 @@ class Optimizer(torch.optim.Optimizer):
 
     _row: Row
     #: GradScaler sets ``grad_scale`` and ``found_inf`` and lets step() unscale and skip.
-    _step_supports_amp_scaling = True
+    _step_supports_amp_scaling = AmpScaling()
 
     def __init__(self, params, defaults: dict):
         self._fresh_engine()
