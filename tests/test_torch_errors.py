@@ -59,6 +59,7 @@ def test_foreach_and_fused_mean_nothing_here(flags):
      r"param group 1, param 0 \(shape \(3,\)\) is torch.complex64, whose state is complex: "
      "state_dtype must be None, 'float32' or 'float64', got 'bfloat16'"),
 ])
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_bad_params_are_refused_and_the_group_is_not_added(make, kind, message):
     opt = _opt()
     group = {"params": [make()]}
