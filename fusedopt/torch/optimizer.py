@@ -223,17 +223,26 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._fused()
+        return loss
+
+    @torch.compiler.disable(reason="fusedopt's step launches its fused kernels from Python "
+                            "by memory address and runs eagerly")
+    def _fused(self) -> None:
+        """The step itself. torch.compile does not trace it: it builds launch tables and
+        calls Numba or CUDA kernels through memory addresses, nothing a graph holds (traced,
+        it broke the graph some 20 times and warned). Compiled code around it (a training
+        step's forward and backward) keeps its graphs, with one break here."""
         if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
             self._rebuild()
         for grads, positions in self._gather():  # one round, unless a param is listed twice
             if not positions:
-                return loss
+                return
             applied = self._engine.step(grads, positions,
                                         grad_scale=getattr(self, "grad_scale", None),
                                         found_inf=getattr(self, "found_inf", None))
             if applied:
                 self._advance(tuple(positions))
-        return loss
 
     def _gather(self):
         """This step's rounds: grads and the engine positions of their params, in group
