@@ -166,3 +166,20 @@ def test_replacing_param_data_moves_the_state_along():
 def test_errors_use_the_classes_own_argument_names(cls, group, message):
     with pytest.raises(ValueError, match=message):
         cls([torch.nn.Parameter(torch.ones(2))], **group)
+
+
+def test_a_real_grad_for_a_complex_param_is_refused_and_nothing_steps():
+    """torch takes such a grad only where the param's grad_dtype was set to None."""
+    plain, odd = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(
+        torch.ones(3, dtype=torch.complex64))
+    opt = ft.Adam([plain, odd], lr=0.1)
+    plain.grad, odd.grad = torch.ones(2), torch.ones_like(odd)
+    opt.step()
+    before = [p.detach().clone() for p in (plain, odd)]
+    odd.grad_dtype = None
+    odd.grad = torch.ones(3)
+    with pytest.raises(TypeError, match=r"param group 0, param 1: the grad is torch.float32 "
+                                        "and the param torch.complex64"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip((plain, odd), before))
+    assert float(opt.state[plain]["step"]) == 1.0

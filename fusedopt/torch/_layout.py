@@ -27,12 +27,20 @@ import torch
 def dense(t: torch.Tensor) -> bool:
     """True when ``t``'s elements fill ``t.numel()`` consecutive elements of memory exactly
     once (in some order of the dimensions): a permutation of a contiguous tensor."""
+    if t.numel() == 0:
+        return True
     expected = 1
     for stride, size in sorted((s, n) for n, s in zip(t.shape, t.stride()) if n != 1):
         if stride != expected:
             return False
         expected *= size
     return True
+
+
+def same_order(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` and ``b`` (of one shape) lie in memory alike: the same strides wherever a
+    dimension has more than one element (a size-1 dimension's stride means nothing)."""
+    return all(x == y for n, x, y in zip(a.shape, a.stride(), b.stride()) if n != 1)
 
 
 def span(t: torch.Tensor) -> torch.Tensor:
@@ -62,10 +70,10 @@ class Layout:
     def grad(self, g: torch.Tensor, where: str) -> torch.Tensor:
         """The engine's view of grad ``g``, copied into the param's order when its strides
         differ."""
-        if g.is_complex() != self.complex:
+        if g.is_complex() != self.complex:  # torch allows it only with p.grad_dtype = None
             raise TypeError(f"{where}: the grad is {g.dtype} and the param "
                             f"{self.param.dtype}; give a complex param a complex grad")
-        if g.stride() != self.param.stride():
+        if not same_order(g, self.param):
             g = torch.empty_like(self.param, dtype=g.dtype).copy_(g)
         return self.inward(g)
 
@@ -78,7 +86,7 @@ class Layout:
         if t.is_complex() != self.complex:
             raise ValueError(f"{where} is {t.dtype} and the param {self.param.dtype}: the "
                              "state of a complex param is complex, of a real param real")
-        if t.stride() != self.param.stride():
+        if not same_order(t, self.param):
             t = torch.empty_like(self.param, dtype=t.dtype).copy_(t)
         return self.inward(t)
 
