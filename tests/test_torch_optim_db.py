@@ -13,6 +13,10 @@ must refuse (``optim_error_inputs_func``). For every entry whose class fusedopt.
   every state entry compared, state strides included;
 - the default config with each of its lr scheduler chains;
 - every error input: fusedopt raises the same exception type (a warning: the same warning).
+  The wording is fusedopt's where it names the param group and the valid range ("param
+  group 0: betas[0] must be in [0, 1), got 1.0" for torch's "Invalid beta parameter at index
+  0: 1.0"); torch's own where the refusal is torch's (duplicate params, named params, tensor
+  lr and betas).
 
 Refused on purpose (each refusal is checked: a clear error, nothing changed):
 
