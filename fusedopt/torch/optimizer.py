@@ -17,7 +17,7 @@ import torch
 
 from ..algorithms.registry import lookup
 from ..engine.engine import Engine
-from . import _checkpoint, _checks, _layout
+from . import _checkpoint, _checks, _compile, _layout
 from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local
 from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy
@@ -85,6 +85,7 @@ class Optimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = AmpScaling()
 
     def __init__(self, params, defaults: dict):
+        _compile.untraced(Optimizer)
         self._fresh_engine()
         super().__init__(params, defaults)
 
@@ -226,13 +227,8 @@ class Optimizer(torch.optim.Optimizer):
         self._fused()
         return loss
 
-    @torch.compiler.disable(reason="fusedopt's step launches its fused kernels from Python "
-                            "by memory address and runs eagerly")
     def _fused(self) -> None:
-        """The step itself. torch.compile does not trace it: it builds launch tables and
-        calls Numba or CUDA kernels through memory addresses, nothing a graph holds (traced,
-        it broke the graph some 20 times and warned). Compiled code around it (a training
-        step's forward and backward) keeps its graphs, with one break here."""
+        """The step itself, which torch.compile does not trace (fusedopt/torch/_compile.py)."""
         if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
             self._rebuild()
         for grads, positions in self._gather():  # one round, unless a param is listed twice
@@ -361,6 +357,7 @@ class Optimizer(torch.optim.Optimizer):
             raise
 
     def __setstate__(self, state: dict) -> None:
+        _compile.untraced(Optimizer)
         super().__setstate__(state)
         defaults = {**self._row.group_defaults, **self.__dict__.get("defaults", {})}
         for group in self.param_groups:  # torch.optim's checkpoints lack our storage keys
