@@ -81,7 +81,8 @@ class Optimizer(torch.optim.Optimizer):
     """
 
     _row: Row
-    #: GradScaler sets ``grad_scale`` and ``found_inf`` and lets step() unscale and skip.
+    #: True to GradScaler.step, which then sets ``grad_scale`` and ``found_inf`` and lets
+    #: step() unscale and skip; False to others (Lightning clips): fusedopt/torch/_amp.py.
     _step_supports_amp_scaling = AmpScaling()
 
     def __init__(self, params, defaults: dict):
