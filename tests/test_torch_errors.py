@@ -47,20 +47,40 @@ def test_foreach_and_fused_mean_nothing_here(flags):
 
 
 @pytest.mark.parametrize("make, kind, message", [
-    (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.complex64)), TypeError,
-     r"param group 1, param 0 \(shape \(3,\)\) is torch.complex64: fusedopt steps real"),
+    (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.complex32)), TypeError,
+     r"param group 1, param 0 \(shape \(3,\)\) is torch.complex32: fusedopt steps complex64 "
+     "and complex128 params"),
     (lambda: torch.nn.Parameter(torch.ones(3).to(torch.float8_e4m3fn)), TypeError,
      r"param group 1, param 0 \(shape \(3,\)\) has dtype torch.float8_e4m3fn"),
-    (lambda: torch.nn.Parameter(torch.ones(4, 3).t()), ValueError,
-     r"param group 1, param 0 \(shape \(3, 4\)\) is not contiguous"),
-    (lambda: torch.nn.Parameter(torch.ones(3, device="meta")), TypeError,
-     r"param group 1, param 0 \(shape \(3,\)\) is on meta"),
+    (lambda: torch.nn.Parameter(torch.ones(4, 6)[:, ::2]), ValueError,
+     r"param group 1, param 0 \(shape \(4, 3\)\) has gaps or overlaps in its memory "
+     r"\(strides \(6, 2\)\)"),
+    (lambda: torch.nn.Parameter(torch.ones(3, dtype=torch.complex64)), ValueError,
+     r"param group 1, param 0 \(shape \(3,\)\) is torch.complex64, whose state is complex: "
+     "state_dtype must be None, 'float32' or 'float64', got 'bfloat16'"),
 ])
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_bad_params_are_refused_and_the_group_is_not_added(make, kind, message):
     opt = _opt()
+    group = {"params": [make()]}
+    if "state_dtype" in message:
+        group["state_dtype"] = "bfloat16"
     with pytest.raises(kind, match=message):
-        opt.add_param_group({"params": [make()]})
+        opt.add_param_group(group)
     assert len(opt.param_groups) == 1 and len(opt._engine.hypers) == 1
+
+
+def test_a_meta_param_still_on_meta_at_its_first_step_is_refused():
+    """Accepted at construction (init on meta, then module.to_empty), but a param with a
+    grad and no memory cannot be stepped."""
+    meta = torch.nn.Parameter(torch.ones(3, device="meta"))
+    real = torch.nn.Parameter(torch.ones(2))
+    opt = ft.Adam([real, meta], lr=0.1)
+    real.grad, meta.grad = torch.ones(2), torch.ones(3, device="meta")
+    with pytest.raises(ValueError, match=r"param group 0, param 1 \(shape \(3,\)\) is on the "
+                                         r"meta device, with no memory to update: materialize"):
+        opt.step()
+    assert torch.equal(real, torch.ones(2)) and not opt.state
 
 
 def test_a_group_mixing_cpu_and_cuda_tensors_is_refused():
@@ -146,3 +166,20 @@ def test_replacing_param_data_moves_the_state_along():
 def test_errors_use_the_classes_own_argument_names(cls, group, message):
     with pytest.raises(ValueError, match=message):
         cls([torch.nn.Parameter(torch.ones(2))], **group)
+
+
+def test_a_real_grad_for_a_complex_param_is_refused_and_nothing_steps():
+    """torch takes such a grad only where the param's grad_dtype was set to None."""
+    plain, odd = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(
+        torch.ones(3, dtype=torch.complex64))
+    opt = ft.Adam([plain, odd], lr=0.1)
+    plain.grad, odd.grad = torch.ones(2), torch.ones_like(odd)
+    opt.step()
+    before = [p.detach().clone() for p in (plain, odd)]
+    odd.grad_dtype = None
+    odd.grad = torch.ones(3)
+    with pytest.raises(TypeError, match=r"param group 0, param 1: the grad is torch.float32 "
+                                        "and the param torch.complex64"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip((plain, odd), before))
+    assert float(opt.state[plain]["step"]) == 1.0

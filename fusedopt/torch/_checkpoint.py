@@ -23,14 +23,21 @@ Which checkpoints load, and what they become:
 
 from __future__ import annotations
 
+import math
 from itertools import chain
 
 import torch
+
+from ..algorithms.nadam import nadam_momentum_product
 
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
 from ._local import local
 from ._names import MASTER_KEYS, Row
+
+#: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
+#: within this (absolute; a float32 running product stays far closer, see step_of).
+MU_PRODUCT_TOLERANCE = 1e-6
 
 
 def originals(optimizer, state_dict: dict) -> dict:
@@ -106,3 +113,51 @@ def _checked(where: str, key: str, value, memory, dtype: str, strict: bool, fix:
 def _beside(memory, dtype: str):
     return torch.empty_like(memory, dtype=torch_dtype(dtype),
                             memory_format=torch.contiguous_format)
+
+
+def saved(optimizer, index: int, j: int, param, memory, layout):
+    """The saved state of ``param`` (``optimizer.state[param]``) as engine slots (copies
+    beside ``memory``, the engine's view of the param; ``layout`` its translation,
+    fusedopt/torch/_layout.py) and its step count; every key checked first."""
+    engine = optimizer._engine
+    where = f"param group {index}, param {j} (shape {tuple(param.shape)})"
+    entries = {k: v for k, v in optimizer.state[param].items() if v is not None}
+    if layout is not None:  # moments in the param's order and the engine's view of it
+        entries = {k: layout.like(local(v), f"{where}: saved {k!r}")
+                   if isinstance(v, torch.Tensor) and v.dim() else v
+                   for k, v in entries.items()}
+    storage = engine.storage_of(len(engine.params), memory, index)
+    values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,
+                   memory)
+    return values, step_of(optimizer, where, index, entries)
+
+
+def step_of(optimizer, where: str, index: int, entries: dict) -> int:
+    """The step count of a param's saved state ``entries``, checked."""
+    row = optimizer._row
+    if not row.counts_steps:
+        return 1 if entries else 0  # SGD, Lion: only "stepped before or not" matters
+    t = float(entries["step"])
+    if not (t >= 0 and t == int(t)):
+        raise ValueError(f"{where}: saved step {t} is not a step count")
+    t = int(t)
+    if row.mu_product:
+        # fusedopt derives P_t from t, beta1 and momentum_decay; torch carries it as a
+        # float32 running product, whose rounding stays below 1e-7 here (P_t shrinks
+        # geometrically while the error grows by an ulp a step).
+        have, want = float(entries["mu_product"]), mu_product(optimizer, index, t)
+        if not math.isclose(have, want, rel_tol=0.0, abs_tol=MU_PRODUCT_TOLERANCE):
+            raise ValueError(f"{where}: saved mu_product {have!r} is not the product of "
+                             f"NAdam's momenta over {t} steps with this group's beta1 and "
+                             f"momentum_decay ({want!r}); fusedopt computes it from the "
+                             "step, so it cannot continue a run whose betas or "
+                             "momentum_decay changed during training")
+    return t
+
+
+def mu_product(optimizer, index: int, step: int) -> float:
+    """NAdam's momentum product after ``step`` steps of group ``index``, as torch's float32
+    running product has it."""
+    hyper = optimizer._engine.hypers[index].hyper
+    return nadam_momentum_product(float(hyper["beta_1"]), float(hyper["momentum_decay"]),
+                                  step, float32=True)

@@ -12,6 +12,14 @@ Flags (torch's, in every group):
   step anyway; that is what capturable is usually after.)
 - ``differentiable=True``: refused. The step is a kernel outside autograd; differentiate
   through torch.optim's own step.
+
+Params: a dtype the optimizer steps (complex64 and complex128 as real pairs), dense in any
+order of their dimensions (fusedopt/torch/_layout.py), strided layout, CPU or CUDA; a param
+with gaps or overlaps in its memory (a slice, an expanded tensor) is refused, as the step
+updates a param as one block of memory. Meta-device params pass at construction and are
+checked when first stepped. Sparse grads are refused. Hyperparameters: the registry's
+checks, in torch's names; tensors of one element, as torch takes them (and refused where
+torch's Adam and AdamW constructors refuse them).
 """
 
 from __future__ import annotations
@@ -20,10 +28,15 @@ import torch
 
 from ..engine.engine import check_seed
 from ..memory import storage as _storage
+from . import _layout
 from ._local import local
 from ._names import FLAGS, RENAMES, Row, storage_mode, storage_policy, torch_name
 
-_COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
+#: Complex dtypes stepped as real pairs (fusedopt/torch/_layout.py) -> their real dtype.
+_COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+#: torch classes whose constructor refuses a tensor lr or betas with foreach=True (their
+#: foreach loop cannot take one), and betas mixing a tensor and a float.
+_TENSOR_BETAS = ("Adam", "AdamW")
 #: The state dtypes a param group may name (None stands for "param": fusedopt/memory/storage.py).
 _STATE_DTYPES = tuple(d for d in _storage.STATE_DTYPES if d != "param")
 
@@ -50,8 +63,11 @@ def flags(index: int, group: dict, row: Row) -> None:
 
 
 def hyper(index: int, group: dict, row: Row, spec) -> None:
-    """Each of the group's values against the registry's check, named as torch names it."""
+    """Each of the group's values against the registry's check, named as torch names it.
+    A value may be a 1-element tensor of any shape, as torch takes a tensor lr (and Adam's
+    and AdamW's tensor betas): the step reads its number."""
     checks = {h.name: h for h in spec.hypers}
+    _tensor_rules(index, group, row)
     for key in row.arguments:
         if key in FLAGS:
             continue
@@ -64,11 +80,45 @@ def hyper(index: int, group: dict, row: Row, spec) -> None:
         else:
             named = {RENAMES.get(key, key): value}
         for name, v in named.items():
-            v = v.item() if isinstance(v, torch.Tensor) and v.dim() == 0 else v
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise ValueError(f"param group {index}: Tensor {torch_name(name, row)} "
+                                     f"must be 1-element, got shape {tuple(v.shape)}")
+                v = v.item()
             problem = checks[name].check(v) if name in checks else None
             if problem:
                 raise ValueError(f"param group {index}: {torch_name(name, row)} {problem}, "
                                  f"got {v!r}")
+
+
+def _tensor_rules(index: int, group: dict, row: Row) -> None:
+    """What torch's Adam and AdamW constructors refuse of tensor hyperparameters (their
+    foreach loop takes no tensor lr or betas), refused alike so that code moves both ways."""
+    if row.name not in _TENSOR_BETAS:
+        return
+    where, betas = f"param group {index}", group["betas"]
+    foreach = group.get("foreach") and not group.get("capturable")
+    if foreach and isinstance(group["lr"], torch.Tensor):
+        raise ValueError(f"{where}: lr as a Tensor is not supported for capturable=False and "
+                         "foreach=True (as in torch.optim); pass a float lr or foreach=None")
+    if isinstance(betas, (tuple, list)) and len(betas) == 2:
+        tensors = [isinstance(b, torch.Tensor) for b in betas]
+        if any(tensors) and not all(tensors):
+            raise ValueError(f"{where}: betas must be either both floats or both Tensors, "
+                             f"got {betas!r}")
+        if all(tensors) and foreach:
+            raise ValueError(f"{where}: betas[0] as a Tensor is not supported for "
+                             "capturable=False and foreach=True (as in torch.optim); pass "
+                             "float betas or foreach=None")
+
+
+def tensor_betas(row: Row, arguments: dict) -> None:
+    """Tensor betas as torch's Adam and AdamW constructors keep them: 0-d (a 1-element
+    tensor of another shape is squeezed), so that param groups read the same."""
+    betas = arguments.get("betas")
+    if row.name in _TENSOR_BETAS and isinstance(betas, (tuple, list)) and len(betas) == 2:
+        arguments["betas"] = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim()
+                                   and b.numel() == 1 else b for b in betas)
 
 
 def storage(index: int, group: dict) -> None:
@@ -95,23 +145,29 @@ def storage(index: int, group: dict) -> None:
         raise type(error)(f"{where}: {error}") from None
 
 
-def params(index: int, group: dict, spec, device_type: str | None) -> None:
-    """Every param of a new group: real floating point of a supported dtype, dense, on
-    the CPU or a CUDA device, the group on one kind of device (and the optimizer's), each
-    able to take the group's ``state_dtype`` and ``master_weights``."""
+def params(index: int, group: dict, spec, device_type: str | None, items=None) -> None:
+    """Every param of a new group (or ``items``, (j, param) of it): real floating point of
+    a supported dtype or complex (stepped as real pairs), dense (in any order of its
+    dimensions), on the CPU or a CUDA device, the group on one kind of device (and the
+    optimizer's), each able to take the group's ``state_dtype`` and ``master_weights``.
+    Params on the meta device are let through: they are checked again when they first
+    have a grad, after ``module.to_empty()`` gave them memory."""
     devices = []
     state_dtype, mode = storage_policy(group)["state_dtype"], storage_mode(group)
-    for j, p in enumerate(group["params"]):
+    items = list(enumerate(group["params"])) if items is None else items
+    for j, p in items:
         where = f"param group {index}, param {j} (shape {tuple(p.shape)})"
         memory = local(p)
-        if p.dtype in _COMPLEX:
-            raise TypeError(f"{where} is {p.dtype}: fusedopt steps real params only; keep the "
-                            "real and imaginary parts as a real tensor (torch.view_as_real) "
-                            "or use torch.optim for complex params")
-        name = str(p.dtype).replace("torch.", "")
+        name = str(_COMPLEX.get(p.dtype, p.dtype)).replace("torch.", "")
+        if p.dtype.is_complex and p.dtype not in _COMPLEX:
+            raise TypeError(f"{where} is {p.dtype}: fusedopt steps complex64 and complex128 "
+                            "params (as real pairs); convert it (.to(torch.complex64))")
         if name not in spec.dtypes:
             raise TypeError(f"{where} has dtype {p.dtype}; fusedopt.torch steps "
                             f"{', '.join(spec.dtypes)} params: convert it (.float())")
+        if p.dtype in _COMPLEX and state_dtype not in ("param", "float32", "float64"):
+            raise ValueError(f"{where} is {p.dtype}, whose state is complex: state_dtype "
+                             f"must be None, 'float32' or 'float64', got {state_dtype!r}")
         try:
             _storage.resolve(where, name, state_dtype, mode)
         except ValueError as error:
@@ -122,24 +178,39 @@ def params(index: int, group: dict, spec, device_type: str | None) -> None:
                              f"a param group of their own with {chosen}=False") from None
         if memory.layout != torch.strided:
             raise TypeError(f"{where} is a {memory.layout} tensor; fusedopt steps dense params")
+        if memory.is_meta:
+            continue
         if memory.device.type not in ("cpu", "cuda"):
             raise TypeError(f"{where} is on {memory.device}; fusedopt steps CPU and CUDA "
                             "tensors")
-        if not memory.is_contiguous():
-            raise ValueError(f"{where} is not contiguous (strides {tuple(memory.stride())}): "
-                             "fusedopt updates params through their memory; make it "
-                             "contiguous (.contiguous(), not channels_last) before building "
-                             "the optimizer")
-        devices.append(memory.device)
-    kinds = sorted({d.type for d in devices})
+        if not _layout.dense(memory):
+            raise ValueError(f"{where} has gaps or overlaps in its memory (strides "
+                             f"{tuple(memory.stride())}): fusedopt updates a param in place "
+                             "as one block of memory, in any order of its dimensions "
+                             "(contiguous, channels_last, transposed); make it one "
+                             "(.contiguous()) before building the optimizer")
+        devices.append((j, memory.device))
+    kinds = sorted({d.type for _, d in devices})
     if len(kinds) > 1:
-        first = {t: next(j for j, d in enumerate(devices) if d.type == t) for t in kinds}
+        first = {t: next((j, d) for j, d in devices if d.type == t) for t in kinds}
         raise ValueError(f"param group {index} mixes CPU and CUDA tensors (param "
-                         f"{first['cpu']} is on cpu, param {first['cuda']} on "
-                         f"{devices[first['cuda']]}); give each device its own optimizer")
+                         f"{first['cpu'][0]} is on cpu, param {first['cuda'][0]} on "
+                         f"{first['cuda'][1]}); give each device its own optimizer")
     if kinds and device_type is not None and kinds[0] != device_type:
         raise ValueError(f"param group {index} is on {kinds[0]} but the optimizer's other "
                          f"groups are on {device_type}; give each device its own optimizer")
+
+
+def placed(index: int, group: dict, items: list, spec, device_type: str | None) -> None:
+    """Params about to be stepped for the first time ((j, param) of group ``index``): the
+    checks of :func:`params`, now that they have memory (not on the meta device)."""
+    for j, p in items:
+        if local(p).is_meta:
+            raise ValueError(f"param group {index}, param {j} (shape {tuple(p.shape)}) is "
+                             "on the meta device, with no memory to update: materialize "
+                             "the model first (module.to_empty(device=...), then initialize "
+                             "it), keeping the same Parameter objects")
+    params(index, group, spec, device_type, items)
 
 
 def grad(index: int, j: int, p, g) -> None:

@@ -11,31 +11,28 @@ torch's own, and ``load_state_dict`` takes torch.optim's checkpoints.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import torch
 
-from ..algorithms.nadam import nadam_momentum_product
 from ..algorithms.registry import lookup
 from ..engine.engine import Engine
-from . import _checkpoint, _checks
+from . import _checkpoint, _checks, _compile, _layout
+from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local
 from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy
 
-#: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
-#: within this (absolute; a float32 running product stays far closer, see _saved_step).
-MU_PRODUCT_TOLERANCE = 1e-6
-
 
 class _Held:
-    """A param the engine steps: its position, the memory stepped, and that memory's address
-    when it was taken (a param whose ``.data`` was replaced has moved)."""
+    """A param the engine steps: its position, the memory stepped (the engine's view of it:
+    fusedopt/torch/_layout.py, ``layout`` None where that is the param itself), and that
+    memory's address when it was taken (a param whose ``.data`` was replaced has moved)."""
 
-    __slots__ = ("position", "memory", "address", "sharded")
+    __slots__ = ("position", "memory", "address", "sharded", "layout")
 
-    def __init__(self, position: int, memory, sharded: bool):
+    def __init__(self, position: int, memory, sharded: bool, layout):
         self.position, self.memory, self.sharded = position, memory, sharded
+        self.layout = layout
         self.address = memory.data_ptr()
 
 
@@ -45,13 +42,33 @@ def _scalar_dtype():
 
 
 def _plain(value):
-    """A group value as compared from step to step: numbers for 0-d tensors (a scheduler
-    may fill a tensor lr in place), tuples of numbers for betas."""
+    """A group value as compared from step to step and handed to the engine: numbers for
+    1-element tensors (torch takes a tensor lr of any 1-element shape, and a scheduler may
+    fill it in place), tuples of numbers for betas."""
     if isinstance(value, torch.Tensor):
-        return value.item() if value.dim() == 0 else value
+        return value.item() if value.numel() == 1 else value
     if isinstance(value, (tuple, list)):
         return tuple(_plain(v) for v in value)
     return value
+
+
+def _numbers(group: dict) -> dict:
+    """A checked group with its 1-element tensors (lr, betas) as numbers, for the engine."""
+    return {k: v if k == "params" else _plain(v) for k, v in group.items()}
+
+
+def _rounds(grads: list, positions: list) -> list:
+    """``(grads, positions)`` split so that no round holds a position twice: the k-th
+    occurrence of a position goes to round k."""
+    rounds: list = []
+    seen: dict = {}
+    for g, pos in zip(grads, positions):
+        k = seen[pos] = seen.get(pos, -1) + 1
+        if k == len(rounds):
+            rounds.append(([], []))
+        rounds[k][0].append(g)
+        rounds[k][1].append(pos)
+    return rounds or [([], [])]
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -64,10 +81,12 @@ class Optimizer(torch.optim.Optimizer):
     """
 
     _row: Row
-    #: GradScaler sets ``grad_scale`` and ``found_inf`` and lets step() unscale and skip.
-    _step_supports_amp_scaling = True
+    #: True to GradScaler.step, which then sets ``grad_scale`` and ``found_inf`` and lets
+    #: step() unscale and skip; False to others (Lightning clips): fusedopt/torch/_amp.py.
+    _step_supports_amp_scaling = AmpScaling()
 
     def __init__(self, params, defaults: dict):
+        _compile.untraced(Optimizer)
         self._fresh_engine()
         super().__init__(params, defaults)
 
@@ -85,6 +104,7 @@ class Optimizer(torch.optim.Optimizer):
         self._homes: dict[int, tuple] = {}    # position -> (buffer id, offset)
         self._buffers: list[tuple] = []       # buffer id -> (steps, mu products or None)
         self._counters: dict = {}             # positions -> [(buffer id, offsets or None)]
+        self._repeats = False                 # a group lists a param twice: stepped twice
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
     def _values(self, group: dict) -> tuple:
@@ -98,8 +118,10 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         try:
             self._admit(index, self.param_groups[index])
-            if self._row.eager:  # torch makes Adagrad's state at once
-                self._hold(index, list(enumerate(self.param_groups[index]["params"])))
+            if self._row.eager:  # torch makes Adagrad's state at once (not on meta: later)
+                self._hold(index, [(j, p) for j, p in
+                                   enumerate(self.param_groups[index]["params"])
+                                   if not local(p).is_meta])
         except BaseException:  # nothing of the group stays
             del self.param_groups[index:]
             del self._seen[index:]
@@ -113,12 +135,15 @@ class Optimizer(torch.optim.Optimizer):
         _checks.storage(index, group)
         _checks.params(index, group, self._spec, self._device_type)
         self._check_seed(index, group)
-        self._engine.add_group(registry_hyper(group, row), where=f"param group {index}: ",
+        self._engine.add_group(registry_hyper(_numbers(group), row), where=f"param group {index}: ",
                                **storage_policy(group))
         self._engine.seed = group["seed"]
         self._seen.append(self._values(group))
-        if group["params"]:
-            self._device_type = local(group["params"][0]).device.type
+        params = group["params"]
+        self._repeats = self._repeats or len({id(p) for p in params}) != len(params)
+        placed = [p for p in params if not local(p).is_meta]
+        if placed and self._device_type is None:
+            self._device_type = local(placed[0]).device.type
 
     def _check_seed(self, index: int, group: dict) -> None:
         """Group ``index``'s seed against the others': one seed keys the whole optimizer's
@@ -134,12 +159,22 @@ class Optimizer(torch.optim.Optimizer):
     def _hold(self, index: int, items: list, saved: bool = False) -> None:
         """Give the engine the params ``items`` ((j, param) of group ``index``), with fresh
         state, or with ``saved`` state from ``self.state`` (a loaded checkpoint)."""
+        once = {}  # a param listed twice is held once (and stepped twice: _gather_once)
+        for j, p in items:
+            if id(p) not in self._held:
+                once.setdefault(id(p), (j, p))
+        items = list(once.values())
         if not items:
             return
+        _checks.placed(index, self.param_groups[index], items, self._spec,
+                       self._device_type)
         memory = [local(p) if is_distributed(p) else p.detach() for _, p in items]
+        layouts = [_layout.of(m) for m in memory]
+        memory = [m if lay is None else lay.inward(m) for m, lay in zip(memory, layouts)]
         states = steps = None
         if saved:
-            loaded = [self._saved(index, j, p, m) for (j, p), m in zip(items, memory)]
+            loaded = [_checkpoint.saved(self, index, j, p, m, lay)
+                      for (j, p), m, lay in zip(items, memory, layouts)]
             states, steps = [s for s, _ in loaded], [t for _, t in loaded]
         positions = self._engine.add_params(memory, group=index, states=states)
         if steps is not None:
@@ -151,8 +186,10 @@ class Optimizer(torch.optim.Optimizer):
             torch.tensor([float(counts[pos]) for pos in positions], dtype=_scalar_dtype()),
             torch.tensor([self._mu_product(index, counts[pos]) for pos in positions],
                          dtype=_scalar_dtype()) if self._row.mu_product else None))
-        for k, ((j, p), m, pos) in enumerate(zip(items, memory, positions)):
-            self._held[id(p)] = _Held(pos, m, is_distributed(p))
+        if self._device_type is None:
+            self._device_type = memory[0].device.type
+        for k, ((j, p), m, pos, lay) in enumerate(zip(items, memory, positions, layouts)):
+            self._held[id(p)] = _Held(pos, m, is_distributed(p), lay)
             self._homes[pos] = (buffer, k)
             self._expose(p, pos)
 
@@ -167,16 +204,16 @@ class Optimizer(torch.optim.Optimizer):
             state["step"] = steps[k]
         if row.mu_product:
             state["mu_product"] = products[k]
+        layout = self._held[id(param)].layout
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
             if slot in slots:
-                state[key] = like_param(param, slots[slot])
+                value = slots[slot] if layout is None else layout.outward(slots[slot])
+                state[key] = like_param(param, value)
         if state:
             self.state[param] = state
 
     def _mu_product(self, index: int, step: int) -> float:
-        hyper = self._engine.hypers[index].hyper
-        return nadam_momentum_product(float(hyper["beta_1"]), float(hyper["momentum_decay"]),
-                                      step, float32=True)  # torch's float32 running product
+        return _checkpoint.mu_product(self, index, step)
 
     # --- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -188,20 +225,26 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
-            self._rebuild()
-        grads, positions = self._gather()
-        if not positions:
-            return loss
-        applied = self._engine.step(grads, positions,
-                                    grad_scale=getattr(self, "grad_scale", None),
-                                    found_inf=getattr(self, "found_inf", None))
-        if applied:
-            self._advance(tuple(positions))
+        self._fused()
         return loss
 
+    def _fused(self) -> None:
+        """The step itself, which torch.compile does not trace (fusedopt/torch/_compile.py)."""
+        if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
+            self._rebuild()
+        for grads, positions in self._gather():  # one round, unless a param is listed twice
+            if not positions:
+                return
+            applied = self._engine.step(grads, positions,
+                                        grad_scale=getattr(self, "grad_scale", None),
+                                        found_inf=getattr(self, "found_inf", None))
+            if applied:
+                self._advance(tuple(positions))
+
     def _gather(self):
-        """This step's grads and the engine positions of their params, in group order."""
+        """This step's rounds: grads and the engine positions of their params, in group
+        order. One round, and one more for each further time a group lists a param: torch
+        steps a param listed twice twice (it warns when the group is added)."""
         rebuilt = False
         while True:
             grads, positions, fresh, moved = self._gather_once()
@@ -214,8 +257,10 @@ class Optimizer(torch.optim.Optimizer):
                                        "rebuilt its launch tables")
                 self._rebuild()
                 rebuilt = True
+            elif self._repeats:
+                return _rounds(grads, positions)
             else:
-                return grads, positions
+                return ((grads, positions),)
 
     def _gather_once(self):
         held = self._held
@@ -241,6 +286,8 @@ class Optimizer(torch.optim.Optimizer):
                     g = g._local_tensor
                 elif p.data_ptr() != entry.address:
                     moved = f"param group {index}, param {j}"
+                if entry.layout is not None:
+                    g = entry.layout.grad(g, f"param group {index}, param {j}")
                 grads.append(g)
                 positions.append(entry.position)
         return grads, positions, fresh, moved
@@ -255,7 +302,7 @@ class Optimizer(torch.optim.Optimizer):
         if (policy["state_dtype"], storage_mode(group)) != (hypers.state_dtype, hypers.mode):
             _checks.params(index, group, self._spec, None)
         self._check_seed(index, group)
-        self._engine.set_hyper(index, registry_hyper(group, self._row),
+        self._engine.set_hyper(index, registry_hyper(_numbers(group), self._row),
                                where=f"param group {index}: ", **policy)
         self._engine.seed = group["seed"]
         self._seen[index] = values
@@ -299,6 +346,8 @@ class Optimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         saved = _checkpoint.originals(self, state_dict)
         for param, entry in self.state.items():  # torch cast them to the param's dtype
+            if not isinstance(entry, dict):  # a hook's own entry (torch keeps any value)
+                continue
             for key in entry:
                 if (id(param), key) in saved:
                     entry[key] = saved[id(param), key].to(device=param.device)
@@ -309,11 +358,13 @@ class Optimizer(torch.optim.Optimizer):
             raise
 
     def __setstate__(self, state: dict) -> None:
+        _compile.untraced(Optimizer)
         super().__setstate__(state)
         defaults = {**self._row.group_defaults, **self.__dict__.get("defaults", {})}
         for group in self.param_groups:  # torch.optim's checkpoints lack our storage keys
             for key in self._row.group_defaults:  # (and another Lion's, our flags)
                 group.setdefault(key, defaults[key])
+            group.update(self._row.fixed)  # AdamW's, also from an Adam checkpoint (as torch)
         if "_held" not in self.__dict__:  # unpickled, or a copy: rebuilt at the first step
             self._engine = None
 
@@ -321,7 +372,8 @@ class Optimizer(torch.optim.Optimizer):
         """A new engine for ``param_groups`` and ``state`` as they are now (torch's layout)."""
         kept = {k: self.__dict__[k] for k in ("_spec", "_engine", "_held", "_seen", "_keys",
                                                "_device_type", "_homes", "_buffers",
-                                               "_counters") if k in self.__dict__}
+                                               "_counters", "_repeats")
+                if k in self.__dict__}
         state = dict(self.state)
         self._fresh_engine()
         try:
@@ -329,42 +381,11 @@ class Optimizer(torch.optim.Optimizer):
                 self._admit(index, group)
                 params = list(enumerate(group["params"]))
                 self._hold(index, [(j, p) for j, p in params if state.get(p)], saved=True)
-                if self._row.eager:
-                    self._hold(index, [(j, p) for j, p in params if not state.get(p)])
+                if self._row.eager:  # not on meta: at the first step, as in add_param_group
+                    self._hold(index, [(j, p) for j, p in params
+                                       if not state.get(p) and not local(p).is_meta])
         except BaseException:
             self.__dict__.update(kept)
             self.state = defaultdict(dict, state)
             raise
         self._rebuilds += 1
-
-    def _saved(self, index: int, j: int, param, memory):
-        """The saved state of ``param`` as engine slots (copies in the param's memory layout)
-        and its step count; every key checked first."""
-        engine = self._engine
-        where = f"param group {index}, param {j} (shape {tuple(param.shape)})"
-        saved = {k: v for k, v in self.state[param].items() if v is not None}
-        storage = engine.storage_of(len(engine.params), memory, index)
-        values = _checkpoint.slots(self._row, engine.hypers[index].slots, storage, where,
-                                   saved, memory)
-        step = self._saved_step(where, index, saved)
-        return values, step
-
-    def _saved_step(self, where: str, index: int, saved: dict) -> int:
-        if not self._row.counts_steps:
-            return 1 if saved else 0  # SGD, Lion: only "stepped before or not" matters
-        t = float(saved["step"])
-        if not (t >= 0 and t == int(t)):
-            raise ValueError(f"{where}: saved step {t} is not a step count")
-        t = int(t)
-        if self._row.mu_product:
-            # fusedopt derives P_t from t, beta1 and momentum_decay; torch carries it as a
-            # float32 running product, whose rounding stays below 1e-7 here (P_t shrinks
-            # geometrically while the error grows by an ulp a step).
-            have, want = float(saved["mu_product"]), self._mu_product(index, t)
-            if not math.isclose(have, want, rel_tol=0.0, abs_tol=MU_PRODUCT_TOLERANCE):
-                raise ValueError(f"{where}: saved mu_product {have!r} is not the product of "
-                                 f"NAdam's momenta over {t} steps with this group's beta1 and "
-                                 f"momentum_decay ({want!r}); fusedopt computes it from the "
-                                 "step, so it cannot continue a run whose betas or "
-                                 "momentum_decay changed during training")
-        return t

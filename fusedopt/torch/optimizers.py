@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 
+from . import _checks
 from ._names import POLICY, ROWS, Row
 from .optimizer import Optimizer
 
@@ -24,8 +25,12 @@ dtype and device in one fused pass.
 
 Flags: ``maximize`` is supported; ``foreach`` and ``fused`` are accepted and change nothing
 (the step is always fused); ``capturable=True`` and ``differentiable=True`` are refused
-(fusedopt/torch/_checks.py says why). Params: float32, float64, bfloat16 or float16,
-dense, contiguous, real, on the CPU or CUDA (one kind of device per optimizer).
+(fusedopt/torch/_checks.py says why). Params: float32, float64, bfloat16 or float16, or
+complex64/complex128 (stepped as real pairs, as torch steps them), dense in any order of
+their dimensions (contiguous, channels_last, transposed: stepped in place, the state with
+the param's strides), on the CPU or CUDA (one kind of device per optimizer); params on the
+meta device are taken and stepped once materialized (``module.to_empty``). ``lr`` (and
+betas) may be 1-element tensors, as in torch.
 
 16-bit params (fusedopt's, keyword-only, per param group): the math runs in fp32 and each
 stored value is rounded once, as torch's fused kernels do. ``state_dtype=None`` keeps state
@@ -76,6 +81,7 @@ def optimizer_class(row: Row) -> type:
         arguments = dict(bound.arguments)
         del arguments["self"]
         params = arguments.pop("params")
+        _checks.tensor_betas(row, arguments)
         Optimizer.__init__(self, params, {**arguments, **dict(row.fixed)})
 
     __init__.__signature__ = signature
