@@ -181,6 +181,23 @@ def lion(p, g, state, t, hp, convention):
     return p
 
 
+def radam(p, g, state, t, hp, convention):
+    """Liu et al. 2020, Algorithm 2, as torch.optim.RAdam documents it: the SGD-with-momentum
+    step until the approximated SMA length rho_t passes 5, then Adam's step times the
+    rectification r_t."""
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    p, g = _weight_decay(p, g, hp, convention, hp.get("decoupled_weight_decay", False))
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
+    v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * (g * g)
+    m_hat = m / (1 - b1**t)
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+    if rho_t <= 5:
+        return p - lr * m_hat
+    adaptive = np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
+    r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+    return p - lr * m_hat * adaptive * r
+
 # --- gradient clipping ------------------------------------------------------------------------
 
 def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):
