@@ -98,13 +98,16 @@ class Hyper:
     check: Check
     conventions: frozenset = field(default=frozenset({"keras", "torch"}))
 
-    def validate(self, value: Any, convention: Optional[str] = None) -> None:
-        """Raise ValueError if ``value`` is bad, or is set under a ``convention`` without it."""
+    def validate(self, value: Any, convention: Optional[str] = None,
+                 name: Optional[str] = None) -> None:
+        """Raise ValueError if ``value`` is bad, or is set under a ``convention`` without it;
+        the message names it ``name`` (a front door's own argument name; default its own)."""
+        name = name or self.name
         problem = self.check(value)
         if problem:
-            raise ValueError(f"{self.name} {problem}, got {value!r}")
+            raise ValueError(f"{name} {problem}, got {value!r}")
         if convention is not None and convention not in self.conventions \
                 and value != self.default:
-            raise ValueError(f"{self.name} exists only in the {'/'.join(sorted(self.conventions))}"
+            raise ValueError(f"{name} exists only in the {'/'.join(sorted(self.conventions))}"
                              f" convention; drop it or use convention="
                              f"{sorted(self.conventions)[0]!r}")

@@ -19,8 +19,16 @@ import math
 
 from ..constants import KERAS, TORCH_DECOUPLED, TORCH_L2
 from .rulelib import decay_in_place, sqrt, weight_decay
-from .spec import ADAM_LIKE, DECAY_SCALARS, DECOUPLED, WEIGHT_DECAY, Slot, decay_scalars, \
-    declare, flavor
+from .spec import (
+    ADAM_LIKE,
+    DECAY_SCALARS,
+    DECOUPLED,
+    WEIGHT_DECAY,
+    Slot,
+    decay_scalars,
+    declare,
+    flavor,
+)
 
 SCALARS = (*DECAY_SCALARS, "b2", "one_minus_b1", "one_minus_b2", "eps", "adaptive_step",
            "plain_step", "rectified")

@@ -31,8 +31,11 @@ class HyperGroups:
     """The hyperparameter groups of an :class:`~fusedopt.engine.engine.Engine`."""
 
     # --- hyperparameter groups --------------------------------------------------------------
-    def validate_hyper(self, hyper: Mapping[str, Any], where: str = "") -> HyperGroup:
-        """``hyper`` completed with the defaults and checked; raises naming ``where``.
+    def validate_hyper(self, hyper: Mapping[str, Any], where: str = "",
+                       names: Mapping[str, str] | None = None) -> HyperGroup:
+        """``hyper`` completed with the defaults and checked: the one check of every
+        hyperparameter, whatever the front door. Raises naming ``where`` and each value by
+        ``names`` (registry name -> the door's argument name, e.g. torch's ``lr``).
 
         Besides the registry's hyperparameters, every optimizer takes ``maximize`` (False)."""
         hyper = dict(hyper)
@@ -48,7 +51,7 @@ class HyperGroups:
         full.update(hyper)
         try:
             for h in self.spec.hypers:
-                h.validate(full[h.name], self.convention)
+                h.validate(full[h.name], self.convention, (names or {}).get(h.name))
             self.spec.check(full, self.convention)
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
@@ -77,13 +80,14 @@ class HyperGroups:
 
     def add_group(self, hyper: Mapping[str, Any], where: str | None = None, *,
                   state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
-                  kahan_summation=False) -> int:
+                  kahan_summation=False, names: Mapping[str, str] | None = None) -> int:
         """A new hyperparameter group; returns its index. Its params are kept with
         ``state_dtype`` and ``master_weights`` (default: the engine's, its rounding mode
         included), or, where ``master_weights`` is given, that with ``stochastic_rounding``
         and ``kahan_summation``. Errors start with ``where`` (default "group N: ")."""
         where = f"group {len(self.hypers)}: " if where is None else where
-        self.hypers.append(self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+        self.hypers.append(self._with_storage(self.validate_hyper(hyper, where, names),
+                                              state_dtype,
                                               master_weights, where,
                                               stochastic_rounding=stochastic_rounding,
                                               kahan_summation=kahan_summation))
@@ -91,7 +95,7 @@ class HyperGroups:
 
     def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None, *,
                   state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
-                  kahan_summation=False) -> None:
+                  kahan_summation=False, names: Mapping[str, str] | None = None) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
         The state slots and the storage policy must stay the ones its params hold
@@ -100,7 +104,7 @@ class HyperGroups:
         where = f"group {index}: " if where is None else where
         old = self.hypers[index]
         state_dtype = old.state_dtype if state_dtype is _ENGINE else state_dtype
-        new = self._with_storage(self.validate_hyper(hyper, where), state_dtype,
+        new = self._with_storage(self.validate_hyper(hyper, where, names), state_dtype,
                                  master_weights, where, mode=old.mode,
                                  stochastic_rounding=stochastic_rounding,
                                  kahan_summation=kahan_summation)

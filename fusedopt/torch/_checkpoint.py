@@ -29,7 +29,6 @@ from itertools import chain
 import torch
 
 from ..algorithms.nadam import nadam_momentum_product
-
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
 from ._local import local

@@ -62,11 +62,11 @@ def flags(index: int, group: dict, row: Row) -> None:
                          "(differentiable=True) to differentiate through the update")
 
 
-def hyper(index: int, group: dict, row: Row, spec) -> None:
-    """Each of the group's values against the registry's check, named as torch names it.
-    A value may be a 1-element tensor of any shape, as torch takes a tensor lr (and Adam's
-    and AdamW's tensor betas): the step reads its number."""
-    checks = {h.name: h for h in spec.hypers}
+def hyper(index: int, group: dict, row: Row) -> None:
+    """The group's values in the forms torch takes: ``betas`` a pair, a tensor value of one
+    element (of any shape, as torch takes a tensor lr, and Adam's and AdamW's tensor
+    betas: the step reads its number). Their values are checked once, by the engine
+    (fusedopt/engine/hypers.py), with torch's names (``Row.torch_names``)."""
     _tensor_rules(index, group, row)
     for key in row.arguments:
         if key in FLAGS:
@@ -84,11 +84,6 @@ def hyper(index: int, group: dict, row: Row, spec) -> None:
                 if v.numel() != 1:
                     raise ValueError(f"param group {index}: Tensor {torch_name(name, row)} "
                                      f"must be 1-element, got shape {tuple(v.shape)}")
-                v = v.item()
-            problem = checks[name].check(v) if name in checks else None
-            if problem:
-                raise ValueError(f"param group {index}: {torch_name(name, row)} {problem}, "
-                                 f"got {v!r}")
 
 
 def _tensor_rules(index: int, group: dict, row: Row) -> None:

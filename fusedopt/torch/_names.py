@@ -73,6 +73,14 @@ class Row:
         return dict(self.positional + self.keyword)
 
     @property
+    def torch_names(self) -> dict:
+        """Registry hyperparameter -> torch's name for it, for error messages."""
+        names = {RENAMES.get(k, k): k for k in self.arguments if k != "betas"}
+        if "betas" in self.arguments:
+            names.update(beta_1="betas[0]", beta_2="betas[1]")
+        return names
+
+    @property
     def group_defaults(self) -> dict:
         """The keys and defaults of a param group (``params`` aside)."""
         return dict(self.positional + self.keyword + POLICY + self.fixed)

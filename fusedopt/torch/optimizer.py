@@ -131,12 +131,12 @@ class Optimizer(torch.optim.Optimizer):
     def _admit(self, index: int, group: dict) -> None:
         row = self._row
         _checks.flags(index, group, row)
-        _checks.hyper(index, group, row, self._spec)
+        _checks.hyper(index, group, row)
         _checks.storage(index, group)
         _checks.params(index, group, self._spec, self._device_type)
         self._check_seed(index, group)
         self._engine.add_group(registry_hyper(_numbers(group), row), where=f"param group {index}: ",
-                               **storage_policy(group))
+                               names=row.torch_names, **storage_policy(group))
         self._engine.seed = group["seed"]
         self._seen.append(self._values(group))
         params = group["params"]
@@ -295,7 +295,7 @@ class Optimizer(torch.optim.Optimizer):
     def _retune(self, index: int, group: dict, values: tuple) -> None:
         """A group's values changed (a scheduler, or the user): hand the new ones over."""
         _checks.flags(index, group, self._row)
-        _checks.hyper(index, group, self._row, self._spec)
+        _checks.hyper(index, group, self._row)
         _checks.storage(index, group)
         policy = storage_policy(group)
         hypers = self._engine.hypers[index]
@@ -303,7 +303,8 @@ class Optimizer(torch.optim.Optimizer):
             _checks.params(index, group, self._spec, None)
         self._check_seed(index, group)
         self._engine.set_hyper(index, registry_hyper(_numbers(group), self._row),
-                               where=f"param group {index}: ", **policy)
+                               where=f"param group {index}: ", names=self._row.torch_names,
+                               **policy)
         self._engine.seed = group["seed"]
         self._seen[index] = values
 
