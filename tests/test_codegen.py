@@ -74,3 +74,22 @@ def test_the_translator_refuses_what_the_language_has_not(tmp_path, old, new, me
     with pytest.raises(codegen.RuleError, match=message) as raised:
         codegen.rule_source(spec)
     assert "fusedopt/algorithms/adam.py, line" in str(raised.value)
+
+
+def test_a_rule_whose_file_changed_since_import_is_refused(tmp_path):
+    """inspect reads a rule's source from its file: when the file moved the function (edited
+    after import), both backends refuse rather than compile other lines."""
+    import inspect
+
+    from fusedopt.algorithms.ruleast import function
+    path = tmp_path / "moved_rule.py"
+    source = textwrap.dedent(inspect.getsource(adam_family.rule))
+    path.write_text(source)
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    assert function(namespace["rule"]).name == "rule"
+    path.write_text("def scalars(hp, step, convention):\n    return {}\n\n\n" + source)
+    import linecache
+    linecache.checkcache(str(path))
+    with pytest.raises(codegen.RuleError, match="changed since it was imported"):
+        function(namespace["rule"])

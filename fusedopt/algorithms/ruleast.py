@@ -18,9 +18,16 @@ class RuleError(ValueError):
 
 
 def function(fn) -> ast.FunctionDef:
+    """``fn``'s definition as read from its source file. Raises when the file no longer
+    holds it where it was when imported (edited since): the rule compiled would not be the
+    rule the module runs."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
     node = tree.body[0]
-    assert isinstance(node, ast.FunctionDef)
+    params = tuple(a.arg for a in node.args.args) if isinstance(node, ast.FunctionDef) else ()
+    if not isinstance(node, ast.FunctionDef) or node.name != fn.__name__ \
+            or params != fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+        raise RuleError(f"the source of {fn.__module__}.{fn.__qualname__} changed since it "
+                        "was imported; restart the process to use the edited rule")
     return node
 
 
