@@ -6,11 +6,15 @@ unfused NumPy/CuPy baseline; Keras' API and formulas by default, PyTorch's on re
 
 from __future__ import annotations
 
-from . import checkpoint, functional
-from .algorithms.registry import REGISTRY
-from .checkpoint import load
-from .flat import FlatParams
-from .optimizers import Adam, Adamax, AdamW, Lion, Nadam, Optimizer
+from .backends.cpu import threads as _cpu_threads
+
+_cpu_threads.prepare_runtime()  # idle OpenMP threads sleep, set before Numba's pool starts
+
+from . import checkpoint, functional  # noqa: E402
+from .algorithms.registry import REGISTRY  # noqa: E402
+from .checkpoint import load  # noqa: E402
+from .flat import FlatParams  # noqa: E402
+from .optimizers import Adam, Adamax, AdamW, Lion, Nadam, Optimizer  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -14,6 +14,19 @@ CUDA_CHUNK = 65536
 #: Elements one CPU task updates; a task is the unit Numba's threads share out.
 CPU_CHUNK = 65536
 
+#: Threads of a CPU step (fusedopt/backends/cpu/threads.py): None follows the caller
+#: (``torch.get_num_threads()`` for fusedopt.torch, Numba's own setting otherwise); a number
+#: is used for every step (at most ``NUMBA_NUM_THREADS``).
+CPU_THREADS = None
+
+#: A CPU step of fewer elements runs on the calling thread, without waking Numba's pool
+#: (measured: benchmarks/RESULTS.md, "Threads of the CPU step").
+CPU_SERIAL_BELOW = 1 << 17
+
+#: How idle OpenMP threads wait: set as ``OMP_WAIT_POLICY`` before Numba's threading layer
+#: starts, unless the user set a wait policy; None leaves the runtime's default (spinning).
+CPU_WAIT_POLICY = "passive"
+
 #: Where fusedopt.FlatParams starts each param inside its buffer: a multiple of this many
 #: bytes (a cache line; also keeps every view aligned for the 128-bit CUDA accesses).
 FLAT_ALIGN_BYTES = 64
