@@ -65,12 +65,14 @@ def sum_squares(group: Group, grads) -> np.ndarray:
 
 def _set_clip(group: Group, clip: GradClip) -> None:
     """Write this step's grad scales into the table the loop reads (1.0 when none)."""
+    if clip.scales is None and not group.grads_scaled:  # the row holds 1.0s already
+        return
     table, n = group.table.array, len(group.params)
     start = rows(group.n_slots, n)["scales"]
     if clip.scales is not None:
         table[start: start + n] = float_row(clip.scales, n)
         group.grads_scaled = True
-    elif group.grads_scaled:
+    else:
         table[start: start + n] = float_row(1.0, n)
         group.grads_scaled = False
 
