@@ -47,14 +47,24 @@ def layer_started() -> bool:
     return bool(getattr(parallel, "_is_initialized", False))
 
 
+def wait_variables(policy) -> dict:
+    """The environment of wait policy ``policy``: "passive" (sleep at once), "active"
+    (OpenMP's spin), or a number of spin rounds before sleeping (GNU OpenMP's
+    ``GOMP_SPINCOUNT``)."""
+    if isinstance(policy, str):
+        return {"OMP_WAIT_POLICY": policy.upper()}
+    return {"GOMP_SPINCOUNT": str(int(policy))}
+
+
 def prepare_runtime() -> dict:
     """Set the wait policy of ``config.CPU_WAIT_POLICY`` before Numba's layer starts, unless
     the user chose one; returns what was set (empty: nothing)."""
     policy = config.CPU_WAIT_POLICY
     if policy is None or layer_started() or any(v in os.environ for v in WAIT_VARIABLES):
         return {}
-    os.environ["OMP_WAIT_POLICY"] = policy.upper()
-    return {"OMP_WAIT_POLICY": policy.upper()}
+    chosen = wait_variables(policy)
+    os.environ.update(chosen)
+    return chosen
 
 
 class _Caller(threading.local):
