@@ -20,8 +20,9 @@ CPU_CHUNK = 65536
 CPU_THREADS = None
 
 #: A CPU step of fewer elements runs on the calling thread, without waking Numba's pool
-#: (measured: benchmarks/RESULTS.md, "Threads of the CPU step").
-CPU_SERIAL_BELOW = 1 << 17
+#: (measured: benchmarks/RESULTS.md, "Threads of the CPU step": the calling thread was 1.5x
+#: faster at 2^18 elements, the pool 1.2x faster at 2^20).
+CPU_SERIAL_BELOW = 1 << 19
 
 #: How idle OpenMP threads wait: set as ``OMP_WAIT_POLICY`` before Numba's threading layer
 #: starts, unless the user set a wait policy; None leaves the runtime's default (spinning).

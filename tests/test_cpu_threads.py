@@ -57,7 +57,9 @@ _TORCH_PROBE = """
 import json, numba
 import fusedopt.torch as ft
 import torch
+from fusedopt import config
 from fusedopt.backends.cpu import backend
+config.CPU_SERIAL_BELOW = 0  # every step of several work items may use the pool
 seen = []
 real = backend.run, backend.run_serial
 backend.run = lambda *a: (seen.append(numba.get_num_threads()), real[0](*a))
@@ -96,6 +98,7 @@ def _adam_step(n: int):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs a pool of 2 threads")
 def test_results_are_the_same_bits_on_any_thread_count(used, monkeypatch):
     n = 4 * config.CPU_CHUNK + 123
+    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
     results = {}
     for count in (2, 1):
         monkeypatch.setattr(config, "CPU_THREADS", count)
@@ -120,6 +123,7 @@ def test_a_step_below_the_size_runs_on_the_calling_thread(used, monkeypatch):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs a pool of 2 threads")
 def test_without_torch_numbas_own_setting_is_left_as_it_is(used, monkeypatch):
     monkeypatch.setattr(config, "CPU_THREADS", None)
+    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
     numba.set_num_threads(1)
     _adam_step(4 * config.CPU_CHUNK)
     numba.set_num_threads(2)
