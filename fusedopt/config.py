@@ -24,8 +24,10 @@ CPU_THREADS = None
 #: faster at 2^18 elements, the pool 1.2x faster at 2^20).
 CPU_SERIAL_BELOW = 1 << 19
 
-#: How idle OpenMP threads wait: set as ``OMP_WAIT_POLICY`` before Numba's threading layer
-#: starts, unless the user set a wait policy; None leaves the runtime's default (spinning).
+#: How idle OpenMP threads wait, set in the environment by ``import fusedopt`` before Numba's
+#: threading layer starts, unless the user set a wait policy there: "passive" (sleep at
+#: once; measured: benchmarks/RESULTS.md, "Why idle threads now sleep"), "active", or a
+#: number of spin rounds (``GOMP_SPINCOUNT``). None leaves the runtime's default.
 CPU_WAIT_POLICY = "passive"
 
 #: Where fusedopt.FlatParams starts each param inside its buffer: a multiple of this many
