@@ -7,11 +7,15 @@ Every registered optimizer is a class here (``fusedopt.Adam``, ``fusedopt.SGD``,
 
 from __future__ import annotations
 
-from . import checkpoint, functional, optimizers
-from .algorithms.registry import REGISTRY
-from .checkpoint import load
-from .flat import FlatParams
-from .optimizers import LossScaleOptimizer, Optimizer
+from .backends.cpu import threads as _cpu_threads
+
+_cpu_threads.prepare_runtime()  # idle OpenMP threads sleep, set before Numba's pool starts
+
+from . import checkpoint, functional, optimizers  # noqa: E402
+from .algorithms.registry import REGISTRY  # noqa: E402
+from .checkpoint import load  # noqa: E402
+from .flat import FlatParams  # noqa: E402
+from .optimizers import LossScaleOptimizer, Optimizer  # noqa: E402
 
 globals().update(optimizers.CLASSES)
 

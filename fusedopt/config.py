@@ -14,6 +14,22 @@ CUDA_CHUNK = 65536
 #: Elements one CPU task updates; a task is the unit Numba's threads share out.
 CPU_CHUNK = 65536
 
+#: Threads of a CPU step (fusedopt/backends/cpu/threads.py): None follows the caller
+#: (``torch.get_num_threads()`` for fusedopt.torch, Numba's own setting otherwise); a number
+#: is used for every step (at most ``NUMBA_NUM_THREADS``).
+CPU_THREADS = None
+
+#: A CPU step of fewer elements runs on the calling thread, without waking Numba's pool
+#: (measured: benchmarks/RESULTS.md, "Threads of the CPU step": the calling thread was 1.5x
+#: faster at 2^18 elements, the pool 1.2x faster at 2^20).
+CPU_SERIAL_BELOW = 1 << 19
+
+#: How idle OpenMP threads wait, set in the environment by ``import fusedopt`` before Numba's
+#: threading layer starts, unless the user set a wait policy there: "passive" (sleep at
+#: once; measured: benchmarks/RESULTS.md, "Why idle threads now sleep"), "active", or a
+#: number of spin rounds (``GOMP_SPINCOUNT``). None leaves the runtime's default.
+CPU_WAIT_POLICY = "passive"
+
 #: Where fusedopt.FlatParams starts each param inside its buffer: a multiple of this many
 #: bytes (a cache line; also keeps every view aligned for the 128-bit CUDA accesses).
 FLAT_ALIGN_BYTES = 64

@@ -117,11 +117,17 @@ def test_a_worker_that_fails_or_dies_becomes_a_note_and_is_replaced(tmp_path):
             backend="cpu")}, notes)  # a fresh worker under the same name
 
 
-def test_cpu_ceiling_keeps_its_arrays_alive_and_takes_the_backends_loop():
+def test_cpu_ceiling_keeps_its_arrays_alive_and_takes_the_backends_loop(monkeypatch):
+    import numba
+
     from fusedopt import config
     from fusedopt.backends.cpu.loop import run, run_serial
 
-    for n, loop in ((config.CPU_CHUNK, run_serial), (config.CPU_CHUNK + 1, run)):
+    pool = run if numba.get_num_threads() > 1 else run_serial
+    cases = [(config.CPU_CHUNK, run_serial, 0), (config.CPU_CHUNK + 1, run_serial, 1 << 30),
+             (config.CPU_CHUNK + 1, pool, 0)]  # one item; few elements; the pool's size
+    for n, loop, serial_below in cases:
+        monkeypatch.setattr(config, "CPU_SERIAL_BELOW", serial_below)
         p, g = np.zeros(n, np.float32), np.ones(n, np.float32)
         step = traffic.cpu_ceiling(p, g, [np.zeros_like(p)], scale=0.5)
         alive = weakref.ref(g)

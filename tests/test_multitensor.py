@@ -155,6 +155,7 @@ def count_calls(monkeypatch) -> list:
 
     monkeypatch.setattr(cpu, "run", counting(loop.run))
     monkeypatch.setattr(cpu, "run_serial", counting(loop.run_serial))
+    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)  # several work items: the pool
     return calls
 
 

@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     bench.add_argument("--no-probe", action="store_true",
                        help="skip the ceiling-drift probe at the start and the end")
+    bench.add_argument("--plain", action="store_true",
+                       help="plain-text tables, every cell whole (the default when the output "
+                            "is not a terminal)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", metavar="PATH", help="write every sample and the machine")
     bench.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
@@ -145,7 +148,7 @@ def bench(args, console):
     settings = bench_settings(args)
     outcome = sweep.run(settings, console=console)
     l3 = machine.l3_cache()
-    report.print_tables(console, outcome, l3)
+    report.print_tables(console, outcome, l3, plain=True if args.plain else None)
     described = machine.describe(torch_threads=settings.method == "same-process")
     torch_ran = any(n.startswith("torch") for r in outcome.results for n in r.names)
     described["caveats"] = machine.caveats(described["numba"],

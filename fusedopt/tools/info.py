@@ -57,6 +57,20 @@ def cupy_cache() -> str:
     return os.environ.get("CUPY_CACHE_DIR", str(Path.home() / ".cupy" / "kernel_cache"))
 
 
+def cpu_step_threads() -> str:
+    """How a CPU step picks its threads and how idle ones wait (fusedopt/backends/cpu/threads.py)."""
+    import os
+
+    from .. import config
+    count = (f"{config.CPU_THREADS} (config.CPU_THREADS)" if config.CPU_THREADS else
+             "torch's for fusedopt.torch, else Numba's")
+    wait = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+            if k in os.environ}
+    waits = ", ".join(f"{k}={v}" for k, v in wait.items()) or "the runtime's default"
+    return (f"{count}; calling thread alone below {config.CPU_SERIAL_BELOW:,} elements; "
+            f"idle threads: {waits}")
+
+
 def collect() -> dict:
     """Everything ``fusedopt info`` prints, as a dict (also used by tests)."""
     from ..algorithms.registry import REGISTRY
@@ -77,6 +91,7 @@ def collect() -> dict:
         "optimizers": sorted(REGISTRY),
         "kernel_dir": str(kernel_dir()),
         "numba_cache": numba_cache(),
+        "cpu_step_threads": cpu_step_threads(),
         "cupy_cache": cupy_cache(),
     }
 
@@ -100,6 +115,7 @@ def show(console) -> dict:
                                     f"requested {numba['requested_layer']})")
     if "torch_threads" in info:
         table.add_row("torch threads", str(info["torch_threads"]))
+    table.add_row("cpu step threads", info["cpu_step_threads"])
     table.add_row("cpu", f"{info['cpu_model']} ({info['cpu_cores']} logical cores)")
     table.add_row("gpu", info["gpu"] or "none")
     table.add_row("kernel sources", info["kernel_dir"])

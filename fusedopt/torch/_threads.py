@@ -17,7 +17,12 @@ loaded, Numba's pool is sized to torch's intra-op threads (``torch.get_num_threa
 the two never ask for more threads than torch was given. Neither is done where the user
 chose: ``NUMBA_THREADING_LAYER`` or ``NUMBA_NUM_THREADS`` in the environment, or a layer
 already started, are left as they are. ``fusedopt.torch.THREADS`` says what was done.
-No environment variable is set.
+
+After that, every step reads ``torch.get_num_threads()`` again (fusedopt/torch/optimizer.py,
+fusedopt/backends/cpu/threads.py), so a later ``torch.set_num_threads(k)`` holds for the
+next step. The one runtime's idle threads sleep rather than spin (``OMP_WAIT_POLICY``, set
+by ``import fusedopt`` before Numba's layer starts unless the user chose a wait policy):
+torch's intra-op threads, being that runtime's, wait the same way.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 
 from ..algorithms.registry import lookup
+from ..backends.cpu import threads as _cpu_threads
 from ..engine.engine import Engine
 from . import _checkpoint, _checks, _compile, _layout
 from ._amp import AmpScaling
@@ -71,6 +72,23 @@ def _rounds(grads: list, positions: list) -> list:
     return rounds or [([], [])]
 
 
+_PLAIN_TYPES = (float, int, bool, str, type(None))
+
+
+def _immutable(values: tuple) -> bool:
+    """Whether ``values`` are numbers, strings, None or tuples of them: values that nothing
+    can change in place, so comparing them as they are is comparing them as _plain would."""
+    return all(type(v) in _PLAIN_TYPES or (type(v) is tuple and _immutable(v)) for v in values)
+
+
+def _same(kept: tuple, raw: tuple) -> bool:
+    """``raw`` (a group's values as they are) equals ``kept`` (_immutable ones)."""
+    try:
+        return bool(kept == raw)
+    except (RuntimeError, ValueError, TypeError):  # a tensor of several elements, say
+        return False
+
+
 class Optimizer(torch.optim.Optimizer):
     """A torch optimizer stepped by fusedopt: one fused pass over every param per dtype and
     device, on the tensors' own memory (CPU: Numba; CUDA: a kernel on torch's current
@@ -96,6 +114,7 @@ class Optimizer(torch.optim.Optimizer):
         self._engine = Engine(self._spec, "torch", per_param_steps=True)
         self._held: dict[int, _Held] = {}   # id(param) -> what the engine steps
         self._seen: list[tuple] = []          # per group: its values the engine has
+        self._raw: dict[int, tuple] = {}      # group -> its values as _seen, if _immutable
         self._keys = tuple(self._row.group_defaults)
         self._device_type = None              # "cpu" or "cuda" once a group has params
         # torch's per-param ``step`` (and NAdam's ``mu_product``) are 0-d views into one
@@ -125,6 +144,7 @@ class Optimizer(torch.optim.Optimizer):
         except BaseException:  # nothing of the group stays
             del self.param_groups[index:]
             del self._seen[index:]
+            self._raw.clear()
             del self._engine.hypers[index:]
             raise
 
@@ -139,6 +159,7 @@ class Optimizer(torch.optim.Optimizer):
                                names=row.torch_names, **storage_policy(group))
         self._engine.seed = group["seed"]
         self._seen.append(self._values(group))
+        self._raw.clear()
         params = group["params"]
         self._repeats = self._repeats or len({id(p) for p in params}) != len(params)
         placed = [p for p in params if not local(p).is_meta]
@@ -235,9 +256,12 @@ class Optimizer(torch.optim.Optimizer):
         for grads, positions in self._gather():  # one round, unless a param is listed twice
             if not positions:
                 return
-            applied = self._engine.step(grads, positions,
-                                        grad_scale=getattr(self, "grad_scale", None),
-                                        found_inf=getattr(self, "found_inf", None))
+            # A CPU step runs on torch's intra-op threads, read now
+            # (fusedopt/backends/cpu/threads.py).
+            with _cpu_threads.following(torch.get_num_threads()):
+                applied = self._engine.step(grads, positions,
+                                            grad_scale=getattr(self, "grad_scale", None),
+                                            found_inf=getattr(self, "found_inf", None))
             if applied:
                 self._advance(tuple(positions))
 
@@ -266,10 +290,15 @@ class Optimizer(torch.optim.Optimizer):
         held = self._held
         grads, positions, fresh, moved = [], [], {}, None
         strided = torch.strided
+        keys, raws = self._keys, self._raw
         for index, group in enumerate(self.param_groups):
-            values = self._values(group)
-            if values != self._seen[index]:
-                self._retune(index, group, values)
+            raw = tuple(map(group.__getitem__, keys))
+            if not (index in raws and _same(raws[index], raw)):
+                values = self._values(group)
+                if values != self._seen[index]:
+                    self._retune(index, group, values)
+                if _immutable(raw):  # the next step compares these as they are
+                    raws[index] = raw
             for j, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
@@ -307,6 +336,7 @@ class Optimizer(torch.optim.Optimizer):
                                **policy)
         self._engine.seed = group["seed"]
         self._seen[index] = values
+        self._raw.clear()
 
     def _advance(self, positions: tuple) -> None:
         """torch's ``state["step"] += 1`` for the params stepped (one operation per buffer),
@@ -373,7 +403,7 @@ class Optimizer(torch.optim.Optimizer):
         """A new engine for ``param_groups`` and ``state`` as they are now (torch's layout)."""
         kept = {k: self.__dict__[k] for k in ("_spec", "_engine", "_held", "_seen", "_keys",
                                                "_device_type", "_homes", "_buffers",
-                                               "_counters", "_repeats")
+                                               "_counters", "_repeats", "_raw")
                 if k in self.__dict__}
         state = dict(self.state)
         self._fresh_engine()

@@ -10,7 +10,7 @@ from ...memory.arrays import foreign, kind_of
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
-from . import norm, storage
+from . import norm, storage, threads
 from ._cache import JIT_OPTIONS
 from .loop import MODE_CODES, run, run_serial, specialize
 
@@ -64,12 +64,14 @@ def sum_squares(group: Group, grads) -> np.ndarray:
 
 def _set_clip(group: Group, clip: GradClip) -> None:
     """Write this step's grad scales into the table the loop reads (1.0 when none)."""
+    if clip.scales is None and not group.grads_scaled:  # the row holds 1.0s already
+        return
     table, n = group.table.array, len(group.params)
     start = rows(group.n_slots, n)["scales"]
     if clip.scales is not None:
         table[start: start + n] = float_row(clip.scales, n)
         group.grads_scaled = True
-    elif group.grads_scaled:
+    else:
         table[start: start + n] = float_row(1.0, n)
         group.grads_scaled = False
 
@@ -104,8 +106,11 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     chosen = group.scratch.get(key)
     if chosen is None:
         chosen = group.scratch[key] = variant(spec, flags, st, clip.active, group.averaged)
-    # One task cannot be shared between threads: run it here rather than wake the pool.
-    loop = run if n_work > 1 else run_serial
+    # A step of one task, few elements or one thread runs here, without waking the pool.
+    elements = group.scratch.get("elements")
+    if elements is None:
+        elements = group.scratch["elements"] = int(group.sizes.sum())
+    loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
     scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
     if average is not None:
         scalars = tuple(scalars) + tuple(average)

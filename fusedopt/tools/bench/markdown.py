@@ -26,7 +26,9 @@ def preamble(outcome, described: dict, command: str) -> list[str]:
     lines = [*fence(command), machine_line(described), "",
              method_line(outcome, *l3_cache()), ""]
     drift = drift_line(outcome)
-    return lines + ([drift, ""] if drift else [])
+    lines += [drift, ""] if drift else []
+    contention = getattr(outcome, "contention", None)
+    return lines + ([contention.line(), ""] if contention is not None else [])
 
 
 def notes(results) -> list[str]:

@@ -18,8 +18,8 @@ from .results import ISOLATED, SPREAD_LIMIT, Figure
 from .timing import MAX_BLOCK_S
 
 UNSETTLED = "~"
-LEGEND = (f"{UNSETTLED} = spread across repeats of the sweep above {SPREAD_LIMIT:.0%}: "
-          "the figure is unsettled")
+LEGEND = (f"{UNSETTLED} = spread across repeats of the sweep above {SPREAD_LIMIT:.0%}, or "
+          "measured while other work shared the machine: the figure is unsettled")
 
 METHOD_WORDS = {
     ISOLATED: "isolated: each contender in a worker process of its own, driven round by "
@@ -134,6 +134,7 @@ def to_dict(outcome, machine: dict) -> dict:
         "load_average": outcome.load_average,
         "spread": "(max - min) / median of the per-repeat medians; unsettled above "
                   f"{SPREAD_LIMIT}",
+        "contention": None if outcome.contention is None else outcome.contention.to_dict(),
         "drift": None if d is None else {
             "probe": d.case, "start_gb_per_s": d.start_gb_per_s,
             "end_gb_per_s": d.end_gb_per_s, "change": d.change, "exceeded": d.exceeded},
@@ -158,11 +159,11 @@ def write_json(path, outcome, machine: dict) -> None:
         json.dump(to_dict(outcome, machine), f, indent=1)
 
 
-#: Tables are printed at least this wide (rich would otherwise truncate cells at 80).
-TABLE_WIDTH = 130
-
 COLUMNS = ("n", "block", "set", "contender", "median", "spread", "GB/s", "of\nceiling",
            "vs\nunfused", "vs torch\nfused")
+#: A terminal too narrow for every column gets two tables: these columns, then the others
+#: with the first and the contender's name again.
+FIRST_PART = 7
 
 
 def _cells(r, name: str) -> list[str]:
@@ -172,38 +173,96 @@ def _cells(r, name: str) -> list[str]:
             times_text(r.ratio(name, cs.TORCH_FUSED))]
 
 
-def print_tables(console, outcome, l3: tuple[int | None, str]) -> None:
+def _rows(group, l3: int | None) -> list[tuple[list[str], bool]]:
+    """(cells under COLUMNS, ends a case) for every contender of every case of ``group``."""
+    out = []
+    for r in group:
+        for i, name in enumerate(r.names):
+            head = ([count_text(r.size), blocks_text(r.inner), set_text(r, l3)]
+                    if i == 0 else ["", "", ""])
+            out.append((head + _cells(r, name), i == len(r.names) - 1))
+        if not r.names:
+            out.append(([count_text(r.size), "-", "-", "-", *[""] * 6], True))
+    return out
+
+
+def plain_table(columns, rows) -> list[str]:
+    """Text lines of a table, columns padded to their widest cell, nothing cut: what is
+    printed when the output is not a terminal (a pipe, a file) or with ``--plain``."""
+    head = [c.replace("\n", " ") for c in columns]
+    widths = [max([len(h), *(len(cells[k]) for cells, _ in rows)]) for k, h in enumerate(head)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if h == "contender" else c.rjust(w)
+                         for c, w, h in zip(cells, widths, head)).rstrip()
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    for cells, end in rows:
+        out.append(line(cells))
+        if end:
+            out.append("")
+    return out
+
+
+def _rich_table(columns, rows):
     from rich import box
     from rich.table import Table
 
-    results = outcome.results
-    for (optimizer, dtype), group in groupby(results, key=lambda r: (r.optimizer, r.dtype)):
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="left" if column == "contender" else "right",
+                         no_wrap=True, min_width=max(map(len, column.split("\n"))))
+    for cells, end in rows:
+        table.add_row(*cells, end_section=end)
+    return table
+
+
+def _fits(console, table) -> bool:
+    from rich.measure import Measurement
+    wide = console.options.update_width(1 << 16)  # the table's own width, not the console's
+    return Measurement.get(console, wide, table).maximum <= console.width
+
+
+def print_tables(console, outcome, l3: tuple[int | None, str], plain: bool | None = None) -> None:
+    """One table per (optimizer, dtype). On a terminal, rich tables at the terminal's width
+    (split in two where one would not fit); otherwise (``plain``, default: when the output
+    is not a terminal) plain text, every cell whole, whatever the width."""
+    plain = not console.is_terminal if plain is None else plain
+    caption = ("median across repeats; spread (max-min)/median; block = calls per block; set "
+               "= one contender's arrays; vs X = X's time / this one's (> 1: faster than X); "
+               f"{LEGEND}")
+    for (optimizer, dtype), group in groupby(outcome.results, key=lambda r: (r.optimizer, r.dtype)):
         group = list(group)
         flow = group[0].traffic
         title = (f"{optimizer} {dtype} on {group[0].backend}: {flow.read_bytes} B read + "
                  f"{flow.write_bytes} B written per element")
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=title,
-                      caption="median across repeats; spread (max-min)/median; block = calls "
-                              "per block; set = one contender's arrays; vs X = X's time / "
-                              f"this one's (> 1: faster than X); {LEGEND}")
-        for column in COLUMNS:
-            table.add_column(column, justify="left" if column == "contender" else "right",
-                             no_wrap=True, min_width=max(map(len, column.split("\n"))))
-        for r in group:
-            for i, name in enumerate(r.names):
-                head = ([count_text(r.size), blocks_text(r.inner), set_text(r, l3[0])]
-                        if i == 0 else ["", "", ""])
-                table.add_row(*head, *_cells(r, name), end_section=i == len(r.names) - 1)
-            if not r.names:
-                table.add_row(count_text(r.size), "-", "-", "-", *[""] * 6, end_section=True)
-        console.print(table, width=max(console.width, TABLE_WIDTH))
+        rows = _rows(group, l3[0])
+        if plain:
+            for text in [title, *plain_table(COLUMNS, rows), caption]:
+                console.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(title, markup=False, highlight=False, style="italic")
+            table = _rich_table(COLUMNS, rows)
+            if _fits(console, table):
+                console.print(table)
+            else:
+                keep = (0, 3)  # n and contender, in both parts
+                second = [k for k in range(len(COLUMNS)) if k in keep or k >= FIRST_PART]
+                console.print(_rich_table(COLUMNS[:FIRST_PART],
+                                          [(c[:FIRST_PART], e) for c, e in rows]))
+                console.print(_rich_table([COLUMNS[k] for k in second],
+                                          [([c[k] for k in second], e) for c, e in rows]))
+            console.print(caption, markup=False, highlight=False, style="dim")
         for note in sorted({n for r in group for n in r.notes}):
-            console.print(f"  [dim]note: {note}[/dim]")
+            console.print(f"  note: {note}", markup=False, highlight=False,
+                          soft_wrap=plain, style=None if plain else "dim")
     console.print(method_line(outcome, *l3), markup=False, highlight=False)
     line = drift_line(outcome)
     if line:
         console.print(line, markup=False, highlight=False,
                       style="bold red" if outcome.drift.exceeded else None)
+    if outcome.contention is not None:
+        console.print(outcome.contention.line(), markup=False, highlight=False,
+                      style="bold red" if outcome.contention.busy else None)
 
 
 def markdown_table(results, l3: int | None) -> list[str]:

@@ -26,22 +26,25 @@ METHODS = (ISOLATED, SAME_PROCESS)
 
 @dataclass(frozen=True)
 class Figure:
-    """A median across repeats and its spread (None with fewer than two repeats)."""
+    """A median across repeats and its spread (None with fewer than two repeats);
+    ``busy``: measured while other work shared the machine (fusedopt/tools/bench/contention.py),
+    so never settled, whatever its spread."""
 
     median: float
     spread: float | None
     values: tuple[float, ...]
+    busy: bool = False
 
     @classmethod
-    def of(cls, values) -> "Figure":
+    def of(cls, values, busy: bool = False) -> "Figure":
         v = np.asarray(values, dtype=np.float64)
         median = float(np.median(v))
         spread = float((v.max() - v.min()) / median) if len(v) > 1 and median else None
-        return cls(median, spread, tuple(float(x) for x in v))
+        return cls(median, spread, tuple(float(x) for x in v), busy)
 
     @property
     def unsettled(self) -> bool:
-        return self.spread is not None and self.spread > SPREAD_LIMIT
+        return self.busy or (self.spread is not None and self.spread > SPREAD_LIMIT)
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Result:
     #: Bytes each contender's arrays take, and all of them together.
     contender_bytes: int = 0
     working_set: int = 0
+    #: Measured on a busy machine: no figure of it is settled.
+    busy: bool = False
 
     @property
     def bytes(self) -> int:
@@ -92,7 +97,7 @@ class Result:
 
     def time(self, name: str) -> Figure:
         """Seconds per call: median over repeats of each run's median."""
-        return Figure.of([run.median(name) for run in self.runs])
+        return Figure.of([run.median(name) for run in self.runs], self.busy)
 
     def gb_per_s(self, name: str) -> float:
         return self.bytes / self.time(name).median / 1e9
@@ -101,7 +106,8 @@ class Result:
         """baseline's time over ``name``'s (> 1: ``name`` is faster), run by run."""
         if name not in self.names or baseline not in self.names:
             return None
-        return Figure.of([run.median(baseline) / run.median(name) for run in self.runs])
+        return Figure.of([run.median(baseline) / run.median(name) for run in self.runs],
+                         self.busy)
 
     def fraction_of_ceiling(self, name: str) -> Figure | None:
         """Share of the traffic ceiling's bandwidth ``name`` reaches (same bytes: a time ratio)."""

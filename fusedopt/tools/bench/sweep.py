@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ...algorithms import registry as _registry
 from . import contenders as cs
 from . import timing
+from .contention import Contention, Watch
 from .isolated import SWEEP_BUILDER, Pool, time_isolated
 from .machine import available_memory
 from .results import ISOLATED, METHODS, SAME_PROCESS, Result, Run
@@ -91,6 +92,8 @@ class Outcome:
     #: Per worker (isolated) or for this process: threads and what was imported.
     processes: dict = field(default_factory=dict)
     load_average: dict = field(default_factory=dict)
+    #: What shared the machine during the run (fusedopt/tools/bench/contention.py).
+    contention: Contention | None = None
 
 
 def resolve_backend(requested: str) -> str:
@@ -220,6 +223,7 @@ def run(settings: Settings, console=None, progress: bool = True) -> Outcome:
              for n in settings.sizes]
     merged: dict[tuple, Result] = {}
     outcome = Outcome(settings, [], load_average={"start": _load()})
+    watch = Watch()  # before any worker starts: their CPU time is the run's own
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     total = len(cases) * settings.rounds * settings.repeats_of_sweep
@@ -248,4 +252,7 @@ def run(settings: Settings, console=None, progress: bool = True) -> Outcome:
                              else {"this process": describe_process()})
     outcome.results = [merged[k] for k in cases]
     outcome.load_average["end"] = _load()
+    outcome.contention = watch.verdict(outcome.drift)  # the workers are reaped by now
+    for result in outcome.results:
+        result.busy = outcome.contention.busy
     return outcome

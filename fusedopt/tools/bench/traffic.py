@@ -90,6 +90,7 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
     ``slots`` (the master slot last, when ``storage`` has one)."""
     from ...backends.cpu import backend
     from ...backends.cpu import storage as codes
+    from ...backends.cpu import threads
     from ...backends.cpu.loop import MODE_CODES, Variant, run, run_serial
     from ...memory.group import step_table
 
@@ -102,8 +103,10 @@ def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
                          tuple(codes.CODES[d] for d in (st.param, st.grad, st.state)),
                          MODE_CODES[st.mode], clamps=False)
     h = (float(scale),)
-    # The backend's own choice: one work item runs on the calling thread.
-    loop = run if group.table.n_work > 1 else run_serial
+    # The backend's own choice (fusedopt/backends/cpu/threads.py): a step of one work item
+    # or few elements runs on the calling thread, as the fused step beside it does.
+    loop = run if threads.step_threads(int(group.sizes.sum()), group.table.n_work) > 1 \
+        else run_serial
 
     def step():
         loop(variant, table, 1, group.chunk, h, np.int64(1))
