@@ -42,9 +42,9 @@ class OptimizerSpec:
       the weight-decay flavour; ``all_flags``: every variant the runtime can request.
     - ``slot_decls``: the state slots with the flag each needs; ``slots(flags)``: the names
       a variant has, in kernel order. ``slot_init(hp)``: their initial value.
-    - ``scalar_names`` / ``named_scalars(hp, step, convention)``: the per-step scalars by
-      name, computed in float64 on the host for 1-based ``step``; ``scalars`` is the same
-      as a tuple in ``scalar_names`` order, the order of a row of the launch.
+    - ``scalar_names`` / ``scalar_fn(hp, step, convention)``: the per-step scalars by name,
+      computed in float64 on the host for 1-based ``step``; ``scalars`` gives them as a
+      tuple in ``scalar_names`` order, the order of a row of the launch.
     - ``rule``: the element rule (fusedopt/algorithms/rulelib.py says its language);
       ``unfused``: the same math as whole-array expressions, the baseline.
     - ``check(hp, convention)``: raises ValueError for hyperparameters that each pass their
@@ -85,19 +85,12 @@ class OptimizerSpec:
     def max_slots(self) -> int:
         return max(len(self.slots(f)) for f in self.all_flags)
 
-    def named_scalars(self, hp: Mapping[str, Any], step: int, convention: str):
-        """The scalars of 1-based ``step`` as a named tuple (``.lr``, ...), in float64."""
-        values = self.scalar_fn(hp, step, convention)
-        if set(values) != set(self.scalar_names):
-            missing = set(self.scalar_names) - set(values)
-            extra = set(values) - set(self.scalar_names)
-            raise RuntimeError(f"{self.name}'s scalars() must give exactly {self.scalar_names}:"
-                               f" missing {sorted(missing)}, unknown {sorted(extra)}")
-        return self.Scalars(**{k: float(v) for k, v in values.items()})
-
     def scalars(self, hp: Mapping[str, Any], step: int, convention: str) -> tuple:
-        """:meth:`named_scalars` as a plain tuple, in ``scalar_names`` order."""
-        return tuple(self.named_scalars(hp, step, convention))
+        """The scalars of 1-based ``step`` in float64, in ``scalar_names`` order (a row of
+        the launch; the backends read them by name). Their names were checked against
+        ``scalar_names`` once, by :func:`declare`."""
+        values = self.scalar_fn(hp, step, convention)
+        return tuple(float(values[name]) for name in self.scalar_names)
 
     def named_flags(self, flags: tuple[int, ...]):
         return self.Flags(*flags)
@@ -135,10 +128,18 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
     got = rule.__code__.co_varnames[:rule.__code__.co_argcount]
     if got != expected:
         raise TypeError(f"{rule.__qualname__} must take {expected}, takes {got}")
-    return OptimizerSpec(name=name, class_name=class_name, keras_name=keras_name or name,
+    spec = OptimizerSpec(name=name, class_name=class_name, keras_name=keras_name or name,
                          kernel=kernel, flag_names=tuple(flag_names), slot_decls=tuple(slots),
                          scalar_names=tuple(scalar_names), rule=rule, Scalars=scalars_type,
                          Flags=flags_type, **fields)
+    for convention in CONVENTIONS:  # once, here: the step reads them by these names
+        given = set(spec.scalar_fn(spec.defaults(), 1, convention))
+        if given != set(spec.scalar_names):
+            raise TypeError(f"{name}'s scalars() must give exactly {spec.scalar_names} "
+                            f"({convention} convention): missing "
+                            f"{sorted(set(spec.scalar_names) - given)}, unknown "
+                            f"{sorted(given - set(spec.scalar_names))}")
+    return spec
 
 
 # --- pieces families share ------------------------------------------------------------------
