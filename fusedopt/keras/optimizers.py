@@ -44,8 +44,8 @@ def _keras_class(spec) -> type:
     door = spec.keras
     peer = getattr(keras.optimizers, door["name"])
     bases = (FusedOptimizer, peer)
-    hooks = {k: v for k, v in vars(_HOOKS.get(spec.name, object)).items()
-             if not k.startswith("__")}  # before FusedOptimizer's defaults
+    hooks = ({k: v for k, v in vars(_HOOKS[spec.name]).items() if not k.startswith("__")}
+             if spec.name in _HOOKS else {})  # in the class: before FusedOptimizer's defaults
     doc = (f"``keras.optimizers.{door['name']}``, fused: Keras' arguments, defaults, config "
            f"and variables, its update in one pass. The rule, as ``fusedopt.{spec.class_name}``"
            f" has it:\n\n{spec.doc.split('Args:')[0].rstrip()}\n")
