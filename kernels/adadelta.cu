@@ -31,11 +31,7 @@ struct AdadeltaRule {
         C& accumulated_grad = s[0];
         C& accumulated_delta_var = s[1];
         C d;
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

@@ -27,11 +27,7 @@ struct AdagradRule {
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         C& accumulator = s[0];
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

@@ -39,11 +39,7 @@ struct AdamRule {
         C& v = s[1];
         C& vhat = AMSGRAD ? s[2] : spare;
         C v_used;
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

@@ -28,11 +28,7 @@ struct LionRule {
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         C& m = s[0];
         C c, step;
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

@@ -40,11 +40,7 @@ struct RmspropRule {
         C& momentum = USE_MOMENTUM ? s[1] : spare;
         C& average_gradient = CENTERED ? s[1 + (USE_MOMENTUM ? 1 : 0)] : spare;
         C ms, inc, avg;
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

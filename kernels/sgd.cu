@@ -34,11 +34,7 @@ struct SgdRule {
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         C spare = C(0);  // a slot the variant has not: read as 0, unstored
         C& momentum = USE_MOMENTUM ? s[0] : spare;
-        if (FLAVOR == KERAS) {
-            if (k.wd != C(0)) {
-                p = p - p * k.wd * k.lr;
-            }
-        } else if (FLAVOR == TORCH_L2) {
+        if (FLAVOR == TORCH_L2) {
             if (k.wd != C(0)) {
                 g = g + k.wd * p;
             }

@@ -24,6 +24,7 @@ import pytest
 from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cuda import launch, runtime
+from fusedopt.engine.step import scalar_row
 from fusedopt.memory import table as _table
 from fusedopt.memory.group import make_group
 from fusedopt.memory.steps import CONTROL_HEADER, as_rows
@@ -125,7 +126,7 @@ def test_cuda_launch_shape_for_tensors_past_2_31_elements():
                   for i, n in enumerate(BIG)]
         grads = [Sized((n,), 3 << 40 | (i << 36)) for i, n in enumerate(BIG)]
         group = launch.group("float32", params, states)
-        launch.step(ADAM, FLAGS, ADAM.scalars(HYPER, 1, "keras"), group, grads)
+        launch.step(ADAM, FLAGS, scalar_row(ADAM, HYPER, 1, "keras"), group, grads)
     finally:
         runtime.install(previous)
     (name, grid, block, args), = rec.launches
@@ -194,7 +195,7 @@ def test_kernels_index_past_2_32_elements(host_cuda, monkeypatch):
     monkeypatch.setattr(table_check, "check", lambda *args, **kwargs: None)
     kernel = host_cuda.module("adam", launch.name_expressions("adam")).get_function(
         ADAM.entry("float32", FLAGS))
-    rows = as_rows(ADAM.scalars(HYPER, 1, "keras"), 1)
+    rows = as_rows(scalar_row(ADAM, HYPER, 1, "keras"), 1)
     step = (host_cuda.to_device(rows.row_array(np.float32)), host_cuda.to_device(rows.control()),
             host_cuda.to_device(np.zeros(1, np.int32)))
     kernel((2,), (config.THREADS_PER_BLOCK,), (table, np.int32(1), np.int64(CHUNK), *step))
@@ -207,7 +208,7 @@ def test_cpu_loop_indexes_past_2_32_elements():
     table, buffers, _ = _tail_problem()
     expected = _same_update_on_small_arrays(buffers, "cpu")
     variant = specialize(ADAM, FLAGS)
-    run(variant, table, 1, CHUNK, tuple(ADAM.scalars(HYPER, 1, "keras")), np.int64(1))
+    run(variant, table, 1, CHUNK, tuple(scalar_row(ADAM, HYPER, 1, "keras")), np.int64(1))
     for got, want in zip([buffers[0], buffers[2], buffers[3]], expected):
         assert got.tobytes() == want.tobytes()
 

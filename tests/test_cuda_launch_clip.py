@@ -18,6 +18,7 @@ from fusedopt.backends.cpu import backend as cpu_backend
 from fusedopt.backends.cpu import norm as cpu_norm
 from fusedopt.backends.cpu.loop import run as cpu_run
 from fusedopt.backends.cuda import launch, runtime
+from fusedopt.engine.step import scalar_row
 from fusedopt.memory.group import NO_CLIP, GradClip
 from fusedopt.memory.steps import step_rows
 from fusedopt.memory.storage import MODE_IDS, Storage
@@ -153,7 +154,7 @@ def test_cuda_launch_equals_cpu(name, clip, emulated, monkeypatch):
 def test_scales_are_reset_when_a_step_stops_clipping(emulated):
     spec = REGISTRY["adam"]
     flags = spec.flags(spec.defaults(), "keras")
-    scalars = step_rows(lambda t: spec.scalars(spec.defaults(), t, "keras"), [1] * 5, [0] * 5)
+    scalars = step_rows(lambda t: scalar_row(spec, spec.defaults(), t, "keras"), [1] * 5, [0] * 5)
     params, grads = _problem(2)
     # The second step reuses the first step's grad arrays (new values, same memory), so the
     # table's addresses do not change and only the reset can restore the scales.

@@ -9,6 +9,7 @@ from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cpu import backend as cpu
 from fusedopt.backends.cpu import loop
+from fusedopt.engine.step import scalar_row
 from fusedopt.memory import table as _table
 
 #: Empty tensors first, last and between; sizes off the vector width; one past a chunk.
@@ -106,7 +107,7 @@ def test_every_flag_one_call_equals_per_tensor_calls(name, dtype, monkeypatch):
         group = cpu.group(dtype, together, states_t)
         singles = [cpu.group(dtype, [p], [s]) for p, s in zip(apart, states_a)]
         for t, step_grads in enumerate(grads, start=1):
-            scalars = spec.scalars(hp, t, "keras")  # the same for both paths: any will do
+            scalars = scalar_row(spec, hp, t, "keras")  # the same for both paths: any will do
             cpu.step(spec, flags, scalars, group, step_grads)
             for single, g in zip(singles, step_grads):
                 cpu.step(spec, flags, scalars, single, [g])

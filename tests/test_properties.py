@@ -35,6 +35,7 @@ from tolerances import BOUND_FACTOR
 
 from fusedopt.algorithms.registry import CONVENTIONS, REGISTRY
 from fusedopt.engine.engine import Engine
+from fusedopt.engine.step import scalar_row
 
 BACKENDS = ("cpu", "unfused", "cuda")
 
@@ -160,7 +161,7 @@ def _check_example(spec, ex):
         except ValueError as error:
             assert "beyond the largest finite value" in str(error), error
             top = float(np.finfo(dtype).max)
-            assert any(not abs(x) <= top for x in spec.scalars(full, t, ex["convention"]))
+            assert any(not abs(x) <= top for x in scalar_row(spec, full, t, ex["convention"]))
             unchanged()
             event("refused: a step scalar beyond the dtype")
             return

@@ -1,4 +1,5 @@
-"""Hyperparameter declarations and their checks (validation at the boundary).
+"""Hyperparameter declarations and their checks (validation at the boundary), the
+hyperparameters families share, and the weight-decay scalars derived from them.
 
 A check is a callable of the value that returns what is wrong with it, or None. The checks
 are small frozen classes (``AtLeast``, ``InRange``, ``NoneOr``) or module-level functions,
@@ -12,7 +13,9 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
+
+from ..constants import KERAS, TORCH_DECOUPLED, TORCH_L2
 
 Check = Callable[[Any], Optional[str]]  # returns what is wrong, or None
 
@@ -111,3 +114,46 @@ class Hyper:
             raise ValueError(f"{name} exists only in the {'/'.join(sorted(self.conventions))}"
                              f" convention; drop it or use convention="
                              f"{sorted(self.conventions)[0]!r}")
+
+
+# --- pieces families share ------------------------------------------------------------------
+
+TORCH_ONLY = frozenset({"torch"})
+LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
+WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
+BETA = in_range(0.0, 1.0)
+EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
+MOMENTUM = Hyper("momentum", 0.0, BETA)
+#: torch's Adam and NAdam take ``decoupled_weight_decay=True`` for AdamW's decay.
+DECOUPLED = Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY)
+
+#: learning rate, the two moment decays and epsilon, with Keras' defaults: Adam's family.
+ADAM_LIKE = (
+    LEARNING_RATE,
+    Hyper("beta_1", 0.9, BETA),
+    Hyper("beta_2", 0.999, BETA),
+    EPSILON,
+)
+
+#: The flavours of torch optimizers whose weight_decay is L2.
+L2_FLAVORS = (KERAS, TORCH_L2)
+
+#: The scalars every rule's weight decay reads.
+DECAY_SCALARS = ("lr", "wd", "wd_factor")
+
+
+def decay_scalars(hp: Mapping[str, Any]) -> dict[str, float]:
+    """lr, wd, and wd_factor = 1 - lr * wd, the factor of decoupled decay
+    (``theta *= wd_factor``), in float64 as torch computes it from Python floats; the pass
+    rounds it once, to the compute type. Keras' ``theta -= theta * wd * lr`` is the same
+    product, rounded once rather than twice."""
+    lr = float(hp["learning_rate"])
+    wd = float(hp["weight_decay"] or 0.0)
+    return {"lr": lr, "wd": wd, "wd_factor": 1.0 - lr * wd}
+
+
+def flavor(convention: str, decoupled_in_torch: bool) -> int:
+    """The weight-decay flavour of ``convention``."""
+    if convention == "keras":
+        return KERAS
+    return TORCH_DECOUPLED if decoupled_in_torch else TORCH_L2

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..constants import KERAS, TORCH_L2
+from ..constants import TORCH_L2
 
 #: The square root in the compute type (NumPy's keeps float32 float32, under Numba too).
 sqrt = np.sqrt
@@ -32,12 +32,11 @@ sqrt = np.sqrt
 
 def weight_decay(flavor, p, g, lr, wd, wd_factor):
     """The weight-decay flavour ``flavor`` (fusedopt/constants.py) applied to param ``p`` and
-    grad ``g``: returns the new ``(p, g)``. With wd = 0 the Keras and L2 terms are skipped,
-    as the peers skip them: an inf param times 0 would be NaN."""
-    if flavor == KERAS:
-        if wd != 0:
-            p = p - p * wd * lr
-    elif flavor == TORCH_L2:
+    grad ``g``: returns the new ``(p, g)``. L2 adds ``wd * p`` to the grad, skipped for
+    wd = 0 as torch skips it (an inf param times 0 would be NaN). The decoupled flavours,
+    Keras' and torch's, scale the param by ``wd_factor`` (1 for wd = 0); they differ in how
+    the host rounds that factor (fusedopt/algorithms/hyper.py, ``decay_scalars``)."""
+    if flavor == TORCH_L2:
         if wd != 0:
             g = g + wd * p
     else:
@@ -56,10 +55,7 @@ BUILTINS = {"sqrt": "sqrt", "abs": "fabs"}
 def decay_in_place(flavor, p, g, lr, wd, wd_factor):
     """:func:`weight_decay` on whole arrays: ``p`` is decayed in place; returns the (possibly
     new) grad."""
-    if flavor == KERAS:
-        if wd != 0:
-            p -= p * wd * lr
-    elif flavor == TORCH_L2:
+    if flavor == TORCH_L2:
         if wd != 0:
             g = g + wd * p
     else:

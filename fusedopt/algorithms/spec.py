@@ -1,4 +1,4 @@
-"""What an optimizer is, declared once: :class:`OptimizerSpec`, and the pieces families share.
+"""What an optimizer is, declared once: :class:`OptimizerSpec` and :func:`declare`.
 
 A family's module (fusedopt/algorithms/adam.py & co) declares one spec per optimizer with
 :func:`declare`. Everything else reads it: the public classes and the torch and Keras doors
@@ -14,9 +14,30 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..constants import KERAS, TORCH_DECOUPLED, TORCH_L2
 from ..memory.storage import PARAM_DTYPES, Storage, all_storages, default_state_dtype
-from .hyper import Hyper, at_least, boolean, in_range, learning_rate, optional
+
+# The hyperparameters families share, their checks and the weight-decay scalars derived
+# from them live in hyper.py; families import them from here, with declare.
+from .hyper import (
+    ADAM_LIKE,
+    BETA,
+    DECAY_SCALARS,
+    DECOUPLED,
+    EPSILON,
+    L2_FLAVORS,
+    LEARNING_RATE,
+    MOMENTUM,
+    TORCH_ONLY,
+    WEIGHT_DECAY,
+    Hyper,
+    at_least,
+    boolean,
+    decay_scalars,
+    flavor,
+    in_range,
+    learning_rate,
+    optional,
+)
 
 CONVENTIONS = ("keras", "torch")
 
@@ -43,8 +64,8 @@ class OptimizerSpec:
     - ``slot_decls``: the state slots with the flag each needs; ``slots(flags)``: the names
       a variant has, in kernel order. ``slot_init(hp)``: their initial value.
     - ``scalar_names`` / ``scalar_fn(hp, step, convention)``: the per-step scalars by name,
-      computed in float64 on the host for 1-based ``step``; ``scalars`` gives them as a
-      tuple in ``scalar_names`` order, the order of a row of the launch.
+      computed in float64 on the host for 1-based ``step``; the engine's scalar phase
+      orders them as ``scalar_names`` into a row of the launch (fusedopt/engine/step.py).
     - ``rule``: the element rule (fusedopt/algorithms/rulelib.py says its language);
       ``unfused``: the same math as whole-array expressions, the baseline.
     - ``check(hp, convention)``: raises ValueError for hyperparameters that each pass their
@@ -84,13 +105,6 @@ class OptimizerSpec:
     @property
     def max_slots(self) -> int:
         return max(len(self.slots(f)) for f in self.all_flags)
-
-    def scalars(self, hp: Mapping[str, Any], step: int, convention: str) -> tuple:
-        """The scalars of 1-based ``step`` in float64, in ``scalar_names`` order (a row of
-        the launch; the backends read them by name). Their names were checked against
-        ``scalar_names`` once, by :func:`declare`."""
-        values = self.scalar_fn(hp, step, convention)
-        return tuple(float(values[name]) for name in self.scalar_names)
 
     def named_flags(self, flags: tuple[int, ...]):
         return self.Flags(*flags)
@@ -140,46 +154,6 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
                             f"{sorted(set(spec.scalar_names) - given)}, unknown "
                             f"{sorted(given - set(spec.scalar_names))}")
     return spec
-
-
-# --- pieces families share ------------------------------------------------------------------
-
-TORCH_ONLY = frozenset({"torch"})
-LEARNING_RATE = Hyper("learning_rate", 0.001, learning_rate)
-WEIGHT_DECAY = Hyper("weight_decay", None, optional(at_least(0.0)))
-BETA = in_range(0.0, 1.0)
-EPSILON = Hyper("epsilon", 1e-7, at_least(0.0))
-MOMENTUM = Hyper("momentum", 0.0, BETA)
-#: torch's Adam and NAdam take ``decoupled_weight_decay=True`` for AdamW's decay.
-DECOUPLED = Hyper("decoupled_weight_decay", False, boolean, conventions=TORCH_ONLY)
-
-#: learning rate, the two moment decays and epsilon, with Keras' defaults: Adam's family.
-ADAM_LIKE = (
-    LEARNING_RATE,
-    Hyper("beta_1", 0.9, BETA),
-    Hyper("beta_2", 0.999, BETA),
-    EPSILON,
-)
-
-#: The flavours of torch optimizers whose weight_decay is L2.
-L2_FLAVORS = (KERAS, TORCH_L2)
-
-#: The scalars every rule's weight decay reads.
-DECAY_SCALARS = ("lr", "wd", "wd_factor")
-
-
-def decay_scalars(hp: Mapping[str, Any]) -> dict[str, float]:
-    """lr, wd and wd_factor = 1 - lr * wd (torch's decoupled factor, rounded once)."""
-    lr = float(hp["learning_rate"])
-    wd = float(hp["weight_decay"] or 0.0)
-    return {"lr": lr, "wd": wd, "wd_factor": 1.0 - lr * wd}
-
-
-def flavor(convention: str, decoupled_in_torch: bool) -> int:
-    """The weight-decay flavour of ``convention``."""
-    if convention == "keras":
-        return KERAS
-    return TORCH_DECOUPLED if decoupled_in_torch else TORCH_L2
 
 
 __all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",

@@ -23,6 +23,21 @@ class HyperGroup:
 
 
 
+def _translate(hyper: Mapping[str, Any], names: Mapping[str, Any] | None):
+    """``(values by registry name, registry name -> the door's name for it)``."""
+    if names is None:
+        return dict(hyper), {}
+    values, door = {}, {}
+    for key, value in hyper.items():
+        target = names.get(key, key)
+        if isinstance(target, tuple):  # one argument, several hyperparameters: a sequence
+            for i, name in enumerate(target):
+                values[name], door[name] = value[i], f"{key}[{i}]"
+        else:
+            values[target], door[target] = value, key
+    return values, door
+
+
 #: "the engine's own policy", for a group's storage arguments.
 _ENGINE = object()
 
@@ -32,13 +47,15 @@ class HyperGroups:
 
     # --- hyperparameter groups --------------------------------------------------------------
     def validate_hyper(self, hyper: Mapping[str, Any], where: str = "",
-                       names: Mapping[str, str] | None = None) -> HyperGroup:
+                       names: Mapping[str, Any] | None = None) -> HyperGroup:
         """``hyper`` completed with the defaults and checked: the one check of every
-        hyperparameter, whatever the front door. Raises naming ``where`` and each value by
-        ``names`` (registry name -> the door's argument name, e.g. torch's ``lr``).
+        hyperparameter, whatever the front door. ``names``: ``hyper`` is in a door's own
+        argument names, each mapped to the registry's name (or to a tuple of names, for an
+        argument that holds several: torch's ``betas``); it is translated here, once, and
+        errors name the door's argument. Errors start with ``where``.
 
         Besides the registry's hyperparameters, every optimizer takes ``maximize`` (False)."""
-        hyper = dict(hyper)
+        hyper, door = _translate(hyper, names)
         maximize = hyper.pop("maximize", False)
         if not isinstance(maximize, bool):
             raise ValueError(f"{where}maximize must be True or False, got {maximize!r}")
@@ -46,12 +63,13 @@ class HyperGroups:
         unknown = set(hyper) - known
         if unknown:
             raise TypeError(f"{where}{self.spec.name} got unexpected arguments "
-                            f"{sorted(unknown)}; it takes {sorted(known)}")
+                            f"{sorted(door.get(k, k) for k in unknown)}; it takes "
+                            f"{sorted(known)}")
         full = self.spec.defaults()
         full.update(hyper)
         try:
             for h in self.spec.hypers:
-                h.validate(full[h.name], self.convention, (names or {}).get(h.name))
+                h.validate(full[h.name], self.convention, door.get(h.name))
             self.spec.check(full, self.convention)
         except ValueError as error:
             raise ValueError(f"{where}{error}") from None
@@ -80,7 +98,7 @@ class HyperGroups:
 
     def add_group(self, hyper: Mapping[str, Any], where: str | None = None, *,
                   state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
-                  kahan_summation=False, names: Mapping[str, str] | None = None) -> int:
+                  kahan_summation=False, names: Mapping[str, Any] | None = None) -> int:
         """A new hyperparameter group; returns its index. Its params are kept with
         ``state_dtype`` and ``master_weights`` (default: the engine's, its rounding mode
         included), or, where ``master_weights`` is given, that with ``stochastic_rounding``
@@ -95,7 +113,7 @@ class HyperGroups:
 
     def set_hyper(self, index: int, hyper: Mapping[str, Any], where: str | None = None, *,
                   state_dtype=_ENGINE, master_weights=_ENGINE, stochastic_rounding=False,
-                  kahan_summation=False, names: Mapping[str, str] | None = None) -> None:
+                  kahan_summation=False, names: Mapping[str, Any] | None = None) -> None:
         """Change group ``index``'s hyperparameters (a scheduler's new learning rate, say).
 
         The state slots and the storage policy must stay the ones its params hold

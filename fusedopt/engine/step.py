@@ -213,12 +213,14 @@ class StepPhases:
         return [self._iterations + 1] * len(members)
 
     def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
+        """The scalar row of 1-based step ``t`` of hyperparameter group ``hyper``. Schedules
+        (callables of the step count) are evaluated here, the one place they are."""
         hp = self.hypers[hyper].hyper
-        if any(callable(v) for v in hp.values()):  # schedules: callables of the step count
+        if any(callable(v) for v in hp.values()):
             hp = {k: float(v(t - 1)) if callable(v) else v for k, v in hp.items()}
         if not decays:
             hp = dict(hp, weight_decay=None)
-        return self.spec.scalars(hp, t, self.convention)
+        return scalar_row(self.spec, hp, t, self.convention)
 
     def _plan(self, positions: tuple, grads: list):
         """Every check for a first step of these positions (or an unusual grad)."""
@@ -274,6 +276,13 @@ class _Outcome:
     def __repr__(self) -> str:
         state = "in doubt" if self._doubt.applied is None else str(self._doubt.applied)
         return f"<step outcome: {state}>"
+
+
+def scalar_row(spec, hp, t: int, convention: str) -> tuple:
+    """``spec``'s scalars of 1-based step ``t`` in float64, in ``spec.scalar_names`` order: a
+    row of the launch, which the backends read by those names (declare() checked them)."""
+    values = spec.scalar_fn(hp, t, convention)
+    return tuple(float(values[name]) for name in spec.scalar_names)
 
 
 def _on_host(value) -> bool:

@@ -37,7 +37,6 @@ so a step on CUDA waits for the device no more than Keras' own step does.
 from __future__ import annotations
 
 import keras
-import numpy as np
 
 from ..algorithms.registry import lookup
 from ..engine.clip import Clipping
@@ -65,22 +64,6 @@ def require_torch_backend(class_name: str) -> None:
             f"whose variables it cannot update without copying them to the host. Set "
             f"KERAS_BACKEND=torch before keras is imported, or use "
             f"keras.optimizers.{class_name} on {backend!r}.")
-
-
-def torch_backend_decay(weight_decay: float, learning_rate: float) -> float:
-    """The weight decay Keras' torch backend applies, as the engine's Keras rule takes it.
-
-    Keras on torch decays by a factor rounded to floatx, ``theta *= 1 - wd * lr`` (on JAX and
-    TensorFlow: ``theta -= theta * wd * lr``, the engine's Keras rule). The rounded factor is
-    not exactly ``1 - wd * lr``: over many steps the difference drifts the weights by about
-    one ulp per step. The decay that factor amounts to, ``(1 - factor) / lr``, makes the
-    engine's rule apply the same factor, to rounding, inside the fused pass.
-    """
-    if not learning_rate:
-        return 0.0
-    floatx = np.dtype(keras.config.floatx()).type
-    factor = floatx(1) - floatx(floatx(weight_decay) * floatx(learning_rate))
-    return (1.0 - float(factor)) / float(learning_rate)
 
 
 class FusedOptimizer:
@@ -303,9 +286,7 @@ class _Fused:
     def _hyper(self, optimizer) -> dict:
         hyper = {n: host_number(n, getattr(optimizer, n), self._numbers)
                  for n in self.names if n != "learning_rate"}
-        rate = hyper["learning_rate"] = self._learning_rate(optimizer)
-        if hyper.get("weight_decay") is not None:
-            hyper["weight_decay"] = torch_backend_decay(hyper["weight_decay"], rate)
+        hyper["learning_rate"] = self._learning_rate(optimizer)
         return hyper
 
     def add(self, optimizer, variables: list, ema: bool = True) -> None:

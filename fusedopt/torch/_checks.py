@@ -30,7 +30,7 @@ from ..engine.engine import check_seed
 from ..memory import storage as _storage
 from . import _layout
 from ._local import local
-from ._names import FLAGS, RENAMES, Row, storage_mode, storage_policy, torch_name
+from ._names import FLAGS, Row, storage_mode, storage_policy
 
 #: Complex dtypes stepped as real pairs (fusedopt/torch/_layout.py) -> their real dtype.
 _COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -66,24 +66,21 @@ def hyper(index: int, group: dict, row: Row) -> None:
     """The group's values in the forms torch takes: ``betas`` a pair, a tensor value of one
     element (of any shape, as torch takes a tensor lr, and Adam's and AdamW's tensor
     betas: the step reads its number). Their values are checked once, by the engine
-    (fusedopt/engine/hypers.py), with torch's names (``Row.torch_names``)."""
+    (fusedopt/engine/hypers.py), in torch's names (``Row.hyper_names``)."""
     _tensor_rules(index, group, row)
-    for key in row.arguments:
-        if key in FLAGS:
-            continue
+    for key in row.hyper_names:
         value = group[key]
         if key == "betas":
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise ValueError(f"param group {index}: betas must be a pair (beta1, beta2), "
                                  f"got {value!r}")
-            named = {"beta_1": value[0], "beta_2": value[1]}
+            named = {"betas[0]": value[0], "betas[1]": value[1]}
         else:
-            named = {RENAMES.get(key, key): value}
+            named = {key: value}
         for name, v in named.items():
-            if isinstance(v, torch.Tensor):
-                if v.numel() != 1:
-                    raise ValueError(f"param group {index}: Tensor {torch_name(name, row)} "
-                                     f"must be 1-element, got shape {tuple(v.shape)}")
+            if isinstance(v, torch.Tensor) and v.numel() != 1:
+                raise ValueError(f"param group {index}: Tensor {name} must be 1-element, "
+                                 f"got shape {tuple(v.shape)}")
 
 
 def _tensor_rules(index: int, group: dict, row: Row) -> None:

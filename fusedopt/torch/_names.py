@@ -73,11 +73,15 @@ class Row:
         return dict(self.positional + self.keyword)
 
     @property
-    def torch_names(self) -> dict:
-        """Registry hyperparameter -> torch's name for it, for error messages."""
-        names = {RENAMES.get(k, k): k for k in self.arguments if k != "betas"}
-        if "betas" in self.arguments:
-            names.update(beta_1="betas[0]", beta_2="betas[1]")
+    def hyper_names(self) -> dict:
+        """torch argument -> the registry hyperparameter it is (a pair for ``betas``), for
+        every argument the engine takes (``maximize`` too; torch's other flags are
+        checked here, not stepped): the engine translates a group with it, once."""
+        names = {}
+        for key in self.arguments:  # not self.fixed: those are the class's, not the registry's
+            if key in FLAGS and key != "maximize":
+                continue
+            names[key] = ("beta_1", "beta_2") if key == "betas" else RENAMES.get(key, key)
         return names
 
     @property
@@ -89,20 +93,6 @@ class Row:
 #: One row per registered optimizer that declares a torch door (its ``torch`` data).
 ROWS = {spec.name: Row(spec.name, **spec.torch) for spec in REGISTRY.values()
         if spec.torch is not None}
-
-
-def registry_hyper(group: dict, row: Row) -> dict:
-    """The registry's hyperparameters (and ``maximize``) for torch param group ``group``."""
-    hyper = {}
-    for key in row.arguments:  # not row.fixed: those are the class's, not the registry's
-        if key in FLAGS and key != "maximize":
-            continue
-        value = group[key]
-        if key == "betas":
-            hyper["beta_1"], hyper["beta_2"] = (_number(b) for b in value)
-        else:
-            hyper[RENAMES.get(key, key)] = _number(value)
-    return hyper
 
 
 def storage_policy(group: dict) -> dict:
@@ -126,20 +116,3 @@ def storage_mode(group: dict) -> str:
     that mean nothing."""
     return _storage.mode_of(group["master_weights"], group["stochastic_rounding"],
                             group["kahan_summation"])
-
-
-def torch_name(registry_name: str, row: Row) -> str:
-    """The torch argument of ``row`` behind a registry hyperparameter, for error messages."""
-    if registry_name in ("beta_1", "beta_2"):
-        return "betas[0]" if registry_name == "beta_1" else "betas[1]"
-    for key in row.arguments:
-        if RENAMES.get(key, key) == registry_name:
-            return key
-    return registry_name
-
-
-def _number(value):
-    """A 0-d tensor (torch allows a tensor lr) as a Python number; anything else as is."""
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        return value.item()
-    return value

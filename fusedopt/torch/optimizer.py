@@ -21,72 +21,8 @@ from ..engine.engine import Engine
 from . import _checkpoint, _checks, _compile, _layout
 from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local
-from ._names import MASTER_KEYS, Row, registry_hyper, storage_mode, storage_policy
-
-
-class _Held:
-    """A param the engine steps: its position, the memory stepped (the engine's view of it:
-    fusedopt/torch/_layout.py, ``layout`` None where that is the param itself), and that
-    memory's address when it was taken (a param whose ``.data`` was replaced has moved)."""
-
-    __slots__ = ("position", "memory", "address", "sharded", "layout")
-
-    def __init__(self, position: int, memory, sharded: bool, layout):
-        self.position, self.memory, self.sharded = position, memory, sharded
-        self.layout = layout
-        self.address = memory.data_ptr()
-
-
-def _scalar_dtype():
-    # torch's own choice for ``step``: float32, float64 under a float64 default dtype.
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-
-def _plain(value):
-    """A group value as compared from step to step and handed to the engine: numbers for
-    1-element tensors (torch takes a tensor lr of any 1-element shape, and a scheduler may
-    fill it in place), tuples of numbers for betas."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value
-    if isinstance(value, (tuple, list)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def _numbers(group: dict) -> dict:
-    """A checked group with its 1-element tensors (lr, betas) as numbers, for the engine."""
-    return {k: v if k == "params" else _plain(v) for k, v in group.items()}
-
-
-def _rounds(grads: list, positions: list) -> list:
-    """``(grads, positions)`` split so that no round holds a position twice: the k-th
-    occurrence of a position goes to round k."""
-    rounds: list = []
-    seen: dict = {}
-    for g, pos in zip(grads, positions):
-        k = seen[pos] = seen.get(pos, -1) + 1
-        if k == len(rounds):
-            rounds.append(([], []))
-        rounds[k][0].append(g)
-        rounds[k][1].append(pos)
-    return rounds or [([], [])]
-
-
-_PLAIN_TYPES = (float, int, bool, str, type(None))
-
-
-def _immutable(values: tuple) -> bool:
-    """Whether ``values`` are numbers, strings, None or tuples of them: values that nothing
-    can change in place, so comparing them as they are is comparing them as _plain would."""
-    return all(type(v) in _PLAIN_TYPES or (type(v) is tuple and _immutable(v)) for v in values)
-
-
-def _same(kept: tuple, raw: tuple) -> bool:
-    """``raw`` (a group's values as they are) equals ``kept`` (_immutable ones)."""
-    try:
-        return bool(kept == raw)
-    except (RuntimeError, ValueError, TypeError):  # a tensor of several elements, say
-        return False
+from ._names import MASTER_KEYS, Row, storage_mode, storage_policy
+from ._values import Held, immutable, plain, rounds, same, scalar_dtype
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -112,9 +48,9 @@ class Optimizer(torch.optim.Optimizer):
     def _fresh_engine(self) -> None:
         self._spec = lookup(self._row.registry)
         self._engine = Engine(self._spec, "torch", per_param_steps=True)
-        self._held: dict[int, _Held] = {}   # id(param) -> what the engine steps
+        self._held: dict[int, Held] = {}   # id(param) -> what the engine steps
         self._seen: list[tuple] = []          # per group: its values the engine has
-        self._raw: dict[int, tuple] = {}      # group -> its values as _seen, if _immutable
+        self._raw: dict[int, tuple] = {}      # group -> its values as _seen, if immutable
         self._keys = tuple(self._row.group_defaults)
         self._device_type = None              # "cpu" or "cuda" once a group has params
         # torch's per-param ``step`` (and NAdam's ``mu_product``) are 0-d views into one
@@ -126,8 +62,12 @@ class Optimizer(torch.optim.Optimizer):
         self._repeats = False                 # a group lists a param twice: stepped twice
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
+    def _hyper(self, group: dict) -> dict:
+        """What the engine takes of a checked group, in torch's names (it translates them)."""
+        return {key: plain(group[key]) for key in self._row.hyper_names}
+
     def _values(self, group: dict) -> tuple:
-        return tuple(_plain(group[k]) for k in self._keys)
+        return tuple(plain(group[k]) for k in self._keys)
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's add_param_group, then fusedopt's checks; a refused group is not added."""
@@ -155,8 +95,8 @@ class Optimizer(torch.optim.Optimizer):
         _checks.storage(index, group)
         _checks.params(index, group, self._spec, self._device_type)
         self._check_seed(index, group)
-        self._engine.add_group(registry_hyper(_numbers(group), row), where=f"param group {index}: ",
-                               names=row.torch_names, **storage_policy(group))
+        self._engine.add_group(self._hyper(group), where=f"param group {index}: ",
+                               names=row.hyper_names, **storage_policy(group))
         self._engine.seed = group["seed"]
         self._seen.append(self._values(group))
         self._raw.clear()
@@ -204,13 +144,13 @@ class Optimizer(torch.optim.Optimizer):
         counts = self._engine.steps
         buffer = len(self._buffers)
         self._buffers.append((
-            torch.tensor([float(counts[pos]) for pos in positions], dtype=_scalar_dtype()),
+            torch.tensor([float(counts[pos]) for pos in positions], dtype=scalar_dtype()),
             torch.tensor([self._mu_product(index, counts[pos]) for pos in positions],
-                         dtype=_scalar_dtype()) if self._row.mu_product else None))
+                         dtype=scalar_dtype()) if self._row.mu_product else None))
         if self._device_type is None:
             self._device_type = memory[0].device.type
         for k, ((j, p), m, pos, lay) in enumerate(zip(items, memory, positions, layouts)):
-            self._held[id(p)] = _Held(pos, m, is_distributed(p), lay)
+            self._held[id(p)] = Held(pos, m, is_distributed(p), lay)
             self._homes[pos] = (buffer, k)
             self._expose(p, pos)
 
@@ -282,7 +222,7 @@ class Optimizer(torch.optim.Optimizer):
                 self._rebuild()
                 rebuilt = True
             elif self._repeats:
-                return _rounds(grads, positions)
+                return rounds(grads, positions)
             else:
                 return ((grads, positions),)
 
@@ -293,11 +233,11 @@ class Optimizer(torch.optim.Optimizer):
         keys, raws = self._keys, self._raw
         for index, group in enumerate(self.param_groups):
             raw = tuple(map(group.__getitem__, keys))
-            if not (index in raws and _same(raws[index], raw)):
+            if not (index in raws and same(raws[index], raw)):
                 values = self._values(group)
                 if values != self._seen[index]:
                     self._retune(index, group, values)
-                if _immutable(raw):  # the next step compares these as they are
+                if immutable(raw):  # the next step compares these as they are
                     raws[index] = raw
             for j, p in enumerate(group["params"]):
                 g = p.grad
@@ -331,8 +271,8 @@ class Optimizer(torch.optim.Optimizer):
         if (policy["state_dtype"], storage_mode(group)) != (hypers.state_dtype, hypers.mode):
             _checks.params(index, group, self._spec, None)
         self._check_seed(index, group)
-        self._engine.set_hyper(index, registry_hyper(_numbers(group), self._row),
-                               where=f"param group {index}: ", names=self._row.torch_names,
+        self._engine.set_hyper(index, self._hyper(group), where=f"param group {index}: ",
+                               names=self._row.hyper_names,
                                **policy)
         self._engine.seed = group["seed"]
         self._seen[index] = values
