@@ -13,7 +13,7 @@ file (https://github.com/huggingface/safetensors) holding
 - one header metadata entry, ``fusedopt``: a JSON object with ``format``, ``version``,
   ``class`` (e.g. "Adam"), ``optimizer`` (its registry name), ``convention``, ``backend``,
   ``config`` (``get_config()``; a schedule is stored as ``{"schedule": "<its repr>"}`` and
-  must be passed again to :func:`load`: a checkpoint holds no code), ``iterations``,
+  must be passed again to ``fusedopt.load``: a checkpoint holds no code), ``iterations``,
   ``steps`` (per-param step counts), ``seed`` (the optimizer's stochastic-rounding seed:
   with the step counts, what a resumed run's random bits continue from), and ``params``: per position its shape, dtype,
   memory order, hyperparameter group, whether weight decay applies, and its slots' names
@@ -155,7 +155,7 @@ def read(path) -> tuple[dict, dict]:
 
 def _plain(value, where: str):
     """``value`` as JSON-ready data: numbers, bools, strings, None, lists and dicts of them;
-    a callable (a schedule) as a marker that :func:`load` asks the caller to fill."""
+    a callable (a schedule) as a marker that ``fusedopt.load`` asks the caller to fill."""
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, numbers.Integral):
@@ -235,7 +235,7 @@ class Pending:
 
     def decays(self, computed: list) -> list:
         """Which params get weight decay at the build: as saved for an optimizer made by
-        :func:`load`, else as the optimizer's own exclusions say (checked against the file)."""
+        ``fusedopt.load``, else as the optimizer's own exclusions say (checked against the file)."""
         return [bool(e["decays"]) for e in self.meta["params"]] if self.adopt_decays \
             else computed
 
@@ -320,7 +320,7 @@ def _check_header(pending: Pending, opt) -> None:
                           "things)")
 
 
-def _read(path) -> Pending:
+def read_pending(path) -> Pending:
     meta, arrays = read(path)
     return Pending(str(path), meta, arrays)
 
@@ -329,10 +329,10 @@ def restore(opt, path) -> None:
     """Load the checkpoint at ``path`` into ``opt`` (``opt.load(path)``): state and counts.
 
     ``opt`` keeps its own hyperparameters (as Keras' loading of optimizer variables does; use
-    :func:`load` for the saved ones). Before ``opt`` is built the checkpoint is held and
+    ``fusedopt.load`` for the saved ones). Before ``opt`` is built the checkpoint is held and
     applied to the params of its first step, after the same checks.
     """
-    pending = _read(path)
+    pending = read_pending(path)
     if not opt._params:
         _check_header(pending, opt)
         opt._pending_state = pending
@@ -341,34 +341,3 @@ def restore(opt, path) -> None:
     pending.check(opt, opt._engine.params, opt._engine.decays)
     pending.check_states(opt)
     pending.apply(opt)
-
-
-def load(path, params=None, **overrides):
-    """The optimizer saved at ``path``: its class and config, with its state and counts.
-
-    ``params``: the arrays it updates (in the order it was built with), or None to leave it
-    pending until its first step, whose params are then checked against the checkpoint.
-    ``overrides``: config entries to replace, e.g. ``learning_rate=schedule`` for a schedule
-    (a checkpoint holds no code) or ``backend="cuda"`` to resume on another backend.
-    """
-    from . import _classes
-
-    pending = _read(path)
-    meta = pending.meta
-    cls = _classes().get(meta["optimizer"])
-    if cls is None:
-        raise CheckpointMismatch(f"{path} is a checkpoint of {meta['class']!r} "
-                                 f"({meta['optimizer']!r}), which this fusedopt does not have")
-    config = dict(meta["config"], **overrides)
-    for key, value in config.items():
-        if isinstance(value, dict) and set(value) == {"schedule"}:
-            raise CheckpointMismatch(f"{key} was a schedule when saved ({value['schedule']}); "
-                                     f"a checkpoint holds no code: pass it again, "
-                                     f"fusedopt.load(path, {key}=schedule)")
-    opt = cls.from_config(config)
-    pending.adopt_decays = True
-    opt._pending_state = pending
-    opt._engine.iterations = int(meta["iterations"])
-    if params is not None:
-        opt.bind(params)
-    return opt

@@ -30,8 +30,6 @@ def _own_copy(variable) -> None:
 
 def step(optimizer, grads, variables) -> None:
     """One fused step of ``optimizer`` on the StatelessScope's values of ``variables``."""
-    from ._fused import _Fused
-
     fused = optimizer._fused
     built = optimizer._trainable_variables
     names = [type(optimizer).state_attributes[s] for s in fused.engine.hypers[0].slots]
@@ -45,7 +43,7 @@ def step(optimizer, grads, variables) -> None:
                 _own_copy(written)
     # An engine over the variables' values in the scope (the copies, for those stepped),
     # with this step's hyperparameters, clipping and step count read through the scope.
-    copies = _Fused(optimizer, fused.backend, fused.rounding)
+    copies = type(fused)(optimizer, fused.backend, fused.rounding)
     copies.add(optimizer, built, ema=False)
     count = copies.iterations.get()
     steps = optimizer.gradient_accumulation_steps

@@ -2,42 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
-from .bench.timing import first_line
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_status() -> tuple[bool, str]:
-    """(usable, why): can the CUDA backend run here? ``why`` names what is missing."""
-    try:
-        import cupy
-    except ImportError:
-        return False, "CuPy is not installed (pip install 'fusedopt[cuda12]' or '[cuda13]')"
-    except Exception as error:  # a broken CUDA install raises at import
-        return False, f"CuPy fails to import: {error}"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:
-        return False, f"no usable CUDA device (CUDA runtime: {first_line(error)})"
-    if count == 0:
-        return False, "no CUDA device"
-    nvrtc_ok, nvrtc = nvrtc_status()
-    if not nvrtc_ok:
-        return False, f"{count} device(s), but {nvrtc}"
-    return True, f"{count} device(s), {nvrtc}"
-
-
-def nvrtc_status() -> tuple[bool, str]:
-    """(loadable, what): NVRTC compiles the kernels at run time; CuPy loads it lazily."""
-    try:
-        from cupy.cuda import nvrtc
-        major, minor = nvrtc.getVersion()
-    except Exception as error:
-        return False, f"NVRTC cannot be loaded ({first_line(error)})"
-    return True, f"NVRTC {major}.{minor}"
+from .bench.machine import cuda_status, nvrtc_status
 
 
 def numba_cache() -> str:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .timing import first_line
+from .machine import first_line
 from .traffic import Traffic, cpu_ceiling, cuda_ceiling, cuda_copy, itemsize, state_dtype, traffic
 
 FUSED, UNFUSED = "fused", "unfused"

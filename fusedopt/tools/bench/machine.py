@@ -1,7 +1,9 @@
-"""A description of the machine a benchmark ran on, stored with its figures."""
+"""The machine: a description of the one a benchmark ran on, stored with its figures, and
+whether the CUDA backend can run here (``cuda_status``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -99,7 +101,6 @@ def numba_threads() -> dict:
 
 
 def gpu_name() -> str | None:
-    from ..info import cuda_status
 
     if not cuda_status()[0]:
         return None
@@ -165,3 +166,39 @@ def describe(torch_threads: bool = True) -> dict:
         except ImportError:
             pass
     return out
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why): can the CUDA backend run here? ``why`` names what is missing."""
+    try:
+        import cupy
+    except ImportError:
+        return False, "CuPy is not installed (pip install 'fusedopt[cuda12]' or '[cuda13]')"
+    except Exception as error:  # a broken CUDA install raises at import
+        return False, f"CuPy fails to import: {error}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:
+        return False, f"no usable CUDA device (CUDA runtime: {first_line(error)})"
+    if count == 0:
+        return False, "no CUDA device"
+    nvrtc_ok, nvrtc = nvrtc_status()
+    if not nvrtc_ok:
+        return False, f"{count} device(s), but {nvrtc}"
+    return True, f"{count} device(s), {nvrtc}"
+
+
+def nvrtc_status() -> tuple[bool, str]:
+    """(loadable, what): NVRTC compiles the kernels at run time; CuPy loads it lazily."""
+    try:
+        from cupy.cuda import nvrtc
+        major, minor = nvrtc.getVersion()
+    except Exception as error:
+        return False, f"NVRTC cannot be loaded ({first_line(error)})"
+    return True, f"NVRTC {major}.{minor}"

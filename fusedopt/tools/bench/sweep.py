@@ -98,7 +98,7 @@ class Outcome:
 
 def resolve_backend(requested: str) -> str:
     """'cpu' or 'cuda'; 'auto' picks CUDA when CuPy sees a device."""
-    from ..info import cuda_status
+    from .machine import cuda_status
 
     if requested == "auto":
         return "cuda" if cuda_status()[0] else "cpu"

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from .machine import first_line
+
 #: Untimed calls per contender before measuring (the first compiles or builds state).
 WARMUP_CALLS = 2
 
@@ -68,11 +70,6 @@ def time_block(step, inner: int, sync) -> float:
         step()
     sync()
     return (time.perf_counter() - start) / inner
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def warm_up_one(step, sync) -> float:

@@ -123,7 +123,7 @@ def serve(requests, replies) -> int:
             else:
                 raise ValueError(f"unknown request {kind!r}")
         except Exception as error:  # reported to the parent, which notes it and carries on
-            from .timing import first_line
+            from .machine import first_line
             reply = ("error", first_line(error), traceback.format_exc())
         write_message(replies, reply)
 

@@ -9,7 +9,7 @@ from . import model
 
 def array_module():
     """CuPy when the CUDA backend can run here, else NumPy."""
-    from ..info import cuda_status
+    from ..bench.machine import cuda_status
 
     if cuda_status()[0]:
         import cupy
