@@ -80,11 +80,6 @@ Args:
     rho: decay of both running averages, in [0, 1). 0.95.
     epsilon: >= 0. 1e-7.
     weight_decay: None or >= 0. None.
-    name: Keras' name. "adadelta".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

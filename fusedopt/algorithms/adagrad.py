@@ -74,11 +74,6 @@ Args:
     epsilon: >= 0. 1e-7.
     weight_decay: None or >= 0. None.
     lr_decay: torch only, >= 0: the step size decays as ``lr / (1 + (t - 1) lr_decay)``. 0.0.
-    name: Keras' name. "adagrad".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example (Keras' published values for one step)::
 

@@ -106,11 +106,6 @@ Args:
     epsilon: added to the denominator, >= 0. 1e-7 (torch's own default is 1e-8).
     amsgrad: keep the running maximum of v (Reddi et al., 2018). False.
     weight_decay: None or >= 0. None.
-    name: Keras' name. "adam".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

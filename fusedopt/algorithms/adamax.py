@@ -71,11 +71,6 @@ Args:
     epsilon: >= 0. 1e-7 (torch's own default is 1e-8).
     weight_decay: None or >= 0. None.
     clipnorm, clipvalue, global_clipnorm: Keras' gradient clipping (at most one).
-    name: Keras' name. "adamax".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

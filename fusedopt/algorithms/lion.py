@@ -78,11 +78,6 @@ Args:
     beta_2: decay of the momentum, in [0, 1]. 0.99.
     weight_decay: None or >= 0. None.
     clipnorm, clipvalue, global_clipnorm: Keras' gradient clipping (at most one).
-    name: Keras' name. "lion".
-    convention: "keras" or "torch" (see above).
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

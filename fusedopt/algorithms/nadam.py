@@ -156,11 +156,6 @@ Args:
     momentum_decay: torch convention only, psi above, >= 0. 0.004.
     decoupled_weight_decay: torch convention only. False.
     clipnorm, clipvalue, global_clipnorm: Keras' gradient clipping (at most one).
-    name: Keras' name. "nadam".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

@@ -125,11 +125,6 @@ Args:
     epsilon: >= 0. 1e-7 (torch's own default is 1e-8).
     centered: divide by the estimated variance instead of the mean square. False.
     weight_decay: None or >= 0. None.
-    name: Keras' name. "rm_sprop".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example (Keras' published values for one step)::
 

@@ -111,11 +111,6 @@ Args:
         convention it needs momentum > 0 and dampening == 0.
     weight_decay: None or >= 0. None.
     dampening: torch only, in [0, 1]: the buffer takes ``(1 - dampening) * g``. 0.0.
-    name: Keras' name. "sgd".
-    convention: "keras" or "torch": whose formulas to reproduce.
-    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
-    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
-        params and state are kept (fusedopt.Optimizer).
 
 Example::
 

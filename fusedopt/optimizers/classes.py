@@ -12,6 +12,26 @@ from .base import Optimizer
 
 _TRAILING = ("convention='keras'", "backend='auto'", "state_dtype=None", "master_weights=False")
 
+#: The arguments every class takes besides its own hyperparameters, added to the end of the
+#: "Args:" of each family's docstring.
+_COMMON_ARGS = """\
+    name: Keras' name. "{name}".
+    convention: "keras" or "torch": whose formulas to reproduce.
+    backend: "auto" (CuPy arrays -> "cuda", NumPy -> "cpu"), "cuda", "cpu", "unfused".
+    state_dtype, master_weights, stochastic_rounding, kahan_summation, seed: how 16-bit
+        params and state are kept (fusedopt.Optimizer).
+"""
+
+
+def class_doc(spec: OptimizerSpec) -> str:
+    """``spec.doc`` with the arguments every class takes at the end of its "Args:"."""
+    head, args, tail = spec.doc.partition("\nArgs:\n")
+    if not args:
+        return spec.doc
+    own, blank, rest = tail.partition("\n\n")
+    return (f"{head}{args}{own}\n{_COMMON_ARGS.format(name=spec.keras_name).rstrip()}"
+            f"{blank}{rest}")
+
 
 def public_class(spec: OptimizerSpec) -> type:
     """``fusedopt.<spec.class_name>``: an :class:`Optimizer` for ``spec``."""
@@ -33,5 +53,5 @@ def public_class(spec: OptimizerSpec) -> type:
     init = namespace["__init__"]
     init.__qualname__ = f"{spec.class_name}.__init__"
     return type(spec.class_name, (Optimizer,), {
-        "__init__": init, "__doc__": spec.doc, "__module__": "fusedopt.optimizers",
+        "__init__": init, "__doc__": class_doc(spec), "__module__": "fusedopt.optimizers",
         "__qualname__": spec.class_name, "spec_name": spec.name})
