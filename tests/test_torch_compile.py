@@ -187,6 +187,25 @@ def test_the_op_refuses_arguments_that_are_not_its_optimizers_and_changes_nothin
     assert all(torch.equal(a, b) for a, b in zip(params + states + counters, kept))
 
 
+def test_a_step_refused_inside_the_op_leaves_its_arguments_and_the_grads_as_they_were():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = ft.Adam([w], lr=0.1)
+    w.grad = grad = torch.ones(3)
+    opt.step()
+    params, _, states, counters = [[t.detach().clone() for t in ts]
+                                   for ts in _compile.arguments(opt)]
+    kept = [t.clone() for t in params + states + counters]
+    with pytest.raises(ValueError, match=r"fusedopt::step: grad 0 is \(3,\) torch.float64, "
+                                         r"its param \(3,\) torch.float32"):
+        torch.ops.fusedopt.step(opt._op_handle, params, [torch.ones(3, dtype=torch.float64)],
+                                states, counters)
+    with pytest.raises(TypeError, match="has a sparse grad"):  # refused by the step itself
+        torch.ops.fusedopt.step(opt._op_handle, params, [torch.ones(3).to_sparse()],
+                                states, counters)
+    assert w.grad is grad
+    assert all(torch.equal(a, b) for a, b in zip(params + states + counters, kept))
+
+
 def test_a_copy_gets_its_own_handle():
     import copy
     w = torch.nn.Parameter(torch.ones(3))

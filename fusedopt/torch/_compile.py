@@ -126,21 +126,30 @@ def _step_op(handle: int, params: list[torch.Tensor],
     if len(grads) != len(params):
         raise ValueError(f"fusedopt::step: {len(grads)} grads for {len(params)} params; "
                          "pass one grad (or None) per param")
+    for i, (g, p) in enumerate(zip(grads, own_params)):
+        if g is not None and (g.shape != p.shape or g.dtype != p.dtype):
+            raise ValueError(f"fusedopt::step: grad {i} is {tuple(g.shape)} {g.dtype}, its "
+                             f"param {tuple(p.shape)} {p.dtype}; pass each param's grad "
+                             "(or None)")
     copies = [(a, b) for a, b in zip(params + states + counters,
                                      own_params + own_states + own_counters)
               if not _same(a, b)]
-    swapped = [(p, p.grad) for p, g, own in zip(own_params, grads, own_grads) if g is not own]
+    swapped = [(p, p.grad, g) for p, g, own in zip(own_params, grads, own_grads)
+               if g is not own]
     with torch.no_grad():
+        # Arguments that do not match are refused above, before anything is written; a step
+        # the engine refuses leaves the arguments as they came (the optimizer's own tensors
+        # then hold their values, as the compiled code meant them to).
         for given, own in copies:
             own.copy_(given)
         if copies and opt._engine is not None:
             _recount(opt)
-        for (p, _), g in zip(swapped, [g for g, own in zip(grads, own_grads) if g is not own]):
-            p.grad = g
         try:
+            for p, _, g in swapped:
+                p.grad = g
             opt._fused()
         finally:
-            for p, g in swapped:
+            for p, g, _ in swapped:
                 p.grad = g
         for given, own in copies:
             given.copy_(own)
