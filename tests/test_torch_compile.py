@@ -78,6 +78,95 @@ def test_fullgraph_step_matches_the_eager_step_bit_for_bit_over_20_steps(name, b
     assert name == "SGD" or float(first["step"]) == 20
 
 
+def _awkward_params(second=torch.float64):
+    """A channels_last conv weight, a float64 (or complex) param, a param without grad, one
+    listed twice."""
+    torch.manual_seed(1)
+    conv = torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last))
+    z = torch.nn.Parameter(torch.randn(5, dtype=second))
+    idle, twice = torch.nn.Parameter(torch.randn(2)), torch.nn.Parameter(torch.randn(3))
+    return [conv, z, idle, twice]
+
+
+def _awkward_grads(params, k):
+    g = torch.Generator().manual_seed(k)
+    for p in params[:2] + params[3:]:
+        p.grad = torch.randn(p.shape, dtype=p.dtype, generator=g).to(
+            memory_format=torch.preserve_format)
+    params[0].grad = params[0].grad.contiguous(memory_format=torch.channels_last)
+
+
+def _awkward_optimizers(second=torch.float64):
+    ours, theirs = _awkward_params(second), _awkward_params(second)
+    with warnings.catch_warnings():  # torch's own warning for a param listed twice
+        warnings.simplefilter("ignore")
+        opts = [ft.Adam(ps + [ps[3]], lr=1e-2) for ps in (ours, theirs)]
+    return ours, theirs, opts
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_fullgraph_steps_awkward_params_as_the_eager_step(backend):
+    ours, theirs, opts = _awkward_optimizers()
+    step = torch.compile(opts[0].step, fullgraph=True, backend=backend)
+
+    def run():
+        for k in range(6):
+            _awkward_grads(ours, k), _awkward_grads(theirs, k)
+            step()
+            opts[1].step()
+    assert _warned(run) == []
+    assert _breaks() == []
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    assert ours[2].grad is None and 2 not in opts[0].state_dict()["state"]
+    assert float(opts[0].state[ours[3]]["step"]) == 12  # listed twice: stepped twice a step
+    for p, q in zip(ours, theirs):
+        mine, other = opts[0].state.get(p, {}), opts[1].state.get(q, {})
+        assert mine.keys() == other.keys() and all(torch.equal(mine[k], other[k]) for k in mine)
+
+
+def test_complex_params_step_eagerly_at_one_graph_break_and_fullgraph_says_why():
+    ours, theirs, opts = _awkward_optimizers(torch.complex64)
+    step = torch.compile(opts[0].step)
+
+    def run():
+        for k in range(4):
+            _awkward_grads(ours, k), _awkward_grads(theirs, k)
+            step()
+            opts[1].step()
+    assert _warned(run) == []
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert _breaks() and all("complex params runs eagerly" in r for r in _breaks())
+    torch._dynamo.reset()
+    kept = [p.detach().clone() for p in ours]
+    with pytest.raises(Exception, match="inductor cannot compile an op that writes complex"):
+        torch.compile(opts[0].step, fullgraph=True)()
+    assert all(torch.equal(p, q) for p, q in zip(ours, kept))
+
+
+def test_under_inductor_the_op_steps_the_optimizers_own_tensors(monkeypatch):
+    # inductor hands the op the tensors themselves: nothing is copied (aot_eager copies)
+    copied = []
+    same = _compile._same
+    monkeypatch.setattr(_compile, "_same", lambda a, b: same(a, b) or copied.append(a))
+    model, twin = loops.twins()
+    x, y = loops.data()
+    opts = [ft.Adam(m.parameters(), lr=1e-2) for m in (model, twin)]
+    step = torch.compile(opts[0].step, fullgraph=True)
+    for _ in range(4):
+        _loss(model, x, y), _loss(twin, x, y)
+        step()
+        opts[1].step()
+    assert copied == []
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+    monkeypatch.setattr(_compile, "_same", lambda a, b: False)  # the copying path, compared
+    for _ in range(2):
+        _loss(model, x, y), _loss(twin, x, y)
+        step()
+        opts[1].step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
 def test_a_compiled_training_step_with_the_optimizer_inside_matches_eager():
     model, twin = loops.twins()
     x, y = loops.data()

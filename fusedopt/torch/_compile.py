@@ -25,8 +25,11 @@ that gets its first grad, a param group added: the traced code reads ``state`` a
 params' grads, so torch.compile traces the step again. GradScaler's ``grad_scale`` and
 ``found_inf`` are read from the optimizer when the op runs, as the eager step reads them.
 
-FSDP2's DTensor params are not put through the op (DTensor would need a sharding rule for
-it): their step runs eagerly, at one graph break that names the reason.
+Two kinds of params are not put through the op, and their optimizer's step runs eagerly, at
+one graph break that names the reason (``fullgraph=True`` is refused with it): FSDP2's
+DTensor params (DTensor would need a sharding rule for the op) and complex params (torch
+2.13's inductor fails on a custom op that writes complex tensors, "auto_functionalized_v2
+was not removed", whatever the op).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ import torch
 
 from ._local import is_distributed
 
-REASON = ("fusedopt's step over DTensor params launches its fused kernels from Python by "
-          "memory address and runs eagerly")
+REASON = ("fusedopt's step over DTensor or complex params runs eagerly: its op would need a "
+          "DTensor sharding rule, and inductor cannot compile an op that writes complex "
+          "tensors")
 
 #: Counter tensors of the optimizer (``step`` and NAdam's ``mu_product`` per param): the op
 #: takes the buffers they are views of, so that no two arguments share memory.
@@ -70,7 +74,7 @@ def step(opt) -> None:
         opt._fused()
         return
     params, grads, states, counters = arguments(opt)
-    if any(is_distributed(p) for p in params):
+    if any(is_distributed(p) or p.is_complex() for p in params):
         opt._fused()
         return
     torch.ops.fusedopt.step(opt._op_handle, params, grads, states, counters)
