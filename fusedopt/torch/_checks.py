@@ -11,9 +11,10 @@ Flags (torch's, in every group):
   graph would replay the first step's values. (fusedopt does not wait for the device in a
   step anyway: the step counts are the host's, read back from nowhere.) Keeping the count
   and lr on the device would take the scalars' computation into the kernels. torch.compile
-  sets the flag itself on an optimizer of CUDA params without state when compiled code
-  reads ``opt.param_groups`` (``opt.zero_grad()`` does; fusedopt's own step does not): the
-  error says so.
+  sets the flag itself on an optimizer of CUDA params without state when traced code reads
+  ``opt.param_groups`` (code that sets lr by hand inside the compiled function, say; torch
+  does not trace ``zero_grad``, and fusedopt's step reads the groups without setting it):
+  the error says so.
 - ``differentiable=True``: refused. The step is a kernel outside autograd; differentiate
   through torch.optim's own step.
 
@@ -61,8 +62,8 @@ def flags(index: int, group: dict, row: Row) -> None:
                          "captured step would replay stale values. Leave capturable=False "
                          "(fusedopt's step does not wait for the device anyway). If you did "
                          "not set it: torch.compile sets it on CUDA optimizers without state "
-                         "when compiled code reads opt.param_groups (opt.zero_grad() does); "
-                         "take one step before compiling, or call zero_grad outside it")
+                         "when compiled code reads opt.param_groups; take one step before "
+                         "compiling, or read the groups outside the compiled function")
     if group.get("differentiable"):
         raise ValueError(f"{where}: differentiable=True is not supported: fusedopt's step is a "
                          f"fused kernel outside autograd; use torch.optim.{row.name}"
