@@ -295,6 +295,27 @@ def test_a_step_refused_inside_the_op_leaves_its_arguments_and_the_grads_as_they
     assert all(torch.equal(a, b) for a, b in zip(params + states + counters, kept))
 
 
+def test_a_cuda_step_being_captured_in_a_cuda_graph_is_refused(monkeypatch):
+    # No GPU here: the capture and the device are what torch would report under
+    # torch.cuda.graph, so this checks the refusal's logic and words, not a capture.
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = ft.SGD([w], lr=0.1)
+    w.grad = torch.ones(3)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    opt.step()  # a CPU optimizer: nothing is captured
+    assert torch.equal(w, torch.full((3,), 0.9))
+    monkeypatch.setattr(opt, "_device_type", "cuda")
+    args = _compile.arguments(opt)
+    for call in (opt.step, lambda: torch.ops.fusedopt.step(opt._op_handle, *args)):
+        with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
+            call()
+    assert torch.equal(w, torch.full((3,), 0.9))
+
+
+def test_the_op_is_tagged_unsafe_for_cuda_graphs():
+    assert torch.Tag.cudagraph_unsafe in torch.ops.fusedopt.step.default.tags
+
+
 def test_a_copy_gets_its_own_handle():
     import copy
     w = torch.nn.Parameter(torch.ones(3))

@@ -71,6 +71,7 @@ def prepare(opt) -> None:
 def step(opt) -> None:
     """The step's body: eager, or one op call where torch.compile traces it."""
     if not torch.compiler.is_compiling():
+        refuse_capture(opt)
         opt._fused()
         return
     params, grads, states, counters = arguments(opt)
@@ -78,6 +79,16 @@ def step(opt) -> None:
         opt._fused()
         return
     torch.ops.fusedopt.step(opt._op_handle, params, grads, states, counters)
+
+
+def refuse_capture(opt) -> None:
+    """A step of CUDA params while the current stream is being captured into a CUDA graph
+    raises: its kernels take the step's scalars (bias corrections, lr) from the host, and a
+    replayed graph would repeat the captured step's values."""
+    if opt.__dict__.get("_device_type") == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError("fusedopt's step cannot be captured in a CUDA graph: its kernels "
+                           "take each step's scalars from the host, and a replay would repeat "
+                           "the captured step's values; step it outside the captured region")
 
 
 def arguments(opt) -> tuple:
@@ -114,7 +125,10 @@ def _check(name: str, given: list, own: list) -> None:
                          "fusedopt.torch._compile.arguments(opt)")
 
 
-@torch.library.custom_op("fusedopt::step", mutates_args=("params", "states", "counters"))
+#: cudagraph_unsafe: inductor keeps the op out of the CUDA graphs it captures
+#: (``mode="reduce-overhead"``): a replay would repeat the captured step's host scalars.
+@torch.library.custom_op("fusedopt::step", mutates_args=("params", "states", "counters"),
+                         tags=(torch.Tag.cudagraph_unsafe,))
 def _step_op(handle: int, params: list[torch.Tensor],
              grads: list[Optional[torch.Tensor]],  # noqa: UP045 (the schema reads Optional)
              states: list[torch.Tensor], counters: list[torch.Tensor]) -> None:
@@ -123,6 +137,7 @@ def _step_op(handle: int, params: list[torch.Tensor],
     opt = _LIVE.get(handle)
     if opt is None:
         raise RuntimeError(f"fusedopt::step: optimizer {handle} no longer exists")
+    refuse_capture(opt)
     own_params, own_grads, own_states, own_counters = arguments(opt)
     _check("params", params, own_params)
     _check("states", states, own_states)
