@@ -11,6 +11,8 @@ STRICT = os.environ.get("FUSEDOPT_STRICT_SKIPS") == "1"
 
 #: Skip reasons that name hardware this machine lacks, not something `make test` installs.
 HARDWARE_REASONS = ("CUDA device", "a GPU is present")
+#: Skip reasons that name an optional extra `make test` does not install (pyproject.toml).
+OPTIONAL_EXTRAS = ("fusedopt[hf]",)
 
 
 def _fail_install_skip(report) -> None:
@@ -19,7 +21,7 @@ def _fail_install_skip(report) -> None:
         return
     reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(
         report.longrepr)
-    if not any(r in reason for r in HARDWARE_REASONS):
+    if not any(r in reason for r in HARDWARE_REASONS + OPTIONAL_EXTRAS):
         report.outcome = "failed"
         report.longrepr = (f"skipped under FUSEDOPT_STRICT_SKIPS=1 (make test installs what "
                            f"this test needs, so a skip means an install step is missing): "

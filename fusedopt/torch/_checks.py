@@ -9,7 +9,12 @@ Flags (torch's, in every group):
 - ``capturable=True``: refused. fusedopt computes each step's scalars (bias corrections,
   learning rate) on the host and passes them to the kernel, so a step captured in a CUDA
   graph would replay the first step's values. (fusedopt does not wait for the device in a
-  step anyway; that is what capturable is usually after.)
+  step anyway: the step counts are the host's, read back from nowhere.) Keeping the count
+  and lr on the device would take the scalars' computation into the kernels. torch.compile
+  sets the flag itself on an optimizer of CUDA params without state when traced code reads
+  ``opt.param_groups`` (code that sets lr by hand inside the compiled function, say; torch
+  does not trace ``zero_grad``, and fusedopt's step reads the groups without setting it):
+  the error says so.
 - ``differentiable=True``: refused. The step is a kernel outside autograd; differentiate
   through torch.optim's own step.
 
@@ -55,7 +60,10 @@ def flags(index: int, group: dict, row: Row) -> None:
         raise ValueError(f"{where}: capturable=True is not supported: fusedopt computes each "
                          "step's scalars on the host and passes them to the kernel, so a "
                          "captured step would replay stale values. Leave capturable=False "
-                         "(fusedopt's step does not wait for the device anyway)")
+                         "(fusedopt's step does not wait for the device anyway). If you did "
+                         "not set it: torch.compile sets it on CUDA optimizers without state "
+                         "when compiled code reads opt.param_groups; take one step before "
+                         "compiling, or read the groups outside the compiled function")
     if group.get("differentiable"):
         raise ValueError(f"{where}: differentiable=True is not supported: fusedopt's step is a "
                          f"fused kernel outside autograd; use torch.optim.{row.name}"

@@ -40,7 +40,7 @@ class Optimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = AmpScaling()
 
     def __init__(self, params, defaults: dict):
-        _compile.untraced(Optimizer)
+        _compile.prepare(self)
         self._fresh_engine()
         super().__init__(params, defaults)
 
@@ -186,11 +186,11 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._fused()
+        _compile.step(self)  # one custom op where torch.compile traces it
         return loss
 
     def _fused(self) -> None:
-        """The step itself, which torch.compile does not trace (fusedopt/torch/_compile.py)."""
+        """The step itself, which torch.compile sees as one op (fusedopt/torch/_compile.py)."""
         if self._engine is None:  # unpickled: the state is torch's, the engine is made anew
             self._rebuild()
         for grads, positions in self._gather():  # one round, unless a param is listed twice
@@ -329,7 +329,7 @@ class Optimizer(torch.optim.Optimizer):
             raise
 
     def __setstate__(self, state: dict) -> None:
-        _compile.untraced(Optimizer)
+        _compile.prepare(self)
         super().__setstate__(state)
         defaults = {**self._row.group_defaults, **self.__dict__.get("defaults", {})}
         for group in self.param_groups:  # torch.optim's checkpoints lack our storage keys
