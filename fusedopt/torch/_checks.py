@@ -30,7 +30,7 @@ from ..engine.engine import check_seed
 from ..memory import storage as _storage
 from . import _layout
 from ._local import local
-from ._names import FLAGS, RENAMES, Row, storage_mode, storage_policy, torch_name
+from ._names import FLAGS, Row, storage_mode, storage_policy, torch_name
 
 #: Complex dtypes stepped as real pairs (fusedopt/torch/_layout.py) -> their real dtype.
 _COMPLEX = {torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -68,17 +68,20 @@ def hyper(index: int, group: dict, row: Row) -> None:
     betas: the step reads its number). Their values are checked once, by the engine
     (fusedopt/engine/hypers.py), with torch's names (``Row.torch_names``)."""
     _tensor_rules(index, group, row)
+    tuples = row.tuple_arguments
     for key in row.arguments:
         if key in FLAGS:
             continue
         value = group[key]
-        if key == "betas":
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise ValueError(f"param group {index}: betas must be a pair (beta1, beta2), "
-                                 f"got {value!r}")
-            named = {"beta_1": value[0], "beta_2": value[1]}
+        members = tuples.get(key)
+        if members:
+            if not isinstance(value, (tuple, list)) or len(value) != len(members):
+                what = "a pair" if len(members) == 2 else f"a tuple of {len(members)}"
+                raise ValueError(f"param group {index}: {key} must be {what} "
+                                 f"({', '.join(members)}), got {value!r}")
+            named = dict(zip(members, value))
         else:
-            named = {RENAMES.get(key, key): value}
+            named = {row.rename(key): value}
         for name, v in named.items():
             if isinstance(v, torch.Tensor):
                 if v.numel() != 1:

@@ -14,8 +14,12 @@ from ..algorithms.registry import REGISTRY
 from ..memory import storage as _storage
 
 #: torch argument -> registry hyperparameter, where the names differ. ``betas`` is
-#: (beta_1, beta_2); RMSprop's ``alpha`` is the registry's ``rho``, as Adadelta's ``rho``.
+#: (beta_1, beta_2) unless a row's ``tuples`` says otherwise; RMSprop's ``alpha`` is the
+#: registry's ``rho``, as Adadelta's ``rho``.
 RENAMES = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+
+#: torch arguments that are tuples of registry hyperparameters, unless a row names its own.
+TUPLES = {"betas": ("beta_1", "beta_2")}
 
 #: torch's flags, in every group; ``maximize`` is stepped, the others are checked
 #: (fusedopt/torch/optimizer.py says which values are accepted).
@@ -51,6 +55,10 @@ class Row:
       param's first step.
     - ``fixed``: group keys torch keeps that are no argument (AdamW's
       ``decoupled_weight_decay=True``), so that the groups match torch's.
+    - ``renames``: torch argument -> registry hyperparameter, where this row's names differ
+      from :data:`RENAMES` (ASGD's ``alpha`` is its own, not RMSprop's ``rho``).
+    - ``tuples``: torch arguments that are tuples of registry hyperparameters (Rprop's
+      ``etas`` and ``step_sizes``, AdEMAMix's three ``betas``), beside :data:`TUPLES`.
     - ``rule``: the update, in torch's names (the class docstring shows it).
     - ``peer``: where the real class lives, "module:Class" (the tests compare against it).
     """
@@ -64,6 +72,8 @@ class Row:
     mu_product: bool = False
     eager: bool = False
     fixed: tuple = ()
+    renames: tuple = ()
+    tuples: tuple = ()
     rule: str = ""
     peer: str = ""
 
@@ -73,11 +83,23 @@ class Row:
         return dict(self.positional + self.keyword)
 
     @property
+    def tuple_arguments(self) -> dict:
+        """torch argument -> the registry hyperparameters it holds, for this row's tuples."""
+        found = {k: v for k, v in TUPLES.items() if k in self.arguments}
+        found.update(dict(self.tuples))
+        return found
+
+    def rename(self, key: str) -> str:
+        """The registry hyperparameter behind torch argument ``key`` (not a tuple)."""
+        return dict(self.renames).get(key, RENAMES.get(key, key))
+
+    @property
     def torch_names(self) -> dict:
         """Registry hyperparameter -> torch's name for it, for error messages."""
-        names = {RENAMES.get(k, k): k for k in self.arguments if k != "betas"}
-        if "betas" in self.arguments:
-            names.update(beta_1="betas[0]", beta_2="betas[1]")
+        tuples = self.tuple_arguments
+        names = {self.rename(k): k for k in self.arguments if k not in tuples}
+        for key, members in tuples.items():
+            names.update({m: f"{key}[{i}]" for i, m in enumerate(members)})
         return names
 
     @property
@@ -94,14 +116,15 @@ ROWS = {spec.name: Row(spec.name, **spec.torch) for spec in REGISTRY.values()
 def registry_hyper(group: dict, row: Row) -> dict:
     """The registry's hyperparameters (and ``maximize``) for torch param group ``group``."""
     hyper = {}
+    tuples = row.tuple_arguments
     for key in row.arguments:  # not row.fixed: those are the class's, not the registry's
         if key in FLAGS and key != "maximize":
             continue
         value = group[key]
-        if key == "betas":
-            hyper["beta_1"], hyper["beta_2"] = (_number(b) for b in value)
+        if key in tuples:
+            hyper.update(zip(tuples[key], (_number(b) for b in value)))
         else:
-            hyper[RENAMES.get(key, key)] = _number(value)
+            hyper[row.rename(key)] = _number(value)
     return hyper
 
 
@@ -130,12 +153,7 @@ def storage_mode(group: dict) -> str:
 
 def torch_name(registry_name: str, row: Row) -> str:
     """The torch argument of ``row`` behind a registry hyperparameter, for error messages."""
-    if registry_name in ("beta_1", "beta_2"):
-        return "betas[0]" if registry_name == "beta_1" else "betas[1]"
-    for key in row.arguments:
-        if RENAMES.get(key, key) == registry_name:
-            return key
-    return registry_name
+    return row.torch_names.get(registry_name, registry_name)
 
 
 def _number(value):
