@@ -266,3 +266,22 @@ def nearest_away(x, dtype):
         tie = (np.isfinite(x) & np.isfinite(back) & (np.abs(x) > np.abs(back))
                & (np.abs(x) - np.abs(back) == np.abs(farther) - np.abs(x)))
     return np.where(tie, farther, back)
+
+
+def rprop(p, g, state, t, hp, convention):
+    """Riedmiller & Braun 1993 as torch.optim.Rprop documents it: a step size per element,
+    grown by eta_plus while the grad keeps its sign and shrunk by eta_minus when it flips
+    (that step then moves nothing and the flipped grad is forgotten), kept in
+    [min_step_size, max_step_size]; it starts at the learning rate. torch has no weight
+    decay; the Keras convention's is Keras' decoupled one. The cases are written with
+    sign() and arithmetic, so that this runs on tests/error_bounds.py's values too."""
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    prev = _zeros(state, "prev", p)
+    size = _zeros(state, "step_size", p, hp["learning_rate"])
+    s = np.sign(g * prev)
+    same, flipped = (s * s + s) / 2, (s * s - s) / 2  # 1 where s is 1 (-1), else 0
+    size = size * (1 + same * (hp["eta_plus"] - 1) + flipped * (hp["eta_minus"] - 1))
+    size = -np.maximum(-np.maximum(size, hp["min_step_size"]), -hp["max_step_size"])
+    state["step_size"] = size
+    g = state["prev"] = g * (1 - flipped)
+    return p - np.sign(g) * size

@@ -32,6 +32,7 @@ SETTINGS = {
     "nadam": [{}, dict(momentum_decay=1e-2, weight_decay=1e-2),
               dict(weight_decay=0.1, decoupled_weight_decay=True)],
     "lion": [{}, dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1)],
+    "rprop": [{}, dict(lr=3e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.05))],
 }
 
 
