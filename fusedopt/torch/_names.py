@@ -50,7 +50,10 @@ class Row:
       param group, in this order.
     - ``state``: (registry slot, torch state key) in the order torch's state dict lists them.
     - ``counts_steps``: the state holds torch's ``step`` (a float32 0-d tensor per param).
-    - ``mu_product``: the state holds NAdam's running momentum product.
+    - ``derived``: 0-d state entries torch carries from step to step and fusedopt derives
+      from the step (:class:`fusedopt.algorithms.spec.StateScalar`: NAdam's
+      ``mu_product``, ASGD's ``eta`` and ``mu``), in the order torch's state lists them
+      after ``step``.
     - ``eager``: torch makes the state when the optimizer is made (Adagrad), not at a
       param's first step.
     - ``fixed``: group keys torch keeps that are no argument (AdamW's
@@ -69,7 +72,7 @@ class Row:
     keyword: tuple
     state: tuple
     counts_steps: bool = True
-    mu_product: bool = False
+    derived: tuple = ()
     eager: bool = False
     fixed: tuple = ()
     renames: tuple = ()
