@@ -285,3 +285,22 @@ def rprop(p, g, state, t, hp, convention):
     state["step_size"] = size
     g = state["prev"] = g * (1 - flipped)
     return p - np.sign(g) * size
+
+
+def asgd(p, g, state, t, hp, convention):
+    """Polyak & Juditsky's averaged SGD as torch.optim.ASGD runs it: the step size eta and the
+    averaging weight mu are set after each step for the next (eta = lr / (1 + lambd lr
+    t)^alpha, mu = 1 / max(1, t - t0); lr and 1 before the first), which torch keeps as
+    float32 tensors; the params decay by 1 - lambd eta before the SGD step; ax averages
+    them (a copy while mu is 1). L2 weight decay in torch, Keras' decoupled one in Keras."""
+    lr, lambd = hp["learning_rate"], hp["lambd"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)
+    if convention == "torch":
+        eta, mu = float(np.float32(eta)), float(np.float32(mu))
+    p = p * (1 - lambd * eta) - eta * g
+    ax = _zeros(state, "ax", p)
+    state["ax"] = p.copy() if mu == 1 else ax + (p - ax) * mu
+    state["eta"] = lr * (1 + lambd * lr * t) ** -hp["alpha"]  # 0 where the power overflows
+    state["mu"] = 1 / max(1, t - hp["t0"])
+    return p
