@@ -304,3 +304,25 @@ def asgd(p, g, state, t, hp, convention):
     state["eta"] = lr * (1 + lambd * lr * t) ** -hp["alpha"]  # 0 where the power overflows
     state["mu"] = 1 / max(1, t - hp["t0"])
     return p
+
+
+def ademamix(p, g, state, t, hp, convention):
+    """Pagliardini et al. 2024, Algorithm 1, as bitsandbytes' AdEMAMix documents its options:
+    Adam whose numerator mixes the bias-corrected fast EMA m1 (beta_1) with alpha times the
+    uncorrected slow EMA m2 (beta_3); alpha warms up linearly over t_alpha steps, beta_3 over
+    t_beta3 steps along the paper's half-life schedule, beta_3(t) = min(exp(ln b1 ln b3 /
+    ((1 - t/T) ln b3 + (t/T) ln b1)), b3). Decoupled weight decay: theta *= 1 - lr wd in
+    torch (bitsandbytes), Keras' theta -= theta wd lr in Keras."""
+    lr, b1, b2, b3 = hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["beta_3"]
+    alpha, eps = hp["alpha"], hp["epsilon"]
+    if hp.get("t_alpha"):
+        alpha = min(t * alpha / hp["t_alpha"], alpha)
+    if hp.get("t_beta3"):
+        s = t / hp["t_beta3"]
+        b3 = min(np.exp(np.log(b1) * np.log(b3) / ((1 - s) * np.log(b3) + s * np.log(b1))), b3)
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=True)
+    m1 = state["m1"] = b1 * _zeros(state, "m1", p) + (1 - b1) * g
+    m2 = state["m2"] = b3 * _zeros(state, "m2", p) + (1 - b3) * g
+    nu = state["nu"] = b2 * _zeros(state, "nu", p) + (1 - b2) * (g * g)
+    denominator = np.sqrt(nu / (1 - b2**t)) + eps
+    return p - lr * (m1 / (1 - b1**t) + alpha * m2) / denominator

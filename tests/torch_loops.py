@@ -14,6 +14,13 @@ from fusedopt.torch._names import ROWS
 
 FEATURES, HIDDEN, CLASSES, SAMPLES = 12, 32, 5, 128
 
+#: Rows whose peer keeps its state in a layout of its own, so that only params compare with
+#: it: bitsandbytes' AdEMAMix keeps m1 and m2 stacked in one ``state1`` (``step`` an int) and
+#: does its 32-bit math and state in float32 for every param dtype (a float64 param is
+#: stepped in float32, a 16-bit one keeps float32 state). No checkpoint interchange either:
+#: tests/test_ademamix.py compares the moments with the stacked ones.
+FOREIGN_STATE = frozenset({"ademamix"})
+
 #: The 0-d state entries fusedopt derives from the step (fusedopt/algorithms/spec.py).
 DERIVED = {d.key for row in ROWS.values() for d in row.derived}
 
