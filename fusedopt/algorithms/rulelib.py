@@ -29,8 +29,8 @@ from ..constants import KERAS, TORCH_L2
 #: The square root in the compute type (NumPy's keeps float32 float32, under Numba too).
 sqrt = np.sqrt
 #: ``power(x, y)``, x to the power y in the compute type (Ftrl's accumulator to
-#: ``-learning_rate_power``): NumPy's under Numba keeps float32 float32; CUDA's ``pow`` has
-#: float and double overloads.
+#: ``-learning_rate_power``): NumPy's under Numba keeps float32 float32; the CUDA rule takes
+#: ``pow`` in double, rounded once (float's powf flushes subnormals inside).
 power = np.power
 
 
