@@ -266,3 +266,63 @@ def nearest_away(x, dtype):
         tie = (np.isfinite(x) & np.isfinite(back) & (np.abs(x) > np.abs(back))
                & (np.abs(x) - np.abs(back) == np.abs(farther) - np.abs(x)))
     return np.where(tie, farther, back)
+
+
+def rprop(p, g, state, t, hp, convention):
+    """Riedmiller & Braun 1993 as torch.optim.Rprop documents it: a step size per element,
+    grown by eta_plus while the grad keeps its sign and shrunk by eta_minus when it flips
+    (that step then moves nothing and the flipped grad is forgotten), kept in
+    [min_step_size, max_step_size]; it starts at the learning rate. torch has no weight
+    decay; the Keras convention's is Keras' decoupled one. The cases are written with
+    sign() and arithmetic, so that this runs on tests/error_bounds.py's values too."""
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    prev = _zeros(state, "prev", p)
+    size = _zeros(state, "step_size", p, hp["learning_rate"])
+    s = np.sign(g * prev)
+    same, flipped = (s * s + s) / 2, (s * s - s) / 2  # 1 where s is 1 (-1), else 0
+    size = size * (1 + same * (hp["eta_plus"] - 1) + flipped * (hp["eta_minus"] - 1))
+    size = -np.maximum(-np.maximum(size, hp["min_step_size"]), -hp["max_step_size"])
+    state["step_size"] = size
+    g = state["prev"] = g * (1 - flipped)
+    return p - np.sign(g) * size
+
+
+def asgd(p, g, state, t, hp, convention):
+    """Polyak & Juditsky's averaged SGD as torch.optim.ASGD runs it: the step size eta and the
+    averaging weight mu are set after each step for the next (eta = lr / (1 + lambd lr
+    t)^alpha, mu = 1 / max(1, t - t0); lr and 1 before the first), which torch keeps as
+    float32 tensors; the params decay by 1 - lambd eta before the SGD step; ax averages
+    them (a copy while mu is 1). L2 weight decay in torch, Keras' decoupled one in Keras."""
+    lr, lambd = hp["learning_rate"], hp["lambd"]
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=False)
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)
+    if convention == "torch":
+        eta, mu = float(np.float32(eta)), float(np.float32(mu))
+    p = p * (1 - lambd * eta) - eta * g
+    ax = _zeros(state, "ax", p)
+    state["ax"] = p.copy() if mu == 1 else ax + (p - ax) * mu
+    state["eta"] = lr * (1 + lambd * lr * t) ** -hp["alpha"]  # 0 where the power overflows
+    state["mu"] = 1 / max(1, t - hp["t0"])
+    return p
+
+
+def ademamix(p, g, state, t, hp, convention):
+    """Pagliardini et al. 2024, Algorithm 1, as bitsandbytes' AdEMAMix documents its options:
+    Adam whose numerator mixes the bias-corrected fast EMA m1 (beta_1) with alpha times the
+    uncorrected slow EMA m2 (beta_3); alpha warms up linearly over t_alpha steps, beta_3 over
+    t_beta3 steps along the paper's half-life schedule, beta_3(t) = min(exp(ln b1 ln b3 /
+    ((1 - t/T) ln b3 + (t/T) ln b1)), b3). Decoupled weight decay: theta *= 1 - lr wd in
+    torch (bitsandbytes), Keras' theta -= theta wd lr in Keras."""
+    lr, b1, b2, b3 = hp["learning_rate"], hp["beta_1"], hp["beta_2"], hp["beta_3"]
+    alpha, eps = hp["alpha"], hp["epsilon"]
+    if hp.get("t_alpha"):
+        alpha = min(t * alpha / hp["t_alpha"], alpha)
+    if hp.get("t_beta3"):
+        s = t / hp["t_beta3"]
+        b3 = min(np.exp(np.log(b1) * np.log(b3) / ((1 - s) * np.log(b3) + s * np.log(b1))), b3)
+    p, g = _weight_decay(p, g, hp, convention, decoupled_in_torch=True)
+    m1 = state["m1"] = b1 * _zeros(state, "m1", p) + (1 - b1) * g
+    m2 = state["m2"] = b3 * _zeros(state, "m2", p) + (1 - b3) * g
+    nu = state["nu"] = b2 * _zeros(state, "nu", p) + (1 - b2) * (g * g)
+    denominator = np.sqrt(nu / (1 - b2**t)) + eps
+    return p - lr * (m1 / (1 - b1**t) + alpha * m2) / denominator

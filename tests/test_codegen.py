@@ -68,6 +68,8 @@ def test_every_family_has_a_rule_struct_with_named_scalar_fields():
     ("if f.amsgrad:", "if f.nope:", "f.nope is no flag"),
     ("v_used = vhat\n", "v_used = max(vhat, v)\n", "outside the rule language"),
     ("v_used = vhat\n", "v_used += vhat\n", "AugAssign is outside"),
+    ("v_used = vhat\n", "v_used = power(vhat)\n", r"power\(\) takes 2 arguments"),
+    ("v_used = vhat\n", "v_used = sqrt(vhat, v)\n", r"sqrt\(\) takes 1 argument,"),
 ])
 def test_the_translator_refuses_what_the_language_has_not(tmp_path, old, new, message):
     spec = _planted(tmp_path, old, new)
@@ -93,3 +95,12 @@ def test_a_rule_whose_file_changed_since_import_is_refused(tmp_path):
     linecache.checkcache(str(path))
     with pytest.raises(codegen.RuleError, match="changed since it was imported"):
         function(namespace["rule"])
+
+
+def test_power_translates_to_cudas_double_pow_of_both_arguments(tmp_path):
+    """``power(x, y)`` (a value to a scalar's power, Ftrl's) becomes CUDA's ``pow`` in double,
+    rounded once to the compute type (float's powf flushes subnormals inside: the PTX gate
+    of tests/test_denormals.py refuses its rcp.approx.ftz.f32), its arguments translated as
+    any expression."""
+    spec = _planted(tmp_path, "v_used = vhat\n", "v_used = power(vhat + v, k.eps)\n")
+    assert "v_used = C(pow(double(vhat + v), double(k.eps)));" in codegen.rule_source(spec)

@@ -43,7 +43,7 @@ def step_together(name, hp, convention, params, grads, exclude=()):
 def step_apart(name, hp, convention, params, grads, exclude=()):
     opts = []
     for i, p in enumerate(params):
-        opts.append(make(name, dict(hp, weight_decay=0.0) if i in exclude and "weight_decay" in hp
+        opts.append(make(name, dict(hp, weight_decay=0.0) if i in exclude and hp.get("weight_decay")
                          else hp, convention))
     for step_grads in grads:
         for opt, g, p in zip(opts, step_grads, params):

@@ -33,7 +33,7 @@ def test_signature_and_defaults_are_the_peers(name):
         assert (ours[k].kind, ours[k].default) == (theirs[k].kind, theirs[k].default), k
 
 
-@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("name", sorted(set(ROWS) - loops.FOREIGN_STATE))
 def test_groups_and_state_have_the_peers_keys_values_and_dtypes(name):
     a, b = loops.twins()
     x, y = loops.data()
@@ -56,8 +56,14 @@ def test_groups_and_state_have_the_peers_keys_values_and_dtypes(name):
     loops.assert_states_close(opt_a, opt_b)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize("name, hp", CASES, ids=CASE_IDS)
+#: Every case in both dtypes, but float64 for a peer that steps it in float32
+#: (torch_loops.FOREIGN_STATE).
+LOOP_CASES = [pytest.param(n, hp, d, id=f"{i}-{str(d)[6:]}") for d in DTYPES
+              for (n, hp), i in zip(CASES, CASE_IDS)
+              if not (n in loops.FOREIGN_STATE and d == torch.float64)]
+
+
+@pytest.mark.parametrize("name, hp, dtype", LOOP_CASES)
 def test_training_loop_matches_the_peer(name, hp, dtype):
     """Two independent loops from one seed agree to VS_TORCH_LOOP; in float32 a third
     model, stepped by the peer with the fused loop's own grads, to VS_TORCH_SHADOW."""
@@ -72,7 +78,8 @@ def test_training_loop_matches_the_peer(name, hp, dtype):
     loops.train(b, opt_b, STEPS, x, y)
     assert losses_a[-1] < losses_a[0] or name == "lion"  # it trains (Lion's 1e-4 barely)
     loops.assert_close(a, b)
-    loops.assert_states_close(opt_a, opt_b)
+    if name not in loops.FOREIGN_STATE:
+        loops.assert_states_close(opt_a, opt_b)
     if shadow is not None:
         loops.assert_close(a, c, VS_TORCH_SHADOW)
     assert loops.relative(next(a.parameters()).detach(),

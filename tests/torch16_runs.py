@@ -61,7 +61,7 @@ def take_peer_values(opt, model, peer_opt, peer_model) -> None:
         for p, q in zip(model.parameters(), peer_model.parameters()):
             p.copy_(q)
             for key, value in peer_opt.state[q].items():
-                if key not in ("step", "mu_product"):
+                if key not in ("step", *loops.DERIVED):
                     opt.state[p][key].copy_(value)
 
 

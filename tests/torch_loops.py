@@ -14,6 +14,16 @@ from fusedopt.torch._names import ROWS
 
 FEATURES, HIDDEN, CLASSES, SAMPLES = 12, 32, 5, 128
 
+#: Rows whose peer keeps its state in a layout of its own, so that only params compare with
+#: it: bitsandbytes' AdEMAMix keeps m1 and m2 stacked in one ``state1`` (``step`` an int) and
+#: does its 32-bit math and state in float32 for every param dtype (a float64 param is
+#: stepped in float32, a 16-bit one keeps float32 state). No checkpoint interchange either:
+#: tests/test_ademamix.py compares the moments with the stacked ones.
+FOREIGN_STATE = frozenset({"ademamix"})
+
+#: The 0-d state entries fusedopt derives from the step (fusedopt/algorithms/spec.py).
+DERIVED = {d.key for row in ROWS.values() for d in row.derived}
+
 #: torch.optim classes with a fused CPU kernel in torch 2.13 (the others refuse fused=True).
 FUSED_ON_CPU = {"Adam", "AdamW", "SGD", "Adagrad"}
 
@@ -32,6 +42,8 @@ SETTINGS = {
     "nadam": [{}, dict(momentum_decay=1e-2, weight_decay=1e-2),
               dict(weight_decay=0.1, decoupled_weight_decay=True)],
     "lion": [{}, dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1)],
+    "rprop": [{}, dict(lr=3e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.05))],
+    "asgd": [{}, dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=5, weight_decay=1e-3)],
 }
 
 
@@ -144,13 +156,14 @@ def assert_states_close(opt_a, opt_b, rtol: float | None = None) -> None:
         assert a[i].keys() == b[i].keys(), (i, sorted(a[i]), sorted(b[i]))
         for key in a[i]:
             x, y = torch.as_tensor(a[i][key]), torch.as_tensor(b[i][key])
-            # torch's load_state_dict casts mu_product to the param's dtype (not step):
+            # torch's load_state_dict casts the 0-d entries it carries from step to step
+            # (NAdam's mu_product, ASGD's eta and mu) to the param's dtype (not step):
             # torch.optim.NAdam itself carries a float64 one after a float64 model reloads.
-            same_dtype = x.dtype == y.dtype or key == "mu_product"
+            same_dtype = x.dtype == y.dtype or key in DERIVED
             assert x.shape == y.shape and same_dtype, (i, key, x.dtype, y.dtype)
             if key == "step":
                 assert float(x) == float(y), (i, float(x), float(y))
-            else:  # mu_product: torch's own is float32 unless reloaded (see above)
-                limit = max(rtol, VS_TORCH_SHADOW) if key == "mu_product" else rtol
+            else:  # derived: torch's own are float32 unless reloaded (see above)
+                limit = max(rtol, VS_TORCH_SHADOW) if key in DERIVED else rtol
                 diff = relative(x.double(), y.double())
                 assert diff <= limit, (i, key, diff)

@@ -42,7 +42,8 @@ def variants(spec):
             flags = tuple(spec.flags(hp, convention))
             if flags in found:
                 continue
-            if "weight_decay" in hp:
+            decays = {h.name: h for h in spec.hypers}.get("weight_decay")
+            if decays is not None and convention in decays.conventions:
                 decayed = dict(hp, weight_decay=WEIGHT_DECAY)
                 if tuple(spec.flags(decayed, convention)) == flags:
                     hp = decayed

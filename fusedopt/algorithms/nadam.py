@@ -27,6 +27,7 @@ from .spec import (
     WEIGHT_DECAY,
     Hyper,
     Slot,
+    StateScalar,
     at_least,
     decay_scalars,
     declare,
@@ -80,6 +81,12 @@ def nadam_momentum_product(b1: float, psi: float, t: int, float32: bool = False)
                 return products[-1] * b1 ** (t - (k - 1))
             products.append(products[-1] * mu)
         return products[t]
+
+
+def _torch_mu_product(hp, steps):
+    """torch.optim.NAdam's ``mu_product`` after ``steps`` steps (its float32 running product)."""
+    return nadam_momentum_product(float(hp["beta_1"]), float(hp["momentum_decay"]), steps,
+                                  float32=True)
 
 
 def scalars(hp, step, convention):
@@ -183,7 +190,9 @@ NADAM = declare(
                            ("decoupled_weight_decay", False)),
                keyword=(("foreach", None), ("maximize", False), ("capturable", False),
                         ("differentiable", False)),
-               state=(("m", "exp_avg"), ("v", "exp_avg_sq")), mu_product=True,
+               state=(("m", "exp_avg"), ("v", "exp_avg_sq")),
+               derived=(StateScalar("mu_product", _torch_mu_product,
+                                    "the product of NAdam's momenta"),),
                peer="torch.optim:NAdam",
                rule="mu_t = b1 (1 - 0.5 * 0.96^(t momentum_decay));  P_t = mu_1 ... mu_t "
                "(mu_product)\nm, v as Adam;  d = sqrt(v / (1 - b2^t)) + eps\n"

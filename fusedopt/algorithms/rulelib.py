@@ -10,7 +10,7 @@ Numba on the CPU and translated to CUDA C++ (fusedopt/backends/cuda/codegen.py):
 - statements: assignment to a name (a tuple of names only from a helper below), ``if`` /
   ``elif`` / ``else``, and one ``return p, <slots...>`` as the last statement;
 - expressions: ``+ - * /``, unary ``-``, comparisons, ``and`` / ``or`` / ``not``, ``a if c
-  else b``, :func:`sqrt`, ``abs``, the helpers below, the flavour constants, and integer
+  else b``, :func:`sqrt`, ``abs``, :func:`power` (a value to a scalar's power), the helpers below, the flavour constants, and integer
   literals in comparisons only. A float literal is refused: under Numba it would turn
   float32 math into float64, so constants such as ``1 - beta`` arrive as scalars.
 
@@ -28,6 +28,10 @@ from ..constants import TORCH_L2
 
 #: The square root in the compute type (NumPy's keeps float32 float32, under Numba too).
 sqrt = np.sqrt
+#: ``power(x, y)``, x to the power y in the compute type (Ftrl's accumulator to
+#: ``-learning_rate_power``): NumPy's under Numba keeps float32 float32; the CUDA rule takes
+#: ``pow`` in double, rounded once (float's powf flushes subnormals inside).
+power = np.power
 
 
 def weight_decay(flavor, p, g, lr, wd, wd_factor):
@@ -47,7 +51,9 @@ def weight_decay(flavor, p, g, lr, wd, wd_factor):
 #: Functions a rule may call that the CUDA translator inlines from their Python source.
 HELPERS = {"weight_decay": weight_decay}
 #: Functions a rule may call that map to a CUDA function of the same meaning.
-BUILTINS = {"sqrt": "sqrt", "abs": "fabs"}
+BUILTINS = {"sqrt": "sqrt", "abs": "fabs", "power": "pow"}
+#: How many arguments each of :data:`BUILTINS` takes (one where not listed).
+ARITY = {"power": 2}
 
 
 # --- for the unfused expressions (whole arrays, in place) ----------------------------------

@@ -54,6 +54,22 @@ class Slot:
     when: str | None = None
 
 
+@dataclass(frozen=True)
+class StateScalar:
+    """A 0-d entry of a param's torch state that torch carries from step to step and the
+    fused step derives from the step count instead (NAdam's ``mu_product``, ASGD's ``eta``
+    and ``mu``): ``value(hp, steps)`` is what torch holds after ``steps`` steps of a param
+    (0: its initial value) with the registry hyperparameters ``hp``; ``what`` names it in
+    the error for a checkpoint that holds another value (off by more than ``rel_tol`` /
+    ``abs_tol``, as ``math.isclose``)."""
+
+    key: str
+    value: Callable[[Mapping[str, Any], int], float]
+    what: str
+    rel_tol: float = 0.0
+    abs_tol: float = 1e-6
+
+
 @dataclass(frozen=True, eq=False)
 class OptimizerSpec:
     """An optimizer as every layer sees it (made by :func:`declare`).
@@ -158,5 +174,5 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
 
 __all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",
            "EPSILON", "Hyper", "L2_FLAVORS", "LEARNING_RATE", "MOMENTUM", "OptimizerSpec",
-           "Slot", "TORCH_ONLY", "WEIGHT_DECAY", "at_least", "boolean", "decay_scalars",
+           "Slot", "StateScalar", "TORCH_ONLY", "WEIGHT_DECAY", "at_least", "boolean", "decay_scalars",
            "declare", "flavor", "in_range", "learning_rate", "optional"]

@@ -28,16 +28,10 @@ from itertools import chain
 
 import torch
 
-from ..algorithms.nadam import nadam_momentum_product
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
 from ._local import local
 from ._names import MASTER_KEYS, Row
-
-#: NAdam's mu_product in a checkpoint must be the product fusedopt derives from the step
-#: within this (absolute; a float32 running product stays far closer, see step_of).
-MU_PRODUCT_TOLERANCE = 1e-6
-
 
 def originals(optimizer, state_dict: dict) -> dict:
     """The checkpoint's state tensors by (param, key), as saved: torch.optim's
@@ -58,8 +52,8 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory)
     keeps one."""
     keys = dict(row.state)
     wanted = {keys[s] for s in slot_names}
-    extra = {k for k, on in (("step", row.counts_steps), ("mu_product", row.mu_product))
-             if on}
+    extra = {"step"} if row.counts_steps else set()
+    extra |= {d.key for d in row.derived}
     master_keys = set(MASTER_KEYS.values())
     master = storage.master  # (slot, dtype) or None
     master_key = MASTER_KEYS[master[0]] if master else None
@@ -140,23 +134,21 @@ def step_of(optimizer, where: str, index: int, entries: dict) -> int:
     if not (t >= 0 and t == int(t)):
         raise ValueError(f"{where}: saved step {t} is not a step count")
     t = int(t)
-    if row.mu_product:
-        # fusedopt derives P_t from t, beta1 and momentum_decay; torch carries it as a
-        # float32 running product, whose rounding stays below 1e-7 here (P_t shrinks
-        # geometrically while the error grows by an ulp a step).
-        have, want = float(entries["mu_product"]), mu_product(optimizer, index, t)
-        if not math.isclose(have, want, rel_tol=0.0, abs_tol=MU_PRODUCT_TOLERANCE):
-            raise ValueError(f"{where}: saved mu_product {have!r} is not the product of "
-                             f"NAdam's momenta over {t} steps with this group's beta1 and "
-                             f"momentum_decay ({want!r}); fusedopt computes it from the "
-                             "step, so it cannot continue a run whose betas or "
-                             "momentum_decay changed during training")
+    for entry in row.derived:
+        # fusedopt derives these from t and the group's hyperparameters; torch carries them
+        # from step to step (NAdam's float32 running product stays within 1e-7 of the
+        # derived one: it shrinks geometrically while its error grows by an ulp a step).
+        have, want = float(entries[entry.key]), derived(optimizer, entry, index, t)
+        if not math.isclose(have, want, rel_tol=entry.rel_tol, abs_tol=entry.abs_tol):
+            raise ValueError(f"{where}: saved {entry.key} {have!r} is not {entry.what} "
+                             f"after {t} steps with this group's hyperparameters "
+                             f"({want!r}); fusedopt computes it from the step, so it "
+                             "cannot continue a run whose hyperparameters changed during "
+                             "training")
     return t
 
 
-def mu_product(optimizer, index: int, step: int) -> float:
-    """NAdam's momentum product after ``step`` steps of group ``index``, as torch's float32
-    running product has it."""
-    hyper = optimizer._engine.hypers[index].hyper
-    return nadam_momentum_product(float(hyper["beta_1"]), float(hyper["momentum_decay"]),
-                                  step, float32=True)
+def derived(optimizer, entry, index: int, step: int) -> float:
+    """Derived state entry ``entry`` (fusedopt/algorithms/spec.py: StateScalar) of a param of
+    group ``index`` after ``step`` steps, as torch holds it."""
+    return float(entry.value(optimizer._engine.hypers[index].hyper, step))

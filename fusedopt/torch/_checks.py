@@ -76,13 +76,16 @@ def hyper(index: int, group: dict, row: Row) -> None:
     betas: the step reads its number). Their values are checked once, by the engine
     (fusedopt/engine/hypers.py), in torch's names (``Row.hyper_names``)."""
     _tensor_rules(index, group, row)
+    tuples = row.tuple_arguments
     for key in row.hyper_names:
         value = group[key]
-        if key == "betas":
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise ValueError(f"param group {index}: betas must be a pair (beta1, beta2), "
-                                 f"got {value!r}")
-            named = {"betas[0]": value[0], "betas[1]": value[1]}
+        members = tuples.get(key)
+        if members:
+            if not isinstance(value, (tuple, list)) or len(value) != len(members):
+                what = "a pair" if len(members) == 2 else f"a tuple of {len(members)}"
+                raise ValueError(f"param group {index}: {key} must be {what} "
+                                 f"({', '.join(members)}), got {value!r}")
+            named = {f"{key}[{i}]": v for i, v in enumerate(value)}
         else:
             named = {key: value}
         for name, v in named.items():

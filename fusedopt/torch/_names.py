@@ -14,8 +14,12 @@ from ..algorithms.registry import REGISTRY
 from ..memory import storage as _storage
 
 #: torch argument -> registry hyperparameter, where the names differ. ``betas`` is
-#: (beta_1, beta_2); RMSprop's ``alpha`` is the registry's ``rho``, as Adadelta's ``rho``.
+#: (beta_1, beta_2) unless a row's ``tuples`` says otherwise; RMSprop's ``alpha`` is the
+#: registry's ``rho``, as Adadelta's ``rho``.
 RENAMES = {"lr": "learning_rate", "eps": "epsilon", "alpha": "rho"}
+
+#: torch arguments that are tuples of registry hyperparameters, unless a row names its own.
+TUPLES = {"betas": ("beta_1", "beta_2")}
 
 #: torch's flags, in every group; ``maximize`` is stepped, the others are checked
 #: (fusedopt/torch/optimizer.py says which values are accepted).
@@ -46,11 +50,18 @@ class Row:
       param group, in this order.
     - ``state``: (registry slot, torch state key) in the order torch's state dict lists them.
     - ``counts_steps``: the state holds torch's ``step`` (a float32 0-d tensor per param).
-    - ``mu_product``: the state holds NAdam's running momentum product.
+    - ``derived``: 0-d state entries torch carries from step to step and fusedopt derives
+      from the step (:class:`fusedopt.algorithms.spec.StateScalar`: NAdam's
+      ``mu_product``, ASGD's ``eta`` and ``mu``), in the order torch's state lists them
+      after ``step``.
     - ``eager``: torch makes the state when the optimizer is made (Adagrad), not at a
       param's first step.
     - ``fixed``: group keys torch keeps that are no argument (AdamW's
       ``decoupled_weight_decay=True``), so that the groups match torch's.
+    - ``renames``: torch argument -> registry hyperparameter, where this row's names differ
+      from :data:`RENAMES` (ASGD's ``alpha`` is its own, not RMSprop's ``rho``).
+    - ``tuples``: torch arguments that are tuples of registry hyperparameters (Rprop's
+      ``etas`` and ``step_sizes``, AdEMAMix's three ``betas``), beside :data:`TUPLES`.
     - ``rule``: the update, in torch's names (the class docstring shows it).
     - ``peer``: where the real class lives, "module:Class" (the tests compare against it).
     """
@@ -61,9 +72,11 @@ class Row:
     keyword: tuple
     state: tuple
     counts_steps: bool = True
-    mu_product: bool = False
+    derived: tuple = ()
     eager: bool = False
     fixed: tuple = ()
+    renames: tuple = ()
+    tuples: tuple = ()
     rule: str = ""
     peer: str = ""
 
@@ -73,15 +86,27 @@ class Row:
         return dict(self.positional + self.keyword)
 
     @property
+    def tuple_arguments(self) -> dict:
+        """torch argument -> the registry hyperparameters it holds, for this row's tuples."""
+        found = {k: v for k, v in TUPLES.items() if k in self.arguments}
+        found.update(dict(self.tuples))
+        return found
+
+    def rename(self, key: str) -> str:
+        """The registry hyperparameter behind torch argument ``key`` (not a tuple)."""
+        return dict(self.renames).get(key, RENAMES.get(key, key))
+
+    @property
     def hyper_names(self) -> dict:
-        """torch argument -> the registry hyperparameter it is (a pair for ``betas``), for
-        every argument the engine takes (``maximize`` too; torch's other flags are
-        checked here, not stepped): the engine translates a group with it, once."""
-        names = {}
+        """torch argument -> the registry hyperparameter it is (a tuple of them for a tuple
+        argument such as ``betas``), for every argument the engine takes (``maximize`` too;
+        torch's other flags are checked here, not stepped): the engine translates a group
+        with it, once, and names torch's argument in its errors."""
+        tuples, names = self.tuple_arguments, {}
         for key in self.arguments:  # not self.fixed: those are the class's, not the registry's
             if key in FLAGS and key != "maximize":
                 continue
-            names[key] = ("beta_1", "beta_2") if key == "betas" else RENAMES.get(key, key)
+            names[key] = tuples[key] if key in tuples else self.rename(key)
         return names
 
     @property

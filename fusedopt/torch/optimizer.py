@@ -53,11 +53,11 @@ class Optimizer(torch.optim.Optimizer):
         self._raw: dict[int, tuple] = {}      # group -> its values as _seen, if immutable
         self._keys = tuple(self._row.group_defaults)
         self._device_type = None              # "cpu" or "cuda" once a group has params
-        # torch's per-param ``step`` (and NAdam's ``mu_product``) are 0-d views into one
-        # buffer per batch of params taken together, so that a step advances them all with
+        # torch's per-param ``step`` (and derived entries, NAdam's ``mu_product``) are 0-d
+        # views into one buffer per batch of params taken together, so that a step advances them all with
         # one tensor operation per buffer (200 in-place adds cost more than the step's math).
         self._homes: dict[int, tuple] = {}    # position -> (buffer id, offset)
-        self._buffers: list[tuple] = []       # buffer id -> (steps, mu products or None)
+        self._buffers: list[tuple] = []       # buffer id -> (steps, {derived key: values})
         self._counters: dict = {}             # positions -> [(buffer id, offsets or None)]
         self._repeats = False                 # a group lists a param twice: stepped twice
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
@@ -145,8 +145,8 @@ class Optimizer(torch.optim.Optimizer):
         buffer = len(self._buffers)
         self._buffers.append((
             torch.tensor([float(counts[pos]) for pos in positions], dtype=scalar_dtype()),
-            torch.tensor([self._mu_product(index, counts[pos]) for pos in positions],
-                         dtype=scalar_dtype()) if self._row.mu_product else None))
+            {d.key: torch.tensor([self._derived(d, index, counts[pos]) for pos in positions],
+                                 dtype=scalar_dtype()) for d in self._row.derived}))
         if self._device_type is None:
             self._device_type = memory[0].device.type
         for k, ((j, p), m, pos, lay) in enumerate(zip(items, memory, positions, layouts)):
@@ -160,11 +160,11 @@ class Optimizer(torch.optim.Optimizer):
         slots = dict(zip(engine.slot_names(pos), engine.states[pos]))
         state = {}
         buffer, k = self._homes[pos]
-        steps, products = self._buffers[buffer]
+        steps, derived = self._buffers[buffer]
         if row.counts_steps:
             state["step"] = steps[k]
-        if row.mu_product:
-            state["mu_product"] = products[k]
+        for key, values in derived.items():
+            state[key] = values[k]
         layout = self._held[id(param)].layout
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
             if slot in slots:
@@ -173,8 +173,8 @@ class Optimizer(torch.optim.Optimizer):
         if state:
             self.state[param] = state
 
-    def _mu_product(self, index: int, step: int) -> float:
-        return _checkpoint.mu_product(self, index, step)
+    def _derived(self, entry, index: int, step: int) -> float:
+        return _checkpoint.derived(self, entry, index, step)
 
     # --- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -280,7 +280,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _advance(self, positions: tuple) -> None:
         """torch's ``state["step"] += 1`` for the params stepped (one operation per buffer),
-        and NAdam's mu_product for their new step."""
+        and the derived entries (NAdam's mu_product) for their new step."""
         plan = self._counters.get(positions)
         if plan is None:
             by_buffer: dict[int, list] = {}
@@ -293,20 +293,21 @@ class Optimizer(torch.optim.Optimizer):
                 for b, ks in by_buffer.items()]
         group_of, counts = self._engine.group_of, self._engine.steps
         for buffer, offsets, members in plan:
-            steps, products = self._buffers[buffer]
+            steps, derived = self._buffers[buffer]
             if not self._row.counts_steps:
                 continue
             if offsets is None:
                 steps.add_(1.0)
             else:
                 steps.index_add_(0, offsets, torch.ones(len(offsets), dtype=steps.dtype))
-            if products is not None:
-                values = torch.tensor([self._mu_product(group_of[pos], counts[pos])
-                                       for pos in members], dtype=products.dtype)
+            for entry in self._row.derived:
+                held = derived[entry.key]
+                values = torch.tensor([self._derived(entry, group_of[pos], counts[pos])
+                                       for pos in members], dtype=held.dtype)
                 if offsets is None:
-                    products.copy_(values)
+                    held.copy_(values)
                 else:
-                    products.index_copy_(0, offsets, values)
+                    held.index_copy_(0, offsets, values)
 
     # --- checkpoints ------------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict) -> None:

@@ -64,7 +64,7 @@ def _signature(row: Row) -> inspect.Signature:
 
 def _doc(row: Row, signature: inspect.Signature) -> str:
     args = str(signature)[1:-1].split(", ", 2)[2]
-    keys = ", ".join(["step"] * row.counts_steps + ["mu_product"] * row.mu_product
+    keys = ", ".join(["step"] * row.counts_steps + [d.key for d in row.derived]
                      + [key for _, key in row.state])
     rule = "\n".join("    " + line for line in row.rule.splitlines())
     peer = row.peer.replace(":", ".")

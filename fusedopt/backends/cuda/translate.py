@@ -98,8 +98,16 @@ class _Rule:
                             "(float literals never: pass constants as scalars)")
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             name = node.func.id
-            if name in rulelib.BUILTINS and len(node.args) == 1 and not node.keywords:
-                return f"{rulelib.BUILTINS[name]}({self.expression(node.args[0])})", _ATOM
+            arity = rulelib.ARITY.get(name, 1)
+            if name in rulelib.BUILTINS and len(node.args) == arity and not node.keywords:
+                if name == "power":  # in double: CUDA's powf flushes (rcp.approx.ftz.f32)
+                    x, y = (self.expression(a) for a in node.args)
+                    return f"C(pow(double({x}), double({y})))", _ATOM
+                arguments = ", ".join(self.expression(a) for a in node.args)
+                return f"{rulelib.BUILTINS[name]}({arguments})", _ATOM
+            if name in rulelib.BUILTINS:
+                self.fail(node, f"{name}() takes {arity} argument{'s' * (arity > 1)}, "
+                                "positionally")
             if name in rulelib.HELPERS:
                 self.fail(node, f"{name}() returns a tuple: call it as `a, b = {name}(...)`")
         self.fail(node, f"{ast.unparse(node)!r} is outside the rule language "
