@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from .. import checkpoint
 from ..algorithms.registry import CONVENTIONS, OptimizerSpec, lookup
+from ..engine import modes
 from ..engine import validate as _validate
 from ..engine.clip import Clipping
 from ..engine.dispatch import BACKENDS
@@ -229,6 +230,16 @@ class Optimizer(Checkpoints):
         Keras' signature: the params are the ones this optimizer holds."""
         if self.use_ema:
             overwrite(self._engine.params, self._engine.averages)
+
+    def eval(self) -> None:
+        """Schedule-free: move the params to the point to evaluate (x), one fused pass per
+        dtype; steps are refused until :meth:`train`. Nothing happens if already there."""
+        modes.switch(self._engine, True)
+
+    def train(self) -> None:
+        """Schedule-free: move the params back to the training point (y), bit for bit as
+        they were before :meth:`eval`."""
+        modes.switch(self._engine, False)
 
     def state(self, param) -> dict:
         """The state arrays of ``param`` by slot name (views: writing them changes the state)."""
