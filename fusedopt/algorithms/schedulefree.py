@@ -279,7 +279,7 @@ ADAMW = declare(
                positional=(("lr", 0.0025), ("betas", (0.9, 0.999)), ("eps", 1e-8),
                            ("weight_decay", 0), ("warmup_steps", 0), ("r", 0.0),
                            ("weight_lr_power", 2.0), ("foreach", True)),
-               keyword=(),
+               keyword=(), counts_steps=False,
                state=(("z", "z"), ("v", "exp_avg_sq")),
                peer="schedulefree:AdamWScheduleFree", rule=_TORCH_ROW),
     keras=dict(name="ScheduleFreeAdamW", state_attributes=("_momentums", "_velocities")))
@@ -297,7 +297,8 @@ SGD = declare(
                positional=(("lr", 1.0), ("momentum", 0.9), ("weight_decay", 0),
                            ("warmup_steps", 0), ("r", 0.0), ("weight_lr_power", 2.0),
                            ("foreach", True)),
-               keyword=(), state=(("z", "z"),), peer="schedulefree:SGDScheduleFree",
+               keyword=(), counts_steps=False, state=(("z", "z"),),
+               peer="schedulefree:SGDScheduleFree",
                rule=_TORCH_ROW))
 
 
