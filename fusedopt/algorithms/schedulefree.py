@@ -92,15 +92,16 @@ def _lerp_scalars(c):
     return {"c": c, "one_minus_c": 1.0 - c, "c_from_end": float(c >= 0.5)}
 
 
-SCALARS_SGD = ("lr", "wd", "step_lr", "b1", "one_minus_b1", "y_coef", "c", "one_minus_c",
-               "c_from_end")
-SCALARS_ADAMW = (*SCALARS_SGD, "b2", "one_minus_b2", "bc2", "eps")
+#: The family's scalars (one struct in CUDA); each optimizer gives 0 for those it lacks.
+SCALARS = ("lr", "wd", "step_lr", "b1", "one_minus_b1", "y_coef", "c", "one_minus_c",
+           "c_from_end", "b2", "one_minus_b2", "bc2", "eps")
+_UNUSED = dict.fromkeys(SCALARS, 0.0)
 
 
 def _scalars(hp, step, convention, b1):
     c = _averaging_weight(hp, step, convention)
     lr = _scheduled_lr(hp, step)
-    return {"lr": float(hp["learning_rate"]), "wd": float(hp["weight_decay"] or 0.0),
+    return {**_UNUSED, "lr": float(hp["learning_rate"]), "wd": float(hp["weight_decay"] or 0.0),
             "step_lr": lr, "b1": b1, "one_minus_b1": 1.0 - b1,
             "y_coef": lr * (b1 * (1.0 - c) - 1.0), **_lerp_scalars(c)}
 
@@ -115,8 +116,18 @@ def scalars_adamw(hp, step, convention):
             "one_minus_b2": 1.0 - b2, "bc2": 1.0 - b2**step, "eps": float(hp["epsilon"])}
 
 
-def rule_adamw(p, g, z, v, k, f):
-    if f.flavor == KERAS:
+def rule(p, g, z, v, y, k, f):
+    # One rule for the family (one CUDA kernel): the step (z, and v when adaptive) or the
+    # switch between the points (y kept), chosen by flags at compile time.
+    if not f.stepping:  # the switch: g is z
+        if f.to_eval:
+            y = p
+            p = (g - (g - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (g - p))
+        elif f.saved:
+            p = y
+        else:
+            p = (g - (g - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (g - p))
+    elif f.flavor == KERAS and f.adaptive:  # Keras' ScheduleFreeAdamW, in its order
         if k.wd != 0:
             p = p - p * k.wd * k.lr
         v = v + (g * g - v) * k.one_minus_b2
@@ -126,26 +137,18 @@ def rule_adamw(p, g, z, v, k, f):
         p = k.one_minus_b1 * z_new + k.b1 * x
         z = z_new
     else:
-        v = k.b2 * v + k.one_minus_b2 * (g * g)
-        gn = g / (sqrt(v / k.bc2) + k.eps)
-        if k.wd != 0:
-            gn = gn + k.wd * p
+        if f.flavor == KERAS:
+            if k.wd != 0:
+                p = p - p * k.wd * k.lr
+        if f.adaptive:
+            v = k.b2 * v + k.one_minus_b2 * (g * g)
+            g = g / (sqrt(v / k.bc2) + k.eps)
+        if f.flavor != KERAS and k.wd != 0:  # torch: decay at y, on the normalized grad
+            g = g + k.wd * p
         p = (z - (z - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (z - p))
-        p = p + k.y_coef * gn
-        z = z - k.step_lr * gn
-    return p, z, v
-
-
-def rule_sgd(p, g, z, k, f):
-    if f.flavor == KERAS:
-        if k.wd != 0:
-            p = p - p * k.wd * k.lr
-    elif k.wd != 0:
-        g = g + k.wd * p
-    p = (z - (z - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (z - p))
-    p = p + k.y_coef * g
-    z = z - k.step_lr * g
-    return p, z
+        p = p + k.y_coef * g
+        z = z - k.step_lr * g
+    return p, z, v, y
 
 
 def _lerp_in_place(xp, p, z, k):
@@ -189,8 +192,18 @@ def unfused_sgd(xp, p, g, s, k, f):
     z -= k.step_lr * g
 
 
-def _flags(hp, convention):
-    return (KERAS if convention == "keras" else TORCH_L2,)
+FLAG_NAMES = ("flavor", "stepping", "adaptive", "to_eval", "saved")
+#: z and v of a step (v: AdamW), y of the switch; z of a switch is its grad.
+SLOTS = (Slot("z", when="stepping", from_param=True), Slot("v", when="adaptive"),
+         Slot("y", when="saved"))
+
+
+def _flags_adamw(hp, convention):
+    return (KERAS if convention == "keras" else TORCH_L2, 1, 1, 0, 0)
+
+
+def _flags_sgd(hp, convention):
+    return (KERAS if convention == "keras" else TORCH_L2, 1, 0, 0, 0)
 
 
 def _check_sgd(hp, convention):
@@ -265,15 +278,15 @@ Example::
 """
 
 ADAMW = declare(
-    name="schedulefreeadamw", class_name="ScheduleFreeAdamW", rule=rule_adamw,
+    name="schedulefreeadamw", class_name="ScheduleFreeAdamW", rule=rule,
     unfused=unfused_adamw, doc=DOC_ADAMW, switch=("schedulefreeswitch", "beta_1"),
     hypers=(Hyper("learning_rate", 0.0025, learning_rate), Hyper("beta_1", 0.9, _POSITIVE_BETA),
             Hyper("beta_2", 0.999, _POSITIVE_BETA), Hyper("epsilon", 1e-8, AtLeast(0.0)),
             WEIGHT_DECAY, WARMUP, R, WEIGHT_LR_POWER),
     keras_signature=("learning_rate", "beta_1", "beta_2", "epsilon", "warmup_steps",
                      "weight_decay"),
-    check=_check_adamw, flag_names=("flavor",), flags=_flags, all_flags=((KERAS,), (TORCH_L2,)),
-    slots=(Slot("z", from_param=True), Slot("v")), scalar_names=SCALARS_ADAMW,
+    check=_check_adamw, flag_names=FLAG_NAMES, flags=_flags_adamw,
+    all_flags=((KERAS, 1, 1, 0, 0), (TORCH_L2, 1, 1, 0, 0)), slots=SLOTS, scalar_names=SCALARS,
     scalar_fn=scalars_adamw, running=RUNNING, advance=advance,
     torch=dict(name="AdamWScheduleFree",
                positional=(("lr", 0.0025), ("betas", (0.9, 0.999)), ("eps", 1e-8),
@@ -285,13 +298,14 @@ ADAMW = declare(
     keras=dict(name="ScheduleFreeAdamW", state_attributes=("_momentums", "_velocities")))
 
 SGD = declare(
-    name="schedulefreesgd", class_name="ScheduleFreeSGD", rule=rule_sgd, unfused=unfused_sgd,
+    name="schedulefreesgd", class_name="ScheduleFreeSGD", rule=rule, unfused=unfused_sgd,
     doc=DOC_SGD, switch=("schedulefreeswitch", "momentum"),
     hypers=(Hyper("learning_rate", 1.0, learning_rate), Hyper("momentum", 0.9, _POSITIVE_BETA),
             WEIGHT_DECAY, WARMUP, R, WEIGHT_LR_POWER),
     keras_signature=("learning_rate", "momentum", "warmup_steps", "weight_decay"),
-    check=_check_sgd, flag_names=("flavor",), flags=_flags, all_flags=((KERAS,), (TORCH_L2,)),
-    slots=(Slot("z", from_param=True),), scalar_names=SCALARS_SGD, scalar_fn=scalars_sgd,
+    check=_check_sgd, flag_names=FLAG_NAMES, flags=_flags_sgd,
+    all_flags=((KERAS, 1, 0, 0, 0), (TORCH_L2, 1, 0, 0, 0)), slots=SLOTS, scalar_names=SCALARS,
+    scalar_fn=scalars_sgd,
     running=RUNNING, advance=advance,
     torch=dict(name="SGDScheduleFree",
                positional=(("lr", 1.0), ("momentum", 0.9), ("weight_decay", 0),
@@ -306,19 +320,7 @@ SGD = declare(
 
 def scalars_switch(hp, step, convention):
     b1 = float(hp["beta_1"])
-    return _lerp_scalars(1.0 - 1.0 / b1 if hp["to_eval"] else 1.0 - b1)
-
-
-def rule_switch(p, g, y, k, f):
-    # g is z. Eval keeps y and moves to x; train restores the kept y, or lerps back.
-    if f.to_eval:
-        y = p
-        p = (g - (g - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (g - p))
-    elif f.saved:
-        p = y
-    else:
-        p = (g - (g - p) * k.one_minus_c) if k.c_from_end > 0 else (p + k.c * (g - p))
-    return p, y
+    return {**_UNUSED, **_lerp_scalars(1.0 - 1.0 / b1 if hp["to_eval"] else 1.0 - b1)}
 
 
 def unfused_switch(xp, p, g, s, k, f):
@@ -329,6 +331,10 @@ def unfused_switch(xp, p, g, s, k, f):
         p[...] = s["y"]
     else:
         _lerp_in_place(xp, p, g, k)
+
+
+def _flags_switch(hp, convention):
+    return (KERAS, 0, 0, int(hp["to_eval"]), int(hp["to_eval"] or hp["saved"]))
 
 
 DOC_SWITCH = r"""The train/eval pass of the schedule-free optimizers, as an optimizer step.
@@ -350,15 +356,13 @@ Example::
 """
 
 SWITCH = declare(
-    name="schedulefreeswitch", class_name="ScheduleFreeSwitch", rule=rule_switch,
+    name="schedulefreeswitch", class_name="ScheduleFreeSwitch", rule=rule,
     unfused=unfused_switch, doc=DOC_SWITCH,
     hypers=(Hyper("beta_1", 0.9, _POSITIVE_BETA), Hyper("to_eval", True, boolean),
             Hyper("saved", True, boolean)),
-    check=_check_adamw, flag_names=("flavor", "to_eval", "saved"),
-    flags=lambda hp, conv: (KERAS, int(hp["to_eval"]), int(hp["to_eval"] or hp["saved"])),
-    all_flags=((KERAS, 1, 1), (KERAS, 0, 1), (KERAS, 0, 0)),
-    slots=(Slot("y", when="saved"),), scalar_names=("c", "one_minus_c", "c_from_end"),
-    scalar_fn=scalars_switch)
+    check=_check_adamw, flag_names=FLAG_NAMES, flags=_flags_switch,
+    all_flags=((KERAS, 0, 0, 1, 1), (KERAS, 0, 0, 0, 1), (KERAS, 0, 0, 0, 0)), slots=SLOTS,
+    scalar_names=SCALARS, scalar_fn=scalars_switch)
 
 SPECS = (ADAMW, SGD, SWITCH)
 __test__ = {"ScheduleFreeAdamW": DOC_ADAMW, "ScheduleFreeSGD": DOC_SGD,

@@ -8,8 +8,8 @@ import inspect
 
 from ..algorithms.registry import REGISTRY
 from . import _checks
-from ._schedulefree import ScheduleFree
 from ._names import POLICY, ROWS, Row
+from ._schedulefree import ScheduleFree
 from .optimizer import Optimizer
 
 _DOC = """{name}: ``{peer}`` with fusedopt's fused step, torch convention.
