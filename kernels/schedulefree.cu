@@ -19,8 +19,11 @@
 // ``lr_max`` the largest lr so far: ``lr_max`` and the running sum are optimizer-level scalars
 // (``running``), advanced after every applied step and checkpointed with the optimizer. Keras
 // convention (Keras' ScheduleFreeAdamW): c = 1/t, and Keras' decoupled decay ``y -= y wd lr``
-// (the learning rate before warm-up) before the update, computed in Keras' order (x recovered
-// from y and z, averaged, y rebuilt).
+// (the learning rate before warm-up) before the update, computed in Keras' order: z stepped,
+// x recovered from y and z, averaged with z, y rebuilt. Keras 3.15 means x from the z before
+// the step ("momentum_old"), but on its torch backend - the one fusedopt.keras runs on -
+// ``momentum.value`` is the variable's own tensor, stepped in place before x is computed, so
+// Keras recovers x from the new z; this convention reproduces what Keras computes there.
 //
 // The switch (``schedulefreeswitch``) is a second rule: eval moves the param from y to
 // x = lerp(y, z, 1 - 1/b1) and keeps y in its slot; train puts the kept y back, bit for bit
@@ -50,7 +53,7 @@ struct SchedulefreeRule {
         C& z = STEPPING ? s[0] : spare;
         C& v = ADAPTIVE ? s[(STEPPING ? 1 : 0)] : spare;
         C& y = SAVED ? s[(STEPPING ? 1 : 0) + (ADAPTIVE ? 1 : 0)] : spare;
-        C z_new, x;
+        C x;
         if (!STEPPING) {
             if (TO_EVAL) {
                 y = p;
@@ -65,11 +68,10 @@ struct SchedulefreeRule {
                 p = p - p * k.wd * k.lr;
             }
             v = v + (g * g - v) * k.one_minus_b2;
-            z_new = z - k.step_lr * g / (sqrt(v / k.bc2) + k.eps);
+            z = z - k.step_lr * g / (sqrt(v / k.bc2) + k.eps);
             x = (p - k.one_minus_b1 * z) / k.b1;
-            x = k.one_minus_c * x + k.c * z_new;
-            p = k.one_minus_b1 * z_new + k.b1 * x;
-            z = z_new;
+            x = k.one_minus_c * x + k.c * z;
+            p = k.one_minus_b1 * z + k.b1 * x;
         } else {
             if (FLAVOR == KERAS) {
                 if (k.wd != C(0)) {

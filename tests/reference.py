@@ -200,12 +200,15 @@ def radam(p, g, state, t, hp, convention):
 
 # --- schedule-free (Defazio et al. 2024; the schedulefree package's and Keras' docs) ---------
 
-def _schedule_free(p, g, state, t, hp, convention, b1, normalize):
+def _schedule_free(p, g, state, t, hp, convention, b1, normalize, x_from_new_z=False):
     """One schedule-free step in the paper's three sequences: z the SGD/Adam iterates, x
     their weighted average, the param y = (1 - b1) z + b1 x. x is not kept: it is
     recovered from y and z. Torch (the schedulefree package): c_t = w_t / sum w with
     w_t = t^r lr_max^weight_lr_power, lr_max the largest warmed-up lr so far, weight decay
-    wd * y added to the normalized grad. Keras: c_t = 1/t, y -= y * wd * lr first."""
+    wd * y added to the normalized grad. Keras: c_t = 1/t, y -= y * wd * lr first.
+    ``x_from_new_z``: x recovered from y and the new z (what Keras 3.15's AdamW computes on
+    its torch backend, where its "momentum_old" is the variable's tensor, updated in place
+    before it is read)."""
     lr, warmup, wd = hp["learning_rate"], hp["warmup_steps"], hp.get("weight_decay") or 0.0
     lr_t = lr * min(1.0, t / warmup) if warmup > 0 else lr
     if "z" not in state:  # z starts at the param, as it was before the first step
@@ -223,8 +226,9 @@ def _schedule_free(p, g, state, t, hp, convention, b1, normalize):
     gn = normalize(g)
     if convention == "torch" and wd:
         gn = gn + wd * p
-    x = (p - (1 - b1) * z) / b1
-    z = state["z"] = z - lr_t * gn
+    z_new = z - lr_t * gn
+    x = (p - (1 - b1) * (z_new if x_from_new_z else z)) / b1
+    z = state["z"] = z_new
     x = (1 - c) * x + c * z
     return (1 - b1) * z + b1 * x
 
@@ -235,7 +239,8 @@ def schedulefreeadamw(p, g, state, t, hp, convention):
     def normalize(g):
         v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
         return g / (np.sqrt(v / (1 - b2**t)) + eps)
-    return _schedule_free(p, g, state, t, hp, convention, hp["beta_1"], normalize)
+    return _schedule_free(p, g, state, t, hp, convention, hp["beta_1"], normalize,
+                          x_from_new_z=convention == "keras")
 
 
 def schedulefreesgd(p, g, state, t, hp, convention):

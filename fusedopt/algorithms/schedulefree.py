@@ -15,8 +15,11 @@ schedulefree package) ``c = w_t / sum(w)``, ``w_t = t^r lr_max^weight_lr_power``
 ``lr_max`` the largest lr so far: ``lr_max`` and the running sum are optimizer-level scalars
 (``running``), advanced after every applied step and checkpointed with the optimizer. Keras
 convention (Keras' ScheduleFreeAdamW): c = 1/t, and Keras' decoupled decay ``y -= y wd lr``
-(the learning rate before warm-up) before the update, computed in Keras' order (x recovered
-from y and z, averaged, y rebuilt).
+(the learning rate before warm-up) before the update, computed in Keras' order: z stepped,
+x recovered from y and z, averaged with z, y rebuilt. Keras 3.15 means x from the z before
+the step ("momentum_old"), but on its torch backend - the one fusedopt.keras runs on -
+``momentum.value`` is the variable's own tensor, stepped in place before x is computed, so
+Keras recovers x from the new z; this convention reproduces what Keras computes there.
 
 The switch (``schedulefreeswitch``) is a second rule: eval moves the param from y to
 x = lerp(y, z, 1 - 1/b1) and keeps y in its slot; train puts the kept y back, bit for bit
@@ -131,11 +134,10 @@ def rule(p, g, z, v, y, k, f):
         if k.wd != 0:
             p = p - p * k.wd * k.lr
         v = v + (g * g - v) * k.one_minus_b2
-        z_new = z - k.step_lr * g / (sqrt(v / k.bc2) + k.eps)
-        x = (p - k.one_minus_b1 * z) / k.b1
-        x = k.one_minus_c * x + k.c * z_new
-        p = k.one_minus_b1 * z_new + k.b1 * x
-        z = z_new
+        z = z - k.step_lr * g / (sqrt(v / k.bc2) + k.eps)
+        x = (p - k.one_minus_b1 * z) / k.b1  # z updated already: see the module's doc
+        x = k.one_minus_c * x + k.c * z
+        p = k.one_minus_b1 * z + k.b1 * x
     else:
         if f.flavor == KERAS:
             if k.wd != 0:
@@ -164,11 +166,10 @@ def unfused_adamw(xp, p, g, s, k, f):
         if k.wd != 0:
             p -= p * k.wd * k.lr
         v += (g * g - v) * k.one_minus_b2
-        z_new = z - k.step_lr * g / (xp.sqrt(v / k.bc2) + k.eps)
+        z -= k.step_lr * g / (xp.sqrt(v / k.bc2) + k.eps)
         x = (p - k.one_minus_b1 * z) / k.b1
-        x = k.one_minus_c * x + k.c * z_new
-        p[...] = k.one_minus_b1 * z_new + k.b1 * x
-        z[...] = z_new
+        x = k.one_minus_c * x + k.c * z
+        p[...] = k.one_minus_b1 * z + k.b1 * x
         return
     v *= k.b2
     v += k.one_minus_b2 * (g * g)
@@ -295,7 +296,8 @@ ADAMW = declare(
                keyword=(), counts_steps=False,
                state=(("z", "z"), ("v", "exp_avg_sq")),
                peer="schedulefree:AdamWScheduleFree", rule=_TORCH_ROW),
-    keras=dict(name="ScheduleFreeAdamW", state_attributes=("_momentums", "_velocities")))
+    keras=dict(name="ScheduleFreeAdamW",
+               state_attributes=(("z", "_momentums"), ("v", "_velocities"))))
 
 SGD = declare(
     name="schedulefreesgd", class_name="ScheduleFreeSGD", rule=rule, unfused=unfused_sgd,
