@@ -335,6 +335,12 @@ def unfused_switch(xp, p, g, s, k, f):
         _lerp_in_place(xp, p, g, k)
 
 
+def _unread_switch(flags):
+    """Eval writes y without reading it; restoring y reads neither the param nor z."""
+    _, _, _, to_eval, saved = flags
+    return ("y",) if to_eval else ("p", "g") if saved else ()
+
+
 def _flags_switch(hp, convention):
     return (KERAS, 0, 0, int(hp["to_eval"]), int(hp["to_eval"] or hp["saved"]))
 
@@ -364,7 +370,7 @@ SWITCH = declare(
             Hyper("saved", True, boolean)),
     check=_check_adamw, flag_names=FLAG_NAMES, flags=_flags_switch,
     all_flags=((KERAS, 0, 0, 1, 1), (KERAS, 0, 0, 0, 1), (KERAS, 0, 0, 0, 0)), slots=SLOTS,
-    scalar_names=SCALARS, scalar_fn=scalars_switch)
+    scalar_names=SCALARS, scalar_fn=scalars_switch, unread=_unread_switch)
 
 SPECS = (ADAMW, SGD, SWITCH)
 __test__ = {"ScheduleFreeAdamW": DOC_ADAMW, "ScheduleFreeSGD": DOC_SGD,

@@ -57,6 +57,9 @@ class OptimizerSpec:
       every earlier step had had ``hp``, what a fresh engine of ``fusedopt.functional``
       knows); ``scalar_fn`` sees them in ``hp`` when known. None: the scalars are a
       function of the hyperparameters and the step alone.
+    - ``unread(flags)``: the operands ("p", "g" or a slot) a variant's rule does not read
+      (the machine-code gate counts the loads a vector step needs from it): schedule-free's
+      switch writes y without reading it, and restoring y reads neither p nor z.
     - ``switch``: (registry name, hyperparameter): the optimizer whose rule moves the
       params between the point a step needs and the point to evaluate (schedule-free's
       train/eval, fusedopt/engine/modes.py), and which of ours is its ``beta_1``.
@@ -80,6 +83,7 @@ class OptimizerSpec:
     unfused: Callable
     slot_init: Callable[[Mapping[str, Any]], float] = lambda hp: 0.0
     check: Callable[[Mapping[str, Any], str], None] = lambda hp, convention: None
+    unread: Callable[[tuple], tuple] = lambda flags: ()
     running: Mapping[str, float] | None = None
     advance: Callable | None = None
     switch: tuple[str, str] | None = None
