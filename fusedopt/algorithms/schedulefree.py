@@ -35,6 +35,7 @@ from ..constants import KERAS, TORCH_L2
 from .hyper import AtLeast, InRange
 from .rulelib import sqrt
 from .spec import (
+    LEARNING_RATE,
     TORCH_ONLY,
     WEIGHT_DECAY,
     Hyper,
@@ -280,6 +281,7 @@ Example::
 
 ADAMW = declare(
     name="schedulefreeadamw", class_name="ScheduleFreeAdamW", rule=rule,
+    keras_name="schedule_free_adam_w",
     unfused=unfused_adamw, doc=DOC_ADAMW, switch=("schedulefreeswitch", "beta_1"),
     hypers=(Hyper("learning_rate", 0.0025, learning_rate), Hyper("beta_1", 0.9, _POSITIVE_BETA),
             Hyper("beta_2", 0.999, _POSITIVE_BETA), Hyper("epsilon", 1e-8, AtLeast(0.0)),
@@ -301,6 +303,7 @@ ADAMW = declare(
 
 SGD = declare(
     name="schedulefreesgd", class_name="ScheduleFreeSGD", rule=rule, unfused=unfused_sgd,
+    keras_name="schedule_free_sgd",
     doc=DOC_SGD, switch=("schedulefreeswitch", "momentum"),
     hypers=(Hyper("learning_rate", 1.0, learning_rate), Hyper("momentum", 0.9, _POSITIVE_BETA),
             WEIGHT_DECAY, WARMUP, R, WEIGHT_LR_POWER),
@@ -366,7 +369,8 @@ Example::
 SWITCH = declare(
     name="schedulefreeswitch", class_name="ScheduleFreeSwitch", rule=rule,
     unfused=unfused_switch, doc=DOC_SWITCH,
-    hypers=(Hyper("beta_1", 0.9, _POSITIVE_BETA), Hyper("to_eval", True, boolean),
+    # learning_rate: unused (the move has no step size), taken as every optimizer takes it.
+    hypers=(LEARNING_RATE, Hyper("beta_1", 0.9, _POSITIVE_BETA), Hyper("to_eval", True, boolean),
             Hyper("saved", True, boolean)),
     check=_check_adamw, flag_names=FLAG_NAMES, flags=_flags_switch,
     all_flags=((KERAS, 0, 0, 1, 1), (KERAS, 0, 0, 0, 1), (KERAS, 0, 0, 0, 0)), slots=SLOTS,

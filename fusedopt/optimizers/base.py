@@ -304,6 +304,8 @@ class Optimizer(Checkpoints):
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
                "ema_overwrite_frequency": self.ema_overwrite_frequency, **_KERAS_FIXED}
+        if "weight_decay" not in self.hyper:  # an optimizer without (schedule-free's switch)
+            del cfg["weight_decay"]
         # A hyperparameter of the other convention only (always at its default here) is left
         # out, so the keys stay those of the real library.
         hidden = {h.name for h in self._spec.hypers if self.convention not in h.conventions}
