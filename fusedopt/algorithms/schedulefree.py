@@ -249,10 +249,12 @@ Example::
 
     >>> import numpy as np, fusedopt
     >>> w = np.ones(3, np.float32)
-    >>> opt = fusedopt.ScheduleFreeAdamW(learning_rate=0.5)
+    >>> opt = fusedopt.ScheduleFreeAdamW(learning_rate=0.5, convention="torch")
     >>> opt.apply_gradients([(np.array([1, -2, 0], np.float32), w)])
     1
     >>> w    # step 1: c = 1, y = z - lr gn with gn = g / |g|
+    array([0.5, 1.5, 1. ], dtype=float32)
+    >>> opt.eval(); w    # x = z: y = (1 - b1) z + b1 x, with x = z after one step
     array([0.5, 1.5, 1. ], dtype=float32)
 """
 
