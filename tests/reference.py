@@ -212,7 +212,7 @@ def _schedule_free(p, g, state, t, hp, convention, b1, normalize, x_from_new_z=F
     lr, warmup, wd = hp["learning_rate"], hp["warmup_steps"], hp.get("weight_decay") or 0.0
     lr_t = lr * min(1.0, t / warmup) if warmup > 0 else lr
     if "z" not in state:  # z starts at the param, as it was before the first step
-        state["z"] = np.array(p, np.float64)
+        state["z"] = p
     if convention == "keras":
         if wd:
             p = p - p * wd * lr
@@ -253,10 +253,10 @@ def schedulefreeswitch(p, g, state, t, hp, convention):
     or, without one, y = (1 - b1) z + b1 x."""
     b1, z = hp["beta_1"], g
     if hp["to_eval"]:
-        state["y"] = np.array(p, np.float64)
+        state["y"] = p
         return (p - (1 - b1) * z) / b1
     if hp["saved"]:
-        return _zeros(state, "y", p).copy()
+        return _zeros(state, "y", p)
     return (1 - b1) * z + b1 * p
 
 

@@ -31,6 +31,8 @@ package does. It runs through the engine as an optimizer step whose "grad" is z
 
 from __future__ import annotations
 
+import math
+
 from ..constants import KERAS, TORCH_L2
 from .hyper import AtLeast, InRange
 from .rulelib import sqrt
@@ -48,8 +50,12 @@ from .spec import (
 RUNNING = {"lr_max": -1.0, "weight_sum": 0.0}
 _POSITIVE_BETA = InRange(0.0, 1.0)
 WARMUP = Hyper("warmup_steps", 0, AtLeast(0.0))
-R = Hyper("r", 0.0, AtLeast(0.0), conventions=TORCH_ONLY)
-WEIGHT_LR_POWER = Hyper("weight_lr_power", 2.0, AtLeast(0.0), conventions=TORCH_ONLY)
+#: Powers of the averaging weight t^r lr_max^weight_lr_power: at most 15, so that t^r stays
+#: finite in float64 for every step count below 2^64 (the schedulefree package takes any
+#: value and fails with an OverflowError at the step where the weight overflows).
+R = Hyper("r", 0.0, InRange(0.0, 15.0, closed_high=True), conventions=TORCH_ONLY)
+WEIGHT_LR_POWER = Hyper("weight_lr_power", 2.0, InRange(0.0, 15.0, closed_high=True),
+                        conventions=TORCH_ONLY)
 
 
 def _scheduled_lr(hp, step):
@@ -58,7 +64,10 @@ def _scheduled_lr(hp, step):
 
 
 def _weight(hp, step, lr_max):
-    return float(step) ** float(hp["r"]) * lr_max ** float(hp["weight_lr_power"])
+    try:
+        return float(step) ** float(hp["r"]) * lr_max ** float(hp["weight_lr_power"])
+    except OverflowError:  # a huge learning rate: the step's scalars become NaN, refused
+        return math.inf
 
 
 def advance(hp, step, running):

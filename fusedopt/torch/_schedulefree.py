@@ -49,6 +49,8 @@ class ScheduleFree(Optimizer):
         modes.switch(self._engine, to_eval)
         for group in self.param_groups:
             group["train_mode"] = not to_eval
+            for p in group["params"]:  # the package's train()/eval() make an entry each
+                self.state[p]  # noqa: B018
         self._expose_kept()
 
     def _expose_kept(self) -> None:
