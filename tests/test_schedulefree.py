@@ -247,12 +247,42 @@ def test_core_round_trip_with_masters_and_16_bit_state():
                                           np.asarray(state[k]).view(np.uint8))
 
 
-def test_switch_refused_where_z_cannot_be_read_as_the_param():
+@pytest.mark.parametrize("options,match", [
+    ({}, r"bfloat16 with float32 state.*state_dtype.*master"),
+    (dict(kahan_summation=True, state_dtype="bfloat16"), r"Kahan.*master_weights"),
+])
+def test_switch_refused_where_y_could_not_come_back_exactly(options, match):
     import ml_dtypes
-    opt, w = _numpy_run(fusedopt.ScheduleFreeAdamW, 1, w=np.ones(257, ml_dtypes.bfloat16))
-    with pytest.raises(ValueError, match=r"bfloat16 with float32 state.*state_dtype.*master"):
+    opt, w = _numpy_run(fusedopt.ScheduleFreeAdamW, 1, w=np.ones(257, ml_dtypes.bfloat16),
+                        **options)
+    before = w.copy(), {k: v.copy() for k, v in opt.state(w).items()}
+    with pytest.raises(ValueError, match=match):
         opt.eval()
+    np.testing.assert_array_equal(w.view(np.uint16), before[0].view(np.uint16))
+    for k, v in opt.state(w).items():
+        np.testing.assert_array_equal(np.asarray(v).view(np.uint8),
+                                      np.asarray(before[1][k]).view(np.uint8))
     opt.apply_gradients([(np.ones(257, ml_dtypes.bfloat16), w)])  # still in train mode
+
+
+def test_torch_float16_params_need_float16_state_or_a_master_to_switch():
+    model = _model().half()
+    opt = fusedopt.torch.AdamWScheduleFree(model.parameters())
+    opt.train()
+    model(_X.half()).sum().backward()
+    opt.step()
+    with pytest.raises(ValueError, match="float16 with float32 state"):
+        opt.eval()
+    assert opt.param_groups[0]["train_mode"] is True
+    model = _model().half()
+    opt = fusedopt.torch.AdamWScheduleFree(model.parameters(), master_weights=True)
+    opt.train()
+    model(_X.half()).sum().backward()
+    opt.step()
+    y = _params(model)
+    opt.eval()
+    opt.train()
+    assert all(torch.equal(p, q) for p, q in zip(y, _params(model)))
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -16,12 +16,14 @@ import numpy as np
 
 from ..algorithms.registry import lookup
 from ..memory.arrays import kind_of
+from ..memory.storage import grad_dtypes
 
 
 def switch(engine, to_eval: bool) -> bool:
     """Move ``engine``'s params to x (``to_eval``) or back to y; False if they are there
-    already. Refused, naming the fix, for an optimizer without two points and for params
-    whose z cannot be read as their grad (16-bit params with float32 state and no master)."""
+    already. Refused, naming the fix and changing nothing, for an optimizer without two
+    points, for params whose z cannot be read as their grad (a state dtype other than the
+    param's, without a master) and for Kahan-compensated params."""
     spec = engine.spec
     if spec.switch is None:
         raise ValueError(f"{spec.name} has no train and eval points; train()/eval() are for "
@@ -64,7 +66,12 @@ def switch(engine, to_eval: bool) -> bool:
 
 def _check_readable(engine, pos: int) -> None:
     st = engine.storages[pos]
-    if st.state != st.param and not st.master:
+    if st.mode == "kahan":
+        raise ValueError(f"param {pos} keeps a Kahan compensation: train()/eval() would keep "
+                         "y in the state dtype without it, and the way back would not be bit "
+                         "for bit; use master_weights=True (or 'remainder') or "
+                         "stochastic_rounding=True for schedule-free")
+    if st.state not in grad_dtypes(st.param, st.mode):
         raise ValueError(f"param {pos} is {st.param} with {st.state} state: train()/eval() "
                          f"read z as the param's own dtype; keep the state in {st.param} "
                          "(state_dtype) or keep a master (master_weights=True)")
