@@ -47,3 +47,17 @@ def test_config_is_keras_and_round_trips():
                                                          name="sf").get_config()
     again = fusedopt.keras.ScheduleFreeAdamW.from_config(config)
     assert again.get_config() == config
+
+
+def test_a_saved_model_continues_bit_for_bit(tmp_path):
+    whole = fit(fusedopt.keras.ScheduleFreeAdamW(learning_rate=0.01, warmup_steps=3),
+                epochs=4)
+    part = fit(fusedopt.keras.ScheduleFreeAdamW(learning_rate=0.01, warmup_steps=3),
+               epochs=2)
+    part.save(tmp_path / "sf.keras")
+    loaded = keras.saving.load_model(tmp_path / "sf.keras")
+    assert isinstance(loaded.optimizer, fusedopt.keras.ScheduleFreeAdamW)
+    train = data()
+    loaded.fit(train.x, train.y, batch_size=10, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(weights(loaded), weights(whole)):
+        np.testing.assert_array_equal(a, b)
