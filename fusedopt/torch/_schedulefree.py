@@ -50,7 +50,7 @@ class ScheduleFree(Optimizer):
         for group in self.param_groups:
             group["train_mode"] = not to_eval
             for p in group["params"]:  # the package's train()/eval() make an entry each
-                self.state[p]  # noqa: B018
+                _ = self.state[p]
         self._expose_kept()
 
     def _expose_kept(self) -> None:
