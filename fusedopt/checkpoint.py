@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import modes
 from .engine.validate import memory_order
 from .memory.arrays import kind_of
 
@@ -198,6 +199,7 @@ def describe(opt) -> dict:
         "steps": [int(s) for s in engine.steps],
         "seed": getattr(opt, "seed", None),
         "params": params,
+        **modes.saved_points(engine),  # schedule-free: the point held, the running sums
     }
 
 
@@ -218,6 +220,8 @@ def save(opt, path) -> None:
               for n, s in zip(engine.slot_names(i), engine.states[i])}
     arrays.update({f"average/{i}": kind_of(a).to_host(a)  # use_ema's moving averages
                    for i, a in enumerate(engine.averages)})
+    arrays.update({f"kept/{i}": kind_of(y).to_host(y)  # the training point, in eval mode
+                   for i, y in enumerate(engine.kept or ()) if y is not None})
     write(path, arrays, meta)
 
 
@@ -304,6 +308,8 @@ class Pending:
             engine.seed = int(self.meta["seed"])
         steps = self.meta.get("steps") or [0] * len(engine.params)
         engine.steps[:] = [int(s) for s in steps]
+        kept = {key.split("/")[1]: a for key, a in self.arrays.items() if key.startswith("kept/")}
+        modes.restore_points(engine, dict(self.meta, kept=kept), np.asarray)
 
     def _mismatch(self, what: str):
         raise CheckpointMismatch(f"the checkpoint {self.path} does not fit this optimizer: {what}")

@@ -151,3 +151,29 @@ CASES.update({
     "adadelta": {"keras": _decay_every_other(_ADADELTA),
                  "torch": _decay_every_other(_ADADELTA)},
 })
+
+
+# --- schedule-free: warm-up, the polynomial weighting r, the lr weighting, weight decay -------
+_SF = [dict(learning_rate=0.02), dict(learning_rate=0.05, warmup_steps=4, weight_decay=0.1),
+       dict(learning_rate=0.03, warmup_steps=3, r=1.0, weight_lr_power=1.0)]
+CASES.update({
+    "schedulefreeadamw": {
+        "keras": [dict(learning_rate=0.02), dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99,
+                                                 epsilon=1e-3, warmup_steps=4),
+                  dict(learning_rate=0.03, weight_decay=0.1)],
+        "torch": [*_SF, dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-3,
+                             weight_decay=0.05)],
+    },
+    "schedulefreesgd": {
+        "keras": [dict(learning_rate=0.01), dict(learning_rate=0.02, momentum=0.8,
+                                                 warmup_steps=4, weight_decay=0.1)],
+        "torch": [dict(learning_rate=0.01), dict(learning_rate=0.02, warmup_steps=4,
+                                                 weight_decay=0.1),
+                  dict(learning_rate=0.01, momentum=0.5, r=1.0, weight_lr_power=1.0)],
+    },
+    # Ten evals in a row, z up to 10 and the result near 0: x = (y - (1 - b1) z) / b1
+    # cancels, so a beta_1 near 1 keeps the float32 error within the table's atol.
+    "schedulefreeswitch": {
+        conv: [dict(beta_1=0.98, to_eval=True), dict(beta_1=0.8, to_eval=False, saved=False),
+               dict(to_eval=False, saved=True)] for conv in ("keras", "torch")},
+})

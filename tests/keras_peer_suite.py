@@ -30,7 +30,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 #: The test modules of the installed keras that concern the optimizers fusedopt.keras has.
 MODULES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion",
-           "optimizer", "loss_scale_optimizer", "multi_optimizer", "optimizer_sparse")
+           "schedule_free_adamw", "optimizer", "loss_scale_optimizer", "multi_optimizer",
+           "optimizer_sparse")
 
 
 def test_files() -> list[str]:
@@ -54,7 +55,7 @@ class Substitute:
         self.keras_optimizers = keras_optimizers
         self.fused = {name: getattr(fusedopt.keras, name) for name in
                       ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                       "Nadam", "Lion")}
+                       "Nadam", "Lion", "ScheduleFreeAdamW")}
         self.view = types.ModuleType(keras_optimizers.__name__)
         self.view.__dict__.update(vars(keras_optimizers))
         self.view.__dict__.update(self.fused)

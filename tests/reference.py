@@ -198,6 +198,68 @@ def radam(p, g, state, t, hp, convention):
     r = np.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
     return p - lr * m_hat * adaptive * r
 
+# --- schedule-free (Defazio et al. 2024; the schedulefree package's and Keras' docs) ---------
+
+def _schedule_free(p, g, state, t, hp, convention, b1, normalize, x_from_new_z=False):
+    """One schedule-free step in the paper's three sequences: z the SGD/Adam iterates, x
+    their weighted average, the param y = (1 - b1) z + b1 x. x is not kept: it is
+    recovered from y and z. Torch (the schedulefree package): c_t = w_t / sum w with
+    w_t = t^r lr_max^weight_lr_power, lr_max the largest warmed-up lr so far, weight decay
+    wd * y added to the normalized grad. Keras: c_t = 1/t, y -= y * wd * lr first.
+    ``x_from_new_z``: x recovered from y and the new z (what Keras 3.15's AdamW computes on
+    its torch backend, where its "momentum_old" is the variable's tensor, updated in place
+    before it is read)."""
+    lr, warmup, wd = hp["learning_rate"], hp["warmup_steps"], hp.get("weight_decay") or 0.0
+    lr_t = lr * min(1.0, t / warmup) if warmup > 0 else lr
+    if "z" not in state:  # z starts at the param, as it was before the first step
+        state["z"] = p
+    if convention == "keras":
+        if wd:
+            p = p - p * wd * lr
+        c = 1.0 / t
+    else:
+        state["lr_max"] = max(state.get("lr_max", -1.0), lr_t)
+        w = t ** hp["r"] * state["lr_max"] ** hp["weight_lr_power"]
+        state["weight_sum"] = state.get("weight_sum", 0.0) + w
+        c = w / state["weight_sum"] if state["weight_sum"] else 0.0
+    z = state["z"]
+    gn = normalize(g)
+    if convention == "torch" and wd:
+        gn = gn + wd * p
+    z_new = z - lr_t * gn
+    x = (p - (1 - b1) * (z_new if x_from_new_z else z)) / b1
+    z = state["z"] = z_new
+    x = (1 - c) * x + c * z
+    return (1 - b1) * z + b1 * x
+
+
+def schedulefreeadamw(p, g, state, t, hp, convention):
+    b2, eps = hp["beta_2"], hp["epsilon"]
+
+    def normalize(g):
+        v = state["v"] = b2 * _zeros(state, "v", p) + (1 - b2) * g * g
+        return g / (np.sqrt(v / (1 - b2**t)) + eps)
+    return _schedule_free(p, g, state, t, hp, convention, hp["beta_1"], normalize,
+                          x_from_new_z=convention == "keras")
+
+
+def schedulefreesgd(p, g, state, t, hp, convention):
+    return _schedule_free(p, g, state, t, hp, convention, hp["momentum"], lambda g: g)
+
+
+def schedulefreeswitch(p, g, state, t, hp, convention):
+    """The train/eval move with z given as the grad: eval keeps y and gives
+    x = (y - (1 - b1) z) / b1; train gives the kept y (zero if none was kept: a fresh slot)
+    or, without one, y = (1 - b1) z + b1 x."""
+    b1, z = hp["beta_1"], g
+    if hp["to_eval"]:
+        state["y"] = p
+        return (p - (1 - b1) * z) / b1
+    if hp["saved"]:
+        return _zeros(state, "y", p)
+    return (1 - b1) * z + b1 * p
+
+
 # --- gradient clipping ------------------------------------------------------------------------
 
 def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):

@@ -18,7 +18,9 @@ def run_fused(name, hp, convention, backend, p, grads):
     spec = REGISTRY[name]
     flags = spec.flags({**spec.defaults(), **hp}, convention)
     init = spec.slot_init({**spec.defaults(), **hp})
-    slots = [np.full_like(p, init) for _ in spec.slots(flags)]
+    copies = {s.name for s in spec.slot_decls if s.from_param}  # schedule-free's z
+    slots = [p.copy() if name in copies else np.full_like(p, init)
+             for name in spec.slots(flags)]
     for t, g in enumerate(grads, start=1):
         fusedopt.functional.update(name, [p], [g], [slots], step=t, convention=convention,
                                    backend=backend, **hp)

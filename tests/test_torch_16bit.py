@@ -21,8 +21,9 @@ DTYPE_IDS = lambda d: str(d)[6:]  # noqa: E731
 #: alpha = 0.99, ~5e-3 at beta2 = 0.999), and adds eps in float16, where 1e-8 is 0: its
 #: steps divide by zero (the test below). fusedopt keeps float32 state for float16 params
 #: for this reason (fusedopt/memory/storage.py); its steps from the same inputs differ by design.
-#: RAdam's peer does the same from its first rectified step (the sixth at beta2 = 0.999).
-FP16_UNDERFLOWS = ("rmsprop", "nadam", "radam")
+#: RAdam's peer does the same from its first rectified step (the sixth at beta2 = 0.999),
+#: and schedulefree's AdamWScheduleFree from its first (its exp_avg_sq and eps, float16).
+FP16_UNDERFLOWS = ("rmsprop", "nadam", "radam", "schedulefreeadamw")
 #: Rprop's peer computes grad * prev in float16, where the products of this model's smallest
 #: grads (|g| below ~2e-4) underflow to 0: it then sees no sign change there and keeps the
 #: step size, where fusedopt (float32 math, float32 state for float16 params) shrinks it.

@@ -87,8 +87,8 @@ def _fit(make, precision):
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_mixed_precision_with_gradient_clipping_matches_torch(name, precision):
     hp = {"lr": 0.05} if name in ("sgd", "adadelta") else {"lr": 1e-2}
-    ours = _fit(lambda ps: ft.CLASSES[name](ps, **hp), precision)
-    theirs = _fit(lambda ps: loops.peer_class(name)(ps, **hp), precision)
+    ours = _fit(lambda ps: loops.training(ft.CLASSES[name](ps, **hp)), precision)
+    theirs = _fit(lambda ps: loops.training(loops.peer_class(name)(ps, **hp)), precision)
     assert len(ours.norms) == STEPS and min(ours.norms) > 2 * CLIP  # every step clipped
     if precision == "16-mixed":
         # GradScaler.step handed fusedopt its inf flag, and no scale: Lightning unscaled.

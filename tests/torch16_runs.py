@@ -20,7 +20,7 @@ FUSED_16BIT = {"Adam", "AdamW", "Adagrad"}
 
 def peer(name: str, params, hp: dict):
     extra = dict(fused=True) if fused_peer(name) else {}
-    return loops.peer_class(name)(params, **hp, **extra)
+    return loops.training(loops.peer_class(name)(params, **hp, **extra))
 
 
 def fused_peer(name: str) -> bool:
@@ -75,4 +75,4 @@ def loss_and_grads(model, x, y, twin=None) -> None:
 
 
 def fused(name: str, params, hp: dict, **storage):
-    return ft.CLASSES[name](params, **hp, **storage)
+    return loops.training(ft.CLASSES[name](params, **hp, **storage))

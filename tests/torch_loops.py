@@ -88,10 +88,18 @@ def peer_class(name: str):
 def make(name: str, params, hp: dict, which: str):
     """fusedopt's class ("fused") or the peer ("peer") for registered ``name``."""
     if which == "fused":
-        return ft.CLASSES[name](params, **hp)
+        return training(ft.CLASSES[name](params, **hp))
     cls = peer_class(name)
     extra = dict(fused=True) if cls.__name__ in FUSED_ON_CPU and name != "lion" else {}
-    return cls(params, **hp, **extra)
+    return training(cls(params, **hp, **extra))
+
+
+def training(opt):
+    """``opt`` in train mode: the schedule-free optimizers start in eval mode (their
+    params hold the point to evaluate) and refuse to step there."""
+    if callable(getattr(opt, "train", None)):
+        opt.train()
+    return opt
 
 
 def train(model, opt, steps: int, x, y, *, scheduler=None, scaler=None, autocast=False,

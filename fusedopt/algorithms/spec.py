@@ -48,10 +48,12 @@ DTYPES = PARAM_DTYPES
 @dataclass(frozen=True)
 class Slot:
     """A state slot: its name (also the rule's argument for it, and the Keras-style state
-    key), and the flag that must be set for the variant to have it (None: always)."""
+    key), the flag that must be set for the variant to have it (None: always), and whether
+    it starts as a copy of the param (schedule-free's z) rather than ``slot_init``."""
 
     name: str
     when: str | None = None
+    from_param: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ class OptimizerSpec:
       ``unfused``: the same math as whole-array expressions, the baseline.
     - ``check(hp, convention)``: raises ValueError for hyperparameters that each pass their
       own check but not together.
+    - ``running`` / ``advance(hp, step, running)``: optimizer-level scalars kept per
+      hyperparameter group across steps (schedule-free's lr_max and weight_sum), their
+      values before any step and after applied step ``step`` (``running`` None: as if
+      every earlier step had had ``hp``, what a fresh engine of ``fusedopt.functional``
+      knows); ``scalar_fn`` sees them in ``hp`` when known. None: the scalars are a
+      function of the hyperparameters and the step alone.
+    - ``unread(flags)``: the operands ("p", "g" or a slot) a variant's rule does not read
+      (the machine-code gate counts the loads a vector step needs from it): schedule-free's
+      switch writes y without reading it, and restoring y reads neither p nor z.
+    - ``switch``: (registry name, hyperparameter): the optimizer whose rule moves the
+      params between the point a step needs and the point to evaluate (schedule-free's
+      train/eval, fusedopt/engine/modes.py), and which of ours is its ``beta_1``.
     - ``keras_signature``: the Keras-style class's arguments in order (default: ``hypers``'
       Keras ones); ``doc``: its docstring. ``torch`` / ``keras``: what those doors need
       (fusedopt/torch/_names.py, fusedopt/keras/optimizers.py read them); None: no class.
@@ -106,6 +120,10 @@ class OptimizerSpec:
     unfused: Callable
     slot_init: Callable[[Mapping[str, Any]], float] = lambda hp: 0.0
     check: Callable[[Mapping[str, Any], str], None] = lambda hp, convention: None
+    unread: Callable[[tuple], tuple] = lambda flags: ()
+    running: Mapping[str, float] | None = None
+    advance: Callable | None = None
+    switch: tuple[str, str] | None = None
     dtypes: tuple[str, ...] = DTYPES
     keras_signature: tuple[str, ...] = ()
     doc: str = ""
@@ -163,7 +181,8 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
                          scalar_names=tuple(scalar_names), rule=rule, Scalars=scalars_type,
                          Flags=flags_type, **fields)
     for convention in CONVENTIONS:  # once, here: the step reads them by these names
-        given = set(spec.scalar_fn(spec.defaults(), 1, convention))
+        given = set(spec.scalar_fn({**spec.defaults(), **(spec.running or {})}, 1,
+                                   convention))
         if given != set(spec.scalar_names):
             raise TypeError(f"{name}'s scalars() must give exactly {spec.scalar_names} "
                             f"({convention} convention): missing "

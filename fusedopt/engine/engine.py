@@ -115,6 +115,10 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         self._index: dict[int, int] = {}  # id(param) -> position
         self._launch_cache: dict = {}
         self._plans: dict = {}
+        # Optimizers with two points (schedule-free: fusedopt/engine/modes.py): the params
+        # hold the evaluation point, and the training point each kept for the way back.
+        self.evaluating = False
+        self.kept: list | None = None
 
     # --- params and state -------------------------------------------------------------------
     def storage_of(self, position: int, param, group: int | None = None) -> "_storage.Storage":
@@ -167,10 +171,11 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
+        copies = {s.name for s in self.spec.slot_decls if s.from_param}
         made_all = []
         for i, p in enumerate(params):
             made = (list(states[i]) if states is not None
-                    else _new_state(p, slots, storages[i], init))
+                    else _new_state(p, slots, storages[i], init, copies))
             if not all(_validate.same_order(s, p) for s in made):
                 raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
                                  "makes state arrays in C order; pass a C-contiguous param")
@@ -277,6 +282,8 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
     def _confirm(self, positions, applied: bool) -> None:
         self._outcome = applied
         if applied:
+            if self.spec.running is not None:
+                self._advance_running(positions)
             self._iterations += 1
             for pos in positions:
                 self._steps[pos] += 1
@@ -333,11 +340,15 @@ def _slot_dtypes(slots: tuple, st) -> tuple:
     return names, dtypes
 
 
-def _new_state(param, slots: tuple, st, init: float) -> list:
-    """State arrays beside ``param``: the slots filled with ``init``, then the master slot
-    (the param widened to float32, or zero remainders: a bf16 value splits exactly)."""
+def _new_state(param, slots: tuple, st, init: float, copies=frozenset()) -> list:
+    """State arrays beside ``param``: the slots filled with ``init`` (those in ``copies``
+    with the param's values), then the master slot (the param widened to float32, or zero
+    remainders: a bf16 value splits exactly)."""
     kind = kind_of(param)
     made = [kind.zeros(param, st.state, init) for _ in slots]
+    for name, array in zip(slots, made):
+        if name in copies:
+            array[...] = param
     if st.mode == "master":
         made.append(kind.astype(param, "float32"))
     elif st.mode == "remainder":

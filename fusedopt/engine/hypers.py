@@ -20,6 +20,9 @@ class HyperGroup:
     maximize: bool = False  # grads enter the rules negated (a -1 in their grad scale)
     state_dtype: Any = None  # the storage policy of its params (fusedopt/memory/storage.py)
     mode: str = "plain"
+    # The spec's running scalars (OptimizerSpec.running); None until a step of this engine
+    # advanced them: the spec then takes them as if every earlier step had these hypers.
+    running: dict | None = None
 
 
 
@@ -136,4 +139,5 @@ class HyperGroups:
                                  f"state_dtype={old.state_dtype!r}, "
                                  f"{_storage.describe(old.mode)}; set those before the "
                                  "first step, or make a new optimizer")
+        new.running = old.running  # a new learning rate continues the same averages
         self.hypers[index] = new

@@ -42,6 +42,9 @@ class StepPhases:
         device, or here); the grad pre-pass (norms for clipping, the inf/NaN check); the
         launches; the moving average and the step count.
         """
+        if self.evaluating:
+            raise RuntimeError(f"{self.spec.name}: the params hold the evaluation point "
+                               "(eval() was called); call train() before stepping")
         call = self._arguments(grads, positions, grad_scale, found_inf)
         if call is None:  # found_inf given, set, and on the host: nothing is launched
             self._outcome = False
@@ -71,6 +74,8 @@ class StepPhases:
         if grad_scale is not None:
             grad_scale = _as_grad_scale(grad_scale)
         checked = found_inf is not None
+        if checked and self.spec.running is not None:  # decided here: see _decision
+            found_inf = float(found_inf)
         if checked and _on_host(found_inf):
             if float(found_inf) != 0.0:
                 return None
@@ -104,7 +109,9 @@ class StepPhases:
     def _decision(self, plan, launches, grad_scale, found_inf, checked):
         """Where a loss-scaled step is decided: ``(window, slot)`` of the device's flag ring
         when the device decides it, else ``(None, -1)``."""
-        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
+        # Running scalars (schedule-free's weight sum) advance only with an applied step:
+        # the host decides, so that the next step's scalars are known.
+        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False) and self.spec.running is None
                      and len({launch.device for launch in launches}) == 1)
         decide_on_device = on_device and (found_inf is not None or (
             grad_scale is not None and not checked))
@@ -212,15 +219,32 @@ class StepPhases:
             return [self._steps[positions[local]] + 1 for local in members]
         return [self._iterations + 1] * len(members)
 
-    def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
-        """The scalar row of 1-based step ``t`` of hyperparameter group ``hyper``. Schedules
-        (callables of the step count) are evaluated here, the one place they are."""
-        hp = self.hypers[hyper].hyper
+    def _hyper_at(self, hyper: int, t: int) -> dict:
+        """Group ``hyper``'s hyperparameters at 1-based step ``t``, with its running scalars,
+        if any. Schedules (callables of the step count) are evaluated here, the one place
+        they are."""
+        group = self.hypers[hyper]
+        hp = group.hyper
         if any(callable(v) for v in hp.values()):
             hp = {k: float(v(t - 1)) if callable(v) else v for k, v in hp.items()}
+        return hp if group.running is None else {**hp, **group.running}
+
+    def _scalars(self, hyper: int, decays: bool, t: int) -> tuple:
+        """The scalar row of 1-based step ``t`` of hyperparameter group ``hyper``."""
+        hp = self._hyper_at(hyper, t)
         if not decays:
             hp = dict(hp, weight_decay=None)
         return scalar_row(self.spec, hp, t, self.convention)
+
+    def _advance_running(self, positions) -> None:
+        """After an applied step: each stepped group's running scalars, advanced once."""
+        steps: dict = {}
+        for pos in positions:
+            steps.setdefault(self.group_of[pos], (self._steps[pos] if self.per_param_steps
+                                                  else self._iterations) + 1)
+        for index, t in steps.items():
+            group = self.hypers[index]
+            group.running = self.spec.advance(self._hyper_at(index, t), t, group.running)
 
     def _plan(self, positions: tuple, grads: list):
         """Every check for a first step of these positions (or an unusual grad)."""

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from .. import checkpoint
 from ..algorithms.registry import CONVENTIONS, OptimizerSpec, lookup
+from ..engine import modes
 from ..engine import validate as _validate
 from ..engine.clip import Clipping
 from ..engine.dispatch import BACKENDS
@@ -230,6 +231,16 @@ class Optimizer(Checkpoints):
         if self.use_ema:
             overwrite(self._engine.params, self._engine.averages)
 
+    def eval(self) -> None:
+        """Schedule-free: move the params to the point to evaluate (x), one fused pass per
+        dtype; steps are refused until :meth:`train`. Nothing happens if already there."""
+        modes.switch(self._engine, True)
+
+    def train(self) -> None:
+        """Schedule-free: move the params back to the training point (y), bit for bit as
+        they were before :meth:`eval`."""
+        modes.switch(self._engine, False)
+
     def state(self, param) -> dict:
         """The state arrays of ``param`` by slot name (views: writing them changes the state)."""
         return self._engine.state(self._position(param))
@@ -293,6 +304,8 @@ class Optimizer(Checkpoints):
                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
                "ema_overwrite_frequency": self.ema_overwrite_frequency, **_KERAS_FIXED}
+        if "weight_decay" not in self.hyper:  # an optimizer without (schedule-free's switch)
+            del cfg["weight_decay"]
         # A hyperparameter of the other convention only (always at its default here) is left
         # out, so the keys stay those of the real library.
         hidden = {h.name for h in self._spec.hypers if self.convention not in h.conventions}

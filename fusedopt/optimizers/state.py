@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import checkpoint
+from ..engine import modes
 from ..memory.arrays import kind_of
 
 
@@ -39,6 +40,7 @@ class Checkpoints:
         }
         if self.use_ema:
             saved["averages"] = {i: _host(a) for i, a in enumerate(self._engine.averages)}
+        saved.update(modes.saved_points(engine, _host))  # schedule-free: which point, sums
         return saved
 
     def load_state_dict(self, state: dict) -> None:
@@ -89,6 +91,7 @@ class Checkpoints:
             kind_of(a).copy_from_host(a, np.asarray(_host(averages.get(i, averages.get(str(i))))))
         self.iterations = int(state["iterations"])
         self._engine.seed = state.get("seed", self._engine.seed)
+        modes.restore_points(engine, state, _host)
 
     def save(self, path) -> None:
         """Write a checkpoint of this optimizer to ``path``, atomically (fusedopt/checkpoint.py:
@@ -103,3 +106,4 @@ class Checkpoints:
         checkpoint.restore(self, path)
 
     # --- the step ---------------------------------------------------------------------------
+

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import inspect
 
+from ..algorithms.registry import REGISTRY
 from . import _checks
 from ._names import POLICY, ROWS, Row
+from ._schedulefree import ScheduleFree
 from .optimizer import Optimizer
 
 _DOC = """{name}: ``{peer}`` with fusedopt's fused step, torch convention.
@@ -72,8 +74,10 @@ def _doc(row: Row, signature: inspect.Signature) -> str:
 
 
 def optimizer_class(row: Row) -> type:
-    """The torch class of ``row``."""
+    """The torch class of ``row`` (on :class:`ScheduleFree` for an optimizer with train and
+    eval points)."""
     signature = _signature(row)
+    base = ScheduleFree if REGISTRY[row.registry].switch else Optimizer
 
     def __init__(self, *args, **kwargs):
         bound = signature.bind(self, *args, **kwargs)
@@ -82,11 +86,11 @@ def optimizer_class(row: Row) -> type:
         del arguments["self"]
         params = arguments.pop("params")
         _checks.tensor_betas(row, arguments)
-        Optimizer.__init__(self, params, {**arguments, **dict(row.fixed)})
+        base.__init__(self, params, {**arguments, **dict(row.fixed)})
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{row.name}.__init__"
-    return type(row.name, (Optimizer,), {"__init__": __init__, "_row": row,
+    return type(row.name, (base,), {"__init__": __init__, "_row": row,
                                          "__doc__": _doc(row, signature),
                                          "__module__": "fusedopt.torch"})
 

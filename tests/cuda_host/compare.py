@@ -170,7 +170,9 @@ def run_backend(spec: OptimizerSpec, variant: Variant, problem: Problem, dtype: 
     for t, p in enumerate(problem.params):
         params.append(_misaligned_copy(xp, p, dtype) if t in problem.misaligned
                       else xp.array(p, dtype=dtype))  # a copy: the problem stays as made
-    states = [[xp.full(p.shape, init, dtype=dtype) for _ in slot_names] for p in params]
+    copies = {s.name for s in spec.slot_decls if s.from_param}  # schedule-free's z
+    states = [[p.copy() if n in copies else xp.full(p.shape, init, dtype=dtype)
+               for n in slot_names] for p in params]
     for step, grads in enumerate(problem.grads, start=1):
         device_grads = [xp.array(g, dtype=dtype) for g in grads]
         fusedopt.functional.update(spec.name, params, device_grads, states, step=step,

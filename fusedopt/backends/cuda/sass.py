@@ -115,7 +115,9 @@ def vector_accesses() -> dict[str, tuple[int, int]]:
     """name expression -> (128-bit loads, 128-bit stores) one vector step of every
     optimizer entry point makes: VEC = 16 bytes of its narrowest operand, each operand in
     VEC * its bytes / 16 accesses (param, grad, slots and master slot read - the param not
-    with an fp32 master, which is read instead; all but the grad written)."""
+    with an fp32 master, which is read instead; all but the grad written), less what the
+    variant's rule does not read (``OptimizerSpec.unread``; "p": the param and the slot
+    it is kept with)."""
     from ...algorithms.registry import REGISTRY
     out = {}
     for spec in REGISTRY.values():
@@ -127,6 +129,13 @@ def vector_accesses() -> dict[str, tuple[int, int]]:
             vec = 16 // min(sizes)
             per = [vec * b // 16 for b in sizes]
             unread = per[0] if st.mode == "master" else 0
+            operands = ["p", "g", *spec.slots(flags)]
+            for skipped in spec.unread(flags):
+                if skipped != "p":
+                    unread += per[operands.index(skipped)]
+                    continue
+                unread += (0 if st.mode == "master" else per[0]) + (per[-1] if st.master
+                                                                     else 0)
             out[name] = (sum(per) - unread, sum(per) - per[1])
     return out
 
