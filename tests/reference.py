@@ -204,15 +204,19 @@ def radam(p, g, state, t, hp, convention):
 def lamb(p, g, state, t, hp, convention):
     """You et al. 2020, Algorithm 2 (LAMB), with phi the identity: Adam's bias-corrected
     update u, then theta -= lr * ||theta|| / ||u|| * u, the ratio 1 where a norm is 0.
-    Keras' Lamb decays theta first as all Keras optimizers do (its u has no decay term);
-    the paper (torch convention) adds weight_decay * theta to u, inside the ratio."""
+    Keras' Lamb decays theta first as all Keras optimizers do (its u has no decay term) and
+    takes 1 - beta^t in float32 (of its float32 variables); the paper (torch convention)
+    adds weight_decay * theta to u, inside the ratio."""
     b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
     wd = hp.get("weight_decay") or 0.0
     if convention == "keras" and wd:
         p = p - p * wd * lr
     m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
     v = state["v"] = _second_moment(_zeros(state, "v", p), g, b2, convention)
-    u = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    if convention == "keras":  # keras/src/optimizers/lamb.py: 1 - beta**t in the float32
+        bc1, bc2 = (float(np.float32(1) - np.float32(b) ** np.float32(t)) for b in (b1, b2))
+    u = (m / bc1) / (np.sqrt(v / bc2) + eps)
     if convention == "torch":
         u = u + wd * p
     w_norm, u_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(u * u))

@@ -1,7 +1,8 @@
 """LAMB, Adam's update scaled per tensor by a trust ratio (You et al., 2020,
 https://arxiv.org/abs/1904.00962).
 
-Keras (``keras.optimizers.Lamb``; weight decay, when set, is Keras' own, applied first)::
+Keras (``keras.optimizers.Lamb``; weight decay, when set, is Keras' own, applied first;
+``1 - b^t`` in float32, as Keras computes it: :func:`keras_correction`)::
 
     theta -= theta * wd * lr
     m += (g - m)(1 - b1);  v += (g^2 - v)(1 - b2)
@@ -31,6 +32,8 @@ the step's last check.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..constants import KERAS, TORCH_DECOUPLED
 from .rulelib import decay_in_place, sqrt, weight_decay
 from .spec import (
@@ -46,11 +49,22 @@ from .spec import (
 SCALARS = (*DECAY_SCALARS, "b2", "one_minus_b1", "one_minus_b2", "bc1", "bc2", "eps")
 
 
+def keras_correction(beta: float, step: int) -> float:
+    """``1 - beta**t`` as Keras' Lamb computes it for float32 variables: in float32 (the
+    power is float32's correctly rounded one, torch's and NumPy's alike). LAMB carries
+    that rounding in full where the trust ratio is 1 (a zero-initialised bias: u is off
+    by 6.6e-6 at beta_2 = 0.999, step 1), so the Keras convention takes Keras' values."""
+    return float(np.float32(1.0) - np.float32(beta) ** np.float32(step))
+
+
 def scalars(hp, step, convention):
     b1, b2 = float(hp["beta_1"]), float(hp["beta_2"])
+    if convention == "keras":
+        bc1, bc2 = keras_correction(b1, step), keras_correction(b2, step)
+    else:
+        bc1, bc2 = 1.0 - b1**step, 1.0 - b2**step
     return {**decay_scalars(hp), "b2": b2, "one_minus_b1": 1.0 - b1,
-            "one_minus_b2": 1.0 - b2, "bc1": 1.0 - b1**step, "bc2": 1.0 - b2**step,
-            "eps": float(hp["epsilon"])}
+            "one_minus_b2": 1.0 - b2, "bc1": bc1, "bc2": bc2, "eps": float(hp["epsilon"])}
 
 
 def rule(p, g, m, v, k, f):
