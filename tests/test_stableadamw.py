@@ -123,3 +123,29 @@ def test_torch_state_and_groups_are_optimis_where_they_share_keys():
         assert ours_group[key] == their_group[key], key
     assert ours_group["betas"] == (their_group["beta1"], their_group["beta2"])  # torch's key
     assert torch.equal(ours["exp_avg"].bool(), theirs["exp_avg"].bool())
+
+
+KERAS_SETTINGS = [dict(learning_rate=0.01, beta_1=0.8, beta_2=0.9, epsilon=1e-4),
+                  dict(learning_rate=0.005, beta_2=0.5, weight_decay=0.05, clipnorm=0.5)]
+
+
+@pytest.mark.parametrize("hp", KERAS_SETTINGS, ids=["betas-eps", "decay-clip"])
+def test_keras_class_fits_as_a_keras_stableadamw(hp):
+    """fusedopt.keras.StableAdamW in model.fit, 50 steps, against the same class with its
+    update written in keras.ops one variable at a time (tests/keras_peers.py)."""
+    import keras
+    import keras_peers
+    from keras_fit import build_model, fit, weights
+
+    import fusedopt.keras
+    net = fit(fusedopt.keras.StableAdamW(**hp), epochs=10)
+    twin = fit(keras_peers.StableAdamW(**hp), epochs=10)
+    assert int(net.optimizer.iterations) == int(twin.optimizer.iterations) == STEPS
+    ours, theirs = weights(net), weights(twin)
+    for a, b in zip(ours, theirs):
+        assert np.max(np.abs(a - b)) / np.max(np.abs(b)) <= RELATIVE
+    assert [v.path.split("/")[-1] for v in net.optimizer.variables] == \
+        [v.path.split("/")[-1] for v in twin.optimizer.variables]
+    keras.backend.clear_session()
+    start = weights(build_model(0))
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(ours, start)) > 1e-3
