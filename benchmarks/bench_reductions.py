@@ -15,7 +15,8 @@ time. Bytes per element, from the formula ``bytes = n * (read + write)``:
     LAMB         reduction reads p, g, m, v (16)     + element pass 16 + 12    = 44
     StableAdamW  reduction reads g, v (8)            + element pass 16 + 12    = 36
 
-Contenders run interleaved, round by round, in this one process; medians of ``--rounds``.
+Contenders run interleaved, round by round (a block of ``--calls`` calls each), in this one
+process, each on arrays of its own; medians of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -38,41 +39,56 @@ PASSES = {"lamb": {"reduction": (4 * F32, 0), "update": (4 * F32, 3 * F32)},
 
 
 @njit(parallel=True, fastmath={"reassoc", "contract"}, cache=False)
-def _read_sum(arrays, chunk):
-    n = arrays[0].shape[0]
+def _read_sum(a, b, c, d, chunk):
+    """Sum of a + b + c + d in float64, chunk by chunk (d, c may be a again: read once)."""
+    n = a.shape[0]
     chunks = -(-n // chunk)
     out = np.zeros(chunks)
-    for c in prange(chunks):
+    for k in prange(chunks):
         acc = 0.0
-        for i in range(c * chunk, min(n, (c + 1) * chunk)):
-            s = 0.0
-            for a in arrays:
-                s += a[i]
-            acc += s
-        out[c] = acc
+        for i in range(k * chunk, min(n, (k + 1) * chunk)):
+            acc += np.float64(a[i] + b[i] + c[i] + d[i])
+        out[k] = acc
+    return out.sum()
+
+
+@njit(parallel=True, fastmath={"reassoc", "contract"}, cache=False)
+def _read_sum2(a, b, chunk):
+    n = a.shape[0]
+    chunks = -(-n // chunk)
+    out = np.zeros(chunks)
+    for k in prange(chunks):
+        acc = 0.0
+        for i in range(k * chunk, min(n, (k + 1) * chunk)):
+            acc += np.float64(a[i] + b[i])
+        out[k] = acc
     return out.sum()
 
 
 def read_ceiling(arrays):
-    """A step that reads every array of ``arrays`` once (float64 sums, in chunks as the
-    reduction pass takes them) and writes nothing."""
-    arrays = tuple(arrays)
-
-    def step():
-        _read_sum(arrays, config.CPU_CHUNK)
+    """A step that reads every array of ``arrays`` (2 or 4) once, summing in float64 in
+    chunks as the reduction pass takes them, and writes nothing."""
+    if len(arrays) == 4:
+        def step():
+            _read_sum(*arrays, config.CPU_CHUNK)
+    else:
+        def step():
+            _read_sum2(*arrays, config.CPU_CHUNK)
     return step
 
 
 def contenders(name: str, n: int) -> dict:
+    """The fused step and its ceiling, each on arrays of its own (p, g, m, v: the ceiling's
+    two passes read the same four, as the fused step's do)."""
     rng = np.random.default_rng(0)
     p = rng.standard_normal(n).astype(np.float32)
     g = (rng.standard_normal(n) * 0.1).astype(np.float32)
     opt = (fusedopt.Lamb if name == "lamb" else fusedopt.StableAdamW)(learning_rate=1e-4)
     opt.apply_gradients([(g, p)])  # built, compiled
-    m, v = opt.state(p)["m"], opt.state(p)["v"]
-    reads = (p, g, m, v) if name == "lamb" else (g, v)
-    ceiling_read = read_ceiling(reads)
-    ceiling_update = cpu_ceiling(p.copy(), g, [m.copy(), v.copy()])
+    cp, cg = p.copy(), g.copy()
+    cm, cv = opt.state(p)["m"].copy(), opt.state(p)["v"].copy()
+    ceiling_read = read_ceiling((cp, cg, cm, cv) if name == "lamb" else (cg, cv))
+    ceiling_update = cpu_ceiling(cp, cg, [cm, cv])
 
     def fused():
         opt.apply_gradients([(g, p)])
@@ -84,7 +100,9 @@ def contenders(name: str, n: int) -> dict:
             "update ceiling": ceiling_update}
 
 
-def measure(name: str, n: int, rounds: int) -> dict:
+def measure(name: str, n: int, rounds: int, calls: int) -> dict:
+    """Median seconds per call of each contender: ``rounds`` interleaved rounds, each a
+    block of ``calls`` calls."""
     steps = contenders(name, n)
     for step in steps.values():  # warm: compiled, pages touched
         step()
@@ -92,8 +110,9 @@ def measure(name: str, n: int, rounds: int) -> dict:
     for _ in range(rounds):
         for k, step in steps.items():
             start = time.perf_counter()
-            step()
-            times[k].append(time.perf_counter() - start)
+            for _ in range(calls):
+                step()
+            times[k].append((time.perf_counter() - start) / calls)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -101,12 +120,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=1 << 24)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=4, help="calls per timed block")
     args = parser.parse_args(argv)
+    with open("/proc/loadavg") as f:
+        print(f"load average at the start: {f.read().split()[0]}")
     print(f"| optimizer | bytes/elem | fused ms | ceiling ms (reduction + update) | "
           f"fused GB/s | fraction of ceiling |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in ("lamb", "stableadamw"):
-        t = measure(name, args.size, args.rounds)
+        t = measure(name, args.size, args.rounds, args.calls)
         per_element = sum(r + w for r, w in PASSES[name].values())
         gbs = args.size * per_element / t["fused"] / 1e9
         print(f"| {name} | {per_element} | {t['fused'] * 1e3:.2f} | "

@@ -18,6 +18,7 @@ import functools
 import numpy as np
 from numba import carray, njit, prange
 
+from ... import config
 from ...algorithms.spec import MAX_REDUCTIONS
 from ...constants import MAX_SLOTS
 from ...memory.table import rows, work_items
@@ -27,6 +28,24 @@ from .element import _param_io, _pointer
 from .norm import per_tensor
 from .rules import reduction_rule
 from .variant import WITH_SLOT, loop_dtypes
+
+
+#: Elements whose terms are summed together (then added to the task's running sums).
+BLOCK = 1024
+
+
+@njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
+def _block_sums(terms_a, terms_b, n):
+    """The sums of the first ``n`` of each array, in float64. May reassociate, as the grad
+    pre-pass's sums do (config.NORM_FASTMATH): an order fixed at compile time, so a build
+    gives the same sums every run; the rule's own arithmetic, in the caller, keeps IEEE
+    order, so its terms are the element pass's values."""
+    sa = 0.0
+    sb = 0.0
+    for i in range(n):
+        sa += terms_a[i]
+        sb += terms_b[i]
+    return sa, sb
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,18 +88,27 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
                        n if master else 0)
             scale, limit = compute(scales[t]), compute(limits[t])
             low = -limit
+            terms_a = np.empty(BLOCK, np.float64)
+            terms_b = np.empty(BLOCK, np.float64)
             a = 0.0
             b = 0.0
-            for i in range(begin, end):
-                scaled = load_g(g[i]) * scale
-                above = low if low > scaled else scaled
-                gi = limit if limit < above else above
-                pi = get_p(p[i], x[i] if master else x_none)
-                ta, tb = terms(pi, gi, load_s(s0[i]) if ns > 0 else zero,
-                               load_s(s1[i]) if ns > 1 else zero,
-                               load_s(s2[i]) if ns > 2 else zero, zero, k)
-                a += np.float64(ta)
-                b += np.float64(tb)
+            for start in range(begin, end, BLOCK):
+                stop = min(start + BLOCK, end)
+                # Each element's terms (no dependence between elements: vectorized), then
+                # their sums (a separate function that may reassociate: see _block_sums).
+                for i in range(start, stop):
+                    scaled = load_g(g[i]) * scale
+                    above = low if low > scaled else scaled
+                    gi = limit if limit < above else above
+                    pi = get_p(p[i], x[i] if master else x_none)
+                    ta, tb = terms(pi, gi, load_s(s0[i]) if ns > 0 else zero,
+                                   load_s(s1[i]) if ns > 1 else zero,
+                                   load_s(s2[i]) if ns > 2 else zero, zero, k)
+                    terms_a[i - start] = np.float64(ta)
+                    terms_b[i - start] = np.float64(tb)
+                da, db = _block_sums(terms_a, terms_b, stop - start)
+                a += da
+                b += db
             out[0, w] = a
             out[1, w] = b
         return out
