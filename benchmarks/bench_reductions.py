@@ -124,8 +124,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with open("/proc/loadavg") as f:
         print(f"load average at the start: {f.read().split()[0]}")
-    print(f"| optimizer | bytes/elem | fused ms | ceiling ms (reduction + update) | "
-          f"fused GB/s | fraction of ceiling |")
+    print("| optimizer | bytes/elem | fused ms | ceiling ms (reduction + update) | "
+          "fused GB/s | fraction of ceiling |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in ("lamb", "stableadamw"):
         t = measure(name, args.size, args.rounds, args.calls)

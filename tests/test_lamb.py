@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 import reference
-import torch
 import torch_loops as loops
 import torch_peers
 from cases import problem

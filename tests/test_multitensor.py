@@ -9,8 +9,8 @@ from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cpu import backend as cpu
 from fusedopt.backends.cpu import loop
-from fusedopt.memory import table as _table
 from fusedopt.engine.reductions import tensor_rows
+from fusedopt.memory import table as _table
 
 #: Empty tensors first, last and between; sizes off the vector width; one past a chunk.
 SHAPES = [(0,), (1,), (3,), (4097,), (37, 53), (0,), (5,), (16,), (17,), (2, 3, 7), (130,),

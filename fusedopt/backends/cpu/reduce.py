@@ -29,7 +29,6 @@ from .norm import per_tensor
 from .rules import reduction_rule
 from .variant import WITH_SLOT, loop_dtypes
 
-
 #: Elements whose terms are summed together (then added to the task's running sums).
 BLOCK = 1024
 
