@@ -177,3 +177,26 @@ CASES.update({
         conv: [dict(beta_1=0.98, to_eval=True), dict(beta_1=0.8, to_eval=False, saved=False),
                dict(to_eval=False, saved=True)] for conv in ("keras", "torch")},
 })
+
+# --- LAMB and StableAdamW: per-tensor norms ----------------------------------------------------
+# Learning rates large enough that the trust ratio and the RMS clip move the params; a short
+# beta_2 (StableAdamW) makes RMS(g^2 / v) exceed 1 on the problems' mixed-scale grads.
+CASES.update({
+    "lamb": {
+        "keras": [dict(learning_rate=0.01),
+                  dict(learning_rate=0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-4,
+                       weight_decay=0.1)],
+        "torch": [dict(learning_rate=0.01, epsilon=1e-6, weight_decay=0.01),
+                  dict(learning_rate=0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-3)],
+    },
+    "stableadamw": {
+        "keras": [dict(learning_rate=0.01),
+                  dict(learning_rate=0.02, beta_1=0.8, beta_2=0.5, epsilon=1e-3,
+                       weight_decay=0.1)],
+        "torch": [dict(learning_rate=0.01),
+                  dict(learning_rate=0.02, beta_1=0.8, beta_2=0.5, epsilon=1e-3,
+                       weight_decay=0.1),
+                  dict(learning_rate=0.02, beta_2=0.6, weight_decay=0.05, decouple_lr=True,
+                       max_lr=0.05)],
+    },
+})

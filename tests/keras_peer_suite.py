@@ -30,8 +30,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 #: The test modules of the installed keras that concern the optimizers fusedopt.keras has.
 MODULES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion",
-           "schedule_free_adamw", "optimizer", "loss_scale_optimizer", "multi_optimizer",
-           "optimizer_sparse")
+           "schedule_free_adamw", "lamb", "optimizer", "loss_scale_optimizer",
+           "multi_optimizer", "optimizer_sparse")
 
 
 def test_files() -> list[str]:
@@ -55,7 +55,7 @@ class Substitute:
         self.keras_optimizers = keras_optimizers
         self.fused = {name: getattr(fusedopt.keras, name) for name in
                       ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                       "Nadam", "Lion", "ScheduleFreeAdamW")}
+                       "Nadam", "Lion", "ScheduleFreeAdamW", "Lamb")}
         self.view = types.ModuleType(keras_optimizers.__name__)
         self.view.__dict__.update(vars(keras_optimizers))
         self.view.__dict__.update(self.fused)
@@ -75,9 +75,13 @@ class Substitute:
             fusedopt.keras.install()
 
     def _substitute(self, module) -> None:
+        import keras
+
         names = vars(module)
         for name, cls in self.fused.items():
-            keras_class = getattr(self.keras_optimizers, name)
+            # keras.src.optimizers does not import every class (Lamb): the public name
+            keras_class = getattr(self.keras_optimizers, name, None) or getattr(
+                keras.optimizers, name)
             if names.get(name) is keras_class:
                 names[name] = cls
         if names.get("optimizers") is self.keras_optimizers:

@@ -24,7 +24,7 @@ TORCH = {
     "adamw": ("AdamW", _adam_args),
 }
 
-KERAS = {"adam": "Adam", "adamw": "AdamW"}
+KERAS = {"adam": "Adam", "adamw": "AdamW", "lamb": "Lamb"}
 
 
 # --- SGD, RMSprop, Adagrad, Adadelta ----------------------------------------------------------

@@ -260,6 +260,55 @@ def schedulefreeswitch(p, g, state, t, hp, convention):
     return (1 - b1) * z + b1 * p
 
 
+# --- per-tensor norms: LAMB, StableAdamW -------------------------------------------------------
+
+def lamb(p, g, state, t, hp, convention):
+    """You et al. 2020, Algorithm 2 (LAMB), with phi the identity: Adam's bias-corrected
+    update u, then theta -= lr * ||theta|| / ||u|| * u, the ratio 1 where a norm is 0.
+    Keras' Lamb decays theta first as all Keras optimizers do (its u has no decay term) and
+    takes 1 - beta^t in float32 (of its float32 variables); the paper (torch convention)
+    adds weight_decay * theta to u, inside the ratio."""
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    wd = hp.get("weight_decay") or 0.0
+    if convention == "keras" and wd:
+        p = p - p * wd * lr
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1)
+    v = state["v"] = _second_moment(_zeros(state, "v", p), g, b2, convention)
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    if convention == "keras":  # keras/src/optimizers/lamb.py: 1 - beta**t in the float32
+        bc1, bc2 = (float(np.float32(1) - np.float32(b) ** np.float32(t)) for b in (b1, b2))
+    u = (m / bc1) / (np.sqrt(v / bc2) + eps)
+    if convention == "torch":
+        u = u + wd * p
+    w_norm, u_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(u * u))
+    ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+    return p - lr * ratio * u
+
+
+def stableadamw(p, g, state, t, hp, convention):
+    """Wortsman et al. 2023 (Algorithm 2, StableAdamW) as optimi documents it: Adam with
+    the betas debiased into b_hat = b (1 - b^(t-1)) / (1 - b^t) (no separate bias
+    correction), and the step's lr divided by max(1, RMS) with RMS the root of the mean of
+    g^2 / max(v, eps^2) over the tensor. Decay: theta *= 1 - lr_t * wd (optimi), or Keras'
+    theta -= theta * wd * lr before the step."""
+    b1, b2, eps, lr = hp["beta_1"], hp["beta_2"], hp["epsilon"], hp["learning_rate"]
+    wd = hp.get("weight_decay") or 0.0
+    b1_hat = b1 * (1 - b1 ** (t - 1)) / (1 - b1**t)
+    b2_hat = b2 * (1 - b2 ** (t - 1)) / (1 - b2**t)
+    m = state["m"] = _toward(_zeros(state, "m", p), g, 1 - b1_hat)
+    v = state["v"] = b2_hat * _zeros(state, "v", p) + (1 - b2_hat) * g * g
+    rms = np.sqrt(np.mean(g * g / np.maximum(v, eps * eps))) if p.size else 0.0
+    lr_t = lr / max(1.0, rms)
+    if convention == "keras":
+        if wd:
+            p = p - p * wd * lr
+    elif hp.get("decouple_lr"):
+        max_lr = hp.get("max_lr") or lr
+        p = p * (1 - lr_t / max_lr * wd)
+    else:
+        p = p * (1 - lr_t * wd)
+    return p - lr_t * m / (np.sqrt(v) + eps)
+
 # --- gradient clipping ------------------------------------------------------------------------
 
 def clip(grads, clipnorm=None, global_clipnorm=None, clipvalue=None):

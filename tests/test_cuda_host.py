@@ -15,7 +15,7 @@ from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cuda import launch
 
 STEPS = 10
-SPECS = list(REGISTRY.values())
+SPECS = [spec for spec in REGISTRY.values() if spec.on_cuda]  # not: per-tensor reductions
 
 #: (spec, dtype, variant) for every registered optimizer, dtype and on/off combination.
 VARIANTS = [(spec, dtype, v) for spec in SPECS for dtype in compare.BASE_DTYPES
@@ -167,7 +167,8 @@ def test_many_tensors_mixed_dtypes_one_launch_per_dtype(host_cuda):
 
 def _optimizer_classes():
     import fusedopt
-    return sorted(fusedopt.Optimizer.__subclasses__(), key=lambda c: c.__name__)
+    return sorted((c for c in fusedopt.Optimizer.__subclasses__()
+                   if REGISTRY[c.spec_name].on_cuda), key=lambda c: c.__name__)
 
 
 @pytest.mark.parametrize("cls", _optimizer_classes(), ids=lambda c: c.__name__)

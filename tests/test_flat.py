@@ -7,6 +7,7 @@ from variants import make, matrix, matrix_ids
 
 import fusedopt
 from fusedopt import config
+from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = [f"layer{i}/{'bias' if i % 3 == 1 else 'kernel'}" for i in range(len(SHAPES))]
 
@@ -37,8 +38,14 @@ def train_list(name, hp, convention, params, grads, excluded=()):
     return params, opt
 
 
+#: Elementwise optimizers: those with per-tensor norms refuse an arena (test below).
+ELEMENTWISE = [(case, i) for case, i in zip(matrix(), matrix_ids())
+               if REGISTRY[case[0]].reductions is None]
+
+
 @pytest.mark.parametrize("exclude", ["none", "hinted", "unhinted"])
-@pytest.mark.parametrize("name,hp,convention", matrix(), ids=matrix_ids())
+@pytest.mark.parametrize("name,hp,convention", [c for c, _ in ELEMENTWISE],
+                         ids=[i for _, i in ELEMENTWISE])
 def test_arena_step_equals_list_step(name, hp, convention, exclude, monkeypatch):
     monkeypatch.setattr(config, "CPU_CHUNK", 64)
     params, grads = problem(SHAPES, seed=4)
@@ -156,3 +163,18 @@ def test_exclusion_by_view_equals_exclusion_by_name():
     assert opt._engine.decays == [True, False]
     for n in NAMES:
         assert same_bits(arena.params[n], by_name.params[n]), n
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if REGISTRY[n].reductions))
+def test_per_tensor_norms_refuse_an_arena_and_change_nothing(name):
+    """An arena is stepped as one tensor per dtype, so LAMB's ratio would be the whole
+    buffer's: refused, naming the fix, before anything is made or moved."""
+    arena = fusedopt.FlatParams({"w": (3, 4), "b": (4,)})
+    arena.params["w"][...] = 1.0
+    arena.grads["w"][...] = 0.5
+    opt = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}[name]()
+    with pytest.raises(ValueError, match="pass its tensors as"):
+        opt.apply_gradients(arena)
+    assert (arena.params["w"] == 1.0).all() and opt.iterations == 0
+    opt.apply_gradients(zip(arena.grads.values(), arena.params.values()))
+    assert (arena.params["w"] != 1.0).all() and opt.iterations == 1

@@ -55,7 +55,9 @@ def _assert_close(ours, theirs, what):
         np.testing.assert_allclose(a, b, rtol=0, atol=VS_PEER_FLOAT32, err_msg=f"{what} {i}")
 
 
-@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if REGISTRY[n].keras is not None))
+# Keras' classes only: Keras has no StableAdamW (its Keras-style class: test_stableadamw.py).
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if REGISTRY[n].keras is not None
+                                        and n in KERAS))
 @pytest.mark.parametrize("ema", [dict(ema_momentum=0.9),
                                  dict(ema_momentum=0.5, ema_overwrite_frequency=3)],
                          ids=["average", "overwrite-every-3"])

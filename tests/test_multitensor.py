@@ -10,6 +10,7 @@ from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cpu import backend as cpu
 from fusedopt.backends.cpu import loop
 from fusedopt.engine.step import scalar_row
+from fusedopt.engine.reductions import tensor_rows
 from fusedopt.memory import table as _table
 
 #: Empty tensors first, last and between; sizes off the vector width; one past a chunk.
@@ -85,6 +86,15 @@ def test_excluded_params_get_no_weight_decay(name, hp, convention, monkeypatch):
         assert not same_bits(decayed[3], together[3]), "the exclusion changed nothing"
 
 
+def _rows(spec, flags, scalars, group, grads):
+    """The step's scalars, or for an optimizer with per-tensor reductions its rows per
+    tensor, from the backend's one reduction call over ``group``."""
+    if spec.reductions is None:
+        return scalars
+    sums = cpu.reduce(spec, flags, scalars, group, grads)
+    return tensor_rows(spec, scalars, sums, group.sizes)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_flag_one_call_equals_per_tensor_calls(name, dtype, monkeypatch):
@@ -108,9 +118,10 @@ def test_every_flag_one_call_equals_per_tensor_calls(name, dtype, monkeypatch):
         singles = [cpu.group(dtype, [p], [s]) for p, s in zip(apart, states_a)]
         for t, step_grads in enumerate(grads, start=1):
             scalars = scalar_row(spec, hp, t, "keras")  # the same for both paths: any will do
-            cpu.step(spec, flags, scalars, group, step_grads)
+            cpu.step(spec, flags, _rows(spec, flags, scalars, group, step_grads), group,
+                     step_grads)
             for single, g in zip(singles, step_grads):
-                cpu.step(spec, flags, scalars, single, [g])
+                cpu.step(spec, flags, _rows(spec, flags, scalars, single, [g]), single, [g])
         for i in range(len(params)):
             assert same_bits(together[i], apart[i]), f"flags {flags} param {i}"
             for k in range(n):

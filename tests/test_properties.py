@@ -66,7 +66,7 @@ def examples(draw, spec):
     convention = draw(st.sampled_from(CONVENTIONS))
     return dict(
         convention=convention,
-        backend=draw(st.sampled_from(BACKENDS)),
+        backend=draw(st.sampled_from([b for b in BACKENDS if b != "cuda" or spec.on_cuda])),
         dtype=draw(st.sampled_from([d for d in spec.dtypes if d in WIDE_DTYPES])),
         hp=draw(strategies.hyperparameters(spec, convention)),
         shapes=draw(st.lists(strategies.SHAPES, min_size=1, max_size=3)),
@@ -256,7 +256,13 @@ SETTINGS = settings(deadline=None, suppress_health_check=[
     HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+#: The error bounds (tests/error_bounds.py) follow elementwise arithmetic; LAMB and
+#: StableAdamW step by sums over whole tensors, and are held to the float64 oracle at fixed
+#: tolerances instead (test_backends_vs_reference.py, test_lamb.py, test_stableadamw.py).
+ELEMENTWISE = sorted(n for n in REGISTRY if REGISTRY[n].reductions is None)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
 @SETTINGS
 @given(data=st.data())
 def test_every_backend_agrees_with_the_reference_and_adds_no_nan(name, data):

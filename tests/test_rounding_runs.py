@@ -24,7 +24,9 @@ SHAPES = ((3,), (8,), (4097,), (37, 53))
 STEPS = 5
 MODES = {"stochastic": dict(stochastic_rounding=True, state_dtype="bfloat16", seed=11),
          "kahan": dict(kahan_summation=True)}
-CASES = ([("cuda", n, d, m) for n in NAMES for d in ("bfloat16", "float16") for m in MODES]
+#: Through the CUDA host, or the CPU for an optimizer without CUDA kernels (reductions).
+CASES = ([("cuda" if REGISTRY[n].on_cuda else "cpu", n, d, m) for n in NAMES
+          for d in ("bfloat16", "float16") for m in MODES]
          + [("cpu", n, "bfloat16", m) for n in ("adam", "lion") for m in MODES])
 
 

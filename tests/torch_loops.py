@@ -44,6 +44,9 @@ SETTINGS = {
     "lion": [{}, dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1)],
     "rprop": [{}, dict(lr=3e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.05))],
     "asgd": [{}, dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=5, weight_decay=1e-3)],
+    "lamb": [{}, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1)],
+    "stableadamw": [{}, dict(lr=1e-2, betas=(0.8, 0.9), eps=1e-4, weight_decay=0.1),
+                    dict(lr=1e-2, weight_decay=0.05, decouple_lr=True, max_lr=0.02)],
 }
 
 
@@ -80,7 +83,21 @@ def tolerance(model, table=VS_TORCH_LOOP) -> float:
     return table[str(next(model.parameters()).dtype).replace("torch.", "")]
 
 
-def peer_class(name: str):
+#: Rows whose real peer keeps another state layout than torch.optim's, which these tests
+#: check: optimi's StableAdamW keeps its step in the param group and ``eps_sq`` and
+#: ``kahan_comp`` per param, and takes no default lr. Here they run against
+#: tests/torch_peers.py (the peer's formulas, torch.optim's layout); each one's own test
+#: holds fusedopt to the real peer (tests/test_stableadamw.py).
+OTHER_LAYOUT = {"stableadamw"}
+
+
+def peer_class(name: str, real: bool = False):
+    """The peer of ``name``'s row, or (``real`` False) for a row in :data:`OTHER_LAYOUT`
+    the one of tests/torch_peers.py; where no library has one (an empty ``peer``), the
+    class of tests/torch_peers.py written from the paper."""
+    if not ROWS[name].peer or (name in OTHER_LAYOUT and not real):
+        import torch_peers
+        return getattr(torch_peers, ROWS[name].name)
     module, cls = ROWS[name].peer.split(":")
     return getattr(importlib.import_module(module), cls)
 

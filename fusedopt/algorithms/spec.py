@@ -72,6 +72,34 @@ class StateScalar:
     abs_tol: float = 1e-6
 
 
+@dataclass(frozen=True)
+class Reductions:
+    """Per-tensor sums an optimizer needs before its element pass (LAMB's norms, StableAdamW's
+    RMS), and the per-tensor scalars made from them (fusedopt/engine/reductions.py runs them).
+
+    - ``names``: the terms summed over each tensor, in float64 (at most
+      :data:`MAX_REDUCTIONS`);
+    - ``rule(p, g, <slots>, k, f)``: the terms of one element, in the rule language
+      (fusedopt/algorithms/rulelib.py), ending in ``return a, b``; it sees what the element
+      rule sees (the grad clipped and unscaled, the state before this step) and writes
+      nothing; ``unfused(xp, p, g, s, k, f)``: the same terms as whole arrays;
+    - ``scalar_names``: the per-tensor scalars the element rule reads as ``k.<name>``
+      after the step's own; ``scalars(xp, sums, sizes, k)``: them, from ``sums`` (name ->
+      float64 array, one value per tensor), the tensors' element counts and the step's
+      scalars ``k`` (float64, by name), as float64 arrays on the sums' device.
+    """
+
+    names: tuple[str, ...]
+    rule: Callable
+    unfused: Callable
+    scalar_names: tuple[str, ...]
+    scalars: Callable
+
+
+#: Terms one reduction pass sums per tensor.
+MAX_REDUCTIONS = 2
+
+
 @dataclass(frozen=True, eq=False)
 class OptimizerSpec:
     """An optimizer as every layer sees it (made by :func:`declare`).
@@ -103,6 +131,9 @@ class OptimizerSpec:
     - ``keras_signature``: the Keras-style class's arguments in order (default: ``hypers``'
       Keras ones); ``doc``: its docstring. ``torch`` / ``keras``: what those doors need
       (fusedopt/torch/_names.py, fusedopt/keras/optimizers.py read them); None: no class.
+    - ``reductions``: the per-tensor sums and scalars the rule needs (:class:`Reductions`),
+      or None for an elementwise optimizer. ``Scalars`` (``k``) then holds the step's
+      scalars followed by the per-tensor ones.
     """
 
     name: str
@@ -129,6 +160,7 @@ class OptimizerSpec:
     doc: str = ""
     torch: Mapping[str, Any] | None = None
     keras: Mapping[str, Any] | None = None
+    reductions: Reductions | None = None
     Scalars: type = field(default=None, repr=False)
     Flags: type = field(default=None, repr=False)
 
@@ -151,8 +183,21 @@ class OptimizerSpec:
             storage = Storage(storage, storage, default_state_dtype(storage))
         return f"{self.kernel}<{', '.join([storage.template_args(), *map(str, flags)])}>"
 
+    @property
+    def row_names(self) -> tuple[str, ...]:
+        """The fields of ``k``: the step's scalars, then the per-tensor ones."""
+        extra = self.reductions.scalar_names if self.reductions is not None else ()
+        return (*self.scalar_names, *extra)
+
+    @property
+    def on_cuda(self) -> bool:
+        """Whether CUDA kernels exist for it: not yet for an optimizer with reductions."""
+        return self.reductions is None
+
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request."""
+        if not self.on_cuda:
+            return []
         return [(st, f, self.entry(st, f)) for st in all_storages()
                 if st.param in self.dtypes for f in self.all_flags]
 
@@ -168,7 +213,9 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
     that module (``<ClassName>Scalars``, ``<ClassName>Flags``), so they pickle."""
     module = sys.modules[rule.__module__]
     kernel = rule.__module__.rpartition(".")[2]
-    scalars_type = namedtuple(f"{class_name}Scalars", scalar_names, module=rule.__module__)
+    reductions = fields.get("reductions")
+    row = (*scalar_names, *(reductions.scalar_names if reductions is not None else ()))
+    scalars_type = namedtuple(f"{class_name}Scalars", row, module=rule.__module__)
     flags_type = namedtuple(f"{class_name}Flags", flag_names, module=rule.__module__)
     setattr(module, scalars_type.__name__, scalars_type)
     setattr(module, flags_type.__name__, flags_type)
@@ -176,6 +223,13 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
     got = rule.__code__.co_varnames[:rule.__code__.co_argcount]
     if got != expected:
         raise TypeError(f"{rule.__qualname__} must take {expected}, takes {got}")
+    if reductions is not None:
+        got = reductions.rule.__code__.co_varnames[:reductions.rule.__code__.co_argcount]
+        if got != expected:
+            raise TypeError(f"{reductions.rule.__qualname__} must take {expected}, takes {got}")
+        if not 0 < len(reductions.names) <= MAX_REDUCTIONS:
+            raise TypeError(f"{name} declares {len(reductions.names)} reductions; a pass "
+                            f"sums 1 to {MAX_REDUCTIONS}")
     spec = OptimizerSpec(name=name, class_name=class_name, keras_name=keras_name or name,
                          kernel=kernel, flag_names=tuple(flag_names), slot_decls=tuple(slots),
                          scalar_names=tuple(scalar_names), rule=rule, Scalars=scalars_type,
@@ -192,6 +246,7 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
 
 
 __all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",
-           "EPSILON", "Hyper", "L2_FLAVORS", "LEARNING_RATE", "MOMENTUM", "OptimizerSpec",
-           "Slot", "StateScalar", "TORCH_ONLY", "WEIGHT_DECAY", "at_least", "boolean", "decay_scalars",
-           "declare", "flavor", "in_range", "learning_rate", "optional"]
+           "EPSILON", "L2_FLAVORS", "LEARNING_RATE", "MAX_REDUCTIONS", "MOMENTUM",
+           "TORCH_ONLY", "WEIGHT_DECAY", "Hyper", "OptimizerSpec", "Reductions", "Slot",
+           "StateScalar", "at_least", "boolean", "decay_scalars", "declare", "flavor",
+           "in_range", "learning_rate", "optional"]

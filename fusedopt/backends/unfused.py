@@ -70,32 +70,66 @@ def _nearest_away(xp, master, dtype):
     return xp.where(tie, up, even)
 
 
+def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, compute):
+    """Tensor ``t``'s (xp, compute-type param, clipped grad, state copies) as the step sees
+    them (the param through its mode: master, remainder, Kahan compensation)."""
+    p, g, slots = group.params[t], grads[t], group.states[t]
+    xp = _xp(p)
+    g = _widened(g, compute)
+    if clip.active:
+        scale = clip.scales
+        if scale is not None and not isinstance(scale, float):
+            scale = scale[t]
+        g = _clipped(xp, g, scale, clip.limit, compute)
+    state = [_widened(s, compute) for s in slots[:n_slots]]
+    if st.mode == "master":
+        work = slots[n_slots]
+    elif st.mode == "remainder":
+        bits = (p.view(np.uint16).astype(np.uint32) << 16) + \
+            slots[n_slots].astype(np.int32).view(np.uint32)
+        work = bits.view(np.float32)
+    elif st.mode == "kahan":
+        work = _widened(p, compute) + _widened(slots[n_slots], compute)
+    else:
+        work = _widened(p, compute)
+    return xp, work, g, state
+
+
+def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
+    """(reductions, tensors) float64: the per-tensor sums of ``spec``'s reductions, as its
+    ``reductions.unfused`` array expressions, one tensor at a time."""
+    st = step_storage(group, grads)
+    compute = np.dtype(st.compute).type
+    n_slots = len(spec.slots(flags))
+    named = spec.Scalars(*(compute(x) for x in row),
+                         *(compute(0) for _ in spec.reductions.scalar_names))
+    sums = []
+    for t in range(len(group.params)):
+        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute)
+        copies = dict(zip(spec.slots(flags), (a.copy() for a in state)))  # never written
+        terms = spec.reductions.unfused(xp, work.copy(), g.copy(), copies, named,
+                                        spec.named_flags(flags))
+        sums.append([xp.sum(xp.asarray(x, dtype=np.float64)) for x in terms])
+    if not sums:
+        return np.zeros((len(spec.reductions.names), 0), np.float64)
+    xp = _xp(group.params[0])
+    return xp.stack([xp.stack(column) for column in zip(*sums)])
+
+
 def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
          step: int = 1) -> None:
     st = step_storage(group, grads)
     compute = np.dtype(st.compute).type
-    h = tuple(compute(x) for x in as_rows(steps, len(group.params)).scalars())
     n_slots = len(spec.slots(flags))
-    named, named_flags = spec.Scalars(*h), spec.named_flags(flags)
-    for t, (p, g, slots) in enumerate(zip(group.params, grads, group.states)):
-        xp = _xp(p)
-        g = _widened(g, compute)
-        if clip.active:
-            scale = clip.scales
-            if scale is not None and not isinstance(scale, float):
-                scale = scale[t]
-            g = _clipped(xp, g, scale, clip.limit, compute)
-        state = [_widened(s, compute) for s in slots[:n_slots]]
-        if st.mode == "master":
-            work = slots[n_slots]
-        elif st.mode == "remainder":
-            bits = (p.view(np.uint16).astype(np.uint32) << 16) + \
-                slots[n_slots].astype(np.int32).view(np.uint32)
-            work = bits.view(np.float32)
-        elif st.mode == "kahan":
-            work = _widened(p, compute) + _widened(slots[n_slots], compute)
-        else:
-            work = _widened(p, compute)
+    named_flags = spec.named_flags(flags)
+    per_tensor = isinstance(steps, np.ndarray)  # a row per tensor (per-tensor reductions)
+    if not per_tensor:
+        named = spec.Scalars(*(compute(x) for x in as_rows(steps, len(group.params))
+                               .scalars()))
+    for t, (p, slots) in enumerate(zip(group.params, group.states)):
+        if per_tensor:
+            named = spec.Scalars(*(compute(x) for x in steps[t]))
+        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute)
         spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), named,
                      named_flags)
         if st.mode == "stochastic":

@@ -1,6 +1,7 @@
 """The engine: the one step loop behind every front door.
 
-    validate -> group by dtype and device -> launch table -> scalars -> grad pre-pass -> launch
+    validate -> group by dtype and device -> launch table -> scalars -> grad pre-pass
+             -> per-tensor reductions (an optimizer that declares them) -> launch
 
 Front doors (``fusedopt.Adam`` & co, ``fusedopt.functional``, ``fusedopt.FlatParams``,
 ``fusedopt.torch``, ``fusedopt.keras``) translate names, defaults, state layout and conventions

@@ -15,6 +15,7 @@ from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
 from .clip import GradClip, grad_scales
+from .reductions import reduction_phase, signed
 
 if TYPE_CHECKING:
     from .launches import Launch
@@ -40,7 +41,8 @@ class StepPhases:
         The phases, in order: the arguments; the plan (checks, backend, launch groups); the
         scalars of every launch, in float64, checked; where the step is decided (on the
         device, or here); the grad pre-pass (norms for clipping, the inf/NaN check); the
-        launches; the moving average and the step count.
+        optimizer's per-tensor reductions, if it declares any (fusedopt/engine/reductions.py);
+        the launches; the moving average and the step count.
         """
         if self.evaluating:
             raise RuntimeError(f"{self.spec.name}: the params hold the evaluation point "
@@ -59,7 +61,9 @@ class StepPhases:
             return False
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
-        averaged = self._launch_phase(plan, positions, work, scales, scalars, window, slot)
+        per_tensor = reduction_phase(self, plan, positions, work, scales, scalars)
+        averaged = self._launch_phase(plan, positions, work, scales, scalars, window, slot,
+                                      per_tensor)
         return self._finish(plan, positions, window, slot, averaged)
 
     def _arguments(self, grads, positions, grad_scale, found_inf):
@@ -144,18 +148,20 @@ class StepPhases:
                 return None
         return grad_scales(self.clipping, [s for s, _ in passes], grad_scale)
 
-    def _launch_phase(self, plan, positions, work, scales, scalars, window, slot) -> list:
-        """One backend step per launch; returns the positions whose moving average the
-        step's own pass updated."""
+    def _launch_phase(self, plan, positions, work, scales, scalars, window, slot,
+                      per_tensor) -> list:
+        """One backend step per launch (``per_tensor``: its rows of scalars, one per
+        tensor, from the reduction phase, or None); returns the positions whose moving
+        average the step's own pass updated."""
         limit = self.clipping.limit
         averaged: list = []
-        for (launch, g), scale in zip(work, scales):
-            rows = self._step_rows(positions, launch, window, slot, scalars)
+        for (launch, g), scale, tensor_rows in zip(work, scales, per_tensor):
+            rows = (tensor_rows if tensor_rows is not None
+                    else self._step_rows(positions, launch, window, slot, scalars))
             first = positions[0 if launch.members is None else launch.members[0]]
             t = (self._steps[first] if self.per_param_steps else self._iterations) + 1
             with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
-                if self.hypers[launch.hyper].maximize:
-                    scale = -1.0 if scale is None else -scale
+                scale = signed(self, launch, scale)
                 average = None
                 if launch.group.averaged:
                     average = self.ema.scalars(self.params[first], self._iterations)

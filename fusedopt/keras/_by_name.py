@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 
 from . import optimizers
-from .optimizers import CLASSES, by_name, saved_as_keras
+from .optimizers import KERAS_OWN, by_name, saved_as_keras
 
 
 def needs_fusedopt(config: dict) -> bool:
@@ -77,6 +77,6 @@ def _by_name(fused: type, saved_as_keras: type) -> type:
 
 
 #: Keras' lower-case name -> the class of an optimizer made from it, saved as Keras' class.
-SAVED_AS_KERAS = {name: _saved_as_keras(cls) for name, cls in CLASSES.items()}
+SAVED_AS_KERAS = {name: _saved_as_keras(cls) for name, cls in KERAS_OWN.items()}
 #: Keras' lower-case name -> what install() puts in Keras' name table.
-BY_NAME = {name: _by_name(cls, SAVED_AS_KERAS[name]) for name, cls in CLASSES.items()}
+BY_NAME = {name: _by_name(cls, SAVED_AS_KERAS[name]) for name, cls in KERAS_OWN.items()}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import keras
 
 from ._by_name import BY_NAME
-from .optimizers import CLASSES
 
 #: name -> the class Keras' table held under it before install().
 _replaced: dict[str, type] = {}
@@ -39,13 +38,24 @@ def _table() -> dict:
     from keras.src import optimizers
 
     table = getattr(optimizers, "ALL_OBJECTS_DICT", None)
-    if not isinstance(table, dict) or not all(name in table for name in CLASSES):
+    if not isinstance(table, dict) or not all(name in table for name in _ALWAYS_NAMED):
         raise RuntimeError(
             f"Keras {keras.__version__} resolves optimizer names differently from the Keras "
             "3 releases fusedopt.keras knows (a name -> class table, ALL_OBJECTS_DICT, in "
             "keras.src.optimizers); pass fusedopt.keras.Adam() & co to compile() instead "
             "of a name")
     return table
+
+
+#: Names every Keras 3 table holds. Keras' table names only some of its classes (3.15 has
+#: no "lamb": ``keras.optimizers.get("lamb")`` fails with Keras alone), and install() takes
+#: over only the names it holds.
+_ALWAYS_NAMED = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam")
+
+
+def _named(table: dict) -> dict:
+    """The fused classes of the names Keras' ``table`` holds."""
+    return {name: cls for name, cls in BY_NAME.items() if name in table}
 
 
 def install() -> None:
@@ -59,7 +69,7 @@ def install() -> None:
     Names: adam, adamw, sgd, rmsprop, adagrad, adadelta, adamax, nadam, lion (any case).
     """
     table = _table()
-    for name, cls in BY_NAME.items():
+    for name, cls in _named(table).items():
         if table[name] is not cls:
             _replaced.setdefault(name, table[name])
             table[name] = cls
@@ -77,4 +87,4 @@ def uninstall() -> None:
 def installed() -> bool:
     """Whether Keras' names currently resolve to fusedopt's classes."""
     table = _table()
-    return all(table[name] is cls for name, cls in BY_NAME.items())
+    return all(table[name] is cls for name, cls in _named(table).items())

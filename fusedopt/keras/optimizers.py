@@ -19,6 +19,7 @@ from keras import ops
 
 from ..algorithms.registry import REGISTRY
 from ._fused import FusedOptimizer
+from ._keras_style import CLASSES as KERAS_STYLE
 
 _register = keras.saving.register_keras_serializable(package="fusedopt")
 
@@ -42,7 +43,7 @@ _HOOKS = {"nadam": _NadamHooks}
 def _keras_class(spec) -> type:
     """``keras.optimizers.<name>`` with :class:`FusedOptimizer` in front, for ``spec``."""
     door = spec.keras
-    peer = getattr(keras.optimizers, door["name"])
+    peer = getattr(keras.optimizers, door["name"], None) or KERAS_STYLE[door["name"]]
     bases = (FusedOptimizer, peer)
     hooks = ({k: v for k, v in vars(_HOOKS[spec.name]).items() if not k.startswith("__")}
              if spec.name in _HOOKS else {})  # in the class: before FusedOptimizer's defaults
@@ -59,6 +60,9 @@ def _keras_class(spec) -> type:
 CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.values()
            if spec.keras is not None}
 globals().update({cls.__name__: cls for cls in CLASSES.values()})
+#: The classes Keras has (the others are Keras-style: fusedopt/keras/_keras_style.py).
+KERAS_OWN = {name: cls for name, cls in CLASSES.items()
+             if hasattr(keras.optimizers, cls.__name__)}
 
 
 class saved_as_keras:

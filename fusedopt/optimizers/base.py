@@ -271,6 +271,11 @@ class Optimizer(Checkpoints):
         ``found_inf`` then wait for the device only when read.
         """
         if isinstance(grads_and_vars, FlatParams):
+            if self._spec.reductions is not None:
+                raise ValueError(
+                    f"{type(self).__name__} takes per-tensor norms, and a FlatParams arena is "
+                    f"stepped as one tensor per dtype: pass its tensors as (grad, param) "
+                    f"pairs instead, zip(arena.grads.values(), arena.params.values())")
             return grads_and_vars.step(self, grad_scale=grad_scale)
         pairs = [(g, p) for g, p in grads_and_vars]
         if not pairs:

@@ -118,13 +118,19 @@ def bench_settings(args):
         optimizers = tuple(o for o in sweep.QUICK_OPTIMIZERS if o in REGISTRY)
         sizes, dtypes, rounds = sweep.QUICK_SIZES, ("float32",), sweep.QUICK_ROUNDS
     else:
-        optimizers, sizes = tuple(REGISTRY), sweep.default_sizes(backend)
+        # One pass per step: optimizers with per-tensor reductions take more passes, and
+        # benchmarks/bench_reductions.py measures them against the ceiling of theirs.
+        optimizers = tuple(n for n, spec in REGISTRY.items() if spec.reductions is None)
+        sizes = sweep.default_sizes(backend)
         dtypes, rounds = ("float32", "float64"), sweep.DEFAULT_ROUNDS  # --dtype for 16-bit
     optimizers = args.optimizer or optimizers
     for name in optimizers:
         if name.lower().replace("_", "") not in REGISTRY:
             raise SystemExit(f"--optimizer: unknown optimizer {name!r}; registered: "
                              f"{', '.join(sorted(REGISTRY))}")
+        if REGISTRY[name.lower().replace("_", "")].reductions is not None:
+            raise SystemExit(f"--optimizer: {name} takes more than one pass a step (per-tensor "
+                             "reductions); benchmarks/bench_reductions.py measures it")
     for d in args.dtype or ():
         if d not in DTYPES:
             raise SystemExit(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")

@@ -11,6 +11,7 @@ from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, 
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
 from . import norm, storage, threads
+from . import reduce as reduce_
 from ._cache import JIT_OPTIONS
 from .loop import MODE_CODES, run, run_serial, specialize
 
@@ -62,6 +63,22 @@ def sum_squares(group: Group, grads) -> np.ndarray:
     return grad_pass(group, grads)[0]
 
 
+def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
+    """(MAX_REDUCTIONS, tensors) float64: the per-tensor sums of ``spec``'s reductions
+    (fusedopt/backends/cpu/reduce.py) over ``group``, each grad seen as the step will see it
+    (``clip``), the state before the step; ``row`` the step's scalars."""
+    group.table.set_limit(clip.limit)
+    table = step_table(group, grads, address)
+    _set_clip(group, clip)
+    st = step_storage(group, grads)
+    codes = (storage.CODES[st.param], storage.CODES[st.grad], storage.CODES[st.state])
+    compute = np.float64 if st.param == "float64" else np.float32
+    k = spec.Scalars(*(compute(x) for x in row),
+                     *(compute(0) for _ in spec.reductions.scalar_names))
+    return reduce_.tensor_sums(spec, tuple(flags), codes, MODE_CODES[st.mode], table,
+                               len(group.params), group.n_slots, group.chunk, k)
+
+
 def _set_clip(group: Group, clip: GradClip) -> None:
     """Write this step's grad scales into the table the loop reads (1.0 when none)."""
     if clip.scales is None and not group.grads_scaled:  # the row holds 1.0s already
@@ -87,7 +104,8 @@ def variant(spec, flags, st, clamps: bool = True, average: bool = False) -> obje
 def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
          step: int = 1, average: tuple | None = None) -> None:
     """One step of ``group``; ``steps`` (fusedopt/memory/steps.py) must be certain on the CPU:
-    one scalar row, the step known (``step``, 1-based: a key of stochastic rounding).
+    one scalar row (or a 2-D float64 array of a row per tensor, from per-tensor reductions),
+    the step known (``step``, 1-based: a key of stochastic rounding).
     ``average``: ``(momentum, 1 - momentum)`` of this step's moving-average update, for a
     group made with averages (and only for one)."""
     if (average is not None) != group.averaged:
@@ -111,7 +129,14 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if elements is None:
         elements = group.scratch["elements"] = int(group.sizes.sum())
     loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
-    scalars = steps if isinstance(steps, tuple) else as_rows(steps, len(group.params)).scalars()
-    if average is not None:
-        scalars = tuple(scalars) + tuple(average)
+    if isinstance(steps, np.ndarray):  # a row per tensor (per-tensor reductions)
+        scalars = steps
+        if average is not None:
+            scalars = np.hstack([steps, np.tile(np.asarray(average, np.float64),
+                                                 (steps.shape[0], 1))])
+    else:
+        scalars = (steps if isinstance(steps, tuple)
+                   else as_rows(steps, len(group.params)).scalars())
+        if average is not None:
+            scalars = tuple(scalars) + tuple(average)
     loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step))

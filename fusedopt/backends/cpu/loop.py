@@ -275,7 +275,8 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
     sizes0 = (2 + rows) * n_tensors
     scales = table[(3 + rows) * n_tensors: (4 + rows) * n_tensors].view(np.float64)
     limits = table[(4 + rows) * n_tensors: streams0].view(np.float64)
-    h = scalars.ctypes.data
+    # One row of scalars for every tensor, or one per tensor (per-tensor reductions).
+    row_bytes = scalars.strides[0] if scalars.shape[0] > 1 else 0
     item = table[work0 + w]
     t = item >> 32
     begin = (item & _CHUNK_MASK) * chunk
@@ -288,6 +289,7 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
     while t < t_stop or (t == t_stop and begin < stop):
         n = table[sizes0 + t]
         end = n if t < t_stop else stop
+        h = scalars.ctypes.data + t * row_bytes
         if end > begin:
             p = table[t] + begin * p_size
             g = table[n_tensors + t] + begin * g_size
@@ -339,20 +341,26 @@ def run(variant, table, n_tensors, chunk, scalars, step):
     """Apply ``variant``'s rule to every element of every tensor in ``table``, the work
     items shared out between Numba's threads.
 
-    ``scalars`` the rule's scalars as numbers (rounded to the compute type inside);
-    ``step`` the 1-based step (int64), a key of stochastic rounding's bits.
+    ``scalars`` the rule's scalars as numbers (rounded to the compute type inside), one
+    row for every tensor or a 2-D array of a row per tensor; ``step`` the 1-based step
+    (int64), a key of stochastic rounding's bits.
     """
-    scalars = np.array(scalars, dtype=np.float64)
-    _run_parallel(span_function(variant, scalars.shape[0]).address, table, n_tensors, chunk,
+    scalars = _rows(scalars)
+    _run_parallel(span_function(variant, scalars.shape[1]).address, table, n_tensors, chunk,
                   variant.geometry, scalars, step)
 
 
 def run_serial(variant, table, n_tensors, chunk, scalars, step):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
-    scalars = np.array(scalars, dtype=np.float64)
-    _run_serial(span_function(variant, scalars.shape[0]).address, table, n_tensors, chunk,
+    scalars = _rows(scalars)
+    _run_serial(span_function(variant, scalars.shape[1]).address, table, n_tensors, chunk,
                 variant.geometry, scalars, step)
+
+
+def _rows(scalars) -> np.ndarray:
+    """``scalars`` as a C-ordered 2-D float64 array of rows (one row: every tensor's)."""
+    return np.ascontiguousarray(np.atleast_2d(np.asarray(scalars, dtype=np.float64)))
 
 
 def cache_counts() -> tuple[int, int]:

@@ -111,11 +111,18 @@ def tensor_sums(table: np.ndarray, n_tensors: int, n_slots: int, chunk: int,
     items = work_items(table[start: start + n_tensors], chunk)
     like = np.empty(0, storage.LOOP_DTYPES[storage.CODES[dtype]])
     partial = chunk_sums(grad_code(dtype), table, items, n_tensors, n_slots, chunk, like)
-    tensors = items >> 32
-    sums = np.zeros(n_tensors, np.float64)
-    bad = np.zeros(n_tensors, np.float64)
-    if items.size:
-        starts = np.flatnonzero(np.r_[True, tensors[1:] != tensors[:-1]])
-        sums[tensors[starts]] = np.add.reduceat(partial[0], starts)
-        bad[tensors[starts]] = np.add.reduceat(partial[1], starts)
+    sums, bad = per_tensor(partial, items, n_tensors)
     return sums, np.isnan(bad)
+
+
+def per_tensor(partial: np.ndarray, items: np.ndarray, n_tensors: int) -> np.ndarray:
+    """Each row of ``partial`` (one column per chunk of ``items``) summed per tensor, the
+    chunks of a tensor added in their order (0 for a tensor without chunks): every
+    reduction of the CPU backend ends here, so none depends on how threads were
+    scheduled."""
+    out = np.zeros((partial.shape[0], n_tensors), np.float64)
+    if items.size:
+        tensors = items >> 32
+        starts = np.flatnonzero(np.r_[True, tensors[1:] != tensors[:-1]])
+        out[:, tensors[starts]] = np.add.reduceat(partial, starts, axis=1)
+    return out

@@ -21,6 +21,7 @@ from numba import njit
 
 from ...algorithms import rulelib
 from ...algorithms.ruleast import expand, function
+from ...algorithms.spec import MAX_REDUCTIONS
 from ...constants import MAX_SLOTS
 
 _RULE = {"inline": "always", "error_model": "numpy"}
@@ -32,7 +33,8 @@ _MODULE = __name__
 def source_digest(spec) -> str:
     """A short digest of the rule's and the helpers' source: part of each element function's
     name, so Numba's on-disk cache never serves a rule's old code."""
-    text = inspect.getsource(spec.rule) + "".join(
+    text = inspect.getsource(spec.rule) + (
+        inspect.getsource(spec.reductions.rule) if spec.reductions is not None else "") + "".join(
         inspect.getsource(f) for f in rulelib.HELPERS.values())
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -46,10 +48,31 @@ def element_rule(spec, flags: tuple):
     """``spec``'s rule for variant ``flags`` as the loop calls it:
     ``(p, g, s0, s1, s2, zero, k) -> (p, s0, s1, s2)``."""
     present = spec.slots(flags)
+    carried = [f"s{i}" for i in range(MAX_SLOTS)]
+    out = [_name("p"), *(_name(n) for n in present), *(_name(c) for c in carried[len(present):])]
+    return _compiled(spec, flags, spec.rule, "", lambda returned: out)
+
+
+@functools.lru_cache(maxsize=None)
+def reduction_rule(spec, flags: tuple):
+    """``spec``'s reduction rule (its ``reductions.rule``) for variant ``flags``:
+    ``(p, g, s0, s1, s2, zero, k) -> (a, b)``, the terms it returns, then ``zero`` up to
+    :data:`~fusedopt.algorithms.spec.MAX_REDUCTIONS`."""
+    def out(returned):
+        terms = list(returned.value.elts)
+        return terms + [_name("zero")] * (MAX_REDUCTIONS - len(terms))
+    return _compiled(spec, flags, spec.reductions.rule, "reduce_", out)
+
+
+def _compiled(spec, flags: tuple, rule_fn, prefix: str, outputs):
+    """``rule_fn`` (a rule of ``spec``'s language and arguments) for variant ``flags``,
+    its slots bound to the carried ``s0..s2`` and its last statement's tuple replaced by
+    ``outputs(returned)``, jitted to inline into a loop."""
+    present = spec.slots(flags)
     if len(present) > MAX_SLOTS:
         raise ValueError(f"{spec.name} has {len(present)} slots; the loops carry {MAX_SLOTS}")
     carried = [f"s{i}" for i in range(MAX_SLOTS)]
-    rule = function(spec.rule)
+    rule = function(rule_fn)
     where = f"fusedopt/algorithms/{spec.kernel}.py"
     *body, returned = expand([s for s in rule.body if not (
         isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))], where)
@@ -57,15 +80,15 @@ def element_rule(spec, flags: tuple):
                        value=_name(carried[present.index(s.name)] if s.name in present
                                    else "zero"), lineno=0)
             for s in spec.slot_decls]
-    out = [_name("p"), *(_name(n) for n in present), *(_name(c) for c in carried[len(present):])]
-    name = f"{spec.name}_{'_'.join(map(str, flags))}_{source_digest(spec)}"
+    out = outputs(returned)
+    name = f"{prefix}{spec.name}_{'_'.join(map(str, flags))}_{source_digest(spec)}"
     made = ast.FunctionDef(
         name=name, args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=a) for a in (
             "p", "g", *carried, "zero", "k")], kwonlyargs=[], kw_defaults=[], defaults=[]),
         body=[*bind, *body, ast.Return(value=ast.Tuple(elts=out, ctx=ast.Load()))],
         decorator_list=[], returns=None, type_params=[])
     module = ast.fix_missing_locations(ast.Module(body=[made], type_ignores=[]))
-    namespace = {**vars(rulelib), **spec.rule.__globals__, "f": spec.named_flags(flags),
+    namespace = {**vars(rulelib), **rule_fn.__globals__, "f": spec.named_flags(flags),
                  "__name__": _MODULE}  # the helpers inlined read their own module's names
     exec(compile(module, f"<{_MODULE}.{name}>", "exec"), namespace)
     element = namespace[name]

@@ -168,6 +168,8 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
     files = {HEADER: constants_source()}
     for spec in specs:
+        if not spec.on_cuda:  # per-tensor reductions: no CUDA kernels yet
+            continue
         text = rule_source(spec)
         name = f"{spec.kernel}.cu"
         if files.setdefault(name, text) != text:

@@ -65,7 +65,7 @@ def all_entry_points() -> Mapping[str, tuple[str, ...]]:
 @functools.lru_cache(maxsize=None)
 def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     names: dict[str, set[str]] = {}
-    for spec in (REGISTRY[name] for name in registered):
+    for spec in (REGISTRY[name] for name in registered if REGISTRY[name].on_cuda):
         names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)

@@ -161,7 +161,7 @@ def family(phase) -> list[dict]:
     from ...algorithms.registry import REGISTRY
 
     out = []
-    for name in REGISTRY:
+    for name in (n for n, spec in REGISTRY.items() if spec.on_cuda):
         if not phase.allows(CASE_OVERHEAD_S):
             phase.skip(f"{name} family row")
             continue

@@ -1,0 +1,93 @@
+"""The step's reduction phase: per-tensor sums that the element pass needs before it runs.
+
+An elementwise optimizer reads one element at a time. Some need a number of the whole
+tensor first - LAMB its trust ratio ||p|| / ||update||, StableAdamW the RMS of g^2 / v -
+and declare it (``reductions`` in fusedopt/algorithms/spec.py): the terms summed per tensor,
+a rule that gives them for one element, and how the sums become per-tensor scalars that
+the element rule reads beside the step's own (``k.trust_lr``).
+
+The phases of a step (fusedopt/engine/step.py), as they read memory:
+
+1. the grad pre-pass, a reduction of the grads alone (each tensor's sum of g^2 and its
+   inf/NaN test), only when clipping by norm or an unchecked loss scale needs it: it
+   decides the grad scales every later phase applies;
+2. this phase, only for an optimizer that declares reductions: one read of what its rule
+   reads (for LAMB and StableAdamW: param, grad and state), one launch per launch group
+   (one Numba call for every tensor of a dtype), nothing written;
+3. the element pass, with a row of scalars per tensor: the step's, then the per-tensor
+   ones made here (on the host in float64, from float64 sums).
+
+Each phase needs the one before it: the grad scales change the terms (LAMB's update is
+not linear in g, so a clipped grad cannot be folded in afterwards), and the terms decide
+every element's update. So a step that clips by norm reads the grads three times, and one
+that does not, twice; no phase writes what an earlier one read, so an inf found by the
+pre-pass still leaves everything as it was. The bytes of each optimizer's passes are in
+its module's docstring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..memory.arrays import kind_of
+from . import threads as _threads
+from .clip import GradClip
+
+
+def signed(engine, launch, scale):
+    """The grad scale of ``launch`` with a maximizing group's -1 folded in (None: 1)."""
+    if engine.hypers[launch.hyper].maximize:
+        return -1.0 if scale is None else -scale
+    return scale
+
+
+def reduction_phase(engine, plan, positions, work, scales, cache) -> list:
+    """Each launch's scalar rows, one per tensor (a float64 array of shape (tensors,
+    scalars)), for an optimizer with reductions; None for each launch otherwise.
+
+    ``work``: (launch, grads) of every launch; ``scales``: each launch's grad scales from
+    the pre-pass; ``cache``: the step's scalar rows by (hyper group, decays, step)."""
+    spec = engine.spec
+    if spec.reductions is None:
+        return [None] * len(work)
+    reduce = getattr(plan.backend, "reduce", None)
+    if reduce is None:
+        raise ValueError(f"{spec.class_name}'s per-tensor reductions run on the 'cpu' and "
+                         f"'unfused' backends; the {plan.backend.name!r} backend has no "
+                         "kernels for them yet: pass NumPy arrays (CPU tensors) or "
+                         "backend='cpu'")
+    out = []
+    for (launch, grads), scale in zip(work, scales):
+        row = engine._step_rows(positions, launch, None, -1, cache)
+        if not isinstance(row, tuple):  # steps in doubt exist on CUDA only
+            raise RuntimeError("per-tensor reductions need the step known on the host")
+        clip = GradClip(signed(engine, launch, scale), engine.clipping.limit)
+        flags = engine.hypers[launch.hyper].flags
+        with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
+            sums = reduce(spec, flags, row, launch.group, grads, clip=clip)
+        out.append(tensor_rows(spec, row, np.asarray(sums), _sizes(launch.group)))
+    return out
+
+
+def _sizes(group) -> np.ndarray:
+    """The element count of each tensor of ``group`` (kept in its scratch)."""
+    sizes = group.scratch.get("reduction_sizes")
+    if sizes is None:
+        sizes = group.scratch["reduction_sizes"] = np.array(
+            [kind_of(p).size(p) for p in group.params], np.float64)
+    return sizes
+
+
+def tensor_rows(spec, row: tuple, sums: np.ndarray, sizes) -> np.ndarray:
+    """(tensors, scalars) float64: ``row`` then the per-tensor scalars ``spec`` makes from
+    ``sums`` (one row per reduction term, one column per tensor)."""
+    declared = spec.reductions
+    n = len(sizes)
+    k = spec.Scalars(*row, *(0.0 for _ in declared.scalar_names))
+    named = dict(zip(declared.names, sums[:len(declared.names)]))
+    made = declared.scalars(np, named, np.asarray(sizes, np.float64), k)
+    rows = np.empty((n, len(row) + len(declared.scalar_names)), np.float64)
+    rows[:, :len(row)] = row
+    for j, name in enumerate(declared.scalar_names):
+        rows[:, len(row) + j] = made[name]
+    return rows
