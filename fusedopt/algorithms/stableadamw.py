@@ -165,9 +165,7 @@ STABLEADAMW = declare(
                rule="b_hat = (b^t - b) / (b^t - 1);  m = lerp(m, g, 1 - b1_hat);  "
                "v = b2_hat v + (1 - b2_hat) g^2\n"
                "lr_t = lr / max(1, sqrt(mean(g^2 / max(v, eps^2))))   (per tensor)\n"
-               "p *= 1 - lr_t weight_decay;  p -= lr_t m / (sqrt(v) + eps)"),
-    # Keras has no StableAdamW: a Keras-style one (fusedopt/keras/_keras_style.py).
-    keras={"name": "StableAdamW", "state_attributes": {"m": "_momentums", "v": "_velocities"}})
+               "p *= 1 - lr_t weight_decay;  p -= lr_t m / (sqrt(v) + eps)"))
 
 SPECS = (STABLEADAMW,)
 __test__ = {"StableAdamW": DOC}

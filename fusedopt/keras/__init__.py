@@ -18,8 +18,9 @@ backend raises an error naming ``KERAS_BACKEND=torch``.
 from __future__ import annotations
 
 from ._install import install, installed, uninstall
-from .optimizers import CLASSES
+from .optimizers import CLASSES, PEERLESS
 
-globals().update({cls.__name__: cls for cls in CLASSES.values()})
+globals().update({cls.__name__: cls for cls in (*CLASSES.values(), *PEERLESS.values())})
 
-__all__ = [*(cls.__name__ for cls in CLASSES.values()), "install", "uninstall", "installed"]
+__all__ = [*(cls.__name__ for cls in (*CLASSES.values(), *PEERLESS.values())), "install",
+           "uninstall", "installed"]

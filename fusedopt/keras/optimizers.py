@@ -19,7 +19,8 @@ from keras import ops
 
 from ..algorithms.registry import REGISTRY
 from ._fused import FusedOptimizer
-from ._keras_style import CLASSES as KERAS_STYLE
+from ._peerless import keras_base
+from ._peerless import state_attributes as peerless_attributes
 
 _register = keras.saving.register_keras_serializable(package="fusedopt")
 
@@ -41,15 +42,25 @@ _HOOKS = {"nadam": _NadamHooks}
 
 
 def _keras_class(spec) -> type:
-    """``keras.optimizers.<name>`` with :class:`FusedOptimizer` in front, for ``spec``."""
+    """``keras.optimizers.<name>`` with :class:`FusedOptimizer` in front, for ``spec``; for an
+    optimizer Keras does not ship, a Keras optimizer made from its declaration
+    (fusedopt/keras/_peerless.py) takes that class's place."""
     door = spec.keras
-    peer = getattr(keras.optimizers, door["name"], None) or KERAS_STYLE[door["name"]]
+    if door is None:
+        door = {"name": spec.class_name, "state_attributes": peerless_attributes(spec)}
+        peer = keras_base(spec)
+        origin = (f"a Keras optimizer with ``fusedopt.{spec.class_name}``'s Keras-style "
+                  "arguments and defaults (Keras has no such class), its config and one "
+                  "variable per state slot")
+    else:
+        peer = getattr(keras.optimizers, door["name"])
+        origin = (f"``keras.optimizers.{door['name']}``, fused: Keras' arguments, defaults, "
+                  "config and variables")
     bases = (FusedOptimizer, peer)
     hooks = ({k: v for k, v in vars(_HOOKS[spec.name]).items() if not k.startswith("__")}
              if spec.name in _HOOKS else {})  # in the class: before FusedOptimizer's defaults
-    doc = (f"``keras.optimizers.{door['name']}``, fused: Keras' arguments, defaults, config "
-           f"and variables, its update in one pass. The rule, as ``fusedopt.{spec.class_name}``"
-           f" has it:\n\n{spec.doc.split('Args:')[0].rstrip()}\n")
+    doc = (f"{origin}, its update in one pass. The rule, as ``fusedopt.{spec.class_name}`` "
+           f"has it:\n\n{spec.doc.split('Args:')[0].rstrip()}\n")
     cls = type(door["name"], bases, {
         "__doc__": doc, "__module__": __name__, "__qualname__": door["name"],
         "spec_name": spec.name, "state_attributes": dict(door["state_attributes"]), **hooks})
@@ -59,8 +70,14 @@ def _keras_class(spec) -> type:
 #: Keras' lower-case names (``keras.optimizers.get("adam")``) -> the fused classes.
 CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.values()
            if spec.keras is not None}
-globals().update({cls.__name__: cls for cls in CLASSES.values()})
-#: The classes Keras has (the others are Keras-style: fusedopt/keras/_keras_style.py).
+#: The optimizers Keras does not ship (RAdam, Rprop, ASGD, AdEMAMix, ...), by registry name:
+#: not under Keras' names, so ``install()`` leaves them out. A schedule-free optimizer's
+#: train/eval switch is a rule of the engine's, not an optimizer: it has no class here.
+_SWITCHES = {spec.switch[0] for spec in REGISTRY.values() if spec.switch is not None}
+PEERLESS = {spec.name: _keras_class(spec) for spec in REGISTRY.values()
+            if spec.keras is None and spec.name not in _SWITCHES}
+globals().update({cls.__name__: cls for cls in (*CLASSES.values(), *PEERLESS.values())})
+#: The classes Keras has, under Keras' names (those install() takes over).
 KERAS_OWN = {name: cls for name, cls in CLASSES.items()
              if hasattr(keras.optimizers, cls.__name__)}
 

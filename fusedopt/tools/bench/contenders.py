@@ -36,6 +36,7 @@ TORCH_MODES = {TORCH_FUSED: "fused", TORCH_FOREACH: "foreach"}
 TORCH_NAMES = {
     "adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop",
     "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "NAdam",
+    "radam": "RAdam", "rprop": "Rprop", "asgd": "ASGD",
 }
 
 #: Keras-named hyperparameters whose torch argument has the same name and meaning.
