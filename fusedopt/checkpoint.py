@@ -9,15 +9,16 @@ file (https://github.com/huggingface/safetensors) holding
 
 - every state array as a tensor named ``state/{position}/{slot}`` (e.g. ``state/3/m``),
   in its own dtype (float16, bfloat16 and the rest bit for bit), C order whatever the
-  param's memory order;
+  param's memory order; a quantized slot (``state_dtype="q8"``/``"q4"``) as two,
+  ``.../codes`` and ``.../absmax`` (fusedopt/checkpoint_quantized.py);
 - one header metadata entry, ``fusedopt``: a JSON object with ``format``, ``version``,
   ``class`` (e.g. "Adam"), ``optimizer`` (its registry name), ``convention``, ``backend``,
   ``config`` (``get_config()``; a schedule is stored as ``{"schedule": "<its repr>"}`` and
   must be passed again to ``fusedopt.load``: a checkpoint holds no code), ``iterations``,
   ``steps`` (per-param step counts), ``seed`` (the optimizer's stochastic-rounding seed:
-  with the step counts, what a resumed run's random bits continue from), and ``params``: per position its shape, dtype,
-  memory order, hyperparameter group, whether weight decay applies, and its slots' names
-  and dtypes.
+  with the step counts, what a resumed run's random bits continue from), and ``params``:
+  per position its shape, dtype, memory order, hyperparameter group, whether weight decay
+  applies, and its slots' names and dtypes (a quantized slot: its format, map and block).
 
 Params are not in the file (the model's own checkpoint holds them), so a resumed run needs
 both. Loading reads the JSON header and raw array bytes only: no pickle, no import by name;
@@ -46,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from .engine import modes
+from .checkpoint_quantized import check_quantized, slot_entry, slots_of
 from .engine.validate import memory_order
+from .memory import quant as _quant
 from .memory.arrays import kind_of
 
 FORMAT = "fusedopt.optimizer"
@@ -186,8 +189,7 @@ def describe(opt) -> dict:
         params.append({
             "shape": list(kind.shape(p)), "dtype": kind.dtype(p), "order": memory_order(p),
             "group": engine.group_of[i], "decays": engine.decays[i],
-            "slots": [{"name": n, "dtype": _slot_dtype(s)}
-                      for n, s in zip(engine.slot_names(i), engine.states[i])],
+            "slots": [slot_entry(*slot) for slot in slots_of(engine, i)],
         })
     return {
         "format": FORMAT, "version": VERSION,
@@ -215,9 +217,14 @@ def save(opt, path) -> None:
         return
     meta = describe(opt)
     engine = opt._engine
-    arrays = {f"state/{i}/{n}": kind_of(s).to_host(s)
-              for i in range(len(engine.params))
-              for n, s in zip(engine.slot_names(i), engine.states[i])}
+    arrays = {}
+    for i, p in enumerate(engine.params):
+        for n, s, fmt in slots_of(engine, i):
+            if fmt is None:
+                arrays[f"state/{i}/{n}"] = kind_of(s).to_host(s)
+            else:
+                records = _quant.to_records(kind_of(s).to_host(s), kind_of(p).size(p), fmt)
+                arrays.update({f"state/{i}/{n}/{k}": v for k, v in records.items()})
     arrays.update({f"average/{i}": kind_of(a).to_host(a)  # use_ema's moving averages
                    for i, a in enumerate(engine.averages)})
     arrays.update({f"kept/{i}": kind_of(y).to_host(y)  # the training point, in eval mode
@@ -274,6 +281,11 @@ class Pending:
                                "master_weights differ?)")
             for s in entry["slots"]:
                 key = f"state/{i}/{s['name']}"
+                if s["dtype"] in _quant.FORMATS:
+                    problem = check_quantized(self.arrays, key, s, entry["shape"])
+                    if problem:
+                        self._mismatch(problem)
+                    continue
                 array = self.arrays.get(key)
                 if array is None:
                     self._mismatch(f"the array {key!r} is missing")
@@ -284,12 +296,13 @@ class Pending:
     def check_states(self, opt) -> None:
         """The checkpoint's state arrays have the dtypes of ``opt``'s (built) state."""
         engine = opt._engine
-        for i, slots in enumerate(engine.states):
-            for name, s in zip(engine.slot_names(i), slots):
-                saved = self.arrays[f"state/{i}/{name}"].dtype.name
-                if saved != _slot_dtype(s):
+        for i in range(len(engine.states)):
+            entries = self.meta["params"][i]["slots"]
+            for (name, s, fmt), entry in zip(slots_of(engine, i), entries):
+                saved, here = entry["dtype"], slot_entry(name, s, fmt)["dtype"]
+                if saved != here:
                     self._mismatch(f"param {i}'s state {name!r} is {saved} in the checkpoint, "
-                                   f"{_slot_dtype(s)} here")
+                                   f"{here} here")
         saved_averages = sum(key.startswith("average/") for key in self.arrays)
         if saved_averages != len(engine.averages):
             self._mismatch(f"it holds {saved_averages} moving averages, the optimizer keeps "
@@ -298,9 +311,13 @@ class Pending:
     def apply(self, opt) -> None:
         """Copy the state into ``opt``'s arrays and restore its counts (checks passed)."""
         engine = opt._engine
-        for i, slots in enumerate(engine.states):
-            for name, s in zip(engine.slot_names(i), slots):
-                kind_of(s).copy_from_host(s, self.arrays[f"state/{i}/{name}"])
+        for i, p in enumerate(engine.params):
+            for name, s, fmt in slots_of(engine, i):
+                key = f"state/{i}/{name}"
+                kind_of(s).copy_from_host(s, self.arrays[key] if fmt is None else
+                                          _quant.from_records(self.arrays[f"{key}/codes"],
+                                                              self.arrays[f"{key}/absmax"],
+                                                              kind_of(p).size(p), fmt, key))
         for i, a in enumerate(engine.averages):
             kind_of(a).copy_from_host(a, self.arrays[f"average/{i}"])
         engine.iterations = int(self.meta["iterations"])

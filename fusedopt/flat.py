@@ -231,6 +231,10 @@ class FlatParams:
         form: ``{name: {slot: view}}`` or ``[{slot: view}, ...]``."""
         if opt not in self._pairs:
             raise ValueError(f"{opt.name} has not stepped this arena yet")
+        if any(st.quantized for st in opt._engine.storages):
+            raise ValueError(f"{opt.name} keeps {opt.state_dtype} state: its blocks run over "
+                             "each run of same-dtype params of the arena as over one param, "
+                             "so there are no views per param; read opt.state_dict()")
         segments = self._pairs[opt][1]
         views = []
         for i in range(len(self.shapes)):

@@ -13,6 +13,7 @@ from .algorithms.registry import CONVENTIONS, lookup
 from .engine import validate as _validate
 from .engine.clip import Clipping
 from .engine.engine import Engine
+from .memory import quant as _quant
 from .memory import storage as _storage
 from .memory.arrays import kind_of
 
@@ -20,7 +21,7 @@ from .memory.arrays import kind_of
 def update(name, params, grads, states, *, step, convention="keras", backend="auto",
            clipnorm=None, global_clipnorm=None, clipvalue=None, grad_scale=None,
            master_weights=False, stochastic_rounding=False, kahan_summation=False, seed=0,
-           **hyper):
+           state_dtype=None, **hyper):
     """One step of optimizer ``name`` at 1-based ``step`` over lists of arrays, in place.
 
     ``states[i]`` is the list of state arrays of ``params[i]`` in slot order (for Adam:
@@ -35,7 +36,9 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     array ends its state list); the random bits are keyed on ``seed``, ``step``, the
     param's index in ``params``, the element's index and the array, so a call gives the
     bits of the same step of an optimizer holding the same params in the same order.
-    Returns True when the step was applied.
+    ``state_dtype="q8"`` or ``"q4"``: every optimizer slot is a quantized buffer
+    (fusedopt/memory/quant.py) of its param, whatever its size; :func:`quantized_state`
+    makes the initial ones. Returns True when the step was applied.
     """
     spec = lookup(name)
     clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,
@@ -49,10 +52,15 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
         raise ValueError(f"got {len(params)} params, {len(grads)} grads and {len(states)} "
                          "state lists; they must match one to one")
     mode = _storage.mode_of(master_weights, stochastic_rounding, kahan_summation)
+    quantized = state_dtype in _quant.QUANTIZED
+    if state_dtype is not None and not quantized:
+        raise ValueError(f"state_dtype is None (the arrays' dtype), 'q8' or 'q4' here, got "
+                         f"{state_dtype!r}")
     engine = Engine(spec, convention, backend=backend, clipping=clipping,
-                    state_dtype=_state_dtype(params, states, mode),
+                    state_dtype=state_dtype if quantized else _state_dtype(params, states,
+                                                                           mode),
                     master_weights=master_weights, stochastic_rounding=stochastic_rounding,
-                    kahan_summation=kahan_summation, seed=seed)
+                    kahan_summation=kahan_summation, seed=seed, min_quantized_size=0)
     engine.add_group(hyper, where="")
     for i, (p, g) in enumerate(zip(params, grads)):  # grads checked before anything is held
         _validate.check_pair(i, p, p, spec)
@@ -60,6 +68,18 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     engine.add_params(params, states=states)
     engine.iterations = step - 1
     return engine.step(grads, grad_scale=grad_scale)
+
+
+def quantized_state(name, param, state_dtype="q8", *, convention="keras",
+                    master_weights=False, **hyper) -> list:
+    """The initial state arrays of ``param`` for :func:`update` with quantized
+    ``state_dtype`` ("q8" or "q4"): one buffer per slot of optimizer ``name`` with these
+    hyperparameters (filled with its initial value), then the master slot if any."""
+    engine = Engine(lookup(name), convention, state_dtype=state_dtype,
+                    master_weights=master_weights, min_quantized_size=0)
+    engine.add_group(hyper, where="")
+    engine.add_params([param])
+    return list(engine.states[0])
 
 
 def _state_dtype(params, states, mode: str):

@@ -89,7 +89,7 @@ def test_state_dtypes_a_param_cannot_have(kwargs, dtype, match):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(state_dtype="int8"), r"state_dtype must be None .*, 'float32', 'bfloat16', "
-                               r"'float64' or 'param' .*, got 'int8'"),
+                               r"'float64', 'param' .*'q8' or 'q4' .*, got 'int8'"),
     (dict(master_weights="yes"), r"master_weights must be False, True or 'remainder', got "
                                  r"'yes'"),
     (dict(master_weights=1), r"master_weights must be False, True or 'remainder', got 1"),

@@ -143,7 +143,8 @@ def _family(name, class_name, keras_name, decoupled_in_torch, weight_decay, extr
         hypers=(*ADAM_LIKE, Hyper("amsgrad", False, boolean), weight_decay, *extra),
         flag_names=("flavor", "amsgrad"), flags=flags,
         all_flags=tuple((fl, a) for fl in (KERAS, TORCH_L2, TORCH_DECOUPLED) for a in (0, 1)),
-        slots=(Slot("m"), Slot("v"), Slot("vhat", when="amsgrad")),
+        slots=(Slot("m"), Slot("v", nonneg=True),
+               Slot("vhat", when="amsgrad", nonneg=True)),
         scalar_names=SCALARS, scalar_fn=scalars, doc=doc, keras_signature=keras_signature,
         torch=torch, keras={"name": class_name, "state_attributes": _KERAS_STATE})
 

@@ -89,7 +89,7 @@ ADAMAX = declare(
     keras_signature=("learning_rate", "beta_1", "beta_2", "epsilon", "weight_decay"),
     flag_names=("flavor",), flags=lambda hp, conv: (flavor(conv, False),),
     all_flags=((KERAS,), (TORCH_L2,)),
-    slots=(Slot("m"), Slot("u")), scalar_names=SCALARS, scalar_fn=scalars,
+    slots=(Slot("m"), Slot("u", nonneg=True)), scalar_names=SCALARS, scalar_fn=scalars,
     torch=dict(name="Adamax",
                positional=(("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8),
                            ("weight_decay", 0), ("foreach", None)),

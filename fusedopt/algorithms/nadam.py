@@ -183,7 +183,7 @@ NADAM = declare(
     flag_names=("flavor",),
     flags=lambda hp, conv: (flavor(conv, bool(hp["decoupled_weight_decay"])),),
     all_flags=((KERAS,), (TORCH_L2,), (TORCH_DECOUPLED,)),
-    slots=(Slot("m"), Slot("v")), scalar_names=SCALARS, scalar_fn=scalars,
+    slots=(Slot("m"), Slot("v", nonneg=True)), scalar_names=SCALARS, scalar_fn=scalars,
     torch=dict(name="NAdam",
                positional=(("lr", 2e-3), ("betas", (0.9, 0.999)), ("eps", 1e-8),
                            ("weight_decay", 0), ("momentum_decay", 4e-3),

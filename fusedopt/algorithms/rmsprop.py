@@ -147,7 +147,7 @@ RMSPROP = declare(
     flag_names=("flavor", "use_momentum", "centered"),
     flags=lambda hp, conv: (flavor(conv, False), int(hp["momentum"] > 0), int(hp["centered"])),
     all_flags=tuple((fl, m, c) for fl in L2_FLAVORS for m in (0, 1) for c in (0, 1)),
-    slots=(Slot("velocity"), Slot("momentum", when="use_momentum"),
+    slots=(Slot("velocity", nonneg=True), Slot("momentum", when="use_momentum"),
            Slot("average_gradient", when="centered")),
     scalar_names=SCALARS, scalar_fn=scalars,
     torch=dict(name="RMSprop",

@@ -49,11 +49,15 @@ DTYPES = PARAM_DTYPES
 class Slot:
     """A state slot: its name (also the rule's argument for it, and the Keras-style state
     key), the flag that must be set for the variant to have it (None: always), and whether
-    it starts as a copy of the param (schedule-free's z) rather than ``slot_init``."""
+    it starts as a copy of the param (schedule-free's z) rather than ``slot_init``, and
+    whether its values are never negative (``nonneg``: a second moment, an accumulator of
+    squares), so that quantized state (``state_dtype="q8"``) keeps it with an unsigned map,
+    which spends the sign's bit on resolution."""
 
     name: str
     when: str | None = None
     from_param: bool = False
+    nonneg: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,11 @@ class OptimizerSpec:
     def slots(self, flags: tuple[int, ...]) -> tuple[str, ...]:
         named = dict(zip(self.flag_names, flags))
         return tuple(s.name for s in self.slot_decls if s.when is None or named[s.when])
+
+    def signed_slots(self, flags: tuple[int, ...]) -> tuple[bool, ...]:
+        """For each slot of ``slots(flags)``, whether it may hold negative values."""
+        named = dict(zip(self.flag_names, flags))
+        return tuple(not s.nonneg for s in self.slot_decls if s.when is None or named[s.when])
 
     @property
     def max_slots(self) -> int:

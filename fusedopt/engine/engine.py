@@ -75,6 +75,7 @@ import numbers
 import numpy as np
 
 from ..algorithms.registry import OptimizerSpec, lookup
+from ..memory import quant as _quant
 from ..memory import storage as _storage
 from ..memory.arrays import kind_of
 from ..memory.steps import Window
@@ -89,10 +90,14 @@ from .step import StepPhases
 class Engine(HyperGroups, LaunchGroups, StepPhases):
     """Every step of one registered optimizer, for every front door."""
 
+    #: Params with fewer elements keep float32 state under ``state_dtype="q8"``/``"q4"``.
+    min_quantized_size = _storage.MIN_QUANTIZED_SIZE
+
     def __init__(self, spec: OptimizerSpec, convention: str = "keras", *, backend: str = "auto",
                  clipping: Clipping = NONE, per_param_steps: bool = False,
                  state_dtype=None, master_weights=False, ema: MovingAverage | None = None,
-                 stochastic_rounding=False, kahan_summation=False, seed=0):
+                 stochastic_rounding=False, kahan_summation=False, seed=0,
+                 min_quantized_size=_storage.MIN_QUANTIZED_SIZE):
         self.spec, self.convention, self.backend = spec, convention, backend
         self.clipping = clipping
         self.ema = ema                    # use_ema: a moving average of every param
@@ -100,6 +105,7 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         self.per_param_steps = per_param_steps
         _storage.check_state_dtype(state_dtype)
         self.state_dtype = state_dtype
+        self.min_quantized_size = _storage.check_min_quantized_size(min_quantized_size)
         self.master_weights = master_weights
         self.mode = _storage.mode_of(master_weights, stochastic_rounding, kahan_summation)
         self._seed = check_seed(seed)
@@ -133,7 +139,9 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         else:
             policy = (self.hypers[group].state_dtype, self.hypers[group].mode)
         dtype = kind_of(param).dtype(param)
-        state, mode = _storage.resolve(f"param {position}", dtype, *policy)
+        state, mode = _storage.resolve(f"param {position}", dtype, *policy,
+                                       size=kind_of(param).size(param),
+                                       min_quantized_size=self.min_quantized_size)
         return _storage.Storage(dtype, dtype, state, mode)
 
     def add_params(self, params, group: int = 0, decays=None, states=None,
@@ -173,10 +181,11 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
                                       list(range(first, first + len(params))))
         init = self.spec.slot_init(self.hypers[group].hyper)
         copies = {s.name for s in self.spec.slot_decls if s.from_param}
+        signed = self.spec.signed_slots(self.hypers[group].flags)
         made_all = []
         for i, p in enumerate(params):
             made = (list(states[i]) if states is not None
-                    else _new_state(p, slots, storages[i], init, copies))
+                    else _new_state(p, slots, storages[i], init, signed, copies))
             if not all(_validate.same_order(s, p) for s in made):
                 raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
                                  "makes state arrays in C order; pass a C-contiguous param")
@@ -333,7 +342,8 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
 
 
 def _slot_dtypes(slots: tuple, st) -> tuple:
-    """(names, dtypes) of the state arrays a param of storage ``st`` holds."""
+    """(names, dtypes) of the state arrays a param of storage ``st`` holds (a quantized
+    slot: its format's name, "q8" or "q4")."""
     names, dtypes = list(slots), [st.state] * len(slots)
     if st.master:
         names.append(st.master[0])
@@ -341,15 +351,26 @@ def _slot_dtypes(slots: tuple, st) -> tuple:
     return names, dtypes
 
 
-def _new_state(param, slots: tuple, st, init: float, copies=frozenset()) -> list:
-    """State arrays beside ``param``: the slots filled with ``init`` (those in ``copies``
-    with the param's values), then the master slot (the param widened to float32, or zero
+def _new_state(param, slots: tuple, st, init: float, signed: tuple = (),
+               copies=frozenset()) -> list:
+    """State arrays beside ``param``: the slots filled with ``init`` (quantized slots: their
+    blocks, fusedopt/memory/quant.py, each element ``init``; those in ``copies`` with the
+    param's values), then the master slot (the param widened to float32, or zero
     remainders: a bf16 value splits exactly)."""
     kind = kind_of(param)
-    made = [kind.zeros(param, st.state, init) for _ in slots]
-    for name, array in zip(slots, made):
-        if name in copies:
-            array[...] = param
+    if st.quantized:
+        if copies:
+            raise ValueError("quantized state (state_dtype='q8'/'q4') cannot hold a slot "
+                             f"that starts as the param ({', '.join(sorted(copies))}); use "
+                             "state_dtype='float32' or 'bfloat16' for this optimizer")
+        n = kind.size(param)
+        made = [kind.from_host(param, _quant.filled(n, st.state, sign, init))
+                for sign in signed]
+    else:
+        made = [kind.zeros(param, st.state, init) for _ in slots]
+        for name, array in zip(slots, made):
+            if name in copies:
+                array[...] = param
     if st.mode == "master":
         made.append(kind.astype(param, "float32"))
     elif st.mode == "remainder":

@@ -79,6 +79,20 @@ class HyperGroups:
         flags = tuple(self.spec.flags(full, self.convention))
         return HyperGroup(full, flags, tuple(self.spec.slots(flags)), maximize)
 
+    def _check_quantizable(self, state_dtype) -> None:
+        """Quantized state for an optimizer whose step it does not cover yet: refused."""
+        if not _storage.is_quantized(state_dtype):
+            return
+        why = None
+        if self.spec.reductions is not None:
+            why = "its per-tensor reductions read the state in a pass of their own"
+        elif any(s.from_param for s in self.spec.slot_decls):
+            why = "a slot of it starts as the param and its train/eval switch reads it"
+        if why is not None:
+            raise ValueError(f"state_dtype={state_dtype!r} is not supported for "
+                             f"{self.spec.name} yet ({why}); use state_dtype='float32' or "
+                             "'bfloat16'")
+
     def _with_storage(self, group: HyperGroup, state_dtype, master_weights,
                       where: str, mode: str | None = None, stochastic_rounding=False,
                       kahan_summation=False) -> HyperGroup:
@@ -89,6 +103,7 @@ class HyperGroups:
             state_dtype = self.state_dtype
         try:
             _storage.check_state_dtype(state_dtype)
+            self._check_quantizable(state_dtype)
             if master_weights is _ENGINE:
                 group.mode = self.mode if mode is None else mode
             else:

@@ -13,6 +13,7 @@ import bisect
 import numpy as np
 
 from ..algorithms.registry import OptimizerSpec
+from ..memory import quant as _quant
 from ..memory import storage as _storage
 from ..memory.arrays import kind_of
 from . import dispatch as _dispatch
@@ -73,6 +74,13 @@ def check_state(position: int, param, slots, names, dtypes=None) -> None:
     dtypes = dtypes or [pk.dtype(param)] * len(names)
     for name, s, dtype in zip(names, slots, dtypes):
         sk = kind_of(s)
+        if dtype in _quant.FORMATS:
+            want = (_quant.FORMATS[dtype].nbytes(pk.size(param)),)
+            if sk.shape(s) != want or sk.dtype(s) != "uint8":
+                raise ValueError(f"param {position}: {dtype} state {name!r} must be a uint8 "
+                                 f"array of {want[0]} bytes (its blocks: "
+                                 f"fusedopt/memory/quant.py), got {sk.shape(s)} {sk.dtype(s)}")
+            continue
         if sk.shape(s) != pk.shape(param) or sk.dtype(s) != dtype:
             raise ValueError(f"param {position}: state {name!r} must match the param's shape "
                              f"{pk.shape(param)} and dtype {dtype}, got {sk.shape(s)} "

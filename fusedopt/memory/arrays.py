@@ -70,6 +70,11 @@ class Kind:
         filled with ``fill``."""
         raise NotImplementedError
 
+    def from_host(self, like, values: np.ndarray):
+        """A new 1-D array of NumPy ``values`` on ``like``'s device (a quantized slot,
+        fusedopt/memory/quant.py: bytes, not the param's shape)."""
+        raise NotImplementedError
+
     def contiguous(self, a):
         """A C-contiguous copy of ``a`` (grads are only read, so a strided one is copied)."""
         raise NotImplementedError
@@ -123,6 +128,12 @@ class NdarrayKind(Kind):
             return np.full(like.shape, fill, dtype=dt, order=order)
         with like.device:  # on the param's device, not the current one
             return _cupy().full(like.shape, fill, dtype=dt, order=order)
+
+    def from_host(self, like, values: np.ndarray):
+        if isinstance(like, np.ndarray):
+            return np.array(values, copy=True)
+        with like.device:
+            return _cupy().asarray(values)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()

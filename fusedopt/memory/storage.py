@@ -28,6 +28,12 @@ nearest even once on store (kernels/storage.cuh, fusedopt/backends/cpu/storage.p
   with masters: the float32 master is exact, so the 16-bit copy the forward pass reads stays
   the nearest value (and the remainder mode keeps writing the bits of the fp32-master mode).
 
+- quantized state (``state_dtype="q8"`` or ``"q4"``, fusedopt/memory/quant.py): every slot
+  of the optimizer kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
+  float32, bfloat16 and float16 params in every mode (with ``stochastic_rounding`` the codes
+  are rounded stochastically too); a param of fewer than ``min_quantized_size`` elements
+  (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps it.
+
 Each way of keeping and storing a param is a mode (the kernels' MODE): "plain", "master",
 "remainder", "kahan", "stochastic".
 """
@@ -37,6 +43,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .quant import MIN_QUANTIZED_SIZE, QUANTIZED, is_quantized
 
 #: Param storage dtypes, and the CUDA type of each.
 CUDA_TYPES = {"float32": "float", "float64": "double", "float16": "__half",
@@ -122,11 +130,19 @@ class Storage:
             return ("compensation", self.param)
         return MASTER_SLOTS.get(self.mode)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether the optimizer's slots are quantized ("q8", "q4")."""
+        return is_quantized(self.state)
+
     def with_grad(self, grad: str) -> "Storage":
         return Storage(self.param, grad, self.state, self.mode)
 
     def template_args(self) -> str:
         """The CUDA template arguments before the variant flags: "P, G, S, MODE"."""
+        if self.quantized:
+            raise ValueError(f"{self.state} state has no CUDA kernel yet; step it on the "
+                             "CPU backend (NumPy arrays, or backend='cpu')")
         return ", ".join([CUDA_TYPES[self.param], CUDA_TYPES[self.grad],
                           CUDA_TYPES[self.state], str(MODE_IDS[self.mode])])
 
@@ -179,17 +195,29 @@ def mode_options(mode: str) -> dict:
             "kahan_summation": mode == "kahan"}
 
 
-#: The ``state_dtype`` spellings besides None: dtype names, and "param" (see the top).
-STATE_DTYPES = ("float32", "bfloat16", "float64", "param")
+#: The ``state_dtype`` spellings besides None: dtype names, "param" (see the top) and the
+#: quantized formats.
+STATE_DTYPES = ("float32", "bfloat16", "float64", "param", *QUANTIZED)
 
 
 def check_state_dtype(state_dtype) -> None:
-    """``state_dtype`` is None, "param" or a dtype name some param takes."""
+    """``state_dtype`` is None, "param", a dtype name some param takes, "q8" or "q4"."""
     if state_dtype is not None and (not isinstance(state_dtype, str)
                                     or state_dtype not in STATE_DTYPES):
         raise ValueError(f"state_dtype must be None (float32 for 16-bit params, the param's "
-                         f"dtype otherwise), 'float32', 'bfloat16', 'float64' or 'param' (the "
-                         f"param's dtype; float32 for float16), got {state_dtype!r}")
+                         f"dtype otherwise), 'float32', 'bfloat16', 'float64', 'param' (the "
+                         f"param's dtype; float32 for float16), 'q8' or 'q4' (8- or 4-bit "
+                         f"blockwise quantized), got {state_dtype!r}")
+
+
+def check_min_quantized_size(value) -> int:
+    """``min_quantized_size`` as an int >= 0, or a ValueError saying what came in."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 0:
+        raise ValueError(f"min_quantized_size must be an int >= 0 (params with fewer "
+                         f"elements keep float32 state; default {MIN_QUANTIZED_SIZE}), got "
+                         f"{value!r}")
+    return int(value)
 
 
 def _policy_state(param: str, state_dtype, mode: str) -> str:
@@ -202,13 +230,17 @@ def _policy_state(param: str, state_dtype, mode: str) -> str:
     return state_dtype
 
 
-def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
-    """(state dtype, mode) for a param of dtype ``param``, or a ValueError naming ``where``
-    (e.g. "param 3") and the fix."""
+def resolve(where: str, param: str, state_dtype, mode: str, size: int | None = None,
+            min_quantized_size: int = MIN_QUANTIZED_SIZE) -> tuple[str, str]:
+    """(state dtype, mode) for a param of dtype ``param`` (of ``size`` elements, where the
+    state may be quantized), or a ValueError naming ``where`` (e.g. "param 3") and the
+    fix."""
     if param not in PARAM_DTYPES:
         raise TypeError(f"{where} has dtype {param}; fusedopt steps "
                         f"{', '.join(PARAM_DTYPES)} params: convert it (e.g. "
                         ".astype(np.float32))")
+    if is_quantized(state_dtype):
+        return _resolve_quantized(where, param, state_dtype, mode, size, min_quantized_size)
     if mode in ("kahan", "stochastic") and (
             mode not in modes(param) or state_dtype not in state_dtypes(param, mode) and
             param not in SIXTEEN_BIT):
@@ -243,6 +275,23 @@ def resolve(where: str, param: str, state_dtype, mode: str) -> tuple[str, str]:
                          f"{' or '.join(state_dtypes(param, mode))}, not "
                          f"state_dtype={state!r}; {fix}")
     return state, mode
+
+
+def _resolve_quantized(where, param, state_dtype, mode, size, min_quantized_size):
+    """(state, mode) of ``state_dtype`` "q8"/"q4": the format itself, or float32 state for
+    a param below ``min_quantized_size`` elements (plain, for a float32 param whose only
+    stochastic store would have been its codes)."""
+    if param == "float64":
+        raise ValueError(f"{where} is float64; state_dtype={state_dtype!r} quantizes the "
+                         "state of float32, bfloat16 and float16 params: pass "
+                         "state_dtype=None for float64 state, or convert the param")
+    if mode not in modes(param):
+        return resolve(where, param, None, mode)  # its own error: the mode, not the state
+    if size is not None and size < min_quantized_size:
+        if mode == "stochastic" and param not in SIXTEEN_BIT:
+            return "float32", "plain"
+        return "float32", mode
+    return state_dtype, mode
 
 
 def check_grad(where: str, param: str, grad: str, mode: str = "plain") -> None:

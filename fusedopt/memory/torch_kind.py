@@ -73,6 +73,9 @@ class TorchKind(_arrays.Kind):
     def zeros(self, like, dtype: str, fill: float = 0.0):
         return torch.full(like.shape, fill, dtype=_DTYPES[dtype], device=like.device)
 
+    def from_host(self, like, values: np.ndarray):
+        return torch.from_numpy(np.array(values, copy=True)).to(like.device)
+
     def contiguous(self, a):
         return a.contiguous()
 

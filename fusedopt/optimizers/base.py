@@ -18,6 +18,7 @@ from ..engine.dispatch import BACKENDS
 from ..engine.ema import MovingAverage, overwrite
 from ..engine.engine import Engine
 from ..flat import FlatParams
+from ..memory.quant import MIN_QUANTIZED_SIZE
 from .state import Checkpoints
 
 #: Keras arguments fusedopt accepts only at their default (Keras' get_config reports them).
@@ -36,7 +37,11 @@ class Optimizer(Checkpoints):
     - ``state_dtype``: dtype of the state slots: None (float32 for float16/bfloat16 params,
       the param's dtype otherwise), "float32" or "bfloat16" (16-bit and float32 params),
       "float64" (float64 params), or "param" (the param's dtype; float32 for float16).
-      Rounded to nearest even once per step.
+      Rounded to nearest even once per step. "q8" or "q4": every slot blockwise quantized
+      to 8 or 4 bits (fusedopt/memory/quant.py; float32, bfloat16 and float16 params, CPU
+      backend), params below ``min_quantized_size`` elements keeping float32 state.
+    - ``min_quantized_size``: with quantized state, params with fewer elements keep float32
+      state. 4096 (bitsandbytes' ``min_8bit_size``).
     - ``master_weights``: False, True (an fp32 master of each 16-bit param in the state, slot
       "master", updated in the same pass; the param is written from it, rounded to nearest)
       or "remainder" (bfloat16 params: an int16 slot "remainder" that with the param is the
@@ -57,7 +62,8 @@ class Optimizer(Checkpoints):
     def __init__(self, *, name=None, convention="keras", backend="auto", clipnorm=None,
                  clipvalue=None, global_clipnorm=None, state_dtype=None, master_weights=False,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
-                 stochastic_rounding=False, kahan_summation=False, seed=0, **hyper):
+                 stochastic_rounding=False, kahan_summation=False, seed=0,
+                 min_quantized_size=MIN_QUANTIZED_SIZE, **hyper):
         spec = lookup(self.spec_name)
         self._spec: OptimizerSpec = spec
         if convention not in CONVENTIONS:
@@ -86,8 +92,10 @@ class Optimizer(Checkpoints):
         self._engine = Engine(spec, convention, backend=backend, clipping=self._clipping,
                               state_dtype=state_dtype, master_weights=master_weights, ema=ema,
                               stochastic_rounding=stochastic_rounding,
-                              kahan_summation=kahan_summation, seed=seed)
+                              kahan_summation=kahan_summation, seed=seed,
+                              min_quantized_size=min_quantized_size)
         self.state_dtype, self.master_weights = state_dtype, master_weights
+        self.min_quantized_size = self._engine.min_quantized_size
         self.stochastic_rounding, self.kahan_summation = stochastic_rounding, kahan_summation
         group = self._engine.hypers[self._engine.add_group(hyper, where="")]
         self.hyper: dict[str, Any] = group.hyper
@@ -321,6 +329,8 @@ class Optimizer(Checkpoints):
             cfg["backend"] = self.backend
         if self.state_dtype is not None:
             cfg["state_dtype"] = self.state_dtype
+        if self.min_quantized_size != MIN_QUANTIZED_SIZE:
+            cfg["min_quantized_size"] = self.min_quantized_size
         if self.master_weights is not False:
             cfg["master_weights"] = self.master_weights
         if self.stochastic_rounding:

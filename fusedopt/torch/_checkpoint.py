@@ -30,6 +30,7 @@ import torch
 
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
+from . import _quantized
 from ._local import local
 from ._names import MASTER_KEYS, Row
 
@@ -46,7 +47,8 @@ def originals(optimizer, state_dict: dict) -> dict:
     return found
 
 
-def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory) -> list:
+def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
+          signed: tuple = ()) -> list:
     """The engine's state arrays for one param (copies beside ``memory``) from ``saved``
     (its checkpoint entry, None values dropped), the master slot last when ``storage``
     keeps one."""
@@ -57,6 +59,9 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory)
     master_keys = set(MASTER_KEYS.values())
     master = storage.master  # (slot, dtype) or None
     master_key = MASTER_KEYS[master[0]] if master else None
+    if storage.quantized:
+        extra |= _quantized.quantized_keys(row, slot_names, storage.state)
+        extra -= {k for k in extra if k.endswith("_qmap") and k not in saved}
     missing = (wanted | extra) - set(saved)
     unknown = set(saved) - wanted - extra - {master_key}
     if unknown & master_keys:
@@ -72,7 +77,12 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory)
                          f"unexpected {sorted(unknown)}): was the checkpoint made by "
                          f"another optimizer, or with other amsgrad/momentum/centered?")
     values = []
+    signs = dict(zip(slot_names, signed)) if storage.quantized else {}
     for slot in slot_names:
+        if storage.quantized:
+            values.append(_quantized.saved_buffer(where, keys[slot], saved, memory,
+                                                  storage.state, signs[slot]))
+            continue
         value = _checked(where, keys[slot], local(saved[keys[slot]]), memory,
                          storage.state, False, "")
         values.append(_beside(memory, storage.state).copy_(value))
@@ -121,7 +131,7 @@ def saved(optimizer, index: int, j: int, param, memory, layout):
                    for k, v in entries.items()}
     storage = engine.storage_of(len(engine.params), memory, index)
     values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,
-                   memory)
+                   memory, engine.spec.signed_slots(engine.hypers[index].flags))
     return values, step_of(optimizer, where, index, entries)
 
 

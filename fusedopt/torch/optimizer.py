@@ -18,7 +18,7 @@ import torch
 from ..algorithms.registry import lookup
 from ..backends.cpu import threads as _cpu_threads
 from ..engine.engine import Engine
-from . import _checkpoint, _checks, _compile, _layout
+from . import _checkpoint, _checks, _compile, _layout, _quantized
 from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local
 from ._names import MASTER_KEYS, Row, storage_mode, storage_policy
@@ -166,9 +166,11 @@ class Optimizer(torch.optim.Optimizer):
         for key, values in derived.items():
             state[key] = values[k]
         layout = self._held[id(param)].layout
+        quantized = engine.storages[pos].quantized  # its slots are buffers of blocks
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
             if slot in slots:
-                value = slots[slot] if layout is None else layout.outward(slots[slot])
+                flat = quantized and slot not in MASTER_KEYS
+                value = slots[slot] if layout is None or flat else layout.outward(slots[slot])
                 state[key] = like_param(param, value)
         if state:
             self.state[param] = state
@@ -315,6 +317,7 @@ class Optimizer(torch.optim.Optimizer):
         state is then copied into fusedopt's own tensors. Refused checkpoints change
         nothing."""
         before = (self.state, self.param_groups)
+        state_dict = _quantized.from_bitsandbytes(self, state_dict)
         super().load_state_dict(state_dict)
         saved = _checkpoint.originals(self, state_dict)
         for param, entry in self.state.items():  # torch cast them to the param's dtype
@@ -328,6 +331,9 @@ class Optimizer(torch.optim.Optimizer):
         except BaseException:
             self.state, self.param_groups = before
             raise
+
+    def state_dict(self) -> dict:  # quantized slots: fusedopt/torch/_quantized.py
+        return _quantized.to_state_dict(self, super().state_dict())
 
     def __setstate__(self, state: dict) -> None:
         _compile.prepare(self)

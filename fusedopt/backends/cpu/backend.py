@@ -8,9 +8,10 @@ from numba import njit
 from ... import config
 from ...memory.arrays import foreign, kind_of
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
+from ...memory.quant import FORMATS
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
-from . import norm, storage, threads
+from . import norm, quantized, storage, threads
 from . import reduce as reduce_
 from ._cache import JIT_OPTIONS
 from .loop import MODE_CODES, run, run_serial, specialize
@@ -46,8 +47,13 @@ def address(array) -> int:
 
 def group(storage_, params, states, streams=None, averages=None) -> Group:
     # Packed: tiny tensors share a task, so every task is about CPU_CHUNK elements and
-    # Numba's static split of tasks between threads stays even.
-    return make_group(storage_, params, states, config.CPU_CHUNK, address, pack=True,
+    # Numba's static split of tasks between threads stays even. Quantized state: chunks of
+    # whole blocks, so that every span starts at a block.
+    chunk = config.CPU_CHUNK
+    if getattr(storage_, "quantized", False):
+        block = FORMATS[storage_.state].block
+        chunk = max(block, chunk // block * block)
+    return make_group(storage_, params, states, chunk, address, pack=True,
                       streams=streams, averages=averages)
 
 
@@ -139,4 +145,5 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
                    else as_rows(steps, len(group.params)).scalars())
         if average is not None:
             scalars = tuple(scalars) + tuple(average)
-    loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step))
+    spans = quantized.span_function if chosen.quantized else None
+    loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step), spans)

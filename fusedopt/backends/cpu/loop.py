@@ -337,25 +337,27 @@ def _run_serial(span, table, n_tensors, chunk, geometry, scalars, step):
         _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
 
 
-def run(variant, table, n_tensors, chunk, scalars, step):
+def run(variant, table, n_tensors, chunk, scalars, step, spans=None):
     """Apply ``variant``'s rule to every element of every tensor in ``table``, the work
     items shared out between Numba's threads.
 
     ``scalars`` the rule's scalars as numbers (rounded to the compute type inside), one
     row for every tensor or a 2-D array of a row per tensor; ``step`` the 1-based step
-    (int64), a key of stochastic rounding's bits.
+    (int64), a key of stochastic rounding's bits; ``spans`` the maker of the span function
+    (default :func:`span_function`; quantized state has its own,
+    fusedopt/backends/cpu/quantized.py).
     """
     scalars = _rows(scalars)
-    _run_parallel(span_function(variant, scalars.shape[1]).address, table, n_tensors, chunk,
-                  variant.geometry, scalars, step)
+    span = (spans or span_function)(variant, scalars.shape[1])
+    _run_parallel(span.address, table, n_tensors, chunk, variant.geometry, scalars, step)
 
 
-def run_serial(variant, table, n_tensors, chunk, scalars, step):
+def run_serial(variant, table, n_tensors, chunk, scalars, step, spans=None):
     """:func:`run` on the calling thread, for tables of one work item (waking the thread
     pool would cost more than the work)."""
     scalars = _rows(scalars)
-    _run_serial(span_function(variant, scalars.shape[1]).address, table, n_tensors, chunk,
-                variant.geometry, scalars, step)
+    span = (spans or span_function)(variant, scalars.shape[1])
+    _run_serial(span.address, table, n_tensors, chunk, variant.geometry, scalars, step)
 
 
 def _rows(scalars) -> np.ndarray:

@@ -17,7 +17,8 @@ fusedopt/backends/cpu/random_bits.py): up or down with probability proportional 
 past the largest finite value towards inf, as kernels/storage.cuh documents.
 
 Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64``, ``BF16``,
-``F16``; ``codes`` maps dtype names to them.
+``F16``, and ``Q8``, ``Q4`` for quantized state (its own span function); ``CODES`` maps dtype
+names to them.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-F32, F64, BF16, F16 = 0, 1, 2, 3
+F32, F64, BF16, F16, Q8, Q4 = 0, 1, 2, 3, 4, 5
 
-#: dtype name -> storage code.
-CODES = {"float32": F32, "float64": F64, "bfloat16": BF16, "float16": F16}
+#: dtype name -> storage code (q8 and q4: quantized state, fusedopt/backends/cpu/quantized.py).
+CODES = {"float32": F32, "float64": F64, "bfloat16": BF16, "float16": F16, "q8": Q8, "q4": Q4}
+
+#: Storage codes of quantized state.
+QUANTIZED = (Q8, Q4)
 
 #: storage code -> the dtype the loop sees the array as (16-bit types as their bits).
-LOOP_DTYPES = {F32: np.float32, F64: np.float64, BF16: np.uint16, F16: np.uint16}
+LOOP_DTYPES = {F32: np.float32, F64: np.float64, BF16: np.uint16, F16: np.uint16,
+               Q8: np.uint8, Q4: np.uint8}
 
 NEAREST_EVEN, NEAREST_AWAY = 0, 1
 

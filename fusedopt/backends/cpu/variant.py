@@ -40,17 +40,23 @@ def _rule_name(rule) -> str:
 
 
 class VariantType(types.Opaque):
+    #: A type unpickled from an older cache index has no ``signed``: the class default
+    #: keeps its hash computable, so Numba can read that index and find it stale.
+    signed: tuple = ()
+
     def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int,
-                 clamps: bool, average: bool):
+                 clamps: bool, average: bool, signed: tuple = ()):
         self.rule, self.flags, self.n_slots = rule, flags, n_slots
         self.codes, self.mode, self.clamps, self.average = codes, mode, clamps, average
+        self.signed = signed
+        quantized = f", {signed}" if signed else ""
         super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode}, "
-                              f"{clamps}, {average})")
+                              f"{clamps}, {average}{quantized})")
 
     @property
     def key(self):
         return (self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps,
-                self.average)
+                self.average, self.signed)
 
 
 register_model(VariantType)(models.OpaqueModel)
@@ -66,11 +72,12 @@ class Variant:
     the scale is 1 and the limit +inf: the same values, without the three instructions a
     vector of them costs); ``average``: whether a moving average of the param (``use_ema``,
     fusedopt/engine/ema.py) follows in one more table slot, updated from the stored param with
-    the last two scalars, ``momentum`` and ``1 - momentum``.
+    the last two scalars, ``momentum`` and ``1 - momentum``; ``signed``: for quantized
+    state (a state code of ``storage.QUANTIZED``), whether each slot takes the signed map.
     """
 
     def __init__(self, rule, scalars_type, flags, n_slots: int, codes: tuple, mode: int,
-                 clamps: bool = True, average: bool = False):
+                 clamps: bool = True, average: bool = False, signed: tuple = ()):
         name = _rule_name(rule)
         if _RULES.setdefault(name, rule) is not rule:  # e.g. two closures of one factory
             name = f"{name}#{id(rule)}"
@@ -79,20 +86,30 @@ class Variant:
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         self.clamps, self.average = bool(clamps), bool(average)
+        self.signed = tuple(bool(x) for x in signed) if self.quantized else ()
         if storage.F16 in self.codes and not storage.NATIVE_F16:
             name += "#f16-emulated"  # its own entry in Numba's on-disk cache
             _RULES[name] = rule
             _SCALAR_TYPES[name] = scalars_type
         # Numba's dispatcher reads ``_numba_type_`` before any other typing: the fast path.
         self._numba_type_ = VariantType(name, self.flags, self.n_slots, self.codes, self.mode,
-                                        self.clamps, self.average)
+                                        self.clamps, self.average, self.signed)
         # What the table walk needs to know of the variant, as int64s: its slots, 1 if a
         # master slot follows them, 1 if stochastic, 1 if an average slot follows, and the
         # bytes of a param (and average), grad, state and master-slot element.
-        sizes = (np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4])
+        # A quantized slot's address is its base: its blocks are found from the element
+        # index (fusedopt/memory/quant.py), so the table walk does not advance it.
+        sizes = [np.dtype(d).itemsize for d in loop_dtypes(self.codes, self.mode)[:4]]
+        if self.quantized:
+            sizes[2] = 0
         self.geometry = tuple(np.int64(v) for v in (self.n_slots, self.mode in WITH_SLOT,
                                                      self.mode == STOCHASTIC, self.average,
                                                      *sizes))
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the state is quantized (q8, q4): stepped by its own span function."""
+        return self.codes[2] in storage.QUANTIZED
 
     @property
     def table_slots(self) -> int:
@@ -116,7 +133,8 @@ def specialize(spec, flags: tuple, codes: tuple = (storage.F32,) * 3, mode: int 
     """``spec``'s rule with its variant ``flags`` and storage frozen in: what :func:`run`
     takes."""
     return Variant(element_rule(spec, tuple(flags)), spec.Scalars, flags,
-                   len(spec.slots(flags)), codes, mode, clamps, average)
+                   len(spec.slots(flags)), codes, mode, clamps, average,
+                   spec.signed_slots(tuple(flags)))
 
 
 @typeof_impl.register(Variant)

@@ -4,8 +4,11 @@ replaces it between its markers (tests/test_storage_bytes.py checks it is curren
 
 For each storage (fusedopt/memory/storage.py) an Adam is built on a param and stepped once; the
 bytes are the param's, the grad's and every array in ``opt.variables`` (m, v and the
-master slot), divided by the param's element count. The bytes a step moves come from the
-traffic formula of fusedopt/tools/bench/traffic.py, for comparison.
+master slot; quantized slots: their codes and block scales), divided by the param's
+element count (4096: the smallest param whose state is quantized by default). The bytes a
+step moves come from the traffic formula of fusedopt/tools/bench/traffic.py (quantized
+state: param read and written, grad read, each slot's codes and scales read and written),
+for comparison.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ MODES = (
     ("fp16 params, bf16 state", "float16", "float16", dict(state_dtype="bfloat16")),
     ("fp16 params, fp32 master, fp32 grads", "float16", "float32",
      dict(master_weights=True)),
+    ("fp32 params, q8 state", "float32", "float32", dict(state_dtype="q8")),
+    ("fp32 params, q4 state", "float32", "float32", dict(state_dtype="q4")),
+    ("bf16 params, q8 state, stochastic rounding", "bfloat16", "bfloat16",
+     dict(state_dtype="q8", stochastic_rounding=True)),
+    ("bf16 params, q4 state, stochastic rounding", "bfloat16", "bfloat16",
+     dict(state_dtype="q4", stochastic_rounding=True)),
 )
 
 #: Elements of the measured param: enough that no per-array overhead shows.
@@ -67,12 +76,17 @@ def measure() -> list[dict]:
         opt.apply_gradients([(grad, param)])
         state = sum(v.nbytes for v in opt.variables)
         group = opt._engine.launch_groups()[0].group
-        flow = traffic(opt._spec, opt.flags, step_storage(group, [grad]))
+        st = step_storage(group, [grad])
+        if st.quantized:  # param read and written, grad read, each slot's blocks both
+            moved = 2 * param.itemsize + grad.itemsize + 2 * state / ELEMENTS
+            names = ", ".join(f"{n} {st.state}" for n in opt.state(param))
+        else:
+            flow = traffic(opt._spec, opt.flags, st)
+            moved = flow.read_bytes + flow.write_bytes
+            names = ", ".join(f"{n} {s.dtype.name}" for n, s in opt.state(param).items())
         rows.append({"mode": label, "param": param.nbytes / ELEMENTS,
                      "grad": grad.nbytes / ELEMENTS, "state": state / ELEMENTS,
-                     "moved": flow.read_bytes + flow.write_bytes,
-                     "slots": ", ".join(f"{n} {s.dtype.name}" for n, s in
-                                        opt.state(param).items())})
+                     "moved": moved, "slots": names})
     return rows
 
 

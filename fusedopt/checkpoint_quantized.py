@@ -1,0 +1,53 @@
+"""Quantized state in checkpoints (fusedopt/checkpoint.py): a slot of ``state_dtype="q8"``
+or ``"q4"`` is saved as two tensors, ``state/{position}/{slot}/codes`` (uint8, the codes in
+element order; q4 two to a byte, the even element in the low half) and
+``state/{position}/{slot}/absmax`` (float32, one per block), and its header entry names the
+format, the map and the block size (fusedopt/memory/quant.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .memory import quant as _quant
+from .memory.arrays import kind_of
+
+
+def _slot_dtype(s) -> str:
+    return kind_of(s).dtype(s)
+
+
+def slots_of(engine, i) -> list:
+    """(name, array, quantized format or None) of position ``i``'s state arrays. A
+    quantized slot (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and
+    ``.../absmax``, its header entry naming the format, the map and the block size."""
+    st = engine.storages[i]
+    fmt = st.state if st.quantized else None
+    n_rule = len(engine.hypers[engine.group_of[i]].slots)
+    return [(n, s, fmt if k < n_rule else None)
+            for k, (n, s) in enumerate(zip(engine.slot_names(i), engine.states[i]))]
+
+
+def slot_entry(name, s, fmt) -> dict:
+    if fmt is None:
+        return {"name": name, "dtype": _slot_dtype(s)}
+    return {"name": name, "dtype": fmt, "map": _quant.MAP_NAMES[0],
+            "block": _quant.FORMATS[fmt].block}
+
+
+
+def check_quantized(arrays: dict, key: str, slot: dict, shape) -> str | None:
+    """What does not fit in the saved quantized slot ``key`` (its header entry ``slot``, of
+    a param of ``shape``), or None."""
+    if slot.get("map") not in _quant.MAP_NAMES:
+        return (f"{key} uses the map {slot.get('map')!r}; this version knows "
+                f"{list(_quant.MAP_NAMES)}")
+    if slot.get("block") != _quant.FORMATS[slot["dtype"]].block:
+        return (f"{key} has blocks of {slot.get('block')}, {slot['dtype']} has "
+                f"{_quant.FORMATS[slot['dtype']].block}")
+    try:
+        _quant.from_records(arrays.get(f"{key}/codes", np.zeros(0)),
+                            arrays.get(f"{key}/absmax", np.zeros(0)),
+                            int(np.prod(shape)), slot["dtype"], key)
+    except ValueError as error:
+        return str(error)
+    return None

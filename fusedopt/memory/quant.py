@@ -1,0 +1,255 @@
+"""Quantized optimizer state: ``state_dtype="q8"`` and ``"q4"``.
+
+A quantized slot keeps each element as a code (8 bits; q4: 4 bits, two to a byte, the
+even element in the low half) that indexes a map of values in [-1, 1] (a non-negative slot:
+[0, 1]), in blocks of 256 elements (q4: 128), each with one float32 absmax. An element's
+value is ``map[code] * absmax``; a block never straddles two params (each param's blocks
+start at its element 0). Blockwise quantization is Dettmers et al., "8-bit Optimizers via
+Block-wise Quantization" (arXiv 2110.02861).
+
+**Layout.** One uint8 array per slot holds a param's blocks one after the other, each block
+its absmax (4 bytes, little-endian float32) then its codes (256 bytes; q4: 64), the last
+block only as long as its elements need: ``4 * blocks + codes`` bytes, bitsandbytes' count.
+Each block is self-contained, so a loop that starts at a block's first element finds its
+scale and codes from the slot's address and the element index alone.
+
+**Maps** (a slot declares ``nonneg=True`` in its optimizer's spec to get the unsigned one):
+
+- ``"dynamic"`` for q8: the dynamic map of Dettmers (arXiv 1511.04561, 2110.02861) as
+  bitsandbytes builds it: a sign, a decimal exponent 10^-e given by leading zeros, and a
+  linear fraction whose bits grow as the exponent shrinks, plus 0 and 1. Signed: 127
+  negative values, 0 and 128 positive ones, 1.0 the largest; unsigned: 0, 254 positive
+  values below 1, and 1. Its codes are bitsandbytes' codes (its checkpoints load here);
+  its entries are the exact construction rounded once to float32, within 2 float32 ulps of
+  bitsandbytes' table, which rounds along the way (tests/test_quantized_maps.py).
+- ``"dynamic"`` for q4: the same construction in 4 bits (3 exponent bits) for signed slots,
+  and for non-negative slots the linear map without zero, (k + 1) / 16 (Li et al., arXiv
+  2309.01507: a second moment quantized to zero makes an update of m / eps), as torchao's
+  AdamW4bit keeps them.
+
+The default is the dynamic map: an analytic map (whose inverse costs no search) is not
+offered yet, since none has been measured to converge as well.
+
+**Rounding.** A value x of the block with absmax a is stored as the code of the map entry
+nearest to ``x / a`` (a float32 division); halfway between two entries it takes the upper
+one (torchao's rule). Stochastic rounding takes the entry below or above with probability
+proportional to the distance. ``a`` is the largest |x| of the block, so ``x / a`` lies in
+[-1, 1]; a block of zeros has absmax 0 and decodes to zeros; a NaN in a block makes its
+absmax NaN (the whole block decodes to NaN, as a float32 state would show its NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The ``state_dtype`` spellings of quantized state.
+QUANTIZED = ("q8", "q4")
+
+#: Tensors with fewer elements keep float32 state (bitsandbytes' ``min_8bit_size``).
+MIN_QUANTIZED_SIZE = 4096
+
+#: The map names each format offers (the first is the default).
+MAP_NAMES = ("dynamic",)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A quantized format: bits per code, elements per block."""
+
+    name: str
+    bits: int
+    block: int
+
+    @property
+    def codes_per_byte(self) -> int:
+        return 8 // self.bits
+
+    @property
+    def levels(self) -> int:
+        return 1 << self.bits
+
+    @property
+    def record(self) -> int:
+        """Bytes of one full block: its absmax, then its codes."""
+        return 4 + self.block // self.codes_per_byte
+
+    def blocks(self, n: int) -> int:
+        return -(-int(n) // self.block)
+
+    def code_bytes(self, n: int) -> int:
+        return -(-int(n) // self.codes_per_byte)
+
+    def nbytes(self, n: int) -> int:
+        """Bytes of a slot of ``n`` elements."""
+        return 4 * self.blocks(n) + self.code_bytes(n)
+
+
+FORMATS = {"q8": Format("q8", 8, 256), "q4": Format("q4", 4, 128)}
+
+
+def is_quantized(state: str) -> bool:
+    return state in QUANTIZED
+
+
+def dynamic_map(signed: bool, bits: int = 8, exponent_bits: int | None = None) -> np.ndarray:
+    """The dynamic map of ``bits``-bit codes, ascending, float32 (2**bits values).
+
+    Exponent e = 0 .. exponent_bits - 1 gives the decade 10**(e - exponent_bits + 1); in it,
+    the fraction's values are the midpoints of an even split of [0.1, 1] into 2**(e + f)
+    parts, f = bits - 1 - exponent_bits (one more bit without a sign), each midpoint times
+    the decade (and negated, signed). With fewer exponent bits than bits - 1 the codes left
+    over split the largest decade once more. Then 0 and 1.0."""
+    exponent_bits = bits - 1 if exponent_bits is None else exponent_bits
+    fraction_bits = bits - 1 - exponent_bits
+    values: list[float] = []
+
+    def decade(parts: int, scale: float):
+        edges = 0.1 + 0.9 * np.arange(parts + 1, dtype=np.float64) / parts
+        middles = scale * (edges[:-1] + edges[1:]) / 2  # exact, then rounded once
+        values.extend(middles.tolist())
+        if signed:
+            values.extend((-middles).tolist())
+
+    for e in range(exponent_bits):
+        parts = 2 ** (e + fraction_bits + (0 if signed else 1))
+        decade(parts, 10.0 ** (e - exponent_bits + 1))
+    extra = 2 ** fraction_bits - 1
+    if extra > 0:
+        decade(extra, 10.0 ** (exponent_bits - 1 - exponent_bits + 1))
+    values += [0.0, 1.0]
+    if len(values) != 2 ** bits:
+        raise ValueError(f"a {bits}-bit dynamic map with {exponent_bits} exponent bits has "
+                         f"{len(values)} values, not {2 ** bits}")
+    return np.sort(np.array(values, dtype=np.float64)).astype(np.float32)
+
+
+def linear_map(levels: int) -> np.ndarray:
+    """(k + 1) / levels for k < levels: a linear map of [0, 1] without zero."""
+    return (np.arange(1, levels + 1, dtype=np.float64) / levels).astype(np.float32)
+
+
+def qmap(fmt: str, signed: bool, name: str = "dynamic") -> np.ndarray:
+    """The map of format ``fmt`` ("q8" or "q4") for a signed or non-negative slot."""
+    if name not in MAP_NAMES:
+        raise ValueError(f"unknown quantization map {name!r}; choose one of {MAP_NAMES}")
+    if fmt == "q8":
+        return dynamic_map(signed, 8)
+    return dynamic_map(True, 4, 3) if signed else linear_map(16)
+
+
+def thresholds(values: np.ndarray) -> np.ndarray:
+    """The decision points of nearest rounding to ``values`` (ascending): the float32
+    midpoints of neighbours, padded with +inf to len(values) entries, so that a
+    branchless search finds the code as the count of thresholds <= x."""
+    v = values.astype(np.float64)
+    middles = ((v[:-1] + v[1:]) / 2).astype(np.float32)
+    return np.concatenate([middles, np.float32([np.inf])])
+
+
+# --- host-side conversions (initial state, checkpoints) ------------------------------------
+
+def codes_and_scales(buffer: np.ndarray, n: int, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes as uint8, one per element; absmax float32 per block) of a slot buffer of
+    ``n`` elements (copies)."""
+    f = FORMATS[fmt]
+    buffer = np.ascontiguousarray(buffer).view(np.uint8).reshape(-1)
+    nb = f.blocks(n)
+    full = nb * f.record
+    padded = np.zeros(full, dtype=np.uint8)
+    padded[: buffer.size] = buffer
+    records = padded.reshape(nb, f.record)
+    absmax = records[:, :4].copy().view("<f4").reshape(nb).astype(np.float32)
+    packed = records[:, 4:].reshape(-1)
+    if f.bits == 8:
+        codes = packed
+    else:
+        codes = np.empty(packed.size * 2, dtype=np.uint8)
+        codes[0::2], codes[1::2] = packed & 0xF, packed >> 4
+    return codes[:n].copy(), absmax
+
+
+def pack(codes: np.ndarray, absmax: np.ndarray, fmt: str) -> np.ndarray:
+    """The slot buffer of per-element ``codes`` and per-block ``absmax`` (the inverse of
+    :func:`codes_and_scales`)."""
+    f = FORMATS[fmt]
+    codes = np.asarray(codes, dtype=np.uint8).reshape(-1)
+    n, nb = codes.size, f.blocks(codes.size)
+    absmax = np.asarray(absmax, dtype=np.float32).reshape(-1)
+    if absmax.size != nb:
+        raise ValueError(f"{n} codes in blocks of {f.block} need {nb} scales, got "
+                         f"{absmax.size}")
+    if codes.size and int(codes.max()) >= f.levels:
+        raise ValueError(f"{fmt} codes are below {f.levels}, got {int(codes.max())}")
+    padded = np.zeros(nb * f.block, dtype=np.uint8)
+    padded[:n] = codes
+    if f.bits == 4:
+        padded = padded[0::2] | (padded[1::2] << 4)
+    records = np.zeros((nb, f.record), dtype=np.uint8)
+    records[:, :4] = absmax.astype("<f4").view(np.uint8).reshape(nb, 4)
+    records[:, 4:] = padded.reshape(nb, -1)
+    return records.reshape(-1)[: f.nbytes(n)].copy()
+
+
+def quantize(values: np.ndarray, fmt: str, signed: bool, name: str = "dynamic") -> np.ndarray:
+    """The slot buffer of float ``values`` (flat, in memory order) rounded to nearest, as
+    the step stores them; for initial state and conversions on the host."""
+    f = FORMATS[fmt]
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    nb = f.blocks(x.size)
+    padded = np.zeros(nb * f.block, dtype=np.float32)
+    padded[: x.size] = x
+    blocks = padded.reshape(nb, f.block)
+    absmax = np.abs(blocks).max(axis=1) if nb else np.zeros(0, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normal = np.where(absmax[:, None] > 0, blocks / absmax[:, None], np.float32(0))
+    codes = np.searchsorted(thresholds(qmap(fmt, signed, name)), normal, side="right")
+    return pack(codes.reshape(-1)[: x.size].astype(np.uint8), absmax, fmt)
+
+
+def dequantize(buffer: np.ndarray, n: int, fmt: str, signed: bool,
+               name: str = "dynamic") -> np.ndarray:
+    """The float32 values of a slot buffer of ``n`` elements."""
+    f = FORMATS[fmt]
+    codes, absmax = codes_and_scales(buffer, n, fmt)
+    values = qmap(fmt, signed, name)[codes]
+    return (values * np.repeat(absmax, f.block)[:n]).astype(np.float32)
+
+
+def filled(n: int, fmt: str, signed: bool, value: float) -> np.ndarray:
+    """The slot buffer of ``n`` elements all equal to ``value`` (exactly: absmax |value|,
+    each code that of 1.0, or -1.0's nearest for a negative value)."""
+    return quantize(np.full(n, value, dtype=np.float32), fmt, signed)
+
+
+# --- records: a slot as its codes and scales (checkpoints, state dicts) --------------------
+
+def to_records(buffer: np.ndarray, n: int, fmt: str) -> dict:
+    """A slot buffer as ``{"codes", "absmax"}``: the codes flat in element order (q4: two
+    to a byte, the even element in the low half) and the absmax of each block."""
+    codes, absmax = codes_and_scales(buffer, n, fmt)
+    if FORMATS[fmt].bits == 4:
+        padded = np.zeros(2 * FORMATS[fmt].code_bytes(n), dtype=np.uint8)
+        padded[:n] = codes
+        codes = padded[0::2] | (padded[1::2] << 4)
+    return {"codes": codes, "absmax": absmax}
+
+
+def from_records(codes: np.ndarray, absmax: np.ndarray, n: int, fmt: str,
+                 where: str = "state") -> np.ndarray:
+    """The slot buffer of :func:`to_records`' arrays, or a ValueError naming ``where`` and
+    what does not fit."""
+    f = FORMATS[fmt]
+    codes = np.asarray(codes)
+    absmax = np.asarray(absmax)
+    want = (f.code_bytes(n), f.blocks(n))
+    if codes.dtype != np.uint8 or absmax.dtype != np.float32 or \
+            (codes.size, absmax.size) != want:
+        raise ValueError(f"{where}: {fmt} state of {n} elements is {want[0]} uint8 code bytes "
+                         f"and {want[1]} float32 scales (blocks of {f.block}), got "
+                         f"{codes.size} {codes.dtype} and {absmax.size} {absmax.dtype}")
+    codes = codes.reshape(-1)
+    if f.bits == 4:
+        codes = np.stack([codes & 0xF, codes >> 4], axis=1).reshape(-1)[:n]
+    return pack(codes, absmax, fmt)

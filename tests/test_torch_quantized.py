@@ -1,0 +1,129 @@
+"""fusedopt.torch with ``state_dtype="q8"``/``"q4"`` (per param group): training, its
+state_dict (codes, scales, map), a resumed run bit for bit, and bitsandbytes' AdamW8bit
+state dict loaded and continued; mismatches refused with nothing changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fusedopt.torch  # noqa: F401  (before torch: one OpenMP pool)
+from fusedopt.memory import quant
+
+torch = pytest.importorskip("torch")
+
+LR = 1e-3
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(100, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 100, generator=g)
+    return x, x[:, :3].argmax(1)
+
+
+def _train(model, opt, steps):
+    x, y = _data()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q4"])
+def test_state_dict_has_codes_scales_and_map_and_resumes_bit_for_bit(fmt):
+    model = _model()
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype=fmt)
+    _train(model, opt, 4)
+    saved = opt.state_dict()
+    entry = saved["state"][0]  # the 64 x 100 weight: quantized
+    n = 6400
+    f = quant.FORMATS[fmt]
+    assert entry["exp_avg"].dtype == torch.uint8
+    assert entry["exp_avg"].numel() == f.code_bytes(n)
+    assert entry["exp_avg_absmax"].shape == (f.blocks(n),)
+    assert torch.equal(entry["exp_avg_qmap"], torch.from_numpy(quant.qmap(fmt, True)))
+    assert torch.equal(entry["exp_avg_sq_qmap"], torch.from_numpy(quant.qmap(fmt, False)))
+    assert saved["state"][1]["exp_avg"].dtype == torch.float32  # 64 elements: float32
+    assert saved["param_groups"][0]["state_dtype"] == fmt
+
+    other = _model()
+    other.load_state_dict(model.state_dict())
+    opt2 = fusedopt.torch.AdamW(other.parameters(), lr=LR, state_dtype=fmt)
+    opt2.load_state_dict(saved)
+    _train(model, opt, 3)
+    _train(other, opt2, 3)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+
+
+def test_groups_choose_their_own_state():
+    model = _model()
+    opt = fusedopt.torch.AdamW([{"params": model[0].parameters(), "state_dtype": "q4"},
+                                {"params": model[2].parameters()}], lr=LR)
+    loss0 = _train(model, opt, 1)
+    loss = _train(model, opt, 30)
+    assert loss < loss0
+    assert [str(s).split(", ")[2] for s in opt._engine.storages] == [
+        "q4 state", "float32 state", "float32 state", "float32 state"]
+
+
+def test_a_bitsandbytes_adamw8bit_state_dict_loads_and_continues():
+    bnb = pytest.importorskip("bitsandbytes")
+    peer_model = _model()
+    peer = bnb.optim.AdamW8bit(peer_model.parameters(), lr=LR)
+    _train(peer_model, peer, 5)
+    model = _model()
+    model.load_state_dict(peer_model.state_dict())
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype="q8")
+    opt.load_state_dict(peer.state_dict())
+    # the codes and scales are bitsandbytes', as they were
+    mine = opt.state_dict()["state"][0]
+    theirs = peer.state[peer_model[0].weight]
+    assert torch.equal(mine["exp_avg"], theirs["state1"])
+    assert torch.equal(mine["exp_avg_sq_absmax"], theirs["absmax2"])
+    assert float(mine["step"]) == 5
+    # one more step from the same state: the same update, to float32's rounding (a state
+    # decoded with another map or misplaced scales would move the params by ~lr)
+    _train(model, opt, 1)
+    _train(peer_model, peer, 1)
+    for a, b in zip(model.parameters(), peer_model.parameters()):
+        assert torch.max(torch.abs(a - b)) <= 1e-2 * LR
+    before, after = _train(model, opt, 1), _train(model, opt, 30)
+    assert after < before
+
+
+def test_mismatched_quantized_state_is_refused_and_nothing_changes():
+    bnb = pytest.importorskip("bitsandbytes")
+    peer_model = _model()
+    peer = bnb.optim.AdamW8bit(peer_model.parameters(), lr=LR)
+    _train(peer_model, peer, 2)
+    model = _model()
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=LR)  # float32 state
+    _train(model, opt, 1)
+    snapshot = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+    with pytest.raises(ValueError, match="state_dtype='q8'"):
+        opt.load_state_dict(peer.state_dict())
+    assert all(torch.equal(snapshot[k], v) for k, v in opt.state[model[0].weight].items())
+
+    q8 = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype="q8")
+    _train(model, q8, 1)
+    saved = q8.state_dict()
+    bad = {"state": {k: dict(v) for k, v in saved["state"].items()},
+           "param_groups": saved["param_groups"]}
+    bad["state"][0]["exp_avg_qmap"] = torch.linspace(-1, 1, 256)
+    codes = q8.state[model[0].weight]["exp_avg"].clone()
+    with pytest.raises(ValueError, match="not fusedopt's q8 signed dynamic map"):
+        q8.load_state_dict(bad)
+    assert torch.equal(codes, q8.state[model[0].weight]["exp_avg"])
+    bad["state"][0]["exp_avg_qmap"] = saved["state"][0]["exp_avg_qmap"]
+    bad["state"][0]["exp_avg_absmax"] = bad["state"][0]["exp_avg_absmax"][:-1]
+    with pytest.raises(ValueError, match="float32 scales"):
+        q8.load_state_dict(bad)
+    assert np.array_equal(codes.numpy(), q8.state[model[0].weight]["exp_avg"].numpy())
