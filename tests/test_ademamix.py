@@ -14,35 +14,15 @@ float32 tensor), so checkpoints do not interchange with bitsandbytes' state_dict
 
 import pytest
 import torch
+from peer_loop import STEPS, relative, train
 
 import fusedopt.torch
 
 bnb = pytest.importorskip("bitsandbytes", reason="the peer: pip install fusedopt[peers]")
 
-STEPS = 50
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
-
-def _train(make_optimizer):
-    model = _model()
-    optimizer = make_optimizer(model.parameters())
-    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
-    target = torch.sin(data.sum(dim=1, keepdim=True))
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(data), target)
-        loss.backward()
-        optimizer.step()
-    return [p.detach().clone() for p in model.parameters()], optimizer
-
-
-def _relative(a, b) -> float:
-    worst = float((a - b).abs().max())
-    return worst / float(b.abs().max()) if worst else 0.0
 
 
 @pytest.mark.parametrize("hp", [
@@ -50,8 +30,8 @@ def _relative(a, b) -> float:
          weight_decay=0.1),
     dict(lr=3e-3, betas=(0.9, 0.95, 0.99), alpha=8.0, eps=1e-7, weight_decay=0.0)])
 def test_ademamix_matches_bitsandbytes_in_a_training_loop(hp):
-    ours, optimizer = _train(lambda ps: fusedopt.torch.AdEMAMix(ps, **hp))
-    theirs, peer = _train(lambda ps: bnb.optim.AdEMAMix(ps, **hp))
+    ours, optimizer = train(lambda ps: fusedopt.torch.AdEMAMix(ps, **hp))
+    theirs, peer = train(lambda ps: bnb.optim.AdEMAMix(ps, **hp))
     scale = max(float(b.abs().max()) for b in theirs)
     for a, b in zip(ours, theirs):
         assert float((a - b).abs().max()) <= 1e-6 * scale
@@ -60,7 +40,7 @@ def test_ademamix_matches_bitsandbytes_in_a_training_loop(hp):
         for key, theirs_of in (("m1", its["state1"][0]), ("m2", its["state1"][1]),
                                ("nu", its["state2"])):
             # 1e-5, as for RAdam's moments: EMAs of grads that cancel as the loss flattens
-            assert _relative(mine[key], theirs_of) <= 1e-5, key
+            assert relative(mine[key], theirs_of) <= 1e-5, key
         assert float(mine["step"]) == its["step"] == STEPS
 
 

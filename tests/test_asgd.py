@@ -7,46 +7,22 @@ import copy
 
 import pytest
 import torch
+from peer_loop import model, relative, train
 
 import fusedopt.torch
-
-STEPS = 50
-
-
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-
-
-def _train(make_optimizer, steps=STEPS, model=None):
-    model = model or _model()
-    optimizer = make_optimizer(model.parameters())
-    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
-    target = torch.sin(data.sum(dim=1, keepdim=True))
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(data), target)
-        loss.backward()
-        optimizer.step()
-    return [p.detach().clone() for p in model.parameters()], optimizer
-
-
-def _relative(a, b) -> float:
-    worst = float((a - b).abs().max())
-    return worst / float(b.abs().max()) if worst else 0.0
 
 
 @pytest.mark.parametrize("hp", [dict(lr=0.05, lambd=1e-2, alpha=0.5, t0=10, weight_decay=0.1),
                                 dict(lr=0.02, lambd=0.5, alpha=1.0, t0=0, maximize=True)])
 def test_asgd_matches_torch_in_a_training_loop(hp):
-    ours, optimizer = _train(lambda ps: fusedopt.torch.ASGD(ps, **hp))
-    theirs, peer = _train(lambda ps: torch.optim.ASGD(ps, **hp))
+    ours, optimizer = train(lambda ps: fusedopt.torch.ASGD(ps, **hp))
+    theirs, peer = train(lambda ps: torch.optim.ASGD(ps, **hp))
     for a, b in zip(ours, theirs):
-        assert _relative(a, b) <= 1e-6
+        assert relative(a, b) <= 1e-6
     for p, q in zip(optimizer.param_groups[0]["params"], peer.param_groups[0]["params"]):
         mine, its = optimizer.state[p], peer.state[q]
         assert list(mine) == list(its) == ["step", "eta", "mu", "ax"]
-        assert _relative(mine["ax"], its["ax"]) <= 1e-6
+        assert relative(mine["ax"], its["ax"]) <= 1e-6
         assert not torch.equal(its["ax"], q)  # averaging started: ax is not the param
         for key in ("step", "eta", "mu"):
             assert mine[key].dtype == its[key].dtype and float(mine[key]) == float(its[key])
@@ -54,23 +30,23 @@ def test_asgd_matches_torch_in_a_training_loop(hp):
 
 def test_a_checkpoint_continues_both_ways():
     hp = dict(lr=0.05, lambd=1e-2, t0=5)
-    whole, _ = _train(lambda ps: torch.optim.ASGD(ps, **hp), steps=30)
+    whole, _ = train(lambda ps: torch.optim.ASGD(ps, **hp), steps=30)
     for first, then in ((fusedopt.torch.ASGD, torch.optim.ASGD),
                         (torch.optim.ASGD, fusedopt.torch.ASGD)):
-        model = _model()
-        _, before = _train(lambda ps: first(ps, **hp), steps=20, model=model)
+        net = model()
+        _, before = train(lambda ps: first(ps, **hp), steps=20, net=net)
         saved = copy.deepcopy(before.state_dict())
-        resumed = then(model.parameters(), **hp)
+        resumed = then(net.parameters(), **hp)
         resumed.load_state_dict(saved)
-        part, _ = _train(lambda ps, opt=resumed: opt, steps=10, model=model)
+        part, _ = train(lambda ps, opt=resumed: opt, steps=10, net=net)
         for a, b in zip(part, whole):
-            assert _relative(a, b) <= 1e-6
+            assert relative(a, b) <= 1e-6
 
 
 def test_a_checkpoint_whose_eta_is_not_the_steps_is_refused():
-    _, peer = _train(lambda ps: torch.optim.ASGD(ps, lr=0.05), steps=3)
+    _, peer = train(lambda ps: torch.optim.ASGD(ps, lr=0.05), steps=3)
     saved = peer.state_dict()
     saved["state"][0]["eta"] = saved["state"][0]["eta"] * 2
-    ours = fusedopt.torch.ASGD(_model().parameters(), lr=0.05)
+    ours = fusedopt.torch.ASGD(model().parameters(), lr=0.05)
     with pytest.raises(ValueError, match=r"saved eta .* is not the step size"):
         ours.load_state_dict(saved)

@@ -130,8 +130,8 @@ def test_conventions_differ_exactly_where_the_math_does(name, case, hp):
     gap = np.max(np.abs(keras_like - torch_like))
     if _differ(name, hp):
         assert gap > 100 * VS_PEER_FLOAT32
-    else:
-        assert gap <= VS_PEER_FLOAT32
+    else:  # the same math, rounded in another order: float32 rounding at the params' scale
+        assert gap <= VS_PEER_FLOAT32 * max(1.0, float(np.abs(torch_like).max()))
 
 
 def test_torch_sgd_first_step_is_the_gradient():

@@ -3,37 +3,18 @@ loop, params within 1e-6 relative (fusedopt/algorithms/radam.py is the whole opt
 
 import pytest
 import torch
+from peer_loop import STEPS, model, train
 
 import fusedopt.torch
-
-STEPS = 50
-
-
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-
-
-def _train(make_optimizer):
-    model = _model()
-    optimizer = make_optimizer(model.parameters())
-    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
-    target = torch.sin(data.sum(dim=1, keepdim=True))
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(data), target)
-        loss.backward()
-        optimizer.step()
-    return [p.detach().clone() for p in model.parameters()], optimizer
 
 
 @pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("hp", [dict(lr=1e-2, weight_decay=0.1),
                                 dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)])
 def test_radam_matches_torch_in_a_training_loop(hp, decoupled):
-    ours, optimizer = _train(lambda ps: fusedopt.torch.RAdam(
+    ours, optimizer = train(lambda ps: fusedopt.torch.RAdam(
         ps, decoupled_weight_decay=decoupled, **hp))
-    theirs, peer = _train(lambda ps: torch.optim.RAdam(
+    theirs, peer = train(lambda ps: torch.optim.RAdam(
         ps, decoupled_weight_decay=decoupled, **hp))
     for a, b in zip(ours, theirs):
         assert ((a - b).abs().max() / b.abs().max()).item() <= 1e-6
@@ -46,8 +27,8 @@ def test_radam_matches_torch_in_a_training_loop(hp, decoupled):
 
 
 def test_radam_state_dict_loads_into_torch():
-    _, optimizer = _train(lambda ps: fusedopt.torch.RAdam(ps, lr=1e-2))
-    model = _model()
-    peer = torch.optim.RAdam(model.parameters(), lr=1e-2)
+    _, optimizer = train(lambda ps: fusedopt.torch.RAdam(ps, lr=1e-2))
+    net = model()
+    peer = torch.optim.RAdam(net.parameters(), lr=1e-2)
     peer.load_state_dict(optimizer.state_dict())
     assert set(peer.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}

@@ -4,49 +4,24 @@ settings and maximize, params within 1e-6 relative and the state under torch's k
 
 import pytest
 import torch
+from peer_loop import STEPS, model, relative, train
 
 import fusedopt.torch
-
-STEPS = 50
-
-
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-
-
-def _train(make_optimizer):
-    model = _model()
-    optimizer = make_optimizer(model.parameters())
-    data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
-    target = torch.sin(data.sum(dim=1, keepdim=True))
-    for _ in range(STEPS):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.mse_loss(model(data), target)
-        loss.backward()
-        optimizer.step()
-    return [p.detach().clone() for p in model.parameters()], optimizer
-
-
-def _relative(a, b) -> float:
-    """The largest difference relative to the largest magnitude (0 where both are all 0)."""
-    worst = float((a - b).abs().max())
-    return worst / float(b.abs().max()) if worst else 0.0
 
 
 @pytest.mark.parametrize("hp", [dict(lr=3e-3, etas=(0.3, 1.5), step_sizes=(1e-4, 0.05)),
                                 dict(lr=0.02, etas=(0.7, 1.1), step_sizes=(0.0, 1.0)),
                                 dict(lr=5e-3, maximize=True)])
 def test_rprop_matches_torch_in_a_training_loop(hp):
-    ours, optimizer = _train(lambda ps: fusedopt.torch.Rprop(ps, **hp))
-    theirs, peer = _train(lambda ps: torch.optim.Rprop(ps, **hp))
+    ours, optimizer = train(lambda ps: fusedopt.torch.Rprop(ps, **hp))
+    theirs, peer = train(lambda ps: torch.optim.Rprop(ps, **hp))
     for a, b in zip(ours, theirs):
-        assert _relative(a, b) <= 1e-6
+        assert relative(a, b) <= 1e-6
     shrunk = grown = 0
     for p, q in zip(optimizer.param_groups[0]["params"], peer.param_groups[0]["params"]):
         for key in ("prev", "step_size"):
             a, b = optimizer.state[p][key], peer.state[q][key]
-            assert _relative(a, b) <= 1e-6, key
+            assert relative(a, b) <= 1e-6, key
         assert float(optimizer.state[p]["step"]) == STEPS
         size = peer.state[q]["step_size"]
         shrunk += int((size < hp["lr"]).sum())
@@ -70,8 +45,8 @@ def test_the_step_size_starts_at_the_learning_rate_and_stays_clamped():
 
 
 def test_rprop_state_dict_loads_into_torch():
-    _, optimizer = _train(lambda ps: fusedopt.torch.Rprop(ps, lr=1e-2))
-    peer = torch.optim.Rprop(_model().parameters(), lr=1e-2)
+    _, optimizer = train(lambda ps: fusedopt.torch.Rprop(ps, lr=1e-2))
+    peer = torch.optim.Rprop(model().parameters(), lr=1e-2)
     peer.load_state_dict(optimizer.state_dict())
     assert set(peer.state_dict()["state"][0]) == {"step", "prev", "step_size"}
 

@@ -231,6 +231,8 @@ def _stepped_once(name):
     params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(7)),
               torch.nn.Parameter(torch.randn(2))]
     opt = getattr(ft, name)(params, lr=1e-2, **({"momentum": 0.9} if name == "SGD" else {}))
+    if hasattr(opt, "train"):  # schedule-free: steps in train mode only
+        opt.train()
     for p in params[:2]:  # the third has no grad: None in the op's grads
         p.grad = torch.randn_like(p)
     opt.step()  # state and counters exist

@@ -107,7 +107,8 @@ def arguments(opt) -> tuple:
         if isinstance(entry, dict):
             states.extend(v for k, v in entry.items()
                           if k not in _COUNTERS and isinstance(v, torch.Tensor))
-    counters = [t for pair in getattr(opt, "_buffers", ()) for t in pair if t is not None]
+    counters = [t for steps, derived in getattr(opt, "_buffers", ())
+                for t in (steps, *derived.values())]
     return params, [p.grad for p in params], states, counters
 
 
