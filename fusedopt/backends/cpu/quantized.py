@@ -24,6 +24,7 @@ Numba's threads share the work items of a table as for float state.
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import numpy as np
 from numba import carray, njit, types
@@ -98,12 +99,32 @@ def buckets(table: np.ndarray) -> tuple[np.ndarray, int]:
     return base.astype(np.int32), int((top - base).max())
 
 
+def _named(*key):
+    """Names a closure by what it closes over, before it is jitted.
+
+    These closures are compiled as functions of their own (not inlined by Numba), and
+    Numba's symbol for a function is its qualified name, its argument types and a counter
+    of the process that compiled it. Two processes can give two closures of one factory
+    (say, ``encode`` for q4's unsigned map and for q8's signed one) the same symbol, and a
+    process that loads both from the on-disk cache then links every call to the first it
+    loaded: codes from another map. Named by their constants, two closures share a name
+    only where they are the same function."""
+    tag = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+
+    def rename(function):
+        function.__name__ = f"{function.__name__}_{tag}"
+        function.__qualname__ = f"{function.__qualname__}_{tag}"
+        return function
+    return rename
+
+
 def _counter(levels: int, extra: int):
     """The jitted count of ``table``'s entries <= x (``base`` from :func:`buckets`), at most
     ``levels - 1``: the nearest code for the thresholds, the entry below x for the map."""
     last = levels - 1
 
     @njit(**_RULE)
+    @_named(levels, extra)
     def count(base, table, x):
         c = np.int64(base[float_bits(np.float32(x)) >> _U(16)])
         for _ in range(extra):
@@ -118,6 +139,7 @@ def _stochastic(count):
     entry at or below x, or the one above with probability (x - below) / (above - below)."""
 
     @njit(**_RULE)
+    @_named(count.py_func.__qualname__)
     def rounded(values, base, above_table, x, r):
         c = count(base, above_table, x)  # entries values[1:] <= x: the index of the one below
         up = c + 1 if c + 1 < values.size else c
@@ -162,6 +184,7 @@ def _block_functions(variant):
     element_hash = random_bits.element_hash
 
     @njit(**_RULE)
+    @_named(variant.key)
     def code_at(data, base, i):
         if four:
             byte = data[base + 4 + (i >> 1)]
@@ -169,12 +192,14 @@ def _block_functions(variant):
         return data[base + 4 + i]
 
     @njit(**_RULE)
+    @_named(variant.key)
     def decode(k, data, base, i, scale):
         c = code_at(data, base, i)
         values = v0 if k == 0 else (v1 if k == 1 else v2)
         return values[c] * scale
 
     @njit(**_RULE)
+    @_named(variant.key)
     def code_of(k, x, key, index):
         values = v0 if k == 0 else (v1 if k == 1 else v2)
         if random:
@@ -188,6 +213,7 @@ def _block_functions(variant):
         return count(base, table, x)
 
     @njit(**_RULE)
+    @_named(variant.key)
     def encode(k, data, base, scales, values, length, absmax, key, first):
         scales[0] = absmax
         inverse_ok = absmax > 0
@@ -224,6 +250,7 @@ def _element(variant):
     zero = np.float32(0.0)
 
     @njit(**_RULE)
+    @_named(variant.key)
     def one(pv, gv, a0, b0, c0, xv, vv, h, ema, scale, limit, key, index):
         low = -limit
         scaled = load_g(gv) * scale if clamps else load_g(gv)

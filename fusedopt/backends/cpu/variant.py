@@ -5,6 +5,8 @@ carries them all, as the CUDA kernels take them as template arguments."""
 from __future__ import annotations
 
 import functools
+import hashlib
+from pathlib import Path
 
 import numpy as np
 from numba import types
@@ -35,6 +37,26 @@ _RULES: dict = {}
 _SCALAR_TYPES: dict = {}
 
 
+def _sources_digest() -> str:
+    """A digest of the source of every module whose code a compiled loop holds: this
+    package's and the quantized formats' (fusedopt/memory/quant.py).
+
+    Numba's on-disk cache checks only the source of the function it caches. A loop inlines
+    code from the other modules here, so a change to one of them alone (an upgrade, say)
+    would leave the cache serving the old code. The digest is part of every variant's type,
+    which is part of every cached loop's signature: any change compiles afresh."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in (*sorted(here.glob("*.py")), here.parent.parent / "memory" / "quant.py"):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+#: See :func:`_sources_digest`.
+SOURCES = _sources_digest()
+
+
 def _rule_name(rule) -> str:
     return f"{rule.py_func.__module__}.{rule.py_func.__qualname__}"
 
@@ -51,12 +73,12 @@ class VariantType(types.Opaque):
         self.signed = signed
         quantized = f", {signed}" if signed else ""
         super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode}, "
-                              f"{clamps}, {average}{quantized})")
+                              f"{clamps}, {average}{quantized}, {SOURCES})")
 
     @property
     def key(self):
         return (self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps,
-                self.average, self.signed)
+                self.average, self.signed, SOURCES)
 
 
 register_model(VariantType)(models.OpaqueModel)
