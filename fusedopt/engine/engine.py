@@ -179,13 +179,10 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
             _validate.check_distinct_memory(self.params + params)
             _validate.resolve_backend(self.backend, params, params,
                                       list(range(first, first + len(params))))
-        init = self.spec.slot_init(self.hypers[group].hyper)
-        copies = {s.name for s in self.spec.slot_decls if s.from_param}
-        signed = self.spec.signed_slots(self.hypers[group].flags)
         made_all = []
         for i, p in enumerate(params):
             made = (list(states[i]) if states is not None
-                    else _new_state(p, slots, storages[i], init, signed, copies))
+                    else self.initial_state(p, group, storages[i]))
             if not all(_validate.same_order(s, p) for s in made):
                 raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
                                  "makes state arrays in C order; pass a C-contiguous param")
@@ -201,6 +198,15 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
             if self.ema is not None:
                 self.averages.append(self.ema.zeros(p) if averages is None else averages[i])
         return list(range(first, first + len(params)))
+
+    def initial_state(self, param, group: int = 0, storage=None) -> list:
+        """The state arrays :meth:`add_params` makes beside ``param`` in ``group`` (its
+        ``storage``, by default the one it would get)."""
+        storage = storage or self.storage_of(len(self.params), param, group)
+        hypers = self.hypers[group]
+        copies = {s.name for s in self.spec.slot_decls if s.from_param}
+        return _new_state(param, hypers.slots, storage, self.spec.slot_init(hypers.hyper),
+                          self.spec.signed_slots(hypers.flags), copies)
 
     @property
     def seed(self) -> int:

@@ -32,7 +32,7 @@ from .optimizers import KERAS_OWN, by_name, saved_as_keras
 def needs_fusedopt(config: dict) -> bool:
     """Whether an optimizer config sets an option that Keras' own class lacks."""
     return bool(config.get("stochastic_rounding") or config.get("kahan_summation")
-                or config.get("backend", "auto") != "auto")
+                or config.get("state_dtype") or config.get("backend", "auto") != "auto")
 
 
 def _exported_names() -> dict:

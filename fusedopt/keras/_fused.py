@@ -43,8 +43,10 @@ from ..engine.clip import Clipping
 from ..engine.ema import MovingAverage
 from ..engine.engine import Engine, check_seed
 from ..memory import storage as _storage
+from ..memory.storage import MIN_QUANTIZED_SIZE
 from . import _stateless
 from ._host_values import HostValue, host_number
+from ._quantized import QuantizedState
 
 #: In the config of an optimizer with options Keras' class lacks: what loading it takes.
 REQUIRES = "import fusedopt.keras"
@@ -78,15 +80,21 @@ class FusedOptimizer:
     state_attributes: dict = {}
 
     def __init__(self, *args, backend: str = "auto", stochastic_rounding: bool = False,
-                 kahan_summation: bool = False, seed: int = 0, **kwargs):
+                 kahan_summation: bool = False, seed: int = 0, state_dtype=None,
+                 min_quantized_size: int = MIN_QUANTIZED_SIZE, **kwargs):
         require_torch_backend(type(self).__name__)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         from ..memory import torch_kind as _torch_kind
         _torch_kind.register()  # the engine steps torch tensors in place
         rounding = Rounding(stochastic_rounding, kahan_summation, seed)  # checked first
+        quantized = QuantizedState(type(self).__name__, state_dtype, min_quantized_size)
+        if quantized.active and any(s.from_param for s in lookup(self.spec_name).slot_decls):
+            raise ValueError(f"{type(self).__name__}: quantized state (state_dtype="
+                             f"{state_dtype!r}) cannot hold a slot that starts as the "
+                             "variable itself; pass state_dtype=None")
         super().__init__(*args, **kwargs)
-        self._fused = _Fused(self, backend, rounding)
+        self._fused = _Fused(self, backend, rounding, quantized)
 
     # --- Keras' hooks -------------------------------------------------------------------------
     def build(self, variables):
@@ -94,14 +102,15 @@ class FusedOptimizer:
             return
         variables = list(variables)
         self._fused.rounding.check(type(self).__name__, variables)
-        super().build(variables)
+        with self._fused.quantized.slots(self, self._fused.engine, self._fused.group_of):
+            super().build(variables)
         if self._fused.rounding.kahan_summation:
             # One more optimizer variable per bfloat16 variable, saved and loaded with the
             # others: what each store rounded away, added back at the next step.
             self._compensations = [
                 self.add_variable_from_reference(v, name="compensation")
                 if v.dtype == "bfloat16" else None for v in variables]
-        self._fused.add(self, variables)
+        self._fused.add(self, variables, fresh=True)
 
     def apply(self, grads, trainable_variables=None):
         iterations = self._fused.iterations
@@ -181,6 +190,7 @@ class FusedOptimizer:
     def get_config(self):
         own = {"backend": self._fused.backend} if self._fused.backend != "auto" else {}
         own.update(self._fused.rounding.config())
+        own.update(self._fused.quantized.config())
         if own:  # options Keras' class lacks: loading the saved model takes fusedopt, and
             own["requires"] = REQUIRES  # Keras' error for a class it cannot find prints this
         return {**super().get_config(), **own}
@@ -233,9 +243,11 @@ class Rounding:
 class _Fused:
     """The engine of one Keras optimizer and the host copies its steps read."""
 
-    def __init__(self, optimizer, backend: str, rounding: Rounding):
+    def __init__(self, optimizer, backend: str, rounding: Rounding,
+                 quantized: QuantizedState):
         self.backend = backend
         self.rounding = rounding
+        self.quantized = quantized
         self.spec = lookup(optimizer.spec_name)
         self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
@@ -244,8 +256,8 @@ class _Fused:
         # Keras makes the optimizer's variables in each variable's dtype: bfloat16 variables
         # (a "bfloat16" dtype policy) get bfloat16 moments, which the engine steps in place.
         self.engine = Engine(self.spec, "keras", backend=backend,
-                             clipping=self._clipping(optimizer), state_dtype="param",
-                             seed=rounding.seed)
+                             clipping=self._clipping(optimizer), seed=rounding.seed,
+                             **quantized.engine_options())
         self.hyper = self._hyper(optimizer)
         where = f"{type(optimizer).__name__}: "
         self.engine.add_group(self.hyper, where=where)  # group 0: plain stores
@@ -256,6 +268,10 @@ class _Fused:
         self.tensors: list = []             # engine position -> the variable's own tensor
         self.unheld: list[int] = []         # Keras' indices of variables it does not step
         self.applying = False               # inside apply(): the fused pass clips and decays
+
+    def group_of(self, variable) -> int:
+        """The engine group of a model variable: 1 for a bfloat16 one that rounds as asked."""
+        return int(self.rounding.active and variable.dtype == "bfloat16")
 
     # --- what Keras holds, as the engine takes it ---------------------------------------------
     @staticmethod
@@ -289,9 +305,10 @@ class _Fused:
         hyper["learning_rate"] = self._learning_rate(optimizer)
         return hyper
 
-    def add(self, optimizer, variables: list, ema: bool = True) -> None:
+    def add(self, optimizer, variables: list, ema: bool = True, fresh: bool = False) -> None:
         """Hand Keras' variables and the state variables its build() made to the engine
-        (``ema=False``: leave the moving averages to Keras' EMA step)."""
+        (``ema=False``: leave the moving averages to Keras' EMA step; ``fresh``: the state
+        variables were just made, and quantized ones get their initial blocks)."""
         names = [type(optimizer).state_attributes[s] for s in self.engine.hypers[0].slots]
         missing = [n for n in names if not hasattr(optimizer, n)]
         if missing:
@@ -316,7 +333,7 @@ class _Fused:
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 self.unheld.append(index)
                 continue
-            rounded = self.rounding.active and variable.dtype == "bfloat16"
+            rounded = self.group_of(variable)
             if rounded and self.rounding.kahan_summation:  # the master slot, last
                 own.append(optimizer._compensations[index])
             params, tensors, states, decays, indices, group_averages = groups[int(rounded)]
@@ -332,6 +349,8 @@ class _Fused:
             tensors.append(variable.value)
             params.append(variable.value.detach())
             states.append([s.value.detach() for s in own])
+            if fresh and any(s.dtype == "uint8" for s in own):  # quantized: initial blocks
+                self.quantized.fill(self.engine, params[-1], int(rounded), own)
             decays.append(optimizer._use_weight_decay(variable))
             indices.append(index)
             if averages is not None:

@@ -43,7 +43,7 @@ def step(optimizer, grads, variables) -> None:
                 _own_copy(written)
     # An engine over the variables' values in the scope (the copies, for those stepped),
     # with this step's hyperparameters, clipping and step count read through the scope.
-    copies = type(fused)(optimizer, fused.backend, fused.rounding)
+    copies = type(fused)(optimizer, fused.backend, fused.rounding, fused.quantized)
     copies.add(optimizer, built, ema=False)
     count = copies.iterations.get()
     steps = optimizer.gradient_accumulation_steps
