@@ -4,9 +4,9 @@
   (times the block's absmax) of the value, at 0, for denormals, for a block whose absmax is
   0, and the map's sign chosen per slot; inf and NaN grads under loss scaling change
   nothing (tests/quantized_runs.py is the oracle).
-- Every registered optimizer, every variant: a fused step equals the float64 reference
-  applied to the decoded state, then quantized again, code for code but for stated ties;
-  the param within float32's error of the reference's.
+- Every registered optimizer, every variant: a fused step (and the unfused baseline's)
+  equals the float64 reference applied to the decoded state, then quantized again, code
+  for code but for stated ties; the param within float32's error of the reference's.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ SHAPES = ((3,), (128,), (257,), (37, 53), (1031,))
 STEPS = 4
 
 
-def _engine(name, hp, convention, fmt, params, **kw):
-    engine = Engine(REGISTRY[name], convention, backend="cpu", state_dtype=fmt,
+def _engine(name, hp, convention, fmt, params, backend="cpu", **kw):
+    engine = Engine(REGISTRY[name], convention, backend=backend, state_dtype=fmt,
                     min_quantized_size=0, **kw)
     engine.add_group(hp)
     engine.add_params(params)
@@ -126,9 +126,13 @@ def _cases():
     return out
 
 
+@pytest.mark.parametrize("backend", ["cpu", "unfused"])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name,hp,convention", _cases())
-def test_every_optimizer_step_is_the_reference_on_decoded_state(name, hp, convention, fmt):
+def test_every_optimizer_step_is_the_reference_on_decoded_state(name, hp, convention, fmt,
+                                                                 backend):
+    """The fused CPU step, and the unfused baseline (decode, the rule's array expressions,
+    encode: a pass each)."""
     spec = REGISTRY[name]
     hp = dict(hp, learning_rate=0.01)
     full = {**spec.defaults(), **hp}
@@ -136,7 +140,7 @@ def test_every_optimizer_step_is_the_reference_on_decoded_state(name, hp, conven
     signed = dict(zip(spec.slots(engine_flags), spec.signed_slots(engine_flags)))
     rng = np.random.default_rng(sorted(REGISTRY).index(name))
     params = [(rng.standard_normal(s) * 3).astype(np.float32) for s in SHAPES]
-    engine = _engine(name, hp, convention, fmt, params)
+    engine = _engine(name, hp, convention, fmt, params, backend)
     scalar_state = [{} for _ in params]
     ties = values = 0
     for t in range(1, STEPS + 1):
@@ -189,3 +193,15 @@ def test_optimizers_it_does_not_cover_refuse_quantized_state(name):
     cls = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}[name]
     with pytest.raises(ValueError, match="state_dtype='q8' is not supported for"):
         cls(state_dtype="q8")
+
+
+def test_the_unfused_baseline_refuses_stochastic_codes_and_changes_nothing():
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal(300).astype(np.float32)
+    before = p.copy()
+    opt = fusedopt.AdamW(learning_rate=0.01, state_dtype="q8", min_quantized_size=0,
+                         stochastic_rounding=True, backend="unfused")
+    with pytest.raises(ValueError, match="unfused backend rounds quantized state to nearest "
+                                         "only: use backend='cpu'"):
+        opt.apply_gradients([(rng.standard_normal(300).astype(np.float32), p)])
+    assert np.array_equal(p, before)

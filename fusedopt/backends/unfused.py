@@ -6,12 +6,16 @@ are rounded back (to nearest even, by the array library; a master's 16-bit copy 
 with ties away, as the fused backends do). Kahan summation adds the compensation array to
 the widened param and refills it from what the cast lost; stochastic rounding draws the
 fused backends' bits as uint32 array expressions (fusedopt/backends/rounding.py).
+Quantized state (``state_dtype="q8"``/``"q4"``, NumPy) the way bitsandbytes' CPU path does
+it: decode each slot to a float32 array, run the expressions, encode each slot (its blocks'
+absmax, then the nearest codes), each a pass of its own.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..memory import quant as _quant
 from ..memory.group import NO_CLIP, GradClip, Group, as_storage, step_storage
 from ..memory.steps import as_rows
 from . import rounding as _rounding
@@ -70,9 +74,11 @@ def _nearest_away(xp, master, dtype):
     return xp.where(tie, up, even)
 
 
-def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, compute):
+def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, compute,
+              signed=()):
     """Tensor ``t``'s (xp, compute-type param, clipped grad, state copies) as the step sees
-    them (the param through its mode: master, remainder, Kahan compensation)."""
+    them (the param through its mode: master, remainder, Kahan compensation; quantized
+    slots decoded, ``signed`` saying which map each takes)."""
     p, g, slots = group.params[t], grads[t], group.states[t]
     xp = _xp(p)
     g = _widened(g, compute)
@@ -81,7 +87,11 @@ def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, com
         if scale is not None and not isinstance(scale, float):
             scale = scale[t]
         g = _clipped(xp, g, scale, clip.limit, compute)
-    state = [_widened(s, compute) for s in slots[:n_slots]]
+    if st.quantized:  # decoded in a pass of its own: the baseline a fused step saves
+        state = [_quant.dequantize(s, p.size, st.state, sign).reshape(p.shape)
+                 for s, sign in zip(slots[:n_slots], signed)]
+    else:
+        state = [_widened(s, compute) for s in slots[:n_slots]]
     if st.mode == "master":
         work = slots[n_slots]
     elif st.mode == "remainder":
@@ -126,10 +136,15 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if not per_tensor:
         named = spec.Scalars(*(compute(x) for x in as_rows(steps, len(group.params))
                                .scalars()))
+    signed = spec.signed_slots(flags) if st.quantized else ()
+    if st.quantized and st.mode == "stochastic":
+        raise ValueError("the unfused backend rounds quantized state to nearest only: use "
+                         "backend='cpu' for stochastic rounding with state_dtype "
+                         f"{st.state!r}, or drop stochastic_rounding")
     for t, (p, slots) in enumerate(zip(group.params, group.states)):
         if per_tensor:
             named = spec.Scalars(*(compute(x) for x in steps[t]))
-        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute)
+        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute, signed)
         spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), named,
                      named_flags)
         if st.mode == "stochastic":
@@ -141,8 +156,11 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
                 s[...] = _rounding.round_stochastic(xp, new.ravel(), s.dtype, _rounding.array_bits(
                     element, 1 + k)).reshape(s.shape)
             continue
+        if st.quantized:  # encoded in a pass of its own: the new absmax, then the codes
+            for s, new, sign in zip(slots, state, signed):
+                s[...] = _quant.quantize(new, st.state, sign)
         for s, new in zip(slots, state):
-            if new is not s:
+            if new is not s and not st.quantized:
                 s[...] = new.astype(s.dtype)
         if st.mode == "master":
             p[...] = _nearest_away(xp, work, p.dtype)
