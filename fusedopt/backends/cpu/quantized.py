@@ -185,16 +185,16 @@ def _block_functions(variant):
 
     @njit(**_RULE)
     @_named(variant.key)
-    def code_at(data, base, i):
+    def code_at(codes, i):
         if four:
-            byte = data[base + 4 + (i >> 1)]
+            byte = codes[i >> 1]
             return (byte >> np.uint8(4)) if i & 1 else (byte & np.uint8(15))
-        return data[base + 4 + i]
+        return codes[i]
 
     @njit(**_RULE)
     @_named(variant.key)
-    def decode(k, data, base, i, scale):
-        c = code_at(data, base, i)
+    def decode(k, codes, i, scale):
+        c = code_at(codes, i)
         values = v0 if k == 0 else (v1 if k == 1 else v2)
         return values[c] * scale
 
@@ -217,6 +217,7 @@ def _block_functions(variant):
     def encode(k, data, base, scales, values, length, absmax, key, first):
         scales[0] = absmax
         inverse_ok = absmax > 0
+        codes = data[base + 4:]  # indexed from 0: no negative-index wraparound per element
         if four:
             for j in range((length + 1) >> 1):
                 i = 2 * j
@@ -226,11 +227,11 @@ def _block_functions(variant):
                 if i + 1 < length:
                     y = values[i + 1] / absmax if inverse_ok else np.float32(0.0)
                     high = code_of(k, y, key, first + i + 1)
-                data[base + 4 + j] = np.uint8(low | (high << 4))
+                codes[j] = np.uint8(low | (high << 4))
         else:
             for i in range(length):
                 x = values[i] / absmax if inverse_ok else np.float32(0.0)
-                data[base + 4 + i] = np.uint8(code_of(k, x, key, first + i))
+                codes[i] = np.uint8(code_of(k, x, key, first + i))
 
     return decode, encode
 
@@ -285,18 +286,32 @@ def _block_variant(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, l
         sa = f0[0] if ns > 0 else none
         sb = f1[0] if ns > 1 else none
         sc = f2[0] if ns > 2 else none
+        # Every array indexed from 0 by the loop's own counter: an index like lo + i may be
+        # negative for all Numba knows, and its wraparound select per element keeps LLVM
+        # from vectorizing the loop.
+        q0, q1, q2 = d0[base + 4:], d1[base + 4:], d2[base + 4:]
+        pb, gb = p[lo:lo + length], g[lo:lo + length]
+        xb, vb = x[lo:lo + length], v[lo:lo + length]
+        # Decoded first, in a loop of their own (gathers from the map), so that the rule's
+        # loop below reads and writes plain float32 rows, as the float span does.
         for i in range(length):
-            e = lo + i
-            a0 = decode(0, d0, base, i, sa) if ns > 0 else none
-            b0 = decode(1, d1, base, i, sb) if ns > 1 else none
-            c0 = decode(2, d2, base, i, sc) if ns > 2 else none
-            new = one(p[e], g[e], a0, b0, c0, x[e] if master else none,
-                      v[e] if average else p[e], h, ema, scale, limit, key, first + i)
-            p[e] = new[0]
+            if ns > 0:
+                scratch[0, i] = decode(0, q0, i, sa)
+            if ns > 1:
+                scratch[1, i] = decode(1, q1, i, sb)
+            if ns > 2:
+                scratch[2, i] = decode(2, q2, i, sc)
+        for i in range(length):
+            a0 = scratch[0, i] if ns > 0 else none
+            b0 = scratch[1, i] if ns > 1 else none
+            c0 = scratch[2, i] if ns > 2 else none
+            new = one(pb[i], gb[i], a0, b0, c0, xb[i] if master else none,
+                      vb[i] if average else pb[i], h, ema, scale, limit, key, first + i)
+            pb[i] = new[0]
             if master:
-                x[e] = new[4]
+                xb[i] = new[4]
             if average:
-                v[e] = new[5]
+                vb[i] = new[5]
             if ns > 0:
                 scratch[0, i] = np.float32(new[1])
             if ns > 1:
