@@ -27,7 +27,7 @@ STEPS = 3
 
 def _first_variant_per_entry():
     found = {}
-    for spec in (s for s in REGISTRY.values() if s.on_cuda):  # reductions: no CUDA yet
+    for spec in (s for s in REGISTRY.values() if s.on_cuda):
         for variant in compare.variants(spec):
             flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
             found.setdefault((spec.kernel, flags), (spec, variant))
