@@ -71,8 +71,9 @@ def test_entry_matches_the_reference(host_cuda, monkeypatch, spec, variant, st):
     for step_grads in grads:
         engine.step([g.astype(gdt) for g in step_grads])
         taken.append(runs._snapshot(engine))
-    assert {name for name, _, _ in host_cuda.launches} == {
-        spec.entry(st, spec.flags(hp, variant.convention))}
+    flags = spec.flags(hp, variant.convention)
+    reduction = {spec.reduce_entry(st, flags), "combine_sums"} if spec.reductions else set()
+    assert {name for name, _, _ in host_cuda.launches} == {spec.entry(st, flags), *reduction}
     runs.check_against_reference(spec, variant.hp, variant.convention, grads, taken,
                                  st.param, st.state, f"{spec.name} {variant.id()} {st}",
                                  grad_dtype=st.grad)
