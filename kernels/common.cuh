@@ -253,12 +253,32 @@ struct Element {
     }
 };
 
+// Where a rule's per-tensor scalars come from. An elementwise rule has none: it is made
+// from its row alone. A rule with per-tensor reductions (LAMB's trust_lr) also reads
+// values[j * n_tensors + t] for its j-th per-tensor scalar, made on the device by the
+// reduction phase in double and rounded to the compute type here, once.
+struct NoTensorScalars {};
+struct TensorScalars {
+    const double* values;
+    int n_tensors;
+};
+
+template <typename Rule, typename C>
+FUSEDOPT_DEVICE Rule make_rule(const C* row, NoTensorScalars, int) {
+    return Rule::from(row);
+}
+template <typename Rule, typename C>
+FUSEDOPT_DEVICE Rule make_rule(const C* row, TensorScalars extra, int t) {
+    return Rule::from(row, extra.values + t, extra.n_tensors);
+}
+
 // Runs Rule over this block's chunk: NS optimizer slots of storage S, plus the master slot
 // for MASTER and REMAINDER. The rule sees the param and the slots in the compute type,
 // in place, and the grad (clipped as the table says).
-template <typename P, typename G, typename S, int MODE, int NS, typename Rule>
+template <typename P, typename G, typename S, int MODE, int NS, typename Rule,
+          typename Extra = NoTensorScalars>
 FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long long chunk,
-                                 const Steps<compute_t<P>>& steps) {
+                                 const Steps<compute_t<P>>& steps, Extra extra = Extra()) {
     using C = compute_t<P>;
     using E = Element<P, G, S, MODE, NS>;
     using PB = typename E::PB;
@@ -294,7 +314,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     // same address for every thread) for each element rather than held (RELOAD).
     constexpr bool RELOAD = NARROW == sizeof(C);
     const C* row = steps.row(t);
-    const Rule rule = Rule::from(row);
+    const Rule rule = make_rule<Rule>(row, extra, t);
     const unsigned int base = MODE == STOCHASTIC ? stream_base(view.stream(t), steps.step(t)) : 0u;
 
     PB* p = reinterpret_cast<PB*>(view.address(0, t));
@@ -343,7 +363,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
                 for (int e = 0; e < PART; ++e) {
                     SB se[NSA];
                     for (int k = 0; k < NS; ++k) se[k] = so[k].at(q, e);
-                    E::run(RELOAD ? Rule::from(group_row) : rule, po.at(q, e), go.at(q, e), se,
+                    E::run(RELOAD ? make_rule<Rule>(group_row, extra, t) : rule, po.at(q, e), go.at(q, e), se,
                            xo.at(q, e), group_scale, limit, base, j + q * PART + e);
                     for (int k = 0; k < NS; ++k) so[k].at(q, e) = se[k];
                     // Every GROUP elements, what the next ones read (the grad scale and the
@@ -375,7 +395,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
         SB se[NSA];
         for (int k = 0; k < NS; ++k) se[k] = s[k][j];
         XB xe = HAS_SLOT ? x[j] : XB();
-        E::run(RELOAD ? Rule::from(row) : rule, pe, g[j], se, xe, scale, limit, base, j);
+        E::run(RELOAD ? make_rule<Rule>(row, extra, t) : rule, pe, g[j], se, xe, scale, limit, base, j);
         p[j] = pe;
         for (int k = 0; k < NS; ++k) s[k][j] = se[k];
         if (HAS_SLOT) x[j] = xe;
@@ -398,3 +418,11 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
     fusedopt::apply_chunk<P, G, S, MODE, NS, __VA_ARGS__>(                                  \
         table, n_tensors, chunk,                                                            \
         fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors})
+
+// The same for a rule with per-tensor scalars: the kernel's last parameter is
+// ``const double* tensor_scalars`` (fusedopt::TensorScalars).
+#define FUSEDOPT_APPLY_PER_TENSOR(P, G, S, MODE, NS, ...)                                 \
+    fusedopt::apply_chunk<P, G, S, MODE, NS, __VA_ARGS__>(                                  \
+        table, n_tensors, chunk,                                                            \
+        fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors},          \
+        fusedopt::TensorScalars{tensor_scalars, n_tensors})

@@ -15,7 +15,7 @@ from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cuda import launch
 
 STEPS = 10
-SPECS = [spec for spec in REGISTRY.values() if spec.on_cuda]  # not: per-tensor reductions
+SPECS = [spec for spec in REGISTRY.values() if spec.on_cuda]
 
 #: (spec, dtype, variant) for every registered optimizer, dtype and on/off combination.
 VARIANTS = [(spec, dtype, v) for spec in SPECS for dtype in compare.BASE_DTYPES
@@ -74,8 +74,9 @@ def test_variant_matches_cpu_and_reference(host_cuda, monkeypatch, spec, dtype, 
     first = FIRST_FOR_ENTRY.get(compare.entry_of(spec, variant, dtype)) == (spec, variant)
     _run_and_compare(spec, variant, dtype, problem, f"{spec.name} {dtype} {variant.id()}",
                      with_cpu=first)
-    assert len(host_cuda.launches) == STEPS  # one launch per step for all tensors
-    assert {name for name, _, _ in host_cuda.launches} == {compare.entry_of(spec, variant, dtype)}
+    # One launch per step for all tensors (and the reduction phase's two before it)
+    per_step = compare.step_launches(spec, variant, dtype)
+    assert [name for name, _, _ in host_cuda.launches] == per_step * STEPS
 
 
 @pytest.mark.parametrize("spec, dtype", [(s, d) for s in SPECS for d in compare.BASE_DTYPES],
@@ -88,8 +89,12 @@ def test_awkward_sizes(host_cuda, spec, dtype):
     _run_and_compare(spec, variant, dtype, problem, f"{spec.name} {dtype}",
                      with_cpu=dtype == "float32")
     n_blocks = sum(-(-int(np.prod(s)) // config.CUDA_CHUNK) for s in shapes)
-    assert host_cuda.launches == [(compare.entry_of(spec, variant, dtype), (n_blocks, 1, 1),
-                                   (config.THREADS_PER_BLOCK, 1, 1))] * STEPS
+    block = (config.THREADS_PER_BLOCK, 1, 1)
+    combine = (-(-len(shapes) * max(1, len(spec.reductions.names) if spec.reductions else 1)
+                // config.THREADS_PER_BLOCK), 1, 1)
+    per_step = [(name, combine if name == "combine_sums" else (n_blocks, 1, 1), block)
+                for name in compare.step_launches(spec, variant, dtype)]
+    assert host_cuda.launches == per_step * STEPS
 
 
 @pytest.mark.parametrize("shape", [*compare.SHAPES, "misaligned"], ids=str)
@@ -185,7 +190,8 @@ def test_optimizer_class_uploads_its_table_once(host_cuda, cls):
         fused.apply_gradients(zip(grads, params))
         cpu.apply_gradients(zip(grads, twins))
     table = fused._engine.launch_groups()[0].group.device_table
-    assert len(host_cuda.launches) == STEPS and host_cuda.uploaded[id(table)] == 1
+    per_step = 3 if REGISTRY[cls.spec_name].reductions is not None else 1
+    assert len(host_cuda.launches) == per_step * STEPS and host_cuda.uploaded[id(table)] == 1
     for p, q in zip(params, twins):
         assert int(compare.ulp_distance(p, q).max()) <= compare.TOLERANCE["float32"]["ulps"]
 

@@ -17,6 +17,8 @@ MATRIX = nvrtc.gate_matrix()
 #: as its storage needs.
 OPTIMIZER_ENTRIES = sass.optimizer_entries()
 ACCESSES = sass.vector_accesses()
+#: Entry points of the reduction phase: each loads 16 bytes per access.
+REDUCTION_ENTRIES = sass.reduction_entries()
 
 
 def _reports(compiled, cuda_cache_dir):
@@ -31,6 +33,10 @@ def test_machine_code(nvrtc_compiled, cuda_cache_dir, family, arch):
     problems = [p for name, report in sorted(reports.items())
                 for p in report.problems(vectors=name in OPTIMIZER_ENTRIES,
                                          accesses=ACCESSES.get(name))]
+    problems += [f"{name} on {arch} has no 128-bit global load: its main loop must read "
+                 "16 bytes per access (fusedopt::Operand in kernels/common.cuh)"
+                 for name, report in sorted(reports.items())
+                 if name in REDUCTION_ENTRIES and not report.loads_128]
     assert not problems, "\n".join(problems)
 
 

@@ -81,7 +81,9 @@ def _float32_ops(ptx: str) -> set[str]:
     return set(_FLOAT_OP.findall(ptx))
 
 
-OPTIMIZER_FAMILIES = sorted({spec.kernel for spec in REGISTRY.values() if spec.on_cuda})
+OPTIMIZER_FAMILIES = sorted({spec.kernel for spec in REGISTRY.values() if spec.on_cuda}
+                            | {spec.reduce_kernel for spec in REGISTRY.values()
+                               if spec.reduce_kernel is not None})
 
 
 @pytest.mark.parametrize("family", OPTIMIZER_FAMILIES)

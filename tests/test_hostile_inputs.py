@@ -131,7 +131,7 @@ def test_inf_grads_propagate_as_in_the_peers(host_cuda, name, convention):
              np.array([0.1, -0.2, 0.3, 0.4, -0.5, 0.1], np.float32)]
     ours_hp, peer_hp = _hyper(name, convention)
     peer = _peer(name, convention)(name, peer_hp, P0, grads)
-    cuda = ("cuda",) if REGISTRY[name].on_cuda else ()  # none yet for per-tensor reductions
+    cuda = ("cuda",) if REGISTRY[name].on_cuda else ()
     for backend in ("cpu", "unfused", *cuda):
         ours, _ = _run_ours(name, convention, ours_hp, P0, grads, backend)
         _assert_like_peer(ours, peer, f"{name} {convention} {backend}")

@@ -88,12 +88,13 @@ def test_torch_lamb_matches_the_paper_in_an_autograd_loop(hp):
 SHAPES = [(1,), (3,), (4097,), (278011,), (0,), (37, 53)]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "unfused"])
+@pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"], indirect=True)
 @pytest.mark.parametrize("convention", ["keras", "torch"])
 def test_every_tensor_of_one_launch_gets_its_own_ratio(backend, convention, monkeypatch):
     """Tensors of awkward sizes (one of several chunks, an empty one) in one step: each
     one's trust ratio is its own norms', as the oracle computes it tensor by tensor, and
-    the CPU reduction is one call for all of them."""
+    the CPU reduction is one call for all of them (CUDA: the kernels run on the host,
+    tests/cuda_host)."""
     hp = dict(learning_rate=0.02, weight_decay=0.1, epsilon=1e-4)
     problems = [problem(shape, 6, seed=k) for k, shape in enumerate(SHAPES)]
     for k, (p, _) in enumerate(problems):
@@ -128,21 +129,28 @@ def test_the_ratio_is_one_where_a_norm_is_zero():
     assert ours[0][0] < -0.09 and (ours[1] == 1).all()
 
 
-def test_no_cuda_kernels_yet_and_the_step_says_so():
-    """LAMB has no CUDA entry points (none is compiled or gated), and the engine refuses
-    the CUDA backend with the fix before anything changes."""
-    from fusedopt.backends.cuda import codegen
+def test_cuda_kernels_exist_and_a_backend_without_reductions_is_refused():
+    """LAMB has CUDA entry points for its element pass and its reduction phase (every
+    storage, both flavours), generated from its rules; a backend with no reduction phase
+    is refused with the fix before anything changes."""
+    from fusedopt.backends.cuda import codegen, launch
     spec = REGISTRY["lamb"]
-    assert spec.entries() == [] and "lamb.cu" not in codegen.generated()
+    files = codegen.generated([spec])
+    assert {"lamb.cu", "lamb_reduce.cu"} <= set(files)
+    entries = launch.all_entry_points()
+    assert set(spec.reduce_entries()) | {"combine_sums"} == set(entries["lamb_reduce"])
+    assert {e for _, _, e in spec.entries()} == set(entries["lamb"])
     opt = fusedopt.Lamb()
     p = np.ones(3, np.float32)
     opt.apply_gradients([(np.ones(3, np.float32), p)])  # built on the CPU
     engine = opt._engine
+    before = p.copy()
 
     class NoReductions:
-        name = "cuda"
+        name = "other"
 
     plan = type("Plan", (), {"backend": NoReductions})()
     from fusedopt.engine.reductions import reduction_phase
-    with pytest.raises(ValueError, match="backend='cpu'"):
+    with pytest.raises(ValueError, match="backend='cpu' or 'cuda'"):
         reduction_phase(engine, plan, (0,), [(None, [p])], [None], {})
+    np.testing.assert_array_equal(p, before)

@@ -100,7 +100,7 @@ def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
 
 
 MATRIX = [(n, hp, c) for n, hp, c in variants.matrix()]
-#: The variants with CUDA kernels (none yet for per-tensor reductions), and their ids.
+#: The variants with CUDA kernels, and their ids.
 CUDA_MATRIX, CUDA_IDS = zip(*[(case, i) for case, i in zip(MATRIX, variants.matrix_ids())
                               if REGISTRY[case[0]].on_cuda])
 

@@ -21,7 +21,7 @@ from fusedopt.algorithms.registry import REGISTRY
 
 NAMES = sorted(REGISTRY)
 STEPS = 30
-#: Optimizers without CUDA kernels (per-tensor reductions) through the CPU instead.
+#: Every optimizer through the CUDA backend (on the host) where it has CUDA kernels.
 CASES = [("cuda" if REGISTRY[n].on_cuda else "cpu", n) for n in NAMES] + [
     ("cpu", "adam"), ("cpu", "lion")]
 

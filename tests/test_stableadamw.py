@@ -83,7 +83,7 @@ def test_shadow_arithmetic_within_a_millionth():
 SHAPES = [(1,), (3,), (4097,), (278011,), (0,), (37, 53)]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "unfused"])
+@pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"], indirect=True)
 @pytest.mark.parametrize("convention", ["keras", "torch"])
 def test_every_tensor_of_one_launch_gets_its_own_rms(backend, convention):
     """Tensors of awkward sizes in one step, grads of scales 100x apart: each tensor's lr

@@ -27,7 +27,7 @@ STEPS = 3
 
 def _first_variant_per_entry():
     found = {}
-    for spec in (s for s in REGISTRY.values() if s.on_cuda):  # reductions: no CUDA yet
+    for spec in (s for s in REGISTRY.values() if s.on_cuda):
         for variant in compare.variants(spec):
             flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
             found.setdefault((spec.kernel, flags), (spec, variant))
@@ -71,8 +71,9 @@ def test_entry_matches_the_reference(host_cuda, monkeypatch, spec, variant, st):
     for step_grads in grads:
         engine.step([g.astype(gdt) for g in step_grads])
         taken.append(runs._snapshot(engine))
-    assert {name for name, _, _ in host_cuda.launches} == {
-        spec.entry(st, spec.flags(hp, variant.convention))}
+    flags = spec.flags(hp, variant.convention)
+    reduction = {spec.reduce_entry(st, flags), "combine_sums"} if spec.reductions else set()
+    assert {name for name, _, _ in host_cuda.launches} == {spec.entry(st, flags), *reduction}
     runs.check_against_reference(spec, variant.hp, variant.convention, grads, taken,
                                  st.param, st.state, f"{spec.name} {variant.id()} {st}",
                                  grad_dtype=st.grad)

@@ -18,8 +18,7 @@ STATES = ("float32", "bfloat16")
 BACKENDS = ("cpu", "cuda")
 
 
-#: (optimizer, backend): no CUDA run of an optimizer without CUDA kernels (per-tensor
-#: reductions, fusedopt/engine/reductions.py).
+#: (optimizer, backend): a CUDA run of every optimizer with CUDA kernels.
 RUNS = [(n, b) for n in NAMES for b in BACKENDS if b != "cuda" or REGISTRY[n].on_cuda]
 
 

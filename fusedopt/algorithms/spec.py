@@ -200,15 +200,42 @@ class OptimizerSpec:
 
     @property
     def on_cuda(self) -> bool:
-        """Whether CUDA kernels exist for it: not yet for an optimizer with reductions."""
-        return self.reductions is None
+        """Whether CUDA kernels exist for it: every registered optimizer has them (those
+        with reductions also a reduction kernel, :attr:`reduce_kernel`)."""
+        return True
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request."""
-        if not self.on_cuda:
-            return []
         return [(st, f, self.entry(st, f)) for st in all_storages()
                 if st.param in self.dtypes for f in self.all_flags]
+
+    @property
+    def reduce_kernel(self) -> str | None:
+        """The CUDA family of the reduction phase (``kernels/<family>_reduce.cu``, generated
+        from ``reductions.rule``), or None for an elementwise optimizer."""
+        return None if self.reductions is None else f"{self.kernel}_reduce"
+
+    def reduce_entry(self, storage: Storage | str, flags: tuple[int, ...]) -> str:
+        """The reduction kernel's name expression for this variant and storage (the
+        template arguments of :meth:`entry`)."""
+        return self.reduce_kernel + self.entry(storage, flags)[len(self.kernel):]
+
+    def reduce_entries(self) -> list[str]:
+        """Every reduction entry point the runtime can request (none without reductions)."""
+        if self.reductions is None:
+            return []
+        return [self.reduce_entry(st, f) for st, f, _ in self.entries()]
+
+    def tensor_scalars(self, xp, row: tuple, sums, sizes) -> list:
+        """The per-tensor scalars (``reductions.scalar_names``, in order), each a float64
+        array of one value per tensor on ``sums``' device (``xp`` its array module), from
+        ``sums`` (one row per reduction term), the tensors' element counts ``sizes`` (on
+        the same device) and the step's scalar ``row``."""
+        declared = self.reductions
+        k = self.Scalars(*row, *(0.0 for _ in declared.scalar_names))
+        named = {name: sums[i] for i, name in enumerate(declared.names)}
+        made = declared.scalars(xp, named, sizes, k)
+        return [made[name] for name in declared.scalar_names]
 
     def defaults(self) -> dict[str, Any]:
         return {h.name: h.default for h in self.hypers}

@@ -15,7 +15,10 @@ The phases of a step (fusedopt/engine/step.py), as they read memory:
    reads (for LAMB and StableAdamW: param, grad and state), one launch per launch group
    (one Numba call for every tensor of a dtype), nothing written;
 3. the element pass, with a row of scalars per tensor: the step's, then the per-tensor
-   ones made here (on the host in float64, from float64 sums).
+   ones made here in float64 from float64 sums - on the host for the CPU backends; on
+   the device for CUDA (the backend's ``tensor_scalars``: the same declared formulas run
+   as CuPy array operations), where the element kernel reads them beside the step's row
+   (:class:`~fusedopt.memory.steps.TensorScalars`) and the host reads nothing back.
 
 Each phase needs the one before it: the grad scales change the terms (LAMB's update is
 not linear in g, so a clipped grad cannot be folded in afterwards), and the terms decide
@@ -30,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..memory.arrays import kind_of
+from ..memory.steps import TensorScalars
 from . import threads as _threads
 from .clip import GradClip
 
@@ -52,10 +56,10 @@ def reduction_phase(engine, plan, positions, work, scales, cache) -> list:
         return [None] * len(work)
     reduce = getattr(plan.backend, "reduce", None)
     if reduce is None:
-        raise ValueError(f"{spec.class_name}'s per-tensor reductions run on the 'cpu' and "
-                         f"'unfused' backends; the {plan.backend.name!r} backend has no "
-                         "kernels for them yet: pass NumPy arrays (CPU tensors) or "
-                         "backend='cpu'")
+        raise ValueError(f"{spec.class_name}'s per-tensor reductions need a backend with a "
+                         f"reduction phase; the {plan.backend.name!r} backend has none: "
+                         "pass backend='cpu' or 'cuda'")
+    on_device = getattr(plan.backend, "tensor_scalars", None)
     out = []
     for (launch, grads), scale in zip(work, scales):
         row = engine._step_rows(positions, launch, None, -1, cache)
@@ -65,6 +69,9 @@ def reduction_phase(engine, plan, positions, work, scales, cache) -> list:
         flags = engine.hypers[launch.hyper].flags
         with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
             sums = reduce(spec, flags, row, launch.group, grads, clip=clip)
+            if on_device is not None:  # made and kept on the device: the host waits for nothing
+                out.append(TensorScalars(row, on_device(spec, row, sums, launch.group)))
+                continue
         out.append(tensor_rows(spec, row, np.asarray(sums), _sizes(launch.group)))
     return out
 
@@ -81,13 +88,10 @@ def _sizes(group) -> np.ndarray:
 def tensor_rows(spec, row: tuple, sums: np.ndarray, sizes) -> np.ndarray:
     """(tensors, scalars) float64: ``row`` then the per-tensor scalars ``spec`` makes from
     ``sums`` (one row per reduction term, one column per tensor)."""
-    declared = spec.reductions
     n = len(sizes)
-    k = spec.Scalars(*row, *(0.0 for _ in declared.scalar_names))
-    named = dict(zip(declared.names, sums[:len(declared.names)]))
-    made = declared.scalars(np, named, np.asarray(sizes, np.float64), k)
-    rows = np.empty((n, len(row) + len(declared.scalar_names)), np.float64)
+    made = spec.tensor_scalars(np, row, sums, np.asarray(sizes, np.float64))
+    rows = np.empty((n, len(row) + len(made)), np.float64)
     rows[:, :len(row)] = row
-    for j, name in enumerate(declared.scalar_names):
-        rows[:, len(row) + j] = made[name]
+    for j, values in enumerate(made):
+        rows[:, len(row) + j] = values
     return rows

@@ -78,7 +78,7 @@ class StepPhases:
         if grad_scale is not None:
             grad_scale = _as_grad_scale(grad_scale)
         checked = found_inf is not None
-        if checked and self.spec.running is not None:  # decided here: see _decision
+        if checked and not self._decided_on_device_allowed():  # decided here: see _decision
             found_inf = float(found_inf)
         if checked and _on_host(found_inf):
             if float(found_inf) != 0.0:
@@ -113,9 +113,8 @@ class StepPhases:
     def _decision(self, plan, launches, grad_scale, found_inf, checked):
         """Where a loss-scaled step is decided: ``(window, slot)`` of the device's flag ring
         when the device decides it, else ``(None, -1)``."""
-        # Running scalars (schedule-free's weight sum) advance only with an applied step:
-        # the host decides, so that the next step's scalars are known.
-        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False) and self.spec.running is None
+        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
+                     and self._decided_on_device_allowed()
                      and len({launch.device for launch in launches}) == 1)
         decide_on_device = on_device and (found_inf is not None or (
             grad_scale is not None and not checked))
@@ -125,6 +124,14 @@ class StepPhases:
         if window is not None and window.full():
             self._settle(wait=True, limit=1)  # as many in doubt as the rows cover: wait
         return window, (window.next_slot() if window is not None else -1)
+
+    def _decided_on_device_allowed(self) -> bool:
+        """Whether a loss-scaled step of this optimizer may be decided on the device. Not
+        when the next step's scalars hang on the outcome: running scalars (schedule-free's
+        weight sum) advance only with an applied step, and per-tensor reductions
+        (fusedopt/engine/reductions.py) take the step's one row, which must be known. The
+        host then reads the inf/NaN test (one wait per loss-scaled step)."""
+        return self.spec.running is None and self.spec.reductions is None
 
     def _grad_prepass(self, plan, work, window, slot, grad_scale, checked):
         """The grad-only pass where clipping by norm or an unchecked loss scale needs it

@@ -65,6 +65,17 @@ class StepRows:
         return np.asarray(self.rows, dtype=np.float64).astype(dtype).ravel()
 
 
+@dataclass(frozen=True)
+class TensorScalars:
+    """The scalars of a launch of an optimizer with per-tensor reductions on CUDA: the
+    step's one ``row`` (known on the host) and ``values``, a float64 device array of shape
+    (per-tensor scalars, tensors), made on the device by the reduction phase
+    (fusedopt/engine/reductions.py); the element kernel reads both."""
+
+    row: tuple
+    values: Any
+
+
 def step_rows(scalars_of: Callable[[int], tuple], base, mask, window: "Window | None" = None,
               flag_slot: int = -1) -> StepRows:
     """The rows for tensors at ``base[t]`` (+ applied window steps in ``mask[t]``)."""

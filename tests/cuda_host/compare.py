@@ -130,6 +130,17 @@ def entry_of(spec: OptimizerSpec, variant: Variant, dtype: str) -> str:
     return spec.entry(dtype, spec.flags(full_hyper(spec, variant), variant.convention))
 
 
+def step_launches(spec: OptimizerSpec, variant: Variant, dtype: str) -> list[str]:
+    """The kernels one step of this variant launches per launch group, in order: for an
+    optimizer with per-tensor reductions the reduction phase's two (kernels/reduce.cuh),
+    then the optimizer's own."""
+    entry = entry_of(spec, variant, dtype)
+    if spec.reductions is None:
+        return [entry]
+    flags = spec.flags(full_hyper(spec, variant), variant.convention)
+    return [spec.reduce_entry(dtype, flags), "combine_sums", entry]
+
+
 def full_hyper(spec: OptimizerSpec, variant: Variant) -> dict:
     hp = spec.defaults()
     hp.update(variant.hp)

@@ -162,6 +162,7 @@ class HostRuntime:
     """
 
     name = "host"
+    xp = np  # device arrays are NumPy arrays
 
     def __init__(self, cache_dir: Path, *, order: str = "forward", sanitize: bool = False,
                  sources: dict[str, str] | None = None, only=None,

@@ -43,8 +43,9 @@ def asan_runtime() -> str | None:
 
 
 def command(cache_dir: Path, sources: dict[str, Path] | None = None,
-            entry: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that run this module under the sanitizers."""
+            entry: str | None = None, optimizers=()) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that run this module under the sanitizers (``optimizers``:
+    registry names to run alone, with their kernels only)."""
     runtime = asan_runtime()
     if runtime is None:
         raise RuntimeError("g++ has no AddressSanitizer runtime (libasan)")
@@ -53,6 +54,8 @@ def command(cache_dir: Path, sources: dict[str, Path] | None = None,
         argv += ["--source", f"{family}={path}"]
     if entry:
         argv += ["--entry", entry]
+    for name in optimizers:
+        argv += ["--optimizer", name]
     env = dict(os.environ)
     env.update(
         LD_PRELOAD=runtime,
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
                         help="family=path: run this source text instead of kernels/family.cu")
     parser.add_argument("--entry", help="build and run only this entry point (a name "
                         "expression such as 'adam<float, 0, 0>')")
+    parser.add_argument("--optimizer", action="append", default=[],
+                        help="run only this registered optimizer, with its kernels only")
     args = parser.parse_args(argv)
 
     from cuda_host import HostRuntime, compare
@@ -120,7 +125,12 @@ def main(argv=None) -> int:
     from fusedopt.algorithms.registry import REGISTRY
     from fusedopt.backends.cuda import launch, runtime
     sources = dict(s.split("=", 1) for s in args.source)
-    sampled = launch.sampled_entry_points()
+    sampled = dict(launch.sampled_entry_points())
+    chosen = [s for s in REGISTRY.values() if s.on_cuda
+              and (not args.optimizer or s.name in args.optimizer)]
+    if args.optimizer:
+        families = {s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
+        sampled = {f: names for f, names in sampled.items() if f in families}
     host = HostRuntime(args.cache / "host", sanitize=True,
                        sources={f: Path(p).read_text() for f, p in sources.items()},
                        only=args.entry or {n for names in sampled.values() for n in names})
@@ -134,7 +144,7 @@ def main(argv=None) -> int:
             config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
         problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
                                        misaligned=(len(shapes),))
-        for spec in (s for s in REGISTRY.values() if s.on_cuda):
+        for spec in chosen:
             for dtype in compare.BASE_DTYPES:
                 for variant in _covering_variants(spec, compare):
                     if args.entry in (None, compare.entry_of(spec, variant, dtype)):

@@ -72,8 +72,8 @@ def check(name: str, grid, args, find_buffer) -> None:
         for k in range(2 + n_slots):
             _check_operand(name, t, k, int(addresses[k, t]), int(sizes[t]), dtypes[k],
                            find_buffer)
-    if len(args) == 3 + STEP_PARAMS:
-        _check_steps(name, n_tensors, *args[3:])
+    if len(args) >= 3 + STEP_PARAMS:  # then per-tensor scalars or a reduction's output
+        _check_steps(name, n_tensors, *args[3: 3 + STEP_PARAMS])
     expected = {(t, c) for t in range(n_tensors) for c in range(-(-int(sizes[t]) // chunk))}
     got = [(int(w) >> 32, int(w) & 0xFFFFFFFF) for w in work]
     if len(got) != len(set(got)) or set(got) != expected:

@@ -79,31 +79,21 @@ def rule_source(spec) -> str:
     family = _pascal(spec.kernel)
     flags = [f.upper() for f in spec.flag_names]
     presences = _slot_presence(spec)
-    scalars = ", ".join(spec.scalar_names)
-    rows = ", ".join(f"row[{i}]" for i in range(len(spec.scalar_names)))
     doc = (sys.modules[spec.rule.__module__].__doc__ or "").strip().splitlines()
+    per_tensor = spec.reductions is not None
     out = [
-        f"// Generated from fusedopt/algorithms/{spec.kernel}.py by",
-        "// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there",
-        "// and regenerate; tests/test_codegen.py fails while this file differs.",
-        "//",
-        *[f"// {line}".rstrip() for line in doc],
+        *_header(spec, doc),
         '#include "common.cuh"',
         "",
         "namespace fusedopt {",
         "",
-        "// The step's scalars, by name, as the host computes them (in double) for a row.",
-        "template <typename C>",
-        f"struct {family}Scalars {{",
-        f"    C {scalars};",
-        "};",
-        "",
+        *_scalars_struct(spec, family),
         f"template <typename C, {', '.join(f'int {f}' for f in flags)}>",
         f"struct {family}Rule {{",
         f"    {family}Scalars<C> k;",
         "",
         f"    static constexpr int n_scalars = {len(spec.scalar_names)};",
-        f"    static FUSEDOPT_DEVICE {family}Rule from(const C* row) {{ return {{{{{rows}}}}}; }}",
+        _from(spec, f"{family}Rule", per_tensor),
         "",
         "    FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {",
     ]
@@ -126,10 +116,135 @@ def rule_source(spec) -> str:
         "",
         f"template <typename P, typename G, typename S, int MODE, "
         f"{', '.join(f'int {f}' for f in flags)}>",
-        f"__global__ void {spec.kernel}(FUSEDOPT_OPTIMIZER_PARAMS(P)) {{",
+        f"__global__ void {spec.kernel}(FUSEDOPT_OPTIMIZER_PARAMS(P)"
+        + (", const double* __restrict__ tensor_scalars" if per_tensor else "") + ") {",
         "    using C = fusedopt::compute_t<P>;",
-        f"    FUSEDOPT_APPLY(P, G, S, MODE, {_count(presences)}, "
-        f"fusedopt::{family}Rule<C, {', '.join(flags)}>);",
+        f"    FUSEDOPT_APPLY{'_PER_TENSOR' if per_tensor else ''}(P, G, S, MODE, "
+        f"{_count(presences)}, fusedopt::{family}Rule<C, {', '.join(flags)}>);",
+        "}",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _header(spec, doc) -> list[str]:
+    return [
+        f"// Generated from fusedopt/algorithms/{spec.kernel}.py by",
+        "// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there",
+        "// and regenerate; tests/test_codegen.py fails while this file differs.",
+        "//",
+        *[f"// {line}".rstrip() for line in doc],
+    ]
+
+
+def _scalars_struct(spec, family: str) -> list[str]:
+    lines = ["// The step's scalars, by name, as the host computes them (in double) for a row."]
+    if spec.reductions is not None:
+        lines.append("// Then the per-tensor ones, made from the reduction phase's sums on the "
+                     "device.")
+    return [*lines, "template <typename C>", f"struct {family}Scalars {{",
+            f"    C {', '.join(spec.row_names)};", "};", ""]
+
+
+def _from(spec, struct: str, per_tensor: bool) -> str:
+    """The rule struct's ``from``: the step's row, and (``per_tensor``) the tensor's
+    per-tensor scalars, ``tensor[j * stride]`` (doubles, rounded once); a reduction rule,
+    which runs before they exist, reads them as 0."""
+    fields = [f"row[{i}]" for i in range(len(spec.scalar_names))]
+    extra = spec.reductions.scalar_names if spec.reductions is not None else ()
+    if per_tensor:
+        fields += [f"C(tensor[{j} * stride])" if j else "C(tensor[0])"
+                   for j in range(len(extra))]
+        args = "const C* row, const double* tensor, int stride"
+    else:
+        fields += ["C(0)"] * len(extra)
+        args = "const C* row"
+    return (f"    static FUSEDOPT_DEVICE {struct} from({args}) "
+            f"{{ return {{{{{', '.join(fields)}}}}}; }}")
+
+
+def reduce_source(spec) -> str:
+    """``kernels/<family>_reduce.cu``: ``spec``'s reduction rule (``reductions.rule``) as a
+    terms struct and the ``__global__`` template of the reduction phase
+    (kernels/reduce.cuh), for an optimizer with per-tensor reductions."""
+    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    rule_fn = spec.reductions.rule
+    node = function(rule_fn)
+    slots = [s.name for s in spec.slot_decls]
+    expected = ["p", "g", *slots, "k", "f"]
+    body = [s for s in node.body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    if not body or not isinstance(body[-1], ast.Return):
+        raise RuleError(f"{where}: {rule_fn.__name__} must end in `return <terms>`")
+    returned = body[-1].value
+    terms = returned.elts if isinstance(returned, ast.Tuple) else [returned]
+    if len(terms) != len(spec.reductions.names):
+        raise RuleError(f"{where}: {rule_fn.__name__} must return the "
+                        f"{len(spec.reductions.names)} terms of {spec.reductions.names}")
+    statements = [_Literals().visit(s) for s in expand(body[:-1], where)]
+    returned = [_Literals().visit(t) for t in terms]
+    rule = _Rule(spec, where)
+    rule.locals = [n for n in _assigned(statements) if n not in expected]
+    for name in rule.locals:
+        if name in _RESERVED or name.upper() == name or name in ("out", "terms"):
+            raise RuleError(f"{where}: {name!r} is reserved in the generated C++; rename it")
+    lines = _statements(rule, statements, 2)
+    lines += [f"        out[{i}] = {rule.expression(t)};" for i, t in enumerate(returned)]
+    lines = [_restore_ints(line) for line in lines]
+
+    named = [n for part in (*statements, *returned) for n in ast.walk(part)
+             if isinstance(n, ast.Name)]
+    read = {n.id for n in named if isinstance(n.ctx, ast.Load)}
+    mentioned = {n.id for n in named}
+    presences = _slot_presence(spec)
+    reads = [bit for name, bit in (("p", "READS_P"), ("g", "READS_G")) if name in read]
+    for i, (name, flag) in enumerate(presences):
+        if name in read:
+            bit = f"(READS_SLOT << {_count(presences[:i])})"
+            reads.append(bit if flag is None else f"({flag} ? {bit} : 0u)")
+    family = _pascal(spec.kernel)
+    flags = [f.upper() for f in spec.flag_names]
+    out = [
+        *_header(spec, [f"The reduction phase of {spec.class_name}: the per-element terms of "
+                        f"{', '.join(spec.reductions.names)}", f"({rule_fn.__name__} in "
+                        f"{where}), summed per tensor by kernels/reduce.cuh."]),
+        '#include "reduce.cuh"',
+        "",
+        "namespace fusedopt {",
+        "",
+        *_scalars_struct(spec, family),
+        f"template <typename C, {', '.join(f'int {f}' for f in flags)}>",
+        f"struct {family}Terms {{",
+        f"    {family}Scalars<C> k;",
+        "",
+        f"    static constexpr int n_terms = {len(terms)};",
+        "    // The operands the terms read (kernels/reduce.cuh): no other is loaded.",
+        f"    static constexpr unsigned reads = {' | '.join(reads) or '0u'};",
+        _from(spec, f"{family}Terms", per_tensor=False),
+        "",
+        "    FUSEDOPT_DEVICE void operator()(C p, C g, const C* s, C* out) const {",
+    ]
+    for i, (name, flag) in enumerate(presences):
+        if name not in mentioned:  # a slot the terms never name: no unused local
+            continue
+        index = _count(presences[:i])
+        out.append(f"        C {name} = {'' if flag is None else f'{flag} ? '}s[{index}]"
+                   f"{'' if flag is None else ' : C(0)'};")
+    if rule.locals:
+        out.append(f"        C {', '.join(rule.locals)};")
+    out += lines
+    out += [
+        "    }",
+        "};",
+        "",
+        "}  // namespace fusedopt",
+        "",
+        f"template <typename P, typename G, typename S, int MODE, "
+        f"{', '.join(f'int {f}' for f in flags)}>",
+        f"__global__ void {spec.reduce_kernel}(FUSEDOPT_REDUCE_PARAMS(P)) {{",
+        "    using C = fusedopt::compute_t<P>;",
+        f"    FUSEDOPT_REDUCE(P, G, S, MODE, {_count(presences)}, "
+        f"fusedopt::{family}Terms<C, {', '.join(flags)}>);",
         "}",
         "",
     ]
@@ -168,12 +283,13 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
     files = {HEADER: constants_source()}
     for spec in specs:
-        if not spec.on_cuda:  # per-tensor reductions: no CUDA kernels yet
-            continue
-        text = rule_source(spec)
-        name = f"{spec.kernel}.cu"
-        if files.setdefault(name, text) != text:
-            raise RuleError(f"two optimizers of family {spec.kernel} declare different rules")
+        made = {f"{spec.kernel}.cu": rule_source(spec)}
+        if spec.reductions is not None:
+            made[f"{spec.reduce_kernel}.cu"] = reduce_source(spec)
+        for name, text in made.items():
+            if files.setdefault(name, text) != text:
+                raise RuleError(f"two optimizers of family {spec.kernel} declare different "
+                                "rules")
     return files
 
 

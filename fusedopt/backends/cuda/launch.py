@@ -16,7 +16,7 @@ import numpy as np
 from ... import config
 from ...algorithms.registry import REGISTRY
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
-from ...memory.steps import as_rows
+from ...memory.steps import TensorScalars, as_rows
 from ...memory.storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
 from ...memory.table import rows
 from . import runtime
@@ -67,6 +67,9 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     names: dict[str, set[str]] = {}
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].on_cuda):
         names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
+        if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
+            names.setdefault(spec.reduce_kernel, set()).update(
+                (*spec.reduce_entries(), "combine_sums"))
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)
     return MappingProxyType({family: tuple(sorted(n)) for family, n in sorted(names.items())})
@@ -205,13 +208,8 @@ def _upload(group: Group, key: str, host: np.ndarray, rt):
     return group.scratch[key]
 
 
-def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
-         step: int = 1) -> None:
-    """One launch over ``group``: the scalar rows and control block of ``steps``
-    (fusedopt/memory/steps.py) go to the device with it, without waiting for anything (each
-    tensor's step, the key of stochastic rounding's bits, is read from the control block
-    on the device: ``step`` is the known step of a plain tuple of scalars)."""
-    rt = runtime.current()
+def _clipped_table(group: Group, grads, clip: GradClip, rt):
+    """The group's device table with this step's grad scales and limit in it."""
     group.table.set_limit(clip.limit)
     if group.grads_scaled and clip.scales is None:
         group.device_version = -1  # the device row holds old scales: copy the 1.0s back
@@ -225,10 +223,13 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
                 else scales.view(np.int64))
         table[start: start + len(group.params)] = bits
         group.grads_scaled = True
-    n_work = group.table.n_work
-    if n_work == 0:
-        return
-    storage = step_storage(group, grads)
+    return table
+
+
+def _step_args(group: Group, steps, storage, step: int, rt) -> tuple:
+    """The table, tensor count, chunk, scalar rows, control block and flag ring of a
+    launch over ``group`` (the optimizer kernel's and the reduction kernel's first six
+    parameters), uploaded where they changed."""
     # The known step matters to the kernel only as a key of stochastic rounding (else the
     # control block stays the same from step to step and is not copied again).
     steps = as_rows(steps, len(group.params), step if storage.mode == "stochastic" else 1)
@@ -240,6 +241,67 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
             group.scratch["no_flags"] = rt.zeros(np.zeros(1, np.int32))
         ring = group.scratch["no_flags"]
     n_tensors, chunk = _INDEX_TYPES
-    args = (group.device_table, n_tensors(len(group.params)), chunk(group.chunk), scalars,
+    return (group.device_table, n_tensors(len(group.params)), chunk(group.chunk), scalars,
             control, ring)
+
+
+def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
+         step: int = 1) -> None:
+    """One launch over ``group``: the scalar rows and control block of ``steps``
+    (fusedopt/memory/steps.py) go to the device with it, without waiting for anything (each
+    tensor's step, the key of stochastic rounding's bits, is read from the control block
+    on the device: ``step`` is the known step of a plain tuple of scalars). For an
+    optimizer with per-tensor reductions ``steps`` is a :class:`TensorScalars`: the step's
+    row, and the device array of per-tensor scalars the kernel reads beside it."""
+    rt = runtime.current()
+    _clipped_table(group, grads, clip, rt)
+    n_work = group.table.n_work
+    if n_work == 0:
+        return
+    storage = step_storage(group, grads)
+    extra = ()
+    if isinstance(steps, TensorScalars):
+        steps, extra = steps.row, (steps.values,)
+    args = _step_args(group, steps, storage, step, rt) + extra
     kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)
+
+
+def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
+    """(terms, tensors) float64 device array: each tensor's sums of ``spec``'s reduction
+    terms (kernels/<family>_reduce.cu, kernels/reduce.cuh), each grad seen as the step
+    will see it (``clip``), the state before the step; ``row`` the step's scalars. Two
+    launches (the block sums, then their combine in a fixed order), nothing read back."""
+    rt = runtime.current()
+    _clipped_table(group, grads, clip, rt)
+    n_tensors, n_work = len(group.params), group.table.n_work
+    n_terms = len(spec.reductions.names)
+    sizes = (n_terms * max(n_work, 1), n_terms * n_tensors)
+    if group.scratch.get("reduce_sizes") != sizes:  # every entry is written before it is read
+        group.scratch["reduce"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
+        group.scratch["reduce_sizes"] = sizes
+    partial, sums = group.scratch["reduce"]
+    module = rt.module(spec.reduce_kernel, name_expressions(spec.reduce_kernel))
+    threads = config.THREADS_PER_BLOCK
+    if n_work:
+        storage = step_storage(group, grads)
+        args = _step_args(group, row, storage, 1, rt) + (partial,)
+        module.get_function(spec.reduce_entry(storage, flags))((n_work,), (threads,), args)
+    work = group.device_table[rows(group.n_slots, n_tensors)["work"]:]
+    index, wide = _INDEX_TYPES
+    module.get_function("combine_sums")(
+        (-(-n_terms * n_tensors // threads),), (threads,),
+        (work, wide(n_work), index(n_tensors), index(n_terms), partial, sums))
+    return sums.reshape(n_terms, n_tensors)
+
+
+def tensor_scalars(spec, row: tuple, sums, group: Group):
+    """(per-tensor scalars, tensors) float64 device array made from :func:`reduce`'s
+    ``sums`` by the optimizer's declared formulas (``Reductions.scalars``), run as array
+    operations on the device: the element kernel reads it, the host reads nothing."""
+    rt = runtime.current()
+    sizes = group.scratch.get("reduce_tensor_sizes")
+    if sizes is None:
+        sizes = group.scratch["reduce_tensor_sizes"] = rt.to_device(
+            group.sizes.astype(np.float64))
+    made = spec.tensor_scalars(rt.xp, row, sums, sizes)
+    return rt.xp.stack([rt.xp.broadcast_to(values, sizes.shape) for values in made])

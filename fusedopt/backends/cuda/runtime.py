@@ -26,6 +26,11 @@ class CupyRuntime:
         self.cupy = cupy
         self._modules = {}
 
+    @property
+    def xp(self):
+        """The array module of this runtime's arrays (per-tensor scalars are made with it)."""
+        return self.cupy
+
     def accepts(self, array) -> bool:
         """CuPy arrays, and device arrays of a registered kind (fusedopt/memory/arrays.py)."""
         if isinstance(array, self.cupy.ndarray):

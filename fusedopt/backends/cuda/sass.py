@@ -249,3 +249,10 @@ def optimizer_entries() -> set[str]:
     """Name expressions of every optimizer entry point: the ones that must be vectorized."""
     from ...algorithms.registry import REGISTRY
     return {name for spec in REGISTRY.values() for _, _, name in spec.entries()}
+
+
+def reduction_entries() -> set[str]:
+    """Name expressions of every reduction-phase entry point (kernels/reduce.cuh): each must
+    load 16 bytes per access; it stores one double per block, so no vector store."""
+    from ...algorithms.registry import REGISTRY
+    return {name for spec in REGISTRY.values() for name in spec.reduce_entries()}

@@ -35,7 +35,7 @@ class _Rule:
     def __init__(self, spec, where: str):
         self.spec, self.where = spec, where
         self.flags = set(spec.flag_names)
-        self.scalars = set(spec.scalar_names)
+        self.scalars = set(spec.row_names)  # the step's, then any per-tensor ones
         self.slots = [s.name for s in spec.slot_decls]
         self.locals: list[str] = []
 
@@ -78,7 +78,7 @@ class _Rule:
             if owner == "k":
                 if field not in self.scalars:
                     self.fail(node, f"k.{field} is no scalar of {self.spec.name} "
-                                    f"(its scalars: {', '.join(self.spec.scalar_names)})")
+                                    f"(its scalars: {', '.join(self.spec.row_names)})")
                 return f"k.{field}", _ATOM
             if owner == "f":
                 if field not in self.flags:
