@@ -23,15 +23,15 @@ namespace fusedopt {
 // The step's scalars, by name, as the host computes them (in double) for a row.
 template <typename C>
 struct AdanScalars {
-    C lr, wd, wd_factor, shrink, b1_comp, b1_hat, b1_low, b2, b2_comp, b2_hat, b2_low, b3_hat, b3_comp, eps, lr_b2, later;
+    C keep, lr, lr_b2, shrink, b1_comp, b1_hat, b2, b2_comp, b2_hat, b3_hat, b3_comp, eps;
 };
 
 template <typename C, int FLAVOR>
 struct AdanRule {
     AdanScalars<C> k;
 
-    static constexpr int n_scalars = 16;
-    static FUSEDOPT_DEVICE AdanRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11], row[12], row[13], row[14], row[15]}}; }
+    static constexpr int n_scalars = 12;
+    static FUSEDOPT_DEVICE AdanRule from(const C* row) { return {{row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11]}}; }
 
     FUSEDOPT_DEVICE void operator()(C& p, C g, C* s) const {
         C& m = s[0];
@@ -39,20 +39,14 @@ struct AdanRule {
         C& n = s[2];
         C& neg_grad = s[3];
         C d, nesterov, denom;
-        if (FLAVOR == TORCH_L2) {
-            if (k.wd != C(0)) {
-                g = g + k.wd * p;
-            }
-        } else {
-            p = p * k.wd_factor;
-        }
-        d = (g + neg_grad) * k.later;
-        m = k.b1_low > C(0) ? m + k.b1_comp * (g - m) : g - (g - m) * k.b1_hat;
-        v = k.b2_low > C(0) ? v + k.b2_comp * (d - v) : d - (d - v) * k.b2_hat;
+        d = g + neg_grad;
+        m = k.b1_comp + k.b1_comp < C(1) ? m + k.b1_comp * (g - m) : g - (g - m) * k.b1_hat;
+        v = k.b2_comp + k.b2_comp < C(1) ? v + k.b2_comp * (d - v) : d - (d - v) * k.b2_hat;
         nesterov = d * k.b2 + g;
         n = n * k.b3_hat + k.b3_comp * nesterov * nesterov;
         neg_grad = -g;
         denom = sqrt(n) + k.eps;
+        p = p * k.keep;
         p = p - k.lr * (m / denom);
         p = p - k.lr_b2 * (v / denom);
         p = p / k.shrink;

@@ -17,10 +17,9 @@ optimizer: ``theta -= theta * wd * lr`` first, no division after.
 from __future__ import annotations
 
 from ..constants import KERAS, TORCH_DECOUPLED
-from .rulelib import decay_in_place, sqrt, weight_decay
+from .rulelib import sqrt
 from .spec import (
     BETA,
-    DECAY_SCALARS,
     LEARNING_RATE,
     TORCH_ONLY,
     WEIGHT_DECAY,
@@ -28,13 +27,12 @@ from .spec import (
     Slot,
     at_least,
     boolean,
-    decay_scalars,
     declare,
     optional,
 )
 
-SCALARS = (*DECAY_SCALARS, "shrink", "b1_comp", "b1_hat", "b1_low", "b2", "b2_comp",
-           "b2_hat", "b2_low", "b3_hat", "b3_comp", "eps", "lr_b2", "later")
+SCALARS = ("keep", "lr", "lr_b2", "shrink", "b1_comp", "b1_hat", "b2", "b2_comp", "b2_hat",
+           "b3_hat", "b3_comp", "eps")
 
 
 def debiased(beta: float, step: int) -> float:
@@ -43,37 +41,42 @@ def debiased(beta: float, step: int) -> float:
 
 
 def scalars(hp, step, convention):
+    """The step's scalars: the decay as ``theta * keep`` before the update and ``/ shrink``
+    after it (Keras': keep 1 - lr wd; optimi's proximal one: shrink 1 + lr wd, lr / max_lr
+    in place of lr under decouple_lr; its Adam-style one, adam_wd: keep 1 - lr wd), each 1
+    where unused, and the debiased betas with both of torch's lerp weights (w and 1 - w).
+    At step 1 the grad difference is 0 (optimi starts prev_grad at -g), where the slot is
+    0 and g + 0 is g: b2 and b2_comp are 0 there, so that neither the difference nor its
+    average moves anything, and v stays 0."""
     lr, wd = float(hp["learning_rate"]), float(hp["weight_decay"] or 0.0)
     b1_hat, b2_hat, b3_hat = (debiased(float(hp[b]), step)
                               for b in ("beta_1", "beta_2", "beta_3"))
-    b2 = float(hp["beta_2"])
-    out = {**decay_scalars(hp), "shrink": 1.0}
+    first = step == 1
+    keep, shrink = 1.0 - lr * wd, 1.0
     if convention == "torch":
         max_lr = hp.get("max_lr")
         max_lr = lr if max_lr is None else float(max_lr)
         rate = (lr / max_lr if max_lr else 0.0) if hp.get("decouple_lr") else lr
-        if hp.get("adam_wd"):
-            out["wd_factor"] = 1.0 - rate * wd   # before the update, as AdamW
-        else:
-            out["wd_factor"] = 1.0               # after it: the paper's proximal step
-            out["shrink"] = 1.0 + rate * wd
-    return {**out, "b1_comp": 1.0 - b1_hat, "b1_hat": b1_hat,
-            # torch's lerp: s + w (e - s) for w < 0.5, else e - (e - s)(1 - w).
-            "b1_low": float(1.0 - b1_hat < 0.5), "b2": b2, "b2_comp": 1.0 - b2_hat,
-            "b2_hat": b2_hat, "b2_low": float(1.0 - b2_hat < 0.5), "b3_hat": b3_hat,
-            "b3_comp": 1.0 - b3_hat, "eps": float(hp["epsilon"]), "lr_b2": lr * b2,
-            "later": 0.0 if step == 1 else 1.0}
+        keep = 1.0 - rate * wd if hp.get("adam_wd") else 1.0
+        shrink = 1.0 if hp.get("adam_wd") else 1.0 + rate * wd
+    b2 = float(hp["beta_2"])
+    return {"keep": keep, "lr": lr, "lr_b2": lr * b2, "shrink": shrink,
+            "b1_comp": 1.0 - b1_hat, "b1_hat": b1_hat, "b2": 0.0 if first else b2,
+            "b2_comp": 0.0 if first else 1.0 - b2_hat, "b2_hat": 1.0 if first else b2_hat,
+            "b3_hat": b3_hat, "b3_comp": 1.0 - b3_hat, "eps": float(hp["epsilon"])}
 
 
 def rule(p, g, m, v, n, neg_grad, k, f):
-    p, g = weight_decay(f.flavor, p, g, k.lr, k.wd, k.wd_factor)
-    d = (g + neg_grad) * k.later
-    m = m + k.b1_comp * (g - m) if k.b1_low > 0 else g - (g - m) * k.b1_hat
-    v = v + k.b2_comp * (d - v) if k.b2_low > 0 else d - (d - v) * k.b2_hat
+    # optimi's foreach order: torch's lerp (w (e - s) + s for w < 0.5, else e - (e - s)
+    # (1 - w)), then the two addcdivs and the division of its proximal decay.
+    d = g + neg_grad
+    m = m + k.b1_comp * (g - m) if k.b1_comp + k.b1_comp < 1 else g - (g - m) * k.b1_hat
+    v = v + k.b2_comp * (d - v) if k.b2_comp + k.b2_comp < 1 else d - (d - v) * k.b2_hat
     nesterov = d * k.b2 + g
     n = n * k.b3_hat + k.b3_comp * nesterov * nesterov
     neg_grad = -g
     denom = sqrt(n) + k.eps
+    p = p * k.keep
     p = p - k.lr * (m / denom)
     p = p - k.lr_b2 * (v / denom)
     p = p / k.shrink
@@ -82,15 +85,15 @@ def rule(p, g, m, v, n, neg_grad, k, f):
 
 def unfused(xp, p, g, s, k, f):
     m, v, n, neg_grad = s["m"], s["v"], s["n"], s["neg_grad"]
-    g = decay_in_place(f.flavor, p, g, k.lr, k.wd, k.wd_factor)
-    d = (g + neg_grad) * k.later
-    m[...] = m + k.b1_comp * (g - m) if k.b1_low > 0 else g - (g - m) * k.b1_hat
-    v[...] = v + k.b2_comp * (d - v) if k.b2_low > 0 else d - (d - v) * k.b2_hat
+    d = g + neg_grad
+    m[...] = m + k.b1_comp * (g - m) if k.b1_comp < 0.5 else g - (g - m) * k.b1_hat
+    v[...] = v + k.b2_comp * (d - v) if k.b2_comp < 0.5 else d - (d - v) * k.b2_hat
     nesterov = d * k.b2 + g
     n *= k.b3_hat
     n += k.b3_comp * nesterov * nesterov
     neg_grad[...] = -g
     denom = xp.sqrt(n) + k.eps
+    p *= k.keep
     p -= k.lr * (m / denom)
     p -= k.lr_b2 * (v / denom)
     p /= k.shrink
