@@ -54,6 +54,17 @@ REGISTER_BUDGET = 64
 #: cover the bandwidth-delay product of an A100 or H100.
 REGISTER_BUDGET_FLOAT64 = 72
 
+#: The budget of entry points that move seven arrays: param, grad, four state slots and a
+#: master, remainder or Kahan slot (Adan on 16-bit params). Seven addresses hold 14
+#: registers, and the four slots of one 16-byte step of the 16-bit param (8 elements) 16
+#: more; ptxas gives them up to 80 (sm_80, sm_90). 80 is the most that keeps 3 blocks of
+#: 256 threads resident per SM (65536 registers; a warp's are allocated in units of 256,
+#: 8 per thread: 80 x 256 x 3 = 61440, 88 would leave 2 blocks), as many as the float64
+#: budget keeps. Each thread then has 8 elements of at least 14 bytes read (7 bfloat16
+#: arrays) in flight: about 86 KB per SM, against a bandwidth-delay product of about 18 KB
+#: per SM on an H100 (3.35 TB/s x ~700 ns over 132 SMs).
+REGISTER_BUDGET_SEVEN_ARRAYS = 80
+
 #: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/memory/steps.py): the host
 #: reads their flags without waiting, and waits only when this many are still unread.
 STEP_WINDOW = 32

@@ -200,3 +200,16 @@ CASES.update({
                        max_lr=0.05)],
     },
 })
+
+# --- Adan: four slots; epsilon 1e-3 exposes its place, a short beta_2 weighs the grad difference
+CASES.update({
+    "adan": {
+        "keras": [dict(learning_rate=0.01),
+                  dict(learning_rate=0.02, beta_1=0.9, beta_2=0.7, beta_3=0.95, epsilon=1e-3,
+                       weight_decay=0.1)],
+        "torch": [dict(learning_rate=0.01, weight_decay=0.05),
+                  dict(learning_rate=0.02, beta_1=0.9, beta_2=0.7, beta_3=0.95, epsilon=1e-3),
+                  dict(learning_rate=0.02, weight_decay=0.1, adam_wd=True),
+                  dict(learning_rate=0.01, weight_decay=0.05, decouple_lr=True, max_lr=0.05)],
+    },
+})

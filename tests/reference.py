@@ -437,3 +437,38 @@ def ademamix(p, g, state, t, hp, convention):
     nu = state["nu"] = b2 * _zeros(state, "nu", p) + (1 - b2) * (g * g)
     denominator = np.sqrt(nu / (1 - b2**t)) + eps
     return p - lr * (m1 / (1 - b1**t) + alpha * m2) / denominator
+
+
+def adan(p, g, state, t, hp, convention):
+    """Xie et al. 2022, Algorithm 1, with optimi's betas (the paper's complements) and its
+    documented debiasing: each EMA's beta replaced by b_hat = b (1 - b^(t-1)) / (1 - b^t),
+    which makes every EMA its own bias-corrected value. d = g - g_prev, 0 at the first step
+    (optimi starts prev_grad at the first grad); m, v the EMAs of g and d, n that of the
+    squared Nesterov grad (g + b2 d)^2; theta -= lr (m + b2 v) / (sqrt(n) + eps). Decay
+    (optimi's docstring): the proximal theta /= 1 + lr wd after the update (lr / max_lr in
+    place of lr with decouple_lr; adam_wd: theta *= 1 - lr wd before it instead); Keras'
+    theta -= theta wd lr before it in the Keras convention. The state keeps -g_prev under
+    "neg_grad", as optimi's prev_grad holds it."""
+    lr, eps = hp["learning_rate"], hp["epsilon"]
+    b1, b2, b3 = hp["beta_1"], hp["beta_2"], hp["beta_3"]
+    wd = hp.get("weight_decay") or 0.0
+
+    def hat(b):
+        return b * (1 - b ** (t - 1)) / (1 - b**t)
+
+    g_prev = -state["neg_grad"] if t > 1 else g
+    d = g - g_prev
+    proximal = 1.0
+    if convention == "keras":
+        p = p - p * wd * lr
+    elif wd:
+        rate = lr / (hp.get("max_lr") or lr) if hp.get("decouple_lr") else lr
+        if hp.get("adam_wd"):
+            p = p * (1 - rate * wd)
+        else:
+            proximal = 1 + rate * wd
+    m = state["m"] = hat(b1) * _zeros(state, "m", p) + (1 - hat(b1)) * g
+    v = state["v"] = hat(b2) * _zeros(state, "v", p) + (1 - hat(b2)) * d
+    n = state["n"] = hat(b3) * _zeros(state, "n", p) + (1 - hat(b3)) * (g + b2 * d) ** 2
+    state["neg_grad"] = -g
+    return (p - lr * (m + b2 * v) / (np.sqrt(n) + eps)) / proximal

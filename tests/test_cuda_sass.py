@@ -107,6 +107,21 @@ def test_register_budget_is_enforced():
         "k<double, double>", "sm_80", wide + 1, 0, 0, 0, 0, 1, 1).problems())
 
 
+
+def test_only_seven_array_entries_get_their_budget():
+    """Adan with a master (param, grad, four slots, master) has REGISTER_BUDGET_SEVEN_ARRAYS;
+    its plain variant (six arrays) and AdEMAMix's with a master (six) keep the float one."""
+    seven = "adan<__nv_bfloat16, float, float, 1, 2>"
+    assert sass.register_budget(seven) == (config.REGISTER_BUDGET_SEVEN_ARRAYS,
+                                           "REGISTER_BUDGET_SEVEN_ARRAYS")
+    for six in ("adan<__nv_bfloat16, __nv_bfloat16, float, 0, 2>",
+                "ademamix<__nv_bfloat16, float, float, 1, 2>"):
+        assert sass.register_budget(six) == (config.REGISTER_BUDGET, "REGISTER_BUDGET")
+    over = config.REGISTER_BUDGET_SEVEN_ARRAYS + 1
+    assert any("REGISTER_BUDGET_SEVEN_ARRAYS" in p for p in sass.KernelReport(
+        seven, "sm_80", over, 0, 0, 0, 0, 1, 1).problems())
+
+
 def test_ptxas_report_is_parsed():
     log = ("ptxas info    : Compiling entry function '_Z1kv' for 'sm_80'\n"
            "ptxas info    : Function properties for _Z1kv\n"

@@ -1,5 +1,5 @@
 """fusedopt.keras' classes for the optimizers Keras does not ship (RAdam, Rprop, ASGD,
-AdEMAMix): Keras optimizers with fusedopt.X's Keras-style arguments, stepped by the same
+AdEMAMix, Adan): Keras optimizers with fusedopt.X's Keras-style arguments, stepped by the same
 fused engine as fusedopt.X (the same bits on the same grads), their config round trip,
 model.fit and the checks of their arguments."""
 
@@ -21,7 +21,8 @@ PEERLESS = sorted(n for n, s in REGISTRY.items() if s.keras is None and n not in
 SETTINGS = {"radam": dict(learning_rate=0.01, beta_2=0.99),
             "rprop": dict(learning_rate=0.02, eta_plus=1.5),
             "asgd": dict(learning_rate=0.05, lambd=0.01, t0=3.0),
-            "ademamix": dict(learning_rate=0.01, alpha=2.0, t_alpha=5, t_beta3=5)}
+            "ademamix": dict(learning_rate=0.01, alpha=2.0, t_alpha=5, t_beta3=5),
+            "adan": dict(learning_rate=0.01, beta_2=0.8, weight_decay=0.05)}
 
 
 def _keras_class(name):
@@ -29,7 +30,7 @@ def _keras_class(name):
 
 
 def test_every_optimizer_keras_lacks_has_a_class():
-    assert {"radam", "rprop", "asgd", "ademamix"} <= set(PEERLESS)
+    assert {"radam", "rprop", "asgd", "ademamix", "adan"} <= set(PEERLESS)
     for name in PEERLESS:
         cls = _keras_class(name)
         assert issubclass(cls, keras.optimizers.Optimizer)

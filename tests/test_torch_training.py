@@ -27,10 +27,12 @@ def test_signature_and_defaults_are_the_peers(name):
     assert all(ours[k].kind is inspect.Parameter.KEYWORD_ONLY for k in own)
     if name == "lion":  # lion_pytorch's use_triton and its lr-scaled decay are not offered
         assert shared == ["self", "params", "lr", "betas", "weight_decay"]
-    elif name == "stableadamw":  # optimi's kahan_sum is fusedopt's kahan_summation, and its
-        # triton and gradient_release choose optimi's own kernels: not offered
+    elif name in ("stableadamw", "adan"):  # optimi's kahan_sum is fusedopt's
+        # kahan_summation, and its triton and gradient_release choose optimi's own kernels:
+        # not offered
         assert shared == ["self", "params", "lr", "betas", "weight_decay", "eps",
-                          "decouple_lr", "max_lr", "foreach"]
+                          "decouple_lr", "max_lr", *(("adam_wd",) if name == "adan" else ()),
+                          "foreach"]
         # optimi's lr has no default (fusedopt's is 1e-3); its foreach comes after its
         # kahan_sum, positionally, so it is keyword-only here.
         shared = [k for k in shared if k not in ("lr", "foreach")]

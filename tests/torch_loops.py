@@ -47,6 +47,8 @@ SETTINGS = {
     "lamb": [{}, dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1)],
     "stableadamw": [{}, dict(lr=1e-2, betas=(0.8, 0.9), eps=1e-4, weight_decay=0.1),
                     dict(lr=1e-2, weight_decay=0.05, decouple_lr=True, max_lr=0.02)],
+    "adan": [{}, dict(lr=1e-2, betas=(0.9, 0.85, 0.995), eps=1e-7, weight_decay=0.05),
+             dict(lr=1e-2, weight_decay=0.01, decouple_lr=True, max_lr=0.02, adam_wd=True)],
 }
 
 
@@ -84,11 +86,11 @@ def tolerance(model, table=VS_TORCH_LOOP) -> float:
 
 
 #: Rows whose real peer keeps another state layout than torch.optim's, which these tests
-#: check: optimi's StableAdamW keeps its step in the param group and ``eps_sq`` and
-#: ``kahan_comp`` per param, and takes no default lr. Here they run against
-#: tests/torch_peers.py (the peer's formulas, torch.optim's layout); each one's own test
-#: holds fusedopt to the real peer (tests/test_stableadamw.py).
-OTHER_LAYOUT = {"stableadamw"}
+#: check: optimi's StableAdamW and Adan keep their step in the param group (and
+#: ``kahan_comp`` per param, StableAdamW ``eps_sq`` too), and take no default lr. Here they
+#: run against tests/torch_peers.py (the peer's formulas, torch.optim's layout); each one's
+#: own test holds fusedopt to the real peer (tests/test_stableadamw.py, tests/test_adan.py).
+OTHER_LAYOUT = {"stableadamw", "adan"}
 
 
 def peer_class(name: str, real: bool = False):

@@ -1,7 +1,7 @@
 """torch optimizers written plainly from their papers as ``torch.optim.Optimizer`` classes
 with torch.optim's state layout (``step``, then the moments, per param): the peers of the
 fusedopt.torch rows whose ``peer`` is empty (no library has LAMB for torch), and of rows
-whose real peer keeps another layout (optimi's StableAdamW), in the registry-driven torch
+whose real peer keeps another layout (optimi's StableAdamW and Adan), in the registry-driven torch
 tests, which check torch.optim's layout (tests/torch_loops.py)."""
 
 from __future__ import annotations
@@ -89,6 +89,58 @@ class StableAdamW(torch.optim.Optimizer):
                 p.copy_(w.addcdiv_(m, v.sqrt().add_(eps), value=-lr))
                 state["exp_avg"].copy_(m)
                 state["exp_avg_sq"].copy_(v)
+        return loss
+
+
+class Adan(torch.optim.Optimizer):
+    """Adan (Xie et al., 2022) with optimi's formulas (debiased betas, ``prev_grad`` kept
+    negated and set from the first grad, the proximal decay theta /= 1 + lr wd, or with
+    decouple_lr lr / max_lr in place of lr; adam_wd: theta *= 1 - lr wd first) and
+    torch.optim's layout: ``step`` per param."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.98, 0.92, 0.99), weight_decay=2e-2,
+                 eps=1e-6, decouple_lr=False, max_lr=None, adam_wd=False, *, foreach=None):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps,
+                                      decouple_lr=decouple_lr, max_lr=max_lr,
+                                      adam_wd=adam_wd, foreach=foreach))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            b1, b2, b3 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            max_lr = group["max_lr"] if group["max_lr"] is not None else lr
+            rate = (lr / max_lr if group["decouple_lr"] else lr) * wd
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    for key in ("exp_avg", "exp_avg_diff", "exp_avg_sq"):
+                        state[key] = torch.zeros_like(p)
+                    state["prev_grad"] = -p.grad
+                state["step"] += 1
+                t = int(state["step"])
+                hat = [(b**t - b) / (b**t - 1) for b in (b1, b2, b3)]
+                g, w = _compute(p.grad), _compute(p)
+                d = _compute(state["prev_grad"]).add_(g)
+                m = _compute(state["exp_avg"]).lerp_(g, 1 - hat[0])
+                v = _compute(state["exp_avg_diff"]).lerp_(d, 1 - hat[1])
+                nesterov = d.mul_(b2).add_(g)
+                n = _compute(state["exp_avg_sq"]).mul_(hat[2]).addcmul_(
+                    nesterov, nesterov, value=1 - hat[2])
+                if wd != 0 and group["adam_wd"]:
+                    w.mul_(1 - rate)
+                denom = n.sqrt().add_(eps)
+                w.addcdiv_(m, denom, value=-lr).addcdiv_(v, denom, value=-lr * b2)
+                if wd != 0 and not group["adam_wd"]:
+                    w.div_(1 + rate)
+                p.copy_(w)
+                for key, value in (("exp_avg", m), ("exp_avg_diff", v), ("exp_avg_sq", n),
+                                   ("prev_grad", -g)):
+                    state[key].copy_(value)
         return loss
 
 

@@ -78,7 +78,7 @@ def pairs(variant) -> bool:
 @functools.lru_cache(maxsize=None)
 def _element(variant):
     """One element's step for ``variant`` (a VariantType), jitted, for the overloads
-    below: stored values in (param, grad, three state slots, master slot, average), stored
+    below: stored values in (param, grad, four state slots, master slot, average), stored
     values out (param, slots, master slot, average). Its rule, flags and storage functions
     are free variables, constants to Numba, so everything inlines and LLVM folds the
     branches on them; a slot the variant has not comes back as it went in.
@@ -95,12 +95,12 @@ def _element(variant):
     load_g, load_s = storage.load(gcode), storage.load(scode)
     random = variant.mode == STOCHASTIC
     store_s, store_r = storage.store(scode), storage.store_stochastic(scode)
-    bits0, bits1, bits2 = random_bits.ARRAY_BITS[1:4]
+    bits0, bits1, bits2, bits3 = random_bits.ARRAY_BITS[1:]
     element_hash = random_bits.element_hash
     zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
 
     @njit(inline="always", error_model="numpy")
-    def one(pv, gv, av, bv, cv, xv, vv, h, ema, scale, limit, key, index):
+    def one(pv, gv, av, bv, cv, dv, xv, vv, h, ema, scale, limit, key, index):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
         # tensor of a clamping variant takes this one path. clamp(gi, -limit, limit) with
         # NaN kept, as x86's MAXPS and MINPS are (each returns its second operand when
@@ -112,14 +112,16 @@ def _element(variant):
         a0 = load_s(av) if ns > 0 else zero
         b0 = load_s(bv) if ns > 1 else zero
         c0 = load_s(cv) if ns > 2 else zero
-        pi, a, b, c = rule(get_p(pv, xv), gi, a0, b0, c0, zero, h)
+        d0 = load_s(dv) if ns > 3 else zero
+        pi, a, b, c, d = rule(get_p(pv, xv), gi, a0, b0, c0, d0, zero, h)
         e = element_hash(key, index)  # unused (and dropped) unless STOCHASTIC
         p_new, x_new = put_p(pi, e, xv)
         a_new = (store_r(a, bits0(e)) if random else store_s(a)) if ns > 0 else av
         b_new = (store_r(b, bits1(e)) if random else store_s(b)) if ns > 1 else bv
         c_new = (store_r(c, bits2(e)) if random else store_s(c)) if ns > 2 else cv
+        d_new = (store_r(d, bits3(e)) if random else store_s(d)) if ns > 3 else dv
         v_new = store_p(ema[0] * load_p(vv) + ema[1] * load_p(p_new)) if average else vv
-        return p_new, a_new, b_new, c_new, x_new, v_new
+        return p_new, a_new, b_new, c_new, d_new, x_new, v_new
 
     return one
 
@@ -161,21 +163,23 @@ def _word(typingctx, low, high):
     return types.uint32(low, high), codegen
 
 
-def _apply(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
+def _apply(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit, key, offset):
     """Element ``i`` through the variant (resolved when the loop is compiled), its grad
     clamp(g * scale, -limit, limit); ``key`` and ``offset`` + i key its random bits."""
 
 
 @overload(_apply, inline="always")
-def _apply_variant(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
+def _apply_variant(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit, key,
+                   offset):
     one, ns, master = _element(variant), variant.n_slots, variant.mode in WITH_SLOT
     average = variant.average
     p_dtype, _, s_dtype, x_dtype, _ = loop_dtypes(variant.codes, variant.mode)
     s_none, x_none, v_none = s_dtype(0), x_dtype(0), p_dtype(0)  # what an absent slot holds
 
-    def body(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key, offset):
+    def body(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit, key, offset):
         new = one(p[i], g[i], s0[i] if ns > 0 else s_none, s1[i] if ns > 1 else s_none,
-                  s2[i] if ns > 2 else s_none, x[i] if master else x_none,
+                  s2[i] if ns > 2 else s_none, s3[i] if ns > 3 else s_none,
+                  x[i] if master else x_none,
                   v[i] if average else v_none, h, ema, scale, limit, key, offset + i)
         p[i] = new[0]
         if ns > 0:
@@ -184,14 +188,16 @@ def _apply_variant(variant, i, p, g, s0, s1, s2, x, v, h, ema, scale, limit, key
             s1[i] = new[2]
         if ns > 2:
             s2[i] = new[3]
+        if ns > 3:
+            s3[i] = new[4]
         if master:
-            x[i] = new[4]
+            x[i] = new[5]
         if average:
-            v[i] = new[5]
+            v[i] = new[6]
     return body
 
 
-def _apply_pair(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
+def _apply_pair(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key, offset):
     """Elements 2i and 2i + 1 through a :func:`pairs` variant, the operands as arrays of
     32-bit words (each element's 16 bits a half of a word, the lower address the low
     half); a no-op for other variants.
@@ -204,9 +210,11 @@ def _apply_pair(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offs
 
 
 @overload(_apply_pair, inline="always")
-def _apply_pair_variant(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
+def _apply_pair_variant(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key,
+                        offset):
     if not pairs(variant):  # typed, never run: the span function takes them one at a time
-        def unpaired(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
+        def unpaired(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key,
+                     offset):
             pass
         return unpaired
     one, ns, master = _element(variant), variant.n_slots, variant.mode in WITH_SLOT
@@ -215,19 +223,22 @@ def _apply_pair_variant(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, k
                                                              x_dtype))
     none, none16 = np.uint32(0), p_dtype(0)  # no average: pairs() excludes it
 
-    def body(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, key, offset):
+    def body(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key, offset):
         wp, wg = p[i], g[i]
         wa = s0[i] if ns > 0 else none
         wb = s1[i] if ns > 1 else none
         wc = s2[i] if ns > 2 else none
+        wd = s3[i] if ns > 3 else none
         wx = x[i] if master else none
         index = offset + 2 * i
-        p0, a0, b0, c0, x0, _ = one(p_half(wp, 0), g_half(wg, 0), s_half(wa, 0),
-                                    s_half(wb, 0), s_half(wc, 0), x_half(wx, 0), none16, h,
-                                    ema, scale, limit, key, index)
-        p1, a1, b1, c1, x1, _ = one(p_half(wp, 1), g_half(wg, 1), s_half(wa, 1),
-                                    s_half(wb, 1), s_half(wc, 1), x_half(wx, 1), none16, h,
-                                    ema, scale, limit, key, index + 1)
+        p0, a0, b0, c0, d0, x0, _ = one(p_half(wp, 0), g_half(wg, 0), s_half(wa, 0),
+                                        s_half(wb, 0), s_half(wc, 0), s_half(wd, 0),
+                                        x_half(wx, 0), none16, h, ema, scale, limit, key,
+                                        index)
+        p1, a1, b1, c1, d1, x1, _ = one(p_half(wp, 1), g_half(wg, 1), s_half(wa, 1),
+                                        s_half(wb, 1), s_half(wc, 1), s_half(wd, 1),
+                                        x_half(wx, 1), none16, h, ema, scale, limit, key,
+                                        index + 1)
         p[i] = _word(p0, p1)
         if ns > 0:
             s0[i] = _word(a0, a1)
@@ -235,6 +246,8 @@ def _apply_pair_variant(variant, i, p, g, s0, s1, s2, x, h, ema, scale, limit, k
             s1[i] = _word(b0, b1)
         if ns > 2:
             s2[i] = _word(c0, c1)
+        if ns > 3:
+            s3[i] = _word(d0, d1)
         if master:
             x[i] = _word(x0, x1)
     return body

@@ -45,7 +45,7 @@ from numba.core.extending import (
     overload,
 )
 
-from ...constants import STOCHASTIC
+from ...constants import MAX_SLOTS, STOCHASTIC
 from . import random_bits
 from ._cache import JIT_OPTIONS
 from .element import _apply, _apply_pair, pairs
@@ -175,7 +175,7 @@ def _average_scalars(typingctx, values, variant):
     return sig, codegen
 
 
-def _span(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset):
+def _span(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, offset):
     """``n`` elements of one tensor through ``variant``, from the operands' addresses (0
     for an operand the variant has not; ``v`` the average); ``scalars`` points at the
     rule's scalars as float64 (then the average's two), ``offset`` is the first element's
@@ -186,16 +186,17 @@ def _span(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset
     ema = _average_scalars(scalars[0], variant)
     scale_, limit_ = _in_compute_type((scale, limit), variant)
     done = 0
-    if paired and (p | g | s0 | s1 | s2 | x) & 3 == 0:  # every operand's words aligned
+    if paired and (p | g | s0 | s1 | s2 | s3 | x) & 3 == 0:  # every operand's words aligned
         words = n >> 1
         pw, gw = carray(_words_at(p), words), carray(_words_at(g), words)
         s0w = carray(_words_at(s0), words if ns > 0 else 0)
         s1w = carray(_words_at(s1), words if ns > 1 else 0)
         s2w = carray(_words_at(s2), words if ns > 2 else 0)
+        s3w = carray(_words_at(s3), words if ns > 3 else 0)
         xw = carray(_words_at(x), words if master else 0)
         for i in range(words):
-            _apply_pair(variant, i, pw, gw, s0w, s1w, s2w, xw, h, ema, scale_, limit_, key,
-                        offset)
+            _apply_pair(variant, i, pw, gw, s0w, s1w, s2w, s3w, xw, h, ema, scale_, limit_,
+                        key, offset)
         done = 2 * words
     # The elements left (all of them, unless taken in pairs above), one at a time.
     left = n - done
@@ -204,19 +205,22 @@ def _span(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset
     s0_ = carray(_state_at(variant, s0), n if ns > 0 else 0)[done:]
     s1_ = carray(_state_at(variant, s1), n if ns > 1 else 0)[done:]
     s2_ = carray(_state_at(variant, s2), n if ns > 2 else 0)[done:]
+    s3_ = carray(_state_at(variant, s3), n if ns > 3 else 0)[done:]
     x_ = carray(_master_at(variant, x), n if master else 0)[done:]
     v_ = carray(_param_at(variant, v), n if average else 0)[done:]
     for i in range(left):
-        _apply(variant, i, p_, g_, s0_, s1_, s2_, x_, v_, h, ema, scale_, limit_, key,
+        _apply(variant, i, p_, g_, s0_, s1_, s2_, s3_, x_, v_, h, ema, scale_, limit_, key,
                offset + done)
 
 
 _I64, _F64 = types.int64, types.float64
+# _span, _call_span and _run_item carry the slots as s0..s3.
+assert MAX_SLOTS == 4, "the CPU loop carries 4 state slots"
 
 
 def span_signature(variant: Variant, n_scalars: int):
     """The C signature of :func:`_span` for ``variant`` and ``n_scalars`` scalars."""
-    return types.void(variant._numba_type_, *(_I64,) * 8,
+    return types.void(variant._numba_type_, *(_I64,) * (5 + MAX_SLOTS),
                       types.CPointer(types.UniTuple(_F64, n_scalars)), _F64, _F64,
                       types.uint32, _I64)
 
@@ -240,23 +244,25 @@ _SPAN_FUNCTIONS: list = []
 
 
 @intrinsic
-def _call_span(typingctx, span, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key,
+def _call_span(typingctx, span, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key,
                offset):
     """Call the C function at address ``span`` (a :func:`span_function`) with these
     arguments: no variant (the function ignores its opaque first argument), ``scalars``
     an address."""
-    sig = types.void(span, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset)
+    sig = types.void(span, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, offset)
+    last = 5 + MAX_SLOTS  # the int64 arguments after span: p, g, the slots, x, v, n
 
     def codegen(context, builder, signature, args):
         pointer = ir.IntType(8).as_pointer()
         values = [ir.Constant(pointer, None)]
         values += [context.cast(builder, a, t, _I64)
-                   for a, t in zip(args[1:9], signature.args[1:9])]
-        values.append(builder.inttoptr(args[9], pointer))
-        values += [context.cast(builder, args[10], signature.args[10], _F64),
-                   context.cast(builder, args[11], signature.args[11], _F64),
-                   context.cast(builder, args[12], signature.args[12], types.uint32),
-                   context.cast(builder, args[13], signature.args[13], _I64)]
+                   for a, t in zip(args[1:last + 1], signature.args[1:last + 1])]
+        values.append(builder.inttoptr(args[last + 1], pointer))
+        values += [context.cast(builder, args[last + 2], signature.args[last + 2], _F64),
+                   context.cast(builder, args[last + 3], signature.args[last + 3], _F64),
+                   context.cast(builder, args[last + 4], signature.args[last + 4],
+                                types.uint32),
+                   context.cast(builder, args[last + 5], signature.args[last + 5], _I64)]
         fnty = ir.FunctionType(context.get_value_type(types.void), [v.type for v in values])
         builder.call(builder.inttoptr(args[0], fnty.as_pointer()), values)
         return context.get_dummy_value()
@@ -296,6 +302,7 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
             s0 = table[2 * n_tensors + t] + begin * s_size if ns > 0 else 0
             s1 = table[3 * n_tensors + t] + begin * s_size if ns > 1 else 0
             s2 = table[4 * n_tensors + t] + begin * s_size if ns > 2 else 0
+            s3 = table[5 * n_tensors + t] + begin * s_size if ns > 3 else 0
             x = table[(2 + ns) * n_tensors + t] + begin * x_size if master else 0
             v = table[(2 + ns + master) * n_tensors + t] + begin * p_size if average else 0
             if random:
@@ -307,13 +314,14 @@ def _run_item(span, table, w, n_work, n_tensors, chunk, geometry, scalars, step)
                                s0 + at * s_size if ns > 0 else 0,
                                s1 + at * s_size if ns > 1 else 0,
                                s2 + at * s_size if ns > 2 else 0,
+                               s3 + at * s_size if ns > 3 else 0,
                                x + at * x_size if master else 0,
                                v + at * p_size if average else 0, upto - at, h,
                                scales[t], limits[t], random_bits.span_key(base, begin + at),
                                begin + at)
                     at = upto
             else:
-                _call_span(span, p, g, s0, s1, s2, x, v, end - begin, h, scales[t],
+                _call_span(span, p, g, s0, s1, s2, s3, x, v, end - begin, h, scales[t],
                            limits[t], np.uint32(0), begin)
         t += 1
         begin = 0

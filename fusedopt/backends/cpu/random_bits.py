@@ -18,6 +18,8 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
+from ...constants import MAX_SLOTS
+
 GOLDEN = 0x9E3779B9
 _I32 = ir.IntType(32)
 
@@ -105,4 +107,4 @@ def _array_bits(array: int):
 
 
 #: array_bits[a](element): the 32 random bits of array a (0 the param, 1 + k state slot k).
-ARRAY_BITS = tuple(_array_bits(a) for a in range(4))
+ARRAY_BITS = tuple(_array_bits(a) for a in range(1 + MAX_SLOTS))

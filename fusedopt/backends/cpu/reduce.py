@@ -59,8 +59,8 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
     load_g, load_s = storage.load(gcode), storage.load(scode)
     p_dtype, _, s_dtype, x_dtype, compute = loop_dtypes(codes, mode)
     zero, x_none = compute(0), x_dtype(0)
-    # The two accumulators and three carried slots below.
-    assert MAX_REDUCTIONS == 2 and MAX_SLOTS == 3, "reduce.py carries 2 sums and 3 slots"
+    # The two accumulators and four carried slots below.
+    assert MAX_REDUCTIONS == 2 and MAX_SLOTS == 4, "reduce.py carries 2 sums and 4 slots"
 
     def chunks(table, items, n_tensors, table_slots, chunk, k, p_like, g_like, s_like,
                x_like):
@@ -83,6 +83,8 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
                         n if ns > 1 else 0)
             s2 = carray(_pointer(table[4 * n_tensors + t] if ns > 2 else 0, s_like),
                         n if ns > 2 else 0)
+            s3 = carray(_pointer(table[5 * n_tensors + t] if ns > 3 else 0, s_like),
+                        n if ns > 3 else 0)
             x = carray(_pointer(table[(2 + ns) * n_tensors + t] if master else 0, x_like),
                        n if master else 0)
             scale, limit = compute(scales[t]), compute(limits[t])
@@ -102,7 +104,8 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
                     pi = get_p(p[i], x[i] if master else x_none)
                     ta, tb = terms(pi, gi, load_s(s0[i]) if ns > 0 else zero,
                                    load_s(s1[i]) if ns > 1 else zero,
-                                   load_s(s2[i]) if ns > 2 else zero, zero, k)
+                                   load_s(s2[i]) if ns > 2 else zero,
+                                   load_s(s3[i]) if ns > 3 else zero, zero, k)
                     terms_a[i - start] = np.float64(ta)
                     terms_b[i - start] = np.float64(tb)
                 da, db = _block_sums(terms_a, terms_b, stop - start)

@@ -2,7 +2,7 @@
 
 A rule is plain Python; the loop calls one element function per variant, made from the
 rule's own source (fusedopt/algorithms/ruleast.py: the rule language's helpers inlined): it
-takes the state slots the loop carries (``s0..s2``, the variant's slots in kernel order) and
+takes the state slots the loop carries (``s0..s3``, the variant's slots in kernel order) and
 the step's scalars ``k`` as a named tuple, binds each of the rule's slot arguments to its
 slot (``zero`` for a slot the variant has not), runs the rule's statements with the
 variant's flags ``f`` a constant (so LLVM keeps only that variant's branches), and gives
@@ -46,7 +46,7 @@ def _name(node: str) -> ast.Name:
 @functools.lru_cache(maxsize=None)
 def element_rule(spec, flags: tuple):
     """``spec``'s rule for variant ``flags`` as the loop calls it:
-    ``(p, g, s0, s1, s2, zero, k) -> (p, s0, s1, s2)``."""
+    ``(p, g, s0, s1, s2, s3, zero, k) -> (p, s0, s1, s2, s3)``."""
     present = spec.slots(flags)
     carried = [f"s{i}" for i in range(MAX_SLOTS)]
     out = [_name("p"), *(_name(n) for n in present), *(_name(c) for c in carried[len(present):])]
@@ -56,7 +56,7 @@ def element_rule(spec, flags: tuple):
 @functools.lru_cache(maxsize=None)
 def reduction_rule(spec, flags: tuple):
     """``spec``'s reduction rule (its ``reductions.rule``) for variant ``flags``:
-    ``(p, g, s0, s1, s2, zero, k) -> (a, b)``, the terms it returns, then ``zero`` up to
+    ``(p, g, s0, s1, s2, s3, zero, k) -> (a, b)``, the terms it returns, then ``zero`` up to
     :data:`~fusedopt.algorithms.spec.MAX_REDUCTIONS`."""
     def out(returned):
         terms = list(returned.value.elts)
@@ -66,7 +66,7 @@ def reduction_rule(spec, flags: tuple):
 
 def _compiled(spec, flags: tuple, rule_fn, prefix: str, outputs):
     """``rule_fn`` (a rule of ``spec``'s language and arguments) for variant ``flags``,
-    its slots bound to the carried ``s0..s2`` and its last statement's tuple replaced by
+    its slots bound to the carried ``s0..s3`` and its last statement's tuple replaced by
     ``outputs(returned)``, jitted to inline into a loop."""
     present = spec.slots(flags)
     if len(present) > MAX_SLOTS:

@@ -19,6 +19,8 @@ report in the program log and from the SASS that ``cuobjdump -sass`` prints for 
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import os
 import re
@@ -102,10 +104,22 @@ class KernelReport:
 
 def register_budget(name: str) -> tuple[int, str]:
     """(budget, its name in fusedopt.config) of the entry point ``name``: float64 kernels
-    (``family<double, ...>``) have their own."""
+    (``family<double, ...>``) and optimizer entry points moving seven arrays have their
+    own."""
     if name.split("<", 1)[-1].startswith("double"):
         return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
+    if _arrays().get(name, 0) >= 7:
+        return config.REGISTER_BUDGET_SEVEN_ARRAYS, "REGISTER_BUDGET_SEVEN_ARRAYS"
     return config.REGISTER_BUDGET, "REGISTER_BUDGET"
+
+
+@functools.lru_cache(maxsize=None)
+def _arrays() -> dict[str, int]:
+    """name expression -> the arrays an optimizer entry point moves: param, grad, its
+    variant's state slots and the master (remainder, Kahan) slot of its storage."""
+    from ...algorithms.registry import REGISTRY
+    return {name: 2 + len(spec.slots(flags)) + (st.master is not None)
+            for spec in REGISTRY.values() for st, flags, name in spec.entries()}
 
 
 _BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int16": 2}

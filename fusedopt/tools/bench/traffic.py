@@ -79,10 +79,10 @@ CeilingScalars = namedtuple("CeilingScalars", ["scale"])
 
 
 @njit(inline="always", error_model="numpy")
-def ceiling_rule(p, g, s0, s1, s2, zero, k):
+def ceiling_rule(p, g, s0, s1, s2, s3, zero, k):
     """Every value plus a g (the loop loads and stores param, grad and every slot it has)."""
     step = k.scale * g
-    return p + step, s0 + step, s1 + step, s2 + step
+    return p + step, s0 + step, s1 + step, s2 + step, s3 + step
 
 
 def cpu_ceiling(param, grad, slots, scale: float = CEILING_SCALE, storage=None):
