@@ -17,7 +17,7 @@ block of the span:
    that slot (the bits the float state of the same slot would have used).
 
 So the state is read once and written once, and no float copy of it exists beyond the
-block being stepped (3 x 256 floats per thread). Blocks of a tensor are independent, so
+block being stepped (4 x 256 floats per thread). Blocks of a tensor are independent, so
 Numba's threads share the work items of a table as for float state.
 """
 
@@ -30,7 +30,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.core.extending import intrinsic, overload
 
-from ...constants import STOCHASTIC
+from ...constants import MAX_SLOTS, STOCHASTIC
 from ...memory.quant import FORMATS, qmap, thresholds
 from . import random_bits, storage
 from ._cache import JIT_OPTIONS
@@ -153,13 +153,13 @@ def _stochastic(count):
 
 @functools.lru_cache(maxsize=None)
 def _format_constants(code: int, signed: tuple):
-    """The format, the comparisons a lookup needs (:func:`buckets`), and per slot (three,
+    """The format, the comparisons a lookup needs (:func:`buckets`), and per slot (four,
     unused ones the signed map): map values, nearest-rounding thresholds and their buckets,
     stochastic-rounding thresholds (the map's entries after the first, padded) and theirs."""
     fmt = _FORMAT_OF[code]
     out = []
     extra = 0
-    for k in range(3):
+    for k in range(MAX_SLOTS):
         values = qmap(fmt.name, signed[k] if k < len(signed) else True)
         above = np.concatenate([values[1:], np.float32([np.inf])]).astype(np.float32)
         cuts = thresholds(values)
@@ -175,12 +175,12 @@ def _block_functions(variant):
     absmax, key, first)) for a quantized VariantType, with its maps as constants."""
     fmt, extra, slots = _format_constants(variant.codes[2], variant.signed)
     levels, four = fmt.levels, fmt.bits == 4
-    (v0, t0, tb0, a0, ab0), (v1, t1, tb1, a1, ab1), (v2, t2, tb2, a2, ab2) = slots
+    (v0, t0, tb0, a0, ab0), (v1, t1, tb1, a1, ab1), (v2, t2, tb2, a2, ab2), \
+        (v3, t3, tb3, a3, ab3) = slots
     count = _counter(levels, extra)
     stochastic = _stochastic(count)
     random = variant.mode == STOCHASTIC
-    slot_bits = random_bits.ARRAY_BITS[1:4]
-    bits0, bits1, bits2 = slot_bits
+    bits0, bits1, bits2, bits3 = random_bits.ARRAY_BITS[1:1 + MAX_SLOTS]
     element_hash = random_bits.element_hash
 
     @njit(**_RULE)
@@ -195,21 +195,22 @@ def _block_functions(variant):
     @_named(variant.key)
     def decode(k, codes, i, scale):
         c = code_at(codes, i)
-        values = v0 if k == 0 else (v1 if k == 1 else v2)
+        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
         return values[c] * scale
 
     @njit(**_RULE)
     @_named(variant.key)
     def code_of(k, x, key, index):
-        values = v0 if k == 0 else (v1 if k == 1 else v2)
+        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
         if random:
-            above = a0 if k == 0 else (a1 if k == 1 else a2)
-            base = ab0 if k == 0 else (ab1 if k == 1 else ab2)
+            above = a0 if k == 0 else (a1 if k == 1 else (a2 if k == 2 else a3))
+            base = ab0 if k == 0 else (ab1 if k == 1 else (ab2 if k == 2 else ab3))
             e = element_hash(key, index)
-            r = bits0(e) if k == 0 else (bits1(e) if k == 1 else bits2(e))
+            r = bits0(e) if k == 0 else (bits1(e) if k == 1 else (
+                bits2(e) if k == 2 else bits3(e)))
             return stochastic(values, base, above, x, r)
-        table = t0 if k == 0 else (t1 if k == 1 else t2)
-        base = tb0 if k == 0 else (tb1 if k == 1 else tb2)
+        table = t0 if k == 0 else (t1 if k == 1 else (t2 if k == 2 else t3))
+        base = tb0 if k == 0 else (tb1 if k == 1 else (tb2 if k == 2 else tb3))
         return count(base, table, x)
 
     @njit(**_RULE)
@@ -238,8 +239,8 @@ def _block_functions(variant):
 
 @functools.lru_cache(maxsize=None)
 def _element(variant):
-    """One element's step on decoded slot values: (stored param, grad, three slot values in
-    the compute type, master-slot element, average) -> (stored param, three new slot
+    """One element's step on decoded slot values: (stored param, grad, four slot values in
+    the compute type, master-slot element, average) -> (stored param, four new slot
     values, master-slot element, average), the param kept as its mode keeps it."""
     rule = _RULES[variant.rule]
     pcode, gcode, _ = variant.codes
@@ -252,44 +253,47 @@ def _element(variant):
 
     @njit(**_RULE)
     @_named(variant.key)
-    def one(pv, gv, a0, b0, c0, xv, vv, h, ema, scale, limit, key, index):
+    def one(pv, gv, a0, b0, c0, d0, xv, vv, h, ema, scale, limit, key, index):
         low = -limit
         scaled = load_g(gv) * scale if clamps else load_g(gv)
         above = (low if low > scaled else scaled) if clamps else scaled
         gi = (limit if limit < above else above) if clamps else above
-        pi, a, b, c = rule(get_p(pv, xv), gi, a0, b0, c0, zero, h)
+        pi, a, b, c, d = rule(get_p(pv, xv), gi, a0, b0, c0, d0, zero, h)
         e = element_hash(key, index)  # unused (and dropped) unless STOCHASTIC
         p_new, x_new = put_p(pi, e, xv)
         v_new = store_p(ema[0] * load_p(vv) + ema[1] * load_p(p_new)) if average else vv
-        return p_new, a, b, c, x_new, v_new
+        return p_new, a, b, c, d, x_new, v_new
     return one
 
 
-def _block(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, limit, key, lo,
+def _block(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit, key, lo,
            first, length, base, scratch):
     """One block of a span (resolved per variant): elements ``lo`` .. ``lo + length`` of
     the span's arrays (``first`` the index of ``lo`` in its tensor, a key of the random
-    bits), its slots' records at byte ``base`` of ``d0``..``d2`` and their absmax in
-    ``f0``..``f2`` (one float each)."""
+    bits), its slots' records at byte ``base`` of ``d0``..``d3`` and their absmax in
+    ``f0``..``f3`` (one float each)."""
 
 
 @overload(_block)
-def _block_variant(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, limit, key,
+def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit,
+                   key,
                    lo, first, length, base, scratch):
     decode, encode = _block_functions(variant)
     one = _element(variant)
     ns, master, average = variant.n_slots, variant.mode in WITH_SLOT, variant.average
     none = np.float32(0.0)
 
-    def body(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, limit, key, lo,
+    def body(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit, key,
+             lo,
              first, length, base, scratch):
         sa = f0[0] if ns > 0 else none
         sb = f1[0] if ns > 1 else none
         sc = f2[0] if ns > 2 else none
+        sd = f3[0] if ns > 3 else none
         # Every array indexed from 0 by the loop's own counter: an index like lo + i may be
         # negative for all Numba knows, and its wraparound select per element keeps LLVM
         # from vectorizing the loop.
-        q0, q1, q2 = d0[base + 4:], d1[base + 4:], d2[base + 4:]
+        q0, q1, q2, q3 = d0[base + 4:], d1[base + 4:], d2[base + 4:], d3[base + 4:]
         pb, gb = p[lo:lo + length], g[lo:lo + length]
         xb, vb = x[lo:lo + length], v[lo:lo + length]
         # Decoded first, in a loop of their own (gathers from the map), so that the rule's
@@ -301,23 +305,28 @@ def _block_variant(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, l
                 scratch[1, i] = decode(1, q1, i, sb)
             if ns > 2:
                 scratch[2, i] = decode(2, q2, i, sc)
+            if ns > 3:
+                scratch[3, i] = decode(3, q3, i, sd)
         for i in range(length):
             a0 = scratch[0, i] if ns > 0 else none
             b0 = scratch[1, i] if ns > 1 else none
             c0 = scratch[2, i] if ns > 2 else none
-            new = one(pb[i], gb[i], a0, b0, c0, xb[i] if master else none,
+            e0 = scratch[3, i] if ns > 3 else none
+            new = one(pb[i], gb[i], a0, b0, c0, e0, xb[i] if master else none,
                       vb[i] if average else pb[i], h, ema, scale, limit, key, first + i)
             pb[i] = new[0]
             if master:
-                xb[i] = new[4]
+                xb[i] = new[5]
             if average:
-                vb[i] = new[5]
+                vb[i] = new[6]
             if ns > 0:
                 scratch[0, i] = np.float32(new[1])
             if ns > 1:
                 scratch[1, i] = np.float32(new[2])
             if ns > 2:
                 scratch[2, i] = np.float32(new[3])
+            if ns > 3:
+                scratch[3, i] = np.float32(new[4])
         if ns > 0:
             encode(0, d0, base, f0, scratch[0], length, absmax(scratch[0], length), key,
                    first)
@@ -326,6 +335,9 @@ def _block_variant(variant, p, g, d0, d1, d2, f0, f1, f2, x, v, h, ema, scale, l
                    first)
         if ns > 2:
             encode(2, d2, base, f2, scratch[2], length, absmax(scratch[2], length), key,
+                   first)
+        if ns > 3:
+            encode(3, d3, base, f3, scratch[3], length, absmax(scratch[3], length), key,
                    first)
     return body
 
@@ -357,7 +369,7 @@ def _format_of_variant(variant):
     return body
 
 
-def _qspan(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offset):
+def _qspan(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, offset):
     """``n`` elements of one tensor from element ``offset`` (the first of a block), the
     slots quantized (the signature of fusedopt/backends/cpu/loop.py's span)."""
     _prefer_wide_vectors()
@@ -373,18 +385,20 @@ def _qspan(variant, p, g, s0, s1, s2, x, v, n, scalars, scale, limit, key, offse
     d0 = carray(_bytes_at(s0 + start), span_bytes if ns > 0 else 0)
     d1 = carray(_bytes_at(s1 + start), span_bytes if ns > 1 else 0)
     d2 = carray(_bytes_at(s2 + start), span_bytes if ns > 2 else 0)
+    d3 = carray(_bytes_at(s3 + start), span_bytes if ns > 3 else 0)
     p_ = carray(_param_at(variant, p), n)
     g_ = carray(_grad_at(variant, g), n)
     x_ = carray(_master_at(variant, x), n if master else 0)
     v_ = carray(_param_at(variant, v), n if average else 0)
-    scratch = np.empty((3, block), dtype=np.float32)
+    scratch = np.empty((MAX_SLOTS, block), dtype=np.float32)
     for b in range(n_blocks):
         lo = b * block
         base = b * record
         f0 = carray(_floats_at(s0 + start + base), 1 if ns > 0 else 0)
         f1 = carray(_floats_at(s1 + start + base), 1 if ns > 1 else 0)
         f2 = carray(_floats_at(s2 + start + base), 1 if ns > 2 else 0)
-        _block(variant, p_, g_, d0, d1, d2, f0, f1, f2, x_, v_, h, ema, scale_, limit_,
+        f3 = carray(_floats_at(s3 + start + base), 1 if ns > 3 else 0)
+        _block(variant, p_, g_, d0, d1, d2, d3, f0, f1, f2, f3, x_, v_, h, ema, scale_, limit_,
                key, lo, offset + lo, min(block, n - lo), base, scratch)
 
 
