@@ -31,6 +31,10 @@ CASES = [
     ("rmsprop", dict(learning_rate=0.01, rho=0.0, epsilon=0.0), "velocity"),
     ("adagrad", dict(learning_rate=0.01, initial_accumulator_value=0.0, epsilon=0.0),
      "accumulator"),
+    # Ftrl divides by the accumulator's power: a flushed square makes 0 / 0 at step 1.
+    ("ftrl", dict(learning_rate=0.01, initial_accumulator_value=0.0), "accumulator"),
+    ("ftrl", dict(learning_rate=0.01, initial_accumulator_value=0.0, learning_rate_power=-0.3),
+     "accumulator"),
 ]
 
 
@@ -201,7 +205,9 @@ def _problem(dtype, n, seed=0):
 @pytest.mark.parametrize("n", [1000, 200_000], ids=["one-task", "parallel-tasks"])
 @pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name, hp, square_slot", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, hp, square_slot", CASES,
+                         ids=[c[0] + ("-power" if "learning_rate_power" in c[1] else "")
+                              for c in CASES])
 def test_tiny_grads_keep_their_subnormal_squares(request, name, hp, square_slot, dtype,
                                                  backend, n):
     if backend == "cuda":
