@@ -6,14 +6,14 @@ has it.
     theta = (clip(linear, -l1, l1) - linear) / (n^q / lr + 2 (l2 + beta / (2 lr)));  acc = n
 
 The powers are taken in the compute type, as Keras takes them in the variable's dtype: for
-the default q = 1/2 a square root (a variant, ``sqrt_power``: correctly rounded, where a
-float32 power is within an ulp or so, and cheaper), else ``power``. The accumulator starts
-at ``initial_accumulator_value``, the linear term at 0: every slot starts at the
-accumulator's value (one initial value for all, as stored: rounded to a 16-bit state
-dtype as Keras' variable of that dtype would hold it), and the rule takes 0 for the linear
-term at the first step (``first``, a host scalar) instead of the slot's. torch has no Ftrl: the torch door takes
-TensorFlow's raw-op names (``lr``, ``lr_power``, ``l1``, ``l2``, ``l2_shrinkage``) for
-Keras' arguments and runs Keras' rule, weight decay included.
+the default q = 1/2 square roots (the ``sqrt_power`` variant: correctly rounded, and
+cheaper than a power), else ``power``. The accumulator starts at
+``initial_accumulator_value`` and the linear term at 0: every slot starts at the
+accumulator's value (one initial value for all, as stored: a 16-bit state holds it rounded,
+as Keras' variable of that dtype would), and the rule takes 0 for the linear term at the
+first step (``first``, a host scalar) instead of the slot's. torch has no Ftrl: the torch
+door takes TensorFlow's raw-op names (``lr``, ``lr_power``, ``l1``, ``l2``,
+``l2_shrinkage``) for Keras' arguments and runs Keras' rule, weight decay included.
 """
 
 from __future__ import annotations
