@@ -161,7 +161,26 @@ class Bounded:
     def __pow__(self, n):
         if n == 2:
             return self * self
-        raise NotImplementedError(f"Bounded ** {n}")
+        if isinstance(n, Bounded) or not np.isfinite(n):
+            raise NotImplementedError(f"Bounded ** {n!r}")
+        x, e, q = self.value, self.error, float(n)
+        with np.errstate(all="ignore"):
+            value = np.power(x, q)
+            if q == 0:  # x**0 is 1, exactly, whatever x is (0 and NaN included)
+                return Bounded(value, np.zeros_like(x), self.precision,
+                               np.ones_like(self.nonneg), np.zeros_like(self.nonpos))
+            # |x'^q - x^q| <= |q| max(lo^(q-1), hi^(q-1)) e over [lo, hi] = [x - e, x + e],
+            # for x - e > 0; for 0 < q <= 1 also <= e^q (Hoelder), which holds down to 0.
+            low, high = x - e, x + e
+            slope = np.abs(q) * np.maximum(np.power(low, q - 1), np.power(high, q - 1))
+            carried = np.where(low > 0, slope * e, np.inf)
+            if 0 < q <= 1:
+                carried = np.minimum(carried, np.where(self.nonneg | (low >= 0),
+                                                       np.power(e, q), np.inf))
+            carried = np.where((e == 0) & (x > 0), 0.0, carried)
+            carried = np.where(x < 0, np.inf, carried)  # a negative base: NaN, unbounded
+        return self._rounded(value, carried, np.ones_like(self.nonneg),
+                             np.zeros_like(self.nonpos), self.out_of_range)
 
     def sqrt(self) -> "Bounded":
         x, e = self.value, self.error

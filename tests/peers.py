@@ -62,7 +62,7 @@ def _nadam_args(hp):
 
 
 TORCH.update({"adamax": ("Adamax", _adamax_args), "nadam": ("NAdam", _nadam_args)})
-KERAS.update({"adamax": "Adamax", "nadam": "Nadam", "lion": "Lion"})
+KERAS.update({"adamax": "Adamax", "nadam": "Nadam", "lion": "Lion", "ftrl": "Ftrl"})
 
 
 def run_keras(name, hp, p0, grads):

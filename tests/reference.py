@@ -472,3 +472,25 @@ def adan(p, g, state, t, hp, convention):
     n = state["n"] = hat(b3) * _zeros(state, "n", p) + (1 - hat(b3)) * (g + b2 * d) ** 2
     state["neg_grad"] = -g
     return (p - lr * (m + b2 * v) / (np.sqrt(n) + eps)) / proximal
+
+
+def ftrl(p, g, state, t, hp, convention):
+    """McMahan et al. 2013, Algorithm 1 (per-coordinate FTRL-Proximal), in Keras' generalized
+    form (its Ftrl docstring): learning-rate power q = -learning_rate_power instead of 1/2,
+    sigma = (n_new^q - n^q) / lr, z += g + 2 l2_shrinkage theta - sigma theta, and
+    theta = (sign(z) l1 - z) / (n_new^q / lr + 2 (l2 + beta / (2 lr))) where |z| > l1, else
+    0. Keras' weight decay first (both conventions: torch has no Ftrl)."""
+    lr, q = hp["learning_rate"], -hp["learning_rate_power"]
+    l1 = hp["l1_regularization_strength"]
+    l2 = hp["l2_regularization_strength"] + hp["beta"] / (2 * lr)
+    p, g = _weight_decay(p, g, hp, "keras", decoupled_in_torch=False)
+    n = _zeros(state, "accumulator", p, hp["initial_accumulator_value"])
+    z = _zeros(state, "linear", p)
+    n_new = n + g * g
+    sigma = (n_new**q - n**q) / lr
+    z = state["linear"] = z + g + 2 * hp["l2_shrinkage_regularization_strength"] * p - sigma * p
+    state["accumulator"] = n_new
+    # The paper's theta = 0 where |z| <= l1, else (sign(z) l1 - z) / quadratic, written as
+    # (clip(z, -l1, l1) - z) / quadratic with maxima, so that it runs on error_bounds' values.
+    clipped = -np.maximum(-np.maximum(z, -l1), -l1)
+    return (clipped - z) / (n_new**q / lr + 2 * l2)

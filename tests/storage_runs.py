@@ -192,6 +192,8 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
                               if n in _FROM_PARAM.get(spec.name, ())})
             g = widen(np.asarray(grads[t - 1][k]).astype(gdt))
             keep = _clear_of_zero(spec, full, state, g) if spec.name == "lion" else None
+            operands = _OPERANDS[spec.name](full, p, g, state, state_dtype) \
+                if spec.name in _OPERANDS else {}
             exact: dict = {}
             expected = reference.stored_step(spec.name, p, g, state, t, full, convention,
                                              weight_dtype, state_dtype, exact)
@@ -199,7 +201,8 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
             where = f"{what}, step {t}, tensor {k}"
             got = after.params[k] if master is None else master_of(after, k)
             _compare(tally, got, expected, exact["param"], weight_dtype,
-                     f"{where}, {'param' if master is None else 'master'}", keep)
+                     f"{where}, {'param' if master is None else 'master'}", keep,
+                     scale=operands.get("param"))
             if kahan:
                 # What the store lost, of a param computed in float32: it carries the
                 # param's own float32 error, so it is held to the param's bound (a rule
@@ -216,9 +219,33 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
             for name, value in after.states[k].items():
                 if name in state:
                     _compare(tally, widen(value), state[name], exact[name], state_dtype,
-                             f"{where}, state {name!r}", keep)
+                             f"{where}, state {name!r}", keep, scale=operands.get(name))
             tally.moved += int(np.count_nonzero(after.params[k] != before.params[k]))
     return tally
+
+
+def _ftrl_operands(hp, p, g, state, state_dtype) -> dict:
+    """Ftrl adds sigma * p to its linear term, sigma = (n'^q - n^q) / lr: two powers, each
+    within about an ulp in float32, whose difference cancels wherever g^2 << n. Its float32
+    error is then about an ulp of n^q / lr * |p| however small sigma is: Keras' own float32
+    rule errs the same, and no float32 evaluation of the formula does better than its
+    operands allow (a bfloat16 state's ulp is coarser, which is why its values meet one ulp
+    anyway). So the linear term is held to the float32 tolerance relative to its operands,
+    |linear| + |g| + |2 l2_shrinkage p| + (n'^q + n^q) / lr |p|, and the param, the linear
+    term over the quadratic term n'^q / lr + 2 (l2 + beta / (2 lr)), to those over it."""
+    lr, q = hp["learning_rate"], -hp["learning_rate_power"]
+    start = float(reference.rounded(hp["initial_accumulator_value"], state_dtype))
+    n, z = state.get("accumulator", start), state.get("linear", 0.0)
+    grown = n + g * g
+    operands = (np.abs(z) + np.abs(g) + 2 * hp["l2_shrinkage_regularization_strength"]
+                * np.abs(p) + (grown**q + n**q) / lr * np.abs(p))
+    quadratic = grown**q / lr + 2 * (hp["l2_regularization_strength"] + hp["beta"] / (2 * lr))
+    return {"linear": operands, "param": operands / quadratic}
+
+
+#: Optimizer -> the scales of the values its float32 step computes as a difference of much
+#: larger terms (the float32 tolerance is relative to those, not to the result).
+_OPERANDS = {"ftrl": _ftrl_operands}
 
 
 def _clear_of_zero(spec, hp, state, g) -> np.ndarray:

@@ -100,10 +100,9 @@ def test_a_rule_whose_file_changed_since_import_is_refused(tmp_path):
         function(namespace["rule"])
 
 
-def test_power_translates_to_cudas_double_pow_of_both_arguments(tmp_path):
-    """``power(x, y)`` (a value to a scalar's power, Ftrl's) becomes CUDA's ``pow`` in double,
-    rounded once to the compute type (float's powf flushes subnormals inside: the PTX gate
-    of tests/test_denormals.py refuses its rcp.approx.ftz.f32), its arguments translated as
-    any expression."""
+def test_power_translates_to_cudas_pow_in_the_compute_type(tmp_path):
+    """``power(x, y)`` (a value to a scalar's power, Ftrl's) becomes CUDA's ``pow`` of both
+    arguments in the compute type (powf for float32, as Keras takes the power in the
+    variable's dtype), its arguments translated as any expression."""
     spec = _planted(tmp_path, "v_used = vhat\n", "v_used = power(vhat + v, k.eps)\n")
-    assert "v_used = C(pow(double(vhat + v), double(k.eps)));" in codegen.rule_source(spec)
+    assert "v_used = pow(C(vhat + v), C(k.eps));" in codegen.rule_source(spec)

@@ -31,6 +31,10 @@ CASES = [
     ("rmsprop", dict(learning_rate=0.01, rho=0.0, epsilon=0.0), "velocity"),
     ("adagrad", dict(learning_rate=0.01, initial_accumulator_value=0.0, epsilon=0.0),
      "accumulator"),
+    # Ftrl divides by the accumulator's power: a flushed square makes 0 / 0 at step 1.
+    ("ftrl", dict(learning_rate=0.01, initial_accumulator_value=0.0), "accumulator"),
+    ("ftrl", dict(learning_rate=0.01, initial_accumulator_value=0.0, learning_rate_power=-0.3),
+     "accumulator"),
 ]
 
 
@@ -81,6 +85,57 @@ def _float32_ops(ptx: str) -> set[str]:
     return set(_FLOAT_OP.findall(ptx))
 
 
+#: CUDA's powf (the rule language's power() on float32, Ftrl's) takes one reciprocal with
+#: flush-to-zero: of 1 + m, m its argument's mantissa reduced from the bits to
+#: [sqrt(1/2), sqrt(2)) (a subnormal argument is scaled by 2^24 first), so an operand in
+#: [1.7, 2.5) and a result in (0.4, 0.6): never subnormal, the flush can never act. The gate
+#: admits that instruction only where the PTX shows its operand made so, step by step.
+_POWF_RECIPROCAL = "rcp.approx.ftz.f32"
+_INSTRUCTION = re.compile(r"^\s*([a-z][\w.]*)\s+(%\w+)((?:,\s*[^,;]+)*);")
+#: operand = 1 + m;  m = bits(x - (x - bits(sqrt(1/2)) & exponent mask))
+_REDUCED = (("add.f32", 1, "0f3F800000"), ("mov.b32", None, None), ("sub.s32", 1, None),
+            ("and.b32", 1, "-8388608"), ("add.s32", 1, "-1060439283"))
+
+
+def _definition(lines, i, register):
+    """The instruction before line ``i`` (within its entry) that writes ``register``."""
+    for line in reversed(lines[:i]):
+        if ".entry" in line:
+            return None
+        m = _INSTRUCTION.match(line)
+        if m and m.group(2) == register:
+            return m.group(1), [a.strip() for a in m.group(3).split(",")[1:]]
+    return None
+
+
+def _flushes_outside_powf(ptx: str) -> list[str]:
+    """The float32 flushing instructions of ``ptx`` other than powf's reciprocal of its
+    reduced mantissa (above), each with its line."""
+    lines, found = ptx.splitlines(), []
+    for i, line in enumerate(lines):
+        ops = {op for op in _FLOAT_OP.findall(line) if ".ftz" in op}
+        if ops != {_POWF_RECIPROCAL} or not _reciprocal_of_reduced_mantissa(lines, i):
+            found += [f"{op} at line {i + 1}: {line.strip()}" for op in sorted(ops)]
+    return found
+
+
+def _reciprocal_of_reduced_mantissa(lines, i) -> bool:
+    m = _INSTRUCTION.match(lines[i])
+    if not m:
+        return False
+    register, x = m.group(3).split(",")[1].strip(), None
+    for op, index, constant in _REDUCED:
+        made = _definition(lines, i, register)
+        if made is None or made[0] != op or (constant and made[1][-1] != constant):
+            return False
+        if op == "sub.s32":
+            x = made[1][0]
+        if op == "add.s32" and made[1][0] != x:  # the same argument's bits both times
+            return False
+        register = made[1][0] if op != "sub.s32" else made[1][1]
+    return True
+
+
 OPTIMIZER_FAMILIES = sorted({spec.kernel for spec in REGISTRY.values() if spec.on_cuda}
                             | {spec.reduce_kernel for spec in REGISTRY.values()
                                if spec.reduce_kernel is not None})
@@ -93,8 +148,30 @@ def test_ptx_keeps_denormals_and_ieee_sqrt_and_division(family, nvrtc_compiled):
     assert compiled.ok and compiled.ptx.count(".entry") == len(launch.name_expressions(family))
     ops = _float32_ops(compiled.ptx)
     assert ops, "no float32 instruction found: the check would pass vacuously"
-    assert not {op for op in ops if ".ftz" in op}, sorted(op for op in ops if ".ftz" in op)
+    assert not _flushes_outside_powf(compiled.ptx), _flushes_outside_powf(compiled.ptx)[:5]
     assert not {op for op in ops if op.startswith(("sqrt.approx", "div.approx", "div.full"))}
+
+
+def _probe_ptx(body: str, cuda_cache_dir) -> str:
+    pytest.importorskip("cuda.bindings.nvrtc")
+    text = ('extern "C" __global__ void k(const float* x, float* o, float q) '
+            f"{{ int i = threadIdx.x; {body} }}")
+    compiled = nvrtc.compile_source(text, ["k"], config.GATE_FULL_ARCH, filename="probe.cu",
+                                    cache_dir=cuda_cache_dir / "nvrtc")
+    assert compiled.ok, compiled.log
+    return compiled.ptx
+
+
+def test_powf_passes_and_any_other_flushing_reciprocal_does_not(cuda_cache_dir):
+    """powf's own reciprocal is admitted, once the PTX shows its reduced operand; the same
+    instruction on anything else, or powf's with its operand made otherwise, is refused."""
+    powf = _probe_ptx("o[i] = powf(x[i], q);", cuda_cache_dir)
+    assert _POWF_RECIPROCAL in powf and not _flushes_outside_powf(powf)
+    other = _probe_ptx('float r; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x[i] + q));'
+                       " o[i] = r;", cuda_cache_dir)
+    assert _flushes_outside_powf(other)
+    planted = powf.replace("-1060439283", "-1060439284", 1)  # not sqrt(1/2)'s bits any more
+    assert _flushes_outside_powf(planted)
 
 
 def test_the_ptx_check_sees_flushing_when_it_is_asked_for(cuda_cache_dir):
@@ -130,7 +207,9 @@ def _problem(dtype, n, seed=0):
 @pytest.mark.parametrize("n", [1000, 200_000], ids=["one-task", "parallel-tasks"])
 @pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name, hp, square_slot", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, hp, square_slot", CASES,
+                         ids=[c[0] + ("-power" if "learning_rate_power" in c[1] else "")
+                              for c in CASES])
 def test_tiny_grads_keep_their_subnormal_squares(request, name, hp, square_slot, dtype,
                                                  backend, n):
     if backend == "cuda":

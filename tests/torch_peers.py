@@ -1,8 +1,8 @@
 """torch optimizers written plainly from their papers as ``torch.optim.Optimizer`` classes
 with torch.optim's state layout (``step``, then the moments, per param): the peers of the
-fusedopt.torch rows whose ``peer`` is empty (no library has LAMB for torch), and of rows
-whose real peer keeps another layout (optimi's StableAdamW and Adan), in the registry-driven torch
-tests, which check torch.optim's layout (tests/torch_loops.py)."""
+fusedopt.torch rows whose ``peer`` is empty (no library has LAMB or Ftrl for torch), and of
+rows whose real peer keeps another layout (optimi's StableAdamW and Adan), in the
+registry-driven torch tests, which check torch.optim's layout (tests/torch_loops.py)."""
 
 from __future__ import annotations
 
@@ -141,6 +141,55 @@ class Adan(torch.optim.Optimizer):
                 for key, value in (("exp_avg", m), ("exp_avg_diff", v), ("exp_avg_sq", n),
                                    ("prev_grad", -g)):
                     state[key].copy_(value)
+        return loss
+
+
+class Ftrl(torch.optim.Optimizer):
+    """FTRL-Proximal (McMahan et al., 2013, Algorithm 1) in Keras' generalized form (its Ftrl
+    docstring), one tensor at a time, under TensorFlow's raw-op names: q = -lr_power,
+    n = acc + g^2, linear += g + 2 l2_shrinkage p - (n^q - acc^q) / lr * p, p = (clamp(linear,
+    -l1, l1) - linear) / (n^q / lr + 2 (l2 + beta / (2 lr))), after Keras' decay p -= p wd lr.
+    State: ``step``, ``accumulator`` (from initial_accumulator_value), ``linear``."""
+
+    def __init__(self, params, lr=1e-3, lr_power=-0.5, initial_accumulator_value=0.1, l1=0.0,
+                 l2=0.0, l2_shrinkage=0.0, beta=0.0, weight_decay=0.0, *, maximize=False):
+        super().__init__(params, dict(lr=lr, lr_power=lr_power,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      l1=l1, l2=l2, l2_shrinkage=l2_shrinkage, beta=beta,
+                                      weight_decay=weight_decay, maximize=maximize))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            lr, q = group["lr"], -group["lr_power"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["accumulator"] = torch.full_like(
+                        p, group["initial_accumulator_value"])
+                    state["linear"] = torch.zeros_like(p)
+                state["step"] += 1
+                g = _compute(p.grad) * (-1.0 if group["maximize"] else 1.0)
+                w = _compute(p)
+                if group["weight_decay"]:
+                    w = w - w * group["weight_decay"] * lr
+                acc, z = _compute(state["accumulator"]), _compute(state["linear"])
+                n = acc + g * g
+                # The powers correctly rounded to the compute dtype (taken in float64): the
+                # difference of two of them below cancels, so an ulp of either moves linear
+                # far more than an ulp, and torch's own float32 sqrt and pow are off by one
+                # in a good share of values on the CPU.
+                root = (lambda v: v.double().pow(q).to(v.dtype))
+                # Keras' order: one sum of the grad side, then added to linear.
+                z = z + ((g + 2 * group["l2_shrinkage"] * w) - (root(n) - root(acc)) / lr * w)
+                quadratic = root(n) / lr + 2 * (group["l2"] + group["beta"] / (2 * lr))
+                p.copy_((z.clamp(-group["l1"], group["l1"]) - z) / quadratic)
+                state["accumulator"].copy_(n)
+                state["linear"].copy_(z)
         return loss
 
 

@@ -25,8 +25,12 @@ def _candidates(h, convention):
     values = [h.default]
     if h.check(True) is None and h.check(False) is None:
         return [h.default, not h.default]
-    values += [v for v in PROBES if v != h.default and h.check(v) is None]
-    return values
+    allowed = [v for v in PROBES if v != h.default and h.check(v) is None]
+    if not any(v > 0 for v in allowed):  # a number <= 0 (Ftrl's learning_rate_power): the
+        # probes negated first, so that a variant is not chosen at 0 alone (a power of 0)
+        allowed = [-v for v in PROBES if v > 0 and -v != h.default and h.check(-v) is None
+                   ] + allowed
+    return values + allowed
 
 
 def variants(spec):

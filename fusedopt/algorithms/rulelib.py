@@ -29,8 +29,9 @@ from ..constants import TORCH_L2
 #: The square root in the compute type (NumPy's keeps float32 float32, under Numba too).
 sqrt = np.sqrt
 #: ``power(x, y)``, x to the power y in the compute type (Ftrl's accumulator to
-#: ``-learning_rate_power``): NumPy's under Numba keeps float32 float32; the CUDA rule takes
-#: ``pow`` in double, rounded once (float's powf flushes subnormals inside).
+#: ``-learning_rate_power``, which Keras takes in the variable's dtype): NumPy's under Numba
+#: keeps float32 float32 (libm's powf); the CUDA rule takes ``pow`` of the compute type
+#: (CUDA's powf for float32, both within about an ulp).
 power = np.power
 
 

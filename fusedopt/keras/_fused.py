@@ -365,6 +365,7 @@ class _Fused:
 
     # --- one step ------------------------------------------------------------------------------
     def step(self, optimizer, grads, variables) -> None:
+        from torch import Tensor
         engine = self.engine
         hyper = self._hyper(optimizer)
         if hyper != self.hyper:
@@ -385,6 +386,8 @@ class _Fused:
                 raise RuntimeError(f"variable {variable.path!r} holds a new tensor since "
                                    f"{type(optimizer).__name__} was built; an optimizer "
                                    "updates the tensors it was built with (make a new one)")
+            if not isinstance(grad, Tensor):  # NumPy's or a list, as Keras' ops take them
+                grad = keras.ops.convert_to_tensor(grad).to(tensor.device)
             if grad.dtype != tensor.dtype:  # as Keras' update_step casts the gradient
                 grad = grad.to(tensor.dtype)
             positions.append(position)

@@ -100,9 +100,9 @@ class _Rule:
             name = node.func.id
             arity = rulelib.ARITY.get(name, 1)
             if name in rulelib.BUILTINS and len(node.args) == arity and not node.keywords:
-                if name == "power":  # in double: CUDA's powf flushes (rcp.approx.ftz.f32)
+                if name == "power":  # in the compute type, both arguments: powf for float
                     x, y = (self.expression(a) for a in node.args)
-                    return f"C(pow(double({x}), double({y})))", _ATOM
+                    return f"pow(C({x}), C({y}))", _ATOM
                 arguments = ", ".join(self.expression(a) for a in node.args)
                 return f"{rulelib.BUILTINS[name]}({arguments})", _ATOM
             if name in rulelib.BUILTINS:
