@@ -192,8 +192,8 @@ def check_against_reference(spec, hp, convention, grads, taken, param_dtype: str
                               if n in _FROM_PARAM.get(spec.name, ())})
             g = widen(np.asarray(grads[t - 1][k]).astype(gdt))
             keep = _clear_of_zero(spec, full, state, g) if spec.name == "lion" else None
-            operands = _OPERANDS[spec.name](full, p, g, state, state_dtype) \
-                if spec.name in _OPERANDS else {}
+            operands = OPERANDS[spec.name](full, p, g, state, state_dtype) \
+                if spec.name in OPERANDS else {}
             exact: dict = {}
             expected = reference.stored_step(spec.name, p, g, state, t, full, convention,
                                              weight_dtype, state_dtype, exact)
@@ -245,7 +245,7 @@ def _ftrl_operands(hp, p, g, state, state_dtype) -> dict:
 
 #: Optimizer -> the scales of the values its float32 step computes as a difference of much
 #: larger terms (the float32 tolerance is relative to those, not to the result).
-_OPERANDS = {"ftrl": _ftrl_operands}
+OPERANDS = {"ftrl": _ftrl_operands}
 
 
 def _clear_of_zero(spec, hp, state, g) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import quantized_runs as oracle
 import reference
+import storage_runs
 import variants
 
 import fusedopt
@@ -156,6 +157,9 @@ def test_every_optimizer_step_is_the_reference_on_decoded_state(name, hp, conven
             if t > 1:  # at step 1 the reference makes its own initial state
                 state.update({s: oracle.decode(buf, n, fmt, signed[s]).reshape(p.shape)
                               for s, buf in slots.items()})
+            operands = storage_runs.OPERANDS.get(name)
+            operands = {} if operands is None else operands(
+                full, p, grads[k].astype(np.float64), dict(state), "float32")
             expected = reference.step(name, p, grads[k].astype(np.float64), state, t, full,
                                       convention)
             scalar_state[k] = {s: v for s, v in state.items() if not isinstance(v, np.ndarray)}
@@ -169,7 +173,7 @@ def test_every_optimizer_step_is_the_reference_on_decoded_state(name, hp, conven
                                        err_msg=f"{what}: param")
             for s, buf in engine.state(k).items():
                 ties += oracle.compare_codes(buf, state[s].reshape(-1), fmt, signed[s],
-                                             f"{what}, slot {s}")
+                                             f"{what}, slot {s}", operands.get(s))
                 values += n
     assert ties <= oracle.TIE_SHARE * max(values, 1)
 
