@@ -131,6 +131,8 @@ class Optimizer(torch.optim.Optimizer):
                        self._device_type)
         memory = [local(p) if is_distributed(p) else p.detach() for _, p in items]
         layouts = [_layout.of(m) for m in memory]
+        if self._spec.factored is not None:
+            _checks.factored_layouts(index, items, layouts, self._spec)
         memory = [m if lay is None else lay.inward(m) for m, lay in zip(memory, layouts)]
         states = steps = None
         if saved:
@@ -167,7 +169,7 @@ class Optimizer(torch.optim.Optimizer):
             state[key] = values[k]
         layout = self._held[id(param)].layout
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
-            if slot in slots:
+            if slot in slots and _checkpoint.present(self._spec, slot, param):
                 value = slots[slot] if layout is None else layout.outward(slots[slot])
                 state[key] = like_param(param, value)
         if state:
