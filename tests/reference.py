@@ -318,6 +318,8 @@ def adafactor(p, g, state, t, hp, convention):
     factors' mean and of the estimate, eps1 None meaning float32's machine epsilon, decay
     theta *= 1 - lr wd after alpha. Keras': g^2 + eps1 averaged, v = r / mean(r) * c,
     Keras' decay first; beta_2 in float32 (Keras computes it from the float32 step)."""
+    if p.size == 0:
+        return p
     lr, decay, d = hp["learning_rate"], hp["beta_2_decay"], hp["clip_threshold"]
     eps1, eps2 = hp["epsilon_1"], hp["epsilon_2"]
     eps1 = float(np.finfo(np.float32).eps) if eps1 is None else eps1
@@ -335,7 +337,7 @@ def adafactor(p, g, state, t, hp, convention):
         beta = 1 - new
         s = g * g
         rho = min(lr, 1 / np.sqrt(t))
-    alpha = max(eps2, np.sqrt(np.mean(p * p)) if p.size else 0.0) * rho
+    alpha = max(eps2, np.sqrt(np.mean(p * p))) * rho
     if convention == "torch":
         p = p * (1 - lr * wd)
     if p.ndim >= 2:
@@ -348,7 +350,7 @@ def adafactor(p, g, state, t, hp, convention):
     else:
         v = state["v"] = beta * _zeros(state, "v", p) + new * s
     u = g / np.sqrt(np.maximum(v, eps1 * eps1) if convention == "torch" else v)
-    rms_u = np.sqrt(np.mean(u * u)) if p.size else 0.0
+    rms_u = np.sqrt(np.mean(u * u))
     return p - alpha / max(1.0, rms_u / d) * u
 
 

@@ -109,8 +109,8 @@ def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
     denominators = []
     for t in range(len(group.params)):
         xp, _, g, state = _operands(group, grads, clip, t, len(names), st, compute)
-        if g.ndim < 2:
-            denominators.append(None)
+        if g.ndim < 2 or g.size == 0:  # no factors, or no element to read them
+            denominators.append(None if g.ndim < 2 else xp.ones(1, compute))
             continue
         squares = declared.square(g, named, f).astype(np.float64)
         r, c = group.states[t][names.index(declared.row)], \

@@ -200,12 +200,14 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
             denominators.append(np.ones(1, compute))
             continue
         B, R, C = _factored.slices(shape)
+        if B * R * C == 0:  # no element to read the factors
+            denominators.append(np.ones(1, compute))
+            continue
         rows = np.zeros(B * R, np.float64)
         cols = np.zeros(B * C, np.float64)
-        if B * R * C:
-            rb = max(1, min(R, config.CPU_FACTOR_BLOCK // max(C, 1)))
-            sums(g_addr, like, B, R, C, rb, compute(_scale(clip, t)), compute(clip.limit),
-                 k, rows, cols)
+        rb = max(1, min(R, config.CPU_FACTOR_BLOCK // C))
+        sums(g_addr, like, B, R, C, rb, compute(_scale(clip, t)), compute(clip.limit), k,
+             rows, cols)
         r, c = host_view(r_addr, B * R, compute), host_view(c_addr, B * C, compute)
         r[...] = declared.moment(r, (rows / C).astype(compute), k, f)
         c[...] = declared.moment(c, (cols / R).astype(compute), k, f)
