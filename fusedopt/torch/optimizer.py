@@ -63,8 +63,15 @@ class Optimizer(torch.optim.Optimizer):
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
     def _hyper(self, group: dict) -> dict:
-        """What the engine takes of a checked group, in torch's names (it translates them)."""
-        return {key: plain(group[key]) for key in self._row.hyper_names}
+        """What the engine takes of a checked group, in torch's names (it translates them).
+        Adafactor's ``eps[0]`` None is torch's machine epsilon of the group's (first)
+        param dtype, as torch.optim.Adafactor takes it."""
+        hyper = {key: plain(group[key]) for key in self._row.hyper_names}
+        eps = hyper.get("eps")
+        if self._spec.factored is not None and isinstance(eps, tuple) and eps[0] is None \
+                and group["params"]:
+            hyper["eps"] = (torch.finfo(group["params"][0].dtype).eps, eps[1])
+        return hyper
 
     def _values(self, group: dict) -> tuple:
         return tuple(plain(group[k]) for k in self._keys)
