@@ -139,11 +139,11 @@ def rule(p, g, r, c, v, k, f):
     # v: the element's second-moment estimate after this step (fusedopt/algorithms/spec.py)
     if f.flavor == KERAS:
         p, g = weight_decay(f.flavor, p, g, k.lr, k.wd, k.wd_factor)
-        u = g / sqrt(v)
+        p = p - k.alpha * (g / sqrt(v) / k.clip_ratio)  # Keras' order of operations
     else:
         u = g * (k.one / sqrt(v if v > k.eps1_sq else k.eps1_sq))
         p = p * k.wd_factor
-    p = p - k.step_lr * u
+        p = p - k.step_lr * u
     return p, r, c, v
 
 
@@ -166,11 +166,11 @@ def _u(xp, g, v, k, f):
 def unfused(xp, p, g, s, k, f):
     if f.flavor == KERAS:
         g = decay_in_place(f.flavor, p, g, k.lr, k.wd, k.wd_factor)
-        u = _u(xp, g, s["v"], k, f)
+        p -= k.alpha * (_u(xp, g, s["v"], k, f) / k.clip_ratio)
     else:
         u = _u(xp, g, s["v"], k, f)
         p *= k.wd_factor
-    p -= k.step_lr * u
+        p -= k.step_lr * u
 
 
 def unfused_sums(xp, p, g, s, k, f):
@@ -180,11 +180,13 @@ def unfused_sums(xp, p, g, s, k, f):
 
 
 def step_sizes(xp, sums, sizes, k):
-    """step_lr = max(eps2, RMS(theta)) * rho / max(1, RMS(u) / clip), per tensor."""
+    """Per tensor: alpha = max(eps2, RMS(theta)) * rho, clip_ratio = max(1, RMS(u) / clip)
+    and step_lr = alpha / clip_ratio (torch folds them; Keras divides u, then multiplies)."""
     n = xp.maximum(sizes, 1.0)
     rms_p, rms_u = xp.sqrt(sums["p_sq"] / n), xp.sqrt(sums["u_sq"] / n)
     alpha = xp.maximum(k.eps2, rms_p) * k.rho
-    return {"step_lr": alpha / xp.maximum(1.0, rms_u / k.clip)}
+    ratio = xp.maximum(1.0, rms_u / k.clip)
+    return {"step_lr": alpha / ratio, "alpha": alpha, "clip_ratio": ratio}
 
 
 DOC = r"""Adafactor (Shazeer & Stern, 2018, https://arxiv.org/abs/1804.04235), fused: the
@@ -247,7 +249,8 @@ ADAFACTOR = declare(
     slots=(Slot("r", shape="row"), Slot("c", shape="col"), Slot("v", shape="full")),
     scalar_names=SCALARS, scalar_fn=scalars,
     reductions=Reductions(names=("p_sq", "u_sq"), rule=sums, unfused=unfused_sums,
-                          scalar_names=("step_lr",), scalars=step_sizes),
+                          scalar_names=("step_lr", "alpha", "clip_ratio"),
+                          scalars=step_sizes),
     factored=Factored(row="r", col="c", full="v", square=square, moment=moment,
                       estimate=estimate, denominator=denominator),
     torch=dict(name="Adafactor",
@@ -264,7 +267,8 @@ ADAFACTOR = declare(
                "(dim -2)\n"
                "v = row_var @ col_var / max(mean(row_var, -2), eps1)   (1-D: variance = "
                "lerp(variance, g^2, t^beta2_decay))\n"
-               "u = g / sqrt(max(v, eps1^2));  p -= alpha / max(1, RMS(u) / d) * u"))
+               "u = g / sqrt(max(v, eps1^2));  p -= alpha / max(1, RMS(u) / d) * u"),
+    keras={"name": "Adafactor", "state_attributes": {"r": "_r", "c": "_c", "v": "_v"}})
 
 SPECS = (ADAFACTOR,)
 __test__ = {"Adafactor": DOC}

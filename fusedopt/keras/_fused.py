@@ -44,6 +44,7 @@ from ..engine.ema import MovingAverage
 from ..engine.engine import Engine, check_seed
 from ..memory import storage as _storage
 from . import _stateless
+from ._factored import engine_slots
 from ._host_values import HostValue, host_number
 
 #: In the config of an optimizer with options Keras' class lacks: what loading it takes.
@@ -331,7 +332,11 @@ class _Fused:
             # grad then has its param's type, and the step takes the engine's fast checks.
             tensors.append(variable.value)
             params.append(variable.value.detach())
-            states.append([s.value.detach() for s in own])
+            own = [s.value.detach() for s in own]
+            if self.engine.spec.factored is not None:  # Adafactor: Keras' shapes, viewed
+                own = engine_slots(self.engine.spec, self.engine.hypers[0].slots, own,
+                                   variable.value)
+            states.append(own)
             decays.append(optimizer._use_weight_decay(variable))
             indices.append(index)
             if averages is not None:
@@ -366,6 +371,8 @@ class _Fused:
                 raise RuntimeError(f"variable {variable.path!r} holds a new tensor since "
                                    f"{type(optimizer).__name__} was built; an optimizer "
                                    "updates the tensors it was built with (make a new one)")
+            if not isinstance(grad, type(tensor)):  # Keras' base apply passes arrays on
+                grad = keras.ops.convert_to_tensor(grad)
             if grad.dtype != tensor.dtype:  # as Keras' update_step casts the gradient
                 grad = grad.to(tensor.dtype)
             positions.append(position)
