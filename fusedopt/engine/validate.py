@@ -31,9 +31,10 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec, where: str = "",
     pk, gk = kind_of(param), kind_of(grad)
     dtype = pk.dtype(param)
     if dtype not in spec.dtypes:
+        also = " (or ml_dtypes.bfloat16)" if "bfloat16" in spec.dtypes else ""
         raise TypeError(f"{where} has dtype {dtype}; {spec.name} supports "
-                        f"{', '.join(spec.dtypes)} params: convert with .astype(np.float32) "
-                        "(or ml_dtypes.bfloat16)")
+                        f"{', '.join(spec.dtypes)} params: convert with "
+                        f".astype(np.float32){also}")
     if pk.shape(param) != gk.shape(grad):
         raise ValueError(f"{where}: param and grad shapes differ: {pk.shape(param)} vs "
                          f"{gk.shape(grad)}")
