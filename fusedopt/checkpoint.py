@@ -47,6 +47,7 @@ import numpy as np
 
 from .engine import modes
 from .engine.validate import memory_order
+from .memory import factored as _factored
 from .memory.arrays import kind_of
 
 FORMAT = "fusedopt.optimizer"
@@ -264,6 +265,7 @@ class Pending:
                 self._mismatch(f"param {i}: weight decay {where} (exclude_from_weight_decay "
                                "differs)")
         optimizer_slots = tuple(opt._engine.hypers[0].slots)
+        kinds = {d.name: d.shape for d in opt._spec.slot_decls}  # factored slots' shapes
         for i, (entry, p) in enumerate(zip(saved, params)):
             names = tuple(s["name"] for s in entry["slots"])
             master = opt._engine.storage_of(i, p).master  # the master slot this param gets
@@ -277,9 +279,10 @@ class Pending:
                 array = self.arrays.get(key)
                 if array is None:
                     self._mismatch(f"the array {key!r} is missing")
-                if array.shape != tuple(entry["shape"]) or array.dtype.name != s["dtype"]:
+                shape = _factored.slot_shape(kinds.get(s["name"]), tuple(entry["shape"]))
+                if array.shape != shape or array.dtype.name != s["dtype"]:
                     self._mismatch(f"the array {key!r} is {array.dtype.name} {array.shape}, "
-                                   f"its header says {s['dtype']} {tuple(entry['shape'])}")
+                                   f"its header says {s['dtype']} {shape}")
 
     def check_states(self, opt) -> None:
         """The checkpoint's state arrays have the dtypes of ``opt``'s (built) state."""

@@ -171,6 +171,25 @@ def test_the_keras_style_class_steps_factored_and_full_params():
     assert (w < 1).all() and b[0] < 1 < b[1]
 
 
+def test_a_saved_optimizer_continues_bit_for_bit(tmp_path):
+    """fusedopt's own checkpoint (fusedopt/checkpoint.py) holds the factors in their shapes."""
+    def grads(w, b):
+        return [(np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3), w),
+                (np.array([1.0, 2.0, 3.0], np.float32), b)]
+    w, b = np.ones((4, 3), np.float32), np.ones(3, np.float32)
+    opt = fusedopt.Adafactor(learning_rate=0.05, weight_decay=0.1)
+    opt.apply_gradients(grads(w, b))
+    opt.save(tmp_path / "adafactor.npz")
+    w2, b2 = w.copy(), b.copy()
+    again = fusedopt.load(tmp_path / "adafactor.npz", [w2, b2])
+    for _ in range(3):
+        opt.apply_gradients(grads(w, b))
+        again.apply_gradients(grads(w2, b2))
+    np.testing.assert_array_equal(w, w2)
+    np.testing.assert_array_equal(b, b2)
+    assert again._engine.state(0)["r"].shape == (4, 1)
+
+
 def test_refusals_name_the_argument_and_change_nothing():
     with pytest.raises(ValueError, match="beta2_decay"):
         fusedopt.torch.Adafactor([torch.nn.Parameter(torch.ones(2, 2))], beta2_decay=0.5)
