@@ -49,6 +49,7 @@ import numpy as np
 from .engine import modes
 from .checkpoint_quantized import check_quantized, slot_entry, slots_of
 from .engine.validate import memory_order
+from .memory import factored as _factored
 from .memory import quant as _quant
 from .memory.arrays import kind_of
 
@@ -271,6 +272,7 @@ class Pending:
                 self._mismatch(f"param {i}: weight decay {where} (exclude_from_weight_decay "
                                "differs)")
         optimizer_slots = tuple(opt._engine.hypers[0].slots)
+        kinds = {d.name: d.shape for d in opt._spec.slot_decls}  # factored slots' shapes
         for i, (entry, p) in enumerate(zip(saved, params)):
             names = tuple(s["name"] for s in entry["slots"])
             master = opt._engine.storage_of(i, p).master  # the master slot this param gets
@@ -289,9 +291,10 @@ class Pending:
                 array = self.arrays.get(key)
                 if array is None:
                     self._mismatch(f"the array {key!r} is missing")
-                if array.shape != tuple(entry["shape"]) or array.dtype.name != s["dtype"]:
+                shape = _factored.slot_shape(kinds.get(s["name"]), tuple(entry["shape"]))
+                if array.shape != shape or array.dtype.name != s["dtype"]:
                     self._mismatch(f"the array {key!r} is {array.dtype.name} {array.shape}, "
-                                   f"its header says {s['dtype']} {tuple(entry['shape'])}")
+                                   f"its header says {s['dtype']} {shape}")
 
     def check_states(self, opt) -> None:
         """The checkpoint's state arrays have the dtypes of ``opt``'s (built) state."""

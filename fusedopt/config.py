@@ -13,6 +13,10 @@ CUDA_CHUNK = 65536
 
 #: Elements one CPU task updates; a task is the unit Numba's threads share out.
 CPU_CHUNK = 65536
+#: Factored moments (fusedopt/backends/cpu/factored.py): about this many elements of a
+#: tensor's rows add their column sums into one partial row, so a 4096 x 4096 param's
+#: column sums take 64 partial rows (2 MB beside its 64 MB of grads).
+CPU_FACTOR_BLOCK = 1 << 18
 
 #: Threads of a CPU step (fusedopt/backends/cpu/threads.py): None follows the caller
 #: (``torch.get_num_threads()`` for fusedopt.torch, Numba's own setting otherwise); a number

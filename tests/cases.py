@@ -178,6 +178,18 @@ CASES.update({
                dict(to_eval=False, saved=True)] for conv in ("keras", "torch")},
 })
 
+# --- Adafactor: factored second moments ----------------------------------------------------------
+# The first case keeps the peer's defaults but the learning rate; the second moves every
+# hyperparameter, with an update clip that binds (clip_threshold below 1 in Keras).
+CASES["adafactor"] = {
+    "keras": [dict(learning_rate=0.01),
+              dict(learning_rate=0.05, beta_2_decay=-0.5, epsilon_1=1e-20, epsilon_2=1e-2,
+                   clip_threshold=0.9, weight_decay=0.1)],
+    "torch": [dict(learning_rate=0.01, epsilon_1=None),
+              dict(learning_rate=0.05, beta_2_decay=-0.6, epsilon_1=1e-6, epsilon_2=1e-2,
+                   clip_threshold=1.5, weight_decay=0.1)],
+}
+
 # --- LAMB and StableAdamW: per-tensor norms ----------------------------------------------------
 # Learning rates large enough that the trust ratio and the RMS clip move the params; a short
 # beta_2 (StableAdamW) makes RMS(g^2 / v) exceed 1 on the problems' mixed-scale grads.

@@ -14,7 +14,8 @@ pointed at fusedopt's, the way the module would have imported them:
   :func:`fusedopt.keras.install` makes Keras' names (``optimizers.get("sgd")``) give them too.
 
 Each record says whether the test constructed a fusedopt optimizer (``exercised``): a test
-of Keras' own Adafactor in the same module runs, and is counted apart. ``--keras``
+of a Keras optimizer that fusedopt.keras lacks, in the same module, runs with Keras' own
+class and is counted apart. ``--keras``
 runs the same modules unchanged, with Keras' classes: the baseline that tells a test this
 installation cannot run (one that fails with Keras' own optimizers too) from a failure.
 """
@@ -30,7 +31,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 #: The test modules of the installed keras that concern the optimizers fusedopt.keras has.
 MODULES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion",
-           "schedule_free_adamw", "lamb", "ftrl", "optimizer", "loss_scale_optimizer",
+           "schedule_free_adamw", "lamb", "ftrl",
+           "adafactor", "optimizer", "loss_scale_optimizer",
            "multi_optimizer", "optimizer_sparse")
 
 
@@ -55,7 +57,8 @@ class Substitute:
         self.keras_optimizers = keras_optimizers
         self.fused = {name: getattr(fusedopt.keras, name) for name in
                       ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
-                       "Nadam", "Lion", "ScheduleFreeAdamW", "Lamb", "Ftrl")}
+                       "Nadam", "Lion", "ScheduleFreeAdamW", "Lamb", "Ftrl",
+                       "Adafactor")}
         self.view = types.ModuleType(keras_optimizers.__name__)
         self.view.__dict__.update(vars(keras_optimizers))
         self.view.__dict__.update(self.fused)

@@ -9,6 +9,7 @@ itself checked against real Keras and PyTorch runs (tests/test_conformance.py).
 from __future__ import annotations
 
 import numpy as np
+from reference_factored import adafactor  # noqa: F401 - Adafactor's, in a file of its own
 
 
 def _zeros(state, key, like, value=0.0):

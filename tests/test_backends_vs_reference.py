@@ -8,6 +8,7 @@ from tolerances import VS_REFERENCE
 
 import fusedopt
 from fusedopt.algorithms.registry import REGISTRY
+from fusedopt.memory.factored import slot_shape
 
 STEPS = 10
 MATRIX = [(name, conv, i, hp) for name in sorted(REGISTRY) for conv in ("keras", "torch")
@@ -19,7 +20,9 @@ def run_fused(name, hp, convention, backend, p, grads):
     flags = spec.flags({**spec.defaults(), **hp}, convention)
     init = spec.slot_init({**spec.defaults(), **hp})
     copies = {s.name for s in spec.slot_decls if s.from_param}  # schedule-free's z
-    slots = [p.copy() if name in copies else np.full_like(p, init)
+    kinds = dict(zip(spec.slots(flags), spec.slot_shapes(flags)))  # Adafactor's factors
+    slots = [p.copy() if name in copies else np.full_like(p, init) if kinds[name] is None
+             else np.full(slot_shape(kinds[name], p.shape), init, p.dtype)
              for name in spec.slots(flags)]
     for t, g in enumerate(grads, start=1):
         fusedopt.functional.update(name, [p], [g], [slots], step=t, convention=convention,

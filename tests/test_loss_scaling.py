@@ -95,6 +95,9 @@ def _power_of_two_case(name, hp, convention, backend, dtype, steps=4, **storage)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
+    if dtype not in REGISTRY[name].dtypes:
+        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only (its "
+                    "factored moments are kept in the param's dtype)")
     hp, convention, _ = variants.variants(REGISTRY[name])[0]  # compiled by the storage tests
     _power_of_two_case(name, hp, convention, "cpu", dtype)
 

@@ -54,6 +54,8 @@ def _run(name, dtype, mode, backend, request, steps=STEPS, **extra):
 @pytest.mark.parametrize("backend, name, dtype, mode", CASES,
                          ids=[f"{b}-{n}-{d}-{m}" for b, n, d, m in CASES])
 def test_same_bits_as_unfused(backend, name, dtype, mode, request):
+    if "bfloat16" not in REGISTRY[name].dtypes:  # Adafactor: no 16-bit params
+        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only")
     fused = _run(name, dtype, mode, backend, request)
     unfused = _run(name, dtype, mode, "unfused", request)
     for t, (a, b) in enumerate(zip(fused, unfused)):

@@ -57,6 +57,14 @@ def _ours(info):
     return getattr(ft, info.optim_cls.__name__)
 
 
+def _factored(info) -> bool:
+    """Whether fusedopt's class for ``info`` keeps factored moments (Adafactor)."""
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.torch._names import ROWS
+    row = next(r for r in ROWS.values() if r.name == info.optim_cls.__name__)
+    return REGISTRY[row.registry].factored is not None
+
+
 def _configs(refused: bool):
     """(info, dtype, kwargs) for every config of the database's fusedopt classes: those
     fusedopt steps, or (``refused``) those it refuses on purpose."""
@@ -76,14 +84,19 @@ def _id(info, dtype, desc) -> str:
         "torch.", ""))
 
 
-def _params(dtype, with_complex: bool) -> list:
-    """Params of every layout torch steps in place, the same values each call."""
+def _params(dtype, with_complex: bool, contiguous: bool = False) -> list:
+    """Params of every layout torch steps in place, the same values each call
+    (``contiguous``: the same values, each C-contiguous, for an optimizer whose factored
+    moments step contiguous params only, Adafactor, which refuses the others by name:
+    tests/test_adafactor.py)."""
     g = torch.Generator().manual_seed(0)
     made = [torch.randn(4, 5, generator=g, dtype=dtype),
             torch.randn(5, generator=g, dtype=dtype),
             torch.randn(3, 3, 3, 3, generator=g, dtype=dtype).to(
                 memory_format=torch.channels_last),      # strides (27, 1, 9, 3)
             torch.randn(5, 4, generator=g, dtype=dtype).t()]  # strides (1, 4)
+    if contiguous:
+        made = [p.contiguous() for p in made]
     if with_complex:
         made.append(torch.randn(3, 2, generator=g, dtype=dtype.to_complex()))
     return [torch.nn.Parameter(p) for p in made]
@@ -131,7 +144,8 @@ def _close(ours, theirs, what: str) -> None:
 
 def _compare(info, dtype, kwargs, schedulers=()):
     with_complex = info.supports_complex and not kwargs.get("fused")  # torch's fused: real
-    theirs, ours = _params(dtype, with_complex), _params(dtype, with_complex)
+    contiguous = _factored(info)
+    theirs, ours = (_params(dtype, with_complex, contiguous) for _ in range(2))
     t_opt = _run(info.optim_cls, theirs, kwargs, schedulers)
     f_opt = _run(_ours(info), ours, kwargs, schedulers)
     for i, (a, b) in enumerate(zip(ours, theirs)):
@@ -203,6 +217,10 @@ def _raised(make):
 @pytest.mark.parametrize("info, error", _error_inputs())
 def test_every_error_input_is_refused_as_torch_refuses_it(info, error):
     config = error.optimizer_error_input
+    if error.error_on == db.OptimizerErrorEnum.STEP_ERROR and _factored(info):
+        pytest.skip("torch's Adafactor refuses complex params at its first step with a "
+                    "RuntimeError; fusedopt's refuses them when they are given, with the "
+                    "TypeError of its dtype checks (tests/test_adafactor.py)")
     assert error.error_on == db.OptimizerErrorEnum.CONSTRUCTION_ERROR  # all of these classes'
 
     def make(cls):

@@ -48,16 +48,48 @@ DTYPES = PARAM_DTYPES
 @dataclass(frozen=True)
 class Slot:
     """A state slot: its name (also the rule's argument for it, and the Keras-style state
-    key), the flag that must be set for the variant to have it (None: always), and whether
-    it starts as a copy of the param (schedule-free's z) rather than ``slot_init``, and
-    whether its values are never negative (``nonneg``: a second moment, an accumulator of
-    squares), so that quantized state (``state_dtype="q8"``) keeps it with an unsigned map,
-    which spends the sign's bit on resolution."""
+    key), the flag that must be set for the variant to have it (None: always), whether
+    it starts as a copy of the param (schedule-free's z) rather than ``slot_init``, whether
+    its values are never negative (``nonneg``: a second moment, an accumulator of squares),
+    so that quantized state (``state_dtype="q8"``) keeps it with an unsigned map, which
+    spends the sign's bit on resolution, and its ``shape``: None for the param's, or a
+    factored kind of fusedopt/memory/factored.py ("row", "col": the factors of a param of
+    rank >= 2; "full": a param of rank < 2's whole second moment). A slot a param's rank
+    does not have is an empty array."""
 
     name: str
     when: str | None = None
     from_param: bool = False
     nonneg: bool = False
+    shape: str | None = None
+
+
+@dataclass(frozen=True)
+class Factored:
+    """A second moment kept as a row and a column factor for params of rank >= 2 (Adafactor,
+    Shazeer & Stern, 2018) and whole for the others (fusedopt/engine/reductions.py runs it).
+
+    - ``row``, ``col``, ``full``: the names of the three slots (shapes "row", "col", "full");
+    - ``square(g, k, f)``: the term averaged along rows and columns (and moved into
+      ``full``), ``moment(old, new, k, f)``: the moving average of one value,
+      ``estimate(r, c, m, k, f)``: an element's second moment from its row and column
+      factors and its slice's denominator ``m``; in the rule language, without helpers,
+      and run on whole arrays too (the unfused backend, the factors' update);
+    - ``denominator(xp, row_mean, k, f)``: ``m`` of each slice from the mean of its new
+      row factors (float64 arrays). The factors move towards ``sum / n`` of ``square``
+      along their dimension, summed in float64 and rounded once to the compute type.
+
+    The element and reduction rules then read, as their ``full`` argument, each element's
+    second-moment estimate after this step (the other two read 0).
+    """
+
+    row: str
+    col: str
+    full: str
+    square: Callable
+    moment: Callable
+    estimate: Callable
+    denominator: Callable
 
 
 @dataclass(frozen=True)
@@ -138,6 +170,8 @@ class OptimizerSpec:
     - ``reductions``: the per-tensor sums and scalars the rule needs (:class:`Reductions`),
       or None for an elementwise optimizer. ``Scalars`` (``k``) then holds the step's
       scalars followed by the per-tensor ones.
+    - ``factored``: a second moment factored along rows and columns (:class:`Factored`),
+      or None.
     """
 
     name: str
@@ -165,6 +199,7 @@ class OptimizerSpec:
     torch: Mapping[str, Any] | None = None
     keras: Mapping[str, Any] | None = None
     reductions: Reductions | None = None
+    factored: Factored | None = None
     Scalars: type = field(default=None, repr=False)
     Flags: type = field(default=None, repr=False)
 
@@ -198,11 +233,17 @@ class OptimizerSpec:
         extra = self.reductions.scalar_names if self.reductions is not None else ()
         return (*self.scalar_names, *extra)
 
+    def slot_shapes(self, flags: tuple[int, ...]) -> tuple[str | None, ...]:
+        """The shape kind of each of the variant's slots (None: the param's)."""
+        kinds = {s.name: s.shape for s in self.slot_decls}
+        return tuple(kinds[name] for name in self.slots(flags))
+
     @property
     def on_cuda(self) -> bool:
-        """Whether CUDA kernels exist for it: every registered optimizer has them (those
-        with reductions also a reduction kernel, :attr:`reduce_kernel`)."""
-        return True
+        """Whether CUDA kernels exist for it: every registered optimizer but one with a
+        factored second moment (those with reductions also have a reduction kernel,
+        :attr:`reduce_kernel`)."""
+        return self.factored is None
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request."""
@@ -266,6 +307,13 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
         if not 0 < len(reductions.names) <= MAX_REDUCTIONS:
             raise TypeError(f"{name} declares {len(reductions.names)} reductions; a pass "
                             f"sums 1 to {MAX_REDUCTIONS}")
+    factored = fields.get("factored")
+    if factored is not None:
+        kinds = {s.name: s.shape for s in slots}
+        wanted = {factored.row: "row", factored.col: "col", factored.full: "full"}
+        if any(kinds.get(n) != kind for n, kind in wanted.items()) or reductions is None:
+            raise TypeError(f"{name}: a factored moment needs slots {wanted} (name: shape) "
+                            "and reductions (its per-tensor step)")
     spec = OptimizerSpec(name=name, class_name=class_name, keras_name=keras_name or name,
                          kernel=kernel, flag_names=tuple(flag_names), slot_decls=tuple(slots),
                          scalar_names=tuple(scalar_names), rule=rule, Scalars=scalars_type,
@@ -282,7 +330,7 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
 
 
 __all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",
-           "EPSILON", "L2_FLAVORS", "LEARNING_RATE", "MAX_REDUCTIONS", "MOMENTUM",
+           "EPSILON", "Factored", "L2_FLAVORS", "LEARNING_RATE", "MAX_REDUCTIONS", "MOMENTUM",
            "TORCH_ONLY", "WEIGHT_DECAY", "Hyper", "OptimizerSpec", "Reductions", "Slot",
            "StateScalar", "at_least", "boolean", "decay_scalars", "declare", "flavor",
            "in_range", "learning_rate", "optional"]

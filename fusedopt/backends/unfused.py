@@ -105,6 +105,49 @@ def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, com
     return xp, work, g, state
 
 
+def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """Move the row and column factors of ``spec``'s factored moment (fusedopt/algorithms/
+    spec.py, ``Factored``) as whole-array expressions; each slice's denominator kept in the
+    group's scratch for the passes after."""
+    st = step_storage(group, grads)
+    compute = np.dtype(st.compute).type
+    declared, f = spec.factored, spec.named_flags(flags)
+    zeros = (0.0,) * len(spec.reductions.scalar_names)
+    named = spec.Scalars(*(compute(x) for x in row), *(compute(0) for _ in zeros))
+    wide = spec.Scalars(*map(float, row), *zeros)
+    names = spec.slots(flags)
+    denominators = []
+    for t in range(len(group.params)):
+        xp, _, g, state = _operands(group, grads, clip, t, len(names), st, compute)
+        if g.ndim < 2 or g.size == 0:  # no factors, or no element to read them
+            denominators.append(None if g.ndim < 2 else xp.ones(1, compute))
+            continue
+        squares = declared.square(g, named, f).astype(np.float64)
+        r, c = group.states[t][names.index(declared.row)], \
+            group.states[t][names.index(declared.col)]
+        rows = (squares.sum(axis=-1, keepdims=True) / g.shape[-1]).astype(compute)
+        cols = (squares.sum(axis=-2, keepdims=True) / g.shape[-2]).astype(compute)
+        r[...] = declared.moment(r.astype(compute), rows, named, f)
+        c[...] = declared.moment(c.astype(compute), cols, named, f)
+        row_mean = r.astype(np.float64).mean(axis=-2, keepdims=True)
+        denominators.append(xp.asarray(declared.denominator(xp, row_mean, wide, f))
+                            .astype(compute))
+    group.scratch["factor_denominators"] = denominators
+
+
+def _estimated(spec, flags, group, t, g, state, named):
+    """Tensor ``t``'s state with its ``full`` slot replaced by each element's second-moment
+    estimate after this step (the argument the rules of a factored moment read)."""
+    declared, f, names = spec.factored, spec.named_flags(flags), spec.slots(flags)
+    slots = dict(zip(names, state))
+    m = group.scratch["factor_denominators"][t]
+    if m is None:
+        full = declared.moment(slots[declared.full], declared.square(g, named, f), named, f)
+    else:
+        full = declared.estimate(slots[declared.row], slots[declared.col], m, named, f)
+    return {**slots, declared.full: full}
+
+
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
     """(reductions, tensors) float64: the per-tensor sums of ``spec``'s reductions, as its
     ``reductions.unfused`` array expressions, one tensor at a time."""
@@ -116,6 +159,8 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
     sums = []
     for t in range(len(group.params)):
         xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute)
+        if spec.factored is not None:
+            state = list(_estimated(spec, flags, group, t, g, state, named).values())
         copies = dict(zip(spec.slots(flags), (a.copy() for a in state)))  # never written
         terms = spec.reductions.unfused(xp, work.copy(), g.copy(), copies, named,
                                         spec.named_flags(flags))
@@ -145,8 +190,15 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
         if per_tensor:
             named = spec.Scalars(*(compute(x) for x in steps[t]))
         xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute, signed)
-        spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), named,
-                     named_flags)
+        if spec.factored is not None:  # the full slot gets the estimate; only rank < 2 keeps it
+            estimated = _estimated(spec, flags, group, t, g, state, named)
+            keeps = group.scratch["factor_denominators"][t] is None
+            state = [estimated[n] if n == spec.factored.full and keeps else a
+                     for n, a in zip(spec.slots(flags), state)]
+            spec.unfused(xp, work, g, estimated, named, named_flags)
+        else:
+            spec.unfused(xp, work, g, dict(zip(spec.slots(flags), state)), named,
+                         named_flags)
         if st.mode == "stochastic":
             element = _rounding.element_hashes(xp, _rounding.stream_base(
                 group.streams[t] if group.streams is not None else 0, step), p.size)

@@ -75,6 +75,7 @@ import numbers
 import numpy as np
 
 from ..algorithms.registry import OptimizerSpec, lookup
+from ..memory import factored as _factored
 from ..memory import quant as _quant
 from ..memory import storage as _storage
 from ..memory.arrays import kind_of
@@ -168,9 +169,12 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
                                  f"position {self._index.get(id(p), first + i)}); pass each "
                                  "param once")
             seen.add(id(p))
+            if self.spec.factored is not None:
+                _validate.check_factored(first + i, p, self.spec)
             if states is not None:
                 _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
-                                                                             storages[-1]))
+                                                                             storages[-1]),
+                                      shapes=_slot_kinds(self.spec, slots))
             if averages is not None:
                 _validate.check_state(first + i, p, [averages[i]], ["average"])
         if averages is not None and self.ema is None:
@@ -183,7 +187,8 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         for i, p in enumerate(params):
             made = (list(states[i]) if states is not None
                     else self.initial_state(p, group, storages[i]))
-            if not all(_validate.same_order(s, p) for s in made):
+            if not all(_validate.same_order(s, p) for s, kind in
+                       zip(made, _slot_kinds(self.spec, slots)) if kind is None):
                 raise ValueError(f"param {first + i} is Fortran-ordered and its array library "
                                  "makes state arrays in C order; pass a C-contiguous param")
             made_all.append(made)
@@ -206,7 +211,8 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         hypers = self.hypers[group]
         copies = {s.name for s in self.spec.slot_decls if s.from_param}
         return _new_state(param, hypers.slots, storage, self.spec.slot_init(hypers.hyper),
-                          self.spec.signed_slots(hypers.flags), copies)
+                          self.spec.signed_slots(hypers.flags), copies,
+                          _slot_kinds(self.spec, hypers.slots))
 
     @property
     def seed(self) -> int:
@@ -357,12 +363,19 @@ def _slot_dtypes(slots: tuple, st) -> tuple:
     return names, dtypes
 
 
+def _slot_kinds(spec, slots: tuple) -> tuple:
+    """The declared shape kind of each of ``slots`` (None: the param's shape)."""
+    kinds = {s.name: s.shape for s in spec.slot_decls}
+    return tuple(kinds[name] for name in slots)
+
+
 def _new_state(param, slots: tuple, st, init: float, signed: tuple = (),
-               copies=frozenset()) -> list:
+               copies=frozenset(), kinds: tuple = ()) -> list:
     """State arrays beside ``param``: the slots filled with ``init`` (quantized slots: their
     blocks, fusedopt/memory/quant.py, each element ``init``; those in ``copies`` with the
-    param's values), then the master slot (the param widened to float32, or zero
-    remainders: a bf16 value splits exactly)."""
+    param's values; a factored slot in its own shape, fusedopt/memory/factored.py), then
+    the master slot (the param widened to float32, or zero remainders: a bf16 value splits
+    exactly)."""
     kind = kind_of(param)
     if st.quantized:
         if copies:
@@ -373,7 +386,10 @@ def _new_state(param, slots: tuple, st, init: float, signed: tuple = (),
         made = [kind.from_host(param, _quant.filled(n, st.state, sign, init))
                 for sign in signed]
     else:
-        made = [kind.zeros(param, st.state, init) for _ in slots]
+        kinds = kinds or (None,) * len(slots)
+        made = [kind.zeros(param, st.state, init) if shape is None else
+                kind.zeros(param, st.state, init, _factored.slot_shape(shape, kind.shape(param)))
+                for shape in kinds]
         for name, array in zip(slots, made):
             if name in copies:
                 array[...] = param

@@ -11,10 +11,13 @@ The phases of a step (fusedopt/engine/step.py), as they read memory:
 1. the grad pre-pass, a reduction of the grads alone (each tensor's sum of g^2 and its
    inf/NaN test), only when clipping by norm or an unchecked loss scale needs it: it
    decides the grad scales every later phase applies;
-2. this phase, only for an optimizer that declares reductions: one read of what its rule
+2. for an optimizer with a factored second moment (Adafactor), the factor phase
+   (:func:`factor_phase`): a read of the grads that moves each tensor's row and column
+   factors, small arrays the later passes read by row and by column;
+3. this phase, only for an optimizer that declares reductions: one read of what its rule
    reads (for LAMB and StableAdamW: param, grad and state), one launch per launch group
    (one Numba call for every tensor of a dtype), nothing written;
-3. the element pass, with a row of scalars per tensor: the step's, then the per-tensor
+4. the element pass, with a row of scalars per tensor: the step's, then the per-tensor
    ones made here in float64 from float64 sums - on the host for the CPU backends; on
    the device for CUDA (the backend's ``tensor_scalars``: the same declared formulas run
    as CuPy array operations), where the element kernel reads them beside the step's row
@@ -43,6 +46,35 @@ def signed(engine, launch, scale):
     if engine.hypers[launch.hyper].maximize:
         return -1.0 if scale is None else -scale
     return scale
+
+
+def _refuse(spec, backend, what: str) -> None:
+    raise ValueError(f"{spec.class_name}'s {what} run on the 'cpu' and 'unfused' backends; "
+                     f"the {backend.name!r} backend has no kernels for them yet: pass NumPy "
+                     "arrays (CPU tensors) or backend='cpu'")
+
+
+def factor_phase(engine, plan, positions, work, scales, cache) -> None:
+    """For an optimizer with a factored second moment (``factored`` in
+    fusedopt/algorithms/spec.py): each factored tensor's row and column factors moved
+    with this step's grads (one read of the grads, parallel over rows), and each slice's
+    denominator kept in the backend group for the passes after it. Runs after the grad
+    pre-pass (whose scales it applies) and before the reduction phase (which reads the
+    new factors)."""
+    spec = engine.spec
+    if spec.factored is None:
+        return
+    factor = getattr(plan.backend, "factor", None)
+    if factor is None:
+        _refuse(spec, plan.backend, "factored second moments")
+    for (launch, grads), scale in zip(work, scales):
+        row = engine._step_rows(positions, launch, None, -1, cache)
+        if not isinstance(row, tuple):
+            raise RuntimeError("factored moments need the step known on the host")
+        clip = GradClip(signed(engine, launch, scale), engine.clipping.limit)
+        flags = engine.hypers[launch.hyper].flags
+        with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
+            factor(spec, flags, row, launch.group, grads, clip=clip)
 
 
 def reduction_phase(engine, plan, positions, work, scales, cache) -> list:

@@ -15,7 +15,7 @@ from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
 from .clip import GradClip, grad_scales
-from .reductions import reduction_phase, signed
+from .reductions import factor_phase, reduction_phase, signed
 
 if TYPE_CHECKING:
     from .launches import Launch
@@ -61,6 +61,7 @@ class StepPhases:
             return False
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
+        factor_phase(self, plan, positions, work, scales, scalars)
         per_tensor = reduction_phase(self, plan, positions, work, scales, scalars)
         averaged = self._launch_phase(plan, positions, work, scales, scalars, window, slot,
                                       per_tensor)

@@ -13,6 +13,7 @@ import bisect
 import numpy as np
 
 from ..algorithms.registry import OptimizerSpec
+from ..memory import factored as _factored
 from ..memory import quant as _quant
 from ..memory import storage as _storage
 from ..memory.arrays import kind_of
@@ -31,9 +32,10 @@ def check_pair(position: int, param, grad, spec: OptimizerSpec, where: str = "",
     pk, gk = kind_of(param), kind_of(grad)
     dtype = pk.dtype(param)
     if dtype not in spec.dtypes:
+        also = " (or ml_dtypes.bfloat16)" if "bfloat16" in spec.dtypes else ""
         raise TypeError(f"{where} has dtype {dtype}; {spec.name} supports "
-                        f"{', '.join(spec.dtypes)} params: convert with .astype(np.float32) "
-                        "(or ml_dtypes.bfloat16)")
+                        f"{', '.join(spec.dtypes)} params: convert with "
+                        f".astype(np.float32){also}")
     if pk.shape(param) != gk.shape(grad):
         raise ValueError(f"{where}: param and grad shapes differ: {pk.shape(param)} vs "
                          f"{gk.shape(grad)}")
@@ -64,15 +66,17 @@ def memory_order(a) -> str | None:
         return None
 
 
-def check_state(position: int, param, slots, names, dtypes=None) -> None:
-    """The state arrays given for ``param``: one per slot name, shaped like it, of the slot's
+def check_state(position: int, param, slots, names, dtypes=None, shapes=()) -> None:
+    """The state arrays given for ``param``: one per slot name, shaped like it (or as its
+    declared factored kind in ``shapes`` says, fusedopt/memory/factored.py), of the slot's
     dtype (the param's unless ``dtypes`` says), writeable and C-contiguous."""
     if len(slots) != len(names):
         raise ValueError(f"param {position}: expected {len(names)} state arrays "
                          f"({', '.join(names)}), got {len(slots)}")
     pk = kind_of(param)
     dtypes = dtypes or [pk.dtype(param)] * len(names)
-    for name, s, dtype in zip(names, slots, dtypes):
+    shapes = tuple(shapes) + (None,) * (len(names) - len(shapes))
+    for name, s, dtype, kind in zip(names, slots, dtypes, shapes):
         sk = kind_of(s)
         if dtype in _quant.FORMATS:
             want = (_quant.FORMATS[dtype].nbytes(pk.size(param)),)
@@ -81,14 +85,31 @@ def check_state(position: int, param, slots, names, dtypes=None) -> None:
                                  f"array of {want[0]} bytes (its blocks: "
                                  f"fusedopt/memory/quant.py), got {sk.shape(s)} {sk.dtype(s)}")
             continue
-        if sk.shape(s) != pk.shape(param) or sk.dtype(s) != dtype:
-            raise ValueError(f"param {position}: state {name!r} must match the param's shape "
-                             f"{pk.shape(param)} and dtype {dtype}, got {sk.shape(s)} "
-                             f"{sk.dtype(s)}")
+        want = _factored.slot_shape(kind, pk.shape(param))
+        if sk.shape(s) != want or sk.dtype(s) != dtype:
+            what = "the param's shape" if kind is None else f"its {kind} factor's shape"
+            raise ValueError(f"param {position}: state {name!r} must match {what} "
+                             f"{want} and dtype {dtype}, got {sk.shape(s)} {sk.dtype(s)}")
+        if kind is not None:
+            if not sk.writeable(s) or not sk.c_contiguous(s):
+                raise ValueError(f"param {position}: state {name!r} must be writeable and "
+                                 "C-contiguous")
+            continue
         if not sk.writeable(s) or not same_order(s, param):
             order = "Fortran-ordered" if memory_order(param) == "F" else "C-contiguous"
             raise ValueError(f"param {position}: state {name!r} must be writeable and "
                              f"{order}, like its param")
+
+
+def check_factored(position: int, param, spec) -> None:
+    """A param of an optimizer with factored moments: C-contiguous (its rows and columns
+    are its last two dimensions as they lie in memory)."""
+    pk = kind_of(param)
+    if len(pk.shape(param)) >= 2 and not pk.c_contiguous(param):
+        raise ValueError(f"param {position}: {spec.class_name} factors the second moment "
+                         "along the last two dimensions and needs a C-contiguous param, got "
+                         "another memory order; pass a contiguous copy (.contiguous(), "
+                         "np.ascontiguousarray)")
 
 
 def resolve_backend(requested: str, params, grads, positions=None):

@@ -45,6 +45,7 @@ from ..engine.engine import Engine, check_seed
 from ..memory import storage as _storage
 from ..memory.storage import MIN_QUANTIZED_SIZE
 from . import _stateless
+from ._factored import engine_slots
 from ._host_values import HostValue, host_number
 from ._quantized import QuantizedState
 
@@ -348,7 +349,11 @@ class _Fused:
             # grad then has its param's type, and the step takes the engine's fast checks.
             tensors.append(variable.value)
             params.append(variable.value.detach())
-            states.append([s.value.detach() for s in own])
+            values = [s.value.detach() for s in own]
+            if self.engine.spec.factored is not None:  # Adafactor: Keras' shapes, viewed
+                values = engine_slots(self.engine.spec, self.engine.hypers[0].slots, values,
+                                      variable.value)
+            states.append(values)
             if fresh and any(s.dtype == "uint8" for s in own):  # quantized: initial blocks
                 self.quantized.fill(self.engine, params[-1], int(rounded), own)
             decays.append(optimizer._use_weight_decay(variable))

@@ -65,9 +65,9 @@ class Kind:
         """The address of ``a``'s first element (host or device memory)."""
         raise NotImplementedError
 
-    def zeros(self, like, dtype: str, fill: float = 0.0):
-        """A new array of ``like``'s shape and memory order, on its device, of ``dtype``,
-        filled with ``fill``."""
+    def zeros(self, like, dtype: str, fill: float = 0.0, shape=None):
+        """A new array of ``like``'s shape (or ``shape``, C-ordered) and memory order, on
+        its device, of ``dtype``, filled with ``fill``."""
         raise NotImplementedError
 
     def from_host(self, like, values: np.ndarray):
@@ -119,15 +119,18 @@ class NdarrayKind(Kind):
             return a.__array_interface__["data"][0]
         return a.data.ptr
 
-    def zeros(self, like, dtype: str, fill: float = 0.0):
+    def zeros(self, like, dtype: str, fill: float = 0.0, shape=None):
         # In like's memory order (C, or Fortran for a Fortran-ordered param): the kernels
         # pair element k of the param with element k of each state array in memory.
         order = "F" if like.flags.f_contiguous and not like.flags.c_contiguous else "C"
+        if shape is not None:
+            order = "C"
+        shape = like.shape if shape is None else shape
         dt = numpy_dtype(dtype)
         if isinstance(like, np.ndarray):
-            return np.full(like.shape, fill, dtype=dt, order=order)
+            return np.full(shape, fill, dtype=dt, order=order)
         with like.device:  # on the param's device, not the current one
-            return _cupy().full(like.shape, fill, dtype=dt, order=order)
+            return _cupy().full(shape, fill, dtype=dt, order=order)
 
     def from_host(self, like, values: np.ndarray):
         if isinstance(like, np.ndarray):

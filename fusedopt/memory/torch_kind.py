@@ -70,8 +70,9 @@ class TorchKind(_arrays.Kind):
     def address(self, a) -> int:
         return int(a.data_ptr())
 
-    def zeros(self, like, dtype: str, fill: float = 0.0):
-        return torch.full(like.shape, fill, dtype=_DTYPES[dtype], device=like.device)
+    def zeros(self, like, dtype: str, fill: float = 0.0, shape=None):
+        return torch.full(like.shape if shape is None else tuple(shape), fill,
+                          dtype=_DTYPES[dtype], device=like.device)
 
     def from_host(self, like, values: np.ndarray):
         return torch.from_numpy(np.array(values, copy=True)).to(like.device)

@@ -28,6 +28,7 @@ from itertools import chain
 
 import torch
 
+from ..memory import factored as _factored
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
 from . import _quantized
@@ -47,13 +48,24 @@ def originals(optimizer, state_dict: dict) -> dict:
     return found
 
 
+def present(spec, slot: str, param) -> bool:
+    """Whether ``param`` has ``slot`` in torch's state: a factored slot only at the ranks
+    that keep it (torch's Adafactor: ``row_var``/``col_var`` at rank >= 2, ``variance``
+    below); the engine holds an empty array for the others."""
+    kind = {s.name: s.shape for s in spec.slot_decls}.get(slot)
+    return _factored.present(kind, tuple(param.shape))
+
+
 def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
-          signed: tuple = ()) -> list:
+          spec=None, signed: tuple = ()) -> list:
     """The engine's state arrays for one param (copies beside ``memory``) from ``saved``
     (its checkpoint entry, None values dropped), the master slot last when ``storage``
     keeps one."""
     keys = dict(row.state)
-    wanted = {keys[s] for s in slot_names}
+    kinds = {s.name: s.shape for s in spec.slot_decls} if spec is not None else {}
+    shape = tuple(memory.shape)
+    absent = {s for s in slot_names if not _factored.present(kinds.get(s), shape)}
+    wanted = {keys[s] for s in slot_names if s not in absent}
     extra = {"step"} if row.counts_steps else set()
     extra |= {d.key for d in row.derived}
     master_keys = set(MASTER_KEYS.values())
@@ -82,6 +94,18 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
         if storage.quantized:
             values.append(_quantized.saved_buffer(where, keys[slot], saved, memory,
                                                   storage.state, signs[slot]))
+            continue
+        kind = kinds.get(slot)
+        if kind is not None:  # a factored slot: its own shape, or empty at this rank
+            want = _factored.slot_shape(kind, shape)
+            made = torch.zeros(want, dtype=torch_dtype(storage.state), device=memory.device)
+            if slot not in absent:
+                value = local(saved[keys[slot]])
+                if tuple(value.shape) != want:
+                    raise ValueError(f"{where}: saved {keys[slot]!r} has shape "
+                                     f"{tuple(value.shape)}, expected {want}")
+                made.copy_(value)
+            values.append(made)
             continue
         value = _checked(where, keys[slot], local(saved[keys[slot]]), memory,
                          storage.state, False, "")
@@ -131,7 +155,7 @@ def saved(optimizer, index: int, j: int, param, memory, layout):
                    for k, v in entries.items()}
     storage = engine.storage_of(len(engine.params), memory, index)
     values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,
-                   memory, engine.spec.signed_slots(engine.hypers[index].flags))
+                   memory, engine.spec, engine.spec.signed_slots(engine.hypers[index].flags))
     return values, step_of(optimizer, where, index, entries)
 
 

@@ -165,6 +165,10 @@ def params(index: int, group: dict, spec, device_type: str | None, items=None) -
         if p.dtype.is_complex and p.dtype not in _COMPLEX:
             raise TypeError(f"{where} is {p.dtype}: fusedopt steps complex64 and complex128 "
                             "params (as real pairs); convert it (.to(torch.complex64))")
+        if p.dtype.is_complex and spec.factored is not None:
+            raise TypeError(f"{where} is {p.dtype}: {spec.class_name} factors the second "
+                            "moment of real params (as torch.optim's does); step the real "
+                            "and imaginary parts as real params (torch.view_as_real)")
         if name not in spec.dtypes:
             raise TypeError(f"{where} has dtype {p.dtype}; fusedopt.torch steps "
                             f"{', '.join(spec.dtypes)} params: convert it (.float())")
@@ -214,6 +218,18 @@ def placed(index: int, group: dict, items: list, spec, device_type: str | None) 
                              "the model first (module.to_empty(device=...), then initialize "
                              "it), keeping the same Parameter objects")
     params(index, group, spec, device_type, items)
+
+
+def factored_layouts(index: int, items: list, layouts: list, spec) -> None:
+    """Params of an optimizer with factored moments: C-contiguous at rank >= 2, as the
+    factors are of the last two dimensions in the param's own order."""
+    for (j, p), layout in zip(items, layouts):
+        if layout is not None and p.dim() >= 2:
+            raise ValueError(f"param group {index}, param {j} (shape {tuple(p.shape)}) is "
+                             f"not contiguous (strides {tuple(p.stride())}); "
+                             f"{spec.class_name} factors the second moment along the last "
+                             "two dimensions and steps contiguous params: make it "
+                             "contiguous (.contiguous()) before building the optimizer")
 
 
 def grad(index: int, j: int, p, g) -> None:

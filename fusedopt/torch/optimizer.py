@@ -63,8 +63,15 @@ class Optimizer(torch.optim.Optimizer):
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
     def _hyper(self, group: dict) -> dict:
-        """What the engine takes of a checked group, in torch's names (it translates them)."""
-        return {key: plain(group[key]) for key in self._row.hyper_names}
+        """What the engine takes of a checked group, in torch's names (it translates them).
+        Adafactor's ``eps[0]`` None is torch's machine epsilon of the group's (first)
+        param dtype, as torch.optim.Adafactor takes it."""
+        hyper = {key: plain(group[key]) for key in self._row.hyper_names}
+        eps = hyper.get("eps")
+        if self._spec.factored is not None and isinstance(eps, tuple) and eps[0] is None \
+                and group["params"]:
+            hyper["eps"] = (torch.finfo(group["params"][0].dtype).eps, eps[1])
+        return hyper
 
     def _values(self, group: dict) -> tuple:
         return tuple(plain(group[k]) for k in self._keys)
@@ -131,6 +138,8 @@ class Optimizer(torch.optim.Optimizer):
                        self._device_type)
         memory = [local(p) if is_distributed(p) else p.detach() for _, p in items]
         layouts = [_layout.of(m) for m in memory]
+        if self._spec.factored is not None:
+            _checks.factored_layouts(index, items, layouts, self._spec)
         memory = [m if lay is None else lay.inward(m) for m, lay in zip(memory, layouts)]
         states = steps = None
         if saved:
@@ -168,7 +177,7 @@ class Optimizer(torch.optim.Optimizer):
         layout = self._held[id(param)].layout
         quantized = engine.storages[pos].quantized  # its slots are buffers of blocks
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
-            if slot in slots:
+            if slot in slots and _checkpoint.present(self._spec, slot, param):
                 flat = quantized and slot not in MASTER_KEYS
                 value = slots[slot] if layout is None or flat else layout.outward(slots[slot])
                 state[key] = like_param(param, value)

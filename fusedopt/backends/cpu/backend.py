@@ -11,7 +11,7 @@ from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, 
 from ...memory.quant import FORMATS
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
-from . import norm, quantized, storage, threads
+from . import factored, norm, quantized, storage, threads
 from . import reduce as reduce_
 from ._cache import JIT_OPTIONS
 from .loop import MODE_CODES, run, run_serial, specialize
@@ -69,10 +69,19 @@ def sum_squares(group: Group, grads) -> np.ndarray:
     return grad_pass(group, grads)[0]
 
 
+def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """Move the row and column factors of ``spec``'s factored moment over ``group``
+    (fusedopt/backends/cpu/factored.py)."""
+    factored.factor(spec, flags, row, group, grads, clip, step_storage(group, grads))
+
+
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
     """(MAX_REDUCTIONS, tensors) float64: the per-tensor sums of ``spec``'s reductions
     (fusedopt/backends/cpu/reduce.py) over ``group``, each grad seen as the step will see it
     (``clip``), the state before the step; ``row`` the step's scalars."""
+    if spec.factored is not None:
+        return factored.reduce(spec, flags, row, group, grads, clip,
+                               step_storage(group, grads))
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)
@@ -117,6 +126,10 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if (average is not None) != group.averaged:
         raise ValueError("a group made with moving averages steps with their momentum, "
                          "and only such a group")
+    if spec.factored is not None:
+        factored.step(spec, flags, steps, group, grads, clip, step_storage(group, grads),
+                      average)
+        return
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)

@@ -1,0 +1,260 @@
+"""Factored second moments on the CPU (Adafactor: ``factored`` in
+fusedopt/algorithms/spec.py): the factor pass, the reduction pass and the element pass of a
+tensor whose state is a row factor and a column factor (rank >= 2), or a whole second
+moment (rank < 2).
+
+A factored tensor is seen as slices (B, R, C) and its passes run parallel over its B * R
+rows: element (b, i, j) reads its row factor r[b R + i], its column factor c[b C + j] and
+its slice's denominator m[b]. The factor pass sums ``square`` of each grad along its row
+(one sum per row) and along its columns (each block of rows into its own partial sums,
+the blocks then added in their order), in float64, so no sum depends on threads; the
+factors, R + C values a slice, are then moved on the host. A tensor of rank < 2 is cut
+into chunks of ``config.CPU_CHUNK`` elements, its moment moved element by element in both
+later passes (recomputed in the reduction pass, stored by the element pass).
+
+The element and reduction rules are the algorithm's own (fusedopt/backends/cpu/rules.py),
+given each element's second-moment estimate as their ``full`` argument. Storage: the
+param's dtype for grads and state, no master or rounding mode (the engine's checks say so
+before a step). One Numba call per tensor and pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+from numba import carray, njit, prange
+
+from ... import config
+from ...memory import factored as _factored
+from ...memory.arrays import kind_of
+from ._cache import JIT_OPTIONS
+from .element import _pointer
+from .reduce import BLOCK, _block_sums
+from .rules import element_rule, reduction_rule
+
+_INLINE = {"inline": "always", "error_model": "numpy"}
+_OPTIONS = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}  # closures: no cache
+
+
+def host_view(address: int, n: int, dtype) -> np.ndarray:
+    """A NumPy array over ``n`` elements of ``dtype`` at ``address`` (host memory)."""
+    dtype = np.dtype(dtype)
+    if n == 0:
+        return np.empty(0, dtype)
+    buffer = (ctypes.c_char * (n * dtype.itemsize)).from_address(address)
+    return np.frombuffer(buffer, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(spec, flags: tuple, dtype: str):
+    """The three passes of ``spec``'s variant ``flags`` for params of ``dtype``."""
+    declared = spec.factored
+    square = njit(**_INLINE)(declared.square)
+    moment = njit(**_INLINE)(declared.moment)
+    estimate = njit(**_INLINE)(declared.estimate)
+    update, terms = element_rule(spec, flags), reduction_rule(spec, flags)
+    f = spec.named_flags(flags)
+    compute = np.float64 if dtype == "float64" else np.float32
+    zero = compute(0)
+    chunk = config.CPU_CHUNK
+
+    @njit(**_INLINE)
+    def clipped(x, scale, limit):
+        scaled = x * scale
+        above = -limit if -limit > scaled else scaled
+        return limit if limit < above else above
+
+    @njit(fastmath={"reassoc"}, parallel=True, **_OPTIONS)
+    def factor_sums(g_addr, like, B, R, C, rb, scale, limit, k, rows, cols):
+        """Row sums (B R) and column sums (B C) of ``square`` of the clipped grads."""
+        g = carray(_pointer(g_addr, like), B * R * C)
+        blocks = (R + rb - 1) // rb
+        partial = np.zeros((B * blocks, C), np.float64)
+        for item in prange(B * blocks):
+            b, blk = item // blocks, item % blocks
+            for i in range(blk * rb, min(R, blk * rb + rb)):
+                base = (b * R + i) * C
+                s = 0.0
+                for j in range(C):
+                    t = np.float64(square(clipped(g[base + j], scale, limit), k, f))
+                    s += t
+                    partial[item, j] += t
+                rows[b * R + i] = s
+        for b in prange(B):
+            for blk in range(blocks):
+                for j in range(C):
+                    cols[b * C + j] += partial[b * blocks + blk, j]
+
+    @njit(**_INLINE)
+    def second_moment(factored, r, c, m, v, index, row, col, b, gi, k):
+        if factored:
+            return estimate(r[row], c[col], m[b], k, f)
+        return moment(v[index], square(gi, k, f), k, f)
+
+    @njit(parallel=True, **_OPTIONS)
+    def reduce_pass(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R, C,
+                    m, scale, limit, k):
+        """Each row's (or chunk's) float64 sums of the reduction terms."""
+        p = carray(_pointer(p_addr, like), n)
+        g = carray(_pointer(g_addr, like), n)
+        r = carray(_pointer(r_addr, like), B * R if factored else 0)
+        c = carray(_pointer(c_addr, like), B * C if factored else 0)
+        v = carray(_pointer(v_addr, like), 0 if factored else n)
+        items = B * R if factored else (n + chunk - 1) // chunk
+        out = np.zeros((2, items), np.float64)
+        for item in prange(items):
+            start = item * C if factored else item * chunk
+            stop = start + C if factored else min(n, start + chunk)
+            b = item // R if factored else 0
+            terms_a = np.empty(BLOCK, np.float64)
+            terms_b = np.empty(BLOCK, np.float64)
+            sa = 0.0
+            sb = 0.0
+            for lo in range(start, stop, BLOCK):
+                hi = min(lo + BLOCK, stop)
+                for i in range(lo, hi):
+                    gi = clipped(g[i], scale, limit)
+                    vi = second_moment(factored, r, c, m, v, i, item,
+                                       b * C + (i - start), b, gi, k)
+                    ta, tb = terms(p[i], gi, zero, zero, vi, zero, k)
+                    terms_a[i - lo] = np.float64(ta)
+                    terms_b[i - lo] = np.float64(tb)
+                da, db = _block_sums(terms_a, terms_b, hi - lo)
+                sa += da
+                sb += db
+            out[0, item] = sa
+            out[1, item] = sb
+        return out
+
+    @njit(parallel=True, **_OPTIONS)
+    def element_pass(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R, C,
+                     m, scale, limit, k):
+        p = carray(_pointer(p_addr, like), n)
+        g = carray(_pointer(g_addr, like), n)
+        r = carray(_pointer(r_addr, like), B * R if factored else 0)
+        c = carray(_pointer(c_addr, like), B * C if factored else 0)
+        v = carray(_pointer(v_addr, like), 0 if factored else n)
+        items = B * R if factored else (n + chunk - 1) // chunk
+        for item in prange(items):
+            start = item * C if factored else item * chunk
+            stop = start + C if factored else min(n, start + chunk)
+            b = item // R if factored else 0
+            for i in range(start, stop):
+                gi = clipped(g[i], scale, limit)
+                vi = second_moment(factored, r, c, m, v, i, item, b * C + (i - start), b,
+                                   gi, k)
+                new = update(p[i], gi, zero, zero, vi, zero, k)
+                p[i] = new[0]
+                if not factored:
+                    v[i] = new[3]
+
+    return factor_sums, reduce_pass, element_pass, np.empty(0, compute), compute
+
+
+def _tensors(spec, flags, group, grads):
+    """Per tensor: (param, grad, r, c, v addresses, shape, factored)."""
+    from .backend import address
+    names = spec.slots(flags)
+    declared = spec.factored
+    at = {name: names.index(name) for name in (declared.row, declared.col, declared.full)}
+    out = []
+    for t, (p, g) in enumerate(zip(group.params, grads)):
+        states = group.states[t]
+        shape = tuple(kind_of(p).shape(p))
+        out.append((address(p), address(g), *(address(states[at[name]]) for name in (
+            declared.row, declared.col, declared.full)), shape,
+            _factored.is_factored(shape)))
+    return out
+
+
+def _check(st) -> None:
+    if not (st.param == st.grad == st.state) or st.mode != "plain":
+        raise ValueError(f"factored moments are kept in the param's dtype without masters or "
+                         f"rounding modes; got {st}: pass grads of the param's dtype and no "
+                         "state_dtype, master_weights, stochastic_rounding or "
+                         "kahan_summation")
+
+
+def _scale(clip, t) -> float:
+    if clip.scales is None:
+        return 1.0
+    return float(clip.scales[t]) if not isinstance(clip.scales, float) else clip.scales
+
+
+def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
+    """Move the row and column factors of every factored tensor of ``group``; keep each
+    slice's denominator in the group's scratch for the passes after."""
+    _check(st)
+    sums, _, _, like, compute = _kernels(spec, tuple(flags), st.param)
+    f = spec.named_flags(flags)
+    k = spec.Scalars(*(compute(x) for x in row), *(compute(0) for _ in
+                                                   spec.reductions.scalar_names))
+    k64 = spec.Scalars(*map(float, row), *(0.0 for _ in spec.reductions.scalar_names))
+    declared = spec.factored
+    denominators = []
+    for t, (_, g_addr, r_addr, c_addr, _, shape, is_factored) in enumerate(
+            _tensors(spec, flags, group, grads)):
+        if not is_factored:
+            denominators.append(np.ones(1, compute))
+            continue
+        B, R, C = _factored.slices(shape)
+        if B * R * C == 0:  # no element to read the factors
+            denominators.append(np.ones(1, compute))
+            continue
+        rows = np.zeros(B * R, np.float64)
+        cols = np.zeros(B * C, np.float64)
+        rb = max(1, min(R, config.CPU_FACTOR_BLOCK // C))
+        sums(g_addr, like, B, R, C, rb, compute(_scale(clip, t)), compute(clip.limit), k,
+             rows, cols)
+        r, c = host_view(r_addr, B * R, compute), host_view(c_addr, B * C, compute)
+        r[...] = declared.moment(r, (rows / C).astype(compute), k, f)
+        c[...] = declared.moment(c, (cols / R).astype(compute), k, f)
+        row_mean = r.reshape(B, R).astype(np.float64).mean(axis=1) if R else np.zeros(B)
+        denominators.append(np.asarray(declared.denominator(np, row_mean, k64, f))
+                            .astype(compute))
+    group.scratch["factor_denominators"] = denominators
+
+
+def _passes(which, spec, flags, rows, group, grads, clip, st):
+    _check(st)
+    kernels = _kernels(spec, tuple(flags), st.param)
+    kernel, like, compute = kernels[which], kernels[3], kernels[4]
+    denominators = group.scratch["factor_denominators"]
+    for t, (p_addr, g_addr, r_addr, c_addr, v_addr, shape, is_factored) in enumerate(
+            _tensors(spec, flags, group, grads)):
+        n = int(np.prod(shape, dtype=np.int64))
+        B, R, C = _factored.slices(shape) if is_factored else (1, 1, 1)
+        k = spec.Scalars(*(compute(x) for x in rows(t)))
+        yield t, n, kernel(p_addr, g_addr, r_addr, c_addr, v_addr, like, is_factored, n, B,
+                           R, C, denominators[t], compute(_scale(clip, t)),
+                           compute(clip.limit), k)
+
+
+def reduce(spec, flags, row: tuple, group, grads, clip, st) -> np.ndarray:
+    """(2, tensors) float64: each tensor's sums of the reduction terms, rows added in
+    their order."""
+    zeros = (0.0,) * len(spec.reductions.scalar_names)
+    out = np.zeros((2, len(group.params)), np.float64)
+    for t, n, partial in _passes(1, spec, flags, lambda t: (*row, *zeros), group, grads,
+                                 clip, st):
+        out[:, t] = partial.sum(axis=1) if n else 0.0
+    return out
+
+
+def step(spec, flags, scalars: np.ndarray, group, grads, clip, st, average=None) -> None:
+    """The element pass of every tensor, ``scalars`` a row per tensor; then, for a group
+    made with moving averages (its last slot), ``average`` = (momentum, 1 - momentum)
+    applied to each, from the new param, as whole arrays."""
+    from .backend import address
+    for _ in _passes(2, spec, flags, lambda t: scalars[t], group, grads, clip, st):
+        pass
+    if average is None:
+        return
+    compute = np.dtype(st.compute).type
+    keep, take = compute(average[0]), compute(average[1])
+    for p, states in zip(group.params, group.states):
+        n = int(np.prod(kind_of(p).shape(p), dtype=np.int64))
+        a = host_view(address(states[-1]), n, st.param)
+        a[...] = keep * a + take * host_view(address(p), n, st.param)
