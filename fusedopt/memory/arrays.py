@@ -70,6 +70,11 @@ class Kind:
         filled with ``fill``."""
         raise NotImplementedError
 
+    def stack(self, like, count: int, dtype: str):
+        """A new C-contiguous zero array of shape ``(count, *like.shape)`` and ``dtype`` on
+        ``like``'s device: matrices of one shape, transformed together (Muon's updates)."""
+        raise NotImplementedError
+
     def contiguous(self, a):
         """A C-contiguous copy of ``a`` (grads are only read, so a strided one is copied)."""
         raise NotImplementedError
@@ -123,6 +128,13 @@ class NdarrayKind(Kind):
             return np.full(like.shape, fill, dtype=dt, order=order)
         with like.device:  # on the param's device, not the current one
             return _cupy().full(like.shape, fill, dtype=dt, order=order)
+
+    def stack(self, like, count: int, dtype: str):
+        shape, dt = (count, *like.shape), numpy_dtype(dtype)
+        if isinstance(like, np.ndarray):
+            return np.zeros(shape, dtype=dt)
+        with like.device:
+            return _cupy().zeros(shape, dtype=dt)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()

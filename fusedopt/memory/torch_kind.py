@@ -73,6 +73,9 @@ class TorchKind(_arrays.Kind):
     def zeros(self, like, dtype: str, fill: float = 0.0):
         return torch.full(like.shape, fill, dtype=_DTYPES[dtype], device=like.device)
 
+    def stack(self, like, count: int, dtype: str):
+        return torch.zeros((count, *like.shape), dtype=_DTYPES[dtype], device=like.device)
+
     def contiguous(self, a):
         return a.contiguous()
 
