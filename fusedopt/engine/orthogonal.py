@@ -91,21 +91,28 @@ def _check(spec, launch) -> None:
 
 
 class _Passes:
-    """A launch's two backend groups and its stacks of updates (one per shape)."""
+    """A launch's two backend groups and its stacks of updates, one per shape and memory
+    order: a tensor's update has its param's layout (the element passes pair element k of
+    each operand in memory), so a transposed (Fortran-ordered) param's matrix is the
+    transpose of a row of a stack of (cols, rows) matrices. ``stacks`` holds each stack as
+    (count, rows, cols) matrices, a view for those."""
 
     def __init__(self, backend, launch):
         group = launch.group
-        by_shape: dict[tuple, list[int]] = {}
+        by_layout: dict[tuple, list[int]] = {}
         for i, p in enumerate(group.params):
-            by_shape.setdefault(kind_of(p).shape(p), []).append(i)
+            kind = kind_of(p)
+            fortran = kind.f_contiguous(p) and not kind.c_contiguous(p)
+            by_layout.setdefault((kind.shape(p), fortran), []).append(i)
         self.shapes = [kind_of(p).shape(p) for p in group.params]
         self.stacks, self.updates = [], [None] * len(group.params)
-        for shape, members in by_shape.items():
+        for (shape, fortran), members in by_layout.items():
             like = group.params[members[0]]
-            stack = kind_of(like).stack(like, len(members), group.storage.state)
-            self.stacks.append(stack)
+            stored = (len(members), *(reversed(shape) if fortran else shape))
+            stack = kind_of(like).stack(like, stored, group.storage.state)
+            self.stacks.append(stack.swapaxes(-2, -1) if fortran else stack)
             for j, i in enumerate(members):
-                self.updates[i] = stack[j]
+                self.updates[i] = stack[j].T if fortran else stack[j]
         with launch.kind.launch_context(launch.device):
             self.first = backend.group(group.storage, group.params,
                                        [[*s, u] for s, u in zip(group.states, self.updates)])

@@ -70,9 +70,9 @@ class Kind:
         filled with ``fill``."""
         raise NotImplementedError
 
-    def stack(self, like, count: int, dtype: str):
-        """A new C-contiguous zero array of shape ``(count, *like.shape)`` and ``dtype`` on
-        ``like``'s device: matrices of one shape, transformed together (Muon's updates)."""
+    def stack(self, like, shape: tuple, dtype: str):
+        """A new C-contiguous zero array of ``shape`` and ``dtype`` on ``like``'s device:
+        matrices of one shape, transformed together (Muon's updates)."""
         raise NotImplementedError
 
     def contiguous(self, a):
@@ -129,8 +129,8 @@ class NdarrayKind(Kind):
         with like.device:  # on the param's device, not the current one
             return _cupy().full(like.shape, fill, dtype=dt, order=order)
 
-    def stack(self, like, count: int, dtype: str):
-        shape, dt = (count, *like.shape), numpy_dtype(dtype)
+    def stack(self, like, shape: tuple, dtype: str):
+        dt = numpy_dtype(dtype)
         if isinstance(like, np.ndarray):
             return np.zeros(shape, dtype=dt)
         with like.device:

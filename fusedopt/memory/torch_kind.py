@@ -71,10 +71,13 @@ class TorchKind(_arrays.Kind):
         return int(a.data_ptr())
 
     def zeros(self, like, dtype: str, fill: float = 0.0):
-        return torch.full(like.shape, fill, dtype=_DTYPES[dtype], device=like.device)
+        # With like's strides (a dense like: contiguous, or a transposed matrix), as
+        # torch.optim's preserve_format: the kernels pair element k of each in memory.
+        made = torch.empty_like(like, dtype=_DTYPES[dtype], memory_format=torch.preserve_format)
+        return made.fill_(fill)
 
-    def stack(self, like, count: int, dtype: str):
-        return torch.zeros((count, *like.shape), dtype=_DTYPES[dtype], device=like.device)
+    def stack(self, like, shape: tuple, dtype: str):
+        return torch.zeros(shape, dtype=_DTYPES[dtype], device=like.device)
 
     def contiguous(self, a):
         return a.contiguous()

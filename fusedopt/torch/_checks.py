@@ -229,6 +229,11 @@ def two_dimensional(row, groups) -> None:
     be 2-D, checked when the optimizer is made."""
     for group in groups:
         for p in group["params"]:
+            if p.is_complex():
+                raise RuntimeError(f"{row.name} does not support complex parameters (as "
+                                   f"{row.peer.replace(':', '.')}): Newton-Schulz "
+                                   "orthogonalizes real matrices; step the real and "
+                                   "imaginary parts as separate params")
             if p.ndim != 2:
                 raise ValueError(f"{row.name} steps 2-D params only (each update is "
                                  f"orthogonalized as a matrix), as {row.peer.replace(':', '.')}"
