@@ -214,7 +214,8 @@ CASES.update({
         "keras": [dict(learning_rate=0.02),
                   dict(learning_rate=0.01, weight_decay=0.1, momentum=0.8, nesterov=False,
                        ns_steps=3, rms_rate=None)],
-        "torch": [dict(learning_rate=0.02, weight_decay=0.1)],
+        "torch": [dict(learning_rate=0.02, weight_decay=0.1),
+                  dict(learning_rate=0.01, nesterov=False, adjust_lr_fn="match_rms_adamw")],
     },
 })
 

@@ -276,7 +276,7 @@ MUON = declare(
                positional=(("lr", 1e-3), ("weight_decay", 0.1), ("momentum", 0.95),
                            ("nesterov", True), ("ns_coefficients", COEFFICIENTS),
                            ("eps", 1e-7), ("ns_steps", 5), ("adjust_lr_fn", None)),
-               keyword=(("maximize", False),),
+               keyword=(),
                tuples=(("ns_coefficients", ("muon_a", "muon_b", "muon_c")),),
                state=(("m", "momentum_buffer"),), counts_steps=False,
                peer="torch.optim:Muon",
