@@ -79,8 +79,9 @@ def _check(spec, launch) -> None:
         if len(shape) != 2:
             raise ValueError(f"{spec.class_name} steps 2-D params only (it orthogonalizes "
                              f"each update as a matrix); got a param of shape {shape}: "
-                             "give it to another optimizer (AdamW: as fusedopt.keras.Muon "
-                             "and keras.optimizers.Muon do), or reshape it to 2-D")
+                             "give biases, norms and embeddings to another optimizer "
+                             "(AdamW, which keras.optimizers.Muon uses for them), or reshape "
+                             "it to 2-D")
     st = launch.group.storage
     if st.mode != "plain" or st.state != st.param:
         raise ValueError(f"{spec.class_name} keeps its state in the param's dtype without "
