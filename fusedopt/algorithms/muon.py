@@ -34,7 +34,7 @@ import math
 import numbers
 
 from ..constants import KERAS, TORCH_DECOUPLED
-from .rulelib import fma, weight_decay
+from .rulelib import fma
 from .spec import (
     LEARNING_RATE,
     TORCH_ONLY,
@@ -56,6 +56,10 @@ KERAS_NORM_EPS = 1e-7
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 SCALARS = ("lr", "wd", "wd_factor", "w", "mu", "one", "mu_minus_one", "w_low", "mu_low")
+
+
+#: The weight pass's scalars per tensor (:func:`step_sizes`).
+PER_TENSOR = ("step_lr", "neg_step_lr", "sqrt_dim", "rate")
 
 
 def _finite(value):
@@ -124,12 +128,15 @@ def rule(p, g, m, k, f):
 
 
 def weight_rule(p, g, k, f):
-    """``g`` is the orthogonalized update O; torch's ``add_(O, alpha=-step_lr)`` is a fused
-    multiply-add on the CPU."""
-    p, g = weight_decay(f.flavor, p, g, k.lr, k.wd, k.wd_factor)
+    """``g`` is the orthogonalized update O. torch: ``p *= 1 - lr wd``, then
+    ``add_(O, alpha=-step_lr)``, a fused multiply-add on the CPU. Keras, in its order of
+    float32 products: ``p - p wd lr``, then ``p - ((lr O) sqrt(max(rows, cols))) rms_rate``
+    (``rate`` -1 for ``rms_rate=None``: ``p - lr O``)."""
     if f.flavor == KERAS:
-        p = p - k.step_lr * g
+        p = p - p * k.wd * k.lr
+        p = p - ((k.lr * g) * k.sqrt_dim) * k.rate if k.rate >= 0 else p - k.lr * g
     else:
+        p = p * k.wd_factor
         p = fma(k.neg_step_lr, g, p)
     return (p,)
 
@@ -158,8 +165,12 @@ def unfused(xp, p, g, s, k, f):
 
 
 def weight_unfused(xp, p, g, s, k, f):
-    p *= k.wd_factor
-    p -= k.step_lr * g
+    if f.flavor == KERAS:
+        p -= p * k.wd * k.lr
+        p -= ((k.lr * g) * k.sqrt_dim) * k.rate if k.rate >= 0 else k.lr * g
+    else:
+        p *= k.wd_factor
+        p -= k.step_lr * g
 
 
 def transform_dtype(convention: str, dtype: str) -> str:
@@ -192,17 +203,20 @@ def newton_schulz(ops, stack, hp, convention):
 
 
 def step_sizes(hp, shape, convention, k):
-    """``step_lr``, the step size of a tensor of ``shape`` (rows, cols), and its negative."""
+    """A tensor of ``shape`` (rows, cols): ``step_lr`` its step size and ``neg_step_lr``
+    its negative (torch); ``sqrt_dim`` sqrt(max(rows, cols)) and ``rate`` the rms_rate (-1
+    for None: no scaling), the factors Keras multiplies by one at a time."""
     rows, cols = shape
     lr = float(hp["learning_rate"])
+    sqrt_dim = math.sqrt(max(rows, cols))
     if convention == "keras":
-        rate = hp["rms_rate"]
-        step_lr = lr if rate is None else lr * math.sqrt(max(rows, cols)) * rate
-        return {"step_lr": step_lr, "neg_step_lr": -step_lr}
-    fn = hp["adjust_lr_fn"]
-    ratio = (math.sqrt(max(1.0, rows / cols)) if fn in (None, "original")
-             else 0.2 * math.sqrt(max(rows, cols)))
-    return {"step_lr": lr * ratio, "neg_step_lr": -lr * ratio}
+        rate = -1.0 if hp["rms_rate"] is None else float(hp["rms_rate"])
+        step_lr = lr * sqrt_dim * rate if rate >= 0 else lr
+    else:
+        rate = 0.0
+        step_lr = lr * (math.sqrt(max(1.0, rows / cols)) if hp["adjust_lr_fn"] in
+                        (None, "original") else 0.2 * sqrt_dim)
+    return {"step_lr": step_lr, "neg_step_lr": -step_lr, "sqrt_dim": sqrt_dim, "rate": rate}
 
 
 def _flags(hp, conv):
@@ -218,9 +232,9 @@ MOMENTUM_PASS = declare(name="muon_momentum", class_name="MuonMomentum", rule=mo
                         scalar_names=SCALARS, scalar_fn=scalars, **_COMMON)
 WEIGHT_PASS = declare(name="muon_weight", class_name="MuonWeight", rule=weight_rule,
                       unfused=weight_unfused, slots=(),
-                      scalar_names=(*SCALARS, "step_lr", "neg_step_lr"),
-                      scalar_fn=lambda hp, t, c: {**scalars(hp, t, c), "step_lr": 0.0,
-                                                  "neg_step_lr": 0.0},
+                      scalar_names=(*SCALARS, *PER_TENSOR),
+                      scalar_fn=lambda hp, t, c: {**scalars(hp, t, c),
+                                                  **dict.fromkeys(PER_TENSOR, 0.0)},
                       **_COMMON)
 
 
@@ -271,7 +285,7 @@ MUON = declare(
                      "muon_b", "muon_c", "epsilon", "ns_steps", "rms_rate"),
     matrix=Orthogonalized(momentum=MOMENTUM_PASS, transform=newton_schulz,
                           dtype=transform_dtype, weight=WEIGHT_PASS,
-                          scale_names=("step_lr", "neg_step_lr"), scales=step_sizes),
+                          scale_names=PER_TENSOR, scales=step_sizes),
     torch=dict(name="Muon",
                positional=(("lr", 1e-3), ("weight_decay", 0.1), ("momentum", 0.95),
                            ("nesterov", True), ("ns_coefficients", COEFFICIENTS),
