@@ -180,3 +180,15 @@ def test_keras_style_class_refuses_non_matrices():
     with pytest.raises(ValueError, match=r"2-D params only.*shape \(3,\)"):
         optimizer.apply_gradients([(np.ones(3, np.float32), bias)])
     assert (bias == 1).all()
+
+
+def test_the_cuda_backend_is_refused_naming_why_and_the_fix():
+    """No GPU here: the refusal is checked where the engine makes it, before any pass."""
+    from types import SimpleNamespace
+
+    from fusedopt.engine.orthogonal import matrix_phase
+    engine = SimpleNamespace(spec=muon_algorithm.MUON)
+    plan = SimpleNamespace(backend=SimpleNamespace(name="cuda"))
+    with pytest.raises(ValueError, match=r"'cpu' and 'unfused' backends.*no CUDA kernels yet"
+                                         r".*Newton-Schulz.*CPU tensors"):
+        matrix_phase(engine, plan, (0,), [], [], {})

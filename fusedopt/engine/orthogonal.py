@@ -42,8 +42,8 @@ def matrix_phase(engine, plan, positions, work, scales, cache) -> None:
         raise ValueError(f"{spec.class_name} runs on the 'cpu' and 'unfused' backends: its "
                          f"element passes have no CUDA kernels yet (the {plan.backend.name!r} "
                          "backend), and its Newton-Schulz products need the array library's "
-                         "matmul between them. Step CPU tensors (NumPy arrays), or pass "
-                         "backend='unfused'")
+                         "matmul between them. Step it on CPU tensors (NumPy arrays, or "
+                         "torch tensors on the CPU)")
     for launch, _ in work:
         _check(spec, launch)
     for (launch, grads), scale in zip(work, scales):
