@@ -192,3 +192,24 @@ def test_the_cuda_backend_is_refused_naming_why_and_the_fix():
     with pytest.raises(ValueError, match=r"'cpu' and 'unfused' backends.*no CUDA kernels yet"
                                          r".*Newton-Schulz.*CPU tensors"):
         matrix_phase(engine, plan, (0,), [], [], {})
+
+
+def test_grad_scaler_unscales_in_the_momentum_pass_and_skips_inf_steps():
+    """torch.amp.GradScaler hands the step its scale and inf flag; the third step's inf grad
+    is skipped by both (params and momentum as they were)."""
+    results = []
+    for cls in (fusedopt.torch.Muon, torch.optim.Muon):
+        model = net()
+        opt = cls(model.parameters(), lr=0.02)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        data = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+        for step in range(6):
+            opt.zero_grad()
+            scaler.scale(model(data).pow(2).mean()).backward()
+            if step == 2:
+                next(model.parameters()).grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        assert relative(a, b) <= 1e-6
