@@ -94,6 +94,12 @@ CASES.update({
 #: them on elements whose direction stays clear of zero.
 SIGN_SENSITIVE = frozenset({"lion"})
 
+#: Optimizers that step 2-D params only, orthogonalizing each update (Muon): the 1-D awkward
+#: sizes do not apply to them, and torch's convention runs Newton-Schulz in bfloat16, outside
+#: the float32 tolerance of the elementwise comparisons; tests/test_muon.py compares that
+#: convention with the oracle under its own stated bound.
+MATRIX_ONLY = frozenset({"muon"})
+
 
 def cases(name: str, convention: str) -> list[dict]:
     """The hand-picked cases of ``name``, or for an optimizer without any, one case per
@@ -225,3 +231,15 @@ CASES.update({
                   dict(learning_rate=0.01, weight_decay=0.05, decouple_lr=True, max_lr=0.05)],
     },
 })
+
+# --- Muon: 2-D params; the Keras convention against the oracle on the 2-D awkward shape ----------
+CASES.update({
+    "muon": {
+        "keras": [dict(learning_rate=0.02),
+                  dict(learning_rate=0.01, weight_decay=0.1, momentum=0.8, nesterov=False,
+                       ns_steps=3, rms_rate=None)],
+        "torch": [dict(learning_rate=0.02, weight_decay=0.1),
+                  dict(learning_rate=0.01, nesterov=False, adjust_lr_fn="match_rms_adamw")],
+    },
+})
+

@@ -495,3 +495,49 @@ def ftrl(p, g, state, t, hp, convention):
     # (clip(z, -l1, l1) - z) / quadratic with maxima, so that it runs on error_bounds' values.
     clipped = -np.maximum(-np.maximum(z, -l1), -l1)
     return (clipped - z) / (n_new**q / lr + 2 * l2)
+
+
+# --- Newton-Schulz: Muon ----------------------------------------------------------------------
+
+def newton_schulz(u, a, b, c, steps, eps, bf16=False, keras=False):
+    """Jordan's quintic Newton-Schulz on one matrix, in float64: X = u (transposed when tall)
+    over its Frobenius norm (torch: max(norm, eps); Keras: norm + 1e-7), then ``steps``
+    times A = X X^T, B = b A + c A A, X = a X + B X. ``bf16``: each result stored in
+    bfloat16, as torch.optim.Muon computes it (its products accumulate in float32)."""
+    def store(x):
+        return rounded(x, "bfloat16") if bf16 else x
+    tall = u.shape[0] > u.shape[1]
+    x = store(u.T if tall else u)
+    norm = np.sqrt(np.sum(x * x))
+    x = store(x / (norm + 1e-7 if keras else store(max(store(norm), eps))))
+    for _ in range(steps):
+        gram = store(x @ x.T)
+        poly = store(b * gram + c * (gram @ gram))
+        x = store(a * x + poly @ x)
+    return x.T if tall else x
+
+
+def muon(p, g, state, t, hp, convention):
+    """Muon (Jordan et al. 2024; Liu et al. 2025 for the RMS-matching scale) on a 2-D param.
+    torch.optim.Muon: m = mu m + (1 - mu) g, u = (1 - mu) g + mu m with Nesterov, NS in
+    bfloat16, theta (1 - lr wd) - lr s O with s = sqrt(max(1, A/B)) or 0.2 sqrt(max(A, B)).
+    keras.optimizers.Muon: m = mu m + g, u = g + mu m with Nesterov, NS in the variable's
+    dtype, theta - theta wd lr - lr O sqrt(max(A, B)) rms_rate."""
+    lr, mu, wd = hp["learning_rate"], hp["momentum"], hp.get("weight_decay") or 0.0
+    m = _zeros(state, "m", p)
+    if convention == "torch":
+        m = state["m"] = mu * m + (1 - mu) * g
+        u = (1 - mu) * g + mu * m if hp["nesterov"] else m
+    else:
+        m = state["m"] = mu * m + g
+        u = g + mu * m if hp["nesterov"] else m
+    o = newton_schulz(u, hp["muon_a"], hp["muon_b"], hp["muon_c"], hp["ns_steps"],
+                      hp["epsilon"], bf16=convention == "torch", keras=convention == "keras")
+    rows, cols = p.shape
+    if convention == "torch":
+        scale = (0.2 * np.sqrt(max(rows, cols)) if hp.get("adjust_lr_fn") == "match_rms_adamw"
+                 else np.sqrt(max(1.0, rows / cols)))
+        return p * (1 - lr * wd) - lr * scale * o
+    rate = hp.get("rms_rate")
+    scale = 1.0 if rate is None else np.sqrt(max(rows, cols)) * rate
+    return p - p * wd * lr - lr * o * scale

@@ -17,9 +17,12 @@ import pytest
 import reference
 import storage_runs as runs
 
+from cases import MATRIX_ONLY
+
 from fusedopt.algorithms.registry import REGISTRY
 
-NAMES = sorted(REGISTRY)
+#: Muon keeps plain storage only (tests/cases.py MATRIX_ONLY).
+NAMES = sorted(set(REGISTRY) - MATRIX_ONLY)
 STEPS = 30
 #: Every optimizer through the CUDA backend (on the host) where it has CUDA kernels.
 CASES = [("cuda" if REGISTRY[n].on_cuda else "cpu", n) for n in NAMES] + [

@@ -264,7 +264,8 @@ SETTINGS = settings(deadline=None, suppress_health_check=[
 #: The error bounds (tests/error_bounds.py) follow elementwise arithmetic; LAMB and
 #: StableAdamW step by sums over whole tensors, and are held to the float64 oracle at fixed
 #: tolerances instead (test_backends_vs_reference.py, test_lamb.py, test_stableadamw.py).
-ELEMENTWISE = sorted(n for n in REGISTRY if REGISTRY[n].reductions is None)
+ELEMENTWISE = sorted(n for n in REGISTRY if REGISTRY[n].reductions is None
+                     and REGISTRY[n].matrix is None)
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)

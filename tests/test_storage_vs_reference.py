@@ -9,10 +9,15 @@ through the CUDA host execution (the .cu kernels built with g++, tests/cuda_host
 
 import pytest
 import storage_runs as runs
+from cases import MATRIX_ONLY
 
 from fusedopt.algorithms.registry import REGISTRY
 
-NAMES = sorted(REGISTRY)
+#: Muon left out (tests/cases.py MATRIX_ONLY): it steps 2-D params with state in the
+#: param's dtype only (float32 state for 16-bit params is refused), and its update mixes
+#: every element of a matrix, so a one-ulp check per stored element does not apply; its
+#: bfloat16 Newton-Schulz is bounded in tests/test_muon.py.
+NAMES = sorted(set(REGISTRY) - MATRIX_ONLY)
 PARAMS = ("bfloat16", "float16")
 STATES = ("float32", "bfloat16")
 BACKENDS = ("cpu", "cuda")

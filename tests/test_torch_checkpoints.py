@@ -34,7 +34,7 @@ def _through_torch_save(state_dict):
 def test_a_checkpoint_continues_in_the_other_library(name, first, then):
     hp = FULL.get(name, {})  # a new row: torch's defaults
     x, y = loops.data(dtype=DTYPE)
-    whole, part = loops.twins(dtype=DTYPE)
+    whole, part = loops.twins(dtype=DTYPE, bias=loops.biased(name))
     whole_opt = loops.make(name, whole.parameters(), hp, then)
     loops.train(whole, whole_opt, FIRST + SECOND, x, y)
 

@@ -228,8 +228,10 @@ def test_a_new_lr_needs_no_new_graph():
 
 def _stepped_once(name):
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(7)),
-              torch.nn.Parameter(torch.randn(2))]
+    matrices = name == "Muon"  # 2-D params only
+    params = [torch.nn.Parameter(torch.randn(4, 3)),
+              torch.nn.Parameter(torch.randn(7, 2) if matrices else torch.randn(7)),
+              torch.nn.Parameter(torch.randn(2, 2) if matrices else torch.randn(2))]
     opt = getattr(ft, name)(params, lr=1e-2, **({"momentum": 0.9} if name == "SGD" else {}))
     if hasattr(opt, "train"):  # schedule-free: steps in train mode only
         opt.train()

@@ -84,7 +84,7 @@ def _fit(make, precision):
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
-@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("name", sorted(set(ROWS) - loops.MATRIX_ONLY))  # a model with biases
 def test_mixed_precision_with_gradient_clipping_matches_torch(name, precision):
     hp = {"lr": 0.05} if name in ("sgd", "adadelta") else {"lr": 1e-2}
     ours = _fit(lambda ps: loops.training(ft.CLASSES[name](ps, **hp)), precision)

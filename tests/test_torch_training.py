@@ -44,7 +44,7 @@ def test_signature_and_defaults_are_the_peers(name):
 
 @pytest.mark.parametrize("name", sorted(set(ROWS) - loops.FOREIGN_STATE))
 def test_groups_and_state_have_the_peers_keys_values_and_dtypes(name):
-    a, b = loops.twins()
+    a, b = loops.twins(bias=loops.biased(name))
     x, y = loops.data()
     opt_a, opt_b = loops.make(name, a.parameters(), {}, "fused"), \
         loops.make(name, b.parameters(), {}, "peer")
@@ -77,7 +77,7 @@ LOOP_CASES = [pytest.param(n, hp, d, id=f"{i}-{str(d)[6:]}") for d in DTYPES
 def test_training_loop_matches_the_peer(name, hp, dtype):
     """Two independent loops from one seed agree to VS_TORCH_LOOP; in float32 a third
     model, stepped by the peer with the fused loop's own grads, to VS_TORCH_SHADOW."""
-    a, b, c = loops.twins(dtype=dtype, n=3)
+    a, b, c = loops.twins(dtype=dtype, n=3, bias=loops.biased(name))
     x, y = loops.data(dtype=dtype)
     opt_a, opt_b = loops.make(name, a.parameters(), hp, "fused"), \
         loops.make(name, b.parameters(), hp, "peer")
@@ -93,7 +93,8 @@ def test_training_loop_matches_the_peer(name, hp, dtype):
     if shadow is not None:
         loops.assert_close(a, c, VS_TORCH_SHADOW)
     assert loops.relative(next(a.parameters()).detach(),
-                          next(loops.mlp(dtype=dtype).parameters()).detach()) > 1e-3
+                          next(loops.mlp(dtype=dtype, bias=loops.biased(name))
+                               .parameters()).detach()) > 1e-3
 
 
 def _scheduled(name, dtype):

@@ -72,3 +72,9 @@ TORCH_16BIT_ULPS = {"fused": 1, "single": 4}
 #: most 1.4e-7 in float32 (about an ulp: RMSprop's, Adadelta's and Adagrad's square roots
 #: rounded in another order) and 3.2e-16 in float64.
 TORCH_OPTIM_DB = {"float32": 1e-6, "float64": 1e-14}
+
+#: The same for torch.optim.Muon given a float32 tensor lr with float64 params: torch keeps
+#: the lr a 0-d float32 tensor, so its 1 - lr * weight_decay and lr * scale are float32
+#: products (2^-24 relative each), where fusedopt takes the lr's value and forms them in
+#: float64. Over 5 steps that is up to 5 * 2 * 2^-24 ~ 6e-7 of the param: bounded by 1e-6.
+TORCH_OPTIM_DB_FLOAT32_LR = 1e-6

@@ -21,6 +21,15 @@ FEATURES, HIDDEN, CLASSES, SAMPLES = 12, 32, 5, 128
 #: tests/test_ademamix.py compares the moments with the stacked ones.
 FOREIGN_STATE = frozenset({"ademamix"})
 
+#: Rows that step 2-D params only (Muon, as torch.optim.Muon): their loops train a model
+#: without biases, and they keep plain storage (no masters, no float16 params).
+MATRIX_ONLY = frozenset(name for name, row in ROWS.items() if row.name == "Muon")
+
+
+def biased(name: str) -> bool:
+    """Whether ``name``'s loops train the model with biases (not Muon's: 2-D only)."""
+    return name not in MATRIX_ONLY
+
 #: The 0-d state entries fusedopt derives from the step (fusedopt/algorithms/spec.py).
 DERIVED = {d.key for row in ROWS.values() for d in row.derived}
 
@@ -67,15 +76,16 @@ def data(seed: int = 0, dtype=torch.float32):
     return x.to(dtype), y
 
 
-def mlp(seed: int = 0, dtype=torch.float32) -> torch.nn.Module:
+def mlp(seed: int = 0, dtype=torch.float32, bias: bool = True) -> torch.nn.Module:
+    """``bias=False``: 2-D weights only (Muon's params)."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN), torch.nn.Tanh(),
-                               torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Tanh(),
-                               torch.nn.Linear(HIDDEN, CLASSES)).to(dtype)
+    return torch.nn.Sequential(torch.nn.Linear(FEATURES, HIDDEN, bias=bias), torch.nn.Tanh(),
+                               torch.nn.Linear(HIDDEN, HIDDEN, bias=bias), torch.nn.Tanh(),
+                               torch.nn.Linear(HIDDEN, CLASSES, bias=bias)).to(dtype)
 
 
-def twins(seed: int = 0, dtype=torch.float32, n: int = 2):
-    models = [mlp(seed + k, dtype) for k in range(n)]
+def twins(seed: int = 0, dtype=torch.float32, n: int = 2, bias: bool = True):
+    models = [mlp(seed + k, dtype, bias) for k in range(n)]
     for m in models[1:]:
         m.load_state_dict(models[0].state_dict())
     return models

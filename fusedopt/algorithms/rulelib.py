@@ -49,12 +49,20 @@ def weight_decay(flavor, p, g, lr, wd, wd_factor):
     return p, g
 
 
+def fma(a, b, c):
+    """``a * b + c`` rounded once (a fused multiply-add): where a peer's kernels use one
+    (torch's ``lerp`` and ``add`` with ``alpha`` on the CPU) and the result must match it
+    bit for bit. The CPU loop runs LLVM's ``fma``; as plain Python (the unfused
+    expressions) it rounds twice."""
+    return a * b + c
+
+
 #: Functions a rule may call that the CUDA translator inlines from their Python source.
 HELPERS = {"weight_decay": weight_decay}
 #: Functions a rule may call that map to a CUDA function of the same meaning.
-BUILTINS = {"sqrt": "sqrt", "abs": "fabs", "power": "pow"}
+BUILTINS = {"sqrt": "sqrt", "abs": "fabs", "power": "pow", "fma": "fma"}
 #: How many arguments each of :data:`BUILTINS` takes (one where not listed).
-ARITY = {"power": 2}
+ARITY = {"power": 2, "fma": 3}
 
 
 # --- for the unfused expressions (whole arrays, in place) ----------------------------------

@@ -136,6 +136,32 @@ class Reductions:
 MAX_REDUCTIONS = 2
 
 
+@dataclass(frozen=True)
+class Orthogonalized:
+    """A step that transforms each 2-D update as a whole matrix between two element passes
+    (Muon's Newton-Schulz orthogonalization; fusedopt/engine/orthogonal.py runs it).
+
+    - ``momentum``: the first pass, a spec whose rule ``(p, g, <slots>, u, k, f)`` reads
+      the optimizer's slots and writes them and ``u``, the update to transform (a buffer
+      of the step, not state: every tensor's ``u`` is one matrix of a stack of its shape);
+    - ``transform(ops, stack, hp, convention)``: the stack (count, rows, cols) of ``u``
+      transformed, through ``ops`` (the array library's matmuls:
+      fusedopt/backends/matmul.py), as an array the stack's dtype can take;
+      ``dtype(convention, stack_dtype)``: the dtype the transform computes in;
+    - ``weight``: the second pass, a spec whose rule ``(p, g, k, f)`` reads the transformed
+      update as ``g`` and steps the param; its scalars are the optimizer's and then
+      ``scale_names``, one value per tensor from ``scales(hp, shape, convention, k)``
+      (the shape-dependent step size).
+    """
+
+    momentum: "OptimizerSpec"
+    transform: Callable
+    dtype: Callable
+    weight: "OptimizerSpec"
+    scale_names: tuple[str, ...]
+    scales: Callable
+
+
 @dataclass(frozen=True, eq=False)
 class OptimizerSpec:
     """An optimizer as every layer sees it (made by :func:`declare`).
@@ -168,7 +194,9 @@ class OptimizerSpec:
       Keras ones); ``doc``: its docstring. ``torch`` / ``keras``: what those doors need
       (fusedopt/torch/_names.py, fusedopt/keras/optimizers.py read them); None: no class.
     - ``reductions``: the per-tensor sums and scalars the rule needs (:class:`Reductions`),
-      or None for an elementwise optimizer. ``Scalars`` (``k``) then holds the step's
+      or None for an elementwise optimizer. ``matrix``: the passes and the matrix
+      transform of an optimizer that transforms whole 2-D updates (:class:`Orthogonalized`,
+      Muon); ``rule`` is then its first pass without the update buffer. ``Scalars`` (``k``) then holds the step's
       scalars followed by the per-tensor ones.
     - ``factored``: a second moment factored along rows and columns (:class:`Factored`),
       or None.
@@ -200,6 +228,7 @@ class OptimizerSpec:
     keras: Mapping[str, Any] | None = None
     reductions: Reductions | None = None
     factored: Factored | None = None
+    matrix: Orthogonalized | None = None
     Scalars: type = field(default=None, repr=False)
     Flags: type = field(default=None, repr=False)
 
@@ -241,9 +270,9 @@ class OptimizerSpec:
     @property
     def on_cuda(self) -> bool:
         """Whether CUDA kernels exist for it: every registered optimizer but one with a
-        factored second moment (those with reductions also have a reduction kernel,
-        :attr:`reduce_kernel`)."""
-        return self.factored is None
+        factored second moment or a matrix transform (those with reductions also have a
+        reduction kernel, :attr:`reduce_kernel`)."""
+        return self.factored is None and self.matrix is None
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request."""
@@ -331,6 +360,7 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
 
 __all__ = ["ADAM_LIKE", "BETA", "CONVENTIONS", "DECAY_SCALARS", "DECOUPLED", "DTYPES",
            "EPSILON", "Factored", "L2_FLAVORS", "LEARNING_RATE", "MAX_REDUCTIONS", "MOMENTUM",
-           "TORCH_ONLY", "WEIGHT_DECAY", "Hyper", "OptimizerSpec", "Reductions", "Slot",
+           "Orthogonalized", "TORCH_ONLY", "WEIGHT_DECAY", "Hyper", "OptimizerSpec",
+           "Reductions", "Slot",
            "StateScalar", "at_least", "boolean", "decay_scalars", "declare", "flavor",
            "in_range", "learning_rate", "optional"]

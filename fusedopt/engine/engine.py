@@ -2,6 +2,8 @@
 
     validate -> group by dtype and device -> launch table -> scalars -> grad pre-pass
              -> per-tensor reductions (an optimizer that declares them) -> launch
+             (Muon: two element passes around a batched matrix transform instead,
+             fusedopt/engine/orthogonal.py)
 
 Front doors (``fusedopt.Adam`` & co, ``fusedopt.functional``, ``fusedopt.FlatParams``,
 ``fusedopt.torch``, ``fusedopt.keras``) translate names, defaults, state layout and conventions

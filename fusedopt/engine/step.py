@@ -15,6 +15,7 @@ from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
 from .clip import GradClip, grad_scales
+from .orthogonal import matrix_phase
 from .reductions import factor_phase, reduction_phase, signed
 
 if TYPE_CHECKING:
@@ -61,10 +62,14 @@ class StepPhases:
             return False
         if found_inf is not None:  # the caller's device flag becomes this step's flag
             plan.backend.copy_flag(found_inf, window.flags, slot)
-        factor_phase(self, plan, positions, work, scales, scalars)
-        per_tensor = reduction_phase(self, plan, positions, work, scales, scalars)
-        averaged = self._launch_phase(plan, positions, work, scales, scalars, window, slot,
-                                      per_tensor)
+        if self.spec.matrix is not None:  # Muon: fusedopt/engine/orthogonal.py
+            matrix_phase(self, plan, positions, work, scales, scalars)
+            averaged = []
+        else:
+            factor_phase(self, plan, positions, work, scales, scalars)
+            per_tensor = reduction_phase(self, plan, positions, work, scales, scalars)
+            averaged = self._launch_phase(plan, positions, work, scales, scalars, window,
+                                          slot, per_tensor)
         return self._finish(plan, positions, window, slot, averaged)
 
     def _arguments(self, grads, positions, grad_scale, found_inf):

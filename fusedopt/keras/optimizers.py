@@ -73,9 +73,12 @@ CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.v
 #: The optimizers Keras does not ship (RAdam, Rprop, ASGD, AdEMAMix, ...), by registry name:
 #: not under Keras' names, so ``install()`` leaves them out. A schedule-free optimizer's
 #: train/eval switch is a rule of the engine's, not an optimizer: it has no class here.
+#: Muon has no class here yet: Keras ships one, whose non-2-D variables (and excluded layers)
+#: take an AdamW step that the engine does not route yet; a class made from the declaration
+#: would refuse them instead of taking Keras' place.
 _SWITCHES = {spec.switch[0] for spec in REGISTRY.values() if spec.switch is not None}
 PEERLESS = {spec.name: _keras_class(spec) for spec in REGISTRY.values()
-            if spec.keras is None and spec.name not in _SWITCHES}
+            if spec.keras is None and spec.name not in _SWITCHES and spec.matrix is None}
 globals().update({cls.__name__: cls for cls in (*CLASSES.values(), *PEERLESS.values())})
 #: The classes Keras has, under Keras' names (those install() takes over).
 KERAS_OWN = {name: cls for name, cls in CLASSES.items()

@@ -75,6 +75,11 @@ class Kind:
         fusedopt/memory/quant.py: bytes, not the param's shape)."""
         raise NotImplementedError
 
+    def stack(self, like, shape: tuple, dtype: str):
+        """A new C-contiguous zero array of ``shape`` and ``dtype`` on ``like``'s device:
+        matrices of one shape, transformed together (Muon's updates)."""
+        raise NotImplementedError
+
     def contiguous(self, a):
         """A C-contiguous copy of ``a`` (grads are only read, so a strided one is copied)."""
         raise NotImplementedError
@@ -137,6 +142,13 @@ class NdarrayKind(Kind):
             return np.array(values, copy=True)
         with like.device:
             return _cupy().asarray(values)
+
+    def stack(self, like, shape: tuple, dtype: str):
+        dt = numpy_dtype(dtype)
+        if isinstance(like, np.ndarray):
+            return np.zeros(shape, dtype=dt)
+        with like.device:
+            return _cupy().zeros(shape, dtype=dt)
 
     def contiguous(self, a):
         xp = np if isinstance(a, np.ndarray) else _cupy()

@@ -71,11 +71,18 @@ class TorchKind(_arrays.Kind):
         return int(a.data_ptr())
 
     def zeros(self, like, dtype: str, fill: float = 0.0, shape=None):
-        return torch.full(like.shape if shape is None else tuple(shape), fill,
-                          dtype=_DTYPES[dtype], device=like.device)
+        if shape is not None:  # a factored slot (fusedopt/memory/factored.py): its own shape
+            return torch.full(tuple(shape), fill, dtype=_DTYPES[dtype], device=like.device)
+        # With like's strides (a dense like: contiguous, or a transposed matrix), as
+        # torch.optim's preserve_format: the kernels pair element k of each in memory.
+        made = torch.empty_like(like, dtype=_DTYPES[dtype], memory_format=torch.preserve_format)
+        return made.fill_(fill)
 
     def from_host(self, like, values: np.ndarray):
         return torch.from_numpy(np.array(values, copy=True)).to(like.device)
+
+    def stack(self, like, shape: tuple, dtype: str):
+        return torch.zeros(shape, dtype=_DTYPES[dtype], device=like.device)
 
     def contiguous(self, a):
         return a.contiguous()

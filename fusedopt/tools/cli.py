@@ -120,7 +120,8 @@ def bench_settings(args):
     else:
         # One pass per step: optimizers with per-tensor reductions take more passes, and
         # benchmarks/bench_reductions.py measures them against the ceiling of theirs.
-        optimizers = tuple(n for n, spec in REGISTRY.items() if spec.reductions is None)
+        optimizers = tuple(n for n, spec in REGISTRY.items()
+                           if spec.reductions is None and spec.matrix is None)
         sizes = sweep.default_sizes(backend)
         dtypes, rounds = ("float32", "float64"), sweep.DEFAULT_ROUNDS  # --dtype for 16-bit
     optimizers = args.optimizer or optimizers
@@ -131,6 +132,9 @@ def bench_settings(args):
         if REGISTRY[name.lower().replace("_", "")].reductions is not None:
             raise SystemExit(f"--optimizer: {name} takes more than one pass a step (per-tensor "
                              "reductions); benchmarks/bench_reductions.py measures it")
+        if REGISTRY[name.lower().replace("_", "")].matrix is not None:
+            raise SystemExit(f"--optimizer: {name} steps 2-D params with matmuls between two "
+                             "passes; benchmarks/bench_muon.py measures it")
     for d in args.dtype or ():
         if d not in DTYPES:
             raise SystemExit(f"--dtype: {d!r} is not one of {', '.join(DTYPES)}")

@@ -238,3 +238,20 @@ def grad(index: int, j: int, p, g) -> None:
     if g.layout != torch.strided:
         raise TypeError(f"{where} has a sparse grad ({g.layout}); fusedopt steps dense grads: "
                         "use torch.optim.SparseAdam or a dense embedding (sparse=False)")
+
+
+def two_dimensional(row, groups) -> None:
+    """Muon orthogonalizes each update as a matrix: as torch.optim.Muon, every param must
+    be 2-D, checked when the optimizer is made."""
+    for group in groups:
+        for p in group["params"]:
+            if p.is_complex():
+                raise RuntimeError(f"{row.name} does not support complex parameters (as "
+                                   f"{row.peer.replace(':', '.')}): Newton-Schulz "
+                                   "orthogonalizes real matrices; step the real and "
+                                   "imaginary parts as separate params")
+            if p.ndim != 2:
+                raise ValueError(f"{row.name} steps 2-D params only (each update is "
+                                 f"orthogonalized as a matrix), as {row.peer.replace(':', '.')}"
+                                 f"; got a param of shape {tuple(p.shape)}: give biases, "
+                                 "norms and embeddings to another optimizer (AdamW)")

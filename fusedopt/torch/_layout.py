@@ -98,10 +98,16 @@ class Layout:
         return torch.view_as_complex(state) if self.complex else state
 
 
-def of(param: torch.Tensor) -> Layout | None:
+def of(param: torch.Tensor, matrices: bool = False) -> Layout | None:
     """The layout of ``param``'s memory (a local shard for a DTensor), or None where the
-    engine steps it as it is (contiguous and real)."""
+    engine steps it as it is (contiguous and real). ``matrices``: for an optimizer that
+    transforms each param as a matrix (Muon), a transposed (Fortran-ordered) real matrix
+    is stepped as it is too, its shape kept (its state is made with its strides:
+    fusedopt/memory/torch_kind.py)."""
     if not param.is_complex() and param.is_contiguous():
+        return None
+    if matrices and not param.is_complex() and param.dim() == 2 \
+            and param.t().is_contiguous():
         return None
     return Layout(param)
 

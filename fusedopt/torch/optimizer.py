@@ -137,7 +137,7 @@ class Optimizer(torch.optim.Optimizer):
         _checks.placed(index, self.param_groups[index], items, self._spec,
                        self._device_type)
         memory = [local(p) if is_distributed(p) else p.detach() for _, p in items]
-        layouts = [_layout.of(m) for m in memory]
+        layouts = [_layout.of(m, matrices=self._spec.matrix is not None) for m in memory]
         if self._spec.factored is not None:
             _checks.factored_layouts(index, items, layouts, self._spec)
         memory = [m if lay is None else lay.inward(m) for m, lay in zip(memory, layouts)]

@@ -87,6 +87,8 @@ def optimizer_class(row: Row) -> type:
         params = arguments.pop("params")
         _checks.tensor_betas(row, arguments)
         base.__init__(self, params, {**arguments, **dict(row.fixed)})
+        if REGISTRY[row.registry].matrix is not None:
+            _checks.two_dimensional(row, self.param_groups)
 
     __init__.__signature__ = signature
     __init__.__qualname__ = f"{row.name}.__init__"

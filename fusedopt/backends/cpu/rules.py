@@ -18,6 +18,8 @@ import hashlib
 import inspect
 
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
 from ...algorithms import rulelib
 from ...algorithms.ruleast import expand, function
@@ -28,6 +30,24 @@ _RULE = {"inline": "always", "error_model": "numpy"}
 
 #: Where the generated element functions say they live (Numba's cache and type names).
 _MODULE = __name__
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """LLVM's ``fma``: ``a * b + c`` rounded once, in the compute type of its operands."""
+    if not all(isinstance(x, types.Float) for x in (a, b, c)):
+        return None
+    wide = max((a, b, c), key=lambda t: t.bitwidth)
+
+    def codegen(context, builder, signature, args):
+        x, y, z = (context.cast(builder, v, t, wide) for v, t in zip(args, signature.args))
+        return builder.fma(x, y, z)
+
+    return wide(a, b, c), codegen
+
+
+#: The rule language's functions that the CPU loop runs as other than their Python source.
+CPU_FUNCTIONS = {"fma": _fma}
 
 
 def source_digest(spec) -> str:
@@ -88,7 +108,8 @@ def _compiled(spec, flags: tuple, rule_fn, prefix: str, outputs):
         body=[*bind, *body, ast.Return(value=ast.Tuple(elts=out, ctx=ast.Load()))],
         decorator_list=[], returns=None, type_params=[])
     module = ast.fix_missing_locations(ast.Module(body=[made], type_ignores=[]))
-    namespace = {**vars(rulelib), **rule_fn.__globals__, "f": spec.named_flags(flags),
+    namespace = {**vars(rulelib), **rule_fn.__globals__, **CPU_FUNCTIONS,
+                 "f": spec.named_flags(flags),
                  "__name__": _MODULE}  # the helpers inlined read their own module's names
     exec(compile(module, f"<{_MODULE}.{name}>", "exec"), namespace)
     element = namespace[name]
