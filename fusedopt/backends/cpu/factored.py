@@ -118,7 +118,7 @@ def _kernels(spec, flags: tuple, dtype: str):
                     gi = clipped(g[i], scale, limit)
                     vi = second_moment(factored, r, c, m, v, i, item,
                                        b * C + (i - start), b, gi, k)
-                    ta, tb = terms(p[i], gi, zero, zero, vi, zero, k)
+                    ta, tb = terms(p[i], gi, zero, zero, vi, zero, zero, k)
                     terms_a[i - lo] = np.float64(ta)
                     terms_b[i - lo] = np.float64(tb)
                 da, db = _block_sums(terms_a, terms_b, hi - lo)
@@ -145,7 +145,7 @@ def _kernels(spec, flags: tuple, dtype: str):
                 gi = clipped(g[i], scale, limit)
                 vi = second_moment(factored, r, c, m, v, i, item, b * C + (i - start), b,
                                    gi, k)
-                new = update(p[i], gi, zero, zero, vi, zero, k)
+                new = update(p[i], gi, zero, zero, vi, zero, zero, k)
                 p[i] = new[0]
                 if not factored:
                     v[i] = new[3]
