@@ -111,12 +111,12 @@ def test_inf_and_nan_grads_under_loss_scaling_change_nothing(fmt):
         assert all(np.array_equal(a, b) for a, b in zip(before, opt._engine.states[0]))
 
 
-#: Quantized state is refused for optimizers with per-tensor reductions (LAMB, StableAdamW)
-#: and with a slot that starts as the param (schedule-free); a schedule-free switch is no
+#: Quantized state is refused for optimizers with per-tensor reductions (LAMB, StableAdamW,
+#: Adafactor), a matrix transform (Muon) and a slot that starts as the param (schedule-free); a schedule-free switch is no
 #: optimizer of its own (it runs on its optimizer's storage).
 SWITCHES = {s.switch[0] for s in REGISTRY.values() if s.switch is not None}
 REFUSED = sorted(n for n, s in REGISTRY.items() if s.reductions is not None
-                 or any(slot.from_param for slot in s.slot_decls))
+                 or s.matrix is not None or any(slot.from_param for slot in s.slot_decls))
 
 
 def _cases():

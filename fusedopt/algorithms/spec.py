@@ -275,15 +275,19 @@ class OptimizerSpec:
         return self.factored is None and self.matrix is None
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
-        """Every (storage, flags, name expression) the runtime can request."""
+        """Every (storage, flags, name expression) the runtime can request (none for an
+        optimizer without CUDA kernels: :attr:`on_cuda`)."""
+        if not self.on_cuda:
+            return []
         return [(st, f, self.entry(st, f)) for st in all_storages()
                 if st.param in self.dtypes for f in self.all_flags]
 
     @property
     def reduce_kernel(self) -> str | None:
         """The CUDA family of the reduction phase (``kernels/<family>_reduce.cu``, generated
-        from ``reductions.rule``), or None for an elementwise optimizer."""
-        return None if self.reductions is None else f"{self.kernel}_reduce"
+        from ``reductions.rule``), or None for an elementwise optimizer and one without
+        CUDA kernels."""
+        return None if self.reductions is None or not self.on_cuda else f"{self.kernel}_reduce"
 
     def reduce_entry(self, storage: Storage | str, flags: tuple[int, ...]) -> str:
         """The reduction kernel's name expression for this variant and storage (the
