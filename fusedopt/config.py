@@ -59,7 +59,8 @@ REGISTER_BUDGET = 64
 REGISTER_BUDGET_FLOAT64 = 72
 
 #: The budget of entry points that move seven arrays: param, grad, four state slots and a
-#: master, remainder or Kahan slot (Adan on 16-bit params). Seven addresses hold 14
+#: master, remainder or Kahan slot (Adan on 16-bit params, and the traffic ceiling that
+#: moves its bytes, kernels/traffic.cu). Seven addresses hold 14
 #: registers, and the four slots of one 16-byte step of the 16-bit param (8 elements) 16
 #: more; ptxas gives them up to 80 (sm_80, sm_90). 80 is the most that keeps 3 blocks of
 #: 256 threads resident per SM (65536 registers; a warp's are allocated in units of 256,

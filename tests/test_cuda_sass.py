@@ -109,13 +109,17 @@ def test_register_budget_is_enforced():
 
 
 def test_only_seven_array_entries_get_their_budget():
-    """Adan with a master (param, grad, four slots, master) has REGISTER_BUDGET_SEVEN_ARRAYS;
-    its plain variant (six arrays) and AdEMAMix's with a master (six) keep the float one."""
+    """Adan with a master (param, grad, four slots, master) and the traffic ceiling of its
+    bytes have REGISTER_BUDGET_SEVEN_ARRAYS; its plain variant (six arrays), AdEMAMix's
+    with a master and the ceiling of three slots with a remainder (six) keep the float
+    one."""
     seven = "adan<__nv_bfloat16, float, float, 1, 2>"
-    assert sass.register_budget(seven) == (config.REGISTER_BUDGET_SEVEN_ARRAYS,
-                                           "REGISTER_BUDGET_SEVEN_ARRAYS")
+    for name in (seven, "traffic<__nv_bfloat16, __nv_bfloat16, float, 2, 4>"):
+        assert sass.register_budget(name) == (config.REGISTER_BUDGET_SEVEN_ARRAYS,
+                                              "REGISTER_BUDGET_SEVEN_ARRAYS")
     for six in ("adan<__nv_bfloat16, __nv_bfloat16, float, 0, 2>",
-                "ademamix<__nv_bfloat16, float, float, 1, 2>"):
+                "ademamix<__nv_bfloat16, float, float, 1, 2>",
+                "traffic<__nv_bfloat16, __nv_bfloat16, float, 2, 3>"):
         assert sass.register_budget(six) == (config.REGISTER_BUDGET, "REGISTER_BUDGET")
     over = config.REGISTER_BUDGET_SEVEN_ARRAYS + 1
     assert any("REGISTER_BUDGET_SEVEN_ARRAYS" in p for p in sass.KernelReport(

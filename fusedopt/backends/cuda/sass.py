@@ -115,11 +115,17 @@ def register_budget(name: str) -> tuple[int, str]:
 
 @functools.lru_cache(maxsize=None)
 def _arrays() -> dict[str, int]:
-    """name expression -> the arrays an optimizer entry point moves: param, grad, its
-    variant's state slots and the master (remainder, Kahan) slot of its storage."""
+    """name expression -> the arrays an optimizer entry point, or the traffic ceiling that
+    moves its bytes (kernels/traffic.cu), moves: param, grad, the state slots and the
+    master (remainder, Kahan) slot of its storage."""
     from ...algorithms.registry import REGISTRY
-    return {name: 2 + len(spec.slots(flags)) + (st.master is not None)
-            for spec in REGISTRY.values() for st, flags, name in spec.entries()}
+    from ...constants import MAX_SLOTS
+    from ...memory.storage import all_storages
+    found = {f"traffic<{st.template_args()}, {ns}>": 2 + ns + (st.master is not None)
+             for st in all_storages() for ns in range(MAX_SLOTS + 1)}
+    found.update({name: 2 + len(spec.slots(flags)) + (st.master is not None)
+                  for spec in REGISTRY.values() for st, flags, name in spec.entries()})
+    return found
 
 
 _BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int16": 2}
