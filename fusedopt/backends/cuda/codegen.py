@@ -283,8 +283,10 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
     files = {HEADER: constants_source()}
     for spec in specs:
+        if not spec.on_cuda:  # factored moments, a matrix transform: no CUDA kernels yet
+            continue
         made = {f"{spec.kernel}.cu": rule_source(spec)}
-        if spec.reductions is not None:
+        if spec.reduce_kernel is not None:
             made[f"{spec.reduce_kernel}.cu"] = reduce_source(spec)
         for name, text in made.items():
             if files.setdefault(name, text) != text:
