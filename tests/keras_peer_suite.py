@@ -10,7 +10,7 @@ pointed at fusedopt's, the way the module would have imported them:
 - ``from keras.src.optimizers.adam import Adam`` (adam_test.py & co): the module global
   ``Adam`` becomes ``fusedopt.keras.Adam``;
 - ``from keras.src import optimizers`` (optimizer_test.py): the module global ``optimizers``
-  becomes a view of Keras' module whose twelve optimizer classes are fusedopt's, and
+  becomes a view of Keras' module whose thirteen optimizer classes are fusedopt's, and
   :func:`fusedopt.keras.install` makes Keras' names (``optimizers.get("sgd")``) give them too.
 
 Each record says whether the test constructed a fusedopt optimizer (``exercised``): a test
