@@ -108,14 +108,8 @@ def rule_source(spec) -> str:
     if rule.locals:
         out.append(f"        C {', '.join(rule.locals)};")
     out += lines
+    out += _struct_end(flags)
     out += [
-        "    }",
-        "};",
-        "",
-        "}  // namespace fusedopt",
-        "",
-        f"template <typename P, typename G, typename S, int MODE, "
-        f"{', '.join(f'int {f}' for f in flags)}>",
         f"__global__ void {spec.kernel}(FUSEDOPT_OPTIMIZER_PARAMS(P)"
         + (", const double* __restrict__ tensor_scalars" if per_tensor else "") + ") {",
         "    using C = fusedopt::compute_t<P>;",
@@ -233,14 +227,8 @@ def reduce_source(spec) -> str:
     if rule.locals:
         out.append(f"        C {', '.join(rule.locals)};")
     out += lines
+    out += _struct_end(flags)
     out += [
-        "    }",
-        "};",
-        "",
-        "}  // namespace fusedopt",
-        "",
-        f"template <typename P, typename G, typename S, int MODE, "
-        f"{', '.join(f'int {f}' for f in flags)}>",
         f"__global__ void {spec.reduce_kernel}(FUSEDOPT_REDUCE_PARAMS(P)) {{",
         "    using C = fusedopt::compute_t<P>;",
         f"    FUSEDOPT_REDUCE(P, G, S, MODE, {_count(presences)}, "
@@ -273,6 +261,14 @@ def constants_source() -> str:
         "}  // namespace fusedopt",
         "",
     ])
+
+
+def _struct_end(flags) -> list[str]:
+    """The lines that close a generated rule's struct and namespace and open its kernel's
+    template (flags: the variant flags, its template parameters after the storage)."""
+    return ["    }", "};", "", "}  // namespace fusedopt", "",
+            f"template <typename P, typename G, typename S, int MODE, "
+            f"{', '.join(f'int {f}' for f in flags)}>"]
 
 
 def generated(specs=None) -> dict[str, str]:
