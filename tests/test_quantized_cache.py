@@ -19,7 +19,7 @@ from pathlib import Path
 import fusedopt
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.constants import STOCHASTIC
-from fusedopt.backends.cpu import quantized, storage, variant
+from fusedopt.backends.cpu import codes, storage, variant
 
 ROOT = Path(fusedopt.__file__).resolve().parent
 
@@ -27,7 +27,7 @@ ROOT = Path(fusedopt.__file__).resolve().parent
 def _closures(name: str, flags: tuple, code: int, mode: int = 0):
     spec = REGISTRY[name]
     v = variant.specialize(spec, flags, (storage.F32, storage.F32, code), mode)
-    decode, encode = quantized._block_functions(v._numba_type_)
+    decode, encode = codes.block_functions(v._numba_type_)
     return decode.py_func.__qualname__, encode.py_func.__qualname__
 
 
@@ -44,10 +44,10 @@ def test_closures_with_other_maps_have_other_names():
     assert len(set(decodes)) == len(decodes), names
 
 
-_PROBE = ("from fusedopt.backends.cpu import quantized, storage, variant;"
+_PROBE = ("from fusedopt.backends.cpu import codes, storage, variant;"
           "from fusedopt.algorithms.registry import REGISTRY;"
           "v = variant.specialize(REGISTRY['rprop'], (1,), (0, 0, storage.Q4));"
-          "print(variant.SOURCES, quantized._block_functions(v._numba_type_)[1]"
+          "print(variant.SOURCES, codes.block_functions(v._numba_type_)[1]"
           ".py_func.__qualname__)")
 
 

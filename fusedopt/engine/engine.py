@@ -77,10 +77,9 @@ import numbers
 import numpy as np
 
 from ..algorithms.registry import OptimizerSpec, lookup
-from ..memory import factored as _factored
-from ..memory import quant as _quant
 from ..memory import storage as _storage
 from ..memory.arrays import kind_of
+from ..memory.initial import new_state, slot_dtypes
 from ..memory.steps import Window
 from . import validate as _validate
 from .clip import NONE, Clipping
@@ -174,8 +173,8 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
             if self.spec.factored is not None:
                 _validate.check_factored(first + i, p, self.spec)
             if states is not None:
-                _validate.check_state(first + i, p, states[i], *_slot_dtypes(slots,
-                                                                             storages[-1]),
+                _validate.check_state(first + i, p, states[i],
+                                      *slot_dtypes(slots, storages[-1]),
                                       shapes=_slot_kinds(self.spec, slots))
             if averages is not None:
                 _validate.check_state(first + i, p, [averages[i]], ["average"])
@@ -212,7 +211,7 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         storage = storage or self.storage_of(len(self.params), param, group)
         hypers = self.hypers[group]
         copies = {s.name for s in self.spec.slot_decls if s.from_param}
-        return _new_state(param, hypers.slots, storage, self.spec.slot_init(hypers.hyper),
+        return new_state(param, hypers.slots, storage, self.spec.slot_init(hypers.hyper),
                           self.spec.signed_slots(hypers.flags), copies,
                           _slot_kinds(self.spec, hypers.slots))
 
@@ -355,53 +354,10 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
     # --- the step ---------------------------------------------------------------------------
 
 
-def _slot_dtypes(slots: tuple, st) -> tuple:
-    """(names, dtypes) of the state arrays a param of storage ``st`` holds (a quantized
-    slot: its format's name, "q8" or "q4")."""
-    names, dtypes = list(slots), [st.state] * len(slots)
-    if st.master:
-        names.append(st.master[0])
-        dtypes.append(st.master[1])
-    return names, dtypes
-
-
 def _slot_kinds(spec, slots: tuple) -> tuple:
     """The declared shape kind of each of ``slots`` (None: the param's shape)."""
     kinds = {s.name: s.shape for s in spec.slot_decls}
     return tuple(kinds[name] for name in slots)
-
-
-def _new_state(param, slots: tuple, st, init: float, signed: tuple = (),
-               copies=frozenset(), kinds: tuple = ()) -> list:
-    """State arrays beside ``param``: the slots filled with ``init`` (quantized slots: their
-    blocks, fusedopt/memory/quant.py, each element ``init``; those in ``copies`` with the
-    param's values; a factored slot in its own shape, fusedopt/memory/factored.py), then
-    the master slot (the param widened to float32, or zero remainders: a bf16 value splits
-    exactly)."""
-    kind = kind_of(param)
-    if st.quantized:
-        if copies:
-            raise ValueError("quantized state (state_dtype='q8'/'q4') cannot hold a slot "
-                             f"that starts as the param ({', '.join(sorted(copies))}); use "
-                             "state_dtype='float32' or 'bfloat16' for this optimizer")
-        n = kind.size(param)
-        made = [kind.from_host(param, _quant.filled(n, st.state, sign, init))
-                for sign in signed]
-    else:
-        kinds = kinds or (None,) * len(slots)
-        made = [kind.zeros(param, st.state, init) if shape is None else
-                kind.zeros(param, st.state, init, _factored.slot_shape(shape, kind.shape(param)))
-                for shape in kinds]
-        for name, array in zip(slots, made):
-            if name in copies:
-                array[...] = param
-    if st.mode == "master":
-        made.append(kind.astype(param, "float32"))
-    elif st.mode == "remainder":
-        made.append(kind.zeros(param, "int16"))
-    elif st.mode == "kahan":
-        made.append(kind.zeros(param, st.param))  # nothing lost yet
-    return made
 
 
 def check_seed(seed) -> int:
