@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ... import config
 from ...memory.arrays import foreign, kind_of
@@ -13,7 +12,7 @@ from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
 from . import factored, norm, quantized, storage, threads
 from . import reduce as reduce_
-from ._cache import JIT_OPTIONS
+from .address import address
 from .loop import MODE_CODES, run, run_serial, specialize
 
 name = "cpu"
@@ -28,21 +27,6 @@ def accepts(array) -> bool:
     if isinstance(array, np.ndarray):
         return True
     return foreign(array) and not kind_of(array).on_device(array)
-
-
-@njit(**JIT_OPTIONS)
-def _ndarray_address(array) -> int:
-    """The address of ``array``'s first element. Compiled: a quarter of the cost of reading
-    ``__array_interface__``, which was most of a small step's host time."""
-    return array.ctypes.data
-
-
-def address(array) -> int:
-    if isinstance(array, np.ndarray):
-        if array.dtype.itemsize == 2 and array.dtype.kind != "i":  # 16-bit floats: no Numba type
-            return array.__array_interface__["data"][0]
-        return _ndarray_address(array)
-    return kind_of(array).address(array)
 
 
 def group(storage_, params, states, streams=None, averages=None) -> Group:

@@ -30,6 +30,7 @@ from ... import config
 from ...memory import factored as _factored
 from ...memory.arrays import kind_of
 from ._cache import JIT_OPTIONS
+from .address import address
 from .element import _pointer
 from .reduce import BLOCK, _block_sums
 from .rules import element_rule, reduction_rule
@@ -155,7 +156,6 @@ def _kernels(spec, flags: tuple, dtype: str):
 
 def _tensors(spec, flags, group, grads):
     """Per tensor: (param, grad, r, c, v addresses, shape, factored)."""
-    from .backend import address
     names = spec.slots(flags)
     declared = spec.factored
     at = {name: names.index(name) for name in (declared.row, declared.col, declared.full)}
@@ -247,7 +247,6 @@ def step(spec, flags, scalars: np.ndarray, group, grads, clip, st, average=None)
     """The element pass of every tensor, ``scalars`` a row per tensor; then, for a group
     made with moving averages (its last slot), ``average`` = (momentum, 1 - momentum)
     applied to each, from the new param, as whole arrays."""
-    from .backend import address
     for _ in _passes(2, spec, flags, lambda t: scalars[t], group, grads, clip, st):
         pass
     if average is None:
