@@ -101,6 +101,24 @@ SIGN_SENSITIVE = frozenset({"lion"})
 MATRIX_ONLY = frozenset({"muon"})
 
 
+def assert_refused(name: str, dtype: str = "float32", shape=(4, 8)) -> None:
+    """Where a registry-wide test reaches params that an optimizer does not step (Adafactor's
+    16-bit ones, Muon's that are not 2-D), the refusal itself: an error naming what it
+    takes, and the param unchanged."""
+    import fusedopt
+    import pytest
+    import reference
+    from fusedopt.algorithms.registry import REGISTRY
+
+    dt = reference.as_dtype(dtype)
+    p = np.ones(shape, dt)
+    before = p.copy()
+    with pytest.raises((TypeError, ValueError), match=r"supports .* params|2-D params only"):
+        getattr(fusedopt, REGISTRY[name].class_name)().apply_gradients(
+            [(np.ones(shape, dt), p)])
+    assert p.tobytes() == before.tobytes()
+
+
 def cases(name: str, convention: str) -> list[dict]:
     """The hand-picked cases of ``name``, or for an optimizer without any, one case per
     on/off combination of its hyperparameters that validates (tests/variants.py)."""

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import reference
-from cases import AWKWARD_SHAPES, MATRIX_ONLY, SIGN_SENSITIVE, cases, problem
+from cases import AWKWARD_SHAPES, MATRIX_ONLY, SIGN_SENSITIVE, assert_refused, cases, problem
 from tolerances import VS_REFERENCE
 
 import fusedopt
@@ -45,7 +45,7 @@ def run_reference(name, hp, convention, p, grads):
                          ids=[f"{n}-{c}-{i}" for n, c, i, _ in MATRIX])
 def test_float32_matches_reference(name, convention, case, hp, backend, shape):
     if name in MATRIX_ONLY and len(shape) != 2:
-        pytest.skip(f"{name} steps 2-D params only (tests/cases.py MATRIX_ONLY)")
+        return assert_refused(name, "float32", shape)
     p, grads = problem(shape, STEPS, seed=case)
     expected = run_reference(name, hp, convention, p, grads)
     got = run_fused(name, hp, convention, backend, p.copy(), grads)

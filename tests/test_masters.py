@@ -17,7 +17,7 @@ import pytest
 import reference
 import storage_runs as runs
 
-from cases import MATRIX_ONLY
+from cases import MATRIX_ONLY, assert_refused
 
 from fusedopt.algorithms.registry import REGISTRY
 
@@ -55,7 +55,7 @@ def _grads_of(grads, dtype):
                          ids=[f"{b}-{n}-{g}" for b, n, g in MASTER_CASES])
 def test_master_is_the_float32_run(backend, name, param_dtype, grad_dtype):
     if "bfloat16" not in REGISTRY[name].dtypes:  # Adafactor: no 16-bit params
-        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only")
+        return assert_refused(name, param_dtype)
     spec = REGISTRY[name]
     hp, convention = runs.setting(name)
     params, grads = runs.make_problem(runs.SHAPES, STEPS, seed=3)
@@ -82,7 +82,7 @@ def test_master_is_the_float32_run(backend, name, param_dtype, grad_dtype):
                          ids=[f"{b}-{n}-{g}" for b, n, g in REMAINDER_CASES])
 def test_remainder_is_the_master_in_two_bytes(backend, name, grad_dtype):
     if "bfloat16" not in REGISTRY[name].dtypes:  # Adafactor: no 16-bit params
-        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only")
+        return assert_refused(name, "bfloat16")
     spec = REGISTRY[name]
     hp, convention = runs.setting(name)
     params, grads = runs.make_problem(runs.SHAPES, STEPS, seed=4)

@@ -188,11 +188,13 @@ def model(n_tensors=200, dtypes=(np.float32, np.float64), seed=3):
             for i, s in enumerate(sizes)]
 
 
-@pytest.mark.parametrize("name", sorted(set(REGISTRY) - MATRIX_ONLY))  # Muon: 3 calls, 2-D
+#: Muon (3 calls, 2-D) and factored moments (Adafactor: one Numba call per tensor and pass,
+#: fusedopt/backends/cpu/factored.py, not one per group yet) left out.
+ONE_CALL = sorted(n for n in set(REGISTRY) - MATRIX_ONLY if REGISTRY[n].factored is None)
+
+
+@pytest.mark.parametrize("name", ONE_CALL)
 def test_one_cpu_call_per_dtype_group(name, monkeypatch):
-    if REGISTRY[name].factored is not None:
-        pytest.skip("factored moments (Adafactor) run one Numba call per tensor and pass "
-                    "(fusedopt/backends/cpu/factored.py), not one per group yet")
     monkeypatch.setattr(config, "CPU_CHUNK", 1024)  # several work items per group
     params = model()
     opt = make(name, {}, "keras")

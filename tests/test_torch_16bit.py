@@ -37,15 +37,6 @@ def _stepped(name: str, case_id: str, dtype) -> bool:
                                       and case_id.endswith("-0"))
 
 
-def _refuses_16bit(name: str) -> None:
-    """Skip an optimizer whose declaration takes no 16-bit params (Adafactor: its factored
-    moments are kept in the param's dtype, float32 or float64; tests/test_adafactor.py
-    checks the refusal)."""
-    from fusedopt.algorithms.registry import REGISTRY
-    if "bfloat16" not in REGISTRY[name].dtypes:
-        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only")
-
-
 STEP_CASES = [(n, hp, d) for (n, hp), i in zip(CASES, CASE_IDS) for d in runs.DTYPES
               if _stepped(n, i, d) and n not in loops.FOREIGN_STATE]
 STEP_IDS = [f"{i}-{DTYPE_IDS(d)}" for (n, _), i in zip(CASES, CASE_IDS) for d in runs.DTYPES
@@ -57,7 +48,8 @@ def test_each_step_is_within_the_ulp_bound_of_the_peers(name, hp, dtype):
     """A real loop of 16-bit models: before each step fusedopt takes the peer's params and
     state, both step with the same grads, and each param and state tensor is within
     tolerances.TORCH_16BIT_ULPS of the peer's; over the run the params move."""
-    _refuses_16bit(name)
+    if loops.refuses_16bit(name):
+        return
     a, b = loops.twins(dtype=dtype, bias=loops.biased(name))
     start = [p.detach().clone() for p in a.parameters()]
     x, y = loops.data(dtype=dtype)

@@ -38,15 +38,6 @@ def _setting(name):
     return {"sgd": dict(lr=0.05, momentum=0.9), "lion": dict(lr=1e-3)}.get(name, {})
 
 
-def _refuses_16bit(name: str) -> None:
-    """Skip an optimizer whose declaration takes no 16-bit params (Adafactor: its factored
-    moments are kept in the param's dtype, float32 or float64; tests/test_adafactor.py
-    checks the refusal)."""
-    from fusedopt.algorithms.registry import REGISTRY
-    if "bfloat16" not in REGISTRY[name].dtypes:
-        pytest.skip(f"{name} steps {', '.join(REGISTRY[name].dtypes)} params only")
-
-
 #: Muon keeps plain storage (fusedopt/engine/orthogonal.py refuses masters).
 MASTERED = sorted(set(ROWS) - loops.MATRIX_ONLY)
 
@@ -58,7 +49,8 @@ def test_master_run_is_the_fp32_run_and_the_param_its_rounding(name):
     Each step: master == fusedopt's fp32 run bit for bit, param == master rounded, master
     within VS_TORCH_SHADOW of the peer's fp32 run, param within 1 ulp of the peer's run
     rounded (the two fp32 values round apart only next to a rounding boundary)."""
-    _refuses_16bit(name)
+    if loops.refuses_16bit(name):
+        return
     hp = _setting(name)
     model = loops.mlp(dtype=torch.bfloat16)
     fp32, peer_model = (loops.mlp(dtype=torch.float32) for _ in range(2))
@@ -90,7 +82,8 @@ def test_master_run_is_the_fp32_run_and_the_param_its_rounding(name):
 
 @pytest.mark.parametrize("name", MASTERED)
 def test_remainder_run_has_the_master_runs_bits(name):
-    _refuses_16bit(name)
+    if loops.refuses_16bit(name):
+        return
     hp = _setting(name)
     models = loops.twins(dtype=torch.bfloat16)
     x, y = loops.data(dtype=torch.bfloat16)

@@ -231,9 +231,11 @@ def _raised(make):
 def test_every_error_input_is_refused_as_torch_refuses_it(info, error):
     config = error.optimizer_error_input
     if error.error_on == db.OptimizerErrorEnum.STEP_ERROR and _factored(info):
-        pytest.skip("torch's Adafactor refuses complex params at its first step with a "
-                    "RuntimeError; fusedopt's refuses them when they are given, with the "
-                    "TypeError of its dtype checks (tests/test_adafactor.py)")
+        # torch's Adafactor refuses complex params at its first step (a RuntimeError);
+        # fusedopt's when they are given, with the TypeError of its dtype checks
+        with pytest.raises(TypeError, match="complex"):
+            _ours(info)(config.params, **config.kwargs)
+        return
     on_step = error.error_on == db.OptimizerErrorEnum.STEP_ERROR  # Muon's complex params
 
     def make(cls):

@@ -204,3 +204,19 @@ def assert_states_close(opt_a, opt_b, rtol: float | None = None) -> None:
                 limit = max(rtol, VS_TORCH_SHADOW) if key in DERIVED else rtol
                 diff = relative(x.double(), y.double())
                 assert diff <= limit, (i, key, diff)
+
+
+def refuses_16bit(name: str) -> bool:
+    """Whether optimizer ``name`` takes no 16-bit params (Adafactor: its factored moments
+    are kept in the param's dtype, float32 or float64); if so, fusedopt.torch's refusal of
+    a bfloat16 param, naming the dtypes it takes, is asserted here."""
+    import pytest
+
+    from fusedopt.algorithms.registry import REGISTRY
+    if "bfloat16" in REGISTRY[name].dtypes:
+        return False
+    p = torch.nn.Parameter(torch.ones(4, 8, dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    with pytest.raises(TypeError, match="float32, float64 params"):
+        ft.CLASSES[name]([p]).step()
+    return True

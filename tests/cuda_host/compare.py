@@ -81,6 +81,8 @@ def _candidates(spec: OptimizerSpec, hyper) -> list:
         values.append(SWITCH_ON)
     elif hyper.name == "weight_decay":  # on by default (AdamW): also try it off
         values.append(0.0)
+    elif isinstance(default, (int, float)) and default < 0:  # Ftrl's power: its default
+        values.append(default / 5)  # takes a square root, any other value the general path
     valid = []
     for v in values:
         try:
