@@ -142,6 +142,15 @@ def test_functional_equals_class():
 
 
 def test_registry_drives_public_classes():
-    assert set(CLASSES) == set(REGISTRY)
-    for name in REGISTRY:
+    assert set(CLASSES) == {name for name, spec in REGISTRY.items() if spec.public}
+    for name in CLASSES:
         assert hasattr(fusedopt, CLASSES[name].__name__)
+
+
+def test_a_pass_others_run_has_no_class():
+    # schedule-free's train/eval switch runs through eval() and train(), not as an optimizer
+    assert not REGISTRY["schedulefreeswitch"].public
+    assert not hasattr(fusedopt, "ScheduleFreeSwitch")
+    assert "ScheduleFreeSwitch" not in fusedopt.__all__
+    with pytest.raises(ValueError, match="unknown optimizer 'schedulefreeswitch'"):
+        fusedopt.get("schedulefreeswitch")

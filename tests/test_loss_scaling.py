@@ -94,7 +94,8 @@ def _power_of_two_case(name, hp, convention, backend, dtype, steps=4, **storage)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", sorted(set(REGISTRY) - MATRIX_ONLY))  # 1-D problems
+@pytest.mark.parametrize("name", sorted(n for n in set(REGISTRY) - MATRIX_ONLY  # 1-D problems
+                                         if REGISTRY[n].public))
 def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
     if dtype not in REGISTRY[name].dtypes:  # Adafactor: its factored moments, float32 or 64
         return assert_refused(name, dtype)
@@ -103,9 +104,10 @@ def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
 
 
 MATRIX = [(n, hp, c) for n, hp, c in variants.matrix()]
-#: The variants with CUDA kernels, and their ids.
+#: The variants with CUDA kernels, and their ids (optimizers with a class: loss scaling is
+#: the classes' option).
 CUDA_MATRIX, CUDA_IDS = zip(*[(case, i) for case, i in zip(MATRIX, variants.matrix_ids())
-                              if REGISTRY[case[0]].on_cuda])
+                              if REGISTRY[case[0]].on_cuda and REGISTRY[case[0]].public])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

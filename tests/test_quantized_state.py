@@ -112,16 +112,17 @@ def test_inf_and_nan_grads_under_loss_scaling_change_nothing(fmt):
 
 
 #: Quantized state is refused for optimizers with per-tensor reductions (LAMB, StableAdamW,
-#: Adafactor), a matrix transform (Muon) and a slot that starts as the param (schedule-free); a schedule-free switch is no
-#: optimizer of its own (it runs on its optimizer's storage).
-SWITCHES = {s.switch[0] for s in REGISTRY.values() if s.switch is not None}
-REFUSED = sorted(n for n, s in REGISTRY.items() if s.reductions is not None
-                 or s.matrix is not None or any(slot.from_param for slot in s.slot_decls))
+#: Adafactor), a matrix transform (Muon) and a slot that starts as the param (schedule-free);
+#: a schedule-free switch is no optimizer of its own (it runs on its optimizer's storage).
+PASSES = {n for n, s in REGISTRY.items() if not s.public}
+REFUSED = sorted(n for n, s in REGISTRY.items() if s.public and (
+    s.reductions is not None or s.matrix is not None
+    or any(slot.from_param for slot in s.slot_decls)))
 
 
 def _cases():
     out = []
-    for name in sorted(set(REGISTRY) - set(REFUSED) - SWITCHES):
+    for name in sorted(set(REGISTRY) - set(REFUSED) - PASSES):
         for hp, convention, flags in variants.variants(REGISTRY[name]):
             out.append(pytest.param(name, hp, convention, id=f"{name}-{convention}-{flags}"))
     return out

@@ -364,22 +364,14 @@ DOC_SWITCH = r"""The train/eval pass of the schedule-free optimizers, as an opti
 Its "grad" is z. ``to_eval=True``: keep y (the param) in slot ``y`` and move the param to
 x = lerp(y, z, 1 - 1/beta_1). ``to_eval=False``: the param becomes the kept ``y``
 (``saved=True``, bit for bit) or lerp(x, z, 1 - beta_1) (``saved=False``, as the
-schedulefree package). ``ScheduleFreeAdamW.eval()`` / ``.train()`` run it; use those.
-
-Example::
-
-    >>> import numpy as np, fusedopt
-    >>> y, z = np.array([1.0, 2.0]), np.array([0.0, 2.0])
-    >>> opt = fusedopt.ScheduleFreeSwitch(beta_1=0.5)
-    >>> opt.apply_gradients([(z, y)])
-    1
-    >>> y
-    array([2., 2.])
+schedulefree package). Not a class of its own: ``eval()`` and ``train()`` of
+:class:`ScheduleFreeAdamW`, :class:`ScheduleFreeSGD` and their torch and Keras doors run it
+(fusedopt/engine/modes.py).
 """
 
 SWITCH = declare(
     name="schedulefreeswitch", class_name="ScheduleFreeSwitch", rule=rule,
-    unfused=unfused_switch, doc=DOC_SWITCH,
+    unfused=unfused_switch, doc=DOC_SWITCH, public=False,
     # learning_rate: unused (the move has no step size), taken as every optimizer takes it.
     hypers=(LEARNING_RATE, Hyper("beta_1", 0.9, _POSITIVE_BETA), Hyper("to_eval", True, boolean),
             Hyper("saved", True, boolean)),
@@ -388,5 +380,4 @@ SWITCH = declare(
     scalar_names=SCALARS, scalar_fn=scalars_switch, unread=_unread_switch)
 
 SPECS = (ADAMW, SGD, SWITCH)
-__test__ = {"ScheduleFreeAdamW": DOC_ADAMW, "ScheduleFreeSGD": DOC_SGD,
-            "ScheduleFreeSwitch": DOC_SWITCH}
+__test__ = {"ScheduleFreeAdamW": DOC_ADAMW, "ScheduleFreeSGD": DOC_SGD}

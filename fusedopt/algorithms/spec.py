@@ -187,6 +187,9 @@ class OptimizerSpec:
     - ``unread(flags)``: the operands ("p", "g" or a slot) a variant's rule does not read
       (the machine-code gate counts the loads a vector step needs from it): schedule-free's
       switch writes y without reading it, and restoring y reads neither p nor z.
+    - ``public``: False for a pass that other optimizers run (schedule-free's train/eval
+      switch): no class of its own in any door; the engine and ``functional`` step it by
+      its registry name.
     - ``switch``: (registry name, hyperparameter): the optimizer whose rule moves the
       params between the point a step needs and the point to evaluate (schedule-free's
       train/eval, fusedopt/engine/modes.py), and which of ours is its ``beta_1``.
@@ -221,6 +224,7 @@ class OptimizerSpec:
     running: Mapping[str, float] | None = None
     advance: Callable | None = None
     switch: tuple[str, str] | None = None
+    public: bool = True
     dtypes: tuple[str, ...] = DTYPES
     keras_signature: tuple[str, ...] = ()
     doc: str = ""

@@ -9,8 +9,8 @@ from .base import Optimizer
 from .classes import public_class
 from .loss_scale import LossScaleOptimizer
 
-#: class name -> class, every registered optimizer.
-CLASSES = {spec.class_name: public_class(spec) for spec in REGISTRY.values()}
+#: class name -> class, every registered optimizer but the passes others run (spec.public).
+CLASSES = {spec.class_name: public_class(spec) for spec in REGISTRY.values() if spec.public}
 globals().update(CLASSES)
 
 __all__ = ["Optimizer", *CLASSES, "LossScaleOptimizer"]
