@@ -130,10 +130,12 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         self.kept: list | None = None
 
     # --- params and state -------------------------------------------------------------------
-    def storage_of(self, position: int, param, group: int | None = None) -> "_storage.Storage":
+    def storage_of(self, position: int, param, group: int | None = None,
+                   size: int | None = None) -> "_storage.Storage":
         """The storage ``param`` gets at ``position`` in hyperparameter group ``group``
         (default: the position's group, else the engine's policy); raises naming it and
-        the fix."""
+        the fix. ``size``: the elements ``param`` counts as against ``min_quantized_size``
+        (default its own; see :meth:`add_params`)."""
         if group is None and position < len(self.group_of):
             group = self.group_of[position]
         if group is None or group >= len(self.hypers):
@@ -142,12 +144,13 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
             policy = (self.hypers[group].state_dtype, self.hypers[group].mode)
         dtype = kind_of(param).dtype(param)
         state, mode = _storage.resolve(f"param {position}", dtype, *policy,
-                                       size=kind_of(param).size(param),
+                                       size=kind_of(param).size(param) if size is None
+                                       else size,
                                        min_quantized_size=self.min_quantized_size)
         return _storage.Storage(dtype, dtype, state, mode)
 
     def add_params(self, params, group: int = 0, decays=None, states=None,
-                   averages=None) -> list[int]:
+                   averages=None, sizes=None) -> list[int]:
         """Append ``params`` to hyperparameter group ``group``; returns their positions.
 
         State is made beside each param (``slot_init`` of the registry, in the state dtype;
@@ -155,16 +158,26 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
         slot arrays per param, master slot last, checked and used as is); likewise each
         param's moving average with ``ema``, unless ``averages`` gives them. Every param is
         checked before any is added.
+
+        ``sizes``: the elements each param counts as when ``min_quantized_size`` decides
+        whether its state is quantized (default: its own). A door that hands over one
+        shard of a larger param (fusedopt.torch under FSDP2) passes the whole param's, so
+        that every shard of a param makes the choice the unsharded param would. The blocks
+        of quantized state still start at the array's own element 0.
         """
         params = list(params)
         decays = [True] * len(params) if decays is None else list(decays)
+        if sizes is not None and len(sizes) != len(params):
+            raise ValueError(f"{len(params)} params but {len(sizes)} sizes; pass one "
+                             "size per param (or none)")
         first = len(self.params)
         slots = self.hypers[group].slots
         seen = set(self._index)
         storages = []
         for i, p in enumerate(params):
             _validate.check_pair(first + i, p, p, self.spec)
-            storages.append(self.storage_of(first + i, p, group))
+            storages.append(self.storage_of(first + i, p, group,
+                                            None if sizes is None else sizes[i]))
             if id(p) in seen:
                 raise ValueError(f"param {first + i} is already held by this optimizer (at "
                                  f"position {self._index.get(id(p), first + i)}); pass each "

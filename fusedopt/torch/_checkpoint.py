@@ -153,7 +153,9 @@ def saved(optimizer, index: int, j: int, param, memory, layout):
         entries = {k: layout.like(local(v), f"{where}: saved {k!r}")
                    if isinstance(v, torch.Tensor) and v.dim() else v
                    for k, v in entries.items()}
-    storage = engine.storage_of(len(engine.params), memory, index)
+    storage = engine.storage_of(len(engine.params), memory, index, size=param.numel())
+    if storage.quantized:  # a shard's blocks load into the same shard only
+        entries = _quantized.shard_checked(where, entries, param)
     values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,
                    memory, engine.spec, engine.spec.signed_slots(engine.hypers[index].flags))
     return values, step_of(optimizer, where, index, entries)

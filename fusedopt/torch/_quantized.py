@@ -13,6 +13,29 @@ Loading takes that form back, and a bitsandbytes 8-bit state dict (``state1``/``
 into a group kept in q8: its codes index the same dynamic map. A map that is not
 fusedopt's, codes or scales of another size, or a group kept otherwise is refused, naming
 the fix, and nothing changes.
+
+Under FSDP2 (``fully_shard``: DTensor params, each rank stepping its local shard) the
+choice of quantized or float32 state is the whole param's: a param of at least
+``min_quantized_size`` elements is quantized on every rank, however small its shards, so
+that the ranks agree and sharding does not change what is kept. Each rank quantizes its own
+shard: the blocks start at the shard's first element, so a block never straddles two shards
+(nor two params), and a sharded run's blocks are not those of an unsharded one.
+
+Its entries are then plain local tensors, not DTensors: the codes and absmax of this rank's
+blocks (q8 codes shaped as the local shard), which no DTensor placement describes (the
+blocks follow each shard, whose sizes differ, and a block's scale belongs to its shard
+alone), and one more entry, ``quantized_shard``, records which shard they are:
+``{"global_shape", "mesh_shape", "coordinate", "local_shape", "global_offset"}`` (tuples
+of ints, which torch's ``load_state_dict`` keeps as they are). Float32 state (params below
+the threshold) and masters stay DTensors of the param's sharding, as before.
+
+Save such a state dict per rank (``torch.save(optimizer.state_dict(), f"optim.{rank}")``)
+and load each rank's own into the same sharding: same world size and mesh, same
+``fully_shard`` layout, same param shapes. torch.distributed.checkpoint would take the
+ranks' same-named plain tensors for replicated copies and keep one; it is not the way to
+save quantized state. A state dict saved from another sharding (another world size, another
+shard, an unsharded run, or the other way round) is refused naming what differs and the
+fix, and nothing changes: blocks cannot be moved between shards without decoding them.
 """
 
 from __future__ import annotations
@@ -21,6 +44,7 @@ import numpy as np
 import torch
 
 from ..memory import quant as _quant
+from ._local import is_distributed, local
 
 #: bitsandbytes' key for its wrapped quantization state, and its per-slot names.
 BNB_WRAPPED = "__bnb_optimizer_quant_state__"
@@ -31,6 +55,8 @@ BNB_GROUP_KEYS = ("alpha", "t_alpha", "t_beta3", "optim_bits", "min_8bit_size",
 #: Map entries may differ from fusedopt's by this many float32 ulps (bitsandbytes builds its
 #: dynamic map with float32 arithmetic; fusedopt rounds the exact values once).
 MAP_ULPS = 2
+#: The entry of a sharded param's saved state that says which shard its blocks are of.
+SHARD_KEY = "quantized_shard"
 
 
 def quantized_keys(row, slot_names, fmt) -> set:
@@ -54,14 +80,16 @@ def to_state_dict(optimizer, saved: dict) -> dict:
         st = engine.storages[held.position]
         entry = dict(saved["state"][saved_id])
         signed = engine.spec.signed_slots(engine.hypers[engine.group_of[held.position]].flags)
-        n = param.numel()
+        n = held.memory.numel()  # a shard's own elements under FSDP2
         for slot, sign in zip(engine.hypers[engine.group_of[held.position]].slots, signed):
             key = keys[slot]
             records = _quant.to_records(entry[key].detach().cpu().numpy(), n, st.state)
             codes = torch.from_numpy(records["codes"])
-            entry[key] = codes.reshape(param.shape) if st.state == "q8" else codes
+            entry[key] = codes.reshape(local(param).shape) if st.state == "q8" else codes
             entry[f"{key}_absmax"] = torch.from_numpy(records["absmax"])
             entry[f"{key}_qmap"] = torch.from_numpy(_quant.qmap(st.state, sign))
+        if held.sharded:
+            entry[SHARD_KEY] = shard_record(param)
         saved["state"][saved_id] = entry
     return saved
 
@@ -135,3 +163,60 @@ def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bo
     except ValueError as error:
         raise ValueError(str(error)) from None
     return torch.from_numpy(buffer).to(memory.device)
+
+
+def shard_record(param) -> dict | None:
+    """Which shard of DTensor ``param`` this rank holds (see the top), None for a tensor."""
+    if not is_distributed(param):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    mesh = param.device_mesh
+    _, offset = compute_local_shape_and_global_offset(param.shape, mesh, param.placements)
+    return {"global_shape": tuple(param.shape), "mesh_shape": tuple(mesh.shape),
+            "coordinate": tuple(mesh.get_coordinate()),
+            "local_shape": tuple(local(param).shape),
+            "global_offset": tuple(int(k) for k in offset)}
+
+
+def shard_checked(where: str, saved: dict, param) -> dict:
+    """``saved`` (a param's saved state, for a group kept quantized) without its shard
+    record, once that record says its blocks are of ``param``'s shard on this rank; else a
+    ValueError naming what differs. Float state passes (its own checks say what it lacks)."""
+    if not any(k.endswith("_absmax") for k in saved):
+        return saved
+    ours, theirs = shard_record(param), saved.get(SHARD_KEY)
+    fix = ("quantized state is kept per shard, in blocks that start at the shard's first "
+           "element, and cannot be resharded: load each rank's own state dict into the "
+           "sharding it was saved from (the same world size, mesh and fully_shard layout), "
+           "or leave the optimizer's state out of the load to start it afresh")
+    if theirs is None and ours is None:
+        return saved
+    if theirs is not None and not isinstance(theirs, dict):
+        raise ValueError(f"{where}: saved {SHARD_KEY!r} is {theirs!r}, not a record of "
+                         f"the shard its blocks are of; {fix}")
+    if theirs is None:
+        raise ValueError(f"{where}: this param is a shard ({_shard(ours)}), but its saved "
+                         f"quantized state has no {SHARD_KEY!r} record: it was saved from "
+                         f"an unsharded param; {fix}")
+    if ours is None:
+        raise ValueError(f"{where}: the saved quantized state is of a shard "
+                         f"({_shard(theirs)}), but this param is not sharded; {fix}")
+    differ = [f"{k} {_ints(theirs.get(k))} saved, {ours[k]} here" for k in ours
+              if _ints(theirs.get(k)) != ours[k]]
+    if differ:
+        raise ValueError(f"{where}: the saved quantized state is of another shard "
+                         f"({'; '.join(differ)}); {fix}")
+    return {k: v for k, v in saved.items() if k != SHARD_KEY}
+
+
+def _ints(value):
+    try:
+        return tuple(int(k) for k in value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _shard(record: dict) -> str:
+    return (f"{record['local_shape']} at {record['global_offset']} of "
+            f"{record['global_shape']}, coordinate {record['coordinate']} of a "
+            f"{record['mesh_shape']} mesh")

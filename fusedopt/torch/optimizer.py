@@ -146,7 +146,10 @@ class Optimizer(torch.optim.Optimizer):
             loaded = [_checkpoint.saved(self, index, j, p, m, lay)
                       for (j, p), m, lay in zip(items, memory, layouts)]
             states, steps = [s for s, _ in loaded], [t for _, t in loaded]
-        positions = self._engine.add_params(memory, group=index, states=states)
+        # A DTensor's numel is the whole param's: every shard chooses its state as the
+        # unsharded param would (min_quantized_size), whatever its own share.
+        positions = self._engine.add_params(memory, group=index, states=states,
+                                            sizes=[p.numel() for _, p in items])
         if steps is not None:
             for pos, t in zip(positions, steps):
                 self._engine.steps[pos] = t
@@ -180,7 +183,8 @@ class Optimizer(torch.optim.Optimizer):
             if slot in slots and _checkpoint.present(self._spec, slot, param):
                 flat = quantized and slot not in MASTER_KEYS
                 value = slots[slot] if layout is None or flat else layout.outward(slots[slot])
-                state[key] = like_param(param, value)
+                # a shard's blocks are its own: no DTensor (fusedopt/torch/_quantized.py)
+                state[key] = value if flat else like_param(param, value)
         if state:
             self.state[param] = state
 
