@@ -3,42 +3,16 @@
 time, each on half the batch, equal to one process on the whole batch. Under FSDP2 the
 params are DTensors and each rank steps its local shards in one call."""
 
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch_distributed
 import torch_loops as loops
 
 from fusedopt.torch import CLASSES
 
-WORLD = 2
-TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(mode, name, tmp_path):
-    out = str(tmp_path / "result")
-    context = mp.start_processes(torch_distributed.run,
-                                 args=(WORLD, _free_port(), mode, name, out), nprocs=WORLD,
-                                 join=False, start_method="spawn")
-    try:
-        import time
-        deadline = time.monotonic() + TIMEOUT_S
-        while not context.join(timeout=5):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{mode} workers still running after {TIMEOUT_S} s")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
-    return [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(WORLD)]
+    return torch_distributed.spawn(torch_distributed.run, str(tmp_path / "result"), mode, name)
 
 
 def _single_process(name):

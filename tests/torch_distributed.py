@@ -1,16 +1,48 @@
 """The worker of tests/test_torch_distributed.py: one rank of a 2-process gloo group on the
 loopback, training the shared MLP (tests/torch_loops.py) with fusedopt.torch under DDP or
-FSDP2, each rank on its half of the batch. Rank 0 saves the full params and a summary."""
+FSDP2, each rank on its half of the batch. Rank 0 saves the full params and a summary.
+
+:func:`spawn` starts the ranks of any such worker, bounded in time."""
 
 from __future__ import annotations
 
 import faulthandler
 import os
+import socket
+import time
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 STEPS = 10
+WORLD = 2
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(worker, out: str, *args) -> list:
+    """``worker(rank, world, port, *args, out)`` on :data:`WORLD` processes; each saves
+    its result to ``f"{out}.{rank}"``. Returns the results by rank; kills any process left
+    after :data:`TIMEOUT_S` seconds."""
+    context = mp.start_processes(worker, args=(WORLD, _free_port(), *args, out),
+                                 nprocs=WORLD, join=False, start_method="spawn")
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{worker.__name__} workers still running after "
+                                   f"{TIMEOUT_S} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+    return [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(WORLD)]
 
 
 def run(rank: int, world: int, port: int, mode: str, name: str, out: str) -> None:
