@@ -32,7 +32,9 @@ nearest even once on store (kernels/storage.cuh, fusedopt/backends/cpu/storage.p
   of the optimizer kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
   float32, bfloat16 and float16 params in every mode (with ``stochastic_rounding`` the codes
   are rounded stochastically too); a param of fewer than ``min_quantized_size`` elements
-  (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps it.
+  (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps it. A door
+  that steps one shard of a param counts the whole param's elements (``size`` of
+  :func:`resolve`), so that sharding does not change the choice.
 
 Each way of keeping and storing a param is a mode (the kernels' MODE): "plain", "master",
 "remainder", "kahan", "stochastic".

@@ -3,7 +3,8 @@
 FSDP2 (``torch.distributed.fsdp.fully_shard``) makes every param a DTensor sharded over the
 ranks, and hands grads as DTensors of the same sharding: each rank steps its own shards, all
 in one engine call. State made for a shard is handed out as a DTensor of the param's
-sharding, as torch.optim's state is, so distributed checkpoints see the layout they expect.
+sharding, as torch.optim's state is, so distributed checkpoints see the layout they expect
+(but for quantized slots: each rank's blocks are its own, fusedopt/torch/_quantized.py).
 """
 
 from __future__ import annotations
