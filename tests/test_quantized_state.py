@@ -210,3 +210,26 @@ def test_the_unfused_baseline_refuses_stochastic_codes_and_changes_nothing():
                                          "only: use backend='cpu'"):
         opt.apply_gradients([(rng.standard_normal(300).astype(np.float32), p)])
     assert np.array_equal(p, before)
+
+
+def test_a_shard_counts_as_its_whole_param():
+    """A door that steps one shard of a param (fusedopt.torch under FSDP2) passes the whole
+    param's size: the shard's state is quantized as the param's would be, an empty shard's
+    too, in blocks that start at the shard's own element 0 (the same step as an engine
+    quantizing every param)."""
+    rng = np.random.default_rng(5)
+    shard = rng.standard_normal(3000).astype(np.float32)
+    empty = np.zeros((0, 50), np.float32)
+    engine = Engine(REGISTRY["adam"], "keras", backend="cpu", state_dtype="q8")
+    engine.add_group({})
+    engine.add_params([shard, shard.copy(), empty], sizes=[6000, 3000, 5000])
+    assert [s.state for s in engine.storages] == ["q8", "float32", "q8"]
+    alone = _engine("adam", {}, "keras", "q8", [shard.copy()])
+    for _ in range(STEPS):
+        g = rng.standard_normal(3000).astype(np.float32)
+        engine.step([g, g.copy(), np.zeros_like(empty)])
+        alone.step([g.copy()])
+    assert np.array_equal(engine.params[0], alone.params[0])
+    assert all(np.array_equal(a, b) for a, b in zip(engine.states[0], alone.states[0]))
+    with pytest.raises(ValueError, match="1 params but 2 sizes"):
+        engine.add_params([np.ones(5, np.float32)], sizes=[5, 6])

@@ -188,7 +188,7 @@ def pack(codes: np.ndarray, absmax: np.ndarray, fmt: str) -> np.ndarray:
         padded = padded[0::2] | (padded[1::2] << 4)
     records = np.zeros((nb, f.record), dtype=np.uint8)
     records[:, :4] = absmax.astype("<f4").view(np.uint8).reshape(nb, 4)
-    records[:, 4:] = padded.reshape(nb, -1)
+    records[:, 4:] = padded.reshape(nb, f.record - 4)  # not -1: nb is 0 for no elements
     return records.reshape(-1)[: f.nbytes(n)].copy()
 
 
