@@ -65,3 +65,12 @@ def test_a_state_dict_of_another_sharding_is_refused_and_nothing_changes(results
         assert all("cannot be resharded" in message for message in refusals.values())
         assert result["unchanged"]
         assert result["continues_equal"]
+
+
+@pytest.mark.slow
+def test_q4_and_an_empty_shard_resume_bit_for_bit(results):
+    shards = [result["q4_empty_shard"] for result in results]
+    assert sorted(s["local_sizes"][0] for s in shards) == [0, worker.LONG]
+    for s in shards:
+        assert s["storages"] == ["q4", "float32", "float32"]
+        assert s["resumed_equal"]

@@ -11,7 +11,9 @@ shards fewer. The rank records:
   for bit;
 - the errors of loading state dicts of other shardings: the other rank's, an unsharded
   run's (and this one's into an unsharded optimizer), and this one into a 1-rank mesh;
-  and whether the refused optimizer then steps as if nothing had been loaded.
+  and whether the refused optimizer then steps as if nothing had been loaded;
+- with q4, a 1 x 4100 weight (rank 1's shard is empty): its storage and local size, and
+  whether a run resumed from its state dict continues bit for bit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.distributed as dist
 
 STEPS, SAVED_AT = 8, 4
 FEATURES, WIDE, CLASSES, SAMPLES = 40, 131, 5, 64  # weight 131 x 40: shards 66 and 65 rows
+LONG = 4100  # a 1 x LONG weight: one rank's shard holds it all, the other's nothing
 HYPER = dict(lr=1e-2, weight_decay=0.01, state_dtype="q8")
 
 
@@ -83,6 +86,36 @@ def _equal_to_engine(model, opt, engine, copies, positions) -> bool:
         ours = [local(opt.state[p][k]) for k in ("exp_avg", "exp_avg_sq")]
         same = same and all(torch.equal(a, b) for a, b in zip(ours, engine.states[pos]))
     return same
+
+
+def _resumes(mesh, make, fmt: str, x, y) -> dict:
+    """A run of ``make()`` sharded on ``mesh``: its storages, local sizes, and whether a
+    run resumed after one step from its state dict (through torch.save) takes the next
+    two steps as the run itself."""
+    import fusedopt.torch as ft
+
+    def sharded():
+        from torch.distributed.fsdp import fully_shard
+        return fully_shard(make(), mesh=mesh)
+
+    model = sharded()
+    opt = ft.AdamW(model.parameters(), lr=1e-2, state_dtype=fmt)
+    _step(model, opt, x, y)
+    buffer, shards = io.BytesIO(), _shards(model)
+    torch.save(opt.state_dict(), buffer)
+    resumed = sharded()
+    with torch.no_grad():
+        for p, shard in zip(resumed.parameters(), shards):
+            p.to_local().copy_(shard)
+    again = ft.AdamW(resumed.parameters(), lr=1e-2, state_dtype=fmt)
+    again.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    for _ in range(2):
+        _step(model, opt, x, y)
+        _step(resumed, again, x, y)
+    return {"storages": [s.state for s in opt._engine.storages],
+            "local_sizes": [p.to_local().numel() for p in model.parameters()],
+            "resumed_equal": all(torch.equal(a.to_local(), b.to_local()) for a, b in
+                                 zip(model.parameters(), resumed.parameters()))}
 
 
 def _refusal(opt, state_dict):
@@ -162,6 +195,15 @@ def run(rank: int, world: int, port: int, out: str) -> None:
         _step(resumed, opt2, x, y)
         result["continues_equal"] = all(torch.equal(a.to_local(), b.to_local()) for a, b in
                                         zip(model.parameters(), resumed.parameters()))
+
+        def long():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(LONG, 1, bias=False),
+                                       torch.nn.Linear(1, CLASSES))
+
+        g = torch.Generator().manual_seed(2)
+        result["q4_empty_shard"] = _resumes(mesh, long, "q4",
+                                            torch.randn(8, LONG, generator=g), y[:8])
         torch.save(result, f"{out}.{rank}")
         dist.barrier()  # neither rank tears down the group while the other still uses it
     finally:
