@@ -32,7 +32,7 @@ from ..memory import factored as _factored
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
 from . import _quantized
-from ._local import local
+from ._local import local, whole_size
 from ._names import MASTER_KEYS, Row
 
 def originals(optimizer, state_dict: dict) -> dict:
@@ -153,7 +153,8 @@ def saved(optimizer, index: int, j: int, param, memory, layout):
         entries = {k: layout.like(local(v), f"{where}: saved {k!r}")
                    if isinstance(v, torch.Tensor) and v.dim() else v
                    for k, v in entries.items()}
-    storage = engine.storage_of(len(engine.params), memory, index, size=param.numel())
+    storage = engine.storage_of(len(engine.params), memory, index,
+                                 size=whole_size(param, memory))
     if storage.quantized:  # a shard's blocks load into the same shard only
         entries = _quantized.shard_checked(where, entries, param)
     values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,

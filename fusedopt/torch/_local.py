@@ -38,6 +38,16 @@ def local(t):
     return t
 
 
+def whole_size(param, memory) -> int:
+    """The elements ``param`` counts as where the engine steps ``memory`` of it (its local
+    shard, or the param, through its layout): for a DTensor the whole param's, so that
+    every shard makes the choice the unsharded param would (``min_quantized_size``); a
+    complex param's as real pairs, as the engine steps it."""
+    if not is_distributed(param):
+        return memory.numel()
+    return param.numel() * (2 if param.is_complex() else 1)
+
+
 def like_param(param, local_state):
     """``local_state`` (made beside ``param``'s local memory) as ``param`` holds its data:
     a DTensor of the same mesh and placements for a DTensor param, else itself."""

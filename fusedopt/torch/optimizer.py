@@ -20,7 +20,7 @@ from ..backends.cpu import threads as _cpu_threads
 from ..engine.engine import Engine
 from . import _checkpoint, _checks, _compile, _layout, _quantized
 from ._amp import AmpScaling
-from ._local import is_distributed, like_param, local
+from ._local import is_distributed, like_param, local, whole_size
 from ._names import MASTER_KEYS, Row, storage_mode, storage_policy
 from ._values import Held, immutable, plain, rounds, same, scalar_dtype
 
@@ -146,10 +146,9 @@ class Optimizer(torch.optim.Optimizer):
             loaded = [_checkpoint.saved(self, index, j, p, m, lay)
                       for (j, p), m, lay in zip(items, memory, layouts)]
             states, steps = [s for s, _ in loaded], [t for _, t in loaded]
-        # A DTensor's numel is the whole param's: every shard chooses its state as the
-        # unsharded param would (min_quantized_size), whatever its own share.
         positions = self._engine.add_params(memory, group=index, states=states,
-                                            sizes=[p.numel() for _, p in items])
+                                            sizes=[whole_size(p, m) for (_, p), m
+                                                   in zip(items, memory)])
         if steps is not None:
             for pos, t in zip(positions, steps):
                 self._engine.steps[pos] = t
