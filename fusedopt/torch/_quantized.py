@@ -169,6 +169,7 @@ def shard_record(param) -> dict | None:
     """Which shard of DTensor ``param`` this rank holds (see the top), None for a tensor."""
     if not is_distributed(param):
         return None
+    # torch's own rule for where a shard starts (DTensor placements, uneven shards)
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     mesh = param.device_mesh
     _, offset = compute_local_shape_and_global_offset(param.shape, mesh, param.placements)
@@ -217,6 +218,6 @@ def _ints(value):
 
 
 def _shard(record: dict) -> str:
-    return (f"{record['local_shape']} at {record['global_offset']} of "
-            f"{record['global_shape']}, coordinate {record['coordinate']} of a "
-            f"{record['mesh_shape']} mesh")
+    get = record.get
+    return (f"{get('local_shape')} at {get('global_offset')} of {get('global_shape')}, "
+            f"coordinate {get('coordinate')} of a {get('mesh_shape')} mesh")
