@@ -41,8 +41,11 @@ class LaunchGroups:
     def _launches(self, backend, positions: tuple, grad_dtypes: tuple) -> list[Launch]:
         """One launch per (hyperparameter group, device, storage with the grads' dtype,
         weight decay, step count)."""
-        steps = (tuple(self._steps[pos] - self._steps[positions[0]] for pos in positions)
-                 if self.per_param_steps else ())
+        steps = ()
+        if self.per_param_steps:
+            counts = self._steps
+            first = counts[positions[0]]
+            steps = tuple([counts[pos] - first for pos in positions])
         key = (backend.name, positions, steps, grad_dtypes)
         launches = self._launch_cache.get(key)
         if launches is not None:

@@ -14,7 +14,7 @@ from ..memory.arrays import kind_of
 from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
-from .clip import GradClip, grad_scales
+from .clip import NO_CLIP, GradClip, grad_scales
 from .orthogonal import matrix_phase
 from .reductions import factor_phase, reduction_phase, signed
 
@@ -54,7 +54,7 @@ class StepPhases:
             return False
         positions, grads, grad_scale, found_inf, checked = call
         plan, work, launches = self._plan_step(positions, grads)
-        scalars = self._scalar_phase(positions, work, grad_scale)
+        scalars, bases = self._scalar_phase(positions, work, grad_scale)
         window, slot = self._decision(plan, launches, grad_scale, found_inf, checked)
         scales = self._grad_prepass(plan, work, window, slot, grad_scale, checked)
         if scales is None:  # an inf or NaN grad, found on the host: nothing changes
@@ -69,7 +69,7 @@ class StepPhases:
             factor_phase(self, plan, positions, work, scales, scalars)
             per_tensor = reduction_phase(self, plan, positions, work, scales, scalars)
             averaged = self._launch_phase(plan, positions, work, scales, scalars, window,
-                                          slot, per_tensor)
+                                          slot, per_tensor, bases)
         return self._finish(plan, positions, window, slot, averaged)
 
     def _arguments(self, grads, positions, grad_scale, found_inf):
@@ -103,24 +103,29 @@ class StepPhases:
                  [grads[i] for i in launch.members]) for launch in launches]
         return plan, work, launches
 
-    def _scalar_phase(self, positions, work, grad_scale) -> dict:
-        """Every launch's scalars, computed (float64) and checked before any launch runs."""
+    def _scalar_phase(self, positions, work, grad_scale) -> tuple[dict, list]:
+        """Every launch's scalars, computed (float64) and checked before any launch runs:
+        ``(rows by (hyper group, decays, step), each launch's 1-based steps)``."""
         scalars: dict = {}
+        bases = []
         for launch, _ in work:
-            for t in set(self._base_steps(positions, launch)):
+            base = self._base_steps(positions, launch)
+            bases.append(base)
+            for t in set(base):
                 key = (launch.hyper, launch.decays, t)
                 if key not in scalars:
                     scalars[key] = self._scalars(*key)
                     _validate.check_scalars(self.spec.name, scalars[key], launch.group.dtype,
                                             grad_scale if isinstance(grad_scale, float)
                                             else None)
-        return scalars
+        return scalars, bases
 
     def _decision(self, plan, launches, grad_scale, found_inf, checked):
         """Where a loss-scaled step is decided: ``(window, slot)`` of the device's flag ring
         when the device decides it, else ``(None, -1)``."""
-        on_device = (getattr(plan.backend, "DEVICE_FLAGS", False)
-                     and self._decided_on_device_allowed()
+        if not getattr(plan.backend, "DEVICE_FLAGS", False):  # the CPU's: decided here
+            return None, -1
+        on_device = (self._decided_on_device_allowed()
                      and len({launch.device for launch in launches}) == 1)
         decide_on_device = on_device and (found_inf is not None or (
             grad_scale is not None and not checked))
@@ -162,26 +167,28 @@ class StepPhases:
         return grad_scales(self.clipping, [s for s, _ in passes], grad_scale)
 
     def _launch_phase(self, plan, positions, work, scales, scalars, window, slot,
-                      per_tensor) -> list:
+                      per_tensor, bases) -> list:
         """One backend step per launch (``per_tensor``: its rows of scalars, one per
-        tensor, from the reduction phase, or None); returns the positions whose moving
-        average the step's own pass updated."""
+        tensor, from the reduction phase, or None; ``bases``: its tensors' steps); returns
+        the positions whose moving average the step's own pass updated."""
         limit = self.clipping.limit
         averaged: list = []
-        for (launch, g), scale, tensor_rows in zip(work, scales, per_tensor):
+        guard = _threads.guard(plan.backend)
+        for (launch, g), scale, tensor_rows, base in zip(work, scales, per_tensor, bases):
             rows = (tensor_rows if tensor_rows is not None
-                    else self._step_rows(positions, launch, window, slot, scalars))
+                    else self._step_rows(positions, launch, window, slot, scalars, base))
             first = positions[0 if launch.members is None else launch.members[0]]
             t = (self._steps[first] if self.per_param_steps else self._iterations) + 1
-            with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
+            with launch.kind.launch_context(launch.device), guard:
                 scale = signed(self, launch, scale)
                 average = None
                 if launch.group.averaged:
                     average = self.ema.scalars(self.params[first], self._iterations)
                     averaged.extend(positions if launch.members is None
                                     else (positions[i] for i in launch.members))
+                clip = NO_CLIP if scale is None and limit == math.inf else GradClip(scale, limit)
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
-                                  launch.group, g, clip=GradClip(scale, limit), step=t,
+                                  launch.group, g, clip=clip, step=t,
                                   **({} if average is None else {"average": average}))
         return averaged
 
@@ -208,11 +215,20 @@ class StepPhases:
             self._window = Window(flags, config.STEP_WINDOW)
         return self._window
 
-    def _step_rows(self, positions, launch: Launch, window, slot: int, cache: dict):
-        """The scalar rows of ``launch``: each tensor's known step, and the steps in doubt.
-        With nothing in doubt (every CPU step) that is the one row of scalars."""
-        members = range(len(positions)) if launch.members is None else launch.members
+    def _step_rows(self, positions, launch: Launch, window, slot: int, cache: dict,
+                   base: list | None = None):
+        """The scalar rows of ``launch``: each tensor's known step (``base``: as the scalar
+        phase found them), and the steps in doubt. With nothing in doubt (every CPU step)
+        that is the one row of scalars."""
         pending = self._window if self._window is not None and self._window.entries else None
+        if base is None or self._window is not None:  # flags read since may move the steps
+            base = self._base_steps(positions, launch)
+        if pending is None and window is None and base.count(base[0]) == len(base):
+            key = (launch.hyper, launch.decays, base[0])
+            row = cache.get(key)
+            if row is None:
+                row = cache[key] = self._scalars(*key)
+            return row
 
         def scalars_of(t):
             key = (launch.hyper, launch.decays, t)
@@ -220,9 +236,7 @@ class StepPhases:
                 cache[key] = self._scalars(launch.hyper, launch.decays, t)
             return cache[key]
 
-        base = self._base_steps(positions, launch)
-        if pending is None and window is None and base.count(base[0]) == len(base):
-            return scalars_of(base[0])
+        members = range(len(positions)) if launch.members is None else launch.members
         if pending is None:
             mask = [0] * len(base)
         elif self.per_param_steps:
@@ -233,10 +247,13 @@ class StepPhases:
 
     def _base_steps(self, positions, launch: Launch) -> list[int]:
         """The 1-based step of each tensor of ``launch``, as far as known."""
-        members = range(len(positions)) if launch.members is None else launch.members
-        if self.per_param_steps:
-            return [self._steps[positions[local]] + 1 for local in members]
-        return [self._iterations + 1] * len(members)
+        if not self.per_param_steps:
+            members = positions if launch.members is None else launch.members
+            return [self._iterations + 1] * len(members)
+        counts = self._steps
+        if launch.members is None:
+            return [counts[pos] + 1 for pos in positions]
+        return [counts[positions[local]] + 1 for local in launch.members]
 
     def _hyper_at(self, hyper: int, t: int) -> dict:
         """Group ``hyper``'s hyperparameters at 1-based step ``t``, with its running scalars,
@@ -244,7 +261,7 @@ class StepPhases:
         they are."""
         group = self.hypers[hyper]
         hp = group.hyper
-        if any(callable(v) for v in hp.values()):
+        if any(map(callable, hp.values())):
             hp = {k: float(v(t - 1)) if callable(v) else v for k, v in hp.items()}
         return hp if group.running is None else {**hp, **group.running}
 
@@ -325,7 +342,7 @@ def scalar_row(spec, hp, t: int, convention: str) -> tuple:
     """``spec``'s scalars of 1-based step ``t`` in float64, in ``spec.scalar_names`` order: a
     row of the launch, which the backends read by those names (declare() checked them)."""
     values = spec.scalar_fn(hp, t, convention)
-    return tuple(float(values[name]) for name in spec.scalar_names)
+    return tuple([float(values[name]) for name in spec.scalar_names])
 
 
 def _on_host(value) -> bool:

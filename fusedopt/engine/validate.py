@@ -280,7 +280,11 @@ def check_scalars(name: str, scalars, dtype: str, grad_scale=None) -> None:
     without overflow"); so does fusedopt, before anything changes.
     """
     tiny, top = _compute_range(dtype)
-    for x in scalars:
+    # A sum first (one C loop: a step's scalars are checked at every step): within range,
+    # every scalar is; else (a NaN, an inf, a large value, or large ones that add up past
+    # the range) the loop below looks at each.
+    within = sum(map(abs, scalars)) <= top
+    for x in () if within else scalars:
         if not abs(x) <= top:
             raise ValueError(f"{name}: a step scalar computed from the hyperparameters is "
                              f"{x:g}, beyond the largest finite value of the {dtype} math "

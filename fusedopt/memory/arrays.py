@@ -16,6 +16,8 @@ import numpy as np
 
 from .storage import numpy_dtype
 
+#: The launch context of host arrays: nothing to enter (one shared, reusable instance).
+HOST = contextlib.nullcontext()
 
 class Kind:
     """How to read and allocate one library's arrays. Subclasses override what differs."""
@@ -172,7 +174,7 @@ class NdarrayKind(Kind):
 
     def launch_context(self, device: int | None):
         if device is None:
-            return contextlib.nullcontext()
+            return HOST
         return _cupy().cuda.Device(device)
 
 
@@ -186,15 +188,21 @@ NDARRAY = NdarrayKind()
 
 #: module root -> kind, for libraries whose arrays are not ndarray-like (front doors add theirs).
 _KINDS: dict[str, Kind] = {}
+#: type -> its kind, as found from its module (a step asks several times per array).
+_BY_TYPE: dict[type, Kind] = {}
 
 
 def register(module_root: str, kind: Kind) -> None:
     """Let the engine step arrays whose type lives in ``module_root`` (e.g. 'torch')."""
     _KINDS[module_root] = kind
+    _BY_TYPE.clear()
 
 
 def kind_of(a: Any) -> Kind:
-    return _KINDS.get(type(a).__module__.split(".")[0], NDARRAY)
+    kind = _BY_TYPE.get(type(a))
+    if kind is None:
+        kind = _BY_TYPE[type(a)] = _KINDS.get(type(a).__module__.split(".")[0], NDARRAY)
+    return kind
 
 
 def foreign(a: Any) -> bool:

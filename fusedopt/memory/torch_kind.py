@@ -108,7 +108,7 @@ class TorchKind(_arrays.Kind):
 
     def launch_context(self, device: int | None):
         if device is None:
-            return contextlib.nullcontext()
+            return _arrays.HOST
         return _on_torch_stream(device)
 
 

@@ -53,19 +53,26 @@ _COUNTERS = ("step", "mu_product")
 _LIVE: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
 _HANDLES = itertools.count(1)
 
+#: The eager step behind ``torch.compiler.disable``, for a traced step that runs eagerly
+#: (made with the first optimizer: the wrapper imports torch._dynamo, most of a second that
+#: an import of fusedopt.torch should not cost). An eager step calls ``opt._fused`` itself:
+#: the wrapper costs more than a microsecond a call, and only tracing needs it.
+_untraced = None
+
+
+def _eager(opt) -> None:
+    opt._fused()
+
 
 def prepare(opt) -> None:
-    """Give ``opt`` its op handle (a new one for a copy or an unpickled optimizer), and wrap
-    the class's eager step for torch.compile, once: the wrapper imports torch._dynamo, most
-    of a second that an import of fusedopt.torch should not cost."""
+    """Give ``opt`` its op handle (a new one for a copy or an unpickled optimizer), and make
+    the untraced eager step once."""
+    global _untraced
     handle = next(_HANDLES)
     _LIVE[handle] = opt
     opt._op_handle = handle
-    cls = next(c for c in type(opt).__mro__ if "_fused" in c.__dict__)
-    if not getattr(cls._fused, "untraced", False):
-        wrapped = torch.compiler.disable(cls._fused, reason=REASON)
-        wrapped.untraced = True
-        cls._fused = wrapped
+    if _untraced is None:
+        _untraced = torch.compiler.disable(_eager, reason=REASON)
 
 
 def step(opt) -> None:
@@ -76,7 +83,7 @@ def step(opt) -> None:
         return
     params, grads, states, counters = arguments(opt)
     if any(is_distributed(p) or p.is_complex() for p in params):
-        opt._fused()
+        _untraced(opt)
         return
     torch.ops.fusedopt.step(opt._op_handle, params, grads, states, counters)
 

@@ -120,18 +120,22 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     n_work = group.table.n_work
     if n_work == 0:
         return
-    st = step_storage(group, grads)
     # A step that neither clips nor scales its grads runs the variant without the clamp
     # (compiled the first time a group needs it: the other is compiled only if asked for).
-    key = (spec.name, flags, st, clip.active)
+    # Found by the grads' own dtype object, as step_storage finds their storage.
+    key = (spec.name, flags, getattr(grads[0], "dtype", None) if grads else None,
+           clip.active)
     chosen = group.scratch.get(key)
     if chosen is None:
+        st = step_storage(group, grads)
         chosen = group.scratch[key] = variant(spec, flags, st, clip.active, group.averaged)
     # A step of one task, few elements or one thread runs here, without waking the pool.
-    elements = group.scratch.get("elements")
-    if elements is None:
-        elements = group.scratch["elements"] = int(group.sizes.sum())
-    loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
+    loop = run_serial
+    if n_work > 1:
+        elements = group.scratch.get("elements")
+        if elements is None:
+            elements = group.scratch["elements"] = int(group.sizes.sum())
+        loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
     if isinstance(steps, np.ndarray):  # a row per tensor (per-tensor reductions)
         scalars = steps
         if average is not None:

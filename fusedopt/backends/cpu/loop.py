@@ -370,6 +370,8 @@ def run_serial(variant, table, n_tensors, chunk, scalars, step, spans=None):
 
 def _rows(scalars) -> np.ndarray:
     """``scalars`` as a C-ordered 2-D float64 array of rows (one row: every tensor's)."""
+    if isinstance(scalars, tuple):  # one row, the usual step: one conversion, not three
+        return np.array([scalars], np.float64)
     return np.ascontiguousarray(np.atleast_2d(np.asarray(scalars, dtype=np.float64)))
 
 
