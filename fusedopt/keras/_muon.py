@@ -21,10 +21,11 @@ variables excluded by ``exclude_from_weight_decay`` left alone. The Muon engine'
 pass decays in that form (fusedopt/algorithms/muon.py). The AdamW rule's Keras form is
 ``theta *= 1 - lr * wd`` (Keras' AdamW on torch), which rounds differently, and it would
 take ``lr * adam_lr_ratio``: so the AdamW variables are decayed by Keras' Muon's own
-``_apply_weight_decay`` just before their engine steps (once every engine has checked its
-part of the step), and the AdamW engine is given no weight decay. Likewise ``global_clipnorm``, a norm over the grads of
-both engines, is Keras' own clipping, before the grads are split; ``clipnorm`` and
-``clipvalue`` (per tensor, per element) are the engines'.
+``_apply_weight_decay`` (a pass of Keras' ops over them, where ``adam_weight_decay`` is
+set) just before their engine steps, once every engine has checked its part of the step,
+and the AdamW engine is given no weight decay. Likewise ``global_clipnorm``, a norm over
+the grads of both engines, is Keras' own clipping, before the grads are split;
+``clipnorm`` and ``clipvalue`` (per tensor, per element) are the engines'.
 
 Keras' variables are Keras' own (``build()`` is Keras'), so configs, saved models and
 checkpoints are Keras Muon's. ``update_step(grad, variable, lr)`` called on its own, as
