@@ -166,6 +166,24 @@ def test_a_saved_model_loads_and_continues_bit_for_bit(tmp_path):
         variables(loaded.optimizer).values(), variables(uninterrupted.optimizer).values()))
 
 
+def test_a_keras_muon_checkpoint_continues_in_fusedopt(tmp_path):
+    """The variables are Keras' own: Keras' Muon's weights file (model and optimizer)
+    loads into fusedopt.keras.Muon, which continues as Keras' Muon does."""
+    hp = SETTINGS["no-nesterov"]
+    train = _Data()
+    theirs = _fit(keras.optimizers.Muon(**hp), epochs=3, train=train)
+    theirs.save_weights(tmp_path / "w.weights.h5")
+    net = _net()
+    net.compile(optimizer=fusedopt.keras.Muon(**hp), loss="sparse_categorical_crossentropy")
+    net.optimizer.build(net.trainable_variables)
+    net.load_weights(tmp_path / "w.weights.h5")
+    assert int(net.optimizer.iterations) == 30
+    for model in (net, theirs):
+        model.fit(train.x, train.y, batch_size=10, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(_weights(net), _weights(theirs)):
+        assert _relative(a, b) <= 1e-6
+
+
 def test_config_is_keras_muons():
     hp = dict(exclude_layers=["last"], adam_lr_ratio=0.5, rms_rate=None, ns_steps=3)
     ours, theirs = fusedopt.keras.Muon(**hp), keras.optimizers.Muon(**hp)
