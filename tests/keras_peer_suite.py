@@ -32,7 +32,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 #: The test modules of the installed keras that concern the optimizers fusedopt.keras has.
 MODULES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion",
            "schedule_free_adamw", "lamb", "ftrl",
-           "adafactor", "optimizer", "loss_scale_optimizer",
+           "adafactor", "muon", "optimizer", "loss_scale_optimizer",
            "multi_optimizer", "optimizer_sparse")
 
 
@@ -58,7 +58,7 @@ class Substitute:
         self.fused = {name: getattr(fusedopt.keras, name) for name in
                       ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax",
                        "Nadam", "Lion", "ScheduleFreeAdamW", "Lamb", "Ftrl",
-                       "Adafactor")}
+                       "Adafactor", "Muon")}
         self.view = types.ModuleType(keras_optimizers.__name__)
         self.view.__dict__.update(vars(keras_optimizers))
         self.view.__dict__.update(self.fused)

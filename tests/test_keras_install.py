@@ -9,7 +9,7 @@ import fusedopt.keras
 
 KERAS_NAMES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop",
                "adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax",
-               "nadam": "Nadam", "lion": "Lion"}
+               "nadam": "Nadam", "lion": "Lion", "muon": "Muon"}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ NOT_ON_TORCH = {
 #: The fusedopt optimizers every module must exercise: a substitution that silently stopped
 #: working would leave Keras' classes under test and everything passing.
 MODULES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam",
-           "lion", "schedule_free_adamw", "lamb", "ftrl", "adafactor",
+           "lion", "schedule_free_adamw", "lamb", "ftrl", "adafactor", "muon",
            "optimizer",
            "loss_scale_optimizer", "multi_optimizer")
 

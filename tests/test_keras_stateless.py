@@ -16,6 +16,8 @@ CASES = [(name, {}) for name in NAMES] + [
     ("RMSprop", dict(momentum=0.5, centered=True, clipvalue=0.2)),
     ("Adam", dict(use_ema=True, ema_momentum=0.9)),
     ("Adam", dict(gradient_accumulation_steps=2)),
+    # two engines: the (4, 3) variable's Muon step, the (5,) one's AdamW and Keras' decay
+    ("Muon", {}), ("Muon", dict(adam_weight_decay=0.1, global_clipnorm=0.3)),
 ]
 STEPS = 5
 

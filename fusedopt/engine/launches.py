@@ -62,7 +62,10 @@ class LaunchGroups:
             by_kind.setdefault((group, kind.device(p), st,
                                 not decay or self.decays[pos], relative), []).append(local)
         launches = []
-        fuse_average = self.ema is not None and getattr(backend, "FUSED_AVERAGE", False)
+        # Muon's passes make groups of their own (fusedopt/engine/orthogonal.py): its
+        # averages move after the weight pass, in the step's finish.
+        fuse_average = (self.ema is not None and getattr(backend, "FUSED_AVERAGE", False)
+                        and self.spec.matrix is None)
         for (group, device, st, decays, relative), members in by_kind.items():
             streams = _table.streams(self._seed, [positions[i] for i in members])
             averages = ({"averages": [self.averages[positions[i]] for i in members]}

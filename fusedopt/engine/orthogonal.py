@@ -38,14 +38,7 @@ def matrix_phase(engine, plan, positions, work, scales, cache) -> None:
     optimizer, which declares ``matrix``; ``scales``: each launch's grad scales from the
     pre-pass; ``cache``: the step's scalar rows by (hyper group, decays, step)."""
     spec = engine.spec
-    if plan.backend.name not in _BACKENDS:
-        raise ValueError(f"{spec.class_name} runs on the 'cpu' and 'unfused' backends: its "
-                         f"element passes have no CUDA kernels yet (the {plan.backend.name!r} "
-                         "backend), and its Newton-Schulz products need the array library's "
-                         "matmul between them. Step it on CPU tensors (NumPy arrays, or "
-                         "torch tensors on the CPU)")
-    for launch, _ in work:
-        _check(spec, launch)
+    check_matrices(engine, plan, work)
     for (launch, grads), scale in zip(work, scales):
         row = engine._step_rows(positions, launch, None, -1, cache)
         if not isinstance(row, tuple):  # steps in doubt exist on CUDA only
@@ -70,6 +63,19 @@ def matrix_phase(engine, plan, positions, work, scales, cache) -> None:
             rows = _tensor_rows(spec, row, hp, engine.convention, passes.shapes)
             plan.backend.step(matrix.weight, flags, rows, passes.second, passes.updates,
                               clip=NO_CLIP, step=t)
+
+
+def check_matrices(engine, plan, work) -> None:
+    """What the passes need of the step's backend and of every launch of ``work``."""
+    spec = engine.spec
+    if plan.backend.name not in _BACKENDS:
+        raise ValueError(f"{spec.class_name} runs on the 'cpu' and 'unfused' backends: its "
+                         f"element passes have no CUDA kernels yet (the {plan.backend.name!r} "
+                         "backend), and its Newton-Schulz products need the array library's "
+                         "matmul between them. Step it on CPU tensors (NumPy arrays, or "
+                         "torch tensors on the CPU)")
+    for launch, _ in work:
+        _check(spec, launch)
 
 
 def _check(spec, launch) -> None:

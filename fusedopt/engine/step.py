@@ -15,7 +15,7 @@ from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
 from .clip import NO_CLIP, GradClip, grad_scales
-from .orthogonal import matrix_phase
+from .orthogonal import check_matrices, matrix_phase
 from .reductions import factor_phase, reduction_phase, signed
 
 if TYPE_CHECKING:
@@ -71,6 +71,17 @@ class StepPhases:
             averaged = self._launch_phase(plan, positions, work, scales, scalars, window,
                                           slot, per_tensor, bases)
         return self._finish(plan, positions, window, slot, averaged)
+
+    def check(self, grads, positions=None) -> None:
+        """Every check :meth:`step` makes of ``grads`` at ``positions`` and of the
+        hyperparameters, with nothing launched and nothing changed: a front door that takes
+        one step with several engines (fusedopt/keras/_routed.py) checks them all before
+        stepping any."""
+        positions, grads, *_ = self._arguments(grads, positions, None, None)
+        plan, work, _ = self._plan_step(positions, grads)
+        self._scalar_phase(positions, work, None)
+        if self.spec.matrix is not None:
+            check_matrices(self, plan, work)
 
     def _arguments(self, grads, positions, grad_scale, found_inf):
         """The step's arguments checked and normalised, or None for a step the caller's

@@ -39,15 +39,16 @@ from __future__ import annotations
 import keras
 
 from ..algorithms.registry import lookup
-from ..engine.clip import Clipping
+from ..engine.clip import NONE, Clipping
 from ..engine.ema import MovingAverage
-from ..engine.engine import Engine, check_seed
-from ..memory import storage as _storage
+from ..engine.engine import Engine
 from ..memory.storage import MIN_QUANTIZED_SIZE
 from . import _stateless
 from ._factored import engine_slots
 from ._host_values import HostValue, host_number
 from ._quantized import QuantizedState
+from ._rounding import Rounding
+from ._routes import Route
 
 #: In the config of an optimizer with options Keras' class lacks: what loading it takes.
 REQUIRES = "import fusedopt.keras"
@@ -95,7 +96,12 @@ class FusedOptimizer:
                              f"{state_dtype!r}) cannot hold a slot that starts as the "
                              "variable itself; pass state_dtype=None")
         super().__init__(*args, **kwargs)
-        self._fused = _Fused(self, backend, rounding, quantized)
+        self._fused = self._fused_for(backend, rounding, quantized)
+
+    def _fused_for(self, backend: str, rounding: Rounding, quantized: QuantizedState):
+        """The engine that steps this optimizer's variables (a class with several routes
+        returns one engine per route: fusedopt/keras/_routed.py)."""
+        return _Fused(self, backend, rounding, quantized)
 
     # --- Keras' hooks -------------------------------------------------------------------------
     def build(self, variables):
@@ -103,7 +109,7 @@ class FusedOptimizer:
             return
         variables = list(variables)
         self._fused.rounding.check(type(self).__name__, variables)
-        with self._fused.quantized.slots(self, self._fused.engine, self._fused.group_of):
+        with self._fused.slot_variables(self):
             super().build(variables)
         if self._fused.rounding.kahan_summation:
             # One more optimizer variable per bfloat16 variable, saved and loaded with the
@@ -143,7 +149,7 @@ class FusedOptimizer:
         return super()._apply_weight_decay(variables)
 
     def _update_model_variables_moving_average(self, trainable_variables):
-        if self._fused.engine.ema is None or keras.src.backend.in_stateless_scope():
+        if not self._fused.moves_averages or keras.src.backend.in_stateless_scope():
             # Keras' own (CUDA, gradient accumulation, stateless_apply)
             return super()._update_model_variables_moving_average(trainable_variables)
         # The engine's step updated the averages of every variable it holds; the others
@@ -202,55 +208,17 @@ class FusedOptimizer:
             {k: v for k, v in config.items() if k != "requires"}, custom_objects)
 
 
-class Rounding:
-    """``stochastic_rounding`` / ``kahan_summation`` and ``seed``: how the bfloat16 variables'
-    stores round (float32 variables round nothing, so they keep the plain mode)."""
-
-    def __init__(self, stochastic_rounding, kahan_summation, seed):
-        _storage.mode_of(False, stochastic_rounding, kahan_summation)  # raises for bad values
-        self.stochastic_rounding = bool(stochastic_rounding)
-        self.kahan_summation = bool(kahan_summation)
-        self.seed = check_seed(seed)
-
-    @property
-    def active(self) -> bool:
-        return self.stochastic_rounding or self.kahan_summation
-
-    def options(self) -> dict:
-        return {"stochastic_rounding": self.stochastic_rounding,
-                "kahan_summation": self.kahan_summation}
-
-    def config(self) -> dict:
-        """fusedopt's keys of get_config(): only where set, so the defaults print as Keras'."""
-        if not self.active:
-            return {}
-        config = {k: v for k, v in self.options().items() if v}
-        if self.stochastic_rounding:
-            config["seed"] = self.seed
-        return config
-
-    def check(self, class_name: str, variables: list) -> None:
-        """Refuse a model with no bfloat16 variable, for which the option means nothing."""
-        if self.active and not any(v.dtype == "bfloat16" for v in variables):
-            flag = "stochastic_rounding" if self.stochastic_rounding else "kahan_summation"
-            dtypes = sorted({str(v.dtype) for v in variables})
-            raise ValueError(
-                f"{class_name}: {flag}=True rounds the stores of bfloat16 variables, and this "
-                f"model has none (its variables are {', '.join(dtypes)}; 'mixed_bfloat16' "
-                "keeps float32 variables). Build the model under the 'bfloat16' dtype policy "
-                f"for pure-bf16 training, or drop {flag}")
-
-
 class _Fused:
     """The engine of one Keras optimizer and the host copies its steps read."""
 
     def __init__(self, optimizer, backend: str, rounding: Rounding,
-                 quantized: QuantizedState):
+                 quantized: QuantizedState, route: Route | None = None):
         self.backend = backend
         self.rounding = rounding
         self.quantized = quantized
-        self.spec = lookup(optimizer.spec_name)
-        self.names = [h.name for h in self.spec.hypers if "keras" in h.conventions]
+        # What it steps and how it reads its hyperparameters (fusedopt/keras/_routes.py)
+        self.route = route or Route(optimizer.spec_name, type(optimizer).state_attributes)
+        self.spec = lookup(self.route.spec_name)
         self.iterations = HostValue(optimizer._iterations, lambda t: int(t))
         self._rate: HostValue | None = None  # the learning-rate variable's host copy
         self._numbers: dict = {}  # host copies of hyperparameters given as tensors
@@ -261,26 +229,41 @@ class _Fused:
                              **quantized.engine_options())
         self.hyper = self._hyper(optimizer)
         where = f"{type(optimizer).__name__}: "
-        self.engine.add_group(self.hyper, where=where)  # group 0: plain stores
+        names = self.route.names
+        self.engine.add_group(self.hyper, where=where, names=names)  # group 0: plain stores
         if rounding.active:  # group 1: the bfloat16 variables, rounded as asked
             self.engine.add_group(self.hyper, where=where, master_weights=False,
-                                  **rounding.options())
+                                  names=names, **rounding.options())
         self.position: dict[int, int] = {}  # Keras' variable index -> engine position
         self.tensors: list = []             # engine position -> the variable's own tensor
         self.unheld: list[int] = []         # Keras' indices of variables it does not step
         self.applying = False               # inside apply(): the fused pass clips and decays
+
+    @property
+    def lanes(self) -> tuple:
+        """The engines of the optimizer, each with its route: this one."""
+        return (self,)
+
+    @property
+    def moves_averages(self) -> bool:
+        """use_ema: the step moves Keras' moving averages (see ``add``)."""
+        return self.engine.ema is not None
+
+    def slot_variables(self, optimizer):
+        """Within it, Keras' ``build()`` makes the state variables as the engine keeps them."""
+        return self.quantized.slots(optimizer, self.engine, self.group_of)
 
     def group_of(self, variable) -> int:
         """The engine group of a model variable: 1 for a bfloat16 one that rounds as asked."""
         return int(self.rounding.active and variable.dtype == "bfloat16")
 
     # --- what Keras holds, as the engine takes it ---------------------------------------------
-    @staticmethod
-    def _clipping(optimizer) -> Clipping:
+    def _clipping(self, optimizer) -> Clipping:
         def positive(value):  # Keras clips only for a value > 0
             return value if value and value > 0 else None
+        whole = self.route.clips_globally  # else Keras clipped by the norm of every grad
         return Clipping(clipnorm=positive(optimizer.clipnorm),
-                        global_clipnorm=positive(optimizer.global_clipnorm),
+                        global_clipnorm=positive(optimizer.global_clipnorm) if whole else None,
                         clipvalue=positive(optimizer.clipvalue))
 
     def _learning_rate(self, optimizer) -> float:
@@ -300,17 +283,20 @@ class _Fused:
             return float(rate())
         return float(rate)
 
-    def _hyper(self, optimizer) -> dict:
-        hyper = {n: host_number(n, getattr(optimizer, n), self._numbers)
-                 for n in self.names if n != "learning_rate"}
-        hyper["learning_rate"] = self._learning_rate(optimizer)
-        return hyper
+    def _hyper(self, optimizer, learning_rate=None) -> dict:
+        """The engine's hyperparameters; with ``learning_rate`` (Keras' ``update_step``
+        called on its own), that one and no weight decay."""
+        values = {n: host_number(n, getattr(optimizer, n), self._numbers)
+                  for n in self.route.reads if n != "learning_rate"}
+        values["learning_rate"] = (self._learning_rate(optimizer) if learning_rate is None
+                                   else host_number("learning_rate", learning_rate, {}))
+        return self.route.hyper(optimizer, values, decay=learning_rate is None)
 
     def add(self, optimizer, variables: list, ema: bool = True, fresh: bool = False) -> None:
         """Hand Keras' variables and the state variables its build() made to the engine
         (``ema=False``: leave the moving averages to Keras' EMA step; ``fresh``: the state
         variables were just made, and quantized ones get their initial blocks)."""
-        names = [type(optimizer).state_attributes[s] for s in self.engine.hypers[0].slots]
+        names = [self.route.state_attributes[s] for s in self.engine.hypers[0].slots]
         missing = [n for n in names if not hasattr(optimizer, n)]
         if missing:
             raise RuntimeError(f"{type(optimizer).__name__}: this Keras {keras.__version__} "
@@ -330,6 +316,8 @@ class _Fused:
         # params, tensors, states, decays, Keras' indices, averages.
         groups = {0: ([], [], [], [], [], []), 1: ([], [], [], [], [], [])}
         for index, variable in enumerate(variables):
+            if not self.route.holds(optimizer, variable):  # another route's
+                continue
             own = [slot_list[index] for slot_list in lists]
             if any(s is None for s in own):  # overwrite_with_gradient: Keras assigns the grad
                 self.unheld.append(index)
@@ -369,15 +357,23 @@ class _Fused:
                 self.tensors.extend(tensors)
 
     # --- one step ------------------------------------------------------------------------------
-    def step(self, optimizer, grads, variables) -> None:
+    def step(self, optimizer, grads, variables, learning_rate=None) -> None:
+        """One step of ``variables``; with ``learning_rate``, Keras' ``update_step`` called
+        on its own: that learning rate, no clipping and no weight decay."""
+        self.engine.step(*self.prepare(optimizer, grads, variables, learning_rate))
+
+    def prepare(self, optimizer, grads, variables, learning_rate=None) -> tuple:
+        """The step's hyperparameters, clipping and count set and checked: the engine's
+        ``(grads, positions)``."""
         from torch import Tensor
         engine = self.engine
-        hyper = self._hyper(optimizer)
+        hyper = self._hyper(optimizer, learning_rate)
         if hyper != self.hyper:
             for group in range(len(engine.hypers)):
-                engine.set_hyper(group, hyper)
+                engine.set_hyper(group, hyper, where=f"{type(optimizer).__name__}: ",
+                                 names=self.route.names)
             self.hyper = hyper
-        clipping = self._clipping(optimizer)
+        clipping = self._clipping(optimizer) if learning_rate is None else NONE
         if clipping != engine.clipping:
             engine.clipping = clipping
         steps = optimizer.gradient_accumulation_steps
@@ -397,4 +393,4 @@ class _Fused:
                 grad = grad.to(tensor.dtype)
             positions.append(position)
             arrays.append(grad)
-        engine.step(arrays, positions)
+        return arrays, positions

@@ -66,7 +66,8 @@ def install() -> None:
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         type(model.optimizer)            # fusedopt.keras.Adam
 
-    Names: adam, adamw, sgd, rmsprop, adagrad, adadelta, adamax, nadam, lion (any case).
+    Names: adam, adamw, sgd, rmsprop, adagrad, adadelta, adamax, nadam, lion, muon (any
+    case), and the others Keras' table holds (adafactor, ftrl, ...).
     """
     table = _table()
     for name, cls in _named(table).items():

@@ -29,11 +29,19 @@ def _own_copy(variable) -> None:
 
 
 def step(optimizer, grads, variables) -> None:
-    """One fused step of ``optimizer`` on the StatelessScope's values of ``variables``."""
-    fused = optimizer._fused
+    """One fused step of ``optimizer`` on the StatelessScope's values of ``variables``: of
+    each of its engines (one per route: fusedopt/keras/_routes.py) over the variables its
+    route takes."""
+    for lane in optimizer._fused.lanes:
+        _step(optimizer, lane, grads, variables)
+
+
+def _step(optimizer, fused, grads, variables) -> None:
     built = optimizer._trainable_variables
-    names = [type(optimizer).state_attributes[s] for s in fused.engine.hypers[0].slots]
-    for variable in variables:
+    names = [fused.route.state_attributes[s] for s in fused.engine.hypers[0].slots]
+    pairs = [(g, v) for g, v in zip(grads, variables) if fused.route.holds(optimizer, v)]
+    fused.route.before_step(optimizer, [v for _, v in pairs])  # through the scope
+    for _, variable in pairs:
         index = optimizer._get_variable_index(variable)
         own = [getattr(optimizer, n)[index] for n in names]
         if fused.rounding.kahan_summation:
@@ -43,17 +51,19 @@ def step(optimizer, grads, variables) -> None:
                 _own_copy(written)
     # An engine over the variables' values in the scope (the copies, for those stepped),
     # with this step's hyperparameters, clipping and step count read through the scope.
-    copies = type(fused)(optimizer, fused.backend, fused.rounding, fused.quantized)
+    copies = type(fused)(optimizer, fused.backend, fused.rounding, fused.quantized,
+                         fused.route)
     copies.add(optimizer, built, ema=False)
     count = copies.iterations.get()
     steps = optimizer.gradient_accumulation_steps
     copies.engine.iterations = count // steps if steps else count
     positions, arrays = [], []
-    for grad, variable in zip(grads, variables):
+    for grad, variable in pairs:
         position = copies.position.get(optimizer._get_variable_index(variable))
         if position is None:  # overwrite_with_gradient: Keras assigned it the gradient
             continue
         tensor = copies.tensors[position]
         positions.append(position)
         arrays.append(grad.to(tensor.dtype) if grad.dtype != tensor.dtype else grad)
-    copies.engine.step(arrays, positions)
+    if positions:
+        copies.engine.step(arrays, positions)

@@ -19,6 +19,7 @@ from keras import ops
 
 from ..algorithms.registry import REGISTRY
 from ._fused import FusedOptimizer
+from ._muon import Muon
 from ._peerless import keras_base
 from ._peerless import state_attributes as peerless_attributes
 
@@ -70,12 +71,13 @@ def _keras_class(spec) -> type:
 #: Keras' lower-case names (``keras.optimizers.get("adam")``) -> the fused classes.
 CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.values()
            if spec.keras is not None}
+CLASSES["muon"] = _register(Muon)
 #: The optimizers Keras does not ship (RAdam, Rprop, ASGD, AdEMAMix, ...), by registry name:
 #: not under Keras' names, so ``install()`` leaves them out. A schedule-free optimizer's
 #: train/eval switch is a rule of the engine's, not an optimizer: it has no class here.
-#: Muon has no class here yet: Keras ships one, whose non-2-D variables (and excluded layers)
-#: take an AdamW step that the engine does not route yet; a class made from the declaration
-#: would refuse them instead of taking Keras' place.
+#: Muon is not made from its declaration: Keras' Muon gives its non-2-D variables (and
+#: excluded layers) an AdamW step, so its class routes them to two engines
+#: (fusedopt/keras/_muon.py), and it is added under Keras' name below.
 _SWITCHES = {spec.switch[0] for spec in REGISTRY.values() if spec.switch is not None}
 PEERLESS = {spec.name: _keras_class(spec) for spec in REGISTRY.values()
             if spec.keras is None and spec.name not in _SWITCHES and spec.matrix is None}
