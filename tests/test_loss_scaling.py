@@ -93,9 +93,13 @@ def _power_of_two_case(name, hp, convention, backend, dtype, steps=4, **storage)
     assert a.iterations == b.iterations == steps
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", sorted(n for n in set(REGISTRY) - MATRIX_ONLY  # 1-D problems
-                                         if REGISTRY[n].public))
+#: Every optimizer with bfloat16 params; float16's widening, the other 16-bit load before the
+#: scale, with Adam's and Lion's rules (each case is a compiled loop of its own).
+CPU_16BIT = [(name, "bfloat16") for name in sorted(set(REGISTRY) - MATRIX_ONLY)  # 1-D problems
+             if REGISTRY[name].public] + [("adam", "float16"), ("lion", "float16")]
+
+
+@pytest.mark.parametrize("name, dtype", CPU_16BIT)
 def test_power_of_two_scale_gives_the_unscaled_bits_on_cpu_16bit(name, dtype):
     if dtype not in REGISTRY[name].dtypes:  # Adafactor: its factored moments, float32 or 64
         return assert_refused(name, dtype)

@@ -67,9 +67,21 @@ def matrix():
             for hp, conv, _ in variants(REGISTRY[name])]
 
 
-def matrix_ids():
+def matrix_ids(cases=None):
     return [f"{name}-{conv}-" + "-".join(map(str, REGISTRY[name].flags(hp, conv)))
-            for name, hp, conv in matrix()]
+            for name, hp, conv in (matrix() if cases is None else cases)]
+
+
+def first_of_each():
+    """The first variant of every optimizer :func:`matrix` has: a property of the engine or
+    the backend that does not depend on the rule's flags is checked once per rule (each
+    variant more is one more compiled loop)."""
+    seen, out = set(), []
+    for name, hp, conv in matrix():
+        if name not in seen:
+            seen.add(name)
+            out.append((name, hp, conv))
+    return out
 
 
 def make(name, hp, convention, backend="cpu", **options):
