@@ -16,8 +16,7 @@ import fusedopt.keras  # noqa: E402
 from fusedopt.algorithms.registry import REGISTRY  # noqa: E402
 
 #: What fusedopt.keras makes a class of: not a schedule-free switch (a rule, no optimizer).
-SWITCHES = {s.switch[0] for s in REGISTRY.values() if s.switch is not None}
-PEERLESS = sorted(n for n, s in REGISTRY.items() if s.keras is None and n not in SWITCHES
+PEERLESS = sorted(n for n, s in REGISTRY.items() if s.keras is None and s.public
                   and s.matrix is None)
 SETTINGS = {"radam": dict(learning_rate=0.01, beta_2=0.99),
             "rprop": dict(learning_rate=0.02, eta_plus=1.5),

@@ -73,14 +73,13 @@ CLASSES = {spec.keras["name"].lower(): _keras_class(spec) for spec in REGISTRY.v
            if spec.keras is not None}
 CLASSES["muon"] = _register(Muon)
 #: The optimizers Keras does not ship (RAdam, Rprop, ASGD, AdEMAMix, ...), by registry name:
-#: not under Keras' names, so ``install()`` leaves them out. A schedule-free optimizer's
-#: train/eval switch is a rule of the engine's, not an optimizer: it has no class here.
+#: not under Keras' names, so ``install()`` leaves them out. A pass other optimizers run
+#: (schedule-free's train/eval switch, ``spec.public`` False) has no class here.
 #: Muon is not made from its declaration: Keras' Muon gives its non-2-D variables (and
 #: excluded layers) an AdamW step, so its class routes them to two engines
 #: (fusedopt/keras/_muon.py), and it is added under Keras' name below.
-_SWITCHES = {spec.switch[0] for spec in REGISTRY.values() if spec.switch is not None}
 PEERLESS = {spec.name: _keras_class(spec) for spec in REGISTRY.values()
-            if spec.keras is None and spec.name not in _SWITCHES and spec.matrix is None}
+            if spec.keras is None and spec.public and spec.matrix is None}
 globals().update({cls.__name__: cls for cls in (*CLASSES.values(), *PEERLESS.values())})
 #: The classes Keras has, under Keras' names (those install() takes over).
 KERAS_OWN = {name: cls for name, cls in CLASSES.items()
