@@ -57,9 +57,12 @@ EVERY_DTYPE_OPTIMIZER = "adam"
 def cases(backend: str = "cpu"):
     """(label, registry name, dtype, hyperparameters, convention) of every case: every
     optimizer the backend has kernels for (Adafactor and Muon have none on CUDA yet), but
-    Muon, whose 2-D params these shapes are not."""
+    Muon, whose 2-D params these shapes are not, and the passes other optimizers run (no
+    class saves them: schedule-free's switch, whose points the schedule-free cases save)."""
     for name in sorted(REGISTRY):
         spec = REGISTRY[name]
+        if not spec.public:
+            continue
         if backend == "cuda" and not spec.on_cuda:
             continue
         if spec.matrix is not None:  # 2-D params only: tests/test_muon.py resumes Muon
