@@ -235,17 +235,10 @@ class StepPhases:
         if base is None or self._window is not None:  # flags read since may move the steps
             base = self._base_steps(positions, launch)
         if pending is None and window is None and base.count(base[0]) == len(base):
-            key = (launch.hyper, launch.decays, base[0])
-            row = cache.get(key)
-            if row is None:
-                row = cache[key] = self._scalars(*key)
-            return row
+            return self._cached_row(cache, launch, base[0])
 
         def scalars_of(t):
-            key = (launch.hyper, launch.decays, t)
-            if key not in cache:
-                cache[key] = self._scalars(launch.hyper, launch.decays, t)
-            return cache[key]
+            return self._cached_row(cache, launch, t)
 
         members = range(len(positions)) if launch.members is None else launch.members
         if pending is None:
@@ -255,6 +248,15 @@ class StepPhases:
         else:
             mask = [(1 << len(pending.entries)) - 1] * len(base)
         return step_rows(scalars_of, base, mask, pending or window, slot)
+
+    def _cached_row(self, cache: dict, launch: Launch, t: int) -> tuple:
+        """The scalar row of ``launch`` at 1-based step ``t``, from the step's ``cache`` (by
+        hyper group, decays and step), computed there the first time."""
+        key = (launch.hyper, launch.decays, t)
+        row = cache.get(key)
+        if row is None:
+            row = cache[key] = self._scalars(*key)
+        return row
 
     def _base_steps(self, positions, launch: Launch) -> list[int]:
         """The 1-based step of each tensor of ``launch``, as far as known."""

@@ -59,7 +59,7 @@ class Optimizer(torch.optim.Optimizer):
         # one tensor operation per buffer (200 in-place adds cost more than the step's math).
         self._homes: dict[int, tuple] = {}    # position -> (buffer id, offset)
         self._buffers: list[tuple] = []       # buffer id -> (steps, {derived key: values})
-        self._counters: dict = {}             # positions -> [(buffer id, offsets or None)]
+        self._counters: dict = {}             # positions -> _counter_plan(positions)
         self._repeats = False                 # a group lists a param twice: stepped twice
         self._rebuilds = self.__dict__.get("_rebuilds", 0)  # engines made from the state
 
