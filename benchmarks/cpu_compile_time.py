@@ -1,7 +1,7 @@
 """Cold compile time of the CPU loop: one step of every registered optimizer, per dtype.
 
 For each dtype a fresh process on an empty Numba cache (a new temporary folder) takes one
-step of each optimizer at its defaults on 64 elements, so each step compiles its span
+step of each public optimizer that takes the dtype, at its defaults on an 8x8 param (Muon steps 2-D params only), so each step compiles its span
 function (fusedopt/backends/cpu/loop.py); the first also compiles the shared table walk. Prints
 the seconds per dtype and per variant, as markdown.
 
@@ -30,10 +30,14 @@ def _worker(dtype: str) -> None:
 
     classes = {c.spec_name: c for c in fusedopt.Optimizer.__subclasses__()}
     start = time.perf_counter()
-    for name in sorted(REGISTRY):
-        p, g = np.zeros(64, numpy_dtype(dtype)), np.zeros(64, numpy_dtype(dtype))
-        classes[name](backend="cpu").apply_gradients([(g, p)])
-    print(json.dumps({"seconds": time.perf_counter() - start, "variants": len(REGISTRY)}))
+    names = [name for name in sorted(REGISTRY)
+             if REGISTRY[name].public and dtype in REGISTRY[name].dtypes]
+    for name in names:
+        p, g = np.zeros((8, 8), numpy_dtype(dtype)), np.zeros((8, 8), numpy_dtype(dtype))
+        # Muon keeps its state in the param's dtype (no float32 state for a 16-bit param).
+        extra = {"state_dtype": dtype} if REGISTRY[name].matrix is not None else {}
+        classes[name](backend="cpu", **extra).apply_gradients([(g, p)])
+    print(json.dumps({"seconds": time.perf_counter() - start, "variants": len(names)}))
 
 
 def main(argv=None) -> int:

@@ -213,3 +213,23 @@ def test_grad_scaler_unscales_in_the_momentum_pass_and_skips_inf_steps():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):
         assert relative(a, b) <= 1e-6
+
+
+def test_bfloat16_numpy_params_step_as_the_same_torch_tensors():
+    """A bfloat16 Muon on NumPy arrays (ml_dtypes) runs its Newton-Schulz in torch on the
+    same memory: the same bits as fusedopt.torch.Muon on bfloat16 tensors."""
+    import ml_dtypes
+    params, grads = _problem(5, steps=4)
+    arrays = [p.astype(ml_dtypes.bfloat16) for p in params]
+    tensors = [torch.nn.Parameter(torch.from_numpy(p).to(torch.bfloat16)) for p in params]
+    ours = fusedopt.Muon(learning_rate=0.02, weight_decay=0.1, convention="torch",
+                         state_dtype="bfloat16")
+    theirs = fusedopt.torch.Muon(tensors, lr=0.02)
+    for g in grads:
+        ours.apply_gradients([(x.astype(ml_dtypes.bfloat16), p) for x, p in zip(g, arrays)])
+        for x, t in zip(g, tensors):
+            t.grad = torch.from_numpy(x).to(torch.bfloat16)
+        theirs.step()
+    for a, t in zip(arrays, tensors):
+        np.testing.assert_array_equal(a.view(np.uint16),
+                                      t.detach().view(torch.int16).numpy().view(np.uint16))

@@ -83,9 +83,13 @@ class ArrayOps:
 
 
 class TorchOnArrays(TorchOps):
-    """torch's batched products on a NumPy stack's memory (NumPy has no bfloat16 matmul)."""
+    """torch's batched products on a NumPy stack's memory (NumPy has no bfloat16 matmul).
+    torch does not take ml_dtypes' bfloat16 arrays: their bits go through as uint16 and
+    come back as a bfloat16 view of the same memory."""
 
     def wrap(self, stack):
+        if stack.dtype.name == "bfloat16":
+            return self.torch.from_numpy(stack.view(np.uint16)).view(self.torch.bfloat16)
         return self.torch.from_numpy(stack)
 
 
