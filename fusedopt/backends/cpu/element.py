@@ -61,7 +61,7 @@ def _param_io(mode: int, code: int):
 
         def put(value, e, xv):
             return store_even(value), xv
-    options = dict(inline="always", error_model="numpy")
+    options = dict(error_model="numpy")
     return njit(**options)(get), njit(**options)(put)
 
 
@@ -99,7 +99,7 @@ def _element(variant):
     element_hash = random_bits.element_hash
     zero = np.float64(0.0) if pcode == storage.F64 else np.float32(0.0)
 
-    @njit(inline="always", error_model="numpy")
+    @njit(error_model="numpy")
     def one(pv, gv, av, bv, cv, dv, xv, vv, h, ema, scale, limit, key, index):
         # Clipping and a loss scale's 1/s: exact no-ops at scale 1 and limit +inf, so every
         # tensor of a clamping variant takes this one path. clamp(gi, -limit, limit) with
@@ -168,7 +168,7 @@ def _apply(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit, key, of
     clamp(g * scale, -limit, limit); ``key`` and ``offset`` + i key its random bits."""
 
 
-@overload(_apply, inline="always")
+@overload(_apply)
 def _apply_variant(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit, key,
                    offset):
     one, ns, master = _element(variant), variant.n_slots, variant.mode in WITH_SLOT
@@ -198,7 +198,7 @@ def _apply_variant(variant, i, p, g, s0, s1, s2, s3, x, v, h, ema, scale, limit,
 
 
 def _apply_pair(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key, offset):
-    """Elements 2i and 2i + 1 through a :func:`pairs` variant, the operands as arrays of
+    """Elements 2i and 2i + 1 through a :func:`pairs` variant, the operands as pointers to
     32-bit words (each element's 16 bits a half of a word, the lower address the low
     half); a no-op for other variants.
 
@@ -209,7 +209,7 @@ def _apply_pair(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key, 
     that port). The step itself is the same function, so the bits are the same."""
 
 
-@overload(_apply_pair, inline="always")
+@overload(_apply_pair)
 def _apply_pair_variant(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key,
                         offset):
     if not pairs(variant):  # typed, never run: the span function takes them one at a time

@@ -33,7 +33,7 @@ from ._cache import JIT_OPTIONS
 from .address import address
 from .element import _pointer
 from .reduce import BLOCK, _block_sums
-from .rules import element_rule, reduction_rule
+from .rules import element_rule, inlined, reduction_rule
 
 _INLINE = {"inline": "always", "error_model": "numpy"}
 _OPTIONS = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}  # closures: no cache
@@ -55,7 +55,8 @@ def _kernels(spec, flags: tuple, dtype: str):
     square = njit(**_INLINE)(declared.square)
     moment = njit(**_INLINE)(declared.moment)
     estimate = njit(**_INLINE)(declared.estimate)
-    update, terms = element_rule(spec, flags), reduction_rule(spec, flags)
+    update = inlined(element_rule(spec, flags))
+    terms = inlined(reduction_rule(spec, flags))
     f = spec.named_flags(flags)
     compute = np.float64 if dtype == "float64" else np.float32
     zero = compute(0)

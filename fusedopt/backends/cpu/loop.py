@@ -39,7 +39,7 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, njit, prange, types
+from numba import njit, prange, types
 from numba.core.extending import (
     intrinsic,
     overload,
@@ -179,38 +179,33 @@ def _span(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, of
     """``n`` elements of one tensor through ``variant``, from the operands' addresses (0
     for an operand the variant has not; ``v`` the average); ``scalars`` points at the
     rule's scalars as float64 (then the average's two), ``offset`` is the first element's
-    index in its tensor (a key of its random bits)."""
+    index in its tensor (a key of its random bits).
+
+    The operands are raw pointers, not Numba arrays: arrays carry reference counts, whose
+    updates around the call of the rule (a function of its own, rules.py) keep LLVM's
+    vectorizer off the loop until it has inlined the call, which comes too late."""
     _prefer_wide_vectors()
-    ns, master, random, paired, average = _layout(variant)
+    paired = _layout(variant)[3]
     h = _rule_scalars(scalars[0], variant)
     ema = _average_scalars(scalars[0], variant)
     scale_, limit_ = _in_compute_type((scale, limit), variant)
     done = 0
     if paired and (p | g | s0 | s1 | s2 | s3 | x) & 3 == 0:  # every operand's words aligned
         words = n >> 1
-        pw, gw = carray(_words_at(p), words), carray(_words_at(g), words)
-        s0w = carray(_words_at(s0), words if ns > 0 else 0)
-        s1w = carray(_words_at(s1), words if ns > 1 else 0)
-        s2w = carray(_words_at(s2), words if ns > 2 else 0)
-        s3w = carray(_words_at(s3), words if ns > 3 else 0)
-        xw = carray(_words_at(x), words if master else 0)
+        pw, gw, xw = _words_at(p), _words_at(g), _words_at(x)
+        s0w, s1w, s2w, s3w = _words_at(s0), _words_at(s1), _words_at(s2), _words_at(s3)
         for i in range(words):
             _apply_pair(variant, i, pw, gw, s0w, s1w, s2w, s3w, xw, h, ema, scale_, limit_,
                         key, offset)
         done = 2 * words
     # The elements left (all of them, unless taken in pairs above), one at a time.
-    left = n - done
-    p_ = carray(_param_at(variant, p), n)[done:]
-    g_ = carray(_grad_at(variant, g), n)[done:]
-    s0_ = carray(_state_at(variant, s0), n if ns > 0 else 0)[done:]
-    s1_ = carray(_state_at(variant, s1), n if ns > 1 else 0)[done:]
-    s2_ = carray(_state_at(variant, s2), n if ns > 2 else 0)[done:]
-    s3_ = carray(_state_at(variant, s3), n if ns > 3 else 0)[done:]
-    x_ = carray(_master_at(variant, x), n if master else 0)[done:]
-    v_ = carray(_param_at(variant, v), n if average else 0)[done:]
-    for i in range(left):
+    p_, g_, x_, v_ = (_param_at(variant, p), _grad_at(variant, g), _master_at(variant, x),
+                      _param_at(variant, v))
+    s0_, s1_ = _state_at(variant, s0), _state_at(variant, s1)
+    s2_, s3_ = _state_at(variant, s2), _state_at(variant, s3)
+    for i in range(done, n):
         _apply(variant, i, p_, g_, s0_, s1_, s2_, s3_, x_, v_, h, ema, scale_, limit_, key,
-               offset + done)
+               offset)
 
 
 _I64, _F64 = types.int64, types.float64

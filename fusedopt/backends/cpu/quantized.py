@@ -46,6 +46,7 @@ from .loop import (
     _rule_scalars,
     span_signature,
 )
+from .rules import inlined
 from .storage import bits_float, float_bits
 from .variant import _RULES, WITH_SLOT
 
@@ -78,7 +79,7 @@ def _element(variant):
     """One element's step on decoded slot values: (stored param, grad, four slot values in
     the compute type, master-slot element, average) -> (stored param, four new slot
     values, master-slot element, average), the param kept as its mode keeps it."""
-    rule = _RULES[variant.rule]
+    rule = inlined(_RULES[variant.rule])
     pcode, gcode, _ = variant.codes
     clamps, average = variant.clamps, variant.average
     get_p, put_p = _param_io(variant.mode, pcode)

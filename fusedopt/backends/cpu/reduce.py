@@ -26,7 +26,7 @@ from . import storage
 from ._cache import JIT_OPTIONS
 from .element import _param_io, _pointer
 from .norm import per_tensor
-from .rules import reduction_rule
+from .rules import inlined, reduction_rule
 from .variant import WITH_SLOT, loop_dtypes
 
 #: Elements whose terms are summed together (then added to the task's running sums).
@@ -52,7 +52,7 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
     """The parallel chunk sums of ``spec``'s reduction for variant ``flags`` on storage
     ``codes`` in ``mode``: ``(table, items, n_tensors, table_slots, chunk, k, likes) ->
     (MAX_REDUCTIONS, items) float64``. The rule, storage and mode are constants of it."""
-    terms = reduction_rule(spec, flags)
+    terms = inlined(reduction_rule(spec, flags))
     ns, master = len(spec.slots(flags)), mode in WITH_SLOT
     pcode, gcode, scode = codes
     get_p = _param_io(mode, pcode)[0]

@@ -26,7 +26,13 @@ from ...algorithms.ruleast import expand, function
 from ...algorithms.spec import MAX_REDUCTIONS
 from ...constants import MAX_SLOTS
 
-_RULE = {"inline": "always", "error_model": "numpy"}
+#: The rules are compiled as functions of their own, which LLVM inlines into the float
+#: span's loop (fusedopt/backends/cpu/loop.py indexes raw pointers, so nothing stands
+#: between the call and the vectorizer). Numba's own inlining recompiles a callee's IR at
+#: every call site; a float variant compiles in about half the time without it
+#: (benchmarks/RESULTS.md, "Compile time"). Callers whose loops index Numba arrays take
+#: :func:`inlined`.
+_RULE = {"error_model": "numpy"}
 
 #: Where the generated element functions say they live (Numba's cache and type names).
 _MODULE = __name__
@@ -61,6 +67,15 @@ def source_digest(spec) -> str:
 
 def _name(node: str) -> ast.Name:
     return ast.Name(id=node, ctx=ast.Load())
+
+
+@functools.lru_cache(maxsize=None)
+def inlined(rule):
+    """``rule`` (an element or reduction rule of this module) inlined by Numba into its
+    caller's IR. A loop over Numba arrays keeps their reference counts around a call it
+    cannot see into; LLVM inlines the call after its vectorizer has given up on the loop,
+    so the quantized, factored and reduction loops, which index arrays, take this."""
+    return njit(inline="always", **_RULE)(rule.py_func)
 
 
 @functools.lru_cache(maxsize=None)
