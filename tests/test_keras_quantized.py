@@ -108,12 +108,3 @@ def test_bad_state_dtype_is_refused_with_the_fix():
     assert all(s.dtype == "uint8" for s in opt._momentums)
     for a, b in zip(weights(net), before):
         np.testing.assert_array_equal(a, b)
-
-
-
-def test_a_slot_that_starts_at_the_param_is_refused_before_anything_is_made():
-    """Schedule-free's z starts as the variable itself, which quantized state does not
-    hold: refused at construction, with the fix."""
-    with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: quantized state .* starts as "
-                                         r"the variable"):
-        fusedopt.keras.ScheduleFreeAdamW(state_dtype="q8")
