@@ -74,9 +74,11 @@ def _check_readable(engine, pos: int) -> None:
                          "stochastic_rounding=True for schedule-free")
     z = kept_dtype(engine, pos)
     if z not in grad_dtypes(st.param, st.mode):
+        fix = (f"{st.state} state keeps z in {z}, so keep a master (master_weights=True)"
+               if st.quantized else f"keep the state in {st.param} (state_dtype) or keep a "
+               "master (master_weights=True)")
         raise ValueError(f"param {pos} is {st.param} with {z} state: train()/eval() "
-                         f"read z as the param's own dtype; keep the state in {st.param} "
-                         "(state_dtype) or keep a master (master_weights=True)")
+                         f"read z as the param's own dtype; {fix}")
 
 
 def kept_dtype(engine, pos: int) -> str:
