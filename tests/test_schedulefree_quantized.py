@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import fusedopt
-from fusedopt import checkpoint, functional
+from fusedopt import checkpoint, config, functional
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.engine.engine import Engine
 from fusedopt.memory import quant
@@ -59,16 +59,19 @@ def _engine(name, fmt, convention, backend, param):
 def test_a_quantized_step_is_the_float32_step_on_decoded_state(fmt, convention, backend):
     """Each step, a float32 engine is given the q8 engine's param, z and decoded v and
     stepped with the same grad: the param and z agree bit for bit, and v's codes and
-    scales are the host quantizer's (fusedopt/memory/quant.py) of the float32 v."""
-    w = np.random.default_rng(1).standard_normal(N).astype(np.float32)
+    scales are the host quantizer's (fusedopt/memory/quant.py) of the float32 v. The param
+    spans three of the CPU backend's chunks (spans that start past element 0, the last one
+    ending inside a block)."""
+    n = 2 * config.CPU_CHUNK + 300
+    w = np.random.default_rng(1).standard_normal(n).astype(np.float32)
     ours = _engine("schedulefreeadamw", fmt, convention, backend, w)
     assert [a.dtype for a in ours.states[0]] == [np.float32, np.uint8]
-    for t, g in enumerate(_grads(6), 1):
+    for t, g in enumerate(_grads(4, n), 1):
         z, v = ours.states[0]
         plain_w = w.copy()
         plain = _engine("schedulefreeadamw", "float32", convention, backend, plain_w)
         plain.states[0][0][...] = z
-        plain.states[0][1][...] = quant.dequantize(v, N, fmt, signed=False)
+        plain.states[0][1][...] = quant.dequantize(v, n, fmt, signed=False)
         plain.iterations, plain.steps[0] = t - 1, t - 1
         plain.hypers[0].running = ours.hypers[0].running and dict(ours.hypers[0].running)
         ours.step([g.copy()])
