@@ -18,8 +18,9 @@ def _slot_dtype(s) -> str:
 
 def slots_of(engine, i) -> list:
     """(name, array, quantized format or None) of position ``i``'s state arrays (None for
-    the master slot and a ``float_state`` slot beside quantized ones). A quantized slot (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and
-    ``.../absmax``, its header entry naming the format, the map and the block size."""
+    the master slot and a ``float_state`` slot beside quantized ones). A quantized slot
+    (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and ``.../absmax``,
+    its header entry naming the format, the map and the block size."""
     st = engine.storages[i]
     group = engine.hypers[engine.group_of[i]]
     signed = engine.spec.signed_slots(group.flags)  # None: a float32 slot (float_state)

@@ -38,7 +38,8 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     bits of the same step of an optimizer holding the same params in the same order.
     ``state_dtype="q8"`` or ``"q4"``: every optimizer slot is a quantized buffer
     (fusedopt/memory/quant.py) of its param, whatever its size, but a ``float_state`` one
-    (schedule-free's z), a float32 array; :func:`quantized_state` makes the initial ones. Returns True when the step was applied.
+    (schedule-free's z), a float32 array; :func:`quantized_state` makes the initial ones.
+    Returns True when the step was applied.
     """
     spec = lookup(name)
     clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,

@@ -5,10 +5,10 @@
 same storage (a master or remainder is the switch's too, shared), its "grad" the z slot.
 
 Eval keeps each y in an array of z's dtype (``engine.kept``; the state dtype, float32
-beside quantized state) and train puts it back,
-bit for bit: lerp(lerp(y, z, 1 - 1/b1), z, 1 - b1) rounds twice and is not y. Without kept
-y's (a checkpoint of the schedulefree package, taken in eval mode) train lerps back as that
-package does. The kept y's cost one array per param while in eval mode only.
+beside quantized state) and train puts it back, bit for bit: lerp(lerp(y, z, 1 - 1/b1), z,
+1 - b1) rounds twice and is not y. Without kept y's (a checkpoint of the schedulefree
+package, taken in eval mode) train lerps back as that package does. The kept y's cost one
+array per param while in eval mode only.
 """
 
 from __future__ import annotations

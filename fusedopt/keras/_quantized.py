@@ -9,9 +9,8 @@ initial value. A smaller variable's slots are float32, as the engine keeps them,
 a slot the optimizer declares ``float_state`` (schedule-free's z): Keras makes a variable's
 slots in the order its optimizer declares them, so the k-th slot variable made from a
 model variable is the engine's k-th slot (Keras' own "average" and "gradient_accumulator"
-variables aside). So no
-float32 copy of a quantized slot is ever allocated, and Keras saves and loads the buffers
-with the model like any optimizer variable.
+variables aside). So no float32 copy of a quantized slot is ever allocated, and Keras
+saves and loads the buffers with the model like any optimizer variable.
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ def measure() -> list[dict]:
 
 
 def markdown(rows) -> str:
-    lines = ["| Adam (unless named), kept as | param | grad | state (arrays) | total bytes / param | "
-             "bytes a step moves |", "|---|---:|---:|---|---:|---:|"]
+    lines = ["| Adam (unless named), kept as | param | grad | state (arrays) | "
+             "total bytes / param | bytes a step moves |", "|---|---:|---:|---|---:|---:|"]
     for r in rows:
         total = r["param"] + r["grad"] + r["state"]
         lines.append(f"| {r['mode']} | {r['param']:g} | {r['grad']:g} | {r['state']:g} "
