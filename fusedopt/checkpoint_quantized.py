@@ -17,14 +17,16 @@ def _slot_dtype(s) -> str:
 
 
 def slots_of(engine, i) -> list:
-    """(name, array, quantized format or None) of position ``i``'s state arrays. A
-    quantized slot (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and
-    ``.../absmax``, its header entry naming the format, the map and the block size."""
+    """(name, array, quantized format or None) of position ``i``'s state arrays (None for
+    the master slot and a ``float_state`` slot beside quantized ones). A quantized slot
+    (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and ``.../absmax``,
+    its header entry naming the format, the map and the block size."""
     st = engine.storages[i]
-    fmt = st.state if st.quantized else None
-    n_rule = len(engine.hypers[engine.group_of[i]].slots)
-    return [(n, s, fmt if k < n_rule else None)
-            for k, (n, s) in enumerate(zip(engine.slot_names(i), engine.states[i]))]
+    group = engine.hypers[engine.group_of[i]]
+    signed = engine.spec.signed_slots(group.flags)  # None: a float32 slot (float_state)
+    formats = [st.state if st.quantized and sign is not None else None for sign in signed]
+    formats += [None] * (len(engine.states[i]) - len(formats))  # the master slot
+    return [(n, s, fmt) for n, s, fmt in zip(engine.slot_names(i), engine.states[i], formats)]
 
 
 def slot_entry(name, s, fmt) -> dict:

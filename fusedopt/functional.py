@@ -37,8 +37,9 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     param's index in ``params``, the element's index and the array, so a call gives the
     bits of the same step of an optimizer holding the same params in the same order.
     ``state_dtype="q8"`` or ``"q4"``: every optimizer slot is a quantized buffer
-    (fusedopt/memory/quant.py) of its param, whatever its size; :func:`quantized_state`
-    makes the initial ones. Returns True when the step was applied.
+    (fusedopt/memory/quant.py) of its param, whatever its size, but a ``float_state`` one
+    (schedule-free's z), a float32 array; :func:`quantized_state` makes the initial ones.
+    Returns True when the step was applied.
     """
     spec = lookup(name)
     clipping = Clipping(clipnorm=clipnorm, global_clipnorm=global_clipnorm,

@@ -4,7 +4,8 @@ The door only translates: a Keras optimizer with quantized state steps every bit
 Keras-style class (the core API, Keras' convention) with the same state_dtype; its slot
 variables are the quantized buffers themselves (uint8, about 2 bytes per element for q8's
 two AdamW slots), float32 for a variable under ``min_quantized_size``; bfloat16 variables
-train with q8 state and stochastic rounding; a saved model continues bit for bit.
+train with q8 state and stochastic rounding; a saved model continues bit for bit, one
+trained by schedule-free AdamW (z float32 beside v's buffer) too.
 """
 
 import keras
@@ -110,10 +111,21 @@ def test_bad_state_dtype_is_refused_with_the_fix():
         np.testing.assert_array_equal(a, b)
 
 
-
-def test_a_slot_that_starts_at_the_param_is_refused_before_anything_is_made():
-    """Schedule-free's z starts as the variable itself, which quantized state does not
-    hold: refused at construction, with the fix."""
-    with pytest.raises(ValueError, match=r"ScheduleFreeAdamW: quantized state .* starts as "
-                                         r"the variable"):
-        fusedopt.keras.ScheduleFreeAdamW(state_dtype="q8")
+def test_schedule_free_saves_and_loads_with_the_model_bit_for_bit(tmp_path):
+    """Schedule-free AdamW's z is a float32 variable beside v's uint8 buffer (only v is
+    quantized); both go through model.save and load_model, and training continues."""
+    make = lambda: fusedopt.keras.ScheduleFreeAdamW(  # noqa: E731
+        learning_rate=0.01, state_dtype="q8", min_quantized_size=0)
+    train = data()
+    uninterrupted = fit(make(), epochs=4, train=train)
+    first = fit(make(), epochs=2, train=train)
+    assert {s.dtype for s in first.optimizer._momentums} == {"float32"}
+    assert {s.dtype for s in first.optimizer._velocities} == {"uint8"}
+    first.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    loaded.fit(train.x, train.y, batch_size=10, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(weights(loaded), weights(uninterrupted)):
+        np.testing.assert_array_equal(a, b)
+    for (key, a), b in zip(variables(loaded.optimizer).items(),
+                           variables(uninterrupted.optimizer).values()):
+        np.testing.assert_array_equal(a, b, err_msg=key)

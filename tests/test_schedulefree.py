@@ -250,6 +250,8 @@ def test_core_round_trip_with_masters_and_16_bit_state():
 @pytest.mark.parametrize("options,match", [
     ({}, r"bfloat16 with float32 state.*state_dtype.*master"),
     (dict(kahan_summation=True, state_dtype="bfloat16"), r"Kahan.*master_weights"),
+    (dict(state_dtype="q8", min_quantized_size=0),
+     r"bfloat16 with float32 state.*q8 state keeps z in float32.*master_weights=True"),
 ])
 def test_switch_refused_where_y_could_not_come_back_exactly(options, match):
     import ml_dtypes

@@ -204,9 +204,12 @@ def unfused_sgd(xp, p, g, s, k, f):
 
 
 FLAG_NAMES = ("flavor", "stepping", "adaptive", "to_eval", "saved")
-#: z and v of a step (v: AdamW), y of the switch; z of a switch is its grad.
-SLOTS = (Slot("z", when="stepping", from_param=True), Slot("v", when="adaptive"),
-         Slot("y", when="saved"))
+#: z and v of a step (v: AdamW), y of the switch; z of a switch is its grad. Quantized state
+#: (``state_dtype="q8"``/``"q4"``) quantizes v only, with the unsigned map: z and y are
+#: points of the param space, kept float32 (the switch reads z as its grad and puts y back
+#: as the param, bit for bit), so SGD's state is float32 whatever the format.
+SLOTS = (Slot("z", when="stepping", from_param=True, float_state=True),
+         Slot("v", when="adaptive", nonneg=True), Slot("y", when="saved", float_state=True))
 
 
 def _flags_adamw(hp, convention):

@@ -52,16 +52,20 @@ class Slot:
     it starts as a copy of the param (schedule-free's z) rather than ``slot_init``, whether
     its values are never negative (``nonneg``: a second moment, an accumulator of squares),
     so that quantized state (``state_dtype="q8"``) keeps it with an unsigned map, which
-    spends the sign's bit on resolution, and its ``shape``: None for the param's, or a
-    factored kind of fusedopt/memory/factored.py ("row", "col": the factors of a param of
-    rank >= 2; "full": a param of rank < 2's whole second moment). A slot a param's rank
-    does not have is an empty array."""
+    spends the sign's bit on resolution, whether it stays float under quantized state
+    (``float_state``: a point of the param space, as schedule-free's z and kept y, whose
+    codes' relative error would move the weights themselves; it is kept in
+    ``quant.FLOAT_SLOT``, the others in the quantized format), and its ``shape``: None for
+    the param's, or a factored kind of fusedopt/memory/factored.py ("row", "col": the
+    factors of a param of rank >= 2; "full": a param of rank < 2's whole second moment). A
+    slot a param's rank does not have is an empty array."""
 
     name: str
     when: str | None = None
     from_param: bool = False
     nonneg: bool = False
     shape: str | None = None
+    float_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -240,10 +244,13 @@ class OptimizerSpec:
         named = dict(zip(self.flag_names, flags))
         return tuple(s.name for s in self.slot_decls if s.when is None or named[s.when])
 
-    def signed_slots(self, flags: tuple[int, ...]) -> tuple[bool, ...]:
-        """For each slot of ``slots(flags)``, whether it may hold negative values."""
+    def signed_slots(self, flags: tuple[int, ...]) -> tuple[bool | None, ...]:
+        """For each slot of ``slots(flags)``, the map quantized state keeps it with: True
+        (signed) where it may hold negative values, False (unsigned) where it never does,
+        None where it is not quantized at all (``float_state``)."""
         named = dict(zip(self.flag_names, flags))
-        return tuple(not s.nonneg for s in self.slot_decls if s.when is None or named[s.when])
+        return tuple(None if s.float_state else not s.nonneg
+                     for s in self.slot_decls if s.when is None or named[s.when])
 
     @property
     def max_slots(self) -> int:

@@ -88,7 +88,8 @@ def _operands(group: Group, grads, clip: GradClip, t: int, n_slots: int, st, com
             scale = scale[t]
         g = _clipped(xp, g, scale, clip.limit, compute)
     if st.quantized:  # decoded in a pass of its own: the baseline a fused step saves
-        state = [_quant.dequantize(s, p.size, st.state, sign).reshape(p.shape)
+        state = [_widened(s, compute) if sign is None else
+                 _quant.dequantize(s, p.size, st.state, sign).reshape(p.shape)
                  for s, sign in zip(slots[:n_slots], signed)]
     else:
         state = [_widened(s, compute) for s in slots[:n_slots]]
@@ -182,7 +183,7 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
         named = spec.Scalars(*(compute(x) for x in as_rows(steps, len(group.params))
                                .scalars()))
     signed = spec.signed_slots(flags) if st.quantized else ()
-    if st.quantized and st.mode == "stochastic":
+    if st.mode == "stochastic" and any(sign is not None for sign in signed):
         raise ValueError("the unfused backend rounds quantized state to nearest only: use "
                          "backend='cpu' for stochastic rounding with state_dtype "
                          f"{st.state!r}, or drop stochastic_rounding")
@@ -208,11 +209,11 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
                 s[...] = _rounding.round_stochastic(xp, new.ravel(), s.dtype, _rounding.array_bits(
                     element, 1 + k)).reshape(s.shape)
             continue
-        if st.quantized:  # encoded in a pass of its own: the new absmax, then the codes
-            for s, new, sign in zip(slots, state, signed):
+        signs = signed or (None,) * n_slots
+        for s, new, sign in zip(slots, state, signs):
+            if sign is not None:  # encoded in a pass of its own: the new absmax, the codes
                 s[...] = _quant.quantize(new, st.state, sign)
-        for s, new in zip(slots, state):
-            if new is not s and not st.quantized:
+            elif new is not s:
                 s[...] = new.astype(s.dtype)
         if st.mode == "master":
             p[...] = _nearest_away(xp, work, p.dtype)

@@ -187,7 +187,9 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
                 _validate.check_factored(first + i, p, self.spec)
             if states is not None:
                 _validate.check_state(first + i, p, states[i],
-                                      *slot_dtypes(slots, storages[-1]),
+                                      *slot_dtypes(slots, storages[-1],
+                                                   self.spec.signed_slots(
+                                                       self.hypers[group].flags)),
                                       shapes=_slot_kinds(self.spec, slots))
             if averages is not None:
                 _validate.check_state(first + i, p, [averages[i]], ["average"])

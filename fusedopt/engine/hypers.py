@@ -89,8 +89,8 @@ class HyperGroups:
             why += "Newton-Schulz, in the state's dtype"
         elif self.spec.reductions is not None:
             why = "its per-tensor reductions read the state in a pass of their own"
-        elif any(s.from_param for s in self.spec.slot_decls):
-            why = "a slot of it starts as the param and its train/eval switch reads it"
+        elif any(s.from_param and not s.float_state for s in self.spec.slot_decls):
+            why = "a slot of it starts as the param, and is not declared float_state"
         if why is not None:
             raise ValueError(f"state_dtype={state_dtype!r} is not supported for "
                              f"{self.spec.name} yet ({why}); use state_dtype='float32' or "

@@ -4,10 +4,11 @@
 (fusedopt/algorithms/schedulefree.py) stepped by an engine made for the call: same params,
 same storage (a master or remainder is the switch's too, shared), its "grad" the z slot.
 
-Eval keeps each y in an array of the state dtype (``engine.kept``) and train puts it back,
-bit for bit: lerp(lerp(y, z, 1 - 1/b1), z, 1 - b1) rounds twice and is not y. Without kept
-y's (a checkpoint of the schedulefree package, taken in eval mode) train lerps back as that
-package does. The kept y's cost one array per param while in eval mode only.
+Eval keeps each y in an array of z's dtype (``engine.kept``; the state dtype, float32
+beside quantized state) and train puts it back, bit for bit: lerp(lerp(y, z, 1 - 1/b1), z,
+1 - b1) rounds twice and is not y. Without kept y's (a checkpoint of the schedulefree
+package, taken in eval mode) train lerps back as that package does. The kept y's cost one
+array per param while in eval mode only.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def switch(engine, to_eval: bool) -> bool:
             for pos in members:
                 _check_readable(engine, pos)
                 y = ([kind_of(engine.params[pos]).zeros(engine.params[pos],
-                                                        engine.storages[pos].state)]
+                                                        kept_dtype(engine, pos))]
                      if to_eval else [kept[pos]] if saved else [])
                 master = [engine.states[pos][-1]] if engine.storages[pos].master else []
                 states.append(y + master)
@@ -71,10 +72,19 @@ def _check_readable(engine, pos: int) -> None:
                          "y in the state dtype without it, and the way back would not be bit "
                          "for bit; use master_weights=True (or 'remainder') or "
                          "stochastic_rounding=True for schedule-free")
-    if st.state not in grad_dtypes(st.param, st.mode):
-        raise ValueError(f"param {pos} is {st.param} with {st.state} state: train()/eval() "
-                         f"read z as the param's own dtype; keep the state in {st.param} "
-                         "(state_dtype) or keep a master (master_weights=True)")
+    z = kept_dtype(engine, pos)
+    if z not in grad_dtypes(st.param, st.mode):
+        fix = (f"{st.state} state keeps z in {z}, so keep a master (master_weights=True)"
+               if st.quantized else f"keep the state in {st.param} (state_dtype) or keep a "
+               "master (master_weights=True)")
+        raise ValueError(f"param {pos} is {st.param} with {z} state: train()/eval() "
+                         f"read z as the param's own dtype; {fix}")
+
+
+def kept_dtype(engine, pos: int) -> str:
+    """The dtype of ``pos``'s z and of its kept y: its state dtype, float32 beside
+    quantized state (both slots are ``float_state``, fusedopt/algorithms/schedulefree.py)."""
+    return engine.storages[pos].slot_dtype(None)
 
 
 def saved_points(engine, to_host=None) -> dict:
@@ -115,5 +125,5 @@ def restore_points(engine, saved: dict, to_host) -> None:
             if tuple(y.shape) != tuple(p.shape):
                 raise ValueError(f"param {i}: the kept training point has shape "
                                  f"{tuple(y.shape)}, the param {tuple(p.shape)}")
-            engine.kept[i] = kind_of(p).zeros(p, engine.storages[i].state)
+            engine.kept[i] = kind_of(p).zeros(p, kept_dtype(engine, i))
             kind_of(p).copy_from_host(engine.kept[i], y)

@@ -91,10 +91,6 @@ class FusedOptimizer:
         _torch_kind.register()  # the engine steps torch tensors in place
         rounding = Rounding(stochastic_rounding, kahan_summation, seed)  # checked first
         quantized = QuantizedState(type(self).__name__, state_dtype, min_quantized_size)
-        if quantized.active and any(s.from_param for s in lookup(self.spec_name).slot_decls):
-            raise ValueError(f"{type(self).__name__}: quantized state (state_dtype="
-                             f"{state_dtype!r}) cannot hold a slot that starts as the "
-                             "variable itself; pass state_dtype=None")
         super().__init__(*args, **kwargs)
         self._fused = self._fused_for(backend, rounding, quantized)
 

@@ -5,9 +5,12 @@ model variable (``add_variable_from_reference``). With quantized state, the vari
 model variable whose state the engine quantizes (fusedopt/memory/storage.py: at least
 ``min_quantized_size`` elements) are made instead as one ``uint8`` vector each: the slot's
 blocks, an fp32 absmax and the codes (fusedopt/memory/quant.py), filled with the slot's
-initial value. A smaller variable's slots are float32, as the engine keeps them. So no
-float32 copy of a quantized slot is ever allocated, and Keras saves and loads the buffers
-with the model like any optimizer variable.
+initial value. A smaller variable's slots are float32, as the engine keeps them, and so is
+a slot the optimizer declares ``float_state`` (schedule-free's z): Keras makes a variable's
+slots in the order its optimizer declares them, so the k-th slot variable made from a
+model variable is the engine's k-th slot (Keras' own "average" and "gradient_accumulator"
+variables aside). So no float32 copy of a quantized slot is ever allocated, and Keras
+saves and loads the buffers with the model like any optimizer variable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from ..memory.storage import check_min_quantized_size
 
 #: What ``state_dtype`` takes in fusedopt.keras: None is Keras' own (each variable's dtype).
 CHOICES = (None, "q8", "q4")
+#: The names of the variables Keras' own build() makes from each model variable.
+KERAS_OWN = ("average", "gradient_accumulator")
 
 
 class QuantizedState:
@@ -58,16 +63,24 @@ class QuantizedState:
             yield
             return
         made = optimizer.add_variable_from_reference
+        counts: dict = {}  # model variable -> its slot variables made so far
 
         def add_variable_from_reference(reference_variable, name=None, initializer="zeros"):
             param = reference_variable.value.detach()
-            storage = engine.storage_of(0, param, group_of(reference_variable))
-            if not storage.quantized:
-                if storage.state == str(reference_variable.dtype):
+            group = group_of(reference_variable)
+            storage = engine.storage_of(0, param, group)
+            coded = storage.quantized
+            if coded and name not in KERAS_OWN:
+                k = counts[id(reference_variable)] = counts.get(id(reference_variable), -1) + 1
+                signed = engine.spec.signed_slots(engine.hypers[group].flags)
+                coded = k >= len(signed) or signed[k] is not None  # None: float_state
+            if not coded:
+                dtype = storage.slot_dtype(None)  # the state dtype, float32 beside codes
+                if dtype == str(reference_variable.dtype):
                     return made(reference_variable, name, initializer)
                 return optimizer.add_variable(
                     shape=reference_variable.shape, initializer=initializer,
-                    dtype=storage.state, name=_name(reference_variable, name))
+                    dtype=dtype, name=_name(reference_variable, name))
             size = _quant.FORMATS[storage.state].nbytes(param.numel())
             return optimizer.add_variable(shape=(size,), initializer="zeros", dtype="uint8",
                                           name=_name(reference_variable, name))

@@ -9,10 +9,12 @@ from . import quant as _quant
 from .arrays import kind_of
 
 
-def slot_dtypes(slots: tuple, st) -> tuple:
+def slot_dtypes(slots: tuple, st, signed: tuple = ()) -> tuple:
     """(names, dtypes) of the state arrays a param of storage ``st`` holds (a quantized
-    slot: its format's name, "q8" or "q4")."""
-    names, dtypes = list(slots), [st.state] * len(slots)
+    slot: its format's name, "q8" or "q4"; ``signed`` the slots' maps, None for a float
+    one: ``Storage.slot_dtype``)."""
+    signed = signed or (True,) * len(slots)
+    names, dtypes = list(slots), [st.slot_dtype(sign) for sign in signed]
     if st.master:
         names.append(st.master[0])
         dtypes.append(st.master[1])
@@ -22,27 +24,24 @@ def slot_dtypes(slots: tuple, st) -> tuple:
 def new_state(param, slots: tuple, st, init: float, signed: tuple = (),
                copies=frozenset(), kinds: tuple = ()) -> list:
     """State arrays beside ``param``: the slots filled with ``init`` (quantized slots: their
-    blocks, fusedopt/memory/quant.py, each element ``init``; those in ``copies`` with the
-    param's values; a factored slot in its own shape, fusedopt/memory/factored.py), then
-    the master slot (the param widened to float32, or zero remainders: a bf16 value splits
-    exactly)."""
+    blocks, fusedopt/memory/quant.py, each element ``init``, but those whose ``signed``
+    entry is None, ``float_state``, kept float32; those in ``copies`` with the param's
+    values; a factored slot in its own shape, fusedopt/memory/factored.py), then the master
+    slot (the param widened to float32, or zero remainders: a bf16 value splits exactly)."""
     kind = kind_of(param)
-    if st.quantized:
-        if copies:
-            raise ValueError("quantized state (state_dtype='q8'/'q4') cannot hold a slot "
-                             f"that starts as the param ({', '.join(sorted(copies))}); use "
-                             "state_dtype='float32' or 'bfloat16' for this optimizer")
+    if st.quantized:  # a slot in ``copies`` is float_state (fusedopt/engine/hypers.py)
         n = kind.size(param)
         made = [kind.from_host(param, _quant.filled(n, st.state, sign, init))
+                if sign is not None else kind.zeros(param, st.slot_dtype(sign), init)
                 for sign in signed]
     else:
         kinds = kinds or (None,) * len(slots)
         made = [kind.zeros(param, st.state, init) if shape is None else
                 kind.zeros(param, st.state, init, _factored.slot_shape(shape, kind.shape(param)))
                 for shape in kinds]
-        for name, array in zip(slots, made):
-            if name in copies:
-                array[...] = param
+    for name, array in zip(slots, made):
+        if name in copies:
+            array[...] = param
     if st.mode == "master":
         made.append(kind.astype(param, "float32"))
     elif st.mode == "remainder":

@@ -50,6 +50,10 @@ QUANTIZED = ("q8", "q4")
 #: Tensors with fewer elements keep float32 state (bitsandbytes' ``min_8bit_size``).
 MIN_QUANTIZED_SIZE = 4096
 
+#: The dtype of a slot that quantized state keeps unquantized (``Slot.float_state``: a
+#: point of the param space, as schedule-free's z), what float state gives it by default.
+FLOAT_SLOT = "float32"
+
 #: The map names each format offers (the first is the default).
 MAP_NAMES = ("dynamic",)
 

@@ -29,7 +29,8 @@ nearest even once on store (kernels/storage.cuh, fusedopt/backends/cpu/storage.p
   the nearest value (and the remainder mode keeps writing the bits of the fp32-master mode).
 
 - quantized state (``state_dtype="q8"`` or ``"q4"``, fusedopt/memory/quant.py): every slot
-  of the optimizer kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
+  of the optimizer (but those declared ``float_state``, kept float32: schedule-free's z)
+  kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
   float32, bfloat16 and float16 params in every mode (with ``stochastic_rounding`` the codes
   are rounded stochastically too); a param of fewer than ``min_quantized_size`` elements
   (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps it. A door
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quant import MIN_QUANTIZED_SIZE, QUANTIZED, is_quantized
+from .quant import FLOAT_SLOT, MIN_QUANTIZED_SIZE, QUANTIZED, is_quantized
 
 #: Param storage dtypes, and the CUDA type of each.
 CUDA_TYPES = {"float32": "float", "float64": "double", "float16": "__half",
@@ -136,6 +137,12 @@ class Storage:
     def quantized(self) -> bool:
         """Whether the optimizer's slots are quantized ("q8", "q4")."""
         return is_quantized(self.state)
+
+    def slot_dtype(self, signed) -> str:
+        """The dtype of an optimizer slot whose map is ``signed`` (``spec.signed_slots``:
+        None for a ``float_state`` slot): quantized state keeps such a slot in
+        ``FLOAT_SLOT``, every other slot in the state dtype (or its format)."""
+        return FLOAT_SLOT if self.quantized and signed is None else self.state
 
     def with_grad(self, grad: str) -> "Storage":
         return Storage(self.param, grad, self.state, self.mode)

@@ -48,6 +48,16 @@ def originals(optimizer, state_dict: dict) -> dict:
     return found
 
 
+def coded_slots(engine, pos: int) -> set:
+    """The slots of position ``pos`` kept as quantized blocks (none for float state, and
+    not a ``float_state`` slot beside them)."""
+    if not engine.storages[pos].quantized:
+        return set()
+    group = engine.hypers[engine.group_of[pos]]
+    return {slot for slot, sign in zip(group.slots, engine.spec.signed_slots(group.flags))
+            if sign is not None}
+
+
 def present(spec, slot: str, param) -> bool:
     """Whether ``param`` has ``slot`` in torch's state: a factored slot only at the ranks
     that keep it (torch's Adafactor: ``row_var``/``col_var`` at rank >= 2, ``variance``
@@ -71,8 +81,10 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
     master_keys = set(MASTER_KEYS.values())
     master = storage.master  # (slot, dtype) or None
     master_key = MASTER_KEYS[master[0]] if master else None
-    if storage.quantized:
-        extra |= _quantized.quantized_keys(row, slot_names, storage.state)
+    signs = dict(zip(slot_names, signed)) if storage.quantized else {}
+    coded = [s for s in slot_names if signs.get(s) is not None]  # float_state: float32
+    if coded:
+        extra |= _quantized.quantized_keys(row, coded, storage.state)
         extra -= {k for k in extra if k.endswith("_qmap") and k not in saved}
     missing = (wanted | extra) - set(saved)
     unknown = set(saved) - wanted - extra - {master_key}
@@ -89,9 +101,8 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
                          f"unexpected {sorted(unknown)}): was the checkpoint made by "
                          f"another optimizer, or with other amsgrad/momentum/centered?")
     values = []
-    signs = dict(zip(slot_names, signed)) if storage.quantized else {}
     for slot in slot_names:
-        if storage.quantized:
+        if slot in coded:
             values.append(_quantized.saved_buffer(where, keys[slot], saved, memory,
                                                   storage.state, signs[slot]))
             continue
@@ -107,9 +118,9 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
                 made.copy_(value)
             values.append(made)
             continue
-        value = _checked(where, keys[slot], local(saved[keys[slot]]), memory,
-                         storage.state, False, "")
-        values.append(_beside(memory, storage.state).copy_(value))
+        dtype = storage.slot_dtype(signs.get(slot, True))
+        value = _checked(where, keys[slot], local(saved[keys[slot]]), memory, dtype, False, "")
+        values.append(_beside(memory, dtype).copy_(value))
     if master is not None:
         if master_key in saved:
             value = _checked(where, master_key, local(saved[master_key]), memory, master[1],

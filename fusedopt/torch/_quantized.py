@@ -82,6 +82,8 @@ def to_state_dict(optimizer, saved: dict) -> dict:
         signed = engine.spec.signed_slots(engine.hypers[engine.group_of[held.position]].flags)
         n = held.memory.numel()  # a shard's own elements under FSDP2
         for slot, sign in zip(engine.hypers[engine.group_of[held.position]].slots, signed):
+            if sign is None:  # a float32 slot (float_state): as float state gives it
+                continue
             key = keys[slot]
             records = _quant.to_records(entry[key].detach().cpu().numpy(), n, st.state)
             codes = torch.from_numpy(records["codes"])

@@ -129,6 +129,6 @@ class ScheduleFree(Optimizer):
                     value = kept[id(p)].detach()
                     if held.layout is not None:
                         value = held.layout.like(value, "the kept training point 'y'")
-                    state = engine.storages[held.position].state
-                    engine.kept[held.position] = _beside(held.memory, state).copy_(value)
+                    dtype = modes.kept_dtype(engine, held.position)
+                    engine.kept[held.position] = _beside(held.memory, dtype).copy_(value)
         self._expose_kept()

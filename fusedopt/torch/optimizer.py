@@ -178,10 +178,10 @@ class Optimizer(torch.optim.Optimizer):
         for key, values in derived.items():
             state[key] = values[k]
         layout = self._held[id(param)].layout
-        quantized = engine.storages[pos].quantized  # its slots are buffers of blocks
+        coded = _checkpoint.coded_slots(engine, pos)  # buffers of blocks
         for slot, key in row.state + tuple(MASTER_KEYS.items()):
             if slot in slots and _checkpoint.present(self._spec, slot, param):
-                flat = quantized and slot not in MASTER_KEYS
+                flat = slot in coded
                 value = slots[slot] if layout is None or flat else layout.outward(slots[slot])
                 # a shard's blocks are its own: no DTensor (fusedopt/torch/_quantized.py)
                 state[key] = value if flat else like_param(param, value)

@@ -100,13 +100,15 @@ def _stochastic(count):
 @functools.lru_cache(maxsize=None)
 def _format_constants(code: int, signed: tuple):
     """The format, the comparisons a lookup needs (:func:`buckets`), and per slot (four,
-    unused ones the signed map): map values, nearest-rounding thresholds and their buckets,
-    stochastic-rounding thresholds (the map's entries after the first, padded) and theirs."""
+    unused and float32 ones the signed map): map values, nearest-rounding thresholds and
+    their buckets, stochastic-rounding thresholds (the map's entries after the first,
+    padded) and theirs."""
     fmt = FORMAT_OF[code]
     out = []
     extra = 0
     for k in range(MAX_SLOTS):
-        values = qmap(fmt.name, signed[k] if k < len(signed) else True)
+        sign = signed[k] if k < len(signed) else None
+        values = qmap(fmt.name, True if sign is None else sign)  # None: a float32 slot
         above = np.concatenate([values[1:], np.float32([np.inf])]).astype(np.float32)
         cuts = thresholds(values)
         (cut_base, e1), (above_base, e2) = buckets(cuts), buckets(above)

@@ -16,6 +16,10 @@ block of the span:
    probability proportional to the distance, drawn from the element's random bits for
    that slot (the bits the float state of the same slot would have used).
 
+A slot declared ``float_state`` (schedule-free's z) is float32 beside the codes: read into
+the scratch in step 1 and written back in step 3 as it is, from its base address and the
+element index as well.
+
 So the state is read once and written once, and no float copy of it exists beyond the
 block being stepped (4 x 256 floats per thread). Blocks of a tensor are independent, so
 Numba's threads share the work items of a table as for float state.
@@ -103,47 +107,49 @@ def _element(variant):
     return one
 
 
-def _block(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit, key, lo,
-           first, length, base, scratch):
+def _block(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3, x, v, h, ema, scale,
+           limit, key, lo, first, length, base, scratch):
     """One block of a span (resolved per variant): elements ``lo`` .. ``lo + length`` of
     the span's arrays (``first`` the index of ``lo`` in its tensor, a key of the random
-    bits), its slots' records at byte ``base`` of ``d0``..``d3`` and their absmax in
-    ``f0``..``f3`` (one float each)."""
+    bits), its quantized slots' records at byte ``base`` of ``d0``..``d3`` and their absmax
+    in ``f0``..``f3`` (one float each), its float32 slots (``Slot.float_state``) the span's
+    elements in ``y0``..``y3`` (the others' are empty)."""
 
 
 @overload(_block)
-def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit,
-                   key,
-                   lo, first, length, base, scratch):
+def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3, x, v, h, ema,
+                   scale, limit, key, lo, first, length, base, scratch):
     decode, encode = block_functions(variant)
     one = _element(variant)
     ns, master, average = variant.n_slots, variant.mode in WITH_SLOT, variant.average
+    fa, fb, fc, fd = _floats(variant)
     none = np.float32(0.0)
 
-    def body(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, scale, limit, key,
-             lo,
-             first, length, base, scratch):
-        sa = f0[0] if ns > 0 else none
-        sb = f1[0] if ns > 1 else none
-        sc = f2[0] if ns > 2 else none
-        sd = f3[0] if ns > 3 else none
+    def body(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3, x, v, h, ema,
+             scale, limit, key, lo, first, length, base, scratch):
+        sa = f0[0] if ns > 0 and not fa else none
+        sb = f1[0] if ns > 1 and not fb else none
+        sc = f2[0] if ns > 2 and not fc else none
+        sd = f3[0] if ns > 3 and not fd else none
         # Every array indexed from 0 by the loop's own counter: an index like lo + i may be
         # negative for all Numba knows, and its wraparound select per element keeps LLVM
         # from vectorizing the loop.
         q0, q1, q2, q3 = d0[base + 4:], d1[base + 4:], d2[base + 4:], d3[base + 4:]
         pb, gb = p[lo:lo + length], g[lo:lo + length]
         xb, vb = x[lo:lo + length], v[lo:lo + length]
+        ya, yb, yc, yd = (y0[lo:lo + length], y1[lo:lo + length], y2[lo:lo + length],
+                          y3[lo:lo + length])
         # Decoded first, in a loop of their own (gathers from the map), so that the rule's
         # loop below reads and writes plain float32 rows, as the float span does.
         for i in range(length):
             if ns > 0:
-                scratch[0, i] = decode(0, q0, i, sa)
+                scratch[0, i] = ya[i] if fa else decode(0, q0, i, sa)
             if ns > 1:
-                scratch[1, i] = decode(1, q1, i, sb)
+                scratch[1, i] = yb[i] if fb else decode(1, q1, i, sb)
             if ns > 2:
-                scratch[2, i] = decode(2, q2, i, sc)
+                scratch[2, i] = yc[i] if fc else decode(2, q2, i, sc)
             if ns > 3:
-                scratch[3, i] = decode(3, q3, i, sd)
+                scratch[3, i] = yd[i] if fd else decode(3, q3, i, sd)
         for i in range(length):
             a0 = scratch[0, i] if ns > 0 else none
             b0 = scratch[1, i] if ns > 1 else none
@@ -165,17 +171,48 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, x, v, h, ema, 
             if ns > 3:
                 scratch[3, i] = np.float32(new[4])
         if ns > 0:
-            encode(0, d0, base, f0, scratch[0], length, absmax(scratch[0], length), key,
-                   first)
+            if fa:
+                ya[:] = scratch[0, :length]
+            else:
+                encode(0, d0, base, f0, scratch[0], length, absmax(scratch[0], length), key,
+                       first)
         if ns > 1:
-            encode(1, d1, base, f1, scratch[1], length, absmax(scratch[1], length), key,
-                   first)
+            if fb:
+                yb[:] = scratch[1, :length]
+            else:
+                encode(1, d1, base, f1, scratch[1], length, absmax(scratch[1], length), key,
+                       first)
         if ns > 2:
-            encode(2, d2, base, f2, scratch[2], length, absmax(scratch[2], length), key,
-                   first)
+            if fc:
+                yc[:] = scratch[2, :length]
+            else:
+                encode(2, d2, base, f2, scratch[2], length, absmax(scratch[2], length), key,
+                       first)
         if ns > 3:
-            encode(3, d3, base, f3, scratch[3], length, absmax(scratch[3], length), key,
-                   first)
+            if fd:
+                yd[:] = scratch[3, :length]
+            else:
+                encode(3, d3, base, f3, scratch[3], length, absmax(scratch[3], length), key,
+                       first)
+    return body
+
+
+def _floats(variant) -> tuple:
+    """Per slot (four), whether a VariantType keeps it float32 (``Slot.float_state``)."""
+    signed = variant.signed + (True,) * (MAX_SLOTS - len(variant.signed))
+    return tuple(sign is None for sign in signed)
+
+
+def _float_slots(variant):
+    """:func:`_floats` as constants of jitted code."""
+
+
+@overload(_float_slots, inline="always")
+def _float_slots_variant(variant):
+    floats = _floats(variant)
+
+    def body(variant):
+        return floats
     return body
 
 
@@ -211,6 +248,7 @@ def _qspan(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, o
     slots quantized (the signature of fusedopt/backends/cpu/loop.py's span)."""
     _prefer_wide_vectors()
     ns, master, _, _, average = _layout(variant)
+    fa, fb, fc, fd = _float_slots(variant)
     h = _rule_scalars(scalars[0], variant)
     ema = _average_scalars(scalars[0], variant)
     scale_, limit_ = _in_compute_type((scale, limit), variant)
@@ -219,10 +257,15 @@ def _qspan(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, o
     n_blocks = (n + block - 1) // block
     span_bytes = n_blocks * record  # an upper bound: the last block may be shorter
     start = first_block * record
-    d0 = carray(_bytes_at(s0 + start), span_bytes if ns > 0 else 0)
-    d1 = carray(_bytes_at(s1 + start), span_bytes if ns > 1 else 0)
-    d2 = carray(_bytes_at(s2 + start), span_bytes if ns > 2 else 0)
-    d3 = carray(_bytes_at(s3 + start), span_bytes if ns > 3 else 0)
+    d0 = carray(_bytes_at(s0 + start), span_bytes if ns > 0 and not fa else 0)
+    d1 = carray(_bytes_at(s1 + start), span_bytes if ns > 1 and not fb else 0)
+    d2 = carray(_bytes_at(s2 + start), span_bytes if ns > 2 and not fc else 0)
+    d3 = carray(_bytes_at(s3 + start), span_bytes if ns > 3 and not fd else 0)
+    # A float32 slot's address is its base too: its span starts at element ``offset``.
+    y0 = carray(_floats_at(s0 + 4 * offset), n if ns > 0 and fa else 0)
+    y1 = carray(_floats_at(s1 + 4 * offset), n if ns > 1 and fb else 0)
+    y2 = carray(_floats_at(s2 + 4 * offset), n if ns > 2 and fc else 0)
+    y3 = carray(_floats_at(s3 + 4 * offset), n if ns > 3 and fd else 0)
     p_ = carray(_param_at(variant, p), n)
     g_ = carray(_grad_at(variant, g), n)
     x_ = carray(_master_at(variant, x), n if master else 0)
@@ -231,12 +274,12 @@ def _qspan(variant, p, g, s0, s1, s2, s3, x, v, n, scalars, scale, limit, key, o
     for b in range(n_blocks):
         lo = b * block
         base = b * record
-        f0 = carray(_floats_at(s0 + start + base), 1 if ns > 0 else 0)
-        f1 = carray(_floats_at(s1 + start + base), 1 if ns > 1 else 0)
-        f2 = carray(_floats_at(s2 + start + base), 1 if ns > 2 else 0)
-        f3 = carray(_floats_at(s3 + start + base), 1 if ns > 3 else 0)
-        _block(variant, p_, g_, d0, d1, d2, d3, f0, f1, f2, f3, x_, v_, h, ema, scale_, limit_,
-               key, lo, offset + lo, min(block, n - lo), base, scratch)
+        f0 = carray(_floats_at(s0 + start + base), 1 if ns > 0 and not fa else 0)
+        f1 = carray(_floats_at(s1 + start + base), 1 if ns > 1 and not fb else 0)
+        f2 = carray(_floats_at(s2 + start + base), 1 if ns > 2 and not fc else 0)
+        f3 = carray(_floats_at(s3 + start + base), 1 if ns > 3 and not fd else 0)
+        _block(variant, p_, g_, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3, x_, v_, h, ema,
+               scale_, limit_, key, lo, offset + lo, min(block, n - lo), base, scratch)
 
 
 @functools.lru_cache(maxsize=None)

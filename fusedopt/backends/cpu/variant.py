@@ -95,7 +95,8 @@ class Variant:
     vector of them costs); ``average``: whether a moving average of the param (``use_ema``,
     fusedopt/engine/ema.py) follows in one more table slot, updated from the stored param with
     the last two scalars, ``momentum`` and ``1 - momentum``; ``signed``: for quantized
-    state (a state code of ``storage.QUANTIZED``), whether each slot takes the signed map.
+    state (a state code of ``storage.QUANTIZED``), whether each slot takes the signed map
+    (None: a float32 slot, ``Slot.float_state``).
     """
 
     def __init__(self, rule, scalars_type, flags, n_slots: int, codes: tuple, mode: int,
@@ -108,7 +109,8 @@ class Variant:
         self.flags = tuple(int(f) for f in flags)
         self.n_slots, self.codes, self.mode = int(n_slots), tuple(codes), int(mode)
         self.clamps, self.average = bool(clamps), bool(average)
-        self.signed = tuple(bool(x) for x in signed) if self.quantized else ()
+        self.signed = tuple(None if x is None else bool(x) for x in signed) \
+            if self.quantized else ()
         if storage.F16 in self.codes and not storage.NATIVE_F16:
             name += "#f16-emulated"  # its own entry in Numba's on-disk cache
             _RULES[name] = rule

@@ -2,9 +2,10 @@
 holds: ``python -m fusedopt.tools.bench.memory`` prints the README's table, ``--write README.md``
 replaces it between its markers (tests/test_storage_bytes.py checks it is current).
 
-For each storage (fusedopt/memory/storage.py) an Adam is built on a param and stepped once; the
-bytes are the param's, the grad's and every array in ``opt.variables`` (m, v and the
-master slot; quantized slots: their codes and block scales), divided by the param's
+For each storage (fusedopt/memory/storage.py) an Adam (or the optimizer a row names) is built
+on a param and stepped once; the bytes are the param's, the grad's and every array in
+``opt.variables`` (m, v and the master slot; quantized slots: their codes and block scales;
+schedule-free's z, float32 beside quantized v), divided by the param's
 element count (4096: the smallest param whose state is quantized by default). The bytes a
 step moves come from the traffic formula of fusedopt/tools/bench/traffic.py (quantized
 state: param read and written, grad read, each slot's codes and scales read and written),
@@ -51,7 +52,14 @@ MODES = (
      dict(state_dtype="q8", stochastic_rounding=True)),
     ("bf16 params, q4 state, stochastic rounding", "bfloat16", "bfloat16",
      dict(state_dtype="q4", stochastic_rounding=True)),
+    ("schedule-free AdamW: fp32 params, fp32 state", "float32", "float32", {}),
+    ("schedule-free AdamW: fp32 params, q8 state", "float32", "float32",
+     dict(state_dtype="q8")),
+    ("schedule-free AdamW: fp32 params, q4 state", "float32", "float32",
+     dict(state_dtype="q4")),
 )
+#: The optimizer of a row whose label starts with its name (the others: Adam).
+NAMED = {"schedule-free AdamW": "ScheduleFreeAdamW"}
 
 #: Elements of the measured param: enough that no per-array overhead shows.
 ELEMENTS = 4096
@@ -72,14 +80,16 @@ def measure() -> list[dict]:
     for label, param_dtype, grad_dtype, storage in MODES:
         param = np.zeros(ELEMENTS, _dtype(param_dtype))
         grad = np.ones(ELEMENTS, _dtype(grad_dtype))
-        opt = fusedopt.Adam(backend="cpu", **storage)
+        cls = getattr(fusedopt, NAMED.get(label.split(":")[0], "Adam"))
+        opt = cls(backend="cpu", **storage)
         opt.apply_gradients([(grad, param)])
         state = sum(v.nbytes for v in opt.variables)
         group = opt._engine.launch_groups()[0].group
         st = step_storage(group, [grad])
         if st.quantized:  # param read and written, grad read, each slot's blocks both
             moved = 2 * param.itemsize + grad.itemsize + 2 * state / ELEMENTS
-            names = ", ".join(f"{n} {st.state}" for n in opt.state(param))
+            names = ", ".join(f"{n} {st.state if s.dtype == np.uint8 else s.dtype.name}"
+                              for n, s in opt.state(param).items())
         else:
             flow = traffic(opt._spec, opt.flags, st)
             moved = flow.read_bytes + flow.write_bytes
@@ -91,8 +101,8 @@ def measure() -> list[dict]:
 
 
 def markdown(rows) -> str:
-    lines = ["| Adam, kept as | param | grad | state (arrays) | total bytes / param | "
-             "bytes a step moves |", "|---|---:|---:|---|---:|---:|"]
+    lines = ["| Adam (unless named), kept as | param | grad | state (arrays) | "
+             "total bytes / param | bytes a step moves |", "|---|---:|---:|---|---:|---:|"]
     for r in rows:
         total = r["param"] + r["grad"] + r["state"]
         lines.append(f"| {r['mode']} | {r['param']:g} | {r['grad']:g} | {r['state']:g} "
