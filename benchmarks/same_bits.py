@@ -1,4 +1,5 @@
-"""Two trees of fusedopt give the same bits: every registered optimizer's every variant, on a
+"""Two trees of fusedopt give the same bits: every variant of every public optimizer whose
+state is one array per slot (not Adafactor's factored moments nor Muon's matrices), on a
 sample of storages, on the CPU backend and on the CUDA backend run through the host runtime
 (tests/cuda_host: the kernels of kernels/*.cu built with g++).
 
@@ -55,6 +56,8 @@ def _worker(out: str, backends: list[str]) -> None:
         runtime.install(HostRuntime(Path(tempfile.gettempdir()) / "fusedopt-same-bits-host"))
     for backend in backends:
         for name, spec in sorted(fusedopt.REGISTRY.items()):
+            if spec.factored is not None or spec.matrix is not None or not spec.public:
+                continue  # state not one array per slot the param's shape, or no class
             for v_index, variant in enumerate(compare.variants(spec)):
                 hp = compare.full_hyper(spec, variant)
                 n_slots = len(spec.slots(spec.flags(hp, variant.convention)))
