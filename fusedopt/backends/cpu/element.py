@@ -209,7 +209,11 @@ def _apply_pair(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key, 
     that port). The step itself is the same function, so the bits are the same."""
 
 
-@overload(_apply_pair)
+# Inlined by Numba (unlike _apply): compiled as a function of its own, it gave a vector loop
+# that widens the halves with lane-widening loads and narrowing stores again, the shuffle
+# port's instructions the pairs are there to avoid (tests/test_cpu_loop_code.py). Inlining
+# it costs little: both elements call the one compiled ``one``.
+@overload(_apply_pair, inline="always")
 def _apply_pair_variant(variant, i, p, g, s0, s1, s2, s3, x, h, ema, scale, limit, key,
                         offset):
     if not pairs(variant):  # typed, never run: the span function takes them one at a time
