@@ -203,19 +203,19 @@ def _numpy_run(cls, steps, opt=None, w=None, **hp):
     return opt, w
 
 
-@pytest.mark.parametrize("cls", [fusedopt.ScheduleFreeAdamW, fusedopt.ScheduleFreeSGD])
-@pytest.mark.parametrize("convention", ["keras", "torch"])
-@pytest.mark.parametrize("how", ["state_dict", "file"])
-def test_core_checkpoint_in_eval_mode_resumes_bit_for_bit(cls, convention, how, tmp_path):
-    hp = dict(learning_rate=0.02, warmup_steps=3, weight_decay=0.1, convention=convention)
-    opt, w = _numpy_run(cls, 6, **hp)
+def checkpoint_in_eval_mode(cls, hp, run, how, tmp_path):
+    """``run(cls, 6, **hp)`` put in eval mode and checkpointed (``how``: its "state_dict" or
+    a "file"), then trained and run 6 steps more; the checkpoint loaded into a new optimizer
+    on a copy of the eval point. (the optimizer, its param, the resumed one, its param, the
+    eval point)."""
+    opt, w = run(cls, 6, **hp)
     opt.eval()
     x = w.copy()
     if how == "file":
         opt.save(tmp_path / "sf.safetensors")
     saved = copy.deepcopy(opt.state_dict())
     opt.train()
-    _numpy_run(cls, 6, opt, w)
+    run(cls, 6, opt, w)
     w2 = x.copy()
     if how == "file":
         resumed = fusedopt.load(tmp_path / "sf.safetensors", [w2])
@@ -223,6 +223,15 @@ def test_core_checkpoint_in_eval_mode_resumes_bit_for_bit(cls, convention, how, 
         resumed = cls(**hp)
         resumed.build([w2])
         resumed.load_state_dict(saved)
+    return opt, w, resumed, w2, x
+
+
+@pytest.mark.parametrize("cls", [fusedopt.ScheduleFreeAdamW, fusedopt.ScheduleFreeSGD])
+@pytest.mark.parametrize("convention", ["keras", "torch"])
+@pytest.mark.parametrize("how", ["state_dict", "file"])
+def test_core_checkpoint_in_eval_mode_resumes_bit_for_bit(cls, convention, how, tmp_path):
+    hp = dict(learning_rate=0.02, warmup_steps=3, weight_decay=0.1, convention=convention)
+    opt, w, resumed, w2, x = checkpoint_in_eval_mode(cls, hp, _numpy_run, how, tmp_path)
     with pytest.raises(RuntimeError, match="eval"):
         resumed.apply_gradients([(np.ones(257, np.float32), w2)])
     np.testing.assert_array_equal(w2, x)

@@ -31,6 +31,7 @@ from fusedopt import checkpoint, config, functional
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.engine.engine import Engine
 from fusedopt.memory import quant
+from test_schedulefree import checkpoint_in_eval_mode
 
 torch = pytest.importorskip("torch")
 
@@ -129,21 +130,7 @@ def test_eval_then_train_restores_y_bit_for_bit(cls, fmt):
 @pytest.mark.parametrize("how", ["state_dict", "file"])
 def test_a_checkpoint_in_eval_mode_resumes_bit_for_bit(cls, convention, how, tmp_path):
     hp = dict(HP, convention=convention, state_dtype="q8")
-    opt, w = _run(cls, 6, **hp)
-    opt.eval()
-    x = w.copy()
-    if how == "file":
-        opt.save(tmp_path / "sf.safetensors")
-    saved = copy.deepcopy(opt.state_dict())
-    opt.train()
-    _run(cls, 6, opt, w)
-    w2 = x.copy()
-    if how == "file":
-        resumed = fusedopt.load(tmp_path / "sf.safetensors", [w2])
-    else:
-        resumed = cls(**hp)
-        resumed.build([w2])
-        resumed.load_state_dict(saved)
+    opt, w, resumed, w2, x = checkpoint_in_eval_mode(cls, hp, _run, how, tmp_path)
     assert resumed._engine.storages[0].state == "q8"
     np.testing.assert_array_equal(w2, x)
     resumed.train()
