@@ -86,10 +86,11 @@ from .clip import NONE, Clipping
 from .ema import MovingAverage
 from .hypers import HyperGroup, HyperGroups
 from .launches import LaunchGroups
+from .plain import PlainSteps
 from .step import StepPhases
 
 
-class Engine(HyperGroups, LaunchGroups, StepPhases):
+class Engine(HyperGroups, LaunchGroups, PlainSteps, StepPhases):
     """Every step of one registered optimizer, for every front door."""
 
     #: Params with fewer elements keep float32 state under ``state_dtype="q8"``/``"q4"``.
