@@ -3,7 +3,7 @@ fusedopt.torch steps, with the plain step and with every step forced through the
 (``config.PLAIN_STEP`` False), leaves the same params and state, byte for byte. The
 sequence changes between steps what the full step reads: the hyperparameters (lr by a
 scheduler and by hand, betas or momentum), which params have grads, torch's thread count,
-the grads' memory."""
+the grads' memory and layout, maximize."""
 
 import numba
 import pytest
@@ -11,6 +11,7 @@ import torch
 
 import fusedopt.torch as ft
 from fusedopt import config
+from fusedopt.engine.plain import PlainSteps
 from fusedopt.engine.step import StepPhases
 
 CASES = {
@@ -22,17 +23,24 @@ CASES = {
 STEPS = 12
 
 
-def _run(make, extra, monkeypatch, plain: bool) -> tuple[list, int]:
-    """(every param and state tensor's bytes after the sequence, full steps taken)."""
-    monkeypatch.setattr(config, "PLAIN_STEP", plain)
-    full = []
-    real = StepPhases.step
+def _counted(monkeypatch, cls, name: str) -> list:
+    """Calls of ``cls.name`` from now on, one entry each."""
+    calls, real = [], getattr(cls, name)
 
     def counted(self, *args, **kwargs):
-        full.append(1)
+        calls.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(StepPhases, "step", counted)
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def _run(make, extra, monkeypatch, plain: bool) -> tuple[list, int, int]:
+    """(every param and state tensor's bytes after the sequence, full steps taken, plain
+    steps that found their launches anew)."""
+    monkeypatch.setattr(config, "PLAIN_STEP", plain)
+    full = _counted(monkeypatch, StepPhases, "step")
+    kept = _counted(monkeypatch, PlainSteps, "_keep")
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(1024, generator=gen, requires_grad=True)
     b = torch.randn(7, 13, generator=gen, requires_grad=True)
@@ -55,16 +63,20 @@ def _run(make, extra, monkeypatch, plain: bool) -> tuple[list, int]:
                 opt.param_groups[1][key] = 0.8 if key == "momentum" else (0.8, 0.95)
             if k == 7:
                 torch.set_num_threads(1 if threads > 1 else 2)
+            if k == 8:
+                opt.param_groups[1]["maximize"] = not opt.param_groups[1]["maximize"]
             if k == 9:
                 torch.set_num_threads(threads)
                 opt.param_groups[0]["lr"] *= 3
+            if k == 10:  # a transposed grad: the full checks, then a contiguous copy
+                b.grad = torch.randn(13, 7, generator=gen).t()
             opt.step()
             schedule.step()
     finally:
         torch.set_num_threads(threads)
     tensors = [a, b, c] + [v for p in (a, b, c) for v in opt.state[p].values()
                            if isinstance(v, torch.Tensor)]
-    return [t.detach().numpy().tobytes() for t in tensors], len(full)
+    return [t.detach().numpy().tobytes() for t in tensors], len(full), len(kept)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -76,13 +88,16 @@ def test_plain_and_full_steps_give_the_same_bits(case, monkeypatch):
     before = numba.get_num_threads()
     make, extra = CASES[case]
     try:
-        plain, full_steps = _run(make, extra, monkeypatch, plain=True)
-        forced, all_full = _run(make, extra, monkeypatch, plain=False)
+        plain, full_steps, found = _run(make, extra, monkeypatch, plain=True)
+        forced, all_full, _ = _run(make, extra, monkeypatch, plain=False)
     finally:
         numba.set_num_threads(before)
     assert all_full == STEPS
     # Full steps: the first of each set of positions (all three; without b) and none else.
     assert full_steps == 2, full_steps
+    # The others found their launches anew after a change (b back, a new lr, betas or
+    # momentum, maximize, b's grad transposed), else launched those kept.
+    assert 0 < found < STEPS - full_steps, found
     assert len(plain) == len(forced)
     for i, (x, y) in enumerate(zip(plain, forced)):
         assert x == y, f"tensor {i} differs"

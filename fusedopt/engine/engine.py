@@ -356,10 +356,10 @@ class Engine(HyperGroups, LaunchGroups, PlainSteps, StepPhases):
     # --- copies: pickle and copy.deepcopy -------------------------------------------------------
     def __getstate__(self) -> dict:
         """Everything but what is rebuilt from it: the spec travels as its registry name (it
-        holds functions); launch groups, plans (addresses of this process's arrays) and the
-        identity index are dropped and rebuilt on the first step."""
+        holds functions); launch groups, plans and the plain step's launches (addresses of
+        this process's arrays) and the identity index are dropped and rebuilt on the first step."""
         state = dict(self.__dict__)
-        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={})
+        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={}, _kept=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
