@@ -26,7 +26,9 @@ A step: the grads are checked (fully on the first step of a set of positions, th
 cheap layout test), the scalars of each launch group are computed once on the host in double
 (the registry's ``scalars``), the grad pre-pass runs when clipping by norm or unscaling a
 loss-scaled step needs it (one read of the grads only, never the params), then each launch
-group is one kernel launch (CUDA) or one Numba call (CPU).
+group is one kernel launch (CUDA) or one Numba call (CPU). A step on the host with none of
+the phases between (fusedopt/engine/plain.py) skips their calls, and launches again what the
+last such step over the same positions launched when nothing it was found by has changed.
 
 Storage (fusedopt/memory/storage.py): params of float32, float64, float16 or bfloat16; state in
 ``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise; a

@@ -200,10 +200,7 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # A with block, not the decorator: ``torch.no_grad()`` as a decorator makes a new
-        # context object at every call (half of its cost, a microsecond and a half).
-        with torch.no_grad():
-            _compile.step(self)  # one custom op where torch.compile traces it
+        _compile.step(self)  # without grad; one custom op where torch.compile traces it
         return loss
 
     def _fused(self) -> None:
