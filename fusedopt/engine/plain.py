@@ -92,13 +92,14 @@ class PlainSteps:
         the launch groups found for the step counts as they are are the ones kept, and so
         are the clipping and each launch's hyperparameter group."""
         plan, hypers = kept.plan, self.hypers
-        return (self._plans.get(kept.positions) is plan
-                and plan.takes(grads, self.params, self._index)
+        if self._plans.get(kept.positions) is not plan or self.clipping is not kept.clipping:
+            return False
+        for e in kept.entries:
+            if e.hyper >= len(hypers) or hypers[e.hyper] is not e.hyper_group:
+                return False
+        return (plan.takes(grads, self.params, self._index)
                 and self._launches(plan.backend, kept.positions, plan.grad_dtypes)
-                is kept.launches
-                and self.clipping is kept.clipping
-                and all(e.hyper < len(hypers) and hypers[e.hyper] is e.hyper_group
-                        for e in kept.entries))
+                is kept.launches)
 
     def _keep(self, plan, positions: tuple, launches: list, work: list) -> _Kept | None:
         """What a plain step launches, for ``launches`` of this step (``work``: each with
