@@ -101,3 +101,38 @@ def test_plain_and_full_steps_give_the_same_bits(case, monkeypatch):
     assert len(plain) == len(forced)
     for i, (x, y) in enumerate(zip(plain, forced)):
         assert x == y, f"tensor {i} differs"
+
+
+def _engine_run(monkeypatch, plain: bool) -> list:
+    """An engine over NumPy arrays (Keras' convention, one step count): clipping by value,
+    two hyperparameter groups, a param without weight decay, a step over some of the
+    params, a hyperparameter changed; every array's bytes after the sequence."""
+    import numpy as np
+
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.engine.clip import Clipping
+    from fusedopt.engine.engine import Engine
+
+    monkeypatch.setattr(config, "PLAIN_STEP", plain)
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (1000, 37, 300)]
+    engine = Engine(REGISTRY["adamw"], "keras", backend="cpu", clipping=Clipping(clipvalue=0.5))
+    engine.add_params(params[:2], engine.add_group(dict(learning_rate=0.01, weight_decay=0.1)),
+                      decays=[True, False])
+    engine.add_params(params[2:], engine.add_group(dict(learning_rate=0.02)))
+    for k in range(8):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        if k == 4:
+            engine.step(grads[:2], [0, 1])
+            continue
+        if k == 5:
+            engine.set_hyper(1, dict(learning_rate=0.03, beta_1=0.8))
+        engine.step(grads)
+    return [a.tobytes() for p, states in zip(params, engine.states) for a in (p, *states)]
+
+
+def test_an_engine_with_value_clipping_gives_the_same_bits(monkeypatch):
+    found = _counted(monkeypatch, PlainSteps, "_keep")
+    plain = _engine_run(monkeypatch, plain=True)
+    assert len(found) > 0  # plain steps were taken, with clipping by value
+    assert plain == _engine_run(monkeypatch, plain=False)
