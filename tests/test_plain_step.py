@@ -3,7 +3,8 @@ fusedopt.torch steps, with the plain step and with every step forced through the
 (``config.PLAIN_STEP`` False), leaves the same params and state, byte for byte. The
 sequence changes between steps what the full step reads: the hyperparameters (lr by a
 scheduler and by hand, betas or momentum), which params have grads, torch's thread count,
-the grads' memory and layout, maximize."""
+the grads' memory and layout, maximize. An engine over NumPy arrays adds clipping by value
+and a param without weight decay."""
 
 import numba
 import pytest
