@@ -47,7 +47,7 @@ def parts(n: int) -> dict:
     launch, g = work[0]
     flags = engine.hypers[launch.hyper].flags
     row = engine._scalars(launch.hyper, launch.decays, engine._steps[positions[0]] + 1)
-    chosen = launch.group.scratch[(engine.spec.name, flags, g[0].dtype, False)]
+    chosen = launch.group.scratch[(engine.spec.name, flags, g[0].dtype, False)].chosen
     table = launch.group.table.array
     rows = loop._rows(row)
     span = loop.span_function(chosen, rows.shape[1])
@@ -64,6 +64,8 @@ def parts(n: int) -> dict:
         "    gather the grads": opt._gather,
         "    engine.step": engine_step,
         "      plan (grad layout test, launches)": lambda: engine._plan_step(positions, grads),
+        "      the plain step's check of its launches": lambda: engine._holds(engine._kept,
+                                                                          grads),
         "      scalars (computed, checked)": lambda: engine._scalar_phase(positions, work,
                                                                          None),
         "      CPU backend step": lambda: cpu_backend.step(engine.spec, flags, row, group, g,

@@ -28,6 +28,11 @@ CPU_THREADS = None
 #: faster at 2^18 elements, the pool 1.2x faster at 2^20).
 CPU_SERIAL_BELOW = 1 << 19
 
+#: Steps that need only the plan, the scalars and the launches (no loss scale, clipping by
+#: norm, reductions or averages, decided on the host) skip the other phases' calls
+#: (fusedopt/engine/plain.py). False: every step runs every phase, for comparing the two.
+PLAIN_STEP = True
+
 #: How idle OpenMP threads wait, set in the environment by ``import fusedopt`` before Numba's
 #: threading layer starts, unless the user set a wait policy there: "passive" (sleep at
 #: once; measured: benchmarks/RESULTS.md, "Why idle threads now sleep"), "active", or a

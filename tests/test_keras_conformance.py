@@ -135,15 +135,16 @@ def test_learning_rate_changed_during_fit_as_keras(callback):
 
 
 def _fused_calls(monkeypatch) -> list:
-    """The dtype of every fused CPU call from now on (the backend's one entry point)."""
+    """The dtype of every fused CPU call from now on (the backend's launchers, which its
+    step and the engine's plain step run every elementwise step through)."""
     from fusedopt.backends.cpu import backend
 
-    calls, step = [], backend.step
+    calls, launch = [], backend.Launcher.__call__
 
-    def counted(spec, flags, scalars, group, grads, **kwargs):
-        calls.append(group.dtype)
-        return step(spec, flags, scalars, group, grads, **kwargs)
-    monkeypatch.setattr(backend, "step", counted)
+    def counted(self, grads, *args, **kwargs):
+        calls.append(self.group.dtype)
+        return launch(self, grads, *args, **kwargs)
+    monkeypatch.setattr(backend.Launcher, "__call__", counted)
     return calls
 
 

@@ -201,13 +201,13 @@ def test_fp32_and_bf16_params_in_one_group_take_one_launch_each(monkeypatch):
     opt = ft.Adam(ours, lr=1e-2)
     peer = torch.optim.Adam(theirs, lr=1e-2, fused=True)
     launches = []
-    real_step = cpu_backend.step
+    real_launch = cpu_backend.Launcher.__call__
 
-    def counted(spec, flags, steps, group, grads, **kw):
-        launches[-1].append((group.storage.param, len(grads)))
-        return real_step(spec, flags, steps, group, grads, **kw)
+    def counted(self, grads, *args, **kw):  # every elementwise CPU step's one loop call
+        launches[-1].append((self.group.storage.param, len(grads)))
+        return real_launch(self, grads, *args, **kw)
 
-    monkeypatch.setattr(cpu_backend, "step", counted)
+    monkeypatch.setattr(cpu_backend.Launcher, "__call__", counted)
     for t in range(STEPS):
         grads = [torch.randn(s).to(d) for s, d in zip(shapes, dtypes)]
         for p, q, g in zip(ours, theirs, grads):

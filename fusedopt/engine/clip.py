@@ -121,3 +121,8 @@ def grad_scales(clipping: Clipping, sums: list, grad_scale=None) -> list:
         return [_xp(s).zeros(s.shape, np.float64) + inv for s in sums]
     unscaled = [s * (inv * inv) for s in sums]
     return [c * inv for c in scales(clipping, unscaled)]
+
+
+def launch_clip(scale, limit: float) -> GradClip:
+    """What one launch applies to its grads: ``scale`` (None: 1) and ``limit``."""
+    return NO_CLIP if scale is None and limit == math.inf else GradClip(scale, limit)

@@ -26,7 +26,9 @@ A step: the grads are checked (fully on the first step of a set of positions, th
 cheap layout test), the scalars of each launch group are computed once on the host in double
 (the registry's ``scalars``), the grad pre-pass runs when clipping by norm or unscaling a
 loss-scaled step needs it (one read of the grads only, never the params), then each launch
-group is one kernel launch (CUDA) or one Numba call (CPU).
+group is one kernel launch (CUDA) or one Numba call (CPU). A step on the host with none of
+the phases between (fusedopt/engine/plain.py) skips their calls, and launches again what the
+last such step over the same positions launched when nothing it was found by has changed.
 
 Storage (fusedopt/memory/storage.py): params of float32, float64, float16 or bfloat16; state in
 ``state_dtype`` (default float32 for 16-bit params, the param's dtype otherwise; a
@@ -86,10 +88,11 @@ from .clip import NONE, Clipping
 from .ema import MovingAverage
 from .hypers import HyperGroup, HyperGroups
 from .launches import LaunchGroups
+from .plain import PlainSteps
 from .step import StepPhases
 
 
-class Engine(HyperGroups, LaunchGroups, StepPhases):
+class Engine(HyperGroups, LaunchGroups, PlainSteps, StepPhases):
     """Every step of one registered optimizer, for every front door."""
 
     #: Params with fewer elements keep float32 state under ``state_dtype="q8"``/``"q4"``.
@@ -355,10 +358,10 @@ class Engine(HyperGroups, LaunchGroups, StepPhases):
     # --- copies: pickle and copy.deepcopy -------------------------------------------------------
     def __getstate__(self) -> dict:
         """Everything but what is rebuilt from it: the spec travels as its registry name (it
-        holds functions); launch groups, plans (addresses of this process's arrays) and the
-        identity index are dropped and rebuilt on the first step."""
+        holds functions); launch groups, plans and the plain step's launches (addresses of
+        this process's arrays) and the identity index are dropped and rebuilt on the first step."""
         state = dict(self.__dict__)
-        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={})
+        state.update(spec=self.spec.name, _index=None, _launch_cache={}, _plans={}, _kept=None)
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -14,7 +14,7 @@ from ..memory.arrays import kind_of
 from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
-from .clip import NO_CLIP, GradClip, grad_scales
+from .clip import grad_scales, launch_clip
 from .orthogonal import check_matrices, matrix_phase
 from .reductions import factor_phase, reduction_phase, signed
 
@@ -197,7 +197,7 @@ class StepPhases:
                     average = self.ema.scalars(self.params[first], self._iterations)
                     averaged.extend(positions if launch.members is None
                                     else (positions[i] for i in launch.members))
-                clip = NO_CLIP if scale is None and limit == math.inf else GradClip(scale, limit)
+                clip = launch_clip(scale, limit)
                 plan.backend.step(self.spec, self.hypers[launch.hyper].flags, rows,
                                   launch.group, g, clip=clip, step=t,
                                   **({} if average is None else {"average": average}))

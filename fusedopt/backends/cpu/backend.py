@@ -114,37 +114,67 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
         factored.step(spec, flags, steps, group, grads, clip, step_storage(group, grads),
                       average)
         return
-    group.table.set_limit(clip.limit)
-    table = step_table(group, grads, address)
-    _set_clip(group, clip)
-    n_work = group.table.n_work
-    if n_work == 0:
-        return
+    launcher(spec, flags, group, grads, clip)(grads, steps, step, clip, average)
+
+
+def launcher(spec, flags, group: Group, grads, clip: GradClip = NO_CLIP) -> "Launcher":
+    """The :class:`Launcher` of ``spec``'s variant ``flags`` over ``group`` for grads of
+    this dtype and this ``clip`` (made the first time, then kept in the group). Not for
+    factored moments (fusedopt/backends/cpu/factored.py)."""
     # A step that neither clips nor scales its grads runs the variant without the clamp
     # (compiled the first time a group needs it: the other is compiled only if asked for).
     # Found by the grads' own dtype object, as step_storage finds their storage.
     key = (spec.name, flags, getattr(grads[0], "dtype", None) if grads else None,
            clip.active)
-    chosen = group.scratch.get(key)
-    if chosen is None:
-        st = step_storage(group, grads)
-        chosen = group.scratch[key] = variant(spec, flags, st, clip.active, group.averaged)
-    # A step of one task, few elements or one thread runs here, without waking the pool.
-    loop = run_serial
-    if n_work > 1:
-        elements = group.scratch.get("elements")
-        if elements is None:
-            elements = group.scratch["elements"] = int(group.sizes.sum())
-        loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
-    if isinstance(steps, np.ndarray):  # a row per tensor (per-tensor reductions)
-        scalars = steps
-        if average is not None:
-            scalars = np.hstack([steps, np.tile(np.asarray(average, np.float64),
-                                                 (steps.shape[0], 1))])
-    else:
-        scalars = (steps if isinstance(steps, tuple)
-                   else as_rows(steps, len(group.params)).scalars())
-        if average is not None:
-            scalars = tuple(scalars) + tuple(average)
-    spans = quantized.span_function if chosen.quantized else None
-    loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step), spans)
+    found = group.scratch.get(key)
+    if found is None:
+        found = group.scratch[key] = Launcher(spec, flags, group, clip.active)
+    return found
+
+
+class Launcher:
+    """A group's step with one variant, grads' dtype and kind of clip (a step that clips or
+    scales its grads or not): the table's clip rows and grads written, then one loop call.
+    :func:`step` runs every non-factored step through one; an engine may keep one and call
+    it again (fusedopt/engine/plain.py)."""
+
+    __slots__ = ("spec", "flags", "group", "clamps", "chosen")
+
+    def __init__(self, spec, flags, group: Group, clamps: bool):
+        self.spec, self.flags, self.group, self.clamps = spec, flags, group, clamps
+        self.chosen = None  # the variant, compiled at the first step with work
+
+    def __call__(self, grads, steps, step: int, clip: GradClip = NO_CLIP,
+                 average: tuple | None = None) -> None:
+        """:func:`step`'s step with ``grads`` of the dtype this launcher was found for and a
+        ``clip`` of its kind."""
+        group = self.group
+        group.table.set_limit(clip.limit)
+        table = step_table(group, grads, address)
+        _set_clip(group, clip)
+        n_work = group.table.n_work
+        if n_work == 0:
+            return
+        chosen = self.chosen
+        if chosen is None:
+            chosen = self.chosen = variant(self.spec, self.flags, step_storage(group, grads),
+                                           self.clamps, group.averaged)
+        # A step of one task, few elements or one thread runs here, without waking the pool.
+        loop = run_serial
+        if n_work > 1:
+            elements = group.scratch.get("elements")
+            if elements is None:
+                elements = group.scratch["elements"] = int(group.sizes.sum())
+            loop = run if threads.step_threads(elements, n_work) > 1 else run_serial
+        if isinstance(steps, np.ndarray):  # a row per tensor (per-tensor reductions)
+            scalars = steps
+            if average is not None:
+                scalars = np.hstack([steps, np.tile(np.asarray(average, np.float64),
+                                                     (steps.shape[0], 1))])
+        else:
+            scalars = (steps if isinstance(steps, tuple)
+                       else as_rows(steps, len(group.params)).scalars())
+            if average is not None:
+                scalars = tuple(scalars) + tuple(average)
+        spans = quantized.span_function if chosen.quantized else None
+        loop(chosen, table, group.table.n_tensors, group.chunk, scalars, np.int64(step), spans)
