@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from .. import config
 from . import threads as _threads
-from . import validate as _validate
 from .clip import launch_clip
 from .reductions import signed
 
@@ -64,8 +63,8 @@ class PlainSteps:
             return False
         kept = self._kept
         if kept is not None and kept.positions == positions and self._holds(kept, grads):
-            work = [grads if e.members is None else [grads[i] for i in e.members]
-                    for e in kept.entries]
+            work = [grads if e.launch.members is None
+                    else [grads[i] for i in e.launch.members] for e in kept.entries]
         else:
             self._kept = None
             plan = self._plans.get(positions)
@@ -95,7 +94,7 @@ class PlainSteps:
         if self._plans.get(kept.positions) is not plan or self.clipping is not kept.clipping:
             return False
         for e in kept.entries:
-            if e.hyper >= len(hypers) or hypers[e.hyper] is not e.hyper_group:
+            if e.launch.hyper >= len(hypers) or hypers[e.launch.hyper] is not e.hyper_group:
                 return False
         return (plan.takes(grads, self.params, self._index)
                 and self._launches(plan.backend, kept.positions, plan.grad_dtypes)
@@ -128,12 +127,7 @@ class PlainSteps:
         for entry in kept.entries:
             t = (counts[positions[entry.first]] if counts is not None
                  else self._iterations) + 1
-            key = (entry.hyper, entry.decays, t)
-            row = cache.get(key)
-            if row is None:
-                row = cache[key] = self._scalars(*key)
-                _validate.check_scalars(self.spec.name, row, entry.dtype, None)
-            out.append((row, t))
+            out.append((self._cached_row(cache, entry.launch, t, checked=True), t))
         return out
 
 
@@ -149,15 +143,13 @@ class _Kept:
 
 
 class _Entry:
-    """One launch kept: its members (indexes into the step's positions, None: all), the
-    index of its first, its hyperparameter group (index and object), whether weight decay
-    applies, its params' dtype, its grad clip and the backend's launcher."""
+    """One launch kept (the full step's launch, which the kept launch groups hold), the
+    index of its first member in the step's positions, its hyperparameter group object,
+    its grad clip and the backend's launcher."""
 
-    __slots__ = ("members", "first", "hyper", "hyper_group", "decays", "dtype", "clip",
-                 "launcher")
+    __slots__ = ("launch", "first", "hyper_group", "clip", "launcher")
 
     def __init__(self, launch, hyper_group, clip, launcher):
-        self.members = launch.members
+        self.launch, self.hyper_group, self.clip, self.launcher = (launch, hyper_group, clip,
+                                                                   launcher)
         self.first = 0 if launch.members is None else launch.members[0]
-        self.hyper, self.hyper_group, self.decays = launch.hyper, hyper_group, launch.decays
-        self.dtype, self.clip, self.launcher = launch.group.dtype, clip, launcher

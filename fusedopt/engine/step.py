@@ -123,12 +123,8 @@ class StepPhases:
             base = self._base_steps(positions, launch)
             bases.append(base)
             for t in set(base):
-                key = (launch.hyper, launch.decays, t)
-                if key not in scalars:
-                    scalars[key] = self._scalars(*key)
-                    _validate.check_scalars(self.spec.name, scalars[key], launch.group.dtype,
-                                            grad_scale if isinstance(grad_scale, float)
-                                            else None)
+                self._cached_row(scalars, launch, t, checked=True, grad_scale=grad_scale
+                                 if isinstance(grad_scale, float) else None)
         return scalars, bases
 
     def _decision(self, plan, launches, grad_scale, found_inf, checked):
@@ -249,13 +245,17 @@ class StepPhases:
             mask = [(1 << len(pending.entries)) - 1] * len(base)
         return step_rows(scalars_of, base, mask, pending or window, slot)
 
-    def _cached_row(self, cache: dict, launch: Launch, t: int) -> tuple:
+    def _cached_row(self, cache: dict, launch: Launch, t: int, checked: bool = False,
+                    grad_scale: float | None = None) -> tuple:
         """The scalar row of ``launch`` at 1-based step ``t``, from the step's ``cache`` (by
-        hyper group, decays and step), computed there the first time."""
+        hyper group, decays and step), computed there the first time (and, ``checked``,
+        checked then: validate.check_scalars, a float ``grad_scale`` included)."""
         key = (launch.hyper, launch.decays, t)
         row = cache.get(key)
         if row is None:
             row = cache[key] = self._scalars(*key)
+            if checked:
+                _validate.check_scalars(self.spec.name, row, launch.group.dtype, grad_scale)
         return row
 
     def _base_steps(self, positions, launch: Launch) -> list[int]:
