@@ -16,15 +16,25 @@ def _slot_dtype(s) -> str:
     return kind_of(s).dtype(s)
 
 
+def coded(engine, i) -> tuple:
+    """For each optimizer slot of position ``i`` (its group's ``slots``, in order): whether
+    its map is signed, for a slot kept as quantized blocks; None for a slot kept as floats
+    (float state, and a ``float_state`` slot beside quantized ones). The one place that
+    decides which of a position's slots are codes: checkpoints and the torch door read it."""
+    group = engine.hypers[engine.group_of[i]]
+    signed = engine.spec.signed_slots(group.flags)  # None: a float_state slot
+    if not engine.storages[i].quantized:
+        return (None,) * len(signed)
+    return tuple(signed)
+
+
 def slots_of(engine, i) -> list:
     """(name, array, quantized format or None) of position ``i``'s state arrays (None for
     the master slot and a ``float_state`` slot beside quantized ones). A quantized slot
     (fusedopt/memory/quant.py) is saved as two tensors, ``.../codes`` and ``.../absmax``,
     its header entry naming the format, the map and the block size."""
     st = engine.storages[i]
-    group = engine.hypers[engine.group_of[i]]
-    signed = engine.spec.signed_slots(group.flags)  # None: a float32 slot (float_state)
-    formats = [st.state if st.quantized and sign is not None else None for sign in signed]
+    formats = [None if sign is None else st.state for sign in coded(engine, i)]
     formats += [None] * (len(engine.states[i]) - len(formats))  # the master slot
     return [(n, s, fmt) for n, s, fmt in zip(engine.slot_names(i), engine.states[i], formats)]
 

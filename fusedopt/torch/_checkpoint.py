@@ -28,6 +28,7 @@ from itertools import chain
 
 import torch
 
+from ..checkpoint_quantized import coded
 from ..memory import factored as _factored
 from ..memory import storage as _storage
 from ..memory.torch_kind import torch_dtype
@@ -49,13 +50,9 @@ def originals(optimizer, state_dict: dict) -> dict:
 
 
 def coded_slots(engine, pos: int) -> set:
-    """The slots of position ``pos`` kept as quantized blocks (none for float state, and
-    not a ``float_state`` slot beside them)."""
-    if not engine.storages[pos].quantized:
-        return set()
+    """The slots of position ``pos`` kept as quantized blocks (``checkpoint_quantized.coded``)."""
     group = engine.hypers[engine.group_of[pos]]
-    return {slot for slot, sign in zip(group.slots, engine.spec.signed_slots(group.flags))
-            if sign is not None}
+    return {slot for slot, sign in zip(group.slots, coded(engine, pos)) if sign is not None}
 
 
 def present(spec, slot: str, param) -> bool:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checkpoint_quantized import coded
 from ..memory import quant as _quant
 from ._local import is_distributed, local
 
@@ -79,9 +80,9 @@ def to_state_dict(optimizer, saved: dict) -> dict:
             continue
         st = engine.storages[held.position]
         entry = dict(saved["state"][saved_id])
-        signed = engine.spec.signed_slots(engine.hypers[engine.group_of[held.position]].flags)
+        slots = engine.hypers[engine.group_of[held.position]].slots
         n = held.memory.numel()  # a shard's own elements under FSDP2
-        for slot, sign in zip(engine.hypers[engine.group_of[held.position]].slots, signed):
+        for slot, sign in zip(slots, coded(engine, held.position)):
             if sign is None:  # a float32 slot (float_state): as float state gives it
                 continue
             key = keys[slot]
