@@ -14,6 +14,9 @@ Contenders (all with torch's default threads):
   OpenMP default wait before this policy);
 - ``fusedopt, spin 1k`` and ``spin 10k``: with ``GOMP_SPINCOUNT`` 1000 and 10000 (idle
   threads spin that many rounds, then sleep);
+- ``fusedopt, 1 thread``: with ``torch.set_num_threads(1)`` (which the step follows);
+- ``fusedopt, dynamic``: with ``numba.set_parallel_chunksize(1)``: the work items handed
+  out one at a time to whichever thread asks, instead of split in equal halves up front;
 - ``torch fused``: torch.optim.Adam(fused=True), torch's defaults;
 - ``torch fused, passive``: the same with ``OMP_WAIT_POLICY=passive``.
 
@@ -44,6 +47,8 @@ CONTENDERS = {
     "fusedopt, spinning": ("fusedopt", {"OMP_WAIT_POLICY": "active"}),
     "fusedopt, spin 1k": ("fusedopt", {"GOMP_SPINCOUNT": "1000"}),
     "fusedopt, spin 10k": ("fusedopt", {"GOMP_SPINCOUNT": "10000"}),
+    "fusedopt, 1 thread": ("fusedopt", {"CONTENTION_THREADS": "1"}),
+    "fusedopt, dynamic": ("fusedopt", {"CONTENTION_CHUNKSIZE": "1"}),
     "torch fused": ("torch", {}),
     "torch fused, passive": ("torch", {"OMP_WAIT_POLICY": "passive"}),
 }
@@ -57,6 +62,11 @@ def worker(kind: str, set_name: str) -> None:
         import fusedopt.torch as ft
     import torch
 
+    if os.environ.get("CONTENTION_THREADS"):
+        torch.set_num_threads(int(os.environ["CONTENTION_THREADS"]))
+    if os.environ.get("CONTENTION_CHUNKSIZE"):
+        import numba
+        numba.set_parallel_chunksize(int(os.environ["CONTENTION_CHUNKSIZE"]))
     torch.manual_seed(0)
     params = [torch.zeros(n, requires_grad=True) for n in SETS[set_name]]
     for p in params:
@@ -79,7 +89,8 @@ def worker(kind: str, set_name: str) -> None:
 def _start(name: str, set_name: str):
     kind, env = CONTENDERS[name]
     full = dict(os.environ)
-    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "CONTENTION_THREADS",
+                "CONTENTION_CHUNKSIZE"):
         full.pop(key, None)
     full.update(env)
     proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, set_name],
@@ -125,6 +136,17 @@ def measure(set_name: str, names: list, rounds: int, steps: int) -> dict:
     return {"times": times, "loads": loads}
 
 
+def fair_share_bound(t1: float, t2: float) -> float:
+    """The contended/quiet ratio of an ideally balanced two-thread step when each of its
+    threads shares its core with one spinner and gets half of it, the two cores taking
+    turns independently: a quarter of the time both threads run (the step's quiet
+    two-thread speed, 1/t2), half of the time one runs (one thread's speed, 1/t1), a
+    quarter of the time neither. Wall time t2 / (t2 / 4 / t2 + t2 / 2 / t1) relative to
+    t2: 1 / (1/4 + t2 / (2 t1)). A step that waits for a thread preempted mid-task, or
+    splits its work unevenly, takes longer."""
+    return 1.0 / (0.25 + 0.5 * t2 / t1)
+
+
 def _stats(values) -> tuple[float, float, float]:
     """(median, IQR, mean) in us: the mean shows the rare slow steps the median hides."""
     a = np.asarray(values) * 1e6
@@ -154,6 +176,12 @@ def report(args, results: dict) -> str:
             med[name] = (q, c)
             lines.append(f"| {name} | {q:,.1f} ({qi:,.1f}) | {qm:,.1f} | {c:,.1f} ({ci:,.1f}) "
                          f"| {cm:,.1f} | {c / q:.2f}x |")
+        if "fusedopt" in med and "fusedopt, 1 thread" in med:
+            t2, t1 = med["fusedopt"][0], med["fusedopt, 1 thread"][0]
+            lines += ["", f"Fair-share bound: quiet, one thread takes {t1 / t2:.2f}x the time of "
+                          f"all; a perfectly balanced step whose threads each get half of "
+                          f"their core, independently, takes at least "
+                          f"{fair_share_bound(t1, t2):.2f}x its quiet time (see fair_share_bound)"]
         if "fusedopt" in med and "torch fused" in med:
             (fq, fc), (tq, tc) = med["fusedopt"], med["torch fused"]
             lines += ["", f"fusedopt / torch fused: quiet {fq / tq:.2f}x, "
