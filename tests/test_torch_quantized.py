@@ -127,3 +127,49 @@ def test_mismatched_quantized_state_is_refused_and_nothing_changes():
     with pytest.raises(ValueError, match="float32 scales"):
         q8.load_state_dict(bad)
     assert np.array_equal(codes.numpy(), q8.state[model[0].weight]["exp_avg"].numpy())
+
+
+def test_a_channels_last_param_steps_saves_and_loads_its_blocks_in_memory_order():
+    """Blocks run over a param's memory (channels_last: the channels innermost): the step is
+    the engine's over that memory, state_dict's q8 codes are laid out like the param (entry
+    [o, c, h, w] is the code of element [o, c, h, w]), a checkpoint resumes bit for bit, and
+    loading it into a param laid out otherwise is refused, changing nothing."""
+    hp = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    torch.manual_seed(0)
+    start = torch.randn(32, 16, 3, 3).to(memory_format=torch.channels_last)  # 4608: q8
+    grads = [torch.randn(32, 16, 3, 3).contiguous(memory_format=torch.channels_last)
+             for _ in range(5)]
+
+    def in_memory_order(t):  # channels_last: (out, h, w, channels)
+        return t.detach().permute(0, 2, 3, 1).reshape(-1).numpy()
+
+    w = torch.nn.Parameter(start.clone())
+    opt = fusedopt.torch.AdamW([w], state_dtype="q8", **hp)
+    flat = in_memory_order(start).copy()
+    engine = fusedopt.AdamW(learning_rate=hp["lr"], beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                            weight_decay=0.01, convention="torch", state_dtype="q8")
+    for g in grads[:3]:
+        w.grad = g
+        opt.step()
+        engine.apply_gradients([(in_memory_order(g), flat)])
+    assert np.array_equal(in_memory_order(w).view(np.uint32), flat.view(np.uint32))
+    saved = opt.state_dict()
+    codes = saved["state"][0]["exp_avg"]
+    assert codes.stride() == w.stride()
+    m_codes, _ = quant.codes_and_scales(engine._engine.states[0][0], flat.size, "q8")
+    assert np.array_equal(in_memory_order(codes), m_codes)
+
+    resumed = torch.nn.Parameter(w.detach().clone())
+    again = fusedopt.torch.AdamW([resumed], state_dtype="q8", **hp)
+    again.load_state_dict(saved)
+    for g in grads[3:]:
+        w.grad = resumed.grad = g
+        opt.step()
+        again.step()
+    assert torch.equal(w, resumed)
+
+    plain = torch.nn.Parameter(w.detach().contiguous())
+    other = fusedopt.torch.AdamW([plain], state_dtype="q8", **hp)
+    with pytest.raises(ValueError, match="laid out alike"):
+        other.load_state_dict(saved)
+    assert not other.state

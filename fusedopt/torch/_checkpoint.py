@@ -64,10 +64,10 @@ def present(spec, slot: str, param) -> bool:
 
 
 def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
-          spec=None, signed: tuple = ()) -> list:
+          spec=None, signed: tuple = (), param=None) -> list:
     """The engine's state arrays for one param (copies beside ``memory``) from ``saved``
     (its checkpoint entry, None values dropped), the master slot last when ``storage``
-    keeps one."""
+    keeps one. ``param``: the local param, whose memory order q8 codes are read in."""
     keys = dict(row.state)
     kinds = {s.name: s.shape for s in spec.slot_decls} if spec is not None else {}
     shape = tuple(memory.shape)
@@ -101,7 +101,7 @@ def slots(row: Row, slot_names: tuple, storage, where: str, saved: dict, memory,
     for slot in slot_names:
         if slot in coded:
             values.append(_quantized.saved_buffer(where, keys[slot], saved, memory,
-                                                  storage.state, signs[slot]))
+                                                  storage.state, signs[slot], param))
             continue
         kind = kinds.get(slot)
         if kind is not None:  # a factored slot: its own shape, or empty at this rank
@@ -157,16 +157,21 @@ def saved(optimizer, index: int, j: int, param, memory, layout):
     engine = optimizer._engine
     where = f"param group {index}, param {j} (shape {tuple(param.shape)})"
     entries = {k: v for k, v in optimizer.state[param].items() if v is not None}
-    if layout is not None:  # moments in the param's order and the engine's view of it
-        entries = {k: layout.like(local(v), f"{where}: saved {k!r}")
-                   if isinstance(v, torch.Tensor) and v.dim() else v
-                   for k, v in entries.items()}
     storage = engine.storage_of(len(engine.params), memory, index,
                                  size=whole_size(param, memory))
+    signed = engine.spec.signed_slots(engine.hypers[index].flags)
+    keys = dict(optimizer._row.state)
+    # codes, scales and maps of quantized slots: blocks, read by saved_buffer
+    blocks = {f"{keys[s]}{suffix}" for s, sign in zip(engine.hypers[index].slots, signed)
+              if storage.quantized and sign is not None for suffix in ("", "_absmax", "_qmap")}
+    if layout is not None:  # moments in the param's order and the engine's view of it
+        entries = {k: layout.like(local(v), f"{where}: saved {k!r}")
+                   if isinstance(v, torch.Tensor) and v.dim() and k not in blocks else v
+                   for k, v in entries.items()}
     if storage.quantized:  # a shard's blocks load into the same shard only
         entries = _quantized.shard_checked(where, entries, param)
     values = slots(optimizer._row, engine.hypers[index].slots, storage, where, entries,
-                   memory, engine.spec, engine.spec.signed_slots(engine.hypers[index].flags))
+                   memory, engine.spec, signed, local(param))
     return values, step_of(optimizer, where, index, entries)
 
 

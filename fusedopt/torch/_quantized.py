@@ -45,6 +45,7 @@ import torch
 
 from ..checkpoint_quantized import coded
 from ..memory import quant as _quant
+from . import _layout
 from ._local import is_distributed, local
 
 #: bitsandbytes' key for its wrapped quantization state, and its per-slot names.
@@ -88,7 +89,7 @@ def to_state_dict(optimizer, saved: dict) -> dict:
             key = keys[slot]
             records = _quant.to_records(entry[key].detach().cpu().numpy(), n, st.state)
             codes = torch.from_numpy(records["codes"])
-            entry[key] = codes.reshape(local(param).shape) if st.state == "q8" else codes
+            entry[key] = in_param_order(codes, local(param)) if st.state == "q8" else codes
             entry[f"{key}_absmax"] = torch.from_numpy(records["absmax"])
             entry[f"{key}_qmap"] = torch.from_numpy(_quant.qmap(st.state, sign))
         if held.sharded:
@@ -141,14 +142,42 @@ def from_bitsandbytes(optimizer, state_dict: dict) -> dict:
     return {"state": converted, "param_groups": groups}
 
 
-def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bool):
-    """The engine's buffer for slot ``key`` from a saved codes/absmax/map entry."""
+def in_param_order(codes: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """q8 ``codes``, one per element of ``param`` in its memory order (the order its blocks
+    run in), as a uint8 tensor of ``param``'s shape and strides: entry [i, j, ...] is the
+    code of param element [i, j, ...], as torch's moments are laid out like their param."""
+    out = torch.empty_like(param, dtype=torch.uint8, device="cpu")  # the param's strides
+    _layout.span(out).copy_(codes)
+    return out
+
+
+def _memory_order(where: str, key: str, codes: torch.Tensor, param) -> torch.Tensor:
+    """Saved q8 ``codes`` of ``param``'s shape as one run in ``param``'s memory order, once
+    their strides say their blocks were made in that order."""
+    if tuple(codes.shape) != tuple(param.shape):
+        return codes
+    if not _layout.same_order(codes, param):
+        raise ValueError(f"{where}: the saved {key!r} codes have strides {codes.stride()} and "
+                         f"the param {param.stride()}: quantized blocks run in the memory "
+                         "order of the param they were saved from, so they load only into a "
+                         "param laid out alike; give the param that layout (e.g. "
+                         ".to(memory_format=torch.channels_last)) before loading, or leave "
+                         "the optimizer's state out of the load to start it afresh")
+    return _layout.span(torch.empty_like(param, dtype=torch.uint8, device="cpu").copy_(codes))
+
+
+def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bool,
+                 param=None):
+    """The engine's buffer for slot ``key`` from a saved codes/absmax/map entry (``param``:
+    the local param, whose memory order q8 codes of its shape are read in)."""
     n = memory.numel()
     codes, absmax = saved.get(key), saved.get(f"{key}_absmax")
     if codes is None or absmax is None:
         raise ValueError(f"{where}: the saved state has no {key!r} codes and "
                          f"{key + '_absmax'!r} scales, which a group kept in {fmt} needs "
                          "(a checkpoint of float state loads into a group of its dtype)")
+    if param is not None and fmt == "q8":
+        codes = _memory_order(where, key, codes.detach().cpu(), param)
     qmap = saved.get(f"{key}_qmap")
     if qmap is not None:
         theirs = qmap.detach().cpu().numpy().astype(np.float32).reshape(-1)
