@@ -229,3 +229,31 @@ def test_no_cuda_kernels_yet_and_the_step_says_so():
         factor_phase(opt._engine, plan, (0,), [(None, [p])], [None], {})
     for a, b in zip(opt._engine.states[0] + [p], before):
         np.testing.assert_array_equal(a, b)
+
+
+FRESH_PROCESS_STEP = """
+import numpy as np, fusedopt
+from fusedopt.backends.cpu import factored
+ps = [np.ones((64, 32), np.float32), np.ones(100, np.float32)]
+fusedopt.Adafactor().apply_gradients([(np.full_like(p, 0.1), p) for p in ps])
+passes = (factored._factor_sums, factored._reduce_pass, factored._element_pass)
+print(sum(sum(d.stats.cache_hits.values()) for d in passes),
+      sum(sum(d.stats.cache_misses.values()) for d in passes))
+"""
+
+
+def test_the_factored_passes_load_from_numbas_cache_in_a_new_process():
+    """The factored passes are compiled once per variant and kept on disk, as the element
+    loop is: a second process loads them (it compiled them in 9 s at every start when they
+    were closures)."""
+    import subprocess
+    import sys
+
+    from fusedopt.backends.cpu import _cache
+    if not _cache.JIT_OPTIONS["cache"]:
+        pytest.skip("no writable Numba cache here")
+    for _ in range(2):  # the first run may compile and save; the second must only load
+        out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_STEP], capture_output=True,
+                             text=True, check=True)
+    hits, misses = map(int, out.stdout.split())
+    assert misses == 0 and hits >= 2, out.stdout  # factor sums, element pass (no reduction)

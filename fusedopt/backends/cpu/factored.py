@@ -22,9 +22,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import inspect
 
 import numpy as np
-from numba import carray, njit, prange
+from numba import carray, njit, prange, types
+from numba.core.extending import (
+    NativeValue,
+    models,
+    overload,
+    register_model,
+    typeof_impl,
+    unbox,
+)
 
 from ... import config
 from ...memory import factored as _factored
@@ -33,10 +43,10 @@ from ._cache import JIT_OPTIONS
 from .address import address
 from .element import _pointer
 from .reduce import BLOCK, _block_sums
-from .rules import element_rule, inlined, reduction_rule
+from .rules import element_rule, inlined, reduction_rule, source_digest
+from .variant import SOURCES
 
 _INLINE = {"inline": "always", "error_model": "numpy"}
-_OPTIONS = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}  # closures: no cache
 
 
 def host_view(address: int, n: int, dtype) -> np.ndarray:
@@ -48,111 +58,209 @@ def host_view(address: int, n: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype)
 
 
+# --- the variant: an optimizer's factored rules and flags, as one compile-time argument ------
+#
+# The three passes below are compiled once per variant and kept in Numba's on-disk cache,
+# as the element loop is (fusedopt/backends/cpu/variant.py): the variant's Numba type names
+# the spec, its flags, the param dtype and a digest of every source the passes inline, and
+# the rules are found from it when the passes are typed. (Closures over the rules, as these
+# passes were, are compiled afresh in every process: about 9 s for Adafactor's first step.)
+
+_SPECS: dict = {}  # (spec name, digest) -> spec, for the types below
+
+
+class FactoredType(types.Opaque):
+    def __init__(self, spec: str, flags: tuple, dtype: str, digest: str):
+        self.spec, self.flags, self.dtype, self.digest = spec, flags, dtype, digest
+        super().__init__(name=f"Factored({spec}, {flags}, {dtype}, {digest})")
+
+    @property
+    def key(self):
+        return self.spec, self.flags, self.dtype, self.digest
+
+
+register_model(FactoredType)(models.OpaqueModel)
+
+
+class FactoredVariant:
+    """``spec``'s factored passes for variant ``flags`` on params of ``dtype``."""
+
+    def __init__(self, spec, flags: tuple, dtype: str):
+        declared = spec.factored
+        text = "".join(inspect.getsource(fn) for fn in (
+            declared.square, declared.moment, declared.estimate))
+        digest = hashlib.sha256(
+            f"{SOURCES}{source_digest(spec)}{text}".encode()).hexdigest()[:12]
+        _SPECS[spec.name, digest] = spec
+        self._numba_type_ = FactoredType(spec.name, tuple(int(x) for x in flags), dtype,
+                                         digest)
+        self.compute = np.float64 if dtype == "float64" else np.float32
+        self.like = np.empty(0, self.compute)
+
+
+@typeof_impl.register(FactoredVariant)
+def _typeof_variant(value, context):
+    return value._numba_type_
+
+
+@unbox(FactoredType)
+def _unbox_variant(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
 @functools.lru_cache(maxsize=None)
-def _kernels(spec, flags: tuple, dtype: str):
-    """The three passes of ``spec``'s variant ``flags`` for params of ``dtype``."""
+def _rules(variant):
+    """(square, moment, estimate, update, terms, f) of ``variant`` (a FactoredType),
+    jitted to inline."""
+    spec, flags = _SPECS[variant.spec, variant.digest], variant.flags
     declared = spec.factored
-    square = njit(**_INLINE)(declared.square)
-    moment = njit(**_INLINE)(declared.moment)
-    estimate = njit(**_INLINE)(declared.estimate)
-    update = inlined(element_rule(spec, flags))
-    terms = inlined(reduction_rule(spec, flags))
-    f = spec.named_flags(flags)
-    compute = np.float64 if dtype == "float64" else np.float32
-    zero = compute(0)
-    chunk = config.CPU_CHUNK
+    return (*(njit(**_INLINE)(fn) for fn in (declared.square, declared.moment,
+                                              declared.estimate)),
+            inlined(element_rule(spec, flags)), inlined(reduction_rule(spec, flags)),
+            spec.named_flags(flags))
 
-    @njit(**_INLINE)
-    def clipped(x, scale, limit):
-        scaled = x * scale
-        above = -limit if -limit > scaled else scaled
-        return limit if limit < above else above
 
-    @njit(fastmath={"reassoc"}, parallel=True, **_OPTIONS)
-    def factor_sums(g_addr, like, B, R, C, rb, scale, limit, k, rows, cols):
-        """Row sums (B R) and column sums (B C) of ``square`` of the clipped grads."""
-        g = carray(_pointer(g_addr, like), B * R * C)
-        blocks = (R + rb - 1) // rb
-        partial = np.zeros((B * blocks, C), np.float64)
-        for item in prange(B * blocks):
-            b, blk = item // blocks, item % blocks
-            for i in range(blk * rb, min(R, blk * rb + rb)):
-                base = (b * R + i) * C
-                s = 0.0
-                for j in range(C):
-                    t = np.float64(square(clipped(g[base + j], scale, limit), k, f))
-                    s += t
-                    partial[item, j] += t
-                rows[b * R + i] = s
-        for b in prange(B):
-            for blk in range(blocks):
-                for j in range(C):
-                    cols[b * C + j] += partial[b * blocks + blk, j]
+def _square(variant, x, k):
+    """``square`` of the variant's rule."""
 
-    @njit(**_INLINE)
-    def second_moment(factored, r, c, m, v, index, row, col, b, gi, k):
+
+def _update(variant, p, g, v, k):
+    """The variant's element rule on a param, grad and second-moment estimate."""
+
+
+def _terms(variant, p, g, v, k):
+    """The variant's reduction terms of a param, grad and second-moment estimate."""
+
+
+def _second_moment(variant, factored, r, c, m, v, index, row, col, b, gi, k):
+    """The element's second moment: from its factors, or moved (an unfactored tensor)."""
+
+
+@overload(_square, inline="always")
+def _square_impl(variant, x, k):
+    square, _, _, _, _, f = _rules(variant)
+    return lambda variant, x, k: square(x, k, f)
+
+
+@overload(_update, inline="always")
+def _update_impl(variant, p, g, v, k):
+    update, zero = _rules(variant)[3], _zero(variant)
+    return lambda variant, p, g, v, k: update(p, g, zero, zero, v, zero, zero, k)
+
+
+@overload(_terms, inline="always")
+def _terms_impl(variant, p, g, v, k):
+    terms, zero = _rules(variant)[4], _zero(variant)
+    return lambda variant, p, g, v, k: terms(p, g, zero, zero, v, zero, zero, k)
+
+
+@overload(_second_moment, inline="always")
+def _second_moment_impl(variant, factored, r, c, m, v, index, row, col, b, gi, k):
+    square, moment, estimate, _, _, f = _rules(variant)
+
+    def impl(variant, factored, r, c, m, v, index, row, col, b, gi, k):
         if factored:
             return estimate(r[row], c[col], m[b], k, f)
         return moment(v[index], square(gi, k, f), k, f)
+    return impl
 
-    @njit(parallel=True, **_OPTIONS)
-    def reduce_pass(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R, C,
-                    m, scale, limit, k):
-        """Each row's (or chunk's) float64 sums of the reduction terms."""
-        p = carray(_pointer(p_addr, like), n)
-        g = carray(_pointer(g_addr, like), n)
-        r = carray(_pointer(r_addr, like), B * R if factored else 0)
-        c = carray(_pointer(c_addr, like), B * C if factored else 0)
-        v = carray(_pointer(v_addr, like), 0 if factored else n)
-        items = B * R if factored else (n + chunk - 1) // chunk
-        out = np.zeros((2, items), np.float64)
-        for item in prange(items):
-            start = item * C if factored else item * chunk
-            stop = start + C if factored else min(n, start + chunk)
-            b = item // R if factored else 0
-            terms_a = np.empty(BLOCK, np.float64)
-            terms_b = np.empty(BLOCK, np.float64)
-            sa = 0.0
-            sb = 0.0
-            for lo in range(start, stop, BLOCK):
-                hi = min(lo + BLOCK, stop)
-                for i in range(lo, hi):
-                    gi = clipped(g[i], scale, limit)
-                    vi = second_moment(factored, r, c, m, v, i, item,
-                                       b * C + (i - start), b, gi, k)
-                    ta, tb = terms(p[i], gi, zero, zero, vi, zero, zero, k)
-                    terms_a[i - lo] = np.float64(ta)
-                    terms_b[i - lo] = np.float64(tb)
-                da, db = _block_sums(terms_a, terms_b, hi - lo)
-                sa += da
-                sb += db
-            out[0, item] = sa
-            out[1, item] = sb
-        return out
 
-    @njit(parallel=True, **_OPTIONS)
-    def element_pass(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R, C,
-                     m, scale, limit, k):
-        p = carray(_pointer(p_addr, like), n)
-        g = carray(_pointer(g_addr, like), n)
-        r = carray(_pointer(r_addr, like), B * R if factored else 0)
-        c = carray(_pointer(c_addr, like), B * C if factored else 0)
-        v = carray(_pointer(v_addr, like), 0 if factored else n)
-        items = B * R if factored else (n + chunk - 1) // chunk
-        for item in prange(items):
-            start = item * C if factored else item * chunk
-            stop = start + C if factored else min(n, start + chunk)
-            b = item // R if factored else 0
-            for i in range(start, stop):
-                gi = clipped(g[i], scale, limit)
-                vi = second_moment(factored, r, c, m, v, i, item, b * C + (i - start), b,
-                                   gi, k)
-                new = update(p[i], gi, zero, zero, vi, zero, zero, k)
-                p[i] = new[0]
-                if not factored:
-                    v[i] = new[3]
+def _zero(variant):
+    return np.float64(0) if variant.dtype == "float64" else np.float32(0)
 
-    return factor_sums, reduce_pass, element_pass, np.empty(0, compute), compute
+
+@njit(**_INLINE)
+def _clipped(x, scale, limit):
+    scaled = x * scale
+    above = -limit if -limit > scaled else scaled
+    return limit if limit < above else above
+
+
+@njit(fastmath={"reassoc"}, parallel=True, **JIT_OPTIONS)
+def _factor_sums(variant, g_addr, like, B, R, C, rb, scale, limit, k, rows, cols):
+    """Row sums (B R) and column sums (B C) of ``square`` of the clipped grads."""
+    g = carray(_pointer(g_addr, like), B * R * C)
+    blocks = (R + rb - 1) // rb
+    partial = np.zeros((B * blocks, C), np.float64)
+    for item in prange(B * blocks):
+        b, blk = item // blocks, item % blocks
+        for i in range(blk * rb, min(R, blk * rb + rb)):
+            base = (b * R + i) * C
+            s = 0.0
+            for j in range(C):
+                t = np.float64(_square(variant, _clipped(g[base + j], scale, limit), k))
+                s += t
+                partial[item, j] += t
+            rows[b * R + i] = s
+    for b in prange(B):
+        for blk in range(blocks):
+            for j in range(C):
+                cols[b * C + j] += partial[b * blocks + blk, j]
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _reduce_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R,
+                 C, chunk, m, scale, limit, k):
+    """Each row's (or chunk's) float64 sums of the reduction terms."""
+    p = carray(_pointer(p_addr, like), n)
+    g = carray(_pointer(g_addr, like), n)
+    r = carray(_pointer(r_addr, like), B * R if factored else 0)
+    c = carray(_pointer(c_addr, like), B * C if factored else 0)
+    v = carray(_pointer(v_addr, like), 0 if factored else n)
+    items = B * R if factored else (n + chunk - 1) // chunk
+    out = np.zeros((2, items), np.float64)
+    for item in prange(items):
+        start = item * C if factored else item * chunk
+        stop = start + C if factored else min(n, start + chunk)
+        b = item // R if factored else 0
+        terms_a = np.empty(BLOCK, np.float64)
+        terms_b = np.empty(BLOCK, np.float64)
+        sa = 0.0
+        sb = 0.0
+        for lo in range(start, stop, BLOCK):
+            hi = min(lo + BLOCK, stop)
+            for i in range(lo, hi):
+                gi = _clipped(g[i], scale, limit)
+                vi = _second_moment(variant, factored, r, c, m, v, i, item,
+                                    b * C + (i - start), b, gi, k)
+                ta, tb = _terms(variant, p[i], gi, vi, k)
+                terms_a[i - lo] = np.float64(ta)
+                terms_b[i - lo] = np.float64(tb)
+            da, db = _block_sums(terms_a, terms_b, hi - lo)
+            sa += da
+            sb += db
+        out[0, item] = sa
+        out[1, item] = sb
+    return out
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _element_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R,
+                  C, chunk, m, scale, limit, k):
+    p = carray(_pointer(p_addr, like), n)
+    g = carray(_pointer(g_addr, like), n)
+    r = carray(_pointer(r_addr, like), B * R if factored else 0)
+    c = carray(_pointer(c_addr, like), B * C if factored else 0)
+    v = carray(_pointer(v_addr, like), 0 if factored else n)
+    items = B * R if factored else (n + chunk - 1) // chunk
+    for item in prange(items):
+        start = item * C if factored else item * chunk
+        stop = start + C if factored else min(n, start + chunk)
+        b = item // R if factored else 0
+        for i in range(start, stop):
+            gi = _clipped(g[i], scale, limit)
+            vi = _second_moment(variant, factored, r, c, m, v, i, item, b * C + (i - start),
+                                b, gi, k)
+            new = _update(variant, p[i], gi, vi, k)
+            p[i] = new[0]
+            if not factored:
+                v[i] = new[3]
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(spec, flags: tuple, dtype: str) -> FactoredVariant:
+    """The variant that the three passes take for ``spec``'s ``flags`` on ``dtype``."""
+    return FactoredVariant(spec, flags, dtype)
 
 
 def _tensors(spec, flags, group, grads):
@@ -188,7 +296,8 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
     """Move the row and column factors of every factored tensor of ``group``; keep each
     slice's denominator in the group's scratch for the passes after."""
     _check(st)
-    sums, _, _, like, compute = _kernels(spec, tuple(flags), st.param)
+    variant = _kernels(spec, tuple(flags), st.param)
+    like, compute = variant.like, variant.compute
     f = spec.named_flags(flags)
     k = spec.Scalars(*(compute(x) for x in row), *(compute(0) for _ in
                                                    spec.reductions.scalar_names))
@@ -207,8 +316,8 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
         rows = np.zeros(B * R, np.float64)
         cols = np.zeros(B * C, np.float64)
         rb = max(1, min(R, config.CPU_FACTOR_BLOCK // C))
-        sums(g_addr, like, B, R, C, rb, compute(_scale(clip, t)), compute(clip.limit), k,
-             rows, cols)
+        _factor_sums(variant, g_addr, like, B, R, C, rb, compute(_scale(clip, t)),
+                     compute(clip.limit), k, rows, cols)
         r, c = host_view(r_addr, B * R, compute), host_view(c_addr, B * C, compute)
         r[...] = declared.moment(r, (rows / C).astype(compute), k, f)
         c[...] = declared.moment(c, (cols / R).astype(compute), k, f)
@@ -220,17 +329,17 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
 
 def _passes(which, spec, flags, rows, group, grads, clip, st):
     _check(st)
-    kernels = _kernels(spec, tuple(flags), st.param)
-    kernel, like, compute = kernels[which], kernels[3], kernels[4]
+    variant = _kernels(spec, tuple(flags), st.param)
+    kernel, like, compute = which, variant.like, variant.compute
     denominators = group.scratch["factor_denominators"]
     for t, (p_addr, g_addr, r_addr, c_addr, v_addr, shape, is_factored) in enumerate(
             _tensors(spec, flags, group, grads)):
         n = int(np.prod(shape, dtype=np.int64))
         B, R, C = _factored.slices(shape) if is_factored else (1, 1, 1)
         k = spec.Scalars(*(compute(x) for x in rows(t)))
-        yield t, n, kernel(p_addr, g_addr, r_addr, c_addr, v_addr, like, is_factored, n, B,
-                           R, C, denominators[t], compute(_scale(clip, t)),
-                           compute(clip.limit), k)
+        yield t, n, kernel(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like,
+                           is_factored, n, B, R, C, config.CPU_CHUNK, denominators[t],
+                           compute(_scale(clip, t)), compute(clip.limit), k)
 
 
 def reduce(spec, flags, row: tuple, group, grads, clip, st) -> np.ndarray:
@@ -238,7 +347,7 @@ def reduce(spec, flags, row: tuple, group, grads, clip, st) -> np.ndarray:
     their order."""
     zeros = (0.0,) * len(spec.reductions.scalar_names)
     out = np.zeros((2, len(group.params)), np.float64)
-    for t, n, partial in _passes(1, spec, flags, lambda t: (*row, *zeros), group, grads,
+    for t, n, partial in _passes(_reduce_pass, spec, flags, lambda t: (*row, *zeros), group, grads,
                                  clip, st):
         out[:, t] = partial.sum(axis=1) if n else 0.0
     return out
@@ -248,7 +357,7 @@ def step(spec, flags, scalars: np.ndarray, group, grads, clip, st, average=None)
     """The element pass of every tensor, ``scalars`` a row per tensor; then, for a group
     made with moving averages (its last slot), ``average`` = (momentum, 1 - momentum)
     applied to each, from the new param, as whole arrays."""
-    for _ in _passes(2, spec, flags, lambda t: scalars[t], group, grads, clip, st):
+    for _ in _passes(_element_pass, spec, flags, lambda t: scalars[t], group, grads, clip, st):
         pass
     if average is None:
         return
