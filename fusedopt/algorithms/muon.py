@@ -228,7 +228,9 @@ _COMMON = dict(hypers=HYPERS, flag_names=("flavor", "nesterov"), flags=_flags,
                all_flags=_VARIANTS, dtypes=("float32", "float64", "bfloat16"))
 
 MOMENTUM_PASS = declare(name="muon_momentum", class_name="MuonMomentum", rule=momentum_rule,
-                        unfused=momentum_unfused, slots=(Slot("m"), Slot("u")),
+                        unfused=momentum_unfused,
+                        # u, the update Newton-Schulz reads, stays float beside quantized m
+                        slots=(Slot("m"), Slot("u", float_state=True)),
                         scalar_names=SCALARS, scalar_fn=scalars, **_COMMON)
 WEIGHT_PASS = declare(name="muon_weight", class_name="MuonWeight", rule=weight_rule,
                       unfused=weight_unfused, slots=(),

@@ -84,10 +84,7 @@ class HyperGroups:
         if not _storage.is_quantized(state_dtype):
             return
         why = None
-        if self.spec.matrix is not None:
-            why = "its momentum pass writes the update into a stack of matrices for "
-            why += "Newton-Schulz, in the state's dtype"
-        elif self.spec.reductions is not None:
+        if self.spec.reductions is not None:
             why = "its per-tensor reductions read the state in a pass of their own"
         elif any(s.from_param and not s.float_state for s in self.spec.slot_decls):
             why = "a slot of it starts as the param, and is not declared float_state"

@@ -26,6 +26,7 @@ import numpy as np
 from ..backends.matmul import ops_for
 from ..memory.arrays import kind_of
 from ..memory.group import NO_CLIP, GradClip
+from ..memory.storage import Storage
 from . import threads as _threads
 from .reductions import signed
 
@@ -89,12 +90,12 @@ def _check(spec, launch) -> None:
                              "(AdamW, which keras.optimizers.Muon uses for them), or reshape "
                              "it to 2-D")
     st = launch.group.storage
-    if st.mode != "plain" or st.state != st.param:
-        raise ValueError(f"{spec.class_name} keeps its state in the param's dtype without "
-                         f"masters, Kahan summation or stochastic rounding; got a "
-                         f"{st.param} param with {st.state} state in mode {st.mode!r}: pass "
-                         "state_dtype=None (torch) or a float32 / float64 param, and "
-                         "master_weights=False")
+    if st.mode != "plain" or not (st.state == st.param or st.quantized):
+        raise ValueError(f"{spec.class_name} keeps its state in the param's dtype (or "
+                         f"quantized, q8 / q4) without masters, Kahan summation or "
+                         f"stochastic rounding; got a {st.param} param with {st.state} state "
+                         f"in mode {st.mode!r}: pass state_dtype=None (torch), 'q8' or 'q4', "
+                         "or a float32 / float64 param, and master_weights=False")
 
 
 class _Passes:
@@ -113,18 +114,20 @@ class _Passes:
             by_layout.setdefault((kind.shape(p), fortran), []).append(i)
         self.shapes = [kind_of(p).shape(p) for p in group.params]
         self.stacks, self.updates = [], [None] * len(group.params)
+        # the updates in the state's float dtype (float32 beside quantized momentum)
+        st = group.storage
+        floats = Storage(st.param, st.grad, st.slot_dtype(None), st.mode)
         for (shape, fortran), members in by_layout.items():
             like = group.params[members[0]]
             stored = (len(members), *(reversed(shape) if fortran else shape))
-            stack = kind_of(like).stack(like, stored, group.storage.state)
+            stack = kind_of(like).stack(like, stored, floats.state)
             self.stacks.append(stack.swapaxes(-2, -1) if fortran else stack)
             for j, i in enumerate(members):
                 self.updates[i] = stack[j].T if fortran else stack[j]
         with launch.kind.launch_context(launch.device):
             self.first = backend.group(group.storage, group.params,
                                        [[*s, u] for s, u in zip(group.states, self.updates)])
-            self.second = backend.group(group.storage, group.params,
-                                        [[] for _ in group.params])
+            self.second = backend.group(floats, group.params, [[] for _ in group.params])
 
 
 def _passes(backend, launch) -> _Passes:
