@@ -21,6 +21,7 @@ _started = _threads.start_before_torch()  # before torch: one OpenMP runtime for
 from ..memory import torch_kind as _torch_kind  # noqa: E402  (imports torch)
 from .optimizer import Optimizer  # noqa: E402
 from .optimizers import CLASSES  # noqa: E402
+from ._reshard import reshardable  # noqa: E402
 
 _torch_kind.register()
 #: What fusedopt.torch did to the CPU thread pools (fusedopt/torch/_threads.py).
@@ -29,4 +30,4 @@ THREADS = _threads.match_torch(_started)
 # One class per registered optimizer with a torch door: fusedopt.torch.Adam, .NAdam, ...
 globals().update({cls.__name__: cls for cls in CLASSES.values()})
 
-__all__ = ["Optimizer", "THREADS", *(cls.__name__ for cls in CLASSES.values())]
+__all__ = ["Optimizer", "THREADS", "reshardable", *(cls.__name__ for cls in CLASSES.values())]
