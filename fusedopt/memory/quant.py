@@ -218,7 +218,7 @@ def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
            name: str = "dynamic") -> np.ndarray:
     """The codes (uint8, one per element) of flat float32 ``values`` in blocks of the
     given scales ``absmax``, rounded to nearest; a block whose scale is not positive (zero,
-    NaN) takes the code of 0."""
+    NaN) takes the code of 0, a value beyond its scale the last code."""
     f = FORMATS[fmt]
     x = np.asarray(values, dtype=np.float32).reshape(-1)
     nb = f.blocks(x.size)
@@ -226,10 +226,12 @@ def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
     padded[: x.size] = x
     blocks = padded.reshape(nb, f.block)
     absmax = np.asarray(absmax, dtype=np.float32).reshape(nb, 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         normal = np.where(absmax > 0, blocks / absmax, np.float32(0))
     codes = np.searchsorted(thresholds(qmap(fmt, signed, name)), normal, side="right")
-    return codes.reshape(-1)[: x.size].astype(np.uint8)
+    # beyond the last entry only where |x| exceeds its scale (or x / scale is NaN): a
+    # given scale that is not the block's absmax; the last entry, not a wrapped code
+    return np.minimum(codes.reshape(-1)[: x.size], f.levels - 1).astype(np.uint8)
 
 
 def dequantize(buffer: np.ndarray, n: int, fmt: str, signed: bool,

@@ -164,9 +164,9 @@ def _local_entry(where: str, entry: dict, param, fmt: str) -> dict:
         form = entry.pop(key)
         saved_fmt, signed = _format_of(where, key, form.get(FORMAT))
         if saved_fmt != fmt:
-            raise ValueError(f"{where}: the saved {key!r} is {saved_fmt} state, this group "
-                             f"keeps state_dtype={fmt!r}: load it into a group with "
-                             f"state_dtype={saved_fmt!r}")
+            raise ValueError(f"{where}: the saved {key!r} is {saved_fmt} state, but its "
+                             f"param group, as loaded, keeps state_dtype={fmt!r}: give the "
+                             f"group state_dtype={saved_fmt!r}")
         values, table = form.get(VALUES), form.get(SCALES)
         if not isinstance(values, torch.Tensor) or not isinstance(table, torch.Tensor):
             raise ValueError(f"{where}: the saved {key!r} lacks its {VALUES!r} or {SCALES!r} "
