@@ -44,7 +44,7 @@ import torch
 from ..memory import quant as _quant
 from ..memory import quant_global as _global
 from . import _checkpoint, _quantized
-from ._local import is_distributed, local
+from ._local import _dtensor_type, is_distributed, local
 
 #: The keys of a quantized slot's global form.
 VALUES, SCALES, FORMAT = "values", "absmax_by_row", "format"
@@ -112,7 +112,7 @@ def _placed(param, shard, shape):
     if not is_distributed(param):
         return shard
     stride = torch.empty(tuple(shape), device="meta").stride()
-    return type(param).from_local(shard, param.device_mesh, param.placements,
+    return _dtensor_type().from_local(shard, param.device_mesh, param.placements,
                                   run_check=False, shape=torch.Size(shape), stride=stride)
 
 
