@@ -7,9 +7,11 @@ Each class is a ``torch.optim.Optimizer`` with torch's arguments, defaults, para
 state-dict layout (checkpoints load both ways); its step is one fused pass over the params'
 own memory per dtype and device: Numba on the CPU, a CUDA kernel on torch's current stream.
 GradScaler, lr schedulers, DDP and FSDP2 (DTensor params: each rank steps its local shards)
-work as with torch.optim. Importing this module imports torch; imported before torch, it
-starts Numba's threads first so that both share one OpenMP runtime, and it sizes Numba's
-pool to torch's threads (fusedopt/torch/_threads.py; ``THREADS`` says what it did).
+work as with torch.optim; ``reshardable(opt)`` gives quantized state as DTensors for
+torch.distributed.checkpoint, loadable at any world size (fusedopt/torch/_reshard.py).
+Importing this module imports torch; imported before torch, it starts Numba's threads
+first so that both share one OpenMP runtime, and it sizes Numba's pool to torch's threads
+(fusedopt/torch/_threads.py; ``THREADS`` says what it did).
 """
 
 from __future__ import annotations
