@@ -31,13 +31,13 @@ CASES = [(fmt, signed) for fmt in ("q8", "q4") for signed in (True, False)]
 
 def _state(rows, row, signed, seed=0):
     """Awkward values: wide magnitudes, a block whose largest |x| is negative, zeros,
-    a NaN row, tiny (subnormal-scale) values."""
+    a NaN, subnormal values (blocks of subnormal scale where rows are long)."""
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((rows, row)) * 10.0 ** rng.integers(-6, 3, (rows, 1)))
     x = x.astype(np.float32)
     x[3] = -np.abs(x[3]) if signed else x[3]
     x[7:11] = 0
-    x[12] = 1e-40
+    x[12:14] = rng.standard_normal((2, row)) * 1e-40  # subnormal scales
     x[rows - 2, row // 2] = np.nan
     return np.abs(x) if not signed else x
 
