@@ -189,3 +189,35 @@ def test_a_global_form_that_does_not_fit_is_refused_and_nothing_changes():
     assert "another optimizer" in _refused(sgd, saved)
     _train(model, opt, 1)
     _train(other, opt2, 1)  # opt2 still steps as a 1-step run continued
+
+
+def test_dcp_refuses_another_shape_and_another_optimizer_and_nothing_changes(tmp_path):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    model = _model()
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=1e-2, state_dtype="q8")
+    _train(model, opt, 1)
+    with fusedopt.torch.reshardable(opt):
+        osd = get_optimizer_state_dict(model, opt)
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"optim": osd}, checkpoint_id=str(tmp_path))
+    torch.manual_seed(0)
+    wider = torch.nn.Sequential(torch.nn.Linear(40, 132), torch.nn.Tanh(),
+                                torch.nn.Linear(132, 5))
+    sgd = fusedopt.torch.SGD(model.parameters(), lr=1e-2, momentum=0.9, state_dtype="q8")
+    for other, wanted in ((fusedopt.torch.AdamW(wider.parameters(), lr=1e-2,
+                                                state_dtype="q8"), "Size mismatch"),
+                          (sgd, "Missing key")):
+        net = wider if other is not sgd else model
+        _train(net, other, 1)
+        before = {k: {key: v.clone() for key, v in s.items()}
+                  for k, s in other.state_dict()["state"].items()}
+        with fusedopt.torch.reshardable(other):
+            template = get_optimizer_state_dict(net, other)
+        with pytest.warns(UserWarning, match="single process"), \
+                pytest.raises(dcp.api.CheckpointException) as error:
+            dcp.load({"optim": template}, checkpoint_id=str(tmp_path))
+        assert wanted in str(error.value.failures[0]), error.value.failures
+        after = other.state_dict()["state"]
+        assert all(torch.equal(v, after[k][key]) for k, s in before.items()
+                   for key, v in s.items())
