@@ -11,6 +11,7 @@ bit, and state dicts of another sharding are refused, naming what differs, with 
 changed."""
 
 import pytest
+import torch
 import torch_distributed
 import torch_distributed_quantized as worker
 
@@ -74,3 +75,56 @@ def test_q4_and_an_empty_shard_resume_bit_for_bit(results):
     for s in shards:
         assert s["storages"] == ["q4", "float32", "float32"]
         assert s["resumed_equal"]
+
+
+#: The largest distance from a point of [-1, 1] (m, signed map) or [0, 1] (v, unsigned)
+#: to the q8 dynamic map's nearest entry: half the top decade's gap, 0.9 / 64 signed and
+#: 0.9 / 128 unsigned (tests/test_quantized_resharding.py derives them), plus 2**-22 for
+#: float32 roundings: a resharded load moves each element at most this times its block's
+#: largest |value|.
+REACH = {"exp_avg": 0.9 / 128 + 2.0 ** -22, "exp_avg_sq": 0.9 / 256 + 2.0 ** -22}
+BLOCK = 256
+
+
+def _within_reach(saved: dict, loaded: dict, starts: list) -> tuple[float, int]:
+    """The largest error of ``loaded`` over its bound, and how many elements moved, where
+    the loading run's shards start at the flat offsets ``starts``; asserts the bound."""
+    worst, moved = 0.0, 0
+    for (name, slot), want in saved.items():
+        want = want.double().reshape(-1)
+        got = loaded[name, slot].double().reshape(-1)
+        ends = starts[1:] + [want.numel()]
+        for start, end in zip(starts, ends):
+            for s in range(start, end, BLOCK):
+                w, g = want[s:min(s + BLOCK, end)], got[s:min(s + BLOCK, end)]
+                bound = REACH[slot] * float(w.abs().max()) + 2.0 ** -149
+                error = (g - w).abs()
+                assert bool((error <= bound).all()), (name, slot, s, float(error.max()), bound)
+                worst = max(worst, float((error / bound).max()))
+                moved += int((error > 0).sum())
+    return worst, moved
+
+
+@pytest.mark.slow
+def test_dcp_at_the_same_world_size_loads_codes_and_absmax_bit_for_bit(results):
+    for result in results:
+        assert result["dcp"]["same_codes_absmax"]
+        assert result["dcp"]["same_continues_equal"]
+
+
+@pytest.mark.slow
+def test_dcp_at_another_world_size_loads_within_the_bound_and_trains_on(results):
+    for result in results:
+        dcp = result["dcp"]
+        assert dcp["unsharded"]["starts"] == [0]
+        assert dcp["resharded"]["starts"] == [0, 66 * worker.FEATURES]
+        for saved, run in ((dcp["saved"], dcp["unsharded"]),
+                           (dcp["resharded"]["saved"], dcp["resharded"])):
+            assert sorted(saved) == [("0.weight", "exp_avg"), ("0.weight", "exp_avg_sq")]
+            worst, moved = _within_reach(saved, run["loaded"], run["starts"])
+            assert moved > 0 and worst > 0.1, (worst, moved)  # resharding moved some
+            assert run["losses"][-1] < run["losses"][0]
+        # saved at 2 ranks, loaded at 1: the same values on either rank
+        assert all(torch.equal(a, b) for a, b in zip(dcp["unsharded"]["loaded"].values(),
+                                                     results[0]["dcp"]["unsharded"]
+                                                     ["loaded"].values()))

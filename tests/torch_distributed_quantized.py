@@ -13,7 +13,9 @@ shards fewer. The rank records:
   run's (and this one's into an unsharded optimizer), and this one into a 1-rank mesh;
   and whether the refused optimizer then steps as if nothing had been loaded;
 - with q4, a 1 x 4100 weight (rank 1's shard is empty): its storage and local size, and
-  whether a run resumed from its state dict continues bit for bit.
+  whether a run resumed from its state dict continues bit for bit;
+- torch.distributed.checkpoint's saves and loads at this and other shardings
+  (tests/torch_distributed_reshard.py).
 """
 
 from __future__ import annotations
@@ -204,6 +206,8 @@ def run(rank: int, world: int, port: int, out: str) -> None:
         g = torch.Generator().manual_seed(2)
         result["q4_empty_shard"] = _resumes(mesh, long, "q4",
                                             torch.randn(8, LONG, generator=g), y[:8])
+        import torch_distributed_reshard  # DCP, at this sharding and others
+        result["dcp"] = torch_distributed_reshard.checks(mesh, out, x, y)
         torch.save(result, f"{out}.{rank}")
         dist.barrier()  # neither rank tears down the group while the other still uses it
     finally:

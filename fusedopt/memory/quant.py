@@ -199,17 +199,39 @@ def pack(codes: np.ndarray, absmax: np.ndarray, fmt: str) -> np.ndarray:
 def quantize(values: np.ndarray, fmt: str, signed: bool, name: str = "dynamic") -> np.ndarray:
     """The slot buffer of float ``values`` (flat, in memory order) rounded to nearest, as
     the step stores them; for initial state and conversions on the host."""
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    absmax = block_absmax(x, fmt)
+    return pack(encode(x, absmax, fmt, signed, name), absmax, fmt)
+
+
+def block_absmax(values: np.ndarray, fmt: str) -> np.ndarray:
+    """The largest |x| of each block of flat float32 ``values`` (NaN for a block with a NaN)."""
+    f = FORMATS[fmt]
+    x = np.asarray(values, dtype=np.float32).reshape(-1)
+    nb = f.blocks(x.size)
+    padded = np.zeros(nb * f.block, dtype=np.float32)
+    padded[: x.size] = x
+    return np.abs(padded.reshape(nb, f.block)).max(axis=1) if nb else np.zeros(0, np.float32)
+
+
+def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
+           name: str = "dynamic") -> np.ndarray:
+    """The codes (uint8, one per element) of flat float32 ``values`` in blocks of the
+    given scales ``absmax``, rounded to nearest; a block whose scale is not positive (zero,
+    NaN) takes the code of 0, a value beyond its scale the last code."""
     f = FORMATS[fmt]
     x = np.asarray(values, dtype=np.float32).reshape(-1)
     nb = f.blocks(x.size)
     padded = np.zeros(nb * f.block, dtype=np.float32)
     padded[: x.size] = x
     blocks = padded.reshape(nb, f.block)
-    absmax = np.abs(blocks).max(axis=1) if nb else np.zeros(0, np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normal = np.where(absmax[:, None] > 0, blocks / absmax[:, None], np.float32(0))
+    absmax = np.asarray(absmax, dtype=np.float32).reshape(nb, 1)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        normal = np.where(absmax > 0, blocks / absmax, np.float32(0))
     codes = np.searchsorted(thresholds(qmap(fmt, signed, name)), normal, side="right")
-    return pack(codes.reshape(-1)[: x.size].astype(np.uint8), absmax, fmt)
+    # beyond the last entry only where |x| exceeds its scale (or x / scale is NaN): a
+    # given scale that is not the block's absmax; the last entry, not a wrapped code
+    return np.minimum(codes.reshape(-1)[: x.size], f.levels - 1).astype(np.uint8)
 
 
 def dequantize(buffer: np.ndarray, n: int, fmt: str, signed: bool,

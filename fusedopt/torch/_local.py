@@ -4,7 +4,8 @@ FSDP2 (``torch.distributed.fsdp.fully_shard``) makes every param a DTensor shard
 ranks, and hands grads as DTensors of the same sharding: each rank steps its own shards, all
 in one engine call. State made for a shard is handed out as a DTensor of the param's
 sharding, as torch.optim's state is, so distributed checkpoints see the layout they expect
-(but for quantized slots: each rank's blocks are its own, fusedopt/torch/_quantized.py).
+(but for quantized slots: each rank's blocks are its own, fusedopt/torch/_quantized.py;
+fusedopt/torch/_reshard.py gives them as DTensors for distributed checkpoints).
 """
 
 from __future__ import annotations

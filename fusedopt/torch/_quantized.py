@@ -31,11 +31,13 @@ the threshold) and masters stay DTensors of the param's sharding, as before.
 
 Save such a state dict per rank (``torch.save(optimizer.state_dict(), f"optim.{rank}")``)
 and load each rank's own into the same sharding: same world size and mesh, same
-``fully_shard`` layout, same param shapes. torch.distributed.checkpoint would take the
-ranks' same-named plain tensors for replicated copies and keep one; it is not the way to
-save quantized state. A state dict saved from another sharding (another world size, another
-shard, an unsharded run, or the other way round) is refused naming what differs and the
-fix, and nothing changes: blocks cannot be moved between shards without decoding them.
+``fully_shard`` layout, same param shapes. A state dict saved from another sharding
+(another world size, another shard, an unsharded run, or the other way round) is refused
+naming what differs and the fix, and nothing changes: blocks cannot be moved between shards
+without decoding them. torch.distributed.checkpoint would take the ranks' same-named plain
+tensors for replicated copies and keep one: for it, and to load at another sharding, take
+the state dict inside ``fusedopt.torch.reshardable(opt)`` (fusedopt/torch/_reshard.py),
+which gives quantized state in a form shaped by the whole param.
 """
 
 from __future__ import annotations
@@ -219,9 +221,11 @@ def shard_checked(where: str, saved: dict, param) -> dict:
         return saved
     ours, theirs = shard_record(param), saved.get(SHARD_KEY)
     fix = ("quantized state is kept per shard, in blocks that start at the shard's first "
-           "element, and cannot be resharded: load each rank's own state dict into the "
-           "sharding it was saved from (the same world size, mesh and fully_shard layout), "
-           "or leave the optimizer's state out of the load to start it afresh")
+           "element, and a state dict of them cannot be resharded: load each rank's own "
+           "state dict into the sharding it was saved from (the same world size, mesh and "
+           "fully_shard layout); to load at another, save through "
+           "torch.distributed.checkpoint a state dict taken inside "
+           "fusedopt.torch.reshardable(opt)")
     if theirs is None and ours is None:
         return saved
     if theirs is not None and not isinstance(theirs, dict):

@@ -20,7 +20,7 @@ import torch
 from ..algorithms.registry import lookup
 from ..backends.cpu import threads as _cpu_threads
 from ..engine.engine import Engine
-from . import _checkpoint, _checks, _compile, _layout, _quantized
+from . import _checkpoint, _checks, _compile, _layout, _quantized, _reshard
 from ._amp import AmpScaling
 from ._local import is_distributed, like_param, local, whole_size
 from ._names import MASTER_KEYS, Row, storage_mode, storage_policy
@@ -348,7 +348,7 @@ class Optimizer(torch.optim.Optimizer):
         state is then copied into fusedopt's own tensors. Refused checkpoints change
         nothing."""
         before = (self.state, self.param_groups)
-        state_dict = _quantized.from_bitsandbytes(self, state_dict)
+        state_dict = _reshard.from_global(self, _quantized.from_bitsandbytes(self, state_dict))
         super().load_state_dict(state_dict)
         saved = _checkpoint.originals(self, state_dict)
         for param, entry in self.state.items():  # torch cast them to the param's dtype
@@ -363,8 +363,8 @@ class Optimizer(torch.optim.Optimizer):
             self.state, self.param_groups = before
             raise
 
-    def state_dict(self) -> dict:  # quantized slots: fusedopt/torch/_quantized.py
-        return _quantized.to_state_dict(self, super().state_dict())
+    def state_dict(self) -> dict:  # quantized slots: _quantized.py, _reshard.py for DCP
+        return _reshard.state_dict(self, super().state_dict())
 
     def __setstate__(self, state: dict) -> None:
         _compile.prepare(self)
