@@ -83,6 +83,11 @@ class HyperGroups:
         """Quantized state for an optimizer whose step it does not cover yet: refused."""
         if not _storage.is_quantized(state_dtype):
             return
+        if self.spec.factored is not None:
+            raise ValueError(f"state_dtype={state_dtype!r} does not apply to "
+                             f"{self.spec.name}: its second moment is already factored (a "
+                             "row and a column of floats per matrix, not one per element); "
+                             "use state_dtype=None")
         why = None
         if self.spec.reductions is not None:
             why = "its per-tensor reductions read the state in a pass of their own"
