@@ -214,7 +214,6 @@ def test_install_gives_muon_by_keras_name():
     (dict(ns_steps=100), r"Muon: ns_steps must be an int in \[0, 100\)"),
     (dict(momentum=-1.0), r"Muon: momentum must be a finite number >= 0, got -1.0"),
     (dict(learning_rate=-0.1), r"Muon: learning_rate must be a finite number >= 0"),
-    (dict(state_dtype="q8"), r"Muon: state_dtype must be None .* got 'q8'"),
     (dict(stochastic_rounding=True), r"Muon: stochastic_rounding=True is not supported"),
     (dict(kahan_summation=True), r"Muon: kahan_summation=True is not supported"),
     (dict(backend="cuda"), r"Muon: backend='cuda' is not supported.*no CUDA kernels"),

@@ -105,3 +105,45 @@ def test_functional_steps_as_the_class():
         functional.update("muon", [v], [g], states, step=step, state_dtype="q8", **HP)
     np.testing.assert_array_equal(w, v)
     np.testing.assert_array_equal(opt._engine.states[0][0], states[0][0])
+
+
+def test_keras_door_steps_the_muon_route_as_the_class_and_saves_its_codes(tmp_path):
+    """fusedopt.keras.Muon with q8: its 2-D variable steps as fusedopt.Muon on torch
+    tensors (the same matmuls), momentum codes included; Keras' AdamW route keeps its m
+    and v as buffers too (float32 under min_quantized_size); a saved model continues bit
+    for bit."""
+    import keras
+    from keras_fit import variables
+    from test_muon_keras import _Data, _fit, _weights
+    rng = np.random.default_rng(0)
+    shapes = [(64, 80), (80,), (5000,)]
+    values = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    hp = dict(learning_rate=2.0**-7, weight_decay=2.0**-8)  # exact in Keras' float32
+    held = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(values)]
+    opt = fusedopt.keras.Muon(**hp, state_dtype="q8")
+    core = fusedopt.Muon(**hp, state_dtype="q8")
+    w = torch.from_numpy(values[0].copy())
+    for step in grads:
+        opt.apply_gradients([(keras.ops.convert_to_tensor(g), v) for g, v in zip(step, held)])
+        core.apply_gradients([(torch.from_numpy(step[0].copy()), w)])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(held[0]), w.numpy())
+    kinds = {v.path.split("/")[-1]: (str(v.dtype), tuple(v.shape)) for v in opt.variables}
+    n = quant.FORMATS["q8"].nbytes
+    assert kinds["w0_momentum"] == ("uint8", (n(5120),))
+    assert kinds["w1_momentum"] == kinds["w1_velocity"] == ("float32", (80,))
+    assert kinds["w2_momentum"] == kinds["w2_velocity"] == ("uint8", (n(5000),))
+    m = [v for v in opt.variables if v.path.endswith("w0_momentum")][0]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(m), np.asarray(core.state(w)["m"]))
+
+    make = lambda: fusedopt.keras.Muon(state_dtype="q8", min_quantized_size=0)  # noqa: E731
+    train = _Data()
+    uninterrupted = _fit(make(), epochs=3, train=train)
+    first = _fit(make(), epochs=2, train=train)
+    first.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.get_config()["state_dtype"] == "q8"
+    loaded.fit(train.x, train.y, batch_size=10, epochs=1, shuffle=False, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(_weights(loaded), _weights(uninterrupted)))
+    assert all(np.array_equal(a, b) for a, b in zip(
+        variables(loaded.optimizer).values(), variables(uninterrupted.optimizer).values()))

@@ -34,8 +34,10 @@ Keras' is.
 
 What the Muon engine steps, and so what this class takes (as ``fusedopt.torch.Muon``): CPU
 variables of float32, float64 or bfloat16 whose state stays in their own dtype with plain
-stores; ``state_dtype``, ``stochastic_rounding``, ``kahan_summation`` and the CUDA backend
-are refused when the optimizer is made, float16 variables and CUDA ones when it is built.
+stores, or quantized (``state_dtype="q8"``/``"q4"``: both routes' slot variables are then
+the quantized buffers, fusedopt/keras/_quantized.py); ``stochastic_rounding``,
+``kahan_summation`` and the CUDA backend are refused when the optimizer is made, float16
+variables and CUDA ones when it is built.
 """
 
 from __future__ import annotations
@@ -126,12 +128,6 @@ class Muon(FusedOptimizer, keras.optimizers.Muon):
 
     def _fused_for(self, backend, rounding, quantized):
         name = type(self).__name__
-        if quantized.active:
-            raise ValueError(
-                f"{name}: state_dtype must be None (Keras' own: each variable's dtype), got "
-                f"{quantized.state_dtype!r}: Muon's momentum pass writes each update into a "
-                "stack of matrices for Newton-Schulz, in the state's dtype, so its state is "
-                "not quantized (as fusedopt.torch.Muon)")
         if rounding.active:
             flag = "stochastic_rounding" if rounding.stochastic_rounding else "kahan_summation"
             raise ValueError(
