@@ -48,8 +48,7 @@ class _Module:
                 items = table[rows(n_slots, int(n_tensors))["work"]:]  # one per chunk
                 code = cpu_storage.CODES[_DTYPES[targs[0]]]
                 chunks, likes = cpu_reduce._kernel(GRAD_SUMS, (), (code,) * 3, 0)
-                sums = chunks(table, items, int(n_tensors), n_slots, int(chunk),
-                              GRAD_SUMS.Scalars(), *likes)
+                sums = chunks(table, items, int(n_tensors), n_slots, int(chunk), *likes)
                 assert grid == (items.size,) and partial.size == 2 * items.size
                 partial[:] = sums.reshape(-1)
         elif kernel == "combine_sums":

@@ -57,11 +57,9 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
         return factored.reduce(spec, flags, row, group, grads, clip,
                                step_storage(group, grads))
     if spec.reductions.grads_as_stored:
-        table = step_table(group, grads, address)
-        code = storage.CODES[step_storage(group, grads).grad]
-        return reduce_.tensor_sums(spec, tuple(flags), (code, code, code), MODE_CODES["plain"],
-                                   table, len(group.params), group.n_slots, group.chunk,
-                                   spec.Scalars())
+        return reduce_.stored_sums(spec, flags, storage.CODES[step_storage(group, grads).grad],
+                                   step_table(group, grads, address), len(group.params),
+                                   group.n_slots, group.chunk)
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)

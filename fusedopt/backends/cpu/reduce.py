@@ -61,18 +61,20 @@ def _grads_kernel(spec, flags: tuple, gcode: int):
     zero = np.float64(0)
 
     @njit(fastmath=set(config.NORM_FASTMATH), **_NO_CACHE)
-    def span_sums(g, k):
+    def span_sums(g):
         a = 0.0
         b = 0.0
         for i in range(g.shape[0]):
-            ta, tb = terms(zero, np.float64(load_g(g[i])), zero, zero, zero, zero, zero, k)
+            # No scalars (the rule reads only g): ``zero`` stands for k as for p and s.
+            ta, tb = terms(zero, np.float64(load_g(g[i])), zero, zero, zero, zero, zero, zero)
             a += ta
             b += tb
         return a, b
 
-    def chunks(table, items, n_tensors, table_slots, chunk, k, g_like):
+    def chunks(table, items, n_tensors, table_slots, chunk, g_like):
         sizes0 = (2 + table_slots) * n_tensors
-        out = np.zeros((MAX_REDUCTIONS, items.shape[0]), np.float64)
+        # Every entry is written below (np.zeros would be a parallel loop of its own).
+        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
         for w in prange(items.shape[0]):
             item = items[w]
             t = item >> 32
@@ -80,7 +82,7 @@ def _grads_kernel(spec, flags: tuple, gcode: int):
             begin = (item & 0xFFFFFFFF) * chunk
             end = min(begin + chunk, n)
             g = carray(_pointer(table[n_tensors + t], g_like), n)[begin:end]
-            out[0, w], out[1, w] = span_sums(g, k)
+            out[0, w], out[1, w] = span_sums(g)
         return out
 
     return (njit(parallel=True, **_NO_CACHE)(chunks),
@@ -95,7 +97,8 @@ _NO_CACHE = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}
 def _kernel(spec, flags: tuple, codes: tuple, mode: int):
     """The parallel chunk sums of ``spec``'s reduction for variant ``flags`` on storage
     ``codes`` in ``mode``: ``(table, items, n_tensors, table_slots, chunk, k, likes) ->
-    (MAX_REDUCTIONS, items) float64``. The rule, storage and mode are constants of it."""
+    (MAX_REDUCTIONS, items) float64`` (without ``k`` for the grads as stored). The rule,
+    storage and mode are constants of it."""
     if spec.reductions.grads_as_stored:
         return _grads_kernel(spec, flags, codes[1])
     terms = inlined(reduction_rule(spec, flags))
@@ -114,7 +117,8 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
         scales = table[(3 + table_slots) * n_tensors: (4 + table_slots) * n_tensors]
         limits = table[(4 + table_slots) * n_tensors: (5 + table_slots) * n_tensors]
         scales, limits = scales.view(np.float64), limits.view(np.float64)
-        out = np.zeros((MAX_REDUCTIONS, items.shape[0]), np.float64)
+        # Every entry is written below (np.zeros would be a parallel loop of its own).
+        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
         for w in prange(items.shape[0]):
             item = items[w]
             t = item >> 32
@@ -164,6 +168,18 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
     likes = (np.empty(0, p_dtype), np.empty(0, storage.LOOP_DTYPES[gcode]),
              np.empty(0, s_dtype), np.empty(0, x_dtype))
     return njit(parallel=True, **_NO_CACHE)(chunks), likes
+
+
+def stored_sums(spec, flags: tuple, grad_code: int, table: np.ndarray, n_tensors: int,
+                table_slots: int, chunk: int) -> np.ndarray:
+    """:func:`tensor_sums` of a rule of the grads as stored (``grads_as_stored``: the grad
+    pre-pass), grads of storage code ``grad_code``: no scalars, nothing but the grads
+    read."""
+    start = rows(table_slots, n_tensors)["sizes"]
+    items = work_items(table[start: start + n_tensors], chunk)
+    kernel, likes = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
+    return per_tensor(kernel(table, items, n_tensors, table_slots, chunk, *likes), items,
+                      n_tensors)
 
 
 def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,

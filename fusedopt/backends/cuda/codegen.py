@@ -200,9 +200,10 @@ def reduce_source(spec) -> str:
     family = _pascal(spec.kernel)
     flags = [f.upper() for f in spec.flag_names]
     stored = spec.reductions.grads_as_stored
-    if stored and read - {"g"}:
+    others = read & {"p", "k", *slots}
+    if stored and others:
         raise RuleError(f"{where}: {rule_fn.__name__} sums the grads as stored: it may read "
-                        f"only g, reads {sorted(read - {'g'})}")
+                        f"only g, reads {sorted(others)}")
     out = [
         *_header(spec, [f"The reduction phase of {spec.class_name}: the per-element terms of "
                         f"{', '.join(spec.reductions.names)}", f"({rule_fn.__name__} in "
