@@ -91,7 +91,9 @@ STEP_WINDOW = 32
 NVRTC_OPTIONS = ("-std=c++17", "--ftz=false", "--prec-div=true", "--prec-sqrt=true",
                  "--fmad=true")
 
-#: Numba fastmath flags of the sum of squares behind clipping by norm (fusedopt/backends/cpu/norm.py)
-#: and of nothing else: reassociation lets LLVM vectorize the float64 running sum, in an
+#: Numba fastmath flags of the float64 block sums of the reduction phase (the grad pre-pass's
+#: sums of squares behind clipping by norm, and the optimizers' reductions:
+#: fusedopt/backends/cpu/reduce.py) and of nothing else (the terms summed are computed in IEEE
+#: order beforehand): reassociation lets LLVM vectorize the float64 running sum, in an
 #: order fixed at compile time (so a build still gives the same sum every run).
 NORM_FASTMATH = frozenset({"reassoc", "contract"})

@@ -1,17 +1,21 @@
-// The reduction phase of an optimizer with per-tensor reductions (LAMB's norms, StableAdamW's
-// RMS; fusedopt/engine/reductions.py): each tensor's sums of the terms its reduction rule
-// gives per element, over the optimizer's own launch table (common.cuh), nothing written
-// but the sums. Two launches per launch group:
+// The reduction phases (fusedopt/engine/reductions.py): an optimizer's per-tensor reductions
+// (LAMB's norms, StableAdamW's RMS), and the grad pre-pass's (each tensor's sums of g^2 and
+// g - g: clipping by norm, the loss scale's inf/NaN flag). Each tensor's sums of the terms
+// a reduction rule gives per element, over the optimizer's own launch table (common.cuh),
+// nothing written but the sums. Two launches per launch group:
 //   <family>_reduce<P, G, S, MODE, flags...>  one block per work item (B of them): each
 //       thread sums the terms of the elements it visits in double, the block adds its
 //       threads' sums in a fixed tree, and partial[r * B + b] = block b's sum of term r
+//       (the grad pre-pass's: gradsums_reduce<G, N>, grads of type G in a table of N slots)
 //   combine_sums  one thread per term and tensor: sums[r * T + t] = partial[r * B + b]
 //       added over tensor t's work items b in ascending order (0 for an empty tensor)
 // Every element is loaded as the element pass loads it - widened, the grad clipped
-// (clamp(g * scale, -limit, limit) from the table), the param through its MODE - and only
-// the operands the rule reads (the rule struct's READS) are read at all. The sums are
-// formed in an order fixed by the launch shape (THREADS_PER_BLOCK, CUDA_CHUNK): the same
-// every run, whatever the scheduling; no atomics.
+// (clamp(g * scale, -limit, limit) from the table), the param through its MODE - or, for
+// terms of the grads as stored (Terms::as_stored: the pre-pass, whose sums decide the
+// clip), the grad widened to double and not clipped; only the operands the rule reads (the
+// rule struct's READS) are read at all. The sums are formed in an order fixed by the launch
+// shape (THREADS_PER_BLOCK, CUDA_CHUNK): the same every run, whatever the scheduling; no
+// atomics. raise_nan_flag makes a loss-scaled step's device flag from the pre-pass's sums.
 #pragma once
 
 #include "common.cuh"
@@ -43,11 +47,28 @@ FUSEDOPT_DEVICE compute_t<P> param_value(typename Storage<P>::bits p,
     }
 }
 
-// This block's sums of Terms over its chunk into partial[r * gridDim.x + blockIdx.x].
-template <typename P, typename G, typename S, int MODE, int NS, typename Terms>
+// Each tensor's Terms from the step's scalar rows (an optimizer's reduction).
+template <typename Terms, typename C>
+struct TermsOfRows {
+    Steps<C> steps;
+    FUSEDOPT_DEVICE Terms of(int t) const { return Terms::from(steps.row(t)); }
+};
+
+// Terms that read no scalars (the grad pre-pass's).
+template <typename Terms>
+struct TermsWithoutScalars {
+    FUSEDOPT_DEVICE Terms of(int) const { return Terms{}; }
+};
+
+// This block's sums of Terms over its chunk into partial[r * gridDim.x + blockIdx.x]; the
+// terms of tensor t are ``source.of(t)``. They are computed in Terms::compute, from the
+// grad clipped - or, for Terms::as_stored, from the grad as stored (not clipped: the grad
+// pre-pass, whose sums decide the clip).
+template <typename P, typename G, typename S, int MODE, int NS, typename Terms,
+          typename Source>
 FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long long chunk,
-                                  const Steps<compute_t<P>>& steps, double* partial) {
-    using C = compute_t<P>;
+                                  const Source& source, double* partial) {
+    using C = typename Terms::compute;
     using PB = typename Storage<P>::bits;
     using GB = typename Storage<G>::bits;
     using SB = typename Storage<S>::bits;
@@ -74,9 +95,10 @@ FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long lo
     const long long n = view.size(t);
     const long long begin = (work & 0xffffffffLL) * chunk;
     const long long end = begin + chunk < n ? begin + chunk : n;
-    const C scale = static_cast<C>(view.grad_scale(t));
-    const C limit = static_cast<C>(view.grad_limit(t));
-    const Terms terms = Terms::from(steps.row(t));
+    constexpr bool CLIPS = !Terms::as_stored;
+    const C scale = CLIPS ? static_cast<C>(view.grad_scale(t)) : C(1);
+    const C limit = CLIPS ? static_cast<C>(view.grad_limit(t)) : C(0);
+    const Terms terms = source.of(t);
 
     const PB* p = reinterpret_cast<const PB*>(view.address(0, t));
     const GB* g = reinterpret_cast<const GB*>(view.address(1, t));
@@ -134,9 +156,10 @@ FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long lo
                         se[k] = (READS & (READS_SLOT << k))
                                     ? static_cast<C>(Storage<S>::load(so[k].at(q, e))) : C(0);
                     }
-                    const C pe = READ_P ? param_value<P, MODE>(po.at(q, e), xo.at(q, e)) : C(0);
-                    const C ge = clip_grad(static_cast<C>(Storage<G>::load(go.at(q, e))),
-                                           scale, limit);
+                    const C pe = READ_P ? static_cast<C>(param_value<P, MODE>(
+                                              po.at(q, e), xo.at(q, e))) : C(0);
+                    const C gl = static_cast<C>(Storage<G>::load(go.at(q, e)));
+                    const C ge = CLIPS ? clip_grad(gl, scale, limit) : gl;
                     C out[NR];
                     terms(pe, ge, se, out);
                     for (int r = 0; r < NR; ++r) acc[r] += static_cast<double>(out[r]);
@@ -150,8 +173,10 @@ FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long lo
         for (int k = 0; k < NS; ++k) {
             se[k] = (READS & (READS_SLOT << k)) ? static_cast<C>(Storage<S>::load(s[k][j])) : C(0);
         }
-        const C pe = READ_P ? param_value<P, MODE>(p[j], READ_X ? x[j] : XB()) : C(0);
-        const C ge = clip_grad(static_cast<C>(Storage<G>::load(g[j])), scale, limit);
+        const C pe = READ_P ? static_cast<C>(param_value<P, MODE>(p[j], READ_X ? x[j] : XB()))
+                            : C(0);
+        const C gl = static_cast<C>(Storage<G>::load(g[j]));
+        const C ge = CLIPS ? clip_grad(gl, scale, limit) : gl;
         C out[NR];
         terms(pe, ge, se, out);
         for (int r = 0; r < NR; ++r) acc[r] += static_cast<double>(out[r]);
@@ -216,4 +241,37 @@ __global__ void combine_sums(const long long* __restrict__ work, long long n_wor
 #define FUSEDOPT_REDUCE(P, G, S, MODE, NS, ...)                                           \
     fusedopt::reduce_chunk<P, G, S, MODE, NS, __VA_ARGS__>(                                 \
         table, n_tensors, chunk,                                                            \
-        fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors}, partial)
+        fusedopt::TermsOfRows<__VA_ARGS__, fusedopt::compute_t<P>>{                        \
+            fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors}},      \
+        partial)
+
+// The parameters of a reduction kernel of the grads as stored (Terms::as_stored): the
+// table, its tensor count and chunk, the block sums' output. No scalars, no flags.
+#define FUSEDOPT_STORED_REDUCE_PARAMS                                                      \
+    const long long* __restrict__ table, int n_tensors, long long chunk,                    \
+        double* __restrict__ partial
+
+// Its body: Terms over this block's chunk of grads of type G, in a table of N slots (the
+// optimizer's, master included): only the grads are read (Terms::reads), so the other
+// operands' types do not matter and are given as G.
+#define FUSEDOPT_STORED_REDUCE(G, N, ...)                                                  \
+    fusedopt::reduce_chunk<G, G, G, fusedopt::PLAIN, N, __VA_ARGS__>(                       \
+        table, n_tensors, chunk, fusedopt::TermsWithoutScalars<__VA_ARGS__>{}, partial)
+
+namespace fusedopt {
+
+// One thread: flags[slot] = (or_in ? flags[slot] : 0) | whether any of sums[0, n_tensors)
+// is NaN (a loss-scaled step's flag, from the grad pre-pass's sums of g - g; or_in for a
+// launch group after the step's first).
+FUSEDOPT_DEVICE void raise_nan_flag(int n_tensors, const double* sums, int* flags,
+                                    long long slot, int or_in) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    int found = or_in ? flags[slot] : 0;
+    for (int t = 0; t < n_tensors; ++t) {
+        const double sum = sums[t];
+        found |= sum != sum ? 1 : 0;
+    }
+    flags[slot] = found;
+}
+
+}  // namespace fusedopt

@@ -19,6 +19,9 @@ template <typename C, int FLAVOR>
 struct StableadamwTerms {
     StableadamwScalars<C> k;
 
+    using compute = C;
+    // The grad as stored (the grad pre-pass) or as the element pass sees it (clipped).
+    static constexpr bool as_stored = false;
     static constexpr int n_terms = 1;
     // The operands the terms read (kernels/reduce.cuh): no other is loaded.
     static constexpr unsigned reads = READS_G | (READS_SLOT << 1);

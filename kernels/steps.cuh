@@ -1,8 +1,8 @@
 // Which step a launch is, and whether it happens at all, decided on the device.
 //
 // A loss-scaled step is skipped when a grad is inf or NaN, and the host must not wait to
-// find out: a grad-only pass writes a flag on the device (kernels/norm.cu) and every
-// optimizer kernel of the step reads it and returns before writing anything. The bias
+// find out: a grad-only pass writes a flag on the device (kernels/gradsums_reduce.cu) and
+// every optimizer kernel of the step reads it and returns before writing anything. The bias
 // corrections of later steps depend on how many steps were applied, which the host learns
 // only later (fusedopt/engine/engine.py reads each flag back without waiting). So the host sends
 // the scalars for every step number a tensor can be at - one row per candidate step,

@@ -3,7 +3,7 @@
 The stand-in keeps "device" arrays as separate NumPy copies and runs each kernel's math
 with the CPU code over the very launch table the kernel would get (the layout is shared),
 so what is checked is launch.py: argument order, the table rows it writes on the device,
-the norm launches and their reduction, and resetting the scales when a step stops
+the grad pre-pass's launches and their combine, and resetting the scales when a step stops
 clipping. The kernels' own arithmetic is covered by the compile gates and a GPU run.
 """
 
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from fusedopt import functional
+from fusedopt.algorithms.gradsums import GRAD_SUMS
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cpu import backend as cpu_backend
-from fusedopt.backends.cpu import norm as cpu_norm
+from fusedopt.backends.cpu import reduce as cpu_reduce
+from fusedopt.backends.cpu import storage as cpu_storage
 from fusedopt.backends.cpu.loop import run as cpu_run
 from fusedopt.backends.cuda import launch, runtime
 from fusedopt.engine.step import scalar_row
@@ -37,35 +39,27 @@ class _Module:
     def get_function(self, name):
         kernel, targs = _ENTRY.fullmatch(name).groups() if "<" in name else (name, "")
         targs = [a.strip() for a in targs.split(",") if a.strip()]
-        if kernel == "chunk_sums":
+        if kernel == GRAD_SUMS.reduce_kernel:
             def launch_(grid, block, args):
-                # Per-thread sums are not reproduced: thread 0 of each block takes the
-                # chunk's sums and the other lanes 0, which sums to the same totals.
-                table, n_tensors, n_slots, chunk, partial = args
-                items = table[rows(int(n_slots), int(n_tensors))["work"]:]  # one per chunk
-                sums = cpu_norm.chunk_sums(cpu_norm.grad_code(_DTYPES[targs[0]]), table,
-                                           items, int(n_tensors), int(n_slots), int(chunk),
-                                           np.empty(0, _DTYPES[targs[0]]))
-                n_work = sums.shape[1]
-                assert grid == (n_work,) and partial.size == 2 * n_work * block[0]
-                partial[:] = 0.0
-                partial[: n_work * block[0]: block[0]] = sums[0]
-                partial[n_work * block[0]:: block[0]] = sums[1]
-        elif kernel == "lane_sums":
+                # The block sums are the CPU's chunk sums over the same table: the same
+                # totals, in another order.
+                table, n_tensors, chunk, partial = args
+                n_slots = int(targs[1])
+                items = table[rows(n_slots, int(n_tensors))["work"]:]  # one per chunk
+                code = cpu_storage.CODES[_DTYPES[targs[0]]]
+                chunks, likes = cpu_reduce._kernel(GRAD_SUMS, (), (code,) * 3, 0)
+                sums = chunks(table, items, int(n_tensors), n_slots, int(chunk), *likes)
+                assert grid == (items.size,) and partial.size == 2 * items.size
+                partial[:] = sums.reshape(-1)
+        elif kernel == "combine_sums":
             def launch_(grid, block, args):
-                table, n_tensors, n_slots, n_work, partial, lanes = args
-                work = table[rows(int(n_slots), int(n_tensors))["work"]:]
-                lane = partial.reshape(2, -1, block[0])
-                n = int(n_tensors)
-                assert grid == (2 * n,) and lanes.size == 2 * n * block[0]
-                for u in range(2 * n):
-                    lo, hi = np.searchsorted(work, [(u % n) << 32, ((u % n) + 1) << 32])
-                    lanes[u * block[0]: (u + 1) * block[0]] = lane[u // n, lo:hi].sum(axis=0)
-        elif kernel == "tensor_sums":
-            def launch_(grid, block, args):
-                n_outputs, lane_count, lanes, out = args
-                assert grid[0] * block[0] >= int(n_outputs)
-                out[:] = lanes.reshape(int(n_outputs), int(lane_count)).sum(axis=1)
+                work, n_work, n_tensors, n_terms, partial, sums = args
+                n, terms = int(n_tensors), int(n_terms)
+                assert grid[0] * block[0] >= n * terms and work.size == int(n_work)
+                blocks = partial[: terms * int(n_work)].reshape(terms, -1)
+                for t in range(n):
+                    lo, hi = np.searchsorted(work, [t << 32, (t + 1) << 32])
+                    sums[t: terms * n: n] = blocks[:, lo:hi].sum(axis=1)
         else:
             spec = next(s for s in REGISTRY.values() if s.kernel == kernel)
             flags = tuple(int(f) for f in targs[4:])

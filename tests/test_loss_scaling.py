@@ -5,7 +5,8 @@
 - finite grads scaled by a power of two give the bits of the unscaled grads stepped
   normally (tests/test_engine.py does float32 on the CPU for every variant; here 16-bit
   storage on the CPU, and every variant and storage through the CUDA host execution);
-- the inf test is exact: finite float64 grads whose squares overflow are not flagged.
+- the inf test is exact: finite float64 grads whose squares overflow are not flagged, and
+  a value clip does not hide an inf from it.
 """
 
 import numpy as np
@@ -77,6 +78,21 @@ def test_huge_finite_float64_grads_are_not_an_overflow(backend):
     opt.apply_gradients(zip(grads, params), grad_scale=2.0)
     assert opt.found_inf is False and opt.iterations == 1
     np.testing.assert_allclose(params[0], 0.5)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "unfused", "cuda"], indirect=True)
+def test_a_value_clip_does_not_hide_an_inf(backend):
+    """The inf/NaN test sums the grads as stored: the clamp to clipvalue the step applies (and
+    the launch table still holds from the step before) does not make an inf finite."""
+    params = _params("float32")
+    opt = fusedopt.SGD(learning_rate=0.1, clipvalue=0.5, backend=backend)
+    opt.apply_gradients(zip(_grads(params, 0, 8.0), params), grad_scale=8.0)
+    before = _bits(params)
+    grads = _grads(params, 1, 8.0)
+    grads[2][1, 3] = -np.inf
+    opt.apply_gradients(zip(grads, params), grad_scale=8.0)
+    assert opt.found_inf is True and opt.iterations == 1
+    assert all(np.array_equal(x, y) for x, y in zip(before, _bits(params)))
 
 
 def _power_of_two_case(name, hp, convention, backend, dtype, steps=4, **storage):

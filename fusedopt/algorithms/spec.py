@@ -14,7 +14,8 @@ from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..memory.storage import PARAM_DTYPES, Storage, all_storages, default_state_dtype
+from ..constants import MAX_SLOTS
+from ..memory.storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
 
 # The hyperparameters families share, their checks and the weight-decay scalars derived
 # from them live in hyper.py; families import them from here, with declare.
@@ -126,7 +127,11 @@ class Reductions:
     - ``scalar_names``: the per-tensor scalars the element rule reads as ``k.<name>``
       after the step's own; ``scalars(xp, sums, sizes, k)``: them, from ``sums`` (name ->
       float64 array, one value per tensor), the tensors' element counts and the step's
-      scalars ``k`` (float64, by name), as float64 arrays on the sums' device.
+      scalars ``k`` (float64, by name), as float64 arrays on the sums' device;
+    - ``grads_as_stored``: True for sums of the grads as they are stored (the grad
+      pre-pass, fusedopt/algorithms/gradsums.py, whose sums decide the clip): the rule
+      then reads only ``g``, widened to float64 and neither scaled nor clipped, and
+      nothing else is loaded.
     """
 
     names: tuple[str, ...]
@@ -134,6 +139,7 @@ class Reductions:
     unfused: Callable
     scalar_names: tuple[str, ...]
     scalars: Callable
+    grads_as_stored: bool = False
 
 
 #: Terms one reduction pass sums per tensor.
@@ -309,7 +315,15 @@ class OptimizerSpec:
         """Every reduction entry point the runtime can request (none without reductions)."""
         if self.reductions is None:
             return []
+        if self.reductions.grads_as_stored:
+            return [self.stored_entry(d, n) for d in PARAM_DTYPES for n in range(MAX_SLOTS + 2)]
         return [self.reduce_entry(st, f) for st, f, _ in self.entries()]
+
+    def stored_entry(self, grad_dtype: str, n_slots: int) -> str:
+        """The reduction kernel of the grads as stored (``grads_as_stored``): grads of
+        ``grad_dtype`` in a table of ``n_slots`` slot rows (an optimizer's slots and its
+        master slot: at most MAX_SLOTS + 1), e.g. ``gradsums_reduce<float, 3>``."""
+        return f"{self.reduce_kernel}<{CUDA_TYPES[grad_dtype]}, {n_slots}>"
 
     def tensor_scalars(self, xp, row: tuple, sums, sizes) -> list:
         """The per-tensor scalars (``reductions.scalar_names``, in order), each a float64

@@ -40,20 +40,6 @@ def group(storage, params, states, streams=None) -> Group:
                  np.zeros(0, np.int64), streams=streams)
 
 
-def grad_pass(group: Group, grads):
-    """(sum of g**2 of each grad in float64, True where a grad holds an inf or NaN)."""
-    xp = _xp(grads[0])
-    wide = [g.astype(xp.float64) for g in grads]
-    sums = xp.stack([xp.sum(g * g) for g in wide])
-    bad = xp.stack([~xp.isfinite(g).all() for g in wide])
-    return sums, bad
-
-
-def sum_squares(group: Group, grads):
-    """Sum of g**2 of each grad (float64, on the grads' device), for clipping by norm."""
-    return grad_pass(group, grads)[0]
-
-
 def _clipped(xp, g, scale, limit, compute):
     """Keras' clipping as array expressions: g * scale, then clamp to [-limit, limit]."""
     if scale is not None:
@@ -151,7 +137,10 @@ def _estimated(spec, flags, group, t, g, state, named):
 
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
     """(reductions, tensors) float64: the per-tensor sums of ``spec``'s reductions, as its
-    ``reductions.unfused`` array expressions, one tensor at a time."""
+    ``reductions.unfused`` array expressions, one tensor at a time (for the grad pre-pass,
+    fusedopt/algorithms/gradsums.py, of each grad widened to float64, not clipped)."""
+    if spec.reductions.grads_as_stored:
+        return _grad_sums(spec, flags, group, grads)
     st = step_storage(group, grads)
     compute = np.dtype(st.compute).type
     n_slots = len(spec.slots(flags))
@@ -169,6 +158,20 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
     if not sums:
         return np.zeros((len(spec.reductions.names), 0), np.float64)
     xp = _xp(group.params[0])
+    return xp.stack([xp.stack(column) for column in zip(*sums)])
+
+
+def _grad_sums(spec, flags, group: Group, grads):
+    """:func:`reduce` of a rule of the grads as stored: each grad widened to float64, its
+    terms summed in float64 (on the grads' device)."""
+    if not grads:
+        return np.zeros((len(spec.reductions.names), 0), np.float64)
+    xp = _xp(grads[0])
+    named = spec.Scalars(*(0.0 for _ in spec.row_names))
+    with np.errstate(invalid="ignore"):  # g - g of an inf: the NaN this sum is for
+        sums = [[xp.sum(x) for x in spec.reductions.unfused(
+            xp, None, g.astype(xp.float64), {}, named, spec.named_flags(flags))]
+            for g in grads]
     return xp.stack([xp.stack(column) for column in zip(*sums)])
 
 

@@ -15,9 +15,13 @@ torch.optim has no clipping argument (``torch.nn.utils.clip_grad_norm_``, called
 Every backend applies ``g <- clamp(g * scale, -limit, limit)`` as it loads a grad, with a
 per-tensor ``scale`` and ``limit`` read from the launch table (fusedopt/memory/table.py): 1.0 and
 +inf are exact no-ops, so no optimizer rule knows about clipping. A value clip costs
-nothing more; a norm clip first needs each tensor's sum of squares, one extra read of the
-grads only (``backend.sum_squares``), from which the scales are computed here with array
-expressions on the grads' device, so a GPU step never waits for the host.
+nothing more; a norm clip first needs each tensor's sum of squares: the grad pre-pass, a
+reduction phase of its own (fusedopt/engine/reductions.py, ``grad_prepass``) that sums the
+terms declared in fusedopt/algorithms/gradsums.py over the grads as stored - widened to
+float64, not clipped, nothing but the grads read - through the backends' ``reduce``, one
+launch per launch group, in the same read as the loss scale's inf/NaN test. The scales are
+computed from those sums here, with array expressions on the grads' device, so a GPU step
+never waits for the host.
 """
 
 from __future__ import annotations

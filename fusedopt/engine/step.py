@@ -14,9 +14,9 @@ from ..memory.arrays import kind_of
 from ..memory.steps import Window, step_rows
 from . import threads as _threads
 from . import validate as _validate
-from .clip import grad_scales, launch_clip
+from .clip import launch_clip
 from .orthogonal import check_matrices, matrix_phase
-from .reductions import factor_phase, reduction_phase, signed
+from .reductions import factor_phase, grad_prepass, reduction_phase, signed
 
 if TYPE_CHECKING:
     from .launches import Launch
@@ -56,7 +56,7 @@ class StepPhases:
         plan, work, launches = self._plan_step(positions, grads)
         scalars, bases = self._scalar_phase(positions, work, grad_scale)
         window, slot = self._decision(plan, launches, grad_scale, found_inf, checked)
-        scales = self._grad_prepass(plan, work, window, slot, grad_scale, checked)
+        scales = grad_prepass(self, plan, work, window, slot, grad_scale, checked)
         if scales is None:  # an inf or NaN grad, found on the host: nothing changes
             self._outcome = False
             return False
@@ -150,28 +150,6 @@ class StepPhases:
         (fusedopt/engine/reductions.py) take the step's one row, which must be known. The
         host then reads the inf/NaN test (one wait per loss-scaled step)."""
         return self.spec.running is None and self.spec.reductions is None
-
-    def _grad_prepass(self, plan, work, window, slot, grad_scale, checked):
-        """The grad-only pass where clipping by norm or an unchecked loss scale needs it
-        (on the arrays' device and stream); each launch's grad scales, or None when an
-        inf or NaN grad was found on the host."""
-        if not (self.clipping.by_norm or (grad_scale is not None and not checked)):
-            if grad_scale is not None:
-                return [_full(launch.device is not None, len(g), grad_scale)
-                        for launch, g in work]
-            return [None] * len(work)
-        passes = []
-        for launch, g in work:
-            with launch.kind.launch_context(launch.device), _threads.guard(plan.backend):
-                passes.append(plan.backend.grad_pass(launch.group, g))
-        if grad_scale is not None and not checked:
-            if window is not None:
-                for k, ((launch, _), (_, bad)) in enumerate(zip(work, passes)):
-                    with launch.kind.launch_context(launch.device):
-                        plan.backend.raise_flag(launch.group, window.flags, slot, or_in=k > 0)
-            elif any(_any(bad) for _, bad in passes):
-                return None
-        return grad_scales(self.clipping, [s for s, _ in passes], grad_scale)
 
     def _launch_phase(self, plan, positions, work, scales, scalars, window, slot,
                       per_tensor, bases) -> list:
@@ -381,18 +359,3 @@ def _as_grad_scale(grad_scale):
         raise ValueError(f"grad_scale must be a positive finite number (the loss scale the "
                          f"grads carry), got {grad_scale!r}")
     return float(value)
-
-
-def _any(flags) -> bool:
-    """Whether any per-tensor inf/NaN flag is set (a host read of a device array)."""
-    return bool(flags.any()) if flags.size else False
-
-
-def _full(on_device: bool, n: int, grad_scale):
-    """``n`` copies of 1/grad_scale (float64): in host memory for the CPU backends (whatever
-    the arrays' library), else as a CuPy array on the current device."""
-    if on_device:
-        import cupy as xp
-    else:
-        xp = np
-    return xp.zeros(n, np.float64) + 1.0 / xp.asarray(grad_scale, np.float64)

@@ -2,9 +2,10 @@
 
 On the CPU every step is known when it is launched: one row of scalars, computed by the
 registry's ``scalars`` for the 1-based step t. On CUDA a loss-scaled step may be skipped
-on the device (a grad was inf or NaN: kernels/norm.cu raises a flag the optimizer kernels
-read), and the host does not wait to find out. Until it reads that flag back - lazily,
-from a copy it started without waiting (:class:`Window`) - the step count of every later
+on the device (a grad was inf or NaN: the grad pre-pass's sums raise a flag,
+kernels/gradsums_reduce.cu, that the optimizer kernels read), and the host does not wait
+to find out. Until it reads that flag back - lazily, from a copy it started without
+waiting (:class:`Window`) - the step count of every later
 launch is one of several: a launch then carries one row of scalars per candidate step,
 still computed by the registry in double on the host, and the kernels pick theirs from
 the flags of the steps in doubt (kernels/steps.cuh). So the formulas stay in one place,

@@ -39,10 +39,16 @@ def reports(cache_dir: Path | None = None) -> list:
 
 def _kernels(name: str) -> str:
     """The row an entry point belongs to: its family and storage (the template arguments
-    before the variant flags), e.g. ``adam<__nv_bfloat16, float, float, 1, ...>``."""
+    before the variant flags), e.g. ``adam<__nv_bfloat16, float, float, 1, ...>`` (the grad
+    pre-pass's: its grad type, ``gradsums_reduce<float, ...>``)."""
+    from ..algorithms.gradsums import GRAD_SUMS
+
     family, args = name.split("<", 1) if "<" in name else (name, ">")
     args = [a.strip() for a in args.rstrip(">").split(",") if a.strip()]
-    keep = args[:4] if len(args) > 4 or family == "traffic" else args
+    if family == GRAD_SUMS.reduce_kernel:  # the grad pre-pass: a grad type, every slot count
+        keep = args[:1]
+    else:
+        keep = args[:4] if len(args) > 4 or family == "traffic" else args
     return f"{family}<{', '.join(keep)}{', ...' if len(args) > len(keep) else ''}>"
 
 

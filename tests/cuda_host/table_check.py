@@ -48,7 +48,11 @@ def check(name: str, grid, args, find_buffer) -> None:
     ``[address, address + nbytes)``, or None.
     """
     table, n_tensors, chunk = args[0], int(args[1]), int(args[2])
-    param, grad, state, master = _storage(name)
+    grads_only = _grads_only(name)
+    if grads_only is None:
+        param, grad, state, master = _storage(name)
+    else:
+        grad, declared_slots = grads_only
     table = np.asarray(table)
     n_work = grid[0] * grid[1] * grid[2]
     if n_tensors <= 0:
@@ -58,10 +62,16 @@ def check(name: str, grid, args, find_buffer) -> None:
         raise ValueError(f"{name}: a table of {table.size} entries does not fit {n_tensors} "
                          f"tensors and {n_work} work items (one block per work item) for any "
                          "number of state slots")
-    dtypes = [param, grad] + [state] * (n_slots - (master is not None))
-    if master is not None:
-        dtypes.append(master)
-    narrow = min(d.itemsize for d in dtypes)
+    if grads_only is not None:  # the grads are its one operand: the other rows unread
+        if n_slots != declared_slots:
+            raise ValueError(f"{name}: launched on a table of {n_slots} slot rows; it reads "
+                             f"the sizes and work rows of one of {declared_slots}")
+        dtypes = [None, grad] + [None] * n_slots
+    else:
+        dtypes = [param, grad] + [state] * (n_slots - (master is not None))
+        if master is not None:
+            dtypes.append(master)
+    narrow = min(d.itemsize for d in dtypes if d is not None)
     if chunk <= 0 or chunk * narrow % VECTOR_BYTES:
         raise ValueError(f"{name}: chunk {chunk} is not a multiple of the {VECTOR_BYTES}-byte "
                          "vector width; the kernel's vector loop would start misaligned")
@@ -69,7 +79,7 @@ def check(name: str, grid, args, find_buffer) -> None:
     sizes = table[rows["sizes"]: rows["sizes"] + n_tensors]
     work = table[rows["work"]:]
     for t in range(n_tensors):
-        for k in range(2 + n_slots):
+        for k in (k for k in range(2 + n_slots) if dtypes[k] is not None):
             _check_operand(name, t, k, int(addresses[k, t]), int(sizes[t]), dtypes[k],
                            find_buffer)
     if len(args) >= 3 + STEP_PARAMS:  # then per-tensor scalars or a reduction's output
@@ -79,6 +89,16 @@ def check(name: str, grid, args, find_buffer) -> None:
     if len(got) != len(set(got)) or set(got) != expected:
         raise ValueError(f"{name}: the work items do not cover every chunk of every tensor "
                          f"exactly once ({len(got)} items, {len(expected)} chunks)")
+
+
+def _grads_only(name: str):
+    """(grad dtype, slot rows) of a reduction of the grads alone, ``family<G, N>`` (the grad
+    pre-pass: kernels/reduce.cuh), else None."""
+    match = _TEMPLATE_ARGS.search(name)
+    parts = [a.strip() for a in match.group(1).split(",")] if match else []
+    if len(parts) != 2 or parts[0] not in STORAGE or not parts[1].isdigit():
+        return None
+    return np.dtype(_numpy_name(STORAGE[parts[0]])), int(parts[1])
 
 
 def _storage(name: str):

@@ -10,7 +10,7 @@ from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, 
 from ...memory.quant import FORMATS
 from ...memory.steps import as_rows
 from ...memory.table import float_row, rows
-from . import factored, norm, quantized, storage, threads
+from . import factored, quantized, storage, threads
 from . import reduce as reduce_
 from .address import address
 from .loop import MODE_CODES, run, run_serial, specialize
@@ -41,18 +41,6 @@ def group(storage_, params, states, streams=None, averages=None) -> Group:
                       streams=streams, averages=averages)
 
 
-def grad_pass(group: Group, grads) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of g**2 of each grad in float64, True for each grad holding an inf or NaN)."""
-    table = step_table(group, grads, address)
-    return norm.tensor_sums(table, len(group.params), group.n_slots, group.chunk,
-                            step_storage(group, grads).grad)
-
-
-def sum_squares(group: Group, grads) -> np.ndarray:
-    """Sum of g**2 of each grad (float64), for clipping by norm."""
-    return grad_pass(group, grads)[0]
-
-
 def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
     """Move the row and column factors of ``spec``'s factored moment over ``group``
     (fusedopt/backends/cpu/factored.py)."""
@@ -62,10 +50,16 @@ def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
     """(MAX_REDUCTIONS, tensors) float64: the per-tensor sums of ``spec``'s reductions
     (fusedopt/backends/cpu/reduce.py) over ``group``, each grad seen as the step will see it
-    (``clip``), the state before the step; ``row`` the step's scalars."""
+    (``clip``), the state before the step; ``row`` the step's scalars. For the grad
+    pre-pass (fusedopt/algorithms/gradsums.py: the grads as stored) ``clip`` is not
+    applied and the table's clip rows are left as they are."""
     if spec.factored is not None:
         return factored.reduce(spec, flags, row, group, grads, clip,
                                step_storage(group, grads))
+    if spec.reductions.grads_as_stored:
+        return reduce_.stored_sums(spec, flags, storage.CODES[step_storage(group, grads).grad],
+                                   step_table(group, grads, address), len(group.params),
+                                   group.n_slots, group.chunk)
     group.table.set_limit(clip.limit)
     table = step_table(group, grads, address)
     _set_clip(group, clip)

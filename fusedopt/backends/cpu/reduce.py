@@ -1,14 +1,17 @@
-"""Per-tensor reductions on the CPU: an optimizer's reduction rule (its ``reductions``,
-fusedopt/algorithms/spec.py) summed over every tensor of a group, in one parallel read.
+"""Per-tensor reductions on the CPU: a reduction rule (an optimizer's ``reductions``, or the
+grad pre-pass's, fusedopt/algorithms/gradsums.py) summed over every tensor of a group, in
+one parallel read.
 
 It walks the update loop's launch table, one task per chunk (unpacked, whatever the update
-loop's packing), as the grad pre-pass does (fusedopt/backends/cpu/norm.py): each element is
-loaded as the update loop loads it (widened; the grad clamp(g * scale, -limit, limit) with
-the table's scale and limit; the param through its mode: a master, a remainder, a Kahan
-compensation), the rule gives its terms in the compute type, and each task adds them in
-float64 into its own slot; the chunks of a tensor are then added in a fixed order
-(``norm.per_tensor``), so no sum depends on how threads were scheduled. Nothing is
-written: the state the update pass reads afterwards is the state the terms were made from.
+loop's packing): each element is loaded as the update loop loads it (widened; the grad
+clamp(g * scale, -limit, limit) with the table's scale and limit; the param through its
+mode: a master, a remainder, a Kahan compensation), the rule gives its terms in the
+compute type, and each task adds them in float64 into its own slot; the chunks of a tensor
+are then added in a fixed order (:func:`per_tensor`), so no sum depends on how threads were
+scheduled. Nothing is written: the state the update pass reads afterwards is the state the
+terms were made from. The grad pre-pass's rule (``grads_as_stored``) gets a loop of its
+own that loads the grads alone, widened to float64 and not clipped: no param or state
+address is even formed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from ...memory.table import rows, work_items
 from . import storage
 from ._cache import JIT_OPTIONS
 from .element import _param_io, _pointer
-from .norm import per_tensor
 from .rules import inlined, reduction_rule
 from .variant import WITH_SLOT, loop_dtypes
 
@@ -35,8 +37,8 @@ BLOCK = 1024
 
 @njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
 def _block_sums(terms_a, terms_b, n):
-    """The sums of the first ``n`` of each array, in float64. May reassociate, as the grad
-    pre-pass's sums do (config.NORM_FASTMATH): an order fixed at compile time, so a build
+    """The sums of the first ``n`` of each array, in float64. May reassociate
+    (config.NORM_FASTMATH): an order fixed at compile time, so a build
     gives the same sums every run; the rule's own arithmetic, in the caller, keeps IEEE
     order, so its terms are the element pass's values."""
     sa = 0.0
@@ -47,11 +49,58 @@ def _block_sums(terms_a, terms_b, n):
     return sa, sb
 
 
+def _grads_kernel(spec, flags: tuple, gcode: int):
+    """:func:`_kernel` of a rule of the grads as stored (``grads_as_stored``): each grad
+    widened to float64, neither scaled nor clipped, the only operand loaded. The terms of
+    a chunk are summed as they are made, in a loop that may reassociate and contract
+    (config.NORM_FASTMATH): g - g is 0 or NaN in any order, and the square of a float32 or
+    16-bit grad is exact in float64 (a float64 grad's may be fused into its sum, rounded
+    once); the sums come out as the pre-pass has always formed them."""
+    terms = inlined(reduction_rule(spec, flags))
+    load_g = storage.load(gcode)
+    zero = np.float64(0)
+
+    @njit(fastmath=set(config.NORM_FASTMATH), **_NO_CACHE)
+    def span_sums(g):
+        a = 0.0
+        b = 0.0
+        for i in range(g.shape[0]):
+            # No scalars (the rule reads only g): ``zero`` stands for k as for p and s.
+            ta, tb = terms(zero, np.float64(load_g(g[i])), zero, zero, zero, zero, zero, zero)
+            a += ta
+            b += tb
+        return a, b
+
+    def chunks(table, items, n_tensors, table_slots, chunk, g_like):
+        sizes0 = (2 + table_slots) * n_tensors
+        # Every entry is written below (np.zeros would be a parallel loop of its own).
+        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
+        for w in prange(items.shape[0]):
+            item = items[w]
+            t = item >> 32
+            n = table[sizes0 + t]
+            begin = (item & 0xFFFFFFFF) * chunk
+            end = min(begin + chunk, n)
+            g = carray(_pointer(table[n_tensors + t], g_like), n)[begin:end]
+            out[0, w], out[1, w] = span_sums(g)
+        return out
+
+    return (njit(parallel=True, **_NO_CACHE)(chunks),
+            (np.empty(0, storage.LOOP_DTYPES[gcode]),))
+
+
+#: A closure's jit options: no on-disk cache.
+_NO_CACHE = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}
+
+
 @functools.lru_cache(maxsize=None)
 def _kernel(spec, flags: tuple, codes: tuple, mode: int):
     """The parallel chunk sums of ``spec``'s reduction for variant ``flags`` on storage
     ``codes`` in ``mode``: ``(table, items, n_tensors, table_slots, chunk, k, likes) ->
-    (MAX_REDUCTIONS, items) float64``. The rule, storage and mode are constants of it."""
+    (MAX_REDUCTIONS, items) float64`` (without ``k`` for the grads as stored). The rule,
+    storage and mode are constants of it."""
+    if spec.reductions.grads_as_stored:
+        return _grads_kernel(spec, flags, codes[1])
     terms = inlined(reduction_rule(spec, flags))
     ns, master = len(spec.slots(flags)), mode in WITH_SLOT
     pcode, gcode, scode = codes
@@ -68,7 +117,8 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
         scales = table[(3 + table_slots) * n_tensors: (4 + table_slots) * n_tensors]
         limits = table[(4 + table_slots) * n_tensors: (5 + table_slots) * n_tensors]
         scales, limits = scales.view(np.float64), limits.view(np.float64)
-        out = np.zeros((MAX_REDUCTIONS, items.shape[0]), np.float64)
+        # Every entry is written below (np.zeros would be a parallel loop of its own).
+        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
         for w in prange(items.shape[0]):
             item = items[w]
             t = item >> 32
@@ -117,8 +167,19 @@ def _kernel(spec, flags: tuple, codes: tuple, mode: int):
 
     likes = (np.empty(0, p_dtype), np.empty(0, storage.LOOP_DTYPES[gcode]),
              np.empty(0, s_dtype), np.empty(0, x_dtype))
-    options = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}  # a closure: no cache
-    return njit(parallel=True, **options)(chunks), likes
+    return njit(parallel=True, **_NO_CACHE)(chunks), likes
+
+
+def stored_sums(spec, flags: tuple, grad_code: int, table: np.ndarray, n_tensors: int,
+                table_slots: int, chunk: int) -> np.ndarray:
+    """:func:`tensor_sums` of a rule of the grads as stored (``grads_as_stored``: the grad
+    pre-pass), grads of storage code ``grad_code``: no scalars, nothing but the grads
+    read."""
+    start = rows(table_slots, n_tensors)["sizes"]
+    items = work_items(table[start: start + n_tensors], chunk)
+    kernel, likes = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
+    return per_tensor(kernel(table, items, n_tensors, table_slots, chunk, *likes), items,
+                      n_tensors)
 
 
 def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,
@@ -131,3 +192,16 @@ def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,
     kernel, likes = _kernel(spec, tuple(flags), tuple(codes), int(mode))
     partial = kernel(table, items, n_tensors, table_slots, chunk, k, *likes)
     return per_tensor(partial, items, n_tensors)
+
+
+def per_tensor(partial: np.ndarray, items: np.ndarray, n_tensors: int) -> np.ndarray:
+    """Each row of ``partial`` (one column per chunk of ``items``) summed per tensor, the
+    chunks of a tensor added in their order (0 for a tensor without chunks): every
+    reduction of the CPU backend ends here, so none depends on how threads were
+    scheduled."""
+    out = np.zeros((partial.shape[0], n_tensors), np.float64)
+    if items.size:
+        tensors = items >> 32
+        starts = np.flatnonzero(np.r_[True, tensors[1:] != tensors[:-1]])
+        out[:, tensors[starts]] = np.add.reduceat(partial, starts, axis=1)
+    return out

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from ... import constants
+from ...algorithms.gradsums import GRAD_SUMS
 from .source import kernel_dir
 from .translate import (
     _RESERVED,
@@ -198,6 +199,11 @@ def reduce_source(spec) -> str:
             reads.append(bit if flag is None else f"({flag} ? {bit} : 0u)")
     family = _pascal(spec.kernel)
     flags = [f.upper() for f in spec.flag_names]
+    stored = spec.reductions.grads_as_stored
+    others = read & {"p", "k", *slots}
+    if stored and others:
+        raise RuleError(f"{where}: {rule_fn.__name__} sums the grads as stored: it may read "
+                        f"only g, reads {sorted(others)}")
     out = [
         *_header(spec, [f"The reduction phase of {spec.class_name}: the per-element terms of "
                         f"{', '.join(spec.reductions.names)}", f"({rule_fn.__name__} in "
@@ -206,18 +212,23 @@ def reduce_source(spec) -> str:
         "",
         "namespace fusedopt {",
         "",
-        *_scalars_struct(spec, family),
-        f"template <typename C, {', '.join(f'int {f}' for f in flags)}>",
+        *([] if stored else _scalars_struct(spec, family)),
+        f"template <typename C{''.join(f', int {f}' for f in flags)}>",
         f"struct {family}Terms {{",
-        f"    {family}Scalars<C> k;",
-        "",
+        *([] if stored else [f"    {family}Scalars<C> k;", ""]),
+        "    using compute = C;",
+        "    // The grad as stored (the grad pre-pass) or as the element pass sees it (clipped).",
+        f"    static constexpr bool as_stored = {'true' if stored else 'false'};",
         f"    static constexpr int n_terms = {len(terms)};",
         "    // The operands the terms read (kernels/reduce.cuh): no other is loaded.",
         f"    static constexpr unsigned reads = {' | '.join(reads) or '0u'};",
-        _from(spec, f"{family}Terms", per_tensor=False),
+        *([] if stored else [_from(spec, f"{family}Terms", per_tensor=False)]),
         "",
         "    FUSEDOPT_DEVICE void operator()(C p, C g, const C* s, C* out) const {",
     ]
+    if stored:
+        out.append("        (void)p;")
+        out.append("        (void)s;")
     for i, (name, flag) in enumerate(presences):
         if name not in mentioned:  # a slot the terms never name: no unused local
             continue
@@ -227,6 +238,8 @@ def reduce_source(spec) -> str:
     if rule.locals:
         out.append(f"        C {', '.join(rule.locals)};")
     out += lines
+    if stored:
+        return "\n".join(out + _stored_kernels(spec, family))
     out += _struct_end(flags)
     out += [
         f"__global__ void {spec.reduce_kernel}(FUSEDOPT_REDUCE_PARAMS(P)) {{",
@@ -237,6 +250,24 @@ def reduce_source(spec) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def _stored_kernels(spec, family: str) -> list[str]:
+    """The end of the file of a reduction of the grads as stored (the grad pre-pass): its
+    kernel, named ``<family>_reduce<G, N>`` (grads of type G, a table of N slots), and
+    ``raise_flag`` (a loss-scaled step's flag from the sums of a term that is NaN where a
+    grad is not finite)."""
+    return ["    }", "};", "", "}  // namespace fusedopt", "",
+            "template <typename G, int N>",
+            f"__global__ void {spec.reduce_kernel}(FUSEDOPT_STORED_REDUCE_PARAMS) {{",
+            f"    FUSEDOPT_STORED_REDUCE(G, N, fusedopt::{family}Terms<double>);",
+            "}",
+            "",
+            "__global__ void raise_flag(int n_tensors, const double* __restrict__ sums,",
+            "                           int* __restrict__ flags, long long slot, int or_in) {",
+            "    fusedopt::raise_nan_flag(n_tensors, sums, flags, slot, or_in);",
+            "}",
+            ""]
 
 
 def _restore_ints(line: str) -> str:
@@ -272,12 +303,14 @@ def _struct_end(flags) -> list[str]:
 
 
 def generated(specs=None) -> dict[str, str]:
-    """Every generated file of kernels/ (for ``specs``, default every registered optimizer),
-    by name -> its text."""
+    """Every generated file of kernels/ (for ``specs``, default every registered optimizer
+    and the grad pre-pass's reduction, fusedopt/algorithms/gradsums.py), by name -> its
+    text."""
+    files = {HEADER: constants_source()}
     if specs is None:
         from ...algorithms.registry import REGISTRY
         specs = REGISTRY.values()
-    files = {HEADER: constants_source()}
+        files[f"{GRAD_SUMS.reduce_kernel}.cu"] = reduce_source(GRAD_SUMS)
     for spec in specs:
         if not spec.on_cuda:  # factored moments, a matrix transform: no CUDA kernels yet
             continue

@@ -14,10 +14,11 @@ from types import MappingProxyType
 import numpy as np
 
 from ... import config
+from ...algorithms.gradsums import GRAD_SUMS
 from ...algorithms.registry import REGISTRY
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
 from ...memory.steps import TensorScalars, as_rows
-from ...memory.storage import CUDA_TYPES, PARAM_DTYPES, Storage, all_storages, default_state_dtype
+from ...memory.storage import Storage, all_storages, default_state_dtype
 from ...memory.table import rows
 from . import runtime
 
@@ -47,9 +48,6 @@ EXTRA_ENTRIES: dict[str, tuple[str, ...]] = {
     "traffic": tuple(f"traffic<{st.template_args()}, {ns}>" for st in all_storages()
                      if st.grad == st.param and st.mode not in ("kahan", "stochastic")
                      for ns in range(1 + max(s.max_slots for s in REGISTRY.values()))),
-    # kernels/norm.cu: the grad-only pre-pass (sums of squares, the inf/NaN flag).
-    "norm": (*(f"chunk_sums<{CUDA_TYPES[d]}>" for d in PARAM_DTYPES), "lane_sums",
-             "tensor_sums", "raise_flag"),
 }
 
 
@@ -70,6 +68,10 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
         if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
             names.setdefault(spec.reduce_kernel, set()).update(
                 (*spec.reduce_entries(), "combine_sums"))
+    # kernels/gradsums_reduce.cu: the grad pre-pass (fusedopt/algorithms/gradsums.py), its
+    # combine, and the loss scale's flag from its sums.
+    names.setdefault(GRAD_SUMS.reduce_kernel, set()).update(
+        (*GRAD_SUMS.reduce_entries(), "combine_sums", "raise_flag"))
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)
     return MappingProxyType({family: tuple(sorted(n)) for family, n in sorted(names.items())})
@@ -131,60 +133,23 @@ def _device_table(group: Group, grads, rt):
     return group.device_table
 
 
-def grad_pass(group: Group, grads):
-    """(sum of g**2 of each grad, NaN where a grad holds an inf or NaN), float64 device
-    arrays, for clipping by norm and loss scaling (:func:`raise_flag` reads the second).
-
-    Three launches of kernels/norm.cu, no atomics and no cooperation between threads:
-    per-thread sums of each chunk, then per-tensor sums of each thread lane over the
-    tensor's chunks, then one sum per tensor - each for the squares and for the inf/NaN
-    test. Nothing is copied to the host.
-    """
-    rt = runtime.current()
-    table = _device_table(group, grads, rt)
-    n_tensors, n_work = len(group.params), group.table.n_work
-    threads = config.THREADS_PER_BLOCK
-    sizes = (2 * max(n_work, 1) * threads, 2 * n_tensors * threads, 2 * n_tensors)
-    if group.scratch.get("norm_sizes") != sizes:  # every entry is written before it is read
-        group.scratch["norm"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
-        group.scratch["norm_sizes"] = sizes
-    partial, lanes, out = group.scratch["norm"]
-    module = rt.module("norm", name_expressions("norm"))
-    index, wide = _INDEX_TYPES
-    grad = CUDA_TYPES[step_storage(group, grads).grad]
-    if n_work:
-        module.get_function(f"chunk_sums<{grad}>")(
-            (n_work,), (threads,),
-            (table, index(n_tensors), index(group.n_slots), wide(group.chunk), partial))
-    module.get_function("lane_sums")(
-        (2 * n_tensors,), (threads,),
-        (table, index(n_tensors), index(group.n_slots), wide(n_work), partial, lanes))
-    module.get_function("tensor_sums")(
-        (-(-2 * n_tensors // threads),), (threads,),
-        (index(2 * n_tensors), index(threads), lanes, out))
-    return out[:n_tensors], out[n_tensors:]
-
-
-def sum_squares(group: Group, grads):
-    """Sum of g**2 of each grad (a float64 device array), for clipping by norm."""
-    return grad_pass(group, grads)[0]
-
-
 def flag_ring(size: int):
     """The device ring of step flags (int32, zero) of an engine's loss-scaled steps."""
     return runtime.current().zeros(np.zeros(size, np.int32))
 
 
-def raise_flag(group: Group, flags, slot: int, or_in: bool = False) -> None:
-    """``flags[slot]`` = whether the last :func:`grad_pass` of ``group`` saw an inf or NaN
-    (or'ed into the flag a previous group of the same step wrote, with ``or_in``). One
+def raise_flag(finite_sums, flags, slot: int, or_in: bool = False) -> None:
+    """``flags[slot]`` = whether any of ``finite_sums`` (a launch group's sums of g - g
+    from the grad pre-pass, one per tensor: NaN where a grad holds an inf or NaN) is NaN,
+    or'ed into the flag a previous group of the same step wrote, with ``or_in``. One
     thread on the device; the host reads nothing."""
     rt = runtime.current()
     index, wide = _INDEX_TYPES
-    out = group.scratch["norm"][2]
-    module = rt.module("norm", name_expressions("norm"))
+    family = GRAD_SUMS.reduce_kernel
+    module = rt.module(family, name_expressions(family))
     module.get_function("raise_flag")(
-        (1,), (1,), (index(len(group.params)), out, flags, wide(slot), index(int(or_in))))
+        (1,), (1,), (index(finite_sums.size), finite_sums, flags, wide(slot),
+                     index(int(or_in))))
 
 
 def copy_flag(found_inf, flags, slot: int) -> None:
@@ -270,24 +235,37 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
     """(terms, tensors) float64 device array: each tensor's sums of ``spec``'s reduction
     terms (kernels/<family>_reduce.cu, kernels/reduce.cuh), each grad seen as the step
     will see it (``clip``), the state before the step; ``row`` the step's scalars. Two
-    launches (the block sums, then their combine in a fixed order), nothing read back."""
+    launches (the block sums, then their combine in a fixed order), nothing read back.
+    For the grad pre-pass (``grads_as_stored``: fusedopt/algorithms/gradsums.py) the
+    kernel reads the grads alone, as stored: ``clip`` and ``row`` are not used and the
+    table's clip rows stay as they are."""
     rt = runtime.current()
-    _clipped_table(group, grads, clip, rt)
+    stored = spec.reductions.grads_as_stored
+    if stored:
+        _device_table(group, grads, rt)
+    else:
+        _clipped_table(group, grads, clip, rt)
     n_tensors, n_work = len(group.params), group.table.n_work
     n_terms = len(spec.reductions.names)
+    key = "grad_sums" if stored else "reduce"  # a step may run both: buffers of their own
     sizes = (n_terms * max(n_work, 1), n_terms * n_tensors)
-    if group.scratch.get("reduce_sizes") != sizes:  # every entry is written before it is read
-        group.scratch["reduce"] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
-        group.scratch["reduce_sizes"] = sizes
-    partial, sums = group.scratch["reduce"]
+    if group.scratch.get(key + "_sizes") != sizes:  # every entry is written before it is read
+        group.scratch[key] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
+        group.scratch[key + "_sizes"] = sizes
+    partial, sums = group.scratch[key]
     module = rt.module(spec.reduce_kernel, name_expressions(spec.reduce_kernel))
     threads = config.THREADS_PER_BLOCK
+    index, wide = _INDEX_TYPES
     if n_work:
         storage = step_storage(group, grads)
-        args = _step_args(group, row, storage, 1, rt) + (partial,)
-        module.get_function(spec.reduce_entry(storage, flags))((n_work,), (threads,), args)
+        if stored:
+            entry = spec.stored_entry(storage.grad, group.n_slots)
+            args = (group.device_table, index(n_tensors), wide(group.chunk), partial)
+        else:
+            entry = spec.reduce_entry(storage, flags)
+            args = _step_args(group, row, storage, 1, rt) + (partial,)
+        module.get_function(entry)((n_work,), (threads,), args)
     work = group.device_table[rows(group.n_slots, n_tensors)["work"]:]
-    index, wide = _INDEX_TYPES
     module.get_function("combine_sums")(
         (-(-n_terms * n_tensors // threads),), (threads,),
         (work, wide(n_work), index(n_tensors), index(n_terms), partial, sums))
