@@ -47,8 +47,8 @@ class _Module:
                 n_slots = int(targs[1])
                 items = table[rows(n_slots, int(n_tensors))["work"]:]  # one per chunk
                 code = cpu_storage.CODES[_DTYPES[targs[0]]]
-                chunks, likes = cpu_reduce._kernel(GRAD_SUMS, (), (code,) * 3, 0)
-                sums = chunks(table, items, int(n_tensors), n_slots, int(chunk), *likes)
+                sums = cpu_reduce.stored_partial(GRAD_SUMS, (), code, table, items,
+                                                 int(n_tensors), n_slots, int(chunk))
                 assert grid == (items.size,) and partial.size == 2 * items.size
                 partial[:] = sums.reshape(-1)
         elif kernel == "combine_sums":

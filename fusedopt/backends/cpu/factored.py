@@ -22,29 +22,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import inspect
 
 import numpy as np
-from numba import carray, njit, prange, types
-from numba.core.extending import (
-    NativeValue,
-    models,
-    overload,
-    register_model,
-    typeof_impl,
-    unbox,
-)
+from numba import carray, njit, prange
+from numba.core.extending import overload
 
 from ... import config
+from ...constants import PLAIN
 from ...memory import factored as _factored
 from ...memory.arrays import kind_of
+from . import storage
 from ._cache import JIT_OPTIONS
 from .address import address
 from .element import _pointer
 from .reduce import BLOCK, _block_sums
-from .rules import element_rule, inlined, reduction_rule, source_digest
-from .variant import SOURCES
+from .rules import element_rule, inlined, reduction_rule
+from .spec_variant import SpecVariant, compute_zero, spec_of
 
 _INLINE = {"inline": "always", "error_model": "numpy"}
 
@@ -58,61 +51,13 @@ def host_view(address: int, n: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype)
 
 
-# --- the variant: an optimizer's factored rules and flags, as one compile-time argument ------
-#
-# The three passes below are compiled once per variant and kept in Numba's on-disk cache,
-# as the element loop is (fusedopt/backends/cpu/variant.py): the variant's Numba type names
-# the spec, its flags, the param dtype and a digest of every source the passes inline, and
-# the rules are found from it when the passes are typed. (Closures over the rules, as these
-# passes were, are compiled afresh in every process: about 9 s for Adafactor's first step.)
-
-_SPECS: dict = {}  # (spec name, digest) -> spec, for the types below
-
-
-class FactoredType(types.Opaque):
-    def __init__(self, spec: str, flags: tuple, dtype: str, digest: str):
-        self.spec, self.flags, self.dtype, self.digest = spec, flags, dtype, digest
-        super().__init__(name=f"Factored({spec}, {flags}, {dtype}, {digest})")
-
-    @property
-    def key(self):
-        return self.spec, self.flags, self.dtype, self.digest
-
-
-register_model(FactoredType)(models.OpaqueModel)
-
-
-class FactoredVariant:
-    """``spec``'s factored passes for variant ``flags`` on params of ``dtype``."""
-
-    def __init__(self, spec, flags: tuple, dtype: str):
-        declared = spec.factored
-        text = "".join(inspect.getsource(fn) for fn in (
-            declared.square, declared.moment, declared.estimate))
-        digest = hashlib.sha256(
-            f"{SOURCES}{source_digest(spec)}{text}".encode()).hexdigest()[:12]
-        _SPECS[spec.name, digest] = spec
-        self._numba_type_ = FactoredType(spec.name, tuple(int(x) for x in flags), dtype,
-                                         digest)
-        self.compute = np.float64 if dtype == "float64" else np.float32
-        self.like = np.empty(0, self.compute)
-
-
-@typeof_impl.register(FactoredVariant)
-def _typeof_variant(value, context):
-    return value._numba_type_
-
-
-@unbox(FactoredType)
-def _unbox_variant(typ, obj, c):
-    return NativeValue(c.context.get_dummy_value())
-
+# --- the passes, compiled once per variant (fusedopt/backends/cpu/spec_variant.py) -----------
 
 @functools.lru_cache(maxsize=None)
 def _rules(variant):
-    """(square, moment, estimate, update, terms, f) of ``variant`` (a FactoredType),
-    jitted to inline."""
-    spec, flags = _SPECS[variant.spec, variant.digest], variant.flags
+    """(square, moment, estimate, update, terms, f) of ``variant`` (a SpecType), jitted to
+    inline."""
+    spec, flags = spec_of(variant), variant.flags
     declared = spec.factored
     return (*(njit(**_INLINE)(fn) for fn in (declared.square, declared.moment,
                                               declared.estimate)),
@@ -144,13 +89,13 @@ def _square_impl(variant, x, k):
 
 @overload(_update, inline="always")
 def _update_impl(variant, p, g, v, k):
-    update, zero = _rules(variant)[3], _zero(variant)
+    update, zero = _rules(variant)[3], compute_zero(variant)
     return lambda variant, p, g, v, k: update(p, g, zero, zero, v, zero, zero, k)
 
 
 @overload(_terms, inline="always")
 def _terms_impl(variant, p, g, v, k):
-    terms, zero = _rules(variant)[4], _zero(variant)
+    terms, zero = _rules(variant)[4], compute_zero(variant)
     return lambda variant, p, g, v, k: terms(p, g, zero, zero, v, zero, zero, k)
 
 
@@ -163,10 +108,6 @@ def _second_moment_impl(variant, factored, r, c, m, v, index, row, col, b, gi, k
             return estimate(r[row], c[col], m[b], k, f)
         return moment(v[index], square(gi, k, f), k, f)
     return impl
-
-
-def _zero(variant):
-    return np.float64(0) if variant.dtype == "float64" else np.float32(0)
 
 
 @njit(**_INLINE)
@@ -258,9 +199,12 @@ def _element_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factore
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels(spec, flags: tuple, dtype: str) -> FactoredVariant:
-    """The variant that the three passes take for ``spec``'s ``flags`` on ``dtype``."""
-    return FactoredVariant(spec, flags, dtype)
+def _kernels(spec, flags: tuple, dtype: str):
+    """(variant, like, compute): what the three passes take for ``spec``'s ``flags`` on
+    params of ``dtype`` (grads and state of the same)."""
+    code = storage.CODES[dtype]
+    compute = np.float64 if dtype == "float64" else np.float32
+    return SpecVariant(spec, flags, (code,) * 3, PLAIN), np.empty(0, compute), compute
 
 
 def _tensors(spec, flags, group, grads):
@@ -296,8 +240,7 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
     """Move the row and column factors of every factored tensor of ``group``; keep each
     slice's denominator in the group's scratch for the passes after."""
     _check(st)
-    variant = _kernels(spec, tuple(flags), st.param)
-    like, compute = variant.like, variant.compute
+    variant, like, compute = _kernels(spec, tuple(flags), st.param)
     f = spec.named_flags(flags)
     k = spec.Scalars(*(compute(x) for x in row), *(compute(0) for _ in
                                                    spec.reductions.scalar_names))
@@ -329,8 +272,8 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
 
 def _passes(which, spec, flags, rows, group, grads, clip, st):
     _check(st)
-    variant = _kernels(spec, tuple(flags), st.param)
-    kernel, like, compute = which, variant.like, variant.compute
+    variant, like, compute = _kernels(spec, tuple(flags), st.param)
+    kernel = which
     denominators = group.scratch["factor_denominators"]
     for t, (p_addr, g_addr, r_addr, c_addr, v_addr, shape, is_factored) in enumerate(
             _tensors(spec, flags, group, grads)):

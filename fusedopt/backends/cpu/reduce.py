@@ -20,15 +20,20 @@ import functools
 
 import numpy as np
 from numba import carray, njit, prange
+from numba.core.extending import overload
 
 from ... import config
 from ...algorithms.spec import MAX_REDUCTIONS
 from ...constants import MAX_SLOTS
+from ...memory.quant import qmap
 from ...memory.table import rows, work_items
 from . import storage
 from ._cache import JIT_OPTIONS
+from .codes import FORMAT_OF
 from .element import _param_io, _pointer
 from .rules import inlined, reduction_rule
+from .spec_variant import SpecVariant, compute_zero, spec_of
+from .storage import bits_float
 from .variant import WITH_SLOT, loop_dtypes
 
 #: Elements whose terms are summed together (then added to the task's running sums).
@@ -49,125 +54,230 @@ def _block_sums(terms_a, terms_b, n):
     return sa, sb
 
 
-def _grads_kernel(spec, flags: tuple, gcode: int):
-    """:func:`_kernel` of a rule of the grads as stored (``grads_as_stored``): each grad
-    widened to float64, neither scaled nor clipped, the only operand loaded. The terms of
-    a chunk are summed as they are made, in a loop that may reassociate and contract
-    (config.NORM_FASTMATH): g - g is 0 or NaN in any order, and the square of a float32 or
-    16-bit grad is exact in float64 (a float64 grad's may be fused into its sum, rounded
-    once); the sums come out as the pre-pass has always formed them."""
-    terms = inlined(reduction_rule(spec, flags))
-    load_g = storage.load(gcode)
-    zero = np.float64(0)
+# --- the kernels, compiled once per variant (fusedopt/backends/cpu/spec_variant.py) ----------
 
-    @njit(fastmath=set(config.NORM_FASTMATH), **_NO_CACHE)
-    def span_sums(g):
+@functools.lru_cache(maxsize=None)
+def _parts(variant):
+    """(terms, get_p, load_g, load_s, slots, master, quantized slot maps) of ``variant``
+    (a SpecType): what the kernels below read through it."""
+    spec, flags = spec_of(variant), variant.flags
+    pcode, gcode, scode = variant.codes
+    quantized = scode in storage.QUANTIZED
+    maps = ()
+    if quantized:  # the map of each slot (every slot of a reduction's optimizer is coded)
+        fmt = FORMAT_OF[scode]
+        maps = tuple(qmap(fmt.name, bool(sign)) for sign in spec.signed_slots(flags))
+        maps += (maps[0],) * (MAX_SLOTS - len(maps)) if maps else ()
+    return (inlined(reduction_rule(spec, flags)), _param_io(variant.mode, pcode)[0],
+            storage.load(gcode), None if quantized else storage.load(scode),
+            len(spec.slots(flags)), variant.mode in WITH_SLOT, maps)
+
+
+def _terms(variant, p, g, s0, s1, s2, s3, k):
+    """The variant's reduction terms of one element."""
+
+
+def _grad(variant, x):
+    """A stored grad, widened to the compute type."""
+
+
+def _param(variant, pv, xv):
+    """The param's compute value from its stored element and its master-slot element."""
+
+
+def _slot(variant, j, s, i):
+    """Element ``i`` of slot ``j`` of a tensor, ``s`` its array (its buffer of blocks, for
+    quantized state: ``map[code] * absmax``, fusedopt/memory/quant.py)."""
+
+
+def _compute(variant, x):
+    """``x`` in the variant's compute type."""
+
+
+def _master_zero(variant):
+    """0 in the dtype of the variant's master-slot element (for a variant without one)."""
+
+
+def _slot_length(variant, n):
+    """The length of a slot's array for a tensor of ``n`` elements (bytes when quantized)."""
+
+
+@overload(_terms, inline="always")
+def _terms_impl(variant, p, g, s0, s1, s2, s3, k):
+    terms, zero = _parts(variant)[0], compute_zero(variant)
+    return lambda variant, p, g, s0, s1, s2, s3, k: terms(p, g, s0, s1, s2, s3, zero, k)
+
+
+@overload(_grad, inline="always")
+def _grad_impl(variant, x):
+    load_g = _parts(variant)[2]
+    return lambda variant, x: load_g(x)
+
+
+@overload(_param, inline="always")
+def _param_impl(variant, pv, xv):
+    get_p = _parts(variant)[1]
+    return lambda variant, pv, xv: get_p(pv, xv)
+
+
+@overload(_slot, inline="always")
+def _slot_impl(variant, j, s, i):
+    load_s, maps = _parts(variant)[3], _parts(variant)[6]
+    if not maps:
+        return lambda variant, j, s, i: load_s(s[i])
+    fmt = FORMAT_OF[variant.codes[2]]
+    block, record, four = fmt.block, fmt.record, fmt.bits == 4
+    m0, m1, m2, m3 = maps
+
+    def impl(variant, j, s, i):
+        b = i // block
+        base = b * record
+        scale = bits_float(np.uint32(s[base]) | (np.uint32(s[base + 1]) << np.uint32(8))
+                           | (np.uint32(s[base + 2]) << np.uint32(16))
+                           | (np.uint32(s[base + 3]) << np.uint32(24)))
+        at = i - b * block
+        if four:
+            byte = s[base + 4 + (at >> 1)]
+            code = (byte >> np.uint8(4)) if at & 1 else (byte & np.uint8(15))
+        else:
+            code = s[base + 4 + at]
+        values = m0 if j == 0 else (m1 if j == 1 else (m2 if j == 2 else m3))
+        return values[code] * scale
+    return impl
+
+
+@overload(_compute, inline="always")
+def _compute_impl(variant, x):
+    kind = type(compute_zero(variant))
+    return lambda variant, x: kind(x)
+
+
+@overload(_master_zero, inline="always")
+def _master_zero_impl(variant):
+    zero = loop_dtypes(variant.codes, variant.mode)[3](0)
+    return lambda variant: zero
+
+
+@overload(_slot_length, inline="always")
+def _slot_length_impl(variant, n):
+    scode = variant.codes[2]
+    if scode not in storage.QUANTIZED:
+        return lambda variant, n: n
+    fmt = FORMAT_OF[scode]
+    block, record, per_byte = fmt.block, fmt.record, fmt.codes_per_byte
+    return lambda variant, n: (n // block) * record + (
+        0 if n % block == 0 else 4 + (n % block + per_byte - 1) // per_byte)
+
+
+@njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
+def _stored_span_sums(variant, g):
+    """Sums of a rule of the grads as stored (``grads_as_stored``) over ``g``: each grad
+    widened to float64, neither scaled nor clipped, the only operand read. Summed as the
+    terms are made, in a loop that may reassociate and contract (config.NORM_FASTMATH):
+    g - g is 0 or NaN in any order, and the square of a float32 or 16-bit grad is exact in
+    float64 (a float64 grad's may be fused into its sum, rounded once); the sums come out
+    as the pre-pass has always formed them."""
+    a = 0.0
+    b = 0.0
+    zero = np.float64(0)
+    for i in range(g.shape[0]):
+        # No scalars (the rule reads only g): ``zero`` stands for k as for p and s.
+        ta, tb = _terms(variant, zero, np.float64(_grad(variant, g[i])), zero, zero, zero,
+                        zero, zero)
+        a += ta
+        b += tb
+    return a, b
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _stored_chunks(variant, table, items, n_tensors, table_slots, chunk, g_like):
+    sizes0 = (2 + table_slots) * n_tensors
+    # Every entry is written below (np.zeros would be a parallel loop of its own).
+    out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
+    for w in prange(items.shape[0]):
+        item = items[w]
+        t = item >> 32
+        n = table[sizes0 + t]
+        begin = (item & 0xFFFFFFFF) * chunk
+        end = min(begin + chunk, n)
+        g = carray(_pointer(table[n_tensors + t], g_like), n)[begin:end]
+        out[0, w], out[1, w] = _stored_span_sums(variant, g)
+    return out
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k, p_like,
+            g_like, s_like, x_like):
+    sizes0 = (2 + table_slots) * n_tensors
+    scales = table[(3 + table_slots) * n_tensors: (4 + table_slots) * n_tensors]
+    limits = table[(4 + table_slots) * n_tensors: (5 + table_slots) * n_tensors]
+    scales, limits = scales.view(np.float64), limits.view(np.float64)
+    zero = _compute(variant, 0.0)
+    x_none = _master_zero(variant)
+    # Every entry is written below (np.zeros would be a parallel loop of its own).
+    out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
+    for w in prange(items.shape[0]):
+        item = items[w]
+        t = item >> 32
+        n = table[sizes0 + t]
+        begin = (item & 0xFFFFFFFF) * chunk
+        end = min(begin + chunk, n)
+        slot_n = _slot_length(variant, n)
+        p = carray(_pointer(table[t], p_like), n)
+        g = carray(_pointer(table[n_tensors + t], g_like), n)
+        s0 = carray(_pointer(table[2 * n_tensors + t] if ns > 0 else 0, s_like),
+                    slot_n if ns > 0 else 0)
+        s1 = carray(_pointer(table[3 * n_tensors + t] if ns > 1 else 0, s_like),
+                    slot_n if ns > 1 else 0)
+        s2 = carray(_pointer(table[4 * n_tensors + t] if ns > 2 else 0, s_like),
+                    slot_n if ns > 2 else 0)
+        s3 = carray(_pointer(table[5 * n_tensors + t] if ns > 3 else 0, s_like),
+                    slot_n if ns > 3 else 0)
+        x = carray(_pointer(table[(2 + ns) * n_tensors + t] if master else 0, x_like),
+                   n if master else 0)
+        scale, limit = _compute(variant, scales[t]), _compute(variant, limits[t])
+        low = -limit
+        terms_a = np.empty(BLOCK, np.float64)
+        terms_b = np.empty(BLOCK, np.float64)
         a = 0.0
         b = 0.0
-        for i in range(g.shape[0]):
-            # No scalars (the rule reads only g): ``zero`` stands for k as for p and s.
-            ta, tb = terms(zero, np.float64(load_g(g[i])), zero, zero, zero, zero, zero, zero)
-            a += ta
-            b += tb
-        return a, b
-
-    def chunks(table, items, n_tensors, table_slots, chunk, g_like):
-        sizes0 = (2 + table_slots) * n_tensors
-        # Every entry is written below (np.zeros would be a parallel loop of its own).
-        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
-        for w in prange(items.shape[0]):
-            item = items[w]
-            t = item >> 32
-            n = table[sizes0 + t]
-            begin = (item & 0xFFFFFFFF) * chunk
-            end = min(begin + chunk, n)
-            g = carray(_pointer(table[n_tensors + t], g_like), n)[begin:end]
-            out[0, w], out[1, w] = span_sums(g)
-        return out
-
-    return (njit(parallel=True, **_NO_CACHE)(chunks),
-            (np.empty(0, storage.LOOP_DTYPES[gcode]),))
-
-
-#: A closure's jit options: no on-disk cache.
-_NO_CACHE = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}
+        for start in range(begin, end, BLOCK):
+            stop = min(start + BLOCK, end)
+            # Each element's terms (no dependence between elements: vectorized), then
+            # their sums (a separate function that may reassociate: see _block_sums).
+            for i in range(start, stop):
+                scaled = _grad(variant, g[i]) * scale
+                above = low if low > scaled else scaled
+                gi = limit if limit < above else above
+                pi = _param(variant, p[i], x[i] if master else x_none)
+                ta, tb = _terms(variant, pi, gi, _slot(variant, 0, s0, i) if ns > 0 else zero,
+                                _slot(variant, 1, s1, i) if ns > 1 else zero,
+                                _slot(variant, 2, s2, i) if ns > 2 else zero,
+                                _slot(variant, 3, s3, i) if ns > 3 else zero, k)
+                terms_a[i - start] = np.float64(ta)
+                terms_b[i - start] = np.float64(tb)
+            da, db = _block_sums(terms_a, terms_b, stop - start)
+            a += da
+            b += db
+        out[0, w] = a
+        out[1, w] = b
+    return out
 
 
 @functools.lru_cache(maxsize=None)
 def _kernel(spec, flags: tuple, codes: tuple, mode: int):
-    """The parallel chunk sums of ``spec``'s reduction for variant ``flags`` on storage
-    ``codes`` in ``mode``: ``(table, items, n_tensors, table_slots, chunk, k, likes) ->
-    (MAX_REDUCTIONS, items) float64`` (without ``k`` for the grads as stored). The rule,
-    storage and mode are constants of it."""
+    """(variant, likes, slots, master): what :func:`_chunks` (or, for a rule of the grads
+    as stored, :func:`_stored_chunks`) takes besides the table, for ``spec``'s reduction of
+    variant ``flags`` on storage ``codes`` in ``mode``."""
+    variant = SpecVariant(spec, flags, codes, mode)
     if spec.reductions.grads_as_stored:
-        return _grads_kernel(spec, flags, codes[1])
-    terms = inlined(reduction_rule(spec, flags))
-    ns, master = len(spec.slots(flags)), mode in WITH_SLOT
-    pcode, gcode, scode = codes
-    get_p = _param_io(mode, pcode)[0]
-    load_g, load_s = storage.load(gcode), storage.load(scode)
-    p_dtype, _, s_dtype, x_dtype, compute = loop_dtypes(codes, mode)
-    zero, x_none = compute(0), x_dtype(0)
-    # The two accumulators and four carried slots below.
-    assert MAX_REDUCTIONS == 2 and MAX_SLOTS == 4, "reduce.py carries 2 sums and 4 slots"
-
-    def chunks(table, items, n_tensors, table_slots, chunk, k, p_like, g_like, s_like,
-               x_like):
-        sizes0 = (2 + table_slots) * n_tensors
-        scales = table[(3 + table_slots) * n_tensors: (4 + table_slots) * n_tensors]
-        limits = table[(4 + table_slots) * n_tensors: (5 + table_slots) * n_tensors]
-        scales, limits = scales.view(np.float64), limits.view(np.float64)
-        # Every entry is written below (np.zeros would be a parallel loop of its own).
-        out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
-        for w in prange(items.shape[0]):
-            item = items[w]
-            t = item >> 32
-            n = table[sizes0 + t]
-            begin = (item & 0xFFFFFFFF) * chunk
-            end = min(begin + chunk, n)
-            p = carray(_pointer(table[t], p_like), n)
-            g = carray(_pointer(table[n_tensors + t], g_like), n)
-            s0 = carray(_pointer(table[2 * n_tensors + t] if ns > 0 else 0, s_like),
-                        n if ns > 0 else 0)
-            s1 = carray(_pointer(table[3 * n_tensors + t] if ns > 1 else 0, s_like),
-                        n if ns > 1 else 0)
-            s2 = carray(_pointer(table[4 * n_tensors + t] if ns > 2 else 0, s_like),
-                        n if ns > 2 else 0)
-            s3 = carray(_pointer(table[5 * n_tensors + t] if ns > 3 else 0, s_like),
-                        n if ns > 3 else 0)
-            x = carray(_pointer(table[(2 + ns) * n_tensors + t] if master else 0, x_like),
-                       n if master else 0)
-            scale, limit = compute(scales[t]), compute(limits[t])
-            low = -limit
-            terms_a = np.empty(BLOCK, np.float64)
-            terms_b = np.empty(BLOCK, np.float64)
-            a = 0.0
-            b = 0.0
-            for start in range(begin, end, BLOCK):
-                stop = min(start + BLOCK, end)
-                # Each element's terms (no dependence between elements: vectorized), then
-                # their sums (a separate function that may reassociate: see _block_sums).
-                for i in range(start, stop):
-                    scaled = load_g(g[i]) * scale
-                    above = low if low > scaled else scaled
-                    gi = limit if limit < above else above
-                    pi = get_p(p[i], x[i] if master else x_none)
-                    ta, tb = terms(pi, gi, load_s(s0[i]) if ns > 0 else zero,
-                                   load_s(s1[i]) if ns > 1 else zero,
-                                   load_s(s2[i]) if ns > 2 else zero,
-                                   load_s(s3[i]) if ns > 3 else zero, zero, k)
-                    terms_a[i - start] = np.float64(ta)
-                    terms_b[i - start] = np.float64(tb)
-                da, db = _block_sums(terms_a, terms_b, stop - start)
-                a += da
-                b += db
-            out[0, w] = a
-            out[1, w] = b
-        return out
-
-    likes = (np.empty(0, p_dtype), np.empty(0, storage.LOOP_DTYPES[gcode]),
+        return variant, (np.empty(0, storage.LOOP_DTYPES[codes[1]]),), 0, False
+    p_dtype, _, s_dtype, x_dtype, _ = loop_dtypes(codes, mode)
+    if codes[2] in storage.QUANTIZED:
+        s_dtype = np.uint8
+    likes = (np.empty(0, p_dtype), np.empty(0, storage.LOOP_DTYPES[codes[1]]),
              np.empty(0, s_dtype), np.empty(0, x_dtype))
-    return njit(parallel=True, **_NO_CACHE)(chunks), likes
+    return variant, likes, np.int64(len(spec.slots(flags))), mode in WITH_SLOT
 
 
 def stored_sums(spec, flags: tuple, grad_code: int, table: np.ndarray, n_tensors: int,
@@ -177,9 +287,16 @@ def stored_sums(spec, flags: tuple, grad_code: int, table: np.ndarray, n_tensors
     read."""
     start = rows(table_slots, n_tensors)["sizes"]
     items = work_items(table[start: start + n_tensors], chunk)
-    kernel, likes = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
-    return per_tensor(kernel(table, items, n_tensors, table_slots, chunk, *likes), items,
-                      n_tensors)
+    return per_tensor(stored_partial(spec, flags, grad_code, table, items, n_tensors,
+                                     table_slots, chunk), items, n_tensors)
+
+
+def stored_partial(spec, flags: tuple, grad_code: int, table: np.ndarray, items: np.ndarray,
+                   n_tensors: int, table_slots: int, chunk: int) -> np.ndarray:
+    """(MAX_REDUCTIONS, items) float64: the chunk sums of :func:`stored_sums`, one column
+    per work item of ``items``, before they are added per tensor."""
+    variant, likes, _, _ = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
+    return _stored_chunks(variant, table, items, n_tensors, table_slots, chunk, *likes)
 
 
 def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,
@@ -189,8 +306,9 @@ def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,
     type."""
     start = rows(table_slots, n_tensors)["sizes"]
     items = work_items(table[start: start + n_tensors], chunk)
-    kernel, likes = _kernel(spec, tuple(flags), tuple(codes), int(mode))
-    partial = kernel(table, items, n_tensors, table_slots, chunk, k, *likes)
+    variant, likes, ns, master = _kernel(spec, tuple(flags), tuple(codes), int(mode))
+    partial = _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k,
+                      *likes)
     return per_tensor(partial, items, n_tensors)
 
 
