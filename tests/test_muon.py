@@ -237,13 +237,13 @@ def test_bfloat16_numpy_params_step_as_the_same_torch_tensors():
 
 def test_a_kept_workspace_gives_what_fresh_buffers_give_and_leaves_the_stack():
     """The transform's buffers are kept across steps (fusedopt/backends/matmul.py): a second
-    call, and a call on another shape, give each matrix's own result, and the stack it reads
-    is left as it was (the normalization divides a converted copy, even in the stack's own
-    dtype)."""
+    call, and calls on larger and smaller stacks, give each matrix's own result, and the
+    stack it reads is left as it was (the normalization divides a converted copy, even in
+    the stack's own dtype)."""
     hp = {**muon_algorithm.MUON.defaults()}
     rng = np.random.default_rng(1)
     workspace, arrays = {}, {}
-    for shape in ((3, 24, 8), (3, 24, 8), (2, 16, 40)):
+    for shape in ((3, 24, 8), (3, 24, 8), (2, 16, 40), (2, 5, 7)):
         stack = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
         before = stack.clone()
         kept = muon_algorithm.newton_schulz(TorchOps(workspace), stack, hp, "torch").clone()

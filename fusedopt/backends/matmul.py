@@ -7,15 +7,18 @@ an algorithm writes its iteration once (fusedopt/algorithms/muon.py) and one bat
 product per operation covers every matrix of a shape.
 
 An operation given ``into`` (a name) writes its result into that buffer of the namespace's
-workspace (a dict, made once per stack by the engine and kept across steps) instead of a
-new array: a buffer is allocated on first use and whenever the shape or dtype asked
-changes. Its result is the buffer itself, so an iteration names two alternating buffers
-for a value it reads while writing the next one. The results are the same values as the
-allocating calls' (the same library call, with ``out=``).
+workspace (a dict the engine keeps across steps, one for all the stacks of a group)
+instead of a new array. A buffer is one flat array per name, grown when a call needs more
+than it holds (or another dtype), and each call takes a view of its first elements: the
+memory kept is that of the largest stack, not of every stack. Its result is the buffer
+itself, valid until the next call that names it, so an iteration names two alternating
+buffers for a value it reads while writing the next one. The results are the same values
+as the allocating calls' (the same library call, with ``out=``).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -28,10 +31,11 @@ class _Workspace:
         self.workspace = {} if workspace is None else workspace
 
     def buffer(self, name: str, shape, dtype):
-        buf = self.workspace.get(name)
-        if buf is None or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype:
-            buf = self.workspace[name] = self._empty(tuple(shape), dtype)
-        return buf
+        size = math.prod(shape)
+        flat = self.workspace.get(name)
+        if flat is None or flat.shape[0] < size or flat.dtype != dtype:
+            flat = self.workspace[name] = self._empty((size,), dtype)
+        return flat[:size].reshape(tuple(shape))
 
 
 class TorchOps(_Workspace):
