@@ -45,9 +45,11 @@ def _read_sum(a, b, c, d, chunk):
     chunks = -(-n // chunk)
     out = np.zeros(chunks)
     for k in prange(chunks):
+        lo, hi = k * chunk, min(n, (k + 1) * chunk)
+        ca, cb, cc, cd = a[lo:hi], b[lo:hi], c[lo:hi], d[lo:hi]
         acc = 0.0
-        for i in range(k * chunk, min(n, (k + 1) * chunk)):
-            acc += np.float64(a[i] + b[i] + c[i] + d[i])
+        for i in range(hi - lo):  # indices from 0: vector loads (see _read_sum2)
+            acc += np.float64(ca[i] + cb[i] + cc[i] + cd[i])
         out[k] = acc
     return out.sum()
 
@@ -58,9 +60,13 @@ def _read_sum2(a, b, chunk):
     chunks = -(-n // chunk)
     out = np.zeros(chunks)
     for k in prange(chunks):
+        lo, hi = k * chunk, min(n, (k + 1) * chunk)
+        ca, cb = a[lo:hi], b[lo:hi]
         acc = 0.0
-        for i in range(k * chunk, min(n, (k + 1) * chunk)):
-            acc += np.float64(a[i] + b[i])
+        # Each chunk indexed from 0: an index not known to be >= 0 makes Numba wrap
+        # negative ones, and the loop's loads become per-lane gathers.
+        for i in range(hi - lo):
+            acc += np.float64(ca[i] + cb[i])
         out[k] = acc
     return out.sum()
 

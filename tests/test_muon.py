@@ -233,3 +233,27 @@ def test_bfloat16_numpy_params_step_as_the_same_torch_tensors():
     for a, t in zip(arrays, tensors):
         np.testing.assert_array_equal(a.view(np.uint16),
                                       t.detach().view(torch.int16).numpy().view(np.uint16))
+
+
+def test_a_kept_workspace_gives_what_fresh_buffers_give_and_leaves_the_stack():
+    """The transform's buffers are kept across steps (fusedopt/backends/matmul.py): a second
+    call, and calls on larger and smaller stacks, give each matrix's own result, and the
+    stack it reads is left as it was (the normalization divides a converted copy, even in
+    the stack's own dtype)."""
+    hp = {**muon_algorithm.MUON.defaults()}
+    rng = np.random.default_rng(1)
+    workspace, arrays = {}, {}
+    for shape in ((3, 24, 8), (3, 24, 8), (2, 16, 40), (2, 5, 7)):
+        stack = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        before = stack.clone()
+        kept = muon_algorithm.newton_schulz(TorchOps(workspace), stack, hp, "torch").clone()
+        for i in range(shape[0]):
+            single = torch.optim._muon._zeropower_via_newtonschulz(
+                stack[i], muon_algorithm.COEFFICIENTS, 5, 1e-7)
+            assert torch.equal(kept[i], single)
+        keras = muon_algorithm.newton_schulz(ArrayOps(np, arrays), stack.numpy(), hp, "keras")
+        for i in range(shape[0]):
+            one = reference.newton_schulz(stack[i].numpy().astype(np.float64),
+                                          *muon_algorithm.COEFFICIENTS, 5, 1e-7, keras=True)
+            np.testing.assert_allclose(keras[i], one, rtol=1e-4, atol=1e-5)
+        assert torch.equal(stack, before)

@@ -181,25 +181,34 @@ def transform_dtype(convention: str, dtype: str) -> str:
 
 def newton_schulz(ops, stack, hp, convention):
     """Each matrix of ``stack`` (count, rows, cols) orthogonalized: the normalization, then
-    ``ns_steps`` quintic iterations, every product one batched call of ``ops``."""
+    ``ns_steps`` quintic iterations, every product one batched call of ``ops``. The values
+    live in the workspace of ``ops`` (fusedopt/backends/matmul.py): the update converted
+    once and normalized in place, then each iteration's products in named buffers, ``X``
+    alternating between two (a product never writes what it reads); the result is the last
+    of them, valid until the next call with the same workspace."""
     a, b, c = (float(hp[n]) for n in ("muon_a", "muon_b", "muon_c"))
     tall = stack.shape[-2] > stack.shape[-1]
-    x = ops.cast(stack, transform_dtype(convention, str(stack.dtype).replace("torch.", "")))
+    x = ops.cast(stack, transform_dtype(convention, str(stack.dtype).replace("torch.", "")),
+                 into="u")
     if tall:
         x = ops.transposed(x)
     if convention == "torch":
-        x = x / ops.at_least(ops.norms(x), float(hp["epsilon"]))
-        for _ in range(int(hp["ns_steps"])):
-            gram = ops.mm(x, ops.transposed(x))
-            poly = ops.add_mm(gram, gram, gram, beta=b, alpha=c)
-            x = ops.add_mm(x, poly, x, beta=a)
+        x = ops.divide(x, ops.at_least(ops.norms(x), float(hp["epsilon"])))
+        for i in range(int(hp["ns_steps"])):
+            gram = ops.mm(x, ops.transposed(x), into="gram")
+            poly = ops.add_mm(gram, gram, gram, beta=b, alpha=c, into="poly")
+            x = ops.add_mm(x, poly, x, beta=a, into=_X[i % 2])
     else:
-        x = x / (ops.norms(x) + KERAS_NORM_EPS)
+        x = ops.divide(x, ops.norms(x) + KERAS_NORM_EPS)
         for _ in range(int(hp["ns_steps"])):
-            gram = ops.mm(x, ops.transposed(x))
+            gram = ops.mm(x, ops.transposed(x), into="gram")
             poly = b * gram + ops.mm(c * gram, gram)
             x = a * x + ops.mm(poly, x)
     return ops.transposed(x) if tall else x
+
+
+#: The two buffers the iterations' ``X`` alternates between.
+_X = ("x0", "x1")
 
 
 def step_sizes(hp, shape, convention, k):

@@ -5,25 +5,59 @@ on the CPU through torch or NumPy, cuBLAS through torch or CuPy). :func:`ops_for
 small namespace of batched operations over a stack of matrices (count, rows, cols), so that
 an algorithm writes its iteration once (fusedopt/algorithms/muon.py) and one batched
 product per operation covers every matrix of a shape.
+
+An operation given ``into`` (a name) writes its result into that buffer of the namespace's
+workspace (a dict the engine keeps across steps, one for all the stacks of a group)
+instead of a new array. A buffer is one flat array per name, grown when a call needs more
+than it holds (or another dtype), and each call takes a view of its first elements: the
+memory kept is that of the largest stack, not of every stack. Its result is the buffer
+itself, valid until the next call that names it, so an iteration names two alternating
+buffers for a value it reads while writing the next one. The results are the same values
+as the allocating calls' (the same library call, with ``out=``).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
 
 
-class TorchOps:
+class _Workspace:
+    """The named buffers of a namespace (see the module's docstring)."""
+
+    def __init__(self, workspace: dict | None):
+        self.workspace = {} if workspace is None else workspace
+
+    def buffer(self, name: str, shape, dtype):
+        size = math.prod(shape)
+        flat = self.workspace.get(name)
+        if flat is None or flat.shape[0] < size or flat.dtype != dtype:
+            flat = self.workspace[name] = self._empty((size,), dtype)
+        return flat[:size].reshape(tuple(shape))
+
+
+class TorchOps(_Workspace):
     """Batched matrix operations on torch tensors (``bmm``/``baddbmm``: one call per
     operation for the whole stack)."""
 
-    def __init__(self):
+    def __init__(self, workspace: dict | None = None):
         import torch
         self.torch = torch
+        super().__init__(workspace)
 
-    def cast(self, x, dtype: str):
-        return x.to(getattr(self.torch, dtype))
+    def _empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=dtype)
+
+    def cast(self, x, dtype: str, into: str):
+        """``x`` converted to ``dtype``, always a copy (the buffer ``into``)."""
+        out = self.buffer(into, x.shape, getattr(self.torch, dtype))
+        return out.copy_(x)
+
+    def divide(self, x, d):
+        """``x / d`` in place (``x`` a buffer of the workspace)."""
+        return x.div_(d)
 
     def transposed(self, x):
         return x.transpose(-2, -1)
@@ -35,12 +69,18 @@ class TorchOps:
     def at_least(self, x, low: float):
         return x.clamp(min=low)
 
-    def mm(self, a, b):
-        return self.torch.bmm(a, b)
+    def mm(self, a, b, into: str | None = None):
+        if into is None:
+            return self.torch.bmm(a, b)
+        out = self.buffer(into, (a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+        return self.torch.bmm(a, b, out=out)
 
-    def add_mm(self, c, a, b, beta: float, alpha: float = 1.0):
+    def add_mm(self, c, a, b, beta: float, alpha: float = 1.0, into: str | None = None):
         """``beta * c + alpha * (a @ b)`` in one call (torch's ``baddbmm``)."""
-        return self.torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
+        if into is None:
+            return self.torch.baddbmm(c, a, b, beta=beta, alpha=alpha)
+        out = self.buffer(into, c.shape, c.dtype)
+        return self.torch.baddbmm(c, a, b, beta=beta, alpha=alpha, out=out)
 
     def wrap(self, stack):
         return stack
@@ -49,15 +89,24 @@ class TorchOps:
         stack.copy_(result)
 
 
-class ArrayOps:
+class ArrayOps(_Workspace):
     """Batched matrix operations on NumPy or CuPy arrays (``matmul`` on a stack: BLAS or
     cuBLAS batched products)."""
 
-    def __init__(self, xp):
+    def __init__(self, xp, workspace: dict | None = None):
         self.xp = xp
+        super().__init__(workspace)
 
-    def cast(self, x, dtype: str):
-        return x.astype(dtype)
+    def _empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype)
+
+    def cast(self, x, dtype: str, into: str):
+        out = self.buffer(into, x.shape, np.dtype(dtype))
+        out[...] = x
+        return out
+
+    def divide(self, x, d):
+        return self.xp.divide(x, d, out=x)
 
     def transposed(self, x):
         return self.xp.swapaxes(x, -2, -1)
@@ -68,12 +117,20 @@ class ArrayOps:
     def at_least(self, x, low: float):
         return self.xp.maximum(x, x.dtype.type(low))
 
-    def mm(self, a, b):
-        return self.xp.matmul(a, b)
+    def mm(self, a, b, into: str | None = None):
+        if into is None:
+            return self.xp.matmul(a, b)
+        out = self.buffer(into, (a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+        return self.xp.matmul(a, b, out=out)
 
-    def add_mm(self, c, a, b, beta: float, alpha: float = 1.0):
+    def add_mm(self, c, a, b, beta: float, alpha: float = 1.0, into: str | None = None):
         t = c.dtype.type
-        return t(beta) * c + t(alpha) * self.xp.matmul(a, b)
+        if into is None:
+            return t(beta) * c + t(alpha) * self.xp.matmul(a, b)
+        out = self.mm(a, b, into)
+        out *= t(alpha)
+        out += t(beta) * c
+        return out
 
     def wrap(self, stack):
         return stack
@@ -93,12 +150,12 @@ class TorchOnArrays(TorchOps):
         return self.torch.from_numpy(stack)
 
 
-def ops_for(stack, dtype: str):
+def ops_for(stack, dtype: str, workspace: dict | None = None):
     """The operations for ``stack`` (a torch tensor, NumPy or CuPy array) when its matrices
-    are transformed in ``dtype``."""
+    are transformed in ``dtype``; ``workspace``: the stack's buffers, kept across steps."""
     module = type(stack).__module__.split(".")[0]
     if module == "torch":
-        return TorchOps()
+        return TorchOps(workspace)
     if dtype == "bfloat16":
         if module != "numpy":
             raise ValueError("a bfloat16 matrix transform of CuPy arrays needs torch's "
@@ -111,8 +168,8 @@ def ops_for(stack, dtype: str):
                 raise ValueError("a bfloat16 matrix transform (torch's Muon convention) "
                                  "needs torch installed: NumPy has no bfloat16 matmul; "
                                  "install torch or use convention='keras'") from None
-        return TorchOnArrays()
-    return ArrayOps(np if module == "numpy" else _cupy())
+        return TorchOnArrays(workspace)
+    return ArrayOps(np if module == "numpy" else _cupy(), workspace)
 
 
 def _cupy():

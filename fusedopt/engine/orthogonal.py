@@ -9,7 +9,8 @@ For each launch group (fusedopt/engine/launches.py):
    group's scratch), so the pass writes the stacks directly;
 2. the transform (the algorithm's Newton-Schulz), one per stack: every product is one
    batched matmul of the array library over all the tensors of that shape
-   (fusedopt/backends/matmul.py); its result is stored back into the stack;
+   (fusedopt/backends/matmul.py), in buffers the group keeps across steps (its
+   workspace, sized to its largest stack); its result is stored back into the stack;
 3. the weight pass, the backend's element loop again: reads each param and its matrix of
    the stack as the "grad", with one row of scalars per tensor (the step's, then the
    shape-dependent step size), and writes the param.
@@ -58,7 +59,8 @@ def matrix_phase(engine, plan, positions, work, scales, cache) -> None:
                               step=t)
             for stack in passes.stacks:
                 ops = ops_for(stack, matrix.dtype(engine.convention,
-                                                  kind_of(stack).dtype(stack)))
+                                                  kind_of(stack).dtype(stack)),
+                              passes.workspace)
                 x = ops.wrap(stack)
                 ops.store(x, matrix.transform(ops, x, hp, engine.convention))
             rows = _tensor_rows(spec, row, hp, engine.convention, passes.shapes)
@@ -103,7 +105,8 @@ class _Passes:
     order: a tensor's update has its param's layout (the element passes pair element k of
     each operand in memory), so a transposed (Fortran-ordered) param's matrix is the
     transpose of a row of a stack of (cols, rows) matrices. ``stacks`` holds each stack as
-    (count, rows, cols) matrices, a view for those."""
+    (count, rows, cols) matrices, a view for those; ``workspace`` the transform's buffers,
+    shared by the stacks, one transformed after the other (fusedopt/backends/matmul.py)."""
 
     def __init__(self, backend, launch):
         group = launch.group
@@ -114,6 +117,7 @@ class _Passes:
             by_layout.setdefault((kind.shape(p), fortran), []).append(i)
         self.shapes = [kind_of(p).shape(p) for p in group.params]
         self.stacks, self.updates = [], [None] * len(group.params)
+        self.workspace: dict = {}
         # the updates in the state's float dtype (float32 beside quantized momentum)
         st = group.storage
         floats = Storage(st.param, st.grad, st.slot_dtype(None), st.mode)

@@ -85,13 +85,22 @@ def _param(variant, pv, xv):
     """The param's compute value from its stored element and its master-slot element."""
 
 
-def _slot(variant, j, s, i):
-    """Element ``i`` of slot ``j`` of a tensor, ``s`` its array (its buffer of blocks, for
-    quantized state: ``map[code] * absmax``, fusedopt/memory/quant.py)."""
+def _slot_run(variant, s, start, stop):
+    """What :func:`_slot` reads elements ``start`` .. ``stop`` of a slot from: its float
+    elements there, or (quantized) its whole buffer of blocks."""
+
+
+def _slot(variant, j, run, start, i):
+    """Element ``start + i`` of slot ``j`` of a tensor from ``run`` (:func:`_slot_run`):
+    the stored float, or ``map[code] * absmax`` (fusedopt/memory/quant.py)."""
 
 
 def _compute(variant, x):
     """``x`` in the variant's compute type."""
+
+
+def _shape(variant):
+    """(the rule's slots, whether a master-slot follows them): constants of the variant."""
 
 
 def _master_zero(variant):
@@ -120,16 +129,24 @@ def _param_impl(variant, pv, xv):
     return lambda variant, pv, xv: get_p(pv, xv)
 
 
+@overload(_slot_run, inline="always")
+def _slot_run_impl(variant, s, start, stop):
+    if _parts(variant)[6]:
+        return lambda variant, s, start, stop: s
+    return lambda variant, s, start, stop: s[start:stop]
+
+
 @overload(_slot, inline="always")
-def _slot_impl(variant, j, s, i):
+def _slot_impl(variant, j, run, start, i):
     load_s, maps = _parts(variant)[3], _parts(variant)[6]
     if not maps:
-        return lambda variant, j, s, i: load_s(s[i])
+        return lambda variant, j, run, start, i: load_s(run[i])
     fmt = FORMAT_OF[variant.codes[2]]
     block, record, four = fmt.block, fmt.record, fmt.bits == 4
     m0, m1, m2, m3 = maps
 
-    def impl(variant, j, s, i):
+    def impl(variant, j, run, start, i):
+        s, i = run, start + i
         b = i // block
         base = b * record
         scale = bits_float(np.uint32(s[base]) | (np.uint32(s[base + 1]) << np.uint32(8))
@@ -150,6 +167,12 @@ def _slot_impl(variant, j, s, i):
 def _compute_impl(variant, x):
     kind = type(compute_zero(variant))
     return lambda variant, x: kind(x)
+
+
+@overload(_shape, inline="always")
+def _shape_impl(variant):
+    shape = _parts(variant)[4:6]
+    return lambda variant: shape
 
 
 @overload(_master_zero, inline="always")
@@ -206,8 +229,9 @@ def _stored_chunks(variant, table, items, n_tensors, table_slots, chunk, g_like)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k, p_like,
-            g_like, s_like, x_like):
+def _chunks(variant, table, items, n_tensors, table_slots, chunk, k, p_like, g_like, s_like,
+            x_like):
+    ns, master = _shape(variant)  # constants of the variant: LLVM drops the absent slots
     sizes0 = (2 + table_slots) * n_tensors
     scales = table[(3 + table_slots) * n_tensors: (4 + table_slots) * n_tensors]
     limits = table[(4 + table_slots) * n_tensors: (5 + table_slots) * n_tensors]
@@ -243,19 +267,25 @@ def _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k,
         b = 0.0
         for start in range(begin, end, BLOCK):
             stop = min(start + BLOCK, end)
+            # The block's elements from 0: every index is known to be >= 0, so no
+            # wraparound of negative indices (per-lane gathers): plain vector loads.
+            pb, gb, xb = p[start:stop], g[start:stop], x[start:stop]
+            b0, b1 = _slot_run(variant, s0, start, stop), _slot_run(variant, s1, start, stop)
+            b2, b3 = _slot_run(variant, s2, start, stop), _slot_run(variant, s3, start, stop)
             # Each element's terms (no dependence between elements: vectorized), then
             # their sums (a separate function that may reassociate: see _block_sums).
-            for i in range(start, stop):
-                scaled = _grad(variant, g[i]) * scale
+            for i in range(stop - start):
+                scaled = _grad(variant, gb[i]) * scale
                 above = low if low > scaled else scaled
                 gi = limit if limit < above else above
-                pi = _param(variant, p[i], x[i] if master else x_none)
-                ta, tb = _terms(variant, pi, gi, _slot(variant, 0, s0, i) if ns > 0 else zero,
-                                _slot(variant, 1, s1, i) if ns > 1 else zero,
-                                _slot(variant, 2, s2, i) if ns > 2 else zero,
-                                _slot(variant, 3, s3, i) if ns > 3 else zero, k)
-                terms_a[i - start] = np.float64(ta)
-                terms_b[i - start] = np.float64(tb)
+                pi = _param(variant, pb[i], xb[i] if master else x_none)
+                ta, tb = _terms(variant, pi, gi,
+                                _slot(variant, 0, b0, start, i) if ns > 0 else zero,
+                                _slot(variant, 1, b1, start, i) if ns > 1 else zero,
+                                _slot(variant, 2, b2, start, i) if ns > 2 else zero,
+                                _slot(variant, 3, b3, start, i) if ns > 3 else zero, k)
+                terms_a[i] = np.float64(ta)
+                terms_b[i] = np.float64(tb)
             da, db = _block_sums(terms_a, terms_b, stop - start)
             a += da
             b += db
@@ -266,18 +296,18 @@ def _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k,
 
 @functools.lru_cache(maxsize=None)
 def _kernel(spec, flags: tuple, codes: tuple, mode: int):
-    """(variant, likes, slots, master): what :func:`_chunks` (or, for a rule of the grads
-    as stored, :func:`_stored_chunks`) takes besides the table, for ``spec``'s reduction of
-    variant ``flags`` on storage ``codes`` in ``mode``."""
+    """(variant, likes): what :func:`_chunks` (or, for a rule of the grads as stored,
+    :func:`_stored_chunks`) takes besides the table, for ``spec``'s reduction of variant
+    ``flags`` on storage ``codes`` in ``mode``."""
     variant = SpecVariant(spec, flags, codes, mode)
     if spec.reductions.grads_as_stored:
-        return variant, (np.empty(0, storage.LOOP_DTYPES[codes[1]]),), 0, False
+        return variant, (np.empty(0, storage.LOOP_DTYPES[codes[1]]),)
     p_dtype, _, s_dtype, x_dtype, _ = loop_dtypes(codes, mode)
     if codes[2] in storage.QUANTIZED:
         s_dtype = np.uint8
     likes = (np.empty(0, p_dtype), np.empty(0, storage.LOOP_DTYPES[codes[1]]),
              np.empty(0, s_dtype), np.empty(0, x_dtype))
-    return variant, likes, np.int64(len(spec.slots(flags))), mode in WITH_SLOT
+    return variant, likes
 
 
 def stored_sums(spec, flags: tuple, grad_code: int, table: np.ndarray, n_tensors: int,
@@ -295,7 +325,7 @@ def stored_partial(spec, flags: tuple, grad_code: int, table: np.ndarray, items:
                    n_tensors: int, table_slots: int, chunk: int) -> np.ndarray:
     """(MAX_REDUCTIONS, items) float64: the chunk sums of :func:`stored_sums`, one column
     per work item of ``items``, before they are added per tensor."""
-    variant, likes, _, _ = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
+    variant, likes = _kernel(spec, tuple(flags), (grad_code,) * 3, 0)
     return _stored_chunks(variant, table, items, n_tensors, table_slots, chunk, *likes)
 
 
@@ -306,9 +336,8 @@ def tensor_sums(spec, flags: tuple, codes: tuple, mode: int, table: np.ndarray,
     type."""
     start = rows(table_slots, n_tensors)["sizes"]
     items = work_items(table[start: start + n_tensors], chunk)
-    variant, likes, ns, master = _kernel(spec, tuple(flags), tuple(codes), int(mode))
-    partial = _chunks(variant, table, items, n_tensors, table_slots, chunk, ns, master, k,
-                      *likes)
+    variant, likes = _kernel(spec, tuple(flags), tuple(codes), int(mode))
+    partial = _chunks(variant, table, items, n_tensors, table_slots, chunk, k, *likes)
     return per_tensor(partial, items, n_tensors)
 
 
