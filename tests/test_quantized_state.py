@@ -112,14 +112,14 @@ def test_inf_and_nan_grads_under_loss_scaling_change_nothing(fmt):
         assert all(np.array_equal(a, b) for a, b in zip(before, opt._engine.states[0]))
 
 
-#: Quantized state is refused for optimizers with per-tensor reductions (LAMB, StableAdamW,
-#: Adafactor); schedule-free's z (and the kept y) stay float32 beside it (``float_state``),
+#: Quantized state is refused for Adafactor (its second moment is already factored);
+#: schedule-free's z (and the kept y) stay float32 beside it (``float_state``),
 #: so schedule-free AdamW quantizes v and SGD nothing. A schedule-free switch is no
 #: optimizer of its own (it runs on its optimizer's storage). Muon's quantized momentum is
 #: checked against its float32 step on decoded state in tests/test_muon_quantized.py (its
 #: step is two passes around Newton-Schulz, which the float64 reference here has not).
 PASSES = {n for n, s in REGISTRY.items() if not s.public or s.matrix is not None}
-REFUSED = sorted(n for n, s in REGISTRY.items() if s.public and s.reductions is not None)
+REFUSED = sorted(n for n, s in REGISTRY.items() if s.public and s.factored is not None)
 assert not {"schedulefreeadamw", "schedulefreesgd"} & set(REFUSED)
 
 

@@ -147,8 +147,9 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
     named = spec.Scalars(*(compute(x) for x in row),
                          *(compute(0) for _ in spec.reductions.scalar_names))
     sums = []
+    signed = spec.signed_slots(flags) if st.quantized else ()
     for t in range(len(group.params)):
-        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute)
+        xp, work, g, state = _operands(group, grads, clip, t, n_slots, st, compute, signed)
         if spec.factored is not None:
             state = list(_estimated(spec, flags, group, t, g, state, named).values())
         copies = dict(zip(spec.slots(flags), (a.copy() for a in state)))  # never written

@@ -89,8 +89,9 @@ class HyperGroups:
                              "row and a column of floats per matrix, not one per element); "
                              "use state_dtype=None")
         why = None
-        if self.spec.reductions is not None:
-            why = "its per-tensor reductions read the state in a pass of their own"
+        if self.spec.reductions is not None and any(s.float_state for s in
+                                                    self.spec.slot_decls):
+            why = "its per-tensor reductions read coded slots only, and it has a float_state one"
         elif any(s.from_param and not s.float_state for s in self.spec.slot_decls):
             why = "a slot of it starts as the param, and is not declared float_state"
         if why is not None:

@@ -142,24 +142,20 @@ def _slot_impl(variant, j, run, start, i):
     if not maps:
         return lambda variant, j, run, start, i: load_s(run[i])
     fmt = FORMAT_OF[variant.codes[2]]
-    block, record, four = fmt.block, fmt.record, fmt.bits == 4
-    m0, m1, m2, m3 = maps
+    block, record, shift = fmt.block, fmt.record, fmt.bits == 4  # q4: two codes a byte
+    table = np.stack(maps)  # (slot, code) -> map value
 
     def impl(variant, j, run, start, i):
-        s, i = run, start + i
-        b = i // block
+        e = start + i
+        b = e // block
         base = b * record
-        scale = bits_float(np.uint32(s[base]) | (np.uint32(s[base + 1]) << np.uint32(8))
-                           | (np.uint32(s[base + 2]) << np.uint32(16))
-                           | (np.uint32(s[base + 3]) << np.uint32(24)))
-        at = i - b * block
-        if four:
-            byte = s[base + 4 + (at >> 1)]
-            code = (byte >> np.uint8(4)) if at & 1 else (byte & np.uint8(15))
-        else:
-            code = s[base + 4 + at]
-        values = m0 if j == 0 else (m1 if j == 1 else (m2 if j == 2 else m3))
-        return values[code] * scale
+        scale = bits_float(np.uint32(run[base]) | (np.uint32(run[base + 1]) << np.uint32(8))
+                           | (np.uint32(run[base + 2]) << np.uint32(16))
+                           | (np.uint32(run[base + 3]) << np.uint32(24)))
+        at = e - b * block
+        byte = run[base + 4 + (at >> shift)]
+        code = (byte >> np.uint8(4 * (at & shift))) & np.uint8(15 if shift else 255)
+        return table[j, code] * scale
     return impl
 
 
