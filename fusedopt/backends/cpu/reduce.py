@@ -49,8 +49,8 @@ def _block_sums(terms_a, terms_b, n):
     sa = 0.0
     sb = 0.0
     for i in range(n):
-        sa += terms_a[i]
-        sb += terms_b[i]
+        sa += np.float64(terms_a[i])
+        sb += np.float64(terms_b[i])
     return sa, sb
 
 
@@ -257,8 +257,10 @@ def _chunks(variant, table, items, n_tensors, table_slots, chunk, k, p_like, g_l
                    n if master else 0)
         scale, limit = _compute(variant, scales[t]), _compute(variant, limits[t])
         low = -limit
-        terms_a = np.empty(BLOCK, np.float64)
-        terms_b = np.empty(BLOCK, np.float64)
+        # The terms in the compute type, widened as they are summed (exactly: float32 to
+        # float64): the terms loop then runs at the compute type's vector width.
+        terms_a = np.empty(BLOCK, type(zero))
+        terms_b = np.empty(BLOCK, type(zero))
         a = 0.0
         b = 0.0
         for start in range(begin, end, BLOCK):
@@ -280,8 +282,8 @@ def _chunks(variant, table, items, n_tensors, table_slots, chunk, k, p_like, g_l
                                 _slot(variant, 1, b1, start, i) if ns > 1 else zero,
                                 _slot(variant, 2, b2, start, i) if ns > 2 else zero,
                                 _slot(variant, 3, b3, start, i) if ns > 3 else zero, k)
-                terms_a[i] = np.float64(ta)
-                terms_b[i] = np.float64(tb)
+                terms_a[i] = ta
+                terms_b[i] = tb
             da, db = _block_sums(terms_a, terms_b, stop - start)
             a += da
             b += db
