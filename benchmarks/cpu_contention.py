@@ -15,8 +15,8 @@ Contenders (all with torch's default threads):
 - ``fusedopt, spin 1k`` and ``spin 10k``: with ``GOMP_SPINCOUNT`` 1000 and 10000 (idle
   threads spin that many rounds, then sleep);
 - ``fusedopt, 1 thread``: with ``torch.set_num_threads(1)`` (which the step follows);
-- ``fusedopt, dynamic``: with ``numba.set_parallel_chunksize(1)``: the work items handed
-  out one at a time to whichever thread asks, instead of split in equal halves up front;
+- ``fusedopt, static``: with ``config.CPU_DYNAMIC_ITEMS = False``: the work items split in
+  equal halves up front, instead of handed out one at a time to whichever thread asks;
 - ``torch fused``: torch.optim.Adam(fused=True), torch's defaults;
 - ``torch fused, passive``: the same with ``OMP_WAIT_POLICY=passive``.
 
@@ -48,7 +48,7 @@ CONTENDERS = {
     "fusedopt, spin 1k": ("fusedopt", {"GOMP_SPINCOUNT": "1000"}),
     "fusedopt, spin 10k": ("fusedopt", {"GOMP_SPINCOUNT": "10000"}),
     "fusedopt, 1 thread": ("fusedopt", {"CONTENTION_THREADS": "1"}),
-    "fusedopt, dynamic": ("fusedopt", {"CONTENTION_CHUNKSIZE": "1"}),
+    "fusedopt, static": ("fusedopt", {"CONTENTION_STATIC": "1"}),
     "torch fused": ("torch", {}),
     "torch fused, passive": ("torch", {"OMP_WAIT_POLICY": "passive"}),
 }
@@ -64,9 +64,9 @@ def worker(kind: str, set_name: str) -> None:
 
     if os.environ.get("CONTENTION_THREADS"):
         torch.set_num_threads(int(os.environ["CONTENTION_THREADS"]))
-    if os.environ.get("CONTENTION_CHUNKSIZE"):
-        import numba
-        numba.set_parallel_chunksize(int(os.environ["CONTENTION_CHUNKSIZE"]))
+    if os.environ.get("CONTENTION_STATIC"):
+        from fusedopt import config
+        config.CPU_DYNAMIC_ITEMS = False
     torch.manual_seed(0)
     params = [torch.zeros(n, requires_grad=True) for n in SETS[set_name]]
     for p in params:
@@ -90,7 +90,7 @@ def _start(name: str, set_name: str):
     kind, env = CONTENDERS[name]
     full = dict(os.environ)
     for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "CONTENTION_THREADS",
-                "CONTENTION_CHUNKSIZE"):
+                "CONTENTION_STATIC"):
         full.pop(key, None)
     full.update(env)
     proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, set_name],

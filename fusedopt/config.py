@@ -28,6 +28,13 @@ CPU_THREADS = None
 #: faster at 2^18 elements, the pool 1.2x faster at 2^20).
 CPU_SERIAL_BELOW = 1 << 19
 
+#: A parallel CPU step hands its work items out one at a time to whichever thread asks
+#: (Numba's chunk size 1), so that a thread paused by the OS scheduler on a shared core
+#: leaves its items to the running one (benchmarks/RESULTS.md, "Work items handed out one at
+#: a time"). False: Numba's static split, equal halves up front (1% faster on cores of
+#: its own, 8-15% slower on shared ones).
+CPU_DYNAMIC_ITEMS = True
+
 #: Steps that need only the plan, the scalars and the launches (no loss scale, clipping by
 #: norm, reductions or averages, decided on the host) skip the other phases' calls
 #: (fusedopt/engine/plain.py). False: every step runs every phase, for comparing the two.

@@ -153,3 +153,28 @@ def test_a_started_layer_keeps_its_wait_policy():
     code = _WAIT_PROBE.replace("import fusedopt\n", "import numba\nnumba.get_num_threads()\n"
                                "import fusedopt\n")
     assert _fresh(code) == {}
+
+
+def test_work_items_handed_out_one_at_a_time_give_the_same_bits_and_restore_the_callers(
+        monkeypatch):
+    """config.CPU_DYNAMIC_ITEMS: the pool's threads take the work items one at a time
+    (Numba's chunk size 1) for the step only; the caller's own chunk size is set back, and
+    the bits are those of the static split."""
+    monkeypatch.setattr(config, "CPU_SERIAL_BELOW", 0)
+    rng = np.random.default_rng(3)
+    start = [rng.standard_normal(n).astype(np.float32) for n in (300_000, 70_001, 5)]
+    grads = [rng.standard_normal(p.size).astype(np.float32) for p in start]
+    out = []
+    for dynamic in (True, False):
+        monkeypatch.setattr(config, "CPU_DYNAMIC_ITEMS", dynamic)
+        params = [p.copy() for p in start]
+        before = numba.set_parallel_chunksize(7)
+        try:
+            opt = fusedopt.Adam(learning_rate=0.01)
+            for _ in range(2):
+                opt.apply_gradients(list(zip(grads, params)))
+            assert numba.get_parallel_chunksize() == 7
+        finally:
+            numba.set_parallel_chunksize(before)
+        out.append(params)
+    assert all(np.array_equal(a, b) for a, b in zip(*out))

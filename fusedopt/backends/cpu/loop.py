@@ -39,12 +39,13 @@ import functools
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, prange, set_parallel_chunksize, types
 from numba.core.extending import (
     intrinsic,
     overload,
 )
 
+from ... import config
 from ...constants import MAX_SLOTS, STOCHASTIC
 from . import random_bits
 from ._cache import JIT_OPTIONS
@@ -352,7 +353,14 @@ def run(variant, table, n_tensors, chunk, scalars, step, spans=None):
     """
     scalars = _rows(scalars)
     span = (spans or span_function)(variant, scalars.shape[1])
-    _run_parallel(span.address, table, n_tensors, chunk, variant.geometry, scalars, step)
+    # Work items handed out one at a time to whichever thread asks (config.CPU_DYNAMIC_ITEMS).
+    # Numba's setting is per calling thread; set here rather than inside the jitted loop,
+    # which could then not be cached.
+    before = set_parallel_chunksize(1 if config.CPU_DYNAMIC_ITEMS else 0)
+    try:
+        _run_parallel(span.address, table, n_tensors, chunk, variant.geometry, scalars, step)
+    finally:
+        set_parallel_chunksize(before)
 
 
 def run_serial(variant, table, n_tensors, chunk, scalars, step, spans=None):
