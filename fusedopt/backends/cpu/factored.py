@@ -139,16 +139,23 @@ def _factor_sums(variant, g_addr, like, B, R, C, rb, scale, limit, k, rows, cols
                 cols[b * C + j] += partial[b * blocks + blk, j]
 
 
+@njit(**_INLINE)
+def _operands(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R, C, chunk):
+    """A tensor's param, grad, row and column factors (factored) or full moment (not), and
+    its work items: a row each (factored), or a chunk each."""
+    return (carray(_pointer(p_addr, like), n), carray(_pointer(g_addr, like), n),
+            carray(_pointer(r_addr, like), B * R if factored else 0),
+            carray(_pointer(c_addr, like), B * C if factored else 0),
+            carray(_pointer(v_addr, like), 0 if factored else n),
+            B * R if factored else (n + chunk - 1) // chunk)
+
+
 @njit(parallel=True, **JIT_OPTIONS)
 def _reduce_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R,
                  C, chunk, m, scale, limit, k):
     """Each row's (or chunk's) float64 sums of the reduction terms."""
-    p = carray(_pointer(p_addr, like), n)
-    g = carray(_pointer(g_addr, like), n)
-    r = carray(_pointer(r_addr, like), B * R if factored else 0)
-    c = carray(_pointer(c_addr, like), B * C if factored else 0)
-    v = carray(_pointer(v_addr, like), 0 if factored else n)
-    items = B * R if factored else (n + chunk - 1) // chunk
+    p, g, r, c, v, items = _operands(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored,
+                                     n, B, R, C, chunk)
     out = np.zeros((2, items), np.float64)
     for item in prange(items):
         start = item * C if factored else item * chunk
@@ -178,12 +185,8 @@ def _reduce_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factored
 @njit(parallel=True, **JIT_OPTIONS)
 def _element_pass(variant, p_addr, g_addr, r_addr, c_addr, v_addr, like, factored, n, B, R,
                   C, chunk, m, scale, limit, k):
-    p = carray(_pointer(p_addr, like), n)
-    g = carray(_pointer(g_addr, like), n)
-    r = carray(_pointer(r_addr, like), B * R if factored else 0)
-    c = carray(_pointer(c_addr, like), B * C if factored else 0)
-    v = carray(_pointer(v_addr, like), 0 if factored else n)
-    items = B * R if factored else (n + chunk - 1) // chunk
+    p, g, r, c, v, items = _operands(p_addr, g_addr, r_addr, c_addr, v_addr, like, factored,
+                                     n, B, R, C, chunk)
     for item in prange(items):
         start = item * C if factored else item * chunk
         stop = start + C if factored else min(n, start + chunk)

@@ -188,6 +188,15 @@ def _slot_length_impl(variant, n):
         0 if n % block == 0 else 4 + (n % block + per_byte - 1) // per_byte)
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _item(table, item, sizes0, chunk):
+    """(tensor, its elements, first and stop element) of work item ``item`` of a table."""
+    t = item >> 32
+    n = table[sizes0 + t]
+    begin = (item & 0xFFFFFFFF) * chunk
+    return t, n, begin, min(begin + chunk, n)
+
+
 @njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
 def _stored_span_sums(variant, g):
     """Sums of a rule of the grads as stored (``grads_as_stored``) over ``g``: each grad
@@ -214,11 +223,7 @@ def _stored_chunks(variant, table, items, n_tensors, table_slots, chunk, g_like)
     # Every entry is written below (np.zeros would be a parallel loop of its own).
     out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
     for w in prange(items.shape[0]):
-        item = items[w]
-        t = item >> 32
-        n = table[sizes0 + t]
-        begin = (item & 0xFFFFFFFF) * chunk
-        end = min(begin + chunk, n)
+        t, n, begin, end = _item(table, items[w], sizes0, chunk)
         g = carray(_pointer(table[n_tensors + t], g_like), n)[begin:end]
         out[0, w], out[1, w] = _stored_span_sums(variant, g)
     return out
@@ -237,11 +242,7 @@ def _chunks(variant, table, items, n_tensors, table_slots, chunk, k, p_like, g_l
     # Every entry is written below (np.zeros would be a parallel loop of its own).
     out = np.empty((MAX_REDUCTIONS, items.shape[0]), np.float64)
     for w in prange(items.shape[0]):
-        item = items[w]
-        t = item >> 32
-        n = table[sizes0 + t]
-        begin = (item & 0xFFFFFFFF) * chunk
-        end = min(begin + chunk, n)
+        t, n, begin, end = _item(table, items[w], sizes0, chunk)
         slot_n = _slot_length(variant, n)
         p = carray(_pointer(table[t], p_like), n)
         g = carray(_pointer(table[n_tensors + t], g_like), n)
