@@ -100,9 +100,11 @@ def _averaging_weight(hp, step, convention):
     return weight / after["weight_sum"] if after["weight_sum"] != 0 else 0.0
 
 
-def _lerp_scalars(c):
-    """torch's lerp(a, b, c): a + c (b - a) below one half, else b - (b - a) (1 - c)."""
-    return {"c": c, "one_minus_c": 1.0 - c, "c_from_end": float(c >= 0.5)}
+def _lerp_scalars(c, one_minus_c=None):
+    """torch's lerp(a, b, c): a + c (b - a) below one half, else b - (b - a) (1 - c).
+    ``one_minus_c``: 1 - c where the caller has it exactly (default: computed)."""
+    return {"c": c, "one_minus_c": 1.0 - c if one_minus_c is None else one_minus_c,
+            "c_from_end": float(c >= 0.5)}
 
 
 #: The family's scalars (one struct in CUDA); each optimizer gives 0 for those it lacks.
@@ -338,8 +340,15 @@ SGD = declare(
 # --- the switch between y (train) and x (eval) -----------------------------------------------
 
 def scalars_switch(hp, step, convention):
+    """To eval: ``lerp(y, z, 1 - 1/beta_1)``; to train: ``lerp(x, z, 1 - beta_1)``. The
+    weights and their complements are written to round once: ``(beta_1 - 1) / beta_1`` and
+    ``1 / beta_1`` (``beta_1 - 1`` is exact), and ``beta_1`` itself. ``1 - 1/beta_1`` rounds
+    ``1/beta_1`` first, and for beta_1 within a few ulps of 1 that rounding is the whole
+    weight (twice it at 1 - 2**-53); ``1 - (1 - beta_1)`` loses beta_1's low bits."""
     b1 = float(hp["beta_1"])
-    return {**_UNUSED, **_lerp_scalars(1.0 - 1.0 / b1 if hp["to_eval"] else 1.0 - b1)}
+    if hp["to_eval"]:
+        return {**_UNUSED, **_lerp_scalars((b1 - 1.0) / b1, 1.0 / b1)}
+    return {**_UNUSED, **_lerp_scalars(1.0 - b1, b1)}
 
 
 def unfused_switch(xp, p, g, s, k, f):
