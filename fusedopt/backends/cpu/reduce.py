@@ -25,19 +25,20 @@ from numba.core.extending import overload
 from ... import config
 from ...algorithms.spec import MAX_REDUCTIONS
 from ...constants import MAX_SLOTS
-from ...memory.quant import qmap
 from ...memory.table import rows, work_items
 from . import storage
 from ._cache import JIT_OPTIONS
-from .codes import FORMAT_OF
+from .codes import FORMAT_OF, block_functions
 from .element import _param_io, _pointer
 from .rules import inlined, reduction_rule
 from .spec_variant import SpecVariant, compute_zero, spec_of
 from .storage import bits_float
-from .variant import WITH_SLOT, loop_dtypes
+from .variant import WITH_SLOT, loop_dtypes, specialize
 
 #: Elements whose terms are summed together (then added to the task's running sums).
 BLOCK = 1024
+# The kernels below carry two accumulators and four slots.
+assert MAX_REDUCTIONS == 2 and MAX_SLOTS == 4, "reduce.py carries 2 sums and 4 slots"
 
 
 @njit(fastmath=set(config.NORM_FASTMATH), **JIT_OPTIONS)
@@ -58,19 +59,18 @@ def _block_sums(terms_a, terms_b, n):
 
 @functools.lru_cache(maxsize=None)
 def _parts(variant):
-    """(terms, get_p, load_g, load_s, slots, master, quantized slot maps) of ``variant``
-    (a SpecType): what the kernels below read through it."""
+    """(terms, get_p, load_g, load_s, slots, master, decode) of ``variant`` (a SpecType):
+    what the kernels below read through it. ``decode``: for quantized state, the element
+    loop's decoding of a code (fusedopt/backends/cpu/codes.py), None for float state."""
     spec, flags = spec_of(variant), variant.flags
     pcode, gcode, scode = variant.codes
-    quantized = scode in storage.QUANTIZED
-    maps = ()
-    if quantized:  # the map of each slot (every slot of a reduction's optimizer is coded)
-        fmt = FORMAT_OF[scode]
-        maps = tuple(qmap(fmt.name, bool(sign)) for sign in spec.signed_slots(flags))
-        maps += (maps[0],) * (MAX_SLOTS - len(maps)) if maps else ()
+    decode = None
+    if scode in storage.QUANTIZED:  # the loop variant's maps, one per slot
+        decode = block_functions(specialize(spec, flags, variant.codes,
+                                            variant.mode)._numba_type_)[0]
     return (inlined(reduction_rule(spec, flags)), _param_io(variant.mode, pcode)[0],
-            storage.load(gcode), None if quantized else storage.load(scode),
-            len(spec.slots(flags)), variant.mode in WITH_SLOT, maps)
+            storage.load(gcode), None if decode else storage.load(scode),
+            len(spec.slots(flags)), variant.mode in WITH_SLOT, decode)
 
 
 def _terms(variant, p, g, s0, s1, s2, s3, k):
@@ -138,24 +138,20 @@ def _slot_run_impl(variant, s, start, stop):
 
 @overload(_slot, inline="always")
 def _slot_impl(variant, j, run, start, i):
-    load_s, maps = _parts(variant)[3], _parts(variant)[6]
-    if not maps:
+    load_s, decode = _parts(variant)[3], _parts(variant)[6]
+    if decode is None:
         return lambda variant, j, run, start, i: load_s(run[i])
     fmt = FORMAT_OF[variant.codes[2]]
-    block, record, shift = fmt.block, fmt.record, fmt.bits == 4  # q4: two codes a byte
-    table = np.stack(maps)  # (slot, code) -> map value
+    block, record = fmt.block, fmt.record
 
     def impl(variant, j, run, start, i):
         e = start + i
         b = e // block
-        base = b * record
+        base = b * record  # the block's record: its absmax (little-endian), then its codes
         scale = bits_float(np.uint32(run[base]) | (np.uint32(run[base + 1]) << np.uint32(8))
                            | (np.uint32(run[base + 2]) << np.uint32(16))
                            | (np.uint32(run[base + 3]) << np.uint32(24)))
-        at = e - b * block
-        byte = run[base + 4 + (at >> shift)]
-        code = (byte >> np.uint8(4 * (at & shift))) & np.uint8(15 if shift else 255)
-        return table[j, code] * scale
+        return decode(j, run[base + 4:], e - b * block, scale)
     return impl
 
 
@@ -182,10 +178,9 @@ def _slot_length_impl(variant, n):
     scode = variant.codes[2]
     if scode not in storage.QUANTIZED:
         return lambda variant, n: n
-    fmt = FORMAT_OF[scode]
-    block, record, per_byte = fmt.block, fmt.record, fmt.codes_per_byte
-    return lambda variant, n: (n // block) * record + (
-        0 if n % block == 0 else 4 + (n % block + per_byte - 1) // per_byte)
+    fmt = FORMAT_OF[scode]  # Format.nbytes: an absmax a block, then the codes
+    block, per_byte = fmt.block, fmt.codes_per_byte
+    return lambda variant, n: 4 * ((n + block - 1) // block) + (n + per_byte - 1) // per_byte
 
 
 @njit(inline="always", **JIT_OPTIONS)
