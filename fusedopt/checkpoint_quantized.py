@@ -42,7 +42,7 @@ def slots_of(engine, i) -> list:
 def slot_entry(name, s, fmt) -> dict:
     if fmt is None:
         return {"name": name, "dtype": _slot_dtype(s)}
-    return {"name": name, "dtype": fmt, "map": _quant.MAP_NAMES[0],
+    return {"name": name, "dtype": fmt, "map": _quant.FORMATS[fmt].map,
             "block": _quant.FORMATS[fmt].block}
 
 
@@ -53,6 +53,9 @@ def check_quantized(arrays: dict, key: str, slot: dict, shape) -> str | None:
     if slot.get("map") not in _quant.MAP_NAMES:
         return (f"{key} uses the map {slot.get('map')!r}; this version knows "
                 f"{list(_quant.MAP_NAMES)}")
+    if slot.get("map") != _quant.FORMATS[slot["dtype"]].map:
+        return (f"{key} says {slot['dtype']} with the map {slot.get('map')!r}; "
+                f"{slot['dtype']} keeps the {_quant.FORMATS[slot['dtype']].map!r} map")
     if slot.get("block") != _quant.FORMATS[slot["dtype"]].block:
         return (f"{key} has blocks of {slot.get('block')}, {slot['dtype']} has "
                 f"{_quant.FORMATS[slot['dtype']].block}")

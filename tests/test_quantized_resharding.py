@@ -182,7 +182,13 @@ def test_a_global_form_that_does_not_fit_is_refused_and_nothing_changes():
 
     bad = {**saved, "state": {**saved["state"], 0: {**saved["state"][0], "exp_avg": {
         **saved["state"][0]["exp_avg"], "format": torch.tensor([8, 64, 1])}}}}
-    assert "[8, 64, 1], not [bits, block, signed]" in _refused(opt2, bad)
+    assert "[8, 64, 1], not [bits, block, signed, map]" in _refused(opt2, bad)
+
+    # the map is part of the format: the dynamic map's blocks do not load as the power map's
+    power = {**saved, "param_groups": [{**saved["param_groups"][0],
+                                        "state_dtype": "q8-power"}]}
+    message = _refused(opt2, power)
+    assert "'exp_avg' is q8 state" in message and "state_dtype='q8-power'" in message
 
     sgd = fusedopt.torch.SGD(other.parameters(), lr=1e-2, momentum=0.9, state_dtype="q8")
     _train(other, sgd, 1)

@@ -1,4 +1,5 @@
-"""Quantized state (``state_dtype="q8"``/``"q4"``) on the CPU backend.
+"""Quantized state (``state_dtype="q8"``/``"q4"``, and the power map's "q8-power"/"q4-power")
+on the CPU backend.
 
 - Quantization itself: a value stored by the step decodes within half the map's local gap
   (times the block's absmax) of the value, at 0, for denormals, for a block whose absmax is
@@ -25,6 +26,10 @@ from fusedopt.engine.engine import Engine
 from fusedopt.memory import quant
 
 FORMATS = ("q8", "q4")
+#: The power map (arithmetic codes on the CPU): the bound, and the first variant of these
+#: optimizers (a signed and a non-negative slot; one slot; a slot kept as a difference).
+POWER = ("q8-power", "q4-power")
+POWER_OPTIMIZERS = ("adam", "sgd", "ftrl")
 #: Below, at and past a block, one past a q4 pair, 2-D, several blocks and a tail.
 SHAPES = ((3,), (128,), (257,), (37, 53), (1031,))
 STEPS = 4
@@ -61,7 +66,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS + POWER)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_stored_value_is_within_half_a_gap(case, fmt):
     """torch SGD's momentum buffer is the grad at its first step, and torch Adagrad's sum
@@ -129,7 +134,8 @@ def _cases():
     out = []
     for name in sorted(set(REGISTRY) - set(REFUSED) - PASSES):
         for k, (hp, convention, flags) in enumerate(variants.variants(REGISTRY[name])):
-            for fmt in FORMATS if k == 0 else FORMATS[:1]:
+            power = POWER[:1] if k == 0 and name in POWER_OPTIMIZERS else ()
+            for fmt in (FORMATS if k == 0 else FORMATS[:1]) + power:
                 out.append(pytest.param(name, hp, convention, fmt,
                                         id=f"{name}-{convention}-{flags}-{fmt}"))
     return out

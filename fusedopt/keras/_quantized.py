@@ -21,7 +21,7 @@ from ..memory import quant as _quant
 from ..memory.storage import check_min_quantized_size
 
 #: What ``state_dtype`` takes in fusedopt.keras: None is Keras' own (each variable's dtype).
-CHOICES = (None, "q8", "q4")
+CHOICES = (None, *_quant.QUANTIZED)
 #: The names of the variables Keras' own build() makes from each model variable.
 KERAS_OWN = ("average", "gradient_accumulator")
 
@@ -33,7 +33,8 @@ class QuantizedState:
         if state_dtype not in CHOICES:
             raise ValueError(
                 f"{class_name}: state_dtype must be None (Keras' own: each variable's "
-                f"dtype), 'q8' or 'q4' (8- or 4-bit blockwise state), got {state_dtype!r}")
+                f"dtype), 'q8' or 'q4' (8- or 4-bit blockwise state, the dynamic map), "
+                f"'q8-power' or 'q4-power' (the power map), got {state_dtype!r}")
         self.state_dtype = state_dtype
         self.min_quantized_size = check_min_quantized_size(min_quantized_size)
 

@@ -44,8 +44,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: The ``state_dtype`` spellings of quantized state.
-QUANTIZED = ("q8", "q4")
+from . import quant_power as _power
+
+#: The ``state_dtype`` spellings of quantized state: a format, with its map.
+QUANTIZED = ("q8", "q4", "q8-power", "q4-power")
 
 #: Tensors with fewer elements keep float32 state (bitsandbytes' ``min_8bit_size``).
 MIN_QUANTIZED_SIZE = 4096
@@ -54,17 +56,18 @@ MIN_QUANTIZED_SIZE = 4096
 #: point of the param space, as schedule-free's z), what float state gives it by default.
 FLOAT_SLOT = "float32"
 
-#: The map names each format offers (the first is the default).
-MAP_NAMES = ("dynamic",)
+#: The names of the maps (a format names its map: :data:`FORMATS`).
+MAP_NAMES = ("dynamic", "power")
 
 
 @dataclass(frozen=True)
 class Format:
-    """A quantized format: bits per code, elements per block."""
+    """A quantized format: bits per code, elements per block, the map's name."""
 
     name: str
     bits: int
     block: int
+    map: str = "dynamic"
 
     @property
     def codes_per_byte(self) -> int:
@@ -90,7 +93,9 @@ class Format:
         return 4 * self.blocks(n) + self.code_bytes(n)
 
 
-FORMATS = {"q8": Format("q8", 8, 256), "q4": Format("q4", 4, 128)}
+FORMATS = {"q8": Format("q8", 8, 256), "q4": Format("q4", 4, 128),
+           "q8-power": Format("q8-power", 8, 256, "power"),
+           "q4-power": Format("q4-power", 4, 128, "power")}
 
 
 def is_quantized(state: str) -> bool:
@@ -134,11 +139,16 @@ def linear_map(levels: int) -> np.ndarray:
     return (np.arange(1, levels + 1, dtype=np.float64) / levels).astype(np.float32)
 
 
-def qmap(fmt: str, signed: bool, name: str = "dynamic") -> np.ndarray:
-    """The map of format ``fmt`` ("q8" or "q4") for a signed or non-negative slot."""
+def qmap(fmt: str, signed: bool, name: str | None = None) -> np.ndarray:
+    """The map of format ``fmt`` (a name of :data:`FORMATS`) for a signed or non-negative
+    slot: the format's own map, or the map ``name`` in its bits."""
+    name = FORMATS[fmt].map if name is None else name
     if name not in MAP_NAMES:
         raise ValueError(f"unknown quantization map {name!r}; choose one of {MAP_NAMES}")
-    if fmt == "q8":
+    bits = FORMATS[fmt].bits
+    if name == "power":
+        return _power.power_map(signed, bits)
+    if bits == 8:
         return dynamic_map(signed, 8)
     return dynamic_map(True, 4, 3) if signed else linear_map(16)
 
@@ -196,7 +206,7 @@ def pack(codes: np.ndarray, absmax: np.ndarray, fmt: str) -> np.ndarray:
     return records.reshape(-1)[: f.nbytes(n)].copy()
 
 
-def quantize(values: np.ndarray, fmt: str, signed: bool, name: str = "dynamic") -> np.ndarray:
+def quantize(values: np.ndarray, fmt: str, signed: bool, name: str | None = None) -> np.ndarray:
     """The slot buffer of float ``values`` (flat, in memory order) rounded to nearest, as
     the step stores them; for initial state and conversions on the host."""
     x = np.asarray(values, dtype=np.float32).reshape(-1)
@@ -215,7 +225,7 @@ def block_absmax(values: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
-           name: str = "dynamic") -> np.ndarray:
+           name: str | None = None) -> np.ndarray:
     """The codes (uint8, one per element) of flat float32 ``values`` in blocks of the
     given scales ``absmax``, rounded to nearest; a block whose scale is not positive (zero,
     NaN) takes the code of 0, a value beyond its scale the last code."""
@@ -235,7 +245,7 @@ def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
 
 
 def dequantize(buffer: np.ndarray, n: int, fmt: str, signed: bool,
-               name: str = "dynamic") -> np.ndarray:
+               name: str | None = None) -> np.ndarray:
     """The float32 values of a slot buffer of ``n`` elements."""
     f = FORMATS[fmt]
     codes, absmax = codes_and_scales(buffer, n, fmt)

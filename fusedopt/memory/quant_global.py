@@ -49,6 +49,20 @@ MAP_REACH = {("q8", True): 0.9 / 128, ("q8", False): 0.9 / 256,
              ("q4", True): 0.9 / 8, ("q4", False): 1 / 16}
 
 
+def _reach(table: np.ndarray, signed: bool) -> float:
+    """D of a map from its entries: half its widest gap, or the distance from an end of
+    the domain ([-1, 1], or [0, 1]) to the entry nearest it, the larger."""
+    t = table.astype(np.float64)
+    return float(max(np.diff(t).max() / 2, t[0] - (-1.0 if signed else 0.0), 1.0 - t[-1]))
+
+
+# The power maps' D (fusedopt/memory/quant_power.py): signed, the distance from -1 to the
+# lowest entry -(127/128)**2 (q4: -(7/8)**2); non-negative, half the top gap.
+MAP_REACH.update({(name, signed): _reach(_quant.qmap(name, signed), signed)
+                  for name, f in _quant.FORMATS.items() if f.map == "power"
+                  for signed in (True, False)})
+
+
 def row_shape(shape) -> tuple[int, int]:
     """(rows, elements per row) of a param of ``shape``: its first dimension and the rest
     (a 0-d param is one row of one element)."""

@@ -216,7 +216,8 @@ def check_state_dtype(state_dtype) -> None:
         raise ValueError(f"state_dtype must be None (float32 for 16-bit params, the param's "
                          f"dtype otherwise), 'float32', 'bfloat16', 'float64', 'param' (the "
                          f"param's dtype; float32 for float16), 'q8' or 'q4' (8- or 4-bit "
-                         f"blockwise quantized), got {state_dtype!r}")
+                         f"blockwise quantized, the dynamic map), 'q8-power' or 'q4-power' "
+                         f"(the power map), got {state_dtype!r}")
 
 
 def check_min_quantized_size(value) -> int:

@@ -91,7 +91,8 @@ def to_state_dict(optimizer, saved: dict) -> dict:
             key = keys[slot]
             records = _quant.to_records(entry[key].detach().cpu().numpy(), n, st.state)
             codes = torch.from_numpy(records["codes"])
-            entry[key] = in_param_order(codes, local(param)) if st.state == "q8" else codes
+            entry[key] = in_param_order(codes, local(param)) \
+                if _quant.FORMATS[st.state].bits == 8 else codes
             entry[f"{key}_absmax"] = torch.from_numpy(records["absmax"])
             entry[f"{key}_qmap"] = torch.from_numpy(_quant.qmap(st.state, sign))
         if held.sharded:
@@ -178,7 +179,7 @@ def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bo
         raise ValueError(f"{where}: the saved state has no {key!r} codes and "
                          f"{key + '_absmax'!r} scales, which a group kept in {fmt} needs "
                          "(a checkpoint of float state loads into a group of its dtype)")
-    if param is not None and fmt == "q8":
+    if param is not None and _quant.FORMATS[fmt].bits == 8:
         codes = _memory_order(where, key, codes.detach().cpu(), param)
     qmap = saved.get(f"{key}_qmap")
     if qmap is not None:
@@ -188,9 +189,11 @@ def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bo
             np.abs(theirs.view(np.int32).astype(np.int64) - ours.view(np.int32)) <= MAP_ULPS)
         if not close:
             raise ValueError(f"{where}: the saved {key + '_qmap'!r} is not fusedopt's "
-                             f"{fmt} {'signed' if signed else 'unsigned'} dynamic map (a "
-                             "checkpoint quantized with another map, or saved from a slot of "
-                             "the other sign); it cannot be decoded here")
+                             f"{fmt} {'signed' if signed else 'unsigned'} "
+                             f"{_quant.FORMATS[fmt].map} map (a checkpoint quantized with "
+                             "another map, or saved from a slot of the other sign); it cannot "
+                             f"be decoded here: load it into the state_dtype it was saved "
+                             f"with (one of {list(_quant.QUANTIZED)})")
     try:
         buffer = _quant.from_records(codes.detach().cpu().numpy(),
                                      absmax.detach().cpu().numpy(), n, fmt, f"{where}: {key}")

@@ -10,7 +10,8 @@ and reshards on load: each quantized slot's entry is a dict
   and placements under FSDP2, else a tensor),
 - ``"absmax_by_row"``: each block's absmax filed under the row where the block starts,
   float32 ``(rows, ceil(row / 128))``, placed like the param,
-- ``"format"``: ``[bits, block, signed]`` (int64), the same on every rank,
+- ``"format"``: ``[bits, block, signed, map]`` (int64; map: the index of the format's map
+  in fusedopt/memory/quant.py's ``MAP_NAMES``), the same on every rank,
 
 and every other tensor is a copy, so that ``dcp.load`` into it changes nothing of the
 optimizer until ``load_state_dict`` takes it (a nested dict, so that
@@ -103,7 +104,8 @@ def _global_slot(param, buffer, n: int, fmt: str, signed: bool) -> dict:
     table = _global.scales_by_row(absmax, shard.shape[0] if shard.dim() else 1, row, fmt)
     return {VALUES: _placed(param, torch.from_numpy(values).reshape(shard.shape), param.shape),
             SCALES: _placed(param, torch.from_numpy(table), (rows, table.shape[1])),
-            FORMAT: torch.tensor([f.bits, f.block, int(signed)], dtype=torch.int64)}
+            FORMAT: torch.tensor([f.bits, f.block, int(signed), _quant.MAP_NAMES.index(f.map)],
+                                 dtype=torch.int64)}
 
 
 def _placed(param, shard, shape):
@@ -186,7 +188,7 @@ def _local_entry(where: str, entry: dict, param, fmt: str) -> dict:
                                       table.detach().cpu().numpy(), row, fmt, signed)
         records = _quant.to_records(buffer, shard.numel(), fmt)
         codes = torch.from_numpy(records["codes"])
-        entry[key] = codes.reshape(shard.shape) if fmt == "q8" else codes
+        entry[key] = codes.reshape(shard.shape) if _quant.FORMATS[fmt].bits == 8 else codes
         entry[f"{key}_absmax"] = torch.from_numpy(records["absmax"])
         entry[f"{key}_qmap"] = torch.from_numpy(_quant.qmap(fmt, signed))
     record = _quantized.shard_record(param)
@@ -196,12 +198,16 @@ def _local_entry(where: str, entry: dict, param, fmt: str) -> dict:
 
 
 def _format_of(where: str, key: str, value) -> tuple[str, bool]:
-    """(format, signed) of a saved ``[bits, block, signed]``, or a ValueError naming it."""
+    """(format, signed) of a saved ``[bits, block, signed, map]`` (map: its index in
+    ``MAP_NAMES``; without it, the dynamic map), or a ValueError naming it."""
     found = [int(k) for k in value.reshape(-1)] if isinstance(value, torch.Tensor) else []
+    map_id = found[3] if len(found) == 4 else 0
     for name, f in _quant.FORMATS.items():
-        if len(found) == 3 and found[:2] == [f.bits, f.block] and found[2] in (0, 1):
+        if len(found) in (3, 4) and found[:2] == [f.bits, f.block] and found[2] in (0, 1) \
+                and map_id == _quant.MAP_NAMES.index(f.map):
             return name, bool(found[2])
-    known = {name: [f.bits, f.block] for name, f in _quant.FORMATS.items()}
+    known = {name: [f.bits, f.block, _quant.MAP_NAMES.index(f.map)]
+             for name, f in _quant.FORMATS.items()}
     raise ValueError(f"{where}: the saved {key!r} format is {found or value!r}, not [bits, "
-                     f"block, signed] of a known format {known}")
+                     f"block, signed, map] of a known format {known}")
 

@@ -7,7 +7,6 @@ calls, every map a constant of them."""
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import numpy as np
 from numba import njit
@@ -15,12 +14,12 @@ from numba import njit
 from ...constants import MAX_SLOTS, STOCHASTIC
 from ...memory.quant import FORMATS, qmap, thresholds
 from . import random_bits, storage
+from ._cache import RULE, named
+from .codes_power import power_functions
 from .storage import float_bits
 
-FORMAT_OF = {storage.Q8: FORMATS["q8"], storage.Q4: FORMATS["q4"]}
-# Plain jitted functions, not Numba's IR inlining (which recompiles a callee's IR at every
-# call site: 20-35 s per variant here); LLVM inlines them all the same.
-RULE = {"error_model": "numpy"}
+FORMAT_OF = {storage.Q8: FORMATS["q8"], storage.Q4: FORMATS["q4"],
+             storage.Q8P: FORMATS["q8-power"], storage.Q4P: FORMATS["q4-power"]}
 _U = np.uint32
 _MANTISSA = np.float32(2.0 ** -24)  # a uniform float in [0, 1) from 24 random bits
 
@@ -43,25 +42,6 @@ def buckets(table: np.ndarray) -> tuple[np.ndarray, int]:
     base[nan], top[nan] = 0, 0
     base = np.minimum(base, table.size - 1)  # the inf and NaN patterns: never normalized
     return base.astype(np.int32), int((top - base).max())
-
-
-def named(*key):
-    """Names a closure by what it closes over, before it is jitted.
-
-    These closures are compiled as functions of their own (not inlined by Numba), and
-    Numba's symbol for a function is its qualified name, its argument types and a counter
-    of the process that compiled it. Two processes can give two closures of one factory
-    (say, ``encode`` for q4's unsigned map and for q8's signed one) the same symbol, and a
-    process that loads both from the on-disk cache then links every call to the first it
-    loaded: codes from another map. Named by their constants, two closures share a name
-    only where they are the same function."""
-    tag = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
-
-    def rename(function):
-        function.__name__ = f"{function.__name__}_{tag}"
-        function.__qualname__ = f"{function.__qualname__}_{tag}"
-        return function
-    return rename
 
 
 def _counter(levels: int, extra: int):
@@ -120,13 +100,53 @@ def _format_constants(code: int, signed: tuple):
 @functools.lru_cache(maxsize=None)
 def block_functions(variant):
     """(decode(k, bytes, base, i, scale), encode_block(k, bytes, base, values, length,
-    absmax, key, first)) for a quantized VariantType, with its maps as constants."""
+    absmax, key, first)) for a quantized VariantType, with its maps as constants: the
+    dynamic map's tables, or the power map's arithmetic (fusedopt/backends/cpu/codes_power.py)."""
+    fmt = FORMAT_OF[variant.codes[2]]
+    if fmt.map == "power":
+        signs = tuple(True if k >= len(variant.signed) or variant.signed[k] is None
+                      else variant.signed[k] for k in range(MAX_SLOTS))
+        return _coders(variant, fmt, *power_functions(fmt.bits, signs))
+    return _coders(variant, fmt, *_table_functions(variant))
+
+
+def _table_functions(variant):
+    """(entry(k, c), nearest(k, x), stochastic(k, x, r)) of a variant's table maps: a
+    gather, a bucket lookup and a comparison (:func:`buckets`)."""
     fmt, extra, slots = _format_constants(variant.codes[2], variant.signed)
-    levels, four = fmt.levels, fmt.bits == 4
     (v0, t0, tb0, a0, ab0), (v1, t1, tb1, a1, ab1), (v2, t2, tb2, a2, ab2), \
         (v3, t3, tb3, a3, ab3) = slots
-    count = _counter(levels, extra)
-    stochastic = _stochastic(count)
+    count = _counter(fmt.levels, extra)
+    rounded = _stochastic(count)
+
+    @njit(**RULE)
+    @named(variant.key)
+    def entry(k, c):
+        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
+        return values[c]
+
+    @njit(**RULE)
+    @named(variant.key)
+    def nearest(k, x):
+        table = t0 if k == 0 else (t1 if k == 1 else (t2 if k == 2 else t3))
+        base = tb0 if k == 0 else (tb1 if k == 1 else (tb2 if k == 2 else tb3))
+        return count(base, table, x)
+
+    @njit(**RULE)
+    @named(variant.key)
+    def stochastic(k, x, r):
+        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
+        above = a0 if k == 0 else (a1 if k == 1 else (a2 if k == 2 else a3))
+        base = ab0 if k == 0 else (ab1 if k == 1 else (ab2 if k == 2 else ab3))
+        return rounded(values, base, above, x, r)
+
+    return entry, nearest, stochastic
+
+
+def _coders(variant, fmt, entry, nearest, stochastic):
+    """decode and encode of a block's codes from a map's entry(k, c), nearest(k, x) and
+    stochastic(k, x, r) (the random bits drawn per element and slot here)."""
+    four = fmt.bits == 4
     random = variant.mode == STOCHASTIC
     bits0, bits1, bits2, bits3 = random_bits.ARRAY_BITS[1:1 + MAX_SLOTS]
     element_hash = random_bits.element_hash
@@ -142,24 +162,17 @@ def block_functions(variant):
     @njit(**RULE)
     @named(variant.key)
     def decode(k, codes, i, scale):
-        c = code_at(codes, i)
-        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
-        return values[c] * scale
+        return entry(k, code_at(codes, i)) * scale
 
     @njit(**RULE)
     @named(variant.key)
     def code_of(k, x, key, index):
-        values = v0 if k == 0 else (v1 if k == 1 else (v2 if k == 2 else v3))
         if random:
-            above = a0 if k == 0 else (a1 if k == 1 else (a2 if k == 2 else a3))
-            base = ab0 if k == 0 else (ab1 if k == 1 else (ab2 if k == 2 else ab3))
             e = element_hash(key, index)
             r = bits0(e) if k == 0 else (bits1(e) if k == 1 else (
                 bits2(e) if k == 2 else bits3(e)))
-            return stochastic(values, base, above, x, r)
-        table = t0 if k == 0 else (t1 if k == 1 else (t2 if k == 2 else t3))
-        base = tb0 if k == 0 else (tb1 if k == 1 else (tb2 if k == 2 else tb3))
-        return count(base, table, x)
+            return stochastic(k, x, r)
+        return nearest(k, x)
 
     @njit(**RULE)
     @named(variant.key)

@@ -17,7 +17,7 @@ fusedopt/backends/cpu/random_bits.py): up or down with probability proportional 
 past the largest finite value towards inf, as kernels/storage.cuh documents.
 
 Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64``, ``BF16``,
-``F16``, and ``Q8``, ``Q4`` for quantized state (its own span function); ``CODES`` maps dtype
+``F16``, and ``Q8``, ``Q4``, ``Q8P``, ``Q4P`` for quantized state (its own span function); ``CODES`` maps dtype
 names to them.
 """
 
@@ -31,17 +31,19 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-F32, F64, BF16, F16, Q8, Q4 = 0, 1, 2, 3, 4, 5
+F32, F64, BF16, F16, Q8, Q4, Q8P, Q4P = 0, 1, 2, 3, 4, 5, 6, 7
 
-#: dtype name -> storage code (q8 and q4: quantized state, fusedopt/backends/cpu/quantized.py).
-CODES = {"float32": F32, "float64": F64, "bfloat16": BF16, "float16": F16, "q8": Q8, "q4": Q4}
+#: dtype name -> storage code (q8 and q4, with the dynamic or the power map: quantized
+#: state, fusedopt/backends/cpu/quantized.py).
+CODES = {"float32": F32, "float64": F64, "bfloat16": BF16, "float16": F16, "q8": Q8, "q4": Q4,
+         "q8-power": Q8P, "q4-power": Q4P}
 
 #: Storage codes of quantized state.
-QUANTIZED = (Q8, Q4)
+QUANTIZED = (Q8, Q4, Q8P, Q4P)
 
 #: storage code -> the dtype the loop sees the array as (16-bit types as their bits).
 LOOP_DTYPES = {F32: np.float32, F64: np.float64, BF16: np.uint16, F16: np.uint16,
-               Q8: np.uint8, Q4: np.uint8}
+               Q8: np.uint8, Q4: np.uint8, Q8P: np.uint8, Q4P: np.uint8}
 
 NEAREST_EVEN, NEAREST_AWAY = 0, 1
 
