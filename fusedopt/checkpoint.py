@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import modes
-from .checkpoint_quantized import check_quantized, slot_entry, slots_of
+from .checkpoint_quantized import by_map, check_quantized, slot_entry, slots_of
 from .engine.validate import memory_order
 from .memory import factored as _factored
 from .memory import quant as _quant
@@ -348,7 +348,7 @@ def _check_header(pending: Pending, opt) -> None:
 
 def read_pending(path) -> Pending:
     meta, arrays = read(path)
-    return Pending(str(path), meta, arrays)
+    return Pending(str(path), by_map(meta), arrays)
 
 
 def restore(opt, path) -> None:

@@ -66,3 +66,18 @@ def check_quantized(arrays: dict, key: str, slot: dict, shape) -> str | None:
     except ValueError as error:
         return str(error)
     return None
+
+
+def by_map(meta: dict) -> dict:
+    """``meta`` (a checkpoint's header) with each quantized slot's dtype the format of its
+    bits and its map: a checkpoint saved when "q8" named the dynamic map (its slots say
+    ``"dtype": "q8", "map": "dynamic"``) holds q8-dynamic state, and is read as such."""
+    for entry in meta.get("params", []):
+        for slot in entry.get("slots", []):
+            f = _quant.FORMATS.get(slot.get("dtype"))
+            if f is None or slot.get("map", f.map) == f.map:
+                continue
+            for name, other in _quant.FORMATS.items():
+                if (other.bits, other.block, other.map) == (f.bits, f.block, slot["map"]):
+                    slot["dtype"] = name
+    return meta

@@ -11,6 +11,7 @@ inlines, so a change to any of them compiles afresh.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,17 @@ def test_names_and_digest_are_the_same_in_every_process_and_follow_the_source(tm
     assert changed[0] != here[0]
     assert variant.SOURCES in str(variant.specialize(
         REGISTRY["rprop"], (1,), (0, 0, storage.Q4))._numba_type_)
+
+
+def test_a_type_from_an_index_of_other_sources_never_matches():
+    """A variant's type unpickled from a cache index keeps the digest it was made under (an
+    index written before the digest was kept has none): either differs from this tree's,
+    so the loop cached under it is not served (a storage code that meant another map would
+    otherwise decode with it)."""
+    here = variant.specialize(REGISTRY["rprop"], (1,), (0, 0, storage.Q8))._numba_type_
+    assert pickle.loads(pickle.dumps(here)) == here
+    rebuild, (reconstructor, args, state) = here.__reduce__()  # what the index holds
+    other = rebuild(reconstructor, args, {**state, "sources": "0" * 12})
+    older = rebuild(reconstructor, args, {k: v for k, v in state.items() if k != "sources"})
+    assert other != here and older != here
+    assert here.sources == variant.SOURCES  # unpickling interns: nothing changed here

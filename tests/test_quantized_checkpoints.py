@@ -26,7 +26,11 @@ def _run(opt, params, grads):
         opt.apply_gradients(list(zip([x.copy() for x in g], params)))
 
 
-@pytest.mark.parametrize("fmt", ["q8", "q4"])
+#: The map each state_dtype keeps.
+MAPS = {"q8": "power", "q4": "dynamic", "q8-dynamic": "dynamic"}
+
+
+@pytest.mark.parametrize("fmt", sorted(MAPS))
 def test_a_resumed_run_continues_bit_for_bit(fmt, tmp_path):
     params, grads = _problem()
     straight = [p.copy() for p in params]
@@ -43,7 +47,7 @@ def test_a_resumed_run_continues_bit_for_bit(fmt, tmp_path):
     opt1.save(path)
     meta, arrays = checkpoint.read(path)
     slot = meta["params"][0]["slots"][0]
-    assert slot == {"name": "m", "dtype": fmt, "map": "dynamic",
+    assert slot == {"name": "m", "dtype": fmt, "map": MAPS[fmt],
                     "block": quant.FORMATS[fmt].block}
     assert arrays["state/0/m/codes"].dtype == np.uint8
     assert arrays["state/0/m/absmax"].shape == (quant.FORMATS[fmt].blocks(5000),)
@@ -86,8 +90,15 @@ def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path):
     with pytest.raises(checkpoint.CheckpointMismatch, match="map 'linear'"):
         fusedopt.load(bad, [p.copy() for p in params]).apply_gradients(
             list(zip(grads[0], [p.copy() for p in params])))
-    arrays["state/0/m/absmax"] = arrays["state/0/m/absmax"][:-1]
+    # "q8" with the dynamic map (saved before q8 took the power map): q8-dynamic state
     meta["params"][0]["slots"][0]["map"] = "dynamic"
+    checkpoint.write(bad, arrays, meta)
+    with pytest.raises(checkpoint.CheckpointMismatch, match="'m' is q8-dynamic in the "
+                                                            "checkpoint, q8 here"):
+        fusedopt.load(bad, [p.copy() for p in params]).apply_gradients(
+            list(zip(grads[0], [p.copy() for p in params])))
+    arrays["state/0/m/absmax"] = arrays["state/0/m/absmax"][:-1]
+    meta["params"][0]["slots"][0]["map"] = "power"
     checkpoint.write(bad, arrays, meta)
     with pytest.raises(checkpoint.CheckpointMismatch, match="float32 scales"):
         fusedopt.load(bad, [p.copy() for p in params]).apply_gradients(

@@ -1,4 +1,4 @@
-"""The maps and the buffer layout of quantized state against the peers' own: q8's dynamic
+"""The maps and the buffer layout of quantized state against the peers' own: q8-dynamic's
 maps against ``bitsandbytes.functional.create_dynamic_map`` entry for entry (codes mean the
 same value), q4's against torchao's AdamW4bit maps; the block layout's round trip."""
 
@@ -23,7 +23,7 @@ def _ulps(a, b):
 def test_q8_maps_are_bitsandbytes_dynamic_maps_code_for_code(signed):
     functional = pytest.importorskip("bitsandbytes.functional")
     theirs = functional.create_dynamic_map(signed=signed).numpy()
-    ours = quant.qmap("q8", signed)
+    ours = quant.qmap("q8-dynamic", signed)
     assert ours.shape == theirs.shape == (256,)
     assert np.all(np.diff(ours) > 0) and np.all(np.diff(theirs) > 0)  # same order
     assert _ulps(ours, theirs).max() <= MAP_ULPS

@@ -38,6 +38,10 @@ import pytest
 import fusedopt
 from fusedopt.memory import quant
 
+#: The peers keep bitsandbytes' dynamic map: fusedopt's format of that map (its default q8
+#: keeps the power map).
+FMT = "q8-dynamic"
+
 torch = pytest.importorskip("torch")
 
 STEPS = 200
@@ -60,12 +64,12 @@ def _fused(params):
     opt = fusedopt.AdamW(learning_rate=HP["lr"], beta_1=HP["betas"][0],
                          beta_2=HP["betas"][1], epsilon=HP["eps"],
                          weight_decay=HP["weight_decay"], convention="torch",
-                         state_dtype="q8")
+                         state_dtype=FMT)
     return opt, arrays
 
 
 def _fused_codes(opt, k, n):
-    (m_codes, m_max), (v_codes, v_max) = (quant.codes_and_scales(buf, n, "q8")
+    (m_codes, m_max), (v_codes, v_max) = (quant.codes_and_scales(buf, n, FMT)
                                           for buf in opt._engine.states[k])
     return m_codes, v_codes, m_max, v_max
 
@@ -100,7 +104,7 @@ def _trajectory_check(runs, peer_codes, name):
                 assert min(share_m, share_v) >= EQUAL_CODES, (
                     f"{name}, step {t + 1}, tensor {k}: {share_m:.4f} of m's and "
                     f"{share_v:.4f} of v's codes equal")
-            block = quant.FORMATS["q8"].block
+            block = quant.FORMATS[FMT].block
             near = (np.isclose(fmax_m, pmax_m, rtol=1e-6, atol=0)
                     & np.isclose(fmax_v, pmax_v, rtol=1e-6, atol=0))
             flagged[k] = ~same | ~np.repeat(near, block)[: n[k]]
@@ -177,8 +181,8 @@ def test_where_codes_differ_from_bitsandbytes_fusedopt_is_nearer():
         for slot, buf, codes, absmax, signed in (
                 ("m", opt._engine.states[k][0], s["state1"], s["absmax1"], True),
                 ("v", opt._engine.states[k][1], s["state2"], s["absmax2"], False)):
-            entries = quant.qmap("q8", signed).astype(np.float64)
-            mine, my_max = quant.codes_and_scales(buf, n, "q8")
+            entries = quant.qmap(FMT, signed).astype(np.float64)
+            mine, my_max = quant.codes_and_scales(buf, n, FMT)
             theirs = codes.reshape(-1).numpy()
             their_max = np.repeat(absmax.numpy().astype(np.float64), 256)[:n]
             my_max = np.repeat(my_max.astype(np.float64), 256)[:n]

@@ -1,10 +1,11 @@
-"""The power map (fusedopt/memory/quant_power.py): its entries from the definition, and its
-arithmetic codes (the CPU span's, fusedopt/backends/cpu/codes_power.py, and the NumPy
-twin) against a search of its own float32 table on dense float32 inputs: every entry,
-every midpoint (a tie: the upper entry), the floats just below and above each, 0, -0,
-subnormals, a stride through every float32 in [-1, 1], inf and NaN as the table search
-places them (NaN: the last code). Stochastic codes against the definition: the entry at or
-below x, or the next with probability (x - below) / gap, from the same random word.
+"""The power map (fusedopt/memory/quant_power.py; q8's default, and q4-power): its entries
+from the definition, and its arithmetic codes (the CPU span's,
+fusedopt/backends/cpu/codes_power.py, and the NumPy twin) against a search of its own
+float32 table on dense float32 inputs: every entry, every midpoint (a tie: the upper
+entry), the floats just below and above each, 0, -0, subnormals, a stride through every
+float32 in [-1, 1], inf and NaN as the table search places them (NaN: the last code).
+Stochastic codes against the definition: the entry at or below x, or the next with
+probability (x - below) / gap, from the same random word.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from numba import njit
 from fusedopt.backends.cpu.codes_power import power_functions
 from fusedopt.memory import quant, quant_power
 
-#: (format, bits)
-FORMATS = (("q8-power", 8), ("q4-power", 4))
+#: (format, bits) of the formats that keep the power map
+FORMATS = (("q8", 8), ("q4-power", 4))
 
 
 def _definition(signed, bits):

@@ -6,7 +6,8 @@ At the sharding a slot was saved from, its codes and absmax come back bit for bi
 another, every element is within ``(D + 2**-22) * a`` of its saved value, ``a`` the largest
 |saved value| of the new block and D the largest distance from a point of the map's domain
 to its nearest entry, derived here from the maps' construction (Dettmers' dynamic map:
-midpoints of an even split of the top decade [0.1, 1]; q4's non-negative map (k + 1) / 16)."""
+midpoints of an even split of the top decade [0.1, 1]; q4's non-negative map (k + 1) / 16;
+the power maps' top gaps)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,16 @@ torch = pytest.importorskip("torch")
 #: so half a gap is 0.9 / 128, as is -1's distance to the lowest entry -(1 - 0.9 / 128);
 #: unsigned: split in 128, half a gap 0.9 / 256 (1.0 is an entry). q4 signed: the top
 #: decade split in 4: 0.9 / 8; unsigned (k + 1) / 16: 0 is 1 / 16 from the lowest entry.
-REACH = {("q8", True): 0.9 / 128, ("q8", False): 0.9 / 256,
-         ("q4", True): 0.9 / 8, ("q4", False): 1 / 16}
+#: The power maps (q8 and q4-power; N = 128 and 8 signed, 256 and 16 non-negative):
+#: signed, -1 to the lowest entry -(1 - 1/N)**2, as wide as the top gap; non-negative, half
+#: the top gap 1 - (1 - 1/N)**4 (0 is (1/N)**4 from the lowest entry).
+REACH = {("q8-dynamic", True): 0.9 / 128, ("q8-dynamic", False): 0.9 / 256,
+         ("q4", True): 0.9 / 8, ("q4", False): 1 / 16,
+         ("q8", True): 1 - (127 / 128) ** 2, ("q8", False): (1 - (255 / 256) ** 4) / 2,
+         ("q4-power", True): 1 - (7 / 8) ** 2, ("q4-power", False): (1 - (15 / 16) ** 4) / 2}
 SLACK = 2.0 ** -22
-CASES = [(fmt, signed) for fmt in ("q8", "q4") for signed in (True, False)]
+CASES = [(fmt, signed) for fmt in ("q8", "q4", "q8-dynamic", "q4-power")
+         for signed in (True, False)]
 
 
 def _state(rows, row, signed, seed=0):

@@ -1,4 +1,4 @@
-"""Quantized state (``state_dtype="q8"``/``"q4"``, and the power map's "q8-power"/"q4-power")
+"""Quantized state (``state_dtype="q8"``/``"q4"``, and the other maps' "q8-dynamic"/"q4-power")
 on the CPU backend.
 
 - Quantization itself: a value stored by the step decodes within half the map's local gap
@@ -26,10 +26,11 @@ from fusedopt.engine.engine import Engine
 from fusedopt.memory import quant
 
 FORMATS = ("q8", "q4")
-#: The power map (arithmetic codes on the CPU): the bound, and the first variant of these
-#: optimizers (a signed and a non-negative slot; one slot; a slot kept as a difference).
-POWER = ("q8-power", "q4-power")
-POWER_OPTIMIZERS = ("adam", "sgd", "ftrl")
+#: The formats' other maps (q8-dynamic: tables; q4-power: arithmetic codes on the CPU): the
+#: bound, and the first variant of these optimizers (a signed and a non-negative slot; one
+#: slot; a slot kept as a difference).
+OTHER_MAPS = ("q8-dynamic", "q4-power")
+OTHER_OPTIMIZERS = ("adam", "sgd", "ftrl")
 #: Below, at and past a block, one past a q4 pair, 2-D, several blocks and a tail.
 SHAPES = ((3,), (128,), (257,), (37, 53), (1031,))
 STEPS = 4
@@ -66,7 +67,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("fmt", FORMATS + POWER)
+@pytest.mark.parametrize("fmt", FORMATS + OTHER_MAPS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_stored_value_is_within_half_a_gap(case, fmt):
     """torch SGD's momentum buffer is the grad at its first step, and torch Adagrad's sum
@@ -134,8 +135,8 @@ def _cases():
     out = []
     for name in sorted(set(REGISTRY) - set(REFUSED) - PASSES):
         for k, (hp, convention, flags) in enumerate(variants.variants(REGISTRY[name])):
-            power = POWER[:1] if k == 0 and name in POWER_OPTIMIZERS else ()
-            for fmt in (FORMATS if k == 0 else FORMATS[:1]) + power:
+            other = OTHER_MAPS if k == 0 and name in OTHER_OPTIMIZERS else ()
+            for fmt in (FORMATS if k == 0 else FORMATS[:1]) + other:
                 out.append(pytest.param(name, hp, convention, fmt,
                                         id=f"{name}-{convention}-{flags}-{fmt}"))
     return out

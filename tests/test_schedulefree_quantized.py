@@ -248,7 +248,7 @@ def test_torch_state_dict_in_eval_mode_resumes_bit_for_bit_and_a_mismatch_is_ref
              for q in again.parameters()}
     for key, value, match in (
             ("exp_avg_sq_qmap", torch.from_numpy(quant.qmap("q8", True)),
-             "not fusedopt's q8 unsigned dynamic map"),
+             "not fusedopt's q8 unsigned power map"),
             ("z", torch.zeros(3), r"saved 'z' has shape \(3,\)")):
         bad = copy.deepcopy(saved)
         bad["state"][0][key] = value

@@ -119,7 +119,12 @@ def test_mismatched_quantized_state_is_refused_and_nothing_changes():
            "param_groups": saved["param_groups"]}
     bad["state"][0]["exp_avg_qmap"] = torch.linspace(-1, 1, 256)
     codes = q8.state[model[0].weight]["exp_avg"].clone()
-    with pytest.raises(ValueError, match="not fusedopt's q8 signed dynamic map"):
+    with pytest.raises(ValueError, match="not fusedopt's q8 signed power map .* none of"):
+        q8.load_state_dict(bad)
+    assert torch.equal(codes, q8.state[model[0].weight]["exp_avg"])
+    bad["state"][0]["exp_avg_qmap"] = torch.from_numpy(quant.qmap("q8-dynamic", True))
+    with pytest.raises(ValueError, match="it is q8-dynamic's map: give the group "
+                                         "state_dtype='q8-dynamic'"):
         q8.load_state_dict(bad)
     assert torch.equal(codes, q8.state[model[0].weight]["exp_avg"])
     bad["state"][0]["exp_avg_qmap"] = saved["state"][0]["exp_avg_qmap"]

@@ -47,7 +47,7 @@ import numpy as np
 from . import quant_power as _power
 
 #: The ``state_dtype`` spellings of quantized state: a format, with its map.
-QUANTIZED = ("q8", "q4", "q8-power", "q4-power")
+QUANTIZED = ("q8", "q4", "q8-dynamic", "q4-power")
 
 #: Tensors with fewer elements keep float32 state (bitsandbytes' ``min_8bit_size``).
 MIN_QUANTIZED_SIZE = 4096
@@ -93,8 +93,8 @@ class Format:
         return 4 * self.blocks(n) + self.code_bytes(n)
 
 
-FORMATS = {"q8": Format("q8", 8, 256), "q4": Format("q4", 4, 128),
-           "q8-power": Format("q8-power", 8, 256, "power"),
+FORMATS = {"q8": Format("q8", 8, 256, "power"), "q4": Format("q4", 4, 128),
+           "q8-dynamic": Format("q8-dynamic", 8, 256, "dynamic"),
            "q4-power": Format("q4-power", 4, 128, "power")}
 
 

@@ -35,30 +35,33 @@ from __future__ import annotations
 import numpy as np
 
 from . import quant as _quant
+from . import quant_power as _power
 
 #: The smallest block of any quantized format: the scales-by-row array has this many
 #: elements of a row per entry, so its shape is the same for every format.
 MIN_BLOCK = min(f.block for f in _quant.FORMATS.values())
 
 #: ``D`` of the error bound above, by (format, signed): the largest distance from a point
-#: of the domain to the map's nearest entry. q8 signed: half the widest gap, 0.9 / 64 in
-#: the top decade, and the distance from -1 to the lowest entry, -(1 - 0.9 / 128);
-#: unsigned: half the top decade's gap 0.9 / 128. q4 signed: half the top decade's gap
-#: 0.9 / 4, and -1 to -(1 - 0.9 / 8); unsigned (k + 1) / 16: from 0 to 1 / 16.
-MAP_REACH = {("q8", True): 0.9 / 128, ("q8", False): 0.9 / 256,
+#: of the domain to the map's nearest entry. The dynamic maps: q8 signed, half the widest
+#: gap, 0.9 / 64 in the top decade, and the distance from -1 to the lowest entry,
+#: -(1 - 0.9 / 128); unsigned: half the top decade's gap 0.9 / 128. q4 signed: half the
+#: top decade's gap 0.9 / 4, and -1 to -(1 - 0.9 / 8); unsigned (k + 1) / 16: from 0 to
+#: 1 / 16. The power maps: :func:`_power_reach`.
+MAP_REACH = {("q8-dynamic", True): 0.9 / 128, ("q8-dynamic", False): 0.9 / 256,
              ("q4", True): 0.9 / 8, ("q4", False): 1 / 16}
 
 
-def _reach(table: np.ndarray, signed: bool) -> float:
-    """D of a map from its entries: half its widest gap, or the distance from an end of
-    the domain ([-1, 1], or [0, 1]) to the entry nearest it, the larger."""
-    t = table.astype(np.float64)
-    return float(max(np.diff(t).max() / 2, t[0] - (-1.0 if signed else 0.0), 1.0 - t[-1]))
+def _power_reach(bits: int, signed: bool) -> float:
+    """D of a power map (fusedopt/memory/quant_power.py): signed, the distance from -1 to
+    the lowest entry -(1 - 1/N)**p (its widest gap, the top one, is as wide, so half of it
+    is less); non-negative, half the top gap (1 - (1 - 1/N)**p) / 2 (0 is (1/N)**p from
+    the lowest entry)."""
+    n, _, p = _power.geometry(signed, bits)
+    top = 1.0 - ((n - 1) / n) ** p
+    return top if signed else top / 2
 
 
-# The power maps' D (fusedopt/memory/quant_power.py): signed, the distance from -1 to the
-# lowest entry -(127/128)**2 (q4: -(7/8)**2); non-negative, half the top gap.
-MAP_REACH.update({(name, signed): _reach(_quant.qmap(name, signed), signed)
+MAP_REACH.update({(name, signed): _power_reach(f.bits, signed)
                   for name, f in _quant.FORMATS.items() if f.map == "power"
                   for signed in (True, False)})
 

@@ -1,4 +1,4 @@
-"""Quantized state (``state_dtype="q8"``/``"q4"``) in torch's state dicts.
+"""Quantized state (``state_dtype="q8"``/``"q4"``, ...) in torch's state dicts.
 
 The engine keeps a quantized slot as one uint8 buffer of blocks (fusedopt/memory/quant.py);
 ``optimizer.state[param]`` holds it under the slot's torch key. ``state_dict()`` gives it
@@ -10,7 +10,8 @@ be fusedopt's map of the group's format and the slot's sign, within a few float3
 
 Loading takes that form back, and a bitsandbytes 8-bit state dict (``state1``/``state2``,
 ``absmax1``/``absmax2``, ``qmap1``/``qmap2``, wrapped in ``__bnb_optimizer_quant_state__``)
-into a group kept in q8: its codes index the same dynamic map. A map that is not
+into a group kept in q8 or q8-dynamic: its codes index q8-dynamic's map, and the group
+continues in q8-dynamic (the state dict's groups say so), its codes unchanged. A map that is not
 fusedopt's, codes or scales of another size, or a group kept otherwise is refused, naming
 the fix, and nothing changes.
 
@@ -53,6 +54,11 @@ from ._local import is_distributed, local
 #: bitsandbytes' key for its wrapped quantization state, and its per-slot names.
 BNB_WRAPPED = "__bnb_optimizer_quant_state__"
 BNB_SLOTS = (("state1", "absmax1", "qmap1"), ("state2", "absmax2", "qmap2"))
+#: The format of bitsandbytes' 8-bit state (the dynamic map), and the groups' state_dtype
+#: that take it: q8 (another map by default) switches to it, as the state dict's groups
+#: say, so that its codes continue unchanged.
+BNB_FORMAT = "q8-dynamic"
+BNB_INTO = ("q8", BNB_FORMAT)
 #: Group keys of bitsandbytes' optimizers that torch's classes do not have.
 BNB_GROUP_KEYS = ("alpha", "t_alpha", "t_beta3", "optim_bits", "min_8bit_size",
                   "percentile_clipping", "block_wise", "max_unorm", "skip_zeros", "is_paged")
@@ -109,9 +115,10 @@ def from_bitsandbytes(optimizer, state_dict: dict) -> dict:
                for e in states.values()):
         return state_dict
     for k, group in enumerate(optimizer.param_groups):
-        if group.get("state_dtype") != "q8":
+        if group.get("state_dtype") not in BNB_INTO:
             raise ValueError(f"param group {k}: a bitsandbytes 8-bit state dict loads into "
-                             f"state_dtype='q8' (its codes are q8's), this group keeps "
+                             f"state_dtype='q8' or 'q8-dynamic' (it continues in q8-dynamic, "
+                             f"its map), this group keeps "
                              f"state_dtype={group.get('state_dtype')!r}; make the optimizer "
                              "with state_dtype='q8'")
     keys = [key for _, key in optimizer._row.state]
@@ -138,10 +145,10 @@ def from_bitsandbytes(optimizer, state_dict: dict) -> dict:
     groups = [{k: v for k, v in g.items() if k not in BNB_GROUP_KEYS}
               for g in state_dict["param_groups"]]
     for g, ours in zip(groups, optimizer.param_groups):
-        for key in ("state_dtype", "master_weights", "stochastic_rounding",
-                    "kahan_summation", "seed"):
+        for key in ("master_weights", "stochastic_rounding", "kahan_summation", "seed"):
             if key in ours:
                 g.setdefault(key, ours[key])
+        g["state_dtype"] = BNB_FORMAT  # its codes index bitsandbytes' dynamic map
     return {"state": converted, "param_groups": groups}
 
 
@@ -169,6 +176,16 @@ def _memory_order(where: str, key: str, codes: torch.Tensor, param) -> torch.Ten
     return _layout.span(torch.empty_like(param, dtype=torch.uint8, device="cpu").copy_(codes))
 
 
+def _saved_with(table: np.ndarray, signed: bool) -> str:
+    """How to load codes of the saved map ``table``: the state_dtype whose map it is."""
+    for name in _quant.QUANTIZED:
+        ours = _quant.qmap(name, signed)
+        if ours.size == table.size and np.all(np.abs(
+                table.view(np.int32).astype(np.int64) - ours.view(np.int32)) <= MAP_ULPS):
+            return f"it is {name}'s map: give the group state_dtype={name!r}"
+    return f"it is none of {list(_quant.QUANTIZED)}'s maps"
+
+
 def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bool,
                  param=None):
     """The engine's buffer for slot ``key`` from a saved codes/absmax/map entry (``param``:
@@ -192,8 +209,7 @@ def saved_buffer(where: str, key: str, saved: dict, memory, fmt: str, signed: bo
                              f"{fmt} {'signed' if signed else 'unsigned'} "
                              f"{_quant.FORMATS[fmt].map} map (a checkpoint quantized with "
                              "another map, or saved from a slot of the other sign); it cannot "
-                             f"be decoded here: load it into the state_dtype it was saved "
-                             f"with (one of {list(_quant.QUANTIZED)})")
+                             f"be decoded here: {_saved_with(theirs, signed)}")
     try:
         buffer = _quant.from_records(codes.detach().cpu().numpy(),
                                      absmax.detach().cpu().numpy(), n, fmt, f"{where}: {key}")

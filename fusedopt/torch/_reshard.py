@@ -30,8 +30,9 @@ optimizer until ``load_state_dict`` takes it (a nested dict, so that
 saved from, codes and absmax as they were (bit for bit); at another, each block whose saved
 scale does not reproduce its values is quantized afresh, within the bound that
 fusedopt/memory/quant_global.py derives: ``(D + 2**-22) * a`` of the saved value, ``a`` the
-largest |value| of the new block, D 0.9/128 (q8), 0.9/256 (q8, non-negative slot), 0.9/8
-(q4), 1/16 (q4, non-negative). A saved format that is not the group's, a value of another
+largest |value| of the new block, D the map's ``MAP_REACH`` there (q8: 1 - (127/128)**2,
+0.0078 for a non-negative slot; q8-dynamic 0.9/128 and 0.9/256; q4 0.9/8 and 1/16). A
+saved format that is not the group's, a value of another
 shape, or a param sharded other than by its first dimension is refused, naming it, and
 nothing changes.
 """

@@ -19,7 +19,7 @@ from .codes_power import power_functions
 from .storage import float_bits
 
 FORMAT_OF = {storage.Q8: FORMATS["q8"], storage.Q4: FORMATS["q4"],
-             storage.Q8P: FORMATS["q8-power"], storage.Q4P: FORMATS["q4-power"]}
+             storage.Q8D: FORMATS["q8-dynamic"], storage.Q4P: FORMATS["q4-power"]}
 _U = np.uint32
 _MANTISSA = np.float32(2.0 ** -24)  # a uniform float in [0, 1) from 24 random bits
 

@@ -39,7 +39,8 @@ _SCALAR_TYPES: dict = {}
 
 def _sources_digest() -> str:
     """A digest of the source of every module whose code a compiled loop holds: this
-    package's and the quantized formats' (fusedopt/memory/quant.py).
+    package's and the quantized formats' and maps' (fusedopt/memory/quant.py,
+    quant_power.py).
 
     Numba's on-disk cache checks only the source of the function it caches. A loop inlines
     code from the other modules here, so a change to one of them alone (an upgrade, say)
@@ -47,7 +48,8 @@ def _sources_digest() -> str:
     which is part of every cached loop's signature: any change compiles afresh."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in (*sorted(here.glob("*.py")), here.parent.parent / "memory" / "quant.py"):
+    memory = here.parent.parent / "memory"
+    for path in (*sorted(here.glob("*.py")), memory / "quant.py", memory / "quant_power.py"):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
@@ -62,15 +64,20 @@ def _rule_name(rule) -> str:
 
 
 class VariantType(types.Opaque):
-    #: A type unpickled from an older cache index has no ``signed``: the class default
-    #: keeps its hash computable, so Numba can read that index and find it stale.
+    #: A type unpickled from an older cache index has no ``signed`` (nor ``sources``): the
+    #: class default keeps its hash computable, so Numba can read that index and find it
+    #: stale.
     signed: tuple = ()
+    #: The :data:`SOURCES` digest the type was made under: a type unpickled from the cache
+    #: index keeps its own, so a loop compiled from other sources never matches (with the
+    #: module's digest in the key, it would match any type of the same fields).
+    sources: str = ""
 
     def __init__(self, rule: str, flags: tuple, n_slots: int, codes: tuple, mode: int,
                  clamps: bool, average: bool, signed: tuple = ()):
         self.rule, self.flags, self.n_slots = rule, flags, n_slots
         self.codes, self.mode, self.clamps, self.average = codes, mode, clamps, average
-        self.signed = signed
+        self.signed, self.sources = signed, SOURCES
         quantized = f", {signed}" if signed else ""
         super().__init__(name=f"Variant({rule}, {flags}, {n_slots}, {codes}, {mode}, "
                               f"{clamps}, {average}{quantized}, {SOURCES})")
@@ -78,7 +85,7 @@ class VariantType(types.Opaque):
     @property
     def key(self):
         return (self.rule, self.flags, self.n_slots, self.codes, self.mode, self.clamps,
-                self.average, self.signed, SOURCES)
+                self.average, self.signed, self.sources)
 
 
 register_model(VariantType)(models.OpaqueModel)
