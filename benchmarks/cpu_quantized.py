@@ -1,5 +1,6 @@
-"""CPU AdamW with 8-bit state: fusedopt q8 against its traffic ceiling, bitsandbytes'
-AdamW8bit and torchao's AdamW8bit, and fusedopt's float32 AdamW for scale.
+"""CPU AdamW with 8-bit state: fusedopt q8 (the power map, arithmetic codes) and q8-dynamic
+(the dynamic map, table lookups) against their traffic ceiling, bitsandbytes' AdamW8bit and
+torchao's AdamW8bit, and fusedopt's float32 AdamW for scale.
 
 Each contender runs in a process of its own, started afresh for each round, and the rounds
 interleave the contenders (A B C D, A B C D, ...) so that a noisy moment of the shared
@@ -32,7 +33,8 @@ import subprocess
 import sys
 import time
 
-CONTENDERS = ("ceiling", "fusedopt-q8", "fusedopt-fp32", "bnb-8bit", "torchao-8bit")
+CONTENDERS = ("ceiling", "fusedopt-q8", "fusedopt-q8-dynamic", "fusedopt-fp32", "bnb-8bit",
+              "torchao-8bit")
 BLOCK = 256
 
 
@@ -52,9 +54,10 @@ def _worker(name: str, n: int, steps: int, warmup: int, eager: bool) -> list[flo
         step = _ceiling(p0, g0)
     elif name.startswith("fusedopt"):
         import fusedopt
+        state = name.split("-", 1)[1]  # q8 (the power map), q8-dynamic, fp32
         opt = fusedopt.AdamW(learning_rate=hp["lr"], epsilon=hp["eps"],
                              weight_decay=hp["weight_decay"], convention="torch",
-                             state_dtype="q8" if name.endswith("q8") else None)
+                             state_dtype=None if state == "fp32" else state)
         p = p0.copy()
 
         def step():
@@ -147,14 +150,16 @@ def main():
         print(f"\n{n} elements, {os.cpu_count()} cores, {args.rounds} rounds x {args.steps} "
               f"steps; q8 traffic {traffic_bytes(n)} bytes")
         print("| contender | ms / step (median) | spread | GB/s of q8 traffic | "
-              "q8 speed vs it |")
-        print("|---|---:|---:|---:|---:|")
+              "q8 speed vs it | fraction of the ceiling |")
+        print("|---|---:|---:|---:|---:|---:|")
         for c in contenders:
             med = statistics.median(rounds[c])
             spread = max(rounds[c]) / min(rounds[c])
             label = c + (" (eager)" if c.startswith("torchao") and args.torchao_eager else "")
             ratio = f"{med / q8:.2f}x" if q8 else "-"
-            print(f"| {label} | {med * 1e3:.1f} | {spread:.2f} | {gb / med:.2f} | {ratio} |")
+            fraction = f"{ceiling / med:.2f}" if ceiling else "-"
+            print(f"| {label} | {med * 1e3:.1f} | {spread:.2f} | {gb / med:.2f} | {ratio} "
+                  f"| {fraction} |")
         if ceiling and q8:
             print(f"fusedopt q8 at {ceiling / q8:.2f} of its traffic ceiling")
 

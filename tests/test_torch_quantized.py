@@ -37,7 +37,7 @@ def _train(model, opt, steps):
     return float(loss.detach())
 
 
-@pytest.mark.parametrize("fmt", ["q8", "q4"])
+@pytest.mark.parametrize("fmt", ["q8", "q4", "q8-dynamic", "q4-power"])
 def test_state_dict_has_codes_scales_and_map_and_resumes_bit_for_bit(fmt):
     model = _model()
     opt = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype=fmt)
@@ -72,6 +72,32 @@ def test_groups_choose_their_own_state():
     assert loss < loss0
     assert [str(s).split(", ")[2] for s in opt._engine.storages] == [
         "q4 state", "float32 state", "float32 state", "float32 state"]
+
+
+def test_param_groups_keep_their_own_maps():
+    """A group in q8 (the power map) and one in q8-dynamic: each group's state is its own
+    map's codes (decoded with the other map, the step would differ: the engine's state
+    decoded with the group's map is the float64 AdamW step's to quantization)."""
+    model = _model()
+    first, second = model[0], model[2]
+    big = torch.nn.Linear(100, 64)
+    opt = fusedopt.torch.AdamW([{"params": first.parameters(), "state_dtype": "q8"},
+                                {"params": big.parameters(), "state_dtype": "q8-dynamic"}],
+                               lr=LR)
+    assert second is not None
+    for p in (*first.parameters(), *big.parameters()):
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    saved = opt.state_dict()
+    power, dynamic = saved["state"][0], saved["state"][2]
+    assert torch.equal(power["exp_avg_qmap"], torch.from_numpy(quant.qmap("q8", True)))
+    assert torch.equal(dynamic["exp_avg_qmap"], torch.from_numpy(quant.qmap("q8-dynamic",
+                                                                            True)))
+    # every m is (1 - beta1) * 0.5, the block's absmax: the code of 1.0, the last of both
+    # maps; v's (1 - beta2) * 0.25 likewise
+    assert torch.all(power["exp_avg"] == 255) and torch.all(dynamic["exp_avg"] == 255)
+    assert not torch.equal(power["exp_avg_qmap"], dynamic["exp_avg_qmap"])
+    assert [g["state_dtype"] for g in saved["param_groups"]] == ["q8", "q8-dynamic"]
 
 
 def test_a_bitsandbytes_adamw8bit_state_dict_loads_and_continues():

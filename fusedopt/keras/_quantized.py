@@ -33,8 +33,9 @@ class QuantizedState:
         if state_dtype not in CHOICES:
             raise ValueError(
                 f"{class_name}: state_dtype must be None (Keras' own: each variable's "
-                f"dtype), 'q8' or 'q4' (8- or 4-bit blockwise state, the dynamic map), "
-                f"'q8-power' or 'q4-power' (the power map), got {state_dtype!r}")
+                f"dtype), 'q8' or 'q4' (8- or 4-bit blockwise state: q8 with the power "
+                f"map, q4 with the dynamic one), 'q8-dynamic' or 'q4-power' (the other "
+                f"map), got {state_dtype!r}")
         self.state_dtype = state_dtype
         self.min_quantized_size = check_min_quantized_size(min_quantized_size)
 

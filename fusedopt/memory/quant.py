@@ -1,4 +1,5 @@
-"""Quantized optimizer state: ``state_dtype="q8"`` and ``"q4"``.
+"""Quantized optimizer state: ``state_dtype="q8"`` and ``"q4"`` (and ``"q8-dynamic"``,
+``"q4-power"``: the same formats with the other map).
 
 A quantized slot keeps each element as a code (8 bits; q4: 4 bits, two to a byte, the
 even element in the low half) that indexes a map of values in [-1, 1] (a non-negative slot:
@@ -13,26 +14,44 @@ block only as long as its elements need: ``4 * blocks + codes`` bytes, bitsandby
 Each block is self-contained, so a loop that starts at a block's first element finds its
 scale and codes from the slot's address and the element index alone.
 
-**Maps** (a slot declares ``nonneg=True`` in its optimizer's spec to get the unsigned one):
+**Maps** (a slot declares ``nonneg=True`` in its optimizer's spec to get the unsigned one).
+Each format (:data:`FORMATS`) names its map; ``state_dtype`` names the format:
 
-- ``"dynamic"`` for q8: the dynamic map of Dettmers (arXiv 1511.04561, 2110.02861) as
+- ``"power"`` for q8 (the default) and q4-power (fusedopt/memory/quant_power.py): signed,
+  ``sign(j) * (|j| / N)**2`` for j = c - (N - 1), N = 128 (q4: 8); non-negative,
+  ``((c + 1) / N)**4``, N = 256 (q4: 16), without zero (as q4's linear map, below). Its
+  decode is a multiply and its nearest code one or two square roots and a comparison with
+  the two neighbouring midpoints: the CPU step reads no table (fusedopt/backends/cpu/
+  codes_power.py), and its codes are exactly those of a search of its float32 table below
+  (tests/test_quantized_power.py).
+- ``"dynamic"`` for q8-dynamic: the dynamic map of Dettmers (arXiv 1511.04561, 2110.02861) as
   bitsandbytes builds it: a sign, a decimal exponent 10^-e given by leading zeros, and a
   linear fraction whose bits grow as the exponent shrinks, plus 0 and 1. Signed: 127
   negative values, 0 and 128 positive ones, 1.0 the largest; unsigned: 0, 254 positive
   values below 1, and 1. Its codes are bitsandbytes' codes (its checkpoints load here);
   its entries are the exact construction rounded once to float32, within 2 float32 ulps of
   bitsandbytes' table, which rounds along the way (tests/test_quantized_maps.py).
-- ``"dynamic"`` for q4: the same construction in 4 bits (3 exponent bits) for signed slots,
+- ``"dynamic"`` for q4 (the default): the same construction in 4 bits (3 exponent bits) for signed slots,
   and for non-negative slots the linear map without zero, (k + 1) / 16 (Li et al., arXiv
   2309.01507: a second moment quantized to zero makes an update of m / eps), as torchao's
   AdamW4bit keeps them.
 
-The default is the dynamic map: an analytic map (whose inverse costs no search) is not
-offered yet, since none has been measured to converge as well.
+**Why q8 keeps the power map by default.** Its encode costs no search and its decode no
+gather, so the CPU step is not bound by table lookups (benchmarks/RESULTS.md, "Quantized
+state: the power map": the step's time and its fraction of the traffic ceiling, q8 against
+q8-dynamic). It was made the default by this criterion: on both convergence tasks of
+benchmarks/convergence_quantized.py (chars, 3 seeds; digits, 5 seeds; 200 steps) its mean
+held-out loss is no worse than the dynamic map's by more than the standard error of the
+seeds' paired differences; it was better on both (chars 2.1976 against 2.1986, digits
+0.1047 against 0.1070). The exponents (2 for m, 4 for v) were chosen by the error that
+quantizing AdamW's moments puts into its update (benchmarks/power_map_exponents.py). q4
+keeps the dynamic map: q4-power converged worse on digits (0.1056 against 0.0967, beyond
+the paired standard error), better on chars. bitsandbytes' state (the dynamic map) is
+q8-dynamic (fusedopt/torch/_quantized.py loads it so).
 
 **Rounding.** A value x of the block with absmax a is stored as the code of the map entry
-nearest to ``x / a`` (a float32 division); halfway between two entries it takes the upper
-one (torchao's rule). Stochastic rounding takes the entry below or above with probability
+nearest to ``x / a`` (a float32 division); halfway between two entries (the float32
+midpoint, :func:`thresholds`) it takes the upper one (torchao's rule). Stochastic rounding takes the entry below or above with probability
 proportional to the distance. ``a`` is the largest |x| of the block, so ``x / a`` lies in
 [-1, 1]; a block of zeros has absmax 0 and decodes to zeros; a NaN in a block makes its
 absmax NaN (the whole block decodes to NaN, as a float32 state would show its NaN).

@@ -28,7 +28,8 @@ nearest even once on store (kernels/storage.cuh, fusedopt/backends/cpu/storage.p
   with masters: the float32 master is exact, so the 16-bit copy the forward pass reads stays
   the nearest value (and the remainder mode keeps writing the bits of the fp32-master mode).
 
-- quantized state (``state_dtype="q8"`` or ``"q4"``, fusedopt/memory/quant.py): every slot
+- quantized state (``state_dtype="q8"`` or ``"q4"``, or ``"q8-dynamic"``/``"q4-power"``
+  for the other map, fusedopt/memory/quant.py): every slot
   of the optimizer (but those declared ``float_state``, kept float32: schedule-free's z)
   kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
   float32, bfloat16 and float16 params in every mode (with ``stochastic_rounding`` the codes
@@ -216,8 +217,9 @@ def check_state_dtype(state_dtype) -> None:
         raise ValueError(f"state_dtype must be None (float32 for 16-bit params, the param's "
                          f"dtype otherwise), 'float32', 'bfloat16', 'float64', 'param' (the "
                          f"param's dtype; float32 for float16), 'q8' or 'q4' (8- or 4-bit "
-                         f"blockwise quantized, the dynamic map), 'q8-power' or 'q4-power' "
-                         f"(the power map), got {state_dtype!r}")
+                         f"blockwise quantized: q8 with the power map, q4 with the dynamic "
+                         f"one), 'q8-dynamic' or 'q4-power' (the other map), got "
+                         f"{state_dtype!r}")
 
 
 def check_min_quantized_size(value) -> int:

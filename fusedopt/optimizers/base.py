@@ -39,7 +39,8 @@ class Optimizer(Checkpoints):
       "float64" (float64 params), or "param" (the param's dtype; float32 for float16).
       Rounded to nearest even once per step. "q8" or "q4": every slot blockwise quantized
       to 8 or 4 bits (fusedopt/memory/quant.py; float32, bfloat16 and float16 params, CPU
-      backend), params below ``min_quantized_size`` elements keeping float32 state, and so
+      backend; q8 with the power map, q4 with the dynamic one, "q8-dynamic" and "q4-power"
+      the other map), params below ``min_quantized_size`` elements keeping float32 state, and so
       does a slot that is a point of the param space (schedule-free's z: only its AdamW's
       v is quantized, and its SGD's state stays float32).
     - ``min_quantized_size``: with quantized state, params with fewer elements keep float32
