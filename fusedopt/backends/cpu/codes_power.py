@@ -21,42 +21,46 @@ from ...memory.quant_power import geometry
 from ._cache import RULE, named
 
 _U = np.uint32
-_I = np.int32
 _MANTISSA = np.float32(2.0 ** -24)
 
 
 @functools.lru_cache(maxsize=None)
 def power_functions(bits: int, signed: tuple):
     """(entry(k, c), nearest(k, x), stochastic(k, x, r)) for ``bits``-bit codes and the
-    four slots' signs ``signed`` (True, False)."""
+    four slots' signs ``signed`` (True, False).
+
+    Indices are carried as float32 (exact: |j| <= 256): Numba widens int32 arithmetic to
+    int64, and AVX2 has no vector conversion between int64 and float, so integer indices
+    would keep the encode loop scalar. One conversion to int32 gives the code."""
     geo = [geometry(s, bits) for s in signed]
-    n0, n1, n2, n3 = (np.float32(n) for n, _, _ in geo)
-    inv0, inv1, inv2, inv3 = (np.float32(1.0 / n) for n, _, _ in geo)
-    o0, o1, o2, o3 = (_I(o) for _, o, _ in geo)
+    f = np.float32
+    n0, n1, n2, n3 = (f(n) for n, _, _ in geo)
+    inv0, inv1, inv2, inv3 = (f(1.0 / n) for n, _, _ in geo)
+    o0, o1, o2, o3 = (f(o) for _, o, _ in geo)
     four0, four1, four2, four3 = (p == 4 for _, _, p in geo)
-    lo0, lo1, lo2, lo3 = (_I(-o if s else 1) for (_, o, _), s in zip(geo, signed))
-    hi0, hi1, hi2, hi3 = (_I((1 << bits) - 1 - o) for _, o, _ in geo)
-    zero, half, one = np.float32(0.0), np.float32(0.5), np.float32(1.0)
+    lo0, lo1, lo2, lo3 = (f(-o if s else 1) for (_, o, _), s in zip(geo, signed))
+    hi0, hi1, hi2, hi3 = (f((1 << bits) - 1 - o) for _, o, _ in geo)
+    zero, half, one = f(0.0), f(0.5), f(1.0)
     key = (bits, signed)
 
-    @njit(**RULE)
+    @njit(inline="always", **RULE)
     @named(key)
     def at(k, j):
-        """The entry of signed index j (the code minus the slot's offset)."""
+        """The entry of signed index j (the code less the slot's offset; a float32)."""
         inv = inv0 if k == 0 else (inv1 if k == 1 else (inv2 if k == 2 else inv3))
         four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
-        t = np.float32(j if j >= 0 else -j) * inv
+        t = abs(j) * inv
         t2 = t * t
         value = t2 * t2 if four else t2
-        return -value if j < 0 else value
+        return -value if j < zero else value
 
     @njit(**RULE)
     @named(key)
     def entry(k, c):
         offset = o0 if k == 0 else (o1 if k == 1 else (o2 if k == 2 else o3))
-        return at(k, _I(c) - offset)
+        return at(k, f(c) - offset)
 
-    @njit(**RULE)
+    @njit(inline="always", **RULE)
     @named(key)
     def guess(k, x):
         """An index within one of x's nearest and of the one at or below x: the power's
@@ -69,7 +73,7 @@ def power_functions(bits: int, signed: tuple):
         if four:
             t = np.sqrt(t)
         t = t if t < one else one  # also a NaN: the last index, as the table search
-        j = _I(t * n + half)
+        j = np.floor(t * n + half)
         j = -j if x < zero else j
         j = j if j > lo else lo
         return j if j < hi else hi
@@ -83,11 +87,11 @@ def power_functions(bits: int, signed: tuple):
         hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
         j = guess(k, x)
         middle = at(k, j)
-        below = (at(k, j - _I(1)) + middle) * half
-        above = (middle + at(k, j + _I(1))) * half
-        down = _I(1) if j > lo and x < below else _I(0)
-        up = _I(1) if j < hi and x >= above else _I(0)
-        return j - down + up + offset
+        below = (at(k, j - one) + middle) * half
+        above = (middle + at(k, j + one)) * half
+        down = one if j > lo and x < below else zero
+        up = one if j < hi and x >= above else zero
+        return np.int32(j - down + up + offset)
 
     @njit(**RULE)
     @named(key)
@@ -98,14 +102,14 @@ def power_functions(bits: int, signed: tuple):
         lo = lo0 if k == 0 else (lo1 if k == 1 else (lo2 if k == 2 else lo3))
         hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
         j = guess(k, x)
-        down = _I(1) if j > lo and at(k, j) > x else _I(0)
-        up = _I(1) if j < hi and at(k, j + _I(1)) <= x else _I(0)
+        down = one if j > lo and at(k, j) > x else zero
+        up = one if j < hi and at(k, j + one) <= x else zero
         j = j - down + up
         low = at(k, j)
-        high = at(k, j + _I(1)) if j < hi else low
+        high = at(k, j + one) if j < hi else low
         gap = high - low
-        fraction = (x - low) / gap if gap > 0 else zero
-        u = np.float32(r >> _U(8)) * _MANTISSA
-        return j + offset + (_I(1) if u < fraction else _I(0))
+        fraction = (x - low) / gap if gap > zero else zero
+        u = f(r >> _U(8)) * _MANTISSA
+        return np.int32(j + offset + (one if u < fraction else zero))
 
     return entry, nearest, stochastic
