@@ -10,7 +10,7 @@ import fusedopt
 from fusedopt import functional
 
 
-@pytest.mark.parametrize("fmt", ["q8", "q4", "q8-dynamic", "q4-power"])
+@pytest.mark.parametrize("fmt", ["q8", "q4", "q8-dynamic"])
 def test_functional_steps_are_the_class_steps(fmt):
     rng = np.random.default_rng(0)
     p = rng.standard_normal(3000).astype(np.float32)
