@@ -78,11 +78,12 @@ def test_q4_and_an_empty_shard_resume_bit_for_bit(results):
 
 
 #: The largest distance from a point of [-1, 1] (m, signed map) or [0, 1] (v, unsigned)
-#: to the q8 dynamic map's nearest entry: half the top decade's gap, 0.9 / 64 signed and
-#: 0.9 / 128 unsigned (tests/test_quantized_resharding.py derives them), plus 2**-22 for
-#: float32 roundings: a resharded load moves each element at most this times its block's
-#: largest |value|.
-REACH = {"exp_avg": 0.9 / 128 + 2.0 ** -22, "exp_avg_sq": 0.9 / 256 + 2.0 ** -22}
+#: to q8's (the power map's) nearest entry: -1 to the lowest entry -(127/128)**2 signed,
+#: half the top gap 1 - (255/256)**4 unsigned (tests/test_quantized_resharding.py derives
+#: them), plus 2**-22 for float32 roundings: a resharded load moves each element at most
+#: this times its block's largest |value|.
+REACH = {"exp_avg": 1 - (127 / 128) ** 2 + 2.0 ** -22,
+         "exp_avg_sq": (1 - (255 / 256) ** 4) / 2 + 2.0 ** -22}
 BLOCK = 256
 
 
