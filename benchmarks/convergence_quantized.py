@@ -6,8 +6,9 @@ held-out loss after a fixed number of steps, for each contender and seed, and it
 - ``--task digits``: an MLP classifier of scikit-learn's packaged digits (8x8 images,
   1797 of them; the ``bench`` extra), 80/20 split.
 
-Contenders: torch.optim.AdamW (float32 state), fusedopt.torch.AdamW with q8 and q4 state
-(and "fusedopt q8 bf16 SR": bf16 params, q8 state, stochastic rounding),
+Contenders: torch.optim.AdamW (float32 state), fusedopt.torch.AdamW with the state_dtype
+its name ends in ("fusedopt q8": the power map; "fusedopt q8-dynamic", "fusedopt q4",
+"fusedopt q4-power"; and "fusedopt q8 bf16 SR": bf16 params, q8 state, stochastic rounding),
 bitsandbytes' AdamW8bit, torchao's AdamW8bit and AdamW4bit (run eagerly: their
 torch.compile build takes many minutes here; the same operations). Same model init, data
 order and hyperparameters per seed.
