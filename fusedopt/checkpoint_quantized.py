@@ -78,6 +78,7 @@ def by_map(meta: dict) -> dict:
             if f is None or slot.get("map", f.map) == f.map:
                 continue
             for name, other in _quant.FORMATS.items():
-                if (other.bits, other.block, other.map) == (f.bits, f.block, slot["map"]):
+                if (other.bits, other.block, other.map, other.rounding) == (
+                        f.bits, f.block, slot["map"], "nearest"):
                     slot["dtype"] = name
     return meta

@@ -56,7 +56,7 @@ def update(name, params, grads, states, *, step, convention="keras", backend="au
     quantized = state_dtype in _quant.QUANTIZED
     if state_dtype is not None and not quantized:
         raise ValueError(f"state_dtype is None (the arrays' dtype), 'q8' or 'q4' (or "
-                         f"'q8-dynamic', 'q4-power': the other map) here, got {state_dtype!r}")
+                         f"'q8-dynamic', 'q4-power': the other map; 'q8-bitsandbytes') here, got {state_dtype!r}")
     engine = Engine(spec, convention, backend=backend, clipping=clipping,
                     state_dtype=state_dtype if quantized else _state_dtype(params, states,
                                                                            mode),

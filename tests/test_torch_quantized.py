@@ -100,15 +100,18 @@ def test_param_groups_keep_their_own_maps():
     assert [g["state_dtype"] for g in saved["param_groups"]] == ["q8", "q8-dynamic"]
 
 
-def test_a_bitsandbytes_adamw8bit_state_dict_loads_and_continues():
+@pytest.mark.parametrize("state_dtype, continues_in", [("q8", "q8-dynamic"),
+                                                       ("q8-bitsandbytes", "q8-bitsandbytes")])
+def test_a_bitsandbytes_adamw8bit_state_dict_loads_and_continues(state_dtype, continues_in):
     bnb = pytest.importorskip("bitsandbytes")
     peer_model = _model()
     peer = bnb.optim.AdamW8bit(peer_model.parameters(), lr=LR)
     _train(peer_model, peer, 5)
     model = _model()
     model.load_state_dict(peer_model.state_dict())
-    opt = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype="q8")
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=LR, state_dtype=state_dtype)
     opt.load_state_dict(peer.state_dict())
+    assert opt.param_groups[0]["state_dtype"] == continues_in
     # the codes and scales are bitsandbytes', as they were
     mine = opt.state_dict()["state"][0]
     theirs = peer.state[peer_model[0].weight]
@@ -121,6 +124,11 @@ def test_a_bitsandbytes_adamw8bit_state_dict_loads_and_continues():
     _train(peer_model, peer, 1)
     for a, b in zip(model.parameters(), peer_model.parameters()):
         assert torch.max(torch.abs(a - b)) <= 1e-2 * LR
+    if state_dtype == "q8-bitsandbytes":  # rounded as bitsandbytes rounds: its codes
+        mine = opt.state_dict()["state"][0]
+        for ours, key in (("exp_avg", "state1"), ("exp_avg_sq", "state2")):
+            same = torch.mean((mine[ours] == theirs[key]).double())
+            assert same >= 0.99, f"{ours}: {float(same):.4f} of the codes equal"
     before, after = _train(model, opt, 1), _train(model, opt, 30)
     assert after < before
 

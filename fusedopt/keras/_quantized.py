@@ -35,7 +35,8 @@ class QuantizedState:
                 f"{class_name}: state_dtype must be None (Keras' own: each variable's "
                 f"dtype), 'q8' or 'q4' (8- or 4-bit blockwise state: q8 with the power "
                 f"map, q4 with the dynamic one), 'q8-dynamic' or 'q4-power' (the other "
-                f"map), got {state_dtype!r}")
+                f"map), 'q8-bitsandbytes' (the dynamic map rounded as bitsandbytes "
+                f"rounds), got {state_dtype!r}")
         self.state_dtype = state_dtype
         self.min_quantized_size = check_min_quantized_size(min_quantized_size)
 

@@ -55,6 +55,11 @@ midpoint, :func:`thresholds`) it takes the upper one (torchao's rule). Stochasti
 proportional to the distance. ``a`` is the largest |x| of the block, so ``x / a`` lies in
 [-1, 1]; a block of zeros has absmax 0 and decodes to zeros; a NaN in a block makes its
 absmax NaN (the whole block decodes to NaN, as a float32 state would show its NaN).
+
+q8-bitsandbytes keeps q8-dynamic's map and rounds as bitsandbytes' CPU quantizer does
+(:func:`cuts`: its measured decision points in place of the midpoints), so that a run can be
+compared with bitsandbytes' code for code; it is not the nearest entry everywhere, so the
+half-gap bound above is not its bound.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ import numpy as np
 from . import quant_power as _power
 
 #: The ``state_dtype`` spellings of quantized state: a format, with its map.
-QUANTIZED = ("q8", "q4", "q8-dynamic", "q4-power")
+QUANTIZED = ("q8", "q4", "q8-dynamic", "q4-power", "q8-bitsandbytes")
 
 #: Tensors with fewer elements keep float32 state (bitsandbytes' ``min_8bit_size``).
 MIN_QUANTIZED_SIZE = 4096
@@ -81,12 +86,16 @@ MAP_NAMES = ("dynamic", "power")
 
 @dataclass(frozen=True)
 class Format:
-    """A quantized format: bits per code, elements per block, the map's name."""
+    """A quantized format: bits per code, elements per block, the map's name, and how a
+    value is rounded to a code when it is not rounded stochastically: ``"nearest"`` (the
+    nearest entry, ties to the upper one) or ``"bitsandbytes"`` (as bitsandbytes' CPU
+    quantizer rounds: :func:`cuts`)."""
 
     name: str
     bits: int
     block: int
     map: str = "dynamic"
+    rounding: str = "nearest"
 
     @property
     def codes_per_byte(self) -> int:
@@ -114,7 +123,8 @@ class Format:
 
 FORMATS = {"q8": Format("q8", 8, 256, "power"), "q4": Format("q4", 4, 128),
            "q8-dynamic": Format("q8-dynamic", 8, 256, "dynamic"),
-           "q4-power": Format("q4-power", 4, 128, "power")}
+           "q4-power": Format("q4-power", 4, 128, "power"),
+           "q8-bitsandbytes": Format("q8-bitsandbytes", 8, 256, "dynamic", "bitsandbytes")}
 
 
 def is_quantized(state: str) -> bool:
@@ -179,6 +189,22 @@ def thresholds(values: np.ndarray) -> np.ndarray:
     v = values.astype(np.float64)
     middles = ((v[:-1] + v[1:]) / 2).astype(np.float32)
     return np.concatenate([middles, np.float32([np.inf])])
+
+
+def cuts(fmt: str, signed: bool) -> np.ndarray:
+    """The decision points of format ``fmt``'s rounding for a signed or non-negative slot
+    (ascending float32, padded with +inf to the map's length): a value x (normalized by its
+    block's absmax) gets the count of points <= x as its code. Nearest rounding: the
+    midpoints (:func:`thresholds`). bitsandbytes' rounding: the points its CPU quantizer
+    decides at (fusedopt/memory/bnb_cuts.py, measured from it), which are not always the
+    midpoints - its search can land up to 7 entries from the nearest, near 0 of the
+    non-negative map - so that q8-bitsandbytes takes the codes bitsandbytes takes."""
+    f = FORMATS[fmt]
+    if f.rounding == "nearest":
+        return thresholds(qmap(fmt, signed))
+    from . import bnb_cuts
+    points = np.array(bnb_cuts.SIGNED if signed else bnb_cuts.UNSIGNED, np.uint32)
+    return np.concatenate([points.view(np.float32), np.float32([np.inf])])
 
 
 # --- host-side conversions (initial state, checkpoints) ------------------------------------
@@ -257,7 +283,8 @@ def encode(values: np.ndarray, absmax: np.ndarray, fmt: str, signed: bool,
     absmax = np.asarray(absmax, dtype=np.float32).reshape(nb, 1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         normal = np.where(absmax > 0, blocks / absmax, np.float32(0))
-    codes = np.searchsorted(thresholds(qmap(fmt, signed, name)), normal, side="right")
+    points = cuts(fmt, signed) if name is None else thresholds(qmap(fmt, signed, name))
+    codes = np.searchsorted(points, normal, side="right")
     # beyond the last entry only where |x| exceeds its scale (or x / scale is NaN): a
     # given scale that is not the block's absmax; the last entry, not a wrapped code
     return np.minimum(codes.reshape(-1)[: x.size], f.levels - 1).astype(np.uint8)

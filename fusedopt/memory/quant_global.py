@@ -48,6 +48,7 @@ MIN_BLOCK = min(f.block for f in _quant.FORMATS.values())
 #: top decade's gap 0.9 / 4, and -1 to -(1 - 0.9 / 8); unsigned (k + 1) / 16: from 0 to
 #: 1 / 16. The power maps: :func:`_power_reach`.
 MAP_REACH = {("q8-dynamic", True): 0.9 / 128, ("q8-dynamic", False): 0.9 / 256,
+             ("q8-bitsandbytes", True): 0.9 / 128, ("q8-bitsandbytes", False): 0.9 / 256,
              ("q4", True): 0.9 / 8, ("q4", False): 1 / 16}
 
 
@@ -110,7 +111,8 @@ def to_blocks(values: np.ndarray, table: np.ndarray, row: int, fmt: str,
     n, nb = x.size, f.blocks(x.size)
     r, t = _starts(nb, f.block, row)
     saved = np.asarray(table, dtype=np.float32)[r, t]
-    codes = _quant.encode(x, saved, fmt, signed)
+    nearest = f.map  # nearest codes whatever the format's rounding: an entry finds itself
+    codes = _quant.encode(x, saved, fmt, signed, nearest)
     decoded = _quant.qmap(fmt, signed)[codes] * np.repeat(saved, f.block)[:n]
     same = np.ones(nb * f.block, dtype=bool)
     same[:n] = (decoded.view(np.int32) == x.view(np.int32)) | (np.isnan(decoded) & np.isnan(x))
@@ -119,5 +121,5 @@ def to_blocks(values: np.ndarray, table: np.ndarray, row: int, fmt: str,
     absmax = np.where(kept, saved, fresh).astype(np.float32)
     if not kept.all():
         codes = np.where(np.repeat(kept, f.block)[:n], codes,
-                         _quant.encode(x, fresh, fmt, signed))
+                         _quant.encode(x, fresh, fmt, signed, nearest))
     return _quant.pack(codes, absmax, fmt), int(kept.sum())

@@ -218,7 +218,8 @@ def check_state_dtype(state_dtype) -> None:
                          f"dtype otherwise), 'float32', 'bfloat16', 'float64', 'param' (the "
                          f"param's dtype; float32 for float16), 'q8' or 'q4' (8- or 4-bit "
                          f"blockwise quantized: q8 with the power map, q4 with the dynamic "
-                         f"one), 'q8-dynamic' or 'q4-power' (the other map), got "
+                         f"one), 'q8-dynamic' or 'q4-power' (the other map), 'q8-bitsandbytes' "
+                         f"(the dynamic map rounded as bitsandbytes rounds), got "
                          f"{state_dtype!r}")
 
 

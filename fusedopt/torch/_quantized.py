@@ -10,8 +10,9 @@ be fusedopt's map of the group's format and the slot's sign, within a few float3
 
 Loading takes that form back, and a bitsandbytes 8-bit state dict (``state1``/``state2``,
 ``absmax1``/``absmax2``, ``qmap1``/``qmap2``, wrapped in ``__bnb_optimizer_quant_state__``)
-into a group kept in q8 or q8-dynamic: its codes index q8-dynamic's map, and the group
-continues in q8-dynamic (the state dict's groups say so), its codes unchanged. A map that is not
+into a group kept in q8, q8-dynamic or q8-bitsandbytes: its codes index the dynamic map, and
+the group continues in q8-dynamic (from q8; the state dict's groups say so) or in its own
+format, its codes unchanged. A map that is not
 fusedopt's, codes or scales of another size, or a group kept otherwise is refused, naming
 the fix, and nothing changes.
 
@@ -58,7 +59,7 @@ BNB_SLOTS = (("state1", "absmax1", "qmap1"), ("state2", "absmax2", "qmap2"))
 #: that take it: q8 (another map by default) switches to it, as the state dict's groups
 #: say, so that its codes continue unchanged.
 BNB_FORMAT = "q8-dynamic"
-BNB_INTO = ("q8", BNB_FORMAT)
+BNB_INTO = ("q8", BNB_FORMAT, "q8-bitsandbytes")
 #: Group keys of bitsandbytes' optimizers that torch's classes do not have.
 BNB_GROUP_KEYS = ("alpha", "t_alpha", "t_beta3", "optim_bits", "min_8bit_size",
                   "percentile_clipping", "block_wise", "max_unorm", "skip_zeros", "is_paged")
@@ -117,10 +118,11 @@ def from_bitsandbytes(optimizer, state_dict: dict) -> dict:
     for k, group in enumerate(optimizer.param_groups):
         if group.get("state_dtype") not in BNB_INTO:
             raise ValueError(f"param group {k}: a bitsandbytes 8-bit state dict loads into "
-                             f"state_dtype='q8' or 'q8-dynamic' (it continues in q8-dynamic, "
-                             f"its map), this group keeps "
+                             f"state_dtype='q8', 'q8-dynamic' (q8 continues in q8-dynamic, "
+                             f"its map) or 'q8-bitsandbytes', this group keeps "
                              f"state_dtype={group.get('state_dtype')!r}; make the optimizer "
-                             "with state_dtype='q8'")
+                             "with state_dtype='q8-bitsandbytes' to continue as bitsandbytes "
+                             "rounds, or 'q8'")
     keys = [key for _, key in optimizer._row.state]
     converted = {}
     for pid, entry in states.items():
@@ -148,7 +150,10 @@ def from_bitsandbytes(optimizer, state_dict: dict) -> dict:
         for key in ("master_weights", "stochastic_rounding", "kahan_summation", "seed"):
             if key in ours:
                 g.setdefault(key, ours[key])
-        g["state_dtype"] = BNB_FORMAT  # its codes index bitsandbytes' dynamic map
+        if ours.get("state_dtype") not in ("q8-dynamic", "q8-bitsandbytes"):
+            g["state_dtype"] = BNB_FORMAT  # its codes index bitsandbytes' dynamic map
+        else:
+            g["state_dtype"] = ours["state_dtype"]
     return {"state": converted, "param_groups": groups}
 
 

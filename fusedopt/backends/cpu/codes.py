@@ -12,14 +12,15 @@ import numpy as np
 from numba import njit
 
 from ...constants import MAX_SLOTS, STOCHASTIC
-from ...memory.quant import FORMATS, qmap, thresholds
+from ...memory.quant import FORMATS, cuts, qmap
 from . import random_bits, storage
 from ._cache import RULE, named
 from .codes_power import power_functions
 from .storage import float_bits
 
 FORMAT_OF = {storage.Q8: FORMATS["q8"], storage.Q4: FORMATS["q4"],
-             storage.Q8D: FORMATS["q8-dynamic"], storage.Q4P: FORMATS["q4-power"]}
+             storage.Q8D: FORMATS["q8-dynamic"], storage.Q4P: FORMATS["q4-power"],
+             storage.Q8B: FORMATS["q8-bitsandbytes"]}
 _U = np.uint32
 _MANTISSA = np.float32(2.0 ** -24)  # a uniform float in [0, 1) from 24 random bits
 
@@ -90,10 +91,10 @@ def _format_constants(code: int, signed: tuple):
         sign = signed[k] if k < len(signed) else None
         values = qmap(fmt.name, True if sign is None else sign)  # None: a float32 slot
         above = np.concatenate([values[1:], np.float32([np.inf])]).astype(np.float32)
-        cuts = thresholds(values)
-        (cut_base, e1), (above_base, e2) = buckets(cuts), buckets(above)
+        points = cuts(fmt.name, True if sign is None else sign)
+        (cut_base, e1), (above_base, e2) = buckets(points), buckets(above)
         extra = max(extra, e1, e2)
-        out.append((values, cuts, cut_base, above, above_base))
+        out.append((values, points, cut_base, above, above_base))
     return fmt, extra, tuple(out)
 
 

@@ -17,7 +17,7 @@ fusedopt/backends/cpu/random_bits.py): up or down with probability proportional 
 past the largest finite value towards inf, as kernels/storage.cuh documents.
 
 Storage codes (compile-time constants of a loop specialization): ``F32``, ``F64``, ``BF16``,
-``F16``, and ``Q8``, ``Q4``, ``Q8D``, ``Q4P`` for quantized state (its own span function);
+``F16``, and ``Q8``, ``Q4``, ``Q8D``, ``Q4P``, ``Q8B`` for quantized state (its own span function);
 ``CODES`` maps dtype names to them.
 """
 
@@ -31,19 +31,21 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.core.extending import intrinsic
 
-F32, F64, BF16, F16, Q8, Q4, Q8D, Q4P = 0, 1, 2, 3, 4, 5, 6, 7
+F32, F64, BF16, F16, Q8, Q4, Q8D, Q4P, Q8B = 0, 1, 2, 3, 4, 5, 6, 7, 8
 
 #: dtype name -> storage code (quantized state, fusedopt/backends/cpu/quantized.py: q8 and
-#: q4-power with the power map, q4 and q8-dynamic with the dynamic map).
+#: q4-power with the power map, q4 and q8-dynamic with the dynamic map, q8-bitsandbytes with
+#: the dynamic map rounded as bitsandbytes rounds).
 CODES = {"float32": F32, "float64": F64, "bfloat16": BF16, "float16": F16, "q8": Q8, "q4": Q4,
-         "q8-dynamic": Q8D, "q4-power": Q4P}
+         "q8-dynamic": Q8D, "q4-power": Q4P, "q8-bitsandbytes": Q8B}
 
 #: Storage codes of quantized state.
-QUANTIZED = (Q8, Q4, Q8D, Q4P)
+QUANTIZED = (Q8, Q4, Q8D, Q4P, Q8B)
 
 #: storage code -> the dtype the loop sees the array as (16-bit types as their bits).
 LOOP_DTYPES = {F32: np.float32, F64: np.float64, BF16: np.uint16, F16: np.uint16,
-               Q8: np.uint8, Q4: np.uint8, Q8D: np.uint8, Q4P: np.uint8}
+               Q8: np.uint8, Q4: np.uint8, Q8D: np.uint8, Q4P: np.uint8,
+               Q8B: np.uint8}
 
 NEAREST_EVEN, NEAREST_AWAY = 0, 1
 
