@@ -102,19 +102,19 @@ def scalars(hp, step, convention):
 
 def square(g, k, f):
     if f.flavor == KERAS:
-        s = g * g + k.eps1
+        sq = g * g + k.eps1
     else:
-        s = g * g
-    return s
+        sq = g * g
+    return sq
 
 
-def moment(old, new, k, f):
+def moment(old, fresh, k, f):
     if f.flavor == KERAS:
-        # beta old + (1 - beta) new: Keras' float32 beta and 1 - beta
-        m = k.one_minus_w * old + k.w * new
+        # beta old + (1 - beta) fresh: Keras' float32 beta and 1 - beta
+        m = k.one_minus_w * old + k.w * fresh
     else:
         # torch's lerp: its two forms, split at weight 0.5
-        m = old + k.w * (new - old) if k.w < k.half else new - (new - old) * k.one_minus_w
+        m = old + k.w * (fresh - old) if k.w < k.half else fresh - (fresh - old) * k.one_minus_w
     return m
 
 

@@ -287,17 +287,18 @@ class OptimizerSpec:
     @property
     def on_cuda(self) -> bool:
         """Whether CUDA kernels exist for it: every registered optimizer but one with a
-        factored second moment or a matrix transform (those with reductions also have a
-        reduction kernel, :attr:`reduce_kernel`)."""
-        return self.factored is None and self.matrix is None
+        matrix transform (those with reductions also have a reduction kernel,
+        :attr:`reduce_kernel`; a factored moment, its factor phase: kernels/factored.cuh)."""
+        return self.matrix is None
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request (none for an
-        optimizer without CUDA kernels: :attr:`on_cuda`)."""
+        optimizer without CUDA kernels, :attr:`on_cuda`; a factored moment's plain only)."""
         if not self.on_cuda:
             return []
         return [(st, f, self.entry(st, f)) for st in all_storages()
-                if st.param in self.dtypes for f in self.all_flags]
+                if st.param in self.dtypes and (self.factored is None or st == Storage(
+                    st.param, st.param, st.param)) for f in self.all_flags]
 
     @property
     def reduce_kernel(self) -> str | None:

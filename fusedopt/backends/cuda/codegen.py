@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ... import constants
 from ...algorithms.gradsums import GRAD_SUMS
+from . import factored_source
 from .source import kernel_dir
 from .translate import (
     _RESERVED,
@@ -82,9 +83,10 @@ def rule_source(spec) -> str:
     presences = _slot_presence(spec)
     doc = (sys.modules[spec.rule.__module__].__doc__ or "").strip().splitlines()
     per_tensor = spec.reductions is not None
+    factored = spec.factored is not None
     out = [
         *_header(spec, doc),
-        '#include "common.cuh"',
+        f'#include "{"factored.cuh" if factored else "common.cuh"}"',
         "",
         "namespace fusedopt {",
         "",
@@ -109,6 +111,9 @@ def rule_source(spec) -> str:
     if rule.locals:
         out.append(f"        C {', '.join(rule.locals)};")
     out += lines
+    if factored:  # kernels/factored.cuh: the factor phase, the slice means, the element pass
+        return "\n".join(out + _struct_end(flags, _moment(spec, family))[:-1]
+                         + factored_source.element_kernels(spec, family))
     out += _struct_end(flags)
     out += [
         f"__global__ void {spec.kernel}(FUSEDOPT_OPTIMIZER_PARAMS(P)"
@@ -208,7 +213,7 @@ def reduce_source(spec) -> str:
         *_header(spec, [f"The reduction phase of {spec.class_name}: the per-element terms of "
                         f"{', '.join(spec.reductions.names)}", f"({rule_fn.__name__} in "
                         f"{where}), summed per tensor by kernels/reduce.cuh."]),
-        '#include "reduce.cuh"',
+        f'#include "{"factored_reduce.cuh" if spec.factored is not None else "reduce.cuh"}"',
         "",
         "namespace fusedopt {",
         "",
@@ -240,6 +245,9 @@ def reduce_source(spec) -> str:
     out += lines
     if stored:
         return "\n".join(out + _stored_kernels(spec, family))
+    if spec.factored is not None:  # kernels/factored_reduce.cuh
+        return "\n".join(out + _struct_end(flags, _moment(spec, family))[:-1]
+                         + factored_source.reduce_kernel(spec, family))
     out += _struct_end(flags)
     out += [
         f"__global__ void {spec.reduce_kernel}(FUSEDOPT_REDUCE_PARAMS(P)) {{",
@@ -294,10 +302,16 @@ def constants_source() -> str:
     ])
 
 
-def _struct_end(flags) -> list[str]:
-    """The lines that close a generated rule's struct and namespace and open its kernel's
-    template (flags: the variant flags, its template parameters after the storage)."""
-    return ["    }", "};", "", "}  // namespace fusedopt", "",
+def _moment(spec, family: str) -> list[str]:
+    """A factored moment's ``<Family>Moment`` struct (fusedopt/backends/cuda/factored_source.py)."""
+    return factored_source.moment_struct(spec, family, _from(spec, f"{family}Moment", False))
+
+
+def _struct_end(flags, more=()) -> list[str]:
+    """The lines that close a generated rule's struct (then ``more``) and namespace and open
+    its kernel's template (flags: the variant flags, its template parameters after the
+    storage)."""
+    return ["    }", "};", "", *more, "}  // namespace fusedopt", "",
             f"template <typename P, typename G, typename S, int MODE, "
             f"{', '.join(f'int {f}' for f in flags)}>"]
 
@@ -312,7 +326,7 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
         files[f"{GRAD_SUMS.reduce_kernel}.cu"] = reduce_source(GRAD_SUMS)
     for spec in specs:
-        if not spec.on_cuda:  # factored moments, a matrix transform: no CUDA kernels yet
+        if not spec.on_cuda:  # a matrix transform: no CUDA kernels yet
             continue
         made = {f"{spec.kernel}.cu": rule_source(spec)}
         if spec.reduce_kernel is not None:

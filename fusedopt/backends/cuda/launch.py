@@ -20,7 +20,7 @@ from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, 
 from ...memory.steps import TensorScalars, as_rows
 from ...memory.storage import Storage, all_storages, default_state_dtype
 from ...memory.table import rows
-from . import runtime
+from . import factored, runtime
 
 name = "cuda"
 
@@ -64,7 +64,8 @@ def all_entry_points() -> Mapping[str, tuple[str, ...]]:
 def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     names: dict[str, set[str]] = {}
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].on_cuda):
-        names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
+        names.setdefault(spec.kernel, set()).update(
+            (*(e for _, _, e in spec.entries()), *factored.entries(spec)))
         if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
             names.setdefault(spec.reduce_kernel, set()).update(
                 (*spec.reduce_entries(), "combine_sums"))
@@ -227,8 +228,27 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     extra = ()
     if isinstance(steps, TensorScalars):
         steps, extra = steps.row, (steps.values,)
-    args = _step_args(group, steps, storage, step, rt) + extra
+    args = _step_args(group, steps, storage, step, rt) + _factored(spec, group) + extra
     kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)
+
+
+def _factored(spec, group: Group) -> tuple:
+    """A factored moment's operands after the table's six arguments (shapes, denominators:
+    fusedopt/backends/cuda/factored.py); none for another optimizer."""
+    return () if spec.factored is None else factored.operands(group)
+
+
+def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """The factor phase of ``spec``'s factored moment over ``group`` (kernels/factored.cuh):
+    each factor moved with the grads as the step sees them (``clip``), each slice's
+    denominator kept in the group's scratch, on the device; ``row`` the step's scalars."""
+    rt = runtime.current()
+    _clipped_table(group, grads, clip, rt)
+    storage = step_storage(group, grads)
+    args = _step_args(group, row, storage, 1, rt)
+    module = rt.module(spec.kernel, name_expressions(spec.kernel))
+    factored.factor(spec, flags, row, group, args, storage, rt, module,
+                    lambda key, host: _upload(group, key, host, rt))
 
 
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
@@ -263,7 +283,7 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
             args = (group.device_table, index(n_tensors), wide(group.chunk), partial)
         else:
             entry = spec.reduce_entry(storage, flags)
-            args = _step_args(group, row, storage, 1, rt) + (partial,)
+            args = _step_args(group, row, storage, 1, rt) + _factored(spec, group) + (partial,)
         module.get_function(entry)((n_work,), (threads,), args)
     work = group.device_table[rows(group.n_slots, n_tensors)["work"]:]
     module.get_function("combine_sums")(
