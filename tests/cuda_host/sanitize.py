@@ -31,6 +31,10 @@ SHAPES = ((1,), (3,), (4097,), (278011,), (0,), (37, 129))
 RUNS = ((None, None, SHAPES, 1),
         (64, 32, tuple(s for s in SHAPES if s != (278011,)), 2))
 
+#: A factored moment's (Adafactor's) shapes besides those: 3-D, single rows and columns and
+#: empty slices (its state is kept per row and column, not per element).
+FACTORED_SHAPES = ((3, 5, 7), (1, 1), (64, 1), (1, 300), (2, 0, 3))
+
 
 def asan_runtime() -> str | None:
     """Path of g++'s AddressSanitizer runtime, or None if this compiler has none."""
@@ -144,7 +148,16 @@ def main(argv=None) -> int:
             config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
         problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
                                        misaligned=(len(shapes),))
+        factored = compare.make_problem((*shapes, *FACTORED_SHAPES, (9, 13)), steps,
+                                        seed=12, misaligned=(len(shapes) + 5,))
         for spec in chosen:
+            if spec.factored is not None:  # the engine makes its factored state
+                from fusedopt.memory.storage import Storage
+                for dtype in compare.BASE_DTYPES:
+                    for variant in _covering_variants(spec, compare):
+                        if args.entry in (None, compare.entry_of(spec, variant, dtype)):
+                            _run_storage(spec, variant, Storage(dtype, dtype, dtype), factored)
+                continue
             for dtype in compare.BASE_DTYPES:
                 for variant in _covering_variants(spec, compare):
                     if args.entry in (None, compare.entry_of(spec, variant, dtype)):
@@ -157,6 +170,7 @@ def main(argv=None) -> int:
                     if args.entry in (None, spec.entry(storage, flags)):
                         _run_storage(spec, variant, storage, problem)
     print(f"sanitizers clean over {len(host.launches)} launches")
+    print("kernels:", " ".join(sorted({name.split("<")[0] for name, _, _ in host.launches})))
     return 0
 
 

@@ -142,6 +142,12 @@ def vector_accesses() -> dict[str, tuple[int, int]]:
     out = {}
     for spec in REGISTRY.values():
         for st, flags, name in spec.entries():
+            if spec.factored is not None:
+                # kernels/factored.cuh: one loop reads p and g and writes p (the factors
+                # read by index), the other (rank < 2) also reads and writes the whole
+                # moment; every operand of the param's type, one access a vector each.
+                out[name] = (2 + 3, 1 + 2)
+                continue
             sizes = [_BYTES[st.param], _BYTES[st.grad]]
             sizes += [_BYTES[st.state]] * len(spec.slots(flags))
             if st.master:
