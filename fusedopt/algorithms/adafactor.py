@@ -20,8 +20,9 @@ With t the 1-based step and w = t^beta_2_decay::
             theta -= alpha / max(1, RMS(u) / clip_threshold) * u
 
 A step of a factored param is three passes (fusedopt/engine/reductions.py): the factor pass
-reads g and sums s along rows and columns (r and c, R + C values per slice, are moved on the
-host side of the backend); the reduction pass reads theta and g and sums theta^2 and u^2
+reads g and sums s along rows and columns (r and c, R + C values per slice, are then moved:
+on the host by the CPU backend, by the summing thread on CUDA, kernels/factored.cuh); the
+reduction pass reads theta and g and sums theta^2 and u^2
 (u from the new factors); the element pass reads theta and g and writes theta. In float32:
 4 + 8 + 12 = 24 bytes per element, the fewest any Adafactor step can move: every u needs
 the factors, which need every g, so g is read before any u exists; RMS(u) needs every u
