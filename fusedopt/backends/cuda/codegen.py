@@ -54,7 +54,7 @@ def _count(presences) -> str:
 
 def rule_source(spec) -> str:
     """``kernels/<family>.cu`` for ``spec``'s family."""
-    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    where = f"{spec.rule.__module__.replace('.', '/')}.py"
     node = function(spec.rule)
     expected = ["p", "g", *(s.name for s in spec.slot_decls), "k", "f"]
     if [a.arg for a in node.args.args] != expected:
@@ -129,7 +129,7 @@ def rule_source(spec) -> str:
 
 def _header(spec, doc) -> list[str]:
     return [
-        f"// Generated from fusedopt/algorithms/{spec.kernel}.py by",
+        f"// Generated from {spec.rule.__module__.replace('.', '/')}.py by",
         "// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there",
         "// and regenerate; tests/test_codegen.py fails while this file differs.",
         "//",
@@ -167,7 +167,7 @@ def reduce_source(spec) -> str:
     """``kernels/<family>_reduce.cu``: ``spec``'s reduction rule (``reductions.rule``) as a
     terms struct and the ``__global__`` template of the reduction phase
     (kernels/reduce.cuh), for an optimizer with per-tensor reductions."""
-    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    where = f"{spec.rule.__module__.replace('.', '/')}.py"
     rule_fn = spec.reductions.rule
     node = function(rule_fn)
     slots = [s.name for s in spec.slot_decls]
@@ -326,7 +326,9 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
         files[f"{GRAD_SUMS.reduce_kernel}.cu"] = reduce_source(GRAD_SUMS)
     for spec in specs:
-        if not spec.on_cuda:  # a matrix transform: no CUDA kernels yet
+        if spec.matrix is not None:  # Muon: the kernels of its two element passes
+            files.update({f"{p.kernel}.cu": rule_source(p) for p in (spec.matrix.momentum,
+                                                                     spec.matrix.weight)})
             continue
         made = {f"{spec.kernel}.cu": rule_source(spec)}
         if spec.reduce_kernel is not None:

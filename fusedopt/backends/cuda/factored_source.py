@@ -54,7 +54,7 @@ def _device_function(spec, name: str, fn, where: str) -> list[str]:
 
 def moment_struct(spec, family: str, from_line: str) -> list[str]:
     """The ``<Family>Moment`` struct: the step's scalars and the three functions."""
-    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    where = f"{spec.rule.__module__.replace('.', '/')}.py"
     lines = ["// The factored moment (kernels/factored.cuh): square, moment and estimate of the",
              "// algorithm, on one value each.",
              f"template <typename C, {', '.join(f'int {f.upper()}' for f in spec.flag_names)}>",
