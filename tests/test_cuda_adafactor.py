@@ -87,9 +87,14 @@ def _oracle(params, grads, convention, **hp):
     return out
 
 
-@pytest.mark.parametrize("chunk, threads", [(None, None), (64, 32)], ids=["default", "chunk64"])
-@pytest.mark.parametrize("dtype", compare.BASE_DTYPES)
-@pytest.mark.parametrize("convention", ["keras", "torch"])
+#: Each convention and dtype once, each launch shape (the default; many small blocks with
+#: idle threads) with both conventions and both dtypes.
+RUNS = [("keras", "float32", None, None), ("keras", "float64", 64, 32),
+        ("torch", "float32", 64, 32), ("torch", "float64", None, None)]
+
+
+@pytest.mark.parametrize("convention, dtype, chunk, threads", RUNS,
+                         ids=[f"{c}-{d}-{'chunk64' if k else 'default'}" for c, d, k, _ in RUNS])
 def test_steps_match_the_cpu_and_the_oracle(host_cuda, monkeypatch, convention, dtype, chunk,
                                             threads):
     """Params and factors against the CPU backend and the oracle; five launches a step
@@ -181,7 +186,7 @@ def launch_row(convention):
 def test_clipped_grads_reach_every_phase(host_cuda, clip):
     """The grad scales and limit of the table reach the factor phase, the reduction and the
     element pass as the CPU's passes see them; the clip changes the result."""
-    params, grads = _problem("float32", 3, seed=33)
+    params, grads = _problem("float32", 2, seed=33)
     ours, _ = _run("cuda", params, grads, learning_rate=0.05, **clip)
     cpu, _ = _run("cpu", params, grads, learning_rate=0.05, **clip)
     unclipped, _ = _run("cuda", params, grads, learning_rate=0.05)
@@ -200,13 +205,13 @@ def test_a_step_waits_for_nothing_on_the_host(cuda_cache_dir):
     host = HostRuntime(cuda_cache_dir / "host", events="never")
     previous = runtime.install(host)
     try:
-        params, grads = _problem("float32", 3, seed=34)
+        params, grads = _problem("float32", 2, seed=34)
         _run("cuda", params, grads)
         _run("cuda", params, grads, global_clipnorm=1.0)
     finally:
         runtime.install(previous)
     assert host.waits == 0
-    assert sum(1 for n, _, _ in host.launches if n.startswith("adafactor_factor<")) == 6
+    assert sum(1 for n, _, _ in host.launches if n.startswith("adafactor_factor<")) == 4
 
 
 def test_a_loss_scaled_step_with_an_inf_changes_nothing(host_cuda):
