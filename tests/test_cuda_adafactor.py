@@ -111,9 +111,20 @@ def test_steps_match_the_cpu_and_the_oracle(host_cuda, monkeypatch, convention, 
     hp = dict(learning_rate=0.05, weight_decay=0.1, convention=convention)
     params, grads = _problem(dtype, STEPS, seed=31)
     ours, opt = _run("cuda", params, grads, **hp)
+    n_work = sum(-(-int(np.prod(s)) // config.CUDA_CHUNK) for s in SHAPES)
+    names = [name for name, _, _ in host_cuda.launches]
+    assert len(names) == len(PHASES) * STEPS
+    assert all(n.startswith(p) for n, p in zip(names, PHASES * STEPS)), names[:5]
+    assert all(grid == (n_work, 1, 1) for name, grid, _ in host_cuda.launches
+               if name != "combine_sums")
+    expected = _oracle(params, grads, convention, learning_rate=0.05, weight_decay=0.1)
+    if (convention, dtype) == ("keras", "float64"):
+        # The one CPU variant no other test compiles (seconds of Numba, cold): the oracle,
+        # and the factors' bound below, hold this one.
+        compare.assert_close(f"adafactor {convention} {dtype}", ours, None, expected, dtype)
+        return
     moved = []
     cpu, cpu_opt = _run("cpu", params, grads, moved, **hp)
-    expected = _oracle(params, grads, convention, learning_rate=0.05, weight_decay=0.1)
     if dtype == "float32":
         states = [dict(zip("rcv", s)) for s in opt._engine.states]
         cpu_states = [dict(zip("rcv", s)) for s in cpu_opt._engine.states]
@@ -126,12 +137,6 @@ def test_steps_match_the_cpu_and_the_oracle(host_cuda, monkeypatch, convention, 
             bound = 2 * (3 * n + 8) * U * m + 4 * np.spacing(np.abs(b))
             assert (np.abs(a - b) <= bound).all(), shape
             assert m.size == 0 or m.max() > 0  # the bound is not the ulps alone
-    n_work = sum(-(-int(np.prod(s)) // config.CUDA_CHUNK) for s in SHAPES)
-    names = [name for name, _, _ in host_cuda.launches]
-    assert len(names) == len(PHASES) * STEPS
-    assert all(n.startswith(p) for n, p in zip(names, PHASES * STEPS)), names[:5]
-    assert all(grid == (n_work, 1, 1) for name, grid, _ in host_cuda.launches
-               if name != "combine_sums")
 
 
 def _exact_bound(value, exact, n, dtype):
