@@ -47,6 +47,30 @@ FUSEDOPT_DEVICE compute_t<P> param_value(typename Storage<P>::bits p,
     }
 }
 
+// The block's sums of its threads' acc[0, NR) into partial[r * gridDim.x + blockIdx.x], in
+// a tree fixed by blockDim.x: at each level the upper part of the live threads' values is
+// added into the lower part. Every thread of the block calls it.
+template <int NR>
+FUSEDOPT_DEVICE void store_block_sums(const double* acc, double* partial) {
+    __shared__ double shared[2][MAX_BLOCK_THREADS];
+    const unsigned tid = threadIdx.x;
+    for (int r = 0; r < NR; ++r) shared[r][tid] = acc[r];
+    __syncthreads();
+    for (unsigned width = blockDim.x; width > 1;) {
+        const unsigned half = (width + 1) / 2;
+        if (tid < width - half) {
+            for (int r = 0; r < NR; ++r) shared[r][tid] += shared[r][tid + half];
+        }
+        __syncthreads();
+        width = half;
+    }
+    if (tid == 0) {
+        for (int r = 0; r < NR; ++r) {
+            partial[static_cast<long long>(r) * gridDim.x + blockIdx.x] = shared[r][0];
+        }
+    }
+}
+
 // Each tensor's Terms from the step's scalar rows (an optimizer's reduction).
 template <typename Terms, typename C>
 struct TermsOfRows {
@@ -182,25 +206,7 @@ FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long lo
         for (int r = 0; r < NR; ++r) acc[r] += static_cast<double>(out[r]);
     }
 
-    // The block's sum, in a tree fixed by blockDim.x: at each level the upper part of the
-    // live threads' values is added into the lower part.
-    __shared__ double shared[2][MAX_BLOCK_THREADS];
-    const unsigned tid = threadIdx.x;
-    for (int r = 0; r < NR; ++r) shared[r][tid] = acc[r];
-    __syncthreads();
-    for (unsigned width = blockDim.x; width > 1;) {
-        const unsigned half = (width + 1) / 2;
-        if (tid < width - half) {
-            for (int r = 0; r < NR; ++r) shared[r][tid] += shared[r][tid + half];
-        }
-        __syncthreads();
-        width = half;
-    }
-    if (tid == 0) {
-        for (int r = 0; r < NR; ++r) {
-            partial[static_cast<long long>(r) * gridDim.x + blockIdx.x] = shared[r][0];
-        }
-    }
+    store_block_sums<NR>(acc, partial);
 }
 
 // First index in sorted work[0, n) whose value is >= key.

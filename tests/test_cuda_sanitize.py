@@ -32,6 +32,11 @@ def test_every_kernel_is_clean_under_the_sanitizers(cuda_cache_dir):
     result = _run(cuda_cache_dir)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sanitizers clean over" in result.stdout
+    # Adafactor's factored moment: its factor phase, slice means, reduction and element pass.
+    ran = result.stdout.split("kernels:", 1)[1].split()
+    assert {"adafactor_factor", "adafactor_means", "adafactor_reduce", "adafactor"} <= set(ran)
+    # Muon's two element passes, Newton-Schulz between them.
+    assert {"muon_momentum", "muon_weight"} <= set(ran)
 
 
 def test_reading_past_the_end_is_caught(cuda_cache_dir, tmp_path):

@@ -182,15 +182,16 @@ def test_keras_style_class_refuses_non_matrices():
     assert (bias == 1).all()
 
 
-def test_the_cuda_backend_is_refused_naming_why_and_the_fix():
-    """No GPU here: the refusal is checked where the engine makes it, before any pass."""
+def test_a_backend_without_the_passes_is_refused_naming_why_and_the_fix():
+    """The refusal is checked where the engine makes it, before any pass (CUDA has the
+    passes: tests/test_cuda_muon.py)."""
     from types import SimpleNamespace
 
     from fusedopt.engine.orthogonal import matrix_phase
     engine = SimpleNamespace(spec=muon_algorithm.MUON)
-    plan = SimpleNamespace(backend=SimpleNamespace(name="cuda"))
-    with pytest.raises(ValueError, match=r"'cpu' and 'unfused' backends.*no CUDA kernels yet"
-                                         r".*Newton-Schulz.*CPU tensors"):
+    plan = SimpleNamespace(backend=SimpleNamespace(name="elsewhere"))
+    with pytest.raises(ValueError, match=r"'cpu', 'unfused', 'cuda' backends, not 'elsewhere'"
+                                         r".*Newton-Schulz.*NumPy or CuPy arrays"):
         matrix_phase(engine, plan, (0,), [], [], {})
 
 

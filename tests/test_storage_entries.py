@@ -27,7 +27,8 @@ STEPS = 3
 
 def _first_variant_per_entry():
     found = {}
-    for spec in (s for s in REGISTRY.values() if s.on_cuda):
+    # A factored moment (Adafactor) keeps plain storage of the param's dtype only.
+    for spec in (s for s in REGISTRY.values() if s.on_cuda and s.factored is None):
         for variant in compare.variants(spec):
             flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
             found.setdefault((spec.kernel, flags), (spec, variant))

@@ -20,8 +20,9 @@ With t the 1-based step and w = t^beta_2_decay::
             theta -= alpha / max(1, RMS(u) / clip_threshold) * u
 
 A step of a factored param is three passes (fusedopt/engine/reductions.py): the factor pass
-reads g and sums s along rows and columns (r and c, R + C values per slice, are moved on the
-host side of the backend); the reduction pass reads theta and g and sums theta^2 and u^2
+reads g and sums s along rows and columns (r and c, R + C values per slice, are then moved:
+on the host by the CPU backend, by the summing thread on CUDA, kernels/factored.cuh); the
+reduction pass reads theta and g and sums theta^2 and u^2
 (u from the new factors); the element pass reads theta and g and writes theta. In float32:
 4 + 8 + 12 = 24 bytes per element, the fewest any Adafactor step can move: every u needs
 the factors, which need every g, so g is read before any u exists; RMS(u) needs every u
@@ -102,19 +103,19 @@ def scalars(hp, step, convention):
 
 def square(g, k, f):
     if f.flavor == KERAS:
-        s = g * g + k.eps1
+        sq = g * g + k.eps1
     else:
-        s = g * g
-    return s
+        sq = g * g
+    return sq
 
 
-def moment(old, new, k, f):
+def moment(old, fresh, k, f):
     if f.flavor == KERAS:
-        # beta old + (1 - beta) new: Keras' float32 beta and 1 - beta
-        m = k.one_minus_w * old + k.w * new
+        # beta old + (1 - beta) fresh: Keras' float32 beta and 1 - beta
+        m = k.one_minus_w * old + k.w * fresh
     else:
         # torch's lerp: its two forms, split at weight 0.5
-        m = old + k.w * (new - old) if k.w < k.half else new - (new - old) * k.one_minus_w
+        m = old + k.w * (fresh - old) if k.w < k.half else fresh - (fresh - old) * k.one_minus_w
     return m
 
 

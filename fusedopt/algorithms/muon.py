@@ -237,11 +237,15 @@ _COMMON = dict(hypers=HYPERS, flag_names=("flavor", "nesterov"), flags=_flags,
                all_flags=_VARIANTS, dtypes=("float32", "float64", "bfloat16"))
 
 MOMENTUM_PASS = declare(name="muon_momentum", class_name="MuonMomentum", rule=momentum_rule,
+                        kernel="muon_momentum",
+                        # the param is passed through unchanged; u is written, never read
+                        unread=lambda flags: ("p", "u"),
                         unfused=momentum_unfused,
                         # u, the update Newton-Schulz reads, stays float beside quantized m
                         slots=(Slot("m"), Slot("u", float_state=True)),
                         scalar_names=SCALARS, scalar_fn=scalars, **_COMMON)
 WEIGHT_PASS = declare(name="muon_weight", class_name="MuonWeight", rule=weight_rule,
+                      kernel="muon_weight",
                       unfused=weight_unfused, slots=(),
                       scalar_names=(*SCALARS, *PER_TENSOR),
                       scalar_fn=lambda hp, t, c: {**scalars(hp, t, c),

@@ -286,18 +286,19 @@ class OptimizerSpec:
 
     @property
     def on_cuda(self) -> bool:
-        """Whether CUDA kernels exist for it: every registered optimizer but one with a
-        factored second moment or a matrix transform (those with reductions also have a
-        reduction kernel, :attr:`reduce_kernel`)."""
-        return self.factored is None and self.matrix is None
+        """Whether its own rule has CUDA kernels: every optimizer but one with a matrix
+        transform, whose two passes have theirs (Muon: cuda/launch.py ``matrix_entries``);
+        with reductions, a reduction kernel too; a factored moment, kernels/factored.cuh."""
+        return self.matrix is None
 
     def entries(self) -> list[tuple[Storage, tuple[int, ...], str]]:
         """Every (storage, flags, name expression) the runtime can request (none for an
-        optimizer without CUDA kernels: :attr:`on_cuda`)."""
+        optimizer without CUDA kernels, :attr:`on_cuda`; a factored moment's plain only)."""
         if not self.on_cuda:
             return []
         return [(st, f, self.entry(st, f)) for st in all_storages()
-                if st.param in self.dtypes for f in self.all_flags]
+                if st.param in self.dtypes and (self.factored is None or st == Storage(
+                    st.param, st.param, st.param)) for f in self.all_flags]
 
     @property
     def reduce_kernel(self) -> str | None:
@@ -344,10 +345,11 @@ def declare(*, name: str, rule: Callable, scalar_names: tuple[str, ...],
             flag_names: tuple[str, ...], slots: tuple[Slot, ...], class_name: str,
             keras_name: str | None = None, **fields) -> OptimizerSpec:
     """An :class:`OptimizerSpec` from its family's declarations. ``rule``'s module is the
-    family (the CUDA kernel's name); its named-tuple types are made here, as attributes of
-    that module (``<ClassName>Scalars``, ``<ClassName>Flags``), so they pickle."""
+    family (the CUDA kernel's name; ``kernel=`` names a pass's own, Muon's); its named-tuple
+    types are made here, as attributes of that module (``<ClassName>Scalars``,
+    ``<ClassName>Flags``), so they pickle."""
     module = sys.modules[rule.__module__]
-    kernel = rule.__module__.rpartition(".")[2]
+    kernel = fields.pop("kernel", None) or rule.__module__.rpartition(".")[2]
     reductions = fields.get("reductions")
     row = (*scalar_names, *(reductions.scalar_names if reductions is not None else ()))
     scalars_type = namedtuple(f"{class_name}Scalars", row, module=rule.__module__)

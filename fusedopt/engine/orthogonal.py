@@ -31,8 +31,9 @@ from ..memory.storage import Storage
 from . import threads as _threads
 from .reductions import signed
 
-#: Backends with element loops the passes can run in; CUDA has no kernels for them yet.
-_BACKENDS = ("cpu", "unfused")
+#: Backends with element loops the passes can run in (CUDA: the passes' own kernels,
+#: fusedopt/backends/cuda/launch.py ``matrix_entries``).
+_BACKENDS = ("cpu", "unfused", "cuda")
 
 
 def matrix_phase(engine, plan, positions, work, scales, cache) -> None:
@@ -72,13 +73,18 @@ def check_matrices(engine, plan, work) -> None:
     """What the passes need of the step's backend and of every launch of ``work``."""
     spec = engine.spec
     if plan.backend.name not in _BACKENDS:
-        raise ValueError(f"{spec.class_name} runs on the 'cpu' and 'unfused' backends: its "
-                         f"element passes have no CUDA kernels yet (the {plan.backend.name!r} "
-                         "backend), and its Newton-Schulz products need the array library's "
-                         "matmul between them. Step it on CPU tensors (NumPy arrays, or "
-                         "torch tensors on the CPU)")
+        raise ValueError(f"{spec.class_name} runs on the {', '.join(map(repr, _BACKENDS))} "
+                         f"backends, not {plan.backend.name!r}: its element passes need "
+                         "their kernels and its Newton-Schulz products the array library's "
+                         "matmul between them. Step it on NumPy or CuPy arrays (or torch "
+                         "tensors)")
     for launch, _ in work:
         _check(spec, launch)
+        if plan.backend.name == "cuda" and launch.group.storage.quantized:
+            raise ValueError(f"{spec.class_name}'s quantized momentum (state_dtype="
+                             f"{launch.group.storage.state!r}) has no CUDA kernels: pass "
+                             "state_dtype=None on CUDA, or step it on the CPU (NumPy arrays "
+                             "or CPU tensors)")
 
 
 def _check(spec, launch) -> None:

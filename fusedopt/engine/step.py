@@ -147,9 +147,11 @@ class StepPhases:
         """Whether a loss-scaled step of this optimizer may be decided on the device. Not
         when the next step's scalars hang on the outcome: running scalars (schedule-free's
         weight sum) advance only with an applied step, and per-tensor reductions
-        (fusedopt/engine/reductions.py) take the step's one row, which must be known. The
-        host then reads the inf/NaN test (one wait per loss-scaled step)."""
-        return self.spec.running is None and self.spec.reductions is None
+        (fusedopt/engine/reductions.py) and a matrix transform (orthogonal.py) take the
+        step's one row, which must be known. The host then reads the inf/NaN test (one wait
+        per loss-scaled step)."""
+        return (self.spec.running is None and self.spec.reductions is None
+                and self.spec.matrix is None)
 
     def _launch_phase(self, plan, positions, work, scales, scalars, window, slot,
                       per_tensor, bases) -> list:

@@ -137,9 +137,9 @@ class Muon(FusedOptimizer, keras.optimizers.Muon):
                 "are stepped with round-to-nearest stores)")
         if backend == "cuda":
             raise ValueError(
-                f"{name}: backend='cuda' is not supported: Muon's element passes have no "
-                "CUDA kernels yet (its Newton-Schulz products run on the CPU); use "
-                "backend='auto' or 'cpu' with the model's variables on the CPU")
+                f"{name}: backend='cuda' is not supported by this class yet (its two "
+                "routes are not run on CUDA tensors; fusedopt.Muon steps CuPy arrays on "
+                "'cuda'); use backend='auto' or 'cpu' with the model's variables on the CPU")
         return Routed(self, backend, rounding, quantized, ROUTES)
 
     def build(self, variables):
@@ -150,8 +150,8 @@ class Muon(FusedOptimizer, keras.optimizers.Muon):
             if not self._should_use_adamw(variable) and variable.value.device.type != "cpu":
                 raise ValueError(
                     f"{type(self).__name__}: variable {variable.path!r} is on "
-                    f"{variable.value.device}, and the Muon step runs on the CPU only (its "
-                    "element passes have no CUDA kernels yet); keep the model on the CPU, "
+                    f"{variable.value.device}, and this class steps on the CPU only (its "
+                    "routes are not run on CUDA tensors yet); keep the model on the CPU, "
                     "or list the layer in exclude_layers to give it AdamW")
         super().build(variables)
 

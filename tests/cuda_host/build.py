@@ -100,7 +100,9 @@ def build(label: str, text: str, name_expressions, cache_dir: Path,
 def optimizer_families() -> set[str]:
     """Kernel families that update params: built without cooperation (threads independent)."""
     from fusedopt.algorithms.registry import REGISTRY
-    return {spec.kernel for spec in REGISTRY.values() if spec.on_cuda}
+    from fusedopt.backends.cuda.launch import matrix_passes
+    return ({spec.kernel for spec in REGISTRY.values() if spec.on_cuda}
+            | {part.kernel for spec in REGISTRY.values() for part in matrix_passes(spec)})
 
 
 def build_family(family: str, cache_dir: Path, sanitize: bool = False,

@@ -31,6 +31,14 @@ SHAPES = ((1,), (3,), (4097,), (278011,), (0,), (37, 129))
 RUNS = ((None, None, SHAPES, 1),
         (64, 32, tuple(s for s in SHAPES if s != (278011,)), 2))
 
+#: A factored moment's (Adafactor's) shapes besides those: 3-D, single rows and columns and
+#: empty slices (its state is kept per row and column, not per element).
+FACTORED_SHAPES = ((3, 5, 7), (1, 1), (64, 1), (1, 300), (2, 0, 3))
+
+#: An optimizer of whole matrices (Muon): 2-D params only, two of one shape (one stack),
+#: tall, wide, one row, and a misaligned view last.
+MATRIX_SHAPES = ((24, 8), (24, 8), (13, 24), (1, 16), (9, 13))
+
 
 def asan_runtime() -> str | None:
     """Path of g++'s AddressSanitizer runtime, or None if this compiler has none."""
@@ -126,10 +134,11 @@ def main(argv=None) -> int:
     from fusedopt.backends.cuda import launch, runtime
     sources = dict(s.split("=", 1) for s in args.source)
     sampled = dict(launch.sampled_entry_points())
-    chosen = [s for s in REGISTRY.values() if s.on_cuda
+    chosen = [s for s in REGISTRY.values() if (s.on_cuda or s.matrix is not None)
               and (not args.optimizer or s.name in args.optimizer)]
     if args.optimizer:
-        families = {s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
+        families = ({s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
+                    | {p.kernel for s in chosen for p in launch.matrix_passes(s)})
         sampled = {f: names for f, names in sampled.items() if f in families}
     host = HostRuntime(args.cache / "host", sanitize=True,
                        sources={f: Path(p).read_text() for f, p in sources.items()},
@@ -144,7 +153,24 @@ def main(argv=None) -> int:
             config.CUDA_CHUNK, config.THREADS_PER_BLOCK = chunk, threads
         problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
                                        misaligned=(len(shapes),))
+        factored = compare.make_problem((*shapes, *FACTORED_SHAPES, (9, 13)), steps,
+                                        seed=12, misaligned=(len(shapes) + 5,))
+        matrices = compare.make_problem(MATRIX_SHAPES, steps, seed=13,
+                                        misaligned=(len(MATRIX_SHAPES) - 1,))
         for spec in chosen:
+            if spec.matrix is not None:  # its passes' kernels, Newton-Schulz between them
+                from fusedopt.memory.storage import Storage
+                for dtype in compare.BASE_DTYPES if args.entry is None else ():
+                    for variant in _covering_variants(spec, compare):
+                        _run_storage(spec, variant, Storage(dtype, dtype, dtype), matrices)
+                continue
+            if spec.factored is not None:  # the engine makes its factored state
+                from fusedopt.memory.storage import Storage
+                for dtype in compare.BASE_DTYPES:
+                    for variant in _covering_variants(spec, compare):
+                        if args.entry in (None, compare.entry_of(spec, variant, dtype)):
+                            _run_storage(spec, variant, Storage(dtype, dtype, dtype), factored)
+                continue
             for dtype in compare.BASE_DTYPES:
                 for variant in _covering_variants(spec, compare):
                     if args.entry in (None, compare.entry_of(spec, variant, dtype)):
@@ -157,6 +183,7 @@ def main(argv=None) -> int:
                     if args.entry in (None, spec.entry(storage, flags)):
                         _run_storage(spec, variant, storage, problem)
     print(f"sanitizers clean over {len(host.launches)} launches")
+    print("kernels:", " ".join(sorted({name.split("<")[0] for name, _, _ in host.launches})))
     return 0
 
 

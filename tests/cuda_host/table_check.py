@@ -78,10 +78,12 @@ def check(name: str, grid, args, find_buffer) -> None:
     addresses = table[: (2 + n_slots) * n_tensors].reshape(2 + n_slots, n_tensors)
     sizes = table[rows["sizes"]: rows["sizes"] + n_tensors]
     work = table[rows["work"]:]
+    lengths = _factored_lengths(name, args, sizes, n_tensors, n_slots)
     for t in range(n_tensors):
         for k in (k for k in range(2 + n_slots) if dtypes[k] is not None):
-            _check_operand(name, t, k, int(addresses[k, t]), int(sizes[t]), dtypes[k],
-                           find_buffer)
+            if lengths[k, t]:
+                _check_operand(name, t, k, int(addresses[k, t]), int(lengths[k, t]),
+                               dtypes[k], find_buffer)
     if len(args) >= 3 + STEP_PARAMS:  # then per-tensor scalars or a reduction's output
         _check_steps(name, n_tensors, *args[3: 3 + STEP_PARAMS])
     expected = {(t, c) for t in range(n_tensors) for c in range(-(-int(sizes[t]) // chunk))}
@@ -89,6 +91,26 @@ def check(name: str, grid, args, find_buffer) -> None:
     if len(got) != len(set(got)) or set(got) != expected:
         raise ValueError(f"{name}: the work items do not cover every chunk of every tensor "
                          f"exactly once ({len(got)} items, {len(expected)} chunks)")
+
+
+def _factored_lengths(name: str, args, sizes, n_tensors: int, n_slots: int) -> np.ndarray:
+    """(operand, tensor) element counts: each tensor's size, but for the kernels of a
+    factored moment (kernels/factored.cuh) its row factor, column factor and whole moment
+    as the shapes argument (after the flag ring) says: B R, B C, and n only where B = 0."""
+    lengths = np.tile(np.asarray(sizes, np.int64), (2 + n_slots, 1))
+    family = name.split("<", 1)[0]
+    from fusedopt.algorithms.registry import REGISTRY
+    factored = any(s.factored is not None and family.startswith(s.kernel)
+                   for s in REGISTRY.values())
+    if not factored:
+        return lengths
+    shapes = np.asarray(args[3 + STEP_PARAMS])
+    if shapes.dtype != np.int64 or shapes.size != 4 * n_tensors + 1 or n_slots != 3:
+        raise ValueError(f"{name}: a factored moment's kernel takes the shapes (int64, "
+                         f"4 T + 1) after the flag ring and a table of 3 slots")
+    b, r, c = (shapes[i * n_tensors: (i + 1) * n_tensors] for i in range(3))
+    lengths[2], lengths[3], lengths[4] = b * r, b * c, np.where(b == 0, lengths[4], 0)
+    return lengths
 
 
 def _grads_only(name: str):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ... import constants
 from ...algorithms.gradsums import GRAD_SUMS
+from . import factored_source
 from .source import kernel_dir
 from .translate import (
     _RESERVED,
@@ -53,7 +54,7 @@ def _count(presences) -> str:
 
 def rule_source(spec) -> str:
     """``kernels/<family>.cu`` for ``spec``'s family."""
-    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    where = f"{spec.rule.__module__.replace('.', '/')}.py"
     node = function(spec.rule)
     expected = ["p", "g", *(s.name for s in spec.slot_decls), "k", "f"]
     if [a.arg for a in node.args.args] != expected:
@@ -82,9 +83,10 @@ def rule_source(spec) -> str:
     presences = _slot_presence(spec)
     doc = (sys.modules[spec.rule.__module__].__doc__ or "").strip().splitlines()
     per_tensor = spec.reductions is not None
+    factored = spec.factored is not None
     out = [
         *_header(spec, doc),
-        '#include "common.cuh"',
+        f'#include "{"factored.cuh" if factored else "common.cuh"}"',
         "",
         "namespace fusedopt {",
         "",
@@ -109,6 +111,9 @@ def rule_source(spec) -> str:
     if rule.locals:
         out.append(f"        C {', '.join(rule.locals)};")
     out += lines
+    if factored:  # kernels/factored.cuh: the factor phase, the slice means, the element pass
+        return "\n".join(out + _struct_end(flags, _moment(spec, family))[:-1]
+                         + factored_source.element_kernels(spec, family))
     out += _struct_end(flags)
     out += [
         f"__global__ void {spec.kernel}(FUSEDOPT_OPTIMIZER_PARAMS(P)"
@@ -124,7 +129,7 @@ def rule_source(spec) -> str:
 
 def _header(spec, doc) -> list[str]:
     return [
-        f"// Generated from fusedopt/algorithms/{spec.kernel}.py by",
+        f"// Generated from {spec.rule.__module__.replace('.', '/')}.py by",
         "// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there",
         "// and regenerate; tests/test_codegen.py fails while this file differs.",
         "//",
@@ -162,7 +167,7 @@ def reduce_source(spec) -> str:
     """``kernels/<family>_reduce.cu``: ``spec``'s reduction rule (``reductions.rule``) as a
     terms struct and the ``__global__`` template of the reduction phase
     (kernels/reduce.cuh), for an optimizer with per-tensor reductions."""
-    where = f"fusedopt/algorithms/{spec.kernel}.py"
+    where = f"{spec.rule.__module__.replace('.', '/')}.py"
     rule_fn = spec.reductions.rule
     node = function(rule_fn)
     slots = [s.name for s in spec.slot_decls]
@@ -208,7 +213,7 @@ def reduce_source(spec) -> str:
         *_header(spec, [f"The reduction phase of {spec.class_name}: the per-element terms of "
                         f"{', '.join(spec.reductions.names)}", f"({rule_fn.__name__} in "
                         f"{where}), summed per tensor by kernels/reduce.cuh."]),
-        '#include "reduce.cuh"',
+        f'#include "{"factored_reduce.cuh" if spec.factored is not None else "reduce.cuh"}"',
         "",
         "namespace fusedopt {",
         "",
@@ -240,6 +245,9 @@ def reduce_source(spec) -> str:
     out += lines
     if stored:
         return "\n".join(out + _stored_kernels(spec, family))
+    if spec.factored is not None:  # kernels/factored_reduce.cuh
+        return "\n".join(out + _struct_end(flags, _moment(spec, family))[:-1]
+                         + factored_source.reduce_kernel(spec, family))
     out += _struct_end(flags)
     out += [
         f"__global__ void {spec.reduce_kernel}(FUSEDOPT_REDUCE_PARAMS(P)) {{",
@@ -294,10 +302,16 @@ def constants_source() -> str:
     ])
 
 
-def _struct_end(flags) -> list[str]:
-    """The lines that close a generated rule's struct and namespace and open its kernel's
-    template (flags: the variant flags, its template parameters after the storage)."""
-    return ["    }", "};", "", "}  // namespace fusedopt", "",
+def _moment(spec, family: str) -> list[str]:
+    """A factored moment's ``<Family>Moment`` struct (fusedopt/backends/cuda/factored_source.py)."""
+    return factored_source.moment_struct(spec, family, _from(spec, f"{family}Moment", False))
+
+
+def _struct_end(flags, more=()) -> list[str]:
+    """The lines that close a generated rule's struct (then ``more``) and namespace and open
+    its kernel's template (flags: the variant flags, its template parameters after the
+    storage)."""
+    return ["    }", "};", "", *more, "}  // namespace fusedopt", "",
             f"template <typename P, typename G, typename S, int MODE, "
             f"{', '.join(f'int {f}' for f in flags)}>"]
 
@@ -312,7 +326,9 @@ def generated(specs=None) -> dict[str, str]:
         specs = REGISTRY.values()
         files[f"{GRAD_SUMS.reduce_kernel}.cu"] = reduce_source(GRAD_SUMS)
     for spec in specs:
-        if not spec.on_cuda:  # factored moments, a matrix transform: no CUDA kernels yet
+        if spec.matrix is not None:  # Muon: the kernels of its two element passes
+            files.update({f"{p.kernel}.cu": rule_source(p) for p in (spec.matrix.momentum,
+                                                                     spec.matrix.weight)})
             continue
         made = {f"{spec.kernel}.cu": rule_source(spec)}
         if spec.reduce_kernel is not None:

@@ -17,10 +17,10 @@ from ... import config
 from ...algorithms.gradsums import GRAD_SUMS
 from ...algorithms.registry import REGISTRY
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
-from ...memory.steps import TensorScalars, as_rows
+from ...memory.steps import StepRows, TensorScalars, as_rows
 from ...memory.storage import Storage, all_storages, default_state_dtype
 from ...memory.table import rows
-from . import runtime
+from . import factored, runtime
 
 name = "cuda"
 
@@ -64,10 +64,14 @@ def all_entry_points() -> Mapping[str, tuple[str, ...]]:
 def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     names: dict[str, set[str]] = {}
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].on_cuda):
-        names.setdefault(spec.kernel, set()).update(e for _, _, e in spec.entries())
+        names.setdefault(spec.kernel, set()).update(
+            (*(e for _, _, e in spec.entries()), *factored.entries(spec)))
         if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
             names.setdefault(spec.reduce_kernel, set()).update(
                 (*spec.reduce_entries(), "combine_sums"))
+    for spec in (REGISTRY[name] for name in registered if REGISTRY[name].matrix is not None):
+        for part in matrix_passes(spec):  # Muon: fusedopt/engine/orthogonal.py runs them
+            names.setdefault(part.kernel, set()).update(matrix_entries(part))
     # kernels/gradsums_reduce.cu: the grad pre-pass (fusedopt/algorithms/gradsums.py), its
     # combine, and the loss scale's flag from its sums.
     names.setdefault(GRAD_SUMS.reduce_kernel, set()).update(
@@ -75,6 +79,19 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     for family, extra in EXTRA_ENTRIES.items():
         names.setdefault(family, set()).update(extra)
     return MappingProxyType({family: tuple(sorted(n)) for family, n in sorted(names.items())})
+
+
+def matrix_passes(spec) -> tuple:
+    """The element passes of an optimizer that transforms whole matrices (Muon's momentum
+    and weight passes), each with kernels of its own family; none for another."""
+    return () if spec.matrix is None else (spec.matrix.momentum, spec.matrix.weight)
+
+
+def matrix_entries(part) -> list[str]:
+    """Every entry point of a matrix pass: plain storage of the param's dtype, which is all
+    the passes take on CUDA (quantized momentum is refused there: orthogonal.py)."""
+    return [name for st, _, name in part.entries() if st == Storage(st.param, st.param,
+                                                                       st.param)]
 
 
 def sampled_storages() -> list:
@@ -225,10 +242,41 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
         return
     storage = step_storage(group, grads)
     extra = ()
+    if isinstance(steps, np.ndarray):  # a row per tensor (Muon's weight pass)
+        steps = _row_per_tensor(steps, storage)
     if isinstance(steps, TensorScalars):
         steps, extra = steps.row, (steps.values,)
-    args = _step_args(group, steps, storage, step, rt) + extra
+    args = _step_args(group, steps, storage, step, rt) + _factored(spec, group) + extra
     kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)
+
+
+def _row_per_tensor(rows: np.ndarray, storage) -> StepRows:
+    """(tensors, scalars) rows as the control block's rows, tensor t reading row t (its
+    "step" t + 1 in kernels/steps.cuh: only stochastic rounding reads a step, and such a
+    launch never has a row per tensor)."""
+    if storage.mode == "stochastic":
+        raise ValueError("a row of scalars per tensor cannot key stochastic rounding's bits")
+    n = rows.shape[0]
+    return StepRows(1, tuple(map(tuple, rows.tolist())), tuple(range(1, n + 1)), (0,) * n)
+
+
+def _factored(spec, group: Group) -> tuple:
+    """A factored moment's operands after the table's six arguments (shapes, denominators:
+    fusedopt/backends/cuda/factored.py); none for another optimizer."""
+    return () if spec.factored is None else factored.operands(group)
+
+
+def factor(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP) -> None:
+    """The factor phase of ``spec``'s factored moment over ``group`` (kernels/factored.cuh):
+    each factor moved with the grads as the step sees them (``clip``), each slice's
+    denominator kept in the group's scratch, on the device; ``row`` the step's scalars."""
+    rt = runtime.current()
+    _clipped_table(group, grads, clip, rt)
+    storage = step_storage(group, grads)
+    args = _step_args(group, row, storage, 1, rt)
+    module = rt.module(spec.kernel, name_expressions(spec.kernel))
+    factored.factor(spec, flags, row, group, args, storage, rt, module,
+                    lambda key, host: _upload(group, key, host, rt))
 
 
 def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLIP):
@@ -263,7 +311,7 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
             args = (group.device_table, index(n_tensors), wide(group.chunk), partial)
         else:
             entry = spec.reduce_entry(storage, flags)
-            args = _step_args(group, row, storage, 1, rt) + (partial,)
+            args = _step_args(group, row, storage, 1, rt) + _factored(spec, group) + (partial,)
         module.get_function(entry)((n_work,), (threads,), args)
     work = group.device_table[rows(group.n_slots, n_tensors)["work"]:]
     module.get_function("combine_sums")(

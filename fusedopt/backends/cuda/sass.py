@@ -138,10 +138,15 @@ def vector_accesses() -> dict[str, tuple[int, int]]:
     with an fp32 master, which is read instead; all but the grad written), less what the
     variant's rule does not read (``OptimizerSpec.unread``; "p": the param and the slot
     it is kept with)."""
-    from ...algorithms.registry import REGISTRY
     out = {}
-    for spec in REGISTRY.values():
-        for st, flags, name in spec.entries():
+    for spec, entries in _optimizer_entries():
+        for st, flags, name in entries:
+            if spec.factored is not None:
+                # kernels/factored.cuh: one loop reads p and g and writes p (the factors
+                # read by index), the other (rank < 2) also reads and writes the whole
+                # moment; every operand of the param's type, one access a vector each.
+                out[name] = (2 + 3, 1 + 2)
+                continue
             sizes = [_BYTES[st.param], _BYTES[st.grad]]
             sizes += [_BYTES[st.state]] * len(spec.slots(flags))
             if st.master:
@@ -156,8 +161,20 @@ def vector_accesses() -> dict[str, tuple[int, int]]:
                     continue
                 unread += (0 if st.mode == "master" else per[0]) + (per[-1] if st.master
                                                                      else 0)
-            out[name] = (sum(per) - unread, sum(per) - per[1])
+            # A param the rule neither reads nor assigns is stored as it was loaded: the
+            # compiler may drop that store (Muon's momentum pass).
+            kept = 0 if "p" in spec.unread(flags) and not _assigns_param(spec) else per[0]
+            out[name] = (sum(per) - unread, sum(per) - per[1] - per[0] + kept)
     return out
+
+
+def _assigns_param(spec) -> bool:
+    """Whether ``spec``'s rule assigns ``p`` anywhere in its body."""
+    import ast
+
+    from .translate import function
+    return any(isinstance(n, ast.Name) and n.id == "p" and isinstance(n.ctx, ast.Store)
+               for n in ast.walk(function(spec.rule)))
 
 
 #: The NVIDIA binary tools the gates run, and the wheel that ships each (cuobjdump -sass hands
@@ -265,10 +282,21 @@ def inspect(compiled: Compiled, cache_dir: Path | None = None) -> dict[str, Kern
 
 
 
+def _optimizer_entries():
+    """(spec, its (storage, flags, name) entries) of every registered optimizer and of each
+    element pass of a matrix transform (Muon's: fusedopt/backends/cuda/launch.py)."""
+    from ...algorithms.registry import REGISTRY
+    from .launch import matrix_entries, matrix_passes
+    for spec in REGISTRY.values():
+        yield spec, spec.entries()
+        for part in matrix_passes(spec):
+            names = set(matrix_entries(part))
+            yield part, [e for e in part.entries() if e[2] in names]
+
+
 def optimizer_entries() -> set[str]:
     """Name expressions of every optimizer entry point: the ones that must be vectorized."""
-    from ...algorithms.registry import REGISTRY
-    return {name for spec in REGISTRY.values() for _, _, name in spec.entries()}
+    return {name for _, entries in _optimizer_entries() for _, _, name in entries}
 
 
 def reduction_entries() -> set[str]:
