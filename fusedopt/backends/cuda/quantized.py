@@ -1,0 +1,103 @@
+"""Quantized state (``state_dtype="q8"``/``"q4"``, fusedopt/memory/quant.py) on the CUDA backend:
+which steps have kernels, their entry points, and the map tables the kernels read.
+
+The kernels (kernels/quantized.cuh) live in a family file of their own per optimizer family,
+``kernels/<family>_quantized.cu``, generated beside ``kernels/<family>.cu`` (whose rule they
+include): one warp owns one quantization block at a time and reduces its absmax with warp
+shuffles, so these kernels' threads cooperate, which the float kernels' never do.
+
+Covered today: the families in :data:`FAMILIES` (elementwise rules, no ``float_state`` slot,
+no per-tensor reductions), params of float32, bfloat16 and float16 kept in the modes of
+:data:`MODES`, codes rounded to nearest. Every other quantized step on ``'cuda'`` is refused
+before anything changes (:func:`refusal`), with the CPU backend as the way to run it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ...memory.quant import FORMATS, QUANTIZED, qmap, thresholds
+from ...memory.storage import Storage, describe, grad_dtypes, modes
+
+#: Optimizer families with quantized CUDA kernels. Each adds one entry point per storage of
+#: :func:`storages` and flag combination to every gate, so families join as they are needed
+#: (the gates' time is budgeted: kernels/README.md).
+FAMILIES = ("adam",)
+
+#: Param modes the quantized kernels are built for (stochastic rounding of the codes and
+#: the param's other modes: the CPU backend).
+MODES = ("plain",)
+
+#: Param dtypes quantized state is kept for (fusedopt/memory/storage.py refuses float64).
+PARAMS = ("float32", "bfloat16", "float16")
+
+#: Threads of one warp, which owns one quantization block at a time.
+WARP = 32
+
+
+def family(kernel: str) -> str:
+    """The CUDA family of ``kernel``'s quantized entry points."""
+    return f"{kernel}_quantized"
+
+
+def storages() -> tuple[Storage, ...]:
+    """Every quantized storage the runtime can request."""
+    return tuple(Storage(p, g, fmt, m) for fmt in QUANTIZED for p in PARAMS
+                 for m in modes(p) if m in MODES for g in grad_dtypes(p, m))
+
+
+def sampled_storages() -> tuple[Storage, ...]:
+    """The quantized storages every gate compiles for every arch: each format on float32
+    params (the rest differs only in the param's load and store, which the float kernels'
+    gates cover for every storage)."""
+    return tuple(st for st in storages() if st.param == "float32")
+
+
+def covers(spec) -> bool:
+    """Whether ``spec``'s family has quantized CUDA kernels."""
+    return (spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
+            and not any(s.float_state for s in spec.slot_decls))
+
+
+def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
+    """(storage, flags, name expression) of every quantized entry point of ``spec``."""
+    if not covers(spec):
+        return []
+    return [(st, f, family(spec.kernel) + spec.entry(st, f)[len(spec.kernel):])
+            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
+
+
+def refusal(spec, storage: Storage) -> str | None:
+    """Why a step of ``spec`` with ``storage`` has no CUDA kernel (None: it has one)."""
+    if not storage.quantized:
+        return None
+    fix = ("step it on the CPU backend (NumPy arrays or CPU tensors, or backend='cpu'), or "
+           "keep float state (state_dtype=None)")
+    if not covers(spec):
+        why = ("per-tensor reductions" if spec.reductions is not None else
+               "a float_state slot" if any(s.float_state for s in spec.slot_decls) else
+               "its rule")
+        return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
+                f"(quantized state with {why} runs on the CPU backend only): {fix}")
+    if storage.mode not in MODES:
+        what = ("stochastic_rounding=True (codes rounded stochastically)"
+                if storage.mode == "stochastic" else describe(storage.mode))
+        return (f"{spec.class_name} with state_dtype={storage.state!r} and {what} has no "
+                f"CUDA kernel yet: {fix}")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def map_tables(fmt: str, signed: tuple) -> np.ndarray:
+    """The float32 tables the kernels of format ``fmt`` read, per slot (``signed``: each
+    slot's ``spec.signed_slots``): the map's entries ascending, then its nearest-rounding
+    thresholds (``quant.thresholds``: a value's code is the count of thresholds <= it).
+    Any ascending float32 map works: the kernels search it, assuming no formula."""
+    levels = FORMATS[fmt].levels
+    out = np.zeros((max(len(signed), 1), 2, levels), dtype=np.float32)
+    for k, sign in enumerate(signed):
+        values = qmap(fmt, True if sign is None else bool(sign))
+        out[k, 0], out[k, 1] = values, thresholds(values)
+    return out.reshape(-1)
