@@ -118,6 +118,7 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
     const GB* g = reinterpret_cast<const GB*>(view.address(1, t));
     XB* x = HAS_SLOT ? reinterpret_cast<XB*>(view.address(2 + NS, t)) : nullptr;
     unsigned char* s[NSA];
+#pragma unroll
     for (int k = 0; k < NS; ++k) s[k] = reinterpret_cast<unsigned char*>(view.address(2 + k, t));
     assume_global(p);
     assume_global(g);
@@ -138,6 +139,7 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
         const int count = left <= 0 ? 0 : (left < PER ? static_cast<int>(left) : PER);
         float values[NSA][PER];
         unsigned int top[NSA];
+#pragma unroll
         for (int k = 0; k < NS; ++k) {
             top[k] = 0u;
             if (count == 0) continue;
@@ -156,18 +158,21 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
             if (e >= count) continue;
             const long long i = i0 + e;
             float se[NSA];
+#pragma unroll
             for (int k = 0; k < NS; ++k) se[k] = values[k][e];
             PB pe = p[i];
             XB xe = HAS_SLOT ? x[i] : XB();
             E::run(rule, pe, g[i], se, xe, scale, limit, base, i);
             p[i] = pe;
             if (HAS_SLOT) x[i] = xe;
+#pragma unroll
             for (int k = 0; k < NS; ++k) {
                 values[k][e] = se[k];
                 const unsigned int bits = float_bits(se[k]) & 0x7fffffffu;
                 top[k] = bits > top[k] ? bits : top[k];
             }
         }
+#pragma unroll
         for (int k = 0; k < NS; ++k) {
             const float absmax = bits_float(warp_max(top[k]));
             if (count == 0) continue;
