@@ -96,13 +96,12 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
 def sampled_storages() -> list:
     """A sample of the storages that reaches every mode and param dtype: each param dtype
     in its default storage, and every mode once, on bfloat16 params and grads with float32
-    state; and each quantized format on float32 params. The gates that would otherwise
-    repeat one check per storage (the second architecture's compile, the sanitizers) take
-    these."""
+    state. The gates that would otherwise repeat one check per storage (the second
+    architecture's compile, the sanitizers) take these (and of quantized state,
+    ``quantized.sampled_storages``)."""
     return [st for st in all_storages()
             if st == Storage(st.param, st.param, default_state_dtype(st.param))
-            or (st.param, st.grad, st.state) == ("bfloat16", "bfloat16", "float32")
-            ] + list(quantized.sampled_storages())
+            or (st.param, st.grad, st.state) == ("bfloat16", "bfloat16", "float32")]
 
 
 def storage_args(name: str) -> str:
@@ -120,7 +119,8 @@ def sampled_entry_points() -> Mapping[str, tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _sampled_entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
-    sampled = {st.template_args() for st in sampled_storages()} | {""}
+    sampled = {st.template_args() for st in (*sampled_storages(),
+                                             *quantized.sampled_storages())} | {""}
     return MappingProxyType({family: tuple(n for n in names if storage_args(n) in sampled)
                              for family, names in _entry_points(registered).items()})
 
@@ -133,8 +133,7 @@ def name_expressions(family: str) -> tuple[str, ...]:
 def kernel(spec, storage, flags):
     family, name = spec.kernel, spec.entry(storage, flags)
     if storage.quantized:
-        family = quantized.family(spec.kernel)
-        name = family + name[len(spec.kernel):]
+        family, name = quantized.family(spec.kernel), quantized.entry(spec, storage, flags)
     module = runtime.current().module(family, name_expressions(family))
     return module.get_function(name)
 

@@ -61,11 +61,17 @@ def covers(spec) -> bool:
             and not any(s.float_state for s in spec.slot_decls))
 
 
+def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
+    """The name expression of ``spec``'s quantized kernel for ``storage`` and ``flags``,
+    e.g. ``adam_quantized<float, float, fusedopt::Q8, 0, 1, 0>``."""
+    return family(spec.kernel) + spec.entry(storage, flags)[len(spec.kernel):]
+
+
 def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     """(storage, flags, name expression) of every quantized entry point of ``spec``."""
     if not covers(spec):
         return []
-    return [(st, f, family(spec.kernel) + spec.entry(st, f)[len(spec.kernel):])
+    return [(st, f, entry(spec, st, f))
             for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
 
 
