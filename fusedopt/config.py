@@ -91,6 +91,14 @@ REGISTER_BUDGET_SEVEN_ARRAYS = 80
 #: bandwidth-delay product. (Not measured on a GPU.)
 REGISTER_BUDGET_QUANTIZED = 80
 
+#: The budget of those that round the codes stochastically (MODE STOCHASTIC): each code
+#: adds its element's random bits and a search of the entry below with its neighbour's
+#: gap, and ptxas gives q8 AMSGrad (three slots, 24 values held) up to 90. 96 keeps 2
+#: blocks of 256 threads per SM resident (65536 / (96 x 256)): half the warps of the float
+#: kernels, for a step that moves 2 bytes of state per slot and element. (Not measured on
+#: a GPU.)
+REGISTER_BUDGET_QUANTIZED_STOCHASTIC = 96
+
 #: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/memory/steps.py): the host
 #: reads their flags without waiting, and waits only when this many are still unread.
 STEP_WINDOW = 32

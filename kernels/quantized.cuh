@@ -21,12 +21,17 @@
 //      branchless binary search of the sorted table (8 steps for q8, 4 for q4). That is the
 //      CPU's rule (fusedopt/backends/cpu/codes.py counts the same thresholds through a
 //      lookup table), so the codes are the same bits; lane 0 writes the absmax.
+//      STOCHASTIC: the entry below the value (the count of the entries after the first that
+//      are <= it) or the one above, the upper with probability (value - below) / (above -
+//      below), drawn as the CPU draws it: 24 bits of the element's bits for slot k
+//      (array_bits(element_hash(base, i), 1 + k), kernels/random_bits.cuh), u = bits / 2^24,
+//      up where u < that fraction.
 // Every warp of a block runs the same number of rounds (a warp without a block in the last
 // round reads and writes nothing but still takes part in the shuffles), so the host build,
 // whose shuffles are barriers of the whole block (tests/cuda_host/shim.h), runs the same code.
 //
-// The maps: a kernel argument, per slot its ascending entries then its thresholds (float32,
-// 2 x LEVELS each; fusedopt/backends/cuda/quantized.py's map_tables). Any ascending map
+// The maps: a kernel argument, per slot its ascending entries, its thresholds and its
+// entries after the first (float32, LEVELS each, the last two padded with +inf; fusedopt/backends/cuda/quantized.py's map_tables). Any ascending map
 // works with the source unchanged; 2 KB per q8 slot stay in L1 after the first warp reads
 // them (constant memory would serialize the lanes' different addresses).
 #pragma once
@@ -65,16 +70,41 @@ FUSEDOPT_DEVICE unsigned int warp_max(unsigned int value) {
     return value;
 }
 
-// The count of ``cuts``' first LEVELS - 1 entries (ascending) that are <= x: x's nearest
-// code. A NaN compares false everywhere: code 0, as on the CPU.
+// The count of ``table``'s first LEVELS - 1 entries (ascending) that are <= x: for the
+// thresholds, x's nearest code. A NaN compares false everywhere: 0, as on the CPU.
 template <int LEVELS>
-FUSEDOPT_DEVICE unsigned int nearest_code(const float* cuts, float x) {
+FUSEDOPT_DEVICE unsigned int count_at_most(const float* table, float x) {
     unsigned int c = 0;
 #pragma unroll
     for (int step = LEVELS / 2; step > 0; step >>= 1) {
-        c += x >= __ldg(cuts + c + step - 1) ? static_cast<unsigned int>(step) : 0u;
+        c += x >= __ldg(table + c + step - 1) ? static_cast<unsigned int>(step) : 0u;
     }
     return c;
+}
+
+// x's code rounded stochastically with the random word r (``values``: the map, ``above``:
+// its entries after the first).
+template <int LEVELS>
+FUSEDOPT_DEVICE unsigned int stochastic_code(const float* values, const float* above, float x,
+                                             unsigned int r) {
+    const unsigned int c = count_at_most<LEVELS>(above, x);  // the entry at or below x
+    const unsigned int up = c + 1 < LEVELS ? c + 1 : c;
+    const float low = __ldg(values + c);
+    const float gap = __ldg(values + up) - low;
+    const float fraction = gap > 0.0f ? (x - low) / gap : 0.0f;
+    const float u = static_cast<float>(r >> 8) * 5.9604644775390625e-8f;  // 2^-24
+    return u < fraction ? up : c;
+}
+
+// ``word`` as if computed from ``input`` (kernels/common.cuh's after_word): what is made
+// from it waits for ``input``. No instruction; the host build has nothing to order.
+FUSEDOPT_DEVICE unsigned int held(unsigned int word, float input) {
+#if defined(FUSEDOPT_HOST_BUILD)
+    (void)input;
+#else
+    after_word(word, input);
+#endif
+    return word;
 }
 
 // The code of element ``i`` of a block whose codes start at ``codes``.
@@ -145,7 +175,7 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
             if (count == 0) continue;
             const unsigned char* record = s[k] + b * Q::RECORD;
             const float absmax = *reinterpret_cast<const float*>(record);
-            const float* map = maps + k * 2 * Q::LEVELS;
+            const float* map = maps + k * 3 * Q::LEVELS;
 #pragma unroll
             for (int e = 0; e < PER; ++e) {
                 if (e < count) {
@@ -177,24 +207,31 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
             const float absmax = bits_float(warp_max(top[k]));
             if (count == 0) continue;
             unsigned char* record = s[k] + b * Q::RECORD;
-            const float* cuts = maps + (k * 2 + 1) * Q::LEVELS;
+            const float* map = maps + k * 3 * Q::LEVELS;
             const bool positive = absmax > 0.0f;  // not for 0 or NaN: every code that of 0
-            unsigned int codes[PER];
-#pragma unroll
-            for (int e = 0; e < PER; ++e) {
-                codes[e] = 0u;
-                if (e < count) {
-                    const float normal = positive ? values[k][e] / absmax : 0.0f;
-                    codes[e] = nearest_code<Q::LEVELS>(cuts, normal);
-                }
-            }
             unsigned char* out = record + 4 + lane * PER * Q::BITS / 8;
+            constexpr int PAIR = 8 / Q::BITS;  // codes per byte
+            // The elements' random bits made once the absmax is known, not hoisted above
+            // the shuffles to be held (a register each) across them.
+            const unsigned int key = MODE == STOCHASTIC ? held(base, absmax) : 0u;
 #pragma unroll
-            for (int e = 0; e < PER; e += 8 / Q::BITS) {
-                if (e < count) {
-                    out[e * Q::BITS / 8] = static_cast<unsigned char>(
-                        Q::BITS == 8 ? codes[e] : codes[e] | (codes[e + 1] << 4));
+            for (int j = 0; j < PER / PAIR; ++j) {  // each byte written once its codes are
+                unsigned int byte = 0u;
+#pragma unroll
+                for (int h = 0; h < PAIR; ++h) {
+                    const int e = j * PAIR + h;
+                    if (e >= count) continue;
+                    const float normal = positive ? values[k][e] / absmax : 0.0f;
+                    unsigned int code;
+                    if (MODE == STOCHASTIC) {
+                        const unsigned int r = array_bits(element_hash(key, i0 + e), 1 + k);
+                        code = stochastic_code<Q::LEVELS>(map, map + 2 * Q::LEVELS, normal, r);
+                    } else {
+                        code = count_at_most<Q::LEVELS>(map + Q::LEVELS, normal);
+                    }
+                    byte |= code << (h * Q::BITS);
                 }
+                if (j * PAIR < count) out[j] = static_cast<unsigned char>(byte);
             }
             if (lane == 0) *reinterpret_cast<float*>(record) = absmax;
         }

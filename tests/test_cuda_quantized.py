@@ -1,6 +1,7 @@
 """q8 / q4 state on the CUDA backend (kernels/quantized.cuh), run on the host (tests/cuda_host).
 
-- The CUDA step gives the CPU backend's bits - params, codes and absmax - over several
+- The CUDA step gives the CPU backend's bits - params, codes and absmax, codes rounded to
+  nearest and (bfloat16 params, ``stochastic_rounding``) stochastically - over several
   steps, for several params of different sizes in one launch: a block whose absmax stays 0,
   a partial last block, a block that a NaN makes NaN, a param below
   ``min_quantized_size`` keeping float32 state (its own launch), chunks of several blocks
@@ -31,18 +32,18 @@ STEPS = 3
 #: gets a NaN grad at the last step (its block's absmax becomes NaN).
 NAN = 600
 
-CASES = [  # (name, convention, hyperparameters, param dtype)
-    ("adam", "keras", dict(learning_rate=1e-2), np.float32),
+CASES = [  # (name, convention, hyperparameters, param dtype, constructor options)
+    ("adam", "keras", dict(learning_rate=1e-2), np.float32, {}),
     ("adamw", "torch", dict(learning_rate=1e-2, weight_decay=0.1, amsgrad=True),
-     ml_dtypes.bfloat16),
+     ml_dtypes.bfloat16, dict(stochastic_rounding=True)),  # params and codes
 ]
 
 
-def _run(backend, name, convention, hp, dtype, fmt):
+def _run(backend, name, convention, hp, dtype, options, fmt):
     rng = np.random.default_rng(5)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     engine = Engine(REGISTRY[name], convention, backend=backend, state_dtype=fmt,
-                    min_quantized_size=MIN_SIZE)
+                    min_quantized_size=MIN_SIZE, seed=3, **options)
     engine.add_group(hp)
     engine.add_params(params)
     for step in range(STEPS):
@@ -55,13 +56,14 @@ def _run(backend, name, convention, hp, dtype, fmt):
 
 
 @pytest.mark.parametrize("fmt", quant.QUANTIZED)
-@pytest.mark.parametrize("name, convention, hp, dtype", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name, convention, hp, dtype, options", CASES,
+                         ids=[c[0] for c in CASES])
 def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, hp, dtype,
-                                      fmt):
+                                      options, fmt):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)  # chunks of several blocks
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)  # 3 warps: idle ones at the end
-    cuda_params, cuda_states = _run("cuda", name, convention, hp, dtype, fmt)
-    cpu_params, cpu_states = _run("cpu", name, convention, hp, dtype, fmt)
+    cuda_params, cuda_states = _run("cuda", name, convention, hp, dtype, options, fmt)
+    cpu_params, cpu_states = _run("cpu", name, convention, hp, dtype, options, fmt)
     f = quant.FORMATS[fmt]
     for t, shape in enumerate(SHAPES):
         np.testing.assert_array_equal(cuda_params[t].view(np.uint8),
@@ -82,7 +84,6 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
 
 REFUSED = [  # (optimizer, constructor options, what the message names)
     ("lamb", {}, "per-tensor reductions"),
-    ("adam", dict(stochastic_rounding=True), "stochastic_rounding=True"),
     ("adam", dict(master_weights=True), "master_weights=True"),
     ("adam", dict(kahan_summation=True), "kahan_summation=True"),
 ]

@@ -8,7 +8,8 @@ shuffles, so these kernels' threads cooperate, which the float kernels' never do
 
 Covered today: the families in :data:`FAMILIES` (elementwise rules, no ``float_state`` slot,
 no per-tensor reductions), params of float32, bfloat16 and float16 kept in the modes of
-:data:`MODES`, codes rounded to nearest. Every other quantized step on ``'cuda'`` is refused
+:data:`MODES`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
+Every other quantized step on ``'cuda'`` is refused
 before anything changes (:func:`refusal`), with the CPU backend as the way to run it.
 """
 
@@ -26,9 +27,9 @@ from ...memory.storage import Storage, describe, grad_dtypes, modes
 #: (the gates' time is budgeted: kernels/README.md).
 FAMILIES = ("adam",)
 
-#: Param modes the quantized kernels are built for (stochastic rounding of the codes and
-#: the param's other modes: the CPU backend).
-MODES = ("plain",)
+#: Param modes the quantized kernels are built for ("stochastic": the codes rounded
+#: stochastically too; masters, remainders and Kahan summation: the CPU backend).
+MODES = ("plain", "stochastic")
 
 #: Param dtypes quantized state is kept for (fusedopt/memory/storage.py refuses float64).
 PARAMS = ("float32", "bfloat16", "float16")
@@ -88,8 +89,7 @@ def refusal(spec, storage: Storage) -> str | None:
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"(quantized state with {why} runs on the CPU backend only): {fix}")
     if storage.mode not in MODES:
-        what = ("stochastic_rounding=True (codes rounded stochastically)"
-                if storage.mode == "stochastic" else describe(storage.mode))
+        what = describe(storage.mode)
         return (f"{spec.class_name} with state_dtype={storage.state!r} and {what} has no "
                 f"CUDA kernel yet: {fix}")
     return None
@@ -98,12 +98,15 @@ def refusal(spec, storage: Storage) -> str | None:
 @functools.lru_cache(maxsize=None)
 def map_tables(fmt: str, signed: tuple) -> np.ndarray:
     """The float32 tables the kernels of format ``fmt`` read, per slot (``signed``: each
-    slot's ``spec.signed_slots``): the map's entries ascending, then its nearest-rounding
-    thresholds (``quant.thresholds``: a value's code is the count of thresholds <= it).
-    Any ascending float32 map works: the kernels search it, assuming no formula."""
+    slot's ``spec.signed_slots``): the map's entries ascending, its nearest-rounding
+    thresholds (``quant.thresholds``: a value's code is the count of thresholds <= it),
+    and its entries after the first, padded with +inf (stochastic rounding: the count of
+    them <= a value is the entry below it). Any ascending float32 map works: the kernels
+    search it, assuming no formula."""
     levels = FORMATS[fmt].levels
-    out = np.zeros((max(len(signed), 1), 2, levels), dtype=np.float32)
+    out = np.zeros((max(len(signed), 1), 3, levels), dtype=np.float32)
     for k, sign in enumerate(signed):
         values = qmap(fmt, True if sign is None else bool(sign))
         out[k, 0], out[k, 1] = values, thresholds(values)
+        out[k, 2] = np.concatenate([values[1:], np.float32([np.inf])])
     return out.reshape(-1)

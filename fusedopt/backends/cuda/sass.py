@@ -109,6 +109,10 @@ def register_budget(name: str) -> tuple[int, str]:
     if name.split("<", 1)[-1].startswith("double"):
         return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
     if "fusedopt::Q" in name:  # quantized state: kernels/quantized.cuh
+        from ...memory.storage import MODE_IDS
+        if name.split(", ")[3] == str(MODE_IDS["stochastic"]):
+            return (config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC,
+                    "REGISTER_BUDGET_QUANTIZED_STOCHASTIC")
         return config.REGISTER_BUDGET_QUANTIZED, "REGISTER_BUDGET_QUANTIZED"
     if _arrays().get(name, 0) >= 7:
         return config.REGISTER_BUDGET_SEVEN_ARRAYS, "REGISTER_BUDGET_SEVEN_ARRAYS"
