@@ -84,6 +84,7 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
 
 REFUSED = [  # (optimizer, constructor options, what the message names)
     ("lamb", {}, "per-tensor reductions"),
+    ("adagrad", {}, "adam family only"),
     ("adam", dict(master_weights=True), "master_weights=True"),
     ("adam", dict(kahan_summation=True), "kahan_summation=True"),
 ]

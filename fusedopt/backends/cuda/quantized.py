@@ -83,11 +83,13 @@ def refusal(spec, storage: Storage) -> str | None:
     fix = ("step it on the CPU backend (NumPy arrays or CPU tensors, or backend='cpu'), or "
            "keep float state (state_dtype=None)")
     if not covers(spec):
-        why = ("per-tensor reductions" if spec.reductions is not None else
-               "a float_state slot" if any(s.float_state for s in spec.slot_decls) else
-               "its rule")
+        why = ("its per-tensor reductions over quantized slots run on the CPU backend only"
+               if spec.reductions is not None else
+               "a float32 slot beside the codes runs on the CPU backend only"
+               if any(s.float_state for s in spec.slot_decls) else
+               f"quantized CUDA kernels exist for the {', '.join(FAMILIES)} family only")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
-                f"(quantized state with {why} runs on the CPU backend only): {fix}")
+                f"({why}): {fix}")
     if storage.mode not in MODES:
         what = describe(storage.mode)
         return (f"{spec.class_name} with state_dtype={storage.state!r} and {what} has no "
