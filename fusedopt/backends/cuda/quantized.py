@@ -7,8 +7,8 @@ include): one warp owns one quantization block at a time and reduces its absmax 
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
 Covered today: the families in :data:`FAMILIES` (elementwise rules, no ``float_state`` slot,
-no per-tensor reductions), params of float32, bfloat16 and float16 kept in the modes of
-:data:`MODES`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
+no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to nearest
+(stochastically under ``stochastic_rounding``).
 Every other quantized step on ``'cuda'`` is refused
 before anything changes (:func:`refusal`), with the CPU backend as the way to run it.
 """
@@ -20,19 +20,19 @@ import functools
 import numpy as np
 
 from ...memory.quant import FORMATS, QUANTIZED, qmap, thresholds
-from ...memory.storage import Storage, describe, grad_dtypes, modes
+from ...memory.storage import Storage, describe, grad_dtypes
 
 #: Optimizer families with quantized CUDA kernels. Each adds one entry point per storage of
 #: :func:`storages` and flag combination to every gate, so families join as they are needed
 #: (the gates' time is budgeted: kernels/README.md).
 FAMILIES = ("adam",)
 
-#: Param modes the quantized kernels are built for ("stochastic": the codes rounded
-#: stochastically too; masters, remainders and Kahan summation: the CPU backend).
-MODES = ("plain", "stochastic")
-
-#: Param dtypes quantized state is kept for (fusedopt/memory/storage.py refuses float64).
-PARAMS = ("float32", "bfloat16", "float16")
+#: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
+#: params, and bfloat16 params with stochastic rounding (of the param and the codes). Each
+#: pair is 12 entry points per family in every gate (6 flag combinations, 2 formats), so
+#: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
+#: summation stay on the CPU backend for now.
+KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -45,15 +45,17 @@ def family(kernel: str) -> str:
 
 def storages() -> tuple[Storage, ...]:
     """Every quantized storage the runtime can request."""
-    return tuple(Storage(p, g, fmt, m) for fmt in QUANTIZED for p in PARAMS
-                 for m in modes(p) if m in MODES for g in grad_dtypes(p, m))
+    return tuple(Storage(p, g, fmt, m) for fmt in QUANTIZED for p, m in KEPT
+                 for g in grad_dtypes(p, m))
 
 
 def sampled_storages() -> tuple[Storage, ...]:
-    """The quantized storages every gate compiles for every arch: each format on float32
-    params (the rest differs only in the param's load and store, which the float kernels'
-    gates cover for every storage)."""
-    return tuple(st for st in storages() if st.param == "float32")
+    """The quantized storages the gates that sample (the second arch's compile, the
+    sanitizers) take: each format on float32 params, and q8 with stochastic codes (the
+    rest differs only in the param's load and store, which the float kernels' gates cover
+    for every storage)."""
+    return tuple(st for st in storages() if st.param == "float32"
+                 or (st.mode, st.state) == ("stochastic", "q8"))
 
 
 def covers(spec) -> bool:
@@ -90,9 +92,10 @@ def refusal(spec, storage: Storage) -> str | None:
                f"quantized CUDA kernels exist for the {', '.join(FAMILIES)} family only")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    if storage.mode not in MODES:
-        what = describe(storage.mode)
-        return (f"{spec.class_name} with state_dtype={storage.state!r} and {what} has no "
+    if (storage.param, storage.mode) not in KEPT:
+        what = f"{storage.param} params" + ("" if storage.mode == "plain" else
+                                            f" and {describe(storage.mode)}")
+        return (f"{spec.class_name} with state_dtype={storage.state!r}, {what} has no "
                 f"CUDA kernel yet: {fix}")
     return None
 
