@@ -6,7 +6,8 @@
 // elements. Everything that would let threads cooperate - barriers, shuffles, atomics, shared
 // memory - is a compile-time error here, so a kernel that starts relying on it cannot pass
 // the host tests by accident. Helper kernels that are no optimizer's (block reductions)
-// are built with FUSEDOPT_HOST_COOPERATIVE instead: see below.
+// are built with FUSEDOPT_HOST_COOPERATIVE instead, as are the kernels of quantized state,
+// whose warps reduce a block's absmax by shuffles: see below.
 #pragma once
 
 #ifndef FUSEDOPT_HOST_BUILD
