@@ -82,6 +82,23 @@ REGISTER_BUDGET_FLOAT64 = 72
 #: per SM on an H100 (3.35 TB/s x ~700 ns over 132 SMs).
 REGISTER_BUDGET_SEVEN_ARRAYS = 80
 
+#: The budget of the quantized-state entry points (kernels/quantized.cuh). A lane holds its
+#: elements' decoded slot values (q8: 8 per slot, 24 for AMSGrad's three) from the rule
+#: until the warp has its block's absmax, beside the slots' addresses and the map
+#: tables'; ptxas gives them up to 80 (sm_80, sm_90). 80 keeps 3 blocks of 256 threads per
+#: SM resident, as REGISTER_BUDGET_SEVEN_ARRAYS says, and a q8 element moves 2 bytes of
+#: state where a float32 one moves 8: fewer bytes in flight are needed to cover the same
+#: bandwidth-delay product. (Not measured on a GPU.)
+REGISTER_BUDGET_QUANTIZED = 80
+
+#: The budget of those that round the codes stochastically (MODE STOCHASTIC): each code
+#: adds its element's random bits and a search of the entry below with its neighbour's
+#: gap, and ptxas gives q8 AMSGrad (three slots, 24 values held) up to 90. 96 keeps 2
+#: blocks of 256 threads per SM resident (65536 / (96 x 256)): half the warps of the float
+#: kernels, for a step that moves 2 bytes of state per slot and element. (Not measured on
+#: a GPU.)
+REGISTER_BUDGET_QUANTIZED_STOCHASTIC = 96
+
 #: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/memory/steps.py): the host
 #: reads their flags without waiting, and waits only when this many are still unread.
 STEP_WINDOW = 32

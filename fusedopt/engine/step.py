@@ -285,6 +285,11 @@ class StepPhases:
         grads = [_validate.contiguous(g, p) for g, p in zip(grads, params)]
         _validate.check_no_aliasing(positions, params, grads)
         backend = _validate.resolve_backend(self.backend, params, grads, positions)
+        refusal = getattr(backend, "refusal", None)  # a storage the backend has no kernel for
+        for st in dict.fromkeys(self.storages[pos] for pos in positions) if refusal else ():
+            why = refusal(self.spec, st)
+            if why:
+                raise ValueError(why)
         grad_dtypes = tuple(kind_of(g).dtype(g) for g in grads)
         plan = self._plans[positions] = _Plan(backend, positions, grad_dtypes,
                                               tuple(g.dtype for g in grads))

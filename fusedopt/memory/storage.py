@@ -34,7 +34,8 @@ nearest even once on store (kernels/storage.cuh, fusedopt/backends/cpu/storage.p
   kept as 8-bit (4-bit) codes in blocks with a float32 absmax each, for
   float32, bfloat16 and float16 params in every mode (with ``stochastic_rounding`` the codes
   are rounded stochastically too); a param of fewer than ``min_quantized_size`` elements
-  (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps it. A door
+  (default 4096, as bitsandbytes) keeps float32 state. The CPU backend steps every such
+  storage; the CUDA backend the ones fusedopt/backends/cuda/quantized.py lists. A door
   that steps one shard of a param counts the whole param's elements (``size`` of
   :func:`resolve`), so that sharding does not change the choice.
 
@@ -48,12 +49,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quant import FLOAT_SLOT, MIN_QUANTIZED_SIZE, QUANTIZED, is_quantized
+from .quant import FLOAT_SLOT, FORMATS, MIN_QUANTIZED_SIZE, QUANTIZED, is_quantized
 
 #: Param storage dtypes, and the CUDA type of each.
 CUDA_TYPES = {"float32": "float", "float64": "double", "float16": "__half",
               "bfloat16": "__nv_bfloat16"}
 PARAM_DTYPES = tuple(CUDA_TYPES)
+#: The CUDA tag of each quantized format's code width (kernels/quantized.cuh): formats of
+#: one width share their kernels, which take the map and its decision points as an argument.
+CUDA_FORMATS = {8: "fusedopt::Q8", 4: "fusedopt::Q4"}
 SIXTEEN_BIT = ("float16", "bfloat16")
 
 #: Spellings of ``master_weights`` and the kernels' MODE of each (kernels/common.cuh).
@@ -150,11 +154,10 @@ class Storage:
 
     def template_args(self) -> str:
         """The CUDA template arguments before the variant flags: "P, G, S, MODE"."""
-        if self.quantized:
-            raise ValueError(f"{self.state} state has no CUDA kernel yet; step it on the "
-                             "CPU backend (NumPy arrays, or backend='cpu')")
-        return ", ".join([CUDA_TYPES[self.param], CUDA_TYPES[self.grad],
-                          CUDA_TYPES[self.state], str(MODE_IDS[self.mode])])
+        state = (CUDA_FORMATS[FORMATS[self.state].bits] if self.quantized
+                 else CUDA_TYPES[self.state])
+        return ", ".join([CUDA_TYPES[self.param], CUDA_TYPES[self.grad], state,
+                          str(MODE_IDS[self.mode])])
 
     def __str__(self) -> str:
         extra = "" if self.mode == "plain" else f", {self.mode}"

@@ -5,7 +5,8 @@
 misaligned view and shrunk launch sizes, for every registered optimizer and every entry
 point of float32 and float64 params, and of the sampled storages
 (``fusedopt.backends.cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
-mode). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+mode), and q8 and q4 state of the optimizers that have quantized kernels (float32 params;
+the shapes below and above ``min_quantized_size``, so float32 state beside the codes). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
@@ -91,6 +92,12 @@ def _other_storages(compare):
             if not (st.param in compare.BASE_DTYPES and st.state == st.param)]
 
 
+def _quantized_storages(spec):
+    """The sampled quantized storages, for an optimizer with quantized kernels."""
+    from fusedopt.backends.cuda import quantized
+    return quantized.sampled_storages() if quantized.covers(spec) else ()
+
+
 def _run_storage(spec, variant, storage, problem) -> None:
     """``problem``'s steps on ``storage`` through the CUDA backend (the engine directly:
     state dtype and master from the storage, grads of its grad dtype)."""
@@ -131,14 +138,15 @@ def main(argv=None) -> int:
     from cuda_host import HostRuntime, compare
     from fusedopt import config
     from fusedopt.algorithms.registry import REGISTRY
-    from fusedopt.backends.cuda import launch, runtime
+    from fusedopt.backends.cuda import launch, quantized, runtime
     sources = dict(s.split("=", 1) for s in args.source)
     sampled = dict(launch.sampled_entry_points())
     chosen = [s for s in REGISTRY.values() if (s.on_cuda or s.matrix is not None)
               and (not args.optimizer or s.name in args.optimizer)]
     if args.optimizer:
         families = ({s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
-                    | {p.kernel for s in chosen for p in launch.matrix_passes(s)})
+                    | {p.kernel for s in chosen for p in launch.matrix_passes(s)}
+                    | {quantized.family(s.kernel) for s in chosen})
         sampled = {f: names for f, names in sampled.items() if f in families}
     host = HostRuntime(args.cache / "host", sanitize=True,
                        sources={f: Path(p).read_text() for f, p in sources.items()},
@@ -157,6 +165,7 @@ def main(argv=None) -> int:
                                         seed=12, misaligned=(len(shapes) + 5,))
         matrices = compare.make_problem(MATRIX_SHAPES, steps, seed=13,
                                         misaligned=(len(MATRIX_SHAPES) - 1,))
+        quantized_done = set()
         for spec in chosen:
             if spec.matrix is not None:  # its passes' kernels, Newton-Schulz between them
                 from fusedopt.memory.storage import Storage
@@ -182,6 +191,17 @@ def main(argv=None) -> int:
                     flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
                     if args.entry in (None, spec.entry(storage, flags)):
                         _run_storage(spec, variant, storage, problem)
+            # Quantized state: one family's kernels once, in the variant with the most slots
+            # (its cooperative launches are a block's threads as OS threads, slow under ASan).
+            for storage in (_quantized_storages(spec) if chunk is not None
+                            and spec.kernel not in quantized_done else ()):
+                variant = max(_covering_variants(spec, compare),
+                              key=lambda v: len(spec.slots(spec.flags(
+                                  compare.full_hyper(spec, v), v.convention))))
+                flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
+                if args.entry in (None, quantized.entry(spec, storage, flags)):
+                    _run_storage(spec, variant, storage, problem)
+            quantized_done.add(spec.kernel)
     print(f"sanitizers clean over {len(host.launches)} launches")
     print("kernels:", " ".join(sorted({name.split("<")[0] for name, _, _ in host.launches})))
     return 0

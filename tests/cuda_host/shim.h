@@ -6,7 +6,8 @@
 // elements. Everything that would let threads cooperate - barriers, shuffles, atomics, shared
 // memory - is a compile-time error here, so a kernel that starts relying on it cannot pass
 // the host tests by accident. Helper kernels that are no optimizer's (block reductions)
-// are built with FUSEDOPT_HOST_COOPERATIVE instead: see below.
+// are built with FUSEDOPT_HOST_COOPERATIVE instead, as are the kernels of quantized state,
+// whose warps reduce a block's absmax by shuffles: see below.
 #pragma once
 
 #ifndef FUSEDOPT_HOST_BUILD
@@ -169,6 +170,33 @@ inline thread_local Barrier* block_barrier = nullptr;
 
 inline void __syncthreads() { ::fusedopt_host::block_barrier->wait(); }
 #define __shared__ static
+
+namespace fusedopt_host {
+inline unsigned int shuffle_words[1024];  // one per thread of the block that runs
+}
+
+// A warp shuffle as two barriers of the whole block around an exchange: every thread of the
+// block must take part (a kernel that shuffles has every warp run the same rounds), whole
+// warps only, the full mask.
+template <typename T>
+T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = warpSize) {
+    static_assert(sizeof(T) == 4, "the host shuffle moves 32-bit words");
+    const unsigned int me = threadIdx.x;
+    const unsigned int partner = (me & ~31u) | ((me & 31u) ^ static_cast<unsigned int>(lane_mask));
+    if (mask != 0xffffffffu || width != warpSize || blockDim.x % 32u || blockDim.y != 1 ||
+        blockDim.z != 1 || lane_mask < 0 || lane_mask > 31) {
+        throw std::logic_error("__shfl_xor_sync: the host build runs full-mask shuffles of "
+                               "whole warps of 1-D blocks only");
+    }
+    unsigned int bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    ::fusedopt_host::shuffle_words[me] = bits;
+    __syncthreads();
+    bits = ::fusedopt_host::shuffle_words[partner];
+    __syncthreads();
+    std::memcpy(&value, &bits, sizeof bits);
+    return value;
+}
 #define FUSEDOPT_HOST_FORBID_BARRIERS 0
 #else
 #define FUSEDOPT_HOST_FORBID_BARRIERS 1
@@ -195,7 +223,9 @@ FUSEDOPT_HOST_FORBID(__threadfence_block)
 FUSEDOPT_HOST_FORBID(__shfl_sync)
 FUSEDOPT_HOST_FORBID(__shfl_up_sync)
 FUSEDOPT_HOST_FORBID(__shfl_down_sync)
+#if FUSEDOPT_HOST_FORBID_BARRIERS
 FUSEDOPT_HOST_FORBID(__shfl_xor_sync)
+#endif
 FUSEDOPT_HOST_FORBID(__ballot_sync)
 FUSEDOPT_HOST_FORBID(__any_sync)
 FUSEDOPT_HOST_FORBID(__all_sync)

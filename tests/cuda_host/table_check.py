@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from fusedopt.memory import table as _table
+from fusedopt.memory.quant import FORMATS
 
 TABLE_PARAMS = ("*int64", "int32", "int64")
 
@@ -23,6 +24,10 @@ VECTOR_BYTES = 16
 #: CUDA storage type -> NumPy dtype name (bfloat16 as ml_dtypes names it).
 STORAGE = {"float": "float32", "double": "float64", "__half": "float16",
            "__nv_bfloat16": "bfloat16"}
+
+#: CUDA tag of a quantized format (kernels/quantized.cuh) -> its name: such a slot is a
+#: uint8 buffer of blocks (fusedopt/memory/quant.py), each starting with a float32 absmax.
+QUANTIZED = {"fusedopt::Q8": "q8", "fusedopt::Q4": "q4"}
 
 #: The master slot of each MODE (kernels/common.cuh): none, float32 masters, int16
 #: remainders, a Kahan compensation of the param's type ("param"), none (stochastic).
@@ -71,7 +76,10 @@ def check(name: str, grid, args, find_buffer) -> None:
         dtypes = [param, grad] + [state] * (n_slots - (master is not None))
         if master is not None:
             dtypes.append(master)
-    narrow = min(d.itemsize for d in dtypes if d is not None)
+    narrow = min(d.itemsize for d in dtypes if isinstance(d, np.dtype))
+    if isinstance(state, str) and (chunk <= 0 or chunk % FORMATS[state].block):
+        raise ValueError(f"{name}: chunk {chunk} is not a multiple of the {state} block of "
+                         f"{FORMATS[state].block}; a chunk must start on a block of its tensor")
     if chunk <= 0 or chunk * narrow % VECTOR_BYTES:
         raise ValueError(f"{name}: chunk {chunk} is not a multiple of the {VECTOR_BYTES}-byte "
                          "vector width; the kernel's vector loop would start misaligned")
@@ -128,10 +136,12 @@ def _storage(name: str):
     ``family<P, G, S, MODE, ...>``."""
     match = _TEMPLATE_ARGS.search(name)
     parts = [a.strip() for a in match.group(1).split(",")] if match else []
-    if len(parts) < 4 or any(p not in STORAGE for p in parts[:3]) or not parts[3].isdigit():
+    if len(parts) < 4 or any(p not in STORAGE for p in parts[:2]) or not parts[3].isdigit() \
+            or parts[2] not in STORAGE and parts[2] not in QUANTIZED:
         raise ValueError(f"{name}: cannot tell the storage from the name expression "
                          f"(family<P, G, S, MODE, ...>); see STORAGE in {__file__}")
-    param, grad, state = (np.dtype(_numpy_name(STORAGE[p])) for p in parts[:3])
+    param, grad = (np.dtype(_numpy_name(STORAGE[p])) for p in parts[:2])
+    state = QUANTIZED.get(parts[2]) or np.dtype(_numpy_name(STORAGE[parts[2]]))
     master = MASTER_SLOT[int(parts[3])]
     if master == "param":
         return param, grad, state, param
@@ -191,6 +201,14 @@ def _rows(n_slots: int, n_tensors: int) -> dict[str, int]:
 
 def _check_operand(name, t, k, address, size, dtype, find_buffer) -> None:
     what = f"{name}: operand {k} of tensor {t}"
+    if isinstance(dtype, str):  # a quantized slot: its blocks' bytes, read from a uint8 array
+        nbytes = FORMATS[dtype].nbytes(size)
+        buffer = find_buffer(address, nbytes)
+        if address % 4 or buffer is None or buffer.dtype != np.uint8:
+            raise ValueError(f"{what}: {dtype} state of {size} elements ({nbytes} bytes at "
+                             f"{address:#x}) is not a 4-byte aligned part of a uint8 array "
+                             "the runtime handed out")
+        return
     if address % dtype.itemsize:
         raise ValueError(f"{what} at {address:#x} is not aligned to its {dtype.itemsize}-byte "
                          "elements; a GPU faults on it")

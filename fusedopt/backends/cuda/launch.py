@@ -17,10 +17,11 @@ from ... import config
 from ...algorithms.gradsums import GRAD_SUMS
 from ...algorithms.registry import REGISTRY
 from ...memory.group import NO_CLIP, GradClip, Group, make_group, step_storage, step_table
+from ...memory.quant import FORMATS
 from ...memory.steps import StepRows, TensorScalars, as_rows
 from ...memory.storage import Storage, all_storages, default_state_dtype
 from ...memory.table import rows
-from . import factored, runtime
+from . import factored, quantized, runtime
 
 name = "cuda"
 
@@ -36,8 +37,20 @@ def accepts(array) -> bool:
 
 
 def group(storage, params, states, streams=None) -> Group:
-    return make_group(storage, params, states, config.CUDA_CHUNK, runtime.current().address,
+    # Quantized state: chunks of whole blocks, so that every chunk starts at a block of its
+    # tensor (a warp owns a block: kernels/quantized.cuh).
+    chunk = config.CUDA_CHUNK
+    if getattr(storage, "quantized", False):
+        block = FORMATS[storage.state].block
+        chunk = max(block, chunk // block * block)
+    return make_group(storage, params, states, chunk, runtime.current().address,
                       streams=streams)
+
+
+def refusal(spec, storage) -> str | None:
+    """Why this backend has no kernel for a step of ``spec`` with ``storage`` (None: it
+    has one); the engine asks before a step changes anything."""
+    return quantized.refusal(spec, storage)
 
 
 #: Kernels that are not optimizers (e.g. the benchmarks' traffic ceiling): family -> names.
@@ -66,6 +79,9 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].on_cuda):
         names.setdefault(spec.kernel, set()).update(
             (*(e for _, _, e in spec.entries()), *factored.entries(spec)))
+        if quantized.covers(spec):  # kernels/<family>_quantized.cu
+            names.setdefault(quantized.family(spec.kernel), set()).update(
+                e for _, _, e in quantized.entries(spec))
         if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
             names.setdefault(spec.reduce_kernel, set()).update(
                 (*spec.reduce_entries(), "combine_sums"))
@@ -98,7 +114,8 @@ def sampled_storages() -> list:
     """A sample of the storages that reaches every mode and param dtype: each param dtype
     in its default storage, and every mode once, on bfloat16 params and grads with float32
     state. The gates that would otherwise repeat one check per storage (the second
-    architecture's compile, the sanitizers) take these."""
+    architecture's compile, the sanitizers) take these (and of quantized state,
+    ``quantized.sampled_storages``)."""
     return [st for st in all_storages()
             if st == Storage(st.param, st.param, default_state_dtype(st.param))
             or (st.param, st.grad, st.state) == ("bfloat16", "bfloat16", "float32")]
@@ -119,7 +136,8 @@ def sampled_entry_points() -> Mapping[str, tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _sampled_entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
-    sampled = {st.template_args() for st in sampled_storages()} | {""}
+    sampled = {st.template_args() for st in (*sampled_storages(),
+                                             *quantized.sampled_storages())} | {""}
     return MappingProxyType({family: tuple(n for n in names if storage_args(n) in sampled)
                              for family, names in _entry_points(registered).items()})
 
@@ -130,8 +148,11 @@ def name_expressions(family: str) -> tuple[str, ...]:
 
 
 def kernel(spec, storage, flags):
-    module = runtime.current().module(spec.kernel, name_expressions(spec.kernel))
-    return module.get_function(spec.entry(storage, flags))
+    family, name = spec.kernel, spec.entry(storage, flags)
+    if storage.quantized:
+        family, name = quantized.family(spec.kernel), quantized.entry(spec, storage, flags)
+    module = runtime.current().module(family, name_expressions(family))
+    return module.get_function(name)
 
 
 def _device_table(group: Group, grads, rt):
@@ -247,7 +268,12 @@ def step(spec, flags, steps, group: Group, grads, clip: GradClip = NO_CLIP,
     if isinstance(steps, TensorScalars):
         steps, extra = steps.row, (steps.values,)
     args = _step_args(group, steps, storage, step, rt) + _factored(spec, group) + extra
-    kernel(spec, storage, flags)((n_work,), (config.THREADS_PER_BLOCK,), args)
+    threads = config.THREADS_PER_BLOCK
+    if storage.quantized:  # whole warps, one per block of codes; then the slots' maps
+        threads = max(quantized.WARP, threads // quantized.WARP * quantized.WARP)
+        tables = quantized.map_tables(storage.state, spec.signed_slots(flags))
+        args += (_upload(group, "maps", tables, rt),)
+    kernel(spec, storage, flags)((n_work,), (threads,), args)
 
 
 def _row_per_tensor(rows: np.ndarray, storage) -> StepRows:

@@ -104,10 +104,16 @@ class KernelReport:
 
 def register_budget(name: str) -> tuple[int, str]:
     """(budget, its name in fusedopt.config) of the entry point ``name``: float64 kernels
-    (``family<double, ...>``) and optimizer entry points moving seven arrays have their
-    own."""
+    (``family<double, ...>``), optimizer entry points moving seven arrays and those of
+    quantized state have their own."""
     if name.split("<", 1)[-1].startswith("double"):
         return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
+    if "fusedopt::Q" in name:  # quantized state: kernels/quantized.cuh
+        from ...memory.storage import MODE_IDS
+        if name.split(", ")[3] == str(MODE_IDS["stochastic"]):
+            return (config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC,
+                    "REGISTER_BUDGET_QUANTIZED_STOCHASTIC")
+        return config.REGISTER_BUDGET_QUANTIZED, "REGISTER_BUDGET_QUANTIZED"
     if _arrays().get(name, 0) >= 7:
         return config.REGISTER_BUDGET_SEVEN_ARRAYS, "REGISTER_BUDGET_SEVEN_ARRAYS"
     return config.REGISTER_BUDGET, "REGISTER_BUDGET"
