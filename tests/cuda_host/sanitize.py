@@ -131,10 +131,20 @@ def main(argv=None) -> int:
     if args.optimizer:
         families = {s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
         sampled = {f: names for f, names in sampled.items() if f in families}
-    host = HostRuntime(args.cache / "host", sanitize=True,
-                       sources={f: Path(p).read_text() for f, p in sources.items()},
-                       only=args.entry or {n for names in sampled.values() for n in names})
-    runtime.install(host)
+    texts = {f: Path(p).read_text() for f, p in sources.items()}
+    only = args.entry or {n for names in sampled.values() for n in names}
+
+    def fresh_runtime():
+        """A runtime of its own for each optimizer's runs: the table check looks every
+        operand up among the arrays its runtime has handed out, all of which it holds, so
+        one runtime for the whole run would make each launch's check slower than the last
+        (and keep every array of every earlier optimizer alive). The built libraries are
+        shared through the cache."""
+        host = HostRuntime(args.cache / "host", sanitize=True, sources=texts, only=only)
+        runtime.install(host)
+        return host
+
+    launches = 0
     if not sources and args.entry is None:  # every family at once, one g++ per core
         from cuda_host import build
         build.build_all(sampled, args.cache / "host", workers=os.cpu_count() or 1,
@@ -145,6 +155,7 @@ def main(argv=None) -> int:
         problem = compare.make_problem((*shapes, (compare.MISALIGNED_SIZE,)), steps, seed=11,
                                        misaligned=(len(shapes),))
         for spec in chosen:
+            host = fresh_runtime()
             for dtype in compare.BASE_DTYPES:
                 for variant in _covering_variants(spec, compare):
                     if args.entry in (None, compare.entry_of(spec, variant, dtype)):
@@ -156,7 +167,8 @@ def main(argv=None) -> int:
                     flags = spec.flags(compare.full_hyper(spec, variant), variant.convention)
                     if args.entry in (None, spec.entry(storage, flags)):
                         _run_storage(spec, variant, storage, problem)
-    print(f"sanitizers clean over {len(host.launches)} launches")
+            launches += len(host.launches)
+    print(f"sanitizers clean over {launches} launches")
     return 0
 
 
