@@ -5,10 +5,10 @@ on the CPU backend.
   (times the block's absmax) of the value, at 0, for denormals, for a block whose absmax is
   0, and the map's sign chosen per slot; inf and NaN grads under loss scaling change
   nothing (tests/quantized_runs.py is the oracle).
-- Every registered optimizer, every variant: a fused step (and the unfused baseline's)
-  equals the float64 reference applied to the decoded state, then quantized again, code
-  for code but for stated ties; the param (and a float32 slot beside the codes:
-  schedule-free's z) within float32's error of the reference's.
+- Every registered optimizer, each of its slot layouts (``_cases``): a fused step (and the
+  unfused baseline's) equals the float64 reference applied to the decoded state, then
+  quantized again, code for code but for stated ties; the param (and a float32 slot beside
+  the codes: schedule-free's z) within float32's error of the reference's.
 """
 
 from __future__ import annotations
@@ -129,12 +129,29 @@ REFUSED = sorted(n for n, s in REGISTRY.items() if s.public and s.factored is no
 assert not {"schedulefreeadamw", "schedulefreesgd"} & set(REFUSED)
 
 
+def _slot_layout(spec, flags) -> tuple:
+    """What quantized storage sees of a variant: its slots, and the map each takes."""
+    return tuple(spec.slots(flags)), tuple(spec.signed_slots(flags))
+
+
 def _cases():
-    """Every variant of every optimizer in q8; in q4 (the same rule between other codes),
-    the first variant of each."""
+    """In q8, the first variant of every optimizer with each slot layout it has; in q4
+    (the same rule between other codes), the first variant of each.
+
+    A variant is a kernel of its own, compiled cold at seconds each. Variants that share a
+    slot layout differ in their rule's arithmetic only (the convention, nesterov, a
+    decay form), which every backend's float32 and float64 runs hold to the reference
+    variant by variant (tests/test_backends_vs_reference.py); what the quantized loop
+    adds around the rule - which slots it decodes and encodes, with which map, and the
+    step on codes - is the layout's, checked here once per layout."""
     out = []
     for name in sorted(set(REGISTRY) - set(REFUSED) - PASSES):
-        for k, (hp, convention, flags) in enumerate(variants.variants(REGISTRY[name])):
+        spec, layouts = REGISTRY[name], set()
+        for k, (hp, convention, flags) in enumerate(variants.variants(spec)):
+            layout = _slot_layout(spec, flags)
+            if layout in layouts:
+                continue
+            layouts.add(layout)
             other = OTHER_MAPS if k == 0 and name in OTHER_OPTIMIZERS else ()
             for fmt in (FORMATS if k == 0 else FORMATS[:1]) + other:
                 out.append(pytest.param(name, hp, convention, fmt,

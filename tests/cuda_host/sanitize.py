@@ -148,10 +148,20 @@ def main(argv=None) -> int:
                     | {p.kernel for s in chosen for p in launch.matrix_passes(s)}
                     | {quantized.family(s.kernel) for s in chosen})
         sampled = {f: names for f, names in sampled.items() if f in families}
-    host = HostRuntime(args.cache / "host", sanitize=True,
-                       sources={f: Path(p).read_text() for f, p in sources.items()},
-                       only=args.entry or {n for names in sampled.values() for n in names})
-    runtime.install(host)
+    texts = {f: Path(p).read_text() for f, p in sources.items()}
+    only = args.entry or {n for names in sampled.values() for n in names}
+
+    def fresh_runtime():
+        """A runtime of its own for each optimizer's runs: the table check looks every
+        operand up among the arrays its runtime has handed out, all of which it holds, so
+        one runtime for the whole run would make each launch's check slower than the last
+        (and keep every array of every earlier optimizer alive). The built libraries are
+        shared through the cache."""
+        host = HostRuntime(args.cache / "host", sanitize=True, sources=texts, only=only)
+        runtime.install(host)
+        return host
+
+    hosts = []  # each optimizer's runtime, for the launches they made
     if not sources and args.entry is None:  # every family at once, one g++ per core
         from cuda_host import build
         build.build_all(sampled, args.cache / "host", workers=os.cpu_count() or 1,
@@ -167,6 +177,8 @@ def main(argv=None) -> int:
                                         misaligned=(len(MATRIX_SHAPES) - 1,))
         quantized_done = set()
         for spec in chosen:
+            host = fresh_runtime()
+            hosts.append(host)
             if spec.matrix is not None:  # its passes' kernels, Newton-Schulz between them
                 from fusedopt.memory.storage import Storage
                 for dtype in compare.BASE_DTYPES if args.entry is None else ():
@@ -202,8 +214,9 @@ def main(argv=None) -> int:
                 if args.entry in (None, quantized.entry(spec, storage, flags)):
                     _run_storage(spec, variant, storage, problem)
             quantized_done.add(spec.kernel)
-    print(f"sanitizers clean over {len(host.launches)} launches")
-    print("kernels:", " ".join(sorted({name.split("<")[0] for name, _, _ in host.launches})))
+    launched = [name for host in hosts for name, _, _ in host.launches]
+    print(f"sanitizers clean over {len(launched)} launches")
+    print("kernels:", " ".join(sorted({name.split("<")[0] for name in launched})))
     return 0
 
 
