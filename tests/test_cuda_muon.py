@@ -118,7 +118,7 @@ def test_a_loss_scaled_step_with_an_inf_changes_nothing(host_cuda):
 
 
 @pytest.mark.parametrize("state_dtype, shape, match", [
-    ("q8", (4, 8), r"quantized momentum \(state_dtype='q8'\) has no CUDA kernels.*"
+    ("q8", (4, 8), r"state_dtype='q8' has no CUDA kernel yet \(its quantized momentum.*"
                    r"state_dtype=None"),
     (None, (8,), r"2-D params only.*shape \(8,\)")], ids=["q8", "1-D"])
 def test_refusals_name_the_fix_and_change_nothing(host_cuda, state_dtype, shape, match):

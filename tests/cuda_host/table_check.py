@@ -58,6 +58,7 @@ def check(name: str, grid, args, find_buffer) -> None:
         param, grad, state, master = _storage(name)
     else:
         grad, declared_slots = grads_only
+        state = None  # no slots read
     table = np.asarray(table)
     n_work = grid[0] * grid[1] * grid[2]
     if n_tensors <= 0:

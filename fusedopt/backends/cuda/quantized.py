@@ -93,6 +93,8 @@ def refusal(spec, storage: Storage) -> str | None:
     if not covers(spec):
         why = ("its per-tensor reductions over quantized slots run on the CPU backend only"
                if spec.reductions is not None else
+               "its quantized momentum runs on the CPU backend only"
+               if spec.matrix is not None else
                "a float32 slot beside the codes runs on the CPU backend only"
                if any(s.float_state for s in spec.slot_decls) else
                f"quantized CUDA kernels exist for the {', '.join(FAMILIES)} family only")
