@@ -44,3 +44,13 @@ def slot_shape(kind: str | None, shape) -> tuple:
 def present(kind: str | None, shape) -> bool:
     """Whether a param of ``shape`` has a slot of ``kind`` (else it is an empty array)."""
     return kind is None or (kind == "full") != is_factored(tuple(shape))
+
+
+def check_storage(st) -> None:
+    """A factored moment's storage (fusedopt/memory/storage.py's Storage): the param's dtype
+    for grads and state, plain stores; else a ValueError naming what to drop."""
+    if not (st.param == st.grad == st.state) or st.mode != "plain":
+        raise ValueError(f"factored moments are kept in the param's dtype without masters or "
+                         f"rounding modes; got {st}: pass grads of the param's dtype and no "
+                         "state_dtype, master_weights, stochastic_rounding or "
+                         "kahan_summation")

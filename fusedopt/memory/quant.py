@@ -42,8 +42,8 @@ state: the power map": the step's time and its fraction of the traffic ceiling, 
 q8-dynamic). It was made the default by this criterion: on both convergence tasks of
 benchmarks/convergence_quantized.py (chars, 3 seeds; digits, 5 seeds; 200 steps) its mean
 held-out loss is no worse than the dynamic map's by more than the standard error of the
-seeds' paired differences; it was better on both (chars 2.1976 against 2.1986, digits
-0.1047 against 0.1070). The exponents (2 for m, 4 for v) were chosen by the error that
+seeds' paired differences; its mean was lower on both (chars 2.1976 against 2.1986,
+digits 0.1047 against 0.1070), by less than the seeds' spread: no worse, not shown better. The exponents (2 for m, 4 for v) were chosen by the error that
 quantizing AdamW's moments puts into its update (benchmarks/power_map_exponents.py). q4
 keeps the dynamic map: q4-power converged worse on digits (0.1056 against 0.0967, beyond
 the paired standard error), better on chars. bitsandbytes' state (the dynamic map) is

@@ -225,14 +225,6 @@ def _tensors(spec, flags, group, grads):
     return out
 
 
-def _check(st) -> None:
-    if not (st.param == st.grad == st.state) or st.mode != "plain":
-        raise ValueError(f"factored moments are kept in the param's dtype without masters or "
-                         f"rounding modes; got {st}: pass grads of the param's dtype and no "
-                         "state_dtype, master_weights, stochastic_rounding or "
-                         "kahan_summation")
-
-
 def _scale(clip, t) -> float:
     if clip.scales is None:
         return 1.0
@@ -242,7 +234,7 @@ def _scale(clip, t) -> float:
 def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
     """Move the row and column factors of every factored tensor of ``group``; keep each
     slice's denominator in the group's scratch for the passes after."""
-    _check(st)
+    _factored.check_storage(st)
     variant, like, compute = _kernels(spec, tuple(flags), st.param)
     f = spec.named_flags(flags)
     k = spec.Scalars(*(compute(x) for x in row), *(compute(0) for _ in
@@ -274,7 +266,7 @@ def factor(spec, flags, row: tuple, group, grads, clip, st) -> None:
 
 
 def _passes(which, spec, flags, rows, group, grads, clip, st):
-    _check(st)
+    _factored.check_storage(st)
     variant, like, compute = _kernels(spec, tuple(flags), st.param)
     kernel = which
     denominators = group.scratch["factor_denominators"]

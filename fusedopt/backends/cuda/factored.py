@@ -39,14 +39,6 @@ def _shapes(group) -> np.ndarray:
     return out
 
 
-def _check(st) -> None:
-    if not (st.param == st.grad == st.state) or st.mode != "plain":
-        raise ValueError(f"factored moments are kept in the param's dtype without masters or "
-                         f"rounding modes; got {st}: pass grads of the param's dtype and no "
-                         "state_dtype, master_weights, stochastic_rounding or "
-                         "kahan_summation")
-
-
 def shapes(group, upload):
     """The group's shapes on the device (``upload(key, host)``: copied when they change)."""
     host = group.scratch.get("factor_shapes_host")
@@ -59,7 +51,7 @@ def factor(spec, flags, row: tuple, group, args: tuple, st, rt, module, upload) 
     """Move the row and column factors of every factored tensor of ``group`` and keep each
     slice's denominator (a device array of the compute type) in the group's scratch.
     ``args``: the launch's first six arguments (table to flag ring)."""
-    _check(st)
+    _factored.check_storage(st)
     device_shapes = shapes(group, upload)
     n_slices = int(group.scratch["factor_shapes_host"][-1])
     threads, n_work = config.THREADS_PER_BLOCK, group.table.n_work
