@@ -15,11 +15,10 @@ of the iteration - a bound a GPU run (tests/test_gpu.py) would hold it to, not s
 
 import numpy as np
 import pytest
-import reference
+from test_muon import _oracle
 from tolerances import VS_REFERENCE
 
 import fusedopt
-from fusedopt.algorithms import muon as muon_algorithm
 
 #: Two of one shape (one batched product for both), tall, wide, square, one row, and a
 #: transposed (Fortran-ordered) param: sizes off the vector width.
@@ -44,17 +43,6 @@ def _run(backend, params, grads, **hp):
     for g in grads:
         opt.apply_gradients(list(zip(g, params)))
     return params, opt
-
-
-def _oracle(params, grads, convention, **hp):
-    hp = {**muon_algorithm.MUON.defaults(), **hp}
-    out = []
-    for i, p in enumerate(params):
-        state, p = {}, p.astype(np.float64)
-        for t, g in enumerate(grads, start=1):
-            p = reference.muon(p, g[i].astype(np.float64), state, t, hp, convention)
-        out.append(p)
-    return out
 
 
 CASES = [("keras", "float32", dict(learning_rate=0.02)),
@@ -84,7 +72,7 @@ def test_steps_equal_the_cpu_and_match_the_oracle(host_cuda, convention, dtype, 
     if convention == "keras":
         tolerance = dict(VS_REFERENCE[np.dtype(dtype).type])
         tolerance["rtol"] += 10 * float(np.finfo(dtype).eps)  # the decay rounded once a step
-        for got, want in zip(ours, _oracle(params, grads, convention, **hp)):
+        for got, want in zip(ours, _oracle(params, grads, hp, convention)):
             np.testing.assert_allclose(got, want, **tolerance)
 
 
