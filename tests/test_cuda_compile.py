@@ -42,9 +42,31 @@ def test_one_arch_compiles_every_entry_point_and_the_others_every_mode():
     assert {st.param for st in storages} == {"float32", "float64", "float16", "bfloat16"}
     args = {st.template_args() for st in storages}
     adam_80 = nvrtc.gate_names("adam", "sm_80")
-    assert {launch.storage_args(n) for n in adam_80} == args  # the sample, all flags each
-    per_storage = len(launch.name_expressions("adam")) // len(all_storages())
-    assert len(adam_80) == len(args) * per_storage
+    assert {launch.storage_args(n) for n in adam_80} == args  # every sampled storage, once
+    assert len(adam_80) == len(args)
+    assert len(launch.name_expressions("adam")) > len(all_storages())  # several flag sets
+
+
+def _flag_values(names):
+    """(kernel, flag position, value) of each name with a storage."""
+    found = set()
+    for name in names:
+        if launch.storage_args(name):
+            kernel, args = name.split("<", 1)
+            found |= {(kernel, i, v) for i, v in enumerate(args.rstrip(">").split(", ")[4:])}
+    return found
+
+
+def test_the_second_arch_compiles_every_flag_value_and_every_storageless_entry():
+    """The sample takes one flag combination per kernel and storage: across the storages,
+    every value of every flag is still compiled for sm_80."""
+    for family, names in launch.all_entry_points().items():
+        sampled = nvrtc.gate_names(family, "sm_80")
+        assert _flag_values(sampled) == _flag_values(names), family
+        assert {n for n in names if not launch.storage_args(n)} <= set(sampled), family
+        per_storage = {(n.split("<", 1)[0], launch.storage_args(n)) for n in sampled
+                       if launch.storage_args(n)}
+        assert len(per_storage) == sum(1 for n in sampled if launch.storage_args(n)), family
 
 
 # --- the gate fails when it should ------------------------------------------------------------

@@ -199,11 +199,41 @@ def compile_family(family: str, arch: str, *, cache_dir: Path | None = None) -> 
 
 def gate_names(family: str, arch: str) -> tuple[str, ...]:
     """The entry points of kernels/<family>.cu the gates compile for ``arch``: every one
-    for ``config.GATE_FULL_ARCH``, those of the sampled storages
-    (``launch.sampled_entry_points``) for the others."""
+    for ``config.GATE_FULL_ARCH``; for the others, one flag combination of each kernel
+    and sampled storage (``launch.sampled_entry_points``: :func:`one_flag_set_each`)."""
     if arch == config.GATE_FULL_ARCH:
         return launch.name_expressions(family)
-    return launch.sampled_entry_points()[family]
+    return one_flag_set_each(launch.sampled_entry_points()[family])
+
+
+def one_flag_set_each(names) -> tuple[str, ...]:
+    """One name of each (kernel, storage) of ``names``, the flag combinations chosen so
+    that every value of every flag appears in the sample where the storages allow (each
+    storage takes the combination with the most values not yet taken); names without a
+    storage are all kept.
+
+    Why one is enough for a second architecture: flags are template arguments that switch
+    branches of the rule, which is the same C++ on every architecture, and the full
+    architecture compiles every combination; what differs between architectures is the
+    code of the params' and state's types (16-bit conversions, vector loads and stores),
+    which every sampled storage still compiles."""
+    combos: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {}
+    kept = []
+    for name in names:
+        storage = launch.storage_args(name)
+        if not storage:
+            kept.append(name)
+            continue
+        args = name.split("<", 1)[1].rstrip(">").split(", ")
+        combos.setdefault((name.split("<", 1)[0], storage), []).append((name, tuple(args[4:])))
+    taken: dict[str, set] = {}
+    for (kernel, _), options in combos.items():
+        seen = taken.setdefault(kernel, set())
+        name, flags = max(options, key=lambda o: len(set(enumerate(o[1])) - seen))
+        seen |= set(enumerate(flags))
+        kept.append(name)
+    order = {name: i for i, name in enumerate(names)}
+    return tuple(sorted(kept, key=order.__getitem__))
 
 
 def gate_matrix() -> list[tuple[str, str]]:
