@@ -1,6 +1,6 @@
 """The power map's codes on the CPU (fusedopt/memory/quant_power.py): an entry by
-arithmetic, a value's nearest code by one or two square roots and a correction against the
-float32 midpoints of the entries around it, a stochastically rounded code from the entry
+arithmetic, a value's nearest code by a guess (an estimate of one or two square roots, by
+multiplies) and a correction against the float32 midpoints of the entries around it, a stochastically rounded code from the entry
 at or below the value; no table, so that the quantized span's loops have no gathers.
 
 Each function takes the slot k (0..3, a constant at every call site) and finds the slot's
@@ -19,9 +19,27 @@ from numba import njit
 
 from ...memory.quant_power import geometry
 from ._cache import RULE, named
+from .storage import bits_float, float_bits
 
 _U = np.uint32
 _MANTISSA = np.float32(2.0 ** -24)
+#: The first estimate of 1/sqrt(a) from a's bits (the classic constant: one Newton step
+#: from it is within 0.18% below 1/sqrt(a), never above).
+_RSQRT_MAGIC = _U(0x5F3759DF)
+#: The smallest |x| the guess takes a root of: below it every slot's guess is its first
+#: index (a root of 2**-30 times N is far below one half).
+_TINY = np.float32(2.0 ** -60)
+
+
+@njit(inline="always", **RULE)
+def _root_below(a):
+    """sqrt(a) for a in [2**-60, 1), within 0.18% below it (never above but for a rounding
+    of the last multiply): the bits' estimate of 1/sqrt(a), one Newton step, times a. Only
+    the guess of the encode takes it (a multiply and an integer step, where a vector square
+    root costs several); the codes come from the exact comparisons after it."""
+    y = bits_float(_RSQRT_MAGIC - (float_bits(a) >> _U(1)))
+    y = y * (np.float32(1.5) - np.float32(0.5) * a * y * y)
+    return a * y
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,9 +56,14 @@ def power_functions(bits: int, signed: tuple):
     inv0, inv1, inv2, inv3 = (f(1.0 / n) for n, _, _ in geo)
     o0, o1, o2, o3 = (f(o) for _, o, _ in geo)
     four0, four1, four2, four3 = (p == 4 for _, _, p in geo)
+    sg0, sg1, sg2, sg3 = signed
+    # p = 2: the entries are sign(j) j**2 / N**2, and a midpoint of two neighbours in float32
+    # arithmetic is exact ((j**2 + (j+1)**2) / 2 has at most 16 bits): (j**2 + j + 1/2) / N**2
+    # with the sign of the pair, the same bits as (e[j] + e[j+1]) * 0.5 computed from them.
+    sq0, sq1, sq2, sq3 = (f(1.0 / (n * n)) for n, _, _ in geo)
     lo0, lo1, lo2, lo3 = (f(-o if s else 1) for (_, o, _), s in zip(geo, signed))
     hi0, hi1, hi2, hi3 = (f((1 << bits) - 1 - o) for _, o, _ in geo)
-    zero, half, one = f(0.0), f(0.5), f(1.0)
+    zero, half, one, tiny = f(0.0), f(0.5), f(1.0), _TINY
     key = (bits, signed)
 
     @njit(inline="always", **RULE)
@@ -49,10 +72,28 @@ def power_functions(bits: int, signed: tuple):
         """The entry of signed index j (the code less the slot's offset; a float32)."""
         inv = inv0 if k == 0 else (inv1 if k == 1 else (inv2 if k == 2 else inv3))
         four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
-        t = abs(j) * inv
+        sg = sg0 if k == 0 else (sg1 if k == 1 else (sg2 if k == 2 else sg3))
+        if not four:  # exact: j |j| has at most 16 bits, and 1 / N**2 is a power of two
+            sq = sq0 if k == 0 else (sq1 if k == 1 else (sq2 if k == 2 else sq3))
+            return (j * (abs(j) if sg else j)) * sq
+        # a non-negative slot's j is its code plus one (>= 0 where taken): no sign to undo
+        t = (abs(j) if sg else j) * inv
         t2 = t * t
-        value = t2 * t2 if four else t2
-        return -value if j < zero else value
+        value = t2 * t2
+        return -value if sg and j < zero else value
+
+    @njit(inline="always", **RULE)
+    @named(key)
+    def above(k, j):
+        """The float32 midpoint of entries j and j + 1: ``(at(k, j) + at(k, j + 1)) * 0.5``,
+        bit for bit (p = 2: by the exact form above)."""
+        four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
+        if four:
+            return (at(k, j) + at(k, j + one)) * half
+        sq = sq0 if k == 0 else (sq1 if k == 1 else (sq2 if k == 2 else sq3))
+        sg = sg0 if k == 0 else (sg1 if k == 1 else (sg2 if k == 2 else sg3))
+        value = (j * j + j + half) * sq
+        return -value if sg and j < zero else value
 
     @njit(**RULE)
     @named(key)
@@ -64,15 +105,22 @@ def power_functions(bits: int, signed: tuple):
     @named(key)
     def guess(k, x):
         """An index within one of x's nearest and of the one at or below x: the power's
-        inverse rounded, clamped to the map (NaN: its last index)."""
+        inverse rounded, clamped to the map (NaN: its last index).
+
+        The root is :func:`_root_below`'s, so u' = N |x|**(1/p) is taken at most 0.67
+        below (0.18% of N = 128 for p = 2; 0.27% of N = 256 for two roots, p = 4) and never
+        above (but for a rounding). The nearest index j* has u in [j* - 1/2, j* + 0.71) (a
+        midpoint's root lies at least halfway between its entries' roots), the index at
+        or below x is floor(u): floor(u' + 1/2) is within one of both."""
         n = n0 if k == 0 else (n1 if k == 1 else (n2 if k == 2 else n3))
         four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
         lo = lo0 if k == 0 else (lo1 if k == 1 else (lo2 if k == 2 else lo3))
         hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
-        t = np.sqrt(abs(x))
+        a = abs(x)
+        t = _root_below(a if a > tiny else tiny)  # at most 0.18% below the root
         if four:
-            t = np.sqrt(t)
-        t = t if t < one else one  # also a NaN: the last index, as the table search
+            t = _root_below(t)  # at most 0.27% below
+        t = t if a < one else one  # also a NaN: the last index, as the table search
         j = np.floor(t * n + half)
         j = -j if x < zero else j
         j = j if j > lo else lo
@@ -86,11 +134,8 @@ def power_functions(bits: int, signed: tuple):
         lo = lo0 if k == 0 else (lo1 if k == 1 else (lo2 if k == 2 else lo3))
         hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
         j = guess(k, x)
-        middle = at(k, j)
-        below = (at(k, j - one) + middle) * half
-        above = (middle + at(k, j + one)) * half
-        down = one if j > lo and x < below else zero
-        up = one if j < hi and x >= above else zero
+        down = one if j > lo and x < above(k, j - one) else zero
+        up = one if j < hi and x >= above(k, j) else zero
         return np.int32(j - down + up + offset)
 
     @njit(**RULE)

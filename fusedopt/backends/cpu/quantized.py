@@ -220,10 +220,12 @@ def _float_slots_variant(variant):
 def absmax(values, length):
     """The largest |value| of ``values[:length]``, a NaN if one is NaN: the integer maximum
     of their bits without the sign (ordered as the magnitudes, every NaN above inf), a
-    reduction the vectorizer takes, where a float maximum that keeps NaN is not."""
+    reduction the vectorizer takes, where a float maximum that keeps NaN is not. The
+    masked bits are cast back to uint32 (Numba widens ``&`` to 64 bits), so that the maximum
+    runs in 32-bit lanes, 16 to a 512-bit vector rather than 8."""
     top = _U(0)
     for i in range(length):
-        bits = float_bits(values[i]) & _ABS
+        bits = _U(float_bits(values[i]) & _ABS)
         top = bits if bits > top else top
     return bits_float(top)
 
