@@ -72,11 +72,11 @@ def _weights(net):
 
 
 @functools.lru_cache(maxsize=None)
-def _fitted(name):
+def _fitted(name, epochs=EPOCHS):
     """The model fitted with fusedopt's Muon at ``SETTINGS[name]``: compared with Keras'
     by the first test, the baseline every feature must move away from in the last (one fit
-    per setting and process; a fit starts from the same seed and data every time)."""
-    return _fit(fusedopt.keras.Muon(**SETTINGS[name]))
+    per setting, length and process; a fit starts from the same seed and data every time)."""
+    return _fit(fusedopt.keras.Muon(**SETTINGS[name]), epochs=epochs)
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
@@ -326,15 +326,21 @@ FEATURES = {
 }
 
 
+#: 20 steps: the schedule decays twice, gradient accumulation applies 10 times.
+FEATURE_EPOCHS = 2
+
+
 @pytest.mark.parametrize("feature", sorted(FEATURES))
 def test_keras_features_fit_as_keras_muon(feature):
-    """Held to KERAS_FIT (absolute), as every class's features are
+    """Each feature over FEATURE_EPOCHS (20 steps, against a plain fit as long), held to
+    KERAS_FIT (absolute), as every class's features are
     (tests/test_keras_conformance.py): clipping moves the grads' last bits (Keras takes its
     norms in float32), which Adam's normalization spreads in the small biases."""
     hp = {**SETTINGS["no-nesterov"], **FEATURES[feature]}
-    net = _fit(fusedopt.keras.Muon(**hp))
-    twin = _fit(keras.optimizers.Muon(**hp))
+    net = _fit(fusedopt.keras.Muon(**hp), epochs=FEATURE_EPOCHS)
+    twin = _fit(keras.optimizers.Muon(**hp), epochs=FEATURE_EPOCHS)
+    assert int(net.optimizer.iterations) == int(twin.optimizer.iterations) > 0
     assert max(float(np.abs(a - b).max())
                for a, b in zip(_weights(net), _weights(twin))) < KERAS_FIT
-    plain = _weights(_fitted("no-nesterov"))
+    plain = _weights(_fitted("no-nesterov", FEATURE_EPOCHS))
     assert max(_relative(a, b) for a, b in zip(_weights(net), plain)) > 1e-4  # it mattered
