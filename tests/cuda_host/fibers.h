@@ -17,8 +17,10 @@
 #include <unistd.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -33,13 +35,61 @@
 
 namespace fusedopt_host {
 
-// Usable bytes of each fiber's stack. The kernels' frames are a few KiB at most; the
-// sanitize build (-O0, AddressSanitizer's redzones around every local, UBSan checks) and
-// what may run on a fiber's stack besides - a thrown check's unwinding, a sanitizer's
-// report with its stack trace - stay well under it (tests/cuda_host/fibers.h's
-// FUSEDOPT_HOST_FIBER_STACK_PEAK build reports the deepest use). Pages are committed
-// only when touched, so the 1024 stacks of a full block cost their address space, not
-// their size; a guard page below each turns an overflow into a fault, not corruption.
+// The switch between stacks. On x86-64 (without CET's shadow stack, which a hand-made
+// switch would break) a few instructions: the System V ABI's callee-saved registers and
+// the SSE/x87 control words pushed on the stack being left, the stack pointer swapped,
+// the other stack's popped; the caller-saved rest the compiler has saved around the call.
+// Elsewhere (aarch64 included) ucontext, whose swapcontext also sets the signal mask, a
+// system call per switch: correct, and slower by about 20x per switch
+// (-DFUSEDOPT_HOST_FIBER_UCONTEXT picks it on x86-64 too, to test it).
+#if defined(__x86_64__) && !defined(__CET__) && !defined(FUSEDOPT_HOST_FIBER_UCONTEXT)
+#define FUSEDOPT_HOST_FIBER_ASM 1
+// fusedopt_host_fiber_switch(save, load): *save = this stack's pointer; continue on load.
+extern "C" void fusedopt_host_fiber_switch(void** save, void* load);
+asm(R"(
+    .pushsection .text
+    .weak fusedopt_host_fiber_switch
+    .hidden fusedopt_host_fiber_switch
+    .type fusedopt_host_fiber_switch, @function
+fusedopt_host_fiber_switch:
+    .cfi_startproc
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .cfi_endproc
+    .size fusedopt_host_fiber_switch, .-fusedopt_host_fiber_switch
+    .popsection
+)");
+#else
+#define FUSEDOPT_HOST_FIBER_ASM 0
+#endif
+
+
+// Usable bytes of each fiber's stack. The deepest a cooperative kernel went in the sanitize
+// build (-O0, AddressSanitizer's redzones around every local, UBSan's checks) was 2.2 KiB
+// (stacks filled with a pattern, every cooperative family over tests/cuda_host/sanitize.py's
+// runs); the rest is room for what else may run on a fiber's stack: a failed check's
+// throw and unwinding, a sanitizer's report with its stack trace. Pages are committed only
+// when touched, so the 1024 stacks of a full block cost address space, not memory; a guard
+// page below each makes an overflow a fault, not silent corruption.
 constexpr std::size_t FIBER_STACK_BYTES = std::size_t(256) << 10;
 // CUDA's most threads a block.
 constexpr unsigned MAX_FIBERS = 1024;
@@ -73,6 +123,51 @@ class StackPool {
     static std::size_t guard_bytes() { return static_cast<std::size_t>(sysconf(_SC_PAGESIZE)); }
     static std::size_t mapped_bytes() { return FIBER_STACK_BYTES + guard_bytes(); }
     std::vector<char*> bases_;
+};
+
+// Where a suspended fiber (or the scheduler) continues.
+struct Context {
+#if FUSEDOPT_HOST_FIBER_ASM
+    void* sp = nullptr;
+
+    // A fresh context that calls ``entry`` on the ``size`` bytes from ``stack``.
+    void prepare(char* stack, std::size_t size, void (*entry)()) {
+        // What fusedopt_host_fiber_switch pops, lowest first: the control words (this
+        // thread's), r15 ... rbp (zero: the end of the frame-pointer chain), then ``entry``
+        // as the return address, and above it a zero return address of entry's own, where
+        // a call would have left one (entry starts 8 bytes past a 16-byte boundary, as
+        // after a call).
+        auto top = reinterpret_cast<std::uintptr_t>(stack + size) & ~std::uintptr_t(15);
+        auto* slot = reinterpret_cast<std::uint64_t*>(top);
+        *--slot = 0;
+        *--slot = reinterpret_cast<std::uint64_t>(entry);
+        for (int r = 0; r < 6; ++r) *--slot = 0;
+        --slot;
+        std::uint32_t csr[2] = {0, 0};
+        asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
+        std::memcpy(slot, csr, sizeof csr);
+        sp = slot;
+    }
+    static void swap(Context& from, const Context& to) {
+        fusedopt_host_fiber_switch(&from.sp, to.sp);
+    }
+#else
+    ucontext_t uc{};
+
+    void prepare(char* stack, std::size_t size, void (*entry)()) {
+        if (getcontext(&uc) != 0) throw std::runtime_error("getcontext failed");
+        uc.uc_stack.ss_sp = stack;
+        uc.uc_stack.ss_size = size;
+        uc.uc_link = nullptr;  // fibers never return from their entry
+        makecontext(&uc, entry, 0);
+        // makecontext has laid out the stack; with uc_stack left set, AddressSanitizer's
+        // swapcontext would clear the shadow of the whole stack at every resume, live
+        // frames' redzones included.
+        uc.uc_stack.ss_sp = nullptr;
+        uc.uc_stack.ss_size = 0;
+    }
+    static void swap(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
 };
 
 // One block's fibers. ``Body`` is called as body(index) on fiber ``index``; ``enter(index)``
@@ -123,7 +218,7 @@ class FiberBlock {
 
   private:
     struct Fiber {
-        ucontext_t context;
+        Context context;
         void* fake_stack = nullptr;  // AddressSanitizer's, for use-after-return detection
         unsigned barriers = 0;
         bool done = false;
@@ -134,16 +229,7 @@ class FiberBlock {
         fiber.barriers = 0;
         fiber.done = false;
         fiber.fake_stack = nullptr;
-        if (getcontext(&fiber.context) != 0) throw std::runtime_error("getcontext failed");
-        fiber.context.uc_stack.ss_sp = pool().stack(i);
-        fiber.context.uc_stack.ss_size = FIBER_STACK_BYTES;
-        fiber.context.uc_link = nullptr;  // fibers never return from their entry
-        makecontext(&fiber.context, &FiberBlock::entry, 0);
-        // makecontext has laid out the stack; with uc_stack left set, AddressSanitizer's
-        // swapcontext would clear the shadow of the whole stack at every resume, live
-        // frames' redzones included.
-        fiber.context.uc_stack.ss_sp = nullptr;
-        fiber.context.uc_stack.ss_size = 0;
+        fiber.context.prepare(pool().stack(i), FIBER_STACK_BYTES, &FiberBlock::entry);
     }
 
     void resume(unsigned i) {
@@ -152,7 +238,7 @@ class FiberBlock {
         void* fake = nullptr;
         __sanitizer_start_switch_fiber(&fake, pool().stack(i), FIBER_STACK_BYTES);
 #endif
-        swapcontext(&scheduler_, &fibers_[i].context);
+        Context::swap(scheduler_, fibers_[i].context);
 #if FUSEDOPT_HOST_FIBER_ASAN
         __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #endif
@@ -167,7 +253,7 @@ class FiberBlock {
 #else
         (void)last;
 #endif
-        swapcontext(&fiber.context, &scheduler_);
+        Context::swap(fiber.context, scheduler_);
 #if FUSEDOPT_HOST_FIBER_ASAN
         __sanitizer_finish_switch_fiber(fiber.fake_stack, nullptr, nullptr);
 #endif
@@ -194,7 +280,7 @@ class FiberBlock {
 
     static inline thread_local FiberBlock* current_ = nullptr;
     std::vector<Fiber> fibers_;
-    ucontext_t scheduler_{};
+    Context scheduler_;
     const void* scheduler_bottom_ = nullptr;
     std::size_t scheduler_size_ = 0;
     int running_ = -1;

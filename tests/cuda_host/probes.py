@@ -96,3 +96,12 @@ def divergent_barrier_kernel() -> tuple[str, str]:
             "    __syncthreads();\n"
             "}\n")
     return code, "fusedopt_probe_divergent_barrier"
+
+
+def half_warp_shuffle_kernel() -> tuple[str, str]:
+    """(source, name) of a helper kernel that shuffles within half warps (width 16), which
+    the host build does not run."""
+    code = ("__global__ void fusedopt_probe_half_warp_shuffle(float* x) {\n"
+            "    x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1, 16);\n"
+            "}\n")
+    return code, "fusedopt_probe_half_warp_shuffle"
