@@ -318,3 +318,27 @@ def test_helper_kernels_may_cooperate(cuda_cache_dir):
     expected = [sum(float(x[i]) for i in range(b * 64, 1000) if (i % stride) // 64 == b)
                 for b in range(3)]
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_threads_that_pass_different_barriers_are_an_error(cuda_cache_dir, order):
+    """A __syncthreads that only some threads of a block reach ends the launch in an error
+    naming the threads and their barrier counts, not a hang or a silent success."""
+    from cuda_host import probes
+    code, name = probes.divergent_barrier_kernel()
+    host = HostRuntime(cuda_cache_dir / "host", sources={"probe": code}, order=order)
+    kernel = host.module("probe", [name]).get_function(name)
+    with pytest.raises(RuntimeError, match=r"thread \(0, 0, 0\) passed 2 barriers but thread "
+                                           r"\(1, 0, 0\) passed 1; every thread of a block"):
+        kernel((2,), (64,), (np.zeros(64, np.float32),))
+
+
+def test_a_shuffle_the_host_cannot_run_is_an_error(cuda_cache_dir):
+    """A check that fails inside a cooperative thread ends the launch with its message."""
+    from cuda_host import probes
+    code, name = probes.half_warp_shuffle_kernel()
+    host = HostRuntime(cuda_cache_dir / "host", sources={"probe": code})
+    kernel = host.module("probe", [name]).get_function(name)
+    x = np.arange(64, dtype=np.float32)
+    with pytest.raises(RuntimeError, match="full-mask shuffles of whole warps"):
+        kernel((1,), (64,), (x,))

@@ -19,13 +19,14 @@ from pathlib import Path
 from fusedopt.backends.cuda import launch, source
 
 HERE = Path(__file__).resolve().parent
-HEADERS = ("shim.h", "launcher.h")
+HEADERS = ("shim.h", "fibers.h", "launcher.h")
 
 #: -O1 keeps builds quick; -ffp-contract=off keeps each operation IEEE-rounded (no FMA).
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-DFUSEDOPT_HOST_BUILD",
          "-ffp-contract=off", "-Wall", "-Wno-unknown-pragmas")
-#: Helper kernels that make threads cooperate (barriers, shared memory): OS threads per block.
-COOPERATIVE = ("-DFUSEDOPT_HOST_COOPERATIVE", "-pthread")
+#: Helper kernels that make threads cooperate (barriers, shared memory): a block's threads
+#: as fibers (tests/cuda_host/fibers.h).
+COOPERATIVE = ("-DFUSEDOPT_HOST_COOPERATIVE",)
 #: Address and undefined-behaviour sanitizers; any report ends the process with an error.
 #: -O0 (after FLAGS' -O1, so it wins): a third of the build time over every storage's entry
 #: points, and no access optimized away before the sanitizers see it.

@@ -84,37 +84,62 @@ inline uint3 index3(unsigned long long i, const unsigned* dims) {
 }
 
 #if defined(FUSEDOPT_HOST_COOPERATIVE)
-// One block at a time, its threads as OS threads meeting at the block's barrier.
-inline void run_block(const Entry& e, uint3 block, const unsigned* grid, const unsigned* dims,
-                      void** args, std::string& error) {
-    const unsigned n_threads = dims[0] * dims[1] * dims[2];
-    Barrier barrier(n_threads);
-    std::mutex error_mutex;
-    std::vector<std::thread> threads;
-    threads.reserve(n_threads);
-    for (unsigned t = 0; t < n_threads; ++t) {
-        threads.emplace_back([&, t] {
-            grid_dim = dim3(grid[0], grid[1], grid[2]);
-            block_dim = dim3(dims[0], dims[1], dims[2]);
-            block_idx = block;
-            thread_idx = index3(t, dims);
-            block_barrier = &barrier;
-            try {
-                e.run(args);
-            } catch (const std::exception& failure) {
-                std::lock_guard<std::mutex> lock(error_mutex);
-                error = failure.what();
-            }
-            barrier.leave();
-        });
+// One block at a time, its threads as fibers on this OS thread (fibers.h), each pass in
+// reverse when ``reverse``. A thread's error (a failed check) ends that thread only, as a
+// returning thread would; the block's first error is reported once every thread is done.
+struct BlockLaunch {
+    const Entry& entry;
+    uint3 block;
+    const unsigned* dims;
+    void** args;
+    std::string error;
+
+    static void enter(unsigned t, void* self) {
+        const auto& launch = *static_cast<BlockLaunch*>(self);
+        block_idx = launch.block;
+        thread_idx = index3(t, launch.dims);
     }
-    for (auto& thread : threads) thread.join();
+    static void body(unsigned, void* self) {
+        auto& launch = *static_cast<BlockLaunch*>(self);
+        try {
+            launch.entry.run(launch.args);
+        } catch (const std::exception& failure) {
+            if (launch.error.empty()) launch.error = failure.what();
+        }
+    }
+};
+
+inline std::string describe(uint3 i) {
+    return "(" + std::to_string(i.x) + ", " + std::to_string(i.y) + ", " + std::to_string(i.z) +
+           ")";
+}
+
+inline void run_block(const Entry& e, uint3 block, const unsigned* dims, void** args,
+                      bool reverse) {
+    static thread_local FiberBlock fibers;
+    const unsigned n_threads = dims[0] * dims[1] * dims[2];
+    BlockLaunch launch{e, block, dims, args, {}};
+    fibers.run(n_threads, reverse, &BlockLaunch::body, &BlockLaunch::enter, &launch);
+    if (!launch.error.empty()) throw std::runtime_error(launch.error);
+    // Every thread must meet every barrier: one that returns early would, on a GPU, leave
+    // the others waiting or meeting the wrong __syncthreads.
+    for (unsigned t = 1; t < n_threads; ++t) {
+        if (fibers.barriers(t) != fibers.barriers(0)) {
+            throw std::logic_error(
+                "block " + describe(block) + ": thread " + describe(index3(0, dims)) +
+                " passed " + std::to_string(fibers.barriers(0)) + " barriers but thread " +
+                describe(index3(t, dims)) + " passed " + std::to_string(fibers.barriers(t)) +
+                "; every thread of a block must reach the same __syncthreads (a shuffle "
+                "is two) - a barrier in code that not every thread runs hangs or "
+                "misbehaves on a GPU");
+        }
+    }
 }
 #endif
 
 // Every thread of every block, one after another; ``reverse`` runs blocks and threads in
 // the opposite order, so a kernel whose result depends on the order is caught. Cooperative
-// builds run each block's threads together instead (see shim.h).
+// builds run each block's threads together instead, as fibers (fibers.h).
 inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, void** args,
                   int reverse) {
     try {
@@ -125,9 +150,7 @@ inline int launch(const Entry& e, const unsigned* grid, const unsigned* block, v
         for (unsigned long long b = 0; b < n_blocks; ++b) {
             const uint3 bi = index3(reverse ? n_blocks - 1 - b : b, grid);
 #if defined(FUSEDOPT_HOST_COOPERATIVE)
-            std::string error;
-            run_block(e, bi, grid, block, args, error);
-            if (!error.empty()) throw std::runtime_error(error);
+            run_block(e, bi, block, args, reverse != 0);
             (void)n_threads;
 #else
             block_idx = bi;

@@ -82,3 +82,26 @@ def block_sums_kernel() -> tuple[str, str]:
             "    if (threadIdx.x == 0) out[blockIdx.x] = buf[0];\n"
             "}\n")
     return code, "fusedopt_probe_block_sums<float>"
+
+
+def divergent_barrier_kernel() -> tuple[str, str]:
+    """(source, name) of a helper kernel whose even threads pass one barrier more than the
+    odd ones (a __syncthreads in code that only some threads run)."""
+    code = ("__global__ void fusedopt_probe_divergent_barrier(float* x) {\n"
+            "    if (threadIdx.x % 2 == 0) {\n"
+            "        x[threadIdx.x] += 1.0f;\n"
+            "        __syncthreads();\n"
+            "    }\n"
+            "    x[threadIdx.x] += 1.0f;\n"
+            "    __syncthreads();\n"
+            "}\n")
+    return code, "fusedopt_probe_divergent_barrier"
+
+
+def half_warp_shuffle_kernel() -> tuple[str, str]:
+    """(source, name) of a helper kernel that shuffles within half warps (width 16), which
+    the host build does not run."""
+    code = ("__global__ void fusedopt_probe_half_warp_shuffle(float* x) {\n"
+            "    x[threadIdx.x] = __shfl_xor_sync(0xffffffffu, x[threadIdx.x], 1, 16);\n"
+            "}\n")
+    return code, "fusedopt_probe_half_warp_shuffle"

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
                     if args.entry in (None, spec.entry(storage, flags)):
                         _run_storage(spec, variant, storage, problem)
             # Quantized state: one family's kernels once, in the variant with the most slots
-            # (its cooperative launches are a block's threads as OS threads, slow under ASan).
+            # (its cooperative launches switch fibers at every shuffle, slow under ASan).
             for storage in (_quantized_storages(spec) if chunk is not None
                             and spec.kernel not in quantized_done else ()):
                 variant = max(_covering_variants(spec, compare),

@@ -20,19 +20,20 @@
 
 #include <climits>
 #include <cmath>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(FUSEDOPT_HOST_COOPERATIVE)
+#include "fibers.h"
+#endif
 
 // The float overloads of sqrt, fabs, ... must win for float arguments, as in CUDA;
 // with only ::sqrt(double) visible, float math would silently run in double.
@@ -130,45 +131,9 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
 
 #if defined(FUSEDOPT_HOST_COOPERATIVE)
 // Helper kernels that are not optimizers (a block reduction, say) may cooperate: their
-// launches run each block's threads as OS threads, __syncthreads is a real barrier and
-// __shared__ memory is one static copy, used by one block at a time.
-namespace fusedopt_host {
-
-class Barrier {
-  public:
-    explicit Barrier(unsigned count) : count_(count) {}
-    void wait() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        const unsigned generation = generation_;
-        if (++waiting_ == count_) {
-            release();
-        } else {
-            ready_.wait(lock, [&] { return generation != generation_; });
-        }
-    }
-    // A thread that returns no longer holds the others at the barrier (as on the GPU).
-    void leave() {
-        std::lock_guard<std::mutex> lock(mutex_);
-        --count_;
-        if (count_ > 0 && waiting_ == count_) release();
-    }
-
-  private:
-    void release() {
-        waiting_ = 0;
-        ++generation_;
-        ready_.notify_all();
-    }
-    std::mutex mutex_;
-    std::condition_variable ready_;
-    unsigned count_, waiting_ = 0, generation_ = 0;
-};
-
-inline thread_local Barrier* block_barrier = nullptr;
-
-}  // namespace fusedopt_host
-
-inline void __syncthreads() { ::fusedopt_host::block_barrier->wait(); }
+// launches run each block's threads as fibers (fibers.h), __syncthreads is the block's
+// barrier and __shared__ memory is one static copy, used by one block at a time.
+inline void __syncthreads() { ::fusedopt_host::FiberBlock::wait(); }
 #define __shared__ static
 
 namespace fusedopt_host {
