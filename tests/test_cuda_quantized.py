@@ -7,6 +7,10 @@
   ``min_quantized_size`` keeping float32 state (its own launch), chunks of several blocks
   and warps without a block in a launch's last round. The CPU backend's quantized step is
   itself held to the float64 oracle (tests/test_quantized_state.py).
+- Every other family with quantized kernels likewise, each in its variant with the most
+  slots, in q8: beside float32 params, and beside bfloat16 params with stochastic rounding
+  (one test each, looping over the families: a host launch of these kernels runs a
+  block's threads as OS threads, so each test item costs seconds).
 - A quantized step the CUDA backend has no kernel for is refused before anything changes,
   naming what is missing and backend='cpu'.
 """

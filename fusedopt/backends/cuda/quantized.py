@@ -12,16 +12,18 @@ slot, no per-tensor reductions), the params and modes of :func:`kept` (Adam's
 under ``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
 anything changes (:func:`refusal`), with the CPU backend as the way to run it: LAMB and
 StableAdamW (per-tensor reductions over the codes), schedule-free (a float32 slot beside
-them), Muon (its momentum pass), Adafactor (factored state).
+them), Muon (its momentum pass). (Adafactor refuses quantized state on every backend.)
 
-Why the other families keep two pairs, not Adam's three (measured: kernels/README.md,
-"Quantized state: what the gates cost"): every entry point costs every gate time, about
-0.2 s of NVRTC on sm_90 alone, and the suite's time is budgeted. Twelve families at
-Adam's three pairs would add 192 entry points and about 47 s of the suite's wall time on
-2 cores before a test ran; at two pairs 128, and about 35 s. The two kept are float32
-params, and bfloat16 params with stochastic rounding of the param and the codes (the
-memory goal of quantized state: bfloat16 params, q8 state, stochastic rounding);
-bfloat16 params rounded to nearest stay on the CPU backend for them.
+Why the other families keep two pairs, not Adam's three (measured with
+benchmarks/cuda_quantized_gate_cost.py; kernels/README.md, "Quantized state: which
+families, and what the gates cost"): every entry point costs every gate, NVRTC about
+0.2 s of it on sm_90 alone, and the suite's time is budgeted (about 60 s for these
+families). The thirteen at Adam's three pairs would be 228 entry points on sm_90, 94 CPU
+s of cold gate builds as measured; at two pairs 152 and 86 s, which with their sanitizer
+runs and host-execution tests comes to about 50-60 s of the suite's wall time on its 2
+workers. The two kept are float32 params, and bfloat16 params with stochastic rounding of
+the param and the codes (the memory goal of quantized state: bfloat16 params, q8 state,
+stochastic rounding); bfloat16 params rounded to nearest stay on the CPU backend for them.
 """
 
 from __future__ import annotations
