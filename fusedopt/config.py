@@ -99,6 +99,14 @@ REGISTER_BUDGET_QUANTIZED = 80
 #: a GPU.)
 REGISTER_BUDGET_QUANTIZED_STOCHASTIC = 96
 
+#: The budget of quantized-state entry points of four slots (Adan), in either mode: a q8
+#: lane holds 32 decoded values across the shuffles, and ptxas gives them up to 88
+#: registers rounded to nearest and 102 stochastically (sm_90; no spills at either). 104
+#: keeps 2 blocks of 256 threads per SM resident (65536 / (104 x 256)), as the stochastic
+#: budget does; the ones rounded to nearest lose the third block that 80 keeps. (Not
+#: measured on a GPU.)
+REGISTER_BUDGET_QUANTIZED_FOUR_SLOTS = 104
+
 #: Loss-scaled CUDA steps that may be in doubt at once (fusedopt/memory/steps.py): the host
 #: reads their flags without waiting, and waits only when this many are still unread.
 STEP_WINDOW = 32

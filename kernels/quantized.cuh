@@ -26,6 +26,7 @@
 //      below), drawn as the CPU draws it: 24 bits of the element's bits for slot k
 //      (array_bits(element_hash(base, i), 1 + k), kernels/random_bits.cuh), u = bits / 2^24,
 //      up where u < that fraction.
+// A variant without slots (SGD without momentum) runs the same loop over the param alone.
 // Every warp of a block runs the same number of rounds (a warp without a block in the last
 // round reads and writes nothing but still takes part in the shuffles), so the host build,
 // whose shuffles are barriers of the whole block (tests/cuda_host/shim.h), runs the same code.
@@ -130,7 +131,7 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
     constexpr int N = NS + (HAS_SLOT ? 1 : 0);
     constexpr int NSA = E::NSA;
     constexpr int PER = Q::PER;
-    static_assert(NS >= 1 && NS <= MAX_SLOTS, "quantized state needs a slot");
+    static_assert(NS >= 0 && NS <= MAX_SLOTS, "at most MAX_SLOTS slots");
 
     if (steps.skipped()) return;  // the same for every thread of the block
     const TableView<N> view{table, n_tensors};

@@ -7,6 +7,10 @@
   ``min_quantized_size`` keeping float32 state (its own launch), chunks of several blocks
   and warps without a block in a launch's last round. The CPU backend's quantized step is
   itself held to the float64 oracle (tests/test_quantized_state.py).
+- Every other family with quantized kernels likewise, each in its variant with the most
+  slots, in q8: beside float32 params, and beside bfloat16 params with stochastic rounding
+  (one test each, looping over the families: a host launch of these kernels runs a
+  block's threads as OS threads, so each test item costs seconds).
 - A quantized step the CUDA backend has no kernel for is refused before anything changes,
   naming what is missing and backend='cpu'.
 """
@@ -56,6 +60,32 @@ def _run(backend, name, convention, hp, dtype, options, fmt):
     return params, [[np.asarray(s) for s in slots] for slots in engine.states]
 
 
+def _assert_same_bits(cuda, cpu, fmt, what=""):
+    """Params and slots (codes with their absmax, or float32 state) bit for bit; then
+    :func:`_blocks_seen` of each slot of param 0 (which cases the run did reach)."""
+    (cuda_params, cuda_states), (cpu_params, cpu_states) = cuda, cpu
+    for t, shape in enumerate(SHAPES):
+        np.testing.assert_array_equal(cuda_params[t].view(np.uint8),
+                                      cpu_params[t].view(np.uint8), err_msg=f"{what} param {t}")
+        assert len(cuda_states[t]) == len(cpu_states[t]), what
+        for k, (a, b) in enumerate(zip(cuda_states[t], cpu_states[t])):
+            wanted = np.uint8 if np.prod(shape) >= MIN_SIZE else np.float32
+            assert a.dtype == wanted, (what, t, k, a.dtype)
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8),
+                                          err_msg=f"{what} param {t} slot {k}")
+    assert cuda_states[0], what
+    return [_blocks_seen(slot, fmt) for slot in cuda_states[0]]
+
+
+def _blocks_seen(slot, fmt):
+    """(param 0's first block's absmax is 0, the NaN's block's is NaN, every other finite)
+    of the codes of ``slot``."""
+    _, absmax = quant.codes_and_scales(slot, int(np.prod(SHAPES[0])), fmt)
+    nan = NAN // quant.FORMATS[fmt].block
+    return (bool(absmax[0] == 0), bool(np.isnan(absmax[nan])),
+            bool(np.all(np.isfinite(np.delete(absmax, nan)))))
+
+
 #: Both formats of the first case; q8 of the second (q4's stochastic codes are the same
 #: code path between other tables: the sanitizers and the compile gates cover them); the
 #: third in q8-bitsandbytes, whose decision points are not the midpoints (the variant
@@ -70,29 +100,66 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
                                       options, fmt):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)  # chunks of several blocks
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)  # 3 warps: idle ones at the end
-    cuda_params, cuda_states = _run("cuda", name, convention, hp, dtype, options, fmt)
-    cpu_params, cpu_states = _run("cpu", name, convention, hp, dtype, options, fmt)
-    f = quant.FORMATS[fmt]
-    for t, shape in enumerate(SHAPES):
-        np.testing.assert_array_equal(cuda_params[t].view(np.uint8),
-                                      cpu_params[t].view(np.uint8), err_msg=f"param {t}")
-        for k, (a, b) in enumerate(zip(cuda_states[t], cpu_states[t])):
-            wanted = np.uint8 if np.prod(shape) >= MIN_SIZE else np.float32
-            assert a.dtype == wanted, (t, k, a.dtype)
-            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8),
-                                          err_msg=f"param {t} slot {k}")
-    for slot in cuda_states[0]:  # the cases the test is about did happen
-        _, absmax = quant.codes_and_scales(slot, int(np.prod(SHAPES[0])), fmt)
-        assert absmax[0] == 0 and np.isnan(absmax[NAN // f.block])
-        assert np.all(np.isfinite(np.delete(absmax, NAN // f.block)))
+    seen = _assert_same_bits(_run("cuda", name, convention, hp, dtype, options, fmt),
+                             _run("cpu", name, convention, hp, dtype, options, fmt), fmt)
+    assert all(all(case) for case in seen), seen  # a zero block, a NaN block, finite others
     launched = [n for n, _, _ in host_cuda.launches if n.startswith("adam_quantized<")]
     assert len(launched) == STEPS and len(host_cuda.launches) == 2 * STEPS  # float32 apart
     assert all(block == (96, 1, 1) for _, _, block in host_cuda.launches)
 
 
+def _fullest(spec, convention):
+    """The variant of ``spec`` with the most slots, in ``convention`` where it has one."""
+    from cuda_host import compare
+
+    def slots(v):
+        return len(spec.slots(spec.flags(compare.full_hyper(spec, v), v.convention)))
+    return max(compare.variants(spec), key=lambda v: (slots(v), v.convention == convention))
+
+
+#: One optimizer of each family beside Adam's that has quantized kernels.
+FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
+            if quantized.covers(s) and s.kernel != "adam"}
+#: (param dtype, constructor options, the convention preferred): codes to nearest beside
+#: float32 params; stochastic params and codes beside bfloat16 ones.
+FAMILY_RUNS = {"float32": (np.float32, {}, "keras"),
+               "bfloat16-stochastic": (ml_dtypes.bfloat16, dict(stochastic_rounding=True),
+                                       "torch")}
+
+
+@pytest.mark.parametrize("run", FAMILY_RUNS)
+def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
+    """Each family's rule over q8 codes, in its variant with the most slots, as the Adam
+    cases above: params, codes and absmax against the CPU backend's, over the same blocks
+    (a zero one, a NaN one, partial ones, a param keeping float32 state)."""
+    monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
+    dtype, options, convention = FAMILY_RUNS[run]
+    assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam"}
+    seen = {}
+    for kernel, name in sorted(FAMILIES.items()):
+        variant = _fullest(REGISTRY[name], convention)
+        host_cuda.launches.clear()
+        got = _run("cuda", name, variant.convention, variant.hp, dtype, options, "q8")
+        wanted = _run("cpu", name, variant.convention, variant.hp, dtype, options, "q8")
+        seen[name] = _assert_same_bits(got, wanted, "q8", what=f"{name} {variant.id()}")
+        launched = [n for n, _, _ in host_cuda.launches
+                    if n.startswith(f"{quantized.family(kernel)}<")]
+        assert len(launched) == STEPS, (name, host_cuda.launches)
+    # Every family reached a NaN block and kept the others finite; the zero block (absmax
+    # 0) in every family whose state starts at 0 (Adagrad's accumulator starts at
+    # initial_accumulator_value, ASGD's average at the param).
+    assert all(any(c[1] for c in cases) and all(c[2] for c in cases)
+               for cases in seen.values()), seen
+    assert {n for n, cases in seen.items() if not any(c[0] for c in cases)} <= {"adagrad",
+                                                                               "asgd"}, seen
+
+
 REFUSED = [  # (optimizer, constructor options, what the message names)
     ("lamb", {}, "per-tensor reductions"),
-    ("adagrad", {}, "adam family only"),
+    ("schedulefreeadamw", {}, "float32 slot beside the codes"),
+    ("adagrad", {}, "kernels take float32 params or bfloat16 params with "
+                    "stochastic_rounding=True"),
     ("adam", dict(master_weights=True), "master_weights=True"),
     ("adam", dict(kahan_summation=True), "kahan_summation=True"),
     ("adam", dict(float16=True), "float16 params"),

@@ -66,7 +66,11 @@ def markdown(rows) -> str:
                        for o in nvrtc.gate_options("sm_XX"))
     lines = [f"NVRTC {nvrtc.nvrtc_version()}, options `{options}`; "
              f"register budget {config.REGISTER_BUDGET} ({config.REGISTER_BUDGET_FLOAT64} for "
-             "float64 kernels). One row per family, storage (param, grad, state, mode) and "
+             f"float64 kernels, {config.REGISTER_BUDGET_SEVEN_ARRAYS} for those moving seven "
+             f"arrays; quantized state {config.REGISTER_BUDGET_QUANTIZED}, "
+             f"{config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC} with stochastic codes, "
+             f"{config.REGISTER_BUDGET_QUANTIZED_FOUR_SLOTS} with four slots: "
+             "fusedopt/config.py). One row per family, storage (param, grad, state, mode) and "
              "architecture, over all its variants.", "", _HEADER]
     for (kernels, arch), members in sorted(groups.items()):
         bad = [r for r in members

@@ -6,11 +6,24 @@ The kernels (kernels/quantized.cuh) live in a family file of their own per optim
 include): one warp owns one quantization block at a time and reduces its absmax with warp
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
-Covered today: the families in :data:`FAMILIES` (elementwise rules, no ``float_state`` slot,
-no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to nearest
-(stochastically under ``stochastic_rounding``).
-Every other quantized step on ``'cuda'`` is refused
-before anything changes (:func:`refusal`), with the CPU backend as the way to run it.
+Covered today: the families in :data:`FAMILIES` (every elementwise rule: no ``float_state``
+slot, no per-tensor reductions), the params and modes of :func:`kept` (Adam's
+:data:`KEPT`, the others' :data:`KEPT_OTHERS`), codes rounded to nearest (stochastically
+under ``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
+anything changes (:func:`refusal`), with the CPU backend as the way to run it: LAMB and
+StableAdamW (per-tensor reductions over the codes), schedule-free (a float32 slot beside
+them), Muon (its momentum pass). (Adafactor refuses quantized state on every backend.)
+
+Why the other families keep two pairs, not Adam's three (measured with
+benchmarks/cuda_quantized_gate_cost.py; kernels/README.md, "Quantized state: which
+families, and what the gates cost"): every entry point costs every gate, NVRTC about
+0.2 s of it on sm_90 alone, and the suite's time is budgeted (about 60 s for these
+families). The thirteen at Adam's three pairs would be 228 entry points on sm_90, 94 CPU
+s of cold gate builds as measured; at two pairs 152 and 86 s, which with their sanitizer
+runs and host-execution tests comes to about 50-60 s of the suite's wall time on its 2
+workers. The two kept are float32 params, and bfloat16 params with stochastic rounding of
+the param and the codes (the memory goal of quantized state: bfloat16 params, q8 state,
+stochastic rounding); bfloat16 params rounded to nearest stay on the CPU backend for them.
 """
 
 from __future__ import annotations
@@ -22,10 +35,11 @@ import numpy as np
 from ...memory.quant import FORMATS, cuts, qmap
 from ...memory.storage import Storage, describe, grad_dtypes
 
-#: Optimizer families with quantized CUDA kernels. Each adds one entry point per storage of
-#: :func:`storages` and flag combination to every gate, so families join as they are needed
-#: (the gates' time is budgeted: kernels/README.md).
-FAMILIES = ("adam",)
+#: Optimizer families with quantized CUDA kernels: every elementwise one. Each adds one entry
+#: point per storage of :func:`storages` and flag combination to every gate (the gates'
+#: time is budgeted: :func:`kept`).
+FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
+            "lion", "nadam", "radam", "rmsprop", "rprop", "sgd")
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes). Each
@@ -33,6 +47,15 @@ FAMILIES = ("adam",)
 #: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
 #: summation stay on the CPU backend for now.
 KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+
+#: The pairs of every family of :data:`FAMILIES` but Adam's (the module's docstring says
+#: why two): float32 params, and bfloat16 params with stochastic rounding.
+KEPT_OTHERS = (("float32", "plain"), ("bfloat16", "stochastic"))
+
+
+def kept(kernel: str) -> tuple[tuple[str, str], ...]:
+    """The (param dtype, mode) pairs of family ``kernel``'s quantized kernels."""
+    return KEPT if kernel == "adam" else KEPT_OTHERS
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -48,10 +71,10 @@ def family(kernel: str) -> str:
 KERNEL_FORMATS = ("q8", "q4")
 
 
-def storages() -> tuple[Storage, ...]:
-    """Every quantized storage whose kernel the runtime can request (a format of another
-    map requests its width's)."""
-    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT
+def storages(kernel: str = "adam") -> tuple[Storage, ...]:
+    """Every quantized storage whose kernel the runtime can request of family ``kernel``
+    (a format of another map requests its width's)."""
+    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in kept(kernel)
                  for g in grad_dtypes(p, m))
 
 
@@ -59,8 +82,8 @@ def sampled_storages() -> tuple[Storage, ...]:
     """The quantized storages the gates that sample (the second arch's compile, the
     sanitizers) take: each format on float32 params, and q8 with stochastic codes (the
     rest differs only in the param's load and store, which the float kernels' gates cover
-    for every storage)."""
-    return tuple(st for st in storages() if st.param == "float32"
+    for every storage). Every family has all three (:data:`KEPT_OTHERS`)."""
+    return tuple(st for st in storages("adam") if st.param == "float32"
                  or (st.mode, st.state) == ("stochastic", "q8"))
 
 
@@ -81,7 +104,7 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     if not covers(spec):
         return []
     return [(st, f, entry(spec, st, f))
-            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
+            for st in storages(spec.kernel) if st.param in spec.dtypes for f in spec.all_flags]
 
 
 def refusal(spec, storage: Storage) -> str | None:
@@ -97,14 +120,17 @@ def refusal(spec, storage: Storage) -> str | None:
                if spec.matrix is not None else
                "a float32 slot beside the codes runs on the CPU backend only"
                if any(s.float_state for s in spec.slot_decls) else
-               f"quantized CUDA kernels exist for the {', '.join(FAMILIES)} family only")
+               "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    if (storage.param, storage.mode) not in KEPT:
-        what = f"{storage.param} params" + ("" if storage.mode == "plain" else
-                                            f" and {describe(storage.mode)}")
-        return (f"{spec.class_name} with state_dtype={storage.state!r}, {what} has no "
-                f"CUDA kernel yet: {fix}")
+    pairs = kept(spec.kernel)
+    if (storage.param, storage.mode) not in pairs:
+        def name(param, mode):
+            return f"{param} params" + ("" if mode == "plain" else f" with {describe(mode)}")
+        built = " or ".join(name(p, m) for p, m in pairs)
+        return (f"{spec.class_name} with state_dtype={storage.state!r}, "
+                f"{name(storage.param, storage.mode)} has no CUDA kernel yet (its quantized "
+                f"CUDA kernels take {built}): {fix}")
     return None
 
 

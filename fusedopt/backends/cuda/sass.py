@@ -105,11 +105,14 @@ class KernelReport:
 def register_budget(name: str) -> tuple[int, str]:
     """(budget, its name in fusedopt.config) of the entry point ``name``: float64 kernels
     (``family<double, ...>``), optimizer entry points moving seven arrays and those of
-    quantized state have their own."""
+    quantized state (those of four slots apart) have their own."""
     if name.split("<", 1)[-1].startswith("double"):
         return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
     if "fusedopt::Q" in name:  # quantized state: kernels/quantized.cuh
         from ...memory.storage import MODE_IDS
+        if _quantized_slots().get(name, 0) >= 4:
+            return (config.REGISTER_BUDGET_QUANTIZED_FOUR_SLOTS,
+                    "REGISTER_BUDGET_QUANTIZED_FOUR_SLOTS")
         if name.split(", ")[3] == str(MODE_IDS["stochastic"]):
             return (config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC,
                     "REGISTER_BUDGET_QUANTIZED_STOCHASTIC")
@@ -132,6 +135,15 @@ def _arrays() -> dict[str, int]:
     found.update({name: 2 + len(spec.slots(flags)) + (st.master is not None)
                   for spec in REGISTRY.values() for st, flags, name in spec.entries()})
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def _quantized_slots() -> dict[str, int]:
+    """name expression -> the quantized slots of a quantized-state entry point."""
+    from ...algorithms.registry import REGISTRY
+    from . import quantized
+    return {name: len(spec.slots(flags)) for spec in REGISTRY.values()
+            for _, flags, name in quantized.entries(spec)}
 
 
 _BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int16": 2}

@@ -1,0 +1,13 @@
+// Generated from fusedopt/algorithms/sgd.py by
+// `python -m fusedopt.backends.cuda.codegen --write`: do not edit. Edit the rule there
+// and regenerate; tests/test_codegen.py fails while this file differs.
+//
+// The rule of kernels/sgd.cu over q8 / q4 state (kernels/quantized.cuh).
+#include "sgd.cu"
+#include "quantized.cuh"
+
+template <typename P, typename G, typename F, int MODE, int FLAVOR, int USE_MOMENTUM, int NESTEROV>
+__global__ void sgd_quantized(FUSEDOPT_QUANTIZED_PARAMS(P)) {
+    using C = fusedopt::compute_t<P>;
+    FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, (USE_MOMENTUM ? 1 : 0), fusedopt::SgdRule<C, FLAVOR, USE_MOMENTUM, NESTEROV>);
+}
