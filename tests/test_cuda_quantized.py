@@ -180,8 +180,8 @@ def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
 REFUSED = [  # (optimizer, constructor options, what the message names)
     ("lamb", {}, "per-tensor reductions"),
     ("schedulefreeadamw", {}, "float32 slot beside the codes"),
-    ("adagrad", {}, "kernels take float32 params or bfloat16 params with "
-                    "stochastic_rounding=True"),
+    ("adagrad", dict(float16=True), "kernels take float32 params, bfloat16 params, "
+                                    "bfloat16 params with stochastic_rounding=True"),
     ("adam", dict(master_weights=True), "master_weights=True"),
     ("adam", dict(kahan_summation=True), "kahan_summation=True"),
     ("adam", dict(float16=True), "float16 params"),

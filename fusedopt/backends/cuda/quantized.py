@@ -7,23 +7,20 @@ include): one warp owns one quantization block at a time and reduces its absmax 
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
 Covered today: the families in :data:`FAMILIES` (every elementwise rule: no ``float_state``
-slot, no per-tensor reductions), the params and modes of :func:`kept` (Adam's
-:data:`KEPT`, the others' :data:`KEPT_OTHERS`), codes rounded to nearest (stochastically
-under ``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
-anything changes (:func:`refusal`), with the CPU backend as the way to run it: LAMB and
-StableAdamW (per-tensor reductions over the codes), schedule-free (a float32 slot beside
-them), Muon (its momentum pass). (Adafactor refuses quantized state on every backend.)
+slot, no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to
+nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
+``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
+the way to run it: LAMB and StableAdamW (per-tensor reductions over the codes),
+schedule-free (a float32 slot beside them), Muon (its momentum pass). (Adafactor refuses
+quantized state on every backend.)
 
-Why the other families keep two pairs, not Adam's three (measured with
-benchmarks/cuda_quantized_gate_cost.py; kernels/README.md, "Quantized state: which
-families, and what the gates cost"): every entry point costs every gate, NVRTC about
-0.2 s of it on sm_90 alone, and the suite's time is budgeted (about 60 s for these
-families). The thirteen at Adam's three pairs would be 228 entry points on sm_90, 94 CPU
-s of cold gate builds as measured; at two pairs 152 and 86 s, which with their sanitizer
-runs and host-execution tests comes to about 50-60 s of the suite's wall time on its 2
-workers. The two kept are float32 params, and bfloat16 params with stochastic rounding of
-the param and the codes (the memory goal of quantized state: bfloat16 params, q8 state,
-stochastic rounding); bfloat16 params rounded to nearest stay on the CPU backend for them.
+What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
+kernels/README.md, "Quantized state: which families, and what the gates cost"): every
+entry point costs every gate, NVRTC about 0.2 s of it on sm_90 alone, and most of the
+rest is per family, not per entry point: the thirteen families beside Adam's at its
+three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
+152 and 86 s. So every family builds all three pairs, and none refuses bfloat16 params
+rounded to nearest for a few seconds of the suite.
 """
 
 from __future__ import annotations
@@ -37,25 +34,17 @@ from ...memory.storage import Storage, describe, grad_dtypes
 
 #: Optimizer families with quantized CUDA kernels: every elementwise one. Each adds one entry
 #: point per storage of :func:`storages` and flag combination to every gate (the gates'
-#: time is budgeted: :func:`kept`).
+#: time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
             "lion", "nadam", "radam", "rmsprop", "rprop", "sgd")
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
-#: params, and bfloat16 params with stochastic rounding (of the param and the codes). Each
-#: pair is 12 entry points per family in every gate (6 flag combinations, 2 formats), so
+#: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
+#: every family. Each pair is about 12 entry points per family in every gate (Adam's 6
+#: flag combinations, 2 formats), so
 #: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
 #: summation stay on the CPU backend for now.
 KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
-
-#: The pairs of every family of :data:`FAMILIES` but Adam's (the module's docstring says
-#: why two): float32 params, and bfloat16 params with stochastic rounding.
-KEPT_OTHERS = (("float32", "plain"), ("bfloat16", "stochastic"))
-
-
-def kept(kernel: str) -> tuple[tuple[str, str], ...]:
-    """The (param dtype, mode) pairs of family ``kernel``'s quantized kernels."""
-    return KEPT if kernel == "adam" else KEPT_OTHERS
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -71,10 +60,10 @@ def family(kernel: str) -> str:
 KERNEL_FORMATS = ("q8", "q4")
 
 
-def storages(kernel: str = "adam") -> tuple[Storage, ...]:
-    """Every quantized storage whose kernel the runtime can request of family ``kernel``
-    (a format of another map requests its width's)."""
-    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in kept(kernel)
+def storages() -> tuple[Storage, ...]:
+    """Every quantized storage whose kernel the runtime can request (a format of another
+    map requests its width's)."""
+    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT
                  for g in grad_dtypes(p, m))
 
 
@@ -82,8 +71,8 @@ def sampled_storages() -> tuple[Storage, ...]:
     """The quantized storages the gates that sample (the second arch's compile, the
     sanitizers) take: each format on float32 params, and q8 with stochastic codes (the
     rest differs only in the param's load and store, which the float kernels' gates cover
-    for every storage). Every family has all three (:data:`KEPT_OTHERS`)."""
-    return tuple(st for st in storages("adam") if st.param == "float32"
+    for every storage)."""
+    return tuple(st for st in storages() if st.param == "float32"
                  or (st.mode, st.state) == ("stochastic", "q8"))
 
 
@@ -104,7 +93,7 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     if not covers(spec):
         return []
     return [(st, f, entry(spec, st, f))
-            for st in storages(spec.kernel) if st.param in spec.dtypes for f in spec.all_flags]
+            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
 
 
 def refusal(spec, storage: Storage) -> str | None:
@@ -123,11 +112,10 @@ def refusal(spec, storage: Storage) -> str | None:
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    pairs = kept(spec.kernel)
-    if (storage.param, storage.mode) not in pairs:
+    if (storage.param, storage.mode) not in KEPT:
         def name(param, mode):
             return f"{param} params" + ("" if mode == "plain" else f" with {describe(mode)}")
-        built = " or ".join(name(p, m) for p, m in pairs)
+        built = ", ".join(name(p, m) for p, m in KEPT)
         return (f"{spec.class_name} with state_dtype={storage.state!r}, "
                 f"{name(storage.param, storage.mode)} has no CUDA kernel yet (its quantized "
                 f"CUDA kernels take {built}): {fix}")
