@@ -198,6 +198,20 @@ struct TableView {
     FUSEDOPT_DEVICE double grad_limit(int t) const { return as_double(at(4 + NS, t)); }
     FUSEDOPT_DEVICE long long stream(int t) const { return at(5 + NS, t); }
     FUSEDOPT_DEVICE long long work(int block) const { return at(6 + NS, block); }
+
+    // Work item ``block``'s tensor and its elements [begin, end): the item's index of
+    // ``chunk`` elements, the last one as long as the tensor has left.
+    struct Chunk {
+        int t;
+        long long begin, end;
+    };
+    FUSEDOPT_DEVICE Chunk chunk_of(int block, long long chunk) const {
+        const long long item = work(block);
+        const int t = static_cast<int>(item >> 32);
+        const long long n = size(t);
+        const long long begin = (item & 0xffffffffLL) * chunk;
+        return {t, begin, begin + chunk < n ? begin + chunk : n};
+    }
 };
 
 // One element's trip: widen the param (from the master, the split halves, itself plus its
@@ -302,11 +316,7 @@ FUSEDOPT_DEVICE void apply_chunk(const long long* table, int n_tensors, long lon
 
     if (steps.skipped()) return;  // a grad of this step was not finite: change nothing
     const TableView<N> view{table, n_tensors};
-    const long long work = view.work(blockIdx.x);
-    const int t = static_cast<int>(work >> 32);
-    const long long n = view.size(t);
-    const long long begin = (work & 0xffffffffLL) * chunk;
-    const long long end = begin + chunk < n ? begin + chunk : n;
+    const auto [t, begin, end] = view.chunk_of(blockIdx.x, chunk);
     const C scale = static_cast<C>(view.grad_scale(t));
     const C limit = static_cast<C>(view.grad_limit(t));
     // Where every operand is as wide as the compute type, a vector is few elements and the

@@ -232,11 +232,8 @@ struct FactoredChunk {
         using C = compute_t<P>;
         const TableView<FACTORED_SLOTS> view{table, n_tensors};
         const FactoredShapes sh{shapes, n_tensors};
-        const long long work = view.work(blockIdx.x);
-        const int t = static_cast<int>(work >> 32);
-        const long long n = view.size(t);
-        const long long begin = (work & 0xffffffffLL) * chunk;
-        FactoredChunk out{t, begin, begin + chunk < n ? begin + chunk : n,
+        const auto [t, begin, end] = view.chunk_of(blockIdx.x, chunk);
+        FactoredChunk out{t, begin, end,
                           reinterpret_cast<P*>(view.address(0, t)),
                           reinterpret_cast<const P*>(view.address(1, t)),
                           reinterpret_cast<P*>(view.address(4, t)),

@@ -135,11 +135,7 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
 
     if (steps.skipped()) return;  // the same for every thread of the block
     const TableView<N> view{table, n_tensors};
-    const long long work = view.work(blockIdx.x);
-    const int t = static_cast<int>(work >> 32);
-    const long long n = view.size(t);
-    const long long begin = (work & 0xffffffffLL) * chunk;
-    const long long end = begin + chunk < n ? begin + chunk : n;
+    const auto [t, begin, end] = view.chunk_of(blockIdx.x, chunk);
     const C scale = static_cast<C>(view.grad_scale(t));
     const C limit = static_cast<C>(view.grad_limit(t));
     const Rule rule = make_rule<Rule>(steps.row(t), extra, t);

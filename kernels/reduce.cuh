@@ -114,11 +114,7 @@ FUSEDOPT_DEVICE void reduce_chunk(const long long* table, int n_tensors, long lo
     static_assert(NR >= 1 && NR <= 2, "a reduction pass sums 1 or 2 terms");
 
     const TableView<N> view{table, n_tensors};
-    const long long work = view.work(blockIdx.x);
-    const int t = static_cast<int>(work >> 32);
-    const long long n = view.size(t);
-    const long long begin = (work & 0xffffffffLL) * chunk;
-    const long long end = begin + chunk < n ? begin + chunk : n;
+    const auto [t, begin, end] = view.chunk_of(blockIdx.x, chunk);
     constexpr bool CLIPS = !Terms::as_stored;
     const C scale = CLIPS ? static_cast<C>(view.grad_scale(t)) : C(1);
     const C limit = CLIPS ? static_cast<C>(view.grad_limit(t)) : C(0);
