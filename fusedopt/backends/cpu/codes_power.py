@@ -1,13 +1,16 @@
 """The power map's codes on the CPU (fusedopt/memory/quant_power.py): an entry by
-arithmetic, a value's nearest code by a guess (an estimate of one or two square roots, by
-multiplies) and a correction against the float32 midpoints of the entries around it, a stochastically rounded code from the entry
-at or below the value; no table, so that the quantized span's loops have no gathers.
+arithmetic; a value's nearest code by a guess (an estimate of one or two square roots, by
+multiplies) that is the nearest index or the one below it, and one comparison with the
+float32 midpoint above the guess; a stochastically rounded code from the entry at or below
+the value. No table, so that the quantized span's loops have no gathers.
 
 Each function takes the slot k (0..3, a constant at every call site) and finds the slot's
 constants (signed or non-negative) by it, as fusedopt/backends/cpu/codes.py finds a
 slot's tables. The codes are the table search's (the count of float32 midpoints <= x,
 halfway to the upper entry; NaN to the last code) and the entries the table's, bit for
-bit: tests/test_quantized_power.py checks both on dense float32 inputs.
+bit: tests/test_quantized_power.py checks both on dense float32 inputs, and
+benchmarks/power_codes_every_float.py the nearest code against the table search for every
+float32 bit pattern (q8 and q4-power, both slot kinds: no difference).
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ _RSQRT_MAGIC = _U(0x5F3759DF)
 #: The smallest |x| the guess takes a root of: below it every slot's guess is its first
 #: index (a root of 2**-30 times N is far below one half).
 _TINY = np.float32(2.0 ** -60)
+#: What the fourth root's guess adds before its floor (the square root's adds nothing).
+#: The nearest magnitude index m lies in u in [m - 1/2, m + 0.71) of the exact u = N
+#: |x|**(1/p) (a midpoint's root lies at least halfway between its entries' roots, at
+#: most 0.7075 above the lower for p = 4, j >= 1; 0.7072 for p = 2, j >= 0), and the
+#: guess u' in [u - d, u] (d = 0.23 for p = 2, N = 128; 0.67 for p = 4, N = 256: the
+#: roots' 0.18% and 0.27%). floor(u' + c) is then m or m - 1 for c in [d - 1/2, 0.29):
+#: 0 for p = 2, 0.23 for p = 4, so one comparison, with the midpoint above it, decides.
+_NEAREST_LIFT = np.float32(0.23)
 
 
 @njit(inline="always", **RULE)
@@ -57,6 +68,7 @@ def power_functions(bits: int, signed: tuple):
     o0, o1, o2, o3 = (f(o) for _, o, _ in geo)
     four0, four1, four2, four3 = (p == 4 for _, _, p in geo)
     sg0, sg1, sg2, sg3 = signed
+    lift0, lift1, lift2, lift3 = (_NEAREST_LIFT if p == 4 else f(0.0) for _, _, p in geo)
     # p = 2: the entries are sign(j) j**2 / N**2, and a midpoint of two neighbours in float32
     # arithmetic is exact ((j**2 + (j+1)**2) / 2 has at most 16 bits): (j**2 + j + 1/2) / N**2
     # with the sign of the pair, the same bits as (e[j] + e[j+1]) * 0.5 computed from them.
@@ -129,14 +141,40 @@ def power_functions(bits: int, signed: tuple):
     @njit(**RULE)
     @named(key)
     def nearest(k, x):
-        """The code of the entry nearest x, halfway to the upper one."""
+        """The code of the entry nearest x, halfway to the upper one: a magnitude index g
+        at most one below the nearest (:data:`_NEAREST_LIFT`), then one comparison with
+        the float32 midpoint above g. Ties go up in value: away from zero for x >= 0,
+        toward it for x < 0, so a negative x steps up only past the midpoint."""
+        n = n0 if k == 0 else (n1 if k == 1 else (n2 if k == 2 else n3))
+        four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
+        sg = sg0 if k == 0 else (sg1 if k == 1 else (sg2 if k == 2 else sg3))
         offset = o0 if k == 0 else (o1 if k == 1 else (o2 if k == 2 else o3))
-        lo = lo0 if k == 0 else (lo1 if k == 1 else (lo2 if k == 2 else lo3))
-        hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
-        j = guess(k, x)
-        down = one if j > lo and x < above(k, j - one) else zero
-        up = one if j < hi and x >= above(k, j) else zero
-        return np.int32(j - down + up + offset)
+        lift = lift0 if k == 0 else (lift1 if k == 1 else (lift2 if k == 2 else lift3))
+        # A non-negative slot's x < 0 takes the guess of tiny (index 0), then stays below
+        # the first midpoint: the first code, as the table search gives it.
+        a = abs(x) if sg else x
+        t = _root_below(a if a > tiny else tiny)
+        if four:
+            t = _root_below(t)
+        t = t if a < one else one  # also a NaN: the last index, as the table search
+        g = np.floor(t * n + lift)
+        if four:
+            mid = (at(k, g) + at(k, g + one)) * half
+        else:
+            sq = sq0 if k == 0 else (sq1 if k == 1 else (sq2 if k == 2 else sq3))
+            mid = (g * g + g + half) * sq
+        if not sg:
+            m = g + (one if a >= mid else zero)
+            m = m if m < n else n
+            return np.int32((m if m > one else one) + offset)
+        # A tie goes to the upper entry: away from zero for x >= 0, toward it for x < 0,
+        # where |x| steps up only past the midpoint (the next float32 above it).
+        negative = x < zero
+        mid = bits_float(float_bits(mid) + _U(1)) if negative else mid
+        m = g + (one if a >= mid else zero)
+        top = n - one if negative else n
+        m = m if m < top else top
+        return np.int32((-m if negative else m) + offset)
 
     @njit(**RULE)
     @named(key)
