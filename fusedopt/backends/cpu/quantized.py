@@ -6,11 +6,13 @@ found from the element index, fusedopt/memory/quant.py) and the span's first ele
 index, always the first of a block (the CPU backend's chunks are whole blocks). For each
 block of the span:
 
-1. read each slot's absmax and decode its codes into a block-sized scratch
-   (``map[code] * absmax``; the codes' functions are fusedopt/backends/cpu/codes.py's);
-2. run the rule over the scratch through the param's mode exactly as the float span does
+1. read each slot's absmax and decode its codes (``map[code] * absmax``; the codes'
+   functions are fusedopt/backends/cpu/codes.py's): a table map's into a block-sized
+   scratch in a loop of its own, the power map's in the rule's loop;
+2. run the rule through the param's mode exactly as the float span does
    (fusedopt/backends/cpu/element.py's param handling), store the param (and its master
-   slot, its moving average), and keep the new slot values in the scratch;
+   slot, its moving average), keep the new slot values in the scratch and, in the same
+   loop, each slot's new absmax;
 3. write each slot's new absmax and its codes: the nearest map entry to ``value / absmax``
    (ties to the upper entry), or with stochastic rounding the entry below or above with
    probability proportional to the distance, drawn from the element's random bits for
@@ -124,6 +126,7 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
     ns, master, average = variant.n_slots, variant.mode in WITH_SLOT, variant.average
     fa, fb, fc, fd = _floats(variant)
     none = np.float32(0.0)
+    inline_decode = FORMAT_OF[variant.codes[2]].map == "power"
 
     def body(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3, x, v, h, ema,
              scale, limit, key, lo, first, length, base, scratch):
@@ -139,22 +142,36 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
         xb, vb = x[lo:lo + length], v[lo:lo + length]
         ya, yb, yc, yd = (y0[lo:lo + length], y1[lo:lo + length], y2[lo:lo + length],
                           y3[lo:lo + length])
-        # Decoded first, in a loop of their own (gathers from the map), so that the rule's
-        # loop below reads and writes plain float32 rows, as the float span does.
+        # A table map's codes are decoded first, in a loop of their own (gathers from the
+        # map), so that the rule's loop reads and writes plain float32 rows, as the float
+        # span does; the power map's decode is a few multiplies, done in the rule's loop.
+        if not inline_decode:
+            for i in range(length):
+                if ns > 0:
+                    scratch[0, i] = ya[i] if fa else decode(0, q0, i, sa)
+                if ns > 1:
+                    scratch[1, i] = yb[i] if fb else decode(1, q1, i, sb)
+                if ns > 2:
+                    scratch[2, i] = yc[i] if fc else decode(2, q2, i, sc)
+                if ns > 3:
+                    scratch[3, i] = yd[i] if fd else decode(3, q3, i, sd)
+        # Each slot's absmax is taken in the same loop: the integer maximum of the new
+        # values' bits without the sign (ordered as the magnitudes, every NaN above inf, so
+        # a NaN makes it NaN), a reduction the vectorizer takes where a float maximum that
+        # keeps NaN is not; cast back to uint32 (Numba widens ``&`` to 64 bits), so that it
+        # runs in 32-bit lanes, 16 to a 512-bit vector.
+        t0, t1, t2, t3 = _U(0), _U(0), _U(0), _U(0)
         for i in range(length):
-            if ns > 0:
-                scratch[0, i] = ya[i] if fa else decode(0, q0, i, sa)
-            if ns > 1:
-                scratch[1, i] = yb[i] if fb else decode(1, q1, i, sb)
-            if ns > 2:
-                scratch[2, i] = yc[i] if fc else decode(2, q2, i, sc)
-            if ns > 3:
-                scratch[3, i] = yd[i] if fd else decode(3, q3, i, sd)
-        for i in range(length):
-            a0 = scratch[0, i] if ns > 0 else none
-            b0 = scratch[1, i] if ns > 1 else none
-            c0 = scratch[2, i] if ns > 2 else none
-            e0 = scratch[3, i] if ns > 3 else none
+            if inline_decode:
+                a0 = (ya[i] if fa else decode(0, q0, i, sa)) if ns > 0 else none
+                b0 = (yb[i] if fb else decode(1, q1, i, sb)) if ns > 1 else none
+                c0 = (yc[i] if fc else decode(2, q2, i, sc)) if ns > 2 else none
+                e0 = (yd[i] if fd else decode(3, q3, i, sd)) if ns > 3 else none
+            else:
+                a0 = scratch[0, i] if ns > 0 else none
+                b0 = scratch[1, i] if ns > 1 else none
+                c0 = scratch[2, i] if ns > 2 else none
+                e0 = scratch[3, i] if ns > 3 else none
             new = one(pb[i], gb[i], a0, b0, c0, e0, xb[i] if master else none,
                       vb[i] if average else pb[i], h, ema, scale, limit, key, first + i)
             pb[i] = new[0]
@@ -164,35 +181,47 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
                 vb[i] = new[6]
             if ns > 0:
                 scratch[0, i] = np.float32(new[1])
+                if not fa:
+                    u = _U(float_bits(np.float32(new[1])) & _ABS)
+                    t0 = u if u > t0 else t0
             if ns > 1:
                 scratch[1, i] = np.float32(new[2])
+                if not fb:
+                    u = _U(float_bits(np.float32(new[2])) & _ABS)
+                    t1 = u if u > t1 else t1
             if ns > 2:
                 scratch[2, i] = np.float32(new[3])
+                if not fc:
+                    u = _U(float_bits(np.float32(new[3])) & _ABS)
+                    t2 = u if u > t2 else t2
             if ns > 3:
                 scratch[3, i] = np.float32(new[4])
+                if not fd:
+                    u = _U(float_bits(np.float32(new[4])) & _ABS)
+                    t3 = u if u > t3 else t3
         if ns > 0:
             if fa:
                 ya[:] = scratch[0, :length]
             else:
-                encode(0, d0, base, f0, scratch[0], length, absmax(scratch[0], length), key,
+                encode(0, d0, base, f0, scratch[0], length, bits_float(t0), key,
                        first)
         if ns > 1:
             if fb:
                 yb[:] = scratch[1, :length]
             else:
-                encode(1, d1, base, f1, scratch[1], length, absmax(scratch[1], length), key,
+                encode(1, d1, base, f1, scratch[1], length, bits_float(t1), key,
                        first)
         if ns > 2:
             if fc:
                 yc[:] = scratch[2, :length]
             else:
-                encode(2, d2, base, f2, scratch[2], length, absmax(scratch[2], length), key,
+                encode(2, d2, base, f2, scratch[2], length, bits_float(t2), key,
                        first)
         if ns > 3:
             if fd:
                 yd[:] = scratch[3, :length]
             else:
-                encode(3, d3, base, f3, scratch[3], length, absmax(scratch[3], length), key,
+                encode(3, d3, base, f3, scratch[3], length, bits_float(t3), key,
                        first)
     return body
 
@@ -214,20 +243,6 @@ def _float_slots_variant(variant):
     def body(variant):
         return floats
     return body
-
-
-@njit(**RULE)
-def absmax(values, length):
-    """The largest |value| of ``values[:length]``, a NaN if one is NaN: the integer maximum
-    of their bits without the sign (ordered as the magnitudes, every NaN above inf), a
-    reduction the vectorizer takes, where a float maximum that keeps NaN is not. The
-    masked bits are cast back to uint32 (Numba widens ``&`` to 64 bits), so that the maximum
-    runs in 32-bit lanes, 16 to a 512-bit vector rather than 8."""
-    top = _U(0)
-    for i in range(length):
-        bits = _U(float_bits(values[i]) & _ABS)
-        top = bits if bits > top else top
-    return bits_float(top)
 
 
 def _format_of(variant):
