@@ -294,11 +294,28 @@ def quantized_source(spec) -> str:
         f"{', '.join(f'int {f}' for f in flags)}>",
         f"__global__ void {quantized.family(spec.kernel)}(FUSEDOPT_QUANTIZED_PARAMS(P)) {{",
         "    using C = fusedopt::compute_t<P>;",
-        f"    FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, {_count(_slot_presence(spec))}, "
-        f"fusedopt::{family}Rule<C, {', '.join(flags)}>);",
+        *_apply_quantized(spec, f"fusedopt::{family}Rule<C, {', '.join(flags)}>"),
         "}",
         "",
     ])
+
+
+def _apply_quantized(spec, rule: str) -> list[str]:
+    """The quantized kernel's body: kernels/quantized.cuh's loop over the slots, those
+    declared ``float_state`` kept float32 (the bitmask FLOATS of their positions among the
+    variant's slots, a constant of each entry point)."""
+    presences = _slot_presence(spec)
+    count = _count(presences)
+    floats = [(i, flag) for i, ((_, flag), s) in enumerate(zip(presences, spec.slot_decls))
+              if s.float_state]
+    if not floats:
+        return [f"    FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, {count}, {rule});"]
+    terms = []
+    for i, flag in floats:
+        bit = f"(1 << ({_count(presences[:i])}))"
+        terms.append(bit if flag is None else f"({flag} ? {bit} : 0)")
+    return [f"    constexpr int FLOATS = {' | '.join(terms)};  // float32 slots",
+            f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS(P, G, F, MODE, {count}, FLOATS, {rule});"]
 
 
 def _restore_ints(line: str) -> str:

@@ -6,12 +6,13 @@ The kernels (kernels/quantized.cuh) live in a family file of their own per optim
 include): one warp owns one quantization block at a time and reduces its absmax with warp
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
-Covered today: the families in :data:`FAMILIES` (every elementwise rule: no ``float_state``
-slot, no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to
-nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
-``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
-the way to run it: LAMB and StableAdamW (per-tensor reductions over the codes),
-schedule-free (a float32 slot beside them), Muon (its momentum pass). (Adafactor refuses
+Covered today: the families in :data:`FAMILIES` (every elementwise rule, no per-tensor
+reductions; a ``float_state`` slot, schedule-free's z and y, is float32 beside the codes,
+read and written as it is: ``FLOATS`` in kernels/quantized.cuh), the params and modes of
+:data:`KEPT`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
+Every other quantized step on ``'cuda'`` is refused before anything changes
+(:func:`refusal`), with the CPU backend as the way to run it: LAMB and StableAdamW
+(per-tensor reductions over the codes), Muon (its momentum pass). (Adafactor refuses
 quantized state on every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
@@ -36,7 +37,7 @@ from ...memory.storage import Storage, describe, grad_dtypes
 #: point per storage of :func:`storages` and flag combination to every gate (the gates'
 #: time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
-            "lion", "nadam", "radam", "rmsprop", "rprop", "sgd")
+            "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd")
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
@@ -78,8 +79,7 @@ def sampled_storages() -> tuple[Storage, ...]:
 
 def covers(spec) -> bool:
     """Whether ``spec``'s family has quantized CUDA kernels."""
-    return (spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
-            and not any(s.float_state for s in spec.slot_decls))
+    return spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
 
 
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -107,8 +107,6 @@ def refusal(spec, storage: Storage) -> str | None:
                if spec.reductions is not None else
                "its quantized momentum runs on the CPU backend only"
                if spec.matrix is not None else
-               "a float32 slot beside the codes runs on the CPU backend only"
-               if any(s.float_state for s in spec.slot_decls) else
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
