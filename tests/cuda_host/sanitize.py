@@ -122,6 +122,10 @@ def _run_storage(spec, variant, storage, problem) -> None:
     engine.add_params(params)
     for grads in problem.grads:
         engine.step([g.astype(gdt) for g in grads])
+    if spec.switch is not None and storage.quantized:  # the switch's kernels, y float32
+        from fusedopt.engine.modes import switch
+        switch(engine, True)
+        switch(engine, False)
 
 
 def main(argv=None) -> int:
