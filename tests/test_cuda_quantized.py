@@ -11,6 +11,9 @@
   slots, in q8: beside float32 params, and beside bfloat16 params with stochastic rounding
   (one test each, looping over the families: a host launch of these kernels runs a
   block's threads as OS threads, so each test item costs seconds).
+- Schedule-free AdamW and SGD in q8, whose z (and the y eval() keeps) stay float32 beside
+  the codes: the same bits for params, codes, absmax and those float32 slots, and for the
+  points eval() gives, through eval() and train() (the switch's quantized kernel).
 - A quantized step the CUDA backend has no kernel for is refused before anything changes,
   naming what is missing and backend='cpu'.
 """
