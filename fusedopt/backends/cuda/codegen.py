@@ -281,9 +281,12 @@ def _stored_kernels(spec, family: str) -> list[str]:
 def quantized_source(spec) -> str:
     """``kernels/<family>_quantized.cu``: the ``__global__`` template of ``spec``'s rule over
     quantized state (kernels/quantized.cuh), named ``<family>_quantized<P, G, F, MODE,
-    flags...>`` (F the format: ``fusedopt::Q8``, ``fusedopt::Q4``)."""
+    flags...>`` (F: ``fusedopt::Q8``, ``fusedopt::Q4``; ``FLOATS``: ``quantized.float_slots``)."""
     family = _pascal(spec.kernel)
     flags = [f.upper() for f in spec.flag_names]
+    head = f"P, G, F, MODE, {_count(_slot_presence(spec))}"
+    rule = f"fusedopt::{family}Rule<C, {', '.join(flags)}>"
+    floats = quantized.float_slots(spec)
     return "\n".join([
         *_header(spec, [f"The rule of kernels/{spec.kernel}.cu over q8 / q4 state "
                         "(kernels/quantized.cuh)."]),
@@ -294,28 +297,12 @@ def quantized_source(spec) -> str:
         f"{', '.join(f'int {f}' for f in flags)}>",
         f"__global__ void {quantized.family(spec.kernel)}(FUSEDOPT_QUANTIZED_PARAMS(P)) {{",
         "    using C = fusedopt::compute_t<P>;",
-        *_apply_quantized(spec, f"fusedopt::{family}Rule<C, {', '.join(flags)}>"),
+        *([f"    FUSEDOPT_APPLY_QUANTIZED({head}, {rule});"] if floats is None else
+          [f"    constexpr int FLOATS = {floats};  // float32 slots",
+           f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS({head}, FLOATS, {rule});"]),
         "}",
         "",
     ])
-
-
-def _apply_quantized(spec, rule: str) -> list[str]:
-    """The quantized kernel's body: kernels/quantized.cuh's loop over the slots, those
-    declared ``float_state`` kept float32 (the bitmask FLOATS of their positions among the
-    variant's slots, a constant of each entry point)."""
-    presences = _slot_presence(spec)
-    count = _count(presences)
-    floats = [(i, flag) for i, ((_, flag), s) in enumerate(zip(presences, spec.slot_decls))
-              if s.float_state]
-    if not floats:
-        return [f"    FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, {count}, {rule});"]
-    terms = []
-    for i, flag in floats:
-        bit = f"(1 << ({_count(presences[:i])}))"
-        terms.append(bit if flag is None else f"({flag} ? {bit} : 0)")
-    return [f"    constexpr int FLOATS = {' | '.join(terms)};  // float32 slots",
-            f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS(P, G, F, MODE, {count}, FLOATS, {rule});"]
 
 
 def _restore_ints(line: str) -> str:

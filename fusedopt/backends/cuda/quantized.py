@@ -83,6 +83,21 @@ def covers(spec) -> bool:
     return spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
 
 
+def float_slots(spec) -> str | None:
+    """The C++ bitmask of the slots ``spec``'s quantized kernels keep float32 beside the
+    codes (``Slot.float_state``; kernels/quantized.cuh's ``FLOATS``): bit k where the
+    variant's k-th slot is one, an expression of the flags; None where no slot is."""
+    if not any(s.float_state for s in spec.slot_decls):
+        return None
+    terms, before = [], []
+    for s in spec.slot_decls:
+        bit = f"(1 << ({' + '.join(before) or '0'}))"
+        if s.float_state:
+            terms.append(bit if s.when is None else f"({s.when.upper()} ? {bit} : 0)")
+        before.append("1" if s.when is None else f"({s.when.upper()} ? 1 : 0)")
+    return " | ".join(terms)
+
+
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
     """The name expression of ``spec``'s quantized kernel for ``storage`` and ``flags``,
     e.g. ``adam_quantized<float, float, fusedopt::Q8, 0, 1, 0>``."""
