@@ -27,6 +27,11 @@
 //      (array_bits(element_hash(base, i), 1 + k), kernels/random_bits.cuh), u = bits / 2^24,
 //      up where u < that fraction.
 // A variant without slots (SGD without momentum) runs the same loop over the param alone.
+// A slot whose bit k is set in FLOATS (``Slot.float_state``: schedule-free's z and kept y)
+// is float32 beside the codes, its address that of element 0 of its tensor: step 1 reads
+// element i as it is, step 4 writes it back as it is, and it takes no part in the absmax
+// (no shuffle), as on the CPU (fusedopt/backends/cpu/quantized.py). FLOATS is a constant
+// of the entry point, so a kernel without such a slot (FLOATS 0) is the code it was.
 // Every warp of a block runs the same number of rounds (a warp without a block in the last
 // round reads and writes nothing but still takes part in the shuffles), so the host build,
 // whose shuffles are barriers of the whole block (tests/cuda_host/shim.h), runs the same code.
@@ -117,7 +122,7 @@ FUSEDOPT_DEVICE unsigned int code_at(const unsigned char* codes, int i) {
 }
 
 template <typename P, typename G, typename F, int MODE, int NS, typename Rule,
-          typename Extra = NoTensorScalars>
+          typename Extra = NoTensorScalars, int FLOATS = 0>
 FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors,
                                            long long chunk, const Steps<compute_t<P>>& steps,
                                            const float* maps, Extra extra = Extra()) {
@@ -170,6 +175,14 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
         for (int k = 0; k < NS; ++k) {
             top[k] = 0u;
             if (count == 0) continue;
+            if ((FLOATS >> k) & 1) {  // float32 beside the codes: element i as it is
+                const float* f = reinterpret_cast<const float*>(s[k]) + i0;
+#pragma unroll
+                for (int e = 0; e < PER; ++e) {
+                    if (e < count) values[k][e] = f[e];
+                }
+                continue;
+            }
             const unsigned char* record = s[k] + b * Q::RECORD;
             const float absmax = *reinterpret_cast<const float*>(record);
             const float* map = maps + k * 3 * Q::LEVELS;
@@ -195,12 +208,22 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
 #pragma unroll
             for (int k = 0; k < NS; ++k) {
                 values[k][e] = se[k];
+                if ((FLOATS >> k) & 1) continue;
                 const unsigned int bits = float_bits(se[k]) & 0x7fffffffu;
                 top[k] = bits > top[k] ? bits : top[k];
             }
         }
 #pragma unroll
         for (int k = 0; k < NS; ++k) {
+            if ((FLOATS >> k) & 1) {  // written back as it is, no absmax
+                if (count == 0) continue;
+                float* f = reinterpret_cast<float*>(s[k]) + i0;
+#pragma unroll
+                for (int e = 0; e < PER; ++e) {
+                    if (e < count) f[e] = values[k][e];
+                }
+                continue;
+            }
             const float absmax = bits_float(warp_max(top[k]));
             if (count == 0) continue;
             unsigned char* record = s[k] + b * Q::RECORD;
@@ -244,5 +267,12 @@ FUSEDOPT_DEVICE void apply_quantized_chunk(const long long* table, int n_tensors
 
 #define FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, NS, ...)                                   \
     fusedopt::apply_quantized_chunk<P, G, F, MODE, NS, __VA_ARGS__>(                        \
+        table, n_tensors, chunk,                                                            \
+        fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors}, maps)
+
+// FUSEDOPT_APPLY_QUANTIZED with the slots of bitmask FLOATS float32 beside the codes.
+#define FUSEDOPT_APPLY_QUANTIZED_FLOATS(P, G, F, MODE, NS, FLOATS, ...)                    \
+    fusedopt::apply_quantized_chunk<P, G, F, MODE, NS, __VA_ARGS__, fusedopt::NoTensorScalars, \
+                                    FLOATS>(                                                \
         table, n_tensors, chunk,                                                            \
         fusedopt::Steps<fusedopt::compute_t<P>>{rows, control, flags, n_tensors}, maps)

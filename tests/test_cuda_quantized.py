@@ -11,6 +11,9 @@
   slots, in q8: beside float32 params, and beside bfloat16 params with stochastic rounding
   (one test each, looping over the families: a host launch of these kernels runs a
   block's threads as OS threads, so each test item costs seconds).
+- Schedule-free AdamW and SGD in q8, whose z (and the y eval() keeps) stay float32 beside
+  the codes: the same bits for params, codes, absmax and those float32 slots, and for the
+  points eval() gives, through eval() and train() (the switch's quantized kernel).
 - A quantized step the CUDA backend has no kernel for is refused before anything changes,
   naming what is missing and backend='cpu'.
 """
@@ -25,8 +28,12 @@ from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
 from fusedopt.backends.cuda import quantized
 from fusedopt.engine.engine import Engine
+from fusedopt.engine.modes import switch
 from fusedopt.memory import quant
 
+#: Slots kept float32 beside the codes (``Slot.float_state``, as declared: schedule-free's
+#: points z and y).
+FLOAT_SLOTS = ("z", "y")
 #: Quantized at min_quantized_size 256: 5000 (a partial last block), 300, 1031 and 37 x 53;
 #: 100 keeps float32 state.
 SHAPES = ((5000,), (100,), (300,), (1031,), (37, 53))
@@ -44,7 +51,9 @@ CASES = [  # (name, convention, hyperparameters, param dtype, constructor option
 ]
 
 
-def _run(backend, name, convention, hp, dtype, options, fmt):
+def _run(backend, name, convention, hp, dtype, options, fmt, switch_after=None):
+    """Params and each param's slots as (name, array) pairs after :data:`STEPS` steps;
+    ``switch_after``: eval() then train() after that step (schedule-free)."""
     rng = np.random.default_rng(5)
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     engine = Engine(REGISTRY[name], convention, backend=backend, state_dtype=fmt,
@@ -57,24 +66,35 @@ def _run(backend, name, convention, hp, dtype, options, fmt):
         if step == STEPS - 1:
             grads[0][NAN] = np.nan
         engine.step([g.astype(dtype) for g in grads])
-    return params, [[np.asarray(s) for s in slots] for slots in engine.states]
+        if step == switch_after:
+            switch(engine, True)
+            params.append([p.copy() for p in engine.params[:len(SHAPES)]])  # x
+            params.append([np.asarray(y).copy() for y in engine.kept])
+            switch(engine, False)
+    return params, [[(k, np.asarray(s)) for k, s in engine.state(t).items()]
+                    for t in range(len(SHAPES))]
 
 
 def _assert_same_bits(cuda, cpu, fmt, what=""):
     """Params and slots (codes with their absmax, or float32 state) bit for bit; then
     :func:`_blocks_seen` of each slot of param 0 (which cases the run did reach)."""
     (cuda_params, cuda_states), (cpu_params, cpu_states) = cuda, cpu
+    assert len(cuda_params) == len(cpu_params), what
+    for t, (a, b) in enumerate(zip(cuda_params[len(SHAPES):], cpu_params[len(SHAPES):])):
+        for u, (x, y) in enumerate(zip(a, b)):  # eval's points and the kept y's
+            np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8),
+                                          err_msg=f"{what} eval {t} param {u}")
     for t, shape in enumerate(SHAPES):
         np.testing.assert_array_equal(cuda_params[t].view(np.uint8),
                                       cpu_params[t].view(np.uint8), err_msg=f"{what} param {t}")
-        assert len(cuda_states[t]) == len(cpu_states[t]), what
-        for k, (a, b) in enumerate(zip(cuda_states[t], cpu_states[t])):
-            wanted = np.uint8 if np.prod(shape) >= MIN_SIZE else np.float32
-            assert a.dtype == wanted, (what, t, k, a.dtype)
+        assert [k for k, _ in cuda_states[t]] == [k for k, _ in cpu_states[t]], what
+        for (k, a), (_, b) in zip(cuda_states[t], cpu_states[t]):
+            coded = np.prod(shape) >= MIN_SIZE and k not in FLOAT_SLOTS
+            assert a.dtype == (np.uint8 if coded else np.float32), (what, t, k, a.dtype)
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8),
                                           err_msg=f"{what} param {t} slot {k}")
     assert cuda_states[0], what
-    return [_blocks_seen(slot, fmt) for slot in cuda_states[0]]
+    return [_blocks_seen(slot, fmt) for k, slot in cuda_states[0] if k not in FLOAT_SLOTS]
 
 
 def _blocks_seen(slot, fmt):
@@ -177,9 +197,33 @@ def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
                                                                                "asgd"}, seen
 
 
+#: Schedule-free beside q8 codes: AdamW (z and y float32 beside v's codes) and SGD (every
+#: slot float32), a step after eval() and train() (the switch's kernel, y kept float32).
+SCHEDULE_FREE = [("schedulefreeadamw", "torch", dict(learning_rate=1e-2, weight_decay=0.1)),
+                 ("schedulefreesgd", "keras", dict(learning_rate=1e-2, weight_decay=0.1))]
+
+
+@pytest.mark.parametrize("name, convention, hp", SCHEDULE_FREE, ids=[r[0] for r in SCHEDULE_FREE])
+def test_schedule_free_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, name, convention, hp):
+    """Params, codes and absmax, z, v and the points eval() gives (x and the kept y) against
+    the CPU backend's, over the blocks of the runs above; the switch runs the quantized
+    kernel on the param it keeps quantized state for (5000 elements, above its default
+    min_quantized_size) and the float one on the others."""
+    monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
+    monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
+    got = _run("cuda", name, convention, hp, np.float32, {}, "q8", switch_after=0)
+    wanted = _run("cpu", name, convention, hp, np.float32, {}, "q8", switch_after=0)
+    seen = _assert_same_bits(got, wanted, "q8", what=name)
+    assert len(got[0]) == len(SHAPES) + 2 and len(seen) == (name == "schedulefreeadamw")
+    assert all(all(case) for case in seen), seen
+    assert [k for k, _ in got[1][0]] == (["z", "v"] if seen else ["z"])
+    launched = [n for n, _, _ in host_cuda.launches if n.startswith("schedulefree_quantized<")]
+    assert len(launched) == STEPS + 2, host_cuda.launches  # the steps, eval and train
+    assert sum(", 0, 0, 1, 1>" in n for n in launched) == 1, launched  # to eval, y kept
+
+
 REFUSED = [  # (optimizer, constructor options, what the message names)
     ("lamb", {}, "per-tensor reductions"),
-    ("schedulefreeadamw", {}, "float32 slot beside the codes"),
     ("adagrad", dict(float16=True), "kernels take float32 params, bfloat16 params, "
                                     "bfloat16 params with stochastic_rounding=True"),
     ("adam", dict(master_weights=True), "master_weights=True"),

@@ -37,6 +37,8 @@ def test_every_kernel_is_clean_under_the_sanitizers(cuda_cache_dir):
     assert {"adafactor_factor", "adafactor_means", "adafactor_reduce", "adafactor"} <= set(ran)
     # Muon's two element passes, Newton-Schulz between them.
     assert {"muon_momentum", "muon_weight"} <= set(ran)
+    # Quantized state, a float32 slot beside the codes among them (schedule-free's z and y).
+    assert {"adam_quantized", "schedulefree_quantized"} <= set(ran)
 
 
 def test_reading_past_the_end_is_caught(cuda_cache_dir, tmp_path):

@@ -122,6 +122,12 @@ def _run_storage(spec, variant, storage, problem) -> None:
     engine.add_params(params)
     for grads in problem.grads:
         engine.step([g.astype(gdt) for g in grads])
+    # The switch's kernels, y float32 beside the codes (it reads z, float32, as the grad:
+    # float32 params only without a master).
+    if spec.switch is not None and storage.quantized and storage.param == "float32":
+        from fusedopt.engine.modes import switch
+        switch(engine, True)
+        switch(engine, False)
 
 
 def main(argv=None) -> int:

@@ -75,6 +75,9 @@ def check(name: str, grid, args, find_buffer) -> None:
         dtypes = [None, grad] + [None] * n_slots
     else:
         dtypes = [param, grad] + [state] * (n_slots - (master is not None))
+        if isinstance(state, str):  # a float_state slot: float32 beside the codes
+            for k in _float_slots(name):
+                dtypes[2 + k] = np.dtype(np.float32)
         if master is not None:
             dtypes.append(master)
     narrow = min(d.itemsize for d in dtypes if isinstance(d, np.dtype))
@@ -120,6 +123,18 @@ def _factored_lengths(name: str, args, sizes, n_tensors: int, n_slots: int) -> n
     b, r, c = (shapes[i * n_tensors: (i + 1) * n_tensors] for i in range(3))
     lengths[2], lengths[3], lengths[4] = b * r, b * c, np.where(b == 0, lengths[4], 0)
     return lengths
+
+
+def _float_slots(name: str) -> tuple[int, ...]:
+    """The positions among its slots of a quantized entry point's float32 ones
+    (``Slot.float_state``, as its optimizer declares them for the flags of its name)."""
+    family, args = name.split("<", 1)
+    flags = tuple(int(a) for a in args.rstrip(">").split(",")[4:])
+    from fusedopt.algorithms.registry import REGISTRY
+    for spec in REGISTRY.values():
+        if f"{spec.kernel}_quantized" == family and len(flags) == len(spec.flag_names):
+            return tuple(k for k, sign in enumerate(spec.signed_slots(flags)) if sign is None)
+    return ()
 
 
 def _grads_only(name: str):

@@ -281,9 +281,12 @@ def _stored_kernels(spec, family: str) -> list[str]:
 def quantized_source(spec) -> str:
     """``kernels/<family>_quantized.cu``: the ``__global__`` template of ``spec``'s rule over
     quantized state (kernels/quantized.cuh), named ``<family>_quantized<P, G, F, MODE,
-    flags...>`` (F the format: ``fusedopt::Q8``, ``fusedopt::Q4``)."""
+    flags...>`` (F: ``fusedopt::Q8``, ``fusedopt::Q4``; ``FLOATS``: ``quantized.float_slots``)."""
     family = _pascal(spec.kernel)
     flags = [f.upper() for f in spec.flag_names]
+    head = f"P, G, F, MODE, {_count(_slot_presence(spec))}"
+    rule = f"fusedopt::{family}Rule<C, {', '.join(flags)}>"
+    floats = quantized.float_slots(spec)
     return "\n".join([
         *_header(spec, [f"The rule of kernels/{spec.kernel}.cu over q8 / q4 state "
                         "(kernels/quantized.cuh)."]),
@@ -294,8 +297,9 @@ def quantized_source(spec) -> str:
         f"{', '.join(f'int {f}' for f in flags)}>",
         f"__global__ void {quantized.family(spec.kernel)}(FUSEDOPT_QUANTIZED_PARAMS(P)) {{",
         "    using C = fusedopt::compute_t<P>;",
-        f"    FUSEDOPT_APPLY_QUANTIZED(P, G, F, MODE, {_count(_slot_presence(spec))}, "
-        f"fusedopt::{family}Rule<C, {', '.join(flags)}>);",
+        *([f"    FUSEDOPT_APPLY_QUANTIZED({head}, {rule});"] if floats is None else
+          [f"    constexpr int FLOATS = {floats};  // float32 slots",
+           f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS({head}, FLOATS, {rule});"]),
         "}",
         "",
     ])

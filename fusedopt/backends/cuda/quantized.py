@@ -6,12 +6,13 @@ The kernels (kernels/quantized.cuh) live in a family file of their own per optim
 include): one warp owns one quantization block at a time and reduces its absmax with warp
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
-Covered today: the families in :data:`FAMILIES` (every elementwise rule: no ``float_state``
-slot, no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to
-nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
-``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
-the way to run it: LAMB and StableAdamW (per-tensor reductions over the codes),
-schedule-free (a float32 slot beside them), Muon (its momentum pass). (Adafactor refuses
+Covered today: the families in :data:`FAMILIES` (every elementwise rule, no per-tensor
+reductions; a ``float_state`` slot, schedule-free's z and y, is float32 beside the codes,
+read and written as it is: ``FLOATS`` in kernels/quantized.cuh), the params and modes of
+:data:`KEPT`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
+Every other quantized step on ``'cuda'`` is refused before anything changes
+(:func:`refusal`), with the CPU backend as the way to run it: LAMB and StableAdamW
+(per-tensor reductions over the codes), Muon (its momentum pass). (Adafactor refuses
 quantized state on every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
@@ -19,8 +20,9 @@ kernels/README.md, "Quantized state: which families, and what the gates cost"): 
 entry point costs every gate, NVRTC about 0.2 s of it on sm_90 alone, and most of the
 rest is per family, not per entry point: the thirteen families beside Adam's at its
 three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
-152 and 86 s. So every family builds all three pairs, and none refuses bfloat16 params
-rounded to nearest for a few seconds of the suite.
+152 and 86 s (schedule-free's, added after, 42 entry points and 14.5 s). So every family
+builds all three pairs, and none refuses bfloat16 params rounded to nearest for a few
+seconds of the suite.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ...memory.storage import Storage, describe, grad_dtypes
 #: point per storage of :func:`storages` and flag combination to every gate (the gates'
 #: time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
-            "lion", "nadam", "radam", "rmsprop", "rprop", "sgd")
+            "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd")
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
@@ -78,8 +80,22 @@ def sampled_storages() -> tuple[Storage, ...]:
 
 def covers(spec) -> bool:
     """Whether ``spec``'s family has quantized CUDA kernels."""
-    return (spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
-            and not any(s.float_state for s in spec.slot_decls))
+    return spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
+
+
+def float_slots(spec) -> str | None:
+    """The C++ bitmask of the slots ``spec``'s quantized kernels keep float32 beside the
+    codes (``Slot.float_state``; kernels/quantized.cuh's ``FLOATS``): bit k where the
+    variant's k-th slot is one, an expression of the flags; None where no slot is."""
+    if not any(s.float_state for s in spec.slot_decls):
+        return None
+    terms, before = [], []
+    for s in spec.slot_decls:
+        bit = f"(1 << ({' + '.join(before) or '0'}))"
+        if s.float_state:
+            terms.append(bit if s.when is None else f"({s.when.upper()} ? {bit} : 0)")
+        before.append("1" if s.when is None else f"({s.when.upper()} ? 1 : 0)")
+    return " | ".join(terms)
 
 
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -107,8 +123,6 @@ def refusal(spec, storage: Storage) -> str | None:
                if spec.reductions is not None else
                "its quantized momentum runs on the CPU backend only"
                if spec.matrix is not None else
-               "a float32 slot beside the codes runs on the CPU backend only"
-               if any(s.float_state for s in spec.slot_decls) else
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")

@@ -139,11 +139,12 @@ def _arrays() -> dict[str, int]:
 
 @functools.lru_cache(maxsize=None)
 def _quantized_slots() -> dict[str, int]:
-    """name expression -> the quantized slots of a quantized-state entry point."""
+    """name expression -> the quantized slots of a quantized-state entry point (not those
+    kept float32 beside the codes: ``Slot.float_state``)."""
     from ...algorithms.registry import REGISTRY
     from . import quantized
-    return {name: len(spec.slots(flags)) for spec in REGISTRY.values()
-            for _, flags, name in quantized.entries(spec)}
+    return {name: sum(sign is not None for sign in spec.signed_slots(flags))
+            for spec in REGISTRY.values() for _, flags, name in quantized.entries(spec)}
 
 
 _BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int16": 2}
