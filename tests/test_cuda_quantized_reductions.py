@@ -24,8 +24,8 @@ from fusedopt.backends.cpu import backend as cpu_backend
 from fusedopt.backends.cuda import launch, quantized
 from fusedopt.engine.engine import Engine
 
-#: Quantized at min_quantized_size 256: 5000 (a partial last block of 136) and 1031 (of 7);
-#: 100 keeps float32 state.
+#: Quantized at min_quantized_size 256: 5000 (a partial last block: of 136 elements in q8,
+#: 8 in q4) and 1031 (of 7); 100 keeps float32 state.
 SHAPES = ((5000,), (100,), (1031,))
 MIN_SIZE = 256
 STEPS = 3
@@ -34,6 +34,8 @@ U = 2.0**-53
 RUNS = [  # (optimizer, convention, hyperparameters, format)
     ("lamb", "torch", dict(learning_rate=1e-2, weight_decay=0.1), "q8"),
     ("stableadamw", "keras", dict(learning_rate=1e-2, weight_decay=0.1), "q8"),
+    # q4's codes, two to a byte, read by the reduction too; Keras' weight decay
+    ("lamb", "keras", dict(learning_rate=1e-2, weight_decay=0.1), "q4"),
 ]
 
 
@@ -62,7 +64,8 @@ def _run(backend, name, convention, hp, fmt):
     return params, [[np.asarray(s) for s in slots] for slots in engine.states]
 
 
-@pytest.mark.parametrize("name, convention, hp, fmt", RUNS, ids=[r[0] for r in RUNS])
+@pytest.mark.parametrize("name, convention, hp, fmt", RUNS,
+                         ids=[f"{r[0]}-{r[-1]}" for r in RUNS])
 def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, hp, fmt):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)  # chunks of several blocks
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
