@@ -225,4 +225,8 @@ def test_every_quantized_entry_point_is_a_gate_entry_point():
     for spec in REGISTRY.values():
         for _, _, entry in quantized.entries(spec):
             assert entry in launch.all_entry_points()[quantized.family(spec.kernel)]
+        for entry in quantized.reduce_entries(spec):  # LAMB's and StableAdamW's reductions
+            assert entry in launch.all_entry_points()[quantized.family(spec.reduce_kernel)]
     assert {quantized.family(s.kernel) for s in REGISTRY.values() if quantized.covers(s)}
+    assert {"lamb_reduce_quantized", "stableadamw_reduce_quantized"} <= set(
+        launch.all_entry_points())
