@@ -137,9 +137,10 @@ def _fullest(spec, convention):
     return max(compare.variants(spec), key=lambda v: (slots(v), v.convention == convention))
 
 
-#: One optimizer of each family beside Adam's that has quantized kernels.
+#: One optimizer of each elementwise family beside Adam's that has quantized kernels (LAMB's
+#: and StableAdamW's, with their reductions: tests/test_cuda_quantized_reductions.py).
 FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
-            if quantized.covers(s) and s.kernel != "adam"}
+            if quantized.covers(s) and s.kernel != "adam" and s.reductions is None}
 #: (param dtype, constructor options, the convention preferred): codes to nearest beside
 #: float32 params; stochastic params and codes beside bfloat16 ones.
 FAMILY_RUNS = {"float32": (np.float32, {}, "keras"),
@@ -174,7 +175,7 @@ def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
     dtype, options, convention = FAMILY_RUNS[run]
-    assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam"}
+    assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam", "lamb", "stableadamw"}
     seen = {}
     families = sorted(FAMILIES.items())
     if run != "float32":
@@ -223,7 +224,8 @@ def test_schedule_free_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, name, co
 
 
 REFUSED = [  # (optimizer, constructor options, what the message names)
-    ("lamb", {}, "per-tensor reductions"),
+    ("lamb", dict(float16=True), "kernels take float32 params, bfloat16 params, "
+                                 "bfloat16 params with stochastic_rounding=True"),
     ("adagrad", dict(float16=True), "kernels take float32 params, bfloat16 params, "
                                     "bfloat16 params with stochastic_rounding=True"),
     ("adam", dict(master_weights=True), "master_weights=True"),
@@ -267,4 +269,8 @@ def test_every_quantized_entry_point_is_a_gate_entry_point():
     for spec in REGISTRY.values():
         for _, _, entry in quantized.entries(spec):
             assert entry in launch.all_entry_points()[quantized.family(spec.kernel)]
+        for entry in quantized.reduce_entries(spec):  # LAMB's and StableAdamW's reductions
+            assert entry in launch.all_entry_points()[quantized.family(spec.reduce_kernel)]
     assert {quantized.family(s.kernel) for s in REGISTRY.values() if quantized.covers(s)}
+    assert {"lamb_reduce_quantized", "stableadamw_reduce_quantized"} <= set(
+        launch.all_entry_points())

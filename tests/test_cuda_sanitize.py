@@ -39,6 +39,9 @@ def test_every_kernel_is_clean_under_the_sanitizers(cuda_cache_dir):
     assert {"muon_momentum", "muon_weight"} <= set(ran)
     # Quantized state, a float32 slot beside the codes among them (schedule-free's z and y).
     assert {"adam_quantized", "schedulefree_quantized"} <= set(ran)
+    # LAMB's and StableAdamW's quantized reductions and the element passes that follow them.
+    assert {f"{k}{part}_quantized" for k in ("lamb", "stableadamw")
+            for part in ("", "_reduce")} <= set(ran)
 
 
 def test_reading_past_the_end_is_caught(cuda_cache_dir, tmp_path):

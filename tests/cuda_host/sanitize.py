@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     if args.optimizer:
         families = ({s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
                     | {p.kernel for s in chosen for p in launch.matrix_passes(s)}
-                    | {quantized.family(s.kernel) for s in chosen})
+                    | {quantized.family(s.kernel) for s in chosen}
+                    | {quantized.family(s.reduce_kernel) for s in chosen if s.reduce_kernel})
         sampled = {f: names for f, names in sampled.items() if f in families}
     texts = {f: Path(p).read_text() for f, p in sources.items()}
     only = args.entry or {n for names in sampled.values() for n in names}

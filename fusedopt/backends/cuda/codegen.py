@@ -24,6 +24,7 @@ from pathlib import Path
 from ... import constants
 from ...algorithms.gradsums import GRAD_SUMS
 from . import factored_source, quantized
+from . import quantized_source as quantized_source_
 from .source import kernel_dir
 from .translate import (
     _RESERVED,
@@ -279,30 +280,19 @@ def _stored_kernels(spec, family: str) -> list[str]:
 
 
 def quantized_source(spec) -> str:
-    """``kernels/<family>_quantized.cu``: the ``__global__`` template of ``spec``'s rule over
-    quantized state (kernels/quantized.cuh), named ``<family>_quantized<P, G, F, MODE,
-    flags...>`` (F: ``fusedopt::Q8``, ``fusedopt::Q4``; ``FLOATS``: ``quantized.float_slots``)."""
-    family = _pascal(spec.kernel)
-    flags = [f.upper() for f in spec.flag_names]
-    head = f"P, G, F, MODE, {_count(_slot_presence(spec))}"
-    rule = f"fusedopt::{family}Rule<C, {', '.join(flags)}>"
-    floats = quantized.float_slots(spec)
-    return "\n".join([
-        *_header(spec, [f"The rule of kernels/{spec.kernel}.cu over q8 / q4 state "
-                        "(kernels/quantized.cuh)."]),
-        f'#include "{spec.kernel}.cu"',
-        '#include "quantized.cuh"',
-        "",
-        f"template <typename P, typename G, typename F, int MODE, "
-        f"{', '.join(f'int {f}' for f in flags)}>",
-        f"__global__ void {quantized.family(spec.kernel)}(FUSEDOPT_QUANTIZED_PARAMS(P)) {{",
-        "    using C = fusedopt::compute_t<P>;",
-        *([f"    FUSEDOPT_APPLY_QUANTIZED({head}, {rule});"] if floats is None else
-          [f"    constexpr int FLOATS = {floats};  // float32 slots",
-           f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS({head}, FLOATS, {rule});"]),
-        "}",
-        "",
-    ])
+    """``kernels/<family>_quantized.cu``: ``spec``'s rule over quantized state
+    (fusedopt/backends/cuda/quantized_source.py)."""
+    return quantized_source_.step_source(spec, _header(spec, [
+        f"The rule of kernels/{spec.kernel}.cu over q8 / q4 state (kernels/quantized.cuh)."]),
+        _count(_slot_presence(spec)))
+
+
+def quantized_reduce_source(spec) -> str:
+    """``kernels/<family>_reduce_quantized.cu``: ``spec``'s reduction terms over quantized
+    slots (kernels/quantized_reduce.cuh)."""
+    return quantized_source_.reduce_source(spec, _header(spec, [
+        f"The reduction terms of kernels/{spec.reduce_kernel}.cu over q8 / q4 state",
+        "(kernels/quantized_reduce.cuh)."]), _count(_slot_presence(spec)))
 
 
 def _restore_ints(line: str) -> str:
@@ -362,6 +352,8 @@ def generated(specs=None) -> dict[str, str]:
             made[f"{quantized.family(spec.kernel)}.cu"] = quantized_source(spec)
         if spec.reduce_kernel is not None:
             made[f"{spec.reduce_kernel}.cu"] = reduce_source(spec)
+            if quantized.covers(spec):
+                made[f"{quantized.family(spec.reduce_kernel)}.cu"] = quantized_reduce_source(spec)
         for name, text in made.items():
             if files.setdefault(name, text) != text:
                 raise RuleError(f"two optimizers of family {spec.kernel} declare different "

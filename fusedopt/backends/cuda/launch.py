@@ -85,6 +85,9 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
         if spec.reduce_kernel is not None:  # kernels/reduce.cuh: the phase and its combine
             names.setdefault(spec.reduce_kernel, set()).update(
                 (*spec.reduce_entries(), "combine_sums"))
+        if quantized.reduce_entries(spec):  # kernels/<family>_reduce_quantized.cu
+            names.setdefault(quantized.family(spec.reduce_kernel), set()).update(
+                quantized.reduce_entries(spec))
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].matrix is not None):
         for part in matrix_passes(spec):  # Muon: fusedopt/engine/orthogonal.py runs them
             names.setdefault(part.kernel, set()).update(matrix_entries(part))
@@ -327,17 +330,24 @@ def reduce(spec, flags, row: tuple, group: Group, grads, clip: GradClip = NO_CLI
         group.scratch[key] = [rt.zeros(np.empty(n, np.float64)) for n in sizes]
         group.scratch[key + "_sizes"] = sizes
     partial, sums = group.scratch[key]
-    module = rt.module(spec.reduce_kernel, name_expressions(spec.reduce_kernel))
+    storage = step_storage(group, grads)
+    family = spec.reduce_kernel
+    if storage.quantized and not stored:  # the codes' kernels (kernels/quantized_reduce.cuh)
+        family = quantized.family(spec.reduce_kernel)
+    module = rt.module(family, name_expressions(family))
     threads = config.THREADS_PER_BLOCK
     index, wide = _INDEX_TYPES
     if n_work:
-        storage = step_storage(group, grads)
         if stored:
             entry = spec.stored_entry(storage.grad, group.n_slots)
             args = (group.device_table, index(n_tensors), wide(group.chunk), partial)
         else:
             entry = spec.reduce_entry(storage, flags)
             args = _step_args(group, row, storage, 1, rt) + _factored(spec, group) + (partial,)
+            if storage.quantized:  # then the slots' maps, as the quantized step takes them
+                entry = quantized.reduce_entry(spec, storage, flags)
+                tables = quantized.map_tables(storage.state, spec.signed_slots(flags))
+                args += (_upload(group, "maps", tables, rt),)
         module.get_function(entry)((n_work,), (threads,), args)
     work = group.device_table[rows(group.n_slots, n_tensors)["work"]:]
     module.get_function("combine_sums")(

@@ -6,23 +6,24 @@ The kernels (kernels/quantized.cuh) live in a family file of their own per optim
 include): one warp owns one quantization block at a time and reduces its absmax with warp
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
-Covered today: the families in :data:`FAMILIES` (every elementwise rule, no per-tensor
-reductions; a ``float_state`` slot, schedule-free's z and y, is float32 beside the codes,
-read and written as it is: ``FLOATS`` in kernels/quantized.cuh), the params and modes of
-:data:`KEPT`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
-Every other quantized step on ``'cuda'`` is refused before anything changes
-(:func:`refusal`), with the CPU backend as the way to run it: LAMB and StableAdamW
-(per-tensor reductions over the codes), Muon (its momentum pass). (Adafactor refuses
-quantized state on every backend.)
+Covered today: the families in :data:`FAMILIES`: every elementwise rule; schedule-free,
+whose ``float_state`` slots (z and y) are float32 beside the codes, read and written as
+they are (``FLOATS`` in kernels/quantized.cuh); and LAMB and StableAdamW, whose per-tensor
+reductions read the codes through ``kernels/<family>_reduce_quantized.cu``
+(kernels/quantized_reduce.cuh). The params and modes of :data:`KEPT`, codes rounded to
+nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
+``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
+the way to run it. (Adafactor refuses quantized state on every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
 entry point costs every gate, NVRTC about 0.2 s of it on sm_90 alone, and most of the
 rest is per family, not per entry point: the thirteen families beside Adam's at its
 three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
-152 and 86 s (schedule-free's, added after, 42 entry points and 14.5 s). So every family
-builds all three pairs, and none refuses bfloat16 params rounded to nearest for a few
-seconds of the suite.
+152 and 86 s (schedule-free's, added after, 42 entry points and 14.5 s; LAMB's and
+StableAdamW's, with their reductions over the codes, 50 entry points and 32 s). So every
+family builds all three pairs, and none refuses bfloat16 params rounded to nearest for a
+few seconds of the suite.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import numpy as np
 from ...memory.quant import FORMATS, cuts, qmap
 from ...memory.storage import Storage, describe, grad_dtypes
 
-#: Optimizer families with quantized CUDA kernels: every elementwise one. Each adds one entry
-#: point per storage of :func:`storages` and flag combination to every gate (the gates'
-#: time is budgeted: the module's docstring).
+#: Optimizer families with quantized CUDA kernels: every elementwise one, and LAMB and
+#: StableAdamW (whose reductions add a reduction entry point beside each step's). Each adds
+#: one entry point per storage of :func:`storages` and flag combination to every gate (the
+#: gates' time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
-            "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd")
+            "lamb", "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd",
+            "stableadamw")
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
@@ -80,7 +83,7 @@ def sampled_storages() -> tuple[Storage, ...]:
 
 def covers(spec) -> bool:
     """Whether ``spec``'s family has quantized CUDA kernels."""
-    return spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
+    return spec.on_cuda and spec.kernel in FAMILIES
 
 
 def float_slots(spec) -> str | None:
@@ -112,6 +115,20 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
             for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
 
 
+def reduce_entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
+    """The name expression of the reduction kernel over ``spec``'s quantized slots, e.g.
+    ``lamb_reduce_quantized<float, float, fusedopt::Q8, 0, 0>``."""
+    return family(spec.reduce_kernel) + spec.entry(storage, flags)[len(spec.kernel):]
+
+
+def reduce_entries(spec) -> list[str]:
+    """Every quantized reduction entry point of ``spec`` (none without reductions), and the
+    combine of their block sums (kernels/reduce.cuh)."""
+    if not covers(spec) or spec.reduce_kernel is None:
+        return []
+    return [*(reduce_entry(spec, st, f) for st, f, _ in entries(spec)), "combine_sums"]
+
+
 def refusal(spec, storage: Storage) -> str | None:
     """Why a step of ``spec`` with ``storage`` has no CUDA kernel (None: it has one)."""
     if not storage.quantized:
@@ -119,9 +136,7 @@ def refusal(spec, storage: Storage) -> str | None:
     fix = ("step it on the CPU backend (NumPy arrays or CPU tensors, or backend='cpu'), or "
            "keep float state (state_dtype=None)")
     if not covers(spec):
-        why = ("its per-tensor reductions over quantized slots run on the CPU backend only"
-               if spec.reductions is not None else
-               "its quantized momentum runs on the CPU backend only"
+        why = ("its quantized momentum runs on the CPU backend only"
                if spec.matrix is not None else
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
