@@ -36,7 +36,7 @@ def test_every_kernel_is_clean_under_the_sanitizers(cuda_cache_dir):
     ran = result.stdout.split("kernels:", 1)[1].split()
     assert {"adafactor_factor", "adafactor_means", "adafactor_reduce", "adafactor"} <= set(ran)
     # Muon's two element passes, Newton-Schulz between them.
-    assert {"muon_momentum", "muon_weight"} <= set(ran)
+    assert {"muon_momentum", "muon_weight", "muon_momentum_quantized"} <= set(ran)
 
 
 def test_reading_past_the_end_is_caught(cuda_cache_dir, tmp_path):

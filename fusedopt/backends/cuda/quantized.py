@@ -7,12 +7,14 @@ include): one warp owns one quantization block at a time and reduces its absmax 
 shuffles, so these kernels' threads cooperate, which the float kernels' never do.
 
 Covered today: the families in :data:`FAMILIES` (every elementwise rule: no ``float_state``
-slot, no per-tensor reductions), the params and modes of :data:`KEPT`, codes rounded to
-nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
-``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
-the way to run it: LAMB and StableAdamW (per-tensor reductions over the codes),
-schedule-free (a float32 slot beside them), Muon (its momentum pass). (Adafactor refuses
-quantized state on every backend.)
+slot, no per-tensor reductions; and Muon's momentum pass, whose one float32 slot is its
+output, :data:`OUTPUTS`), the params and modes of :data:`KEPT` (Muon: of
+:data:`KEPT_BY_FAMILY`), codes rounded to nearest (stochastically under
+``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
+anything changes (:func:`refusal`), with the CPU backend as the way to run it: LAMB and
+StableAdamW (per-tensor reductions over the codes), schedule-free (a float32 slot beside
+them), Muon on params other than float32. (Adafactor refuses quantized state on every
+backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
@@ -36,7 +38,13 @@ from ...memory.storage import Storage, describe, grad_dtypes
 #: point per storage of :func:`storages` and flag combination to every gate (the gates'
 #: time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
-            "lion", "nadam", "radam", "rmsprop", "rprop", "sgd")
+            "lion", "nadam", "radam", "rmsprop", "rprop", "sgd", "muon_momentum")
+
+#: Families whose one ``float_state`` slot is no state but the pass's float32 output, kept in
+#: the param's row of the launch table (the pass never changes its param): family -> that
+#: slot. Muon's momentum pass writes ``u``, the update Newton-Schulz reads, beside its coded
+#: m (kernels/muon_momentum_quantized.cu; fusedopt/engine/orthogonal.py).
+OUTPUTS = {"muon_momentum": "u"}
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
@@ -45,6 +53,12 @@ FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd",
 #: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
 #: summation stay on the CPU backend for now.
 KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+
+#: Families built for fewer pairs. Muon's momentum pass: float32 params only, the dtype of
+#: the output it writes in the param's row (a bfloat16 param's float32 update would also
+#: need a weight pass reading float32 updates, which the float path does not build); Muon
+#: refuses every mode but plain on every backend.
+KEPT_BY_FAMILY = {"muon_momentum": (("float32", "plain"),)}
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -77,9 +91,24 @@ def sampled_storages() -> tuple[Storage, ...]:
 
 
 def covers(spec) -> bool:
-    """Whether ``spec``'s family has quantized CUDA kernels."""
+    """Whether ``spec``'s family has quantized CUDA kernels (of an optimizer with a matrix
+    transform, Muon, its momentum pass's family may: :func:`stepped_by`)."""
+    floats = [s.name for s in spec.slot_decls if s.float_state]
+    output = OUTPUTS.get(spec.kernel)
     return (spec.on_cuda and spec.kernel in FAMILIES and spec.reductions is None
-            and not any(s.float_state for s in spec.slot_decls))
+            and floats == ([] if output is None else [output])
+            and (output is None or spec.slot_decls[-1].name == output))
+
+
+def stepped_by(spec):
+    """The spec whose kernels step ``spec``'s quantized state: itself, or the momentum pass
+    of a matrix transform (the weight pass reads float32 updates: no codes)."""
+    return spec if spec.matrix is None else spec.matrix.momentum
+
+
+def kept(spec) -> tuple[tuple[str, str], ...]:
+    """The (param dtype, mode) pairs ``spec``'s family is built for."""
+    return KEPT_BY_FAMILY.get(spec.kernel, KEPT)
 
 
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -92,8 +121,9 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     """(storage, flags, name expression) of every quantized entry point of ``spec``."""
     if not covers(spec):
         return []
-    return [(st, f, entry(spec, st, f))
-            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
+    pairs = kept(spec)
+    return [(st, f, entry(spec, st, f)) for st in storages()
+            if st.param in spec.dtypes and (st.param, st.mode) in pairs for f in spec.all_flags]
 
 
 def refusal(spec, storage: Storage) -> str | None:
@@ -102,7 +132,8 @@ def refusal(spec, storage: Storage) -> str | None:
         return None
     fix = ("step it on the CPU backend (NumPy arrays or CPU tensors, or backend='cpu'), or "
            "keep float state (state_dtype=None)")
-    if not covers(spec):
+    stepped = stepped_by(spec)
+    if not covers(stepped):
         why = ("its per-tensor reductions over quantized slots run on the CPU backend only"
                if spec.reductions is not None else
                "its quantized momentum runs on the CPU backend only"
@@ -112,10 +143,10 @@ def refusal(spec, storage: Storage) -> str | None:
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    if (storage.param, storage.mode) not in KEPT:
+    if (storage.param, storage.mode) not in kept(stepped):
         def name(param, mode):
             return f"{param} params" + ("" if mode == "plain" else f" with {describe(mode)}")
-        built = ", ".join(name(p, m) for p, m in KEPT)
+        built = ", ".join(name(p, m) for p, m in kept(stepped))
         return (f"{spec.class_name} with state_dtype={storage.state!r}, "
                 f"{name(storage.param, storage.mode)} has no CUDA kernel yet (its quantized "
                 f"CUDA kernels take {built}): {fix}")
