@@ -22,7 +22,8 @@ entry point costs every gate, NVRTC about 0.2 s of it on sm_90 alone, and most o
 rest is per family, not per entry point: the thirteen families beside Adam's at its
 three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
 152 and 86 s. So every family builds all three pairs, and none refuses bfloat16 params
-rounded to nearest for a few seconds of the suite.
+rounded to nearest for a few seconds of the suite. Muon's momentum pass, on float32 params
+only, is 8 entry points and 6.9 CPU s.
 """
 
 from __future__ import annotations
