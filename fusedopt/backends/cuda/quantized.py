@@ -137,7 +137,7 @@ def refusal(spec, storage: Storage) -> str | None:
     if not covers(stepped):
         why = ("its per-tensor reductions over quantized slots run on the CPU backend only"
                if spec.reductions is not None else
-               "its quantized momentum runs on the CPU backend only"
+               "its momentum pass has no quantized CUDA kernels"
                if spec.matrix is not None else
                "a float32 slot beside the codes runs on the CPU backend only"
                if any(s.float_state for s in spec.slot_decls) else
