@@ -107,8 +107,9 @@ def test_a_loss_scaled_step_with_an_inf_changes_nothing(host_cuda):
 
 #: Quantized momentum: q8 codes of 256 elements a block, 24 x 40 = 960 (three blocks and a
 #: partial one) twice (one stack), a tall 40 x 13 (520: a partial block, transposed for
-#: Newton-Schulz), and 7 x 5 under MIN_QUANTIZED, which keeps float32 state (a launch
-#: group of its own, the float passes).
+#: Newton-Schulz, and Fortran-ordered: its u a transposed row of its stack), and 7 x 5
+#: under MIN_QUANTIZED, which keeps float32 state (a launch group of its own, the float
+#: passes).
 QUANTIZED_SHAPES = [(24, 40), (24, 40), (40, 13), (7, 5)]
 MIN_QUANTIZED = 256
 
@@ -118,6 +119,7 @@ def _quantized_run(backend, convention, nesterov, fmt):
     from fusedopt.engine.engine import Engine
     rng = np.random.default_rng(7)
     params = [rng.standard_normal(s).astype(np.float32) for s in QUANTIZED_SHAPES]
+    params[2] = np.asfortranarray(params[2])
     engine = Engine(REGISTRY["muon"], convention, backend=backend, state_dtype=fmt,
                     min_quantized_size=MIN_QUANTIZED)
     engine.add_group(dict(learning_rate=0.02, weight_decay=0.01, momentum=0.9,
@@ -125,8 +127,10 @@ def _quantized_run(backend, convention, nesterov, fmt):
     engine.add_params(params)
     for _ in range(STEPS):
         # grads of two scales: a block's small values sit between the map's entries
-        engine.step([(rng.standard_normal(s) * rng.choice([0.01, 1.0], s)).astype(np.float32)
-                     for s in QUANTIZED_SHAPES])
+        grads = [(rng.standard_normal(s) * rng.choice([0.01, 1.0], s)).astype(np.float32)
+                 for s in QUANTIZED_SHAPES]
+        grads[2] = np.asfortranarray(grads[2])
+        engine.step(grads)
     return params, [np.asarray(s[0]) for s in engine.states]
 
 
