@@ -105,13 +105,70 @@ def test_a_loss_scaled_step_with_an_inf_changes_nothing(host_cuda):
     assert opt._engine.step([g * 8.0 for g in grads[0]], grad_scale=8.0)
 
 
-@pytest.mark.parametrize("state_dtype, shape, match", [
-    ("q8", (4, 8), r"state_dtype='q8' has no CUDA kernel yet \(its quantized momentum.*"
-                   r"state_dtype=None"),
-    (None, (8,), r"2-D params only.*shape \(8,\)")], ids=["q8", "1-D"])
-def test_refusals_name_the_fix_and_change_nothing(host_cuda, state_dtype, shape, match):
-    p = np.ones(shape, np.float32)
+#: Quantized momentum: q8 codes of 256 elements a block, 24 x 40 = 960 (three blocks and a
+#: partial one) twice (one stack), a tall 40 x 13 (520: a partial block, transposed for
+#: Newton-Schulz, and Fortran-ordered: its u a transposed row of its stack), and 7 x 5
+#: under MIN_QUANTIZED, which keeps float32 state (a launch group of its own, the float
+#: passes).
+QUANTIZED_SHAPES = [(24, 40), (24, 40), (40, 13), (7, 5)]
+MIN_QUANTIZED = 256
+
+
+def _quantized_run(backend, convention, nesterov, fmt):
+    from fusedopt.algorithms.registry import REGISTRY
+    from fusedopt.engine.engine import Engine
+    rng = np.random.default_rng(7)
+    params = [rng.standard_normal(s).astype(np.float32) for s in QUANTIZED_SHAPES]
+    params[2] = np.asfortranarray(params[2])
+    engine = Engine(REGISTRY["muon"], convention, backend=backend, state_dtype=fmt,
+                    min_quantized_size=MIN_QUANTIZED)
+    engine.add_group(dict(learning_rate=0.02, weight_decay=0.01, momentum=0.9,
+                          nesterov=nesterov))
+    engine.add_params(params)
+    for _ in range(STEPS):
+        # grads of two scales: a block's small values sit between the map's entries
+        grads = [(rng.standard_normal(s) * rng.choice([0.01, 1.0], s)).astype(np.float32)
+                 for s in QUANTIZED_SHAPES]
+        grads[2] = np.asfortranarray(grads[2])
+        engine.step(grads)
+    return params, [np.asarray(s[0]) for s in engine.states]
+
+
+QUANTIZED_CASES = [("keras", True, "q8"), ("keras", False, "q8"), ("torch", True, "q8"),
+                   ("torch", False, "q8"), ("torch", True, "q4")]
+
+
+@pytest.mark.parametrize("convention, nesterov, fmt", QUANTIZED_CASES,
+                         ids=[f"{c}-nesterov{int(n)}-{f}" for c, n, f in QUANTIZED_CASES])
+def test_quantized_momentum_gives_the_cpu_bits(host_cuda, convention, nesterov, fmt):
+    """float32 params with q8 (and q4) momentum: params bit for bit against the CPU backend
+    (the transform the same NumPy / torch call on the same u, as above), and m's codes and
+    absmax, the momentum pass's output, byte for byte; the small matrix keeps float32
+    state. A step is the quantized momentum launch, the float passes of the small matrix's
+    group, and one weight launch per group."""
+    ours, ours_m = _quantized_run("cuda", convention, nesterov, fmt)
+    cpu, cpu_m = _quantized_run("cpu", convention, nesterov, fmt)
+    for k, (a, b) in enumerate(zip(ours, cpu)):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32), err_msg=f"p {k}")
+    for k, (a, b) in enumerate(zip(ours_m, cpu_m)):
+        assert a.dtype == (np.float32 if k == len(QUANTIZED_SHAPES) - 1 else np.uint8)
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8), err_msg=f"m {k}")
+    names = sorted(name.split("<")[0] for name, _, _ in host_cuda.launches)
+    assert names == sorted(["muon_momentum_quantized", "muon_momentum", "muon_weight",
+                            "muon_weight"] * STEPS)
+
+
+@pytest.mark.parametrize("state_dtype, dtype, shape, match", [
+    ("q8", "bfloat16", (4, 8), r"state_dtype='q8', bfloat16 params has no CUDA kernel yet "
+                               r"\(its quantized CUDA kernels take float32 params\).*"
+                               r"backend='cpu'.*state_dtype=None"),
+    (None, "float32", (8,), r"2-D params only.*shape \(8,\)")], ids=["q8-bfloat16", "1-D"])
+def test_refusals_name_the_fix_and_change_nothing(host_cuda, state_dtype, dtype, shape,
+                                                  match):
+    import ml_dtypes
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    p = np.ones(shape, dtype)
     opt = fusedopt.Muon(backend="cuda", state_dtype=state_dtype, min_quantized_size=0)
     with pytest.raises(ValueError, match=match):
-        opt.apply_gradients([(np.ones(shape, np.float32), p)])
+        opt.apply_gradients([(np.ones(shape, dtype), p)])
     assert (p == 1).all() and not host_cuda.launches

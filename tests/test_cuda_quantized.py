@@ -138,7 +138,8 @@ def _fullest(spec, convention):
 
 
 #: One optimizer of each elementwise family beside Adam's that has quantized kernels (LAMB's
-#: and StableAdamW's, with their reductions: tests/test_cuda_quantized_reductions.py).
+#: and StableAdamW's, with their reductions: tests/test_cuda_quantized_reductions.py; Muon's
+#: momentum pass: tests/test_cuda_muon.py).
 FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
             if quantized.covers(s) and s.kernel != "adam" and s.reductions is None}
 #: (param dtype, constructor options, the convention preferred): codes to nearest beside
@@ -175,7 +176,8 @@ def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
     dtype, options, convention = FAMILY_RUNS[run]
-    assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam", "lamb", "stableadamw"}
+    assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam", "lamb", "stableadamw",
+                                                        *quantized.OUTPUTS}
     seen = {}
     families = sorted(FAMILIES.items())
     if run != "float32":
@@ -231,6 +233,7 @@ REFUSED = [  # (optimizer, constructor options, what the message names)
     ("adam", dict(master_weights=True), "master_weights=True"),
     ("adam", dict(kahan_summation=True), "kahan_summation=True"),
     ("adam", dict(float16=True), "float16 params"),
+    ("muon", {}, "kernels take float32 params\\)"),  # its momentum pass: float32 only
 ]
 
 
@@ -274,3 +277,9 @@ def test_every_quantized_entry_point_is_a_gate_entry_point():
     assert {quantized.family(s.kernel) for s in REGISTRY.values() if quantized.covers(s)}
     assert {"lamb_reduce_quantized", "stableadamw_reduce_quantized"} <= set(
         launch.all_entry_points())
+
+    for spec in REGISTRY.values():  # a matrix transform's momentum pass (Muon's)
+        part = quantized.stepped_by(spec)
+        if part is not spec and quantized.covers(part):
+            names = launch.all_entry_points()[quantized.family(part.kernel)]
+            assert {e for _, _, e in quantized.entries(part)} == set(names)

@@ -36,7 +36,7 @@ def test_every_kernel_is_clean_under_the_sanitizers(cuda_cache_dir):
     ran = result.stdout.split("kernels:", 1)[1].split()
     assert {"adafactor_factor", "adafactor_means", "adafactor_reduce", "adafactor"} <= set(ran)
     # Muon's two element passes, Newton-Schulz between them.
-    assert {"muon_momentum", "muon_weight"} <= set(ran)
+    assert {"muon_momentum", "muon_weight", "muon_momentum_quantized"} <= set(ran)
     # Quantized state, a float32 slot beside the codes among them (schedule-free's z and y).
     assert {"adam_quantized", "schedulefree_quantized"} <= set(ran)
     # LAMB's and StableAdamW's quantized reductions and the element passes that follow them.

@@ -32,7 +32,8 @@ from . import threads as _threads
 from .reductions import signed
 
 #: Backends with element loops the passes can run in (CUDA: the passes' own kernels,
-#: fusedopt/backends/cuda/launch.py ``matrix_entries``).
+#: fusedopt/backends/cuda/launch.py ``matrix_entries``; quantized momentum's, ``refusal``
+#: saying which storages have them).
 _BACKENDS = ("cpu", "unfused", "cuda")
 
 
@@ -80,11 +81,6 @@ def check_matrices(engine, plan, work) -> None:
                          "tensors)")
     for launch, _ in work:
         _check(spec, launch)
-        if plan.backend.name == "cuda" and launch.group.storage.quantized:
-            raise ValueError(f"{spec.class_name}'s quantized momentum (state_dtype="
-                             f"{launch.group.storage.state!r}) has no CUDA kernels: pass "
-                             "state_dtype=None on CUDA, or step it on the CPU (NumPy arrays "
-                             "or CPU tensors)")
 
 
 def _check(spec, launch) -> None:
@@ -135,8 +131,13 @@ class _Passes:
             for j, i in enumerate(members):
                 self.updates[i] = stack[j].T if fortran else stack[j]
         with launch.kind.launch_context(launch.device):
-            self.first = backend.group(group.storage, group.params,
-                                       [[*s, u] for s, u in zip(group.states, self.updates)])
+            # A backend may lay the pass's operands out its own way (CUDA's quantized
+            # momentum: u in the param's row, fusedopt/backends/cuda/launch.py)
+            made = getattr(backend, "momentum_group", None)
+            self.first = (made(group.storage, group.params, group.states, self.updates)
+                          if made else backend.group(group.storage, group.params,
+                                                     [[*s, u] for s, u in
+                                                      zip(group.states, self.updates)]))
             self.second = backend.group(floats, group.params, [[] for _ in group.params])
 
 

@@ -6,7 +6,8 @@ misaligned view and shrunk launch sizes, for every registered optimizer and ever
 point of float32 and float64 params, and of the sampled storages
 (``fusedopt.backends.cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
 mode), and q8 and q4 state of the optimizers that have quantized kernels (float32 params;
-the shapes below and above ``min_quantized_size``, so float32 state beside the codes). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+the shapes below and above ``min_quantized_size``, so float32 state beside the codes; Muon's
+quantized momentum over its matrices and one larger). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
@@ -39,6 +40,10 @@ FACTORED_SHAPES = ((3, 5, 7), (1, 1), (64, 1), (1, 300), (2, 0, 3))
 #: An optimizer of whole matrices (Muon): 2-D params only, two of one shape (one stack),
 #: tall, wide, one row, and a misaligned view last.
 MATRIX_SHAPES = ((24, 8), (24, 8), (13, 24), (1, 16), (9, 13))
+
+#: Its quantized momentum: those, and one matrix over ``min_quantized_size`` (4096) with a
+#: partial last block of both formats (the others keep float32 state beside it).
+QUANTIZED_MATRIX = (*MATRIX_SHAPES[:-1], (65, 67), MATRIX_SHAPES[-1])
 
 
 def asan_runtime() -> str | None:
@@ -152,7 +157,7 @@ def main(argv=None) -> int:
     if args.optimizer:
         families = ({s.kernel for s in chosen} | {s.reduce_kernel for s in chosen}
                     | {p.kernel for s in chosen for p in launch.matrix_passes(s)}
-                    | {quantized.family(s.kernel) for s in chosen}
+                    | {quantized.family(quantized.stepped_by(s).kernel) for s in chosen}
                     | {quantized.family(s.reduce_kernel) for s in chosen if s.reduce_kernel})
         sampled = {f: names for f, names in sampled.items() if f in families}
     texts = {f: Path(p).read_text() for f, p in sources.items()}
@@ -182,6 +187,8 @@ def main(argv=None) -> int:
                                         seed=12, misaligned=(len(shapes) + 5,))
         matrices = compare.make_problem(MATRIX_SHAPES, steps, seed=13,
                                         misaligned=(len(MATRIX_SHAPES) - 1,))
+        quantized_matrices = compare.make_problem(QUANTIZED_MATRIX, steps, seed=14,
+                                                  misaligned=(len(QUANTIZED_MATRIX) - 1,))
         quantized_done = set()
         for spec in chosen:
             host = fresh_runtime()
@@ -191,6 +198,13 @@ def main(argv=None) -> int:
                 for dtype in compare.BASE_DTYPES if args.entry is None else ():
                     for variant in _covering_variants(spec, compare):
                         _run_storage(spec, variant, Storage(dtype, dtype, dtype), matrices)
+                # its quantized momentum, over the small blocks only (as the others')
+                part = quantized.stepped_by(spec)
+                built = {st for st, _, _ in quantized.entries(part)}
+                for storage in (_quantized_storages(part) if chunk is not None
+                                and args.entry is None else ()):
+                    for variant in _covering_variants(spec, compare) if storage in built else ():
+                        _run_storage(spec, variant, storage, quantized_matrices)
                 continue
             if spec.factored is not None:  # the engine makes its factored state
                 from fusedopt.memory.storage import Storage

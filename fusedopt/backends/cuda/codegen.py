@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ... import constants
 from ...algorithms.gradsums import GRAD_SUMS
-from . import factored_source, quantized
+from . import factored_source, output_source, quantized
 from . import quantized_source as quantized_source_
 from .source import kernel_dir
 from .translate import (
@@ -346,6 +346,10 @@ def generated(specs=None) -> dict[str, str]:
         if spec.matrix is not None:  # Muon: the kernels of its two element passes
             files.update({f"{p.kernel}.cu": rule_source(p) for p in (spec.matrix.momentum,
                                                                      spec.matrix.weight)})
+            if quantized.covers(spec.matrix.momentum):  # and its momentum over codes
+                part = spec.matrix.momentum
+                files[f"{quantized.family(part.kernel)}.cu"] = output_source.source(
+                    part, _header(part, output_source.doc(part)))
             continue
         made = {f"{spec.kernel}.cu": rule_source(spec)}
         if quantized.covers(spec):

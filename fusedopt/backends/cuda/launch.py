@@ -91,6 +91,9 @@ def _entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
     for spec in (REGISTRY[name] for name in registered if REGISTRY[name].matrix is not None):
         for part in matrix_passes(spec):  # Muon: fusedopt/engine/orthogonal.py runs them
             names.setdefault(part.kernel, set()).update(matrix_entries(part))
+            if quantized.covers(part):  # its momentum over codes, u in the param's row
+                names.setdefault(quantized.family(part.kernel), set()).update(
+                    e for _, _, e in quantized.entries(part))
     # kernels/gradsums_reduce.cu: the grad pre-pass (fusedopt/algorithms/gradsums.py), its
     # combine, and the loss scale's flag from its sums.
     names.setdefault(GRAD_SUMS.reduce_kernel, set()).update(
@@ -107,10 +110,21 @@ def matrix_passes(spec) -> tuple:
 
 
 def matrix_entries(part) -> list[str]:
-    """Every entry point of a matrix pass: plain storage of the param's dtype, which is all
-    the passes take on CUDA (quantized momentum is refused there: orthogonal.py)."""
+    """Every float entry point of a matrix pass: plain storage of the param's dtype (and
+    beside quantized momentum, float32 params' float32 state: the same entries); the
+    quantized momentum pass has its own family (:func:`momentum_group`)."""
     return [name for st, _, name in part.entries() if st == Storage(st.param, st.param,
                                                                        st.param)]
+
+
+def momentum_group(storage, params, states, updates) -> Group:
+    """The group of a matrix transform's momentum pass (fusedopt/engine/orthogonal.py): each
+    param, its slots, then its update ``u``; with quantized state, ``u`` in the param's row
+    and the codes alone in the slot rows (kernels/muon_momentum_quantized.cu: the pass never
+    reads or changes the param, and kernels/quantized.cuh codes every slot)."""
+    if getattr(storage, "quantized", False):
+        return group(storage, updates, states)
+    return group(storage, params, [[*s, u] for s, u in zip(states, updates)])
 
 
 def sampled_storages() -> list:

@@ -8,12 +8,14 @@ shuffles, so these kernels' threads cooperate, which the float kernels' never do
 
 Covered today: the families in :data:`FAMILIES`: every elementwise rule; schedule-free,
 whose ``float_state`` slots (z and y) are float32 beside the codes, read and written as
-they are (``FLOATS`` in kernels/quantized.cuh); and LAMB and StableAdamW, whose per-tensor
+they are (``FLOATS`` in kernels/quantized.cuh); LAMB and StableAdamW, whose per-tensor
 reductions read the codes through ``kernels/<family>_reduce_quantized.cu``
-(kernels/quantized_reduce.cuh). The params and modes of :data:`KEPT`, codes rounded to
-nearest (stochastically under ``stochastic_rounding``). Every other quantized step on
-``'cuda'`` is refused before anything changes (:func:`refusal`), with the CPU backend as
-the way to run it. (Adafactor refuses quantized state on every backend.)
+(kernels/quantized_reduce.cuh); and Muon's momentum pass, whose one float32 slot is its
+output (:data:`OUTPUTS`). The params and modes of :data:`KEPT` (Muon: of
+:data:`KEPT_BY_FAMILY`), codes rounded to nearest (stochastically under
+``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
+anything changes (:func:`refusal`), with the CPU backend as the way to run it. (Adafactor
+refuses quantized state on every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
@@ -21,9 +23,10 @@ entry point costs every gate, NVRTC about 0.2 s of it on sm_90 alone, and most o
 rest is per family, not per entry point: the thirteen families beside Adam's at its
 three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
 152 and 86 s (schedule-free's, added after, 42 entry points and 14.5 s; LAMB's and
-StableAdamW's, with their reductions over the codes, 50 entry points and 32 s). So every
-family builds all three pairs, and none refuses bfloat16 params rounded to nearest for a
-few seconds of the suite.
+StableAdamW's, with their reductions over the codes, 50 entry points and 32 s; Muon's
+momentum pass, on float32 params only, 8 entry points and 6.9 s). So every family builds
+all three pairs, and none refuses bfloat16 params rounded to nearest for a few seconds of
+the suite.
 """
 
 from __future__ import annotations
@@ -40,8 +43,14 @@ from ...memory.storage import Storage, describe, grad_dtypes
 #: one entry point per storage of :func:`storages` and flag combination to every gate (the
 #: gates' time is budgeted: the module's docstring).
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
-            "lamb", "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd",
-            "stableadamw")
+            "lamb", "lion", "muon_momentum", "nadam", "radam", "rmsprop", "rprop",
+            "schedulefree", "sgd", "stableadamw")
+
+#: Families whose one ``float_state`` slot is no state but the pass's float32 output, kept in
+#: the param's row of the launch table (the pass never changes its param): family -> that
+#: slot. Muon's momentum pass writes ``u``, the update Newton-Schulz reads, beside its coded
+#: m (kernels/muon_momentum_quantized.cu; fusedopt/engine/orthogonal.py).
+OUTPUTS = {"muon_momentum": "u"}
 
 #: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
 #: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
@@ -50,6 +59,12 @@ FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd",
 #: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
 #: summation stay on the CPU backend for now.
 KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+
+#: Families built for fewer pairs. Muon's momentum pass: float32 params only, the dtype of
+#: the output it writes in the param's row (a bfloat16 param's float32 update would also
+#: need a weight pass reading float32 updates, which the float path does not build); Muon
+#: refuses every mode but plain on every backend.
+KEPT_BY_FAMILY = {"muon_momentum": (("float32", "plain"),)}
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -82,15 +97,22 @@ def sampled_storages() -> tuple[Storage, ...]:
 
 
 def covers(spec) -> bool:
-    """Whether ``spec``'s family has quantized CUDA kernels."""
-    return spec.on_cuda and spec.kernel in FAMILIES
+    """Whether ``spec``'s family has quantized CUDA kernels (of an optimizer with a matrix
+    transform, Muon, its momentum pass's family may: :func:`stepped_by`)."""
+    output = OUTPUTS.get(spec.kernel)
+    floats = [s.name for s in spec.slot_decls if s.float_state]
+    return (spec.on_cuda and spec.kernel in FAMILIES
+            and (output is None or (floats == [output]
+                                    and spec.slot_decls[-1].name == output)))
 
 
 def float_slots(spec) -> str | None:
     """The C++ bitmask of the slots ``spec``'s quantized kernels keep float32 beside the
     codes (``Slot.float_state``; kernels/quantized.cuh's ``FLOATS``): bit k where the
-    variant's k-th slot is one, an expression of the flags; None where no slot is."""
-    if not any(s.float_state for s in spec.slot_decls):
+    variant's k-th slot is one, an expression of the flags; None where no slot is (a
+    pass's output, :data:`OUTPUTS`, is no slot of the kernel's)."""
+    output = OUTPUTS.get(spec.kernel)
+    if not any(s.float_state and s.name != output for s in spec.slot_decls):
         return None
     terms, before = [], []
     for s in spec.slot_decls:
@@ -99,6 +121,17 @@ def float_slots(spec) -> str | None:
             terms.append(bit if s.when is None else f"({s.when.upper()} ? {bit} : 0)")
         before.append("1" if s.when is None else f"({s.when.upper()} ? 1 : 0)")
     return " | ".join(terms)
+
+
+def stepped_by(spec):
+    """The spec whose kernels step ``spec``'s quantized state: itself, or the momentum pass
+    of a matrix transform (the weight pass reads float32 updates: no codes)."""
+    return spec if spec.matrix is None else spec.matrix.momentum
+
+
+def kept(spec) -> tuple[tuple[str, str], ...]:
+    """The (param dtype, mode) pairs ``spec``'s family is built for."""
+    return KEPT_BY_FAMILY.get(spec.kernel, KEPT)
 
 
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -111,8 +144,9 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     """(storage, flags, name expression) of every quantized entry point of ``spec``."""
     if not covers(spec):
         return []
-    return [(st, f, entry(spec, st, f))
-            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
+    pairs = kept(spec)
+    return [(st, f, entry(spec, st, f)) for st in storages()
+            if st.param in spec.dtypes and (st.param, st.mode) in pairs for f in spec.all_flags]
 
 
 def reduce_entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -135,16 +169,17 @@ def refusal(spec, storage: Storage) -> str | None:
         return None
     fix = ("step it on the CPU backend (NumPy arrays or CPU tensors, or backend='cpu'), or "
            "keep float state (state_dtype=None)")
-    if not covers(spec):
-        why = ("its quantized momentum runs on the CPU backend only"
+    stepped = stepped_by(spec)
+    if not covers(stepped):
+        why = ("its momentum pass has no quantized CUDA kernels"
                if spec.matrix is not None else
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    if (storage.param, storage.mode) not in KEPT:
+    if (storage.param, storage.mode) not in kept(stepped):
         def name(param, mode):
             return f"{param} params" + ("" if mode == "plain" else f" with {describe(mode)}")
-        built = ", ".join(name(p, m) for p, m in KEPT)
+        built = ", ".join(name(p, m) for p, m in kept(stepped))
         return (f"{spec.class_name} with state_dtype={storage.state!r}, "
                 f"{name(storage.param, storage.mode)} has no CUDA kernel yet (its quantized "
                 f"CUDA kernels take {built}): {fix}")
