@@ -95,7 +95,7 @@ def _other_storages(compare):
 def _quantized_storages(spec):
     """The sampled quantized storages, for an optimizer with quantized kernels."""
     from fusedopt.backends.cuda import quantized
-    return quantized.sampled_storages() if quantized.covers(spec) else ()
+    return quantized.sampled_storages(spec.kernel) if quantized.covers(spec) else ()
 
 
 def _run_storage(spec, variant, storage, problem) -> None:

@@ -9,11 +9,15 @@ shuffles, so these kernels' threads cooperate, which the float kernels' never do
 Covered today: the families in :data:`FAMILIES` (every elementwise rule, no per-tensor
 reductions; a ``float_state`` slot, schedule-free's z and y, is float32 beside the codes,
 read and written as it is: ``FLOATS`` in kernels/quantized.cuh), the params and modes of
-:data:`KEPT`, codes rounded to nearest (stochastically under ``stochastic_rounding``).
-Every other quantized step on ``'cuda'`` is refused before anything changes
-(:func:`refusal`), with the CPU backend as the way to run it: LAMB and StableAdamW
-(per-tensor reductions over the codes), Muon (its momentum pass). (Adafactor refuses
-quantized state on every backend.)
+each family's :data:`KEPT` (Adam's family beside masters, remainders and Kahan summation
+on bfloat16 params, float16 params and float32 params with stochastic codes; every other
+family beside float32 and bfloat16 params), codes rounded to nearest (stochastically
+under ``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused
+before anything changes (:func:`refusal`, naming what the family's kernels take), with
+the CPU backend as the way to run it: LAMB and StableAdamW (per-tensor reductions over
+the codes), Muon (its momentum pass), float16 params but Adam's rounded to nearest, and
+the modes the families do not keep. (Adafactor refuses quantized state on every
+backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
@@ -22,7 +26,10 @@ rest is per family, not per entry point: the thirteen families beside Adam's at 
 three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at two pairs
 152 and 86 s (schedule-free's, added after, 42 entry points and 14.5 s). So every family
 builds all three pairs, and none refuses bfloat16 params rounded to nearest for a few
-seconds of the suite.
+seconds of the suite. Adam's family builds five pairs more (:data:`ADAM_PAIRS`): its 36
+entry points became 120 on sm_90, 23.6 CPU s of cold gate builds 55.3 (2026-12-07, the
+2-core machine shared); every storage its float kernels take (float16's master, Kahan and
+stochastic modes too) would have been 168 entry points and about 64 s more.
 """
 
 from __future__ import annotations
@@ -40,13 +47,27 @@ from ...memory.storage import Storage, describe, grad_dtypes
 FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd", "ftrl",
             "lion", "nadam", "radam", "rmsprop", "rprop", "schedulefree", "sgd")
 
-#: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
-#: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
-#: every family. Each pair is about 12 entry points per family in every gate (Adam's 6
-#: flag combinations, 2 formats), so
-#: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
-#: summation stay on the CPU backend for now.
-KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+#: (param dtype, mode) pairs every family's quantized kernels are built for: float32 and
+#: bfloat16 params, and bfloat16 params with stochastic rounding (of the param and the
+#: codes). Each pair is about 12 entry points per family in every gate (Adam's 6 flag
+#: combinations, 2 formats).
+PAIRS = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+
+#: Adam's family (Adam, AdamW, AMSGrad: the common case, e.g. AdamW q8 beside bfloat16
+#: params with float32 masters) beside more: float32 params with stochastic codes (the
+#: codes alone rounded stochastically, as a float32 param's float state is), bfloat16
+#: params in every mode (``storage.modes``: masters, remainders, Kahan summation) and
+#: float16 params rounded to nearest. Not float16's master, Kahan and stochastic modes
+#: (refused, the CPU backend steps them): each storage is 12 entry points, about 0.4 CPU s
+#: each across the gates (the module's docstring), and those four storages would add about
+#: 20 s to the 32 these add.
+ADAM_PAIRS = (*PAIRS, ("float32", "stochastic"), ("bfloat16", "master"),
+              ("bfloat16", "remainder"), ("bfloat16", "kahan"), ("float16", "plain"))
+#: family -> the (param dtype, mode) pairs its quantized kernels are built for: Adam's
+#: :data:`ADAM_PAIRS`, every other family's :data:`PAIRS` (what more would cost the gates:
+#: the module's docstring), so beside those float16 params, stochastic codes beside
+#: float32 params, masters, remainders and Kahan summation stay on the CPU backend for now.
+KEPT = {f: ADAM_PAIRS if f == "adam" else PAIRS for f in FAMILIES}
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -62,20 +83,24 @@ def family(kernel: str) -> str:
 KERNEL_FORMATS = ("q8", "q4")
 
 
-def storages() -> tuple[Storage, ...]:
-    """Every quantized storage whose kernel the runtime can request (a format of another
-    map requests its width's)."""
-    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT
+def storages(kernel: str) -> tuple[Storage, ...]:
+    """Every quantized storage of family ``kernel`` whose kernel the runtime can request (a
+    format of another map requests its width's)."""
+    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT[kernel]
                  for g in grad_dtypes(p, m))
 
 
-def sampled_storages() -> tuple[Storage, ...]:
-    """The quantized storages the gates that sample (the second arch's compile, the
-    sanitizers) take: each format on float32 params, and q8 with stochastic codes (the
-    rest differs only in the param's load and store, which the float kernels' gates cover
-    for every storage)."""
-    return tuple(st for st in storages() if st.param == "float32"
-                 or (st.mode, st.state) == ("stochastic", "q8"))
+def sampled_storages(kernel: str) -> tuple[Storage, ...]:
+    """The quantized storages of family ``kernel`` the gates that sample (the second
+    arch's compile, the sanitizers) take: each format on float32 params, q8 with
+    stochastic codes beside bfloat16 params and, where the family keeps them, q8 beside a
+    bfloat16 master with float32 grads (the master slot's address, load and store: the one
+    path the modes that keep a slot add to the loop). The rest differs only in the param's
+    load and store, which the float kernels' gates cover for every storage."""
+    sample = (*(Storage("float32", "float32", fmt) for fmt in KERNEL_FORMATS),
+              Storage("bfloat16", "bfloat16", "q8", "stochastic"),
+              Storage("bfloat16", "float32", "q8", "master"))
+    return tuple(st for st in storages(kernel) if st in sample)
 
 
 def covers(spec) -> bool:
@@ -109,7 +134,7 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     if not covers(spec):
         return []
     return [(st, f, entry(spec, st, f))
-            for st in storages() if st.param in spec.dtypes for f in spec.all_flags]
+            for st in storages(spec.kernel) if st.param in spec.dtypes for f in spec.all_flags]
 
 
 def refusal(spec, storage: Storage) -> str | None:
@@ -126,10 +151,11 @@ def refusal(spec, storage: Storage) -> str | None:
                "its family has no quantized CUDA kernels")
         return (f"{spec.class_name} with state_dtype={storage.state!r} has no CUDA kernel yet "
                 f"({why}): {fix}")
-    if (storage.param, storage.mode) not in KEPT:
+    kept = KEPT[spec.kernel]
+    if (storage.param, storage.mode) not in kept:
         def name(param, mode):
             return f"{param} params" + ("" if mode == "plain" else f" with {describe(mode)}")
-        built = ", ".join(name(p, m) for p, m in KEPT)
+        built = ", ".join(name(p, m) for p, m in kept)
         return (f"{spec.class_name} with state_dtype={storage.state!r}, "
                 f"{name(storage.param, storage.mode)} has no CUDA kernel yet (its quantized "
                 f"CUDA kernels take {built}): {fix}")
