@@ -31,6 +31,7 @@ from fusedopt.backends.cuda import quantized
 from fusedopt.engine.engine import Engine
 from fusedopt.engine.modes import switch
 from fusedopt.memory import quant
+from fusedopt.memory.storage import CUDA_TYPES, MODE_IDS, mode_of
 
 #: Slots kept float32 beside the codes (``Slot.float_state``, as declared: schedule-free's
 #: points z and y).
@@ -151,6 +152,15 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     launched = [n for n, _, _ in host_cuda.launches if n.startswith("adam_quantized<")]
     assert len(launched) == STEPS and len(host_cuda.launches) == 2 * STEPS  # float32 apart
     assert all(block == (96, 1, 1) for _, _, block in host_cuda.launches)
+    # The mode the options select (float32 params with stochastic_rounding: MODE
+    # STOCHASTIC, the codes rounded stochastically), and the grads' dtype.
+    mode = mode_of(options.get("master_weights", False),
+                   options.get("stochastic_rounding", False),
+                   options.get("kahan_summation", False))
+    grad = options.get("grads", dtype)
+    wanted = f"{CUDA_TYPES[np.dtype(dtype).name]}, {CUDA_TYPES[np.dtype(grad).name]}, "
+    assert all(n.split("<")[1].startswith(wanted) for n in launched), launched
+    assert {n.split(", ")[3] for n in launched} == {str(MODE_IDS[mode])}
 
 
 def _fullest(spec, convention):
