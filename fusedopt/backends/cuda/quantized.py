@@ -60,7 +60,7 @@ PAIRS = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic")
 #: float16 params rounded to nearest. Not float16's master, Kahan and stochastic modes
 #: (refused, the CPU backend steps them): each storage is 12 entry points, about 0.4 CPU s
 #: each across the gates (the module's docstring), and those four storages measured about
-#: 30 s more than the 32 these add.
+#: 30 s more than the 32 to 40 these add.
 ADAM_PAIRS = (*PAIRS, ("float32", "stochastic"), ("bfloat16", "master"),
               ("bfloat16", "remainder"), ("bfloat16", "kahan"), ("float16", "plain"))
 #: family -> the (param dtype, mode) pairs its quantized kernels are built for: Adam's
