@@ -28,8 +28,9 @@ three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at t
 builds all three pairs, and none refuses bfloat16 params rounded to nearest for a few
 seconds of the suite. Adam's family builds five pairs more (:data:`ADAM_PAIRS`): its 36
 entry points became 120 on sm_90, 23.6 CPU s of cold gate builds 55.3 (25.0 and 65.3 in
-a second run; 2026-12-07, the 2-core machine shared); every storage its float kernels take (float16's master, Kahan and
-stochastic modes too) measured 168 entry points and 88.4 s, against 24.3 in that run.
+a second run; 2026-12-07, the 2-core machine shared); every storage its float kernels
+take (float16's master, Kahan and stochastic modes too) measured 168 entry points and
+88.4 s, against 24.3 in that run.
 """
 
 from __future__ import annotations
