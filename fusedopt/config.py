@@ -99,6 +99,14 @@ REGISTER_BUDGET_QUANTIZED = 80
 #: a GPU.)
 REGISTER_BUDGET_QUANTIZED_STOCHASTIC = 96
 
+#: The budget of those that keep a master slot (MODE MASTER, REMAINDER, KAHAN: Adam's
+#: family only, fusedopt/backends/cuda/quantized.py): the slot's address and each
+#: element's float32 master, int16 remainder or 16-bit compensation beside the values
+#: held, and ptxas gives q8 AMSGrad (three slots) 84 on sm_90 in each mode. 96 keeps 2
+#: blocks of 256 threads per SM resident, as the stochastic budget does. (Not measured on
+#: a GPU.)
+REGISTER_BUDGET_QUANTIZED_MASTER = 96
+
 #: The budget of quantized-state entry points of four slots (Adan), in either mode: a q8
 #: lane holds 32 decoded values across the shuffles, and ptxas gives them up to 88
 #: registers rounded to nearest and 102 stochastically (sm_90; no spills at either). 104

@@ -1,7 +1,8 @@
 """q8 / q4 state on the CUDA backend (kernels/quantized.cuh), run on the host (tests/cuda_host).
 
 - The CUDA step gives the CPU backend's bits - params, codes and absmax, codes rounded to
-  nearest and (bfloat16 params, ``stochastic_rounding``) stochastically - over several
+  nearest and (``stochastic_rounding``) stochastically, and the master, remainder or Kahan
+  compensation beside bfloat16 params (Adam's family only) - over several
   steps, for several params of different sizes in one launch: a block whose absmax stays 0,
   a partial last block, a block that a NaN makes NaN, a param below
   ``min_quantized_size`` keeping float32 state (its own launch), chunks of several blocks
@@ -30,10 +31,14 @@ from fusedopt.backends.cuda import quantized
 from fusedopt.engine.engine import Engine
 from fusedopt.engine.modes import switch
 from fusedopt.memory import quant
+from fusedopt.memory.storage import CUDA_TYPES, MODE_IDS, mode_of
 
 #: Slots kept float32 beside the codes (``Slot.float_state``, as declared: schedule-free's
 #: points z and y).
 FLOAT_SLOTS = ("z", "y")
+#: The slot a mode keeps after the optimizer's, and its dtype (None: the param's):
+#: fusedopt/memory/storage.py's masters and Kahan's compensation, never coded.
+MASTER_SLOTS = {"master": np.float32, "remainder": np.int16, "compensation": None}
 #: Quantized at min_quantized_size 256: 5000 (a partial last block), 300, 1031 and 37 x 53;
 #: 100 keeps float32 state.
 SHAPES = ((5000,), (100,), (300,), (1031,), (37, 53))
@@ -55,6 +60,8 @@ def _run(backend, name, convention, hp, dtype, options, fmt, switch_after=None):
     """Params and each param's slots as (name, array) pairs after :data:`STEPS` steps;
     ``switch_after``: eval() then train() after that step (schedule-free)."""
     rng = np.random.default_rng(5)
+    options = dict(options)
+    grad_dtype = options.pop("grads", dtype)  # the param's dtype unless a master's float32
     params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     engine = Engine(REGISTRY[name], convention, backend=backend, state_dtype=fmt,
                     min_quantized_size=MIN_SIZE, seed=3, **options)
@@ -65,7 +72,7 @@ def _run(backend, name, convention, hp, dtype, options, fmt, switch_after=None):
         grads[0][:quant.FORMATS[fmt].block] = 0.0
         if step == STEPS - 1:
             grads[0][NAN] = np.nan
-        engine.step([g.astype(dtype) for g in grads])
+        engine.step([g.astype(grad_dtype) for g in grads])
         if step == switch_after:
             switch(engine, True)
             params.append([p.copy() for p in engine.params[:len(SHAPES)]])  # x
@@ -89,12 +96,14 @@ def _assert_same_bits(cuda, cpu, fmt, what=""):
                                       cpu_params[t].view(np.uint8), err_msg=f"{what} param {t}")
         assert [k for k, _ in cuda_states[t]] == [k for k, _ in cpu_states[t]], what
         for (k, a), (_, b) in zip(cuda_states[t], cpu_states[t]):
-            coded = np.prod(shape) >= MIN_SIZE and k not in FLOAT_SLOTS
-            assert a.dtype == (np.uint8 if coded else np.float32), (what, t, k, a.dtype)
+            coded = np.prod(shape) >= MIN_SIZE and k not in (*FLOAT_SLOTS, *MASTER_SLOTS)
+            kept = MASTER_SLOTS.get(k, np.float32) or cuda_params[t].dtype
+            assert a.dtype == (np.uint8 if coded else kept), (what, t, k, a.dtype)
             np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8),
                                           err_msg=f"{what} param {t} slot {k}")
     assert cuda_states[0], what
-    return [_blocks_seen(slot, fmt) for k, slot in cuda_states[0] if k not in FLOAT_SLOTS]
+    return [_blocks_seen(slot, fmt) for k, slot in cuda_states[0]
+            if k not in (*FLOAT_SLOTS, *MASTER_SLOTS)]
 
 
 def _blocks_seen(slot, fmt):
@@ -106,16 +115,33 @@ def _blocks_seen(slot, fmt):
             bool(np.all(np.isfinite(np.delete(absmax, nan)))))
 
 
+#: AdamW q8 beside the storages only Adam's family has quantized kernels for
+#: (quantized.ADAM_PAIRS): bfloat16 params with a float32 master (float32 grads), with a
+#: remainder, with Kahan summation, float16 params, and float32 params with stochastic
+#: codes.
+ADAMW = ("adamw", "torch", dict(learning_rate=1e-2, weight_decay=0.01))
+ADAM_ONLY = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.float32)),
+             (*ADAMW, ml_dtypes.bfloat16, dict(master_weights="remainder")),
+             (*ADAMW, ml_dtypes.bfloat16, dict(kahan_summation=True)),
+             (*ADAMW, np.float16, {}),
+             (*ADAMW, np.float32, dict(stochastic_rounding=True))]
+
 #: Both formats of the first case; q8 of the second (q4's stochastic codes are the same
 #: code path between other tables: the sanitizers and the compile gates cover them); the
 #: third in q8-bitsandbytes, whose decision points are not the midpoints (the variant
-#: tests/test_quantized_peers.py steps on the CPU).
+#: tests/test_quantized_peers.py steps on the CPU); :data:`ADAM_ONLY` in q8.
 RUNS = [(*CASES[0], "q8"), (*CASES[0], "q4"), (*CASES[1], "q8"),
-        (*CASES[2], "q8-bitsandbytes")]
+        (*CASES[2], "q8-bitsandbytes"), *((*case, "q8") for case in ADAM_ONLY)]
+
+
+def _run_id(run):
+    name, _, _, dtype, options, fmt = run
+    extra = [k if v is True else f"{k}={v}" for k, v in options.items() if k != "grads"]
+    return "-".join([name, np.dtype(dtype).name, *extra, fmt])
 
 
 @pytest.mark.parametrize("name, convention, hp, dtype, options, fmt", RUNS,
-                         ids=[f"{r[0]}-{r[-1]}" for r in RUNS])
+                         ids=[_run_id(r) for r in RUNS])
 def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, hp, dtype,
                                       options, fmt):
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)  # chunks of several blocks
@@ -126,6 +152,15 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     launched = [n for n, _, _ in host_cuda.launches if n.startswith("adam_quantized<")]
     assert len(launched) == STEPS and len(host_cuda.launches) == 2 * STEPS  # float32 apart
     assert all(block == (96, 1, 1) for _, _, block in host_cuda.launches)
+    # The mode the options select (float32 params with stochastic_rounding: MODE
+    # STOCHASTIC, the codes rounded stochastically), and the grads' dtype.
+    mode = mode_of(options.get("master_weights", False),
+                   options.get("stochastic_rounding", False),
+                   options.get("kahan_summation", False))
+    grad = options.get("grads", dtype)
+    wanted = f"{CUDA_TYPES[np.dtype(dtype).name]}, {CUDA_TYPES[np.dtype(grad).name]}, "
+    assert all(n.split("<")[1].startswith(wanted) for n in launched), launched
+    assert {n.split(", ")[3] for n in launched} == {str(MODE_IDS[mode])}
 
 
 def _fullest(spec, convention):
@@ -225,14 +260,17 @@ def test_schedule_free_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, name, co
     assert sum(", 0, 0, 1, 1>" in n for n in launched) == 1, launched  # to eval, y kept
 
 
-REFUSED = [  # (optimizer, constructor options, what the message names)
-    ("lamb", dict(float16=True), "kernels take float32 params, bfloat16 params, "
-                                 "bfloat16 params with stochastic_rounding=True"),
-    ("adagrad", dict(float16=True), "kernels take float32 params, bfloat16 params, "
-                                    "bfloat16 params with stochastic_rounding=True"),
-    ("adam", dict(master_weights=True), "master_weights=True"),
-    ("adam", dict(kahan_summation=True), "kahan_summation=True"),
-    ("adam", dict(float16=True), "float16 params"),
+#: What every family's quantized kernels take (Adam's take more: ADAM_PAIRS).
+EVERY_FAMILY = ("kernels take float32 params, bfloat16 params, bfloat16 params with "
+                "stochastic_rounding=True")
+REFUSED = [  # (optimizer, constructor options, what the message names); bfloat16 params
+    ("lamb", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
+    ("adagrad", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
+    ("adagrad", dict(master_weights=True), f"master_weights=True.*{EVERY_FAMILY}"),
+    ("rmsprop", dict(kahan_summation=True), f"kahan_summation=True.*{EVERY_FAMILY}"),
+    ("adam", dict(float16=True, master_weights=True),
+     "float16 params with master_weights=True.*float32 params with stochastic_rounding=True"
+     ".*bfloat16 params with master_weights='remainder'.*float16 params"),
     ("muon", {}, "kernels take float32 params\\)"),  # its momentum pass: float32 only
 ]
 

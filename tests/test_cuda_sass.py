@@ -141,3 +141,16 @@ def test_kernel_table_replaces_only_between_its_markers():
     assert report.replace_table(text, "new") == f"intro\n{report.START}\nnew\n{report.END}\noutro\n"
     with pytest.raises(ValueError, match="markers are missing"):
         report.replace_table("no markers", "new")
+
+
+def test_quantized_entries_keeping_a_master_slot_get_their_budget():
+    """Adam's quantized entry points with a master, a remainder or a Kahan compensation
+    have REGISTER_BUDGET_QUANTIZED_MASTER; rounded to nearest without one, the quantized
+    budget."""
+    from fusedopt.memory.storage import MODE_IDS
+    for mode in ("master", "remainder", "kahan"):
+        name = f"adam_quantized<__nv_bfloat16, float, fusedopt::Q8, {MODE_IDS[mode]}, 0, 1>"
+        assert sass.register_budget(name) == (config.REGISTER_BUDGET_QUANTIZED_MASTER,
+                                              "REGISTER_BUDGET_QUANTIZED_MASTER")
+    assert sass.register_budget("adam_quantized<__half, __half, fusedopt::Q8, 0, 0, 1>") == (
+        config.REGISTER_BUDGET_QUANTIZED, "REGISTER_BUDGET_QUANTIZED")

@@ -69,6 +69,7 @@ def markdown(rows) -> str:
              f"float64 kernels, {config.REGISTER_BUDGET_SEVEN_ARRAYS} for those moving seven "
              f"arrays; quantized state {config.REGISTER_BUDGET_QUANTIZED}, "
              f"{config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC} with stochastic codes, "
+             f"{config.REGISTER_BUDGET_QUANTIZED_MASTER} with a master, "
              f"{config.REGISTER_BUDGET_QUANTIZED_FOUR_SLOTS} with four slots: "
              "fusedopt/config.py). One row per family, storage (param, grad, state, mode) and "
              "architecture, over all its variants.", "", _HEADER]

@@ -5,9 +5,10 @@
 misaligned view and shrunk launch sizes, for every registered optimizer and every entry
 point of float32 and float64 params, and of the sampled storages
 (``fusedopt.backends.cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
-mode), and q8 and q4 state of the optimizers that have quantized kernels (float32 params;
-the shapes below and above ``min_quantized_size``, so float32 state beside the codes; Muon's
-quantized momentum over its matrices and one larger). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
+mode), and q8 and q4 state of the optimizers that have quantized kernels (their sampled
+quantized storages, ``quantized.sampled_storages``: float32 params, bfloat16 stochastic,
+Adam's bfloat16 master; the shapes below and above ``min_quantized_size``, so float32
+state beside the codes; Muon's quantized momentum over its matrices and one larger). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
@@ -100,7 +101,7 @@ def _other_storages(compare):
 def _quantized_storages(spec):
     """The sampled quantized storages, for an optimizer with quantized kernels."""
     from fusedopt.backends.cuda import quantized
-    return quantized.sampled_storages() if quantized.covers(spec) else ()
+    return quantized.sampled_storages(spec.kernel) if quantized.covers(spec) else ()
 
 
 def _run_storage(spec, variant, storage, problem) -> None:

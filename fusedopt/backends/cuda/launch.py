@@ -153,8 +153,9 @@ def sampled_entry_points() -> Mapping[str, tuple[str, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _sampled_entry_points(registered: tuple) -> Mapping[str, tuple[str, ...]]:
-    sampled = {st.template_args() for st in (*sampled_storages(),
-                                             *quantized.sampled_storages())} | {""}
+    sampled = {st.template_args() for st in (
+        *sampled_storages(), *(st for kernel in quantized.FAMILIES
+                               for st in quantized.sampled_storages(kernel)))} | {""}
     return MappingProxyType({family: tuple(n for n in names if storage_args(n) in sampled)
                              for family, names in _entry_points(registered).items()})
 

@@ -11,11 +11,14 @@ whose ``float_state`` slots (z and y) are float32 beside the codes, read and wri
 they are (``FLOATS`` in kernels/quantized.cuh); LAMB and StableAdamW, whose per-tensor
 reductions read the codes through ``kernels/<family>_reduce_quantized.cu``
 (kernels/quantized_reduce.cuh); and Muon's momentum pass, whose one float32 slot is its
-output (:data:`OUTPUTS`). The params and modes of :data:`KEPT` (Muon: of
-:data:`KEPT_BY_FAMILY`), codes rounded to nearest (stochastically under
-``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
-anything changes (:func:`refusal`), with the CPU backend as the way to run it. (Adafactor
-refuses quantized state on every backend.)
+output (:data:`OUTPUTS`). Each family beside the params and modes of its :data:`KEPT`
+(Adam's family beside masters, remainders and Kahan summation on bfloat16 params,
+float16 params and float32 params with stochastic codes; Muon's beside float32 params;
+every other family beside float32 and bfloat16 params), codes rounded to nearest
+(stochastically under ``stochastic_rounding``). Every other quantized step on ``'cuda'``
+is refused before anything changes (:func:`refusal`, naming what the family's kernels
+take), with the CPU backend as the way to run it. (Adafactor refuses quantized state on
+every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
@@ -26,7 +29,11 @@ three pairs are 228 entry points on sm_90 and 94 CPU s of cold gate builds, at t
 StableAdamW's, with their reductions over the codes, 50 entry points and 32 s; Muon's
 momentum pass, on float32 params only, 8 entry points and 6.9 s). So every family builds
 all three pairs, and none refuses bfloat16 params rounded to nearest for a few seconds of
-the suite.
+the suite. Adam's family builds five pairs more (:data:`ADAM_PAIRS`): its 36 entry points
+became 120 on sm_90, 23.6 CPU s of cold gate builds 55.3 (25.0 and 65.3 in a second run;
+2026-12-07, the 2-core machine shared); every storage its float kernels take (float16's
+master, Kahan and stochastic modes too) measured 168 entry points and 88.4 s, against
+24.3 in that run.
 """
 
 from __future__ import annotations
@@ -52,19 +59,32 @@ FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd",
 #: m (kernels/muon_momentum_quantized.cu; fusedopt/engine/orthogonal.py).
 OUTPUTS = {"muon_momentum": "u"}
 
-#: (param dtype, mode) pairs the quantized kernels are built for: float32 and bfloat16
-#: params, and bfloat16 params with stochastic rounding (of the param and the codes), for
-#: every family. Each pair is about 12 entry points per family in every gate (Adam's 6
-#: flag combinations, 2 formats), so
-#: float16 params, stochastic codes beside float32 params, masters, remainders and Kahan
-#: summation stay on the CPU backend for now.
-KEPT = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
+#: (param dtype, mode) pairs every family's quantized kernels are built for: float32 and
+#: bfloat16 params, and bfloat16 params with stochastic rounding (of the param and the
+#: codes). Each pair is about 12 entry points per family in every gate (Adam's 6 flag
+#: combinations, 2 formats).
+PAIRS = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"))
 
-#: Families built for fewer pairs. Muon's momentum pass: float32 params only, the dtype of
-#: the output it writes in the param's row (a bfloat16 param's float32 update would also
-#: need a weight pass reading float32 updates, which the float path does not build); Muon
-#: refuses every mode but plain on every backend.
-KEPT_BY_FAMILY = {"muon_momentum": (("float32", "plain"),)}
+#: Adam's family (Adam, AdamW, AMSGrad: the common case, e.g. AdamW q8 beside bfloat16
+#: params with float32 masters) beside more: float32 params with stochastic codes (the
+#: codes alone rounded stochastically, as a float32 param's float state is), bfloat16
+#: params in every mode (``storage.modes``: masters, remainders, Kahan summation) and
+#: float16 params rounded to nearest. Not float16's master, Kahan and stochastic modes
+#: (refused, the CPU backend steps them): each storage is 12 entry points, about 0.4 CPU s
+#: each across the gates (the module's docstring), and those four storages measured about
+#: 30 s more than the 32 to 40 these add.
+ADAM_PAIRS = (*PAIRS, ("float32", "stochastic"), ("bfloat16", "master"),
+              ("bfloat16", "remainder"), ("bfloat16", "kahan"), ("float16", "plain"))
+#: family -> the (param dtype, mode) pairs its quantized kernels are built for: Adam's
+#: :data:`ADAM_PAIRS`, every other family's :data:`PAIRS` (what more would cost the gates:
+#: the module's docstring), so beside those float16 params, stochastic codes beside
+#: float32 params, masters, remainders and Kahan summation stay on the CPU backend for now.
+#: Muon's momentum pass is built for fewer: float32 params only, the dtype of the output it
+#: writes in the param's row (a bfloat16 param's float32 update would also need a weight
+#: pass reading float32 updates, which the float path does not build); Muon refuses every
+#: mode but plain on every backend.
+KEPT = {**{f: PAIRS for f in FAMILIES}, "adam": ADAM_PAIRS,
+        "muon_momentum": (("float32", "plain"),)}
 
 #: Threads of one warp, which owns one quantization block at a time.
 WARP = 32
@@ -80,20 +100,25 @@ def family(kernel: str) -> str:
 KERNEL_FORMATS = ("q8", "q4")
 
 
-def storages() -> tuple[Storage, ...]:
-    """Every quantized storage whose kernel the runtime can request (a format of another
-    map requests its width's)."""
-    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT
+def storages(kernel: str) -> tuple[Storage, ...]:
+    """Every quantized storage of family ``kernel`` whose kernel the runtime can request (a
+    format of another map requests its width's)."""
+    return tuple(Storage(p, g, fmt, m) for fmt in KERNEL_FORMATS for p, m in KEPT[kernel]
                  for g in grad_dtypes(p, m))
 
 
-def sampled_storages() -> tuple[Storage, ...]:
-    """The quantized storages the gates that sample (the second arch's compile, the
-    sanitizers) take: each format on float32 params, and q8 with stochastic codes (the
-    rest differs only in the param's load and store, which the float kernels' gates cover
-    for every storage)."""
-    return tuple(st for st in storages() if st.param == "float32"
-                 or (st.mode, st.state) == ("stochastic", "q8"))
+def sampled_storages(kernel: str) -> tuple[Storage, ...]:
+    """The quantized storages of family ``kernel`` the gates that sample (the second
+    arch's compile, the sanitizers) take: each format on float32 params, q8 with
+    stochastic codes beside bfloat16 params and, where the family keeps them, q8 beside a
+    bfloat16 master (the master slot's address, load and store: the one path the modes
+    that keep a slot add to the loop; bfloat16 grads, as the float kernels' sample, which
+    steps the params below ``min_quantized_size``). The rest differs only in the param's
+    load and store, which the float kernels' gates cover for every storage."""
+    sample = (*(Storage("float32", "float32", fmt) for fmt in KERNEL_FORMATS),
+              Storage("bfloat16", "bfloat16", "q8", "stochastic"),
+              Storage("bfloat16", "bfloat16", "q8", "master"))
+    return tuple(st for st in storages(kernel) if st in sample)
 
 
 def covers(spec) -> bool:
@@ -131,7 +156,7 @@ def stepped_by(spec):
 
 def kept(spec) -> tuple[tuple[str, str], ...]:
     """The (param dtype, mode) pairs ``spec``'s family is built for."""
-    return KEPT_BY_FAMILY.get(spec.kernel, KEPT)
+    return KEPT[spec.kernel]
 
 
 def entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:
@@ -144,9 +169,8 @@ def entries(spec) -> list[tuple[Storage, tuple[int, ...], str]]:
     """(storage, flags, name expression) of every quantized entry point of ``spec``."""
     if not covers(spec):
         return []
-    pairs = kept(spec)
-    return [(st, f, entry(spec, st, f)) for st in storages()
-            if st.param in spec.dtypes and (st.param, st.mode) in pairs for f in spec.all_flags]
+    return [(st, f, entry(spec, st, f))
+            for st in storages(spec.kernel) if st.param in spec.dtypes for f in spec.all_flags]
 
 
 def reduce_entry(spec, storage: Storage, flags: tuple[int, ...]) -> str:

@@ -105,7 +105,8 @@ class KernelReport:
 def register_budget(name: str) -> tuple[int, str]:
     """(budget, its name in fusedopt.config) of the entry point ``name``: float64 kernels
     (``family<double, ...>``), optimizer entry points moving seven arrays and those of
-    quantized state (those of four slots apart) have their own."""
+    quantized state (those of four slots, stochastic codes and a master slot apart) have
+    their own."""
     if name.split("<", 1)[-1].startswith("double"):
         return config.REGISTER_BUDGET_FLOAT64, "REGISTER_BUDGET_FLOAT64"
     if "fusedopt::Q" in name:  # quantized state: kernels/quantized.cuh
@@ -116,6 +117,8 @@ def register_budget(name: str) -> tuple[int, str]:
         if name.split(", ")[3] == str(MODE_IDS["stochastic"]):
             return (config.REGISTER_BUDGET_QUANTIZED_STOCHASTIC,
                     "REGISTER_BUDGET_QUANTIZED_STOCHASTIC")
+        if name.split(", ")[3] in {str(MODE_IDS[m]) for m in ("master", "remainder", "kahan")}:
+            return config.REGISTER_BUDGET_QUANTIZED_MASTER, "REGISTER_BUDGET_QUANTIZED_MASTER"
         return config.REGISTER_BUDGET_QUANTIZED, "REGISTER_BUDGET_QUANTIZED"
     if _arrays().get(name, 0) >= 7:
         return config.REGISTER_BUDGET_SEVEN_ARRAYS, "REGISTER_BUDGET_SEVEN_ARRAYS"
