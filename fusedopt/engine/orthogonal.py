@@ -131,13 +131,15 @@ class _Passes:
             for j, i in enumerate(members):
                 self.updates[i] = stack[j].T if fortran else stack[j]
         with launch.kind.launch_context(launch.device):
-            # A backend may lay the pass's operands out its own way (CUDA's quantized
-            # momentum: u in the param's row, fusedopt/backends/cuda/launch.py)
-            made = getattr(backend, "momentum_group", None)
-            self.first = (made(group.storage, group.params, group.states, self.updates)
-                          if made else backend.group(group.storage, group.params,
-                                                     [[*s, u] for s, u in
-                                                      zip(group.states, self.updates)]))
+            # Each param, its slots, then its update u; a backend may lay quantized
+            # momentum out its own way (CUDA: u in the param's row,
+            # fusedopt/backends/cuda/launch.py quantized_momentum_group)
+            coded = getattr(backend, "quantized_momentum_group", None)
+            if group.storage.quantized and coded is not None:
+                self.first = coded(group.storage, group.states, self.updates)
+            else:
+                self.first = backend.group(group.storage, group.params,
+                                           [[*s, u] for s, u in zip(group.states, self.updates)])
             self.second = backend.group(floats, group.params, [[] for _ in group.params])
 
 

@@ -112,19 +112,17 @@ def matrix_passes(spec) -> tuple:
 def matrix_entries(part) -> list[str]:
     """Every float entry point of a matrix pass: plain storage of the param's dtype (and
     beside quantized momentum, float32 params' float32 state: the same entries); the
-    quantized momentum pass has its own family (:func:`momentum_group`)."""
+    quantized momentum pass has its own family (:func:`quantized_momentum_group`)."""
     return [name for st, _, name in part.entries() if st == Storage(st.param, st.param,
                                                                        st.param)]
 
 
-def momentum_group(storage, params, states, updates) -> Group:
-    """The group of a matrix transform's momentum pass (fusedopt/engine/orthogonal.py): each
-    param, its slots, then its update ``u``; with quantized state, ``u`` in the param's row
-    and the codes alone in the slot rows (kernels/muon_momentum_quantized.cu: the pass never
-    reads or changes the param, and kernels/quantized.cuh codes every slot)."""
-    if getattr(storage, "quantized", False):
-        return group(storage, updates, states)
-    return group(storage, params, [[*s, u] for s, u in zip(states, updates)])
+def quantized_momentum_group(storage, states, updates) -> Group:
+    """The group of a matrix transform's momentum pass over quantized state
+    (fusedopt/engine/orthogonal.py lays out the float one): each update ``u`` in its param's
+    row and the codes alone in the slot rows (kernels/muon_momentum_quantized.cu: the pass
+    never reads or changes the param, and kernels/quantized.cuh codes every slot)."""
+    return group(storage, updates, states)
 
 
 def sampled_storages() -> list:
