@@ -155,11 +155,7 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
                     scratch[2, i] = yc[i] if fc else decode(2, q2, i, sc)
                 if ns > 3:
                     scratch[3, i] = yd[i] if fd else decode(3, q3, i, sd)
-        # Each slot's absmax is taken in the same loop: the integer maximum of the new
-        # values' bits without the sign (ordered as the magnitudes, every NaN above inf, so
-        # a NaN makes it NaN), a reduction the vectorizer takes where a float maximum that
-        # keeps NaN is not; cast back to uint32 (Numba widens ``&`` to 64 bits), so that it
-        # runs in 32-bit lanes, 16 to a 512-bit vector.
+        # Each slot's absmax is taken in the same loop (:func:`_top_bits`).
         t0, t1, t2, t3 = _U(0), _U(0), _U(0), _U(0)
         for i in range(length):
             if inline_decode:
@@ -181,24 +177,16 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
                 vb[i] = new[6]
             if ns > 0:
                 scratch[0, i] = np.float32(new[1])
-                if not fa:
-                    u = _U(float_bits(np.float32(new[1])) & _ABS)
-                    t0 = u if u > t0 else t0
+                t0 = t0 if fa else _top_bits(t0, np.float32(new[1]))
             if ns > 1:
                 scratch[1, i] = np.float32(new[2])
-                if not fb:
-                    u = _U(float_bits(np.float32(new[2])) & _ABS)
-                    t1 = u if u > t1 else t1
+                t1 = t1 if fb else _top_bits(t1, np.float32(new[2]))
             if ns > 2:
                 scratch[2, i] = np.float32(new[3])
-                if not fc:
-                    u = _U(float_bits(np.float32(new[3])) & _ABS)
-                    t2 = u if u > t2 else t2
+                t2 = t2 if fc else _top_bits(t2, np.float32(new[3]))
             if ns > 3:
                 scratch[3, i] = np.float32(new[4])
-                if not fd:
-                    u = _U(float_bits(np.float32(new[4])) & _ABS)
-                    t3 = u if u > t3 else t3
+                t3 = t3 if fd else _top_bits(t3, np.float32(new[4]))
         if ns > 0:
             if fa:
                 ya[:] = scratch[0, :length]
@@ -224,6 +212,17 @@ def _block_variant(variant, p, g, d0, d1, d2, d3, f0, f1, f2, f3, y0, y1, y2, y3
                 encode(3, d3, base, f3, scratch[3], length, bits_float(t3), key,
                        first)
     return body
+
+
+@njit(inline="always", **RULE)
+def _top_bits(top, value):
+    """The larger of ``top`` and the bits of |value|: a step of a block's absmax as the
+    integer maximum of its values' bits without the sign (ordered as the magnitudes, every
+    NaN above inf, so a NaN makes it NaN), a reduction the vectorizer takes where a float
+    maximum that keeps NaN is not; cast back to uint32 (Numba widens ``&`` to 64 bits), so
+    that it runs in 32-bit lanes, 16 to a 512-bit vector."""
+    bits = _U(float_bits(value) & _ABS)
+    return bits if bits > top else top
 
 
 def _floats(variant) -> tuple:
