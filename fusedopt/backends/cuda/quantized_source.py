@@ -7,7 +7,7 @@ fusedopt/backends/cuda/codegen.py writes them beside ``kernels/<family>.cu``."""
 from __future__ import annotations
 
 from . import quantized
-from .translate import _pascal
+from .translate import RuleError, _pascal
 
 
 def step_source(spec, header: list[str], slots: str) -> str:
@@ -29,7 +29,7 @@ def step_source(spec, header: list[str], slots: str) -> str:
                  f"    FUSEDOPT_APPLY_QUANTIZED_FLOATS(P, G, F, MODE, {slots}, FLOATS, "
                  f"{rule});"])
     elif floats is not None:
-        raise ValueError(f"{spec.name}: float32 slots beside codes with per-tensor "
+        raise RuleError(f"{spec.name}: float32 slots beside codes with per-tensor "
                          "reductions have no quantized CUDA kernel")
     else:
         params = ("FUSEDOPT_OPTIMIZER_PARAMS(P), const double* __restrict__ tensor_scalars,\n"
