@@ -9,12 +9,18 @@
   and warps without a block in a launch's last round. The CPU backend's quantized step is
   itself held to the float64 oracle (tests/test_quantized_state.py).
 - Every other family with quantized kernels likewise, each in its variant with the most
-  slots, in q8: beside float32 params, and beside bfloat16 params with stochastic rounding
-  (one test each, looping over the families: a host launch of these kernels runs a
-  block's threads as OS threads, so each test item costs seconds).
-- Schedule-free AdamW and SGD in q8, whose z (and the y eval() keeps) stay float32 beside
-  the codes: the same bits for params, codes, absmax and those float32 slots, and for the
-  points eval() gives, through eval() and train() (the switch's quantized kernel).
+  slots: every family in q8 beside float32 params; one family per count of slots (1 to 4,
+  another family of a count in each run) in q8 beside bfloat16 params with stochastic
+  rounding, and in q4 beside bfloat16 params rounded to nearest (one test each, looping
+  over the families: a host launch of these kernels runs a block's threads as OS threads,
+  and each family costs a CPU compile of its variant, so each test item costs seconds;
+  why one family per count covers the rest: the test's docstring).
+- Schedule-free AdamW and SGD, whose z (and the y eval() keeps) stay float32 beside the
+  codes: the same bits for params, codes, absmax and those float32 slots, and for the
+  points eval() gives, through eval() and train() (the switch's quantized kernel), in q8
+  and q4 beside float32 params, SGD in both conventions; beside bfloat16 params (eval()
+  refused there on every backend) their steps, AdamW's in q4 with its param and codes
+  rounded stochastically, SGD's in q8 rounded to nearest.
 - A quantized step the CUDA backend has no kernel for is refused before anything changes,
   naming what is missing and backend='cpu'.
 """
@@ -126,8 +132,8 @@ ADAM_ONLY = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.flo
              (*ADAMW, np.float16, {}),
              (*ADAMW, np.float32, dict(stochastic_rounding=True))]
 
-#: Both formats of the first case; q8 of the second (q4's stochastic codes are the same
-#: code path between other tables: the sanitizers and the compile gates cover them); the
+#: Both formats of the first case; q8 of the second (q4's stochastic codes: schedule-free
+#: AdamW's case below, the same loop between other tables); the
 #: third in q8-bitsandbytes, whose decision points are not the midpoints (the variant
 #: tests/test_quantized_peers.py steps on the CPU); :data:`ADAM_ONLY` in q8.
 RUNS = [(*CASES[0], "q8"), (*CASES[0], "q4"), (*CASES[1], "q8"),
@@ -163,6 +169,14 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     assert {n.split(", ")[3] for n in launched} == {str(MODE_IDS[mode])}
 
 
+def storage_args(dtype, options, fmt):
+    """The first template arguments of a quantized entry point stepping ``dtype`` params
+    (and grads) with constructor ``options`` in format ``fmt``: param, grad, format, mode."""
+    cuda_type = CUDA_TYPES[np.dtype(dtype).name]
+    mode = MODE_IDS[mode_of(False, options.get("stochastic_rounding", False), False)]
+    return f"{cuda_type}, {cuda_type}, fusedopt::{fmt.upper()}, {mode}, "
+
+
 def _fullest(spec, convention):
     """The variant of ``spec`` with the most slots, in ``convention`` where it has one."""
     from cuda_host import compare
@@ -177,55 +191,72 @@ def _fullest(spec, convention):
 #: momentum pass: tests/test_cuda_muon.py).
 FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
             if quantized.covers(s) and s.kernel != "adam" and s.reductions is None}
-#: (param dtype, constructor options, the convention preferred): codes to nearest beside
-#: float32 params; stochastic params and codes beside bfloat16 ones.
-FAMILY_RUNS = {"float32": (np.float32, {}, "keras"),
-               "bfloat16-stochastic": (ml_dtypes.bfloat16, dict(stochastic_rounding=True),
-                                       "torch")}
+#: (param dtype, constructor options, the convention preferred, format): codes to nearest
+#: beside float32 params; stochastic params and codes beside bfloat16 ones; q4's codes, two
+#: to a byte, beside bfloat16 params rounded to nearest.
+FAMILY_RUNS = {"q8-float32": (np.float32, {}, "keras", "q8"),
+               "q8-bfloat16-stochastic": (ml_dtypes.bfloat16, dict(stochastic_rounding=True),
+                                          "torch", "q8"),
+               "q4-bfloat16": (ml_dtypes.bfloat16, {}, "keras", "q4")}
 
 
-def _one_per_slot_count(families, convention):
-    """The first family (by name) of each count of slots of its fullest variant."""
+def _one_per_slot_count(families, convention, nth=0):
+    """Of each count of slots of the families' fullest variants, the ``nth`` family by
+    name (cyclically), so that runs of different ``nth`` step different families."""
     from cuda_host import compare
-    chosen = {}
-    for kernel, name in families:
+    by_count = {}
+    for kernel, name in sorted(families):
         spec = REGISTRY[name]
         v = _fullest(spec, convention)
         count = len(spec.slots(spec.flags(compare.full_hyper(spec, v), v.convention)))
-        chosen.setdefault(count, (kernel, name))
-    assert len(chosen) >= 4, chosen  # 1 to 4 slots
-    return sorted(chosen.values())
+        by_count.setdefault(count, []).append((kernel, name))
+    assert set(by_count) >= {1, 2, 3, 4}, by_count
+    return sorted(members[nth % len(members)] for members in by_count.values())
 
 
 @pytest.mark.parametrize("run", FAMILY_RUNS)
-def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
-    """Each family's rule over q8 codes, in its variant with the most slots, as the Adam
-    cases above: params, codes and absmax against the CPU backend's, over the same blocks
-    (a zero one, a NaN one, partial ones, a param keeping float32 state).
+def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
+    """Each family's rule over quantized codes, in its variant with the most slots, as the
+    Adam cases above: params, codes and absmax against the CPU backend's, over the same
+    blocks (a zero one, a NaN one, partial ones, a param keeping float32 state).
 
-    Every family beside float32 params; beside bfloat16 params with stochastic rounding,
-    one family per count of slots. The rule is the same C++ for both (it computes in
-    float32 for bfloat16 params); what the second run adds is the shared loop's param load
-    and store and its stochastic codes, which differ between families only by the slots
-    they loop over. Each family costs a CPU compile of its variant here, the suite's time."""
+    Every family beside float32 params in q8. The rule is the same C++ in every run (it
+    computes in float32 for bfloat16 params); what the other runs add is code of the
+    shared loop (kernels/quantized.cuh, and the element's trip of kernels/common.cuh) that
+    is the same for every family but for the slots it loops over (one unrolled pass per
+    slot, 1 to 4), so one family per count of slots runs all of it, and each run takes
+    another family of a count where the count has several:
+
+    - bfloat16 params with stochastic rounding: the param's load and stochastic store, and
+      each slot's stochastic codes, keyed by its index (slots 0 to 3);
+    - q4 beside bfloat16 params rounded to nearest: q4's decode of a nibble, its store of
+      two codes to a byte (a lane owns 4 elements, 2 bytes) and its 16-entry searches,
+      per slot; and the param's nearest store, which is outside the slot loop and the
+      same for every family (Adam's family, a kernel of its own, steps q4 beside float32
+      params above).
+
+    Each family costs a CPU compile of its variant here, the suite's time (2 to 4 CPU s
+    cold)."""
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
-    dtype, options, convention = FAMILY_RUNS[run]
+    dtype, options, convention, fmt = FAMILY_RUNS[run]
     assert set(FAMILIES) == set(quantized.FAMILIES) - {"adam", "lamb", "stableadamw",
                                                         *quantized.OUTPUTS}
     seen = {}
     families = sorted(FAMILIES.items())
-    if run != "float32":
-        families = _one_per_slot_count(families, convention)
+    if run != "q8-float32":  # the nth family of each count in the nth of these runs
+        families = _one_per_slot_count(families, convention, list(FAMILY_RUNS).index(run) - 1)
     for kernel, name in families:
         variant = _fullest(REGISTRY[name], convention)
         host_cuda.launches.clear()
-        got = _run("cuda", name, variant.convention, variant.hp, dtype, options, "q8")
-        wanted = _run("cpu", name, variant.convention, variant.hp, dtype, options, "q8")
-        seen[name] = _assert_same_bits(got, wanted, "q8", what=f"{name} {variant.id()}")
+        got = _run("cuda", name, variant.convention, variant.hp, dtype, options, fmt)
+        wanted = _run("cpu", name, variant.convention, variant.hp, dtype, options, fmt)
+        seen[name] = _assert_same_bits(got, wanted, fmt, what=f"{name} {variant.id()}")
         launched = [n for n, _, _ in host_cuda.launches
                     if n.startswith(f"{quantized.family(kernel)}<")]
         assert len(launched) == STEPS, (name, host_cuda.launches)
+        assert all(n.split("<")[1].startswith(storage_args(dtype, options, fmt))
+                   for n in launched), launched
     # Every family reached a NaN block and kept the others finite; the zero block (absmax
     # 0) in every family whose state starts at 0 (Adagrad's accumulator starts at
     # initial_accumulator_value, ASGD's average at the param).
@@ -235,29 +266,49 @@ def test_every_family_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, run):
                                                                                "asgd"}, seen
 
 
-#: Schedule-free beside q8 codes: AdamW (z and y float32 beside v's codes) and SGD (every
-#: slot float32), a step after eval() and train() (the switch's kernel, y kept float32).
-SCHEDULE_FREE = [("schedulefreeadamw", "torch", dict(learning_rate=1e-2, weight_decay=0.1)),
-                 ("schedulefreesgd", "keras", dict(learning_rate=1e-2, weight_decay=0.1))]
+#: Schedule-free beside quantized codes: AdamW (z and y float32 beside v's codes) and SGD
+#: (every slot float32). Beside float32 params, in q8 and q4 and SGD in both conventions,
+#: a step after eval() and train() (the switch's kernel, y kept float32): the variants
+#: tests/test_schedulefree_quantized.py steps on the CPU backend, so the suite compiles
+#: them once. Beside bfloat16 params steps only (eval() is refused there on every backend:
+#: z is float32 beside the codes and these kernels keep no master,
+#: fusedopt/engine/modes.py): AdamW's param and codes rounded stochastically, in q4; SGD's
+#: param to nearest.
+SF_HP = dict(learning_rate=1e-2, weight_decay=0.1)
+SCHEDULE_FREE = [("schedulefreeadamw", "torch", SF_HP, np.float32, {}, "q8"),
+                 ("schedulefreesgd", "keras", SF_HP, np.float32, {}, "q8"),
+                 ("schedulefreeadamw", "keras", SF_HP, np.float32, {}, "q4"),
+                 ("schedulefreesgd", "keras", SF_HP, np.float32, {}, "q4"),
+                 ("schedulefreesgd", "torch", SF_HP, np.float32, {}, "q8"),
+                 ("schedulefreeadamw", "torch", SF_HP, ml_dtypes.bfloat16,
+                  dict(stochastic_rounding=True), "q4"),
+                 ("schedulefreesgd", "keras", SF_HP, ml_dtypes.bfloat16, {}, "q8")]
 
 
-@pytest.mark.parametrize("name, convention, hp", SCHEDULE_FREE, ids=[r[0] for r in SCHEDULE_FREE])
-def test_schedule_free_gives_the_cpu_bits_in_q8(host_cuda, monkeypatch, name, convention, hp):
+@pytest.mark.parametrize("name, convention, hp, dtype, options, fmt", SCHEDULE_FREE,
+                         ids=[f"{_run_id(r)}-{r[1]}" for r in SCHEDULE_FREE])
+def test_schedule_free_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, hp,
+                                          dtype, options, fmt):
     """Params, codes and absmax, z, v and the points eval() gives (x and the kept y) against
     the CPU backend's, over the blocks of the runs above; the switch runs the quantized
     kernel on the param it keeps quantized state for (5000 elements, above its default
     min_quantized_size) and the float one on the others."""
     monkeypatch.setattr(config, "CUDA_CHUNK", 1024)
     monkeypatch.setattr(config, "THREADS_PER_BLOCK", 96)
-    got = _run("cuda", name, convention, hp, np.float32, {}, "q8", switch_after=0)
-    wanted = _run("cpu", name, convention, hp, np.float32, {}, "q8", switch_after=0)
-    seen = _assert_same_bits(got, wanted, "q8", what=name)
-    assert len(got[0]) == len(SHAPES) + 2 and len(seen) == (name == "schedulefreeadamw")
+    switches = dtype == np.float32
+    switch_after = 0 if switches else None
+    got = _run("cuda", name, convention, hp, dtype, options, fmt, switch_after=switch_after)
+    wanted = _run("cpu", name, convention, hp, dtype, options, fmt, switch_after=switch_after)
+    seen = _assert_same_bits(got, wanted, fmt, what=name)
+    assert len(got[0]) == len(SHAPES) + 2 * switches
+    assert len(seen) == (name == "schedulefreeadamw")
     assert all(all(case) for case in seen), seen
     assert [k for k, _ in got[1][0]] == (["z", "v"] if seen else ["z"])
     launched = [n for n, _, _ in host_cuda.launches if n.startswith("schedulefree_quantized<")]
-    assert len(launched) == STEPS + 2, host_cuda.launches  # the steps, eval and train
-    assert sum(", 0, 0, 1, 1>" in n for n in launched) == 1, launched  # to eval, y kept
+    assert len(launched) == STEPS + 2 * switches, host_cuda.launches  # and eval, train
+    assert sum(", 0, 0, 1, 1>" in n for n in launched) == switches, launched  # to eval
+    assert all(n.split("<")[1].startswith(storage_args(dtype, options, fmt))
+               for n in launched), launched
 
 
 #: What every family's quantized kernels take (Adam's take more: ADAM_PAIRS).
