@@ -135,9 +135,11 @@ ADAM_ONLY = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.flo
 #: Both formats of the first case; q8 of the second (q4's stochastic codes: schedule-free
 #: AdamW's case below, the same loop between other tables); the
 #: third in q8-bitsandbytes, whose decision points are not the midpoints (the variant
-#: tests/test_quantized_peers.py steps on the CPU); :data:`ADAM_ONLY` in q8.
+#: tests/test_quantized_peers.py steps on the CPU); :data:`ADAM_ONLY` in q8, and AdamW
+#: beside bfloat16 params rounded to nearest in q8.
 RUNS = [(*CASES[0], "q8"), (*CASES[0], "q4"), (*CASES[1], "q8"),
-        (*CASES[2], "q8-bitsandbytes"), *((*case, "q8") for case in ADAM_ONLY)]
+        (*CASES[2], "q8-bitsandbytes"), *((*case, "q8") for case in ADAM_ONLY),
+        (*ADAMW, ml_dtypes.bfloat16, {}, "q8")]
 
 
 def _run_id(run):
