@@ -34,7 +34,6 @@ import functools
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
-from numba.core import cgutils
 from numba.core.extending import intrinsic, overload
 
 from ...constants import MAX_SLOTS
@@ -97,7 +96,8 @@ def _prefetch(typingctx, address):
     def codegen(context, builder, signature, args):
         ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [ptr, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # llvmlite names it for the pointer type as this LLVM mangles it (p0i8, or p0)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [ptr], fnty)
         builder.call(fn, [builder.inttoptr(args[0], ptr), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return sig, codegen
