@@ -175,7 +175,9 @@ def _coders(variant, fmt, entry, nearest, stochastic):
             return stochastic(k, x, r)
         return nearest(k, x)
 
-    @njit(**RULE)
+    # inlined into the block's function: no call, and no array records built for it, per
+    # block and slot (benchmarks/RESULTS.md, "(AVX-512, Zen 4)")
+    @njit(inline="always", **RULE)
     @named(variant.key)
     def encode(k, data, base, scales, values, length, absmax, key, first):
         scales[0] = absmax

@@ -1,7 +1,7 @@
 """The power map's codes on the CPU (fusedopt/memory/quant_power.py): an entry by
-arithmetic; a value's nearest code by a guess (an estimate of one or two square roots, by
-multiplies) that is the nearest index or the one below it, and one comparison with the
-float32 midpoint above the guess; a stochastically rounded code from the entry at or below
+arithmetic; a value's nearest code by a guess (one or two float32 square roots) that is
+the nearest index or the one below it, and one comparison with the float32 midpoint above
+the guess; a stochastically rounded code from the entry at or below
 the value. No table, so that the quantized span's loops have no gathers.
 
 Each function takes the slot k (0..3, a constant at every call site) and finds the slot's
@@ -26,31 +26,18 @@ from .storage import bits_float, float_bits
 
 _U = np.uint32
 _MANTISSA = np.float32(2.0 ** -24)
-#: The first estimate of 1/sqrt(a) from a's bits (the classic constant: one Newton step
-#: from it is within 0.18% below 1/sqrt(a), never above).
-_RSQRT_MAGIC = _U(0x5F3759DF)
-#: The smallest |x| the guess takes a root of: below it every slot's guess is its first
-#: index (a root of 2**-30 times N is far below one half).
+#: The smallest x a non-negative slot's guess takes the root of: a negative x takes it
+#: (index 0) instead of a NaN (a root of 2**-60 times N is far below one half).
 _TINY = np.float32(2.0 ** -60)
 #: What the fourth root's guess adds before its floor (the square root's adds nothing).
 #: The nearest magnitude index m lies in u in [m - 1/2, m + 0.71) of the exact u = N
 #: |x|**(1/p) (a midpoint's root lies at least halfway between its entries' roots, at
-#: most 0.7075 above the lower for p = 4, j >= 1; 0.7072 for p = 2, j >= 0), and the
-#: guess u' in [u - d, u] (d = 0.23 for p = 2, N = 128; 0.67 for p = 4, N = 256: the
-#: roots' 0.18% and 0.27%). floor(u' + c) is then m or m - 1 for c in [d - 1/2, 0.29):
-#: 0 for p = 2, 0.23 for p = 4, so one comparison, with the midpoint above it, decides.
+#: most 0.7075 above the lower for p = 4, j >= 1; 0.7072 for p = 2, j >= 0). The guess u'
+#: is u from float32 square roots, each correctly rounded (IEEE 754), so within 1e-4 of
+#: u either way (N <= 256, relative error below 2**-22 after two roots and the multiply).
+#: floor(u' + c) is then m or m - 1 for any c in [-0.49, 0.28]: 0 for p = 2, 0.23 for
+#: p = 4, so one comparison, with the midpoint above it, decides.
 _NEAREST_LIFT = np.float32(0.23)
-
-
-@njit(inline="always", **RULE)
-def _root_below(a):
-    """sqrt(a) for a in [2**-60, 1), within 0.18% below it (never above but for a rounding
-    of the last multiply): the bits' estimate of 1/sqrt(a), one Newton step, times a. Only
-    the guess of the encode takes it (a multiply and an integer step, where a vector square
-    root costs several); the codes come from the exact comparisons after it."""
-    y = bits_float(_RSQRT_MAGIC - (float_bits(a) >> _U(1)))
-    y = y * (np.float32(1.5) - np.float32(0.5) * a * y * y)
-    return a * y
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,9 +106,8 @@ def power_functions(bits: int, signed: tuple):
         """An index within one of x's nearest and of the one at or below x: the power's
         inverse rounded, clamped to the map (NaN: its last index).
 
-        The root is :func:`_root_below`'s, so u' = N |x|**(1/p) is taken at most 0.67
-        below (0.18% of N = 128 for p = 2; 0.27% of N = 256 for two roots, p = 4) and never
-        above (but for a rounding). The nearest index j* has u in [j* - 1/2, j* + 0.71) (a
+        u' = N |x|**(1/p) from float32 square roots is within 1e-4 of the exact u
+        (:data:`_NEAREST_LIFT`). The nearest index j* has u in [j* - 1/2, j* + 0.71) (a
         midpoint's root lies at least halfway between its entries' roots), the index at
         or below x is floor(u): floor(u' + 1/2) is within one of both."""
         n = n0 if k == 0 else (n1 if k == 1 else (n2 if k == 2 else n3))
@@ -129,9 +115,9 @@ def power_functions(bits: int, signed: tuple):
         lo = lo0 if k == 0 else (lo1 if k == 1 else (lo2 if k == 2 else lo3))
         hi = hi0 if k == 0 else (hi1 if k == 1 else (hi2 if k == 2 else hi3))
         a = abs(x)
-        t = _root_below(a if a > tiny else tiny)  # at most 0.18% below the root
+        t = np.sqrt(a)
         if four:
-            t = _root_below(t)  # at most 0.27% below
+            t = np.sqrt(t)
         t = t if a < one else one  # also a NaN: the last index, as the table search
         j = np.floor(t * n + half)
         j = -j if x < zero else j
@@ -144,29 +130,34 @@ def power_functions(bits: int, signed: tuple):
         """The code of the entry nearest x, halfway to the upper one: a magnitude index g
         at most one below the nearest (:data:`_NEAREST_LIFT`), then one comparison with
         the float32 midpoint above g. Ties go up in value: away from zero for x >= 0,
-        toward it for x < 0, so a negative x steps up only past the midpoint."""
+        toward it for x < 0, so a negative x steps up only past the midpoint.
+
+        The guess's roots are the hardware's square root (``vsqrtps``), where an estimate
+        from the float's bits and a Newton step took 16 vector instructions for v's two:
+        on Zen 4 the square roots' step is the faster (benchmarks/RESULTS.md, "(AVX-512,
+        Zen 4)"); either gives these codes."""
         n = n0 if k == 0 else (n1 if k == 1 else (n2 if k == 2 else n3))
         four = four0 if k == 0 else (four1 if k == 1 else (four2 if k == 2 else four3))
         sg = sg0 if k == 0 else (sg1 if k == 1 else (sg2 if k == 2 else sg3))
         offset = o0 if k == 0 else (o1 if k == 1 else (o2 if k == 2 else o3))
         lift = lift0 if k == 0 else (lift1 if k == 1 else (lift2 if k == 2 else lift3))
         # A non-negative slot's x < 0 takes the guess of tiny (index 0), then stays below
-        # the first midpoint: the first code, as the table search gives it.
+        # the first midpoint: the first code, as the table search gives it. |x| needs no
+        # floor: its root is 0 or more (or a NaN, replaced below).
         a = abs(x) if sg else x
-        t = _root_below(a if a > tiny else tiny)
+        t = np.sqrt(a if sg or a > tiny else tiny)
         if four:
-            t = _root_below(t)
+            t = np.sqrt(t)
         t = t if a < one else one  # also a NaN: the last index, as the table search
-        g = np.floor(t * n + lift)
+        g = np.floor(t * n + lift if four else t * n)
         if four:
             mid = (at(k, g) + at(k, g + one)) * half
         else:
             sq = sq0 if k == 0 else (sq1 if k == 1 else (sq2 if k == 2 else sq3))
             mid = (g * g + g + half) * sq
         if not sg:
-            m = g + (one if a >= mid else zero)
-            m = m if m < n else n
-            return np.int32((m if m > one else one) + offset)
+            m = g + (one if a >= mid else zero)  # never a NaN: g is not (t is not)
+            return np.int32(min(max(m, one), n) + offset)
         # A tie goes to the upper entry: away from zero for x >= 0, toward it for x < 0,
         # where |x| steps up only past the midpoint (the next float32 above it).
         negative = x < zero
