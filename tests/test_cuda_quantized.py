@@ -33,11 +33,11 @@ import pytest
 
 from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
-from fusedopt.backends.cuda import quantized
+from fusedopt.backends.cuda import launch, quantized
 from fusedopt.engine.engine import Engine
 from fusedopt.engine.modes import switch
 from fusedopt.memory import quant
-from fusedopt.memory.storage import CUDA_TYPES, MODE_IDS, mode_of
+from fusedopt.memory.storage import Storage, mode_of
 
 #: Slots kept float32 beside the codes (``Slot.float_state``, as declared: schedule-free's
 #: points z and y).
@@ -148,6 +148,17 @@ def _run_id(run):
     return "-".join([name, np.dtype(dtype).name, *extra, fmt])
 
 
+def asked_storage(dtype, options, fmt) -> str:
+    """The storage arguments (param, grad, format, mode: ``launch.storage_args`` of an
+    entry point) of a quantized step of ``dtype`` params with constructor ``options``
+    (``grads``: the grads' dtype, the param's unless given) in format ``fmt``."""
+    mode = mode_of(options.get("master_weights", False),
+                   options.get("stochastic_rounding", False),
+                   options.get("kahan_summation", False))
+    grad = options.get("grads", dtype)
+    return Storage(np.dtype(dtype).name, np.dtype(grad).name, fmt, mode).template_args()
+
+
 @pytest.mark.parametrize("name, convention, hp, dtype, options, fmt", RUNS,
                          ids=[_run_id(r) for r in RUNS])
 def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, hp, dtype,
@@ -162,21 +173,10 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     assert all(block == (96, 1, 1) for _, _, block in host_cuda.launches)
     # The mode the options select (float32 params with stochastic_rounding: MODE
     # STOCHASTIC, the codes rounded stochastically), and the grads' dtype.
-    mode = mode_of(options.get("master_weights", False),
-                   options.get("stochastic_rounding", False),
-                   options.get("kahan_summation", False))
-    grad = options.get("grads", dtype)
-    wanted = f"{CUDA_TYPES[np.dtype(dtype).name]}, {CUDA_TYPES[np.dtype(grad).name]}, "
-    assert all(n.split("<")[1].startswith(wanted) for n in launched), launched
-    assert {n.split(", ")[3] for n in launched} == {str(MODE_IDS[mode])}
+    assert {launch.storage_args(n) for n in launched} == {
+        asked_storage(dtype, options, fmt)}, launched
 
 
-def storage_args(dtype, options, fmt):
-    """The first template arguments of a quantized entry point stepping ``dtype`` params
-    (and grads) with constructor ``options`` in format ``fmt``: param, grad, format, mode."""
-    cuda_type = CUDA_TYPES[np.dtype(dtype).name]
-    mode = MODE_IDS[mode_of(False, options.get("stochastic_rounding", False), False)]
-    return f"{cuda_type}, {cuda_type}, fusedopt::{fmt.upper()}, {mode}, "
 
 
 def _fullest(spec, convention):
@@ -257,8 +257,8 @@ def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
         launched = [n for n, _, _ in host_cuda.launches
                     if n.startswith(f"{quantized.family(kernel)}<")]
         assert len(launched) == STEPS, (name, host_cuda.launches)
-        assert all(n.split("<")[1].startswith(storage_args(dtype, options, fmt))
-                   for n in launched), launched
+        assert {launch.storage_args(n) for n in launched} == {
+            asked_storage(dtype, options, fmt)}, launched
     # Every family reached a NaN block and kept the others finite; the zero block (absmax
     # 0) in every family whose state starts at 0 (Adagrad's accumulator starts at
     # initial_accumulator_value, ASGD's average at the param).
@@ -309,8 +309,8 @@ def test_schedule_free_gives_the_cpu_bits(host_cuda, monkeypatch, name, conventi
     launched = [n for n, _, _ in host_cuda.launches if n.startswith("schedulefree_quantized<")]
     assert len(launched) == STEPS + 2 * switches, host_cuda.launches  # and eval, train
     assert sum(", 0, 0, 1, 1>" in n for n in launched) == switches, launched  # to eval
-    assert all(n.split("<")[1].startswith(storage_args(dtype, options, fmt))
-               for n in launched), launched
+    assert {launch.storage_args(n) for n in launched} == {
+        asked_storage(dtype, options, fmt)}, launched
 
 
 #: What every family's quantized kernels take (Adam's take more: ADAM_PAIRS).
@@ -359,7 +359,6 @@ def test_a_step_without_a_kernel_is_refused_and_changes_nothing(cuda_cache_dir, 
 
 def test_every_quantized_entry_point_is_a_gate_entry_point():
     """What the runtime can request of a quantized family is what the gates compile."""
-    from fusedopt.backends.cuda import launch
     for spec in REGISTRY.values():
         for _, _, entry in quantized.entries(spec):
             assert entry in launch.all_entry_points()[quantized.family(spec.kernel)]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from test_cuda_quantized import storage_args
+from test_cuda_quantized import asked_storage
 
 from fusedopt import config
 from fusedopt.algorithms.registry import REGISTRY
@@ -127,5 +127,5 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     for family in (quantized.family(spec.reduce_kernel), quantized.family(spec.kernel)):
         launched = [n for n in names if n.startswith(family + "<")]
         assert len(launched) == STEPS, (family, names)
-        assert all(n.split("<")[1].startswith(storage_args(dtype, options, fmt))
-                   for n in launched), launched  # the storage the run asked for
+        assert {launch.storage_args(n) for n in launched} == {
+            asked_storage(dtype, options, fmt)}, launched  # the storage the run asked for
