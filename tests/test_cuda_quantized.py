@@ -195,11 +195,15 @@ FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
             if quantized.covers(s) and s.kernel != "adam" and s.reductions is None}
 #: (param dtype, constructor options, the convention preferred, format): codes to nearest
 #: beside float32 params; stochastic params and codes beside bfloat16 ones; q4's codes, two
-#: to a byte, beside bfloat16 params rounded to nearest.
+#: to a byte, beside bfloat16 params rounded to nearest; q8 beside bfloat16 params with a
+#: float32 master (float32 grads).
 FAMILY_RUNS = {"q8-float32": (np.float32, {}, "keras", "q8"),
                "q8-bfloat16-stochastic": (ml_dtypes.bfloat16, dict(stochastic_rounding=True),
                                           "torch", "q8"),
-               "q4-bfloat16": (ml_dtypes.bfloat16, {}, "keras", "q4")}
+               "q4-bfloat16": (ml_dtypes.bfloat16, {}, "keras", "q4"),
+               "q8-bfloat16-master": (ml_dtypes.bfloat16,
+                                      dict(master_weights=True, grads=np.float32), "torch",
+                                      "q8")}
 
 
 def _one_per_slot_count(families, convention, nth=0):
@@ -235,7 +239,9 @@ def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
       two codes to a byte (a lane owns 4 elements, 2 bytes) and its 16-entry searches,
       per slot; and the param's nearest store, which is outside the slot loop and the
       same for every family (Adam's family, a kernel of its own, steps q4 beside float32
-      params above).
+      params above);
+    - q8 beside bfloat16 params with a float32 master and float32 grads: the master slot's
+      address, load and store in the loop, the param rounded from the master.
 
     Each family costs a CPU compile of its variant here, the suite's time (2 to 4 CPU s
     cold)."""
@@ -315,11 +321,12 @@ def test_schedule_free_gives_the_cpu_bits(host_cuda, monkeypatch, name, conventi
 
 #: What every family's quantized kernels take (Adam's take more: ADAM_PAIRS).
 EVERY_FAMILY = ("kernels take float32 params, bfloat16 params, bfloat16 params with "
-                "stochastic_rounding=True")
+                "stochastic_rounding=True, bfloat16 params with master_weights=True")
 REFUSED = [  # (optimizer, constructor options, what the message names); bfloat16 params
     ("lamb", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
     ("adagrad", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
-    ("adagrad", dict(master_weights=True), f"master_weights=True.*{EVERY_FAMILY}"),
+    ("adagrad", dict(master_weights="remainder"),
+     f"master_weights='remainder'.*{EVERY_FAMILY}"),
     ("rmsprop", dict(kahan_summation=True), f"kahan_summation=True.*{EVERY_FAMILY}"),
     ("adam", dict(float16=True, master_weights=True),
      "float16 params with master_weights=True.*float32 params with stochastic_rounding=True"

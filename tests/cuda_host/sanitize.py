@@ -7,7 +7,7 @@ point of float32 and float64 params, and of the sampled storages
 (``fusedopt.backends.cuda.launch.sampled_storages``: float16 params, and bfloat16 params in every
 mode), and q8 and q4 state of the optimizers that have quantized kernels (their sampled
 quantized storages, ``quantized.sampled_storages``: float32 params, bfloat16 stochastic,
-Adam's bfloat16 master; the shapes below and above ``min_quantized_size``, so float32
+a bfloat16 master; the shapes below and above ``min_quantized_size``, so float32
 state beside the codes; Muon's quantized momentum over its matrices and one larger). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
 ends the process with the sanitizer's report and a non-zero status.
 
