@@ -121,10 +121,10 @@ def _blocks_seen(slot, fmt):
             bool(np.all(np.isfinite(np.delete(absmax, nan)))))
 
 
-#: AdamW q8 beside the storages only Adam's family has quantized kernels for
-#: (quantized.ADAM_PAIRS): bfloat16 params with a float32 master (float32 grads), with a
-#: remainder, with Kahan summation, float16 params, and float32 params with stochastic
-#: codes.
+#: AdamW q8 beside bfloat16 params with a float32 master (float32 grads), with a remainder,
+#: with Kahan summation (every family's kernels take these), and beside the storages only
+#: Adam's family has quantized kernels for (quantized.ADAM_PAIRS): float16 params, and
+#: float32 params with stochastic codes.
 ADAMW = ("adamw", "torch", dict(learning_rate=1e-2, weight_decay=0.01))
 ADAM_ONLY = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.float32)),
              (*ADAMW, ml_dtypes.bfloat16, dict(master_weights="remainder")),
@@ -196,14 +196,23 @@ FAMILIES = {s.kernel: s.name for s in reversed(list(REGISTRY.values()))
 #: (param dtype, constructor options, the convention preferred, format): codes to nearest
 #: beside float32 params; stochastic params and codes beside bfloat16 ones; q4's codes, two
 #: to a byte, beside bfloat16 params rounded to nearest; q8 beside bfloat16 params with a
-#: float32 master (float32 grads).
+#: float32 master (float32 grads); q8 beside a bfloat16 param's remainder and beside its
+#: Kahan compensation (one family each: :data:`ONE_FAMILY`).
 FAMILY_RUNS = {"q8-float32": (np.float32, {}, "keras", "q8"),
                "q8-bfloat16-stochastic": (ml_dtypes.bfloat16, dict(stochastic_rounding=True),
                                           "torch", "q8"),
                "q4-bfloat16": (ml_dtypes.bfloat16, {}, "keras", "q4"),
                "q8-bfloat16-master": (ml_dtypes.bfloat16,
                                       dict(master_weights=True, grads=np.float32), "torch",
-                                      "q8")}
+                                      "q8"),
+               "q8-bfloat16-remainder": (ml_dtypes.bfloat16,
+                                         dict(master_weights="remainder"), "keras", "q8"),
+               "q8-bfloat16-kahan": (ml_dtypes.bfloat16, dict(kahan_summation=True),
+                                     "torch", "q8")}
+#: Runs that step one family, not one per count of slots: what they add is the param's own
+#: load and store (a remainder's, a Kahan compensation's), outside the slot loop and the
+#: same code for every family (Adam's family steps both above).
+ONE_FAMILY = ("q8-bfloat16-remainder", "q8-bfloat16-kahan")
 
 
 def _one_per_slot_count(families, convention, nth=0):
@@ -241,7 +250,9 @@ def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
       same for every family (Adam's family, a kernel of its own, steps q4 beside float32
       params above);
     - q8 beside bfloat16 params with a float32 master and float32 grads: the master slot's
-      address, load and store in the loop, the param rounded from the master.
+      address, load and store in the loop, the param rounded from the master;
+    - q8 beside a bfloat16 param's remainder, and beside its Kahan compensation: one family
+      each (:data:`ONE_FAMILY`).
 
     Each family costs a CPU compile of its variant here, the suite's time (2 to 4 CPU s
     cold)."""
@@ -252,8 +263,11 @@ def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
                                                         *quantized.OUTPUTS}
     seen = {}
     families = sorted(FAMILIES.items())
-    if run != "q8-float32":  # the nth family of each count in the nth of these runs
-        families = _one_per_slot_count(families, convention, list(FAMILY_RUNS).index(run) - 1)
+    nth = list(FAMILY_RUNS).index(run) - 1
+    if run in ONE_FAMILY:  # by name, at a stride of 5 from the run's place: Adagrad, FTRL
+        families = [families[(5 * nth) % len(families)]]
+    elif run != "q8-float32":  # the nth family of each count in the nth of these runs
+        families = _one_per_slot_count(families, convention, nth)
     for kernel, name in families:
         variant = _fullest(REGISTRY[name], convention)
         host_cuda.launches.clear()
@@ -321,16 +335,19 @@ def test_schedule_free_gives_the_cpu_bits(host_cuda, monkeypatch, name, conventi
 
 #: What every family's quantized kernels take (Adam's take more: ADAM_PAIRS).
 EVERY_FAMILY = ("kernels take float32 params, bfloat16 params, bfloat16 params with "
-                "stochastic_rounding=True, bfloat16 params with master_weights=True")
+                "stochastic_rounding=True, bfloat16 params with master_weights=True, "
+                "bfloat16 params with master_weights='remainder', bfloat16 params with "
+                "kahan_summation=True\\)")
 REFUSED = [  # (optimizer, constructor options, what the message names); bfloat16 params
     ("lamb", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
     ("adagrad", dict(float16=True), f"float16 params has no CUDA kernel yet.*{EVERY_FAMILY}"),
-    ("adagrad", dict(master_weights="remainder"),
-     f"master_weights='remainder'.*{EVERY_FAMILY}"),
-    ("rmsprop", dict(kahan_summation=True), f"kahan_summation=True.*{EVERY_FAMILY}"),
+    ("adagrad", dict(float16=True, master_weights=True),
+     f"float16 params with master_weights=True.*{EVERY_FAMILY}"),
+    ("rmsprop", dict(float16=True, kahan_summation=True),
+     f"float16 params with kahan_summation=True.*{EVERY_FAMILY}"),
     ("adam", dict(float16=True, master_weights=True),
-     "float16 params with master_weights=True.*float32 params with stochastic_rounding=True"
-     ".*bfloat16 params with master_weights='remainder'.*float16 params"),
+     "float16 params with master_weights=True.*bfloat16 params with master_weights='remainder'"
+     ".*float32 params with stochastic_rounding=True.*float16 params\\)"),
     ("muon", {}, "kernels take float32 params\\)"),  # its momentum pass: float32 only
 ]
 

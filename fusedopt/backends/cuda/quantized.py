@@ -12,11 +12,11 @@ they are (``FLOATS`` in kernels/quantized.cuh); LAMB and StableAdamW, whose per-
 reductions read the codes through ``kernels/<family>_reduce_quantized.cu``
 (kernels/quantized_reduce.cuh); and Muon's momentum pass, whose one float32 slot is its
 output (:data:`OUTPUTS`). Each family beside the params and modes of its :data:`KEPT`
-(every family beside float32 params, bfloat16 params and bfloat16 params with float32
-masters; Adam's family also beside remainders and Kahan summation on bfloat16 params,
-float16 params and float32 params with stochastic codes; Muon's beside float32 params
-alone), codes rounded to nearest
-(stochastically under ``stochastic_rounding``). Every other quantized step on ``'cuda'``
+(every family beside float32 params and bfloat16 params in every mode: rounded to
+nearest or stochastically, with a float32 master, a remainder or Kahan summation; Adam's
+family also beside float16 params and float32 params with stochastic codes; Muon's
+beside float32 params alone), codes rounded to nearest (stochastically under
+``stochastic_rounding``). Every other quantized step on ``'cuda'``
 is refused before anything changes (:func:`refusal`, naming what the family's kernels
 take), with the CPU backend as the way to run it. (Adafactor refuses quantized state on
 every backend.)
@@ -37,7 +37,10 @@ master, Kahan and stochastic modes too) measured 168 entry points and 88.4 s, ag
 24.3 in that run. Masters for every family (bfloat16 params with a float32 master, float32
 or bfloat16 grads: the usual mixed-precision recipe beside 8-bit state) added 212 entry
 points on sm_90 and 18 on sm_80 (2077 and 279 in all), paid for by the host build at -O0
-(tests/cuda_host/build.py).
+(tests/cuda_host/build.py); remainders and Kahan summation for every family, 318 more
+(2395 on sm_90), so that bfloat16 params take every mode on CUDA in every family.
+Float16 params and float32 params with stochastic codes stay Adam's alone (98 entry
+points each more for the other families).
 """
 
 from __future__ import annotations
@@ -63,27 +66,25 @@ FAMILIES = ("adam", "adadelta", "adagrad", "adamax", "adan", "ademamix", "asgd",
 #: m (kernels/muon_momentum_quantized.cu; fusedopt/engine/orthogonal.py).
 OUTPUTS = {"muon_momentum": "u"}
 
-#: (param dtype, mode) pairs every family's quantized kernels are built for: float32 and
-#: bfloat16 params, bfloat16 params with stochastic rounding (of the param and the codes)
-#: and bfloat16 params with float32 masters. Each pair is about 12 entry points per family
-#: in every gate (Adam's 6 flag combinations, 2 formats; a master's two grad dtypes twice
-#: that).
+#: (param dtype, mode) pairs every family's quantized kernels are built for: float32
+#: params, and bfloat16 params in every mode (``storage.modes``): rounded to nearest, with
+#: stochastic rounding (of the param and the codes), a float32 master, a remainder or Kahan
+#: summation. Each pair is about 12 entry points per family in every gate (Adam's 6 flag
+#: combinations, 2 formats; a master's and a remainder's two grad dtypes twice that).
 PAIRS = (("float32", "plain"), ("bfloat16", "plain"), ("bfloat16", "stochastic"),
-         ("bfloat16", "master"))
+         ("bfloat16", "master"), ("bfloat16", "remainder"), ("bfloat16", "kahan"))
 
 #: Adam's family (Adam, AdamW, AMSGrad: the common case) beside more: float32 params with
 #: stochastic codes (the codes alone rounded stochastically, as a float32 param's float
-#: state is), bfloat16 params in every mode (``storage.modes``: remainders and Kahan
-#: summation besides masters) and float16 params rounded to nearest. Not float16's master, Kahan and stochastic modes
-#: (refused, the CPU backend steps them): each storage is 12 entry points, about 0.4 CPU s
-#: each across the gates (the module's docstring), and those four storages measured about
-#: 30 s more than the 32 to 40 these add.
-ADAM_PAIRS = (*PAIRS, ("float32", "stochastic"), ("bfloat16", "remainder"),
-              ("bfloat16", "kahan"), ("float16", "plain"))
+#: state is) and float16 params rounded to nearest. Not float16's master, Kahan and
+#: stochastic modes (refused, the CPU backend steps them): each storage is 12 entry points,
+#: about 0.4 CPU s each across the gates (the module's docstring), and those four storages
+#: measured about 30 s more than the 32 to 40 Adam's added.
+ADAM_PAIRS = (*PAIRS, ("float32", "stochastic"), ("float16", "plain"))
 #: family -> the (param dtype, mode) pairs its quantized kernels are built for: Adam's
 #: :data:`ADAM_PAIRS`, every other family's :data:`PAIRS` (what more would cost the gates:
-#: the module's docstring), so beside those float16 params, stochastic codes beside
-#: float32 params, remainders and Kahan summation stay on the CPU backend for now.
+#: the module's docstring), so beside those float16 params and stochastic codes beside
+#: float32 params stay on the CPU backend for now.
 #: Muon's momentum pass is built for fewer: float32 params only, the dtype of the output it
 #: writes in the param's row (a bfloat16 param's float32 update would also need a weight
 #: pass reading float32 updates, which the float path does not build); Muon refuses every
