@@ -126,19 +126,19 @@ def _blocks_seen(slot, fmt):
 #: Adam's family has quantized kernels for (quantized.ADAM_PAIRS): float16 params, and
 #: float32 params with stochastic codes.
 ADAMW = ("adamw", "torch", dict(learning_rate=1e-2, weight_decay=0.01))
-ADAM_ONLY = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.float32)),
-             (*ADAMW, ml_dtypes.bfloat16, dict(master_weights="remainder")),
-             (*ADAMW, ml_dtypes.bfloat16, dict(kahan_summation=True)),
-             (*ADAMW, np.float16, {}),
-             (*ADAMW, np.float32, dict(stochastic_rounding=True))]
+PARAM_MODES = [(*ADAMW, ml_dtypes.bfloat16, dict(master_weights=True, grads=np.float32)),
+               (*ADAMW, ml_dtypes.bfloat16, dict(master_weights="remainder")),
+               (*ADAMW, ml_dtypes.bfloat16, dict(kahan_summation=True)),
+               (*ADAMW, np.float16, {}),
+               (*ADAMW, np.float32, dict(stochastic_rounding=True))]
 
 #: Both formats of the first case; q8 of the second (q4's stochastic codes: schedule-free
 #: AdamW's case below, the same loop between other tables); the
 #: third in q8-bitsandbytes, whose decision points are not the midpoints (the variant
-#: tests/test_quantized_peers.py steps on the CPU); :data:`ADAM_ONLY` in q8, and AdamW
+#: tests/test_quantized_peers.py steps on the CPU); :data:`PARAM_MODES` in q8, and AdamW
 #: beside bfloat16 params rounded to nearest in q8.
 RUNS = [(*CASES[0], "q8"), (*CASES[0], "q4"), (*CASES[1], "q8"),
-        (*CASES[2], "q8-bitsandbytes"), *((*case, "q8") for case in ADAM_ONLY),
+        (*CASES[2], "q8-bitsandbytes"), *((*case, "q8") for case in PARAM_MODES),
         (*ADAMW, ml_dtypes.bfloat16, {}, "q8")]
 
 
@@ -175,8 +175,6 @@ def test_cuda_step_gives_the_cpu_bits(host_cuda, monkeypatch, name, convention, 
     # STOCHASTIC, the codes rounded stochastically), and the grads' dtype.
     assert {launch.storage_args(n) for n in launched} == {
         asked_storage(dtype, options, fmt)}, launched
-
-
 
 
 def _fullest(spec, convention):
@@ -264,8 +262,8 @@ def test_every_family_gives_the_cpu_bits(host_cuda, monkeypatch, run):
     seen = {}
     families = sorted(FAMILIES.items())
     nth = list(FAMILY_RUNS).index(run) - 1
-    if run in ONE_FAMILY:  # by name, at a stride of 5 from the run's place: Adagrad, FTRL
-        families = [families[(5 * nth) % len(families)]]
+    if run in ONE_FAMILY:  # the nth family by name: Adan, AdEMAMix
+        families = [families[nth % len(families)]]
     elif run != "q8-float32":  # the nth family of each count in the nth of these runs
         families = _one_per_slot_count(families, convention, nth)
     for kernel, name in families:

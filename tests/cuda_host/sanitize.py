@@ -8,8 +8,9 @@ point of float32 and float64 params, and of the sampled storages
 mode), and q8 and q4 state of the optimizers that have quantized kernels (their sampled
 quantized storages, ``quantized.sampled_storages``: float32 params, bfloat16 stochastic,
 a bfloat16 master; the shapes below and above ``min_quantized_size``, so float32
-state beside the codes; Muon's quantized momentum over its matrices and one larger). Any out-of-bounds access, misaligned 16-byte access or undefined behaviour
-ends the process with the sanitizer's report and a non-zero status.
+state beside the codes; Muon's quantized momentum over its matrices and one larger). Any
+out-of-bounds access, misaligned 16-byte access or undefined behaviour ends the process
+with the sanitizer's report and a non-zero status.
 
 AddressSanitizer must be loaded before anything else, so the parent (see ``command``)
 starts Python with its runtime in LD_PRELOAD; ``--source family=path`` runs a modified

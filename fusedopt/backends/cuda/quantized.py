@@ -16,10 +16,9 @@ output (:data:`OUTPUTS`). Each family beside the params and modes of its :data:`
 nearest or stochastically, with a float32 master, a remainder or Kahan summation; Adam's
 family also beside float16 params and float32 params with stochastic codes; Muon's
 beside float32 params alone), codes rounded to nearest (stochastically under
-``stochastic_rounding``). Every other quantized step on ``'cuda'``
-is refused before anything changes (:func:`refusal`, naming what the family's kernels
-take), with the CPU backend as the way to run it. (Adafactor refuses quantized state on
-every backend.)
+``stochastic_rounding``). Every other quantized step on ``'cuda'`` is refused before
+anything changes (:func:`refusal`, naming what the family's kernels take), with the CPU
+backend as the way to run it. (Adafactor refuses quantized state on every backend.)
 
 What the families cost the gates (measured with benchmarks/cuda_quantized_gate_cost.py;
 kernels/README.md, "Quantized state: which families, and what the gates cost"): every
@@ -116,10 +115,12 @@ def storages(kernel: str) -> tuple[Storage, ...]:
 def sampled_storages(kernel: str) -> tuple[Storage, ...]:
     """The quantized storages of family ``kernel`` the gates that sample (the second
     arch's compile, the sanitizers) take: each format on float32 params, q8 with
-    stochastic codes beside bfloat16 params and q8 beside a bfloat16 master (the master slot's address, load and store: the one path the modes
-    that keep a slot add to the loop; bfloat16 grads, as the float kernels' sample, which
-    steps the params below ``min_quantized_size``). The rest differs only in the param's
-    load and store, which the float kernels' gates cover for every storage."""
+    stochastic codes beside bfloat16 params and q8 beside a bfloat16 master where the
+    family keeps one (Muon's momentum pass does not): the master slot's address, load and
+    store, the one path the modes that keep a slot add to the loop; bfloat16 grads, as the
+    float kernels' sample, which steps the params below ``min_quantized_size``. The rest
+    differs only in the param's load and store, which the float kernels' gates cover for
+    every storage."""
     sample = (*(Storage("float32", "float32", fmt) for fmt in KERNEL_FORMATS),
               Storage("bfloat16", "bfloat16", "q8", "stochastic"),
               Storage("bfloat16", "bfloat16", "q8", "master"))
